@@ -1,0 +1,324 @@
+"""The daemon: builds the data path from a Config and runs it in one structured event loop.
+
+Start order: journal, then sinks (historian, MQTT, uplink, API: the *services*),
+then sources (one poller task per device). Stop order is the reverse, with a bounded
+drain so consumers can deliver what is already journaled. Each task is named after
+what it serves (``poll[tank-farm-plc]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from drivers.base import DeviceUnavailable, Driver, make_driver
+from gateway.batch import Batch, Quality
+from gateway.channels import ChannelTable, LiveTable
+from gateway.config import Config
+from gateway.journal import Journal
+from gateway.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A sink or helper started before the sources: historian, MQTT, uplink, API."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: config section → factory "module:function" taking (gateway, section) and returning
+#: a Service. Imported only when the section is present in the config.
+SERVICES: dict[str, str] = {
+    "influxdb": "gateway.historian:build_service",
+    "mqtt": "uplink.mqtt:build_service",
+    "uplink": "uplink.sync:build_service",
+    "api": "gateway.api:build_service",
+}
+
+
+@dataclass
+class DeviceState:
+    name: str
+    protocol: str
+    state: str = "starting"  # starting | ok | failing | disabled
+    last_error: str | None = None
+    last_ok_ns: int = 0
+    polls: int = 0
+    errors: int = 0
+    overruns: int = 0
+    samples: int = 0
+    last_poll_ms: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _jitter(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class Gateway:
+    """Owns the channel table, live values, journal, rules, services and pollers."""
+
+    def __init__(self, cfg: Config, *, clock: Callable[[], int] = time.time_ns):
+        self.cfg = cfg
+        self.clock = clock
+        self.table = ChannelTable.from_config(cfg)
+        self.live = LiveTable(len(self.table))
+        self.state_dir = Path(cfg.gateway.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        j = cfg.journal
+        self.journal = Journal(self.state_dir / "journal.db", quota_bytes=j.quota, max_age_s=j.max_age,
+                               sync=j.sync, compress=j.compress)
+        from rules.engine import RulesEngine
+
+        self.rules = RulesEngine(self.table)
+        self.devices: dict[str, DeviceState] = {
+            d.name: DeviceState(d.name, d.protocol, "ok" if d.enabled else "disabled") for d in cfg.devices
+        }
+        self.drivers: dict[str, Driver] = {}
+        self.services: list[Service] = []
+        self.notifier = Notifier()
+        self.ingested_batches = 0
+        self.ingest_errors = 0
+        self._stop = asyncio.Event()
+        self._pending: set[Any] = set()
+        self.started_ns = clock()
+
+    # ------------------------------------------------------------------ data path
+    def ingest(self, batch: Batch) -> None:
+        """Rules, live values, and the journal, for one batch. Called on the loop."""
+        if not len(batch):
+            return
+        events = self.rules.process(batch)
+        self.live.update(batch.channel, batch.ts, batch.value, batch.quality)
+        fut = self.journal.submit_many([batch, *events])
+        self.ingested_batches += 1
+        self._pending.add(fut)
+        fut.add_done_callback(self._committed)
+
+    def _committed(self, fut: Any) -> None:
+        self._pending.discard(fut)
+        if fut.exception() is not None:
+            self.ingest_errors += 1
+            log.error("journal refused a batch: %s", fut.exception())
+
+    def emit_events(self, events: list[dict[str, Any]]) -> None:
+        """Journal events raised outside a batch (timers, operator actions, registers)."""
+        if events:
+            fut = self.journal.submit_many(list(events))
+            self._pending.add(fut)
+            fut.add_done_callback(self._committed)
+
+    async def flush(self) -> None:
+        """Wait until everything ingested so far is committed."""
+        pending = [asyncio.wrap_future(f) for f in list(self._pending)]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ------------------------------------------------------------------ pollers
+    def _fail(self, st: DeviceState, drv: Driver, err: BaseException, cause: int) -> None:
+        st.errors += 1
+        msg = str(err) or type(err).__name__
+        if st.state != "failing":
+            log.error("device %s failed: %s", st.name, msg)
+        st.state, st.last_error = "failing", msg
+        self.ingest(drv.bad(self.clock(), cause))
+
+    def _recovered(self, st: DeviceState) -> None:
+        if st.state == "failing":
+            log.info("device %s recovered", st.name)
+        st.state, st.last_error = "ok", None
+
+    async def _poll_device(self, drv: Driver) -> None:
+        dev = drv.device
+        st = self.devices[dev.name]
+        loop = asyncio.get_running_loop()
+        backoff = dev.poll
+        max_backoff = max(60.0, dev.poll)
+        connected = False
+        next_due = loop.time()
+        while not self._stop.is_set():
+            if not connected:
+                try:
+                    await asyncio.wait_for(drv.open(), timeout=max(dev.timeout * (dev.retries + 1), 1.0) + 5)
+                    connected = True
+                except DeviceUnavailable as e:
+                    self._fail(st, drv, e, e.cause)
+                except (OSError, TimeoutError) as e:
+                    self._fail(st, drv, e, Quality.TIMEOUT if isinstance(e, TimeoutError) else Quality.COMMS)
+                if not connected:
+                    await drv.close()
+                    await self._sleep(_jitter(backoff))
+                    backoff = min(backoff * 2, max_backoff)
+                    next_due = loop.time()
+                    continue
+            if drv.streaming:
+                try:
+                    self._recovered(st)
+                    await drv.stream(self.ingest)
+                except DeviceUnavailable as e:
+                    self._fail(st, drv, e, e.cause)
+                except (OSError, TimeoutError) as e:
+                    self._fail(st, drv, e, Quality.COMMS)
+                connected = False
+                await drv.close()
+                await self._sleep(_jitter(backoff))
+                backoff = min(backoff * 2, max_backoff)
+                continue
+            # polled: wait for the slot, skipping slots we already missed (overrun)
+            now = loop.time()
+            if now > next_due + dev.poll:
+                missed = int((now - next_due) // dev.poll)
+                st.overruns += missed
+                log.warning("device %s: poll overran, skipped %d cycle(s)", st.name, missed)
+                next_due += missed * dev.poll
+            if next_due > now:
+                await self._sleep(next_due - now)
+                if self._stop.is_set():
+                    break
+            next_due += dev.poll
+            t0 = loop.time()
+            try:
+                batch = await asyncio.wait_for(drv.poll(), timeout=dev.timeout * (dev.retries + 1) + dev.poll)
+            except DeviceUnavailable as e:
+                self._fail(st, drv, e, e.cause)
+                connected = False
+                await drv.close()
+                await self._sleep(_jitter(backoff))
+                backoff = min(backoff * 2, max_backoff)
+                next_due = loop.time()
+                continue
+            except (OSError, TimeoutError) as e:
+                self._fail(st, drv, e, Quality.TIMEOUT if isinstance(e, TimeoutError) else Quality.COMMS)
+                connected = False
+                await drv.close()
+                await self._sleep(_jitter(backoff))
+                backoff = min(backoff * 2, max_backoff)
+                next_due = loop.time()
+                continue
+            st.last_poll_ms = (loop.time() - t0) * 1e3
+            st.polls += 1
+            st.samples += len(batch)
+            st.info = drv.info
+            backoff = dev.poll
+            if len(batch) and (batch.quality < Quality.BAD).any():
+                st.last_ok_ns = self.clock()
+                self._recovered(st)
+            elif len(batch):
+                # every channel bad but the device answered (e.g. all exception codes)
+                if st.state != "failing":
+                    log.error("device %s: every channel bad (cause 0x%02x)", st.name, int(batch.quality[0]))
+                st.state = "failing"
+                st.last_error = f"all channels bad (0x{int(batch.quality[0]):02x})"
+            self.ingest(batch)
+        await drv.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+
+    async def _timers(self) -> None:
+        """Clock-driven work: rules timers (stale, delays), retention, watchdog."""
+        last_retention = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            self.emit_events(self.rules.tick(self.clock()))
+            if loop.time() - last_retention > 60:
+                last_retention = loop.time()
+                try:
+                    await self.journal.enforce_retention()
+                except Exception as e:  # sqlite errors: keep the daemon up, say it loudly
+                    log.error("journal retention failed: %s", e)
+            self.notifier.watchdog()
+            await self._sleep(1.0 if self.notifier.watchdog_s is None else min(1.0, self.notifier.watchdog_s / 3))
+
+    # ------------------------------------------------------------------ lifecycle
+    def build_services(self) -> None:
+        for section, target in SERVICES.items():
+            conf = getattr(self.cfg, section, None)
+            if conf is None:
+                continue
+            module, _, fn = target.partition(":")
+            factory = getattr(importlib.import_module(module), fn)
+            svc = factory(self, conf)
+            if svc is not None:
+                self.services.append(svc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, drain_s: float = 5.0, on_ready: Callable[[], None] | None = None) -> None:
+        """Run until stop() (or SIGTERM/SIGINT when installed by the CLI)."""
+        self.build_services()
+        started: list[Service] = []
+        try:
+            for svc in self.services:
+                await svc.start()
+                started.append(svc)
+            async with asyncio.TaskGroup() as tg:
+                svc_tasks = [tg.create_task(svc.run(), name=f"service[{svc.name}]") for svc in started]
+                timers = tg.create_task(self._timers(), name="timers")
+                pollers = []
+                for dev in self.cfg.devices:
+                    if not dev.enabled:
+                        continue
+                    drv = make_driver(dev, self.table.by_device.get(dev.name, []))
+                    self.drivers[dev.name] = drv
+                    pollers.append(tg.create_task(self._poll_device(drv), name=f"poll[{dev.name}]"))
+                self.notifier.ready(f"{len(pollers)} devices, {len(self.table)} channels")
+                log.info("safegw %s running: %d devices, %d channels, state in %s",
+                         self.cfg.gateway.id, len(pollers), len(self.table), self.state_dir)
+                if on_ready is not None:
+                    on_ready()
+                await self._stop.wait()
+                self.notifier.stopping()
+                log.info("stopping: sources first")
+                # sources stop by themselves on _stop; give them the poll timeout, then cancel
+                done, pending = await asyncio.wait(pollers, timeout=2.0) if pollers else (set(), set())
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                await self.flush()
+                timers.cancel()
+                # sinks: bounded drain of what is already journaled
+                await self._drain(started, drain_s)
+                for t in svc_tasks:
+                    t.cancel()
+        finally:
+            for svc in reversed(started):
+                try:
+                    await asyncio.wait_for(svc.stop(), timeout=drain_s)
+                except (TimeoutError, OSError, RuntimeError) as e:
+                    log.warning("service %s did not stop cleanly: %s", svc.name, e)
+            self.journal.close()
+            log.info("stopped")
+
+    async def _drain(self, services: list[Service], drain_s: float) -> None:
+        drainers = [getattr(s, "drain", None) for s in services]
+        coros = [d() for d in drainers if d is not None]
+        if coros:
+            try:
+                await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), timeout=drain_s)
+            except TimeoutError:
+                log.warning("drain did not finish within %.1fs; the journal keeps the rest", drain_s)
+
+
+def install_signal_handlers(gw: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gw.stop)

@@ -1,0 +1,591 @@
+"""The gateway's YAML configuration: strict pydantic models and their error report.
+
+Every model rejects unknown keys. Device sections are a tagged union on
+``protocol:``. Durations are written with their unit (``500ms``, ``1s``, ``5m``),
+sizes with theirs (``512MB``). Cross-field rules (duplicate channel names, two
+devices on one serial port, a float32 on one register, a poll faster than its
+timeout, ...) are checked after the models and reported with the same
+``FILE:LINE:COL: key.path: message`` lines as schema errors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from gateway.yamlsrc import Path_, Source, YamlError, load_file, load_text
+
+# --------------------------------------------------------------------------- units
+
+_DUR = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|ms|s|m|min|h|d)\s*$")
+_DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0,
+              "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(v: Any) -> float:
+    """``'500ms'`` → 0.5 (seconds). Bare numbers are refused: the unit must be written."""
+    if isinstance(v, bool):
+        raise ValueError("a duration needs a number and a unit, e.g. 500ms, 1s, 5m, 2h, 30d")
+    if isinstance(v, int | float):
+        if v == 0:
+            return 0.0
+        raise ValueError(f"write the unit: {v}s or {v}ms? (durations look like 500ms, 1s, 5m, 2h, 30d)")
+    if isinstance(v, str):
+        m = _DUR.match(v)
+        if m:
+            return float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    raise ValueError(f"{v!r} is not a duration; write a number and a unit: 500ms, 1s, 5m, 2h, 30d")
+
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.I)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str):
+        m = _SIZE.match(v)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"{v!r} is not a size; write e.g. 512MB, 2GB, 100KiB")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _no_bool_number(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("expected a number, got a boolean")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_no_bool_number)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- gateway
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class GatewaySection(Strict):
+    id: str = Field(pattern=_ID, description="gateway id, as central knows it")
+    site: str = Field(min_length=1, description="enterprise / site code (统一社会信用代码), quoted")
+    name: str | None = None
+    state_dir: Path = Path("/var/lib/safegw")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("site", mode="before")
+    @classmethod
+    def _site_is_text(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            raise ValueError("write the site code in quotes, so leading zeros and letters survive")
+        return v
+
+
+class JournalSection(Strict):
+    quota: Size = 2 * 10**9
+    max_age: Duration = 30 * 86400.0
+    sync: Literal["full", "normal"] = "full"
+    compress: bool = True
+
+
+# --------------------------------------------------------------------------- channels
+
+Kind = Literal[
+    "gas", "dust", "temperature", "humidity", "wind_speed", "pressure", "level", "flow",
+    "noise", "radiation", "position", "presence", "oxygen", "voltage", "current", "status", "other",
+]
+
+
+class TrendSettings(Strict):
+    window: Duration = Field(description="least-squares window")
+    slope: Number | None = Field(default=None, description="alarm above this rise per minute (units/min)")
+    predict: Duration | None = Field(default=None, description="early warning when the high limit is this close")
+
+
+class AlarmSettings(Strict):
+    """Per-channel alarm settings. Limits are in the channel's engineering unit."""
+
+    hh: Number | None = None
+    h: Number | None = None
+    l: Number | None = None  # noqa: E741 - the ISA name of the low limit
+    ll: Number | None = None
+    deadband: Number = Field(default=0.0, ge=0)
+    delay: Duration = 0.0
+    off_delay: Duration = 0.0
+    roc: Number | None = Field(default=None, gt=0, description="alarm when |change| per second exceeds this")
+    trend: TrendSettings | None = None
+    stale_periods: int = Field(default=3, ge=1, description="no data for this many poll periods → stale")
+    frozen: Duration | None = None
+    bad_for: Duration | None = None
+
+
+class ExposureSettings(Strict):
+    kind: Literal["concentration", "noise"] = "concentration"
+    twa: Number | None = Field(default=None, gt=0, description="PC-TWA limit (8 h)")
+    stel: Number | None = Field(default=None, gt=0, description="PC-STEL limit (15 min)")
+    criterion_db: Number = 85.0
+    exchange_rate_db: Number = 3.0
+
+
+DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32", "float64"]
+ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+
+
+class ChannelBase(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\s/#+]+$")
+    kind: Kind
+    unit: str = ""
+    description: str | None = None
+    gas: str | None = None
+    range: tuple[Number, Number] | None = None
+    scale: Number = 1.0
+    offset: Number = 0.0
+    alarms: AlarmSettings | None = None
+    preset: str | None = None
+    exposure: str | ExposureSettings | None = None
+    hazard_source: str | None = None
+    area: str | None = None
+    maintenance: bool = False
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_text(cls, v: Any) -> Any:
+        if isinstance(v, bool | int | float):
+            return str(v).lower() if isinstance(v, bool) else str(v)
+        return v
+
+    @field_validator("range")
+    @classmethod
+    def _range_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"range must be [low, high] with low < high, got {list(v)}")
+        return v
+
+
+class ModbusChannel(ChannelBase):
+    address: str = Field(description="function:register, e.g. holding:100, input:0, coil:3, "
+                                     "discrete:7, holding:20.3 (bit 3 of register 20)")
+    type: DataType = "uint16"
+    byte_order: ByteOrder = "ABCD"
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address_text(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"write the function too: holding:{v}, input:{v}, coil:{v} or discrete:{v}")
+        return v
+
+
+class OpcUaChannel(ChannelBase):
+    node: str | None = Field(default=None, description="NodeId: ns=2;s=R201.PT01, ns=2;i=1001, ns=2;g=<guid>")
+    browse_path: list[str] | None = None
+    deadband: Number | None = Field(default=None, ge=0, description="server-side data-change deadband")
+
+
+class SerialChannel(ChannelBase):
+    group: str | None = Field(default=None, description="named group in the device's pattern")
+    pattern: str | None = Field(default=None, description="regex with a (?P<value>...) group")
+    field: tuple[int, int] | None = Field(default=None, description="fixed-width [start, end) in the frame")
+
+
+# --------------------------------------------------------------------------- devices
+
+class DeviceBase(Strict):
+    name: str = Field(pattern=_ID)
+    poll: Duration = 1.0
+    timeout: Duration = 1.0
+    retries: int = Field(default=1, ge=0, le=10)
+    enabled: bool = True
+    maintenance: bool = False
+
+
+class ModbusTcpDevice(DeviceBase):
+    protocol: Literal["modbus-tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=255)
+    max_gap: int = Field(default=8, ge=0, le=124, description="registers read through to merge requests")
+    max_registers: int = Field(default=125, ge=1, le=125)
+    max_bits: int = Field(default=2000, ge=1, le=2000)
+    channels: list[ModbusChannel] = Field(min_length=1)
+
+
+class RtuUnit(Strict):
+    unit: int = Field(ge=1, le=247)
+    channels: list[ModbusChannel] = Field(min_length=1)
+
+
+class ModbusRtuDevice(DeviceBase):
+    protocol: Literal["modbus-rtu"]
+    port: str
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    inter_frame_gap: Duration = Field(default=0.0, description="pause between frames on the bus")
+    max_gap: int = Field(default=8, ge=0, le=124)
+    max_registers: int = Field(default=125, ge=1, le=125)
+    max_bits: int = Field(default=2000, ge=1, le=2000)
+    units: list[RtuUnit] = Field(min_length=1)
+
+
+class OpcUaSecurity(Strict):
+    policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_certificate: Path | None = None
+
+
+class OpcUaDevice(DeviceBase):
+    protocol: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://")
+    mode: Literal["poll", "subscribe"] = "poll"
+    security: OpcUaSecurity = OpcUaSecurity()
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    sampling_interval: Duration | None = None
+    queue_size: int = Field(default=10, ge=1)
+    deadband_type: Literal["absolute", "percent"] = "absolute"
+    channels: list[OpcUaChannel] = Field(min_length=1)
+
+
+class SerialFrame(Strict):
+    terminator: str | None = None
+    length: int | None = Field(default=None, ge=1)
+    request: str | None = None
+    checksum: Literal["none", "sum8", "xor", "crc16-modbus"] = "none"
+    checksum_format: Literal["hex", "binary"] = "hex"
+    pattern: str | None = None
+    encoding: str = "ascii"
+
+
+class SerialDevice(DeviceBase):
+    protocol: Literal["serial"]
+    port: str
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    frame: SerialFrame = SerialFrame(terminator="\r\n")
+    channels: list[SerialChannel] = Field(min_length=1)
+
+
+Device = Annotated[
+    ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice,
+    Field(discriminator="protocol"),
+]
+PROTOCOLS = ("modbus-tcp", "modbus-rtu", "opcua", "serial")
+
+
+# --------------------------------------------------------------------------- services
+
+class TlsClient(Strict):
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    verify: bool = True
+
+
+class MqttSection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    tls: TlsClient | None = None
+    topic_prefix: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    keepalive: Duration = 30.0
+    values_every: Duration | None = None
+
+
+class InfluxSection(Strict):
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2"] = "v1"
+    database: str = "safegw"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    bucket: str | None = None
+    org: str | None = None
+    measurement: Literal["per_kind", "single"] = "per_kind"
+    measurement_name: str = "safegw"
+    batch_points: int = Field(default=5000, ge=1)
+    flush_every: Duration = 1.0
+    timeout: Duration = 10.0
+    stats_every: Duration = 300.0
+    create_database: bool = True
+
+
+class UplinkSection(Strict):
+    mode: Literal["pull", "push"] = "pull"
+    listen: str | None = "0.0.0.0:8443"
+    central_url: str | None = None
+    central_keys: list[Path] = Field(default_factory=list)
+    cipher: Literal["aes-256-gcm", "sm4-gcm"] = "aes-256-gcm"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca: Path | None = None
+    max_records: int = Field(default=200, ge=1)
+    bandwidth: Size | None = Field(default=None, description="bytes per second cap")
+    monthly_budget: Size | None = None
+
+
+class ApiSection(Strict):
+    listen: str = "127.0.0.1:8080"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+class RegistersSection(Strict):
+    remind_days: int = Field(default=30, ge=0)
+    types_file: Path | None = None
+    max_attachment: Size = 20 * 10**6
+
+
+class Config(Strict):
+    gateway: GatewaySection
+    journal: JournalSection = JournalSection()
+    devices: list[Device] = Field(default_factory=list)
+    mqtt: MqttSection | None = None
+    influxdb: InfluxSection | None = None
+    uplink: UplinkSection | None = None
+    api: ApiSection | None = None
+    registers: RegistersSection = RegistersSection()
+
+    # filled by load(): where the file lives, for relative paths
+    _base_dir: Path = Path(".")
+
+    def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+def device_channels(dev: Any) -> list[tuple[Path_, ChannelBase]]:
+    """Every channel of a device with its path relative to the device."""
+    if isinstance(dev, ModbusRtuDevice):
+        return [(("units", ui, "channels", ci), ch)
+                for ui, u in enumerate(dev.units) for ci, ch in enumerate(u.channels)]
+    return [(("channels", ci), ch) for ci, ch in enumerate(dev.channels)]
+
+
+# --------------------------------------------------------------------------- errors
+
+class ConfigError(Exception):
+    """One or more problems in a config file; ``lines`` are ready to print."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top)"
+
+
+def _explain(err: dict[str, Any]) -> str:
+    t, msg = err["type"], err["msg"]
+    ctx = err.get("ctx") or {}
+    if t == "extra_forbidden":
+        return "unknown key; check the spelling against the reference config (config/reference.yaml)"
+    if t == "missing":
+        return "required key is missing"
+    if t == "union_tag_invalid":
+        return (f"unknown protocol {ctx.get('tag')!r}; known protocols: {', '.join(PROTOCOLS)}")
+    if t == "union_tag_not_found":
+        return f"a device needs 'protocol:', one of: {', '.join(PROTOCOLS)}"
+    if t == "literal_error":
+        return f"{msg.replace('Input should be', 'must be')} (got {err.get('input')!r})"
+    if t.startswith("value_error"):
+        return msg.removeprefix("Value error, ")
+    return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
+        err.get("input"), dict | list) else msg
+
+
+def _loc_path(loc: tuple[Any, ...]) -> Path_:
+    return tuple(p for p in loc if isinstance(p, str | int))
+
+
+def _format(src: Source, path: Path_, message: str) -> str:
+    m = src.where(path)
+    shown = src.real_path(path)
+    # keep the trailing key for unknown / missing keys so the path names it
+    if path and path[-1] not in shown and isinstance(path[-1], str):
+        shown = (*shown, path[-1])
+    return f"{src.file}:{m.line}:{m.col}: {_dotted(shown)}: {message}"
+
+
+# --------------------------------------------------------------------------- cross checks
+
+_MODBUS_ADDR = re.compile(r"^(holding|input|coil|discrete):(0x[0-9a-fA-F]+|[0-9]+)(?:\.([0-9]+))?$")
+_REG_WIDTH = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
+
+
+def parse_modbus_address(addr: str) -> tuple[str, int, int | None]:
+    m = _MODBUS_ADDR.match(addr.strip())
+    if not m:
+        raise ValueError(
+            f"address {addr!r} is not function:register; write holding:100, input:0, coil:3, "
+            "discrete:7 or holding:20.3 (bit 3 of a register)")
+    func, reg_s, bit_s = m.groups()
+    reg = int(reg_s, 16) if reg_s.startswith("0x") else int(reg_s, 10)
+    if reg > 65535:
+        raise ValueError(f"register {reg} is beyond 65535")
+    bit = int(bit_s) if bit_s is not None else None
+    if bit is not None and (func in ("coil", "discrete") or bit > 15):
+        raise ValueError("a bit index .0-.15 applies only to holding/input registers")
+    return func, reg, bit
+
+
+def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
+    errs: list[tuple[Path_, str]] = []
+    seen_ch: dict[str, Path_] = {}
+    seen_dev: dict[str, int] = {}
+    seen_port: dict[str, int] = {}
+    for di, dev in enumerate(cfg.devices):
+        dpath: Path_ = ("devices", di)
+        if dev.name in seen_dev:
+            errs.append(((*dpath, "name"), f"device name {dev.name!r} is already used by devices[{seen_dev[dev.name]}]"))
+        seen_dev.setdefault(dev.name, di)
+        if dev.poll < dev.timeout:
+            errs.append(((*dpath, "poll"), f"poll interval {dev.poll:g}s is shorter than the timeout "
+                         f"{dev.timeout:g}s; make poll >= timeout"))
+        if dev.poll <= 0:
+            errs.append(((*dpath, "poll"), "poll interval must be > 0"))
+        if isinstance(dev, ModbusRtuDevice | SerialDevice):
+            if dev.port in seen_port:
+                errs.append(((*dpath, "port"), f"serial port {dev.port} is already used by devices[{seen_port[dev.port]}]; "
+                             "put several units of one RS-485 line under one device's 'units:'"))
+            seen_port.setdefault(dev.port, di)
+        if isinstance(dev, ModbusRtuDevice):
+            units = [u.unit for u in dev.units]
+            for ui, u in enumerate(dev.units):
+                if units.index(u.unit) != ui:
+                    errs.append(((*dpath, "units", ui, "unit"), f"unit id {u.unit} appears twice on this bus"))
+        for cpath, ch in device_channels(dev):
+            full = (*dpath, *cpath)
+            if ch.name in seen_ch:
+                errs.append(((*full, "name"), f"duplicate channel name {ch.name!r} (first at {_dotted(seen_ch[ch.name])})"))
+            seen_ch.setdefault(ch.name, full)
+            if isinstance(ch, ModbusChannel):
+                try:
+                    func, _reg, bit = parse_modbus_address(ch.address)
+                except ValueError as e:
+                    errs.append(((*full, "address"), str(e)))
+                    continue
+                if func in ("coil", "discrete") and ch.type != "bool":
+                    errs.append(((*full, "type"), f"{func} addresses hold single bits: type must be bool, not {ch.type}"))
+                if bit is not None and ch.type != "bool":
+                    errs.append(((*full, "type"), f"a register bit (.{bit}) is a bool, not {ch.type}"))
+                if func in ("holding", "input") and ch.type == "bool" and bit is None:
+                    errs.append(((*full, "address"), "a bool in a register needs its bit: e.g. holding:20.3"))
+                width = _REG_WIDTH[ch.type]
+                if width > 1 and ch.byte_order in ("CDAB", "DCBA", "BADC", "ABCD"):
+                    pass
+                if width == 1 and ch.byte_order in ("CDAB", "DCBA") and ch.type != "bool":
+                    errs.append(((*full, "byte_order"), f"{ch.type} fills one register: word orders CDAB/DCBA "
+                                 "need two or more; use ABCD or BADC"))
+            if isinstance(ch, OpcUaChannel) and (ch.node is None) == (ch.browse_path is None):
+                errs.append((full, "give exactly one of 'node' (a NodeId) or 'browse_path'"))
+            if isinstance(ch, SerialChannel) and isinstance(dev, SerialDevice):
+                ways = sum(x is not None for x in (ch.group, ch.pattern, ch.field))
+                if ways != 1:
+                    errs.append((full, "give exactly one of 'group' (in the device's frame.pattern), "
+                                 "'pattern' (a regex with (?P<value>...)) or 'field' ([start, end])"))
+                if ch.group is not None and not dev.frame.pattern:
+                    errs.append(((*full, "group"), "'group' needs frame.pattern on the device"))
+                for key, pat in (("pattern", ch.pattern),):
+                    if pat is not None:
+                        try:
+                            rx = re.compile(pat)
+                        except re.error as e:
+                            errs.append(((*full, key), f"bad regular expression: {e}"))
+                        else:
+                            if "value" not in rx.groupindex:
+                                errs.append(((*full, key), "the regex needs a (?P<value>...) group"))
+            a = ch.alarms
+            if a is not None:
+                order = [(k, getattr(a, k)) for k in ("ll", "l", "h", "hh")]
+                set_ = [(k, v) for k, v in order if v is not None]
+                for (k1, v1), (k2, v2) in zip(set_, set_[1:], strict=False):
+                    if not v1 < v2:
+                        errs.append(((*full, "alarms", k2), f"limits must rise ll < l < h < hh: {k1}={v1:g} is not below {k2}={v2:g}"))
+                if a.trend is not None and a.trend.predict is not None and a.h is None and a.hh is None:
+                    errs.append(((*full, "alarms", "trend", "predict"), "prediction needs a high limit (h or hh)"))
+    if isinstance(cfg.devices, list) and not cfg.devices:
+        pass
+    for di, dev in enumerate(cfg.devices):
+        if isinstance(dev, SerialDevice):
+            f = dev.frame
+            if (f.terminator is None) == (f.length is None):
+                errs.append((("devices", di, "frame"), "give exactly one of frame.terminator or frame.length"))
+            if f.pattern is not None:
+                try:
+                    re.compile(f.pattern)
+                except re.error as e:
+                    errs.append((("devices", di, "frame", "pattern"), f"bad regular expression: {e}"))
+    return errs
+
+
+# --------------------------------------------------------------------------- loading
+
+def validate(src: Source) -> Config:
+    """Models, then cross checks; raise ConfigError with every problem found."""
+    lines: list[str] = []
+    if not isinstance(src.data, dict):
+        raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with a 'gateway:' section"])
+    try:
+        cfg = Config.model_validate(src.data)
+    except ValidationError as e:
+        for err in e.errors():
+            lines.append(_format(src, _loc_path(err["loc"]), _explain(dict(err))))
+        raise ConfigError(lines) from None
+    for path, msg in _cross_check(cfg):
+        lines.append(_format(src, path, msg))
+    if lines:
+        raise ConfigError(lines)
+    cfg._base_dir = Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    try:
+        return validate(load_file(path))
+    except YamlError as e:
+        raise ConfigError([str(e)]) from None
+
+
+def loads(text: str, file: str = "<string>") -> Config:
+    try:
+        return validate(load_text(text, file))
+    except YamlError as e:
+        raise ConfigError([str(e)]) from None

@@ -1,0 +1,166 @@
+"""YAML loading that keeps every node's line and column, without YAML 1.1 surprises.
+
+PyYAML implements YAML 1.1, where ``on``/``off``/``yes``/``no`` are booleans, ``0502``
+is octal 322 and ``12:30`` is 750. A channel named ``on`` or an address written
+``0502`` must mean what the engineer typed, so plain scalars are resolved here with
+YAML 1.2 core-schema rules instead: only ``true``/``false`` are booleans, only
+``null``/``~``/empty is null, integers are decimal without leading zeros (``0x1F``
+hex is accepted), and anything else stays a string for the models to interpret.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+_INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$")
+_HEX = re.compile(r"^0x[0-9a-fA-F_]+$")
+_FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+_SPECIAL_FLOATS = {
+    ".inf": float("inf"), "+.inf": float("inf"), "-.inf": float("-inf"),
+    ".nan": float("nan"), ".Inf": float("inf"), "-.Inf": float("-inf"), ".NaN": float("nan"),
+}
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Composer only: every plain scalar is left as a string-tagged node."""
+
+
+# No implicit resolvers: we resolve scalars ourselves (see module docstring).
+_Loader.yaml_implicit_resolvers = {}
+
+
+@dataclass
+class Mark:
+    line: int  # 1-based
+    col: int  # 1-based
+
+
+@dataclass
+class Source:
+    """A loaded YAML document: the plain data and where each path was written."""
+
+    file: str
+    data: Any
+    marks: dict[Path_, Mark] = field(default_factory=dict)
+    key_marks: dict[Path_, Mark] = field(default_factory=dict)
+
+    def where(self, path: Path_) -> Mark:
+        """The mark of the longest prefix of ``path`` that exists in the document.
+
+        Path components that are not in the document (pydantic adds union tags such
+        as ``'modbus-tcp'``) are skipped rather than ending the walk.
+        """
+        best: Path_ = ()
+        cur: Path_ = ()
+        for part in path:
+            cand = (*cur, part)
+            if cand in self.marks:
+                cur = cand
+                best = cand
+        # an unknown key: point at the key itself when we know it
+        if path and (*best, path[-1]) in self.key_marks:
+            return self.key_marks[(*best, path[-1])]
+        return self.marks.get(best, Mark(1, 1))
+
+    def real_path(self, path: Path_) -> Path_:
+        cur: Path_ = ()
+        for part in path:
+            cand = (*cur, part)
+            if cand in self.marks or cand in self.key_marks:
+                cur = cand
+        return cur
+
+
+class YamlError(Exception):
+    def __init__(self, file: str, line: int, col: int, message: str):
+        super().__init__(f"{file}:{line}:{col}: {message}")
+        self.file, self.line, self.col, self.message = file, line, col, message
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    v = node.value
+    if node.style in ("'", '"', "|", ">"):
+        return v
+    if node.tag not in ("tag:yaml.org,2002:str", "?") and not node.tag.startswith("tag:yaml.org,2002:"):
+        return v
+    if v in ("", "~", "null", "Null", "NULL"):
+        return None
+    if v in ("true", "True", "TRUE"):
+        return True
+    if v in ("false", "False", "FALSE"):
+        return False
+    if _INT.match(v):
+        return int(v.replace("_", ""))
+    if _HEX.match(v):
+        return int(v[2:].replace("_", ""), 16)
+    if _FLOAT.match(v) and any(c in v for c in ".eE"):
+        return float(v)
+    if v in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[v]
+    return v
+
+
+def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
+    src.marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(child, (*path, i), src) for i, child in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge" or (
+                isinstance(knode, yaml.ScalarNode) and knode.value == "<<" and knode.style is None
+            ):
+                raise YamlError(
+                    src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
+                    "merge keys (<<) are not supported: write the keys out",
+                )
+            if not isinstance(knode, yaml.ScalarNode):
+                raise YamlError(
+                    src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
+                    "mapping keys must be plain strings",
+                )
+            key = knode.value  # keys are always strings: `on:` stays "on"
+            if key in out:
+                raise YamlError(
+                    src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
+                    f"duplicate key {key!r}",
+                )
+            src.key_marks[(*path, key)] = Mark(knode.start_mark.line + 1, knode.start_mark.column + 1)
+            out[key] = _build(vnode, (*path, key), src)
+        return out
+    raise YamlError(src.file, node.start_mark.line + 1, node.start_mark.column + 1, "unsupported YAML node")
+
+
+def load_text(text: str, file: str = "<string>") -> Source:
+    src = Source(file=file, data=None)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlError(file, line, col, f"YAML syntax: {e.problem or e}") from None
+    if node is None:
+        src.data = {}
+        return src
+    src.data = _build(node, (), src)
+    return src
+
+
+def load_file(path: str | Path) -> Source:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise YamlError(str(path), 1, 1, "file not found") from None
+    except UnicodeDecodeError as e:
+        raise YamlError(str(path), 1, 1, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return load_text(text, str(path))

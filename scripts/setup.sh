@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up safegw on a fresh Debian/Ubuntu machine: system packages, then a virtual
+# environment in .venv with the package installed (editable).
+#   scripts/setup.sh          runtime (what `safegw demo` needs)
+#   scripts/setup.sh --test   plus what the test suite needs (servers, browser, tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=(socat python3-venv)
+if [ "$want_test" = 1 ]; then
+  # real servers the tests start on ephemeral ports, and the browser for the status page
+  apt_pkgs+=(mosquitto influxdb chromium postgresql openssl)
+fi
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts these as system services; the tests run their own instances
+  for svc in mosquitto influxdb; do
+    if [ "$want_test" = 1 ] && command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
+      $SUDO systemctl stop "$svc" || true
+    fi
+  done
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$want_test" = 1 ]; then
+  .venv/bin/python -m pip install -q -e '.[test]'
+else
+  .venv/bin/python -m pip install -q -e .
+fi

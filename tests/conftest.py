@@ -1,0 +1,11 @@
+"""Shared fixtures. Real servers (mosquitto, influxd, PostgreSQL, simulators) are
+started by the fixture modules in tests/fixtures on ephemeral ports."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.sims",
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.influxd",
+    "tests.fixtures.postgres",
+]
