@@ -55,7 +55,7 @@ class Driver(ABC):
     async def open(self) -> None:
         """Connect (or reconnect). Raise DeviceUnavailable when it cannot."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the connection. Must not raise."""
 
     async def poll(self) -> Batch:

@@ -245,7 +245,8 @@ class Gateway:
                 except Exception as e:  # sqlite errors: keep the daemon up, say it loudly
                     log.error("journal retention failed: %s", e)
             self.notifier.watchdog()
-            await self._sleep(1.0 if self.notifier.watchdog_s is None else min(1.0, self.notifier.watchdog_s / 3))
+            wd = self.notifier.watchdog_s
+            await self._sleep(1.0 if wd is None else min(1.0, wd / 3))
 
     # ------------------------------------------------------------------ lifecycle
     def build_services(self) -> None:
@@ -289,7 +290,7 @@ class Gateway:
                 self.notifier.stopping()
                 log.info("stopping: sources first")
                 # sources stop by themselves on _stop; give them the poll timeout, then cancel
-                done, pending = await asyncio.wait(pollers, timeout=2.0) if pollers else (set(), set())
+                _done, pending = await asyncio.wait(pollers, timeout=2.0) if pollers else (set(), set())
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)

@@ -47,7 +47,7 @@ class ChannelTable:
             for path, ch in device_channels(dev):
                 unit_id = None
                 if path[0] == "units":
-                    unit_id = dev.units[path[1]].unit  # type: ignore[union-attr]
+                    unit_id = dev.units[int(path[1])].unit  # type: ignore[union-attr]
                 out.append(ChannelInfo(len(out), ch.name, ch.kind, ch.unit, dev.name, ch, unit_id))
         return cls(out)
 

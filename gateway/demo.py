@@ -1,0 +1,173 @@
+"""``safegw demo``: the bundled plant simulators plus the gateway, with a live table.
+
+The simulators run as a child process (``python -m simulators``), as real devices
+would: the gateway reaches them over real sockets and ptys. Once the simulator says
+``READY``, the gateway runs ``config/demo.yaml`` on its embedded defaults (journal in
+a state directory, no broker, no InfluxDB) and the terminal shows every channel,
+refreshed each second, until Ctrl-C or ``--seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.batch import quality_label
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 30.0
+
+
+def find_config(name: str) -> Path:
+    """A bundled config: ./config/NAME when run from a checkout, else next to the package."""
+    for base in (Path.cwd() / "config", Path(__file__).resolve().parent.parent / "config"):
+        if (base / name).exists():
+            return base / name
+    raise FileNotFoundError(f"cannot find config/{name} (run from the safegw checkout)")
+
+
+def start_simulators(sim_config: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start the simulator process and wait for its READY line (with a deadline)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators", "-c", str(sim_config)],
+        stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY"):
+            sel.close()
+            info = json.loads(line[5:].strip() or "{}")
+            return proc, info
+    sel.close()
+    proc.terminate()
+    raise RuntimeError(f"simulators did not become ready within {READY_TIMEOUT_S:.0f}s "
+                       f"(exit code {proc.poll()})")
+
+
+def _fmt_value(v: float) -> str:
+    if math.isnan(v):
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3f}".rstrip("0").rstrip(".") if v != int(v) else f"{v:.0f}"
+
+
+def render(gw: Any, now_ns: int, color: bool) -> str:
+    """The live table: name, kind, value, unit, quality, age (and alarm when known)."""
+    alarm_of = getattr(gw.rules, "channel_alarm", None)
+    rows = []
+    for ch in gw.table.channels:
+        i = ch.index
+        ts = int(gw.live.ts[i])
+        age = "—" if ts == 0 else f"{max(0.0, (now_ns - ts) / 1e9):.1f}s"
+        q = int(gw.live.quality[i])
+        alarm = alarm_of(i) if alarm_of is not None else ""
+        rows.append((ch.name, ch.kind, _fmt_value(float(gw.live.value[i])), ch.unit, quality_label(q),
+                     age, alarm or "", q))
+    head = ("channel", "kind", "value", "unit", "quality", "age", "alarm")
+    widths = [max(len(h), *(len(str(r[k])) for r in rows)) if rows else len(h) for k, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        text = "  ".join(str(c).ljust(w) for c, w in zip(r[:7], widths, strict=True))
+        if color:
+            q = r[7]
+            code = "31" if r[6] else ("32" if q < 0x40 else "33")
+            text = f"\x1b[{code}m{text}\x1b[0m"
+        lines.append(text)
+    devs = ", ".join(f"{d.name}:{d.state}" for d in gw.devices.values())
+    st = gw.journal.stats()
+    lines.append("")
+    lines.append(f"devices: {devs}")
+    lines.append(f"journal: seq {st['last_seq']}, {st['payload_bytes'] / 1e6:.1f} MB in {gw.state_dir}")
+    return "\n".join(lines)
+
+
+def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None,
+             sim_config: str | None, log_level: str = "WARNING") -> int:
+    from gateway.cli import load_or_exit, setup_logging
+
+    setup_logging(log_level)
+    cfg_path = Path(config) if config else find_config("demo.yaml")
+    sim_path = Path(sim_config) if sim_config else find_config("sim-demo.yaml")
+    cfg = load_or_exit(str(cfg_path))
+    tmp = None
+    if state_dir is None:
+        tmp = tempfile.mkdtemp(prefix="safegw-demo-")
+        state_dir = tmp
+    cfg.gateway.state_dir = Path(state_dir)
+    try:
+        proc, info = start_simulators(sim_path)
+    except (RuntimeError, OSError) as e:
+        print(f"safegw demo: {e}", file=sys.stderr)
+        return 1
+    print(f"simulators ready: {json.dumps(info)}", flush=True)
+    try:
+        return asyncio.run(_run(cfg, seconds))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if tmp is not None and os.environ.get("SAFEGW_KEEP_DEMO_STATE") is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _run(cfg: Any, seconds: float | None) -> int:
+    from gateway.app import Gateway, install_signal_handlers
+
+    gw = Gateway(cfg)
+    install_signal_handlers(gw)
+    tty = sys.stdout.isatty()
+    loop = asyncio.get_running_loop()
+    t_end = None if seconds is None else loop.time() + seconds
+
+    async def screen() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            text = render(gw, time.time_ns(), color=tty)
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n(Ctrl-C to stop)\n")
+            else:
+                sys.stdout.write(text + "\n\n")
+            sys.stdout.flush()
+            if t_end is not None and loop.time() >= t_end:
+                gw.stop()
+                return
+
+    task = asyncio.create_task(screen(), name="demo-screen")
+    try:
+        await gw.run(drain_s=2.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    samples = int(gw.live.samples)
+    good = int((gw.live.quality < 0x40).sum())
+    print(f"demo stopped: {samples} samples journaled, {good}/{len(gw.table)} channels good at the end")
+    return 0
