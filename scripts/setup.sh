@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-apt_pkgs=(socat python3-venv)
+apt_pkgs=(socat)
+"${PYTHON:-python3}" -m venv --help >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 if [ "$want_test" = 1 ]; then
   # real servers the tests start on ephemeral ports, and the browser for the status page
   apt_pkgs+=(mosquitto influxdb chromium postgresql openssl)
