@@ -1,22 +1,29 @@
 """The journal: the gateway's one durable truth (SQLite in WAL mode).
 
 A sample or an event counts as taken only once the transaction that holds it is
-committed here. Records are numbered by a sequence that never goes back (SQLite
-AUTOINCREMENT): a sample record stores a whole Batch columnar in one row, an event
-record one JSON document (alarm transitions, gap records, register changes, ...).
+committed here. Records are numbered by a sequence that never goes back: a sample
+record stores a whole Batch columnar in one row, an event record one JSON document
+(alarm transitions, gap records, register changes, ...).
 
 Consumers (historian, MQTT, uplink) each keep a named cursor: the last sequence
-their target acknowledged. They read after it and advance it only on success.
+their target acknowledged. They read after it and advance it only on success
+(``ack``); a cursor never moves backwards.
 
-Retention is by a byte quota and an age. When it must drop records a registered
-consumer has not acknowledged, the oldest go first and a ``gap`` event is appended
-that says which sequence range and how many samples were lost, so the loss travels
-upstream instead of disappearing.
+Retention is by a byte quota (payload bytes, see ``stats()``) and an age, oldest
+first. When it must drop records an *active* consumer (one ``register``-ed in this
+run) has not acknowledged, a ``gap`` event takes the place of the dropped range: it
+gets the sequence number of the last dropped record, so a consumer reading forward
+meets the gap exactly where the data would have been, and says which sequence range,
+how many samples and events, which time range and why (``quota``, ``age``,
+``disk_full``). If a gap itself must later be dropped, its counts fold into the next.
 
 All writes go through one dedicated thread that commits everything pending in one
 transaction (group commit): the event loop never blocks on fsync, and a burst of
-small batches costs one fsync. Reads use their own connection in another thread.
-After ``kill -9`` SQLite's WAL recovery on open is all the repair there is.
+small batches costs one fsync. A record that cannot be encoded fails alone; a
+transaction that cannot commit (disk full, I/O error) fails every future in it,
+rolls back, and leaves what was committed before untouched; the writer keeps going.
+Reads use their own connections (WAL snapshots) on a reader thread. After
+``kill -9`` SQLite's WAL recovery on open is all the repair there is.
 """
 
 from __future__ import annotations
@@ -29,14 +36,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from gateway.batch import Batch
+from gateway.batch import SAMPLE_BYTES, Batch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,17 @@ EVENT = 2
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+
+#: group commit bounds: one transaction takes at most this many queued operations
+#: or this many (uncompressed) payload bytes, whichever comes first
+GROUP_MAX_OPS = 4096
+GROUP_MAX_BYTES = 16 * 2**20
+
+#: after the quota forces dropping, shrink to this fraction of it (hysteresis, so
+#: not every commit pays for a retention pass)
+QUOTA_LOW_WATER = 0.9
+
+_GAP_PREFIX = b'{"type":"gap"'
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -90,8 +108,9 @@ class Record:
         doc: dict[str, Any] = json.loads(self.data)
         return doc
 
-
-_RETENTION = object()
+    @property
+    def is_gap(self) -> bool:
+        return self.kind == EVENT and self.data.startswith(_GAP_PREFIX)
 
 
 class JournalClosed(RuntimeError):
@@ -103,8 +122,17 @@ def event_record(event: dict[str, Any]) -> tuple[int, int, int, int, bytes]:
     return (EVENT, ts, ts, 1, json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+# a row as inserted: (kind, ts_min, ts_max, n, nbytes, codec, data)
+_Row = tuple[int, int, int, int, int, int, bytes]
+_Work = tuple[str, Any, "concurrent.futures.Future[Any]"]
+
+
 class Journal:
-    """Durable, sequence-numbered store of batches and events with consumer cursors."""
+    """Durable, sequence-numbered store of batches and events with consumer cursors.
+
+    Thread safety: ``submit_*``, ``read_sync``, ``cursor``, ``lag`` and ``stats`` may be
+    called from any thread; the ``async`` methods from any event loop.
+    """
 
     def __init__(
         self,
@@ -116,43 +144,66 @@ class Journal:
         compress: bool = True,
         clock: Callable[[], int] = time.time_ns,
     ):
+        if sync not in ("full", "normal", "off"):
+            raise ValueError(f"sync must be full, normal or off, not {sync!r}")
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.max_age_ns = int(max_age_s * 1e9)
         self.compress = compress
+        self._sync = sync
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect(sync)
         with self._db:
             self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-        self.last_seq: int = row[0] if row else 0
-        first = self._db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
-        self.first_seq: int = first if first is not None else self.last_seq + 1
-        self.bytes: int = self._db.execute("SELECT value FROM meta WHERE key='bytes'").fetchone()[0]
         self._cursors: dict[str, int] = dict(self._db.execute("SELECT name, seq FROM cursors").fetchall())
+        # published state: changes only after a commit, so a reader that sees
+        # last_seq = s can read record s
+        self.last_seq = 0
+        self.first_seq = 1
+        self.bytes = 0
+        self._load_counters(self._db)
         self._active: set[str] = set()
-        self._sync = sync
         self._zc = zstandard.ZstdCompressor(level=1)
-        self._queue: queue.SimpleQueue[tuple[str, Any, concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._closed = False
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._lock = threading.Lock()
+        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self.commits = 0
+        self.failed_commits = 0
+        self.dropped_records = 0
+        self.gaps = 0
+        self.last_error: str | None = None
+        self._shrunk = False
+        self._reader_dbs: list[sqlite3.Connection] = []
+        self._rlocal = threading.local()
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
-        self._rlocal = threading.local()
-        self.commits = 0
-        self.dropped_records = 0
 
     def _connect(self, sync: str) -> sqlite3.Connection:
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        if fresh:
+            # must precede the first table: larger pages keep a 20 KB batch in few pages
             db.execute("PRAGMA page_size=16384")
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        db.execute(f"PRAGMA synchronous={sync.upper()}")
         db.execute("PRAGMA wal_autocheckpoint=4096")
+        # after a checkpoint, give the disk back beyond 64 MB of WAL
+        db.execute("PRAGMA journal_size_limit=67108864")
         return db
+
+    def _load_counters(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
+        last = row[0] if row else 0
+        top = db.execute("SELECT MAX(seq) FROM records").fetchone()[0]
+        if top is not None and top > last:  # cannot happen with AUTOINCREMENT; be safe
+            last = top
+        first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+        self.last_seq = last
+        self.first_seq = first if first is not None else last + 1
+        self.bytes = db.execute("SELECT value FROM meta WHERE key='bytes'").fetchone()[0]
 
     # ------------------------------------------------------------------ writing
     def _submit(self, op: str, arg: Any) -> concurrent.futures.Future[Any]:
@@ -161,10 +212,6 @@ class Journal:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((op, arg, fut))
         return fut
-
-    def _encode_batch(self, b: Batch) -> tuple[int, int, int, int, bytes, int]:
-        raw = b.to_bytes()
-        return (SAMPLES, b.ts_min, b.ts_max, len(b), raw, CODEC_RAW)
 
     def submit_batch(self, batch: Batch) -> concurrent.futures.Future[int]:
         """Queue a batch; the future resolves to its sequence once committed."""
@@ -175,7 +222,7 @@ class Journal:
 
     def submit_many(self, items: list[Batch | dict[str, Any]]) -> concurrent.futures.Future[list[int]]:
         """Queue several records committed together; resolves to their sequences."""
-        return self._submit("append_many", items)
+        return self._submit("append_many", list(items))
 
     async def append_batch(self, batch: Batch) -> int:
         seq: int = await asyncio.wrap_future(self.submit_batch(batch))
@@ -193,11 +240,20 @@ class Journal:
         seqs: list[int] = self.submit_many(items).result()
         return seqs
 
+    def _check_ack(self, consumer: str, seq: int) -> None:
+        if seq > self.last_seq:
+            raise ValueError(f"{consumer}: cannot acknowledge {seq}, the journal ends at {self.last_seq}")
+
     async def ack(self, consumer: str, seq: int) -> None:
-        """Advance a consumer's cursor (durably) after its target acknowledged up to ``seq``."""
+        """Advance a consumer's cursor (durably) after its target acknowledged up to ``seq``.
+
+        A cursor never moves back: acknowledging less than the cursor is a no-op.
+        """
+        self._check_ack(consumer, seq)
         await asyncio.wrap_future(self._submit("ack", (consumer, seq)))
 
     def ack_sync(self, consumer: str, seq: int) -> None:
+        self._check_ack(consumer, seq)
         self._submit("ack", (consumer, seq)).result()
 
     async def enforce_retention(self) -> int:
@@ -205,15 +261,23 @@ class Journal:
         n: int = await asyncio.wrap_future(self._submit("retention", None))
         return n
 
+    def enforce_retention_sync(self) -> int:
+        n: int = self._submit("retention", None).result()
+        return n
+
+    def call_in_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn(db)`` on the writer thread between transactions (maintenance, tests)."""
+        return self._submit("call", fn)
+
     def _write_loop(self) -> None:
-        db = self._db
         while True:
             item = self._queue.get()
             if item is None:
                 return
             work = [item]
+            size = self._weight(item)
             stop = False
-            while len(work) < 10_000:
+            while len(work) < GROUP_MAX_OPS and size < GROUP_MAX_BYTES:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -222,182 +286,313 @@ class Journal:
                     stop = True
                     break
                 work.append(nxt)
-            self._run_work(db, work)
+                size += self._weight(nxt)
+            try:
+                self._run_work(work)
+            except Exception as e:  # a bug here must not strand callers on futures forever
+                log.exception("journal writer: unexpected failure")
+                for _op, _arg, fut in work:
+                    if not fut.done():
+                        fut.set_exception(e)
             if stop:
                 return
 
-    def _run_work(self, db: sqlite3.Connection, work: list[tuple[str, Any, concurrent.futures.Future[Any]]]) -> None:
+    @staticmethod
+    def _weight(item: _Work) -> int:
+        op, arg, _ = item
+        if op in ("append", "append_many"):
+            return sum(len(x) * SAMPLE_BYTES if isinstance(x, Batch) else 256 for x in arg)
+        return 64
+
+    def _encode(self, it: Batch | dict[str, Any]) -> _Row:
+        if isinstance(it, Batch):
+            if not len(it):
+                raise ValueError("empty batch: nothing to journal")
+            data = it.to_bytes()
+            codec = CODEC_RAW
+            if self.compress and len(data) > 512:
+                data = self._zc.compress(data)
+                codec = CODEC_ZSTD
+            return (SAMPLES, it.ts_min, it.ts_max, len(it), len(data), codec, data)
+        if isinstance(it, dict):
+            kind, ts0, ts1, n, data = event_record(it)
+            return (kind, ts0, ts1, n, len(data), CODEC_RAW, data)
+        raise TypeError(f"the journal takes a Batch or an event dict, not {type(it).__name__}")
+
+    def _run_work(self, work: list[_Work]) -> None:
+        db = self._db
+        # 1. encode outside the transaction; a bad record fails only its own future
+        jobs: list[tuple[str, Any, concurrent.futures.Future[Any]]] = []
+        for op, arg, fut in work:
+            if not fut.set_running_or_notify_cancel():
+                continue  # cancelled before it was written: it never counted as taken
+            if op in ("append", "append_many"):
+                try:
+                    rows = [self._encode(x) for x in arg]
+                except (TypeError, ValueError, OverflowError) as e:
+                    fut.set_exception(e)
+                    continue
+                jobs.append((op, rows, fut))
+            elif op == "call":
+                try:
+                    fut.set_result(arg(db))
+                except Exception as e:  # the caller's function: its error goes back to the caller
+                    fut.set_exception(e)
+            else:
+                jobs.append((op, arg, fut))
+        if not jobs:
+            return
+        # 2. one transaction for everything
+        next_seq = self.last_seq + 1
+        added = 0
         results: list[tuple[concurrent.futures.Future[Any], Any]] = []
+        acks: dict[str, int] = {}
+        want_retention = False
         try:
             db.execute("BEGIN IMMEDIATE")
-            added_bytes = 0
-            for op, arg, fut in work:
-                if op == "append":
-                    seqs, nb = self._insert(db, arg)
-                    added_bytes += nb
-                    results.append((fut, seqs[0]))
-                elif op == "append_many":
-                    seqs, nb = self._insert(db, arg)
-                    added_bytes += nb
-                    results.append((fut, seqs))
+            for op, arg, fut in jobs:
+                if op in ("append", "append_many"):
+                    seqs = list(range(next_seq, next_seq + len(arg)))
+                    db.executemany(
+                        "INSERT INTO records(seq, kind, ts_min, ts_max, n, nbytes, codec, data) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        [(s, *r) for s, r in zip(seqs, arg, strict=True)],
+                    )
+                    next_seq += len(arg)
+                    added += sum(r[4] for r in arg)
+                    results.append((fut, seqs[0] if op == "append" else seqs))
                 elif op == "ack":
                     name, seq = arg
-                    db.execute(
-                        "INSERT INTO cursors(name, seq, updated) VALUES (?, ?, ?) "
-                        "ON CONFLICT(name) DO UPDATE SET seq=MAX(seq, excluded.seq), updated=excluded.updated",
-                        (name, seq, self._clock()),
-                    )
+                    acks[name] = max(acks.get(name, 0), seq)
                     results.append((fut, None))
                 elif op == "retention":
-                    results.append((fut, _RETENTION))
-            if added_bytes:
-                db.execute("UPDATE meta SET value=value+? WHERE key='bytes'", (added_bytes,))
-            self.bytes += added_bytes
-            dropped = 0
-            if self.bytes > self.quota_bytes or any(op == "retention" for op, _, _ in work):
-                dropped = self._retention(db)
+                    want_retention = True
+                    results.append((fut, "retention"))
+            now = self._clock()
+            for name, seq in acks.items():
+                db.execute(
+                    "INSERT INTO cursors(name, seq, updated) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET seq=MAX(seq, excluded.seq), updated=excluded.updated",
+                    (name, seq, now),
+                )
+            if added:
+                db.execute("UPDATE meta SET value=value+? WHERE key='bytes'", (added,))
+            last = next_seq - 1
+            total = self.bytes + added
+            dropped = gap = None
+            if total > self.quota_bytes or want_retention:
+                dropped, freed, gap, first = self._retention(db, now, total, last, self.quota_bytes, None)
+                total -= freed
             db.execute("COMMIT")
-        except BaseException as e:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self._reload_counters(db)
-            log.error("journal commit failed: %s", e)
-            for _op, _arg, fut in work:
-                if not fut.done():
-                    fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+        except Exception as e:  # disk full, I/O error, or a bug: roll back, fail these futures
+            self._failed(db, e, [fut for _, _, fut in jobs])
             return
+        # 3. publish, then wake everyone
         self.commits += 1
-        for op, arg, _fut in work:
-            if op == "ack":
-                name, seq = arg
+        self.bytes = total
+        if last > self.last_seq:
+            self.last_seq = last
+        if dropped:
+            self.first_seq = first
+            self.dropped_records += dropped
+            if gap:
+                self.gaps += 1
+        elif added and self.first_seq > last:
+            self.first_seq = last
+        with self._lock:
+            for name, seq in acks.items():
                 self._cursors[name] = max(self._cursors.get(name, 0), seq)
+        if self.last_error is not None:
+            log.info("journal commits again after %d failed commit(s)", self.failed_commits)
+            self.last_error = None
+        self._shrunk = False
         for fut, res in results:
-            if fut.set_running_or_notify_cancel():
-                fut.set_result(dropped if res is _RETENTION else res)
+            fut.set_result((dropped or 0) if res == "retention" else res)
         self._notify()
 
-    def _insert(self, db: sqlite3.Connection, items: Iterable[Batch | dict[str, Any]]) -> tuple[list[int], int]:
-        seqs: list[int] = []
-        nbytes = 0
-        for it in items:
-            if isinstance(it, Batch):
-                kind, ts0, ts1, n, data, codec = self._encode_batch(it)
-                if self.compress and len(data) > 512:
-                    data = self._zc.compress(data)
-                    codec = CODEC_ZSTD
-            else:
-                kind, ts0, ts1, n, data = event_record(it)
-                codec = CODEC_RAW
-            cur = db.execute(
-                "INSERT INTO records(kind, ts_min, ts_max, n, nbytes, codec, data) VALUES (?,?,?,?,?,?,?)",
-                (kind, ts0, ts1, n, len(data), codec, data),
-            )
-            seq = cur.lastrowid
-            assert seq is not None
-            seqs.append(seq)
-            nbytes += len(data)
-            self.last_seq = seq
-            if self.first_seq > seq:
-                self.first_seq = seq
-        return seqs, nbytes
+    def _failed(self, db: sqlite3.Connection, e: Exception,
+                futs: list[concurrent.futures.Future[Any]]) -> None:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error as re:
+                log.error("journal rollback failed: %s", re)
+        try:
+            # the file, not our memory, says what is committed (a failed COMMIT may
+            # still have landed, e.g. when only the fsync after it failed)
+            self._load_counters(db)
+        except sqlite3.Error as le:
+            log.error("journal: cannot re-read counters: %s", le)
+        self.failed_commits += 1
+        first_failure = self.last_error is None
+        self.last_error = str(e)
+        if first_failure:
+            log.error("journal commit failed (%d records refused): %s", len(futs), e)
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(e)
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL and self.bytes > 0:
+            # at most once between successful commits, so a disk filled by someone
+            # else does not make us erase the whole journal for nothing
+            if not self._shrunk:
+                self._shrunk = True
+                self._shrink_for_disk_full(db)
 
-    def _reload_counters(self, db: sqlite3.Connection) -> None:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
-        self.last_seq = row[0] if row else 0
-        first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
-        self.first_seq = first if first is not None else self.last_seq + 1
-        self.bytes = db.execute("SELECT value FROM meta WHERE key='bytes'").fetchone()[0]
+    def _shrink_for_disk_full(self, db: sqlite3.Connection) -> None:
+        """The disk is full: drop the oldest tenth (with a gap record) so that new data
+        can reuse those pages. Deleting writes little, so it often fits when inserts do not."""
+        target = int(self.bytes * QUOTA_LOW_WATER)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            dropped, freed, gap, first = self._retention(
+                db, self._clock(), self.bytes, self.last_seq, target, "disk_full")
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as re:
+                    log.error("journal rollback failed: %s", re)
+            log.warning("journal: could not make room on a full disk: %s", e)
+            return
+        if dropped:
+            self.bytes -= freed
+            self.first_seq = first
+            self.dropped_records += dropped
+            self.gaps += bool(gap)
+            log.warning("journal: disk full, dropped the %d oldest records to make room", dropped)
 
-    def _retention(self, db: sqlite3.Connection) -> int:
-        """Drop oldest records over quota or age; record a gap for unacknowledged ones."""
-        cutoff = self._clock() - self.max_age_ns
-        target = int(self.quota_bytes * 0.9) if self.bytes > self.quota_bytes else self.bytes
-        dropped_upto = 0
+    def _retention(self, db: sqlite3.Connection, now: int, total: int, last: int, quota: int,
+                   reason_override: str | None) -> tuple[int, int, bool, int]:
+        """Drop the oldest records over quota or age, inside the caller's transaction.
+
+        Returns (records dropped, payload bytes freed, whether a gap was written, new
+        first sequence). Never drops ``last`` (the newest record).
+        """
+        cutoff = now - self.max_age_ns
+        target = int(quota * QUOTA_LOW_WATER) if total > quota else total
+        upto = 0
+        after = 0
         freed = 0
         rows_dropped = 0
-        while True:
+        by_quota = by_age = False
+        done = False
+        while not done:
             rows = db.execute(
-                "SELECT seq, ts_max, nbytes FROM records WHERE seq > ? ORDER BY seq LIMIT 512",
-                (dropped_upto,),
+                "SELECT seq, ts_max, nbytes FROM records WHERE seq > ? AND seq < ? ORDER BY seq LIMIT 1024",
+                (after, last),
             ).fetchall()
             if not rows:
                 break
-            stop = False
             for seq, ts_max, nb in rows:
-                if self.bytes - freed > target or ts_max < cutoff:
-                    dropped_upto = seq
-                    freed += nb
-                    rows_dropped += 1
-                else:
-                    stop = True
+                over = total - freed > target
+                old = ts_max < cutoff
+                if not (over or old):
+                    done = True
                     break
-            if stop:
-                break
+                by_quota |= over
+                by_age |= old and not over
+                upto = seq
+                freed += nb
+                rows_dropped += 1
+            after = rows[-1][0]
         if not rows_dropped:
-            return 0
-        active = [self._cursors.get(c, 0) for c in self._active]
-        low = min(active) if active else dropped_upto
-        if low < dropped_upto:
+            first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
+            return 0, 0, False, first if first is not None else last + 1
+        with self._lock:
+            active = {c: self._cursors.get(c, 0) for c in self._active}
+        behind = sorted(c for c, s in active.items() if s < upto)
+        gap: dict[str, Any] | None = None
+        if behind:
+            low = min(active[c] for c in behind)
             lost = db.execute(
                 "SELECT MIN(seq), MAX(seq), COALESCE(SUM(CASE kind WHEN 1 THEN n ELSE 0 END), 0), "
-                "SUM(CASE kind WHEN 2 THEN 1 ELSE 0 END), MIN(ts_min), MAX(ts_max) "
+                "COALESCE(SUM(CASE kind WHEN 2 THEN 1 ELSE 0 END), 0), MIN(ts_min), MAX(ts_max) "
                 "FROM records WHERE seq > ? AND seq <= ?",
-                (low, dropped_upto),
+                (low, upto),
             ).fetchone()
-        else:
-            lost = None
-        db.execute("DELETE FROM records WHERE seq <= ?", (dropped_upto,))
+            if lost[0] is not None:
+                reasons = set()
+                if reason_override:
+                    reasons.add(reason_override)
+                else:
+                    reasons |= {"quota"} if by_quota else set()
+                    reasons |= {"age"} if by_age else set()
+                from_seq, samples, events, ts_from, ts_to = lost[0], lost[2], lost[3], lost[4], lost[5]
+                # an earlier gap in the range: fold its counts into this one
+                for (data,) in db.execute(
+                    "SELECT data FROM records WHERE seq > ? AND seq <= ? AND kind = 2 "
+                    "AND substr(data, 1, ?) = ?", (low, upto, len(_GAP_PREFIX), _GAP_PREFIX),
+                ):
+                    old = json.loads(data)
+                    from_seq = min(from_seq, int(old["from_seq"]))
+                    samples += int(old["samples"])
+                    events += int(old["events"]) - 1  # the old gap record itself is no event lost
+                    ts_from = min(ts_from, int(old["ts_from"]))
+                    ts_to = max(ts_to, int(old["ts_to"]))
+                    reasons |= set(str(old.get("reason", "")).split("+")) - {""}
+                gap = {
+                    "type": "gap", "ts": now, "from_seq": from_seq, "to_seq": upto,
+                    "samples": samples, "events": events, "ts_from": ts_from, "ts_to": ts_to,
+                    "reason": "+".join(sorted(reasons)), "consumers": behind,
+                }
+        db.execute("DELETE FROM records WHERE seq <= ?", (upto,))
+        if gap is not None:
+            data = json.dumps(gap, separators=(",", ":")).encode()
+            # the gap takes the place (and the sequence) of the last record dropped
+            db.execute(
+                "INSERT INTO records(seq, kind, ts_min, ts_max, n, nbytes, codec, data) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (upto, EVENT, gap["ts_from"], gap["ts_to"], 1, len(data), CODEC_RAW, data),
+            )
+            freed -= len(data)
+            log.warning("journal %s: dropped unsent records %d..%d (%d samples, %d events; %s) for %s",
+                        self.path.name, gap["from_seq"], upto, gap["samples"], gap["events"],
+                        gap["reason"], ", ".join(behind))
         db.execute("UPDATE meta SET value=value-? WHERE key='bytes'", (freed,))
-        self.bytes -= freed
-        self.dropped_records += rows_dropped
-        self.first_seq = dropped_upto + 1
-        if lost is not None and lost[0] is not None:
-            reason = "quota" if freed and self.bytes + freed > self.quota_bytes else "age"
-            gap = {
-                "type": "gap", "ts": self._clock(), "from_seq": lost[0], "to_seq": lost[1],
-                "samples": lost[2], "events": lost[3], "ts_from": lost[4], "ts_to": lost[5],
-                "reason": reason,
-            }
-            log.warning("journal %s: dropped unsent records %d..%d (%d samples) to stay within %s",
-                        self.path.name, lost[0], lost[1], lost[2], reason)
-            nb = self._insert(db, [gap])[1]
-            db.execute("UPDATE meta SET value=value+? WHERE key='bytes'", (nb,))
-            self.bytes += nb
-        return rows_dropped
+        first = upto if gap is not None else upto + 1
+        return rows_dropped, freed, gap is not None, first
 
     # ------------------------------------------------------------------ waiting
     def _notify(self) -> None:
-        for loop, ev in list(self._listeners):
+        with self._lock:
+            listeners = list(self._listeners)
+        for loop, ev in listeners:
             try:
                 loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:  # loop closed
-                self._listeners.remove((loop, ev))
+            except RuntimeError:  # that loop is closed; its wait() is gone too
+                with self._lock:
+                    self._listeners.discard((loop, ev))
 
-    async def wait(self, after: int, timeout: float | None = None) -> bool:
-        """Wait until a record with sequence > ``after`` is committed (or timeout)."""
-        if self.last_seq > after:
-            return True
+    async def wait(self, after: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until a record with sequence > ``after`` is committed (or timeout, or close).
+
+        Returns whether there is such a record.
+        """
+        if self.last_seq > after or self._closed:
+            return self.last_seq > after
+        loop = asyncio.get_running_loop()
         ev = asyncio.Event()
-        entry = (asyncio.get_running_loop(), ev)
-        self._listeners.append(entry)
+        entry = (loop, ev)
+        with self._lock:
+            self._listeners.add(entry)
         try:
-            deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-            while self.last_seq <= after:
+            deadline = None if timeout is None else loop.time() + timeout
+            while self.last_seq <= after and not self._closed:
                 ev.clear()
-                if self.last_seq > after:
+                if self.last_seq > after or self._closed:
                     break
-                remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    break
                 try:
                     await asyncio.wait_for(ev.wait(), remaining)
                 except TimeoutError:
-                    return self.last_seq > after
-            return True
+                    break
+            return self.last_seq > after
         finally:
-            self._listeners.remove(entry)
+            with self._lock:
+                self._listeners.discard(entry)
 
     # ------------------------------------------------------------------ reading
     def _reader_db(self) -> sqlite3.Connection:
@@ -406,6 +601,8 @@ class Journal:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA query_only=1")
             self._rlocal.db = db
+            with self._lock:
+                self._reader_dbs.append(db)
         return db
 
     def read_sync(self, after: int, limit: int = 1000, *, max_samples: int | None = None,
@@ -449,19 +646,34 @@ class Journal:
 
         A new consumer starts before the oldest record kept (``start='oldest'``, it
         backfills everything retained) or at the current end (``start='end'``).
-        Only active consumers hold retention to account with gap records.
+        Only active consumers hold retention to account with gap records. Blocks for
+        one commit the first time a name is seen.
         """
-        self._active.add(name)
-        if name not in self._cursors:
-            seq = 0 if start == "oldest" else self.last_seq
-            self.ack_sync(name, seq)
-        return self._cursors[name]
+        if start not in ("oldest", "end"):
+            raise ValueError(f"start must be 'oldest' or 'end', not {start!r}")
+        with self._lock:
+            self._active.add(name)
+            known = name in self._cursors
+        if not known:
+            self.ack_sync(name, 0 if start == "oldest" else self.last_seq)
+        return self.cursor(name)
+
+    def unregister(self, name: str) -> None:
+        """This consumer stops holding retention to account (its cursor is kept)."""
+        with self._lock:
+            self._active.discard(name)
 
     def cursor(self, name: str) -> int:
-        return self._cursors.get(name, 0)
+        with self._lock:
+            return self._cursors.get(name, 0)
 
     def lag(self, name: str) -> int:
-        return max(0, self.last_seq - self._cursors.get(name, 0))
+        return max(0, self.last_seq - self.cursor(name))
+
+    def consumers(self) -> dict[str, int]:
+        """Every cursor the journal knows (active in this run or not)."""
+        with self._lock:
+            return dict(self._cursors)
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -470,6 +682,8 @@ class Journal:
             file_bytes += wal.stat().st_size if wal.exists() else 0
         except OSError:
             file_bytes = 0
+        with self._lock:
+            active = sorted(self._active)
         return {
             "path": str(self.path),
             "first_seq": self.first_seq,
@@ -477,21 +691,35 @@ class Journal:
             "payload_bytes": self.bytes,
             "file_bytes": file_bytes,
             "quota_bytes": self.quota_bytes,
+            "max_age_s": self.max_age_ns / 1e9,
             "commits": self.commits,
+            "failed_commits": self.failed_commits,
+            "last_error": self.last_error,
             "dropped_records": self.dropped_records,
-            "consumers": {n: {"cursor": self.cursor(n), "lag": self.lag(n)} for n in sorted(self._active)},
+            "gaps": self.gaps,
+            "consumers": {n: {"cursor": self.cursor(n), "lag": self.lag(n)} for n in active},
         }
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
+        """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(None)
         self._writer.join()
         self._reader.shutdown(wait=True)
+        self._notify()
+        with self._lock:
+            readers, self._reader_dbs = self._reader_dbs, []
+        for rdb in readers:
+            rdb.close()
         try:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             log.warning("journal checkpoint on close failed: %s", e)
         self._db.close()
