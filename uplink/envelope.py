@@ -1,0 +1,377 @@
+"""The uplink envelope: a range of journal records, compact, encrypted and signed.
+
+One envelope carries a range of journal records of one gateway (its *origin*) to one
+or more upstream nodes (county, city, province, national). It is self-contained: any
+node it is addressed to can decrypt it, and any node that knows the origin's public
+keys can prove who made it, even after it has been forwarded level by level unchanged.
+The byte layout is specified in docs/uplink-protocol.md (version 1).
+
+    header (authenticated data, AAD) | AEAD ciphertext + tag | Ed25519 signature
+
+- The payload is ``uplink.codec.encode(records)``, encrypted under a random content
+  key with AES-256-GCM (default) or SM4-GCM; the header is the AEAD's associated data.
+- The content key is wrapped once per recipient: an ephemeral X25519 key agreement
+  with the recipient's static key, HKDF-SHA256 with a random salt, then the same AEAD.
+  A key commitment in the header binds every recipient to the same content key.
+- The origin's Ed25519 key signs every byte before the signature, so a forwarding
+  node checks it without decrypting (``verify``), and nobody can alter the header
+  (sequence range, recipients, cipher) without breaking it.
+
+API:
+
+- ``seal(records, *, sender, recipients, cipher="aes-256-gcm") -> bytes``
+- ``open_envelope(data, *, recipient, trusted) -> Opened(header, records)``:
+  parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
+  ``recipient`` is one ``NodeKeys`` or all of the node's key sets (rotation).
+- ``verify(data, trusted) -> Header``: signature only (forwarding nodes).
+- ``peek_header(data) -> Header``: unauthenticated parse (routing, logging).
+- ``envelope_size(prefix) -> int``: total length from the first ``SIZE_PREFIX`` bytes,
+  for framing envelopes in a stream.
+- ``trusted`` is any callable ``(node_id, kid) -> PublicKeys | None`` (e.g.
+  ``uplink.keys.TrustStore``).
+- Errors are ``EnvelopeError`` subclasses: ``Malformed``, ``Unsupported``,
+  ``UnknownSender``, ``BadSignature``, ``NotForMe``, ``DecryptFailed``.
+
+Replays are not detected here: the header's (origin, first_seq, last_seq) is what
+central's idempotent store keys on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.journal import SAMPLES, Record
+from uplink import codec
+from uplink.keys import KID_BYTES, NodeKeys, PublicKeys
+
+MAGIC = b"SGWE"
+VERSION = 1
+CODEC_COLUMNAR = 1
+
+CIPHERS: dict[str, int] = {"aes-256-gcm": 1, "sm4-gcm": 2}
+CIPHER_NAMES = {v: k for k, v in CIPHERS.items()}
+_KEY_LEN = {1: 32, 2: 16}  # SM4 has 128-bit keys
+TAG_LEN = 16
+SIG_LEN = 64
+SALT_LEN = 16
+NONCE_LEN = 12
+COMMIT_LEN = 16
+
+# magic, version, cipher, codec, flags, total_len, header_len, first_seq, last_seq,
+# n_records, n_samples, ts_min, ts_max, sender_kid, salt, nonce, ephemeral, key_commit, origin_len
+_FIXED = struct.Struct("<4sBBBBIIQQIIqq8s16s12s32s16sB")
+SIZE_PREFIX = 12  # magic .. total_len: enough to frame envelopes in a stream
+MAX_RECIPIENTS = 255
+
+_KEK_INFO = b"safegw-envelope/1 kek"
+_COMMIT_INFO = b"safegw-envelope/1 commit"
+_WRAP_NONCE = bytes(NONCE_LEN)  # each KEK wraps exactly one key, so a fixed nonce is safe
+
+
+class EnvelopeError(Exception):
+    """An envelope was rejected; the subclass says why, the message says where."""
+
+
+class Malformed(EnvelopeError):
+    """Not an envelope, truncated, or fields that contradict each other."""
+
+
+class Unsupported(EnvelopeError):
+    """A version, cipher or codec this node does not implement."""
+
+
+class UnknownSender(EnvelopeError):
+    """The origin or its key id is not in the trusted list."""
+
+
+class BadSignature(EnvelopeError):
+    """The Ed25519 signature does not match: altered in transit or not made by the origin."""
+
+
+class NotForMe(EnvelopeError):
+    """Authentic, but none of the recipients' key ids is one of ours."""
+
+
+class DecryptFailed(EnvelopeError):
+    """Authentic and addressed to us, but the key unwrap, decryption or decoding failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Everything before the ciphertext; authenticated by the AEAD and the signature."""
+
+    version: int
+    cipher: str
+    codec: int
+    origin: str  # the gateway that made and signed the envelope
+    sender_kid: str
+    first_seq: int
+    last_seq: int
+    n_records: int
+    n_samples: int
+    ts_min: int  # ns, over all records (0 when empty)
+    ts_max: int
+    recipients: tuple[str, ...]  # key ids, hex
+    salt: bytes = field(repr=False)
+    nonce: bytes = field(repr=False)
+    ephemeral: bytes = field(repr=False)
+    key_commit: bytes = field(repr=False)
+    wrapped: tuple[bytes, ...] = field(repr=False)  # wrapped content key per recipient
+    header_len: int = 0
+    size: int = 0  # whole envelope, bytes
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """(origin, first_seq, last_seq): what idempotent storage keys on."""
+        return (self.origin, self.first_seq, self.last_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    header: Header
+    records: list[Record]
+
+
+Trusted = Callable[[str, str], PublicKeys | None]
+
+
+# --------------------------------------------------------------------------- AEAD
+
+def _encrypt(cipher_id: int, key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    if cipher_id == 1:
+        return AESGCM(key).encrypt(nonce, data, aad)
+    enc = Cipher(algorithms.SM4(key), modes.GCM(nonce)).encryptor()
+    enc.authenticate_additional_data(aad)
+    out = enc.update(data) + enc.finalize()
+    return out + enc.tag
+
+
+def _decrypt(cipher_id: int, key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    """Raises InvalidTag on any mismatch."""
+    if cipher_id == 1:
+        return AESGCM(key).decrypt(nonce, data, aad)
+    if len(data) < TAG_LEN:
+        raise InvalidTag()
+    dec = Cipher(algorithms.SM4(key), modes.GCM(nonce, data[-TAG_LEN:])).decryptor()
+    dec.authenticate_additional_data(aad)
+    return dec.update(data[:-TAG_LEN]) + dec.finalize()
+
+
+def _kek(cipher_id: int, shared: bytes, salt: bytes, ephemeral: bytes, recipient_x: bytes,
+         kid: bytes) -> bytes:
+    info = _KEK_INFO + bytes([cipher_id]) + ephemeral + recipient_x + kid
+    return HKDF(hashes.SHA256(), _KEY_LEN[cipher_id], salt, info).derive(shared)
+
+
+def _commit(key: bytes) -> bytes:
+    return hashlib.sha256(_COMMIT_INFO + key).digest()[:COMMIT_LEN]
+
+
+# --------------------------------------------------------------------------- seal
+
+def seal(
+    records: Sequence[Record],
+    *,
+    sender: NodeKeys,
+    recipients: Sequence[PublicKeys],
+    cipher: str = "aes-256-gcm",
+) -> bytes:
+    """Encode, encrypt to every recipient and sign; the origin is ``sender.id``.
+
+    ``records`` should be a contiguous journal range in sequence order (the header
+    states its first and last sequence; an empty list gives 0, 0).
+    """
+    try:
+        cipher_id = CIPHERS[cipher]
+    except KeyError:
+        raise ValueError(f"unknown cipher {cipher!r}; known: {', '.join(CIPHERS)}") from None
+    if not recipients:
+        raise ValueError("an envelope needs at least one recipient")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise ValueError(f"at most {MAX_RECIPIENTS} recipients")
+    kids = [r.kid_bytes for r in recipients]
+    if len(set(kids)) != len(kids):
+        raise ValueError("the same recipient key is listed twice")
+    origin = sender.id.encode()
+    if not 0 < len(origin) <= 255:
+        raise ValueError("the node id must be 1..255 bytes of UTF-8")
+
+    payload = codec.encode(records)
+    key_len = _KEY_LEN[cipher_id]
+    content_key = os.urandom(key_len)
+    salt = os.urandom(SALT_LEN)
+    nonce = os.urandom(NONCE_LEN)
+    eph = X25519PrivateKey.generate()
+    eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    entries = []
+    for r in recipients:
+        kek = _kek(cipher_id, eph.exchange(r.x25519), salt, eph_pub, r.x25519_raw, r.kid_bytes)
+        entries.append(r.kid_bytes + _encrypt(cipher_id, kek, _WRAP_NONCE, content_key, r.kid_bytes))
+
+    if records:
+        first_seq, last_seq = records[0].seq, records[-1].seq
+        ts_min = min(r.ts_min for r in records)
+        ts_max = max(r.ts_max for r in records)
+    else:
+        first_seq = last_seq = ts_min = ts_max = 0
+    n_samples = sum(r.n for r in records if r.kind == SAMPLES)
+    header_len = _FIXED.size + len(origin) + 1 + len(entries) * (KID_BYTES + key_len + TAG_LEN)
+    total = header_len + len(payload) + TAG_LEN + SIG_LEN
+    head = b"".join((
+        _FIXED.pack(MAGIC, VERSION, cipher_id, CODEC_COLUMNAR, 0, total, header_len,
+                    first_seq, last_seq, len(records), n_samples, ts_min, ts_max,
+                    sender.kid_bytes, salt, nonce, eph_pub, _commit(content_key), len(origin)),
+        origin, bytes([len(entries)]), *entries,
+    ))
+    body = head + _encrypt(cipher_id, content_key, nonce, payload, head)
+    return body + sender.ed25519.sign(body)
+
+
+# --------------------------------------------------------------------------- parse
+
+def envelope_size(prefix: bytes | memoryview) -> int:
+    """Total length of the envelope starting with ``prefix`` (at least SIZE_PREFIX bytes)."""
+    if len(prefix) < SIZE_PREFIX:
+        raise Malformed(f"need {SIZE_PREFIX} bytes to frame an envelope, got {len(prefix)}")
+    if bytes(prefix[:4]) != MAGIC:
+        raise Malformed(f"bad magic {bytes(prefix[:4])!r} at offset 0 (expected {MAGIC!r})")
+    if prefix[4] != VERSION:
+        raise Unsupported(f"envelope version {prefix[4]} (this node reads {VERSION})")
+    (total,) = struct.unpack_from("<I", prefix, 8)
+    return int(total)
+
+
+def peek_header(data: bytes | memoryview) -> Header:
+    """Parse the header without checking anything cryptographic (routing, logging)."""
+    n = len(data)
+    if n < _FIXED.size:
+        raise Malformed(f"{n} bytes is shorter than the {_FIXED.size}-byte fixed header")
+    (magic, version, cipher_id, codec_id, flags, total, header_len, first_seq, last_seq,
+     n_records, n_samples, ts_min, ts_max, sender_kid, salt, nonce, eph, commit,
+     origin_len) = _FIXED.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise Malformed(f"bad magic {magic!r} at offset 0 (expected {MAGIC!r})")
+    if version != VERSION:
+        raise Unsupported(f"envelope version {version} at offset 4 (this node reads {VERSION})")
+    if cipher_id not in CIPHER_NAMES:
+        raise Unsupported(f"cipher id {cipher_id} at offset 5 (known: "
+                          f"{', '.join(f'{v}={k}' for k, v in CIPHERS.items())})")
+    if codec_id != CODEC_COLUMNAR:
+        raise Unsupported(f"codec id {codec_id} at offset 6 (known: {CODEC_COLUMNAR})")
+    if flags != 0:
+        raise Unsupported(f"flags 0x{flags:02x} at offset 7 (version 1 defines none)")
+    if total != n:
+        raise Malformed(f"length field at offset 8 says {total} bytes, envelope has {n}")
+    pos = _FIXED.size
+    if pos + origin_len + 1 > n:
+        raise Malformed(f"origin id ({origin_len} bytes at offset {pos}) runs past the end")
+    try:
+        origin = bytes(data[pos:pos + origin_len]).decode()
+    except UnicodeDecodeError:
+        raise Malformed(f"origin id at offset {pos} is not UTF-8") from None
+    if not origin:
+        raise Malformed(f"empty origin id at offset {pos}")
+    pos += origin_len
+    n_rcpt = data[pos]
+    pos += 1
+    entry_len = KID_BYTES + _KEY_LEN[cipher_id] + TAG_LEN
+    if n_rcpt == 0:
+        raise Malformed(f"no recipients (count at offset {pos - 1})")
+    if pos + n_rcpt * entry_len != header_len:
+        raise Malformed(f"header length field says {header_len}, recipients end at "
+                        f"{pos + n_rcpt * entry_len}")
+    if header_len + TAG_LEN + SIG_LEN > n:
+        raise Malformed(f"no room for ciphertext and signature after the {header_len}-byte header")
+    kids, wrapped = [], []
+    for _ in range(n_rcpt):
+        kids.append(bytes(data[pos:pos + KID_BYTES]).hex())
+        wrapped.append(bytes(data[pos + KID_BYTES:pos + entry_len]))
+        pos += entry_len
+    if len(set(kids)) != len(kids):
+        raise Malformed("a recipient key id is listed twice")
+    if n_records == 0 and (first_seq or last_seq or n_samples):
+        raise Malformed("empty envelope with a sequence range or samples")
+    if n_records and (first_seq > last_seq):
+        raise Malformed(f"sequence range {first_seq}..{last_seq} runs backwards")
+    return Header(version, CIPHER_NAMES[cipher_id], codec_id, origin, sender_kid.hex(), first_seq,
+                  last_seq, n_records, n_samples, ts_min, ts_max, tuple(kids), salt, nonce, eph,
+                  commit, tuple(wrapped), header_len, n)
+
+
+def verify(data: bytes | memoryview, trusted: Trusted) -> Header:
+    """Parse and check the origin's signature, without decrypting (forwarding nodes)."""
+    h = peek_header(data)
+    pub = trusted(h.origin, h.sender_kid)
+    if pub is None or pub.kid != h.sender_kid or pub.id != h.origin:
+        raise UnknownSender(f"origin {h.origin!r} key {h.sender_kid} is not trusted here")
+    body = data[:-SIG_LEN]
+    try:
+        pub.ed25519.verify(bytes(data[-SIG_LEN:]), bytes(body))
+    except InvalidSignature:
+        raise BadSignature(f"signature of {h.origin} {h.first_seq}..{h.last_seq} "
+                           f"(key {h.sender_kid}) does not match: altered or forged") from None
+    return h
+
+
+def open_envelope(
+    data: bytes | memoryview,
+    *,
+    recipient: NodeKeys | Sequence[NodeKeys],
+    trusted: Trusted,
+) -> Opened:
+    """Verify, decrypt and decode an envelope addressed to ``recipient``."""
+    h = verify(data, trusted)
+    mine = [recipient] if isinstance(recipient, NodeKeys) else list(recipient)
+    where = f"{h.origin} {h.first_seq}..{h.last_seq}"
+    for keys in mine:
+        if keys.kid in h.recipients:
+            break
+    else:
+        raise NotForMe(f"{where} is for key(s) {', '.join(h.recipients)}; ours: "
+                       f"{', '.join(k.kid for k in mine) or 'none'}")
+    i = h.recipients.index(keys.kid)
+    cipher_id = CIPHERS[h.cipher]
+    try:
+        shared = keys.x25519.exchange(X25519PublicKey.from_public_bytes(h.ephemeral))
+        kek = _kek(cipher_id, shared, h.salt, h.ephemeral, keys.public.x25519_raw, keys.kid_bytes)
+        content_key = _decrypt(cipher_id, kek, _WRAP_NONCE, h.wrapped[i], keys.kid_bytes)
+    except (InvalidTag, ValueError):
+        raise DecryptFailed(f"{where}: content key for {keys.kid} does not unwrap") from None
+    if _commit(content_key) != h.key_commit:
+        raise DecryptFailed(f"{where}: content key does not match the header's commitment")
+    ct = bytes(data[h.header_len:-SIG_LEN])
+    try:
+        payload = _decrypt(cipher_id, content_key, h.nonce, ct, bytes(data[:h.header_len]))
+    except InvalidTag:
+        raise DecryptFailed(f"{where}: payload does not decrypt ({h.cipher})") from None
+    limit = min(1 << 30, (1 << 20) + 48 * h.n_samples + 200 * len(payload))
+    try:
+        records = codec.decode(payload, max_size=limit)
+    except codec.CodecError as e:
+        raise DecryptFailed(f"{where}: payload does not decode: {e}") from None
+    _check_counts(h, records, where)
+    return Opened(h, records)
+
+
+def _check_counts(h: Header, records: list[Record], where: str) -> None:
+    n_samples = sum(r.n for r in records if r.kind == SAMPLES)
+    if records:
+        got = (len(records), records[0].seq, records[-1].seq, n_samples)
+    else:
+        got = (0, 0, 0, 0)
+    want = (h.n_records, h.first_seq, h.last_seq, h.n_samples)
+    if got != want:
+        raise DecryptFailed(f"{where}: header says (records, first, last, samples) = {want}, "
+                            f"payload holds {got}")
