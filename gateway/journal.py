@@ -14,14 +14,17 @@ first. When it must drop records an *active* consumer (one ``register``-ed in th
 run) has not acknowledged, a ``gap`` event takes the place of the dropped range: it
 gets the sequence number of the last dropped record, so a consumer reading forward
 meets the gap exactly where the data would have been, and says which sequence range,
-how many samples and events, which time range and why (``quota``, ``age``,
-``disk_full``). If a gap itself must later be dropped, its counts fold into the next.
+how many samples and events, which time range and why (``quota``, ``age``). If a
+gap itself must later be dropped, its counts fold into the next.
 
 All writes go through one dedicated thread that commits everything pending in one
 transaction (group commit): the event loop never blocks on fsync, and a burst of
 small batches costs one fsync. A record that cannot be encoded fails alone; a
 transaction that cannot commit (disk full, I/O error) fails every future in it,
-rolls back, and leaves what was committed before untouched; the writer keeps going.
+rolls back, and leaves what was committed before untouched; the writer keeps going
+and commits again once there is room. (It does not delete old data to make room on a
+full disk: in WAL mode deleting needs room too, so it would lose data for nothing;
+set the quota below the free space instead.)
 Reads use their own connections (WAL snapshots) on a reader thread. After
 ``kill -9`` SQLite's WAL recovery on open is all the repair there is.
 """
@@ -174,7 +177,6 @@ class Journal:
         self.dropped_records = 0
         self.gaps = 0
         self.last_error: str | None = None
-        self._shrunk = False
         self._reader_dbs: list[sqlite3.Connection] = []
         self._rlocal = threading.local()
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
@@ -240,20 +242,15 @@ class Journal:
         seqs: list[int] = self.submit_many(items).result()
         return seqs
 
-    def _check_ack(self, consumer: str, seq: int) -> None:
-        if seq > self.last_seq:
-            raise ValueError(f"{consumer}: cannot acknowledge {seq}, the journal ends at {self.last_seq}")
-
     async def ack(self, consumer: str, seq: int) -> None:
         """Advance a consumer's cursor (durably) after its target acknowledged up to ``seq``.
 
-        A cursor never moves back: acknowledging less than the cursor is a no-op.
+        A cursor never moves back: acknowledging less than the cursor is a no-op;
+        acknowledging beyond the last committed record raises ValueError.
         """
-        self._check_ack(consumer, seq)
         await asyncio.wrap_future(self._submit("ack", (consumer, seq)))
 
     def ack_sync(self, consumer: str, seq: int) -> None:
-        self._check_ack(consumer, seq)
         self._submit("ack", (consumer, seq)).result()
 
     async def enforce_retention(self) -> int:
@@ -362,7 +359,13 @@ class Journal:
                     added += sum(r[4] for r in arg)
                     results.append((fut, seqs[0] if op == "append" else seqs))
                 elif op == "ack":
+                    # checked here, not by the caller: a reader may see a record
+                    # committed a moment before last_seq is published
                     name, seq = arg
+                    if seq > next_seq - 1:
+                        fut.set_exception(ValueError(
+                            f"{name}: cannot acknowledge {seq}, the journal ends at {next_seq - 1}"))
+                        continue
                     acks[name] = max(acks.get(name, 0), seq)
                     results.append((fut, None))
                 elif op == "retention":
@@ -405,7 +408,6 @@ class Journal:
         if self.last_error is not None:
             log.info("journal commits again after %d failed commit(s)", self.failed_commits)
             self.last_error = None
-        self._shrunk = False
         for fut, res in results:
             fut.set_result((dropped or 0) if res == "retention" else res)
         self._notify()
@@ -431,39 +433,9 @@ class Journal:
         for fut in futs:
             if not fut.done():
                 fut.set_exception(e)
-        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL and self.bytes > 0:
-            # at most once between successful commits, so a disk filled by someone
-            # else does not make us erase the whole journal for nothing
-            if not self._shrunk:
-                self._shrunk = True
-                self._shrink_for_disk_full(db)
-
-    def _shrink_for_disk_full(self, db: sqlite3.Connection) -> None:
-        """The disk is full: drop the oldest tenth (with a gap record) so that new data
-        can reuse those pages. Deleting writes little, so it often fits when inserts do not."""
-        target = int(self.bytes * QUOTA_LOW_WATER)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            dropped, freed, gap, first = self._retention(
-                db, self._clock(), self.bytes, self.last_seq, target, "disk_full")
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error as re:
-                    log.error("journal rollback failed: %s", re)
-            log.warning("journal: could not make room on a full disk: %s", e)
-            return
-        if dropped:
-            self.bytes -= freed
-            self.first_seq = first
-            self.dropped_records += dropped
-            self.gaps += bool(gap)
-            log.warning("journal: disk full, dropped the %d oldest records to make room", dropped)
 
     def _retention(self, db: sqlite3.Connection, now: int, total: int, last: int, quota: int,
-                   reason_override: str | None) -> tuple[int, int, bool, int]:
+                   reason_override: str | None = None) -> tuple[int, int, bool, int]:
         """Drop the oldest records over quota or age, inside the caller's transaction.
 
         Returns (records dropped, payload bytes freed, whether a gap was written, new
