@@ -215,7 +215,7 @@ class SimConfig(Strict):
     devices: list[dict[str, Any]] = Field(default_factory=list)
 
     # filled by validate(): each device validated against its kind's model
-    _devices: list[SimDeviceBase] = []
+    _devices: list[SimDeviceBase] = []  # noqa: RUF012 - a pydantic private attribute
 
     @property
     def device_models(self) -> list[SimDeviceBase]:
@@ -236,7 +236,8 @@ def _device_errors(src: Source, i: int, raw: dict[str, Any]) -> tuple[SimDeviceB
     try:
         return model.model_validate(raw), []
     except ValidationError as e:
-        return None, [_format(src, (*base, *_loc_path(err["loc"])), _explain(dict(err))) for err in e.errors()]
+        return None, [_format(src, (*base, *_loc_path(err["loc"])), _explain(dict(err)))
+                      for err in e.errors()]
 
 
 def _cross(cfg: SimConfig, devs: list[SimDeviceBase]) -> list[tuple[Path_, str]]:
@@ -254,7 +255,8 @@ def _cross(cfg: SimConfig, devs: list[SimDeviceBase]) -> list[tuple[Path_, str]]
         if s.signal is not None and s.signal not in cfg.signals:
             errs.append((("scenarios", i, "signal"), f"unknown signal {s.signal!r}"))
         if s.device is not None and s.device not in names:
-            errs.append((("scenarios", i, "device"), f"unknown device {s.device!r}; known: {', '.join(sorted(names))}"))
+            errs.append((("scenarios", i, "device"),
+                         f"unknown device {s.device!r}; known: {', '.join(sorted(names))}"))
     return errs
 
 
@@ -280,11 +282,13 @@ def _signal_refs(dev: SimDeviceBase) -> list[tuple[Path_, str]]:
 
 def validate(src: Source) -> SimConfig:
     if not isinstance(src.data, dict):
-        raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with 'signals:' and 'devices:'"])
+        raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with 'signals:' "
+                           "and 'devices:'"])
     try:
         cfg = SimConfig.model_validate(src.data)
     except ValidationError as e:
-        raise ConfigError([_format(src, _loc_path(err["loc"]), _explain(dict(err))) for err in e.errors()]) from None
+        raise ConfigError([_format(src, _loc_path(err["loc"]), _explain(dict(err)))
+                           for err in e.errors()]) from None
     lines: list[str] = []
     devs: list[SimDeviceBase] = []
     for i, raw in enumerate(cfg.devices):

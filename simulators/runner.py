@@ -107,8 +107,9 @@ class Simulator:
         try:
             msg = json.loads(line)
             if "fault" in msg:
-                self.plant.force_fault(msg["fault"], Fault(msg["kind"], int(msg.get("code", 4)), msg.get("unit")),
-                                       unit=msg.get("unit"))
+                unit = msg.get("unit")
+                fault = Fault(msg["kind"], int(msg.get("code", 4)), unit)
+                self.plant.force_fault(msg["fault"], fault, unit=unit)
             elif "clear" in msg:
                 self.plant.force_fault(msg["clear"], None, unit=msg.get("unit"))
             elif "set" in msg:

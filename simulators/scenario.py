@@ -121,7 +121,8 @@ class Plant:
         self._value_sc = [s for s in self.scenarios if s.kind in ("leak", "spike", "set")]
         self._stuck_sc = [s for s in self.scenarios if s.kind == "stuck"]
         self._status_sc = [s for s in self.scenarios if s.kind == "bad_status"]
-        self._device_sc = [s for s in self.scenarios if s.kind in ("silent", "exception", "disconnect", "restart")]
+        self._device_sc = [s for s in self.scenarios
+                           if s.kind in ("silent", "exception", "disconnect", "restart")]
         self._forced_values: dict[str, float] = {}
         self._forced_faults: dict[tuple[str, int | None], Fault] = {}
 

@@ -1,0 +1,404 @@
+"""Simulated Modbus devices: TCP servers, and RTU units on a pty pair made by socat.
+
+The server is a small one of our own rather than pymodbus' (which costs 160-250
+CPU-µs a request, cannot take pipelined requests, and logs a traceback for every
+request to a unit it does not have): register tables are big-endian ``bytearray``s,
+so a read reply is one slice. It serves function codes 1-4 (reads); other codes get
+exception 1 (illegal function), reads outside a unit's table exception 2.
+
+Faults come from the plant (simulators.scenario) at the time of the last tick:
+``silent`` → no answer, ``exception`` → the scenario's exception code,
+``disconnect`` (TCP) → open connections are dropped and new ones refused until it
+ends. On an RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
+
+RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
+simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way
+of pulling the USB adapter), the server notices, waits ``replug_delay`` and makes a
+new pair under the same names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import struct
+import termios
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivers.modbus.codec import encode
+from gateway.config import parse_modbus_address
+from simulators.config import ModbusRtuSim, ModbusTcpSim, ModbusUnit
+from simulators.scenario import Plant
+
+log = logging.getLogger(__name__)
+
+_MBAP = struct.Struct(">HHHB")
+_REQ = struct.Struct(">BHH")  # function, start, count
+
+
+# --------------------------------------------------------------------- register banks
+
+class UnitBank:
+    """The four tables of one unit id, and the points that feed them."""
+
+    def __init__(self, spec: ModbusUnit):
+        self.unit = spec.unit
+        self.size = spec.size
+        # registers as big-endian bytes (a reply is a slice); bits one byte each
+        self.holding = bytearray(2 * spec.size)
+        self.input = bytearray(2 * spec.size)
+        self.coil = bytearray(spec.size)
+        self.discrete = bytearray(spec.size)
+        self.points = []
+        for p in spec.points:
+            func, reg, bit = parse_modbus_address(p.address)
+            self.points.append((p, func, reg, bit))
+            if p.value is not None:
+                self.write_point(p, func, reg, bit, p.value)
+
+    def write_point(self, p: Any, func: str, reg: int, bit: int | None, value: float) -> None:
+        if func in ("coil", "discrete"):
+            if reg < self.size:
+                getattr(self, func)[reg] = 1 if value >= p.threshold else 0
+            return
+        table = getattr(self, func)
+        if bit is not None:
+            word = int.from_bytes(table[2 * reg:2 * reg + 2], "big")
+            word = word | (1 << bit) if value >= p.threshold else word & ~(1 << bit)
+            table[2 * reg:2 * reg + 2] = word.to_bytes(2, "big")
+            return
+        words = encode(value, p.type, p.byte_order, p.scale, p.offset)
+        if reg + len(words) <= self.size:
+            table[2 * reg:2 * (reg + len(words))] = struct.pack(f">{len(words)}H", *words)
+
+    def update(self, values: dict[str, float]) -> None:
+        for p, func, reg, bit in self.points:
+            if p.signal is not None:
+                self.write_point(p, func, reg, bit, values[p.signal])
+
+    def read(self, fc: int, start: int, count: int) -> bytes | int:
+        """Reply data (byte count + data) for a read, or an exception code."""
+        if fc not in (1, 2, 3, 4):
+            return 1
+        limit = 2000 if fc in (1, 2) else 125
+        if count < 1 or count > limit:
+            return 3
+        if start + count > self.size:
+            return 2
+        if fc in (3, 4):
+            table = self.holding if fc == 3 else self.input
+            data = bytes(table[2 * start:2 * (start + count)])
+        else:
+            bits = self.coil if fc == 1 else self.discrete
+            data = np.packbits(np.frombuffer(bits, np.uint8, count, start), bitorder="little").tobytes()
+        return bytes((len(data),)) + data
+
+
+class _Device:
+    """Shared part of TCP and RTU servers: banks, values, faults."""
+
+    def __init__(self, model: Any, plant: Plant):
+        self.model = model
+        self.name: str = model.name
+        self.plant = plant
+        self.banks = {u.unit: UnitBank(u) for u in model.units}
+        self.t = 0.0
+        self.requests = 0
+
+    def fault(self, unit: int | None) -> Any:
+        return self.plant.device_fault(self.name, self.t, unit)
+
+    def answer(self, unit: int, fc: int, start: int, count: int) -> bytes | int | None:
+        """PDU reply bytes, an exception code, or None for silence."""
+        self.requests += 1
+        f = self.fault(unit)
+        if f is not None:
+            if f.kind == "exception":
+                return int(f.code)
+            return None  # silent (and disconnect, handled by the transport)
+        bank = self.banks.get(unit)
+        if bank is None:
+            return None
+        return bank.read(fc, start, count)
+
+    async def update(self, t: float, values: dict[str, float]) -> None:
+        self.t = t
+        for bank in self.banks.values():
+            bank.update(values)
+
+
+# --------------------------------------------------------------------- TCP
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, server: ModbusTcpServer):
+        self.server = server
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.conns.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        out = []
+        srv = self.server
+        while end - pos >= 8:
+            tid, proto, length, unit = _MBAP.unpack_from(buf, pos)
+            if proto != 0 or length < 2 or length > 254:
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if pos + 6 + length > end:
+                break
+            fc = buf[pos + 7]
+            if length >= 6:
+                _, start, count = _REQ.unpack_from(buf, pos + 7)
+                ans = srv.answer(unit, fc, start, count) if srv.banks.get(unit) or srv.fault(unit) else 11
+            else:
+                ans = 3
+            pos += 6 + length
+            if ans is None:
+                continue
+            if isinstance(ans, int):
+                out.append(_MBAP.pack(tid, 0, 3, unit) + bytes((fc | 0x80, ans)))
+            else:
+                out.append(_MBAP.pack(tid, 0, 2 + len(ans), unit) + bytes((fc,)) + ans)
+        self.buf = buf[pos:]
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+class ModbusTcpServer(_Device):
+    model: ModbusTcpSim
+
+    def __init__(self, model: ModbusTcpSim, plant: Plant):
+        super().__init__(model, plant)
+        self.conns: set[_TcpProtocol] = set()
+        self.server: asyncio.Server | None = None
+        self.port = model.port
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _TcpProtocol(self), self.model.host, self.port,
+                                               reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> dict[str, Any]:
+        await self._listen()
+        return {"protocol": "modbus-tcp", "host": self.model.host, "port": self.port,
+                "units": sorted(self.banks)}
+
+    async def update(self, t: float, values: dict[str, float]) -> None:
+        await super().update(t, values)
+        f = self.fault(None)
+        down = f is not None and f.kind == "disconnect"
+        if down and self.server is not None:
+            log.info("%s: disconnect (dropping %d connections)", self.name, len(self.conns))
+            self.server.close()
+            self.server = None
+            for c in list(self.conns):
+                if c.transport is not None:
+                    c.transport.abort()
+        elif not down and self.server is None:
+            await self._listen()
+            log.info("%s: accepting connections again", self.name)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for c in list(self.conns):
+            if c.transport is not None:
+                c.transport.abort()
+
+
+# --------------------------------------------------------------------- RTU
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """Modbus RTU CRC-16 (poly 0xA001, init 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC[(crc ^ b) & 0xFF]
+    return crc
+
+
+def rtu_frame(pdu: bytes) -> bytes:
+    return pdu + crc16(pdu).to_bytes(2, "little")
+
+
+class ModbusRtuServer(_Device):
+    """Several unit ids on one simulated RS-485 line (a pty pair)."""
+
+    model: ModbusRtuSim
+
+    def __init__(self, model: ModbusRtuSim, plant: Plant):
+        super().__init__(model, plant)
+        self.link = Path(model.link)
+        self.sim_link = Path(str(model.link) + ".sim")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.fd: int | None = None
+        self.buf = b""
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._targets: dict[Path, str] = {}
+        self.replugs = 0
+
+    async def _plug(self) -> None:
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("socat is not installed (apt-get install socat)")
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        for p in (self.link, self.sim_link):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.proc = await asyncio.create_subprocess_exec(
+            socat, f"pty,raw,echo=0,link={self.sim_link}", f"pty,raw,echo=0,link={self.link}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        # socat creates the links once both ptys exist; wait for them, not a fixed time
+        while not (self.link.exists() and self.sim_link.exists()):
+            if self.proc.returncode is not None or loop.time() > deadline:
+                raise RuntimeError(f"socat did not create {self.link}")
+            await asyncio.sleep(0.01)
+        self._targets = {p: os.readlink(p) for p in (self.link, self.sim_link)}
+        self.fd = os.open(self.sim_link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        attrs = termios.tcgetattr(self.fd)
+        attrs[0] = attrs[1] = attrs[3] = 0  # raw: no input/output/local processing
+        attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
+        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        loop.add_reader(self.fd, self._readable)
+        self.buf = b""
+
+    def _unplug_fd(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self.fd)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    async def start(self) -> dict[str, Any]:
+        await self._plug()
+        self._watch = asyncio.create_task(self._supervise(), name=f"socat[{self.name}]")
+        return self.endpoint()
+
+    def endpoint(self) -> dict[str, Any]:
+        return {"protocol": "modbus-rtu", "port": str(self.link), "sim_port": str(self.sim_link),
+                "socat_pid": self.proc.pid if self.proc else None, "units": sorted(self.banks)}
+
+    async def _supervise(self) -> None:
+        """Re-create the pty pair when socat goes away (adapter pulled and plugged back)."""
+        while not self._stopping:
+            assert self.proc is not None
+            await self.proc.wait()
+            if self._stopping:
+                return
+            log.warning("%s: socat exited (%s); re-creating %s in %.1fs", self.name, self.proc.returncode,
+                        self.link, self.model.replug_delay)
+            self._unplug_fd()
+            await asyncio.sleep(self.model.replug_delay)
+            while not self._stopping:
+                try:
+                    await self._plug()
+                    self.replugs += 1
+                    break
+                except (OSError, RuntimeError) as e:
+                    log.warning("%s: cannot re-create the pty pair: %s", self.name, e)
+                    await asyncio.sleep(self.model.replug_delay)
+
+    def _readable(self) -> None:
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            # the other end went away (socat died): the supervisor re-plugs
+            self._unplug_fd()
+            return
+        if not data:
+            return
+        self.buf += data
+        self._frames()
+
+    def _frames(self) -> None:
+        buf = self.buf
+        while len(buf) >= 8:
+            fc = buf[1]
+            if fc in (15, 16):
+                if len(buf) < 7:
+                    break
+                n = 9 + buf[6]
+            else:
+                n = 8
+            if len(buf) < n:
+                break
+            frame, rest = buf[:n], buf[n:]
+            if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
+                buf = buf[1:]  # lost sync (noise, partial frame): slide by one byte
+                continue
+            buf = rest
+            unit = frame[0]
+            if unit == 0 or unit not in self.banks:
+                continue  # broadcast or another device on the line: stay quiet
+            start, count = struct.unpack_from(">HH", frame, 2)
+            ans = self.answer(unit, fc, start, count)
+            if ans is None:
+                continue
+            pdu = bytes((unit, fc | 0x80, ans)) if isinstance(ans, int) else bytes((unit, fc)) + ans
+            self._write(rtu_frame(pdu))
+        self.buf = buf
+
+    def _write(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, data)
+        except OSError as e:
+            log.debug("%s: write failed: %s", self.name, e)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._unplug_fd()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 3.0)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        # remove our links only (another simulator may have re-used the names since)
+        for p, target in self._targets.items():
+            with contextlib.suppress(OSError):
+                if os.readlink(p) == target:
+                    p.unlink()
