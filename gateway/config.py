@@ -266,17 +266,28 @@ class OpcUaDevice(DeviceBase):
     sampling_interval: Duration | None = None
     queue_size: int = Field(default=10, ge=1)
     deadband_type: Literal["absolute", "percent"] = "absolute"
+    timestamps: Literal["source", "receive"] = Field(
+        default="source", description="source: the server's source timestamp when sane, else receive time")
+    max_clock_skew: Duration = Field(default=5.0, description="source timestamps further ahead are not sane")
+    max_timestamp_age: Duration = Field(default=3600.0, description="source timestamps older are not sane")
     channels: list[OpcUaChannel] = Field(min_length=1)
 
 
 class SerialFrame(Strict):
-    terminator: str | None = None
-    length: int | None = Field(default=None, ge=1)
-    request: str | None = None
+    """How an instrument's messages are framed, checked and (for polled ones) asked for."""
+
+    terminator: str | None = Field(default=None, description='end of a frame: "\\r\\n" (escapes allowed)')
+    length: int | None = Field(default=None, ge=1, description="fixed frame length in bytes")
+    start: str | None = Field(default=None, description="start-of-frame marker (STX, $)")
+    request: str | None = Field(default=None, description="sent each poll; none: it streams")
     checksum: Literal["none", "sum8", "xor", "crc16-modbus"] = "none"
     checksum_format: Literal["hex", "binary"] = "hex"
+    checksum_from: int = Field(default=0, ge=0, description="leading bytes the checksum skips")
+    checksum_separator: str | None = Field(default=None, description="between body and checksum: *")
     pattern: str | None = None
     encoding: str = "ascii"
+    max_length: int = Field(default=1024, ge=1, description="longer runs are dropped as garbage")
+    gap: Duration = Field(default=0.2, description="silence that cuts a frame short (partial)")
 
 
 class SerialDevice(DeviceBase):
@@ -446,6 +457,9 @@ def _format(src: Source, path: Path_, message: str) -> str:
 
 # --------------------------------------------------------------------------- cross checks
 
+_NODEID = re.compile(
+    r"^(?:(?:ns=\d+|nsu=[^;]+);)?(?:i=\d+|s=.+|g=[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+    r"[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|b=[A-Za-z0-9+/=]+)$")
 _MODBUS_ADDR = re.compile(r"^(holding|input|coil|discrete):(0x[0-9a-fA-F]+|[0-9]+)(?:\.([0-9]+))?$")
 _REG_WIDTH = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
 
@@ -516,6 +530,9 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                                  "need two or more; use ABCD or BADC"))
             if isinstance(ch, OpcUaChannel) and (ch.node is None) == (ch.browse_path is None):
                 errs.append((full, "give exactly one of 'node' (a NodeId) or 'browse_path'"))
+            elif isinstance(ch, OpcUaChannel) and ch.node is not None and not _NODEID.match(ch.node):
+                errs.append(((*full, "node"), f"{ch.node!r} is not a NodeId; write ns=2;s=R201.PT01, "
+                             "ns=2;i=1001 or ns=2;g=<guid>"))
             if isinstance(ch, SerialChannel) and isinstance(dev, SerialDevice):
                 ways = sum(x is not None for x in (ch.group, ch.pattern, ch.field))
                 if ways != 1:
@@ -553,6 +570,30 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                     re.compile(f.pattern)
                 except re.error as e:
                     errs.append((("devices", di, "frame", "pattern"), f"bad regular expression: {e}"))
+                else:
+                    groups = re.compile(f.pattern).groupindex
+                    for ci, ch in enumerate(dev.channels):
+                        if ch.group is not None and ch.group not in groups:
+                            errs.append((("devices", di, "channels", ci, "group"), f"no group (?P<{ch.group}>...) "
+                                         f"in frame.pattern; it has: {', '.join(groups) or 'none'}"))
+            for ci, ch in enumerate(dev.channels):
+                if ch.field is not None and not 0 <= ch.field[0] < ch.field[1]:
+                    errs.append((("devices", di, "channels", ci, "field"), "field is [start, end) with "
+                                 "0 <= start < end"))
+        if isinstance(dev, OpcUaDevice):
+            sec = dev.security
+            if (sec.policy == "None") != (sec.mode == "None"):
+                errs.append((("devices", di, "security"), "policy and mode go together: both None, or a "
+                             "policy with Sign / SignAndEncrypt"))
+            elif sec.policy != "None":
+                for key in ("certificate", "private_key"):
+                    if getattr(sec, key) is None:
+                        errs.append((("devices", di, "security", key), f"security {sec.policy} needs the "
+                                     f"client's {key.replace('_', ' ')}"))
+            if dev.password is not None and dev.password_file is not None:
+                errs.append((("devices", di, "password"), "give password or password_file, not both"))
+            if (dev.password is not None or dev.password_file is not None) and not dev.username:
+                errs.append((("devices", di, "username"), "a password needs a username"))
     return errs
 
 

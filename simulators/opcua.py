@@ -1,0 +1,272 @@
+"""OPC-UA simulator: an asyncua server exposing a plant's DCS tags, driven by the scenario engine.
+
+Each point is a variable in the simulator's namespace (normally index 2), with a
+string, numeric or GUID NodeId and a browse path under ``Objects/<root>``::
+
+    - name: dcs
+      protocol: opcua
+      port: 0                          # 0 = a free port (READY reports the endpoint)
+      points:
+        - {signal: R201.PT01, node: "s=R201.PT01"}             # browse path Objects/Plant/R201/PT01
+        - {signal: T101.LT01, node: "i=1001", browse: "T101/LT01"}
+      security: [None, Basic256Sha256_SignAndEncrypt]
+      certificate: /path/server-cert.der
+      private_key: /path/server-key.pem
+
+Faults from the plant: ``bad_status`` scenarios set the point's status code (e.g.
+``BadSensorFailure``, ``UncertainLastUsableValue``; the value is kept);
+``restart`` / ``disconnect`` take the whole server down for the fault's window and
+bring up a fresh one (sessions and subscriptions are gone, as after a DCS
+restart); ``silent`` freezes the values and their timestamps. ``bulk: N`` adds N
+extra Double variables ``s=Bulk.000000``.. (benchmarks), refreshed a slice per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from pydantic import Field, model_validator
+
+from gateway.config import Duration, Number, Strict
+from simulators.config import SimDeviceBase
+from simulators.scenario import Plant
+
+log = logging.getLogger(__name__)
+
+_TYPES = {"Double": ua.VariantType.Double, "Float": ua.VariantType.Float,
+          "Int32": ua.VariantType.Int32, "UInt16": ua.VariantType.UInt16, "Boolean": ua.VariantType.Boolean}
+_POLICIES = {
+    "None": ua.SecurityPolicyType.NoSecurity,
+    "Basic256Sha256_Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+    "Basic256Sha256_SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    "Aes128Sha256RsaOaep_Sign": ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    "Aes128Sha256RsaOaep_SignAndEncrypt": ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+}
+
+
+class OpcUaPoint(Strict):
+    signal: str | None = Field(default=None, description="signal name; or give 'value'")
+    value: Number | None = Field(default=None, description="a constant instead of a signal")
+    node: str = Field(pattern=r"^(s=.+|i=\d+|g=[0-9A-Fa-f-]{36})$",
+                      description="identifier in the simulator's namespace: s=R201.PT01, i=1001, g=<guid>")
+    browse: str | None = Field(default=None, description="browse path under Objects/<root>, '/'-separated; "
+                                                          "default: the string id with '.' as '/'")
+    type: Literal["Double", "Float", "Int32", "UInt16", "Boolean"] = "Double"
+    unit: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> OpcUaPoint:
+        if (self.signal is None) == (self.value is None):
+            raise ValueError("give exactly one of 'signal' or 'value'")
+        return self
+
+    @property
+    def path(self) -> list[str]:
+        if self.browse:
+            return [p for p in self.browse.split("/") if p]
+        if self.node.startswith("s="):
+            return self.node[2:].split(".")
+        return [self.node.replace("=", "_")]
+
+
+class OpcUaSim(SimDeviceBase):
+    server: ClassVar[str] = "simulators.opcua:OpcUaServer"
+    protocol: Literal["opcua"]
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 = a free port")
+    path: str = Field(default="/safegw/sim", description="endpoint path")
+    namespace: str = "urn:safegw:sim:plant"
+    root: str = Field(default="Plant", description="folder under Objects holding the points")
+    security: list[str] = Field(default_factory=lambda: ["None"])
+    certificate: Path | None = Field(default=None, description="server certificate (DER or PEM)")
+    private_key: Path | None = None
+    users: dict[str, str] | None = Field(default=None, description="user → password; none: anonymous ok")
+    restart_delay: Duration = Field(default=0.0, description="minimum down time of a restart")
+    bulk: int = Field(default=0, ge=0, le=200_000, description="extra Double variables for benchmarks")
+    bulk_update: int = Field(default=1000, ge=0, description="bulk variables refreshed per tick")
+    points: list[OpcUaPoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaSim:
+        for s in self.security:
+            if s not in _POLICIES:
+                raise ValueError(f"unknown security {s!r}; known: {', '.join(_POLICIES)}")
+        if any(s != "None" for s in self.security) and (self.certificate is None or self.private_key is None):
+            raise ValueError("secure endpoints need 'certificate' and 'private_key'")
+        return self
+
+
+class _Users:
+    """Checks user names and passwords (anonymous allowed only when no users are set)."""
+
+    def __init__(self, users: dict[str, str] | None):
+        self.users = users
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        if self.users is None:
+            return User(role=UserRole.User)
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class OpcUaServer:
+    """One simulated OPC-UA server (see module doc)."""
+
+    def __init__(self, model: OpcUaSim, plant: Plant):
+        self.model = model
+        self.name = model.name
+        self.plant = plant
+        self.port = model.port
+        self.server: Server | None = None
+        self.ns = 2
+        self.nodeids: list[ua.NodeId] = []
+        self.bulk_ids: list[ua.NodeId] = []
+        self._bulk_next = 0
+        self.down = False
+        self.restarts = 0
+        self._down_since = 0.0
+        self._vtypes = [_TYPES[p.type] for p in model.points]
+        self._last_status: list[int] = [0] * len(model.points)
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.model.host}:{self.port}{self.model.path}"
+
+    async def _build(self) -> Server:
+        m = self.model
+        srv = Server(user_manager=_Users(m.users))
+        await srv.init()
+        srv.set_endpoint(self.endpoint)
+        srv.set_server_name(f"safegw simulator {m.name}")
+        await srv.set_application_uri(f"urn:safegw:sim:{m.name}")
+        srv.set_security_policy([_POLICIES[s] for s in m.security])
+        if m.certificate is not None and m.private_key is not None:
+            await srv.load_certificate(str(m.certificate))
+            await srv.load_private_key(str(m.private_key))
+        self.ns = await srv.register_namespace(m.namespace)
+        ns = self.ns
+        root = await srv.nodes.objects.add_folder(ua.NodeId(m.root, ns), ua.QualifiedName(m.root, ns))
+        folders: dict[tuple[str, ...], Any] = {(): root}
+        self.nodeids = []
+        for p in m.points:
+            parent = root
+            path = p.path
+            for k in range(1, len(path)):
+                key = tuple(path[:k])
+                if key not in folders:
+                    folders[key] = await folders[tuple(path[:k - 1])].add_folder(
+                        ua.NodeId(f"{m.root}/{'/'.join(key)}", ns), ua.QualifiedName(path[k - 1], ns))
+                parent = folders[key]
+            nid = _nodeid(p.node, ns)
+            vt = _TYPES[p.type]
+            init = False if vt == ua.VariantType.Boolean else 0
+            var = await parent.add_variable(nid, ua.QualifiedName(path[-1], ns), ua.Variant(init, vt))
+            self.nodeids.append(var.nodeid)
+        self.bulk_ids = []
+        if m.bulk:
+            bulk = await root.add_folder(ua.NodeId(f"{m.root}/Bulk", ns), ua.QualifiedName("Bulk", ns))
+            for k in range(m.bulk):
+                var = await bulk.add_variable(ua.NodeId(f"Bulk.{k:06d}", ns), ua.QualifiedName(f"B{k:06d}", ns),
+                                              ua.Variant(float(k), ua.VariantType.Double))
+                self.bulk_ids.append(var.nodeid)
+        return srv
+
+    async def start(self) -> dict[str, Any]:
+        if self.port == 0:
+            self.port = free_port(self.model.host)
+        self.server = await self._build()
+        await self.server.start()
+        return {"endpoint": self.endpoint, "namespace": self.model.namespace, "ns": self.ns}
+
+    async def _go_down(self, t: float, why: str) -> None:
+        if self.server is not None:
+            log.info("opcua sim %s: going down (%s)", self.name, why)
+            with contextlib.suppress(OSError, RuntimeError, asyncio.CancelledError):
+                await self.server.stop()
+            self.server = None
+        self.down = True
+        self._down_since = t
+
+    async def _come_back(self) -> None:
+        self.server = await self._build()
+        await self.server.start()
+        self.down = False
+        self.restarts += 1
+        self._last_status = [0] * len(self.model.points)
+        log.info("opcua sim %s: back up (restart %d)", self.name, self.restarts)
+
+    async def restart(self) -> None:
+        """Stop and start again at once (tests)."""
+        await self._go_down(0.0, "restart requested")
+        await self._come_back()
+
+    async def update(self, t: float, values: dict[str, float]) -> None:
+        fault = self.plant.device_fault(self.name, t)
+        kind = fault.kind if fault is not None else None
+        if kind in ("restart", "disconnect"):
+            if not self.down:
+                await self._go_down(t, kind)
+            return
+        if self.down:
+            if t - self._down_since < self.model.restart_delay:
+                return
+            await self._come_back()
+        if kind == "silent" or self.server is None:
+            return
+        now = dt.datetime.now(dt.UTC)
+        write = self.server.write_attribute_value
+        for i, p in enumerate(self.model.points):
+            v = values[p.signal] if p.signal is not None else p.value
+            status_name = self.plant.signal_status(p.signal, t) if p.signal is not None else None
+            code = getattr(ua.StatusCodes, status_name, ua.StatusCodes.Bad) if status_name else 0
+            vt = self._vtypes[i]
+            if vt == ua.VariantType.Boolean:
+                val: Any = bool(v >= 0.5)
+            elif vt in (ua.VariantType.Int32, ua.VariantType.UInt16):
+                val = round(v)
+            else:
+                val = float(v)
+            dv = ua.DataValue(ua.Variant(val, vt), ua.StatusCode(code), SourceTimestamp=now, ServerTimestamp=now)
+            await write(self.nodeids[i], dv)
+        if self.bulk_ids and self.model.bulk_update:
+            n = len(self.bulk_ids)
+            k0 = self._bulk_next
+            for k in range(k0, k0 + min(self.model.bulk_update, n)):
+                j = k % n
+                dv = ua.DataValue(ua.Variant(float(j) + t, ua.VariantType.Double), SourceTimestamp=now,
+                                  ServerTimestamp=now)
+                await write(self.bulk_ids[j], dv)
+            self._bulk_next = (k0 + self.model.bulk_update) % n
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(OSError, RuntimeError, asyncio.CancelledError):
+                await self.server.stop()
+            self.server = None
+
+
+def _nodeid(text: str, ns: int) -> ua.NodeId:
+    kind, _, ident = text.partition("=")
+    if kind == "i":
+        return ua.NodeId(int(ident), ns)
+    if kind == "g":
+        import uuid
+
+        return ua.NodeId(uuid.UUID(ident), ns, ua.NodeIdType.Guid)
+    return ua.NodeId(ident, ns)
