@@ -466,6 +466,13 @@ _REG_WIDTH = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "floa
 
 def parse_modbus_address(addr: str) -> tuple[str, int, int | None]:
     m = _MODBUS_ADDR.match(addr.strip())
+    if not m and addr.strip().isdigit():
+        n = addr.strip()
+        raise ValueError(
+            f"address {n} has no function; write holding:{int(n)}, input:{int(n)}, coil:{int(n)} or "
+            f"discrete:{int(n)} (a bare {n} is not taken as a number: YAML 1.1 would read it as octal)"
+            if n.startswith("0") and len(n) > 1 else
+            f"address {n} has no function; write holding:{n}, input:{n}, coil:{n} or discrete:{n}")
     if not m:
         raise ValueError(
             f"address {addr!r} is not function:register; write holding:100, input:0, coil:3, "
@@ -488,7 +495,8 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
     for di, dev in enumerate(cfg.devices):
         dpath: Path_ = ("devices", di)
         if dev.name in seen_dev:
-            errs.append(((*dpath, "name"), f"device name {dev.name!r} is already used by devices[{seen_dev[dev.name]}]"))
+            errs.append(((*dpath, "name"),
+                         f"device name {dev.name!r} is already used by devices[{seen_dev[dev.name]}]"))
         seen_dev.setdefault(dev.name, di)
         if dev.poll < dev.timeout:
             errs.append(((*dpath, "poll"), f"poll interval {dev.poll:g}s is shorter than the timeout "
@@ -497,18 +505,21 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
             errs.append(((*dpath, "poll"), "poll interval must be > 0"))
         if isinstance(dev, ModbusRtuDevice | SerialDevice):
             if dev.port in seen_port:
-                errs.append(((*dpath, "port"), f"serial port {dev.port} is already used by devices[{seen_port[dev.port]}]; "
+                errs.append(((*dpath, "port"),
+                             f"serial port {dev.port} is already used by devices[{seen_port[dev.port]}]; "
                              "put several units of one RS-485 line under one device's 'units:'"))
             seen_port.setdefault(dev.port, di)
         if isinstance(dev, ModbusRtuDevice):
             units = [u.unit for u in dev.units]
             for ui, u in enumerate(dev.units):
                 if units.index(u.unit) != ui:
-                    errs.append(((*dpath, "units", ui, "unit"), f"unit id {u.unit} appears twice on this bus"))
+                    errs.append(((*dpath, "units", ui, "unit"),
+                                 f"unit id {u.unit} appears twice on this bus"))
         for cpath, ch in device_channels(dev):
             full = (*dpath, *cpath)
             if ch.name in seen_ch:
-                errs.append(((*full, "name"), f"duplicate channel name {ch.name!r} (first at {_dotted(seen_ch[ch.name])})"))
+                errs.append(((*full, "name"),
+                             f"duplicate channel name {ch.name!r} (first at {_dotted(seen_ch[ch.name])})"))
             seen_ch.setdefault(ch.name, full)
             if isinstance(ch, ModbusChannel):
                 try:
@@ -599,21 +610,159 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
 
 # --------------------------------------------------------------------------- loading
 
+def _register_overlaps(cfg: Config) -> list[tuple[Path_, str]]:
+    """Registers claimed twice on one device (and unit): how a float32 (or int32, ...)
+    mapped to one register shows up. A value takes 1 (16-bit), 2 (32-bit) or 4 (float64)
+    consecutive registers; the next value may start only after them. Channels on the very
+    same register with the same width (bits of one status word, a register read twice)
+    are fine."""
+    errs: list[tuple[Path_, str]] = []
+    for di, dev in enumerate(cfg.devices):
+        if not isinstance(dev, ModbusTcpDevice | ModbusRtuDevice):
+            continue
+        spans: dict[tuple[Any, str], list[tuple[int, int, str, str, Path_]]] = {}
+        for cpath, ch in device_channels(dev):
+            if not isinstance(ch, ModbusChannel):
+                continue
+            try:
+                func, reg, bit = parse_modbus_address(ch.address)
+            except ValueError:
+                continue  # reported by _cross_check
+            if func not in ("holding", "input"):
+                continue
+            width = 1 if bit is not None or ch.type == "bool" else _REG_WIDTH.get(ch.type, 1)
+            full = ("devices", di, *cpath)
+            if reg + width - 1 > 65535:
+                errs.append(((*full, "address"), f"a {ch.type} takes {width} registers: {func}:{reg} would "
+                             f"need {reg}-{reg + width - 1}, beyond 65535"))
+                continue
+            unit = cpath[1] if cpath[0] == "units" else None
+            spans.setdefault((unit, func), []).append((reg, width, ch.name, ch.type, full))
+        for (_unit, func), items in spans.items():
+            items.sort(key=lambda s: (s[0], s[4]))
+            for k, (reg, width, _name, _type, full) in enumerate(items):
+                for reg0, width0, name0, type0, _full0 in items[:k]:
+                    if (reg0, width0) == (reg, width) or reg0 + width0 <= reg:
+                        continue
+                    errs.append(((*full, "address"), f"register {func}:{reg} is already taken by {name0!r}, "
+                                 f"a {type0} at {func}:{reg0} that spans {width0} registers "
+                                 f"({reg0}-{reg0 + width0 - 1}); move this channel to {func}:{reg0 + width0} "
+                                 f"or later, or check the type of {name0!r}"))
+                    break
+    return errs
+
+
+def _prune(data: Any, bad: set[Path_], here: Path_ = ()) -> tuple[Any, dict[Path_, list[int]]]:
+    """A copy of ``data`` without the list items / keys at the ``bad`` paths, and for each
+    list that lost items (keyed by its path in the copy) the original index of each item."""
+    maps: dict[Path_, list[int]] = {}
+    if isinstance(data, dict):
+        out: dict[Any, Any] = {}
+        for k, v in data.items():
+            if (*here, k) in bad:
+                continue
+            out[k], sub = _prune(v, bad, (*here, k))
+            maps.update(sub)
+        return out, maps
+    if isinstance(data, list):
+        keep = [i for i in range(len(data)) if (*here, i) not in bad]
+        items = []
+        for new_i, i in enumerate(keep):
+            item, sub = _prune(data[i], bad, (*here, i))
+            items.append(item)
+            # sub-paths were built with the original index; re-key them by the new one
+            for p, m in sub.items():
+                maps[(*here, new_i, *p[len(here) + 1:])] = m
+        if len(keep) != len(data):
+            maps[here] = keep
+        return items, maps
+    return data, maps
+
+
+def _unprune(path: Path_, maps: dict[Path_, list[int]]) -> Path_:
+    """A path in the pruned copy → the same place in the original document."""
+    out: Path_ = ()
+    cur: Path_ = ()
+    for part in path:
+        orig = maps[cur][part] if isinstance(part, int) and cur in maps else part
+        cur = (*cur, part)
+        out = (*out, orig)
+    return out
+
+
+def _culprit(src: Source, loc: Path_) -> Path_ | None:
+    """What to leave out so the rest of the file can still be cross-checked: the channel
+    (or device, or key) an error is in."""
+    path = src.real_path(loc)
+    for k in range(len(path) - 2, -1, -1):
+        if path[k] == "channels" and isinstance(path[k + 1], int):
+            return path[: k + 2]
+    if len(path) >= 2 and path[0] == "devices" and isinstance(path[1], int):
+        return path[:2]
+    if loc and loc[0] == "devices":
+        return ("devices",)
+    if path and path[0] in ("gateway",):
+        return None  # required: nothing left to check without it (see below)
+    if loc and isinstance(loc[0], str):
+        return (loc[0],)
+    return None
+
+
+def _partial_cross_check(src: Source, errors: list[dict[str, Any]]) -> list[tuple[Path_, str]]:
+    """Cross-check what is valid in a file that has schema errors: leave out each broken
+    channel, device or section, validate the rest, check it, and map the paths back."""
+    bad: set[Path_] = set()
+    for err in errors:
+        loc = _loc_path(tuple(err["loc"]))
+        culprit = _culprit(src, loc)
+        if culprit is None:
+            if src.real_path(loc)[:1] == ("gateway",):
+                # the gateway section is required but not cross-checked: stand in for it
+                continue
+            return []
+        bad.add(culprit)
+    data, maps = _prune(src.data, bad)
+    if isinstance(data, dict) and any(p[:1] == ("gateway",) for p in
+                                      (src.real_path(_loc_path(tuple(e["loc"]))) for e in errors)):
+        data["gateway"] = {"id": "x", "site": "x"}
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError:
+        return []  # still broken: the schema errors are all we can say
+    out: list[tuple[Path_, str]] = []
+    for path, msg in [*_cross_check(cfg), *_register_overlaps(cfg)]:
+        out.append((_unprune(path, maps), msg))
+    return out
+
+
 def validate(src: Source) -> Config:
-    """Models, then cross checks; raise ConfigError with every problem found."""
-    lines: list[str] = []
+    """Models, then cross checks; raise ConfigError with every problem found, in file order.
+
+    When the models find errors, the cross checks still run on the parts that are valid
+    (broken channels, devices or sections left out), so one run reports everything.
+    """
     if not isinstance(src.data, dict):
         raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with a 'gateway:' section"])
+    found: list[tuple[int, int, int, str]] = []
+
+    def add(path: Path_, message: str) -> None:
+        m = src.where(path)
+        found.append((m.line, m.col, len(found), _format(src, path, message)))
+
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(src.data)
     except ValidationError as e:
-        for err in e.errors():
-            lines.append(_format(src, _loc_path(err["loc"]), _explain(dict(err))))
-        raise ConfigError(lines) from None
-    for path, msg in _cross_check(cfg):
-        lines.append(_format(src, path, msg))
-    if lines:
-        raise ConfigError(lines)
+        errors: list[dict[str, Any]] = [dict(err) for err in e.errors()]
+        for err in errors:
+            add(_loc_path(tuple(err["loc"])), _explain(err))
+        for path, msg in _partial_cross_check(src, errors):
+            add(path, msg)
+    else:
+        for path, msg in [*_cross_check(cfg), *_register_overlaps(cfg)]:
+            add(path, msg)
+    if found or cfg is None:
+        raise ConfigError([line for *_, line in sorted(found)])
     cfg._base_dir = Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
     return cfg
 
