@@ -367,15 +367,29 @@ class UplinkSection(Strict):
 
 
 class ApiSection(Strict):
-    listen: str = "127.0.0.1:8080"
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+                        description="host:port ([::1]:8080 for IPv6); loopback unless you mean it")
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    users_file: Path | None = Field(default=None, description="token store (default: <state_dir>/users.json)")
+    docs: bool = Field(default=True, description="serve the OpenAPI documentation at /docs")
 
 
 class RegistersSection(Strict):
-    remind_days: int = Field(default=30, ge=0)
-    types_file: Path | None = None
+    remind_days: int | list[int] = Field(
+        default=[30, 7, 1], description="raise a reminder this many days before a due date (one or several "
+                                        "thresholds); an overdue reminder follows on the day after")
+    types_file: Path | None = Field(default=None, description="YAML with the plant's own register types")
     max_attachment: Size = 20 * 10**6
+    check_every: Duration = Field(default=3600.0, description="how often due dates are checked")
+
+    @field_validator("remind_days")
+    @classmethod
+    def _days(cls, v: int | list[int]) -> int | list[int]:
+        days = [v] if isinstance(v, int) else v
+        if not days or any(d < 0 for d in days):
+            raise ValueError("remind_days: give days >= 0, e.g. 30 or [30, 7, 1]")
+        return v
 
 
 class Config(Strict):

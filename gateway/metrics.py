@@ -1,0 +1,178 @@
+"""Prometheus text exposition of the gateway's counters (served at ``/metrics``).
+
+Everything comes from state the daemon already keeps (device states, the live table,
+the journal's counters, the rules' active alarms, the services' ``stats()``), so a
+scrape costs a few array reductions and no I/O beyond a stat() of the journal file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from gateway.batch import Quality
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(float(v))
+
+
+class Exposition:
+    """Builds the text format: HELP and TYPE once per family, then its samples."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(
+        self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]] | float
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        if isinstance(samples, int | float):
+            samples = [({}, samples)]
+        for labels, value in samples:
+            if labels:
+                lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
+            else:
+                self.lines.append(f"{name} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(gw: Any, *, active_alarms: int | None = None, api: dict[str, Any] | None = None) -> str:
+    """The whole exposition for one scrape."""
+    e = Exposition()
+    now = gw.clock()
+    e.family("safegw_up", "gauge", "1 while the gateway runs", 1)
+    e.family(
+        "safegw_uptime_seconds", "gauge", "seconds since the gateway started", (now - gw.started_ns) / 1e9
+    )
+    e.family("safegw_channels", "gauge", "configured channels", len(gw.table))
+    devs = list(gw.devices.values())
+    e.family(
+        "safegw_device_polls_total",
+        "counter",
+        "successful polls per device",
+        [({"device": d.name}, d.polls) for d in devs],
+    )
+    e.family(
+        "safegw_device_errors_total",
+        "counter",
+        "failed polls or connects per device",
+        [({"device": d.name}, d.errors) for d in devs],
+    )
+    e.family(
+        "safegw_device_overruns_total",
+        "counter",
+        "poll cycles skipped because a poll overran",
+        [({"device": d.name}, d.overruns) for d in devs],
+    )
+    e.family(
+        "safegw_device_samples_total",
+        "counter",
+        "samples read per device",
+        [({"device": d.name}, d.samples) for d in devs],
+    )
+    e.family(
+        "safegw_device_up",
+        "gauge",
+        "1 when the device answers, 0 when failing or disabled",
+        [({"device": d.name, "protocol": d.protocol}, 1 if d.state == "ok" else 0) for d in devs],
+    )
+    e.family(
+        "safegw_device_last_poll_seconds",
+        "gauge",
+        "duration of the last poll",
+        [({"device": d.name}, d.last_poll_ms / 1e3) for d in devs],
+    )
+    q = gw.live.quality
+    good = int(np.count_nonzero(q < Quality.UNCERTAIN))
+    bad = int(np.count_nonzero(q >= Quality.BAD))
+    e.family(
+        "safegw_channels_by_quality",
+        "gauge",
+        "channels by the class of their latest quality",
+        [
+            ({"quality": "good"}, good),
+            ({"quality": "uncertain"}, len(q) - good - bad),
+            ({"quality": "bad"}, bad),
+        ],
+    )
+    e.family("safegw_ingested_batches_total", "counter", "batches handed to the journal", gw.ingested_batches)
+    e.family("safegw_ingest_errors_total", "counter", "batches the journal refused", gw.ingest_errors)
+    st = gw.journal.stats()
+    first, last = int(st.get("first_seq") or 0), int(st.get("last_seq") or 0)
+    e.family("safegw_journal_last_seq", "counter", "sequence number of the newest record", last)
+    e.family(
+        "safegw_journal_depth_records",
+        "gauge",
+        "records held in the journal",
+        max(0, last - first + 1) if last else 0,
+    )
+    e.family("safegw_journal_payload_bytes", "gauge", "payload bytes held", int(st.get("payload_bytes") or 0))
+    e.family(
+        "safegw_journal_file_bytes", "gauge", "journal file size with its WAL", int(st.get("file_bytes") or 0)
+    )
+    e.family("safegw_journal_quota_bytes", "gauge", "journal byte quota", int(st.get("quota_bytes") or 0))
+    e.family(
+        "safegw_journal_dropped_records_total",
+        "counter",
+        "records dropped by retention",
+        int(st.get("dropped_records") or 0),
+    )
+    consumers = st.get("consumers") or {}
+    e.family(
+        "safegw_consumer_lag_records",
+        "gauge",
+        "records a consumer has not acknowledged yet",
+        [({"consumer": n}, int(c.get("lag", 0))) for n, c in sorted(consumers.items())],
+    )
+    if active_alarms is not None:
+        e.family("safegw_alarms_active", "gauge", "alarms active now", active_alarms)
+    for svc in getattr(gw, "services", []):
+        stats_fn = getattr(svc, "stats", None)
+        if stats_fn is None or svc.name == "api":
+            continue
+        s = stats_fn()
+        if svc.name == "uplink":
+            link = s.get("link", {}) if isinstance(s, dict) else {}
+            out = link.get("bytes_out_total", s.get("sealed_bytes", 0))
+            e.family("safegw_uplink_bytes_sent_total", "counter", "bytes sent towards central", int(out or 0))
+            e.family(
+                "safegw_uplink_month_bytes",
+                "gauge",
+                "bytes used this month on the uplink",
+                int(link.get("month_bytes") or 0),
+            )
+            e.family(
+                "safegw_uplink_lag_records",
+                "gauge",
+                "records not yet delivered upstream",
+                int(s.get("lag_records") or 0),
+            )
+    if api:
+        e.family(
+            "safegw_api_requests_total",
+            "counter",
+            "API requests by status class",
+            [({"code": k}, v) for k, v in sorted(api.get("requests", {}).items())],
+        )
+        e.family("safegw_reminders_total", "counter", "register reminders raised", api.get("reminders", 0))
+    return e.text()
