@@ -41,6 +41,11 @@ from simulators.scenario import Plant
 
 log = logging.getLogger(__name__)
 
+# asyncua's constructors are typed with NewTypes (Int16, UInt32, DateTime); plain values are fine
+_NodeId: Any = ua.NodeId
+_DataValue: Any = ua.DataValue
+_StatusCode: Any = ua.StatusCode
+
 _TYPES = {"Double": ua.VariantType.Double, "Float": ua.VariantType.Float,
           "Int32": ua.VariantType.Int32, "UInt16": ua.VariantType.UInt16, "Boolean": ua.VariantType.Boolean}
 _POLICIES = {
@@ -150,7 +155,7 @@ class OpcUaServer:
 
     async def _build(self) -> Server:
         m = self.model
-        srv = Server(user_manager=_Users(m.users))
+        srv = Server(user_manager=_Users(m.users))  # type: ignore[arg-type]
         await srv.init()
         srv.set_endpoint(self.endpoint)
         srv.set_server_name(f"safegw simulator {m.name}")
@@ -161,7 +166,7 @@ class OpcUaServer:
             await srv.load_private_key(str(m.private_key))
         self.ns = await srv.register_namespace(m.namespace)
         ns = self.ns
-        root = await srv.nodes.objects.add_folder(ua.NodeId(m.root, ns), ua.QualifiedName(m.root, ns))
+        root = await srv.nodes.objects.add_folder(_NodeId(m.root, ns), ua.QualifiedName(m.root, ns))
         folders: dict[tuple[str, ...], Any] = {(): root}
         self.nodeids = []
         for p in m.points:
@@ -171,7 +176,7 @@ class OpcUaServer:
                 key = tuple(path[:k])
                 if key not in folders:
                     folders[key] = await folders[tuple(path[:k - 1])].add_folder(
-                        ua.NodeId(f"{m.root}/{'/'.join(key)}", ns), ua.QualifiedName(path[k - 1], ns))
+                        _NodeId(f"{m.root}/{'/'.join(key)}", ns), ua.QualifiedName(path[k - 1], ns))
                 parent = folders[key]
             nid = _nodeid(p.node, ns)
             vt = _TYPES[p.type]
@@ -180,9 +185,10 @@ class OpcUaServer:
             self.nodeids.append(var.nodeid)
         self.bulk_ids = []
         if m.bulk:
-            bulk = await root.add_folder(ua.NodeId(f"{m.root}/Bulk", ns), ua.QualifiedName("Bulk", ns))
+            bulk = await root.add_folder(_NodeId(f"{m.root}/Bulk", ns), ua.QualifiedName("Bulk", ns))
             for k in range(m.bulk):
-                var = await bulk.add_variable(ua.NodeId(f"Bulk.{k:06d}", ns), ua.QualifiedName(f"B{k:06d}", ns),
+                var = await bulk.add_variable(_NodeId(f"Bulk.{k:06d}", ns),
+                                              ua.QualifiedName(f"B{k:06d}", ns),
                                               ua.Variant(float(k), ua.VariantType.Double))
                 self.bulk_ids.append(var.nodeid)
         return srv
@@ -232,7 +238,7 @@ class OpcUaServer:
         now = dt.datetime.now(dt.UTC)
         write = self.server.write_attribute_value
         for i, p in enumerate(self.model.points):
-            v = values[p.signal] if p.signal is not None else p.value
+            v = float(values[p.signal] if p.signal is not None else (p.value or 0.0))
             status_name = self.plant.signal_status(p.signal, t) if p.signal is not None else None
             code = getattr(ua.StatusCodes, status_name, ua.StatusCodes.Bad) if status_name else 0
             vt = self._vtypes[i]
@@ -242,14 +248,15 @@ class OpcUaServer:
                 val = round(v)
             else:
                 val = float(v)
-            dv = ua.DataValue(ua.Variant(val, vt), ua.StatusCode(code), SourceTimestamp=now, ServerTimestamp=now)
+            dv = _DataValue(ua.Variant(val, vt), _StatusCode(code), SourceTimestamp=now,
+                            ServerTimestamp=now)
             await write(self.nodeids[i], dv)
         if self.bulk_ids and self.model.bulk_update:
             n = len(self.bulk_ids)
             k0 = self._bulk_next
             for k in range(k0, k0 + min(self.model.bulk_update, n)):
                 j = k % n
-                dv = ua.DataValue(ua.Variant(float(j) + t, ua.VariantType.Double), SourceTimestamp=now,
+                dv = _DataValue(ua.Variant(float(j) + t, ua.VariantType.Double), SourceTimestamp=now,
                                   ServerTimestamp=now)
                 await write(self.bulk_ids[j], dv)
             self._bulk_next = (k0 + self.model.bulk_update) % n
@@ -264,9 +271,9 @@ class OpcUaServer:
 def _nodeid(text: str, ns: int) -> ua.NodeId:
     kind, _, ident = text.partition("=")
     if kind == "i":
-        return ua.NodeId(int(ident), ns)
+        return _NodeId(int(ident), ns)
     if kind == "g":
         import uuid
 
-        return ua.NodeId(uuid.UUID(ident), ns, ua.NodeIdType.Guid)
-    return ua.NodeId(ident, ns)
+        return _NodeId(uuid.UUID(ident), ns, ua.NodeIdType.Guid)
+    return _NodeId(ident, ns)

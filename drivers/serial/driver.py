@@ -39,6 +39,7 @@ from gateway.channels import ChannelInfo
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 4096
+_OVERFLOW = b"<overflow>"  # identity-compared marker, never a real frame object
 
 
 def frame_spec(dev: Any) -> FrameSpec:
@@ -85,7 +86,9 @@ class SerialDriver(Driver):
         self._ser: serial.Serial | None = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._frames: deque[tuple[int, bytes | None]] = deque()  # (receive ns, frame or None = partial)
+        # (receive ns, frame); None marks a partial frame, _OVERFLOW a run without terminator
+        self._frames: deque[tuple[int, bytes | None]] = deque()
+        self._bytes_since_frame = 0
         self._wake = asyncio.Event()
         self._error: BaseException | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
@@ -162,10 +165,14 @@ class SerialDriver(Driver):
         self.info["bytes"] += len(data)
         framer = self.framer
         before = framer.overflow
+        self._bytes_since_frame += len(data)
         for f in framer.feed(data):
-            self._frames.append((ts, f))
+            if f:  # blank lines (CR LF pairs, keep-alives) carry nothing
+                self._frames.append((ts, f))
         if framer.overflow != before:
+            # a run of bytes with no terminator: garbage, and the channels should say so
             self.info["overflows"] += framer.overflow - before
+            self._frames.append((ts, _OVERFLOW))
         self.info["garbage_bytes"] = framer.overflow_bytes + self.parser.garbage_bytes
         assert self._loop is not None
         self._last_byte = self._loop.time()
@@ -213,6 +220,15 @@ class SerialDriver(Driver):
             if frame is None:
                 info["partial_frames"] += 1
                 partial = True
+                continue
+            self._bytes_since_frame = 0
+            if frame is _OVERFLOW:
+                info["last_error"] = f"no terminator within {self.spec.max_length} bytes"
+                bad_cause = int(Quality.PARSE)
+                pos.extend(range(n))
+                raw.extend([np.nan] * n)
+                ts.extend([t] * n)
+                q.extend([bad_cause] * n)
                 continue
             info["frames"] += 1
             r = self.parser.parse(frame)
@@ -303,7 +319,8 @@ class SerialStreamDriver(SerialDriver):
                 sink(self._batch(pos, ts, raw, q))
             if loop.time() >= deadline:
                 # nothing good within the timeout: say so, then again every poll period
-                cause = window_cause or int(Quality.TIMEOUT)
+                cause = window_cause or int(Quality.PARSE if self._bytes_since_frame else Quality.TIMEOUT)
+                self._bytes_since_frame = 0
                 if cause == Quality.TIMEOUT:
                     self.info["timeouts"] += 1
                     if self.info["last_error"] != "silent":

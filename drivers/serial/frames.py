@@ -19,6 +19,10 @@ Frame layout, as an instrument engineer describes it in the config::
   per-channel regex with a ``(?P<value>...)`` group (``pattern``), or fixed-width
   columns ``[start, end)`` of the frame (``field``).
 
+Only a well-formed frame whose checksum disagrees is a checksum error; a frame
+without room for its checksum, without the separator, or with a checksum that is
+not hex is garbage (a parse error).
+
 A channel whose pattern does not match a frame is simply not in that frame (an
 instrument may send several kinds of lines); a frame that carries no channel at
 all is a parse error, and a matched value that is not a number is a parse error
@@ -284,15 +288,15 @@ class FrameParser:
             sep = self.sep
             body_end = len(frame) - n - len(sep)
             if body_end < self.ck_from:
-                return ParseResult(CHECKSUM, [], [], [], "frame too short for its checksum")
+                return ParseResult(PARSE, [], [], [], "frame too short for its checksum")
             if sep and frame[body_end:body_end + len(sep)] != sep:
-                return ParseResult(CHECKSUM, [], [], [], "checksum separator missing")
+                return ParseResult(PARSE, [], [], [], "checksum separator missing")
             got_raw = frame[len(frame) - n:]
             if self.ck_hex:
                 try:
                     got = int(got_raw, 16)
                 except ValueError:
-                    return ParseResult(CHECKSUM, [], [], [], f"checksum {got_raw!r} is not hex")
+                    return ParseResult(PARSE, [], [], [], f"checksum {got_raw!r} is not hex")
             else:
                 got = int.from_bytes(got_raw, "little")
             want = self.ck_fn(frame[self.ck_from:body_end])
