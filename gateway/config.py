@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from gateway.yamlsrc import Path_, Source, YamlError, load_file, load_text
@@ -332,24 +333,50 @@ class MqttSection(Strict):
 
 
 class InfluxSection(Strict):
-    url: str = "http://127.0.0.1:8086"
-    api: Literal["v1", "v2"] = "v1"
-    database: str = "safegw"
+    """InfluxDB historian (gateway/historian.py; schema in docs/historian.md)."""
+
+    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
+    api: Literal["v1", "v2"] = Field(default="v1", description="v1: POST /write (1.x, or 2.x/3.x v1 compat); "
+                                     "v2: influxdb-client (2.x/3.x)")
+    database: str = Field(default="safegw", min_length=1)
     retention_policy: str | None = None
     username: str | None = None
     password: str | None = None
-    password_file: Path | None = None
+    password_file: Path | None = Field(default=None, description="file (mode 0600) holding the password")
     token: str | None = None
-    token_file: Path | None = None
+    token_file: Path | None = Field(default=None, description="file (mode 0600) holding the token")
     bucket: str | None = None
     org: str | None = None
     measurement: Literal["per_kind", "single"] = "per_kind"
-    measurement_name: str = "safegw"
-    batch_points: int = Field(default=5000, ge=1)
+    measurement_name: str = Field(default="safegw", min_length=1)
+    alarms_measurement: str = Field(default="alarms", min_length=1)
+    events_measurement: str = Field(default="events", min_length=1)
+    stats_measurement: str = Field(default="stats_5m", min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict, description="extra tags on every point")
+    batch_points: int = Field(default=5000, ge=1, le=1_000_000)
     flush_every: Duration = 1.0
     timeout: Duration = 10.0
-    stats_every: Duration = 300.0
+    gzip: bool = True
+    stats: bool = True
+    stats_every: Duration = Field(default=300.0, gt=0)
     create_database: bool = True
+    max_backoff: Duration = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> InfluxSection:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give either password or password_file, not both")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give either token or token_file, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.api == "v2":
+            missing = [k for k in ("bucket", "org") if getattr(self, k) is None]
+            if self.token is None and self.token_file is None:
+                missing.append("token or token_file")
+            if missing:
+                raise ValueError(f"api v2 needs {', '.join(missing)}")
+        return self
 
 
 class UplinkSection(Strict):

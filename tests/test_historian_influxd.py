@@ -1,0 +1,346 @@
+"""The historian against a real InfluxDB 1.x (Debian's influxd, started by tests/fixtures/influxd.py).
+
+Samples and events go into the gateway's journal; the ``influxdb`` service writes them;
+the tests read them back with InfluxQL and compare values bit for bit, timestamps to the
+nanosecond, and tags. Faults: the server stopped in the middle of ingest and restarted,
+a missing database, a field type conflict and points beyond retention in the middle of
+a backlog, authentication (401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.app import Gateway
+from gateway.batch import Batch, Quality
+from gateway.config import Config, loads
+from gateway.historian import CONSUMER, HistorianService, build_service
+from tests.fixtures.influxd import Influxd, unique_db
+from tests.helpers import async_wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+N_CH = 12
+KINDS = ["gas", "temperature", "pressure"]
+
+
+def make_config(tmp: Path, url: str, db: str, *, n: int = N_CH, extra: str = "", gw_id: str = "gw-test-1") -> Config:
+    chans = []
+    for i in range(n):
+        kind = KINDS[i % 3]
+        hs = f", hazard_source: 'HS {i % 2}'" if i % 4 == 0 else ""
+        chans.append(f"      - {{name: 'CH-{i:03d}', kind: {kind}, unit: 'u,{i % 2}', address: 'holding:{2 * i}',"
+                     f" type: float32, area: 'Tank farm=1'{hs}}}")
+    text = f"""
+gateway:
+  id: {gw_id}
+  site: "91370100MA3C000000"
+  state_dir: {tmp / "state"}
+devices:
+  - name: plc-1
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: 1502
+    enabled: false
+    channels:
+{chr(10).join(chans)}
+influxdb:
+  url: {url}
+  database: {db}
+  flush_every: 100ms
+  max_backoff: 500ms
+  timeout: 2s
+{extra}
+"""
+    return loads(text)
+
+
+T0 = 1_764_000_000_000_000_000 + 123_456_789
+
+
+def batch(i: int, n: int = N_CH, t0: int = T0) -> Batch:
+    """Poll ``i``: every channel once, one timestamp, a few bad samples."""
+    rng = np.random.default_rng(i)
+    vals = rng.normal(20, 5, n)
+    vals[::3] = np.round(vals[::3], 2)
+    q = np.zeros(n, np.uint8)
+    q[(i + np.arange(n)) % 7 == 0] = Quality.TIMEOUT
+    vals[q >= Quality.BAD] = np.nan
+    q[(i + np.arange(n)) % 11 == 0] = Quality.CALIBRATING  # uncertain, keeps its value
+    return Batch.build(np.arange(n), t0 + i * 1_000_000_000, vals, q)
+
+
+class Harness:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.gw = Gateway(cfg)
+        assert cfg.influxdb is not None
+        self.svc: HistorianService = build_service(self.gw, cfg.influxdb)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.svc.start()
+        self.task = asyncio.create_task(self.svc.run(), name="service[influxdb]")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.svc.stop()
+        self.gw.journal.close()
+
+    async def caught_up(self, timeout: float = 30.0) -> None:
+        j = self.gw.journal
+        await async_wait_until(lambda: self.svc.cursor >= j.last_seq, timeout,
+                               what=f"historian cursor to reach {j.last_seq} (at {self.svc.cursor}, "
+                                    f"state {self.svc.writer.state}: {self.svc.writer.last_error})")
+
+
+@contextlib.asynccontextmanager
+async def harness(cfg: Config) -> AsyncIterator[Harness]:
+    h = Harness(cfg)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+def rows(srv: Influxd, db: str, q: str) -> list[dict[str, Any]]:
+    return srv.rows(q, db)
+
+
+# --------------------------------------------------------------------------- round trip
+
+async def test_samples_round_trip_values_times_tags(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    cfg = make_config(tmp_path, influxd.url, db)
+    sent = [batch(i) for i in range(30)]
+    async with harness(cfg) as h:
+        for b in sent:
+            await h.gw.journal.append_batch(b)
+        await h.caught_up()
+    allb = Batch.concat(sent)
+    got = rows(influxd, db, 'SELECT value, quality FROM /gas|temperature|pressure/ GROUP BY *')
+    assert len(got) == len(allb)
+    by_key = {(r["channel"], r["time"]): r for r in got}
+    for k in range(len(allb)):
+        ch, ts, v, q = int(allb.channel[k]), int(allb.ts[k]), float(allb.value[k]), int(allb.quality[k])
+        r = by_key[(f"CH-{ch:03d}", ts)]  # time to the nanosecond
+        assert r["quality"] == q
+        if q >= Quality.BAD:
+            assert r["value"] is None  # bad samples: quality only
+        else:
+            assert np.float64(r["value"]).view(np.int64) == np.float64(v).view(np.int64), (r, v)
+        assert r["_measurement"] == KINDS[ch % 3]
+        assert r["gateway"] == "gw-test-1" and r["site"] == "91370100MA3C000000"
+        assert r["device"] == "plc-1" and r["kind"] == KINDS[ch % 3]
+        assert r["unit"] == f"u,{ch % 2}" and r["area"] == "Tank farm=1"
+        assert (r["hazard_source"] or None) == (f"HS {ch % 2}" if ch % 4 == 0 else None)
+
+
+async def test_exact_float_extremes_round_trip(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    cfg = make_config(tmp_path, influxd.url, db)
+    vals = np.array([0.1, -0.0, 1e-300, 5e-324, 1.7976931348623157e308, 123456789.12345678, -3.3,
+                     np.float32(0.1).item(), 2.0**60, 1e22, 7.0, -1e-12])
+    b = Batch.build(np.arange(12), T0, vals, 0)
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(b)
+        await h.caught_up()
+    got = rows(influxd, db, 'SELECT value FROM /gas|temperature|pressure/ GROUP BY channel')
+    back = {int(r["channel"][3:]): r["value"] for r in got}
+    for i, v in enumerate(vals):
+        assert float(back[i]) == v and np.signbit(float(back[i])) == np.signbit(v) or v == 0, (i, v, back[i])
+
+
+async def test_events_and_alarms_have_their_own_measurements(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    cfg = make_config(tmp_path, influxd.url, db)
+    async with harness(cfg) as h:
+        await h.gw.journal.append_event({"type": "alarm", "ts": T0 + 5, "channel": 3, "level": "hh",
+                                         "state": "active", "value": 11.5, "limit": 11, "message": 'say "hi", x=1'})
+        await h.gw.journal.append_event({"type": "register", "ts": T0 + 6, "register": "hidden_danger",
+                                         "action": "reported", "details": {"a": [1, 2]}})
+        await h.caught_up()
+    al = rows(influxd, db, "SELECT * FROM alarms")
+    assert len(al) == 1
+    a = al[0]
+    assert a["time"] == T0 + 5 and a["channel"] == "CH-003" and a["level"] == "hh" and a["state"] == "active"
+    assert a["value"] == 11.5 and a["limit"] == 11 and a["message"] == 'say "hi", x=1'
+    assert a["device"] == "plc-1" and a["gateway"] == "gw-test-1"
+    ev = rows(influxd, db, "SELECT * FROM events")
+    assert len(ev) == 1 and ev[0]["type"] == "register" and ev[0]["details"] == '{"a":[1,2]}'
+
+
+# --------------------------------------------------------------------------- faults
+
+async def test_database_missing_is_created(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db("created")
+    cfg = make_config(tmp_path, influxd.url, db)
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(batch(0))
+        await h.caught_up()
+    assert rows(influxd, db, "SELECT count(quality) FROM gas")[0]["count"] == 4
+
+
+async def test_database_missing_and_creation_off_says_what_to_create(
+        influxd: Influxd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = unique_db("absent")
+    cfg = make_config(tmp_path, influxd.url, db, extra="  create_database: false")
+    caplog.set_level(logging.ERROR, "gateway.historian")
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(batch(0))
+        await async_wait_until(lambda: h.svc.writer.state == "no_database", 10, what="no_database state")
+        assert h.svc.cursor == 0 and h.gw.journal.cursor(CONSUMER) == 0  # nothing acknowledged
+        assert f'CREATE DATABASE "{db}"' in caplog.text
+        influxd.create_database(db)  # the operator follows the advice
+        await h.caught_up()
+    assert rows(influxd, db, "SELECT count(quality) FROM gas")[0]["count"] == 4
+
+
+async def test_server_stopped_during_ingest_then_restarted_loses_and_duplicates_nothing(
+        influxd_factory: Any, tmp_path: Path) -> None:
+    srv: Influxd = influxd_factory()
+    db = unique_db()
+    cfg = make_config(tmp_path, srv.url, db, extra="  batch_points: 50")
+    n_batches = 120
+    async with harness(cfg) as h:
+        for i in range(40):
+            await h.gw.journal.append_batch(batch(i))
+        await h.caught_up()
+        srv.kill()  # abruptly, as a power cut would
+        for i in range(40, 80):
+            await h.gw.journal.append_batch(batch(i))
+        await async_wait_until(lambda: h.svc.writer.state == "retrying", 10, what="retrying state")
+        cursor_during = h.svc.cursor
+        assert cursor_during < h.gw.journal.last_seq
+        srv.start()
+        for i in range(80, n_batches):
+            await h.gw.journal.append_batch(batch(i))
+        await h.caught_up(60)
+    got = rows(srv, db, "SELECT value, quality FROM /gas|temperature|pressure/ GROUP BY channel")
+    keys = [(r["channel"], r["time"]) for r in got]
+    assert len(keys) == len(set(keys)) == n_batches * N_CH
+    q = rows(srv, db, 'SELECT count(quality) FROM gas')
+    assert q[0]["count"] == n_batches * 4
+
+
+async def test_type_conflict_and_retention_in_a_backlog_are_skipped_and_recorded(
+        influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    influxd.create_database(db)
+    # another system wrote 'pressure' with a string value in the same shard: a type conflict
+    r = influxd.write(db, f'pressure,channel=other value="broken" {T0}\n')
+    assert r.status_code == 204
+    cfg = make_config(tmp_path, influxd.url, db, extra="  batch_points: 40")
+    # the backlog exists before the historian starts
+    h = Harness(cfg)
+    for i in range(20):
+        h.gw.journal.append_sync([batch(i)])
+    await h.start()
+    try:
+        await h.caught_up()
+        # the rejection event is journaled, then written itself
+        await async_wait_until(lambda: h.svc.writer.state == "ok" and h.svc.cursor >= h.gw.journal.last_seq
+                               and any(r.kind == 2 for r in h.gw.journal.read_sync(0, 10_000)), 10)
+        evs = [r.event() for r in h.gw.journal.read_sync(0, 10_000) if r.kind == 2]
+        await h.caught_up()
+    finally:
+        await h.stop()
+    rej = [e for e in evs if e["type"] == "influx_rejected"]
+    assert rej, evs
+    n_rej = sum(e["count"] for e in rej)
+    # every pressure point with a value field, nothing else (bad samples carry quality only)
+    pressure_values = sum(int(((b.channel % 3 == 2) & (b.quality < Quality.BAD)).sum())
+                          for b in (batch(i) for i in range(20)))
+    assert n_rej == pressure_values
+    assert "field type conflict" in rej[0]["message"]
+    assert all("pressure," in ln for e in rej for ln in e["lines"])
+    assert len(rows(influxd, db, "SELECT value FROM gas")) > 0
+    assert rows(influxd, db, "SELECT count(quality) FROM gas")[0]["count"] == 20 * 4
+    assert rows(influxd, db, "SELECT count(quality) FROM temperature")[0]["count"] == 20 * 4
+    # the bad pressure samples (no value field) were written
+    assert rows(influxd, db, "SELECT count(quality) FROM pressure")[0]["count"] == 20 * 4 - pressure_values
+    stored = rows(influxd, db, "SELECT * FROM events WHERE type='influx_rejected'")
+    assert stored and stored[0]["count"] == rej[0]["count"]
+
+
+async def test_points_beyond_retention_are_rejected_the_rest_written(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    influxd.create_database(db)
+    influxd.query(f'CREATE RETENTION POLICY "short" ON "{db}" DURATION 1h REPLICATION 1', method="POST")
+    cfg = make_config(tmp_path, influxd.url, db, extra="  retention_policy: short\n  stats: false")
+    now = time.time_ns()
+    old = batch(1, t0=now - 3 * 86400 * 10**9)
+    fresh = [batch(i, t0=now - 60 * 10**9) for i in range(5)]
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(fresh[0])
+        await h.gw.journal.append_many([fresh[1], old, fresh[2]])
+        await h.gw.journal.append_batch(fresh[3])
+        await h.gw.journal.append_batch(fresh[4])
+        await h.caught_up()
+        await async_wait_until(lambda: any(r.kind == 2 for r in h.gw.journal.read_sync(0, 1000)), 10)
+        ev = [r.event() for r in h.gw.journal.read_sync(0, 1000) if r.kind == 2]
+        await h.caught_up()
+    assert ev[0]["type"] == "influx_rejected" and ev[0]["count"] == N_CH
+    assert "beyond retention" in ev[0]["message"]
+    got = influxd.rows('SELECT count(quality) FROM "short"./gas|temperature|pressure/', db)
+    assert sum(r["count"] for r in got) == 5 * N_CH
+
+
+async def test_unauthorized_is_loud_keeps_everything_and_recovers(
+        influxd_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    srv: Influxd = influxd_factory(auth=True)
+    admin = ("admin", "admin-pass")
+    srv.query("CREATE USER admin WITH PASSWORD 'admin-pass' WITH ALL PRIVILEGES", method="POST")
+    db = unique_db()
+    srv.create_database(db, auth=admin)
+    pw = tmp_path / "influx.pw"
+    pw.write_text("s3cret-writer\n")
+    pw.chmod(0o600)
+    cfg = make_config(tmp_path, srv.url, db, extra=f"  username: writer\n  password_file: {pw}")
+    caplog.set_level(logging.INFO, "gateway.historian")
+    async with harness(cfg) as h:
+        for i in range(5):
+            await h.gw.journal.append_batch(batch(i))
+        await async_wait_until(lambda: h.svc.writer.state == "unauthorized", 10, what="unauthorized")
+        assert h.gw.journal.cursor(CONSUMER) == 0
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors and "401" in errors[0].getMessage()
+        assert "s3cret-writer" not in caplog.text
+        # the operator creates the user; the historian gets in on its next slow retry
+        srv.query("CREATE USER writer WITH PASSWORD 's3cret-writer'", auth=admin, method="POST")
+        srv.query(f'GRANT WRITE ON "{db}" TO writer', auth=admin, method="POST")
+        await h.caught_up()
+    got = srv.rows("SELECT count(quality) FROM gas", db, auth=admin)
+    assert got[0]["count"] == 5 * 4
+    assert "s3cret-writer" not in caplog.text
+
+
+async def test_password_file_readable_by_others_is_refused(influxd: Influxd, tmp_path: Path) -> None:
+    pw = tmp_path / "influx.pw"
+    pw.write_text("x")
+    pw.chmod(0o644)
+    cfg = make_config(tmp_path, influxd.url, unique_db(), extra=f"  username: u\n  password_file: {pw}")
+    h = Harness(cfg)
+    try:
+        with pytest.raises(Exception, match="chmod 600"):
+            await h.svc.start()
+    finally:
+        h.gw.journal.close()
+
+
+def test_fixture_server_answers_ping(influxd: Influxd) -> None:
+    assert httpx.get(influxd.url + "/ping").status_code == 204
