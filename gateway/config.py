@@ -10,9 +10,10 @@ timeout, ...) are checked after the models and reported with the same
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -464,19 +465,72 @@ def _dotted(path: Path_) -> str:
     return out or "(top)"
 
 
+_PATTERN_HELP = {
+    _ID: "use letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)",
+    r"^[^\s/#+]+$": "no spaces, '/', '#' or '+' in a channel name (they break MQTT topics and InfluxDB keys)",
+}
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, list, Annotated, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        out.extend(_models_in(arg))
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc`` (pydantic's error location)."""
+    cands: list[type[BaseModel]] = [Config]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        tagged = [c for c in cands if "protocol" in c.model_fields
+                  and part in get_args(c.model_fields["protocol"].annotation)]
+        if tagged:
+            cands = tagged
+            continue
+        nxt: list[type[BaseModel]] = []
+        for c in cands:
+            if part in c.model_fields:
+                nxt.extend(_models_in(c.model_fields[part].annotation))
+        cands = nxt
+    return cands[0] if len(cands) == 1 else None
+
+
+def _unknown_key(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = str(loc[-1]) if loc else "?"
+    model = _model_at(loc)
+    if model is None:
+        return "unknown key; check the spelling against the reference config (config/reference.yaml)"
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {hint}valid here: {', '.join(valid)}"
+
+
 def _explain(err: dict[str, Any]) -> str:
     t, msg = err["type"], err["msg"]
     ctx = err.get("ctx") or {}
+    msg = msg.replace("Input should be", "must be")
     if t == "extra_forbidden":
-        return "unknown key; check the spelling against the reference config (config/reference.yaml)"
+        return _unknown_key(err)
     if t == "missing":
         return "required key is missing"
     if t == "union_tag_invalid":
         return (f"unknown protocol {ctx.get('tag')!r}; known protocols: {', '.join(PROTOCOLS)}")
     if t == "union_tag_not_found":
         return f"a device needs 'protocol:', one of: {', '.join(PROTOCOLS)}"
+    if t == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_HELP:
+        return f"{_PATTERN_HELP[ctx['pattern']]} (got {err.get('input')!r})"
     if t == "literal_error":
-        return f"{msg.replace('Input should be', 'must be')} (got {err.get('input')!r})"
+        got = err.get("input")
+        close = difflib.get_close_matches(got, re.findall(r"'([^']*)'", str(ctx.get("expected", ""))),
+                                          n=1, cutoff=0.6) if isinstance(got, str) else []
+        return f"{msg} (got {got!r}" + (f"; did you mean {close[0]!r}?)" if close else ")")
     if t.startswith("value_error"):
         return msg.removeprefix("Value error, ")
     return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(

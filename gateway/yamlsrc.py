@@ -78,10 +78,23 @@ class Source:
         return cur
 
 
+def dotted(path: Path_) -> str:
+    """``('devices', 0, 'poll')`` → ``devices[0].poll``; the empty path is ``(top)``."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top)"
+
+
 class YamlError(Exception):
-    def __init__(self, file: str, line: int, col: int, message: str):
-        super().__init__(f"{file}:{line}:{col}: {message}")
-        self.file, self.line, self.col, self.message = file, line, col, message
+    """A file that is not valid YAML (or uses what we refuse), as ``FILE:LINE:COL: where: what``.
+
+    ``where`` is the key path when known, ``(syntax)`` for a syntax error.
+    """
+
+    def __init__(self, file: str, line: int, col: int, message: str, where: str = "(syntax)"):
+        super().__init__(f"{file}:{line}:{col}: {where}: {message}")
+        self.file, self.line, self.col, self.message, self.where = file, line, col, message, where
 
 
 def _scalar(node: yaml.ScalarNode) -> Any:
@@ -121,23 +134,25 @@ def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
             ):
                 raise YamlError(
                     src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
-                    "merge keys (<<) are not supported: write the keys out",
+                    "merge keys (<<) are not supported: write the keys out", dotted(path),
                 )
             if not isinstance(knode, yaml.ScalarNode):
                 raise YamlError(
                     src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
-                    "mapping keys must be plain strings",
+                    "mapping keys must be plain strings", dotted(path),
                 )
             key = knode.value  # keys are always strings: `on:` stays "on"
             if key in out:
+                first = src.key_marks[(*path, key)]
                 raise YamlError(
                     src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
-                    f"duplicate key {key!r}",
+                    f"duplicate key {key!r} (first at line {first.line}); keep one", dotted((*path, key)),
                 )
             src.key_marks[(*path, key)] = Mark(knode.start_mark.line + 1, knode.start_mark.column + 1)
             out[key] = _build(vnode, (*path, key), src)
         return out
-    raise YamlError(src.file, node.start_mark.line + 1, node.start_mark.column + 1, "unsupported YAML node")
+    raise YamlError(src.file, node.start_mark.line + 1, node.start_mark.column + 1, "unsupported YAML node",
+                    dotted(path))
 
 
 def load_text(text: str, file: str = "<string>") -> Source:
@@ -147,7 +162,16 @@ def load_text(text: str, file: str = "<string>") -> Source:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlError(file, line, col, f"YAML syntax: {e.problem or e}") from None
+        msg = str(e.problem or e)
+        cm = e.context_mark
+        if e.context and cm is not None and (cm.line + 1, cm.column + 1) != (line, col):
+            msg += f" ({e.context} that started at line {cm.line + 1}, column {cm.column + 1})"
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "\t" in lines[line - 1][:col]:
+            msg += "; YAML indents with spaces, not tabs"
+        raise YamlError(file, line, col, msg) from None
+    except yaml.YAMLError as e:  # reader errors (control characters, ...)
+        raise YamlError(file, 1, 1, str(e)) from None
     if node is None:
         src.data = {}
         return src
@@ -160,7 +184,11 @@ def load_file(path: str | Path) -> Source:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise YamlError(str(path), 1, 1, "file not found") from None
+        raise YamlError(str(path), 1, 1, "file not found", "(file)") from None
+    except IsADirectoryError:
+        raise YamlError(str(path), 1, 1, "is a directory, not a config file", "(file)") from None
+    except PermissionError:
+        raise YamlError(str(path), 1, 1, "permission denied", "(file)") from None
     except UnicodeDecodeError as e:
-        raise YamlError(str(path), 1, 1, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise YamlError(str(path), 1, 1, f"not UTF-8 text ({e.reason} at byte {e.start})", "(file)") from None
     return load_text(text, str(path))
