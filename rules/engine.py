@@ -1,24 +1,968 @@
-"""Rules engine facade used by the gateway (placeholder until the rules issue lands).
+"""The vectorized rules core and the alarm lifecycle (ISA-18.2 states).
 
-Contract: ``RulesEngine(table)``; ``process(batch) -> list[event dict]`` for each
-ingested batch; ``tick(now_ns) -> list[event dict]`` once a second for timers.
-Events are JSON-able dicts with at least ``type`` and ``ts`` (ns).
+Contract used by the gateway: ``RulesEngine(table)``; ``process(batch)`` for each
+ingested Batch and ``tick(now_ns)`` once a second (timers: stale, bad-for, delays,
+shelving expiry) both return alarm transition events (JSON-able dicts). Operator
+actions return events too: ``ack``, ``shelve``, ``unshelve``, ``set_maintenance``;
+the caller journals them (``gw.emit_events``). ``active()`` and ``history()`` serve the
+admin API and the MQTT ``alarms/active`` document; ``restore(events)`` rebuilds the
+alarm states from the journal at start, so a restart does not re-raise what holds.
+
+Pure: no I/O, no clock. Every channel's state lives in arrays of length N (rules ×
+channels for the alarm machine); a Batch is applied with O(batch) numpy operations.
+Most channels are quiet most of the time, so each rule first screens the batch with
+one or two array comparisons and does its real work on the few channels that moved.
+A batch of channels in one contiguous run (what a driver hands on) is handled through
+array views, without gathering.
+
+The semantics are those of rules/reference.py (a per-channel implementation kept
+alongside as the executable specification); the tests drive both with random data
+and require identical transitions.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from gateway.batch import Batch
 from gateway.channels import ChannelTable
+from rules.events import (
+    ACTIVE_UNACKED,
+    CLEARED_UNACKED,
+    alarm_event,
+    level_name,
+    maintenance_event,
+    state_name,
+    suppress_event,
+)
+from rules.settings import (
+    LEVEL_CODES,
+    MIN_TREND_BUCKETS,
+    NS,
+    Q_BAD,
+    Q_CALIBRATING,
+    Q_MAINTENANCE,
+    Q_OUT_OF_RANGE,
+    Q_SENSOR_FAULT,
+    R_BAD,
+    R_FROZEN,
+    R_LIMIT,
+    R_PREDICT,
+    R_RANGE,
+    R_ROC,
+    R_STALE,
+    R_STEL,
+    R_TREND,
+    R_TWA,
+    RULES,
+    STEL_BUCKET_NS,
+    STEL_BUCKETS,
+    STEL_WINDOW_NS,
+    TREND_BUCKETS,
+    TWA_BUCKETS,
+    TWA_PER_STEL,
+    TWA_WINDOW_NS,
+    ChannelRules,
+    phase_ns,
+    resolve_table,
+)
+
+Event = dict[str, Any]
+I64 = np.int64
+NONE = np.iinfo(np.int64).min  # "no time yet"
+NEVER = np.iinfo(np.int64).max  # a disabled timer
+NR = len(RULES)
+_RULE_INDEX = {n: i for i, n in enumerate(RULES)}
+SB1 = STEL_BUCKETS + 1
+TB1 = TWA_BUCKETS + 1
+
+IntArr = npt.NDArray[np.int64]
+FloatArr = npt.NDArray[np.float64]
+Sel = slice | npt.NDArray[np.intp]
 
 
 class RulesEngine:
-    def __init__(self, table: ChannelTable):
+    """Alarm rules for every channel, evaluated on whole arrays."""
+
+    def __init__(self, table: ChannelTable | None, *, rules: list[ChannelRules] | None = None,
+                 gateway_id: str = "safegw", poll_s: dict[str, float | None] | None = None,
+                 device_maintenance: dict[str, bool] | None = None, history: int = 1000):
+        if rules is None:
+            if table is None:
+                raise ValueError("give a channel table or resolved rules")
+            rules = resolve_table(table, poll_s=poll_s, device_maintenance=device_maintenance)
         self.table = table
+        self.rules = rules
+        self.gateway_id = gateway_id
+        self.names = [r.name for r in rules]
+        self.by_name = {n: i for i, n in enumerate(self.names)}
+        self.n = n = len(rules)
+        self._next_id = 1
+        self.recent: deque[Event] = deque(maxlen=history)
+        self.shelved: dict[tuple[int, int], dict[str, Any]] = {}
+        self.maint_by: dict[int, dict[str, Any]] = {}  # operator-set maintenance: who, reason
+        self.stats = {"samples": 0, "ignored_old": 0, "events": 0}
+        self._build_config(rules)
+        # ---- alarm machine, rules × channels
+        self.act = np.zeros((NR, n), np.int8)
+        self.cand = np.zeros((NR, n), np.int8)
+        self.since = np.zeros((NR, n), I64)
+        self.metric = np.full((NR, n), np.nan)
+        self.unacked = np.zeros((NR, n), bool)
+        self.last_code = np.zeros((NR, n), np.int8)
+        # ---- per-channel state
+        self.last_ts = np.full(n, NONE, I64)
+        self.supp = self.cfg_maint.copy()
+        self.rt_maint = np.zeros(n, bool)
+        self.nsupp = int(self.supp.sum())
+        self.pv = np.full(n, np.nan)
+        self.pt = np.zeros(n, I64)
+        self.fz_v = np.full(n, np.nan)
+        self.fz_since = np.zeros(n, I64)
+        self.bad_since = np.full(n, NONE, I64)
+        self.nbad = 0  # channels with bad_since set
+        # trend: the current bucket, and a ring of finished ones
+        self.tb_k = np.full(n, NONE, I64)
+        self.tb_start = np.zeros(n, I64)
+        self.tb_next = np.where(self.tb_bw > 0, NONE, NEVER).astype(I64)
+        self.tb_n = np.zeros(n, I64)
+        self.tb_st = np.zeros(n, I64)
+        self.tb_sv = np.zeros(n)
+        nt = n if self.tb_bw.any() else 0
+        self.ring_n = np.zeros((nt, TREND_BUCKETS), I64)
+        self.ring_off = np.zeros((nt, TREND_BUCKETS), I64)
+        self.ring_st = np.zeros((nt, TREND_BUCKETS), I64)
+        self.ring_sv = np.zeros((nt, TREND_BUCKETS))
+        # exposure: a running integral with snapshots at (staggered) minute boundaries
+        self.I = np.zeros(n)
+        self.ex_pt = np.zeros(n, I64)
+        self.ex_px = np.zeros(n)
+        self.ex_k = np.full(n, NONE, I64)
+        self.ex_next = np.where(self.ex_mode > 0, NONE, NEVER).astype(I64)
+        ne = n if (self.ex_mode > 0).any() else 0
+        self.snap_stel = np.zeros((ne, SB1))
+        self.snap_twa = np.zeros((ne, TB1))
+        self.old_stel = np.zeros(n)
+        self.old_twa = np.zeros(n)
+        self.seed_stel = np.zeros(n)  # restored exposure (see restore())
+        self.seed_twa = np.zeros(n)
+        self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
+        # rule -2 = maintenance, -1 = an alarm suppressed (aux = its rule); else aux = unacked
+        self._tr: list[tuple[int, int, int, int, int, int, int, float]] = []
 
-    def process(self, batch: Batch) -> list[dict[str, Any]]:
-        return []
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_gateway(cls, cfg: Any, table: ChannelTable) -> RulesEngine:
+        """The engine as the gateway builds it: poll periods and maintenance from the devices."""
+        streaming = {d.name for d in cfg.devices if getattr(d, "mode", None) == "subscribe"}
+        poll: dict[str, float | None] = {d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
+        maint = {d.name: bool(d.maintenance) for d in cfg.devices}
+        return cls(table, gateway_id=cfg.gateway.id, poll_s=poll, device_maintenance=maint)
 
-    def tick(self, now_ns: int) -> list[dict[str, Any]]:
-        return []
+    def _build_config(self, rules: list[ChannelRules]) -> None:
+        n = len(rules)
+
+        def f(attr: str) -> FloatArr:
+            return np.array([getattr(r, attr) for r in rules], float).reshape(n)
+
+        def ns(vals: Iterable[int | None]) -> IntArr:
+            return np.array([NEVER if v is None else v for v in vals], I64).reshape(n)
+
+        self.hh, self.h, self.l, self.ll = f("hh"), f("h"), f("l"), f("ll")
+        self.db = f("deadband")
+        with np.errstate(invalid="ignore"):
+            self.gate_hi = np.fmin(self.h, self.hh) - self.db
+            self.gate_lo = np.fmax(self.l, self.ll) + self.db
+        self.gate_hi[np.isnan(self.gate_hi)] = np.inf
+        self.gate_lo[np.isnan(self.gate_lo)] = -np.inf
+        mh = [r.range_mid_half() for r in rules]
+        self.r_mid = np.array([m for m, _ in mh], float).reshape(n)
+        self.r_half = np.array([h for _, h in mh], float).reshape(n)
+        self.roc_ns = np.array([r.roc_per_ns() for r in rules], float).reshape(n)
+        self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
+        self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
+        self.tr_slope = f("trend_slope")
+        self.pred_ns = np.array([r.predict_ns for r in rules], I64).reshape(n)
+        self.pred_lim = f("predict_limit")
+        self.stale_ns = ns(r.stale_ns for r in rules)
+        self.bad_ns = ns(r.bad_ns for r in rules)
+        self.frozen_ns = ns(r.frozen_ns for r in rules)
+        self.ex_mode = np.array([{None: 0, "concentration": 1, "noise": 2}[r.exposure] for r in rules],
+                                np.int8).reshape(n)
+        self.noise_k = np.array([r.noise_k() for r in rules], float).reshape(n)
+        self.hold_ns = np.array([r.hold_ns for r in rules], I64).reshape(n)
+        self.ex_ph = np.array([phase_ns(i, STEL_BUCKET_NS) for i in range(n)], I64).reshape(n)
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.twa_thr = np.array([r.twa_threshold() if r.exposure else math.nan for r in rules],
+                                    float).reshape(n)
+            self.stel_thr = np.array([r.stel_threshold() if r.exposure == "concentration" else math.nan
+                                      for r in rules], float).reshape(n)
+        self.cfg_maint = np.array([r.maintenance for r in rules], bool).reshape(n)
+        en = np.zeros((NR, n), bool)
+        en[R_STALE] = self.stale_ns != NEVER
+        en[R_BAD] = self.bad_ns != NEVER
+        en[R_RANGE] = True
+        en[R_FROZEN] = self.frozen_ns != NEVER
+        en[R_LIMIT] = ~(np.isnan(self.hh) & np.isnan(self.h) & np.isnan(self.l) & np.isnan(self.ll))
+        en[R_ROC] = ~np.isnan(self.roc_ns)
+        en[R_TREND] = (self.tb_bw > 0) & ~np.isnan(self.tr_slope)
+        en[R_PREDICT] = (self.tb_bw > 0) & (self.pred_ns > 0) & ~np.isnan(self.pred_lim)
+        en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
+        en[R_STEL] = (self.ex_mode == 1) & ~np.isnan(self.stel_thr)
+        self.enabled = en
+        self.on_ns = np.zeros((NR, n), I64)
+        self.off_ns = np.zeros((NR, n), I64)
+        for r in (R_LIMIT, R_ROC, R_TREND, R_PREDICT):
+            self.on_ns[r] = [c.on_ns for c in rules]
+            self.off_ns[r] = [c.off_ns for c in rules]
+        self.any_noise = bool((self.ex_mode == 2).any())
+
+    # ------------------------------------------------------------------ the machine
+    def _machine(self, r: int, chs: npt.NDArray[Any], x: npt.NDArray[np.int8], t: IntArr | int,
+                 metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
+                 rnd: int, sel: Sel | None = None) -> None:
+        """Feed conditions ``x`` of channels ``chs`` (at times ``t``) into the delay machine."""
+        if sel is not None:
+            c = self.cand[r, sel]
+            a = self.act[r, sel]
+        else:
+            c = self.cand[r, chs]
+            a = self.act[r, chs]
+        m = x != c
+        m |= c != a
+        idx = np.flatnonzero(m)
+        if not len(idx):
+            return
+        ch = chs[idx] if not isinstance(chs, slice) else idx + chs.start
+        xs = x[idx]
+        ts = t[idx] if isinstance(t, np.ndarray) else np.full(len(idx), t, I64)
+        cs = c[idx]
+        as_ = a[idx]
+        ss = self.since[r, ch]
+        chg = xs != cs
+        cs = np.where(chg, xs, cs)
+        ss = np.where(chg, ts, ss)
+        self.cand[r, ch] = cs
+        self.since[r, ch] = ss
+        if callable(metric):
+            mv = metric(idx)
+        elif isinstance(metric, np.ndarray):
+            mv = metric[idx]
+        else:
+            mv = np.full(len(idx), metric)
+        self.metric[r, ch] = mv
+        pend = cs != as_
+        if not pend.any():
+            return
+        a16, c16 = as_.astype(np.int16), cs.astype(np.int16)
+        esc = (c16 != 0) & ((a16 == 0) | ((a16 > 0) != (c16 > 0)) | (np.abs(c16) > np.abs(a16)))
+        delay = np.where(esc, self.on_ns[r, ch], self.off_ns[r, ch])
+        fire = pend & (ts - ss >= delay)
+        if not fire.any():
+            return
+        fch, fts, fold, fnew, fesc = ch[fire], ts[fire], as_[fire], cs[fire], esc[fire]
+        self.act[r, fch] = fnew
+        self.unacked[r, fch[fesc]] = True
+        nz = fnew != 0
+        self.last_code[r, fch[nz]] = fnew[nz]
+        fmv = mv[fire]
+        fun = self.unacked[r, fch]
+        for i in range(len(fch)):
+            self._tr.append((rnd, int(fch[i]), r, int(fun[i]), int(fold[i]), int(fnew[i]), int(fts[i]),
+                             float(fmv[i])))
+
+    # ------------------------------------------------------------------ process
+    def process(self, batch: Batch) -> list[Event]:
+        n = len(batch)
+        if not n:
+            return []
+        self.stats["samples"] += n
+        ch, t, v, q = batch.channel, batch.ts, batch.value, batch.quality
+        if n > 1 and not bool((ch[1:] > ch[:-1]).all()):
+            order = np.argsort(ch, kind="stable")
+            ch, t, v, q = ch[order], t[order], v[order], q[order]
+            dup = np.flatnonzero(ch[1:] == ch[:-1]) + 1
+            if len(dup):
+                # several samples of one channel: apply them in rounds, in batch order
+                starts = np.ones(n, bool)
+                starts[dup] = False
+                grp = np.cumsum(starts) - 1
+                first = np.flatnonzero(starts)
+                rank = np.arange(n) - first[grp]
+                for k in range(int(rank.max()) + 1):
+                    m = rank == k
+                    self._round(ch[m], t[m], v[m], q[m], k)
+                return self._emit()
+        self._round(ch, t, v, q, 0)
+        return self._emit()
+
+    def _positions(self, sel: slice) -> dict[str, Any]:
+        """Per contiguous run: which positions have each optional rule (cached)."""
+        key = (sel.start, sel.stop)
+        p = self._pos_cache.get(key)
+        if p is None:
+            def pos(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp] | None:
+                m = mask[sel]
+                return None if m.all() else np.flatnonzero(m)
+
+            p = {
+                "frozen": pos(self.enabled[R_FROZEN]),
+                "roc": pos(self.enabled[R_ROC]),
+                "trend": pos(self.tb_bw > 0),
+                "ex": pos(self.ex_mode > 0),
+                "any_frozen": bool(self.enabled[R_FROZEN][sel].any()),
+                "any_roc": bool(self.enabled[R_ROC][sel].any()),
+                "any_trend": bool((self.tb_bw[sel] > 0).any()),
+                "any_ex": bool((self.ex_mode[sel] > 0).any()),
+                "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
+                "any_noise": bool((self.ex_mode[sel] == 2).any()),
+            }
+            if len(self._pos_cache) > 4096:
+                self._pos_cache.clear()
+            self._pos_cache[key] = p
+        return p
+
+    def _round(self, ch: npt.NDArray[np.int32], t: IntArr, v: FloatArr, q: npt.NDArray[np.uint8],
+               rnd: int) -> None:
+        """One sample per channel, channels strictly increasing."""
+        lt = self.last_ts[ch[0]:ch[-1] + 1] if self._contiguous(ch) else self.last_ts[ch]
+        ok = t > lt
+        if not ok.all():
+            self.stats["ignored_old"] += int((~ok).sum())
+            ch, t, v, q = ch[ok], t[ok], v[ok], q[ok]
+            if not len(ch):
+                return
+        sel: Sel = slice(int(ch[0]), int(ch[-1]) + 1) if self._contiguous(ch) else ch.astype(np.intp)
+        self.last_ts[sel] = t
+        # ---- maintenance (quality calibrating / maintenance, or the channel set so)
+        qany = bool(q.any())
+        if qany or self.nsupp:
+            qm = (q == Q_CALIBRATING) | (q == Q_MAINTENANCE) if qany else np.zeros(len(ch), bool)
+            want = qm | self.cfg_maint[sel] | self.rt_maint[sel]
+            flip = np.flatnonzero(want != self.supp[sel])
+            for i in flip:
+                self._set_supp(int(ch[i]), bool(want[i]), int(t[i]), rnd)
+            if self.nsupp:
+                live = ~self.supp[sel]
+                if not live.all():
+                    ch, t, v, q = ch[live], t[live], v[live], q[live]
+                    if not len(ch):
+                        return
+                    sel = ch.astype(np.intp)
+        chs: Any = sel if isinstance(sel, slice) else ch
+        # ---- stale clears on any sample
+        if self.cand[R_STALE, sel].any() or self.act[R_STALE, sel].any():
+            self._machine(R_STALE, chs, np.zeros(len(ch), np.int8), t, 0.0, rnd, sel)
+        # ---- bad quality
+        bad = q >= Q_BAD if qany else None
+        if bad is not None and bad.any():
+            bs = self.bad_since[sel]
+            start = bad & (bs == NONE)
+            bs = np.where(bad, np.where(start, t, bs), NONE)
+            self.bad_since[sel] = bs
+            with np.errstate(over="ignore"):
+                xb = (bad & (t - bs >= self.bad_ns[sel])).view(np.int8)
+            self._machine(R_BAD, chs, xb, t, lambda i: np.where(bad[i], (t[i] - bs[i]) / NS, 0.0), rnd, sel)
+            self.nbad = -1  # recounted by tick()
+            fault = np.flatnonzero((q == Q_OUT_OF_RANGE) | (q == Q_SENSOR_FAULT))
+            if len(fault):
+                fch = ch[fault]
+                self._machine(R_RANGE, fch, np.ones(len(fault), np.int8), t[fault], v[fault], rnd)
+            good = ~bad
+            ch, t, v, q = ch[good], t[good], v[good], q[good]
+            if not len(ch):
+                return
+            sel = ch.astype(np.intp)
+            chs = ch
+        else:
+            if self.nbad:
+                bs = self.bad_since[sel]
+                if (bs != NONE).any():
+                    self.bad_since[sel] = NONE
+            if self.cand[R_BAD, sel].any() or self.act[R_BAD, sel].any():
+                self._machine(R_BAD, chs, np.zeros(len(ch), np.int8), t, 0.0, rnd, sel)
+        # ---- range (sensor fault)
+        dev = v - self.r_mid[sel]
+        np.abs(dev, out=dev)
+        inr = dev <= self.r_half[sel]
+        x = (~inr).view(np.int8)
+        self._machine(R_RANGE, chs, x, t, v, rnd, sel)
+        pos = self._positions(sel) if isinstance(sel, slice) else None
+        # ---- frozen
+        if pos is None or pos["any_frozen"]:
+            self._frozen(ch, t, v, sel, chs, rnd)
+        if not inr.all():
+            ch, t, v = ch[inr], t[inr], v[inr]
+            if not len(ch):
+                return
+            sel = ch.astype(np.intp)
+            chs = ch
+            pos = None
+        # ---- limits with deadband
+        if pos is None or pos["any_limit"]:
+            self._limits(ch, t, v, sel, chs, rnd)
+        if pos is None or pos["any_roc"]:
+            self._roc(ch, t, v, sel, pos, rnd)
+        if pos is None or pos["any_trend"]:
+            self._trend_samples(ch, t, v, sel, pos, rnd)
+        if pos is None or pos["any_ex"]:
+            self._exposure(ch, t, v, sel, pos, rnd)
+
+    @staticmethod
+    def _contiguous(ch: npt.NDArray[np.int32]) -> bool:
+        return int(ch[-1]) - int(ch[0]) + 1 == len(ch)
+
+    def _set_supp(self, c: int, on: bool, ts: int, rnd: int) -> None:
+        """Enter / leave suppression; events are queued like transitions."""
+        if bool(self.supp[c]) == on:
+            return
+        self.supp[c] = on
+        self.nsupp += 1 if on else -1
+        self._tr.append((rnd, c, -2, 0, int(on), 0, ts, math.nan))
+        if on:
+            for r in range(NR):
+                if self.act[r, c] or self.unacked[r, c]:
+                    self._tr.append((rnd, c, -1, r, int(self.act[r, c]), int(self.last_code[r, c]), ts,
+                                     float(self.metric[r, c])))
+        self.act[:, c] = 0
+        self.cand[:, c] = 0
+        self.unacked[:, c] = False
+        self.pv[c] = np.nan
+        self.fz_v[c] = np.nan
+        self.bad_since[c] = NONE
+
+    def _frozen(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int) -> None:
+        fv = self.fz_v[sel]
+        eq = v == fv
+        fs = self.fz_since[sel]
+        fs = np.where(eq, fs, t)
+        self.fz_since[sel] = fs
+        self.fz_v[sel] = v
+        if eq.any() or self.cand[R_FROZEN, sel].any():
+            x = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
+            self._machine(R_FROZEN, chs, x, t, v, rnd, sel)
+
+    def _limits(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int) -> None:
+        loud = v >= self.gate_hi[sel]
+        loud |= v <= self.gate_lo[sel]
+        idx = np.flatnonzero(loud)
+        x = np.zeros(len(v), np.int8)
+        if len(idx):
+            cidx = ch[idx] if not isinstance(sel, slice) else idx + sel.start
+            vv = v[idx]
+            prev = self.cand[R_LIMIT, cidx]
+            hh, h, lo, ll, db = self.hh[cidx], self.h[cidx], self.l[cidx], self.ll[cidx], self.db[cidx]
+            lvl = np.zeros(len(idx), np.int8)
+            m_ll = (vv <= ll) | ((prev <= -2) & (vv <= ll + db))
+            m_l = (vv <= lo) | ((prev <= -1) & (vv <= lo + db))
+            m_h = (vv >= h) | ((prev >= 1) & (vv >= h - db))
+            m_hh = (vv >= hh) | ((prev >= 2) & (vv >= hh - db))
+            lvl[m_l] = -1
+            lvl[m_ll] = -2
+            lvl[m_h] = 1
+            lvl[m_hh] = 2
+            # precedence as in the reference: hh, h, ll, l
+            x[idx] = lvl
+        self._machine(R_LIMIT, chs, x, t, v, rnd, sel)
+
+    def _roc(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None, rnd: int) -> None:
+        p = None if pos is None else pos["roc"]
+        if p is not None:
+            ch, t, v = ch[p], t[p], v[p]
+            sel = ch.astype(np.intp)
+        pv = self.pv[sel]
+        dt = t - self.pt[sel]
+        dv = v - pv
+        np.abs(dv, out=dv)
+        x = (dv > self.roc_ns[sel] * dt).view(np.int8)
+        self.pv[sel] = v
+        self.pt[sel] = t
+        chs = sel if isinstance(sel, slice) else ch
+        self._machine(R_ROC, chs, x, t, lambda i: dv[i] / (dt[i] / NS), rnd, sel)
+
+    # ------------------------------------------------------------------ trend
+    def _trend_samples(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None,
+                       rnd: int) -> None:
+        p = None if pos is None else pos["trend"]
+        if p is not None:
+            ch, t, v = ch[p], t[p], v[p]
+            sel = ch.astype(np.intp)
+        else:
+            ch = ch if not isinstance(sel, slice) else np.arange(sel.start, sel.stop)
+        rot = np.flatnonzero(t >= self.tb_next[sel])
+        if len(rot):
+            self._trend_rotate(ch[rot], t[rot], v[rot], rnd)
+        self.tb_n[sel] += 1
+        self.tb_st[sel] += t - self.tb_start[sel]
+        self.tb_sv[sel] += v
+
+    def _trend_rotate(self, c: npt.NDArray[Any], t: IntArr, v: FloatArr, rnd: int) -> None:
+        c = c.astype(np.intp)
+        bw, ph = self.tb_bw[c], self.tb_ph[c]
+        k = (t + ph) // bw
+        first = self.tb_k[c] == NONE
+        old = ~first
+        if old.any():
+            oc, ok_ = c[old], k[old]
+            k0 = self.tb_k[oc]
+            s = k0 % TREND_BUCKETS
+            self.ring_n[oc, s] = self.tb_n[oc]
+            self.ring_off[oc, s] = self.tb_start[oc]
+            self.ring_st[oc, s] = self.tb_st[oc]
+            self.ring_sv[oc, s] = self.tb_sv[oc]
+            for j in range(1, TREND_BUCKETS + 1):
+                m = k0 + j < ok_
+                if not m.any():
+                    break
+                self.ring_n[oc[m], (k0[m] + j) % TREND_BUCKETS] = 0
+        self.tb_k[c] = k
+        start = k * bw - ph
+        self.tb_start[c] = start
+        self.tb_next[c] = start + bw
+        self.tb_n[c] = 0
+        self.tb_st[c] = 0
+        self.tb_sv[c] = 0.0
+        if old.any():
+            self._trend_eval(c[old], t[old], start[old], rnd)
+
+    def _trend_eval(self, c: npt.NDArray[np.intp], t: IntArr, ref: IntArr, rnd: int) -> None:
+        rn = self.ring_n[c]
+        ok = (rn > 0).sum(axis=1) >= MIN_TREND_BUCKETS
+        if not ok.any():
+            return
+        c, t, ref, rn = c[ok], t[ok], ref[ok], rn[ok]
+        w = rn.astype(float)
+        safe = np.where(rn > 0, rn, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xs = np.where(rn > 0, ((self.ring_off[c] - ref[:, None]) + self.ring_st[c] / safe) / NS, 0.0)
+            ys = np.where(rn > 0, self.ring_sv[c] / safe, 0.0)
+        sw = np.zeros(len(c))
+        sx = np.zeros(len(c))
+        sy = np.zeros(len(c))
+        for b in range(TREND_BUCKETS):
+            m = rn[:, b] > 0
+            sw = np.where(m, sw + w[:, b], sw)
+            sx = np.where(m, sx + w[:, b] * xs[:, b], sx)
+            sy = np.where(m, sy + w[:, b] * ys[:, b], sy)
+        mx, my = sx / sw, sy / sw
+        sxx = np.zeros(len(c))
+        sxy = np.zeros(len(c))
+        for b in range(TREND_BUCKETS):
+            dx = xs[:, b] - mx
+            sxx = sxx + w[:, b] * (dx * dx)
+            sxy = sxy + w[:, b] * (dx * (ys[:, b] - my))
+        good = sxx > 0
+        if not good.all():
+            c, t, ref, mx, my, sxx, sxy = c[good], t[good], ref[good], mx[good], my[good], sxx[good], sxy[good]
+        slope = sxy / sxx
+        et = self.enabled[R_TREND, c]
+        if et.any():
+            per_min = slope * 60.0
+            lim = self.tr_slope[c]
+            x = np.where(lim > 0, per_min >= lim, per_min <= lim) & et
+            self._machine(R_TREND, c[et], x[et].view(np.int8), t[et], per_min[et], rnd)
+        ep = self.enabled[R_PREDICT, c]
+        if ep.any():
+            c, t, ref, mx, my, slope = c[ep], t[ep], ref[ep], mx[ep], my[ep], slope[ep]
+            y_end = my + slope * ((t - ref) / NS - mx)
+            lim = self.pred_lim[c]
+            rising = (slope > 0) & (y_end < lim)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ttl = np.where(rising, (lim - y_end) / np.where(rising, slope, 1.0), np.inf)
+            x = (ttl * NS <= self.pred_ns[c]).view(np.int8)
+            self._machine(R_PREDICT, c, x, t, ttl, rnd)
+
+    # ------------------------------------------------------------------ exposure
+    def _exposure(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None,
+                  rnd: int) -> None:
+        p = None if pos is None else pos["ex"]
+        if p is not None:
+            ch, t, v = ch[p], t[p], v[p]
+            sel = ch.astype(np.intp)
+        elif isinstance(sel, slice):
+            ch = np.arange(sel.start, sel.stop)
+        if pos is None or pos["any_noise"]:
+            noise = self.ex_mode[sel] == 2
+            if noise.any():
+                v = v.copy()
+                v[noise] = np.power(10.0, v[noise] / self.noise_k[sel][noise])
+        rot = np.flatnonzero(t >= self.ex_next[sel])
+        if len(rot):
+            self._exposure_rotate(ch[rot].astype(np.intp), t[rot])
+        dt = t - self.ex_pt[sel]
+        np.minimum(dt, self.hold_ns[sel], out=dt)
+        integ = self.I[sel]
+        integ += self.ex_px[sel] * (dt / NS)
+        self.I[sel] = integ
+        self.ex_px[sel] = v
+        self.ex_pt[sel] = t
+        chs = sel if isinstance(sel, slice) else ch
+        e_twa = integ - self.old_twa[sel]
+        self._machine(R_TWA, chs, (e_twa > self.twa_thr[sel]).view(np.int8), t, e_twa, rnd, sel)
+        e_stel = integ - self.old_stel[sel]
+        self._machine(R_STEL, chs, (e_stel > self.stel_thr[sel]).view(np.int8), t, e_stel, rnd, sel)
+
+    def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
+        ph = self.ex_ph[c]
+        k = (t + ph) // STEL_BUCKET_NS
+        first = self.ex_k[c] == NONE
+        integ = self.I[c]
+        if first.any():
+            fc = c[first]
+            s_st = integ[first] - self.seed_stel[fc]
+            s_tw = integ[first] - self.seed_twa[fc]
+            self.snap_stel[fc] = s_st[:, None]
+            self.snap_twa[fc] = s_tw[:, None]
+            self.old_stel[fc] = s_st
+            self.old_twa[fc] = s_tw
+            self.ex_pt[fc] = t[first]
+            self.ex_px[fc] = 0.0
+        old = ~first
+        if old.any():
+            oc, ok_, oi = c[old], k[old], integ[old]
+            k0 = self.ex_k[oc]
+            start = np.maximum(k0 + 1, ok_ - STEL_BUCKETS)
+            for d in range(SB1):
+                j = start + d
+                m = j <= ok_
+                if not m.any():
+                    break
+                self.snap_stel[oc[m], j[m] % SB1] = oi[m]
+            tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
+            start = np.maximum(tk0 + 1, tk - TWA_BUCKETS)
+            for d in range(TB1):
+                j = start + d
+                m = j <= tk
+                if not m.any():
+                    break
+                self.snap_twa[oc[m], j[m] % TB1] = oi[m]
+            self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
+            self.old_twa[oc] = self.snap_twa[oc, (tk + 1) % TB1]
+        self.ex_k[c] = k
+        self.ex_next[c] = (k + 1) * STEL_BUCKET_NS - ph
+
+    # ------------------------------------------------------------------ tick
+    def tick(self, now_ns: int) -> list[Event]:
+        now = int(now_ns)
+        live = ~self.supp if self.nsupp else None
+        unset = self.last_ts == NONE
+        if live is not None:
+            unset &= live
+        if unset.any():
+            self.last_ts[unset] = now
+        allc = np.arange(self.n)
+        # stale: no sample for longer than N poll periods
+        age = now - self.last_ts
+        xs = age > self.stale_ns
+        if live is not None:
+            xs &= live
+        self._machine(R_STALE, allc, xs.view(np.int8), now, lambda i: age[i] / NS, 0, slice(0, self.n))
+        # bad for longer than allowed
+        if self.nbad:
+            bidx = np.flatnonzero(self.bad_since != NONE)
+            self.nbad = len(bidx)
+            if len(bidx):
+                bs = self.bad_since[bidx]
+                xb = (now - bs >= self.bad_ns[bidx]).view(np.int8)
+                self._machine(R_BAD, bidx, xb, now, lambda i: (now - bs[i]) / NS, 0)
+        # delays that ran out without a new sample
+        for r in range(NR):
+            if r in (R_STALE, R_BAD):
+                continue
+            pidx = np.flatnonzero(self.cand[r] != self.act[r])
+            if len(pidx):
+                self._machine(r, pidx, self.cand[r, pidx], now, self.metric[r, pidx], 0)
+        out = self._emit()
+        # shelving that ran out
+        for key, sh in list(self.shelved.items()):
+            if sh["until"] is not None and sh["until"] <= now:
+                out.append(self._unshelve_one(key, now, "system"))
+        return out
+
+    # ------------------------------------------------------------------ events
+    def _new_id(self) -> str:
+        i = self._next_id
+        self._next_id += 1
+        return f"{self.gateway_id}-{i}"
+
+    def _finish(self, ev: Event) -> Event:
+        ev["id"] = self._new_id()
+        self.recent.append(ev)
+        self.stats["events"] += 1
+        return ev
+
+    def _emit(self) -> list[Event]:
+        if not self._tr:
+            return []
+        tr = sorted(self._tr, key=lambda x: (x[0], x[1], x[2], x[3] if x[2] == -1 else 0))
+        self._tr = []
+        out = []
+        for _rnd, c, r, sub, old, new, ts, mv in tr:
+            cr = self.rules[c]
+            if r == -2:
+                ev = maintenance_event(cr, c, bool(old), ts, **self._supp_who(c))
+            elif r == -1:
+                ev = suppress_event(cr, c, sub, old, new, ts, mv)
+            else:
+                ev = alarm_event(cr, c, r, old, new, bool(sub), ts, mv,
+                                 shelved=(c, r) in self.shelved)
+            out.append(self._finish(ev))
+        return out
+
+    def _supp_who(self, c: int) -> dict[str, Any]:
+        info = self.maint_by.get(c)
+        return {"who": info.get("who"), "reason": info.get("reason")} if info else {}
+
+    # ------------------------------------------------------------------ operator actions
+    def _targets(self, channel: str | int | None, rule: str | None) -> list[tuple[int, int]]:
+        if channel is None:
+            cs = list(range(self.n))
+        else:
+            c = channel if isinstance(channel, int) else self.by_name.get(channel)
+            if c is None or not 0 <= c < self.n:
+                raise KeyError(f"unknown channel {channel!r}")
+            cs = [c]
+        if rule is None:
+            rs = list(range(NR))
+        else:
+            if rule not in _RULE_INDEX:
+                raise KeyError(f"unknown rule {rule!r}; rules: {', '.join(RULES)}")
+            rs = [_RULE_INDEX[rule]]
+        return [(c, r) for c in cs for r in rs]
+
+    def ack(self, channel: str | int | None, *, who: str, now_ns: int, rule: str | None = None,
+            comment: str | None = None) -> list[Event]:
+        """Acknowledge unacknowledged alarms of a channel (or all with channel=None)."""
+        if channel is None:
+            rs, cs = np.nonzero(self.unacked)
+            pairs = sorted(zip(cs.tolist(), rs.tolist(), strict=True))
+            if rule is not None:
+                pairs = [(c, r) for c, r in pairs if RULES[r] == rule]
+        else:
+            pairs = [(c, r) for c, r in self._targets(channel, rule) if self.unacked[r, c]]
+        out = []
+        for c, r in pairs:
+            self.unacked[r, c] = False
+            a = int(self.act[r, c])
+            ev = alarm_event(self.rules[c], c, r, int(self.last_code[r, c]), a, False, now_ns,
+                             float(self.metric[r, c]), transition="ack", who=who,
+                             shelved=(c, r) in self.shelved)
+            ev["code"] = a
+            if comment:
+                ev["comment"] = comment
+            out.append(self._finish(ev))
+        return out
+
+    def shelve(self, channel: str | int, *, who: str, reason: str, now_ns: int, duration_s: float | None,
+               rule: str | None = None) -> list[Event]:
+        """Shelve a channel's alarms (one rule, or all) for a duration, by a named person."""
+        if not who or not reason:
+            raise ValueError("shelving needs who and a reason")
+        out = []
+        until = None if duration_s is None else int(now_ns + duration_s * NS)
+        for c, r in self._targets(channel, rule):
+            if rule is None and not (self.enabled[r, c] or self.act[r, c]):
+                continue
+            self.shelved[(c, r)] = {"until": until, "who": who, "reason": reason, "since": int(now_ns)}
+            ev = self._state_event(c, r, now_ns, "shelve", who)
+            ev["shelved"] = True
+            ev["until"] = until
+            ev["reason"] = reason
+            out.append(self._finish(ev))
+        return out
+
+    def unshelve(self, channel: str | int, *, who: str, now_ns: int, rule: str | None = None) -> list[Event]:
+        return [self._unshelve_one(key, now_ns, who) for key in self._targets(channel, rule)
+                if key in self.shelved]
+
+    def _unshelve_one(self, key: tuple[int, int], now_ns: int, who: str) -> Event:
+        del self.shelved[key]
+        c, r = key
+        ev = self._state_event(c, r, now_ns, "unshelve", who)
+        if self.act[r, c]:
+            # an alarm still active when its shelving ends is annunciated again
+            self.unacked[r, c] = True
+            ev["state"] = ACTIVE_UNACKED
+        return self._finish(ev)
+
+    def _state_event(self, c: int, r: int, now_ns: int, transition: str, who: str | None) -> Event:
+        a = int(self.act[r, c])
+        ev = alarm_event(self.rules[c], c, r, int(self.last_code[r, c]), a, bool(self.unacked[r, c]), now_ns,
+                         float(self.metric[r, c]), transition=transition, who=who)
+        ev["code"] = a
+        return ev
+
+    def set_maintenance(self, *, channel: str | None = None, device: str | None = None, on: bool, who: str,
+                        now_ns: int, reason: str | None = None) -> list[Event]:
+        """Put a channel or a whole device in maintenance (alarms suppressed) or take it out."""
+        if (channel is None) == (device is None):
+            raise ValueError("give exactly one of channel or device")
+        if channel is not None:
+            if channel not in self.by_name:
+                raise KeyError(f"unknown channel {channel!r}")
+            cs = [self.by_name[channel]]
+        else:
+            if self.table is None or device not in self.table.by_device:
+                raise KeyError(f"unknown device {device!r}")
+            cs = [ci.index for ci in self.table.by_device[device]]
+        for c in cs:
+            self.rt_maint[c] = on
+            self.maint_by[c] = {"who": who, "reason": reason, "since": int(now_ns)}
+            want = bool(self.rt_maint[c] or self.cfg_maint[c])
+            if want != bool(self.supp[c]):
+                self._set_supp(c, want, now_ns, 0)
+        out = self._emit()
+        if not on:
+            for c in cs:
+                self.maint_by.pop(c, None)
+        return out
+
+    # ------------------------------------------------------------------ views
+    def active(self) -> list[dict[str, Any]]:
+        """Alarms an operator must see: active, cleared-unacknowledged, shelved; and suppressed channels."""
+        rs, cs = np.nonzero((self.act != 0) | self.unacked)
+        keys = set(zip(cs.tolist(), rs.tolist(), strict=True)) | set(self.shelved)
+        out: list[dict[str, Any]] = []
+        for c, r in sorted(keys):
+            a = int(self.act[r, c])
+            cr = self.rules[c]
+            code = a or int(self.last_code[r, c])
+            item: dict[str, Any] = {
+                "channel": cr.name, "index": c, "kind": cr.kind, "unit": cr.unit, "rule": RULES[r],
+                "level": level_name(r, code), "state": state_name(a, bool(self.unacked[r, c])),
+                "since": int(self.since[r, c]), "value": None, "limit": None,
+            }
+            if code:
+                ev = alarm_event(cr, c, r, code, a, False, 0, float(self.metric[r, c]))
+                item["value"], item["limit"], item["priority"] = ev["value"], ev["limit"], ev["priority"]
+            sh = self.shelved.get((c, r))
+            if sh:
+                item["shelved"] = dict(sh)
+            out.append(item)
+        for c in np.flatnonzero(self.supp).tolist():
+            cr = self.rules[c]
+            item = {"channel": cr.name, "index": c, "kind": cr.kind, "unit": cr.unit, "rule": "maintenance",
+                    "level": "maintenance", "state": "suppressed", "since": None}
+            if c in self.maint_by:
+                item["by"] = dict(self.maint_by[c])
+            out.append(item)
+        return out
+
+    def history(self, limit: int = 100, channel: str | None = None) -> list[Event]:
+        """The most recent alarm events held in memory, newest first (the journal has them all)."""
+        out = []
+        for ev in reversed(self.recent):
+            if channel is None or ev.get("channel") == channel:
+                out.append(ev)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def counts(self) -> dict[str, int]:
+        a = self.act != 0
+        return {
+            ACTIVE_UNACKED: int((a & self.unacked).sum()),
+            "active_acked": int((a & ~self.unacked).sum()),
+            CLEARED_UNACKED: int((~a & self.unacked).sum()),
+            "shelved": len(self.shelved),
+            "suppressed": int(self.supp.sum()),
+        }
+
+    # ------------------------------------------------------------------ restart
+    def restore(self, events: Iterable[Event]) -> int:
+        """Rebuild alarm states from journaled events (oldest first); returns how many applied.
+
+        The last event of each alarm fixes its level and acknowledgement; shelving and
+        operator maintenance are restored too. The rule's timers are set so that a
+        condition still holding after the restart keeps the alarm without a new raise:
+        a stale or bad alarm stays until data (good data) comes back, a frozen alarm
+        stays while the value is the one it froze at, and an exposure alarm assumes the
+        average that raised it held over its window before the restart (conservative).
+        """
+        applied = 0
+        last: dict[tuple[int, int], Event] = {}
+        prefix = f"{self.gateway_id}-"
+        for ev in events:
+            if ev.get("type") != "alarm":
+                continue
+            eid = ev.get("id")
+            if isinstance(eid, str) and eid.startswith(prefix):
+                tail = eid[len(prefix):]
+                if tail.isdigit():
+                    self._next_id = max(self._next_id, int(tail) + 1)
+            c = self.by_name.get(ev.get("channel", ""))
+            if c is None:
+                continue
+            applied += 1
+            self.recent.append(ev)
+            rname = ev.get("rule")
+            ts = int(ev.get("ts", 0))
+            if rname == "maintenance":
+                on = ev.get("transition") == "suppress"
+                if ev.get("who") is not None:
+                    # operator maintenance survives a restart; quality-driven does not
+                    self.rt_maint[c] = on
+                    if on:
+                        self.maint_by[c] = {"who": ev.get("who"), "reason": ev.get("reason"), "since": ts}
+                    else:
+                        self.maint_by.pop(c, None)
+                continue
+            r = _RULE_INDEX.get(str(rname))
+            if r is None:
+                continue
+            tr = ev.get("transition")
+            if tr == "shelve":
+                self.shelved[(c, r)] = {"until": ev.get("until"), "who": ev.get("who"),
+                                        "reason": ev.get("reason"), "since": ts}
+            elif tr == "unshelve":
+                self.shelved.pop((c, r), None)
+            last[(c, r)] = ev
+        for (c, r), ev in last.items():
+            state = ev.get("state")
+            code = int(ev.get("code", 0)) if state in (ACTIVE_UNACKED, "active_acked") else 0
+            lvl = ev.get("level")
+            if r == R_LIMIT and lvl in LEVEL_CODES:
+                self.last_code[r, c] = LEVEL_CODES[str(lvl)]
+            elif lvl not in (None, "normal"):
+                self.last_code[r, c] = 1
+            if code and r == R_LIMIT and lvl in LEVEL_CODES:
+                code = LEVEL_CODES[str(lvl)]
+            self.act[r, c] = self.cand[r, c] = code
+            self.since[r, c] = int(ev.get("ts", 0))
+            self.unacked[r, c] = state in (ACTIVE_UNACKED, CLEARED_UNACKED)
+            value = ev.get("value")
+            self.metric[r, c] = np.nan if value is None else float(value)
+            if not code:
+                continue
+            ts = int(ev.get("ts", 0))
+            cr = self.rules[c]
+            if r == R_STALE and cr.stale_ns is not None:
+                self.last_ts[c] = ts - cr.stale_ns - 1
+            elif r == R_BAD and cr.bad_ns is not None:
+                self.bad_since[c] = ts - cr.bad_ns
+                self.nbad = -1
+            elif r == R_FROZEN and cr.frozen_ns is not None and value is not None:
+                self.fz_v[c] = float(value)
+                self.fz_since[c] = ts - cr.frozen_ns
+            elif r == R_TWA and value is not None:
+                avg = float(value)
+                if cr.exposure == "noise":
+                    avg = 10.0 ** (avg / cr.noise_k())
+                self.seed_twa[c] = avg * (TWA_WINDOW_NS / NS)
+                self.metric[r, c] = self.seed_twa[c]
+            elif r == R_STEL and value is not None:
+                self.seed_stel[c] = float(value) * (STEL_WINDOW_NS / NS)
+                self.metric[r, c] = self.seed_stel[c]
+        # operator maintenance restored: suppress without new events
+        want = self.rt_maint | self.cfg_maint
+        for c in np.flatnonzero(want != self.supp).tolist():
+            self.supp[c] = bool(want[c])
+            self.nsupp += 1 if want[c] else -1
+        return applied

@@ -1,0 +1,368 @@
+"""A straightforward per-channel implementation of the rules (the reference).
+
+One Python object per channel, one sample at a time, written to be read rather than to
+be fast. The vectorized core (rules/engine.py) must produce the same alarm transitions
+on the same inputs (tests/test_rules_reference.py drives both with randomized data),
+and bench/rules.py times both.
+
+The semantics, sample by sample (a sample older than or as old as the channel's last
+one is ignored):
+
+1. maintenance: quality calibrating/maintenance, or the channel/device in maintenance,
+   suppresses the channel: its active alarms are reported ``suppressed`` and reset,
+   and nothing else is evaluated until it leaves maintenance.
+2. stale clears on any sample; bad-quality starts (or continues) the bad timer.
+3. bad samples (quality ≥ 0x80) stop here (process alarms hold their state); quality
+   out-of-range / sensor-fault raises the range (sensor fault) alarm.
+4. range: a value outside the instrument's range (or NaN/inf) is a sensor fault; frozen
+   tracks how long the value has been exactly unchanged. Out-of-range values stop here.
+5. process rules: limits with deadband, rate of change, trend and prediction (at trend
+   bucket boundaries), exposure integrals (TWA / STEL / noise dose).
+
+Every rule feeds its condition into the same delay machine: a new condition starts a
+timer; it becomes the alarm's level when it has held for the on-delay (raise or worse
+level) or the off-delay (clear or milder level).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rules.events import alarm_event, escalates, maintenance_event, suppress_event
+from rules.settings import (
+    HEALTH_RULES,
+    MIN_TREND_BUCKETS,
+    NS,
+    PROCESS_RULES,
+    Q_BAD,
+    Q_CALIBRATING,
+    Q_MAINTENANCE,
+    Q_OUT_OF_RANGE,
+    Q_SENSOR_FAULT,
+    R_BAD,
+    R_FROZEN,
+    R_LIMIT,
+    R_PREDICT,
+    R_RANGE,
+    R_ROC,
+    R_STALE,
+    R_STEL,
+    R_TREND,
+    R_TWA,
+    RULES,
+    STEL_BUCKET_NS,
+    STEL_BUCKETS,
+    TREND_BUCKETS,
+    TWA_BUCKETS,
+    TWA_PER_STEL,
+    ChannelRules,
+    phase_ns,
+)
+
+NR = len(RULES)
+
+
+class RefChannel:
+    def __init__(self, index: int, cr: ChannelRules):
+        self.i = index
+        self.cr = cr
+        self.act = [0] * NR
+        self.cand = [0] * NR
+        self.since = [0] * NR
+        self.metric = [math.nan] * NR
+        self.unacked = [False] * NR
+        self.last_code = [0] * NR
+        self.last_ts: int | None = None
+        self.supp = cr.maintenance
+        self.cfg_maint = cr.maintenance
+        self.pv: float | None = None
+        self.pt = 0
+        self.fz_v: float | None = None
+        self.fz_since = 0
+        self.bad_since: int | None = None
+        # trend buckets
+        self.tb_bw = cr.trend_bucket_ns()
+        self.tb_phase = phase_ns(index, self.tb_bw) if self.tb_bw else 0
+        self.tb_k: int | None = None
+        self.tb_n = 0
+        self.tb_st = 0
+        self.tb_sv = 0.0
+        self.ring_n = [0] * TREND_BUCKETS
+        self.ring_off = [0] * TREND_BUCKETS
+        self.ring_st = [0] * TREND_BUCKETS
+        self.ring_sv = [0.0] * TREND_BUCKETS
+        # exposure
+        self.I = 0.0
+        self.ex_pt: int | None = None
+        self.ex_px = 0.0
+        self.ex_phase = phase_ns(index, STEL_BUCKET_NS)
+        self.ex_k: int | None = None
+        self.snap_stel = [0.0] * (STEL_BUCKETS + 1)
+        self.snap_twa = [0.0] * (TWA_BUCKETS + 1)
+        self.old_stel = 0.0
+        self.old_twa = 0.0
+        self.enabled = [
+            cr.stale_ns is not None, cr.bad_ns is not None, True, cr.frozen_ns is not None,
+            any(not math.isnan(x) for x in (cr.hh, cr.h, cr.l, cr.ll)), not math.isnan(cr.roc),
+            bool(cr.trend_ns) and not math.isnan(cr.trend_slope),
+            bool(cr.trend_ns) and bool(cr.predict_ns) and not math.isnan(cr.predict_limit),
+            cr.exposure is not None and not math.isnan(cr.twa),
+            cr.exposure == "concentration" and not math.isnan(cr.stel),
+        ]
+
+    # ------------------------------------------------------------------ machine
+    def machine(self, r: int, x: int, t: int, out: list[dict[str, Any]]) -> None:
+        if x != self.cand[r]:
+            self.cand[r] = x
+            self.since[r] = t
+        c, a = self.cand[r], self.act[r]
+        if c != a:
+            if r in PROCESS_RULES and r not in (R_TWA, R_STEL):
+                delay = self.cr.on_ns if escalates(a, c) else self.cr.off_ns
+            else:
+                delay = 0
+            if t - self.since[r] >= delay:
+                if escalates(a, c):
+                    self.unacked[r] = True
+                self.act[r] = c
+                if c:
+                    self.last_code[r] = c
+                out.append(alarm_event(self.cr, self.i, r, a, c, self.unacked[r], t, self.metric[r]))
+
+    def _reset_rules(self) -> None:
+        for r in range(NR):
+            self.act[r] = self.cand[r] = 0
+            self.unacked[r] = False
+        self.pv = None
+        self.fz_v = None
+        self.bad_since = None
+
+    def _set_supp(self, supp: bool, t: int, out: list[dict[str, Any]]) -> None:
+        if supp == self.supp:
+            return
+        self.supp = supp
+        out.append(maintenance_event(self.cr, self.i, supp, t))
+        if supp:
+            for r in range(NR):
+                if self.act[r] or self.unacked[r]:
+                    out.append(suppress_event(self.cr, self.i, r, self.act[r], self.last_code[r], t,
+                                              self.metric[r]))
+        self._reset_rules()
+
+    # ------------------------------------------------------------------ sample
+    def sample(self, t: int, v: float, q: int, out: list[dict[str, Any]]) -> None:
+        if self.last_ts is not None and t <= self.last_ts:
+            return
+        self.last_ts = t
+        qm = q in (Q_CALIBRATING, Q_MAINTENANCE)
+        self._set_supp(self.cfg_maint or qm, t, out)
+        if self.supp:
+            return
+        en = self.enabled
+        if en[R_STALE]:
+            self.metric[R_STALE] = 0.0
+            self.machine(R_STALE, 0, t, out)
+        if q >= Q_BAD:
+            if self.bad_since is None:
+                self.bad_since = t
+        else:
+            self.bad_since = None
+        if en[R_BAD]:
+            assert self.cr.bad_ns is not None
+            if self.bad_since is not None:
+                self.metric[R_BAD] = (t - self.bad_since) / NS
+                self.machine(R_BAD, int(t - self.bad_since >= self.cr.bad_ns), t, out)
+            else:
+                self.metric[R_BAD] = 0.0
+                self.machine(R_BAD, 0, t, out)
+        if q >= Q_BAD:
+            if q in (Q_OUT_OF_RANGE, Q_SENSOR_FAULT):
+                self.metric[R_RANGE] = v
+                self.machine(R_RANGE, 1, t, out)
+            return
+        cr = self.cr
+        mid, half = cr.range_mid_half()
+        inr = abs(v - mid) <= half
+        self.metric[R_RANGE] = v
+        self.machine(R_RANGE, int(not inr), t, out)
+        if en[R_FROZEN]:
+            assert cr.frozen_ns is not None
+            if self.fz_v is None or v != self.fz_v:
+                self.fz_v = v
+                self.fz_since = t
+            self.metric[R_FROZEN] = v
+            self.machine(R_FROZEN, int(t - self.fz_since >= cr.frozen_ns), t, out)
+        if not inr:
+            return
+        if en[R_LIMIT]:
+            self.metric[R_LIMIT] = v
+            self.machine(R_LIMIT, self.limit_level(v), t, out)
+        if en[R_ROC]:
+            if self.pv is not None:
+                dv = abs(v - self.pv)
+                self.metric[R_ROC] = dv / ((t - self.pt) / NS)
+                self.machine(R_ROC, int(dv > cr.roc_per_ns() * (t - self.pt)), t, out)
+            self.pv, self.pt = v, t
+        if self.tb_bw:
+            self.trend(t, v, out)
+        if cr.exposure is not None:
+            self.exposure(t, v, out)
+
+    def limit_level(self, v: float) -> int:
+        cr, prev, db = self.cr, self.cand[R_LIMIT], self.cr.deadband
+        if v >= cr.hh or (prev >= 2 and v >= cr.hh - db):
+            return 2
+        if v >= cr.h or (prev >= 1 and v >= cr.h - db):
+            return 1
+        if v <= cr.ll or (prev <= -2 and v <= cr.ll + db):
+            return -2
+        if v <= cr.l or (prev <= -1 and v <= cr.l + db):
+            return -1
+        return 0
+
+    # ------------------------------------------------------------------ trend
+    def trend(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
+        bw, ph = self.tb_bw, self.tb_phase
+        k = (t + ph) // bw
+        if self.tb_k is None:
+            self.tb_k = k
+        elif k != self.tb_k:
+            k0 = self.tb_k
+            s = k0 % TREND_BUCKETS
+            self.ring_n[s], self.ring_off[s] = self.tb_n, k0 * bw - ph
+            self.ring_st[s], self.ring_sv[s] = self.tb_st, self.tb_sv
+            for j in range(k0 + 1, min(k, k0 + 1 + TREND_BUCKETS)):
+                self.ring_n[j % TREND_BUCKETS] = 0
+            self.tb_k, self.tb_n, self.tb_st, self.tb_sv = k, 0, 0, 0.0
+            self.evaluate_trend(t, k * bw - ph, out)
+        self.tb_n += 1
+        self.tb_st += t - (k * bw - ph)
+        self.tb_sv += v
+
+    def evaluate_trend(self, t: int, ref: int, out: list[dict[str, Any]]) -> None:
+        nonempty = sum(1 for n in self.ring_n if n > 0)
+        if nonempty < MIN_TREND_BUCKETS:
+            return
+        xs, ys, ws = [], [], []
+        for b in range(TREND_BUCKETS):
+            n = self.ring_n[b]
+            if n:
+                xs.append(((self.ring_off[b] - ref) + self.ring_st[b] / n) / NS)
+                ys.append(self.ring_sv[b] / n)
+            else:
+                xs.append(0.0)
+                ys.append(0.0)
+            ws.append(float(n))
+        sw = sx = sy = 0.0
+        for b in range(TREND_BUCKETS):
+            sw += ws[b]
+            sx += ws[b] * xs[b]
+            sy += ws[b] * ys[b]
+        mx, my = sx / sw, sy / sw
+        sxx = sxy = 0.0
+        for b in range(TREND_BUCKETS):
+            dx = xs[b] - mx
+            sxx += ws[b] * (dx * dx)
+            sxy += ws[b] * (dx * (ys[b] - my))
+        if not sxx > 0:
+            return
+        slope = sxy / sxx
+        cr = self.cr
+        if self.enabled[R_TREND]:
+            per_min = slope * 60.0
+            self.metric[R_TREND] = per_min
+            x = per_min >= cr.trend_slope if cr.trend_slope > 0 else per_min <= cr.trend_slope
+            self.machine(R_TREND, int(x), t, out)
+        if self.enabled[R_PREDICT]:
+            y_end = my + slope * ((t - ref) / NS - mx)
+            if slope > 0 and y_end < cr.predict_limit:
+                ttl = (cr.predict_limit - y_end) / slope
+            else:
+                ttl = math.inf
+            self.metric[R_PREDICT] = ttl
+            self.machine(R_PREDICT, int(ttl * NS <= cr.predict_ns), t, out)
+
+    # ------------------------------------------------------------------ exposure
+    def exposure(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
+        cr = self.cr
+        x = 10.0 ** (v / cr.noise_k()) if cr.exposure == "noise" else v
+        k = (t + self.ex_phase) // STEL_BUCKET_NS
+        if self.ex_k is None:
+            self.ex_k = k
+            self.snap_stel = [self.I] * (STEL_BUCKETS + 1)
+            self.snap_twa = [self.I] * (TWA_BUCKETS + 1)
+            self.old_stel = self.old_twa = self.I
+        elif k != self.ex_k:
+            k0 = self.ex_k
+            for j in range(max(k0 + 1, k - STEL_BUCKETS), k + 1):
+                self.snap_stel[j % (STEL_BUCKETS + 1)] = self.I
+            tk0, tk = k0 // TWA_PER_STEL, k // TWA_PER_STEL
+            for j in range(max(tk0 + 1, tk - TWA_BUCKETS), tk + 1):
+                self.snap_twa[j % (TWA_BUCKETS + 1)] = self.I
+            self.old_stel = self.snap_stel[(k + 1) % (STEL_BUCKETS + 1)]
+            self.old_twa = self.snap_twa[(tk + 1) % (TWA_BUCKETS + 1)]
+            self.ex_k = k
+        if self.ex_pt is not None:
+            self.I += self.ex_px * (min(t - self.ex_pt, cr.hold_ns) / NS)
+        self.ex_px, self.ex_pt = x, t
+        if self.enabled[R_TWA]:
+            e = self.I - self.old_twa
+            self.metric[R_TWA] = e
+            self.machine(R_TWA, int(e > cr.twa_threshold()), t, out)
+        if self.enabled[R_STEL]:
+            e = self.I - self.old_stel
+            self.metric[R_STEL] = e
+            self.machine(R_STEL, int(e > cr.stel_threshold()), t, out)
+
+    # ------------------------------------------------------------------ clock
+    def tick(self, now: int, out: list[dict[str, Any]]) -> None:
+        if self.supp:
+            return
+        if self.last_ts is None:
+            self.last_ts = now
+        en = self.enabled
+        if en[R_STALE]:
+            assert self.cr.stale_ns is not None
+            self.metric[R_STALE] = (now - self.last_ts) / NS
+            self.machine(R_STALE, int(now - self.last_ts > self.cr.stale_ns), now, out)
+        if en[R_BAD] and self.bad_since is not None:
+            assert self.cr.bad_ns is not None
+            self.metric[R_BAD] = (now - self.bad_since) / NS
+            self.machine(R_BAD, int(now - self.bad_since >= self.cr.bad_ns), now, out)
+        for r in range(NR):
+            if r not in (R_STALE, R_BAD) and self.cand[r] != self.act[r]:
+                self.machine(r, self.cand[r], now, out)
+
+
+class ReferenceEngine:
+    """Per-channel reference with the engine's process/tick contract (transitions only)."""
+
+    def __init__(self, rules: list[ChannelRules]):
+        self.channels = [RefChannel(i, cr) for i, cr in enumerate(rules)]
+
+    def process(self, channel: Any, ts: Any, value: Any, quality: Any) -> list[dict[str, Any]]:
+        """Samples in batch order; several samples of one channel are taken in the order given."""
+        out: list[dict[str, Any]] = []
+        seen: dict[int, int] = {}
+        rounds: list[list[tuple[int, int, float, int]]] = []
+        for c, t, v, q in zip(channel, ts, value, quality, strict=True):
+            c = int(c)
+            k = seen.get(c, 0)
+            seen[c] = k + 1
+            while len(rounds) <= k:
+                rounds.append([])
+            rounds[k].append((c, int(t), float(v), int(q)))
+        for rnd in rounds:
+            for c, t, v, q in sorted(rnd, key=lambda s: s[0]):
+                self.channels[c].sample(t, v, q, out)
+        return out
+
+    def tick(self, now: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for ch in self.channels:
+            ch.tick(now, out)
+        return out
+
+
+__all__ = ["HEALTH_RULES", "RefChannel", "ReferenceEngine"]

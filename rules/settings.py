@@ -1,0 +1,187 @@
+"""Per-channel rule settings, resolved from the config (presets applied, units to SI).
+
+``ChannelRules`` is the plain, fully resolved description of what is checked on one
+channel. Both the vectorized core (rules/engine.py) and the per-channel reference
+(rules/reference.py) are built from a list of them, so they evaluate the same rules.
+Times are integer nanoseconds; a disabled rule has ``None`` (or NaN for a limit).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.channels import ChannelTable
+from gateway.config import AlarmSettings, ChannelBase, ExposureSettings
+from rules.presets import alarm_preset, exposure_preset
+
+NS = 1_000_000_000
+NAN = math.nan
+
+#: rule slots, in the order they are evaluated for one sample (and transitions reported)
+RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel")
+R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL = range(len(RULES))
+PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL)
+HEALTH_RULES = (R_STALE, R_BAD, R_RANGE, R_FROZEN)
+#: the channel's maintenance (suppression) state is reported under this rule name
+MAINTENANCE = "maintenance"
+
+#: level codes of the limit rule (others use 1 = active)
+LIMIT_LEVELS = {2: "hh", 1: "h", -1: "l", -2: "ll"}
+LEVEL_CODES = {v: k for k, v in LIMIT_LEVELS.items()}
+PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium",
+            "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
+            "range": "low", "frozen": "low"}
+
+#: quality codes (gateway.batch.Quality) the rules look at
+Q_UNCERTAIN, Q_CALIBRATING, Q_MAINTENANCE, Q_BAD = 0x40, 0x41, 0x42, 0x80
+Q_OUT_OF_RANGE, Q_SENSOR_FAULT = 0x83, 0x84
+
+TREND_BUCKETS = 8  # least-squares trend: the window in this many buckets
+MIN_TREND_BUCKETS = 3  # fewer non-empty buckets: no slope
+STEL_WINDOW_NS = 15 * 60 * NS
+STEL_BUCKETS = 15  # 1-minute buckets
+STEL_BUCKET_NS = STEL_WINDOW_NS // STEL_BUCKETS
+TWA_WINDOW_NS = 8 * 3600 * NS
+TWA_PER_STEL = 15  # a TWA bucket is 15 STEL buckets: 15 minutes
+TWA_BUCKETS = 32  # 8 h of 15-minute buckets
+PHASES = 97  # bucket boundaries are staggered over channels so rotation work spreads out
+
+
+@dataclass(slots=True)
+class ChannelRules:
+    name: str
+    kind: str = "other"
+    unit: str = ""
+    hh: float = NAN
+    h: float = NAN
+    l: float = NAN  # noqa: E741 - the ISA name of the low limit
+    ll: float = NAN
+    deadband: float = 0.0
+    on_ns: int = 0
+    off_ns: int = 0
+    range_lo: float = -math.inf
+    range_hi: float = math.inf
+    roc: float = NAN  # units per second
+    trend_ns: int = 0  # window; 0 = off
+    trend_slope: float = NAN  # units per minute (sign: direction)
+    predict_ns: int = 0  # 0 = off
+    predict_limit: float = NAN
+    stale_ns: int | None = None  # None = never stale
+    bad_ns: int | None = None
+    frozen_ns: int | None = None
+    exposure: str | None = None  # None | "concentration" | "noise"
+    twa: float = NAN  # concentration limit, or the noise criterion in dB(A)
+    stel: float = NAN
+    exchange_db: float = 3.0
+    hold_ns: int = 60 * NS  # longest gap a reading is held for in the exposure integral
+    maintenance: bool = False
+    source: str | None = None  # where the preset numbers come from
+
+    # ---- derived figures shared by both implementations (so they compare bit-equal)
+    def trend_bucket_ns(self) -> int:
+        return self.trend_ns // TREND_BUCKETS
+
+    def noise_k(self) -> float:
+        return noise_k(self.exchange_db)
+
+    def twa_threshold(self) -> float:
+        """PC-TWA limit as an integral over 8 h (value·s); for noise, energy·s."""
+        if self.exposure == "noise":
+            return float(10.0 ** (self.twa / self.noise_k()) * (TWA_WINDOW_NS / NS))
+        return float(self.twa * (TWA_WINDOW_NS / NS))
+
+    def stel_threshold(self) -> float:
+        return float(self.stel * (STEL_WINDOW_NS / NS))
+
+    def roc_per_ns(self) -> float:
+        return self.roc / NS
+
+    def range_mid_half(self) -> tuple[float, float]:
+        """The range as centre and half-width: in range ⇔ |v - mid| <= half (NaN and inf are not)."""
+        if math.isinf(self.range_lo) or math.isinf(self.range_hi):
+            return 0.0, sys.float_info.max
+        return (self.range_lo + self.range_hi) / 2, (self.range_hi - self.range_lo) / 2
+
+    def limits(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("hh", "h", "l", "ll") if not math.isnan(getattr(self, k))}
+
+
+def phase_ns(index: int, bucket_ns: int) -> int:
+    return (index % PHASES) * bucket_ns // PHASES
+
+
+def noise_k(exchange_db: float) -> float:
+    """Level-to-energy divisor: 10 for the 3 dB (equal-energy) rule, q/log10(2) otherwise."""
+    return 10.0 if exchange_db == 3.0 else exchange_db / math.log10(2.0)
+
+
+def _alarm_values(spec: ChannelBase) -> dict[str, Any]:
+    vals: dict[str, Any] = {}
+    if spec.preset:
+        vals.update(alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit))
+    if spec.alarms is not None:
+        # explicit keys override the preset's
+        for k in spec.alarms.model_fields_set:
+            vals[k] = getattr(spec.alarms, k)
+    return vals
+
+
+def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0, device_maintenance: bool = False) -> ChannelRules:
+    """One channel's rules from its config (presets resolved, overrides applied)."""
+    vals = _alarm_values(spec)
+    a = AlarmSettings.model_validate({k: v for k, v in vals.items() if k != "source"})
+    r = ChannelRules(spec.name, spec.kind, spec.unit, source=vals.get("source"))
+    for k in ("hh", "h", "l", "ll"):
+        v = getattr(a, k)
+        setattr(r, k, NAN if v is None else float(v))
+    r.deadband = float(a.deadband)
+    r.on_ns = int(round(a.delay * NS))
+    r.off_ns = int(round(a.off_delay * NS))
+    if spec.range is not None:
+        r.range_lo, r.range_hi = float(spec.range[0]), float(spec.range[1])
+    if a.roc is not None:
+        r.roc = float(a.roc)
+    if a.trend is not None:
+        r.trend_ns = int(round(a.trend.window * NS))
+        if a.trend.slope is not None:
+            r.trend_slope = float(a.trend.slope)
+        if a.trend.predict is not None:
+            r.predict_ns = int(round(a.trend.predict * NS))
+            r.predict_limit = r.h if not math.isnan(r.h) else r.hh
+    if poll_s:
+        r.stale_ns = int(round(a.stale_periods * poll_s * NS))
+        r.hold_ns = max(r.stale_ns, NS)
+    if a.bad_for is not None:
+        r.bad_ns = int(round(a.bad_for * NS))
+    elif r.stale_ns is not None:
+        r.bad_ns = r.stale_ns  # default: bad for as long as it would take to go stale
+    if a.frozen is not None:
+        r.frozen_ns = int(round(a.frozen * NS))
+    ex = spec.exposure
+    if ex is not None:
+        if isinstance(ex, str):
+            ex = ExposureSettings.model_validate(
+                {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit).items() if k != "source"})
+        r.exposure = ex.kind
+        if ex.kind == "noise":
+            r.twa = float(ex.criterion_db)
+            r.exchange_db = float(ex.exchange_rate_db)
+        else:
+            r.twa = NAN if ex.twa is None else float(ex.twa)
+            r.stel = NAN if ex.stel is None else float(ex.stel)
+    r.maintenance = bool(spec.maintenance or device_maintenance)
+    return r
+
+
+def resolve_table(table: ChannelTable, *, poll_s: dict[str, float | None] | None = None,
+                  device_maintenance: dict[str, bool] | None = None) -> list[ChannelRules]:
+    """Rules for every channel of a table; ``poll_s`` and maintenance are per device name."""
+    out = []
+    for c in table.channels:
+        p = 1.0 if poll_s is None else poll_s.get(c.device, 1.0)
+        m = bool(device_maintenance and device_maintenance.get(c.device))
+        out.append(resolve(c.spec, poll_s=p, device_maintenance=m))
+    return out
