@@ -1,0 +1,544 @@
+"""The central sync service: pulls (or receives) envelopes from gateways, stores, forwards.
+
+One ``CentralNode`` runs:
+
+- a pull loop per source it holds (two lanes each: alarms long-polled, main drained
+  at full speed), with per-source positions and backoff;
+- an HTTPS listener with the push endpoint (``POST /sync/v1/push``), ``GET /status``,
+  and the ``/sync/v1`` API of its outbox for the next level up;
+- ingest: open (verify the origin's signature, decrypt), then store each (origin,
+  sequence) exactly once: duplicates are ignored, tampered or unknown envelopes are
+  rejected and counted, a hole in an origin's sequence is refused so the range is
+  fetched again (unless a gap record from the origin's journal explains it);
+- storage into one journal per origin (``state_dir/journals/<origin>.db``, records
+  as the gateway journaled them) and, when configured, InfluxDB;
+- forwarding: each envelope stored is also put unchanged in the outbox, which the
+  next level pulls (or this node pushes), so the top can verify every plant's
+  signature itself;
+- with ``state.backend: postgres``, several workers share the pull sources through
+  row leases (``central.state.PgState.claim``).
+
+Crash window, said plainly: records reach the origin's journal before the cursor
+moves; a crash between the two stores that one envelope's records twice in this
+node's journal (never loses them). The cursor, the outbox and what is forwarded stay
+exactly-once; InfluxDB points are keyed by time and tags, so a rewrite is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from central.config import CentralConfig, SourceEntry
+from central.state import Commit, PgState, SqliteState, State
+from gateway.journal import SAMPLES, Journal, Record
+from uplink import envelope, keys
+from uplink.auth import AuthError, Verifier, ensure_tls_cert
+from uplink.link import Link
+from uplink.sync import (
+    LANES,
+    NET_ERRORS,
+    Backoff,
+    HttpsListener,
+    Item,
+    Peer,
+    PushClient,
+    Signer,
+    SyncServer,
+    unpack_frames,
+)
+
+log = logging.getLogger(__name__)
+
+ACCEPTED, DUPLICATE, REJECTED, GAP = "accepted", "duplicate", "rejected", "gap"
+
+
+@dataclass
+class SourceStatus:
+    id: str
+    mode: str
+    relay: bool
+    state: str = "waiting"  # waiting | ok | failing | idle (not leased by this worker)
+    last_contact_ns: int = 0
+    last_error: str | None = None
+    head: int = 0
+    positions: dict[str, int] = field(default_factory=lambda: {"main": 0, "alarms": 0})
+    envelopes: int = 0
+    records: int = 0
+    samples: int = 0
+    bytes_in: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    gaps: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["lag"] = max(0, self.head - self.positions.get("main", 0)) if self.head else None
+        d["rejected_total"] = sum(self.rejected.values())
+        return d
+
+
+@dataclass
+class OriginCursor:
+    main: int
+    alarms: int
+    early: set[int]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stored_records: int = 0
+    stored_samples: int = 0
+    last_ts: int = 0
+
+
+class OutboxSource:
+    """This node's outbox as a sync ``Source`` for the next level."""
+
+    def __init__(self, node_id: str, state: State):
+        self.node_id = node_id
+        self.state = state
+        self._pos = {"main": 0, "alarms": 0}
+        self._head = 0
+        self._first = 0
+        self._changed = asyncio.Event()
+
+    async def load(self) -> None:
+        self._pos = await self.state.upstream_positions()
+        self._first, self._head = await self.state.outbox_bounds()
+
+    def added(self, n: int = 1) -> None:
+        self._head += n
+        self._changed.set()
+
+    async def read(self, lane: str, after: int, *, max_bytes: int) -> list[Item]:
+        rows = await self.state.outbox_read(lane, after, max_bytes)
+        if rows:
+            self._head = max(self._head, rows[-1].id)
+        return [Item(lane, r.id, r.data, r.samples, 0) for r in rows]
+
+    async def ack(self, lane: str, seq: int) -> None:
+        if seq > self._pos.get(lane, 0):
+            self._pos[lane] = seq
+            await self.state.upstream_ack(lane, seq)
+
+    def position(self, lane: str) -> int:
+        return self._pos.get(lane, 0)
+
+    def head(self) -> int:
+        return self._head
+
+    def first(self) -> int:
+        return self._first
+
+    async def wait(self, after: int, wait_s: float) -> bool:
+        # the outbox id space is shared by both lanes: wake on any addition
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), wait_s)
+        return self._changed.is_set()
+
+
+def _payload(r: Record) -> Any:
+    return r.batch() if r.kind == SAMPLES else r.event()
+
+
+class CentralNode:
+    def __init__(self, cfg: CentralConfig):
+        self.cfg = cfg
+        self.id = cfg.node.id
+        self.state_dir = Path(cfg.node.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        all_keys = keys.load_all(self.state_dir)
+        if not all_keys:
+            all_keys = [keys.init(self.state_dir, self.id)]
+        self.keys = all_keys
+        self.signer = Signer(all_keys[0].ed25519, all_keys[0].kid)
+        self.worker = cfg.state.worker or f"{socket.gethostname()}-{os.getpid()}"
+        # whom we trust: each source's own keys, plus origins behind relays
+        self.trust = keys.TrustStore()
+        self.sources: dict[str, SourceEntry] = {}
+        self.by_kid: dict[str, SourceEntry] = {}
+        push_keys = {}
+        for s in cfg.sources:
+            if not s.enabled:
+                continue
+            self.sources[s.id] = s
+            for pk in keys.load_public(cfg.path(s.keys)):
+                if pk.id != s.id:
+                    raise ValueError(f"sources {s.id}: key bundle {s.keys} is for node {pk.id!r}")
+                self.trust.add(pk)
+                self.by_kid[pk.kid] = s
+                push_keys[pk.kid] = pk.ed25519
+        for p in cfg.trust:
+            for pk in keys.load_public(cfg.path(p)):
+                self.trust.add(pk)
+        self.status = {s.id: SourceStatus(s.id, s.mode, s.relay) for s in self.sources.values()}
+        self.origins: dict[str, OriginCursor] = {}
+        self.journals: dict[str, Journal] = {}
+        if cfg.state.backend == "postgres":
+            assert cfg.state.dsn
+            self.state: State = PgState(cfg.state.dsn)
+        else:
+            self.state = SqliteState(self.state_dir / "central.db")
+        self.outbox = OutboxSource(self.id, self.state)
+        self.forward = cfg.upstream is not None
+        up = cfg.upstream
+        up_trust = {}
+        if up is not None:
+            for p in up.keys:
+                for pk in keys.load_public(cfg.path(p)):
+                    up_trust[pk.kid] = pk.ed25519
+        self.up_link = Link(self.state_dir, rate=up.bandwidth if up else None,
+                            monthly_budget=up.monthly_budget if up else None)
+        window = cfg.listen.clock_window
+        self.push_verifier = Verifier(push_keys, window_s=window)
+        self.sync_server = SyncServer(
+            self.outbox, Verifier(up_trust, window_s=window), self.up_link,
+            max_bytes=up.max_bytes if up else 8 * 2**20,
+            extra_routes=[Route("/sync/v1/push", self.h_push, methods=["POST"]),
+                          Route("/status", self.h_status, methods=["GET"])],
+            info=lambda: {"kind": "central"})
+        self.listener: HttpsListener | None = None
+        self.pusher: PushClient | None = None
+        self.up_peer: Peer | None = None
+        self._crypto = ThreadPoolExecutor(1, thread_name_prefix="central-open")
+        self._pullers: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self.on_stored: list[Callable[[str, list[Record]], None]] = []
+        self.started_ns = time.time_ns()
+
+    # ------------------------------------------------------------------ storage
+    def journal(self, origin: str) -> Journal:
+        j = self.journals.get(origin)
+        if j is None:
+            st = self.cfg.storage
+            j = Journal(self.state_dir / "journals" / f"{origin}.db", quota_bytes=st.journal_quota,
+                        max_age_s=st.journal_max_age, sync=st.journal_sync)
+            self.journals[origin] = j
+        return j
+
+    async def _cursor(self, origin: str) -> OriginCursor:
+        c = self.origins.get(origin)
+        if c is None:
+            main, alarms, early = await self.state.origin(origin)
+            c = self.origins.setdefault(origin, OriginCursor(main, alarms, early))
+        return c
+
+    # ------------------------------------------------------------------ ingest
+    async def ingest(self, src: SourceEntry, items: list[Item]) -> list[str]:
+        """Ingest frames from one source in order; stops a lane at its first refusal."""
+        verdicts: list[str] = []
+        stopped: set[str] = set()
+        for it in items:
+            if it.lane in stopped:
+                verdicts.append(GAP)
+                continue
+            v = await self._ingest_one(src, it)
+            verdicts.append(v)
+            if v in (REJECTED, GAP):
+                stopped.add(it.lane)
+        return verdicts
+
+    def _reject(self, st: SourceStatus, reason: str, msg: str) -> str:
+        st.rejected[reason] = st.rejected.get(reason, 0) + 1
+        if st.last_error != msg:
+            log.warning("source %s: rejected an envelope: %s", st.id, msg)
+        st.last_error = msg
+        return REJECTED
+
+    async def _ingest_one(self, src: SourceEntry, it: Item) -> str:
+        st = self.status[src.id]
+        st.bytes_in += len(it.data)
+        loop = asyncio.get_running_loop()
+        try:
+            opened = await loop.run_in_executor(
+                self._crypto,
+                lambda: envelope.open_envelope(it.data, recipient=self.keys, trusted=self.trust))
+        except envelope.EnvelopeError as e:
+            return self._reject(st, type(e).__name__, str(e))
+        h, records = opened.header, opened.records
+        if not src.relay and h.origin != src.id:
+            return self._reject(st, "wrong_origin", f"{src.id} sent an envelope of {h.origin}")
+        cur = await self._cursor(h.origin)
+        async with cur.lock:
+            for _attempt in range(2):
+                main = cur.main
+                if it.lane == "main":
+                    if h.last_seq <= main:
+                        return await self._duplicate(src, st, it)
+                    if h.first_seq > main + 1:
+                        r0 = records[0]
+                        explained = r0.is_gap and int(r0.event().get("from_seq", r0.seq)) <= main + 1
+                        if not (explained or src.relay):
+                            st.gaps += 1
+                            log.warning("source %s: %s %d..%d does not follow %d: fetching the range again",
+                                        src.id, h.origin, h.first_seq, h.last_seq, main)
+                            return GAP
+                        if not explained:
+                            st.gaps += 1
+                            log.warning("relay %s: %s jumps from %d to %d (the relay lost that range)",
+                                        src.id, h.origin, main, h.first_seq)
+                    new = [r for r in records if r.seq > main and r.seq not in cur.early]
+                    new_main, early_add = h.last_seq, []
+                else:
+                    new = [r for r in records if r.seq > main and r.seq not in cur.early]
+                    if not new:
+                        return await self._duplicate(src, st, it)
+                    new_main, early_add = main, [r.seq for r in new]
+                if new:
+                    items = [_payload(r) for r in new]
+                    await self.journal(h.origin).append_many(items)
+                fwd = (it.lane, h.first_seq, h.last_seq, h.n_samples, it.data) if self.forward else None
+                commit = Commit(src.id, it.lane, it.seq, h.origin, main, new_main,
+                                max(cur.alarms, h.last_seq if it.lane == "alarms" else 0), early_add, fwd)
+                if await self.state.commit(commit):
+                    break
+                # another worker moved this origin: reload and judge again
+                m, a, ea = await self.state.origin(h.origin)
+                cur.main, cur.alarms, cur.early = m, a, ea
+            else:
+                return await self._duplicate(src, st, it)
+            cur.main = new_main
+            cur.alarms = commit.alarms_seq
+            if early_add:
+                cur.early.update(early_add)
+            if new_main > main:
+                cur.early = {s for s in cur.early if s > new_main}
+            n = sum(r.n for r in new if r.kind == SAMPLES)
+            cur.stored_records += len(new)
+            cur.stored_samples += n
+            cur.last_ts = max(cur.last_ts, h.ts_max)
+        st.positions[it.lane] = max(st.positions.get(it.lane, 0), it.seq)
+        st.envelopes += 1
+        st.records += len(new)
+        st.samples += n
+        if self.forward:
+            self.outbox.added()
+        for cb in self.on_stored:
+            cb(h.origin, new)
+        return ACCEPTED
+
+    async def _duplicate(self, src: SourceEntry, st: SourceStatus, it: Item) -> str:
+        st.duplicates += 1
+        if it.seq > st.positions.get(it.lane, 0):
+            st.positions[it.lane] = it.seq
+            await self.state.set_position(src.id, it.lane, it.seq)
+        return DUPLICATE
+
+    # ------------------------------------------------------------------ pulling
+    async def _pull_lane(self, src: SourceEntry, peer: Peer, lane: str) -> None:
+        assert src.pull is not None
+        st = self.status[src.id]
+        backoff = Backoff(0.2, src.pull.retry_max)
+        while True:
+            pos = st.positions
+            after = max(pos["alarms"], pos["main"]) if lane == "alarms" else pos["main"]
+            params = {"lane": lane, "after": after, "max_bytes": src.pull.max_bytes,
+                      "wait": f"{src.pull.wait:g}"}
+            try:
+                r = await peer.request("GET", "/sync/v1/envelopes", params)
+                items = unpack_frames(r.content)
+            except NET_ERRORS as e:
+                msg = str(e) or type(e).__name__
+                if st.state != "failing":
+                    log.error("source %s: pull failed: %s", src.id, msg)
+                st.state, st.last_error = "failing", msg
+                await asyncio.sleep(backoff.next())
+                continue
+            if st.state != "ok":
+                log.info("source %s: pulling (%s)", src.id, src.pull.url)
+                st.state, st.last_error = "ok", None
+            st.last_contact_ns = time.time_ns()
+            with contextlib.suppress(ValueError):
+                st.head = int(r.headers.get("x-safegw-head", "0"))
+            if not items:
+                backoff.reset()
+                continue
+            verdicts = await self.ingest(src, items)
+            if REJECTED in verdicts or GAP in verdicts:
+                await asyncio.sleep(backoff.next())
+            else:
+                backoff.reset()
+
+    async def _pull_source(self, src: SourceEntry) -> None:
+        assert src.pull is not None
+        st = self.status[src.id]
+        st.positions = await self.state.positions(src.id)
+        ca = self.cfg.path(src.pull.tls_cert) if src.pull.tls_cert else None
+        peer = Peer(src.pull.url, self.signer, ca=ca, verify=src.pull.verify,
+                    timeout_s=src.pull.timeout + src.pull.wait)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for lane in ("alarms", "main"):
+                    tg.create_task(self._pull_lane(src, peer, lane), name=f"pull[{src.id}/{lane}]")
+        finally:
+            await peer.close()
+            st.state = "idle"
+
+    async def _leases(self) -> None:
+        """Hold pull sources: all of them (SQLite) or a fair share by lease (PostgreSQL)."""
+        pull_ids = sorted(s.id for s in self.sources.values() if s.mode == "pull")
+        lease = self.cfg.state.lease
+        while True:
+            try:
+                mine = set(await self.state.claim(self.worker, pull_ids, lease))
+            except Exception as e:  # psycopg.Error and friends: keep what we have, retry
+                log.error("lease renewal failed: %s", e)
+                mine = set(self._pullers)
+            for sid in list(self._pullers):
+                if sid not in mine:
+                    log.info("worker %s: released %s", self.worker, sid)
+                    self._pullers.pop(sid).cancel()
+            for sid in sorted(mine - set(self._pullers)):
+                log.info("worker %s: pulling %s", self.worker, sid)
+                self._pullers[sid] = asyncio.create_task(self._pull_source(self.sources[sid]),
+                                                         name=f"pull[{sid}]")
+            if not isinstance(self.state, PgState):
+                await asyncio.Event().wait()
+            await asyncio.sleep(lease / 3)
+
+    # ------------------------------------------------------------------ HTTP
+    async def h_push(self, request: Request) -> Response:
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            kid = self.push_verifier.verify(request.method, target, body, request.headers)
+        except AuthError as e:
+            return SyncServer.refuse(e)
+        src = self.by_kid[kid]
+        st = self.status[src.id]
+        if src.mode != "push":
+            return JSONResponse({"error": f"{src.id} is configured to be pulled"}, status_code=403)
+        try:
+            items = unpack_frames(body)
+        except ValueError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        st.last_contact_ns = time.time_ns()
+        st.state = "ok"
+        with contextlib.suppress(ValueError):
+            st.head = int(request.query_params.get("head", "0"))
+        if len(self._pullers) == 0 and isinstance(self.state, PgState):
+            # another worker may have moved this source: read positions fresh
+            st.positions = await self.state.positions(src.id)
+        await self.ingest(src, items)
+        return JSONResponse({"cursors": st.positions})
+
+    async def h_status(self, request: Request) -> Response:
+        if not self.cfg.listen.status:
+            return JSONResponse({"error": "status disabled"}, status_code=404)
+        return JSONResponse(self.status_doc())
+
+    def status_doc(self) -> dict[str, Any]:
+        now = time.time_ns()
+        sources = {}
+        for sid, st in self.status.items():
+            d = st.as_dict()
+            d["since_contact_s"] = round((now - st.last_contact_ns) / 1e9, 3) if st.last_contact_ns else None
+            sources[sid] = d
+        origins = {o: {"main_seq": c.main, "alarms_seq": c.alarms, "early": len(c.early),
+                       "stored_records": c.stored_records, "stored_samples": c.stored_samples,
+                       "last_ts": c.last_ts} for o, c in self.origins.items()}
+        doc: dict[str, Any] = {"node": self.id, "worker": self.worker, "backend": self.cfg.state.backend,
+                               "uptime_s": round((now - self.started_ns) / 1e9, 1),
+                               "sources": sources, "origins": origins,
+                               "pulling": sorted(self._pullers)}
+        if self.forward:
+            doc["upstream"] = {"mode": self.cfg.upstream.mode if self.cfg.upstream else None,
+                               "head": self.outbox.head(),
+                               "cursors": {ln: self.outbox.position(ln) for ln in LANES},
+                               "link": self.up_link.stats()}
+        return doc
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.state.open()
+        await self.outbox.load()
+        for sid in self.sources:
+            self.status[sid].positions = await self.state.positions(sid)
+        for o, (m, a) in (await self.state.all_origins()).items():
+            await self._cursor(o)
+            self.origins[o].main, self.origins[o].alarms = m, a
+        lc = self.cfg.listen
+        if lc.tls_cert and lc.tls_key:
+            cert, key = self.cfg.path(lc.tls_cert), self.cfg.path(lc.tls_key)
+        else:
+            cert, key = ensure_tls_cert(self.state_dir, self.id)
+        self.listener = HttpsListener(self.sync_server.app, lc.address, cert, key, name="central")
+        await self.listener.start()
+        up = self.cfg.upstream
+        if up is not None and up.mode == "push":
+            assert up.url
+            self.up_peer = Peer(up.url, self.signer, ca=self.cfg.path(up.ca) if up.ca else None,
+                                timeout_s=up.timeout)
+            self.pusher = PushClient(self.outbox, self.up_peer, self.up_link, max_bytes=up.max_bytes,
+                                     retry_max_s=up.retry_max)
+        log.info("central %s listening on %s (%d sources, state %s, worker %s)", self.id, lc.address,
+                 len(self.sources), self.cfg.state.backend, self.worker)
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return self.listener.port
+
+    async def _housekeeping(self) -> None:
+        up = self.cfg.upstream
+        while True:
+            await asyncio.sleep(60)
+            self.up_link.save()
+            if up is not None:
+                try:
+                    n = await self.state.outbox_prune(time.time_ns() - int(up.keep * 1e9))
+                except Exception as e:  # database errors: report, keep running
+                    log.error("outbox prune failed: %s", e)
+                else:
+                    if n:
+                        log.info("outbox: pruned %d forwarded envelopes", n)
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._leases(), name="leases")
+                tg.create_task(self._housekeeping(), name="housekeeping")
+                if self.pusher is not None:
+                    tg.create_task(self.pusher.run(), name="push[upstream]")
+                stop = tg.create_task(self._stop.wait(), name="stop")
+                await stop
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            for t in self._pullers.values():
+                t.cancel()
+            await asyncio.gather(*self._pullers.values(), return_exceptions=True)
+            self._pullers.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.up_peer is not None:
+            await self.up_peer.close()
+        with contextlib.suppress(Exception):
+            await self.state.release(self.worker, list(self.sources))
+        await self.state.close()
+        for j in self.journals.values():
+            j.close()
+        self._crypto.shutdown(wait=False)
+        self.up_link.save()
+
+
+class _Stop(Exception):
+    pass
