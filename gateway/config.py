@@ -392,6 +392,12 @@ class UplinkSection(Strict):
     max_records: int = Field(default=200, ge=1)
     bandwidth: Size | None = Field(default=None, description="bytes per second cap")
     monthly_budget: Size | None = None
+    # transport (uplink/sync.py)
+    max_samples: int = Field(default=50_000, ge=1, description="samples per envelope at most")
+    max_bytes: Size = Field(default=8 * 2**20, description="bytes per response / push request at most")
+    timeout: Duration = Field(default=30.0, description="push request timeout")
+    retry_max: Duration = Field(default=30.0, description="longest pause between push retries")
+    clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
 
 
 class ApiSection(Strict):
