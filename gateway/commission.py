@@ -140,7 +140,8 @@ def print_table(table: ChannelTable, results: list[DeviceResult], out: TextIO) -
         for what, why in res.details.items():
             out.write(f"device {res.name}: {what}: {why}\n")
         if not res.error and not res.details and not res.ok:
-            bad = [table[i].name for i, q in res.quality.items() if q >= Quality.BAD and q != Quality.OUT_OF_RANGE]
+            bad = [table[i].name for i, q in res.quality.items()
+                   if q >= Quality.BAD and q != Quality.OUT_OF_RANGE]
             out.write(f"device {res.name}: bad channels: {', '.join(bad)}\n")
     n_ok = sum(r.ok for r in results)
     out.write(f"\n{n_ok}/{len(results)} devices ok\n")
