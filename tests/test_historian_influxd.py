@@ -34,13 +34,14 @@ N_CH = 12
 KINDS = ["gas", "temperature", "pressure"]
 
 
-def make_config(tmp: Path, url: str, db: str, *, n: int = N_CH, extra: str = "", gw_id: str = "gw-test-1") -> Config:
+def make_config(tmp: Path, url: str, db: str, *, n: int = N_CH, extra: str = "",
+                gw_id: str = "gw-test-1") -> Config:
     chans = []
     for i in range(n):
         kind = KINDS[i % 3]
         hs = f", hazard_source: 'HS {i % 2}'" if i % 4 == 0 else ""
-        chans.append(f"      - {{name: 'CH-{i:03d}', kind: {kind}, unit: 'u,{i % 2}', address: 'holding:{2 * i}',"
-                     f" type: float32, area: 'Tank farm=1'{hs}}}")
+        chans.append(f"      - {{name: 'CH-{i:03d}', kind: {kind}, unit: 'u,{i % 2}',"
+                     f" address: 'holding:{2 * i}', type: float32, area: 'Tank farm=1'{hs}}}")
     text = f"""
 gateway:
   id: {gw_id}
@@ -100,9 +101,9 @@ class Harness:
         await self.svc.stop()
         self.gw.journal.close()
 
-    async def caught_up(self, timeout: float = 30.0) -> None:
+    async def caught_up(self, within: float = 30.0) -> None:
         j = self.gw.journal
-        await async_wait_until(lambda: self.svc.cursor >= j.last_seq, timeout,
+        await async_wait_until(lambda: self.svc.cursor >= j.last_seq, within,
                                what=f"historian cursor to reach {j.last_seq} (at {self.svc.cursor}, "
                                     f"state {self.svc.writer.state}: {self.svc.writer.last_error})")
 
@@ -162,7 +163,9 @@ async def test_exact_float_extremes_round_trip(influxd: Influxd, tmp_path: Path)
     got = rows(influxd, db, 'SELECT value FROM /gas|temperature|pressure/ GROUP BY channel')
     back = {int(r["channel"][3:]): r["value"] for r in got}
     for i, v in enumerate(vals):
-        assert float(back[i]) == v and np.signbit(float(back[i])) == np.signbit(v) or v == 0, (i, v, back[i])
+        # bit-identical; JSON output cannot tell -0.0 from 0
+        same = np.float64(back[i]).view(np.int64) == np.float64(v).view(np.int64)
+        assert same or (v == 0 and back[i] == 0), (i, v, back[i])
 
 
 async def test_events_and_alarms_have_their_own_measurements(influxd: Influxd, tmp_path: Path) -> None:
@@ -170,7 +173,8 @@ async def test_events_and_alarms_have_their_own_measurements(influxd: Influxd, t
     cfg = make_config(tmp_path, influxd.url, db)
     async with harness(cfg) as h:
         await h.gw.journal.append_event({"type": "alarm", "ts": T0 + 5, "channel": 3, "level": "hh",
-                                         "state": "active", "value": 11.5, "limit": 11, "message": 'say "hi", x=1'})
+                                         "state": "active", "value": 11.5, "limit": 11,
+                                         "message": 'say "hi", x=1'})
         await h.gw.journal.append_event({"type": "register", "ts": T0 + 6, "register": "hidden_danger",
                                          "action": "reported", "details": {"a": [1, 2]}})
         await h.caught_up()
@@ -277,7 +281,8 @@ async def test_type_conflict_and_retention_in_a_backlog_are_skipped_and_recorded
     assert stored and stored[0]["count"] == rej[0]["count"]
 
 
-async def test_points_beyond_retention_are_rejected_the_rest_written(influxd: Influxd, tmp_path: Path) -> None:
+async def test_points_beyond_retention_are_rejected_the_rest_written(
+        influxd: Influxd, tmp_path: Path) -> None:
     db = unique_db()
     influxd.create_database(db)
     influxd.query(f'CREATE RETENTION POLICY "short" ON "{db}" DURATION 1h REPLICATION 1', method="POST")
