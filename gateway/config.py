@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.yamlsrc import Path_, Source, YamlError, load_file, load_text
+from gateway.yamlsrc import Mark, Path_, Source, YamlError, load_file, load_text
 
 # --------------------------------------------------------------------------- units
 
@@ -547,8 +547,8 @@ def _loc_path(loc: tuple[Any, ...]) -> Path_:
     return tuple(p for p in loc if isinstance(p, str | int))
 
 
-def _format(src: Source, path: Path_, message: str) -> str:
-    m = src.where(path)
+def _format(src: Source, path: Path_, message: str, mark: Mark | None = None) -> str:
+    m = mark or src.where(path)
     shown = src.real_path(path)
     # keep the trailing key for unknown / missing keys so the path names it
     if path and path[-1] not in shown and isinstance(path[-1], str):
@@ -846,9 +846,9 @@ def validate(src: Source) -> Config:
         raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with a 'gateway:' section"])
     found: list[tuple[int, int, int, str]] = []
 
-    def add(path: Path_, message: str) -> None:
-        m = src.where(path)
-        found.append((m.line, m.col, len(found), _format(src, path, message)))
+    def add(path: Path_, message: str, at_key: bool = False) -> None:
+        m = src.key_marks.get(src.real_path(path), src.where(path)) if at_key else src.where(path)
+        found.append((m.line, m.col, len(found), _format(src, path, message, m)))
 
     cfg: Config | None = None
     try:
@@ -856,7 +856,16 @@ def validate(src: Source) -> Config:
     except ValidationError as e:
         errors: list[dict[str, Any]] = [dict(err) for err in e.errors()]
         for err in errors:
-            add(_loc_path(tuple(err["loc"])), _explain(err))
+            path = _loc_path(tuple(err["loc"]))
+            real = src.real_path(path)
+            if err["type"] == "string_type" and real in src.texts:
+                text = src.texts[real]
+                add(path, f"write it in quotes, \"{text}\", to keep it as text: unquoted, YAML reads {text} as "
+                          f"the number {err.get('input')!r}")
+                continue
+            if err["type"] == "union_tag_invalid":
+                path = (*real, "protocol")  # point at the protocol's value
+            add(path, _explain(err), at_key=err["type"] == "extra_forbidden")
         for path, msg in _partial_cross_check(src, errors):
             add(path, msg)
     else:

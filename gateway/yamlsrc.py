@@ -50,6 +50,8 @@ class Source:
     data: Any
     marks: dict[Path_, Mark] = field(default_factory=dict)
     key_marks: dict[Path_, Mark] = field(default_factory=dict)
+    #: the text of every unquoted scalar that became a number, as written (``1.10``)
+    texts: dict[Path_, str] = field(default_factory=dict)
 
     def where(self, path: Path_) -> Mark:
         """The mark of the longest prefix of ``path`` that exists in the document.
@@ -123,7 +125,10 @@ def _scalar(node: yaml.ScalarNode) -> Any:
 def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
     src.marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.ScalarNode):
-        return _scalar(node)
+        v = _scalar(node)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            src.texts[path] = node.value
+        return v
     if isinstance(node, yaml.SequenceNode):
         return [_build(child, (*path, i), src) for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
