@@ -38,7 +38,8 @@ def batch(i: int, n: int = 100, channels: int = 50) -> Batch:
     """Deterministic batch number ``i``: n samples over ``channels`` channels."""
     ch = np.arange(n, dtype=np.int32) % channels
     ts = T0 + i * 10**9 + (np.arange(n, dtype=np.int64) // channels) * 10**6
-    val = np.round(20 + np.sin(i + np.arange(n)) * 5, 2)
+    # noisy like a real sensor at its resolution: it does not compress to nothing
+    val = np.round(20 + np.random.default_rng(i).normal(0, 2, n), 2)
     return Batch.build(ch, ts, val, 0)
 
 

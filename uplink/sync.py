@@ -151,6 +151,7 @@ class JournalSource:
         self.sealed_envelopes = 0
         self.sealed_samples = 0
         self.sealed_bytes = 0
+        self._bytes_per_sample = 3.0  # running estimate, to size envelopes to a byte budget
         for name in CURSORS.values():
             journal.register(name)
 
@@ -159,11 +160,16 @@ class JournalSource:
         out: list[Item] = []
         total = 0
         while total < max_bytes:
-            recs = self.journal.read_sync(after, self.max_records, max_samples=self.max_samples, kinds=kinds)
+            # on a capped link an envelope should fit the response budget, so that a
+            # response never holds the link much longer than planned (alarms wait less)
+            want = min(self.max_samples, max(256, int((max_bytes - total) / self._bytes_per_sample)))
+            recs = self.journal.read_sync(after, self.max_records, max_samples=want, kinds=kinds)
             if not recs:
                 break
             data = self._seal(recs)
             n = sum(r.n for r in recs if r.kind == SAMPLES)
+            if n >= 1000:
+                self._bytes_per_sample = 0.5 * self._bytes_per_sample + 0.5 * len(data) / n
             out.append(Item(lane, recs[-1].seq, data, n, len(recs)))
             total += len(data)
             after = recs[-1].seq
