@@ -127,11 +127,33 @@ class AlarmsView:
         return self.gw.rules
 
     def active(self) -> list[dict[str, Any]]:
-        fn = getattr(self.rules, "active_alarms", None) or getattr(self.rules, "active", None)
+        """Alarms an operator must see (rules engine ``active()``), times as ISO text too."""
+        fn = getattr(self.rules, "active", None)
         if fn is None:
             return []
-        out = fn() if callable(fn) else fn
-        return [dict(a) for a in (out.values() if isinstance(out, dict) else out)]
+        out = []
+        for a in fn():
+            a = dict(a)
+            if isinstance(a.get("since"), int) and a["since"] > 0:
+                a["since_ns"] = a["since"]
+                a["since"] = _iso(a["since"])
+            sh = a.get("shelved")
+            if isinstance(sh, dict):
+                a["shelved"] = {
+                    k: (_iso(v) if k in ("until", "since") and isinstance(v, int) else v)
+                    for k, v in sh.items()
+                }
+            out.append(a)
+        return out
+
+    @staticmethod
+    def annunciated(a: dict[str, Any]) -> bool:
+        """Active and not shelved: what colours a channel red."""
+        return str(a.get("state", "")).startswith("active") and not a.get("shelved")
+
+    def history(self, limit: int, channel: str | None) -> list[dict[str, Any]] | None:
+        fn = getattr(self.rules, "history", None)
+        return None if fn is None else [dict(e) for e in fn(limit=limit, channel=channel)]
 
     def by_channel(self, active: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The most urgent active alarm of each channel."""
@@ -159,22 +181,26 @@ class AlarmsView:
     def ack(
         self, channel: str, user: str, now_ns: int, rule: str | None, comment: str | None
     ) -> list[dict[str, Any]]:
-        return self._call("ack", channel, user=user, now_ns=now_ns, rule=rule, comment=comment)
+        return self._call("ack", channel, who=user, now_ns=now_ns, rule=rule, comment=comment)
 
     def shelve(
         self, channel: str, user: str, now_ns: int, duration_s: float, reason: str, rule: str | None
     ) -> list[dict[str, Any]]:
         return self._call(
-            "shelve", channel, user=user, now_ns=now_ns, duration_s=duration_s, reason=reason, rule=rule
+            "shelve", channel, who=user, now_ns=now_ns, duration_s=duration_s, reason=reason, rule=rule
         )
 
     def unshelve(self, channel: str, user: str, now_ns: int, rule: str | None) -> list[dict[str, Any]]:
-        return self._call("unshelve", channel, user=user, now_ns=now_ns, rule=rule)
+        return self._call("unshelve", channel, who=user, now_ns=now_ns, rule=rule)
+
+
+_PRIORITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
 def _alarm_rank(a: dict[str, Any]) -> tuple[int, int]:
-    state = str(a.get("state", ""))
-    return (1 if state.startswith("active") else 0, int(a.get("priority") or 0))
+    p = a.get("priority")
+    rank = _PRIORITY.get(p, 0) if isinstance(p, str) else int(p or 0)
+    return (1 if AlarmsView.annunciated(a) else 0, rank)
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -1023,10 +1049,6 @@ def _jsonable(v: Any) -> Any:
 
 async def _alarm_history(gw: Any, limit: int, channel: str | None) -> list[dict[str, Any]]:
     """The newest alarm transitions from the journal (the one durable record of them)."""
-    fn = getattr(gw.rules, "alarm_history", None)
-    if fn is not None:
-        out = list(fn(limit=limit, channel=channel))
-        return out
 
     def scan(db: Any) -> list[dict[str, Any]]:
         dz = zstandard.ZstdDecompressor()
@@ -1051,6 +1073,8 @@ async def _alarm_history(gw: Any, limit: int, channel: str | None) -> list[dict[
                 if ev.get("type") != "alarm" or (channel and ev.get("channel") != channel):
                     continue
                 ev.setdefault("seq", seq)
+                if isinstance(ev.get("ts"), int):
+                    ev["time"] = _iso(ev["ts"])
                 out.append(ev)
                 if len(out) >= limit:
                     return out
@@ -1201,9 +1225,21 @@ class ApiService:
         import uvicorn
 
         host, port = parse_listen(self.section.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            sock = socket.create_server((host, port), family=family, reuse_port=False, backlog=256)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            family, _t, proto, _c, addr = infos[0]
+            # proto must be IPPROTO_TCP (socket.create_server leaves 0): asyncio only sets
+            # TCP_NODELAY on accepted sockets whose proto says TCP, and without it every
+            # keep-alive response waits ~40 ms for a delayed ACK
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                sock.bind(addr)
+                sock.listen(256)
+            except OSError:
+                sock.close()
+                raise
         except OSError as e:
             raise RuntimeError(f"api: cannot listen on {self.section.listen}: {e.strerror or e}") from None
         sock.set_inheritable(False)

@@ -57,7 +57,8 @@ devices:
     channels:
       - {{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1,
           hazard_source: HS-01, alarms: {{h: 25, hh: 50}}}}
-      - {{name: GT-2, kind: gas, unit: "%LEL", address: input:1, type: int16, scale: 0.1, alarms: {{h: 25, hh: 50}}}}
+      - {{name: GT-2, kind: gas, unit: "%LEL", address: input:1, type: int16, scale: 0.1,
+          alarms: {{h: 25, hh: 50}}}}
       - {{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}}
       - {{name: LT-1, kind: level, unit: m, address: holding:20, type: float32}}
   - name: dead-plc
@@ -166,6 +167,7 @@ def test_api_serves_inside_the_daemon_and_stops_with_it(tmp_path: Path, sim_fact
         assert d.url.startswith("http://127.0.0.1:")
         r = httpx.get(d.url + "/health")
         assert r.status_code == 200 and r.json()["gateway"] == "gw-api"
+
         # live values from the simulator arrive through the daemon's poller
         def gt1() -> Any:
             c = httpx.get(d.url + "/channels/GT-1", headers=auth(tokens["viewer"])).json()
@@ -193,8 +195,9 @@ def test_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        d = Daemon(f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\n'
-                   f'api: {{listen: "127.0.0.1:{busy}"}}\n')
+        d = Daemon(
+            f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\napi: {{listen: "127.0.0.1:{busy}"}}\n'
+        )
         with pytest.raises(RuntimeError, match="cannot listen"):
             d.start()
         d.stop()
@@ -202,12 +205,33 @@ def test_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
 
 def test_tls_by_config(tmp_path: Path) -> None:
     key, cert = tmp_path / "api.key", tmp_path / "api.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=localhost", "-addext",
-                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     tokens = make_tokens(tmp_path)
-    d = Daemon(f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\n'
-               f'api: {{listen: "127.0.0.1:0", tls_cert: "{cert}", tls_key: "{key}"}}\n').start()
+    d = Daemon(
+        f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\n'
+        f'api: {{listen: "127.0.0.1:0", tls_cert: "{cert}", tls_key: "{key}"}}\n'
+    ).start()
     try:
         assert d.url.startswith("https://")
         ctx = ssl.create_default_context(cafile=str(cert))
@@ -221,10 +245,39 @@ def test_tls_by_config(tmp_path: Path) -> None:
 
 
 def test_half_tls_config_is_refused(tmp_path: Path) -> None:
-    d = Daemon(f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\n'
-               f'api: {{listen: "127.0.0.1:0", tls_cert: "{tmp_path}/x.crt"}}\n')
+    d = Daemon(
+        f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}\n'
+        f'api: {{listen: "127.0.0.1:0", tls_cert: "{tmp_path}/x.crt"}}\n'
+    )
     with pytest.raises(RuntimeError, match="both tls_cert and tls_key"):
         d.start()
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One simulator plant and one daemon with tokens for every role, shared by a module."""
+    from tests.fixtures.sims import SimProcess
+
+    tmp = tmp_path_factory.mktemp("plant")
+    cfg = tmp / "sim.yaml"
+    cfg.write_text(SIM_PLANT)
+    sim = SimProcess(cfg)
+    state = tmp / "state"
+    state.mkdir()
+    tokens = make_tokens(state)
+    host, port = sim.tcp("plc")
+    d = Daemon(gateway_yaml(host, port, state)).start()
+
+    class Plant:
+        pass
+
+    p = Plant()
+    p.sim, p.daemon, p.tokens, p.url, p.state = sim, d, tokens, d.url, state  # type: ignore[attr-defined]
+    p.http = httpx.Client(base_url=d.url, timeout=10)  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.http.close()  # type: ignore[attr-defined]
+        d.stop()
+        sim.stop()
