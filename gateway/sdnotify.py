@@ -1,4 +1,10 @@
-"""systemd's notify protocol (READY=1, STOPPING=1, WATCHDOG=1), without a dependency."""
+"""systemd's notify protocol (READY=1, STOPPING=1, WATCHDOG=1), without a dependency.
+
+With ``Type=notify`` systemd passes ``NOTIFY_SOCKET`` (a path, or ``@name`` in the
+abstract namespace) and, with ``WatchdogSec=``, ``WATCHDOG_USEC`` (and ``WATCHDOG_PID``):
+the service must send ``WATCHDOG=1`` more often than that or be killed and restarted.
+Without those variables every call is a no-op, so the daemon runs the same by hand.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,11 @@ class Notifier:
         pid = os.environ.get("WATCHDOG_PID")
         self.watchdog_s: float | None = None
         if usec and (pid is None or pid == str(os.getpid())):
-            self.watchdog_s = int(usec) / 1e6
+            try:
+                self.watchdog_s = int(usec) / 1e6 or None
+            except ValueError:
+                log.warning("ignoring WATCHDOG_USEC=%r: not a number", usec)
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -33,7 +43,13 @@ class Notifier:
         try:
             self._sock.sendto(state.encode(), self._addr)
         except OSError as e:
-            log.warning("sd_notify %s failed: %s", state.split("=")[0], e)
+            if not self._failing:  # once, not at every watchdog ping
+                log.warning("sd_notify %s failed: %s", state.split("=")[0], e)
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("sd_notify works again")
+            self._failing = False
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
