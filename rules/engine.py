@@ -123,7 +123,6 @@ class RulesEngine:
         self.nsupp = int(self.supp.sum())
         self.pv = np.full(n, np.nan)
         self.pt = np.zeros(n, I64)
-        self.fz_v = np.full(n, np.nan)
         self.fz_since = np.zeros(n, I64)
         self.bad_since = np.full(n, NONE, I64)
         self.nbad = 0  # channels with bad_since set
@@ -141,8 +140,7 @@ class RulesEngine:
         self.ring_sv = np.zeros((nt, TREND_BUCKETS))
         # exposure: a running integral with snapshots at (staggered) minute boundaries
         self.I = np.zeros(n)
-        self.ex_pt = np.zeros(n, I64)
-        self.ex_px = np.zeros(n)
+        self.ex_px = np.zeros(n)  # noise: the previous reading as energy
         self.ex_k = np.full(n, NONE, I64)
         self.ex_next = np.where(self.ex_mode > 0, NONE, NEVER).astype(I64)
         ne = n if (self.ex_mode > 0).any() else 0
@@ -150,6 +148,9 @@ class RulesEngine:
         self.snap_twa = np.zeros((ne, TB1))
         self.old_stel = np.zeros(n)
         self.old_twa = np.zeros(n)
+        self.lim_stel = np.full(n, np.nan)  # alarm when the integral passes these
+        self.lim_twa = np.full(n, np.nan)
+        self.next_rot = np.minimum(self.tb_next, self.ex_next)
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
@@ -162,7 +163,8 @@ class RulesEngine:
     def for_gateway(cls, cfg: Any, table: ChannelTable) -> RulesEngine:
         """The engine as the gateway builds it: poll periods and maintenance from the devices."""
         streaming = {d.name for d in cfg.devices if getattr(d, "mode", None) == "subscribe"}
-        poll: dict[str, float | None] = {d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
+        poll: dict[str, float | None] = {
+            d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
         maint = {d.name: bool(d.maintenance) for d in cfg.devices}
         return cls(table, gateway_id=cfg.gateway.id, poll_s=poll, device_maintenance=maint)
 
@@ -182,9 +184,9 @@ class RulesEngine:
             self.gate_lo = np.fmax(self.l, self.ll) + self.db
         self.gate_hi[np.isnan(self.gate_hi)] = np.inf
         self.gate_lo[np.isnan(self.gate_lo)] = -np.inf
-        mh = [r.range_mid_half() for r in rules]
-        self.r_mid = np.array([m for m, _ in mh], float).reshape(n)
-        self.r_half = np.array([h for _, h in mh], float).reshape(n)
+        self.lo, self.hi = f("range_lo"), f("range_hi")
+        self.q_lo = np.maximum(self.lo, self.gate_lo)  # the quiet band: in range, no limit near
+        self.q_hi = np.minimum(self.hi, self.gate_hi)
         self.roc_ns = np.array([r.roc_per_ns() for r in rules], float).reshape(n)
         self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
         self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
@@ -225,7 +227,7 @@ class RulesEngine:
         self.any_noise = bool((self.ex_mode == 2).any())
 
     # ------------------------------------------------------------------ the machine
-    def _machine(self, r: int, chs: npt.NDArray[Any], x: npt.NDArray[np.int8], t: IntArr | int,
+    def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8], t: IntArr | int,
                  metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
                  rnd: int, sel: Sel | None = None) -> None:
         """Feed conditions ``x`` of channels ``chs`` (at times ``t``) into the delay machine."""
@@ -308,15 +310,8 @@ class RulesEngine:
         key = (sel.start, sel.stop)
         p = self._pos_cache.get(key)
         if p is None:
-            def pos(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp] | None:
-                m = mask[sel]
-                return None if m.all() else np.flatnonzero(m)
-
             p = {
-                "frozen": pos(self.enabled[R_FROZEN]),
-                "roc": pos(self.enabled[R_ROC]),
-                "trend": pos(self.tb_bw > 0),
-                "ex": pos(self.ex_mode > 0),
+                "noise": np.flatnonzero(self.ex_mode[sel] == 2),
                 "any_frozen": bool(self.enabled[R_FROZEN][sel].any()),
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
@@ -388,32 +383,108 @@ class RulesEngine:
                     self.bad_since[sel] = NONE
             if self.cand[R_BAD, sel].any() or self.act[R_BAD, sel].any():
                 self._machine(R_BAD, chs, np.zeros(len(ch), np.int8), t, 0.0, rnd, sel)
-        # ---- range (sensor fault)
-        dev = v - self.r_mid[sel]
-        np.abs(dev, out=dev)
-        inr = dev <= self.r_half[sel]
-        x = (~inr).view(np.int8)
-        self._machine(R_RANGE, chs, x, t, v, rnd, sel)
-        pos = self._positions(sel) if isinstance(sel, slice) else None
-        # ---- frozen
-        if pos is None or pos["any_frozen"]:
-            self._frozen(ch, t, v, sel, chs, rnd)
-        if not inr.all():
+        # ---- range (sensor fault) and limits, screened together: a value strictly
+        # inside the quiet band is in range and below every limit whatever the deadband
+        quiet = v > self.q_lo[sel]
+        quiet &= v < self.q_hi[sel]
+        loud = np.flatnonzero(~quiet)
+        inr = None
+        xr = np.zeros(len(ch), np.int8)
+        if len(loud):
+            lc = ch[loud].astype(np.intp)
+            lv = v[loud]
+            linr = np.isfinite(lv) & (lv >= self.lo[lc]) & (lv <= self.hi[lc])
+            xr[loud] = ~linr
+            if not linr.all():
+                inr = np.ones(len(ch), bool)
+                inr[loud] = linr
+        self._machine(R_RANGE, chs, xr, t, v, rnd, sel)
+        if inr is not None:
             ch, t, v = ch[inr], t[inr], v[inr]
             if not len(ch):
                 return
-            sel = ch.astype(np.intp)
-            chs = ch
-            pos = None
-        # ---- limits with deadband
+            # positions changed: the limit screen recomputes its list
+            self._valid(ch, t, v, ch.astype(np.intp), ch, rnd, None)
+            return
+        self._valid(ch, t, v, sel, chs, rnd, loud)
+
+    def _valid(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int,
+               loud: npt.NDArray[np.intp] | None) -> None:
+        """Valid, in-range samples: frozen, limits, rate of change, trend, exposure."""
+        pos = self._positions(sel) if isinstance(sel, slice) else None
+        pv = self.pv[sel]
+        pt = self.pt[sel]
+        dt = t - pt
+        dv = v - pv
+        # ---- frozen: exactly the previous valid value
+        eq = dv == 0
+        anyeq = bool(eq.any())
+        if anyeq:
+            fs = np.where(eq, self.fz_since[sel], t)
+            self.fz_since[sel] = fs
+        else:
+            self.fz_since[sel] = t
+            fs = t
+        if anyeq or self.cand[R_FROZEN, sel].any():
+            xf = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
+            self._machine(R_FROZEN, chs, xf, t, v, rnd, sel)
+        # ---- limits with deadband (only where the value is outside the quiet band)
         if pos is None or pos["any_limit"]:
-            self._limits(ch, t, v, sel, chs, rnd)
+            if loud is None:
+                quiet = v > self.q_lo[sel]
+                quiet &= v < self.q_hi[sel]
+                loud = np.flatnonzero(~quiet)
+            x = np.zeros(len(v), np.int8)
+            if len(loud):
+                cidx = ch[loud].astype(np.intp)
+                x[loud] = self._limit_levels(cidx, v[loud])
+            self._machine(R_LIMIT, chs, x, t, v, rnd, sel)
+        # ---- rate of change
+        np.abs(dv, out=dv)
         if pos is None or pos["any_roc"]:
-            self._roc(ch, t, v, sel, pos, rnd)
+            xr = (dv > self.roc_ns[sel] * dt).view(np.int8)
+            self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / (dt[i] / NS), rnd, sel)
+        # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
+        rot = np.flatnonzero(t >= self.next_rot[sel])
+        if len(rot):
+            self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
+        # ---- trend accumulation
         if pos is None or pos["any_trend"]:
-            self._trend_samples(ch, t, v, sel, pos, rnd)
+            self.tb_n[sel] += 1
+            self.tb_st[sel] += t - self.tb_start[sel]
+            self.tb_sv[sel] += v
+        # ---- exposure: the previous reading held until now (at most hold_ns)
         if pos is None or pos["any_ex"]:
-            self._exposure(ch, t, v, sel, pos, rnd)
+            np.minimum(dt, self.hold_ns[sel], out=dt)
+            held = dt / NS
+            contrib = np.fmax(pv, 0.0)
+            if pos is None or pos["any_noise"]:
+                npos = np.flatnonzero(self.ex_mode[sel] == 2) if pos is None else pos["noise"]
+                if len(npos):
+                    nc = ch[npos].astype(np.intp)
+                    contrib[npos] = self.ex_px[nc]
+                    self.ex_px[nc] = np.power(10.0, v[npos] / self.noise_k[nc])
+            contrib *= held
+            integ = self.I[sel]
+            integ += contrib
+            self.I[sel] = integ
+            xt = (integ > self.lim_twa[sel]).view(np.int8)
+            self._machine(R_TWA, chs, xt, t, lambda i: integ[i] - self.old_twa[sel][i], rnd, sel)
+            xs = (integ > self.lim_stel[sel]).view(np.int8)
+            self._machine(R_STEL, chs, xs, t, lambda i: integ[i] - self.old_stel[sel][i], rnd, sel)
+        self.pv[sel] = v
+        self.pt[sel] = t
+
+    def _limit_levels(self, c: npt.NDArray[np.intp], vv: FloatArr) -> npt.NDArray[np.int8]:
+        prev = self.cand[R_LIMIT, c]
+        hh, h, lo, ll, db = self.hh[c], self.h[c], self.l[c], self.ll[c], self.db[c]
+        lvl = np.zeros(len(c), np.int8)
+        # precedence as in the reference: hh, h, ll, l (later assignments win)
+        lvl[(vv <= lo) | ((prev <= -1) & (vv <= lo + db))] = -1
+        lvl[(vv <= ll) | ((prev <= -2) & (vv <= ll + db))] = -2
+        lvl[(vv >= h) | ((prev >= 1) & (vv >= h - db))] = 1
+        lvl[(vv >= hh) | ((prev >= 2) & (vv >= hh - db))] = 2
+        return lvl
 
     @staticmethod
     def _contiguous(ch: npt.NDArray[np.int32]) -> bool:
@@ -435,76 +506,20 @@ class RulesEngine:
         self.cand[:, c] = 0
         self.unacked[:, c] = False
         self.pv[c] = np.nan
-        self.fz_v[c] = np.nan
+        self.ex_px[c] = 0.0
         self.bad_since[c] = NONE
 
-    def _frozen(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int) -> None:
-        fv = self.fz_v[sel]
-        eq = v == fv
-        fs = self.fz_since[sel]
-        fs = np.where(eq, fs, t)
-        self.fz_since[sel] = fs
-        self.fz_v[sel] = v
-        if eq.any() or self.cand[R_FROZEN, sel].any():
-            x = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
-            self._machine(R_FROZEN, chs, x, t, v, rnd, sel)
+    # ------------------------------------------------------------------ buckets
+    def _rotate(self, c: npt.NDArray[np.intp], t: IntArr, rnd: int) -> None:
+        tr = np.flatnonzero(t >= self.tb_next[c])
+        if len(tr):
+            self._trend_rotate(c[tr], t[tr], rnd)
+        ex = np.flatnonzero(t >= self.ex_next[c])
+        if len(ex):
+            self._exposure_rotate(c[ex], t[ex])
+        self.next_rot[c] = np.minimum(self.tb_next[c], self.ex_next[c])
 
-    def _limits(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int) -> None:
-        loud = v >= self.gate_hi[sel]
-        loud |= v <= self.gate_lo[sel]
-        idx = np.flatnonzero(loud)
-        x = np.zeros(len(v), np.int8)
-        if len(idx):
-            cidx = ch[idx] if not isinstance(sel, slice) else idx + sel.start
-            vv = v[idx]
-            prev = self.cand[R_LIMIT, cidx]
-            hh, h, lo, ll, db = self.hh[cidx], self.h[cidx], self.l[cidx], self.ll[cidx], self.db[cidx]
-            lvl = np.zeros(len(idx), np.int8)
-            m_ll = (vv <= ll) | ((prev <= -2) & (vv <= ll + db))
-            m_l = (vv <= lo) | ((prev <= -1) & (vv <= lo + db))
-            m_h = (vv >= h) | ((prev >= 1) & (vv >= h - db))
-            m_hh = (vv >= hh) | ((prev >= 2) & (vv >= hh - db))
-            lvl[m_l] = -1
-            lvl[m_ll] = -2
-            lvl[m_h] = 1
-            lvl[m_hh] = 2
-            # precedence as in the reference: hh, h, ll, l
-            x[idx] = lvl
-        self._machine(R_LIMIT, chs, x, t, v, rnd, sel)
-
-    def _roc(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None, rnd: int) -> None:
-        p = None if pos is None else pos["roc"]
-        if p is not None:
-            ch, t, v = ch[p], t[p], v[p]
-            sel = ch.astype(np.intp)
-        pv = self.pv[sel]
-        dt = t - self.pt[sel]
-        dv = v - pv
-        np.abs(dv, out=dv)
-        x = (dv > self.roc_ns[sel] * dt).view(np.int8)
-        self.pv[sel] = v
-        self.pt[sel] = t
-        chs = sel if isinstance(sel, slice) else ch
-        self._machine(R_ROC, chs, x, t, lambda i: dv[i] / (dt[i] / NS), rnd, sel)
-
-    # ------------------------------------------------------------------ trend
-    def _trend_samples(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None,
-                       rnd: int) -> None:
-        p = None if pos is None else pos["trend"]
-        if p is not None:
-            ch, t, v = ch[p], t[p], v[p]
-            sel = ch.astype(np.intp)
-        else:
-            ch = ch if not isinstance(sel, slice) else np.arange(sel.start, sel.stop)
-        rot = np.flatnonzero(t >= self.tb_next[sel])
-        if len(rot):
-            self._trend_rotate(ch[rot], t[rot], v[rot], rnd)
-        self.tb_n[sel] += 1
-        self.tb_st[sel] += t - self.tb_start[sel]
-        self.tb_sv[sel] += v
-
-    def _trend_rotate(self, c: npt.NDArray[Any], t: IntArr, v: FloatArr, rnd: int) -> None:
-        c = c.astype(np.intp)
+    def _trend_rotate(self, c: npt.NDArray[np.intp], t: IntArr, rnd: int) -> None:
         bw, ph = self.tb_bw[c], self.tb_ph[c]
         k = (t + ph) // bw
         first = self.tb_k[c] == NONE
@@ -560,7 +575,8 @@ class RulesEngine:
             sxy = sxy + w[:, b] * (dx * (ys[:, b] - my))
         good = sxx > 0
         if not good.all():
-            c, t, ref, mx, my, sxx, sxy = c[good], t[good], ref[good], mx[good], my[good], sxx[good], sxy[good]
+            c, t, ref, mx, my = c[good], t[good], ref[good], mx[good], my[good]
+            sxx, sxy = sxx[good], sxy[good]
         slope = sxy / sxx
         et = self.enabled[R_TREND, c]
         if et.any():
@@ -580,35 +596,6 @@ class RulesEngine:
             self._machine(R_PREDICT, c, x, t, ttl, rnd)
 
     # ------------------------------------------------------------------ exposure
-    def _exposure(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, pos: dict[str, Any] | None,
-                  rnd: int) -> None:
-        p = None if pos is None else pos["ex"]
-        if p is not None:
-            ch, t, v = ch[p], t[p], v[p]
-            sel = ch.astype(np.intp)
-        elif isinstance(sel, slice):
-            ch = np.arange(sel.start, sel.stop)
-        if pos is None or pos["any_noise"]:
-            noise = self.ex_mode[sel] == 2
-            if noise.any():
-                v = v.copy()
-                v[noise] = np.power(10.0, v[noise] / self.noise_k[sel][noise])
-        rot = np.flatnonzero(t >= self.ex_next[sel])
-        if len(rot):
-            self._exposure_rotate(ch[rot].astype(np.intp), t[rot])
-        dt = t - self.ex_pt[sel]
-        np.minimum(dt, self.hold_ns[sel], out=dt)
-        integ = self.I[sel]
-        integ += self.ex_px[sel] * (dt / NS)
-        self.I[sel] = integ
-        self.ex_px[sel] = v
-        self.ex_pt[sel] = t
-        chs = sel if isinstance(sel, slice) else ch
-        e_twa = integ - self.old_twa[sel]
-        self._machine(R_TWA, chs, (e_twa > self.twa_thr[sel]).view(np.int8), t, e_twa, rnd, sel)
-        e_stel = integ - self.old_stel[sel]
-        self._machine(R_STEL, chs, (e_stel > self.stel_thr[sel]).view(np.int8), t, e_stel, rnd, sel)
-
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]
         k = (t + ph) // STEL_BUCKET_NS
@@ -622,8 +609,6 @@ class RulesEngine:
             self.snap_twa[fc] = s_tw[:, None]
             self.old_stel[fc] = s_st
             self.old_twa[fc] = s_tw
-            self.ex_pt[fc] = t[first]
-            self.ex_px[fc] = 0.0
         old = ~first
         if old.any():
             oc, ok_, oi = c[old], k[old], integ[old]
@@ -645,6 +630,8 @@ class RulesEngine:
                 self.snap_twa[oc[m], j[m] % TB1] = oi[m]
             self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
             self.old_twa[oc] = self.snap_twa[oc, (tk + 1) % TB1]
+        self.lim_twa[c] = self.old_twa[c] + self.twa_thr[c]
+        self.lim_stel[c] = self.old_stel[c] + self.stel_thr[c]
         self.ex_k[c] = k
         self.ex_next[c] = (k + 1) * STEL_BUCKET_NS - ph
 
@@ -949,7 +936,7 @@ class RulesEngine:
                 self.bad_since[c] = ts - cr.bad_ns
                 self.nbad = -1
             elif r == R_FROZEN and cr.frozen_ns is not None and value is not None:
-                self.fz_v[c] = float(value)
+                self.pv[c] = float(value)
                 self.fz_since[c] = ts - cr.frozen_ns
             elif r == R_TWA and value is not None:
                 avg = float(value)

@@ -114,7 +114,8 @@ def alarm_preset(name: str, *, gas: str | None, unit: str) -> dict[str, Any]:
     if key in TOXIC:
         return alarm_preset("gbt50493", gas=key, unit=unit)
     if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: gbt50493, {', '.join(PRESETS)}, {', '.join(TOXIC)}")
+        raise ValueError(
+            f"unknown preset {name!r}; known: gbt50493, {', '.join(PRESETS)}, {', '.join(TOXIC)}")
     return {k: v for k, v in PRESETS[key].items() if k != "unit"}
 
 

@@ -78,7 +78,6 @@ class RefChannel:
         self.cfg_maint = cr.maintenance
         self.pv: float | None = None
         self.pt = 0
-        self.fz_v: float | None = None
         self.fz_since = 0
         self.bad_since: int | None = None
         # trend buckets
@@ -94,7 +93,6 @@ class RefChannel:
         self.ring_sv = [0.0] * TREND_BUCKETS
         # exposure
         self.I = 0.0
-        self.ex_pt: int | None = None
         self.ex_px = 0.0
         self.ex_phase = phase_ns(index, STEL_BUCKET_NS)
         self.ex_k: int | None = None
@@ -135,7 +133,7 @@ class RefChannel:
             self.act[r] = self.cand[r] = 0
             self.unacked[r] = False
         self.pv = None
-        self.fz_v = None
+        self.ex_px = 0.0
         self.bad_since = None
 
     def _set_supp(self, supp: bool, t: int, out: list[dict[str, Any]]) -> None:
@@ -182,32 +180,30 @@ class RefChannel:
                 self.machine(R_RANGE, 1, t, out)
             return
         cr = self.cr
-        mid, half = cr.range_mid_half()
-        inr = abs(v - mid) <= half
+        inr = math.isfinite(v) and cr.range_lo <= v <= cr.range_hi
         self.metric[R_RANGE] = v
         self.machine(R_RANGE, int(not inr), t, out)
+        if not inr:
+            return
+        # from here on the value is valid: pv/pt are the previous valid sample
         if en[R_FROZEN]:
             assert cr.frozen_ns is not None
-            if self.fz_v is None or v != self.fz_v:
-                self.fz_v = v
+            if self.pv is None or v != self.pv:
                 self.fz_since = t
             self.metric[R_FROZEN] = v
             self.machine(R_FROZEN, int(t - self.fz_since >= cr.frozen_ns), t, out)
-        if not inr:
-            return
         if en[R_LIMIT]:
             self.metric[R_LIMIT] = v
             self.machine(R_LIMIT, self.limit_level(v), t, out)
-        if en[R_ROC]:
-            if self.pv is not None:
-                dv = abs(v - self.pv)
-                self.metric[R_ROC] = dv / ((t - self.pt) / NS)
-                self.machine(R_ROC, int(dv > cr.roc_per_ns() * (t - self.pt)), t, out)
-            self.pv, self.pt = v, t
+        if en[R_ROC] and self.pv is not None:
+            dv = abs(v - self.pv)
+            self.metric[R_ROC] = dv / ((t - self.pt) / NS)
+            self.machine(R_ROC, int(dv > cr.roc_per_ns() * (t - self.pt)), t, out)
         if self.tb_bw:
             self.trend(t, v, out)
         if cr.exposure is not None:
             self.exposure(t, v, out)
+        self.pv, self.pt = v, t
 
     def limit_level(self, v: float) -> int:
         cr, prev, db = self.cr, self.cand[R_LIMIT], self.cr.deadband
@@ -286,7 +282,6 @@ class RefChannel:
     # ------------------------------------------------------------------ exposure
     def exposure(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
         cr = self.cr
-        x = 10.0 ** (v / cr.noise_k()) if cr.exposure == "noise" else v
         k = (t + self.ex_phase) // STEL_BUCKET_NS
         if self.ex_k is None:
             self.ex_k = k
@@ -303,17 +298,19 @@ class RefChannel:
             self.old_stel = self.snap_stel[(k + 1) % (STEL_BUCKETS + 1)]
             self.old_twa = self.snap_twa[(tk + 1) % (TWA_BUCKETS + 1)]
             self.ex_k = k
-        if self.ex_pt is not None:
-            self.I += self.ex_px * (min(t - self.ex_pt, cr.hold_ns) / NS)
-        self.ex_px, self.ex_pt = x, t
+        if self.pv is not None:
+            # the previous reading held until now (at most hold_ns); a negative
+            # concentration (zero drift) counts as none
+            px = self.ex_px if cr.exposure == "noise" else max(self.pv, 0.0)
+            self.I += px * (min(t - self.pt, cr.hold_ns) / NS)
+        if cr.exposure == "noise":
+            self.ex_px = 10.0 ** (v / cr.noise_k())
         if self.enabled[R_TWA]:
-            e = self.I - self.old_twa
-            self.metric[R_TWA] = e
-            self.machine(R_TWA, int(e > cr.twa_threshold()), t, out)
+            self.metric[R_TWA] = self.I - self.old_twa
+            self.machine(R_TWA, int(self.I > self.old_twa + cr.twa_threshold()), t, out)
         if self.enabled[R_STEL]:
-            e = self.I - self.old_stel
-            self.metric[R_STEL] = e
-            self.machine(R_STEL, int(e > cr.stel_threshold()), t, out)
+            self.metric[R_STEL] = self.I - self.old_stel
+            self.machine(R_STEL, int(self.I > self.old_stel + cr.stel_threshold()), t, out)
 
     # ------------------------------------------------------------------ clock
     def tick(self, now: int, out: list[dict[str, Any]]) -> None:

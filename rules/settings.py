@@ -129,7 +129,8 @@ def _alarm_values(spec: ChannelBase) -> dict[str, Any]:
     return vals
 
 
-def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0, device_maintenance: bool = False) -> ChannelRules:
+def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
+            device_maintenance: bool = False) -> ChannelRules:
     """One channel's rules from its config (presets resolved, overrides applied)."""
     vals = _alarm_values(spec)
     a = AlarmSettings.model_validate({k: v for k, v in vals.items() if k != "source"})
@@ -138,28 +139,28 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0, device_maintenance
         v = getattr(a, k)
         setattr(r, k, NAN if v is None else float(v))
     r.deadband = float(a.deadband)
-    r.on_ns = int(round(a.delay * NS))
-    r.off_ns = int(round(a.off_delay * NS))
+    r.on_ns = round(a.delay * NS)
+    r.off_ns = round(a.off_delay * NS)
     if spec.range is not None:
         r.range_lo, r.range_hi = float(spec.range[0]), float(spec.range[1])
     if a.roc is not None:
         r.roc = float(a.roc)
     if a.trend is not None:
-        r.trend_ns = int(round(a.trend.window * NS))
+        r.trend_ns = round(a.trend.window * NS)
         if a.trend.slope is not None:
             r.trend_slope = float(a.trend.slope)
         if a.trend.predict is not None:
-            r.predict_ns = int(round(a.trend.predict * NS))
+            r.predict_ns = round(a.trend.predict * NS)
             r.predict_limit = r.h if not math.isnan(r.h) else r.hh
     if poll_s:
-        r.stale_ns = int(round(a.stale_periods * poll_s * NS))
+        r.stale_ns = round(a.stale_periods * poll_s * NS)
         r.hold_ns = max(r.stale_ns, NS)
     if a.bad_for is not None:
-        r.bad_ns = int(round(a.bad_for * NS))
+        r.bad_ns = round(a.bad_for * NS)
     elif r.stale_ns is not None:
         r.bad_ns = r.stale_ns  # default: bad for as long as it would take to go stale
     if a.frozen is not None:
-        r.frozen_ns = int(round(a.frozen * NS))
+        r.frozen_ns = round(a.frozen * NS)
     ex = spec.exposure
     if ex is not None:
         if isinstance(ex, str):
