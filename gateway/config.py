@@ -119,7 +119,8 @@ Kind = Literal[
 class TrendSettings(Strict):
     window: Duration = Field(description="least-squares window")
     slope: Number | None = Field(default=None, description="alarm above this rise per minute (units/min)")
-    predict: Duration | None = Field(default=None, description="early warning when the high limit is this close")
+    predict: Duration | None = Field(default=None,
+                                     description="early warning when the high limit is this close")
 
 
 class AlarmSettings(Strict):
@@ -135,8 +136,17 @@ class AlarmSettings(Strict):
     roc: Number | None = Field(default=None, gt=0, description="alarm when |change| per second exceeds this")
     trend: TrendSettings | None = None
     stale_periods: int = Field(default=3, ge=1, description="no data for this many poll periods → stale")
-    frozen: Duration | None = None
-    bad_for: Duration | None = None
+    frozen: Duration | None = Field(default=None,
+                                    description="alarm when the value is exactly unchanged this long")
+    bad_for: Duration | None = Field(default=None, description="alarm when quality is bad this long "
+                                     "(default: stale_periods poll periods)")
+
+    @field_validator("frozen")
+    @classmethod
+    def _frozen_positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("frozen must be a positive duration, e.g. 10m")
+        return v
 
 
 class ExposureSettings(Strict):
@@ -227,6 +237,8 @@ class ModbusTcpDevice(DeviceBase):
     max_gap: int = Field(default=8, ge=0, le=124, description="registers read through to merge requests")
     max_registers: int = Field(default=125, ge=1, le=125)
     max_bits: int = Field(default=2000, ge=1, le=2000)
+    pipeline: int = Field(default=1, ge=1, le=16, description="reads in flight on the connection; many "
+                          "devices and TCP gateways take several, 1 is safe for all")
     channels: list[ModbusChannel] = Field(min_length=1)
 
 
@@ -330,7 +342,10 @@ class MqttSection(Strict):
     topic_prefix: str | None = None
     qos: Literal[0, 1, 2] = 1
     keepalive: Duration = 30.0
-    values_every: Duration | None = None
+    values_every: Duration | None = Field(default=None, description="publish live values this often")
+    commands: bool = Field(default=True,
+                           description="accept ack/shelve on <prefix>/cmd/# (restrict with the broker ACL)")
+    max_inflight: int = Field(default=100, ge=1, le=65535, description="QoS 1 messages awaiting PUBACK")
 
 
 class InfluxSection(Strict):
