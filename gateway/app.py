@@ -86,7 +86,12 @@ class Gateway:
                                sync=j.sync, compress=j.compress)
         from rules.engine import RulesEngine
 
-        self.rules = RulesEngine(self.table)
+        self.rules = RulesEngine.for_gateway(cfg, self.table)
+        # alarm states survive a restart: rebuilt from the journaled alarm events
+        after = 0
+        while recs := self.journal.read_sync(after, 5000, kinds=(2,)):
+            self.rules.restore(r.event() for r in recs)
+            after = recs[-1].seq
         self.devices: dict[str, DeviceState] = {
             d.name: DeviceState(d.name, d.protocol, "ok" if d.enabled else "disabled") for d in cfg.devices
         }

@@ -162,7 +162,8 @@ class RulesEngine:
     @classmethod
     def for_gateway(cls, cfg: Any, table: ChannelTable) -> RulesEngine:
         """The engine as the gateway builds it: poll periods and maintenance from the devices."""
-        streaming = {d.name for d in cfg.devices if getattr(d, "mode", None) == "subscribe"}
+        # no poll period, no staleness: subscriptions report on change, disabled devices not at all
+        streaming = {d.name for d in cfg.devices if getattr(d, "mode", None) == "subscribe" or not d.enabled}
         poll: dict[str, float | None] = {
             d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
         maint = {d.name: bool(d.maintenance) for d in cfg.devices}
