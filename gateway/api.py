@@ -528,7 +528,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         alarm_mask = np.zeros(view.n, dtype=bool)
         for name in by_ch:
             c = gw.table.by_name.get(name)
-            if c is not None and str(by_ch[name].get("state", "")).startswith("active"):
+            if c is not None and AlarmsView.annunciated(by_ch[name]):
                 alarm_mask[c.index] = True
         if state == "alarm":
             mask &= alarm_mask

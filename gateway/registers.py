@@ -140,6 +140,7 @@ def load_schemas(extra: Path | None = None) -> dict[str, TypeSpec]:
     if extra is not None:
         sources.append((extra, _read_types(extra)))
     types: dict[str, TypeSpec] = {}
+    origin: dict[str, Path] = {}
     errors: list[str] = []
     for path, doc in sources:
         for name, body in doc.items():
@@ -162,12 +163,13 @@ def load_schemas(extra: Path | None = None) -> dict[str, TypeSpec]:
                 continue
             try:
                 types[name] = TypeSpec.model_validate(body)
+                origin[name] = path
             except ValidationError as e:
                 for err in e.errors():
                     loc = ".".join(str(x) for x in err["loc"])
                     errors.append(f"{path}: {name}.{loc}: {err['msg']}")
     for name, spec in types.items():
-        errors.extend(_check_type(name, spec, types))
+        errors.extend(f"{origin[name]}: {e}" for e in _check_type(name, spec, types))
     if errors:
         raise SchemaError(errors)
     return types
