@@ -201,16 +201,18 @@ class OpcUaServer:
         return {"endpoint": self.endpoint, "namespace": self.model.namespace, "ns": self.ns}
 
     async def _go_down(self, t: float, why: str) -> None:
-        if self.server is not None:
+        # the same server object comes back later: building the standard address space
+        # again costs seconds, while stop() already drops every session and subscription
+        if self.server is not None and not self.down:
             log.info("opcua sim %s: going down (%s)", self.name, why)
             with contextlib.suppress(OSError, RuntimeError, asyncio.CancelledError):
                 await self.server.stop()
-            self.server = None
         self.down = True
         self._down_since = t
 
     async def _come_back(self) -> None:
-        self.server = await self._build()
+        if self.server is None:
+            self.server = await self._build()
         await self.server.start()
         self.down = False
         self.restarts += 1
@@ -233,7 +235,7 @@ class OpcUaServer:
             if t - self._down_since < self.model.restart_delay:
                 return
             await self._come_back()
-        if kind == "silent" or self.server is None:
+        if kind == "silent" or self.server is None or self.down:
             return
         now = dt.datetime.now(dt.UTC)
         write = self.server.write_attribute_value
@@ -262,10 +264,11 @@ class OpcUaServer:
             self._bulk_next = (k0 + self.model.bulk_update) % n
 
     async def stop(self) -> None:
-        if self.server is not None:
+        if self.server is not None and not self.down:
             with contextlib.suppress(OSError, RuntimeError, asyncio.CancelledError):
                 await self.server.stop()
-            self.server = None
+        self.server = None
+        self.down = False
 
 
 def _nodeid(text: str, ns: int) -> ua.NodeId:
