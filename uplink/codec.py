@@ -1,51 +1,604 @@
 """Compact, lossless encoding of a range of journal records for the uplink.
 
-API: ``encode(records) -> bytes``, ``decode(data) -> list[Record]``, ``CodecError``.
-(Provisional body: record fields packed, then zstd. The columnar format replaces it.)
+API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Record]``,
+``CodecError`` (a ValueError). Pure: no I/O, no clock. The format (version 1) is
+specified in docs/uplink-protocol.md; in short:
+
+- Every record keeps its sequence number, kind, ts_min, ts_max, n and data bit-exactly.
+  Records that are not well-formed sample batches (events: alarms, gaps, register
+  changes, and any future kind) travel *opaque*: their bytes as they are, lengths in
+  a column, ts and n as delta-coded integer columns.
+- Sample records are pooled into columns. A record's channel list is a *pattern*
+  (a device polls the same channels every cycle), sent once per envelope; each
+  record then costs a pattern id and its timestamp, coded as a delta of deltas
+  against the previous record of the same pattern. A sample's own timestamp is an
+  offset from its record's (zero when the driver stamps a whole poll at once).
+- Values are regrouped per channel. Each channel gets a reconstruction mode found
+  from its data: ``q / 10**k``, ``q * 10**-k`` (how ``raw * scale`` comes out) or
+  ``float32(q / 10**k)`` (float32 registers), k = 0..9, with q an integer; the q of a
+  channel are sent as deltas. A value the mode does not reproduce bit for bit (NaN
+  of a bad sample, inf, -0.0, a value off the grid) is an *exception*, sent as its
+  IEEE bits XORed with the previous exception's (Gorilla-like). Lossless for every
+  float64, NaN payloads included.
+- Integer columns are zigzagged, cut to the narrowest of 1/2/4/8 bytes and
+  byte-shuffled (all low bytes, then the next ...); the whole thing is zstd'ed.
 """
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import zstandard
 
-from gateway.journal import Record
+from gateway.batch import SAMPLE_BYTES
+from gateway.journal import SAMPLES, Record
 
-FORMAT = 0
-_REC = struct.Struct("<qBqqqI")
+FORMAT = 1
+ZSTD_LEVEL = 3
+MAX_K = 9
+
+# value reconstruction modes (high nibble of the per-channel mode byte; low nibble = k)
+M_DIV, M_MUL, M_F32, M_RAW = 0, 1, 2, 3
+_POW = np.array([10.0**k for k in range(MAX_K + 1)])
+_INV = np.array([10.0**-k for k in range(MAX_K + 1)])
+_LIMIT = 2.0**53  # |q| below this converts float <-> int64 exactly
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
 
 
 class CodecError(ValueError):
-    """The bytes are not a valid encoding (truncated, corrupt, or too large)."""
+    """The bytes are not a valid encoding (truncated, corrupt, or larger than allowed)."""
 
 
-def encode(records: Sequence[Record]) -> bytes:
-    parts = [struct.pack("<BI", FORMAT, len(records))]
-    for r in records:
-        parts.append(_REC.pack(r.seq, r.kind, r.ts_min, r.ts_max, r.n, len(r.data)))
-        parts.append(bytes(r.data))
-    return zstandard.ZstdCompressor(level=3).compress(b"".join(parts))
+# ------------------------------------------------------------------ integer columns
 
+def _zigzag(x: I64) -> U64:
+    return ((x << 1) ^ (x >> 63)).view(np.uint64)
+
+
+def _unzigzag(z: U64) -> I64:
+    return ((z >> np.uint64(1)) ^ (np.uint64(0) - (z & np.uint64(1)))).view(np.int64)
+
+
+def _width(maxval: int) -> int:
+    if maxval == 0:
+        return 0
+    if maxval < 1 << 8:
+        return 1
+    if maxval < 1 << 16:
+        return 2
+    if maxval < 1 << 32:
+        return 4
+    return 8
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _put_u64(out: list[bytes], z: U64) -> None:
+    """Unsigned column: count, width byte, byte-shuffled planes."""
+    n = len(z)
+    w = _width(int(z.max())) if n else 0
+    out.append(_varint(n) + bytes([w]))
+    if w:
+        planes = z.astype(f"<u{w}").view(np.uint8).reshape(n, w)
+        out.append(planes.T.tobytes())
+
+
+def _put_ints(out: list[bytes], x: I64) -> None:
+    _put_u64(out, _zigzag(np.asarray(x, dtype=np.int64)))
+
+
+def _put_blob(out: list[bytes], b: bytes) -> None:
+    out.append(_varint(len(b)))
+    out.append(b)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes):
+        self.buf = buf
+        self.pos = 0
+
+    def varint(self, what: str) -> int:
+        n = shift = 0
+        buf, pos = self.buf, self.pos
+        while True:
+            if pos >= len(buf):
+                raise CodecError(f"{what}: truncated at byte {pos}")
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise CodecError(f"{what}: varint too long at byte {pos}")
+        self.pos = pos
+        return n
+
+    def take(self, n: int, what: str) -> memoryview:
+        end = self.pos + n
+        if n < 0 or end > len(self.buf):
+            raise CodecError(f"{what}: needs {n} bytes at {self.pos}, only {len(self.buf) - self.pos} left")
+        mv = memoryview(self.buf)[self.pos:end]
+        self.pos = end
+        return mv
+
+    def u64(self, what: str, expect: int | None = None) -> U64:
+        n = self.varint(what)
+        if expect is not None and n != expect:
+            raise CodecError(f"{what}: {n} values where {expect} were expected")
+        w = self.take(1, what)[0]
+        if w == 0:
+            return np.zeros(n, np.uint64)
+        if w not in (1, 2, 4, 8):
+            raise CodecError(f"{what}: bad integer width {w}")
+        raw = np.frombuffer(self.take(n * w, what), np.uint8).reshape(w, n)
+        return np.ascontiguousarray(raw.T).view(f"<u{w}").reshape(n).astype(np.uint64)
+
+    def ints(self, what: str, expect: int | None = None) -> I64:
+        return _unzigzag(self.u64(what, expect))
+
+    def blob(self, what: str) -> bytes:
+        return bytes(self.take(self.varint(what), what))
+
+
+def _dod(t: I64) -> I64:
+    """Delta of deltas (wrapping int64 arithmetic, undone exactly by _undod)."""
+    d = np.diff(t, prepend=np.int64(0))
+    return np.diff(d, prepend=np.int64(0))
+
+
+def _undod(dd: I64) -> I64:
+    return np.cumsum(np.cumsum(dd, dtype=np.int64), dtype=np.int64)
+
+
+# ------------------------------------------------------------------------- values
+
+def _choose_modes(vs: npt.NDArray[np.float64], starts: I64, counts: I64, per: int = 8) -> npt.NDArray[np.uint8]:
+    """Per channel (contiguous groups of ``vs``), the cheapest exact mode byte.
+
+    All candidates (mode x k) are tried at once on up to ``per`` samples spread over
+    each channel; the caller checks the full data, sends what a mode misses as
+    exceptions, and retries a channel on all its samples when the guess was poor.
+    """
+    n_ch = len(starts)
+    m = np.minimum(counts, per)
+    first = np.cumsum(m) - m
+    rep = np.repeat(np.arange(n_ch), m)
+    j = np.arange(int(m.sum())) - first[rep]
+    idx = starts[rep] + (j * np.maximum(counts - 1, 0)[rep]) // np.maximum(m - 1, 1)[rep]
+    sub = vs[idx]
+    bits = sub.view(np.uint64)
+    finite = np.isfinite(sub)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = sub * _POW[:, None]  # rows k = 0..MAX_K
+        ok_range = np.abs(t) < _LIMIT
+    q = np.rint(np.where(ok_range, t, 0.0))
+    div = q / _POW[:, None]
+    cand = np.stack((div, q * _INV[:, None], div.astype(np.float32).astype(np.float64)), axis=1)
+    # a failure: finite, and not reproduced bit for bit; row = k*3 + mode
+    bad = (cand.view(np.uint64) != bits) & (ok_range & finite)[:, None, :] | (~ok_range & finite)[:, None, :]
+    fails = np.add.reduceat(bad.reshape(3 * (MAX_K + 1), -1), first, axis=1)
+    best = np.argmin(fails, axis=0)  # smallest k with the fewest failures, then div, mul, f32
+    nfin = np.add.reduceat(finite, first)
+    out = (((best % 3) << 4) | (best // 3)).astype(np.uint8)
+    # mostly off-grid, or nothing finite: send everything as exceptions
+    out[(fails[best, np.arange(n_ch)] * 2 > nfin) | (nfin == 0)] = M_RAW << 4
+    return out
+
+
+def _reconstruct(q: I64, mode_s: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
+    """Values from integers and per-sample mode bytes (M_RAW rows: garbage, masked later)."""
+    k = mode_s & 0x0F
+    mode = mode_s >> 4
+    qf = q.astype(np.float64)
+    if not len(mode):
+        return qf
+    lo, hi = int(mode.min()), int(mode.max())
+    if lo == hi:  # the usual case: one mode for every channel
+        if lo == M_MUL:
+            return qf * _INV[k]
+        r = qf / _POW[k]
+        return r.astype(np.float32).astype(np.float64) if lo == M_F32 else r
+    div = qf / _POW[k]
+    out = np.where(mode == M_MUL, qf * _INV[k], div)
+    f32 = mode == M_F32
+    if f32.any():
+        out[f32] = div[f32].astype(np.float32).astype(np.float64)
+    return out
+
+
+def _order_cost(x: I64) -> int:
+    """Rough size of a residual column: sum of bit lengths."""
+    return int(np.log2(np.abs(x.astype(np.float64)) + 1.0).sum())
+
+
+def _residuals(x: I64) -> tuple[int, I64]:
+    """Deltas or deltas of deltas of ``x``, whichever looks smaller: (order, residuals)."""
+    d1 = np.diff(x, prepend=np.int64(0))
+    d2 = np.diff(d1, prepend=np.int64(0))
+    return (2, d2) if _order_cost(d2) < _order_cost(d1) else (1, d1)
+
+
+def _unresiduals(order: int, r: I64) -> I64:
+    if order == 2:
+        r = np.cumsum(r, dtype=np.int64)
+    elif order != 1:
+        raise CodecError(f"unknown residual order {order}")
+    return np.cumsum(r, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------ encode
+
+_FIELDS = operator.attrgetter("seq", "kind", "ts_min", "ts_max", "n", "data")
+
+
+def _unaligned(buf: bytes | bytearray, dtype: str, itemsize: int) -> npt.NDArray[Any]:
+    """A view of ``buf`` with an element starting at every byte (for gathers/scatters)."""
+    return np.ndarray((max(len(buf) - itemsize + 1, 0),), dtype, buffer=buf, strides=(1,))
+
+
+def encode(records: Sequence[Record], *, level: int = ZSTD_LEVEL) -> bytes:
+    """Encode records (any kinds, any sequence numbers) losslessly."""
+    nrec = len(records)
+    out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
+    if nrec:
+        seqs, kinds, tmins, tmaxs, ns, datas = zip(*map(_FIELDS, records), strict=True)
+    else:
+        seqs = kinds = tmins = tmaxs = ns = datas = ()
+    seq_a = np.array(seqs, np.int64)
+    kind_a = np.array(kinds, np.int64)
+    tmin_a = np.array(tmins, np.int64)
+    tmax_a = np.array(tmaxs, np.int64)
+    n_a = np.array(ns, np.int64)
+    len_a = np.fromiter(map(len, datas), np.int64, nrec)
+    col = (kind_a == SAMPLES) & (n_a > 0) & (len_a == SAMPLE_BYTES * n_a)
+    samples = None
+    if col.any():
+        ci = np.flatnonzero(col)
+        samples = _gather_samples(datas, ns, ci, tmin_a, tmax_a)
+        if samples is None:  # some batch's ts_min/ts_max differ from its samples: keep those opaque
+            good = _ts_range_ok(datas, n_a, ci, tmin_a, tmax_a)
+            col[ci[~good]] = False
+            ci = ci[good]
+            samples = _gather_samples(datas, ns, ci, tmin_a, tmax_a) if len(ci) else None
+
+    # record table
+    _put_ints(out, np.diff(seq_a, prepend=np.int64(0)) - 1)
+    _put_ints(out, kind_a)
+    _put_u64(out, col.astype(np.uint64))
+
+    # opaque records
+    oi = np.flatnonzero(~col)
+    t0 = tmin_a[oi]
+    _put_ints(out, _dod(t0))
+    _put_ints(out, tmax_a[oi] - t0)
+    _put_ints(out, n_a[oi])
+    _put_u64(out, len_a[oi].astype(np.uint64))
+    out.append(b"".join([datas[i] for i in oi.tolist()]) if len(oi) else b"")
+
+    if samples is not None:
+        _encode_samples(out, *samples)
+    return zstandard.ZstdCompressor(level=level).compress(b"".join(out))
+
+
+def _columns(buf: bytes, counts: I64) -> tuple[I64, I64, npt.NDArray[np.float64], npt.NDArray[np.uint8], I64]:
+    """channel, ts, value, quality of concatenated Batch.to_bytes() blocks, in one gather each."""
+    total = int(counts.sum())
+    rec_start = np.cumsum(counts) - counts
+    ch_pos, ts_pos, v_pos, q_pos = _positions(counts, rec_start, total)
+    ch = _unaligned(buf, "<i4", 4)[ch_pos].astype(np.int64)
+    ts = _unaligned(buf, "<i8", 8)[ts_pos].astype(np.int64)
+    val = _unaligned(buf, "<f8", 8)[v_pos].astype(np.float64)
+    qual = np.frombuffer(buf, np.uint8)[q_pos]
+    return ch, ts, val, qual, rec_start
+
+
+def _positions(counts: I64, rec_start: I64, total: int) -> tuple[I64, I64, I64, I64]:
+    """Byte offsets of each sample's channel, ts, value and quality in concatenated batches.
+
+    Sample j of a record at byte o with n samples: channel at o+4j, ts at o+4n+8j,
+    value at o+12n+8j, quality at o+20n+j (Batch.to_bytes layout).
+    """
+    j = np.arange(total, dtype=np.int64) - np.repeat(rec_start, counts)
+    o = np.repeat(SAMPLE_BYTES * rec_start, counts)
+    n4 = np.repeat(4 * counts, counts)
+    ch_pos = o + 4 * j
+    ts_pos = ch_pos + n4 + 4 * j
+    v_pos = ts_pos + 2 * n4
+    q_pos = o + 5 * n4 + j
+    return ch_pos, ts_pos, v_pos, q_pos
+
+
+def _ts_range_ok(datas: Sequence[bytes], n_a: I64, ci: I64, tmin_a: I64, tmax_a: I64) -> npt.NDArray[np.bool_]:
+    counts = n_a[ci]
+    _, ts, _, _, rec_start = _columns(b"".join([datas[i] for i in ci.tolist()]), counts)
+    return (np.minimum.reduceat(ts, rec_start) == tmin_a[ci]) & (np.maximum.reduceat(ts, rec_start) == tmax_a[ci])
+
+
+def _gather_samples(datas: Sequence[bytes], ns: Sequence[int], ci: I64, tmin_a: I64,
+                    tmax_a: I64) -> tuple[Any, ...] | None:
+    """Columns of the sample records ``ci``, or None if one's ts_min/ts_max disagree."""
+    if len(ci) == len(datas):
+        cdatas, cns = datas, ns
+    else:
+        il = ci.tolist()
+        cdatas = [datas[i] for i in il]
+        cns = [ns[i] for i in il]
+    counts = np.array(cns, np.int64)
+    ch, ts, val, qual, rec_start = _columns(b"".join(cdatas), counts)
+    if not ((np.minimum.reduceat(ts, rec_start) == tmin_a[ci]).all()
+            and (np.maximum.reduceat(ts, rec_start) == tmax_a[ci]).all()):
+        return None
+    pat_len, pat_ch, pid = _patterns(ch, counts, rec_start)
+    if pid is None:  # a hash collision (never seen): find the patterns the slow, exact way
+        patterns: dict[bytes, int] = {}
+        pid_l = [patterns.setdefault(d[:4 * n], len(patterns)) for d, n in zip(cdatas, cns, strict=True)]
+        pat_ch = np.frombuffer(b"".join(patterns), "<i4").astype(np.int64)
+        pat_len = np.fromiter(map(len, patterns), np.int64, len(patterns)) // 4
+        pid = np.array(pid_l, np.int64)
+    return pat_len, pat_ch, pid, counts, rec_start, ch, ts, val, qual
+
+
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+_hash_pow = np.ones(1, np.uint64)
+
+
+def _powers(n: int) -> U64:
+    """_HASH_MUL ** j (mod 2**64) for j < n, cached."""
+    global _hash_pow
+    if len(_hash_pow) < n:
+        p = np.full(max(n, 2 * len(_hash_pow)), _HASH_MUL, np.uint64)
+        p[0] = 1
+        _hash_pow = np.cumprod(p, dtype=np.uint64)  # wraps mod 2**64, as wanted
+    return _hash_pow[:n]
+
+
+def _patterns(ch: I64, counts: I64, rec_start: I64) -> tuple[I64, I64, I64 | None]:
+    """Distinct channel lists of the records: (lengths, channels, pattern id per record).
+
+    Records are grouped by a 64-bit polynomial hash of their channel list, then every
+    record is compared with its pattern; None for the pattern ids on a collision.
+    """
+    total = len(ch)
+    j = np.arange(total, dtype=np.int64) - np.repeat(rec_start, counts)
+    with np.errstate(over="ignore"):
+        terms = (ch.view(np.uint64) + np.uint64(1)) * _powers(int(counts.max()))[j]
+        h = np.add.reduceat(terms, rec_start) ^ counts.view(np.uint64)
+    _, first, pid = np.unique(h, return_index=True, return_inverse=True)
+    # patterns in order of first use, so ids rise along the envelope
+    rank = np.empty(len(first), np.int64)
+    by_use = np.argsort(first)
+    rank[by_use] = np.arange(len(first))
+    pid = rank[pid.reshape(-1)]
+    first = first[by_use]
+    pat_len = counts[first]
+    pat_off = np.cumsum(pat_len) - pat_len
+    src = np.repeat(rec_start[first] - pat_off, pat_len) + np.arange(int(pat_len.sum()))
+    pat_ch = ch[src]
+    if not (counts == pat_len[pid]).all():
+        return pat_len, pat_ch, None
+    if not (pat_ch[np.repeat(pat_off[pid] - rec_start, counts) + np.arange(total)] == ch).all():
+        return pat_len, pat_ch, None
+    return pat_len, pat_ch, pid
+
+
+def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, counts: I64, rec_start: I64,
+                    ch: I64, ts: I64, val: npt.NDArray[np.float64], qual: npt.NDArray[np.uint8]) -> None:
+    # patterns: lengths and channel ids (delta coded along the concatenation)
+    _put_ints(out, pat_len)
+    _put_ints(out, np.diff(pat_ch, prepend=np.int64(0)))
+    _put_ints(out, pid)
+    # record timestamps: deltas (or deltas of deltas) along each pattern's records
+    t_rec = ts[rec_start]
+    order_t, r = _residuals(t_rec[np.argsort(pid, kind="stable")] if len(pat_len) > 1 else t_rec)
+    out.append(bytes([order_t]))
+    _put_ints(out, r)
+    # records whose samples are not all stamped alike: those samples' ts, per channel
+    inv, n_ch = _dense(ch)
+    order = np.argsort(inv, kind="stable")
+    mixed = np.minimum.reduceat(ts, rec_start) != np.maximum.reduceat(ts, rec_start)
+    _put_u64(out, mixed.astype(np.uint64))
+    if mixed.any():
+        sel = order[np.repeat(mixed, counts)[order]]
+        order_s, r = _residuals(ts[sel])
+        out.append(bytes([order_s]))
+        _put_ints(out, r)
+
+    # values, regrouped per channel
+    vs = val[order]
+    ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
+    ch_start = np.cumsum(ch_count) - ch_count
+    mode = _choose_modes(vs, ch_start, ch_count)
+    q, exc = _quantize(vs, np.repeat(mode, ch_count))
+    # a poor guess from the spread samples: retry those channels on all their samples
+    n_exc = np.add.reduceat(exc & np.isfinite(vs), ch_start)
+    retry = np.flatnonzero((n_exc * 8 > ch_count) & ((mode >> 4) != M_RAW))
+    if len(retry):
+        for c in retry.tolist():
+            s, n = int(ch_start[c]), int(ch_count[c])
+            mode[c] = _choose_modes(vs[s:s + n], np.zeros(1, np.int64), np.array([n]), per=n)[0]
+        q, exc = _quantize(vs, np.repeat(mode, ch_count))
+    out.append(mode.tobytes())
+    out.append(qual[order].tobytes())
+    _put_blob(out, np.packbits(exc).tobytes())
+    order_v, r = _residuals(q[~exc])
+    out.append(bytes([order_v]))
+    _put_ints(out, r)
+    ev = vs[exc].view(np.uint64)
+    _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
+
+
+def _quantize(vs: npt.NDArray[np.float64], mode_s: npt.NDArray[np.uint8]) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """Integers of every sample under its channel's mode, and which samples are exceptions."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = vs * _POW[mode_s & 0x0F]
+        fin = np.abs(t) < _LIMIT
+    q = np.rint(np.where(fin, t, 0.0)).astype(np.int64)
+    rec = _reconstruct(q, mode_s)
+    exc = (rec.view(np.uint64) != vs.view(np.uint64)) | ~fin | ((mode_s >> 4) == M_RAW)
+    return q, exc
+
+
+def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
+    """Channel ids -> 0..C-1 in ascending id order."""
+    if len(ch) and ch.min() >= 0 and ch.max() < 1 << 20:
+        present = np.zeros(int(ch.max()) + 1, bool)
+        present[ch] = True
+        remap = np.cumsum(present) - 1
+        inv = remap[ch]
+        n = int(present.sum())
+        return (inv.astype(np.uint16) if n < 1 << 16 else inv), n
+    uniq, inv = np.unique(ch, return_inverse=True)
+    return inv, len(uniq)
+
+
+# ------------------------------------------------------------------------ decode
 
 def decode(data: bytes, *, max_size: int = 1 << 28) -> list[Record]:
+    """Records back, exactly as encoded; CodecError for anything malformed."""
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"not a zstd frame: {e}") from None
+    if size < 0 or size > max_size:
+        raise CodecError(f"decoded size {size} unknown or above the limit {max_size}")
     try:
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_size)
     except zstandard.ZstdError as e:
         raise CodecError(f"payload does not decompress: {e}") from None
-    if len(raw) < 5 or raw[0] != FORMAT:
-        raise CodecError("unknown codec format")
-    (count,) = struct.unpack_from("<I", raw, 1)
-    pos = 5
-    out = []
-    for i in range(count):
-        if pos + _REC.size > len(raw):
-            raise CodecError(f"record {i}: truncated")
-        seq, kind, t0, t1, n, ln = _REC.unpack_from(raw, pos)
-        pos += _REC.size
-        if pos + ln > len(raw):
-            raise CodecError(f"record {i}: truncated data")
-        out.append(Record(seq, kind, t0, t1, n, raw[pos:pos + ln]))
-        pos += ln
+    try:
+        return _decode(raw)
+    except (ValueError, IndexError, OverflowError, struct.error, UnicodeDecodeError) as e:
+        if isinstance(e, CodecError):
+            raise
+        raise CodecError(f"inconsistent payload: {e}") from None
+
+
+def _decode(raw: bytes) -> list[Record]:
+    rd = _Reader(raw)
+    fmt = rd.take(1, "format")[0]
+    if fmt != FORMAT:
+        raise CodecError(f"codec format {fmt} (this node reads {FORMAT})")
+    nrec = rd.varint("record count")
+    if nrec > len(raw):
+        raise CodecError(f"record count {nrec} cannot fit in {len(raw)} bytes")
+    seqs = np.cumsum(rd.ints("seq", nrec) + 1, dtype=np.int64)
+    kinds = rd.ints("kind", nrec)
+    columnar = rd.u64("layout", nrec).astype(bool)
+    n_op = int(nrec - columnar.sum())
+    t0 = _undod(rd.ints("opaque ts_min", n_op))
+    t1 = t0 + rd.ints("opaque ts span", n_op)
+    nn = rd.ints("opaque n", n_op)
+    lens = rd.u64("opaque lengths", n_op)
+    blob = rd.take(int(lens.sum()), "opaque data")
+    n_col = nrec - n_op
+    col_records: list[tuple[int, int, int, bytes]] = []
+    if n_col:
+        col_records = _decode_samples(rd, n_col)
+    if rd.pos != len(raw):
+        raise CodecError(f"{len(raw) - rd.pos} stray bytes after the last column")
+
+    out: list[Record] = []
+    seq_l = seqs.tolist()
+    kind_l = kinds.tolist()
+    t0_l, t1_l, nn_l = t0.tolist(), t1.tolist(), nn.tolist()
+    ends = np.cumsum(lens).tolist()
+    oi = ci = 0
+    start = 0
+    for i, is_col in enumerate(columnar.tolist()):
+        if is_col:
+            n, tmin, tmax, data = col_records[ci]
+            out.append(Record(seq_l[i], kind_l[i], tmin, tmax, n, data))
+            ci += 1
+        else:
+            end = ends[oi]
+            out.append(Record(seq_l[i], kind_l[i], t0_l[oi], t1_l[oi], nn_l[oi], bytes(blob[start:end])))
+            start = end
+            oi += 1
     return out
+
+
+def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]]:
+    pat_len = rd.ints("pattern lengths")
+    if (pat_len <= 0).any() or int(pat_len.sum()) > len(rd.buf):
+        raise CodecError("bad pattern lengths")
+    pat_ch = np.cumsum(rd.ints("pattern channels", int(pat_len.sum())), dtype=np.int64)
+    if len(pat_ch) and (pat_ch.min() < -(1 << 31) or pat_ch.max() >= 1 << 31):
+        raise CodecError("channel id out of int32 range")
+    pid = rd.ints("pattern ids", n_col)
+    if pid.min() < 0 or pid.max() >= len(pat_len):
+        raise CodecError("pattern id out of range")
+    counts = pat_len[pid]
+    total = int(counts.sum())
+    if total > 8 * len(rd.buf) + 64:  # every sample costs at least its exception bit
+        raise CodecError(f"{total} samples cannot fit in {len(rd.buf)} bytes")
+    rec_start = np.cumsum(counts) - counts
+    order_t = rd.take(1, "ts order")[0]
+    t_sorted = _unresiduals(order_t, rd.ints("record ts", n_col))
+    if len(pat_len) > 1:
+        t_rec = np.empty(n_col, np.int64)
+        t_rec[np.argsort(pid, kind="stable")] = t_sorted
+    else:
+        t_rec = t_sorted
+    pat_off = np.cumsum(pat_len) - pat_len
+    ch = pat_ch[np.repeat(pat_off[pid] - rec_start, counts) + np.arange(total)]
+    inv, n_ch = _dense(ch)
+    order = np.argsort(inv, kind="stable")
+    ts = np.repeat(t_rec, counts)
+    mixed = rd.u64("mixed ts", n_col).astype(bool)
+    if mixed.any():
+        sel = order[np.repeat(mixed, counts)[order]]
+        order_s = rd.take(1, "sample ts order")[0]
+        ts[sel] = _unresiduals(order_s, rd.ints("sample ts", len(sel)))
+    ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
+    mode = np.frombuffer(rd.take(n_ch, "channel modes"), np.uint8)
+    if ((mode >> 4) > M_RAW).any() or ((mode & 0x0F) > MAX_K).any():
+        raise CodecError("unknown value mode")
+    qual_s = np.frombuffer(rd.take(total, "quality"), np.uint8)
+    packed = rd.blob("exceptions")
+    if len(packed) != (total + 7) // 8:
+        raise CodecError(f"exception mask of {len(packed)} bytes for {total} samples")
+    exc = np.unpackbits(np.frombuffer(packed, np.uint8), count=total).astype(bool)
+    n_exc = int(exc.sum())
+    order_v = rd.take(1, "value order")[0]
+    q = _unresiduals(order_v, rd.ints("values", total - n_exc))
+    xe = rd.u64("exception values", n_exc)
+    mode_s = np.repeat(mode, ch_count)
+    vs = np.empty(total, np.float64)
+    keep = ~exc
+    vs[keep] = _reconstruct(q, mode_s[keep])
+    vs[exc] = np.bitwise_xor.accumulate(xe).view(np.float64) if n_exc else xe.view(np.float64)
+    val = np.empty(total, np.float64)
+    val[order] = vs
+    qual = np.empty(total, np.uint8)
+    qual[order] = qual_s
+
+    tmin = np.minimum.reduceat(ts, rec_start).tolist()
+    tmax = np.maximum.reduceat(ts, rec_start).tolist()
+    # rebuild every record's Batch.to_bytes() layout with one scatter per column
+    buf = bytearray(SAMPLE_BYTES * total)
+    ch_pos, ts_pos, v_pos, q_pos = _positions(counts, rec_start, total)
+    _unaligned(buf, "<i4", 4)[ch_pos] = ch
+    _unaligned(buf, "<i8", 8)[ts_pos] = ts
+    _unaligned(buf, "<f8", 8)[v_pos] = val
+    np.frombuffer(buf, np.uint8)[q_pos] = qual
+    data = bytes(buf)
+    starts = (SAMPLE_BYTES * rec_start).tolist()
+    return [(n, tmin[r], tmax[r], data[s:s + SAMPLE_BYTES * n])
+            for r, (s, n) in enumerate(zip(starts, counts.tolist(), strict=True))]

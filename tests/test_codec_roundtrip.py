@@ -1,0 +1,271 @@
+"""uplink.codec: lossless round trips of every record kind, edge values, compactness,
+and rejection of corrupt input (only CodecError may come out)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.batch import Batch
+from gateway.journal import EVENT, SAMPLES, Record
+from uplink import codec
+
+T0 = 1_764_000_000_000_000_000  # 2025-11, in ns
+
+
+def sample_record(seq: int, b: Batch) -> Record:
+    return Record(seq, SAMPLES, b.ts_min, b.ts_max, len(b), b.to_bytes())
+
+
+def event_record(seq: int, ev: dict) -> Record:
+    data = json.dumps(ev, separators=(",", ":"), ensure_ascii=False).encode()
+    return Record(seq, EVENT, ev["ts"], ev["ts"], 1, data)
+
+
+def f64(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", bits))[0]
+
+
+def roundtrip(records: list[Record]) -> bytes:
+    enc = codec.encode(records)
+    dec = codec.decode(enc)
+    assert dec == records  # dataclass equality: data bytes compared exactly, NaN bits included
+    return enc
+
+
+# ------------------------------------------------------------------ hand-made cases
+
+def test_empty_list() -> None:
+    assert codec.decode(codec.encode([])) == []
+
+
+def test_empty_batch_and_events_keep_their_fields() -> None:
+    recs = [
+        Record(7, SAMPLES, 0, 0, 0, b""),  # an empty poll
+        event_record(8, {"type": "gap", "ts": T0, "first": 1, "last": 6, "samples": 600}),
+        event_record(9, {"type": "alarm", "ts": T0 + 5, "channel": "GT-101", "level": "hh", "value": 41.2}),
+        event_record(10, {"type": "register", "ts": T0 + 9, "table": "hidden_danger", "id": 3,
+                          "change": {"state": "rectified"}, "by": "张三"}),
+        Record(11, 99, -5, 17, 3, b"\x00\xff future kind \n\r"),  # a kind this version does not know
+    ]
+    roundtrip(recs)
+
+
+def test_float_edge_values_are_bit_exact() -> None:
+    vals = [0.0, -0.0, np.inf, -np.inf, np.nan, f64(0x7FF8_0000_0000_0001), f64(0xFFF0_0000_DEAD_BEEF),
+            f64(0x0000_0000_0000_0001), 5e-324, 1.7976931348623157e308, -1.7976931348623157e308,
+            0.1 * 3, 0.3, 1e300, 123456789.123, float(2**53), float(2**53 + 2), -1.5]
+    b = Batch.build(np.arange(len(vals)), T0, vals, 0)
+    enc = roundtrip([sample_record(1, b)])
+    # and a series per channel, so each value is also someone's predecessor
+    ch = np.tile(np.arange(3), len(vals))
+    v = np.repeat(np.array(vals), 3)
+    roundtrip([sample_record(1, Batch.build(ch, T0 + np.arange(len(ch)), v, 0))])
+    assert len(enc) < 400
+
+
+def test_timestamps_huge_gaps_out_of_order_and_extremes() -> None:
+    i64 = np.iinfo(np.int64)
+    ts = np.array([T0, T0 - 10**18, i64.max, i64.min, 0, -1, T0 + 1, T0, i64.max, i64.min + 1])
+    b = Batch.build(np.zeros(len(ts), np.int32), ts, np.arange(len(ts)) * 0.5, 0)
+    roundtrip([sample_record(1, b)])
+    # records of one device far apart and backwards in time
+    recs = [sample_record(i + 1, Batch.build([0, 1], t, [1.0, 2.0], 0))
+            for i, t in enumerate([T0, T0 + 86400 * 10**9 * 365, T0 - 10**17, i64.min, i64.max, 0])]
+    roundtrip(recs)
+
+
+def test_sequence_numbers_kept_even_when_not_contiguous() -> None:
+    b = Batch.build([0], T0, [1.0], 0)
+    roundtrip([sample_record(s, b) for s in (5, 6, 9, 2**62, 3, 1, 2**63 - 1)])
+
+
+def test_channel_ids_negative_large_and_repeated() -> None:
+    i32 = np.iinfo(np.int32)
+    b = Batch.build([i32.max, i32.min, 0, -1, 7, 7, 7, i32.max], T0, np.arange(8) / 10, [0, 0x81, 0x40, 0, 0, 1, 2, 255])
+    roundtrip([sample_record(1, b), sample_record(2, b)])
+    big = Batch.build(np.arange(70_000) * 3, T0, 1.0, 0)  # beyond the uint16 fast path
+    roundtrip([sample_record(3, big)])
+
+
+def test_inconsistent_sample_records_travel_opaque() -> None:
+    b = Batch.build([0, 1], [T0, T0 + 5], [1.0, 2.0], 0)
+    recs = [
+        Record(1, SAMPLES, T0 - 1, T0 + 5, 2, b.to_bytes()),  # ts_min does not match
+        Record(2, SAMPLES, T0, T0 + 5, 3, b.to_bytes()),  # n does not match
+        Record(3, SAMPLES, T0, T0 + 5, 2, b.to_bytes()[:-1]),  # truncated
+        Record(4, SAMPLES, T0, T0 + 5, 2, b.to_bytes()),  # fine
+    ]
+    roundtrip(recs)
+
+
+def test_value_modes_cover_driver_outputs() -> None:
+    rng = np.random.default_rng(3)
+    raw = rng.integers(-32768, 32767, 500)
+    cases = {
+        "raw*0.1": raw * 0.1,  # how the Modbus driver scales int16 registers
+        "raw/100": raw / 100,
+        "float32 registers": (raw / 100).astype(np.float32).astype(np.float64),
+        "integers": raw.astype(np.float64),
+        "micro": raw * 1e-6,
+        "random doubles": rng.standard_normal(500),
+        "nan run": np.full(500, np.nan),
+    }
+    for name, v in cases.items():
+        b = Batch.build(np.zeros(500, np.int32), T0 + np.arange(500) * 10**9, v, 0)
+        enc = roundtrip([sample_record(1, b)])
+        if name != "random doubles":
+            # 16-bit integers with ~15 bits of entropy each: about 2 bytes a sample at most
+            assert len(enc) < 2.3 * 500 + 120, (name, len(enc))
+
+
+def test_mixed_grid_with_off_grid_outliers() -> None:
+    v = np.round(np.linspace(0, 50, 1000), 1)
+    v[::97] = np.pi  # off the 0.1 grid: exceptions
+    v[5] = np.nan
+    v[6] = -0.0
+    roundtrip([sample_record(1, Batch.build(np.arange(1000) % 4, T0, v, 0))])
+
+
+def test_first_guess_wrong_is_corrected() -> None:
+    # integers at the sampled positions, tenths elsewhere: the full check must notice
+    v = np.arange(1000, dtype=np.float64)
+    v[1::2] += 0.5
+    enc = roundtrip([sample_record(1, Batch.build(np.zeros(1000, np.int32), T0, v, 0))])
+    assert len(enc) < 600
+
+
+def test_typical_plant_minute_is_compact() -> None:
+    """16 channels, 3 devices polled each second, jittered ns timestamps: ~1 byte a sample."""
+    rng = np.random.default_rng(7)
+    devs = [np.arange(0, 5), np.arange(5, 10), np.arange(10, 16)]
+    recs = []
+    seq = 1
+    base = rng.uniform(0, 100, 16).round(1)
+    for s in range(60):
+        for d in devs:
+            v = np.round((base[d] + rng.normal(0, 0.2, len(d))) * 10) * 0.1
+            ts = T0 + s * 10**9 + int(rng.integers(0, 2_000_000))
+            recs.append(sample_record(seq, Batch.build(d, ts, v, 0)))
+            seq += 1
+    enc = roundtrip(recs)
+    per_sample = len(enc) / (60 * 16)
+    assert per_sample < 1.45, per_sample
+
+
+# ------------------------------------------------------------------------ hypothesis
+
+any_float = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(0, 2**64 - 1).map(f64),  # every bit pattern, NaN payloads included
+    st.integers(-10**7, 10**7).map(lambda q: q * 0.1),
+    st.integers(-10**7, 10**7).map(lambda q: q / 1000),
+    st.integers(-10**5, 10**5).map(lambda q: float(np.float32(q / 100))),
+)
+i64s = st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    n = draw(st.integers(0, 40))
+    chans = draw(st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=6))
+    ch = [draw(st.sampled_from(chans)) for _ in range(n)]
+    if draw(st.booleans()):
+        ts: list[int] | int = draw(i64s)
+    else:
+        ts = [draw(i64s) for _ in range(n)]
+    vals = [draw(any_float) for _ in range(n)]
+    q = [draw(st.integers(0, 255)) for _ in range(n)]
+    return Batch.build(ch, ts, vals, q)
+
+
+@st.composite
+def record_lists(draw: st.DrawFn) -> list[Record]:
+    out = []
+    seq = draw(st.integers(1, 2**62))
+    for _ in range(draw(st.integers(0, 12))):
+        step = draw(st.sampled_from([1, 1, 1, 2, 1000]))
+        seq = seq + step if draw(st.integers(0, 9)) and seq + step < 2**63 else draw(st.integers(0, 2**63 - 1))
+        kind = draw(st.sampled_from([SAMPLES, SAMPLES, SAMPLES, EVENT, 3]))
+        if kind == SAMPLES:
+            b = draw(batches())
+            if draw(st.integers(0, 9)) == 0:  # fields that disagree with the batch
+                out.append(Record(seq, kind, draw(i64s), draw(i64s), draw(st.integers(0, 99)), b.to_bytes()))
+            else:
+                out.append(sample_record(seq, b))
+        elif kind == EVENT:
+            ts = draw(i64s)
+            ev = {"type": draw(st.sampled_from(["alarm", "gap", "register"])), "ts": ts,
+                  "text": draw(st.text(max_size=20))}
+            out.append(event_record(seq, ev))
+        else:
+            out.append(Record(seq, kind, draw(i64s), draw(i64s), draw(st.integers(0, 2**31)),
+                              draw(st.binary(max_size=50))))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record_lists())
+def test_roundtrip_any_records(records: list[Record]) -> None:
+    roundtrip(records)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(any_float, min_size=1, max_size=300), st.integers(1, 5))
+def test_roundtrip_series(values: list[float], n_ch: int) -> None:
+    ch = np.arange(len(values)) % n_ch
+    b = Batch.build(ch, T0 + np.arange(len(values)) * 10**9, values, 0)
+    roundtrip([sample_record(1, b)])
+
+
+# ------------------------------------------------------------------ corrupt input
+
+def _plant_records() -> list[Record]:
+    rng = np.random.default_rng(1)
+    recs = [sample_record(i + 1, Batch.build(np.arange(4), T0 + i * 10**9, rng.normal(0, 1, 4).round(2), 0))
+            for i in range(20)]
+    recs.append(event_record(21, {"type": "alarm", "ts": T0, "level": "h"}))
+    return recs
+
+
+def test_corrupt_payloads_raise_codec_error_only() -> None:
+    enc = codec.encode(_plant_records())
+    raw = zstandard.ZstdDecompressor().decompress(enc)
+    cctx = zstandard.ZstdCompressor()
+    rng = np.random.default_rng(5)
+    rejected = 0
+    for i in range(len(raw)):
+        for mutation in (raw[:i], raw[:i] + bytes([raw[i] ^ (1 << int(rng.integers(0, 8)))]) + raw[i + 1:]):
+            try:
+                codec.decode(cctx.compress(mutation))
+            except codec.CodecError:
+                rejected += 1
+    assert rejected > len(raw)  # every truncation at least
+    for junk in (b"", b"\x00" * 10, bytes(range(256)), enc[:-3], enc[:5]):
+        with pytest.raises(codec.CodecError):
+            codec.decode(junk)
+
+
+def test_decompression_bomb_refused() -> None:
+    bomb = zstandard.ZstdCompressor().compress(bytes([codec.FORMAT]) + b"\x00" * (1 << 22))
+    with pytest.raises(codec.CodecError, match="limit"):
+        codec.decode(bomb, max_size=1 << 20)
+
+
+def test_golden_vector_still_decodes() -> None:
+    """A payload written by format 1; a decoder change that breaks it breaks old envelopes."""
+    recs = [sample_record(1, Batch.build([3, 4], T0, [21.5, float("nan")], [0, 0x81])),
+            sample_record(2, Batch.build([3, 4], T0 + 10**9, [21.6, 0.25], [0, 0])),
+            event_record(3, {"type": "alarm", "ts": T0 + 10**9, "level": "h"})]
+    assert codec.decode(bytes.fromhex(GOLDEN)) == recs
+
+
+GOLDEN = ("28b52ffd208ed50300a2c71a23a0291d2054990560808f623f5b613bd9f2e597da3725ba5a7379c1cb554c082452a614"
+          "904a5bbb9e508269801b69bb4ab56aa14181de6bdba08bc818177bfae1ecae319abbb39e15100c1ef68574e70845e4a2"
+          "b3b78443fa03b2d1ae1755190893d7c6b59d0ba2b3990e0400908a159ca1006a1a803d")
