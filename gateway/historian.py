@@ -205,6 +205,14 @@ def _is_point_error(message: str) -> bool:
 
 
 @dataclass(slots=True)
+class Part:
+    """One request's worth of lines, and its gzip body when the writer compresses."""
+
+    raw: bytes
+    gz: bytes | None = None
+
+
+@dataclass(slots=True)
 class Rejected:
     lines: list[bytes] = field(default_factory=list)
     count: int = 0
@@ -377,11 +385,24 @@ class InfluxWriter:
         if self._stop.is_set():
             raise asyncio.CancelledError
 
-    async def _post_once(self, body: bytes) -> Reply:
+    @property
+    def gzips(self) -> bool:
+        """Whether this writer compresses bodies itself (v2: the client does)."""
+        return self.section.gzip and self.section.api == "v1"
+
+    def prepare(self, body: bytes) -> list[Part]:
+        """Cut a body into requests of at most ``batch_points`` lines and compress them.
+        CPU only, thread-safe: run it off the event loop, ahead of the writes."""
+        return [Part(c, _gzip(c) if self.gzips else None)
+                for c in lineproto.split_lines(body, self.section.batch_points)]
+
+    async def _post_once(self, body: bytes, compressed: bytes | None = None) -> Reply:
         assert self._transport is not None
         payload = body
-        gz = self.section.gzip and self.section.api == "v1"
-        if gz:  # zlib releases the GIL: compress off the loop; wbits=31 makes a gzip member
+        gz = self.gzips
+        if gz and compressed is not None:
+            payload = compressed
+        elif gz:  # zlib releases the GIL: compress off the loop; wbits=31 makes a gzip member
             payload = await asyncio.get_running_loop().run_in_executor(None, _gzip, body)
         self.requests += 1
         reply = await self._transport.write(payload, gz)
@@ -389,7 +410,7 @@ class InfluxWriter:
             self.bytes_sent += len(payload)
         return reply
 
-    async def _post_until_answered(self, body: bytes) -> Reply:
+    async def _post_until_answered(self, body: bytes, compressed: bytes | None = None) -> Reply:
         """Post until the server accepted the body or rejected its content (400/413/422).
 
         Transient failures back off exponentially up to ``max_backoff``; auth failures and
@@ -397,7 +418,7 @@ class InfluxWriter:
         self.open()
         backoff = 0.5
         while True:
-            reply = await self._post_once(body)
+            reply = await self._post_once(body, compressed)
             st = reply.status
             if reply.ok:
                 self._set_state("ok", None)
@@ -450,13 +471,19 @@ class InfluxWriter:
 
         Returns only when every line was either written or refused by the server; runs
         until cancelled while the server is unreachable."""
+        parts = await asyncio.get_running_loop().run_in_executor(None, self.prepare, body)
+        return await self.write_prepared(parts)
+
+    async def write_prepared(self, parts: list[Part]) -> Rejected:
+        """Deliver parts made by :meth:`prepare` (see :meth:`write`)."""
         rejected = Rejected()
-        for chunk in lineproto.split_lines(body, self.section.batch_points):
-            await self._write_split(chunk, rejected, None)
+        for p in parts:
+            await self._write_split(p.raw, rejected, None, p.gz)
         return rejected
 
-    async def _write_split(self, body: bytes, rejected: Rejected, n_lines: int | None) -> None:
-        reply = await self._post_until_answered(body)
+    async def _write_split(self, body: bytes, rejected: Rejected, n_lines: int | None,
+                           compressed: bytes | None = None) -> None:
+        reply = await self._post_until_answered(body, compressed)
         n = lineproto.count_lines(body) if n_lines is None else n_lines
         if reply.ok:
             self.points_written += n
@@ -601,7 +628,7 @@ class IntervalStats:
 @dataclass(slots=True)
 class Chunk:
     upto: int  # last journal sequence in the chunk
-    body: bytes
+    parts: list[Part]
     points: int
     records: int
     closed_upto: int | None  # statistics closed up to here (persist after delivery)
@@ -642,6 +669,7 @@ class HistorianService:
         self._wake = asyncio.Event()
         self.chunks = 0
         self.ready = False
+        self._ack_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -711,6 +739,9 @@ class HistorianService:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
+            if self._ack_task is not None:  # what was written gets acknowledged
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self._ack_task)
 
     async def _replay_stats(self) -> None:
         """Rebuild the statistics of intervals still open at the last stop."""
@@ -817,13 +848,20 @@ class HistorianService:
             first_open = self.stats.first_open_seq()
             if first_open is not None:
                 stats_seq = min(upto, first_open - 1)
-        return Chunk(upto, b"".join(parts), points, len(recs), closed_upto, stats_seq)
+        return Chunk(upto, w.prepare(b"".join(parts)), points, len(recs), closed_upto, stats_seq)
 
     async def _deliver(self, chunk: Chunk) -> None:
-        if chunk.body:
-            rejected = await self.writer.write(chunk.body)
+        if chunk.parts:
+            rejected = await self.writer.write_prepared(chunk.parts)
             if rejected.count:
                 self._report_rejected(rejected, chunk)
+        # the acknowledgement (a journal commit, an fsync) need not hold up the next write:
+        # chain it behind the previous one so cursors still advance in order
+        self._ack_task = asyncio.create_task(self._ack(chunk, self._ack_task), name="influxdb-ack")
+
+    async def _ack(self, chunk: Chunk, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await previous
         if chunk.closed_upto is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._save_stats, chunk.closed_upto)
         if chunk.upto > self.cursor:
