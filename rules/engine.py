@@ -754,7 +754,7 @@ class RulesEngine:
         if not who or not reason:
             raise ValueError("shelving needs who and a reason")
         out = []
-        until = None if duration_s is None else int(now_ns + duration_s * NS)
+        until = None if duration_s is None else int(now_ns) + round(duration_s * NS)
         for c, r in self._targets(channel, rule):
             if rule is None and not (self.enabled[r, c] or self.act[r, c]):
                 continue

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import ssl
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +83,7 @@ class MqttService:
         self._acked_seq = 0
         self._wake = asyncio.Event()
         self._active_dirty = True
+        self._stopping = False
         self._client = self._make_client()
 
     # ------------------------------------------------------------------ client
@@ -153,7 +153,7 @@ class MqttService:
         self.connected = False
 
     def _disconnected(self, reason: str) -> None:
-        if self.connected:
+        if self.connected and not self._stopping:
             log.error("mqtt disconnected from %s:%d: %s; %d alarm events await PUBACK",
                       self.section.host, self.section.port, reason, len(self._by_mid))
         self.connected = False
@@ -181,6 +181,7 @@ class MqttService:
                 tg.create_task(self._values_loop(self.section.values_every), name="mqtt-values")
 
     async def stop(self) -> None:
+        self._stopping = True
         c = self._client
         if self.connected:
             info = c.publish(f"{self.prefix}/status", "offline", qos=1, retain=True)
@@ -265,8 +266,8 @@ class MqttService:
     def _publish_active(self) -> None:
         self._active_dirty = False
         doc = {"gateway": self.gw.cfg.gateway.id, "ts": self.gw.clock(), "alarms": self.gw.rules.active()}
-        self._client.publish(f"{self.prefix}/alarms/active", json.dumps(doc, separators=(",", ":"),
-                                                                        ensure_ascii=False), qos=1, retain=True)
+        payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        self._client.publish(f"{self.prefix}/alarms/active", payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------ values
     async def _values_loop(self, every: float) -> None:
@@ -307,7 +308,8 @@ class MqttService:
                 if not channel:
                     raise ValueError("shelve needs a channel")
                 dur = req.get("duration")
-                seconds = None if dur is None else (parse_duration(dur) if isinstance(dur, str) else float(dur))
+                seconds = None if dur is None else (
+                    parse_duration(dur) if isinstance(dur, str) else float(dur))
                 events = rules.shelve(channel, who=who, reason=str(req.get("reason") or ""), now_ns=now,
                                       duration_s=seconds, rule=rule)
             elif verb == "unshelve":
@@ -329,7 +331,7 @@ class MqttService:
         self._result(req, verb, ok=True, events=[e["id"] for e in events])
 
     def _result(self, req: dict[str, Any], verb: str, **kw: Any) -> None:
-        doc = {"command": verb, "request_id": req.get("request_id"), "ts": time.time_ns(), **kw}
+        doc = {"command": verb, "request_id": req.get("request_id"), "ts": self.gw.clock(), **kw}
         self._client.publish(f"{self.prefix}/cmd/result", json.dumps(doc), qos=1)
 
     def status(self) -> dict[str, Any]:
