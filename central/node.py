@@ -191,6 +191,7 @@ class CentralNode:
             self.state: State = PgState(cfg.state.dsn)
         else:
             self.state = SqliteState(self.state_dir / "central.db")
+        self.shared = isinstance(self.state, PgState)
         self.outbox = OutboxSource(self.id, self.state)
         self.forward = cfg.upstream is not None
         up = cfg.upstream
@@ -281,6 +282,11 @@ class CentralNode:
                         r0 = records[0]
                         explained = r0.is_gap and int(r0.event().get("from_seq", r0.seq)) <= main + 1
                         if not (explained or src.relay):
+                            if self.shared and _attempt == 0:
+                                # another worker may have moved this origin: judge on fresh state
+                                m, a, ea = await self.state.origin(h.origin)
+                                cur.main, cur.alarms, cur.early = m, a, ea
+                                continue
                             st.gaps += 1
                             log.warning("source %s: %s %d..%d does not follow %d: fetching the range again",
                                         src.id, h.origin, h.first_seq, h.last_seq, main)

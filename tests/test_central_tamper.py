@@ -131,7 +131,7 @@ async def test_alarm_lane_then_main_lane_stores_once(setup) -> None:  # type: ig
 
 
 async def test_push_requests_must_be_signed_fresh_and_unique(setup) -> None:  # type: ignore[no-untyped-def]
-    c, gk, ck, tmp = setup
+    c, gk, ck, _ = setup
     body = pack_frames([Item("main", 1, envelope.seal(recs(1, 1), sender=gk, recipients=ck))])
     peer = Peer(c.url, Signer(gk.ed25519, gk.kid), ca=c.cert)
     try:
