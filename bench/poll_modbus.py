@@ -88,7 +88,8 @@ def gateway_config(endpoints: dict[str, Any], n_dev: int, channels: int, poll: f
         devices.append({
             "name": f"dev{d}", "protocol": "modbus-tcp", "host": ep["host"], "port": ep["port"],
             "poll": f"{poll}s", "timeout": f"{poll}s", "retries": 0, "pipeline": pipeline,
-            "channels": [{"name": f"d{d}.c{c}", "kind": "other", "address": f"input:{2 * c}", "type": "float32"}
+            "channels": [{"name": f"d{d}.c{c}", "kind": "other", "address": f"input:{2 * c}",
+                          "type": "float32"}
                          for c in range(channels)],
         })
     data = {"gateway": {"id": "bench", "site": "BENCH", "state_dir": str(state)}, "devices": devices}
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.monotonic()
         sims, endpoints = start_sims(args.devices, args.channels, args.sim_procs, tmp)
         cfg = gateway_config(endpoints, args.devices, args.channels, args.poll, args.pipeline, tmp / "state")
-        print(f"farm up in {time.monotonic() - t_start:.1f}s: {args.devices} devices × {args.channels} float32 "
+        print(f"farm up in {time.monotonic() - t_start:.1f}s: {args.devices} devices × {args.channels} "
+              "float32 "
               f"in {len(sims)} processes; polling every {args.poll}s for {args.seconds}s", file=sys.stderr)
         r = asyncio.run(run(args, cfg))
         chk = check_journal(tmp / "state", r["table"], r["t0"], r["t1"])

@@ -62,6 +62,7 @@ async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
         res.error = f"no driver: {e}"
         return res
     budget = max(dev.timeout * (dev.retries + 1), 1.0) + 5.0
+    missing_cause: int = Quality.NO_DATA
     try:
         await asyncio.wait_for(drv.open(), timeout=budget)
         if drv.streaming:
@@ -71,16 +72,19 @@ async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
             _take(res, batch)
     except DeviceUnavailable as e:
         res.error = f"{e} ({quality_label(e.cause)})"
+        missing_cause = e.cause
     except TimeoutError:
         res.error = f"no answer within {budget:g}s"
+        missing_cause = Quality.TIMEOUT
     except OSError as e:
         res.error = f"{type(e).__name__}: {e}"
+        missing_cause = Quality.COMMS
     finally:
         res.details.update(getattr(drv, "errors", None) or {})
         await drv.close()
     for c in channels:
         if c.index not in res.quality:
-            res.value[c.index], res.quality[c.index] = math.nan, Quality.NO_DATA
+            res.value[c.index], res.quality[c.index] = math.nan, missing_cause
     res.elapsed_ms = (time.monotonic() - t0) * 1e3
     return res
 
@@ -111,6 +115,15 @@ async def _stream_once(drv: Driver, res: DeviceResult, deadline_s: float) -> Non
         res.error = f"no data within {deadline_s:g}s"
 
 
+def quality_text(code: int) -> str:
+    """``good``, or the class with its cause: ``bad: timeout``, ``uncertain: calibrating``."""
+    if code < Quality.UNCERTAIN:
+        return "good"
+    cls = "bad" if code >= Quality.BAD else "uncertain"
+    label = quality_label(code)
+    return cls if label == cls else f"{cls}: {label}"
+
+
 def _fmt_value(v: float, spec: Any) -> str:
     if math.isnan(v):
         return "-"
@@ -125,7 +138,7 @@ def print_table(table: ChannelTable, results: list[DeviceResult], out: TextIO) -
         for idx in sorted(res.quality):
             c = table[idx]
             rows.append((c.name, c.device, c.kind, _fmt_value(res.value[idx], c.spec), c.unit,
-                         quality_label(res.quality[idx])))
+                         quality_text(res.quality[idx])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out.write("  ".join(s.ljust(w) if i != 3 else s.rjust(w) for i, (s, w) in enumerate(zip(r, widths,
@@ -154,7 +167,7 @@ def as_dict(table: ChannelTable, results: list[DeviceResult]) -> dict[str, Any]:
             c = table[idx]
             v = res.value[idx]
             chans.append({"name": c.name, "device": c.device, "kind": c.kind, "unit": c.unit,
-                          "value": None if math.isnan(v) else v, "quality": quality_label(res.quality[idx]),
+                          "value": None if math.isnan(v) else v, "quality": quality_text(res.quality[idx]),
                           "quality_code": res.quality[idx]})
     devices = {r.name: {"protocol": r.protocol, "ok": r.ok, "error": r.error, "errors": r.details,
                         "elapsed_ms": round(r.elapsed_ms, 1)} for r in results}

@@ -153,7 +153,8 @@ class ModbusTcpDriver(ModbusDriver):
     async def open(self) -> None:
         self.client.close()
         try:
-            await self.client.connect(self.device.timeout)
+            # a connect is rare and may meet a busy peer: give it at least a second
+            await self.client.connect(max(self.device.timeout, 1.0))
         except TimeoutError:
             raise DeviceUnavailable(f"connect to {self.device.host}:{self.device.port} timed out",
                                     Quality.TIMEOUT) from None

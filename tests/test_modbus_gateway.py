@@ -1,0 +1,90 @@
+"""The Gateway polling the Modbus simulators end to end: values land in the journal,
+faults become bad samples with their cause, and devices recover on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.app import Gateway
+from gateway.batch import Quality
+from gateway.config import loads
+from gateway.journal import SAMPLES, Journal
+from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
+from tests.helpers import async_wait_until
+
+
+def _journal_samples(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    chans, vals, quals = [], [], []
+    with Journal(path) as j:
+        after = 0
+        while recs := j.read_sync(after, 1000, kinds=[SAMPLES]):
+            for r in recs:
+                b = r.batch()
+                chans.append(b.channel)
+                vals.append(b.value)
+                quals.append(b.quality)
+            after = recs[-1].seq
+    return np.concatenate(chans), np.concatenate(vals), np.concatenate(quals)
+
+
+async def test_gateway_journals_values_and_faults(modbus_plant: SimProcess, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    cfg = loads(gateway_yaml(modbus_plant, tmp_path / "state", poll="200ms"))
+    gw = Gateway(cfg)
+    run = asyncio.create_task(gw.run(drain_s=1.0))
+    idx = {name: gw.table.index(name) for name in MODBUS_EXPECTED}
+    try:
+        def all_good() -> bool:
+            return all(gw.live.quality[i] == Quality.GOOD for i in idx.values())
+
+        await async_wait_until(all_good, timeout=15, what="every channel good")
+        for name, i in idx.items():
+            assert gw.live.value[i] == MODBUS_EXPECTED[name]
+
+        # one unit on the RS-485 line goes silent: only its channel turns bad
+        modbus_plant.control(fault="rtu-bus", unit=2, kind="silent")
+        await async_wait_until(lambda: gw.live.quality[idx["LT-1"]] == Quality.TIMEOUT, timeout=10,
+                               what="LT-1 timing out")
+        assert gw.live.quality[idx["PT-1"]] == Quality.GOOD
+        modbus_plant.control(clear="rtu-bus", unit=2)
+        await async_wait_until(lambda: gw.live.quality[idx["LT-1"]] == Quality.GOOD, timeout=10,
+                               what="LT-1 back")
+
+        # the TCP device drops its connections and refuses new ones for a while
+        mark = len(caplog.records)
+        modbus_plant.control(fault="tcp-dev", kind="disconnect")
+        await async_wait_until(lambda: gw.devices["tcp-dev"].state == "failing", timeout=10,
+                               what="tcp-dev failing")
+        assert gw.live.quality[idx["GT-1"]] == Quality.COMMS
+        assert gw.live.quality[idx["PT-1"]] == Quality.GOOD  # the neighbours carry on
+        modbus_plant.control(clear="tcp-dev")
+        # the gateway backs off (about one poll, doubling) and reconnects by itself
+        await async_wait_until(lambda: gw.devices["tcp-dev"].state == "ok" and all_good(), timeout=15,
+                               what="tcp-dev recovered")
+    finally:
+        gw.stop()
+        await asyncio.wait_for(run, 15)
+
+    ch, val, q = _journal_samples(tmp_path / "state" / "journal.db")
+    for name, i in idx.items():
+        mine = ch == i
+        good = mine & (q == Quality.GOOD)
+        assert good.sum() >= 3, name
+        assert (val[good] == MODBUS_EXPECTED[name]).all(), name  # every good sample carries the value
+        assert np.isnan(val[mine & (q >= Quality.BAD)]).all()
+    assert (q[ch == idx["LT-1"]] == Quality.TIMEOUT).any()
+    assert (q[ch == idx["GT-1"]] == Quality.COMMS).any()
+    assert not (q[ch == idx["PT-1"]] >= Quality.BAD).any()
+    # log once when failing, once when recovering
+    later = caplog.records[mark:]
+    fails = [r for r in later if r.levelno == logging.ERROR and "device tcp-dev failed" in r.message]
+    recs = [r for r in later if "device tcp-dev recovered" in r.message]
+    assert len(fails) == 1 and len(recs) == 1
+    unit_logs = [r.message for r in caplog.records if "unit 2" in r.message]
+    assert any("not answering" in m for m in unit_logs) and any("recovered" in m for m in unit_logs)
