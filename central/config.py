@@ -54,7 +54,7 @@ class PullSpec(Strict):
     verify: bool = True
     wait: Duration = Field(default=10.0, description="long-poll: how long the peer may hold a request")
     timeout: Duration = 60.0
-    max_bytes: Size = 8 * 2**20
+    max_bytes: Size = Field(default=2 * 2**20, description="bytes per response (the next is prefetched)")
     retry_max: Duration = Field(default=60.0, description="longest pause between retries")
 
 

@@ -344,38 +344,69 @@ class CentralNode:
 
     # ------------------------------------------------------------------ pulling
     async def _pull_lane(self, src: SourceEntry, peer: Peer, lane: str) -> None:
+        """Fetch and ingest one lane; the main lane prefetches the next range while it
+        stores the current one (``after`` = received, ``ack`` = stored), so the
+        gateway seals while central opens."""
         assert src.pull is not None
+        pull = src.pull
         st = self.status[src.id]
-        backoff = Backoff(0.2, src.pull.retry_max)
-        while True:
+        backoff = Backoff(0.2, pull.retry_max)
+
+        def stored_pos() -> int:
             pos = st.positions
-            after = max(pos["alarms"], pos["main"]) if lane == "alarms" else pos["main"]
-            params = {"lane": lane, "after": after, "max_bytes": src.pull.max_bytes,
-                      "wait": f"{src.pull.wait:g}"}
+            return max(pos["alarms"], pos["main"]) if lane == "alarms" else pos["main"]
+
+        async def fetch(after: int) -> tuple[list[Item], int]:
+            params = {"lane": lane, "after": after, "ack": min(after, st.positions[lane]),
+                      "max_bytes": pull.max_bytes, "wait": f"{pull.wait:g}"}
+            r = await peer.request("GET", "/sync/v1/envelopes", params)
+            items = unpack_frames(r.content)
             try:
-                r = await peer.request("GET", "/sync/v1/envelopes", params)
-                items = unpack_frames(r.content)
-            except NET_ERRORS as e:
-                msg = str(e) or type(e).__name__
-                if st.state != "failing":
-                    log.error("source %s: pull failed: %s", src.id, msg)
-                st.state, st.last_error = "failing", msg
-                await asyncio.sleep(backoff.next())
-                continue
-            if st.state != "ok":
-                log.info("source %s: pulling (%s)", src.id, src.pull.url)
-                st.state, st.last_error = "ok", None
-            st.last_contact_ns = time.time_ns()
-            with contextlib.suppress(ValueError):
-                st.head = int(r.headers.get("x-safegw-head", "0"))
-            if not items:
-                backoff.reset()
-                continue
-            verdicts = await self.ingest(src, items)
-            if REJECTED in verdicts or GAP in verdicts:
-                await asyncio.sleep(backoff.next())
-            else:
-                backoff.reset()
+                head = int(r.headers.get("x-safegw-head", "0"))
+            except ValueError:
+                head = 0
+            return items, head
+
+        pending: asyncio.Task[tuple[list[Item], int]] | None = None
+        try:
+            while True:
+                try:
+                    if pending is not None:
+                        items, head = await pending
+                        pending = None
+                    else:
+                        items, head = await fetch(stored_pos())
+                except NET_ERRORS as e:
+                    pending = None
+                    msg = str(e) or type(e).__name__
+                    if st.state != "failing":
+                        log.error("source %s: pull failed: %s", src.id, msg)
+                    st.state, st.last_error = "failing", msg
+                    await asyncio.sleep(backoff.next())
+                    continue
+                if st.state != "ok":
+                    log.info("source %s: pulling (%s)", src.id, pull.url)
+                    st.state, st.last_error = "ok", None
+                st.last_contact_ns = time.time_ns()
+                st.head = max(st.head, head)
+                if not items:
+                    backoff.reset()
+                    continue
+                if lane == "main":
+                    pending = asyncio.create_task(fetch(items[-1].seq), name=f"prefetch[{src.id}]")
+                verdicts = await self.ingest(src, items)
+                if REJECTED in verdicts or GAP in verdicts:
+                    if pending is not None:
+                        pending.cancel()
+                        await asyncio.gather(pending, return_exceptions=True)
+                        pending = None
+                    await asyncio.sleep(backoff.next())
+                else:
+                    backoff.reset()
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     async def _pull_source(self, src: SourceEntry) -> None:
         assert src.pull is not None

@@ -31,9 +31,11 @@ HTTP API (every request signed, see ``uplink.auth``)
 Served by a gateway (pull mode) and by a central node to the next level up:
 
 - ``GET /sync/v1/info``: node id, head position, lanes' cursors, link counters.
-- ``GET /sync/v1/envelopes?lane=main|alarms&after=N&max_bytes=B&wait=S``: frames
-  after position N (long-polls up to S seconds when there is nothing). ``after``
-  also acknowledges N: the puller asks only after what it has stored.
+- ``GET /sync/v1/envelopes?lane=main|alarms&after=N&ack=A&max_bytes=B&wait=S``: frames
+  after position N (long-polls up to S seconds when there is nothing); ``ack``
+  acknowledges what the puller has stored (default: ``after``). A puller that
+  prefetches the next range while it stores the current one asks ``after`` = what
+  it received and ``ack`` = what it stored.
 - ``POST /sync/v1/ack`` ``{"lane": "main", "seq": N}``: acknowledge explicitly.
 
 Served by a central node (push mode): ``POST /sync/v1/push?head=H&first=F`` with
@@ -274,8 +276,12 @@ class SyncServer:
             return JSONResponse({"error": "bad query"}, status_code=400)
         if lane not in LANES or after < 0:
             return JSONResponse({"error": "bad lane or position"}, status_code=400)
-        if after > 0:
-            await self.source.ack(lane, after)
+        try:
+            ack = int(q.get("ack", str(after)))
+        except ValueError:
+            return JSONResponse({"error": "bad ack"}, status_code=400)
+        if ack > 0:
+            await self.source.ack(lane, min(ack, after))
         headers = {"x-safegw-head": str(self.source.head()), "x-safegw-first": str(self.source.first())}
         if not self.link.allow(lane):
             headers["x-safegw-budget"] = "exhausted"
