@@ -17,9 +17,10 @@ meets the gap exactly where the data would have been, and says which sequence ra
 how many samples and events, which time range and why (``quota``, ``age``). If a
 gap itself must later be dropped, its counts fold into the next.
 
-All writes go through one dedicated thread that commits everything pending in one
-transaction (group commit): the event loop never blocks on fsync, and a burst of
-small batches costs one fsync. A record that cannot be encoded fails alone; a
+All writes go through two dedicated threads: an encoder (columnar bytes, zstd) and a
+writer that commits everything encoded so far in one transaction (group commit), so
+compression of the next group overlaps the fsync of this one; the event loop never
+blocks on either, and a burst of small batches costs one fsync. A record that cannot be encoded fails alone; a
 transaction that cannot commit (disk full, I/O error) fails every future in it,
 rolls back, and leaves what was committed before untouched; the writer keeps going
 and commits again once there is room. (It does not delete old data to make room on a
@@ -46,7 +47,7 @@ from typing import Any
 
 import zstandard
 
-from gateway.batch import SAMPLE_BYTES, Batch
+from gateway.batch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class Journal:
         self._active: set[str] = set()
         self._zc = zstandard.ZstdCompressor(level=1)
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._encoded: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
         self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
@@ -179,7 +181,9 @@ class Journal:
         self.last_error: str | None = None
         self._reader_dbs: list[sqlite3.Connection] = []
         self._rlocal = threading.local()
+        self._encoder = threading.Thread(target=self._encode_loop, name="journal-encoder", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._encoder.start()
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
 
@@ -266,9 +270,35 @@ class Journal:
         """Run ``fn(db)`` on the writer thread between transactions (maintenance, tests)."""
         return self._submit("call", fn)
 
-    def _write_loop(self) -> None:
+    def _encode_loop(self) -> None:
+        """Stage 1: serialize and compress records, in order, while the writer commits
+        the previous group (zstd and fsync both run without the GIL)."""
         while True:
             item = self._queue.get()
+            if item is None:
+                self._encoded.put(None)
+                return
+            op, arg, fut = item
+            if op not in ("append", "append_many"):
+                self._encoded.put(item)
+                continue
+            if not fut.set_running_or_notify_cancel():
+                continue  # cancelled before it was taken: it never counted as taken
+            try:
+                rows = [self._encode(x) for x in arg]
+            except (TypeError, ValueError, OverflowError) as e:  # this record fails alone
+                fut.set_exception(e)
+                continue
+            except Exception as e:  # a bug must not strand the caller on its future
+                log.exception("journal encoder: unexpected failure")
+                fut.set_exception(e)
+                continue
+            self._encoded.put((op, rows, fut))
+
+    def _write_loop(self) -> None:
+        """Stage 2: commit everything encoded so far in one transaction (group commit)."""
+        while True:
+            item = self._encoded.get()
             if item is None:
                 return
             work = [item]
@@ -276,7 +306,7 @@ class Journal:
             stop = False
             while len(work) < GROUP_MAX_OPS and size < GROUP_MAX_BYTES:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._encoded.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -298,7 +328,7 @@ class Journal:
     def _weight(item: _Work) -> int:
         op, arg, _ = item
         if op in ("append", "append_many"):
-            return sum(len(x) * SAMPLE_BYTES if isinstance(x, Batch) else 256 for x in arg)
+            return sum(r[4] for r in arg)  # encoded rows: their stored size
         return 64
 
     def _encode(self, it: Batch | dict[str, Any]) -> _Row:
@@ -318,19 +348,16 @@ class Journal:
 
     def _run_work(self, work: list[_Work]) -> None:
         db = self._db
-        # 1. encode outside the transaction; a bad record fails only its own future
+        # 1. appends arrive encoded (and marked running) by the encoder; the rest is
+        # taken here unless cancelled
         jobs: list[tuple[str, Any, concurrent.futures.Future[Any]]] = []
         for op, arg, fut in work:
-            if not fut.set_running_or_notify_cancel():
-                continue  # cancelled before it was written: it never counted as taken
             if op in ("append", "append_many"):
-                try:
-                    rows = [self._encode(x) for x in arg]
-                except (TypeError, ValueError, OverflowError) as e:
-                    fut.set_exception(e)
-                    continue
-                jobs.append((op, rows, fut))
-            elif op == "call":
+                jobs.append((op, arg, fut))
+                continue
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if op == "call":
                 try:
                     fut.set_result(arg(db))
                 except Exception as e:  # the caller's function: its error goes back to the caller
@@ -683,6 +710,7 @@ class Journal:
             return
         self._closed = True
         self._queue.put(None)
+        self._encoder.join()
         self._writer.join()
         self._reader.shutdown(wait=True)
         self._notify()
