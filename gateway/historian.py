@@ -204,6 +204,11 @@ def _is_point_error(message: str) -> bool:
     return message.startswith(_POINT_ERRORS) or not _NOT_POINT_ERRORS.search(message)
 
 
+#: event keys that become tags when they hold text: low-cardinality names to select by
+_EVENT_TAGS = frozenset({"channel", "device", "kind", "unit", "level", "state", "rule", "priority",
+                         "transition", "register"})
+
+
 @dataclass(slots=True)
 class Part:
     """One request's worth of lines, and its gzip body when the writer compresses."""
@@ -300,19 +305,26 @@ class InfluxWriter:
         meas = s.alarms_measurement if etype.startswith("alarm") else s.events_measurement
         tags: dict[str, Any] = {**self.base_tags, "type": etype}
         fields: dict[str, Any] = {}
+        index = event.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = None
         for k, v in event.items():
-            if k in ("type", "ts"):
+            if k in ("type", "ts", "index"):
                 continue
             if k == "channel" and isinstance(v, int) and not isinstance(v, bool):
-                ctags = self.channel_tags(v)
-                for tk in ("channel", "device", "kind", "area", "hazard_source", "unit"):
-                    if ctags.get(tk) is not None:
-                        tags[tk] = ctags[tk]
+                index = v
                 continue
-            if k in ("channel", "device", "level", "state") and isinstance(v, str):
+            if k in _EVENT_TAGS and isinstance(v, str):
                 tags[k] = v
                 continue
             fields[k] = v
+        if index is not None:
+            # the channel's place in the plant, as on its samples
+            ctags = self.channel_tags(index)
+            if tags.get("channel") in (None, ctags.get("channel")):
+                for tk in ("channel", "device", "kind", "unit", "area", "hazard_source"):
+                    if ctags.get(tk) is not None:
+                        tags.setdefault(tk, ctags[tk])
         if seq is not None:
             fields["journal_seq"] = seq
         ts = event.get("ts")

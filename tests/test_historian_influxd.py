@@ -175,15 +175,25 @@ async def test_events_and_alarms_have_their_own_measurements(influxd: Influxd, t
         await h.gw.journal.append_event({"type": "alarm", "ts": T0 + 5, "channel": 3, "level": "hh",
                                          "state": "active", "value": 11.5, "limit": 11,
                                          "message": 'say "hi", x=1'})
+        # the shape rules/events.py gives alarm transitions: channel by name and index
+        await h.gw.journal.append_event({
+            "type": "alarm", "id": None, "ts": T0 + 7, "channel": "CH-004", "index": 4, "kind": "temperature",
+            "unit": "u,0", "rule": "limit", "level": "h", "code": 2, "transition": "raise",
+            "state": "active_unacked", "priority": "high", "value": 10.5, "limit": 10.0, "who": None})
         await h.gw.journal.append_event({"type": "register", "ts": T0 + 6, "register": "hidden_danger",
                                          "action": "reported", "details": {"a": [1, 2]}})
         await h.caught_up()
-    al = rows(influxd, db, "SELECT * FROM alarms")
-    assert len(al) == 1
+    al = rows(influxd, db, "SELECT * FROM alarms ORDER BY time")
+    assert len(al) == 2
     a = al[0]
     assert a["time"] == T0 + 5 and a["channel"] == "CH-003" and a["level"] == "hh" and a["state"] == "active"
     assert a["value"] == 11.5 and a["limit"] == 11 and a["message"] == 'say "hi", x=1'
     assert a["device"] == "plc-1" and a["gateway"] == "gw-test-1"
+    r = al[1]
+    assert (r["time"], r["channel"], r["device"], r["kind"], r["level"], r["rule"], r["priority"]) == (
+        T0 + 7, "CH-004", "plc-1", "temperature", "h", "limit", "high")
+    assert r["area"] == "Tank farm=1" and r["hazard_source"] == "HS 0"  # from the channel table
+    assert r["value"] == 10.5 and r["code"] == 2 and r["journal_seq"] == 2
     ev = rows(influxd, db, "SELECT * FROM events")
     assert len(ev) == 1 and ev[0]["type"] == "register" and ev[0]["details"] == '{"a":[1,2]}'
 
