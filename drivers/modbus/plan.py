@@ -95,27 +95,27 @@ def plan(points: Sequence[Point], *, max_registers: int = 125, max_bits: int = 2
          max_gap: int = 8, split: frozenset[int] = frozenset()) -> Plan:
     """Merge ``points`` into requests. Points whose position is in ``split`` get a request
     of their own (used after a merged read failed with "illegal data address")."""
-    order = sorted(range(len(points)),
-                   key=lambda i: (points[i].unit, points[i].fc, points[i].register, -points[i].width))
+    keys = [(p.unit, p.fc, p.register, p.width) for p in points]
+    order = sorted(range(len(points)), key=lambda i: (keys[i][0], keys[i][1], keys[i][2], -keys[i][3]))
     requests: list[Request] = []
     cur: Request | None = None
     cur_end = 0
     for i in order:
-        p = points[i]
-        bits = p.fc in BIT_FUNCTIONS
+        unit, fc, reg, width = keys[i]
+        bits = fc in BIT_FUNCTIONS
         limit = max_bits if bits else max_registers
         gap = max_gap * 16 if bits else max_gap
-        end = p.register + p.width
-        if p.width > limit:
-            raise ValueError(f"{p.type} needs {p.width} registers but max_registers is {limit}")
-        if (cur is not None and i not in split and not (cur.points and cur.points[-1] in split)
-                and cur.unit == p.unit and cur.fc == p.fc
-                and p.register - cur_end <= gap and max(end, cur_end) - cur.start <= limit):
+        end = reg + width
+        if width > limit:
+            raise ValueError(f"{points[i].type} needs {width} registers but max_registers is {limit}")
+        if (cur is not None and cur.unit == unit and cur.fc == fc
+                and reg - cur_end <= gap and max(end, cur_end) - cur.start <= limit
+                and not (split and (i in split or cur.points[-1] in split))):
             cur_end = max(cur_end, end)
             cur.count = cur_end - cur.start
             cur.points.append(i)
             continue
-        cur = Request(p.unit, p.fc, p.register, p.width, 0, [i])
+        cur = Request(unit, fc, reg, width, 0, [i])
         cur_end = end
         requests.append(cur)
     offset = 0
@@ -123,11 +123,12 @@ def plan(points: Sequence[Point], *, max_registers: int = 125, max_bits: int = 2
     slots: list[ChannelSlot | None] = [None] * len(points)
     for ri, r in enumerate(requests):
         r.buf_offset = offset
+        bits = r.fc in BIT_FUNCTIONS
         for i in r.points:
             p = points[i]
             point_request[i] = ri
             rel = p.register - r.start
-            if p.fc in BIT_FUNCTIONS:
+            if bits:
                 slots[i] = ChannelSlot(offset + rel // 8, "bool", bit=rel % 8, scale=p.scale, offset=p.offset,
                                        range=p.range)
             elif p.type == "bool":
