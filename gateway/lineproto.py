@@ -41,11 +41,14 @@ from gateway.batch import Batch, Quality
 
 # --------------------------------------------------------------------------- escaping
 
-_MEAS_ESC = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " ", "\t": " ", "\0": ""})
-_TAG_ESC = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " ", "\t": " ", "\0": ""})
+# line protocol has no escape for line breaks: control characters become (escaped) spaces
+_CTRL = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\0": ""})
+_MEAS_ESC = str.maketrans({",": r"\,", " ": r"\ "})
+_TAG_ESC = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 
 
 def escape_measurement(s: str) -> str:
+    s = s.translate(_CTRL)
     if s.endswith("\\"):
         s = s + " "  # a trailing backslash would escape the separator
     return s.translate(_MEAS_ESC)
@@ -53,7 +56,7 @@ def escape_measurement(s: str) -> str:
 
 def escape_tag(s: str) -> str:
     """Tag keys and values: escape comma, equals and space; newlines become spaces."""
-    s = s.translate(_TAG_ESC)
+    s = s.translate(_CTRL).translate(_TAG_ESC)
     if s.endswith("\\"):
         s = s[:-1] + "\\\\"
     return s
