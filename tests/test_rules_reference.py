@@ -63,7 +63,7 @@ def key(e: dict[str, Any]) -> tuple[Any, ...]:
     return (e["ts"], e["index"], e["rule"], e["level"], e["transition"], e["state"])
 
 
-def drive(seed: int, n: int = 40, steps: int = 300, dt_s: tuple[float, float] = (0.2, 2.0),
+def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = (0.2, 2.0),
           exposure_scale: float = 1.0) -> dict[str, int]:
     rng = random.Random(seed)
     nr = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ def drive(seed: int, n: int = 40, steps: int = 300, dt_s: tuple[float, float] = 
     return seen
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_random_fast_signals(seed: int) -> None:
     seen = drive(seed)
     # the inputs are rich enough to exercise the rules
@@ -124,14 +124,14 @@ def test_random_fast_signals(seed: int) -> None:
         assert seen.get(rule, 0) > 0, (rule, seen)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_random_exposure_over_hours(seed: int) -> None:
     # minutes between batches and low limits, so TWA and STEL windows fill and rotate
-    seen = drive(100 + seed, n=30, steps=500, dt_s=(20.0, 90.0), exposure_scale=3.0)
+    seen = drive(100 + seed, n=30, steps=400, dt_s=(20.0, 90.0), exposure_scale=3.0)
     assert seen.get("twa", 0) > 0 and seen.get("stel", 0) > 0 and seen.get("stale", 0) > 0, seen
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.01, 30.0), st.one_of(st.floats(-20, 120), st.just(math.nan)),
                           st.sampled_from([0, 0, 0, 0x41, 0x81, 0x83]), st.booleans()), min_size=1, max_size=60),
        st.integers(0, 2**31))
