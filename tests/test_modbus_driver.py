@@ -306,6 +306,25 @@ async def test_serial_adapter_unplugged_and_back(modbus_plant: SimProcess, tmp_p
         await drv.close()
 
 
+async def test_serial_link_removed_and_restored(modbus_plant: SimProcess, tmp_path: Path) -> None:
+    """The device node disappears (udev removed it): reopening fails until it is back."""
+    drv = _drivers(loads(gateway_yaml(modbus_plant, tmp_path)))["rtu-bus"]
+    link = modbus_plant.endpoints["rtu-bus"]["port"]
+    target = os.readlink(link)  # noqa: ASYNC240
+    await drv.open()
+    try:
+        assert _values(drv, await drv.poll())["LT-1"] == (6.5, Quality.GOOD)
+        os.unlink(link)
+        await drv.close()
+        with pytest.raises(DeviceUnavailable, match="cannot open serial port"):
+            await drv.open()
+        os.symlink(target, link)
+        await drv.open()
+        assert _values(drv, await drv.poll())["LT-1"] == (6.5, Quality.GOOD)
+    finally:
+        await drv.close()
+
+
 def test_rtu_port_missing_is_device_unavailable(tmp_path: Path) -> None:
     cfg = loads(f"""
 gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}

@@ -88,3 +88,27 @@ async def test_gateway_journals_values_and_faults(modbus_plant: SimProcess, tmp_
     assert len(fails) == 1 and len(recs) == 1
     unit_logs = [r.message for r in caplog.records if "unit 2" in r.message]
     assert any("not answering" in m for m in unit_logs) and any("recovered" in m for m in unit_logs)
+
+
+@pytest.mark.slow
+async def test_gateway_rides_out_an_unplugged_adapter(modbus_plant: SimProcess, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    cfg = loads(gateway_yaml(modbus_plant, tmp_path / "state", poll="200ms"))
+    gw = Gateway(cfg)
+    run = asyncio.create_task(gw.run(drain_s=1.0))
+    pt, gt = gw.table.index("PT-1"), gw.table.index("GT-1")
+    try:
+        await async_wait_until(lambda: gw.live.quality[pt] == Quality.GOOD, timeout=15, what="PT-1 good")
+        os.kill(modbus_plant.endpoints["rtu-bus"]["socat_pid"], signal.SIGKILL)
+        await async_wait_until(lambda: gw.live.quality[pt] == Quality.COMMS, timeout=10, what="PT-1 bad")
+        assert gw.devices["rtu-bus"].state == "failing"
+        assert gw.live.quality[gt] == Quality.GOOD  # TCP unaffected
+        # the simulator re-creates the pty pair; the gateway reopens it with backoff
+        await async_wait_until(lambda: gw.live.quality[pt] == Quality.GOOD, timeout=20, what="PT-1 back")
+        assert gw.live.value[pt] == MODBUS_EXPECTED["PT-1"]
+        assert gw.devices["rtu-bus"].state == "ok"
+    finally:
+        gw.stop()
+        await asyncio.wait_for(run, 15)

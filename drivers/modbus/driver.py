@@ -197,6 +197,9 @@ class ModbusTcpDriver(ModbusDriver):
                         raise DeviceUnavailable(f"connection to {dev.host}:{dev.port} lost: {e}") from None
             finally:
                 timer.cancel()
+                for _, f in sent:  # after an early raise: do not leave exceptions unretrieved
+                    if f.done() and not f.cancelled():
+                        f.exception()
             if retry:
                 self.client.forget([f for ri, f in sent if ri in retry])
                 again = [ri for ri in retry if tries.get(ri, 0) < dev.retries]
