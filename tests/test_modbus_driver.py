@@ -310,7 +310,7 @@ async def test_serial_link_removed_and_restored(modbus_plant: SimProcess, tmp_pa
     """The device node disappears (udev removed it): reopening fails until it is back."""
     drv = _drivers(loads(gateway_yaml(modbus_plant, tmp_path)))["rtu-bus"]
     link = modbus_plant.endpoints["rtu-bus"]["port"]
-    target = os.readlink(link)  # noqa: ASYNC240
+    target = os.readlink(link)
     await drv.open()
     try:
         assert _values(drv, await drv.poll())["LT-1"] == (6.5, Quality.GOOD)
