@@ -89,8 +89,9 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 class GatewaySection(Strict):
     id: str = Field(pattern=_ID, description="gateway id, as central knows it")
     site: str = Field(min_length=1, description="enterprise / site code (统一社会信用代码), quoted")
-    name: str | None = None
-    state_dir: Path = Path("/var/lib/safegw")
+    name: str | None = Field(default=None, description="human name shown in the API and the demo")
+    state_dir: Path = Field(default=Path("/var/lib/safegw"), description="journal, keys, registers live here; "
+                            "`safegw run --state-dir` (the systemd unit) overrides it")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("site", mode="before")
@@ -102,10 +103,29 @@ class GatewaySection(Strict):
 
 
 class JournalSection(Strict):
-    quota: Size = 2 * 10**9
-    max_age: Duration = 30 * 86400.0
-    sync: Literal["full", "normal"] = "full"
-    compress: bool = True
+    """The local journal (docs/journal.md)."""
+
+    quota: Size = Field(default=2 * 10**9, description="payload bytes kept at most; the oldest "
+                        "records go first, with a gap record if a consumer had not sent them")
+    max_age: Duration = Field(default=30 * 86400.0, description="records older than this go")
+    sync: Literal["full", "normal"] = Field(default="full", description="full: fsync every commit (survives "
+                                            "power loss); normal: survives a crash of the process, not of "
+                                            "the machine")
+    compress: bool = Field(default=True, description="zstd-compress sample batches")
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_floor(cls, v: int) -> int:
+        if v < 10**6:
+            raise ValueError(f"a quota of {v} bytes keeps almost nothing; give at least 1MB (e.g. 2GB)")
+        return v
+
+    @field_validator("max_age")
+    @classmethod
+    def _age_floor(cls, v: float) -> float:
+        if v < 60:
+            raise ValueError(f"keeping records only {v:g}s is surely a mistake; give at least 1m (e.g. 30d)")
+        return v
 
 
 # --------------------------------------------------------------------------- channels
@@ -355,13 +375,16 @@ class InfluxSection(Strict):
     api: Literal["v1", "v2"] = Field(default="v1", description="v1: POST /write (1.x, or 2.x/3.x v1 compat); "
                                      "v2: influxdb-client (2.x/3.x)")
     database: str = Field(default="safegw", min_length=1)
-    retention_policy: str | None = None
+    retention_policy: str | None = Field(default=None, description="v1: for raw samples (default: the db's)")
+    long_retention_policy: str | None = Field(
+        default=None, description="v1: for statistics, alarms and events, kept longer (e.g. 1 year)")
     username: str | None = None
     password: str | None = None
     password_file: Path | None = Field(default=None, description="file (mode 0600) holding the password")
     token: str | None = None
     token_file: Path | None = Field(default=None, description="file (mode 0600) holding the token")
     bucket: str | None = None
+    long_bucket: str | None = Field(default=None, description="v2: bucket for statistics, alarms, events")
     org: str | None = None
     measurement: Literal["per_kind", "single"] = "per_kind"
     measurement_name: str = Field(default="safegw", min_length=1)

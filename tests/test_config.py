@@ -66,6 +66,11 @@ gateway: {id: gw-1, site: "x"}
 journal:
   quota: 2 gigs
 """, ["F:3:10: journal.quota: '2 gigs' is not a size; write e.g. 512MB, 2GB, 100KiB"]),
+    ("journal-limits", """\
+gateway: {id: gw-1, site: "x"}
+journal: {quota: 10KB, max_age: 5s}
+""", ["F:2:18: journal.quota: a quota of 10000 bytes keeps almost nothing; give at least 1MB (e.g. 2GB)",
+      "F:2:33: journal.max_age: keeping records only 5s is surely a mistake; give at least 1m (e.g. 30d)"]),
     ("duplicate-channel-names", HEAD + """\
     channels:
       - {name: T1, kind: level, address: holding:1}
