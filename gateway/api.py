@@ -194,13 +194,16 @@ class AlarmsView:
         return self._call("unshelve", channel, who=user, now_ns=now_ns, rule=rule)
 
 
+#: sensor-health rules: they make a channel yellow (fault), not red (alarm)
+FAULT_RULES = {"stale", "bad", "range", "frozen", "maintenance"}
+
 _PRIORITY = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
 
-def _alarm_rank(a: dict[str, Any]) -> tuple[int, int]:
+def _alarm_rank(a: dict[str, Any]) -> tuple[int, int, int]:
     p = a.get("priority")
     rank = _PRIORITY.get(p, 0) if isinstance(p, str) else int(p or 0)
-    return (1 if AlarmsView.annunciated(a) else 0, rank)
+    return (1 if AlarmsView.annunciated(a) else 0, 0 if a.get("rule") in FAULT_RULES else 1, rank)
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -525,17 +528,24 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         elif quality == "bad":
             mask &= qual >= Quality.BAD
         by_ch = ctx.alarms.by_channel(ctx.alarms.active())
+        # red: an annunciated process alarm; yellow: a sensor/comms fault (bad quality, or a
+        # sensor-health alarm: stale, bad, out of range, frozen), as on gas detector panels
         alarm_mask = np.zeros(view.n, dtype=bool)
-        for name in by_ch:
+        fault_mask = qual >= Quality.UNCERTAIN
+        for name, a in by_ch.items():
             c = gw.table.by_name.get(name)
-            if c is not None and AlarmsView.annunciated(by_ch[name]):
+            if c is None:
+                continue
+            if a.get("rule") in FAULT_RULES:
+                fault_mask[c.index] |= AlarmsView.annunciated(a) or a.get("state") == "suppressed"
+            elif AlarmsView.annunciated(a):
                 alarm_mask[c.index] = True
         if state == "alarm":
             mask &= alarm_mask
         elif state == "fault":
-            mask &= ~alarm_mask & (qual >= Quality.UNCERTAIN)
+            mask &= ~alarm_mask & fault_mask
         elif state == "normal":
-            mask &= ~alarm_mask & (qual < Quality.UNCERTAIN)
+            mask &= ~alarm_mask & ~fault_mask
         idx = np.flatnonzero(mask)
         total = len(idx)
         idx = idx[offset : offset + limit]
@@ -543,20 +553,20 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         qs = qual[idx].tolist()
         ts = live.ts[idx]
         ages = np.where(ts > 0, np.round((now - ts) / 1e9, 3), np.nan).tolist()
-        fault = (qual[idx] >= Quality.UNCERTAIN).tolist()
+        fault = fault_mask[idx].tolist()
         alarmed = alarm_mask[idx].tolist()
         parts = []
         prefix, names = view.prefix, view.names
         for i, v, qq, age, f, al in zip(idx.tolist(), values, qs, ages, fault, alarmed, strict=True):
-            if al:
-                a = by_ch[names[i]]
-                st = "alarm"
-                alarm = json.dumps(
+            a = by_ch.get(names[i]) if by_ch else None
+            st = "alarm" if al else "fault" if f else "normal"
+            alarm = (
+                json.dumps(
                     {k: a.get(k) for k in ("rule", "level", "state", "limit", "priority")}, ensure_ascii=False
                 )
-            else:
-                st = "fault" if f else "normal"
-                alarm = "null"
+                if a is not None
+                else "null"
+            )
             parts.append(
                 f'{prefix[i]}"value":{_fmt(v)},"quality":"{_QLABEL[qq]}","q":{qq},'
                 f'"age_s":{_fmt(age)},"state":"{st}","alarm":{alarm}}}'
