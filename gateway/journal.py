@@ -696,6 +696,7 @@ class Journal:
             "last_error": self.last_error,
             "dropped_records": self.dropped_records,
             "gaps": self.gaps,
+            "alive": self.alive,
             "consumers": {n: {"cursor": self.cursor(n), "lag": self.lag(n)} for n in active},
         }
 
@@ -703,6 +704,12 @@ class Journal:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def alive(self) -> bool:
+        """Both worker threads run (for the daemon's watchdog: a journal that cannot
+        take data any more should get the service restarted, not pinged along)."""
+        return not self._closed and self._encoder.is_alive() and self._writer.is_alive()
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""

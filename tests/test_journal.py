@@ -120,8 +120,10 @@ def test_bad_record_fails_alone(jpath: Path) -> None:
 
 def test_closed_journal_refuses(jpath: Path) -> None:
     j = Journal(jpath)
+    assert j.alive and j.stats()["alive"]
     fut = j.submit_batch(mk(0))
     j.close()
+    assert not j.alive
     assert fut.result() == 1  # queued before close: committed by close
     j.close()  # idempotent
     with pytest.raises(JournalClosed):
