@@ -114,13 +114,17 @@ class V1Transport:
         self.params = {"db": section.database, "precision": "ns"}
         if section.retention_policy:
             self.params["rp"] = section.retention_policy
+        self.long_params = dict(self.params)
+        if section.long_retention_policy:
+            self.long_params["rp"] = section.long_retention_policy
 
-    async def write(self, body: bytes, gzipped: bool) -> Reply:
+    async def write(self, body: bytes, gzipped: bool, long: bool = False) -> Reply:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         try:
-            r = await self.client.post("/write", params=self.params, content=body, headers=headers)
+            params = self.long_params if long else self.params
+            r = await self.client.post("/write", params=params, content=body, headers=headers)
         except httpx.TimeoutException as e:
             return Reply(0, f"timeout: {type(e).__name__}")
         except httpx.HTTPError as e:
@@ -159,6 +163,7 @@ class V2Transport:
 
         self.section = section
         self.bucket = section.bucket or ""
+        self.long_bucket = section.long_bucket or self.bucket
         self.org = section.org or ""
         self.client = InfluxDBClient(url=section.url, token=token, org=self.org,
                                      timeout=int(section.timeout * 1000), enable_gzip=section.gzip,
@@ -166,13 +171,13 @@ class V2Transport:
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="influx-v2")
 
-    def _write(self, body: bytes) -> Reply:
+    def _write(self, body: bytes, long: bool) -> Reply:
         from influxdb_client import WritePrecision
         from influxdb_client.rest import ApiException
         from urllib3.exceptions import HTTPError as Urllib3Error
 
         try:
-            self.api.write(bucket=self.bucket, org=self.org, record=body,
+            self.api.write(bucket=self.long_bucket if long else self.bucket, org=self.org, record=body,
                            write_precision=WritePrecision.NS)  # type: ignore[arg-type]
         except ApiException as e:
             return Reply(int(e.status or 0), _error_text(e.body or e.reason or ""))
@@ -180,9 +185,9 @@ class V2Transport:
             return Reply(0, f"{type(e).__name__}: {e}")
         return Reply(204)
 
-    async def write(self, body: bytes, gzipped: bool) -> Reply:
+    async def write(self, body: bytes, gzipped: bool, long: bool = False) -> Reply:
         # the client compresses itself (enable_gzip), so it gets the plain body
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._write, body)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._write, body, long)
 
     async def create_database(self) -> Reply:
         return Reply(404, f"bucket {self.section.bucket!r} not found in org {self.section.org!r}")
@@ -215,6 +220,7 @@ class Part:
 
     raw: bytes
     gz: bytes | None = None
+    long: bool = False  # for the long-retention target
 
 
 @dataclass(slots=True)
@@ -402,13 +408,14 @@ class InfluxWriter:
         """Whether this writer compresses bodies itself (v2: the client does)."""
         return self.section.gzip and self.section.api == "v1"
 
-    def prepare(self, body: bytes) -> list[Part]:
+    def prepare(self, body: bytes, *, long: bool = False) -> list[Part]:
         """Cut a body into requests of at most ``batch_points`` lines and compress them.
-        CPU only, thread-safe: run it off the event loop, ahead of the writes."""
-        return [Part(c, _gzip(c) if self.gzips else None)
+        CPU only, thread-safe: run it off the event loop, ahead of the writes. ``long``:
+        for the long-retention target (statistics, alarms, events)."""
+        return [Part(c, _gzip(c) if self.gzips else None, long)
                 for c in lineproto.split_lines(body, self.section.batch_points)]
 
-    async def _post_once(self, body: bytes, compressed: bytes | None = None) -> Reply:
+    async def _post_once(self, body: bytes, compressed: bytes | None = None, long: bool = False) -> Reply:
         assert self._transport is not None
         payload = body
         gz = self.gzips
@@ -417,12 +424,13 @@ class InfluxWriter:
         elif gz:  # zlib releases the GIL: compress off the loop; wbits=31 makes a gzip member
             payload = await asyncio.get_running_loop().run_in_executor(None, _gzip, body)
         self.requests += 1
-        reply = await self._transport.write(payload, gz)
+        reply = await self._transport.write(payload, gz, long)
         if reply.ok:
             self.bytes_sent += len(payload)
         return reply
 
-    async def _post_until_answered(self, body: bytes, compressed: bytes | None = None) -> Reply:
+    async def _post_until_answered(self, body: bytes, compressed: bytes | None = None,
+                                   long: bool = False) -> Reply:
         """Post until the server accepted the body or rejected its content (400/413/422).
 
         Transient failures back off exponentially up to ``max_backoff``; auth failures and
@@ -430,7 +438,7 @@ class InfluxWriter:
         self.open()
         backoff = 0.5
         while True:
-            reply = await self._post_once(body, compressed)
+            reply = await self._post_once(body, compressed, long)
             st = reply.status
             if reply.ok:
                 self._set_state("ok", None)
@@ -445,7 +453,7 @@ class InfluxWriter:
                 await self._sleep(self.section.max_backoff)
                 continue
             if st == 404 or (st in (400, 500) and "not found" in reply.message):
-                if await self._create_database(reply):
+                if await self._create_database(reply, long):
                     continue
                 await self._sleep(self.section.max_backoff)
                 continue
@@ -455,7 +463,7 @@ class InfluxWriter:
             await self._sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.section.max_backoff)
 
-    async def _create_database(self, reply: Reply) -> bool:
+    async def _create_database(self, reply: Reply, long: bool = False) -> bool:
         s = self.section
         assert self._transport is not None
         if s.api == "v2":
@@ -463,8 +471,9 @@ class InfluxWriter:
                             f"-o {s.org} (and give the token write access to it)")
             return False
         if "retention policy" in reply.message:
+            rp = s.long_retention_policy if long else s.retention_policy
             self._set_state("no_database", f"{reply.message}; create it: CREATE RETENTION POLICY "
-                            f"\"{s.retention_policy}\" ON \"{s.database}\" DURATION <d> REPLICATION 1")
+                            f"\"{rp}\" ON \"{s.database}\" DURATION <d> REPLICATION 1")
             return False
         if s.create_database:
             created = await self._transport.create_database()
@@ -478,24 +487,24 @@ class InfluxWriter:
                         f"create it as an admin: CREATE DATABASE \"{s.database}\"")
         return False
 
-    async def write(self, body: bytes) -> Rejected:
+    async def write(self, body: bytes, *, long: bool = False) -> Rejected:
         """Deliver ``body`` (complete lines); returns the lines the server refused.
 
         Returns only when every line was either written or refused by the server; runs
         until cancelled while the server is unreachable."""
-        parts = await asyncio.get_running_loop().run_in_executor(None, self.prepare, body)
+        parts = await asyncio.get_running_loop().run_in_executor(None, lambda: self.prepare(body, long=long))
         return await self.write_prepared(parts)
 
     async def write_prepared(self, parts: list[Part]) -> Rejected:
         """Deliver parts made by :meth:`prepare` (see :meth:`write`)."""
         rejected = Rejected()
         for p in parts:
-            await self._write_split(p.raw, rejected, None, p.gz)
+            await self._write_split(p.raw, rejected, None, p.gz, p.long)
         return rejected
 
     async def _write_split(self, body: bytes, rejected: Rejected, n_lines: int | None,
-                           compressed: bytes | None = None) -> None:
-        reply = await self._post_until_answered(body, compressed)
+                           compressed: bytes | None = None, long: bool = False) -> None:
+        reply = await self._post_until_answered(body, compressed, long)
         n = lineproto.count_lines(body) if n_lines is None else n_lines
         if reply.ok:
             self.points_written += n
@@ -510,8 +519,8 @@ class InfluxWriter:
         # split at the line end nearest the middle, write both halves
         half = n // 2
         cut = _nth_newline(body, half) + 1
-        await self._write_split(body[:cut], rejected, half)
-        await self._write_split(body[cut:], rejected, n - half)
+        await self._write_split(body[:cut], rejected, half, None, long)
+        await self._write_split(body[cut:], rejected, n - half, None, long)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -682,6 +691,7 @@ class HistorianService:
         self.chunks = 0
         self.ready = False
         self._ack_task: asyncio.Task[None] | None = None
+        self._split_long = bool(section.long_retention_policy if section.api == "v1" else section.long_bucket)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -830,7 +840,8 @@ class HistorianService:
         return max(0.05, (end - time.time_ns()) / 1e9)
 
     def _format(self, recs: list[Record], upto: int, caught_up: bool) -> Chunk:
-        parts: list[bytes] = []
+        parts: list[bytes] = []  # raw samples
+        long: list[bytes] = []  # events, alarms, statistics: kept longer when so configured
         points = 0
         w = self.writer
         for r in recs:
@@ -846,21 +857,21 @@ class HistorianService:
                 except ValueError as e:
                     log.warning("journal record %d is not a JSON event (%s); skipped", r.seq, e)
                     continue
-                parts.append(w.format_event(ev, seq=r.seq, ts_ns=r.ts_min))
+                long.append(w.format_event(ev, seq=r.seq, ts_ns=r.ts_min))
                 points += 1
         closed_upto = None
         stats_seq = upto
         if self.stats is not None:
             closed = self.stats.close(time.time_ns() if caught_up else None)
             if closed:
-                body = w.format_stats(closed)
-                parts.append(body)
+                long.append(w.format_stats(closed))
                 points += sum(len(c.channels) for c in closed)
                 closed_upto = self.stats.closed_upto
             first_open = self.stats.first_open_seq()
             if first_open is not None:
                 stats_seq = min(upto, first_open - 1)
-        return Chunk(upto, w.prepare(b"".join(parts)), points, len(recs), closed_upto, stats_seq)
+        prepared = w.prepare(b"".join(parts)) + w.prepare(b"".join(long), long=self._split_long)
+        return Chunk(upto, prepared, points, len(recs), closed_upto, stats_seq)
 
     async def _deliver(self, chunk: Chunk) -> None:
         if chunk.parts:

@@ -152,3 +152,28 @@ async def test_stats_reach_influx_and_survive_a_restart_mid_interval(
         await h.stop()
     # data up to 45 s closes [0,10), [10,20), [20,30) (each needs data 10 s past its end)
     check_stats(influxd, db, sent, [TF, TF + 10 * S, TF + 20 * S])
+
+
+async def test_long_retention_policy_takes_statistics_and_events(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db("long")
+    influxd.create_database(db)
+    influxd.query(f'CREATE RETENTION POLICY "raw7d" ON "{db}" DURATION 7d REPLICATION 1', method="POST")
+    influxd.query(f'CREATE RETENTION POLICY "y1" ON "{db}" DURATION 52w REPLICATION 1', method="POST")
+    extra = "  stats_every: 10s\n  retention_policy: raw7d\n  long_retention_policy: y1"
+    now = (time.time_ns() // (10 * S)) * 10 * S
+    sent = [Batch.build(np.arange(N_CH), now - (30 - i) * S, np.full(N_CH, float(i)), 0) for i in range(30)]
+    h = Harness(make_config(tmp_path, influxd.url, db, extra=extra))
+    await h.start()
+    try:
+        for b in sent:
+            await h.gw.journal.append_batch(b)
+        await h.gw.journal.append_event({"type": "alarm", "ts": now - 5 * S, "channel": "CH-001", "index": 1,
+                                         "level": "h", "value": 1.0})
+        await h.caught_up()
+    finally:
+        await h.stop()
+    assert influxd.rows('SELECT count(quality) FROM "raw7d"."gas"', db)[0]["count"] == 30 * 4
+    assert not influxd.rows('SELECT * FROM "raw7d"."stats_5m"', db)
+    assert len(influxd.rows('SELECT * FROM "y1"."stats_5m"', db)) >= 2 * N_CH
+    assert len(influxd.rows('SELECT * FROM "y1"."alarms"', db)) == 1
+    assert not influxd.rows('SELECT * FROM "y1"."gas"', db)
