@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,50 @@ M_DIV, M_MUL, M_F32, M_RAW = 0, 1, 2, 3
 _POW = np.array([10.0**k for k in range(MAX_K + 1)])
 _INV = np.array([10.0**-k for k in range(MAX_K + 1)])
 _LIMIT = 2.0**53  # |q| below this converts float <-> int64 exactly
+
+# A zstd dictionary of what journal events look like (raw content, part of format 1:
+# changing it needs a new FORMAT). An envelope holds a handful of events, too few for
+# zstd to learn their keys from; with this the first alarm of an envelope is cheap too.
+# Most likely strings last: zstd reaches the end of a dictionary with the shortest offsets.
+ZSTD_DICT = (
+    b'{"type":"reminder","ts":1700000000000000000,"register":"","id":"","due":"","days":0}'
+    b'{"type":"register","ts":1700000000000000000,"register":"hidden_danger","id":"","version":1,'
+    b'"action":"update","actor":"admin","state":"reported","archived":false,"data":{},"changed":[]}'
+    b'{"type":"gap","ts":1700000000000000000,"from_seq":1,"to_seq":2,"samples":0,"events":0,'
+    b'"ts_from":1700000000000000000,"ts_to":1700000000000000000,"reason":"quota","consumers":["uplink"]}'
+    b'{"type":"alarm","id":null,"ts":1700000000000000000,"channel":"","index":0,"kind":"status",'
+    b'"unit":null,"rule":"maintenance","level":"maintenance","code":1,"transition":"suppress",'
+    b'"state":"suppressed","priority":"low","value":null,"limit":null,"who":"admin","reason":""}'
+    + '"kind":"temperature","unit":"°C""kind":"pressure","unit":"MPa""kind":"level","unit":"m"'.encode()
+    + '"kind":"oxygen","unit":"%vol""kind":"dust","unit":"mg/m³""kind":"noise","unit":"dB(A)"'.encode()
+    + b'"rule":"rate""rule":"frozen","level":"frozen""rule":"twa""rule":"stel""priority":"critical"'
+    b'"transition":"escalate","state":"active_unacked","priority":"high""transition":"ack"'
+    b'"transition":"clear","state":"cleared_unacked""state":"active_acked""state":"normal"'
+    b'"rule":"quality","level":"bad","code":1,"transition":"raise","state":"active_unacked"'
+    b'{"type":"alarm","id":"gw-1","ts":1700000000000000000,"channel":"GT-101","index":0,"kind":"gas",'
+    b'"unit":"ppm","rule":"limit","level":"h","code":1,"transition":"raise","state":"active_unacked",'
+    b'"priority":"medium","value":22.0,"limit":20.0,"who":null}'
+    b'{"type":"alarm","id":"gw-2","ts":1700000000000000000,"channel":"GT-101","index":0,"kind":"gas",'
+    b'"unit":"%LEL","rule":"limit","level":"h","code":0,"transition":"clear","state":"cleared_unacked",'
+    b'"priority":"medium","value":1.0,"limit":20.0,"who":null}'
+)
+_zdict = zstandard.ZstdCompressionDict(ZSTD_DICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_local = threading.local()  # zstd contexts are not thread-safe; one per thread and level
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    c: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
+    if level not in c:
+        c[level] = zstandard.ZstdCompressor(level=level, dict_data=_zdict, write_dict_id=False)
+    return c[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor(dict_data=_zdict)
+    return d
+
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -167,6 +212,178 @@ def _undod(dd: I64) -> I64:
     return np.cumsum(np.cumsum(dd, dtype=np.int64), dtype=np.int64)
 
 
+# --------------------------------------------------------------- grouped residuals
+#
+# Series that come in groups (the values of one channel, the record times of one
+# pattern) are coded per group as residuals of order 0 (x - base), 1 (deltas) or 2
+# (deltas of deltas), whichever is smallest for that group, then Rice-coded with the
+# group's own parameter k: a unary quotient stream and a remainder stream of k bits
+# each, both bit-packed. Quotients of QMAX or more escape to a raw 64-bit column.
+
+QMAX = 24
+
+
+def _group_starts(counts: I64) -> I64:
+    return np.cumsum(counts) - counts
+
+
+def _gcumsum(x: I64, starts: I64, counts: I64) -> I64:
+    """Cumulative sum restarting at each group (wrapping int64)."""
+    cs = np.cumsum(x, dtype=np.int64)
+    return cs - np.repeat(cs[starts] - x[starts], counts)
+
+
+def _gdiff(x: I64, starts: I64) -> I64:
+    d = x.copy()
+    d[1:] -= x[:-1]
+    d[starts] = x[starts]
+    return d
+
+
+def _bitcost(x: I64, starts: I64) -> npt.NDArray[np.float64]:
+    return np.add.reduceat(np.log2(np.abs(x.astype(np.float64)) + 1.0), starts)
+
+
+def _rice_params(z: U64, starts: I64, counts: I64) -> npt.NDArray[np.uint8]:
+    """Per group, the Rice parameter that codes ``z`` (zigzagged residuals) in fewest bits."""
+    # start from the mean bit length: robust to the few big values at group starts
+    mean_bits = np.add.reduceat(np.log2(z.astype(np.float64) + 1.0), starts) / counts
+    k0 = np.clip(np.floor(mean_bits).astype(np.int64), 0, 60)
+    best_k = k0
+    best_cost: npt.NDArray[np.float64] | None = None
+    for dk in (-1, 0, 1, 2):
+        k = np.clip(k0 + dk, 0, 62)
+        ks = np.repeat(k, counts).astype(np.uint64)
+        qq = (z >> ks).astype(np.float64)
+        bits = np.where(qq >= QMAX, QMAX + 65.0, qq + 1.0 + ks.astype(np.float64))
+        cost = np.add.reduceat(bits, starts)
+        if best_cost is None:
+            best_cost, best_k = cost, k
+        else:
+            better = cost < best_cost
+            best_cost = np.where(better, cost, best_cost)
+            best_k = np.where(better, k, best_k)
+    return best_k.astype(np.uint8)
+
+
+def _pack_bits(v: U64, k: int) -> npt.NDArray[np.uint8]:
+    """The low k bits of each value, most significant first, as a bit array."""
+    bits = np.unpackbits(v.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
+    return bits[:, 64 - k:].reshape(-1)
+
+
+def _unpack_bits(bits: npt.NDArray[np.uint8], m: int, k: int) -> U64:
+    full = np.zeros((m, 64), np.uint8)
+    full[:, 64 - k:] = bits.reshape(m, k)
+    return np.packbits(full, axis=1).view(">u8").reshape(m).astype(np.uint64)
+
+
+def _put_rice(out: list[bytes], z: U64, ks: U64) -> None:
+    """Rice code with a parameter per value (constant along a group)."""
+    n = len(z)
+    q = z >> ks
+    esc = q >= QMAX
+    qc = np.where(esc, np.uint64(QMAX), q).astype(np.int64)
+    ends = np.cumsum(qc + 1) - 1
+    ubits = np.zeros(int(ends[-1]) + 1 if n else 0, np.uint8)
+    ubits[ends] = 1
+    # remainders, k bits each (escapes too, as zeros), written grouped by k
+    rem = np.where(esc, np.uint64(0), z)
+    parts = [_pack_bits(rem[ks == k], int(k)) for k in np.unique(ks).tolist() if k]
+    rbits = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    _put_u64(out, z[esc])
+    _put_blob(out, np.packbits(ubits).tobytes())
+    _put_blob(out, np.packbits(rbits).tobytes())
+
+
+def _get_rice(rd: _Reader, n: int, ks: U64, what: str) -> U64:
+    escaped = rd.u64(what + " escapes")
+    ubits = np.unpackbits(np.frombuffer(rd.blob(what + " quotients"), np.uint8))
+    ones = np.flatnonzero(ubits)
+    if len(ones) != n:
+        raise CodecError(f"{what}: {len(ones)} quotients for {n} values")
+    qc = np.diff(ones, prepend=np.int64(-1)) - 1
+    if n and qc.max() > QMAX:
+        raise CodecError(f"{what}: quotient above {QMAX}")
+    esc = qc == QMAX
+    if int(esc.sum()) != len(escaped):
+        raise CodecError(f"{what}: {len(escaped)} escapes where {int(esc.sum())} are marked")
+    need = int(ks.sum())
+    rbytes = np.frombuffer(rd.blob(what + " remainders"), np.uint8)
+    if len(rbytes) != (need + 7) // 8:
+        raise CodecError(f"{what}: remainder stream of {len(rbytes)} bytes, {need} bits expected")
+    rbits = np.unpackbits(rbytes, count=need)
+    r = np.zeros(n, np.uint64)
+    pos = 0
+    for k in np.unique(ks).tolist():
+        if not k:
+            continue
+        sel = ks == k
+        m = int(sel.sum())
+        r[sel] = _unpack_bits(rbits[pos:pos + m * k], m, k)
+        pos += m * k
+    z = (qc.astype(np.uint64) << ks) | r
+    z[esc] = escaped
+    return z
+
+
+def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
+    """Integers in contiguous groups of ``counts`` (all > 0): trends, orders, Rice code.
+
+    Each group is first detrended by a line B + i*D (i = index in the group), so that
+    order 0 codes a steady poll clock's jitter or a drifting sensor's noise, order 1
+    its steps, order 2 the change of its steps.
+    """
+    if not len(x):
+        return
+    starts = _group_starts(counts)
+    idx = np.arange(len(x), dtype=np.int64) - np.repeat(starts, counts)
+    xf = x.astype(np.float64)
+    last = starts + counts - 1
+    with np.errstate(invalid="ignore", over="ignore"):
+        slope = np.nan_to_num((xf[last] - xf[starts]) / np.maximum(counts - 1, 1))
+        slope = np.rint(np.clip(slope, -(2.0**62), 2.0**62))
+        base = np.add.reduceat(xf, starts) / counts - slope * (counts - 1) / 2.0
+        base = np.rint(np.clip(np.nan_to_num(base), -(2.0**62), 2.0**62))
+    b = base.astype(np.int64)
+    d = slope.astype(np.int64)
+    y = x - np.repeat(b, counts) - idx * np.repeat(d, counts)
+    d1 = _gdiff(y, starts)
+    d2 = _gdiff(d1, starts)
+    order = np.argmin(np.stack((_bitcost(y, starts), _bitcost(d1, starts), _bitcost(d2, starts))), axis=0)
+    o_s = np.repeat(order, counts)
+    r = np.where(o_s == 0, y, np.where(o_s == 1, d1, d2))
+    z = _zigzag(r)
+    k = _rice_params(z, starts, counts)
+    out.append(order.astype(np.uint8).tobytes())
+    _put_ints(out, b)
+    _put_ints(out, d)
+    out.append(k.tobytes())
+    _put_rice(out, z, np.repeat(k, counts).astype(np.uint64))
+
+
+def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
+    g = len(counts)
+    n = int(counts.sum())
+    if not n:
+        return np.zeros(0, np.int64)
+    starts = _group_starts(counts)
+    order = np.frombuffer(rd.take(g, what + " orders"), np.uint8)
+    if order.max() > 2:
+        raise CodecError(f"{what}: residual order {order.max()}")
+    base = rd.ints(what + " bases", g)
+    slope = rd.ints(what + " slopes", g)
+    k = np.frombuffer(rd.take(g, what + " rice k"), np.uint8)
+    if k.max() > 62:
+        raise CodecError(f"{what}: rice parameter {k.max()}")
+    r = _unzigzag(_get_rice(rd, n, np.repeat(k, counts).astype(np.uint64), what))
+    o_s = np.repeat(order, counts)
+    d1 = np.where(o_s == 2, _gcumsum(r, starts, counts), r)
+    y = np.where(o_s >= 1, _gcumsum(d1, starts, counts), d1)
+    idx = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
+    return y + np.repeat(base, counts) + idx * np.repeat(slope, counts)
+
+
 # ------------------------------------------------------------------------- values
 
 def _choose_modes(vs: npt.NDArray[np.float64], starts: I64, counts: I64, per: int = 8) -> npt.NDArray[np.uint8]:
@@ -223,26 +440,6 @@ def _reconstruct(q: I64, mode_s: npt.NDArray[np.uint8]) -> npt.NDArray[np.float6
     return out
 
 
-def _order_cost(x: I64) -> int:
-    """Rough size of a residual column: sum of bit lengths."""
-    return int(np.log2(np.abs(x.astype(np.float64)) + 1.0).sum())
-
-
-def _residuals(x: I64) -> tuple[int, I64]:
-    """Deltas or deltas of deltas of ``x``, whichever looks smaller: (order, residuals)."""
-    d1 = np.diff(x, prepend=np.int64(0))
-    d2 = np.diff(d1, prepend=np.int64(0))
-    return (2, d2) if _order_cost(d2) < _order_cost(d1) else (1, d1)
-
-
-def _unresiduals(order: int, r: I64) -> I64:
-    if order == 2:
-        r = np.cumsum(r, dtype=np.int64)
-    elif order != 1:
-        raise CodecError(f"unknown residual order {order}")
-    return np.cumsum(r, dtype=np.int64)
-
-
 # ------------------------------------------------------------------------ encode
 
 _FIELDS = operator.attrgetter("seq", "kind", "ts_min", "ts_max", "n", "data")
@@ -294,7 +491,7 @@ def encode(records: Sequence[Record], *, level: int = ZSTD_LEVEL) -> bytes:
 
     if samples is not None:
         _encode_samples(out, *samples)
-    return zstandard.ZstdCompressor(level=level).compress(b"".join(out))
+    return _compressor(level).compress(b"".join(out))
 
 
 def _columns(buf: bytes, counts: I64) -> tuple[I64, I64, npt.NDArray[np.float64], npt.NDArray[np.uint8], I64]:
@@ -406,19 +603,17 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     _put_ints(out, pid)
     # record timestamps: deltas (or deltas of deltas) along each pattern's records
     t_rec = ts[rec_start]
-    order_t, r = _residuals(t_rec[np.argsort(pid, kind="stable")] if len(pat_len) > 1 else t_rec)
-    out.append(bytes([order_t]))
-    _put_ints(out, r)
+    by_pat = np.argsort(pid, kind="stable")
+    _put_grouped(out, t_rec[by_pat], np.bincount(pid, minlength=len(pat_len)).astype(np.int64))
     # records whose samples are not all stamped alike: those samples' ts, per channel
     inv, n_ch = _dense(ch)
     order = np.argsort(inv, kind="stable")
     mixed = np.minimum.reduceat(ts, rec_start) != np.maximum.reduceat(ts, rec_start)
     _put_u64(out, mixed.astype(np.uint64))
     if mixed.any():
-        sel = order[np.repeat(mixed, counts)[order]]
-        order_s, r = _residuals(ts[sel])
-        out.append(bytes([order_s]))
-        _put_ints(out, r)
+        ms = np.repeat(mixed, counts)[order]
+        sel = order[ms]
+        _put_grouped(out, ts[sel], _nonzero_counts(inv[sel], n_ch))
 
     # values, regrouped per channel
     vs = val[order]
@@ -437,9 +632,8 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     out.append(mode.tobytes())
     out.append(qual[order].tobytes())
     _put_blob(out, np.packbits(exc).tobytes())
-    order_v, r = _residuals(q[~exc])
-    out.append(bytes([order_v]))
-    _put_ints(out, r)
+    keep = ~exc
+    _put_grouped(out, q[keep], _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch))
     ev = vs[exc].view(np.uint64)
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
 
@@ -453,6 +647,12 @@ def _quantize(vs: npt.NDArray[np.float64], mode_s: npt.NDArray[np.uint8]) -> tup
     rec = _reconstruct(q, mode_s)
     exc = (rec.view(np.uint64) != vs.view(np.uint64)) | ~fin | ((mode_s >> 4) == M_RAW)
     return q, exc
+
+
+def _nonzero_counts(group: npt.NDArray[Any], n: int) -> I64:
+    """Sizes of the non-empty groups of a sorted group-id array."""
+    c = np.bincount(group, minlength=n).astype(np.int64)
+    return c[c > 0]
 
 
 def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
@@ -479,7 +679,7 @@ def decode(data: bytes, *, max_size: int = 1 << 28) -> list[Record]:
     if size < 0 or size > max_size:
         raise CodecError(f"decoded size {size} unknown or above the limit {max_size}")
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_size)
+        raw = _decompressor().decompress(data, max_output_size=max_size)
     except zstandard.ZstdError as e:
         raise CodecError(f"payload does not decompress: {e}") from None
     try:
@@ -549,8 +749,8 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     if total > 8 * len(rd.buf) + 64:  # every sample costs at least its exception bit
         raise CodecError(f"{total} samples cannot fit in {len(rd.buf)} bytes")
     rec_start = np.cumsum(counts) - counts
-    order_t = rd.take(1, "ts order")[0]
-    t_sorted = _unresiduals(order_t, rd.ints("record ts", n_col))
+    t_sorted = _get_grouped(rd, np.bincount(pid, minlength=len(pat_len)).astype(np.int64)[
+        np.bincount(pid, minlength=len(pat_len)) > 0], "record ts")
     if len(pat_len) > 1:
         t_rec = np.empty(n_col, np.int64)
         t_rec[np.argsort(pid, kind="stable")] = t_sorted
@@ -564,8 +764,7 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     mixed = rd.u64("mixed ts", n_col).astype(bool)
     if mixed.any():
         sel = order[np.repeat(mixed, counts)[order]]
-        order_s = rd.take(1, "sample ts order")[0]
-        ts[sel] = _unresiduals(order_s, rd.ints("sample ts", len(sel)))
+        ts[sel] = _get_grouped(rd, _nonzero_counts(inv[sel], n_ch), "sample ts")
     ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
     mode = np.frombuffer(rd.take(n_ch, "channel modes"), np.uint8)
     if ((mode >> 4) > M_RAW).any() or ((mode & 0x0F) > MAX_K).any():
@@ -576,12 +775,11 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
         raise CodecError(f"exception mask of {len(packed)} bytes for {total} samples")
     exc = np.unpackbits(np.frombuffer(packed, np.uint8), count=total).astype(bool)
     n_exc = int(exc.sum())
-    order_v = rd.take(1, "value order")[0]
-    q = _unresiduals(order_v, rd.ints("values", total - n_exc))
+    keep = ~exc
+    q = _get_grouped(rd, _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch), "values")
     xe = rd.u64("exception values", n_exc)
     mode_s = np.repeat(mode, ch_count)
     vs = np.empty(total, np.float64)
-    keep = ~exc
     vs[keep] = _reconstruct(q, mode_s[keep])
     vs[exc] = np.bitwise_xor.accumulate(xe).view(np.float64) if n_exc else xe.view(np.float64)
     val = np.empty(total, np.float64)
