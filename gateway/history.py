@@ -146,17 +146,18 @@ def _measurement(sec: InfluxSection, ch: ChannelRef) -> str:
 
 
 def influxql_for(sec: InfluxSection, gateway_id: str, ch: ChannelRef, start_ns: int, end_ns: int,
-                 every_s: float | None, limit: int) -> str:
+                 every_s: float | None, limit: int, newest: bool = False) -> str:
     src = _influxql_ident(_measurement(sec, ch))
     if sec.retention_policy:
         src = f"{_influxql_ident(sec.retention_policy)}.{src}"
     where = (f"channel = {_influxql_str(ch.name)} AND gateway = {_influxql_str(gateway_id)} "
              f"AND time >= {int(start_ns)} AND time < {int(end_ns)}")
+    order = "ORDER BY time DESC" if newest else "ORDER BY time"
     if every_s:
         every = f"{max(1, round(every_s * 1e9))}ns"
         return (f"SELECT mean(value), min(value), max(value), count(value) FROM {src} WHERE {where} "
-                f"GROUP BY time({every}) fill(none) LIMIT {limit + 1}")
-    return f"SELECT value, quality FROM {src} WHERE {where} ORDER BY time LIMIT {limit + 1}"
+                f"GROUP BY time({every}) fill(none) {order} LIMIT {limit + 1}")
+    return f"SELECT value, quality FROM {src} WHERE {where} {order} LIMIT {limit + 1}"
 
 
 def _secrets(sec: InfluxSection, base_dir: Path | None) -> tuple[str | None, str | None]:
@@ -312,12 +313,15 @@ ReadRunner = Callable[[Callable[[sqlite3.Connection], Any]], Any]
 
 async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
                         every_s: float | None = None, *, source: str = "auto",
-                        limit: int = MAX_ROWS_DEFAULT, run_read: ReadRunner | None = None) -> History:
+                        limit: int = MAX_ROWS_DEFAULT, run_read: ReadRunner | None = None,
+                        newest: bool = False) -> History:
     """A channel's values in [start, end) as a :class:`History`.
 
     ``source``: ``auto`` (InfluxDB when configured, else the journal), ``influxdb`` or
     ``journal``. Inside the gateway pass ``run_read=gw.journal.run_read`` so journal
-    reads use the journal's reader thread; otherwise the file is opened read-only."""
+    reads use the journal's reader thread; otherwise the file is opened read-only.
+    Rows come oldest first; beyond ``limit`` the oldest are kept, or the newest with
+    ``newest=True`` (``truncated`` says so)."""
     if end_ns <= start_ns:
         raise HistoryError("--to must be after --from")
     if every_s is not None and every_s <= 0:
@@ -333,8 +337,10 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
             flux = _flux_for(sec, cfg.gateway.id, ch, start_ns, end_ns, every_s)
             rows = await asyncio.to_thread(_from_influx_v2_sync, sec, flux, base_dir, bool(every_s))
         else:
-            q = influxql_for(sec, cfg.gateway.id, ch, start_ns, end_ns, every_s, limit)
+            q = influxql_for(sec, cfg.gateway.id, ch, start_ns, end_ns, every_s, limit, newest)
             rows = await _from_influx_v1(sec, q, base_dir)
+            if newest:
+                rows.reverse()
         if every_s:
             rows = [[int(r[0]), _f(r[1]), _f(r[2]), _f(r[3]), int(r[4] or 0)] for r in rows]
         else:
@@ -342,7 +348,7 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
         truncated = len(rows) > limit
         cols = AGG_COLUMNS if every_s else RAW_COLUMNS
         return History(ch.name, "influxdb", start_ns, end_ns, every_s, cols,
-                       rows[:limit], None, truncated, {"unit": ch.unit, "kind": ch.kind})
+                       _cut(rows, limit, newest), None, truncated, {"unit": ch.unit, "kind": ch.kind})
 
     def work(db: sqlite3.Connection) -> tuple[Batch, int | None]:
         return _journal_samples(db, ch.index, start_ns, end_ns)
@@ -362,7 +368,36 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
                 for t, v, q in zip(b.ts.tolist(), b.value.tolist(), b.quality.tolist(), strict=True)]
     truncated = len(rows) > limit
     return History(ch.name, "journal", start_ns, end_ns, every_s, AGG_COLUMNS if every_s else RAW_COLUMNS,
-                   rows[:limit], _journal_note(cfg, oldest), truncated, {"unit": ch.unit, "kind": ch.kind})
+                   _cut(rows, limit, newest), _journal_note(cfg, oldest), truncated,
+                   {"unit": ch.unit, "kind": ch.kind})
+
+
+def _cut(rows: list[list[Any]], limit: int, newest: bool) -> list[list[Any]]:
+    if len(rows) <= limit:
+        return rows
+    return rows[len(rows) - limit:] if newest else rows[:limit]
+
+
+async def query_api(gw: Any, channel: str, start_ns: int, end_ns: int, *, every: float | None = None,
+                    limit: int = 10_000) -> dict[str, Any]:
+    """The admin API's ``GET /history/{channel}`` (gateway/api.py): ``to`` inclusive, the
+    newest ``limit`` points, points as ``{ts, value, quality, quality_code}`` or, with
+    ``every``, ``{ts, mean, min, max, n}``."""
+    h = await query_history(gw.cfg, channel, start_ns, end_ns + 1, every, limit=limit,
+                            run_read=gw.journal.run_read, newest=True)
+    points: list[dict[str, Any]] = []
+    if every:
+        for t, mean, lo, hi, n in h.rows:
+            points.append({"ts": fmt_ns(t), "mean": mean, "min": lo, "max": hi, "n": n})
+    else:
+        for t, v, q in h.rows:
+            points.append({"ts": fmt_ns(t), "value": v, "quality": None if q is None else quality_label(q),
+                           "quality_code": q})
+    out: dict[str, Any] = {"channel": h.channel, "from": fmt_ns(start_ns), "to": fmt_ns(end_ns),
+                           "source": h.source, "every_s": every, "truncated": h.truncated, "points": points}
+    if h.note:
+        out["note"] = h.note
+    return out
 
 
 def _f(v: Any) -> float | None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from gateway.batch import Batch, Quality
 from gateway.cli import main
 from gateway.config import load
 from gateway.historian import build_service
-from gateway.history import HistoryError, aggregate, fmt_ns, parse_time, query_history
+from gateway.history import HistoryError, aggregate, fmt_ns, parse_time, query_api, query_history
 from gateway.journal import Journal
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.helpers import async_wait_until
@@ -176,6 +177,16 @@ async def test_influx_and_journal_agree(influxd: Influxd, tmp_path: Path) -> Non
                 assert ri[1] == pytest.approx(rj[1], rel=1e-12)  # mean: summation order differs
         lim = await query_history(cfg, "GT-1", t0, t1, limit=10)
         assert len(lim.rows) == 10 and lim.truncated
+        new_i = await query_history(cfg, "GT-1", t0, t1, limit=10, newest=True)
+        new_j = await query_history(cfg, "GT-1", t0, t1, limit=10, newest=True, source="journal",
+                                    run_read=gw.journal.run_read)
+        assert new_i.rows == new_j.rows and new_i.rows[-1][0] == T0 + 599 * 10**9 + 7
+        api = await query_api(SimpleNamespace(cfg=cfg, journal=gw.journal), "TT-1", t0, T0 + 599 * 10**9 + 7,
+                              limit=5)
+        assert api["source"] == "influxdb" and api["truncated"] and len(api["points"]) == 5
+        assert api["points"][-1]["ts"] == fmt_ns(T0 + 599 * 10**9 + 7)  # 'to' is inclusive here
+        agg = await query_api(SimpleNamespace(cfg=cfg, journal=gw.journal), "TT-1", t0, t1, every=60.0)
+        assert len(agg["points"]) == 10 and set(agg["points"][0]) == {"ts", "mean", "min", "max", "n"}
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
