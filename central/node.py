@@ -64,6 +64,7 @@ from uplink.sync import (
 log = logging.getLogger(__name__)
 
 ACCEPTED, DUPLICATE, REJECTED, GAP = "accepted", "duplicate", "rejected", "gap"
+INFLUX_CURSOR = "influxdb"
 
 
 @dataclass
@@ -186,6 +187,8 @@ class CentralNode:
         self.status = {s.id: SourceStatus(s.id, s.mode, s.relay) for s in self.sources.values()}
         self.origins: dict[str, OriginCursor] = {}
         self.journals: dict[str, Journal] = {}
+        self._influx: dict[str, asyncio.Task[None]] = {}
+        self.influx_writers: dict[str, Any] = {}
         if cfg.state.backend == "postgres":
             assert cfg.state.dsn
             self.state: State = PgState(cfg.state.dsn)
@@ -227,7 +230,39 @@ class CentralNode:
             j = Journal(self.state_dir / "journals" / f"{origin}.db", quota_bytes=st.journal_quota,
                         max_age_s=st.journal_max_age, sync=st.journal_sync)
             self.journals[origin] = j
+            if self.cfg.influxdb is not None:
+                j.register(INFLUX_CURSOR)
+                self._influx[origin] = asyncio.create_task(self._influx_loop(origin, j),
+                                                           name=f"influx[{origin}]")
         return j
+
+    async def _influx_loop(self, origin: str, j: Journal) -> None:
+        """Store an origin's journal into InfluxDB (the historian's writer), after its cursor.
+
+        Central knows channels by index only (the envelope carries no channel table):
+        points are tagged ``gateway=<origin>, channel=<index>``."""
+        from gateway.historian import InfluxWriter
+
+        assert self.cfg.influxdb is not None
+        writer = InfluxWriter(self.cfg.influxdb, base_tags={"gateway": origin},
+                              base_dir=self.cfg._base_dir)
+        self.influx_writers[origin] = writer
+        writer.open()
+        try:
+            while True:
+                after = j.cursor(INFLUX_CURSOR)
+                recs = await j.read(after, 500, max_samples=50_000)
+                if not recs:
+                    await j.wait(after, 30.0)
+                    continue
+                parts = [writer.format_batch(r.batch()) if r.kind == SAMPLES else
+                         writer.format_event(r.event(), seq=r.seq) for r in recs]
+                body = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
+                if body:
+                    await writer.write(body)
+                await j.ack(INFLUX_CURSOR, recs[-1].seq)
+        finally:
+            await writer.close()
 
     async def _cursor(self, origin: str) -> OriginCursor:
         c = self.origins.get(origin)
@@ -490,6 +525,10 @@ class CentralNode:
                                "uptime_s": round((now - self.started_ns) / 1e9, 1),
                                "sources": sources, "origins": origins,
                                "pulling": sorted(self._pullers)}
+        if self.influx_writers:
+            doc["influxdb"] = {o: {"cursor": self.journals[o].cursor(INFLUX_CURSOR),
+                                   "lag": self.journals[o].lag(INFLUX_CURSOR), **w.status()}
+                               for o, w in self.influx_writers.items()}
         if self.forward:
             doc["upstream"] = {"mode": self.cfg.upstream.mode if self.cfg.upstream else None,
                                "head": self.outbox.head(),
@@ -506,6 +545,8 @@ class CentralNode:
         for o, (m, a) in (await self.state.all_origins()).items():
             await self._cursor(o)
             self.origins[o].main, self.origins[o].alarms = m, a
+            if self.cfg.influxdb is not None:
+                self.journal(o)  # resume storing into InfluxDB after a restart
         lc = self.cfg.listen
         if lc.tls_cert and lc.tls_key:
             cert, key = self.cfg.path(lc.tls_cert), self.cfg.path(lc.tls_key)
@@ -570,6 +611,9 @@ class CentralNode:
             await self.up_peer.close()
         with contextlib.suppress(Exception):
             await self.state.release(self.worker, list(self.sources))
+        for t in self._influx.values():
+            t.cancel()
+        await asyncio.gather(*self._influx.values(), return_exceptions=True)
         await self.state.close()
         for j in self.journals.values():
             j.close()

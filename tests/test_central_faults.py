@@ -136,3 +136,31 @@ async def test_bad_link_exactly_once_alarms_first(tmp_path: Path, mode: str) -> 
         await c.stop()
         await gw.stop()
         link.stop()
+
+
+async def test_monthly_budget_holds_samples_not_alarms(tmp_path: Path) -> None:
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county", pubs)
+    gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
+    c = await CentralSide(central_config(tmp_path, "county",
+                                         [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])).start()
+    gw = GatewaySide(tmp_path, "gw-1", pubs, [cpub], mode="push", central_url=c.url, central_ca=c.cert,
+                     monthly_budget="3KB", max_bytes="2KB", max_records=1)
+    try:
+        await gw.journal.append_many([batch(i, PER) for i in range(10)])
+        await gw.start()
+        node = c.node
+        await async_wait_until(lambda: gw.svc.link.budget_blocked, 10, what="the budget to run out")
+        held = node.origins["gw-1"].main
+        assert 0 < held < 10
+        a = await gw.journal.append_event(alarm(7))
+        await async_wait_until(lambda: node.origins["gw-1"].alarms >= a, 10,
+                               what="the alarm despite the budget")
+        await asyncio.sleep(0.5)
+        assert node.origins["gw-1"].main == held, "samples went over budget"
+        st = gw.svc.stats()["link"]
+        assert st["budget_blocked"] and st["month_bytes"] >= 3000
+    finally:
+        await gw.stop()
+        await c.stop()

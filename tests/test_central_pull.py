@@ -100,3 +100,39 @@ async def test_central_restart_resumes_from_its_cursor(tmp_path: Path) -> None:
     finally:
         await c.stop()
         await gw.stop()
+
+
+async def test_central_stores_into_influxdb(tmp_path: Path, influxd) -> None:  # type: ignore[no-untyped-def]
+    from tests.fixtures.influxd import unique_db
+
+    db = unique_db("central")
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county", pubs)
+    gw = GatewaySide(tmp_path, "gw-1", pubs, [cpub])
+    await gw.start()
+    src = {"id": "gw-1", "keys": str(gw.pub), "mode": "pull",
+           "pull": {"url": f"https://127.0.0.1:{gw.port}", "tls_cert": str(gw.cert), "wait": "1s"}}
+    c = await CentralSide(central_config(tmp_path, "county", [src], influxdb={
+        "url": influxd.url, "database": db, "measurement": "single", "flush_every": "100ms"})).start()
+    try:
+        await gw.journal.append_many([batch(i) for i in range(5)])
+        await gw.journal.append_event(alarm(3))
+
+        def count() -> int:
+            try:
+                rows = influxd.rows('SELECT count(*) FROM /.*/ WHERE "gateway"=\'gw-1\'', db)
+            except RuntimeError:
+                return 0
+            return sum(int(v) for r in rows for k, v in r.items() if k.startswith("count_") and v)
+
+        await async_wait_until(lambda: count() >= 501, 30, interval=0.2, what="points in InfluxDB")
+        rows = influxd.rows('SELECT * FROM /.*/ WHERE "gateway"=\'gw-1\'', db)
+        samples = [r for r in rows if r["_measurement"] not in ("alarms", "events")]
+        assert len(samples) == 500, len(samples)
+        assert any(r["_measurement"] == "alarms" for r in rows), "the alarm is not in InfluxDB"
+        st = c.node.status_doc()["influxdb"]["gw-1"]
+        assert st["lag"] == 0
+    finally:
+        await c.stop()
+        await gw.stop()

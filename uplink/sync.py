@@ -284,7 +284,9 @@ class SyncServer:
             await self.source.ack(lane, min(ack, after))
         headers = {"x-safegw-head": str(self.source.head()), "x-safegw-first": str(self.source.first())}
         if not self.link.allow(lane):
+            # hold the request like an empty long poll, so the puller does not spin
             headers["x-safegw-budget"] = "exhausted"
+            await self.source.wait(self.source.head(), wait)
             return Response(b"", media_type=MEDIA, headers=headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -519,7 +521,12 @@ class PushClient:
             self.stats.last_ok_ns = time.time_ns()
             self.backoff.reset()
             if not sent:
-                await self.source.wait(max(self.pos.values()), self.idle_wait_s)
+                # nothing went: wait for new records (when the budget holds samples back,
+                # for records newer than what is already waiting)
+                after = max(self.pos.values())
+                if self.link.budget_blocked:
+                    after = max(after, self.source.head())
+                await self.source.wait(after, self.idle_wait_s)
 
     async def drain(self) -> None:
         """Push until nothing is pending (bounded by the caller)."""
