@@ -28,7 +28,7 @@ def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-async def async_wait_until(cond: Callable[[], object | Awaitable[object]], timeout: float = 10.0,
+async def async_wait_until(cond: Callable[[], object | Awaitable[object]], timeout: float = 10.0,  # noqa: ASYNC109
                            interval: float = 0.02, what: str = "condition") -> object:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
