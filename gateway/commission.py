@@ -8,8 +8,9 @@ went wrong per device: a device that cannot be reached, a register or node that 
 not exist (named), a unit on an RS-485 line that does not answer. Nothing is
 journaled. Exit status 0 when every device answered for every channel, 1 otherwise.
 
-Drivers may expose ``errors: dict[str, str]`` (what → why, from the last poll) for
-the detail lines; the Modbus drivers do.
+Drivers may expose ``errors: dict[str, str]`` (what → why, from the last poll; the
+Modbus drivers do) or ``info["channel_errors"]`` (channel name → why; OPC-UA) for the
+detail lines.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
         missing_cause = Quality.COMMS
     finally:
         res.details.update(getattr(drv, "errors", None) or {})
+        for ch, why in (drv.info.get("channel_errors") or {}).items():
+            res.details[f"channel {ch}"] = str(why)
         await drv.close()
     for c in channels:
         if c.index not in res.quality:
@@ -90,13 +93,17 @@ async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
 
 
 async def _stream_once(drv: Driver, res: DeviceResult, deadline_s: float) -> None:
-    """Run a streaming driver until every channel has a good value, or the deadline."""
+    """Run a streaming driver until every channel has a good value (or one that cannot come:
+    a node the server does not have), or the deadline."""
     wanted = {int(i) for i in np.asarray(drv.indexes)}
     done = asyncio.Event()
 
+    def settled(q: int) -> bool:
+        return q < Quality.BAD or q == Quality.CONFIG
+
     def sink(batch: Batch) -> None:
         _take(res, batch)
-        if all(res.quality.get(i, Quality.NO_DATA) < Quality.BAD for i in wanted):
+        if all(settled(res.quality.get(i, Quality.NO_DATA)) for i in wanted):
             done.set()
 
     task = asyncio.create_task(drv.stream(sink), name=f"read[{drv.name}]")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.commission import read_once
 from gateway.config import loads
@@ -85,3 +86,49 @@ def test_cli_read_exit_code(modbus_plant: SimProcess, tmp_path: Path) -> None:
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
     assert "exception 4 (server device failure)" in p.stdout
+
+
+async def test_streaming_drivers_opcua_and_serial(sim_factory: Any, tmp_path: Path) -> None:
+    """Streaming drivers: wait for a first value of each channel; a missing node is named."""
+    sim = sim_factory("""
+signals: {PT: {base: 1.5}, N: {base: 72.5}}
+devices:
+  - name: dcs
+    protocol: opcua
+    port: 0
+    points:
+      - {signal: PT, node: "s=R201.PT01"}
+  - name: meter
+    protocol: serial
+    link: "{tmp}/ttyN"
+    interval: 100ms
+    template: "LAeq={0:05.1f}"
+    signals: [N]
+""")
+    ep = sim.endpoints["dcs"]
+    endpoint = ep.get("endpoint") or ep.get("url")
+    cfg = loads(f"""
+gateway: {{id: g, site: "S", state_dir: "{tmp_path}/st"}}
+devices:
+  - name: dcs
+    protocol: opcua
+    endpoint: "{endpoint}"
+    mode: subscribe
+    channels:
+      - {{name: PT-201, kind: pressure, unit: MPa, node: "ns=2;s=R201.PT01"}}
+      - {{name: GHOST-1, kind: pressure, node: "ns=2;s=No.Such.Node"}}
+  - name: meter
+    protocol: serial
+    port: "{sim.endpoints["meter"]["port"]}"
+    channels:
+      - {{name: N-01, kind: noise, unit: dB(A), pattern: 'LAeq=(?P<value>[0-9.]+)'}}
+""")
+    out = io.StringIO()
+    code = await read_once(cfg, out=out)
+    report = out.getvalue()
+    rows = {ln.split()[0]: ln for ln in report.splitlines() if ln and not ln.startswith("device")}
+    assert rows["PT-201"].split()[3] == "1.5" and rows["PT-201"].endswith(" good"), report
+    assert rows["N-01"].split()[3] == "72.5" and rows["N-01"].endswith(" good"), report
+    assert rows["GHOST-1"].endswith("bad: config"), report
+    assert "channel GHOST-1" in report and "No.Such.Node" in report
+    assert code == 1
