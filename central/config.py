@@ -141,8 +141,13 @@ def validate(src: Source) -> CentralConfig:
     try:
         cfg = CentralConfig.model_validate(src.data)
     except ValidationError as e:
-        raise ConfigError([_format(src, _loc_path(err["loc"]), _explain(dict(err))) for err in e.errors()]
-                          ) from None
+        lines = []
+        for err in e.errors():
+            path = _loc_path(err["loc"])
+            # an unknown key is reported at the key, not at its value
+            mark = src.key_marks.get(src.real_path(path)) if err["type"] == "extra_forbidden" else None
+            lines.append(_format(src, path, _explain(dict(err)), mark))
+        raise ConfigError(lines) from None
     lines = [_format(src, p, m) for p, m in _cross_check(cfg)]
     if lines:
         raise ConfigError(lines)
