@@ -61,8 +61,10 @@ GENERATOR = 1  # bump when the data set generation changes
 
 def cached(hours: float, seed: int, use_cache: bool) -> tuple[list[Record], list[str], str]:
     """The demo plant's records, from a cache keyed by the configs (generation takes ~1 min)."""
-    key = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in ("config/demo.yaml", "config/sim-demo.yaml"))
-                         + f"{GENERATOR}/{hours}/{seed}".encode()).hexdigest()[:16]
+    h = hashlib.sha256(f"{GENERATOR}/{hours}/{seed}".encode())
+    for name in ("config/demo.yaml", "config/sim-demo.yaml"):
+        h.update((ROOT / name).read_bytes())
+    key = h.hexdigest()[:16]
     path = CACHE_DIR / f"uplink-size-{key}.pickle"
     if use_cache and path.exists():
         with path.open("rb") as f:
@@ -114,7 +116,8 @@ def demo_plant(hours: float, seed: int) -> tuple[list[Record], list[str], str]:
         idx = np.array([c.index for c in table.by_device[dev.name]], np.int32)
         rtu = dev.protocol == "modbus-rtu"
         phase = int(rng.integers(0, 10**9))
-        lat = (rng.normal(95e6, 2e6, seconds) if rtu else 0.7e6 + rng.exponential(0.3e6, seconds)).astype(np.int64)
+        lat = rng.normal(95e6, 2e6, seconds) if rtu else 0.7e6 + rng.exponential(0.3e6, seconds)
+        lat = lat.astype(np.int64)
         units = [table[int(i)].unit_id for i in idx]
         devices.append((dev.name, idx, phase, lat, units))
     return _records(table, devices, vals, plant, seconds), names, cfg.gateway.id
@@ -242,7 +245,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t_gen = time.perf_counter()
-    if not args.synthetic and (ROOT / "config/demo.yaml").exists() and (ROOT / "config/sim-demo.yaml").exists():
+    have_demo = (ROOT / "config/demo.yaml").exists() and (ROOT / "config/sim-demo.yaml").exists()
+    if have_demo and not args.synthetic:
         records, names, gw = cached(args.hours, args.seed, not args.no_cache)
         dataset = "demo plant (config/demo.yaml + config/sim-demo.yaml)"
     else:
@@ -262,7 +266,9 @@ def main() -> None:
 
     for secs, tag in ((args.envelope, ""), (300, "_300s")):
         envs = split(records, secs)
-        times, walls, sealed = [], [], []
+        times: list[float] = []
+        walls: list[float] = []
+        sealed: list[bytes] = []
         for _ in range(args.repeat):
             sealed, dt, wall = seal_all(envs, sender, rcpt, args.cipher)
             times.append(dt)

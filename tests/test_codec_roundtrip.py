@@ -87,7 +87,8 @@ def test_sequence_numbers_kept_even_when_not_contiguous() -> None:
 
 def test_channel_ids_negative_large_and_repeated() -> None:
     i32 = np.iinfo(np.int32)
-    b = Batch.build([i32.max, i32.min, 0, -1, 7, 7, 7, i32.max], T0, np.arange(8) / 10, [0, 0x81, 0x40, 0, 0, 1, 2, 255])
+    b = Batch.build([i32.max, i32.min, 0, -1, 7, 7, 7, i32.max], T0, np.arange(8) / 10,
+                    [0, 0x81, 0x40, 0, 0, 1, 2, 255])
     roundtrip([sample_record(1, b), sample_record(2, b)])
     big = Batch.build(np.arange(70_000) * 3, T0, 1.0, 0)  # beyond the uint16 fast path
     roundtrip([sample_record(3, big)])
@@ -190,7 +191,8 @@ def record_lists(draw: st.DrawFn) -> list[Record]:
     seq = draw(st.integers(1, 2**62))
     for _ in range(draw(st.integers(0, 12))):
         step = draw(st.sampled_from([1, 1, 1, 2, 1000]))
-        seq = seq + step if draw(st.integers(0, 9)) and seq + step < 2**63 else draw(st.integers(0, 2**63 - 1))
+        jump = not draw(st.integers(0, 9)) or seq + step >= 2**63
+        seq = draw(st.integers(0, 2**63 - 1)) if jump else seq + step
         kind = draw(st.sampled_from([SAMPLES, SAMPLES, SAMPLES, EVENT, 3]))
         if kind == SAMPLES:
             b = draw(batches())

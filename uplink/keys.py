@@ -422,8 +422,8 @@ def _from_config(path: str) -> tuple[Path | None, str | None]:
             doc = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError):
             doc = None
-        if isinstance(doc, dict):
-            for section in ("central", "node", "gateway", None):
+        if isinstance(doc, dict) and "gateway" not in doc:  # a gateway config must be valid
+            for section in ("central", "node", None):
                 d = doc.get(section) if section else doc
                 if isinstance(d, dict) and isinstance(d.get("id"), str):
                     sd = d.get("state_dir") or doc.get("state_dir")
