@@ -12,6 +12,11 @@ commit it prints, line-buffered, one line per record::
 
 The test kills it with SIGKILL at a random moment and checks the journal afterwards.
 Content is a pure function of (RUN, I), so the checker can regenerate it.
+
+``python -m tests.crash_worker --gateway CONFIG`` instead runs the real daemon
+(``Gateway(cfg).run()``) polling the Modbus simulators, and reports what it commits::
+
+    G SEQ KIND SHA       a record the gateway's journal committed (KIND 1 samples, 2 event)
 """
 
 from __future__ import annotations
@@ -96,5 +101,40 @@ async def main(argv: list[str]) -> None:
         i += 1
 
 
+async def run_gateway(config: str) -> None:
+    """The real daemon; every commit of its journal is reported as it resolves."""
+    import threading
+
+    from gateway.app import Gateway, install_signal_handlers
+    from gateway.config import load
+
+    gw = Gateway(load(config))
+    lock = threading.Lock()
+    submit = gw.journal.submit_many
+
+    def reporting_submit(items: list[Any]) -> Any:
+        fut = submit(items)
+        kinds = [1 if isinstance(x, Batch) else 2 for x in items]
+        data = [x.to_bytes() if isinstance(x, Batch) else event_bytes(x) for x in items]
+
+        def done(f: Any) -> None:
+            if f.exception() is None:
+                with lock:
+                    sys.stdout.write("".join(f"G {s} {k} {digest(d)}\n"
+                                             for s, k, d in zip(f.result(), kinds, data, strict=True)))
+                    sys.stdout.flush()
+
+        fut.add_done_callback(done)
+        return fut
+
+    gw.journal.submit_many = reporting_submit  # type: ignore[method-assign]
+    install_signal_handlers(gw)
+    print("ready", gw.journal.last_seq, flush=True)
+    await gw.run()
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    if sys.argv[1:2] == ["--gateway"]:
+        asyncio.run(run_gateway(sys.argv[2]))
+    else:
+        asyncio.run(main(sys.argv[1:]))
