@@ -221,6 +221,7 @@ class Part:
     raw: bytes
     gz: bytes | None = None
     long: bool = False  # for the long-retention target
+    lines: int = 0  # 0: unknown, counted when needed
 
 
 @dataclass(slots=True)
@@ -412,8 +413,37 @@ class InfluxWriter:
         """Cut a body into requests of at most ``batch_points`` lines and compress them.
         CPU only, thread-safe: run it off the event loop, ahead of the writes. ``long``:
         for the long-retention target (statistics, alarms, events)."""
-        return [Part(c, _gzip(c) if self.gzips else None, long)
+        return [Part(c, _gzip(c) if self.gzips else None, long, lineproto.count_lines(c))
                 for c in lineproto.split_lines(body, self.section.batch_points)]
+
+    def prepare_segments(self, segments: list[tuple[bytes, int]], *, long: bool = False) -> list[Part]:
+        """Like :meth:`prepare` for bodies whose line counts are known (no scanning):
+        adjacent segments are joined up to ``batch_points`` lines a request."""
+        limit = self.section.batch_points
+        parts: list[Part] = []
+        group: list[bytes] = []
+        lines = 0
+
+        def flush() -> None:
+            nonlocal group, lines
+            if group:
+                raw = b"".join(group)
+                parts.append(Part(raw, _gzip(raw) if self.gzips else None, long, lines))
+            group, lines = [], 0
+
+        for body, n in segments:
+            if not n:
+                continue
+            if n > limit:
+                flush()
+                parts.extend(self.prepare(body, long=long))
+                continue
+            if lines + n > limit:
+                flush()
+            group.append(body)
+            lines += n
+        flush()
+        return parts
 
     async def _post_once(self, body: bytes, compressed: bytes | None = None, long: bool = False) -> Reply:
         assert self._transport is not None
@@ -499,7 +529,7 @@ class InfluxWriter:
         """Deliver parts made by :meth:`prepare` (see :meth:`write`)."""
         rejected = Rejected()
         for p in parts:
-            await self._write_split(p.raw, rejected, None, p.gz, p.long)
+            await self._write_split(p.raw, rejected, p.lines or None, p.gz, p.long)
         return rejected
 
     async def _write_split(self, body: bytes, rejected: Rejected, n_lines: int | None,
@@ -840,14 +870,19 @@ class HistorianService:
         return max(0.05, (end - time.time_ns()) / 1e9)
 
     def _format(self, recs: list[Record], upto: int, caught_up: bool) -> Chunk:
-        parts: list[bytes] = []  # raw samples
-        long: list[bytes] = []  # events, alarms, statistics: kept longer when so configured
+        parts: list[tuple[bytes, int]] = []  # raw samples, with their line counts
+        long: list[tuple[bytes, int]] = []  # events, alarms, statistics: kept longer when so configured
+        step = self.section.batch_points
         points = 0
         w = self.writer
         for r in recs:
             if r.kind == SAMPLES:
                 b = r.batch()
-                parts.append(w.format_batch(b, w.series(max(self.n_channels, int(b.channel.max()) + 1))))
+                series = w.series(max(self.n_channels, int(b.channel.max()) + 1))
+                for lo in range(0, len(b), step):  # request-sized pieces: no need to find line ends
+                    piece = b if len(b) <= step else Batch(b.channel[lo:lo + step], b.ts[lo:lo + step],
+                                                           b.value[lo:lo + step], b.quality[lo:lo + step])
+                    parts.append((w.format_batch(piece, series), len(piece)))
                 points += len(b)
                 if self.stats is not None:
                     self.stats.add(b, r.seq)
@@ -857,20 +892,20 @@ class HistorianService:
                 except ValueError as e:
                     log.warning("journal record %d is not a JSON event (%s); skipped", r.seq, e)
                     continue
-                long.append(w.format_event(ev, seq=r.seq, ts_ns=r.ts_min))
+                long.append((w.format_event(ev, seq=r.seq, ts_ns=r.ts_min), 1))
                 points += 1
         closed_upto = None
         stats_seq = upto
         if self.stats is not None:
             closed = self.stats.close(time.time_ns() if caught_up else None)
             if closed:
-                long.append(w.format_stats(closed))
+                long.append((w.format_stats(closed), sum(len(c.channels) for c in closed)))
                 points += sum(len(c.channels) for c in closed)
                 closed_upto = self.stats.closed_upto
             first_open = self.stats.first_open_seq()
             if first_open is not None:
                 stats_seq = min(upto, first_open - 1)
-        prepared = w.prepare(b"".join(parts)) + w.prepare(b"".join(long), long=self._split_long)
+        prepared = w.prepare_segments(parts) + w.prepare_segments(long, long=self._split_long)
         return Chunk(upto, prepared, points, len(recs), closed_upto, stats_seq)
 
     async def _deliver(self, chunk: Chunk) -> None:

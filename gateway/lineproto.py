@@ -14,9 +14,9 @@ is assembled in a byte matrix, one row per sample, one column block per piece:
   a line: tag values are cleaned of them).
 
 Floats must come back bit-identical. A value is written as ``<m>e-<k>`` where ``m/10**k``
-is the value: first the shortest ``k`` (0..8) for which the division of two exact
+is the value: first the shortest ``k`` (0..6) for which the division of two exact
 doubles — correctly rounded, as the server's parser rounds — gives back the value
-(typical sensor readings: ``19429e-3``). Otherwise 18 significant digits computed in
+(0..6; typical sensor readings: ``19429e-3``). Otherwise 18 significant digits computed in
 x87 extended precision (64-bit mantissa: the rounding error stays far below half an
 ulp of the double, so the server parses back the same double). Magnitudes outside
 1e-11..1e27 (rare in a plant) fall back to ``repr``.
@@ -102,8 +102,9 @@ class SeriesTable:
 # --------------------------------------------------------------------------- numbers
 
 _POW10 = np.array([10.0**k for k in range(23)])
+_POW10_LD = np.array([np.longdouble(10) ** k for k in range(28)], dtype=np.longdouble)
 _POW10_I = np.array([10**k for k in range(19)], np.int64)
-_NICE_MAX_K = 8
+_NICE_MAX_K = 6
 _TWO53 = float(2**53)
 
 
@@ -124,13 +125,32 @@ def _digits(x: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.uint8]:
         out[:, : width - 19] = 0
         out[:, width - 19:] = _digits(x, 19)
         return out
-    q: npt.NDArray[np.signedinteger[Any]] = x.astype(np.int32) if int(x.max()) < 2**31 else x
-    for j in range(width - 1, -1, -1):
-        nq = q // 10
-        out[:, j] = q - nq * 10 + 48
-        q = nq
-    lead = x[:, None] < _POW10_I[width - 1:0:-1]
-    out[:, :-1][lead] = 0
+    # a digit is written only while something is left of the number (else it is a
+    # leading zero: NUL); zero itself gets its one '0' at the end
+    if int(x.max()) < 2**31:
+        q: npt.NDArray[np.signedinteger[Any]] = x.astype(np.int32)
+        for j in range(width - 1, -1, -1):
+            nq = q // 10
+            out[:, j] = (q - nq * 10 + 48) * (q > 0)
+            q = nq
+    else:
+        # int32 arithmetic is much cheaper than int64 division: cut into 9-digit pieces
+        hi, lo = np.divmod(x, 10**9)
+        top, mid = np.divmod(hi, 10**9)
+        cols = width
+        for piece, above, w in ((lo, hi, 9), (mid, top, 9), (top, None, 1)):
+            q = piece.astype(np.int32)
+            more = None if above is None else above > 0
+            for _ in range(min(w, cols)):
+                cols -= 1
+                nq = q // 10
+                live = q > 0 if more is None else (q > 0) | more
+                out[:, cols] = (q - nq * 10 + 48) * live
+                q = nq
+            if cols == 0:
+                break
+        out[:, :cols] = 0
+    out[x == 0, width - 1] = 48
     return out
 
 
@@ -153,30 +173,36 @@ def format_floats(v: npt.NDArray[np.float64]) -> npt.NDArray[np.uint8]:
     mant = np.zeros(n, np.int64)
     exp10 = np.zeros(n, np.int64)  # value = mant * 10**exp10
     done = a == 0
-    # 1. shortest k with rint(a*10^k)/10^k == a exactly (both operands exact doubles)
+    # 1. shortest k with rint(a*10^k)/10^k == a exactly (both operands exact doubles);
+    #    each round works only on the values still without a representation
+    todo_idx = np.flatnonzero(~done)
     with np.errstate(over="ignore", invalid="ignore"):
         for k in range(_NICE_MAX_K + 1):
-            todo = ~done
-            if not todo.any():
+            if not len(todo_idx):
                 break
-            m = np.rint(a * _POW10[k])
-            ok = todo & (m < _TWO53) & (m / _POW10[k] == a)
-            mant[ok] = m[ok].astype(np.int64)
-            exp10[ok] = -k
-            done |= ok
+            at = a[todo_idx]
+            m = np.rint(at * _POW10[k])
+            ok = (m < _TWO53) & (m / _POW10[k] == at)
+            hit = todo_idx[ok]
+            mant[hit] = m[ok].astype(np.int64)
+            exp10[hit] = -k
+            done[hit] = True
+            todo_idx = todo_idx[~ok]
     # 2. 18 significant digits in extended precision
     todo = ~done
     fallback = np.zeros(n, bool)
     if todo.any():
         idx = np.nonzero(todo)[0]
         at = a[idx]
-        e = np.floor(np.log10(at)).astype(np.int64)
+        with np.errstate(all="ignore"):  # non-finite input is not expected; it falls back below
+            e = np.nan_to_num(np.floor(np.log10(at)), nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
         p = 17 - e  # scale so the integer has 18 digits
         inrange = (p >= -27) & (p <= 27)
         ld = at.astype(np.longdouble)
-        scale = np.longdouble(10) ** np.abs(p).astype(np.longdouble)
-        scaled = np.where(p >= 0, ld * scale, ld / scale)
-        m = np.rint(scaled)
+        with np.errstate(all="ignore"):
+            scale = _POW10_LD[np.clip(np.abs(p), 0, 27)]  # exact: 5**27 < 2**64
+            scaled = np.where(p >= 0, ld * scale, ld / scale)
+            m = np.rint(scaled)
         # log10 can be off by one at powers of ten: keep 18 or 19 digits, both fit int64
         inrange &= (m >= 1e16) & (m < 9e18)
         mi = np.where(inrange, m, 0).astype(np.int64)
@@ -184,12 +210,15 @@ def format_floats(v: npt.NDArray[np.float64]) -> npt.NDArray[np.uint8]:
         exp10[idx] = -p
         fallback[idx[~inrange]] = True
         # trim trailing zeros (shorter lines, same value)
+        zi = idx[inrange]
         for _ in range(18):
-            z = todo & ~fallback & (mant % 10 == 0) & (mant != 0)
-            if not z.any():
+            mz = mant[zi]
+            q = mz // 10
+            zi = zi[(q * 10 == mz) & (mz != 0)]
+            if not len(zi):
                 break
-            mant[z] //= 10
-            exp10[z] += 1
+            mant[zi] //= 10
+            exp10[zi] += 1
     # assemble: [-]digits[e±X]
     ew = np.where(exp10 != 0, 1 + 1 + _ndigits(np.abs(exp10)), 0)
     mw = _VAL_W - 4  # mantissa block: up to 19 digits plus sign
