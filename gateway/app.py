@@ -100,6 +100,7 @@ class Gateway:
         self.notifier = Notifier()
         self.ingested_batches = 0
         self.ingest_errors = 0
+        self._journal_failing = False
         self._stop = asyncio.Event()
         self._pending: set[Any] = set()
         self.started_ns = clock()
@@ -117,10 +118,18 @@ class Gateway:
         fut.add_done_callback(self._committed)
 
     def _committed(self, fut: Any) -> None:
+        # runs on the journal's writer thread
         self._pending.discard(fut)
+        if fut.cancelled():
+            return
         if fut.exception() is not None:
             self.ingest_errors += 1
-            log.error("journal refused a batch: %s", fut.exception())
+            if not self._journal_failing:  # once per failure streak, not per batch
+                log.error("journal refused a batch (further refusals not logged): %s", fut.exception())
+            self._journal_failing = True
+        elif self._journal_failing:
+            self._journal_failing = False
+            log.info("journal takes batches again (%d refused in all)", self.ingest_errors)
 
     def emit_events(self, events: list[dict[str, Any]]) -> None:
         """Journal events raised outside a batch (timers, operator actions, registers)."""
@@ -249,7 +258,8 @@ class Gateway:
                     await self.journal.enforce_retention()
                 except Exception as e:  # sqlite errors: keep the daemon up, say it loudly
                     log.error("journal retention failed: %s", e)
-            self.notifier.watchdog()
+            if self.journal.alive:  # a dead journal writer should get us restarted
+                self.notifier.watchdog()
             wd = self.notifier.watchdog_s
             await self._sleep(1.0 if wd is None else min(1.0, wd / 3))
 
