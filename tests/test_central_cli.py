@@ -20,27 +20,35 @@ SAFEGW = [sys.executable, "-m", "gateway.cli"]
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SAFEGW, *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from gateway.cli import main
+
+    code = main(["central", "--check", "-c", str(path)])
+    return code, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["central.yaml", "central-province.yaml", "central-workers.yaml"])
-def test_examples_are_valid(name: str) -> None:
-    r = run("central", "--check", "-c", str(ROOT / "config" / name))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("ok: central node")
+def test_examples_are_valid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = check(ROOT / "config" / name, capsys)
+    assert code == 0, out
+    assert out.startswith("ok: central node")
 
 
-def test_errors_name_file_line_and_key(tmp_path: Path) -> None:
+def test_errors_name_file_line_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("node: {id: county}\nsources:\n  - id: gw-1\n    keys: a.yaml\n    mode: pull\n"
                  "    pul: {url: 'https://x'}\nstate: {backend: postgres}\n")
-    r = run("central", "--check", "-c", str(f))
-    assert r.returncode == 2
-    out = r.stdout
+    code, out = check(f, capsys)
+    assert code == 2
     assert f"{f}:6:5: sources[0].pul:" in out, out
-    r = run("central", "--check", "-c", str(tmp_path / "missing.yaml"))
-    assert r.returncode == 2
+    f.write_text("node: {id: county}\nsources:\n  - {id: gw-1, keys: a.yaml, mode: pull}\n"
+                 "state: {backend: postgres}\n")
+    code, out = check(f, capsys)
+    assert code == 2
+    assert f"{f}:3:5: sources[0].pull: mode pull needs pull:" in out, out
+    assert "state.dsn: backend postgres needs dsn" in out, out
+    code, out = check(tmp_path / "missing.yaml", capsys)
+    assert code == 2
 
 
 def test_daemon_serves_status_and_stops_on_sigterm(tmp_path: Path) -> None:
