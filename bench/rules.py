@@ -66,23 +66,27 @@ def make_ticks(n: int, ticks: int, seed: int = 1) -> list[tuple[Batch, int]]:
     return out
 
 
-def time_engine(n: int, ticks: int, warm: int) -> tuple[float, float, float, int]:
+def time_engine(n: int, ticks: int, warm: int) -> dict[str, float]:
     eng = RulesEngine(None, rules=make_rules(n))
     data = make_ticks(n, ticks + warm)
-    proc, tick, total = [], [], []
+    proc, tick, total, cpu = [], [], [], []
     events = 0
     for i, (b, now) in enumerate(data):
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         events += len(eng.process(b))
         t1 = time.perf_counter()
         events += len(eng.tick(now))
         t2 = time.perf_counter()
+        c1 = time.thread_time()
         if i >= warm:
             proc.append(t1 - t0)
             tick.append(t2 - t1)
             total.append(t2 - t0)
-    return (statistics.median(total) * 1e3, statistics.median(proc) * 1e3, statistics.median(tick) * 1e3,
-            events)
+            cpu.append(c1 - c0)
+    return {"tick": statistics.median(total) * 1e3, "process": statistics.median(proc) * 1e3,
+            "timers": statistics.median(tick) * 1e3, "cpu": statistics.median(cpu) * 1e3,
+            "p90": sorted(total)[int(len(total) * 0.9)] * 1e3, "events": events}
 
 
 def time_reference(n: int, ticks: int, warm: int) -> float:
@@ -108,18 +112,22 @@ def main() -> None:
     fig: dict[str, object] = {}
     for n in [int(s) for s in args.sizes.split(",")]:
         warm = 135  # past the first trend buckets, so trend evaluation is in the timed ticks
-        tot, proc, tick, events = time_engine(n, args.ticks, warm)
+        r = time_engine(n, args.ticks, warm)
+        tot, proc, tick, events = r["tick"], r["process"], r["timers"], int(r["events"])
         m = min(n, args.ref_subset)
         ref_ms = time_reference(m, max(5, args.ticks // 6), 3) * (n / m)
         label = f"{n // 1000}k"
         fig[f"tick_ms_{label}"] = round(tot, 3)
         fig[f"process_ms_{label}"] = round(proc, 3)
         fig[f"timers_ms_{label}"] = round(tick, 3)
+        fig[f"tick_cpu_ms_{label}"] = round(r["cpu"], 3)
+        fig[f"tick_p90_ms_{label}"] = round(r["p90"], 3)
         fig[f"ref_ms_{label}"] = round(ref_ms, 1)
         fig[f"speedup_{label}"] = round(ref_ms / tot, 1)
         if m != n:
             fig[f"ref_scaled_{label}"] = f"reference measured on {m} channels, scaled by {n / m:g}"
-        print(f"{n:>7} channels: tick {tot:.3f} ms (process {proc:.3f}, timers {tick:.3f}); "
+        print(f"{n:>7} channels: tick {tot:.3f} ms (process {proc:.3f}, timers {tick:.3f}, "
+              f"thread CPU {r['cpu']:.3f}, p90 {r['p90']:.3f}); "
               f"reference {ref_ms:.1f} ms{' (scaled)' if m != n else ''}; speedup {ref_ms / tot:.0f}x; "
               f"{events} events", flush=True)
     fig["rules"] = "limits+deadband+delays, range, roc, trend+predict, stale, bad, frozen, twa/stel/noise"

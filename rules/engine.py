@@ -87,6 +87,13 @@ FloatArr = npt.NDArray[np.float64]
 Sel = slice | npt.NDArray[np.intp]
 
 
+def _tree8(a: FloatArr) -> FloatArr:
+    """Row sums of an (R, 8) array, in a fixed order the reference repeats exactly."""
+    b = a[:, :4] + a[:, 4:]
+    c = b[:, :2] + b[:, 2:]
+    return c[:, 0] + c[:, 1]
+
+
 class RulesEngine:
     """Alarm rules for every channel, evaluated on whole arrays."""
 
@@ -134,10 +141,9 @@ class RulesEngine:
         self.tb_st = np.zeros(n, I64)
         self.tb_sv = np.zeros(n)
         nt = n if self.tb_bw.any() else 0
-        self.ring_n = np.zeros((nt, TREND_BUCKETS), I64)
-        self.ring_off = np.zeros((nt, TREND_BUCKETS), I64)
-        self.ring_st = np.zeros((nt, TREND_BUCKETS), I64)
-        self.ring_sv = np.zeros((nt, TREND_BUCKETS))
+        self.tb_epoch = np.zeros(n, I64)
+        # finished buckets: [weight (samples), mean time (s since tb_epoch), mean value]
+        self.ring = np.zeros((nt, TREND_BUCKETS, 3))
         # exposure: a running integral with snapshots at (staggered) minute boundaries
         self.I = np.zeros(n)
         self.ex_px = np.zeros(n)  # noise: the previous reading as energy
@@ -188,7 +194,7 @@ class RulesEngine:
         self.lo, self.hi = f("range_lo"), f("range_hi")
         self.q_lo = np.maximum(self.lo, self.gate_lo)  # the quiet band: in range, no limit near
         self.q_hi = np.minimum(self.hi, self.gate_hi)
-        self.roc_ns = np.array([r.roc_per_ns() for r in rules], float).reshape(n)
+        self.roc = f("roc")
         self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
         self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
         self.tr_slope = f("trend_slope")
@@ -200,7 +206,7 @@ class RulesEngine:
         self.ex_mode = np.array([{None: 0, "concentration": 1, "noise": 2}[r.exposure] for r in rules],
                                 np.int8).reshape(n)
         self.noise_k = np.array([r.noise_k() for r in rules], float).reshape(n)
-        self.hold_ns = np.array([r.hold_ns for r in rules], I64).reshape(n)
+        self.hold_s = np.array([r.hold_ns / NS for r in rules], float).reshape(n)
         self.ex_ph = np.array([phase_ns(i, STEL_BUCKET_NS) for i in range(n)], I64).reshape(n)
         with np.errstate(invalid="ignore", over="ignore"):
             self.twa_thr = np.array([r.twa_threshold() if r.exposure else math.nan for r in rules],
@@ -214,7 +220,7 @@ class RulesEngine:
         en[R_RANGE] = True
         en[R_FROZEN] = self.frozen_ns != NEVER
         en[R_LIMIT] = ~(np.isnan(self.hh) & np.isnan(self.h) & np.isnan(self.l) & np.isnan(self.ll))
-        en[R_ROC] = ~np.isnan(self.roc_ns)
+        en[R_ROC] = ~np.isnan(self.roc)
         en[R_TREND] = (self.tb_bw > 0) & ~np.isnan(self.tr_slope)
         en[R_PREDICT] = (self.tb_bw > 0) & (self.pred_ns > 0) & ~np.isnan(self.pred_lim)
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
@@ -414,8 +420,7 @@ class RulesEngine:
         """Valid, in-range samples: frozen, limits, rate of change, trend, exposure."""
         pos = self._positions(sel) if isinstance(sel, slice) else None
         pv = self.pv[sel]
-        pt = self.pt[sel]
-        dt = t - pt
+        dts = (t - self.pt[sel]) / NS
         dv = v - pv
         # ---- frozen: exactly the previous valid value
         eq = dv == 0
@@ -443,8 +448,8 @@ class RulesEngine:
         # ---- rate of change
         np.abs(dv, out=dv)
         if pos is None or pos["any_roc"]:
-            xr = (dv > self.roc_ns[sel] * dt).view(np.int8)
-            self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / (dt[i] / NS), rnd, sel)
+            xr = (dv > self.roc[sel] * dts).view(np.int8)
+            self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, sel)
         # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
         rot = np.flatnonzero(t >= self.next_rot[sel])
         if len(rot):
@@ -456,8 +461,7 @@ class RulesEngine:
             self.tb_sv[sel] += v
         # ---- exposure: the previous reading held until now (at most hold_ns)
         if pos is None or pos["any_ex"]:
-            np.minimum(dt, self.hold_ns[sel], out=dt)
-            held = dt / NS
+            held = np.minimum(dts, self.hold_s[sel], out=dts)
             contrib = np.fmax(pv, 0.0)
             if pos is None or pos["any_noise"]:
                 npos = np.flatnonzero(self.ex_mode[sel] == 2) if pos is None else pos["noise"]
@@ -524,20 +528,23 @@ class RulesEngine:
         bw, ph = self.tb_bw[c], self.tb_ph[c]
         k = (t + ph) // bw
         first = self.tb_k[c] == NONE
+        if first.any():
+            fc = c[first]
+            self.tb_epoch[fc] = k[first] * bw[first] - ph[first]
         old = ~first
         if old.any():
             oc, ok_ = c[old], k[old]
             k0 = self.tb_k[oc]
             s = k0 % TREND_BUCKETS
-            self.ring_n[oc, s] = self.tb_n[oc]
-            self.ring_off[oc, s] = self.tb_start[oc]
-            self.ring_st[oc, s] = self.tb_st[oc]
-            self.ring_sv[oc, s] = self.tb_sv[oc]
+            n = self.tb_n[oc]
+            self.ring[oc, s, 0] = n
+            self.ring[oc, s, 1] = ((self.tb_start[oc] - self.tb_epoch[oc]) + self.tb_st[oc] / n) / NS
+            self.ring[oc, s, 2] = self.tb_sv[oc] / n
             for j in range(1, TREND_BUCKETS + 1):
                 m = k0 + j < ok_
                 if not m.any():
                     break
-                self.ring_n[oc[m], (k0[m] + j) % TREND_BUCKETS] = 0
+                self.ring[oc[m], (k0[m] + j) % TREND_BUCKETS] = 0.0
         self.tb_k[c] = k
         start = k * bw - ph
         self.tb_start[c] = start
@@ -549,31 +556,24 @@ class RulesEngine:
             self._trend_eval(c[old], t[old], start[old], rnd)
 
     def _trend_eval(self, c: npt.NDArray[np.intp], t: IntArr, ref: IntArr, rnd: int) -> None:
-        rn = self.ring_n[c]
-        ok = (rn > 0).sum(axis=1) >= MIN_TREND_BUCKETS
-        if not ok.any():
-            return
-        c, t, ref, rn = c[ok], t[ok], ref[ok], rn[ok]
-        w = rn.astype(float)
-        safe = np.where(rn > 0, rn, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            xs = np.where(rn > 0, ((self.ring_off[c] - ref[:, None]) + self.ring_st[c] / safe) / NS, 0.0)
-            ys = np.where(rn > 0, self.ring_sv[c] / safe, 0.0)
-        sw = np.zeros(len(c))
-        sx = np.zeros(len(c))
-        sy = np.zeros(len(c))
-        for b in range(TREND_BUCKETS):
-            m = rn[:, b] > 0
-            sw = np.where(m, sw + w[:, b], sw)
-            sx = np.where(m, sx + w[:, b] * xs[:, b], sx)
-            sy = np.where(m, sy + w[:, b] * ys[:, b], sy)
-        mx, my = sx / sw, sy / sw
-        sxx = np.zeros(len(c))
-        sxy = np.zeros(len(c))
-        for b in range(TREND_BUCKETS):
-            dx = xs[:, b] - mx
-            sxx = sxx + w[:, b] * (dx * dx)
-            sxy = sxy + w[:, b] * (dx * (ys[:, b] - my))
+        """Weighted least squares over the bucket means, for the channels that rotated."""
+        ring = self.ring[c]
+        w = ring[:, :, 0]
+        ok = (w > 0).sum(axis=1) >= MIN_TREND_BUCKETS
+        if not ok.all():
+            c, t, ref, ring = c[ok], t[ok], ref[ok], ring[ok]
+            if not len(c):
+                return
+            w = ring[:, :, 0]
+        ref_s = (ref - self.tb_epoch[c]) / NS
+        xs = ring[:, :, 1] - ref_s[:, None]
+        ys = ring[:, :, 2]
+        sw = _tree8(w)
+        mx = _tree8(w * xs) / sw
+        my = _tree8(w * ys) / sw
+        dx = xs - mx[:, None]
+        sxx = _tree8(w * (dx * dx))
+        sxy = _tree8(w * (dx * (ys - my[:, None])))
         good = sxx > 0
         if not good.all():
             c, t, ref, mx, my = c[good], t[good], ref[good], mx[good], my[good]
@@ -596,7 +596,6 @@ class RulesEngine:
             x = (ttl * NS <= self.pred_ns[c]).view(np.int8)
             self._machine(R_PREDICT, c, x, t, ttl, rnd)
 
-    # ------------------------------------------------------------------ exposure
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]
         k = (t + ph) // STEL_BUCKET_NS

@@ -63,6 +63,11 @@ from rules.settings import (
 NR = len(RULES)
 
 
+def tree8(a: list[float]) -> float:
+    """Sum of 8 numbers in the order the vectorized core adds its columns."""
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+
+
 class RefChannel:
     def __init__(self, index: int, cr: ChannelRules):
         self.i = index
@@ -87,10 +92,10 @@ class RefChannel:
         self.tb_n = 0
         self.tb_st = 0
         self.tb_sv = 0.0
-        self.ring_n = [0] * TREND_BUCKETS
-        self.ring_off = [0] * TREND_BUCKETS
-        self.ring_st = [0] * TREND_BUCKETS
-        self.ring_sv = [0.0] * TREND_BUCKETS
+        self.tb_epoch = 0
+        self.ring_w = [0.0] * TREND_BUCKETS
+        self.ring_x = [0.0] * TREND_BUCKETS
+        self.ring_y = [0.0] * TREND_BUCKETS
         # exposure
         self.I = 0.0
         self.ex_px = 0.0
@@ -197,8 +202,9 @@ class RefChannel:
             self.machine(R_LIMIT, self.limit_level(v), t, out)
         if en[R_ROC] and self.pv is not None:
             dv = abs(v - self.pv)
-            self.metric[R_ROC] = dv / ((t - self.pt) / NS)
-            self.machine(R_ROC, int(dv > cr.roc_per_ns() * (t - self.pt)), t, out)
+            dts = (t - self.pt) / NS
+            self.metric[R_ROC] = dv / dts
+            self.machine(R_ROC, int(dv > cr.roc * dts), t, out)
         if self.tb_bw:
             self.trend(t, v, out)
         if cr.exposure is not None:
@@ -223,13 +229,19 @@ class RefChannel:
         k = (t + ph) // bw
         if self.tb_k is None:
             self.tb_k = k
+            self.tb_epoch = k * bw - ph
         elif k != self.tb_k:
+            # close the bucket: weight (samples), mean time (s since the channel's first
+            # bucket), mean value; skipped buckets are empty
             k0 = self.tb_k
             s = k0 % TREND_BUCKETS
-            self.ring_n[s], self.ring_off[s] = self.tb_n, k0 * bw - ph
-            self.ring_st[s], self.ring_sv[s] = self.tb_st, self.tb_sv
+            start0 = k0 * bw - ph
+            self.ring_w[s] = float(self.tb_n)
+            self.ring_x[s] = ((start0 - self.tb_epoch) + self.tb_st / self.tb_n) / NS
+            self.ring_y[s] = self.tb_sv / self.tb_n
             for j in range(k0 + 1, min(k, k0 + 1 + TREND_BUCKETS)):
-                self.ring_n[j % TREND_BUCKETS] = 0
+                jj = j % TREND_BUCKETS
+                self.ring_w[jj] = self.ring_x[jj] = self.ring_y[jj] = 0.0
             self.tb_k, self.tb_n, self.tb_st, self.tb_sv = k, 0, 0, 0.0
             self.evaluate_trend(t, k * bw - ph, out)
         self.tb_n += 1
@@ -237,30 +249,19 @@ class RefChannel:
         self.tb_sv += v
 
     def evaluate_trend(self, t: int, ref: int, out: list[dict[str, Any]]) -> None:
-        nonempty = sum(1 for n in self.ring_n if n > 0)
-        if nonempty < MIN_TREND_BUCKETS:
+        """Weighted least squares over the bucket means (weights: samples per bucket)."""
+        w = self.ring_w
+        if sum(1 for x in w if x > 0) < MIN_TREND_BUCKETS:
             return
-        xs, ys, ws = [], [], []
-        for b in range(TREND_BUCKETS):
-            n = self.ring_n[b]
-            if n:
-                xs.append(((self.ring_off[b] - ref) + self.ring_st[b] / n) / NS)
-                ys.append(self.ring_sv[b] / n)
-            else:
-                xs.append(0.0)
-                ys.append(0.0)
-            ws.append(float(n))
-        sw = sx = sy = 0.0
-        for b in range(TREND_BUCKETS):
-            sw += ws[b]
-            sx += ws[b] * xs[b]
-            sy += ws[b] * ys[b]
-        mx, my = sx / sw, sy / sw
-        sxx = sxy = 0.0
-        for b in range(TREND_BUCKETS):
-            dx = xs[b] - mx
-            sxx += ws[b] * (dx * dx)
-            sxy += ws[b] * (dx * (ys[b] - my))
+        ref_s = (ref - self.tb_epoch) / NS
+        xs = [x - ref_s for x in self.ring_x]
+        ys = self.ring_y
+        sw = tree8(w)
+        mx = tree8([w[b] * xs[b] for b in range(TREND_BUCKETS)]) / sw
+        my = tree8([w[b] * ys[b] for b in range(TREND_BUCKETS)]) / sw
+        dx = [x - mx for x in xs]
+        sxx = tree8([w[b] * (dx[b] * dx[b]) for b in range(TREND_BUCKETS)])
+        sxy = tree8([w[b] * (dx[b] * (ys[b] - my)) for b in range(TREND_BUCKETS)])
         if not sxx > 0:
             return
         slope = sxy / sxx
@@ -302,7 +303,7 @@ class RefChannel:
             # the previous reading held until now (at most hold_ns); a negative
             # concentration (zero drift) counts as none
             px = self.ex_px if cr.exposure == "noise" else max(self.pv, 0.0)
-            self.I += px * (min(t - self.pt, cr.hold_ns) / NS)
+            self.I += px * min((t - self.pt) / NS, cr.hold_ns / NS)
         if cr.exposure == "noise":
             self.ex_px = 10.0 ** (v / cr.noise_k())
         if self.enabled[R_TWA]:

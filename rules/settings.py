@@ -133,7 +133,9 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
             device_maintenance: bool = False) -> ChannelRules:
     """One channel's rules from its config (presets resolved, overrides applied)."""
     vals = _alarm_values(spec)
-    a = AlarmSettings.model_validate({k: v for k, v in vals.items() if k != "source"})
+    # values are already parsed (config floats in seconds, preset numbers): merge without
+    # re-validating, which would refuse unit-less durations
+    a = AlarmSettings().model_copy(update={k: v for k, v in vals.items() if k != "source"})
     r = ChannelRules(spec.name, spec.kind, spec.unit, source=vals.get("source"))
     for k in ("hh", "h", "l", "ll"):
         v = getattr(a, k)
