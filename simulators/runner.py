@@ -18,6 +18,7 @@ stdin) let a test drive faults without waiting for scripted ones::
     {"fault": "dev", "kind": "silent"|"exception"|"disconnect"|"restart", "unit": 2, "code": 4}
     {"clear": "dev", "unit": 2}
     {"set": "GT-101", "value": 55.0}        # "value": null releases it
+    {"reset": true}                         # drop every forced fault and value
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Simulator:
                 self.plant.force_fault(msg["clear"], None, unit=msg.get("unit"))
             elif "set" in msg:
                 self.plant.force_value(msg["set"], msg.get("value"))
+            elif msg.get("reset"):
+                self.plant.reset_overrides()
             else:
                 return {"error": f"unknown control message: {line.strip()}"}
         except (ValueError, KeyError, TypeError) as e:

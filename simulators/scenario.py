@@ -26,6 +26,7 @@ API::
                                               # (OPC-UA status code name, e.g. 'BadSensorFailure')
     plant.force_fault(device, Fault | None, unit=None)  # manual override (tests, --control)
     plant.force_value(name, value | None)     # pin a signal to a value, None releases it
+    plant.reset_overrides()                   # drop every forced fault and value
 
 Signals (``simulators.config.Signal``): ``base`` + slow drift (a sine of period
 ``drift_period`` with a seeded phase) + daily cycle (peak at ``daily_peak`` o'clock,
@@ -213,6 +214,11 @@ class Plant:
             self._forced_faults.pop(key, None)
         else:
             self._forced_faults[key] = fault
+
+    def reset_overrides(self) -> None:
+        """Drop every force_fault / force_value: back to the scripted plant."""
+        self._forced_faults.clear()
+        self._forced_values.clear()
 
     def force_value(self, name: str, value: float | None) -> None:
         if name not in self.index:
