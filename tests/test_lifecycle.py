@@ -237,3 +237,79 @@ def test_polls_simulators_and_keeps_everything_after_sigterm(
                     last[names[ch]] = float(v)
         for name, want in MODBUS_EXPECTED.items():
             assert abs(last[name] - want) <= 0.05 * abs(want) + 0.2, (name, last[name], want)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MB tmpfs for the state directory (needs root; skipped otherwise)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", f"safegw-test-{uuid.uuid4().hex[:8]}",
+                        str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_keeps_the_daemon_up(tmp_path: Path, manager: Manager, modbus_plant: SimProcess,
+                                       small_tmpfs: Path) -> None:
+    """The state directory's disk fills up: the daemon stays up and keeps feeding the
+    watchdog, says so once (not once per batch), and journals again once space is back."""
+    filler = small_tmpfs / "filler"
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(gateway_yaml(modbus_plant, small_tmpfs / "state"))
+    proc = start_gateway(cfg, manager, extra=["--log-level", "INFO"])
+    assert proc.stderr is not None
+    log_lines: list[str] = []
+    got = threading.Condition()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with got:
+                log_lines.append(line)
+                got.notify_all()
+
+    def wait_log(text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with got:
+            while not any(text in ln for ln in log_lines):
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {text!r} in the log within {timeout}s:\n{''.join(log_lines[-30:])}"
+                got.wait(left)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        manager.wait_for(lambda m: m.startswith("READY=1"), 30, "READY=1")
+        wait_until(lambda: len(good_channels(small_tmpfs / "state" / "journal.db")) == 5, 30, interval=0.3,
+                   what="good values in the journal")
+        # fill the disk: what the kernel will give us, minus nothing
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        wait_log("journal refused a batch", 20)
+        n_before = len(manager.messages)
+        manager.wait_for(lambda m: m == "WATCHDOG=1", 5, "watchdog pings while the disk is full",
+                         count=sum(1 for _, m in manager.messages if m == "WATCHDOG=1") + 5)
+        assert proc.poll() is None and len(manager.messages) > n_before
+        refusals = [ln for ln in log_lines if "journal refused a batch" in ln]
+        assert len(refusals) == 1, refusals
+        filler.unlink()  # the operator makes room
+        wait_log("journal takes batches again", 20)
+        proc.send_signal(signal.SIGTERM)  # (stderr is the pump's: no communicate() here)
+        proc.wait(DRAIN_S + 13)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(log_lines[-30:])
