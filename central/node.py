@@ -50,6 +50,7 @@ from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
 from uplink.sync import (
     LANES,
+    MAX_BODY,
     NET_ERRORS,
     Backoff,
     HttpsListener,
@@ -482,6 +483,11 @@ class CentralNode:
 
     # ------------------------------------------------------------------ HTTP
     async def h_push(self, request: Request) -> Response:
+        try:
+            if int(request.headers.get("content-length", "0")) > MAX_BODY:
+                return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
+        except ValueError:
+            return JSONResponse({"error": "bad content-length"}, status_code=400)
         body = await request.body()
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:

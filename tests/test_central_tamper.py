@@ -169,3 +169,37 @@ async def test_push_requests_must_be_signed_fresh_and_unique(setup) -> None:  # 
         assert st["sources"]["gw-1"]["duplicates"] >= 1
     finally:
         await peer.close()
+
+
+async def test_pusher_backs_off_when_central_cannot_read_it(tmp_path: Path) -> None:
+    """A gateway that encrypts to the wrong key: refused every time, but never hammered."""
+    from tests.helpers import async_wait_until
+    from tests.test_central_harness import GatewaySide
+
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    central_pub(tmp_path, "county", pubs)
+    wrong = make_keys(tmp_path / "elsewhere", "elsewhere", pubs)
+    gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
+    c = await CentralSide(central_config(tmp_path, "county",
+                                         [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])).start()
+    gw = GatewaySide(tmp_path, "gw-1", pubs, [wrong], mode="push", central_url=c.url, central_ca=c.cert,
+                     retry_max="1s")
+    try:
+        await gw.journal.append_many([batch(i, 20) for i in range(3)])
+        await gw.start()
+        push = gw.svc.push
+        assert push is not None
+        await async_wait_until(lambda: push.stats.rewinds >= 2, 10, what="two refusals")
+        n0 = push.stats.requests
+        loop = __import__("asyncio").get_running_loop()
+        t0 = loop.time()
+        await async_wait_until(lambda: push.stats.requests >= n0 + 2, 10)
+        # backoff doubles from 0.2 s: two more attempts take a while, not a busy loop
+        assert loop.time() - t0 > 0.3
+        assert c.node.status["gw-1"].rejected.get("NotForMe", 0) >= 2
+        assert stored(c.node, "gw-1") == []
+        assert gw.journal.cursor("uplink") == 0, "the gateway counted refused data as delivered"
+    finally:
+        await gw.stop()
+        await c.stop()

@@ -487,15 +487,22 @@ class PushClient:
             except (ValueError, KeyError, TypeError) as e:
                 raise PeerError(f"push answer without cursors: {e}") from None
             self.stats.cursors = cursors
+            refused = False
             for ln in LANES:
                 c = cursors.get(ln, self.pos[ln])
                 if ln == lane and c < items[-1].seq:
                     # central holds less than we sent: a hole on its side; resend from there
                     self.stats.rewinds += 1
+                    refused = True
                     log.warning("central is at %d on lane %s, we sent up to %d: resending from %d",
                                 c, ln, items[-1].seq, c)
                 self.pos[ln] = c
                 await self.source.ack(ln, c)
+            if refused:
+                # central refused part of it (a hole on its side, or an envelope it cannot
+                # verify): do not hammer it, the next attempt resends from its cursor
+                await asyncio.sleep(self.backoff.next())
+                return True
             self.stats.sent_envelopes += len(items)
             sent = sum(i.samples for i in items)
             self.stats.sent_samples += sent
