@@ -208,7 +208,9 @@ class Gateway:
             next_due += dev.poll
             t0 = loop.time()
             try:
-                batch = await asyncio.wait_for(drv.poll(), timeout=dev.timeout * (dev.retries + 1) + dev.poll)
+                # a driver may know better (an RS-485 bus: every unit may cost its own timeout)
+                budget = getattr(drv, "poll_budget_s", None) or dev.timeout * (dev.retries + 1) + dev.poll
+                batch = await asyncio.wait_for(drv.poll(), timeout=budget)
             except DeviceUnavailable as e:
                 self._fail(st, drv, e, e.cause)
                 connected = False

@@ -112,3 +112,35 @@ async def test_gateway_rides_out_an_unplugged_adapter(modbus_plant: SimProcess, 
     finally:
         gw.stop()
         await asyncio.wait_for(run, 15)
+
+
+async def test_silent_units_do_not_take_the_bus_down(modbus_plant: SimProcess, tmp_path: Path) -> None:
+    """Three of four units on the line are absent: each costs its timeout, more than one
+    device timeout in total, yet the unit that answers stays good."""
+    link = modbus_plant.endpoints["rtu-bus"]["port"]
+    cfg = loads(f"""
+gateway: {{id: gw-test, site: "TEST", state_dir: "{tmp_path / 'state'}"}}
+devices:
+  - name: rtu-bus
+    protocol: modbus-rtu
+    port: "{link}"
+    poll: 300ms
+    timeout: 150ms
+    retries: 1
+    units:
+      - {{unit: 1, channels: [{{name: PT-1, kind: pressure, address: holding:0, type: float32}}]}}
+      - {{unit: 3, channels: [{{name: X-3, kind: other, address: holding:0}}]}}
+      - {{unit: 4, channels: [{{name: X-4, kind: other, address: holding:0}}]}}
+      - {{unit: 5, channels: [{{name: X-5, kind: other, address: holding:0}}]}}
+""")
+    gw = Gateway(cfg)
+    run = asyncio.create_task(gw.run(drain_s=1.0))
+    pt, x3 = gw.table.index("PT-1"), gw.table.index("X-3")
+    try:
+        await async_wait_until(lambda: gw.devices["rtu-bus"].polls >= 2, timeout=20, what="two polls")
+        assert gw.live.quality[pt] == Quality.GOOD and gw.live.value[pt] == 1.25
+        assert gw.live.quality[x3] == Quality.TIMEOUT
+        assert gw.devices["rtu-bus"].errors == 0  # never failed as a whole
+    finally:
+        gw.stop()
+        await asyncio.wait_for(run, 15)

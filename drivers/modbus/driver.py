@@ -231,6 +231,15 @@ class ModbusRtuDriver(ModbusDriver):
         self._last_frame = 0.0
         self.info["port"] = device.port
 
+    @property
+    def poll_budget_s(self) -> float:
+        """Longest a healthy poll may take: every unit can cost its own timeout and retries,
+        and every frame its gap. The gateway uses it to bound poll()."""
+        d = self.device
+        units = len({p.unit for p in self.points})
+        frames = len(self.plan.requests)
+        return units * d.timeout * (d.retries + 1) + frames * (d.inter_frame_gap + d.timeout) + d.poll
+
     async def open(self) -> None:
         from pymodbus.client import AsyncModbusSerialClient
 
