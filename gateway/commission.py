@@ -69,7 +69,8 @@ async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
         if drv.streaming:
             await _stream_once(drv, res, budget)
         else:
-            batch = await asyncio.wait_for(drv.poll(), timeout=budget + dev.poll)
+            poll_budget = getattr(drv, "poll_budget_s", None) or budget + dev.poll
+            batch = await asyncio.wait_for(drv.poll(), timeout=poll_budget)
             _take(res, batch)
     except DeviceUnavailable as e:
         res.error = f"{e} ({quality_label(e.cause)})"
