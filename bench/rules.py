@@ -55,9 +55,8 @@ def make_ticks(n: int, ticks: int, seed: int = 1) -> list[tuple[Batch, int]]:
     base = rng.uniform(30, 70, n)
     out = []
     for k in range(ticks):
-        base = base + rng.normal(0, 0.5, n)
-        v = base.copy()
-        hot = rng.random(n) < 0.001  # a few channels jump over a limit
+        v = base + rng.normal(0, 0.5, n)  # a steady plant: readings scatter around their level
+        hot = rng.random(n) < 0.0002  # a few channels jump over a limit (20 a second at 100k)
         v[hot] += 40
         q = np.zeros(n, np.uint8)
         q[rng.random(n) < 0.0005] = 0x81
