@@ -26,6 +26,7 @@ specified in docs/uplink-protocol.md; in short:
 
 from __future__ import annotations
 
+import json
 import operator
 import struct
 import threading
@@ -37,9 +38,10 @@ import numpy.typing as npt
 import zstandard
 
 from gateway.batch import SAMPLE_BYTES
-from gateway.journal import SAMPLES, Record
+from gateway.journal import EVENT, SAMPLES, Record
 
 FORMAT = 1
+L_OPAQUE, L_SAMPLES, L_EVENT = 0, 1, 2  # how a record travels
 ZSTD_LEVEL = 3
 MAX_K = 9
 
@@ -240,30 +242,17 @@ def _gdiff(x: I64, starts: I64) -> I64:
     return d
 
 
-def _bitcost(x: I64, starts: I64) -> npt.NDArray[np.float64]:
-    return np.add.reduceat(np.log2(np.abs(x.astype(np.float64)) + 1.0), starts)
-
-
 def _rice_params(z: U64, starts: I64, counts: I64) -> npt.NDArray[np.uint8]:
     """Per group, the Rice parameter that codes ``z`` (zigzagged residuals) in fewest bits."""
     # start from the mean bit length: robust to the few big values at group starts
     mean_bits = np.add.reduceat(np.log2(z.astype(np.float64) + 1.0), starts) / counts
-    k0 = np.clip(np.floor(mean_bits).astype(np.int64), 0, 60)
-    best_k = k0
-    best_cost: npt.NDArray[np.float64] | None = None
-    for dk in (-1, 0, 1, 2):
-        k = np.clip(k0 + dk, 0, 62)
-        ks = np.repeat(k, counts).astype(np.uint64)
-        qq = (z >> ks).astype(np.float64)
-        bits = np.where(qq >= QMAX, QMAX + 65.0, qq + 1.0 + ks.astype(np.float64))
-        cost = np.add.reduceat(bits, starts)
-        if best_cost is None:
-            best_cost, best_k = cost, k
-        else:
-            better = cost < best_cost
-            best_cost = np.where(better, cost, best_cost)
-            best_k = np.where(better, k, best_k)
-    return best_k.astype(np.uint8)
+    k0 = np.minimum(mean_bits.astype(np.int64), 60)
+    cand = np.maximum(k0[None, :] + np.arange(-1, 3)[:, None], 0)  # 4 candidates per group
+    ks = np.repeat(cand, counts, axis=1).astype(np.uint64)
+    qq = (z[None, :] >> ks).astype(np.float64)
+    bits = np.where(qq >= QMAX, QMAX + 65.0, qq + 1.0 + ks)
+    best = np.argmin(np.add.reduceat(bits, starts, axis=1), axis=0)
+    return cand[best, np.arange(len(starts))].astype(np.uint8)
 
 
 def _pack_bits(v: U64, k: int) -> npt.NDArray[np.uint8]:
@@ -340,19 +329,18 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
     idx = np.arange(len(x), dtype=np.int64) - np.repeat(starts, counts)
     xf = x.astype(np.float64)
     last = starts + counts - 1
-    with np.errstate(invalid="ignore", over="ignore"):
-        slope = np.nan_to_num((xf[last] - xf[starts]) / np.maximum(counts - 1, 1))
-        slope = np.rint(np.clip(slope, -(2.0**62), 2.0**62))
-        base = np.add.reduceat(xf, starts) / counts - slope * (counts - 1) / 2.0
-        base = np.rint(np.clip(np.nan_to_num(base), -(2.0**62), 2.0**62))
-    b = base.astype(np.int64)
+    lim = 2.0**62  # int64 values are finite as floats; keep the trend parameters in range
+    slope = np.rint(np.minimum(np.maximum((xf[last] - xf[starts]) / np.maximum(counts - 1, 1), -lim), lim))
+    base = np.add.reduceat(xf, starts) / counts - slope * (counts - 1) / 2.0
+    b = np.rint(np.minimum(np.maximum(base, -lim), lim)).astype(np.int64)
     d = slope.astype(np.int64)
     y = x - np.repeat(b, counts) - idx * np.repeat(d, counts)
     d1 = _gdiff(y, starts)
     d2 = _gdiff(d1, starts)
-    order = np.argmin(np.stack((_bitcost(y, starts), _bitcost(d1, starts), _bitcost(d2, starts))), axis=0)
-    o_s = np.repeat(order, counts)
-    r = np.where(o_s == 0, y, np.where(o_s == 1, d1, d2))
+    res = np.stack((y, d1, d2))
+    cost = np.add.reduceat(np.log2(np.abs(res.astype(np.float64)) + 1.0), starts, axis=1)
+    order = np.argmin(cost, axis=0)
+    r = res[np.repeat(order, counts), np.arange(len(x))]
     z = _zigzag(r)
     k = _rice_params(z, starts, counts)
     out.append(order.astype(np.uint8).tobytes())
@@ -386,7 +374,8 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
 
 # ------------------------------------------------------------------------- values
 
-def _choose_modes(vs: npt.NDArray[np.float64], starts: I64, counts: I64, per: int = 8) -> npt.NDArray[np.uint8]:
+def _choose_modes(vs: npt.NDArray[np.float64], starts: I64, counts: I64,
+                  per: int = 8) -> npt.NDArray[np.uint8]:
     """Per channel (contiguous groups of ``vs``), the cheapest exact mode byte.
 
     All candidates (mode x k) are tried at once on up to ``per`` samples spread over
@@ -450,8 +439,12 @@ def _unaligned(buf: bytes | bytearray, dtype: str, itemsize: int) -> npt.NDArray
     return np.ndarray((max(len(buf) - itemsize + 1, 0),), dtype, buffer=buf, strides=(1,))
 
 
-def encode(records: Sequence[Record], *, level: int = ZSTD_LEVEL) -> bytes:
-    """Encode records (any kinds, any sequence numbers) losslessly."""
+def encode(records: Sequence[Record], *, level: int | None = None) -> bytes:
+    """Encode records (any kinds, any sequence numbers) losslessly.
+
+    ``level`` is zstd's; by default 6 for live-sized payloads (2 % smaller than 3 at
+    about the same cost there) and 3 for big backlog ones, where speed counts more.
+    """
     nrec = len(records)
     out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
     if nrec:
@@ -475,23 +468,37 @@ def encode(records: Sequence[Record], *, level: int = ZSTD_LEVEL) -> bytes:
             ci = ci[good]
             samples = _gather_samples(datas, ns, ci, tmin_a, tmax_a) if len(ci) else None
 
+    # events whose bytes are canonical JSON objects travel as columns of their fields
+    layout = col.astype(np.uint64)
+    ev_objs: list[dict[str, Any]] = []
+    for i in np.flatnonzero((kind_a == EVENT) & (n_a == 1) & (tmin_a == tmax_a)).tolist():
+        obj = _canonical_event(datas[i], tmins[i])
+        if obj is not None:
+            layout[i] = L_EVENT
+            ev_objs.append(obj)
+
     # record table
     _put_ints(out, np.diff(seq_a, prepend=np.int64(0)) - 1)
     _put_ints(out, kind_a)
-    _put_u64(out, col.astype(np.uint64))
+    _put_u64(out, layout)
 
     # opaque records
-    oi = np.flatnonzero(~col)
+    oi = np.flatnonzero(layout == L_OPAQUE)
     t0 = tmin_a[oi]
     _put_ints(out, _dod(t0))
     _put_ints(out, tmax_a[oi] - t0)
     _put_ints(out, n_a[oi])
     _put_u64(out, len_a[oi].astype(np.uint64))
     out.append(b"".join([datas[i] for i in oi.tolist()]) if len(oi) else b"")
+    if ev_objs:
+        _put_blob(out, _encode_events(ev_objs))
 
     if samples is not None:
         _encode_samples(out, *samples)
-    return _compressor(level).compress(b"".join(out))
+    raw = b"".join(out)
+    if level is None:
+        level = 6 if len(raw) < 1 << 18 else ZSTD_LEVEL
+    return _compressor(level).compress(raw)
 
 
 def _columns(buf: bytes, counts: I64) -> tuple[I64, I64, npt.NDArray[np.float64], npt.NDArray[np.uint8], I64]:
@@ -668,6 +675,152 @@ def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
     return inv, len(uniq)
 
 
+# ------------------------------------------------------------------------ events
+#
+# An event whose bytes are exactly ``json.dumps(obj, separators=(",", ":"),
+# ensure_ascii=False)`` of a JSON object (what the journal writes) travels as fields:
+# the key lists ("shapes") once, a shape id per event, then each key's values in
+# event order, typed: integers as deltas, floats as IEEE bits XORed with the key's
+# previous float, strings once then by index, anything else as JSON text. Decoding
+# rebuilds the same bytes. Other events travel opaque.
+
+_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_NEWSTR, _T_STR, _T_JSON = range(8)
+_DUMP = {"separators": (",", ":"), "ensure_ascii": False}
+_F64 = struct.Struct("<d")
+_U64S = struct.Struct("<Q")
+
+
+def _canonical_event(data: bytes, ts: int) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or json.dumps(obj, **_DUMP).encode() != data:  # type: ignore[arg-type]
+        return None
+    t = obj.get("ts", 0)
+    if type(t) is not int or t != ts:
+        return None
+    return obj
+
+
+def _vput(buf: bytearray, n: int) -> None:
+    while n >= 0x80:
+        buf.append((n & 0x7F) | 0x80)
+        n >>= 7
+    buf.append(n)
+
+
+def _sput(buf: bytearray, text: str) -> None:
+    b = text.encode()
+    _vput(buf, len(b))
+    buf += b
+
+
+def _encode_events(objs: list[dict[str, Any]]) -> bytes:
+    buf = bytearray()
+    shapes: dict[tuple[str, ...], int] = {}
+    sid = [shapes.setdefault(tuple(o), len(shapes)) for o in objs]
+    _vput(buf, len(shapes))
+    for shape in shapes:
+        _vput(buf, len(shape))
+        for key in shape:
+            _sput(buf, key)
+    for i in sid:
+        _vput(buf, i)
+    for key in dict.fromkeys(k for shape in shapes for k in shape):
+        prev_i = prev_f = 0
+        table: dict[str, int] = {}
+        for o in objs:
+            if key not in o:
+                continue
+            v = o[key]
+            if v is None:
+                buf.append(_T_NULL)
+            elif v is True:
+                buf.append(_T_TRUE)
+            elif v is False:
+                buf.append(_T_FALSE)
+            elif type(v) is int and -(1 << 63) <= v < 1 << 63:
+                d = v - prev_i
+                buf.append(_T_INT)
+                _vput(buf, d << 1 if d >= 0 else ((-d) << 1) - 1)
+                prev_i = v
+            elif type(v) is float:
+                bits = _U64S.unpack(_F64.pack(v))[0]
+                buf.append(_T_FLOAT)
+                buf += _U64S.pack(bits ^ prev_f)
+                prev_f = bits
+            elif type(v) is str:
+                j = table.get(v)
+                if j is None:
+                    table[v] = len(table)
+                    buf.append(_T_NEWSTR)
+                    _sput(buf, v)
+                else:
+                    buf.append(_T_STR)
+                    _vput(buf, j)
+            else:
+                buf.append(_T_JSON)
+                _sput(buf, json.dumps(v, **_DUMP))  # type: ignore[arg-type]
+    return bytes(buf)
+
+
+def _decode_events(blob: bytes, n: int) -> list[tuple[int, bytes]]:
+    rd = _Reader(blob)
+
+    def text(what: str) -> str:
+        return bytes(rd.take(rd.varint(what), what)).decode()
+
+    shapes = []
+    for _ in range(rd.varint("event shapes")):
+        nk = rd.varint("event keys")
+        if nk > len(blob):
+            raise CodecError("event shape too long")
+        shapes.append([text("event key") for _ in range(nk)])
+    sid = [rd.varint("event shape id") for _ in range(n)]
+    if any(i >= len(shapes) for i in sid):
+        raise CodecError("event shape id out of range")
+    cols: dict[str, list[Any]] = {}
+    for key in dict.fromkeys(k for shape in shapes for k in shape):
+        count = sum(1 for i in sid if key in shapes[i])
+        vals: list[Any] = []
+        prev_i = prev_f = 0
+        table: list[str] = []
+        for _ in range(count):
+            tag = rd.take(1, "event tag")[0]
+            if tag == _T_NULL:
+                vals.append(None)
+            elif tag == _T_TRUE:
+                vals.append(True)
+            elif tag == _T_FALSE:
+                vals.append(False)
+            elif tag == _T_INT:
+                z = rd.varint("event int")
+                prev_i += z >> 1 if not z & 1 else -((z + 1) >> 1)
+                vals.append(prev_i)
+            elif tag == _T_FLOAT:
+                prev_f ^= _U64S.unpack(rd.take(8, "event float"))[0]
+                vals.append(_F64.unpack(_U64S.pack(prev_f))[0])
+            elif tag == _T_NEWSTR:
+                table.append(text("event string"))
+                vals.append(table[-1])
+            elif tag == _T_STR:
+                vals.append(table[rd.varint("event string index")])
+            elif tag == _T_JSON:
+                vals.append(json.loads(text("event json")))
+            else:
+                raise CodecError(f"event value tag {tag}")
+        cols[key] = vals[::-1]  # popped from the end below
+    if rd.pos != len(blob):
+        raise CodecError("stray bytes after the events")
+    out = []
+    for i in sid:
+        obj = {k: cols[k].pop() for k in shapes[i]}
+        t = obj.get("ts", 0)
+        out.append((t if type(t) is int else 0, json.dumps(obj, **_DUMP).encode()))  # type: ignore[arg-type]
+    return out
+
+
 # ------------------------------------------------------------------------ decode
 
 def decode(data: bytes, *, max_size: int = 1 << 28) -> list[Record]:
@@ -684,7 +837,7 @@ def decode(data: bytes, *, max_size: int = 1 << 28) -> list[Record]:
         raise CodecError(f"payload does not decompress: {e}") from None
     try:
         return _decode(raw)
-    except (ValueError, IndexError, OverflowError, struct.error, UnicodeDecodeError) as e:
+    except (ValueError, IndexError, OverflowError, KeyError, struct.error, UnicodeDecodeError) as e:
         if isinstance(e, CodecError):
             raise
         raise CodecError(f"inconsistent payload: {e}") from None
@@ -700,14 +853,18 @@ def _decode(raw: bytes) -> list[Record]:
         raise CodecError(f"record count {nrec} cannot fit in {len(raw)} bytes")
     seqs = np.cumsum(rd.ints("seq", nrec) + 1, dtype=np.int64)
     kinds = rd.ints("kind", nrec)
-    columnar = rd.u64("layout", nrec).astype(bool)
-    n_op = int(nrec - columnar.sum())
+    layout = rd.u64("layout", nrec)
+    if nrec and layout.max() > L_EVENT:
+        raise CodecError(f"unknown record layout {layout.max()}")
+    n_op = int((layout == L_OPAQUE).sum())
+    n_ev = int((layout == L_EVENT).sum())
     t0 = _undod(rd.ints("opaque ts_min", n_op))
     t1 = t0 + rd.ints("opaque ts span", n_op)
     nn = rd.ints("opaque n", n_op)
     lens = rd.u64("opaque lengths", n_op)
     blob = rd.take(int(lens.sum()), "opaque data")
-    n_col = nrec - n_op
+    events = _decode_events(rd.blob("events"), n_ev) if n_ev else []
+    n_col = nrec - n_op - n_ev
     col_records: list[tuple[int, int, int, bytes]] = []
     if n_col:
         col_records = _decode_samples(rd, n_col)
@@ -719,13 +876,17 @@ def _decode(raw: bytes) -> list[Record]:
     kind_l = kinds.tolist()
     t0_l, t1_l, nn_l = t0.tolist(), t1.tolist(), nn.tolist()
     ends = np.cumsum(lens).tolist()
-    oi = ci = 0
+    oi = ci = ei = 0
     start = 0
-    for i, is_col in enumerate(columnar.tolist()):
-        if is_col:
+    for i, lay in enumerate(layout.tolist()):
+        if lay == L_SAMPLES:
             n, tmin, tmax, data = col_records[ci]
             out.append(Record(seq_l[i], kind_l[i], tmin, tmax, n, data))
             ci += 1
+        elif lay == L_EVENT:
+            ts, data = events[ei]
+            out.append(Record(seq_l[i], kind_l[i], ts, ts, 1, data))
+            ei += 1
         else:
             end = ends[oi]
             out.append(Record(seq_l[i], kind_l[i], t0_l[oi], t1_l[oi], nn_l[oi], bytes(blob[start:end])))
