@@ -8,8 +8,8 @@ exception 1 (illegal function), reads outside a unit's table exception 2.
 
 Faults come from the plant (simulators.scenario) at the time of the last tick:
 ``silent`` → no answer, ``exception`` → the scenario's exception code,
-``disconnect`` (TCP) → open connections are dropped and new ones refused until it
-ends. On an RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
+``disconnect`` → TCP: open connections are dropped and new ones refused until it
+ends; RTU: the pty pair disappears (the USB adapter is pulled) until it ends. On an RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
 
 RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
 simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way
@@ -323,6 +323,8 @@ class ModbusRtuServer(_Device):
                         self.link, self.model.replug_delay)
             self._unplug_fd()
             await asyncio.sleep(self.model.replug_delay)
+            while self._pulled() and not self._stopping:  # a 'disconnect' fault keeps it out
+                await asyncio.sleep(0.05)
             while not self._stopping:
                 try:
                     await self._plug()
@@ -331,6 +333,17 @@ class ModbusRtuServer(_Device):
                 except (OSError, RuntimeError) as e:
                     log.warning("%s: cannot re-create the pty pair: %s", self.name, e)
                     await asyncio.sleep(self.model.replug_delay)
+
+    def _pulled(self) -> bool:
+        f = self.fault(None)
+        return f is not None and f.kind == "disconnect"
+
+    async def update(self, t: float, values: dict[str, float]) -> None:
+        await super().update(t, values)
+        # a 'disconnect' fault pulls the adapter: socat goes, the supervisor plugs it back after
+        if self._pulled() and self.proc is not None and self.proc.returncode is None:
+            log.info("%s: disconnect (pty pair removed)", self.name)
+            self.proc.terminate()
 
     def _readable(self) -> None:
         assert self.fd is not None

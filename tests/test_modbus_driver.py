@@ -382,3 +382,31 @@ async def test_every_type_and_byte_order_over_the_wire(sim_factory: Callable[...
         want = float(np.float32(v)) if t == "float32" else v
         assert got[f"c{i}"] == (want, Quality.GOOD), (t, o)
     assert got["bit"] == (1.0, Quality.GOOD) and got["bit12"] == (0.0, Quality.GOOD)
+
+
+async def test_rtu_disconnect_fault_pulls_the_adapter(modbus_plant: SimProcess, tmp_path: Path) -> None:
+    drv = _drivers(loads(gateway_yaml(modbus_plant, tmp_path)))["rtu-bus"]
+    await drv.open()
+    try:
+        assert _values(drv, await drv.poll())["PT-1"] == (1.25, Quality.GOOD)
+        modbus_plant.control(fault="rtu-bus", kind="disconnect")
+        with pytest.raises(DeviceUnavailable):
+            for _ in range(50):
+                await drv.poll()
+                await asyncio.sleep(0.05)
+        await drv.close()
+        with pytest.raises(DeviceUnavailable):
+            await drv.open()  # stays unplugged while the fault lasts
+        modbus_plant.control(clear="rtu-bus")
+
+        async def back() -> bool:
+            try:
+                await drv.open()
+                return _values(drv, await drv.poll())["PT-1"] == (1.25, Quality.GOOD)
+            except (DeviceUnavailable, OSError):
+                await drv.close()
+                return False
+
+        await async_wait_until(back, timeout=15, interval=0.1, what="adapter plugged back")
+    finally:
+        await drv.close()
