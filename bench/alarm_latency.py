@@ -4,14 +4,14 @@ A Modbus TCP register farm serves 10,000 channels (10 devices × 1,000 holding
 registers): by default a minimal one in a child process that reports the exact time it
 wrote a register; ``--source simulators`` uses the plant simulators (``python -m
 simulators``) instead, whose ``set`` command recomputes every signal before answering,
-so there the crossing is only known to lie between command and answer; the gateway (``safegw run``, a subprocess) polls
-them every ``--poll``, evaluates the rules and publishes alarm events to a mosquitto
-started here on a free port; a subscriber in this process receives them. For each
-crossing the bench tells the simulator to set one channel above its high limit and
-counts the latency from the register write (the crossing) to the moment the
+so there the crossing is only known to lie between command and answer. The gateway
+(``safegw run``, a subprocess) polls them every ``--poll``, evaluates the rules and
+publishes alarm events to a mosquitto started here on a free port; a subscriber in this
+process receives them. For each crossing the bench sets one channel above its high
+limit and counts the latency from the register write (the crossing) to the moment the
 subscriber receives the ``raise`` event (also reported from the moment the command was
-sent); then it sets the value back
-and waits for the ``clear``. Crossings start at a random phase of the poll cycle.
+sent); then it sets the value back and waits for the ``clear``. Crossings start at a
+random phase of the poll cycle.
 
 Target: p99 ≤ one poll period + 100 ms.
 
@@ -70,7 +70,8 @@ def gateway_yaml(sim: SimProcess, devices: int, per: int, poll: str, state: Path
                 f"    poll: {poll}", f"    timeout: {poll}", "    retries: 0", "    channels:"]
         for k in range(per):
             i = d * per + k
-            out.append(f"      - {{name: S{i}, kind: gas, unit: '%LEL', address: 'holding:{k}', type: uint16, "
+            out.append(f"      - {{name: S{i}, kind: gas, unit: '%LEL', address: 'holding:{k}', "
+                       f"type: uint16, "
                        f"alarms: {{h: {LIMIT}}}}}")
     out.append(f"mqtt: {{host: 127.0.0.1, port: {mqtt_port}, keepalive: 10s}}")
     return "\n".join(out) + "\n"
@@ -85,7 +86,8 @@ class MinimalPlant:
         import multiprocessing as mp
 
         self.conn, child = mp.Pipe()
-        self.proc = mp.get_context("fork").Process(target=_plant_main, args=(child, devices, per), daemon=True)
+        self.proc = mp.get_context("fork").Process(target=_plant_main, args=(child, devices, per),
+                                                   daemon=True)
         self.proc.start()
         self.ports: list[int] = self.conn.recv()
 
@@ -266,7 +268,8 @@ def main() -> None:
             "max_ms": round(lat[-1], 1),
             "target_ms": round(poll_s * 1e3 + 100, 1),
             "p50_from_command_ms": round(statistics.median(lat_sent), 1),
-            "p99_from_command_ms": round(sorted(lat_sent)[min(len(lat_sent) - 1, int(len(lat_sent) * 0.99))], 1),
+            "p99_from_command_ms": round(
+                sorted(lat_sent)[min(len(lat_sent) - 1, int(len(lat_sent) * 0.99))], 1),
             "source": args.source,
             "measured_from": "register written (the crossing) to subscriber receipt; *_from_command_ms "
                              "count from sending the set command",

@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.batch import Batch  # noqa: E402
-from rules.engine import RulesEngine  # noqa: E402
-from rules.reference import ReferenceEngine  # noqa: E402
-from rules.settings import NS, ChannelRules  # noqa: E402
+from gateway.batch import Batch
+from rules.engine import RulesEngine
+from rules.reference import ReferenceEngine
+from rules.settings import NS, ChannelRules
 
 T0 = 1_750_000_000 * NS
 POLL = NS  # one poll a second

@@ -37,7 +37,8 @@ def test_ack_and_clear_states() -> None:
     [raise_] = feed(e, 0, 15, 0)
     assert raise_["state"] == "active_unacked" and raise_["id"] == "gw1-1" and raise_["who"] is None
     [ack] = e.ack("GT-1", who="Wang Wu", now_ns=T0 + NS)
-    assert (ack["transition"], ack["state"], ack["who"], ack["level"]) == ("ack", "active_acked", "Wang Wu", "h")
+    assert (ack["transition"], ack["state"], ack["who"], ack["level"]) == (
+        "ack", "active_acked", "Wang Wu", "h")
     [esc] = feed(e, 0, 25, 2)  # a worse level needs a new acknowledgement
     assert (esc["transition"], esc["state"]) == ("escalate", "active_unacked")
     [clr] = feed(e, 0, 5, 3)

@@ -108,7 +108,7 @@ async def test_broker_outage_delivers_everything_in_order(mosquitto_factory: Any
         cursor_before = gw.journal.cursor("mqtt")
         # alarms raised during the outage: 4 channels go up and down, 24 transitions
         k = 0
-        for rep in range(3):
+        for _ in range(3):
             for ch in range(4):
                 k += 1
                 crossing(gw, ch, 60.0, t + k * NS)
@@ -168,9 +168,9 @@ async def test_commands_ack_shelve_and_active_document(mosquitto: Broker, tmp_pa
             assert results[1]["ok"] is True and results[1]["request_id"] == "r1"
             await asyncio.to_thread(sub.wait_for, lambda s: any(
                 a["channel"] == "GT-1" and a["state"] == "active_acked" for a in active(s)), 15)
-            op.publish(f"{prefix}/cmd/shelve", json.dumps({"channel": "GT-1", "rule": "limit", "operator": "Li Si",
-                                                           "reason": "sensor being replaced",
-                                                           "duration": "30m"}), qos=1)
+            op.publish(f"{prefix}/cmd/shelve", json.dumps({
+                "channel": "GT-1", "rule": "limit", "operator": "Li Si", "reason": "sensor being replaced",
+                "duration": "30m"}), qos=1)
             await asyncio.to_thread(sub.wait_for, lambda s: any(
                 a["channel"] == "GT-1" and a.get("shelved") for a in active(s)), 15, "shelved in active doc")
             shelve = next(m for m in alarm_msgs(sub) if m.get("transition") == "shelve")
@@ -210,7 +210,8 @@ pattern read safegw/#
 
 async def test_acl_keeps_commands_to_operators(mosquitto_factory: Any, tmp_path: Path) -> None:
     broker: Broker = mosquitto_factory(password=True, acl=ACL)
-    subprocess.run(["mosquitto_passwd", "-b", str(broker.dir / "passwd"), "viewer", "viewer-pw"], check=True)
+    await asyncio.to_thread(subprocess.run, ["mosquitto_passwd", "-b", str(broker.dir / "passwd"), "viewer",
+                                             "viewer-pw"], check=True)
     broker.stop()
     broker.start()
     sub = Subscriber(broker, ["safegw/#"], user=broker.operator)

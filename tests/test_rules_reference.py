@@ -133,7 +133,8 @@ def test_random_exposure_over_hours(seed: int) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.01, 30.0), st.one_of(st.floats(-20, 120), st.just(math.nan)),
-                          st.sampled_from([0, 0, 0, 0x41, 0x81, 0x83]), st.booleans()), min_size=1, max_size=60),
+                          st.sampled_from([0, 0, 0, 0x41, 0x81, 0x83]), st.booleans()),
+                min_size=1, max_size=60),
        st.integers(0, 2**31))
 def test_hypothesis_single_channel(seq: list[tuple[float, float, int, bool]], seed: int) -> None:
     rules = rand_rules(random.Random(seed), 3)

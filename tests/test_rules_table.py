@@ -122,7 +122,8 @@ def test_frozen() -> None:
 
 def test_trend_slope_and_prediction() -> None:
     # 2-minute window in 15 s buckets; the level rises 6 units/min from t=0
-    cr = ChannelRules("c", h=100.0, trend_ns=120 * NS, trend_slope=5.0, predict_ns=300 * NS, predict_limit=100.0)
+    cr = ChannelRules("c", h=100.0, trend_ns=120 * NS, trend_slope=5.0, predict_ns=300 * NS,
+                      predict_limit=100.0)
     steps = samples([(t, 10.0 + 0.1 * t) for t in range(0, 400)])
     got = both(cr, steps)
     trend = [g for g in got if g[1] == "trend"]
