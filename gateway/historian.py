@@ -800,6 +800,13 @@ class HistorianService:
         if self.stats is None:
             return
         s_cursor = self.journal.cursor(STATS_CONSUMER)
+        if not self.stats_path.exists():
+            # first start with statistics on (the file marks it); for a historian that ran
+            # before without them, start from here rather than recompute the whole journal
+            await asyncio.get_running_loop().run_in_executor(None, self._save_stats, 0)
+            if self.cursor > 0:
+                log.info("influxdb historian: statistics start at journal record %d", self.cursor)
+                return
         loop = asyncio.get_running_loop()
         after = s_cursor
         while after < self.cursor:

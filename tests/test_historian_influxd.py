@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -60,8 +61,7 @@ influxdb:
   database: {db}
   flush_every: 100ms
   max_backoff: 500ms
-  timeout: 2s
-{extra}
+{extra if "timeout:" in extra else extra + chr(10) + "  timeout: 2s"}
 """
     return loads(text)
 
@@ -249,6 +249,31 @@ async def test_server_stopped_during_ingest_then_restarted_loses_and_duplicates_
     assert len(keys) == len(set(keys)) == n_batches * N_CH
     q = rows(srv, db, 'SELECT count(quality) FROM gas')
     assert q[0]["count"] == n_batches * 4
+
+
+async def test_server_hanging_times_out_and_retries_without_duplicates(
+        influxd_factory: Any, tmp_path: Path) -> None:
+    srv: Influxd = influxd_factory()
+    db = unique_db()
+    srv.create_database(db)
+    cfg = make_config(tmp_path, srv.url, db, extra="  timeout: 500ms")
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(batch(0))
+        await h.caught_up()
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGSTOP)  # the server hangs: accepts, never answers
+        try:
+            for i in range(1, 20):
+                await h.gw.journal.append_batch(batch(i))
+            await async_wait_until(lambda: h.svc.writer.state == "retrying"
+                                   and "timeout" in (h.svc.writer.last_error or ""), 15)
+            assert h.svc.cursor < h.gw.journal.last_seq
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        await h.caught_up()
+    got = rows(srv, db, "SELECT quality FROM /gas|temperature|pressure/ GROUP BY channel")
+    keys = [(r["channel"], r["time"]) for r in got]
+    assert len(keys) == len(set(keys)) == 20 * N_CH
 
 
 async def test_type_conflict_and_retention_in_a_backlog_are_skipped_and_recorded(
