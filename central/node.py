@@ -18,16 +18,16 @@ One ``CentralNode`` runs:
 - with ``state.backend: postgres``, several workers share the pull sources through
   row leases (``central.state.PgState.claim``).
 
-Crash window, said plainly: records reach the origin's journal before the cursor
-moves; a crash between the two stores that one envelope's records twice in this
-node's journal (never loses them). The cursor, the outbox and what is forwarded stay
-exactly-once; InfluxDB points are keyed by time and tags, so a rewrite is harmless.
+Crashes: an intent file written before each journal append lets the next start
+mark records that reached the journal without their cursor commit, so the re-sent
+envelope skips them (see docs/central.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -340,7 +340,12 @@ class CentralNode:
                     new_main, early_add = main, [r.seq for r in new]
                 if new:
                     items = [_payload(r) for r in new]
-                    await self.journal(h.origin).append_many(items)
+                    j = self.journal(h.origin)
+                    # say durably what is about to be appended, so a crash before the
+                    # cursor commit cannot make these records be stored twice
+                    await loop.run_in_executor(None, self._write_intent, h.origin, j.last_seq,
+                                               [r.seq for r in new])
+                    await j.append_many(items)
                 fwd = (it.lane, h.first_seq, h.last_seq, h.n_samples, it.data) if self.forward else None
                 commit = Commit(src.id, it.lane, it.seq, h.origin, main, new_main,
                                 max(cur.alarms, h.last_seq if it.lane == "alarms" else 0), early_add, fwd)
@@ -370,6 +375,45 @@ class CentralNode:
         for cb in self.on_stored:
             cb(h.origin, new)
         return ACCEPTED
+
+    def _intent_path(self, origin: str) -> Path:
+        return self.state_dir / "journals" / f"{origin}.intent"
+
+    def _write_intent(self, origin: str, journal_last: int, seqs: list[int]) -> None:
+        p = self._intent_path(origin)
+        tmp = p.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"journal_after": journal_last, "seqs": seqs}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+    async def _recover_intents(self) -> None:
+        """After a crash: records appended to an origin's journal whose cursor commit was
+        lost are marked held (early), so the re-sent envelope skips them."""
+        d = self.state_dir / "journals"
+        if not d.is_dir():
+            return
+        for p in sorted(d.glob("*.intent")):
+            origin = p.stem
+            try:
+                doc = json.loads(p.read_text())
+                after, seqs = int(doc["journal_after"]), [int(x) for x in doc["seqs"]]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("ignoring unreadable %s: %s", p, e)
+                continue
+            j = self.journal(origin)
+            if j.last_seq > after:
+                cur = await self._cursor(origin)
+                held = [q for q in seqs if q > cur.main and q not in cur.early]
+                if held:
+                    ok = await self.state.commit(Commit("", "alarms", 0, origin, cur.main,
+                                                        cur.main, cur.alarms, held))
+                    if ok:
+                        cur.early.update(held)
+                        log.warning("origin %s: %d records were stored before a crash without their "
+                                    "cursor; they will not be stored again", origin, len(held))
+            p.unlink()
 
     async def _duplicate(self, src: SourceEntry, st: SourceStatus, it: Item) -> str:
         st.duplicates += 1
@@ -553,6 +597,7 @@ class CentralNode:
             self.origins[o].main, self.origins[o].alarms = m, a
             if self.cfg.influxdb is not None:
                 self.journal(o)  # resume storing into InfluxDB after a restart
+        await self._recover_intents()
         lc = self.cfg.listen
         if lc.tls_cert and lc.tls_key:
             cert, key = self.cfg.path(lc.tls_cert), self.cfg.path(lc.tls_key)

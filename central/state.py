@@ -167,7 +167,8 @@ class State:
                 self._x("INSERT INTO early(origin, seq) VALUES (?, ?) ON CONFLICT DO NOTHING", (c.origin, s))
             if c.new_main > c.expect_main:
                 self._x("DELETE FROM early WHERE origin=? AND seq<=?", (c.origin, c.new_main))
-            self._set_pos(c.source, c.lane, c.source_pos, now)
+            if c.source:
+                self._set_pos(c.source, c.lane, c.source_pos, now)
             if c.outbox is not None:
                 lane, first, last, samples, data = c.outbox
                 self._x("INSERT INTO outbox(lane, origin, first_seq, last_seq, samples, created, data) "

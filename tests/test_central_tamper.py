@@ -203,3 +203,39 @@ async def test_pusher_backs_off_when_central_cannot_read_it(tmp_path: Path) -> N
     finally:
         await gw.stop()
         await c.stop()
+
+
+async def test_crash_between_store_and_cursor_stores_once(tmp_path: Path) -> None:
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county", pubs)
+    gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
+    cfg = central_config(tmp_path, "county", [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])
+    gk, ck = keys.load(tmp_path / "gw-1"), keys.load_public(cpub)
+    c = await CentralSide(cfg).start()
+    node = c.node
+    src = node.sources["gw-1"]
+    assert await node.ingest(src, [Item("main", 3, envelope.seal(recs(1, 3), sender=gk, recipients=ck))]) \
+        == ["accepted"]
+
+    async def power_cut(commit: object) -> bool:
+        raise RuntimeError("power cut")
+
+    # the records reach the journal, the cursor commit does not happen
+    node.state.commit = power_cut  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="power cut"):
+        await node.ingest(src, [Item("main", 5, envelope.seal(recs(4, 2), sender=gk, recipients=ck))])
+    await c.stop()
+    c = await CentralSide(cfg).start()
+    try:
+        node = c.node
+        assert node.origins["gw-1"].main == 3
+        # the gateway sends the range again, longer this time
+        v = await node.ingest(node.sources["gw-1"],
+                              [Item("main", 7, envelope.seal(recs(4, 4), sender=gk, recipients=ck))])
+        assert v == ["accepted"]
+        got = sample_keys(stored(node, "gw-1"))
+        assert got == sample_keys([(SAMPLES, batch(i, 20)) for i in range(1, 8)]), "stored twice or lost"
+        assert node.origins["gw-1"].early == set()
+    finally:
+        await c.stop()
