@@ -259,7 +259,7 @@ class InfluxWriter:
         self._transport: V1Transport | V2Transport | None = None
         self._stop = asyncio.Event()
         # state for status() and for logging state changes once
-        self.state = "idle"  # idle | ok | retrying | unauthorized | no_database
+        self.state = "idle"  # idle | ok | retrying | unauthorized | no_database | config_error
         self.last_error: str | None = None
         self.points_written = 0
         self.bytes_sent = 0
@@ -725,11 +725,7 @@ class HistorianService:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        try:
-            self.writer.open()
-        except ConfigProblem as e:
-            log.error("influxdb historian disabled: %s", e)
-            raise
+        # registered even when the writer cannot open yet: the journal keeps the data for it
         self.cursor = self.journal.register(CONSUMER)
         if self.section.stats:
             self.journal.register(STATS_CONSUMER)
@@ -757,7 +753,7 @@ class HistorianService:
         while True:
             try:
                 await self._run_once()
-            except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+            except (ConfigProblem, OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
                 # a bug or a broken record must not stop the gateway: say it, restart from the cursor
                 log.exception("influxdb historian failed (%s); restarting from cursor %d", e, self.cursor)
                 await asyncio.sleep(5.0)
@@ -771,7 +767,20 @@ class HistorianService:
         self.stats = IntervalStats(self.section.stats_every, grace_s=max(10.0, 2 * self.section.flush_every),
                                    closed_upto_ns=closed, n=self.n_channels)
 
+    async def _open_writer(self) -> None:
+        """Open the writer; a fixable problem (secret file permissions) is reported and
+        retried, so the gateway keeps monitoring and the journal keeps the data meanwhile."""
+        while True:
+            try:
+                self.writer.open()
+                return
+            except ConfigProblem as e:
+                self.writer._set_state("config_error", f"{e}; not writing until fixed, the journal keeps "
+                                       "everything")
+                await asyncio.sleep(self.section.max_backoff)
+
     async def _run_once(self) -> None:
+        await self._open_writer()
         self._new_stats()
         await self._replay_stats()
         self.ready = True

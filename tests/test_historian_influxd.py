@@ -369,17 +369,22 @@ async def test_unauthorized_is_loud_keeps_everything_and_recovers(
     assert "s3cret-writer" not in caplog.text
 
 
-async def test_password_file_readable_by_others_is_refused(influxd: Influxd, tmp_path: Path) -> None:
+async def test_password_file_readable_by_others_is_refused_until_fixed(
+        influxd: Influxd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pw = tmp_path / "influx.pw"
-    pw.write_text("x")
+    pw.write_text("anything")  # auth is off on this server: any password does
     pw.chmod(0o644)
-    cfg = make_config(tmp_path, influxd.url, unique_db(), extra=f"  username: u\n  password_file: {pw}")
-    h = Harness(cfg)
-    try:
-        with pytest.raises(Exception, match="chmod 600"):
-            await h.svc.start()
-    finally:
-        h.gw.journal.close()
+    db = unique_db()
+    cfg = make_config(tmp_path, influxd.url, db, extra=f"  username: u\n  password_file: {pw}")
+    caplog.set_level(logging.ERROR, "gateway.historian")
+    async with harness(cfg) as h:
+        await h.gw.journal.append_batch(batch(0))
+        await async_wait_until(lambda: h.svc.writer.state == "config_error", 10)
+        assert f"chmod 600 {pw}" in caplog.text
+        assert h.gw.journal.cursor(CONSUMER) == 0
+        pw.chmod(0o600)  # the operator fixes it; no restart needed
+        await h.caught_up()
+    assert rows(influxd, db, "SELECT count(quality) FROM gas")[0]["count"] == 4
 
 
 def test_fixture_server_answers_ping(influxd: Influxd) -> None:
