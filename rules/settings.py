@@ -8,6 +8,7 @@ Times are integer nanoseconds; a disabled rule has ``None`` (or NaN for a limit)
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -140,6 +141,11 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     for k in ("hh", "h", "l", "ll"):
         v = getattr(a, k)
         setattr(r, k, NAN if v is None else float(v))
+    lim = [(k, getattr(r, k)) for k in ("ll", "l", "h", "hh") if not math.isnan(getattr(r, k))]
+    for (k1, v1), (k2, v2) in itertools.pairwise(lim):
+        if not v1 < v2:
+            raise ValueError(f"channel {spec.name}: with preset {spec.preset!r} the limits no longer rise "
+                             f"ll < l < h < hh ({k1}={v1:g}, {k2}={v2:g}); override both")
     r.deadband = float(a.deadband)
     r.on_ns = round(a.delay * NS)
     r.off_ns = round(a.off_delay * NS)

@@ -215,3 +215,8 @@ def test_several_samples_of_one_channel_in_one_batch() -> None:
     assert eng.process(Batch.build([0], [T0], [50], [0])) == []
     assert eng.stats["ignored_old"] == 1
     np.testing.assert_array_equal(eng.act[4], [1, 0])
+
+
+def test_preset_override_must_keep_limit_order() -> None:
+    with pytest.raises(ValueError, match="no longer rise"):
+        resolve(_spec(preset="gbt50493", gas="combustible", unit="%LEL", alarms={"h": 60}))
