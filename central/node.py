@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTED, DUPLICATE, REJECTED, GAP = "accepted", "duplicate", "rejected", "gap"
 INFLUX_CURSOR = "influxdb"
+OPEN_AHEAD = 4  # envelopes opened ahead of the one being stored
 
 
 @dataclass
@@ -274,17 +275,37 @@ class CentralNode:
 
     # ------------------------------------------------------------------ ingest
     async def ingest(self, src: SourceEntry, items: list[Item]) -> list[str]:
-        """Ingest frames from one source in order; stops a lane at its first refusal."""
+        """Ingest frames from one source in order; stops a lane at its first refusal.
+
+        Opening (signature, decryption, decoding) runs a few envelopes ahead of storing,
+        on its own thread, so the two overlap; the look-ahead is bounded to keep memory
+        bounded on large push bodies."""
+        loop = asyncio.get_running_loop()
+
+        def open_(it: Item) -> Any:
+            return envelope.open_envelope(it.data, recipient=self.keys, trusted=self.trust)
+
+        ahead: list[asyncio.Future[Any]] = []
         verdicts: list[str] = []
         stopped: set[str] = set()
-        for it in items:
-            if it.lane in stopped:
-                verdicts.append(GAP)
-                continue
-            v = await self._ingest_one(src, it)
-            verdicts.append(v)
-            if v in (REJECTED, GAP):
-                stopped.add(it.lane)
+        try:
+            for i, it in enumerate(items):
+                while len(ahead) < min(len(items) - i, OPEN_AHEAD):
+                    nxt = items[i + len(ahead)]
+                    ahead.append(loop.run_in_executor(self._crypto, open_, nxt))
+                fut = ahead.pop(0)
+                if it.lane in stopped:
+                    with contextlib.suppress(envelope.EnvelopeError):
+                        await fut
+                    verdicts.append(GAP)
+                    continue
+                v = await self._ingest_one(src, it, fut)
+                verdicts.append(v)
+                if v in (REJECTED, GAP):
+                    stopped.add(it.lane)
+        finally:
+            for f in ahead:
+                f.cancel()
         return verdicts
 
     def _reject(self, st: SourceStatus, reason: str, msg: str) -> str:
@@ -294,14 +315,12 @@ class CentralNode:
         st.last_error = msg
         return REJECTED
 
-    async def _ingest_one(self, src: SourceEntry, it: Item) -> str:
+    async def _ingest_one(self, src: SourceEntry, it: Item, opening: asyncio.Future[Any]) -> str:
         st = self.status[src.id]
         st.bytes_in += len(it.data)
         loop = asyncio.get_running_loop()
         try:
-            opened = await loop.run_in_executor(
-                self._crypto,
-                lambda: envelope.open_envelope(it.data, recipient=self.keys, trusted=self.trust))
+            opened = await opening
         except envelope.EnvelopeError as e:
             return self._reject(st, type(e).__name__, str(e))
         h, records = opened.header, opened.records
