@@ -121,6 +121,28 @@ class JournalClosed(RuntimeError):
     pass
 
 
+def decode_data(codec: int, data: bytes | memoryview) -> bytes:
+    """A stored ``records.data`` → the record's plain bytes (``Batch.to_bytes`` layout or
+    JSON). Code that reads the journal file with its own SQL should use this rather than
+    test codecs itself, so a new codec does not break it."""
+    if codec == CODEC_ZSTD:
+        out: bytes = _dz_local().decompress(data)
+        return out
+    if codec == CODEC_RAW:
+        return bytes(data)
+    raise ValueError(f"unknown journal codec {codec}")
+
+
+_tls = threading.local()
+
+
+def _dz_local() -> zstandard.ZstdDecompressor:
+    dz: zstandard.ZstdDecompressor | None = getattr(_tls, "dz", None)
+    if dz is None:
+        dz = _tls.dz = zstandard.ZstdDecompressor()
+    return dz
+
+
 def event_record(event: dict[str, Any]) -> tuple[int, int, int, int, bytes]:
     ts = int(event.get("ts", 0))
     return (EVENT, ts, ts, 1, json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
@@ -618,11 +640,8 @@ class Journal:
         args.append(limit)
         out: list[Record] = []
         total = 0
-        dz = zstandard.ZstdDecompressor()
         for seq, kind, t0, t1, n, codec, data in db.execute(sql, args):
-            if codec == CODEC_ZSTD:
-                data = dz.decompress(data)
-            out.append(Record(seq, kind, t0, t1, n, bytes(data)))
+            out.append(Record(seq, kind, t0, t1, n, decode_data(codec, data)))
             total += n if kind == SAMPLES else 0
             if max_samples is not None and total >= max_samples:
                 break

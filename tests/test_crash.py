@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from gateway.batch import Batch
-from gateway.journal import CODEC_ZSTD, EVENT, SAMPLES, Journal
+from gateway.journal import EVENT, SAMPLES, Journal, decode_data
 from tests.crash_worker import digest, event_bytes, make_batch, make_event
 from tests.fixtures.sims import SimProcess
 
@@ -104,12 +103,11 @@ def check(path: Path, rep: Reported, *, quota: bool) -> dict[str, int]:
     finally:
         db.close()
     assert meta == nbytes, "byte counter out of step with the records"
-    dz = zstandard.ZstdDecompressor()
     present: dict[int, str] = {}
     seen: set[tuple[str, int, int]] = set()
     gaps: list[dict] = []
     for seq, kind, _n, codec, data in rows:
-        raw = dz.decompress(data) if codec == CODEC_ZSTD else bytes(data)
+        raw = decode_data(codec, data)
         if kind == SAMPLES:
             b = Batch.from_bytes(raw)
             run, i = int(b.value[0]), int(b.value[1])
@@ -183,11 +181,10 @@ def check_gateway_journal(path: Path, reported: dict[int, tuple[int, str]]) -> i
         rows = db.execute("SELECT seq, kind, codec, data FROM records ORDER BY seq").fetchall()
     finally:
         db.close()
-    dz = zstandard.ZstdDecompressor()
     present: dict[int, str] = {}
     seen: set[tuple[int, int]] = set()
     for seq, kind, codec, data in rows:
-        raw = dz.decompress(data) if codec == CODEC_ZSTD else bytes(data)
+        raw = decode_data(codec, data)
         present[seq] = digest(raw)
         if kind == SAMPLES:
             b = Batch.from_bytes(raw)
