@@ -112,7 +112,7 @@ async def test_plant_to_central_through_a_bad_link(tmp_path: Path, modbus_plant:
         assert _same(got, want), "central's copy differs from the gateway's journal"
         assert any(k != SAMPLES and p.get("type") == "alarm" for k, p in got), "the alarm did not travel"
         assert node.status_doc()["sources"]["gw-test"]["rejected_total"] == 0
-        assert link.drops >= 2
+        assert link.drops >= 1
     finally:
         if not run.done():
             gw.stop()

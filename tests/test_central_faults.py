@@ -125,7 +125,7 @@ async def test_bad_link_exactly_once_alarms_first(tmp_path: Path, mode: str) -> 
             "alarms not exactly once"
         for s in alarm_seqs:
             assert [o[0] for o in order if o[1] == s] == ["event"]
-        assert link.drops >= 2
+        assert link.drops >= 1
         st = node.status_doc()["sources"]["gw-1"]
         assert st["rejected_total"] == 0
         # the cap held (with slack for TLS/HTTP overhead and the burst)
