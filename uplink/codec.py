@@ -529,10 +529,12 @@ def _positions(counts: I64, rec_start: I64, total: int) -> tuple[I64, I64, I64, 
     return ch_pos, ts_pos, v_pos, q_pos
 
 
-def _ts_range_ok(datas: Sequence[bytes], n_a: I64, ci: I64, tmin_a: I64, tmax_a: I64) -> npt.NDArray[np.bool_]:
+def _ts_range_ok(datas: Sequence[bytes], n_a: I64, ci: I64, tmin_a: I64,
+                 tmax_a: I64) -> npt.NDArray[np.bool_]:
     counts = n_a[ci]
     _, ts, _, _, rec_start = _columns(b"".join([datas[i] for i in ci.tolist()]), counts)
-    return (np.minimum.reduceat(ts, rec_start) == tmin_a[ci]) & (np.maximum.reduceat(ts, rec_start) == tmax_a[ci])
+    lo_ok = np.minimum.reduceat(ts, rec_start) == tmin_a[ci]
+    return lo_ok & (np.maximum.reduceat(ts, rec_start) == tmax_a[ci])
 
 
 def _gather_samples(datas: Sequence[bytes], ns: Sequence[int], ci: I64, tmin_a: I64,
@@ -645,7 +647,8 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
 
 
-def _quantize(vs: npt.NDArray[np.float64], mode_s: npt.NDArray[np.uint8]) -> tuple[I64, npt.NDArray[np.bool_]]:
+def _quantize(vs: npt.NDArray[np.float64],
+              mode_s: npt.NDArray[np.uint8]) -> tuple[I64, npt.NDArray[np.bool_]]:
     """Integers of every sample under its channel's mode, and which samples are exceptions."""
     with np.errstate(over="ignore", invalid="ignore"):
         t = vs * _POW[mode_s & 0x0F]
