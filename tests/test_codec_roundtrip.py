@@ -52,8 +52,24 @@ def test_empty_batch_and_events_keep_their_fields() -> None:
         event_record(10, {"type": "register", "ts": T0 + 9, "table": "hidden_danger", "id": 3,
                           "change": {"state": "rectified"}, "by": "张三"}),
         Record(11, 99, -5, 17, 3, b"\x00\xff future kind \n\r"),  # a kind this version does not know
+        Record(12, EVENT, T0, T0, 1, b'{ "type": "alarm", "ts": 1764000000000000000 }'),  # not canonical
+        Record(13, EVENT, 5, 5, 1, b'{"type":"x","ts":5,"ts":5}'),  # duplicate key
+        Record(14, EVENT, T0, T0, 1, b"not json at all"),
+        Record(15, EVENT, 0, 0, 1, b"[1,2,3]"),  # JSON, but not an object
     ]
     roundtrip(recs)
+    weird = [{"type": "register", "ts": T0, "data": {"a": [1, 2.5, None, {"b": "\u00e9\n"}]}, "big": 2**70,
+              "neg": -(2**63), "f": float("nan"), "g": -0.0, "inf": float("inf"), "t": True, "n": None},
+             {"type": "register", "ts": T0 - 10**18, "big": -(2**64), "f": 1e-310, "extra": "x"},
+             {"ts": "not an int", "type": "odd"},  # travels opaque: ts_min cannot match
+             {"type": "alarm", "ts": T0, "value": 43.400000000000006, "channel": "GT-101"},
+             {"type": "alarm", "ts": T0 + 1, "value": 43.4, "channel": "GT-101"}]
+    recs2 = []
+    for i, ev in enumerate(weird):
+        data = json.dumps(ev, separators=(",", ":"), ensure_ascii=False).encode()
+        ts = ev["ts"] if isinstance(ev["ts"], int) else 0
+        recs2.append(Record(i + 1, EVENT, ts, ts, 1, data))
+    roundtrip(recs2)
 
 
 def test_float_edge_values_are_bit_exact() -> None:

@@ -840,7 +840,8 @@ def decode(data: bytes, *, max_size: int = 1 << 28) -> list[Record]:
         raise CodecError(f"payload does not decompress: {e}") from None
     try:
         return _decode(raw)
-    except (ValueError, IndexError, OverflowError, KeyError, struct.error, UnicodeDecodeError) as e:
+    except (ValueError, IndexError, OverflowError, KeyError, RecursionError, struct.error,
+            UnicodeDecodeError) as e:
         if isinstance(e, CodecError):
             raise
         raise CodecError(f"inconsistent payload: {e}") from None
