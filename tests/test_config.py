@@ -270,8 +270,17 @@ def test_minimal_config_has_defaults() -> None:
 
 # ---------------------------------------------------------------------- the CLI
 def check(path: Path | str) -> subprocess.CompletedProcess[str]:
+    """``safegw check`` as a user runs it: a real process."""
     return subprocess.run([sys.executable, "-m", "gateway.cli", "check", "-c", str(path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def check_in_process(path: Path | str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The same command through ``gateway.cli.main`` (a process start costs seconds here)."""
+    from gateway.cli import main
+
+    code = main(["check", "-c", str(path)])
+    return code, capsys.readouterr().out
 
 
 def gateway_configs() -> list[Path]:
@@ -281,34 +290,36 @@ def gateway_configs() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", gateway_configs(), ids=lambda p: p.name)
-def test_shipped_configs_pass_check(path: Path) -> None:
-    r = check(path)
-    cfg = load(path)
+def test_shipped_configs_pass_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.channels import ChannelTable
 
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout == f"ok: {len(cfg.devices)} devices, {len(ChannelTable.from_config(cfg))} channels\n"
+    cfg = load(path)
+    code, out = check_in_process(path, capsys)
+    assert code == 0, out
+    assert out == f"ok: {len(cfg.devices)} devices, {len(ChannelTable.from_config(cfg))} channels\n"
 
 
-def test_check_cli_exit_codes(tmp_path: Path) -> None:
+def test_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(HEAD + """\
     channels:
       - {name: T1, kind: level, address: holding:1}
       - {name: T2, kind: level, address: holding:2, type: float32}
 """)
-    r = check(good)
-    assert (r.returncode, r.stdout) == (0, "ok: 1 devices, 2 channels\n")
+    assert check_in_process(good, capsys) == (0, "ok: 1 devices, 2 channels\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text(textwrap.dedent("""\
         gateway: {id: gw-1, site: "x", colour: red}
         devices: [{name: d, protocol: nope}]
     """))
-    r = check(bad)
-    assert r.returncode == 2
-    assert r.stdout.splitlines() == [
+    expected = [
         f"{bad}:1:32: gateway.colour: unknown key 'colour'; valid here: id, site, name, state_dir, log_level",
         f"{bad}:2:31: devices[0].protocol: unknown protocol 'nope'; known protocols: modbus-tcp, modbus-rtu, opcua, serial",
     ]
-    r = check(tmp_path / "missing.yaml")
-    assert r.returncode == 2 and r.stdout == f"{tmp_path / 'missing.yaml'}:1:1: (file): file not found\n"
+    code, out = check_in_process(bad, capsys)
+    assert (code, out.splitlines()) == (2, expected)
+    code, out = check_in_process(tmp_path / "missing.yaml", capsys)
+    assert (code, out) == (2, f"{tmp_path / 'missing.yaml'}:1:1: (file): file not found\n")
+    # and once as a real process: the exit status the shell (and systemd's ExecStartPre) sees
+    r = check(bad)
+    assert (r.returncode, r.stdout.splitlines()) == (2, expected)

@@ -173,7 +173,7 @@ async def test_many_consumers_async(jpath: Path) -> None:
         names = [f"c{i}" for i in range(20)]
         for n in names:
             j.register(n)
-        total = 200
+        total = 120
         seen: dict[str, list[int]] = {n: [] for n in names}
 
         async def consumer(name: str, chunk: int) -> None:
