@@ -236,14 +236,18 @@ class RulesEngine:
     # ------------------------------------------------------------------ the machine
     def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8], t: IntArr | int,
                  metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
-                 rnd: int, sel: Sel | None = None) -> None:
-        """Feed conditions ``x`` of channels ``chs`` (at times ``t``) into the delay machine."""
+                 rnd: int, sel: Sel | None = None, hold: npt.NDArray[np.intp] | None = None) -> None:
+        """Feed conditions ``x`` of channels ``chs`` (at times ``t``) into the delay machine;
+        positions in ``hold`` keep their candidate (their sample does not count)."""
         if sel is not None:
             c = self.cand[r, sel]
             a = self.act[r, sel]
         else:
             c = self.cand[r, chs]
             a = self.act[r, chs]
+        if hold is not None and len(hold):
+            x = x.copy()
+            x[hold] = c[hold]
         m = x != c
         m |= c != a
         idx = np.flatnonzero(m)
@@ -377,13 +381,10 @@ class RulesEngine:
             if len(fault):
                 fch = ch[fault]
                 self._machine(R_RANGE, fch, np.ones(len(fault), np.int8), t[fault], v[fault], rnd)
-            good = ~bad
-            ch, t, v, q = ch[good], t[good], v[good], q[good]
-            if not len(ch):
-                return
-            sel = ch.astype(np.intp)
-            chs = ch
+            # bad samples stay in the batch (array views stay views) but hold every other rule
+            badpos: npt.NDArray[np.intp] | None = np.flatnonzero(bad)
         else:
+            badpos = None
             if self.nbad:
                 bs = self.bad_since[sel]
                 if (bs != NONE).any():
@@ -395,31 +396,40 @@ class RulesEngine:
         quiet = v > self.q_lo[sel]
         quiet &= v < self.q_hi[sel]
         loud = np.flatnonzero(~quiet)
-        inr = None
         xr = np.zeros(len(ch), np.int8)
+        hold = badpos
         if len(loud):
             lc = ch[loud].astype(np.intp)
             lv = v[loud]
             linr = np.isfinite(lv) & (lv >= self.lo[lc]) & (lv <= self.hi[lc])
             xr[loud] = ~linr
             if not linr.all():
-                inr = np.ones(len(ch), bool)
-                inr[loud] = linr
-        self._machine(R_RANGE, chs, xr, t, v, rnd, sel)
-        if inr is not None:
-            ch, t, v = ch[inr], t[inr], v[inr]
-            if not len(ch):
-                return
-            # positions changed: the limit screen recomputes its list
-            self._valid(ch, t, v, ch.astype(np.intp), ch, rnd, None)
+                out = loud[~linr]
+                hold = out if hold is None else np.union1d(hold, out)
+        self._machine(R_RANGE, chs, xr, t, v, rnd, sel, hold=badpos)
+        if hold is not None and len(hold) == len(ch):
             return
-        self._valid(ch, t, v, sel, chs, rnd, loud)
+        self._valid(ch, t, v, sel, chs, rnd, loud, hold)
 
     def _valid(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int,
-               loud: npt.NDArray[np.intp] | None) -> None:
-        """Valid, in-range samples: frozen, limits, rate of change, trend, exposure."""
+               loud: npt.NDArray[np.intp] | None, hold: npt.NDArray[np.intp] | None = None) -> None:
+        """Frozen, limits, rate of change, trend, exposure, for the valid in-range samples.
+
+        ``hold`` lists positions of samples that are not (bad, out of range): they get the
+        previous valid value and time, which leaves every accumulator as it was, and their
+        conditions are held at the current candidate."""
         pos = self._positions(sel) if isinstance(sel, slice) else None
         pv = self.pv[sel]
+        keep = None
+        if hold is not None and len(hold):
+            v = v.copy()
+            t = t.copy()
+            v[hold] = pv[hold]
+            t[hold] = self.pt[sel][hold]
+            keep = np.ones(len(v), bool)
+            keep[hold] = False
+        else:
+            hold = None
         dts = (t - self.pt[sel]) / NS
         dv = v - pv
         # ---- frozen: exactly the previous valid value
@@ -433,7 +443,7 @@ class RulesEngine:
             fs = t
         if anyeq or self.cand[R_FROZEN, sel].any():
             xf = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
-            self._machine(R_FROZEN, chs, xf, t, v, rnd, sel)
+            self._machine(R_FROZEN, chs, xf, t, v, rnd, sel, hold=hold)
         # ---- limits with deadband (only where the value is outside the quiet band)
         if pos is None or pos["any_limit"]:
             if loud is None:
@@ -444,21 +454,30 @@ class RulesEngine:
             if len(loud):
                 cidx = ch[loud].astype(np.intp)
                 x[loud] = self._limit_levels(cidx, v[loud])
-            self._machine(R_LIMIT, chs, x, t, v, rnd, sel)
+            self._machine(R_LIMIT, chs, x, t, v, rnd, sel, hold=hold)
         # ---- rate of change
         np.abs(dv, out=dv)
         if pos is None or pos["any_roc"]:
             xr = (dv > self.roc[sel] * dts).view(np.int8)
-            self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, sel)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, sel, hold=hold)
         # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
-        rot = np.flatnonzero(t >= self.next_rot[sel])
+        due = t >= self.next_rot[sel]
+        if keep is not None:
+            due &= keep
+        rot = np.flatnonzero(due)
         if len(rot):
             self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
         # ---- trend accumulation
         if pos is None or pos["any_trend"]:
-            self.tb_n[sel] += 1
-            self.tb_st[sel] += t - self.tb_start[sel]
-            self.tb_sv[sel] += v
+            if keep is None:
+                self.tb_n[sel] += 1
+                self.tb_st[sel] += t - self.tb_start[sel]
+                self.tb_sv[sel] += v
+            else:
+                self.tb_n[sel] += keep
+                self.tb_st[sel] += (t - self.tb_start[sel]) * keep
+                self.tb_sv[sel] += np.where(keep, v, 0.0)
         # ---- exposure: the previous reading held until now (at most hold_ns)
         if pos is None or pos["any_ex"]:
             held = np.minimum(dts, self.hold_s[sel], out=dts)
@@ -468,15 +487,18 @@ class RulesEngine:
                 if len(npos):
                     nc = ch[npos].astype(np.intp)
                     contrib[npos] = self.ex_px[nc]
-                    self.ex_px[nc] = np.power(10.0, v[npos] / self.noise_k[nc])
+                    energy = np.power(10.0, v[npos] / self.noise_k[nc])
+                    if keep is not None:
+                        energy = np.where(keep[npos], energy, self.ex_px[nc])
+                    self.ex_px[nc] = energy
             contrib *= held
             integ = self.I[sel]
             integ += contrib
             self.I[sel] = integ
             xt = (integ > self.lim_twa[sel]).view(np.int8)
-            self._machine(R_TWA, chs, xt, t, lambda i: integ[i] - self.old_twa[sel][i], rnd, sel)
+            self._machine(R_TWA, chs, xt, t, lambda i: integ[i] - self.old_twa[sel][i], rnd, sel, hold=hold)
             xs = (integ > self.lim_stel[sel]).view(np.int8)
-            self._machine(R_STEL, chs, xs, t, lambda i: integ[i] - self.old_stel[sel][i], rnd, sel)
+            self._machine(R_STEL, chs, xs, t, lambda i: integ[i] - self.old_stel[sel][i], rnd, sel, hold=hold)
         self.pv[sel] = v
         self.pt[sel] = t
 
