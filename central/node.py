@@ -124,8 +124,10 @@ class OutboxSource:
         self._head += n
         self._changed.set()
 
-    async def read(self, lane: str, after: int, *, max_bytes: int) -> list[Item]:
+    async def read(self, lane: str, after: int, *, max_bytes: int, max_items: int = 0) -> list[Item]:
         rows = await self.state.outbox_read(lane, after, max_bytes)
+        if max_items:
+            rows = rows[:max_items]
         if rows:
             self._head = max(self._head, rows[-1].id)
         return [Item(lane, r.id, r.data, r.samples, 0) for r in rows]

@@ -38,6 +38,8 @@ async def test_envelopes_lanes_and_ack(served) -> None:  # type: ignore[no-untyp
     opened = [envelope.open_envelope(i.data, recipient=ck, trusted=trust) for i in items]
     assert [r.seq for o in opened for r in o.records] == [1, 2, 3, 4]
     assert r.headers["x-safegw-head"] == "4"
+    r1 = await peer.request("GET", "/sync/v1/envelopes", {"lane": "main", "after": 0, "max": 1})
+    assert [i.seq for i in unpack_frames(r1.content)] == [2]
     r = await peer.request("GET", "/sync/v1/envelopes", {"lane": "alarms", "after": 0})
     (a,) = unpack_frames(r.content)
     assert a.seq == 3

@@ -31,8 +31,9 @@ HTTP API (every request signed, see ``uplink.auth``)
 Served by a gateway (pull mode) and by a central node to the next level up:
 
 - ``GET /sync/v1/info``: node id, head position, lanes' cursors, link counters.
-- ``GET /sync/v1/envelopes?lane=main|alarms&after=N&ack=A&max_bytes=B&wait=S``: frames
-  after position N (long-polls up to S seconds when there is nothing); ``ack``
+- ``GET /sync/v1/envelopes?lane=main|alarms&after=N&ack=A&max=K&max_bytes=B&wait=S``: frames
+  after position N, at most K envelopes and about B bytes (long-polls up to S seconds
+  when there is nothing); ``ack``
   acknowledges what the puller has stored (default: ``after``). A puller that
   prefetches the next range while it stores the current one asks ``after`` = what
   it received and ``ack`` = what it stored.
@@ -126,7 +127,7 @@ class Source(Protocol):
 
     node_id: str
 
-    async def read(self, lane: str, after: int, *, max_bytes: int) -> list[Item]: ...
+    async def read(self, lane: str, after: int, *, max_bytes: int, max_items: int = 0) -> list[Item]: ...
 
     async def ack(self, lane: str, seq: int) -> None: ...
 
@@ -157,11 +158,11 @@ class JournalSource:
         for name in CURSORS.values():
             journal.register(name)
 
-    def _read_seal(self, lane: str, after: int, max_bytes: int) -> list[Item]:
+    def _read_seal(self, lane: str, after: int, max_bytes: int, max_items: int) -> list[Item]:
         kinds = (EVENT,) if lane == "alarms" else None
         out: list[Item] = []
         total = 0
-        while total < max_bytes:
+        while total < max_bytes and not (max_items and len(out) >= max_items):
             # on a capped link an envelope should fit the response budget, so that a
             # response never holds the link much longer than planned (alarms wait less)
             want = min(self.max_samples, max(256, int((max_bytes - total) / self._bytes_per_sample)))
@@ -180,9 +181,9 @@ class JournalSource:
             self.sealed_bytes += len(data)
         return out
 
-    async def read(self, lane: str, after: int, *, max_bytes: int) -> list[Item]:
+    async def read(self, lane: str, after: int, *, max_bytes: int, max_items: int = 0) -> list[Item]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._read_seal, lane, after, max_bytes)
+        return await loop.run_in_executor(self._pool, self._read_seal, lane, after, max_bytes, max_items)
 
     async def ack(self, lane: str, seq: int) -> None:
         seq = min(seq, self.journal.last_seq)
@@ -272,6 +273,7 @@ class SyncServer:
             after = int(q.get("after", "0"))
             max_bytes = self._chunk(int(q.get("max_bytes", "0")))
             wait = min(float(q.get("wait", "0")), self.max_wait_s)
+            max_items = max(0, int(q.get("max", "0")))
         except ValueError:
             return JSONResponse({"error": "bad query"}, status_code=400)
         if lane not in LANES or after < 0:
@@ -290,11 +292,11 @@ class SyncServer:
             return Response(b"", media_type=MEDIA, headers=headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        items = await self.source.read(lane, after, max_bytes=max_bytes)
+        items = await self.source.read(lane, after, max_bytes=max_bytes, max_items=max_items)
         while not items and (left := deadline - loop.time()) > 0:
             if not await self.source.wait(max(after, self.source.head()), left):
                 break
-            items = await self.source.read(lane, after, max_bytes=max_bytes)
+            items = await self.source.read(lane, after, max_bytes=max_bytes, max_items=max_items)
         body = pack_frames(items)
         if body:
             await self.link.send(len(body), lane)
