@@ -91,3 +91,22 @@ async def test_refusals(served) -> None:  # type: ignore[no-untyped-def]
     r = await peer.client.get(peer.base + "/sync/v1/info")
     assert r.status_code == 401
     assert gw.svc.stats()["refused"] == {"unknown_key": 1, "unsigned": 1}
+
+
+async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    from tests.test_central_harness import central_pub as cp
+
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = cp(tmp_path, "county", pubs)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        gw = GatewaySide(tmp_path, "gw-1", pubs, [cpub])
+        gw.svc.listener.config.port = port  # type: ignore[union-attr]
+        with pytest.raises(OSError, match="cannot listen"):
+            await gw.svc.start()
+        gw.journal.close()

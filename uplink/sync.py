@@ -339,12 +339,20 @@ class HttpsListener:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name=f"https[{self.name}]")
+        self._task = asyncio.create_task(self._serve(), name=f"https[{self.name}]")
         while not self.server.started:
             if self._task.done():
                 self._task.result()
-                raise RuntimeError(f"{self.name} listener stopped during start")
+                raise OSError(f"{self.name} listener stopped during start")
             await asyncio.sleep(0.01)
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; here that is an error to report
+            raise OSError(f"{self.name}: cannot listen on {self.config.host}:{self.config.port} "
+                          "(address in use or not available?)") from None
 
     @property
     def port(self) -> int:
