@@ -721,6 +721,7 @@ class HistorianService:
         self.chunks = 0
         self.ready = False
         self._ack_task: asyncio.Task[None] | None = None
+        self.skipped_records = 0
         self._split_long = bool(section.long_retention_policy if section.api == "v1" else section.long_bucket)
 
     # ------------------------------------------------------------------ lifecycle
@@ -746,7 +747,8 @@ class HistorianService:
 
     def status(self) -> dict[str, Any]:
         return {**self.writer.status(), "cursor": self.cursor, "lag": self.journal.lag(CONSUMER),
-                "late_stat_samples": self.stats.late_samples if self.stats else 0}
+                "late_stat_samples": self.stats.late_samples if self.stats else 0,
+                "skipped_records": self.skipped_records}
 
     # ------------------------------------------------------------------ the loop
     async def run(self) -> None:
@@ -893,7 +895,19 @@ class HistorianService:
         w = self.writer
         for r in recs:
             if r.kind == SAMPLES:
-                b = r.batch()
+                try:
+                    b = r.batch()
+                except ValueError as e:  # a damaged record must not block the stream
+                    log.error("journal record %d holds no readable batch (%s); skipped", r.seq, e)
+                    self.skipped_records += 1
+                    continue
+                if len(b) and (int(b.ts.min()) < 0 or int(b.channel.min()) < 0):
+                    ok = (b.ts >= 0) & (b.channel >= 0)
+                    log.error("journal record %d: %d sample(s) with a time before 1970 or a negative "
+                              "channel cannot be stored; skipped", r.seq, int((~ok).sum()))
+                    b = b.select(ok)
+                if not len(b):
+                    continue
                 series = w.series(max(self.n_channels, int(b.channel.max()) + 1))
                 for lo in range(0, len(b), step):  # request-sized pieces: no need to find line ends
                     piece = b if len(b) <= step else Batch(b.channel[lo:lo + step], b.ts[lo:lo + step],
@@ -903,10 +917,12 @@ class HistorianService:
                 if self.stats is not None:
                     self.stats.add(b, r.seq)
             elif r.kind == EVENT:
-                try:
+                ev: Any = None
+                with contextlib.suppress(ValueError):
                     ev = r.event()
-                except ValueError as e:
-                    log.warning("journal record %d is not a JSON event (%s); skipped", r.seq, e)
+                if not isinstance(ev, dict):
+                    log.error("journal record %d is not a JSON object event; skipped", r.seq)
+                    self.skipped_records += 1
                     continue
                 long.append((w.format_event(ev, seq=r.seq, ts_ns=r.ts_min), 1))
                 points += 1

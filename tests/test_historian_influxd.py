@@ -389,3 +389,30 @@ async def test_password_file_readable_by_others_is_refused_until_fixed(
 
 def test_fixture_server_answers_ping(influxd: Influxd) -> None:
     assert httpx.get(influxd.url + "/ping").status_code == 204
+
+
+async def test_damaged_records_are_skipped_not_blocking(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db()
+    cfg = make_config(tmp_path, influxd.url, db)
+    h = Harness(cfg)
+    j = h.gw.journal
+    j.append_sync([batch(0)])
+    j.append_sync([Batch.build([0, 1], [-5, T0 + 3], [1.0, 2.0], 0)])  # one sample before 1970
+    j.append_sync([{"type": "note", "ts": T0}])
+    seq = j.append_sync([batch(1)])[0]
+    # damage: a samples record whose payload is not a batch, an event that is not an object
+    j.call_in_writer(lambda db_: db_.execute("UPDATE records SET data = x'0102', codec = 0 WHERE seq = ?",
+                                             (seq,))).result()
+    j.append_sync([{"type": "x", "ts": T0}])
+    j.call_in_writer(lambda db_: db_.execute("UPDATE records SET data = x'5b312c325d' WHERE seq = ?",
+                                             (j.last_seq,))).result()
+    j.append_sync([batch(2)])
+    await h.start()
+    try:
+        await h.caught_up()
+        assert h.svc.status()["skipped_records"] == 2
+    finally:
+        await h.stop()
+    got = rows(influxd, db, "SELECT count(quality) FROM /gas|temperature|pressure/")
+    assert sum(r["count"] for r in got) == 2 * N_CH + 1
+    assert len(rows(influxd, db, "SELECT * FROM events")) == 1
