@@ -179,6 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "requests": st["requests"],
             "bytes_sent": st["bytes_sent"],
             "server_points_per_s": round(ceiling),
+            "share_of_server_ceiling": round(steady_pps / ceiling, 2),
             "format_points_per_s": round(fmt_rate),
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "journal_fill_s": round(fill_s, 2),
