@@ -674,7 +674,14 @@ class Journal:
             known = name in self._cursors
         if not known:
             self.ack_sync(name, 0 if start == "oldest" else self.last_seq)
-        return self.cursor(name)
+        cur = self.cursor(name)
+        if known and cur < self.first_seq - 1:
+            # dropped while this consumer was not running (no gap is written for
+            # consumers that are not active): say so, at least
+            log.warning("journal: consumer %s resumes at %d, but records %d..%d were dropped by "
+                        "retention while it was not registered", name, self.first_seq, cur + 1,
+                        self.first_seq - 1)
+        return cur
 
     def unregister(self, name: str) -> None:
         """This consumer stops holding retention to account (its cursor is kept)."""

@@ -287,6 +287,18 @@ def test_age_retention(jpath: Path) -> None:
     assert total == meta and rows == 2
 
 
+def test_inactive_consumer_is_warned_on_return(jpath: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Journal(jpath, quota_bytes=30_000, compress=False, clock=Clock(T0 + 10**12)) as j:
+        j.register("historian")
+        j.unregister("historian")  # e.g. its section was taken out of the config
+        for i in range(50):
+            j.submit_batch(mk(i)).result()
+        assert gaps(j) == []  # nobody active was behind
+        with caplog.at_level("WARNING", logger="gateway.journal"):
+            assert j.register("historian") == 0
+        assert any("historian resumes" in r.getMessage() for r in caplog.records)
+
+
 def test_retention_keeps_acked_ranges_without_gap(jpath: Path) -> None:
     clock = Clock(T0 + 100 * 10**9)
     with Journal(jpath, max_age_s=30, clock=clock) as j:
