@@ -121,6 +121,11 @@ class JournalClosed(RuntimeError):
     pass
 
 
+class JournalUnusable(sqlite3.DatabaseError):
+    """The journal file exists but is not a database SQLite can open (disk damage,
+    another program's file). Nothing is deleted or repaired automatically."""
+
+
 def decode_data(codec: int, data: bytes | memoryview) -> bytes:
     """A stored ``records.data`` → the record's plain bytes (``Batch.to_bytes`` layout or
     JSON). Code that reads the journal file with its own SQL should use this rather than
@@ -179,9 +184,16 @@ class Journal:
         self._sync = sync
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._connect(sync)
-        with self._db:
-            self._db.executescript(_SCHEMA)
+        try:
+            self._db = self._connect(sync)
+            with self._db:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):  # permissions, locks: say it as it is
+                raise
+            raise JournalUnusable(
+                f"{self.path}: not a usable journal ({e}); move it aside (it may still be read "
+                "with the sqlite3 tool) and start again to begin a new one") from e
         self._cursors: dict[str, int] = dict(self._db.execute("SELECT name, seq FROM cursors").fetchall())
         # published state: changes only after a commit, so a reader that sees
         # last_seq = s can read record s

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from gateway.batch import Batch, Quality
-from gateway.journal import EVENT, SAMPLES, Journal, JournalClosed
+from gateway.journal import EVENT, SAMPLES, Journal, JournalClosed, JournalUnusable
 
 T0 = 1_700_000_000 * 10**9
 
@@ -142,6 +142,13 @@ def test_restart_keeps_everything(jpath: Path) -> None:
         assert j.bytes == before["payload_bytes"]
         assert j.cursor("influx") == 12 and j.lag("influx") == 8
         assert j.submit_batch(mk(99)).result() == 21
+
+
+def test_not_a_database_is_refused_not_replaced(jpath: Path) -> None:
+    jpath.write_bytes(b"this is not a journal\n" * 1000)
+    with pytest.raises(JournalUnusable, match="move it aside"):
+        Journal(jpath)
+    assert jpath.read_bytes().startswith(b"this is not a journal")  # untouched
 
 
 # ---------------------------------------------------------------------- cursors
