@@ -1,6 +1,6 @@
 """Benchmark: samples per second through gateway → central at full speed over loopback HTTPS.
 
-A gateway process holds a journal pre-filled with a backlog (default 3,000,000 samples
+A gateway process holds a journal pre-filled with a backlog (default 2,000,000 samples
 over 1,000 channels, values at 0.01 resolution) and serves it in pull mode; the central
 node (this process) pulls, verifies, decrypts, decodes and stores it into its own
 journal. Each run starts central with an empty state, so the same backlog is pulled
@@ -131,7 +131,7 @@ async def _run_central(root: Path, run: int, gwinfo: dict[str, Any], mode: str, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=3_000_000)
+    ap.add_argument("--samples", type=int, default=2_000_000)
     ap.add_argument("--channels", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=10_000, help="samples per journal record")
     ap.add_argument("--runs", type=int, default=3)
