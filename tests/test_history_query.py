@@ -201,3 +201,31 @@ async def test_influx_unreachable_is_a_clear_error(tmp_path: Path) -> None:
     cfg = load(write_config(tmp_path, f"influxdb: {{url: 'http://127.0.0.1:{free_port()}', timeout: 1s}}\n"))
     with pytest.raises(HistoryError, match=r"did not answer.*--source journal"):
         await query_history(cfg, "GT-1", T0, T0 + 10**9)
+
+
+async def test_single_measurement_and_retention_policy(influxd: Influxd, tmp_path: Path) -> None:
+    db = unique_db("hist1")
+    influxd.create_database(db)
+    influxd.query(f'CREATE RETENTION POLICY "r 1" ON "{db}" DURATION 3650d REPLICATION 1', method="POST")
+    cfg = load(write_config(tmp_path, f"influxdb: {{url: {influxd.url}, database: {db}, flush_every: 50ms,"
+                                      " measurement: single, measurement_name: plant,"
+                                      " retention_policy: 'r 1', stats: false}\n"))
+    b = samples(50)
+    gw = Gateway(cfg)
+    assert cfg.influxdb is not None
+    svc = build_service(gw, cfg.influxdb)
+    await svc.start()
+    task = asyncio.create_task(svc.run())
+    try:
+        await gw.journal.append_batch(b)
+        await async_wait_until(lambda: svc.cursor >= gw.journal.last_seq, 30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await svc.stop()
+        gw.journal.close()
+    assert influxd.rows('SELECT count(quality) FROM "r 1"."plant"', db)[0]["count"] == 100
+    h = await query_history(cfg, "TT-1", T0, T0 + 100 * 10**9)
+    mine = b.select(b.channel == 1)
+    assert [r[0] for r in h.rows] == mine.ts.tolist() and h.source == "influxdb"
