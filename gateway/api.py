@@ -78,6 +78,65 @@ class ChannelView:
             for c in table.channels
         ]
         self.n = n
+        # incremental caches: the value part of each channel's JSON is rebuilt only when
+        # its sample changed, the state/alarm part only when its colour or alarm changed;
+        # ages are formatted once per distinct timestamp (one per poll, not per channel)
+        self.heads = [""] * n
+        self._ts = np.full(n, -1, dtype=np.int64)
+        self._q = np.zeros(n, dtype=np.uint8)
+        self._v = np.zeros(n, dtype=np.int64)
+        self.tails = [',"state":"normal","alarm":null}'] * n
+        self._tstate = np.zeros(n, dtype=np.int8)
+        self._tkey = np.full(n, -1, dtype=np.int64)
+
+    def _refresh_heads(self, live: Any) -> None:
+        vbits = live.value.view(np.int64)
+        changed = np.flatnonzero((live.ts != self._ts) | (live.quality != self._q) | (vbits != self._v))
+        if not len(changed):
+            return
+        heads, prefix = self.heads, self.prefix
+        vals = live.value[changed]
+        # the C JSON encoder formats floats (shortest repr) ~2x faster than repr() one by one
+        texts = json.dumps(vals.tolist())[1:-1].split(", ")
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            for k in np.flatnonzero(bad).tolist():
+                texts[k] = "null"
+        for i, v, q in zip(changed.tolist(), texts, live.quality[changed].tolist(), strict=True):
+            heads[i] = f'{prefix[i]}"value":{v},"quality":"{_QLABEL[q]}","q":{q},"age_s":'
+        self._ts[changed] = live.ts[changed]
+        self._q[changed] = live.quality[changed]
+        self._v[changed] = vbits[changed]
+
+    def _refresh_tails(self, state: np.ndarray, key: np.ndarray, describe: Callable[[int], str]) -> None:
+        """``key`` identifies each channel's alarm (-1: none): a tail is rebuilt only when
+        its colour or its key changed."""
+        redo = np.flatnonzero((state != self._tstate) | (key != self._tkey))
+        names = ("normal", "fault", "alarm")
+        tails = self.tails
+        for i, st, k in zip(redo.tolist(), state[redo].tolist(), key[redo].tolist(), strict=True):
+            tails[i] = f',"state":"{names[st]}","alarm":{describe(i) if k >= 0 else "null"}}}'
+        self._tstate = state
+        self._tkey = key
+
+    def render(
+        self,
+        live: Any,
+        now: int,
+        idx: np.ndarray,
+        state: np.ndarray,
+        key: np.ndarray,
+        describe: Callable[[int], str],
+    ) -> list[str]:
+        """The JSON objects of channels ``idx``; ``state`` 0 normal, 1 fault, 2 alarm per
+        channel; ``describe(i)`` the JSON of channel i's most urgent alarm (key >= 0)."""
+        self._refresh_heads(live)
+        self._refresh_tails(state, key, describe)
+        ts = live.ts[idx]
+        uniq, inv = np.unique(ts, return_inverse=True)
+        ages = ["null" if t <= 0 else repr(round((now - t) / 1e9, 3)) for t in uniq.tolist()]
+        heads, tails = self.heads, self.tails
+        return [heads[i] + ages[k] + tails[i] for i, k in zip(idx.tolist(), inv.tolist(), strict=True)]
 
     def select(
         self,
@@ -121,6 +180,8 @@ class AlarmsView:
 
     def __init__(self, gw: Any):
         self.gw = gw
+        self._version: Any = object()
+        self._cache: list[dict[str, Any]] = []
 
     @property
     def rules(self) -> Any:
@@ -145,6 +206,73 @@ class AlarmsView:
                 }
             out.append(a)
         return out
+
+    def active_cached(self) -> list[dict[str, Any]]:
+        """``active()`` reused until the engine raises its next event (any raise, clear, ack,
+        shelve or level change makes one); each item carries its compact JSON for /channels.
+        Without that counter (another rules engine), computed every time."""
+        version = getattr(self.rules, "_next_id", None)
+        if version is None or version != self._version:
+            items = self.active()
+            for a in items:
+                a["_json"] = json.dumps(
+                    {k: a.get(k) for k in ("rule", "level", "state", "limit", "priority")}, ensure_ascii=False
+                )
+            self._cache = items
+            self._version = version
+        return self._cache
+
+    def channel_summary(
+        self, n: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[int], str]] | None:
+        """Per channel, from the engine's state arrays (no per-alarm Python objects, so a
+        flood of stale alarms after a network cut costs the same as a quiet plant):
+        process-alarm mask (red), health-alarm mask (yellow), a key for the most urgent
+        visible alarm (-1: none) and a function giving that alarm as JSON."""
+        r = self.rules
+        act, unacked, last = (getattr(r, a, None) for a in ("act", "unacked", "last_code"))
+        if act is None or unacked is None or last is None or act.ndim != 2 or act.shape[1] != n:
+            return None
+        from rules.events import level_name, state_name
+        from rules.settings import HEALTH_RULES, PRIORITY, PROCESS_RULES, RULES
+
+        active = act != 0
+        shelved = np.zeros(act.shape, dtype=bool)
+        for c, ri in getattr(r, "shelved", {}):
+            shelved[ri, c] = True
+        ann = active & ~shelved
+        process = np.zeros(act.shape[0], dtype=bool)
+        process[list(PROCESS_RULES)] = True
+        red = ann[process].any(axis=0)
+        supp = np.asarray(getattr(r, "supp", np.zeros(n, dtype=bool)), dtype=bool)
+        yellow = ann[list(HEALTH_RULES)].any(axis=0) | supp
+        visible = active | unacked
+        score = (
+            visible.astype(np.int32) * 1000 + ann * 100 + process[:, None] * 10 + np.abs(act).astype(np.int32)
+        )
+        best = score.argmax(axis=0)
+        cols = np.arange(n)
+        code = np.where(active[best, cols], act[best, cols], last[best, cols]).astype(np.int64)
+        key = best.astype(np.int64) * 1024 + (code + 128) * 4 + unacked[best, cols] * 2 + shelved[best, cols]
+        key[~visible.any(axis=0)] = -1
+        key[supp & (key < 0)] = 999_999
+
+        def describe(c: int) -> str:
+            if key[c] == 999_999:
+                return '{"rule":"maintenance","level":"maintenance","state":"suppressed","priority":null}'
+            ri = int(best[c])
+            lvl = level_name(ri, int(code[c]))
+            doc: dict[str, Any] = {
+                "rule": RULES[ri],
+                "level": lvl,
+                "state": state_name(int(act[ri, c]), bool(unacked[ri, c])),
+                "priority": PRIORITY.get(lvl, "low"),
+            }
+            if shelved[ri, c]:
+                doc["shelved"] = True
+            return json.dumps(doc)
+
+        return red, yellow, key, describe
 
     @staticmethod
     def annunciated(a: dict[str, Any]) -> bool:
@@ -461,7 +589,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         for svc in gw.services:
             st = getattr(svc, "stats", None)
             services[svc.name] = _jsonable(st()) if st is not None and svc.name != "api" else {}
-        active = ctx.alarms.active()
+        active = ctx.alarms.active_cached()
         return {
             "gateway": {
                 "id": gw.cfg.gateway.id,
@@ -492,7 +620,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["gateway"], summary="Prometheus text format", response_class=PlainTextResponse)
     async def metrics(_p: Viewer) -> PlainTextResponse:
-        active = ctx.alarms.active()
+        active = ctx.alarms.active_cached()
         n = sum(1 for a in active if str(a.get("state", "")).startswith("active"))
         text = render_metrics(gw, active_alarms=n, api={"requests": ctx.requests, "reminders": ctx.reminders})
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -527,19 +655,29 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
             mask &= (qual >= Quality.UNCERTAIN) & (qual < Quality.BAD)
         elif quality == "bad":
             mask &= qual >= Quality.BAD
-        by_ch = ctx.alarms.by_channel(ctx.alarms.active())
         # red: an annunciated process alarm; yellow: a sensor/comms fault (bad quality, or a
         # sensor-health alarm: stale, bad, out of range, frozen), as on gas detector panels
-        alarm_mask = np.zeros(view.n, dtype=bool)
-        fault_mask = qual >= Quality.UNCERTAIN
-        for name, a in by_ch.items():
-            c = gw.table.by_name.get(name)
-            if c is None:
-                continue
-            if a.get("rule") in FAULT_RULES:
-                fault_mask[c.index] |= AlarmsView.annunciated(a) or a.get("state") == "suppressed"
-            elif AlarmsView.annunciated(a):
-                alarm_mask[c.index] = True
+        summary = ctx.alarms.channel_summary(view.n)
+        if summary is not None:
+            alarm_mask, health, key, describe = summary
+            fault_mask = (qual >= Quality.UNCERTAIN) | health
+        else:  # another rules engine: from its list of active alarms
+            by_ch = ctx.alarms.by_channel(ctx.alarms.active_cached())
+            alarm_mask = np.zeros(view.n, dtype=bool)
+            fault_mask = qual >= Quality.UNCERTAIN
+            key = np.full(view.n, -1, dtype=np.int64)
+            texts: dict[int, str] = {}
+            for name, a in by_ch.items():
+                c = gw.table.by_name.get(name)
+                if c is None:
+                    continue
+                texts[c.index] = a["_json"]
+                key[c.index] = hash(a["_json"]) & 0x7FFF_FFFF_FFFF
+                if a.get("rule") in FAULT_RULES:
+                    fault_mask[c.index] |= AlarmsView.annunciated(a) or a.get("state") == "suppressed"
+                elif AlarmsView.annunciated(a):
+                    alarm_mask[c.index] = True
+            describe = texts.__getitem__
         if state == "alarm":
             mask &= alarm_mask
         elif state == "fault":
@@ -549,28 +687,8 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         idx = np.flatnonzero(mask)
         total = len(idx)
         idx = idx[offset : offset + limit]
-        values = live.value[idx].tolist()
-        qs = qual[idx].tolist()
-        ts = live.ts[idx]
-        ages = np.where(ts > 0, np.round((now - ts) / 1e9, 3), np.nan).tolist()
-        fault = fault_mask[idx].tolist()
-        alarmed = alarm_mask[idx].tolist()
-        parts = []
-        prefix, names = view.prefix, view.names
-        for i, v, qq, age, f, al in zip(idx.tolist(), values, qs, ages, fault, alarmed, strict=True):
-            a = by_ch.get(names[i]) if by_ch else None
-            st = "alarm" if al else "fault" if f else "normal"
-            alarm = (
-                json.dumps(
-                    {k: a.get(k) for k in ("rule", "level", "state", "limit", "priority")}, ensure_ascii=False
-                )
-                if a is not None
-                else "null"
-            )
-            parts.append(
-                f'{prefix[i]}"value":{_fmt(v)},"quality":"{_QLABEL[qq]}","q":{qq},'
-                f'"age_s":{_fmt(age)},"state":"{st}","alarm":{alarm}}}'
-            )
+        colour = np.where(alarm_mask, 2, np.where(fault_mask, 1, 0)).astype(np.int8)
+        parts = view.render(live, now, idx, colour, key, describe)
         body = (
             f'{{"ts":"{_iso(now)}","total":{total},"offset":{offset},"count":{len(parts)},'
             f'"channels":[{",".join(parts)}]}}'
