@@ -261,3 +261,25 @@ def test_last_will_when_gateway_is_killed(mosquitto: Broker, tmp_path: Path) -> 
             proc.kill()
             proc.wait(5)
         sub.close()
+
+
+async def test_stop_drains_and_values_are_published(mosquitto: Broker, tmp_path: Path) -> None:
+    sub = Subscriber(mosquitto, ["safegw/#"])
+    try:
+        gw = Gateway(loads(gateway_yaml(tmp_path / "state", mosquitto.section(values_every="200ms"))))
+        task = await run_gateway(gw)
+        gw.ingest(Batch.build([0, 1, 2, 3], [gw.clock()] * 4, [1.0, 2.0, 3.0, 4.0], [0] * 4))
+        def gt3(s: Subscriber) -> bool:
+            docs = s.json(lambda t: t.endswith("/values"))
+            return any(d.get("values", {}).get("GT-3", [None])[0] == 4.0 for d in docs)
+
+        await asyncio.to_thread(sub.wait_for, gt3, 15, "live values")
+        # raised and stopped at once: the bounded drain still delivers it
+        crossing(gw, 3, 70.0, gw.clock())
+        gw.stop()
+        await task
+        await asyncio.to_thread(sub.wait_for, lambda s: any(m["channel"] == "GT-3" for m in alarm_msgs(s)),
+                                10, "alarm delivered by the drain")
+        assert gw.journal.cursor("mqtt") >= max(m["seq"] for m in alarm_msgs(sub))
+    finally:
+        sub.close()

@@ -82,6 +82,7 @@ class MqttService:
         self._read_after = 0
         self._acked_seq = 0
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
         self._active_dirty = True
         self._stopping = False
         self._client = self._make_client()
@@ -194,11 +195,12 @@ class MqttService:
     async def drain(self) -> None:
         """Deliver what is journaled now (bounded by the caller's timeout)."""
         target = self.gw.journal.last_seq
-        while self._acked_seq < target:
+        while self._acked_seq < target and self.connected:
             self._wake.set()
-            await asyncio.sleep(0.05)
-            if not self.connected and not self._pending:
-                break
+            self._progress.clear()
+            # woken by the cursor moving; the timeout only re-checks the connection
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 1.0)
 
     # ------------------------------------------------------------------ alarms
     async def _publish_loop(self) -> None:
@@ -262,6 +264,7 @@ class MqttService:
         if upto > self._acked_seq:
             self._acked_seq = upto
             await self.gw.journal.ack(CONSUMER, upto)
+            self._progress.set()
 
     def _publish_active(self) -> None:
         self._active_dirty = False
