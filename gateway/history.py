@@ -219,26 +219,40 @@ def _flux_for(sec: InfluxSection, gateway_id: str, ch: ChannelRef, start_ns: int
 
 def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path | None,
                          every: bool) -> list[list[Any]]:
-    from influxdb_client import InfluxDBClient
+    from influxdb_client import Dialect, InfluxDBClient
     from influxdb_client.rest import ApiException
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     _, tok = _secrets(sec, base_dir)
     cols = AGG_COLUMNS[1:] if every else RAW_COLUMNS[1:]
+    out = []
     try:
         with InfluxDBClient(url=sec.url, token=tok or "", org=sec.org or "",
                             timeout=int(sec.timeout * 1000)) as client:
-            tables = client.query_api().query(flux, org=sec.org or "")
+            # plain CSV, times as RFC3339Nano text: the client's record objects would cut
+            # them to microseconds (datetime)
+            it = client.query_api().query_csv(flux, org=sec.org or "", dialect=Dialect(
+                header=True, annotations=[], date_time_format="RFC3339Nano"))
+            header: list[str] | None = None
+            for row in it:
+                if not row or not any(row):
+                    header = None  # a blank line separates tables; each has its header
+                    continue
+                if header is None:
+                    header = row
+                    continue
+                rec = dict(zip(header, row, strict=False))
+                if "_time" not in rec:
+                    continue
+                vals: list[Any] = [parse_time(rec["_time"])]
+                for c in cols:
+                    v = rec.get(c, "")
+                    vals.append(None if v == "" else float(v))
+                out.append(vals)
     except ApiException as e:
         raise HistoryError(f"InfluxDB at {sec.url} answered HTTP {e.status}: {e.body or e.reason}") from None
     except (Urllib3Error, OSError) as e:
         raise HistoryError(f"InfluxDB at {sec.url} did not answer ({e}); try --source journal") from None
-    out = []
-    for t in tables:
-        for rec in t.records:
-            ts = rec.get_time()
-            ns = int(ts.timestamp()) * 10**9 + ts.microsecond * 1000
-            out.append([ns, *(rec.values.get(c) for c in cols)])
     out.sort(key=lambda r: r[0])
     return out
 

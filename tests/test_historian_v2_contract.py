@@ -34,6 +34,8 @@ class Recorder(http.server.ThreadingHTTPServer):
         self.requests: list[dict[str, Any]] = []
         self.status = 204  # what to answer next (tests switch it)
         self.reject_marker: bytes | None = None
+        self.queries: list[dict[str, Any]] = []
+        self.query_answer = ""
         self.lock = threading.Lock()
 
     @property
@@ -53,6 +55,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.startswith("/api/v2/query"):
+            self.server.queries.append({"path": self.path, "headers": dict(self.headers),
+                                        "body": json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b"
+                                                           else raw)})
+            data = self.server.query_answer.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
         srv = self.server
         status = srv.status
@@ -158,3 +171,26 @@ async def test_contract_v2_422_splits_and_records_rejection(recorder: Recorder, 
     assert not any(b"channel=CH-005," in ln for ln in written)
     samples = [ln for ln in written if ln.startswith((b"gas,", b"temperature,", b"pressure,"))]
     assert len(samples) == 4 * (N_CH - 1)
+
+
+async def test_contract_v2_history_query(recorder: Recorder, tmp_path: Path) -> None:
+    from gateway.history import query_history
+
+    cfg = v2_config(tmp_path, recorder.url, tmp_path / "token")
+    recorder.query_answer = (
+        ",result,table,_time,value,quality\r\n"
+        ",_result,0,2025-11-24T16:00:01.000000007Z,1.5,0\r\n"
+        ",_result,0,2025-11-24T16:00:00.000000007Z,,130\r\n"
+        "\r\n")
+    h = await query_history(cfg, "CH-001", T0, T0 + 10 * 10**9)
+    q = recorder.queries[0]
+    path, _, query = q["path"].partition("?")
+    assert path == "/api/v2/query" and urllib.parse.parse_qs(query)["org"] == ["my org"]
+    assert q["headers"]["Authorization"] == "Token tok-abc123"
+    flux = q["body"]["query"]
+    assert 'from(bucket: "plant/autogen")' in flux and 'r.channel == "CH-001"' in flux
+    assert 'r._measurement == "temperature"' in flux and 'r.gateway == "gw-test-1"' in flux
+    assert f"start: time(v: {T0})" in flux
+    t = 1764000000 * 10**9 + 7
+    assert h.source == "influxdb"
+    assert h.rows == [[t, None, 130], [t + 10**9, 1.5, 0]]  # sorted, nanoseconds kept
