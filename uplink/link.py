@@ -122,6 +122,7 @@ class Link:
         self.samples = 0
         self.budget_blocked = False
         self._dirty = 0
+        self._saved_at = clock()
         self._load()
 
     def _load(self) -> None:
@@ -147,6 +148,7 @@ class Link:
             tmp.write_text(json.dumps(doc))
             os.replace(tmp, self._path)
             self._dirty = 0
+            self._saved_at = self._clock()
         except OSError as e:
             log.warning("cannot save uplink counters to %s: %s", self._path, e)
 
@@ -182,7 +184,8 @@ class Link:
         self.month_bytes += nbytes
         self.total_bytes_out += nbytes
         self._dirty += nbytes
-        if self._dirty > 1 << 20:
+        # persist every MiB or every minute, so a crash loses little of the month's count
+        if self._dirty > 1 << 20 or self._clock() - self._saved_at > 60:
             self.save()
 
     def count_in(self, nbytes: int) -> None:
