@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import random
 import signal
 import time
@@ -311,7 +312,10 @@ class Gateway:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-                await self.flush()
+                try:
+                    await asyncio.wait_for(self.flush(), timeout=drain_s)
+                except TimeoutError:
+                    log.error("journal did not commit the last batches within %.1fs", drain_s)
                 timers.cancel()
                 # sinks: bounded drain of what is already journaled
                 await self._drain(started, drain_s)
@@ -337,6 +341,15 @@ class Gateway:
 
 
 def install_signal_handlers(gw: Gateway) -> None:
+    """First SIGTERM/SIGINT: orderly stop with a bounded drain. A second one: leave now
+    (everything committed is safe in the journal; consumers resume from their cursors)."""
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if gw._stop.is_set():
+            log.warning("second %s: exiting without drain", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        gw.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, gw.stop)
+        loop.add_signal_handler(sig, on_signal, sig)
