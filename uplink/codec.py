@@ -223,6 +223,7 @@ def _undod(dd: I64) -> I64:
 # each, both bit-packed. Quotients of QMAX or more escape to a raw 64-bit column.
 
 QMAX = 24
+MAX_EVENT_BYTES = 256 << 20
 
 
 def _group_starts(counts: I64) -> I64:
@@ -817,10 +818,15 @@ def _decode_events(blob: bytes, n: int) -> list[tuple[int, bytes]]:
     if rd.pos != len(blob):
         raise CodecError("stray bytes after the events")
     out = []
+    size = 0
     for i in sid:
         obj = {k: cols[k].pop() for k in shapes[i]}
         t = obj.get("ts", 0)
-        out.append((t if type(t) is int else 0, json.dumps(obj, **_DUMP).encode()))  # type: ignore[arg-type]
+        data = json.dumps(obj, **_DUMP).encode()  # type: ignore[arg-type]
+        size += len(data)
+        if size > MAX_EVENT_BYTES:  # strings referenced over and over: refuse, do not balloon
+            raise CodecError(f"events decode to more than {MAX_EVENT_BYTES} bytes")
+        out.append((t if type(t) is int else 0, data))
     return out
 
 
