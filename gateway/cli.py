@@ -24,12 +24,14 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
 
-COMMANDS: list[str] = [
-    "gateway.history:add_command",
-    "uplink.keys:add_command",
-    "central.cli:add_command",
-    "gateway.users:add_command",
-]
+#: command name → "module:add_command". Imported only when that command (or the
+#: full help) is asked for, so `safegw check` does not pay for FastAPI or httpx.
+COMMANDS: dict[str, str] = {
+    "history": "gateway.history:add_command",
+    "keys": "uplink.keys:add_command",
+    "central": "central.cli:add_command",
+    "users": "gateway.users:add_command",
+}
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -112,7 +114,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return sim_main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safegw", description="Safety-monitoring gateway for industrial plants")
     p.add_argument("--version", action="version", version=f"safegw {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -148,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=None)
     s.set_defaults(func=cmd_sim)
 
-    for target in COMMANDS:
+    words = sys.argv[1:] if argv is None else argv
+    wanted = next((w for w in words if not w.startswith("-")), None)
+    for name, target in COMMANDS.items():
+        if wanted is not None and wanted != name and wanted in {*COMMANDS, *sub.choices}:
+            continue
         module, _, fn = target.partition(":")
         try:
             mod = importlib.import_module(module)
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
