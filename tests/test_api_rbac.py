@@ -274,3 +274,31 @@ def test_bad_input_is_4xx_naming_the_field(seeded: Any) -> None:
         r = _send(http, method, path, body, op)
         assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
         assert needle in r.text, f"{method} {path}: {needle!r} not in {r.text}"
+
+
+def test_metrics_and_status_reflect_the_plant(seeded: Any) -> None:
+    http, viewer = seeded.http, auth(seeded.tokens["viewer"])
+    text = http.get("/metrics", headers=viewer).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['safegw_device_polls_total{device="plc"}'] > 0
+    assert samples['safegw_device_errors_total{device="dead-plc"}'] >= 1
+    assert samples['safegw_device_up{device="dead-plc",protocol="modbus-tcp"}'] == 0
+    assert samples["safegw_journal_depth_records"] > 0
+    assert "safegw_alarms_active" in samples and "safegw_consumer_lag_records" in text
+    assert text.count("# TYPE safegw_device_polls_total counter") == 1
+    st = http.get("/status", headers=viewer).json()
+    devs = {d["name"]: d for d in st["devices"]}
+    assert devs["plc"]["state"] == "ok" and devs["dead-plc"]["state"] == "failing"
+    assert devs["dead-plc"]["last_error"] and st["journal"]["last_seq"] > 0
+    assert "path" not in st["journal"]
+    chans = http.get("/channels?device=dead-plc", headers=viewer).json()
+    assert chans["total"] == 1 and chans["channels"][0]["state"] == "fault"
+    assert chans["channels"][0]["quality"] != "good"
+    good = http.get("/channels?q=GT-*&state=normal", headers=viewer).json()
+    assert {c["name"] for c in good["channels"]} <= {"GT-1", "GT-2"} and good["total"] >= 1
+    page = http.get("/channels?limit=2&offset=1", headers=viewer).json()
+    assert page["count"] == 2 and page["total"] == 5 and page["channels"][0]["index"] == 1
