@@ -107,20 +107,25 @@ def driver_for(text: str):
     return make_driver(cfg.devices[0], ChannelTable.from_config(cfg).by_device["dcs"])
 
 
-async def test_poll_reads_every_node_form_in_one_request(tmp_path, dcs):
+async def test_poll_reads_every_node_form_in_one_request(tmp_path, dcs, monkeypatch):
     sim, url = dcs
     drv = driver_for(gw_yaml(tmp_path, url))
     assert type(drv).__name__ == "OpcUaPollDriver"
     await drv.open()
     try:
+        from asyncua.server.internal_session import InternalSession
+
         calls = []
-        real_read = drv.client.uaclient.read
+        ours = {str(n) for n in drv.nodeids}
+        real_read = InternalSession.read
 
-        async def counting_read(params):  # a spy on the real call, not a mock
-            calls.append(len(params.NodesToRead))
-            return await real_read(params)
+        async def counting_read(self, params):  # a spy on the server's Read service, not a mock
+            ids = {str(r.NodeId) for r in params.NodesToRead}
+            if ids & ours:  # not the client's keep-alive reads
+                calls.append(len(ids))
+            return await real_read(self, params)
 
-        drv.client.uaclient.read = counting_read
+        monkeypatch.setattr(InternalSession, "read", counting_read)
         b = await drv.poll()
         assert calls == [3]
         assert b.channel.tolist() == [0, 1, 2]
