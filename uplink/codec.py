@@ -256,18 +256,6 @@ def _rice_params(z: U64, starts: I64, counts: I64) -> npt.NDArray[np.uint8]:
     return cand[best, np.arange(len(starts))].astype(np.uint8)
 
 
-def _pack_bits(v: U64, k: int) -> npt.NDArray[np.uint8]:
-    """The low k bits of each value, most significant first, as a bit array."""
-    bits = np.unpackbits(v.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
-    return bits[:, 64 - k:].reshape(-1)
-
-
-def _unpack_bits(bits: npt.NDArray[np.uint8], m: int, k: int) -> U64:
-    full = np.zeros((m, 64), np.uint8)
-    full[:, 64 - k:] = bits.reshape(m, k)
-    return np.packbits(full, axis=1).view(">u8").reshape(m).astype(np.uint64)
-
-
 def _put_rice(out: list[bytes], z: U64, ks: U64) -> None:
     """Rice code with a parameter per value (constant along a group)."""
     n = len(z)
@@ -277,10 +265,14 @@ def _put_rice(out: list[bytes], z: U64, ks: U64) -> None:
     ends = np.cumsum(qc + 1) - 1
     ubits = np.zeros(int(ends[-1]) + 1 if n else 0, np.uint8)
     ubits[ends] = 1
-    # remainders, k bits each (escapes too, as zeros), written grouped by k
-    rem = np.where(esc, np.uint64(0), z)
-    parts = [_pack_bits(rem[ks == k], int(k)) for k in np.unique(ks).tolist() if k]
-    rbits = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    # remainders: each value's low k bits, most significant first (escapes write zeros)
+    w = int(ks.max()) if n else 0
+    if w:
+        rem = np.where(esc, np.uint64(0), z)
+        bits = np.unpackbits(rem.astype(">u8").view(np.uint8).reshape(n, 8), axis=1)[:, 64 - w:]
+        rbits = bits[np.arange(w)[None, :] >= (w - ks.astype(np.int64))[:, None]]
+    else:
+        rbits = np.zeros(0, np.uint8)
     _put_u64(out, z[esc])
     _put_blob(out, np.packbits(ubits).tobytes())
     _put_blob(out, np.packbits(rbits).tobytes())
@@ -302,16 +294,14 @@ def _get_rice(rd: _Reader, n: int, ks: U64, what: str) -> U64:
     rbytes = np.frombuffer(rd.blob(what + " remainders"), np.uint8)
     if len(rbytes) != (need + 7) // 8:
         raise CodecError(f"{what}: remainder stream of {len(rbytes)} bytes, {need} bits expected")
-    rbits = np.unpackbits(rbytes, count=need)
+    w = int(ks.max()) if n else 0
     r = np.zeros(n, np.uint64)
-    pos = 0
-    for k in np.unique(ks).tolist():
-        if not k:
-            continue
-        sel = ks == k
-        m = int(sel.sum())
-        r[sel] = _unpack_bits(rbits[pos:pos + m * k], m, k)
-        pos += m * k
+    if w:
+        full = np.zeros((n, 64), np.uint8)
+        part = np.zeros((n, w), np.uint8)
+        part[np.arange(w)[None, :] >= (w - ks.astype(np.int64))[:, None]] = np.unpackbits(rbytes, count=need)
+        full[:, 64 - w:] = part
+        r = np.packbits(full, axis=1).view(">u8").reshape(n).astype(np.uint64)
     z = (qc.astype(np.uint64) << ks) | r
     z[esc] = escaped
     return z
