@@ -74,10 +74,10 @@ class Signal(Strict):
 
 
 ScenarioKind = Literal["leak", "spike", "stuck", "set", "silent", "exception", "disconnect",
-                       "restart", "bad_status"]
+                       "restart", "bad_status", "garbage", "checksum", "partial"]
 #: kinds that act on a signal's value / status, and kinds that act on a device
 SIGNAL_KINDS = ("leak", "spike", "stuck", "set", "bad_status")
-DEVICE_KINDS = ("silent", "exception", "disconnect", "restart")
+DEVICE_KINDS = ("silent", "exception", "disconnect", "restart", "garbage", "checksum", "partial")
 
 
 class Scenario(Strict):

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from simulators.config import Scenario, Signal, SimConfig
+from simulators.config import DEVICE_KINDS, Scenario, Signal, SimConfig
 
 FaultKind = str  # 'silent' | 'exception' | 'disconnect' | 'restart'
 
@@ -123,7 +123,7 @@ class Plant:
         self._stuck_sc = [s for s in self.scenarios if s.kind == "stuck"]
         self._status_sc = [s for s in self.scenarios if s.kind == "bad_status"]
         self._device_sc = [s for s in self.scenarios
-                           if s.kind in ("silent", "exception", "disconnect", "restart")]
+                           if s.kind in DEVICE_KINDS]
         self._forced_values: dict[str, float] = {}
         self._forced_faults: dict[tuple[str, int | None], Fault] = {}
 
