@@ -780,7 +780,12 @@ def _register_overlaps(cfg: Config) -> list[tuple[Path_, str]]:
         for (_unit, func), items in spans.items():
             items.sort(key=lambda s: (s[0], s[4]))
             for k, (reg, width, _name, _type, full) in enumerate(items):
-                for reg0, width0, name0, type0, _full0 in items[:k]:
+                # sorted by register and no value is wider than 4 registers: only the
+                # few items just before this one can overlap it
+                j = k
+                while j > 0 and items[j - 1][0] > reg - 4:
+                    j -= 1
+                for reg0, width0, name0, type0, _full0 in items[j:k]:
                     if (reg0, width0) == (reg, width) or reg0 + width0 <= reg:
                         continue
                     errs.append(((*full, "address"), f"register {func}:{reg} is already taken by {name0!r}, "
