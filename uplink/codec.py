@@ -577,13 +577,11 @@ def _patterns(ch: I64, counts: I64, rec_start: I64) -> tuple[I64, I64, I64 | Non
     with np.errstate(over="ignore"):
         terms = (ch.view(np.uint64) + np.uint64(1)) * _powers(int(counts.max()))[j]
         h = np.add.reduceat(terms, rec_start) ^ counts.view(np.uint64)
-    _, first, pid = np.unique(h, return_index=True, return_inverse=True)
-    # patterns in order of first use, so ids rise along the envelope
-    rank = np.empty(len(first), np.int64)
-    by_use = np.argsort(first)
-    rank[by_use] = np.arange(len(first))
-    pid = rank[pid.reshape(-1)]
-    first = first[by_use]
+    # ids in order of first use (a dict beats np.unique for a few hundred records)
+    ids: dict[int, int] = {}
+    pid = np.array([ids.setdefault(x, len(ids)) for x in h.tolist()], np.int64)
+    first = np.zeros(len(ids), np.int64)
+    first[pid[::-1]] = np.arange(len(pid) - 1, -1, -1)  # the lowest index wins
     pat_len = counts[first]
     pat_off = np.cumsum(pat_len) - pat_len
     src = np.repeat(rec_start[first] - pat_off, pat_len) + np.arange(int(pat_len.sum()))
