@@ -5,23 +5,27 @@ API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Recor
 specified in docs/uplink-protocol.md; in short:
 
 - Every record keeps its sequence number, kind, ts_min, ts_max, n and data bit-exactly.
-  Records that are not well-formed sample batches (events: alarms, gaps, register
-  changes, and any future kind) travel *opaque*: their bytes as they are, lengths in
-  a column, ts and n as delta-coded integer columns.
+  Events the journal wrote (canonical JSON objects: alarms, register changes, ...)
+  travel as typed columns of their fields; anything else (gap records, any future
+  kind, odd bytes) travels *opaque*: its bytes as they are, lengths in a column,
+  ts and n as delta-coded integer columns.
 - Sample records are pooled into columns. A record's channel list is a *pattern*
   (a device polls the same channels every cycle), sent once per envelope; each
-  record then costs a pattern id and its timestamp, coded as a delta of deltas
-  against the previous record of the same pattern. A sample's own timestamp is an
-  offset from its record's (zero when the driver stamps a whole poll at once).
+  record then costs a pattern id and its timestamp, coded along the records of the
+  same pattern (a steady poll clock leaves only its jitter). Samples take their
+  record's timestamp; records whose samples differ (OPC-UA source times) send
+  their samples' timestamps per channel.
 - Values are regrouped per channel. Each channel gets a reconstruction mode found
   from its data: ``q / 10**k``, ``q * 10**-k`` (how ``raw * scale`` comes out) or
-  ``float32(q / 10**k)`` (float32 registers), k = 0..9, with q an integer; the q of a
-  channel are sent as deltas. A value the mode does not reproduce bit for bit (NaN
+  ``float32(q / 10**k)`` (float32 registers), k = 0..9, with q an integer. A value the mode does not reproduce bit for bit (NaN
   of a bad sample, inf, -0.0, a value off the grid) is an *exception*, sent as its
   IEEE bits XORed with the previous exception's (Gorilla-like). Lossless for every
   float64, NaN payloads included.
-- Integer columns are zigzagged, cut to the narrowest of 1/2/4/8 bytes and
-  byte-shuffled (all low bytes, then the next ...); the whole thing is zstd'ed.
+- Series in groups (a channel's integers, a device's record times) are detrended by a
+  line per group, sent as residuals of order 0, 1 or 2 (whichever is smallest) and
+  Rice-coded with a parameter per group. Other integer columns are zigzagged, cut to
+  the narrowest of 1/2/4/8 bytes and byte-shuffled; the whole is zstd'ed with a
+  dictionary of typical events.
 """
 
 from __future__ import annotations
