@@ -17,8 +17,9 @@ specified in docs/uplink-protocol.md; in short:
   their samples' timestamps per channel.
 - Values are regrouped per channel. Each channel gets a reconstruction mode found
   from its data: ``q / 10**k``, ``q * 10**-k`` (how ``raw * scale`` comes out) or
-  ``float32(q / 10**k)`` (float32 registers), k = 0..9, with q an integer. A value the mode does not reproduce bit for bit (NaN
-  of a bad sample, inf, -0.0, a value off the grid) is an *exception*, sent as its
+  ``float32(q / 10**k)`` (float32 registers), k = 0..9, with q an integer. A value
+  the mode does not reproduce bit for bit (NaN of a bad sample, inf, -0.0, a value
+  off the grid) is an *exception*, sent as its
   IEEE bits XORed with the previous exception's (Gorilla-like). Lossless for every
   float64, NaN payloads included.
 - Series in groups (a channel's integers, a device's record times) are detrended by a
