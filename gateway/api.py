@@ -1222,7 +1222,13 @@ async def _history(
         hist_mod = None
     query = getattr(hist_mod, "query_api", None) if hist_mod is not None else None
     if query is not None:
-        result: dict[str, Any] = await query(gw, name, t0, t1, every=step, limit=limit)
+        try:
+            result: dict[str, Any] = await query(gw, name, t0, t1, every=step, limit=limit)
+        except hist_mod.HistoryError as e:
+            msg = str(e)
+            if "InfluxDB" in msg:  # the historian's server is down or refused: not the caller's fault
+                raise HTTPException(503, msg) from None
+            raise Invalid([(("query",), msg)]) from None
         return result
     from gateway.batch import Batch
 

@@ -12,6 +12,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.test_api_daemon import auth, plant  # noqa: F401 - the module fixture
 
+# schemathesis' own strategies use `random` internally; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+
 
 @pytest.fixture(scope="module")
 def api_schema(plant: Any) -> Any:  # noqa: F811

@@ -302,3 +302,17 @@ def test_metrics_and_status_reflect_the_plant(seeded: Any) -> None:
     assert {c["name"] for c in good["channels"]} <= {"GT-1", "GT-2"} and good["total"] >= 1
     page = http.get("/channels?limit=2&offset=1", headers=viewer).json()
     assert page["count"] == 2 and page["total"] == 5 and page["channels"][0]["index"] == 1
+
+
+def test_history_of_a_channel_from_the_journal(seeded: Any) -> None:
+    http, viewer = seeded.http, auth(seeded.tokens["viewer"])
+    h = http.get("/history/GT-1?from=10m", headers=viewer).json()
+    assert h["channel"] == "GT-1" and h["source"] == "journal" and h["points"]
+    assert all(abs(p["value"] - 12.0) < 0.11 for p in h["points"] if p["quality"] == "good")
+    agg = http.get("/history/GT-1?from=10m&every=1m", headers=viewer).json()
+    assert (
+        agg["every_s"] == 60.0
+        and sum(p["n"] for p in agg["points"]) >= len([p for p in h["points"] if p["quality"] == "good"]) - 5
+    )
+    assert http.get("/history/NOPE", headers=viewer).status_code == 404
+    assert http.get("/history/GT-1?from=5m&to=10m", headers=viewer).status_code == 422
