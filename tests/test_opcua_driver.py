@@ -371,3 +371,21 @@ async def test_gateway_recovers_after_server_restart(tmp_path, dcs, mode):
     finally:
         gw.stop()
         await asyncio.wait_for(run, 15)
+
+
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_safegw_read_names_the_missing_node(tmp_path, dcs, mode):
+    """Commissioning (``safegw read``): a node the server does not have is named; the rest read."""
+    import io
+
+    from gateway.commission import read_once
+
+    _sim, url = dcs
+    chans = CHANNELS + '      - {name: GHOST, kind: level, node: "ns=2;s=R999.PT01"}\n'
+    out = io.StringIO()
+    code = await read_once(loads(gw_yaml(tmp_path, url, mode=mode, channels=chans)), out=out)
+    text = out.getvalue()
+    assert code == 1
+    assert "ns=2;s=R999.PT01" in text and "does not exist" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("R201.pressure"))
+    assert "1.2" in line and "good" in line
