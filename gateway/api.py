@@ -411,6 +411,10 @@ class AuditMiddleware:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                headers = list(msg.get("headers", []))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                msg = {**msg, "headers": headers}
             await send(msg)
 
         try:
