@@ -8,8 +8,9 @@ exception 1 (illegal function), reads outside a unit's table exception 2.
 
 Faults come from the plant (simulators.scenario) at the time of the last tick:
 ``silent`` → no answer, ``exception`` → the scenario's exception code,
-``disconnect`` → TCP: open connections are dropped and new ones refused until it
-ends; RTU: the pty pair disappears (the USB adapter is pulled) until it ends. On an RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
+``disconnect`` → TCP: open connections are dropped and new ones reset until it
+ends; RTU: the pty pair disappears (the USB adapter is pulled) until it ends. On an
+RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
 
 RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
 simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way
@@ -143,6 +144,9 @@ class _TcpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.server.down:
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self.server.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -186,6 +190,7 @@ class ModbusTcpServer(_Device):
         super().__init__(model, plant)
         self.conns: set[_TcpProtocol] = set()
         self.server: asyncio.Server | None = None
+        self.down = False
         self.port = model.port
 
     async def _listen(self) -> None:
@@ -203,16 +208,16 @@ class ModbusTcpServer(_Device):
         await super().update(t, values)
         f = self.fault(None)
         down = f is not None and f.kind == "disconnect"
-        if down and self.server is not None:
+        # the listener stays bound while down (new connections are reset at once): closing
+        # it would free an ephemeral port that a client's connect may grab (TCP self-connect)
+        if down and not self.down:
             log.info("%s: disconnect (dropping %d connections)", self.name, len(self.conns))
-            self.server.close()
-            self.server = None
             for c in list(self.conns):
                 if c.transport is not None:
                     c.transport.abort()
-        elif not down and self.server is None:
-            await self._listen()
+        elif self.down and not down:
             log.info("%s: accepting connections again", self.name)
+        self.down = down
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -265,6 +270,7 @@ class ModbusRtuServer(_Device):
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self._targets: dict[Path, str] = {}
+        self._ticked = asyncio.Event()
         self.replugs = 0
 
     async def _plug(self) -> None:
@@ -324,7 +330,8 @@ class ModbusRtuServer(_Device):
             self._unplug_fd()
             await asyncio.sleep(self.model.replug_delay)
             while self._pulled() and not self._stopping:  # a 'disconnect' fault keeps it out
-                await asyncio.sleep(0.05)
+                self._ticked.clear()
+                await self._ticked.wait()
             while not self._stopping:
                 try:
                     await self._plug()
@@ -340,6 +347,7 @@ class ModbusRtuServer(_Device):
 
     async def update(self, t: float, values: dict[str, float]) -> None:
         await super().update(t, values)
+        self._ticked.set()
         # a 'disconnect' fault pulls the adapter: socat goes, the supervisor plugs it back after
         if self._pulled() and self.proc is not None and self.proc.returncode is None:
             log.info("%s: disconnect (pty pair removed)", self.name)
@@ -398,6 +406,7 @@ class ModbusRtuServer(_Device):
 
     async def stop(self) -> None:
         self._stopping = True
+        self._ticked.set()
         self._unplug_fd()
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()

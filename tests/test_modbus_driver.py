@@ -144,12 +144,16 @@ async def test_tcp_refused_and_dropped_connection(modbus_plant: SimProcess, tmp_
                 await drv.poll()
                 await asyncio.sleep(0.02)
         with pytest.raises(DeviceUnavailable):
-            await drv.open()  # refused while the device is down
+            await drv.open()  # connects are reset while the device is down
+            for _ in range(50):
+                await drv.poll()
+                await asyncio.sleep(0.02)
         modbus_plant.control(clear="tcp-dev")
 
         async def reopened() -> bool:
             try:
                 await drv.open()
+                await drv.poll()
             except DeviceUnavailable:
                 return False
             return True

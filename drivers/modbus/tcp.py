@@ -59,6 +59,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.client._made(self, transport)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.filled > len(self.buf) - 512:  # a peer sending garbage without end
@@ -101,7 +102,7 @@ class _Protocol(asyncio.BufferedProtocol):
             self.filled = rest
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._lost(exc)
+        self.client._lost(self, exc)
 
 
 class TcpClient:
@@ -123,11 +124,17 @@ class TcpClient:
     async def connect(self, timeout: float) -> None:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         self.lost = None
-        transport, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self), self.host, self.port), timeout)
-        self.transport, self.protocol = transport, protocol  # type: ignore[assignment]
+        self.protocol = self.transport = None
+        await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), self.host, self.port), timeout)
+        if self.transport is None:  # accepted and dropped before we got to use it
+            raise ConnectionResetError(str(self.lost or "connection closed by the device"))
 
-    def _lost(self, exc: Exception | None) -> None:
+    def _made(self, protocol: _Protocol, transport: asyncio.Transport) -> None:
+        self.protocol, self.transport, self.lost = protocol, transport, None
+
+    def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is not self.protocol:
+            return  # a previous connection's late goodbye
         self.lost = exc or ConnectionResetError("connection closed by the device")
         self.transport = None
         for p in self.pending.values():
@@ -137,7 +144,7 @@ class TcpClient:
 
     def send(self, unit: int, fc: int, start: int, count: int, dest: memoryview) -> asyncio.Future[None]:
         """Send one read; the future resolves once ``dest`` holds the reply's data bytes."""
-        if self.transport is None:
+        if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError(str(self.lost or "not connected"))
         self._tid = tid = (self._tid + 1) & 0xFFFF
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
