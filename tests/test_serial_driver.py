@@ -310,3 +310,41 @@ async def test_gateway_rides_out_unplugged_adapter(tmp_path):
         finally:
             gw.stop()
             await asyncio.wait_for(task, 10)
+
+
+async def test_serial_device_server_over_tcp(tmp_path):
+    """A terminal server in TCP server mode (tcp://host:port): polled answers, then the link drops."""
+    from drivers.serial.frames import checksum_text
+    from tests.helpers import free_port
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def instrument(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while True:
+            req = await reader.readuntil(b"\r\n")
+            if req == b"R\r\n":
+                body = b"   0.0500 uSv/h"
+                writer.write(body + b"," + checksum_text("sum8", "hex", body) + b"\r\n")
+
+    port = free_port()
+    server = await asyncio.start_server(instrument, "127.0.0.1", port)
+    try:
+        text = gw_yaml(tmp_path, f"tcp://127.0.0.1:{port}", POLL_SUM8_GW)
+        drv = driver_for(text)
+        await drv.open()
+        try:
+            b = await drv.poll()
+            assert b.quality.tolist() == [Quality.GOOD] and b.value[0] == pytest.approx(0.05)
+            writers[0].close()  # the device server drops us
+            await async_wait_until(lambda: drv._error is not None, 5, what="link loss seen")
+            with pytest.raises(DeviceUnavailable):
+                await drv.poll()
+            await drv.open()  # what the gateway's backoff does
+            b = await drv.poll()
+            assert b.quality.tolist() == [Quality.GOOD] and drv.info["opens"] == 2
+        finally:
+            await drv.close()
+    finally:
+        server.close()
+        await server.wait_closed()

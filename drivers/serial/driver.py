@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from typing import Any
@@ -39,6 +40,8 @@ from gateway.channels import ChannelInfo
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 4096
+#: a serial device server port: tcp://host:port or socket://host:port (pyserial's name)
+_TCP_PORT = re.compile(r"^(?:tcp|socket)://(\[[^\]]+\]|[^:/]+):(\d+)/?$")
 _OVERFLOW = b"<overflow>"  # identity-compared marker, never a real frame object
 
 
@@ -84,6 +87,7 @@ class SerialDriver(Driver):
         self.request = unescape(device.frame.request) if device.frame.request is not None else None
         self.gap = float(device.frame.gap)
         self._ser: serial.Serial | None = None
+        self._tcp: asyncio.Transport | None = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # (receive ns, frame); None marks a partial frame, _OVERFLOW a run without terminator
@@ -106,6 +110,10 @@ class SerialDriver(Driver):
     async def open(self) -> None:
         dev = self.device
         await self.close()
+        m = _TCP_PORT.match(dev.port)
+        if m is not None:
+            await self._open_tcp(m.group(1).strip("[]"), int(m.group(2)))
+            return
         try:
             ser = serial.serial_for_url(dev.port, do_not_open=True, baudrate=dev.baudrate,
                                         bytesize=dev.bytesize, parity=dev.parity, stopbits=dev.stopbits,
@@ -124,16 +132,45 @@ class SerialDriver(Driver):
         with _suppress_serial():
             ser.reset_input_buffer()  # stale bytes from before we were listening
         self._ser, self._fd = ser, fd
+        self._opened()
+        assert self._loop is not None
+        self._loop.add_reader(fd, self._readable)
+
+    async def _open_tcp(self, host: str, port: int) -> None:
+        """A serial device server (terminal server) in TCP server mode: raw bytes over TCP.
+
+        Baud rate, parity and framing bits are the device server's settings."""
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(loop.create_connection(lambda: _TcpFeed(self), host, port),
+                                                  timeout=max(self.device.timeout, 1.0))
+        except (OSError, TimeoutError) as e:
+            raise DeviceUnavailable(f"serial device server {host}:{port}: {e or type(e).__name__}",
+                                    Quality.COMMS) from e
+        self._tcp = transport
+        self._opened()
+
+    def _opened(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._error = None
         self._frames.clear()
         self.framer.clear()
         self._first_frame = True
         self._wake = asyncio.Event()
-        self._loop.add_reader(fd, self._readable)
         self.info["opens"] += 1
         if self.info["opens"] > 1:
-            log.info("serial %s: port %s open again", self.name, dev.port)
+            log.info("serial %s: port %s open again", self.name, self.device.port)
+
+    def _write(self, data: bytes) -> None:
+        """Send a request; drop whatever the port holds from before (late answers)."""
+        if self._tcp is not None:
+            if self._tcp.is_closing():
+                raise OSError("connection closed")
+            self._tcp.write(data)
+            return
+        assert self._ser is not None
+        self._ser.reset_input_buffer()
+        self._ser.write(data)
 
     async def close(self) -> None:
         if self._gap_timer is not None:
@@ -146,6 +183,9 @@ class SerialDriver(Driver):
             with _suppress_serial():
                 self._ser.close()
             self._ser = None
+        if self._tcp is not None:
+            self._tcp.abort()
+            self._tcp = None
 
     def _readable(self) -> None:
         fd = self._fd
@@ -161,6 +201,9 @@ class SerialDriver(Driver):
         if not data:
             self._lost(OSError("end of file on the port (device disconnected?)"))
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         ts = time.time_ns()
         self.info["bytes"] += len(data)
         framer = self.framer
@@ -199,6 +242,7 @@ class SerialDriver(Driver):
         self._error = err
         if self._fd is not None and self._loop is not None:
             self._loop.remove_reader(self._fd)
+            self._fd = None
         self._wake.set()
 
     def _check_error(self) -> None:
@@ -287,7 +331,7 @@ class SerialStreamDriver(SerialDriver):
     streaming = True
 
     async def stream(self, sink: Any) -> None:
-        if self._ser is None:
+        if self._ser is None and self._tcp is None:
             await self.open()
         loop = asyncio.get_running_loop()
         dev = self.device
@@ -336,9 +380,9 @@ class SerialPollDriver(SerialDriver):
     streaming = False
 
     async def poll(self) -> Batch:
-        if self._ser is None:
+        if self._ser is None and self._tcp is None:
             await self.open()
-        assert self._ser is not None and self.request is not None
+        assert self.request is not None
         loop = asyncio.get_running_loop()
         dev = self.device
         want = len(self.channels)
@@ -354,8 +398,7 @@ class SerialPollDriver(SerialDriver):
             self.framer.clear()
             self._first_frame = False
             try:
-                self._ser.reset_input_buffer()
-                self._ser.write(self.request)
+                self._write(self.request)
             except (serial.SerialException, OSError) as e:
                 raise DeviceUnavailable(f"serial port {dev.port}: write failed: {e}", Quality.COMMS) from e
             deadline = loop.time() + dev.timeout
@@ -414,3 +457,22 @@ def _show(frame: bytes, limit: int = 80) -> str:
 
 def _suppress_serial() -> contextlib.suppress:
     return contextlib.suppress(serial.SerialException, OSError)
+
+
+class _TcpFeed(asyncio.Protocol):
+    """Bytes from a serial device server into the driver's framer."""
+
+    def __init__(self, drv: SerialDriver):
+        self.drv = drv
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.drv._feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.drv._tcp is not None and self.drv._tcp is not self.transport:
+            return  # an old connection we closed ourselves
+        self.drv._lost(exc or OSError("the device server closed the connection"))
