@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -329,7 +328,7 @@ async def test_serial_link_removed_and_restored(modbus_plant: SimProcess, tmp_pa
         await drv.close()
 
 
-def test_rtu_port_missing_is_device_unavailable(tmp_path: Path) -> None:
+async def test_rtu_port_missing_is_device_unavailable(tmp_path: Path) -> None:
     cfg = loads(f"""
 gateway: {{id: g, site: "S", state_dir: "{tmp_path}"}}
 devices:
@@ -339,15 +338,9 @@ devices:
     units: [{{unit: 1, channels: [{{name: x, kind: other, address: holding:0}}]}}]
 """)
     drv = _drivers(cfg)["bus"]
-    done = threading.Event()
-
-    async def go() -> None:
-        with pytest.raises(DeviceUnavailable, match="cannot open serial port"):
-            await drv.open()
-        done.set()
-
-    asyncio.run(go())
-    assert done.is_set()
+    with pytest.raises(DeviceUnavailable, match="cannot open serial port") as ei:
+        await drv.open()
+    assert ei.value.cause == Quality.COMMS
 
 
 TYPES = [("int16", -1234.0), ("uint16", 54321.0), ("int32", -123456789.0), ("uint32", 3000000000.0),

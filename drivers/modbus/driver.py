@@ -139,7 +139,7 @@ class ModbusDriver(Driver):
             self.info["requests"] = len(self.plan.requests)
             log.warning("%s: a merged read hit an address the device does not have; split into single "
                         "reads (%d → %d requests)", self.name, old, len(self.plan.requests))
-        # the layout keeps the plan's point order: map back to the channel order
+        # the layout's slots are in point order, which is the channel order of self.indexes
         return Batch(self.indexes, np.full(len(values), ts, dtype=np.int64), values, quality)
 
 
