@@ -614,9 +614,10 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     mixed = np.minimum.reduceat(ts, rec_start) != np.maximum.reduceat(ts, rec_start)
     _put_u64(out, mixed.astype(np.uint64))
     if mixed.any():
-        ms = np.repeat(mixed, counts)[order]
-        sel = order[ms]
-        _put_grouped(out, ts[sel], _nonzero_counts(inv[sel], n_ch))
+        sel = order[np.repeat(mixed, counts)[order]]
+        # as offsets from the record's time: a node's lag behind the scan is steady
+        off = ts - np.repeat(t_rec, counts)
+        _put_grouped(out, off[sel], _nonzero_counts(inv[sel], n_ch))
 
     # values, regrouped per channel
     vs = val[order]
@@ -928,7 +929,7 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     mixed = rd.u64("mixed ts", n_col).astype(bool)
     if mixed.any():
         sel = order[np.repeat(mixed, counts)[order]]
-        ts[sel] = _get_grouped(rd, _nonzero_counts(inv[sel], n_ch), "sample ts")
+        ts[sel] += _get_grouped(rd, _nonzero_counts(inv[sel], n_ch), "sample ts")
     ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
     mode = np.frombuffer(rd.take(n_ch, "channel modes"), np.uint8)
     if ((mode >> 4) > M_RAW).any() or ((mode & 0x0F) > MAX_K).any():
