@@ -81,11 +81,11 @@ class ChannelView:
         # incremental caches: the value part of each channel's JSON is rebuilt only when
         # its sample changed, the state/alarm part only when its colour or alarm changed;
         # ages are formatted once per distinct timestamp (one per poll, not per channel)
-        self.heads = [""] * n
+        self.heads = [b""] * n  # bytes: the body is joined as bytes, never re-encoded
         self._ts = np.full(n, -1, dtype=np.int64)
         self._q = np.zeros(n, dtype=np.uint8)
         self._v = np.zeros(n, dtype=np.int64)
-        self.tails = [',"state":"normal","alarm":null}'] * n
+        self.tails = [b',"state":"normal","alarm":null},'] * n  # with the separator
         self._tstate = np.zeros(n, dtype=np.int8)
         self._tkey = np.full(n, -1, dtype=np.int64)
 
@@ -103,7 +103,7 @@ class ChannelView:
             for k in np.flatnonzero(bad).tolist():
                 texts[k] = "null"
         for i, v, q in zip(changed.tolist(), texts, live.quality[changed].tolist(), strict=True):
-            heads[i] = f'{prefix[i]}"value":{v},"quality":"{_QLABEL[q]}","q":{q},"age_s":'
+            heads[i] = f'{prefix[i]}"value":{v},"quality":"{_QLABEL[q]}","q":{q},"age_s":'.encode()
         self._ts[changed] = live.ts[changed]
         self._q[changed] = live.quality[changed]
         self._v[changed] = vbits[changed]
@@ -115,7 +115,7 @@ class ChannelView:
         names = ("normal", "fault", "alarm")
         tails = self.tails
         for i, st, k in zip(redo.tolist(), state[redo].tolist(), key[redo].tolist(), strict=True):
-            tails[i] = f',"state":"{names[st]}","alarm":{describe(i) if k >= 0 else "null"}}}'
+            tails[i] = f',"state":"{names[st]}","alarm":{describe(i) if k >= 0 else "null"}}},'.encode()
         self._tstate = state
         self._tkey = key
 
@@ -127,16 +127,33 @@ class ChannelView:
         state: np.ndarray,
         key: np.ndarray,
         describe: Callable[[int], str],
-    ) -> list[str]:
-        """The JSON objects of channels ``idx``; ``state`` 0 normal, 1 fault, 2 alarm per
-        channel; ``describe(i)`` the JSON of channel i's most urgent alarm (key >= 0)."""
+    ) -> tuple[bytes, int]:
+        """The JSON array items (comma-separated) of channels ``idx`` and their count;
+        ``state`` 0 normal, 1 fault, 2 alarm per channel; ``describe(i)`` the JSON of
+        channel i's most urgent alarm (key >= 0)."""
         self._refresh_heads(live)
         self._refresh_tails(state, key, describe)
+        m = len(idx)
+        if not m:
+            return b"", 0
         ts = live.ts[idx]
         uniq, inv = np.unique(ts, return_inverse=True)
-        ages = ["null" if t <= 0 else repr(round((now - t) / 1e9, 3)) for t in uniq.tolist()]
-        heads, tails = self.heads, self.tails
-        return [heads[i] + ages[k] + tails[i] for i, k in zip(idx.tolist(), inv.tolist(), strict=True)]
+        ages = np.array(
+            [b"null" if t <= 0 else repr(round((now - t) / 1e9, 3)).encode() for t in uniq.tolist()],
+            dtype=object,
+        )
+        # interleave head, age, tail by slice assignment and join once: no per-channel
+        # string concatenation in Python
+        flat: list[bytes] = [b""] * (3 * m)
+        if m == self.n:
+            flat[0::3] = self.heads
+            flat[2::3] = self.tails
+        else:
+            pick = idx.tolist()
+            flat[0::3] = [self.heads[i] for i in pick]
+            flat[2::3] = [self.tails[i] for i in pick]
+        flat[1::3] = ages[inv].tolist()
+        return b"".join(flat)[:-1], m
 
     def select(
         self,
@@ -692,11 +709,9 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         total = len(idx)
         idx = idx[offset : offset + limit]
         colour = np.where(alarm_mask, 2, np.where(fault_mask, 1, 0)).astype(np.int8)
-        parts = view.render(live, now, idx, colour, key, describe)
-        body = (
-            f'{{"ts":"{_iso(now)}","total":{total},"offset":{offset},"count":{len(parts)},'
-            f'"channels":[{",".join(parts)}]}}'
-        )
+        items, count = view.render(live, now, idx, colour, key, describe)
+        head = f'{{"ts":"{_iso(now)}","total":{total},"offset":{offset},"count":{count},"channels":['
+        body = b"".join((head.encode(), items, b"]}"))
         return Response(body, media_type="application/json")
 
     @app.get("/channels/{name}", tags=["live"], summary="one channel with its configuration")
