@@ -228,6 +228,8 @@ def _undod(dd: I64) -> I64:
 # each, both bit-packed. Quotients of QMAX or more escape to a raw 64-bit column.
 
 QMAX = 24
+_P10 = np.array([10**k for k in range(1, 10)], np.int64)  # divisors tried, 10 .. 10**9
+_P10I = np.array([10**k for k in range(10)], np.int64)
 MAX_EVENT_BYTES = 256 << 20
 
 
@@ -322,6 +324,11 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
     if not len(x):
         return
     starts = _group_starts(counts)
+    # a common power-of-ten factor (timestamps in µs or 100 ns ticks stored as ns)
+    div = np.add.reduceat((x[None, :] % _P10[:, None] == 0).astype(np.int64), starts, axis=1) == counts
+    e = div.sum(axis=0).astype(np.uint8)  # divisible by 10**k implies by 10**(k-1)
+    if e.any():
+        x = x // _P10I[np.repeat(e, counts)]
     idx = np.arange(len(x), dtype=np.int64) - np.repeat(starts, counts)
     xf = x.astype(np.float64)
     last = starts + counts - 1
@@ -340,6 +347,7 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
     z = _zigzag(r)
     k = _rice_params(z, starts, counts)
     out.append(order.astype(np.uint8).tobytes())
+    out.append(e.tobytes())
     _put_ints(out, b)
     _put_ints(out, d)
     out.append(k.tobytes())
@@ -355,6 +363,9 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
     order = np.frombuffer(rd.take(g, what + " orders"), np.uint8)
     if order.max() > 2:
         raise CodecError(f"{what}: residual order {order.max()}")
+    e = np.frombuffer(rd.take(g, what + " scales"), np.uint8)
+    if e.max() > 9:
+        raise CodecError(f"{what}: scale 10**{e.max()}")
     base = rd.ints(what + " bases", g)
     slope = rd.ints(what + " slopes", g)
     k = np.frombuffer(rd.take(g, what + " rice k"), np.uint8)
@@ -365,7 +376,7 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
     d1 = np.where(o_s == 2, _gcumsum(r, starts, counts), r)
     y = np.where(o_s >= 1, _gcumsum(d1, starts, counts), d1)
     idx = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
-    return y + np.repeat(base, counts) + idx * np.repeat(slope, counts)
+    return (y + np.repeat(base, counts) + idx * np.repeat(slope, counts)) * _P10I[np.repeat(e, counts)]
 
 
 # ------------------------------------------------------------------------- values
