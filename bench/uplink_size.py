@@ -59,7 +59,7 @@ T0 = 1_764_000_000_000_000_000  # 2025-11-24 (ns)
 
 
 CACHE_DIR = Path("/tmp/safegw-bench-cache")
-GENERATOR = 2  # bump when the data set generation changes
+GENERATOR = 3  # bump when the data set generation changes
 
 
 def cached(hours: float, seed: int, use_cache: bool) -> tuple[list[Record], list[str], str]:
@@ -87,7 +87,12 @@ def _device_signals(sim: Any) -> dict[str, list[str]]:
     """Signals each simulated device serves, in the order its points are listed."""
     from simulators.config import _signal_refs
 
-    return {d.name: [sig for _, sig in _signal_refs(d)] for d in sim.device_models}
+    out = {}
+    for d in sim.device_models:
+        sigs = [sig for _, sig in _signal_refs(d)]
+        listed = getattr(d, "signals", None)  # serial instruments list theirs
+        out[d.name] = sigs or (list(listed) if isinstance(listed, list) else [])
+    return out
 
 
 def demo_plant(hours: float, seed: int) -> tuple[list[Record], list[str], str]:
