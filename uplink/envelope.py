@@ -356,7 +356,7 @@ def open_envelope(
         payload = _decrypt(cipher_id, content_key, h.nonce, ct, bytes(data[:h.header_len]))
     except InvalidTag:
         raise DecryptFailed(f"{where}: payload does not decrypt ({h.cipher})") from None
-    limit = min(1 << 30, (1 << 20) + 48 * h.n_samples + 200 * len(payload))
+    limit = min(1 << 30, (1 << 20) + 64 * h.n_samples + 1000 * len(payload))
     try:
         records = codec.decode(payload, max_size=limit)
     except codec.CodecError as e:
