@@ -172,12 +172,12 @@ class ModbusTcpDriver(ModbusDriver):
         tries: dict[int, int] = {}
         while todo:
             window, todo = todo[:self.pipeline], todo[self.pipeline:]
-            sent: list[tuple[int, asyncio.Future[None]]] = []
+            window_reqs = [self.plan.requests[ri] for ri in window]
             try:
-                for ri in window:
-                    r = self.plan.requests[ri]
-                    sent.append((ri, self.client.send(r.unit, r.fc, r.start, r.count,
-                                                      buf[r.buf_offset:r.buf_offset + r.nbytes])))
+                reads = [(r.unit, r.fc, r.start, r.count, buf[r.buf_offset:r.buf_offset + r.nbytes])
+                         for r in window_reqs]
+                futs = self.client.send_many(reads)
+                sent = list(zip(window, futs, strict=True))
             except ConnectionResetError as e:
                 raise DeviceUnavailable(f"connection to {dev.host}:{dev.port} lost: {e}") from None
             timer = loop.call_later(dev.timeout, _expire, [f for _, f in sent])
