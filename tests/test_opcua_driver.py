@@ -34,6 +34,7 @@ from tests.helpers import async_wait_until
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
 
 GUID = "72962b91-fa75-4ae6-8d28-b404dc7daf63"
+ROOT = Path(__file__).resolve().parents[1]
 
 SIM = f"""
 signals:
@@ -389,3 +390,42 @@ async def test_safegw_read_names_the_missing_node(tmp_path, dcs, mode):
     assert "ns=2;s=R999.PT01" in text and "does not exist" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("R201.pressure"))
     assert "1.2" in line and "good" in line
+
+
+async def test_fast_read_simulator_answers_like_asyncua(tmp_path):
+    """The benchmark's cached-Read simulator (own process) gives the same values and status codes."""
+    import json
+    import sys
+
+    cfg = sim_loads(SIM.replace("{extra}", "fast_read: true\n    bulk: 50"))  # validates the file
+    assert cfg.device_models[0].fast_read
+    path = tmp_path / "sim.yaml"
+    path.write_text(SIM.replace("{extra}", "fast_read: true\n    bulk: 50") + """
+scenarios:
+  - {kind: bad_status, signal: R201.TT01, status: BadSensorFailure, start: 0s, duration: 1h}
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators", "-c", str(path), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert line.startswith("READY "), line
+        url = json.loads(line[6:])["dcs"]["endpoint"]
+        chans = CHANNELS + "".join(f'      - {{name: B{k}, kind: other, node: "ns=2;s=Bulk.{k:06d}"}}\n'
+                                   for k in (0, 7, 49))
+        drv = driver_for(gw_yaml(tmp_path, url, channels=chans))
+        await drv.open()
+        try:
+            for _ in range(2):  # the second Read is answered from the cache
+                b = await drv.poll()
+                assert b.value[[0, 2]].tolist() == pytest.approx([1.2, 5.0])
+                assert b.quality.tolist()[:3] == [Quality.GOOD, Quality.BAD_STATUS, Quality.GOOD]
+                assert drv.info["status"]["R201.temperature"].startswith("BadSensorFailure")
+                assert (b.quality[3:] == Quality.GOOD).all() and b.value[3] == pytest.approx(0.0, abs=100)
+            assert drv.info["timestamps"] == "source" and drv.info.get("slow_reads", 0) == 0
+        finally:
+            await drv.close()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
