@@ -43,7 +43,8 @@ from gateway import __version__
 from gateway.batch import Quality, quality_label
 from gateway.config import ApiSection, RegistersSection, parse_duration
 from gateway.metrics import render as render_metrics
-from gateway.registers import Conflict, Invalid, NotFound, RegisterStore, SchemaError, load_schemas
+from gateway.registers import Conflict, Invalid, NotFound, RegisterStore
+from gateway.reminders import check_reminders, open_store
 from gateway.users import RANK, Principal, UserError, UserStore
 
 log = logging.getLogger(__name__)
@@ -1337,23 +1338,8 @@ class ApiService:
         self.section = section
         self.reg = registers
         base = getattr(gw.cfg, "_base_dir", Path("."))
-        types_file = registers.types_file
-        if types_file is not None and not types_file.is_absolute():
-            types_file = base / types_file
-        try:
-            schemas = load_schemas(types_file)
-        except SchemaError as e:
-            raise RuntimeError("register types are invalid:\n" + "\n".join(e.lines)) from None
+        self.store = open_store(gw, registers)
         state = Path(gw.cfg.gateway.state_dir)
-        self.store = RegisterStore(
-            state / "registers.db",
-            schemas=schemas,
-            channels=gw.table.names(),
-            clock=gw.clock,
-            remind_days=registers.remind_days,
-            max_attachment=registers.max_attachment,
-        )
-        gw.registers = self.store
         users_file = section.users_file or state / "users.json"
         if not users_file.is_absolute():
             users_file = base / users_file
@@ -1431,14 +1417,8 @@ class ApiService:
             await asyncio.sleep(self.reg.check_every)
 
     async def check_reminders(self) -> list[dict[str, Any]]:
-        try:
-            events = await self.store.call(self.store.check_reminders)
-        except Exception as e:  # sqlite trouble: say so, keep serving, try again next time
-            log.error("register reminder check failed: %s", e)
-            return []
-        if events:
-            self.ctx.reminders += len(events)
-            self.gw.emit_events(events)
+        events = await check_reminders(self.gw, self.store)
+        self.ctx.reminders += len(events)
         return events
 
     async def stop(self) -> None:

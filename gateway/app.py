@@ -50,6 +50,7 @@ SERVICES: dict[str, str] = {
     "mqtt": "uplink.mqtt:build_service",
     "uplink": "uplink.sync:build_service",
     "api": "gateway.api:build_service",
+    "registers": "gateway.reminders:build_service",
 }
 
 
