@@ -184,6 +184,7 @@ class Gateway:
                     next_due = loop.time()
                     continue
             if drv.streaming:
+                st.info = drv.info  # the driver keeps it current while it streams
                 try:
                     self._recovered(st)
                     await drv.stream(self.ingest)

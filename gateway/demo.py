@@ -28,7 +28,7 @@ from gateway.batch import quality_label
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 90.0  # asyncua builds its whole address space first: slow on a busy PC
 
 
 def find_config(name: str) -> Path:
