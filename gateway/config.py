@@ -11,6 +11,7 @@ timeout, ...) are checked after the models and reported with the same
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -90,7 +91,8 @@ class GatewaySection(Strict):
     id: str = Field(pattern=_ID, description="gateway id, as central knows it")
     site: str = Field(min_length=1, description="enterprise / site code (统一社会信用代码), quoted")
     name: str | None = Field(default=None, description="human name shown in the API and the demo")
-    state_dir: Path = Field(default=Path("/var/lib/safegw"), description="journal, keys, registers live here; "
+    state_dir: Path = Field(default=Path("/var/lib/safegw"),
+                            description="journal, keys, registers live here; "
                             "`safegw run --state-dir` (the systemd unit) overrides it")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -667,7 +669,8 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                     errs.append(((*full, "address"), str(e)))
                     continue
                 if func in ("coil", "discrete") and ch.type != "bool":
-                    errs.append(((*full, "type"), f"{func} addresses hold single bits: type must be bool, not {ch.type}"))
+                    errs.append(((*full, "type"),
+                                 f"{func} addresses hold single bits: type must be bool, not {ch.type}"))
                 if bit is not None and ch.type != "bool":
                     errs.append(((*full, "type"), f"a register bit (.{bit}) is a bool, not {ch.type}"))
                 if func in ("holding", "input") and ch.type == "bool" and bit is None:
@@ -676,7 +679,8 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                 if width > 1 and ch.byte_order in ("CDAB", "DCBA", "BADC", "ABCD"):
                     pass
                 if width == 1 and ch.byte_order in ("CDAB", "DCBA") and ch.type != "bool":
-                    errs.append(((*full, "byte_order"), f"{ch.type} fills one register: word orders CDAB/DCBA "
+                    errs.append(((*full, "byte_order"),
+                                 f"{ch.type} fills one register: word orders CDAB/DCBA "
                                  "need two or more; use ABCD or BADC"))
             if isinstance(ch, OpcUaChannel) and (ch.node is None) == (ch.browse_path is None):
                 errs.append((full, "give exactly one of 'node' (a NodeId) or 'browse_path'"))
@@ -703,18 +707,21 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
             if a is not None:
                 order = [(k, getattr(a, k)) for k in ("ll", "l", "h", "hh")]
                 set_ = [(k, v) for k, v in order if v is not None]
-                for (k1, v1), (k2, v2) in zip(set_, set_[1:], strict=False):
+                for (k1, v1), (k2, v2) in itertools.pairwise(set_):
                     if not v1 < v2:
-                        errs.append(((*full, "alarms", k2), f"limits must rise ll < l < h < hh: {k1}={v1:g} is not below {k2}={v2:g}"))
+                        errs.append(((*full, "alarms", k2), f"limits must rise ll < l < h < hh: "
+                                     f"{k1}={v1:g} is not below {k2}={v2:g}"))
                 if a.trend is not None and a.trend.predict is not None and a.h is None and a.hh is None:
-                    errs.append(((*full, "alarms", "trend", "predict"), "prediction needs a high limit (h or hh)"))
+                    errs.append(((*full, "alarms", "trend", "predict"),
+                                 "prediction needs a high limit (h or hh)"))
     if isinstance(cfg.devices, list) and not cfg.devices:
         pass
     for di, dev in enumerate(cfg.devices):
         if isinstance(dev, SerialDevice):
             f = dev.frame
             if (f.terminator is None) == (f.length is None):
-                errs.append((("devices", di, "frame"), "give exactly one of frame.terminator or frame.length"))
+                errs.append((("devices", di, "frame"),
+                             "give exactly one of frame.terminator or frame.length"))
             if f.pattern is not None:
                 try:
                     re.compile(f.pattern)
@@ -724,7 +731,8 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                     groups = re.compile(f.pattern).groupindex
                     for ci, ch in enumerate(dev.channels):
                         if ch.group is not None and ch.group not in groups:
-                            errs.append((("devices", di, "channels", ci, "group"), f"no group (?P<{ch.group}>...) "
+                            errs.append((("devices", di, "channels", ci, "group"),
+                                         f"no group (?P<{ch.group}>...) "
                                          f"in frame.pattern; it has: {', '.join(groups) or 'none'}"))
             for ci, ch in enumerate(dev.channels):
                 if ch.field is not None and not 0 <= ch.field[0] < ch.field[1]:
@@ -903,7 +911,8 @@ def validate(src: Source) -> Config:
             real = src.real_path(path)
             if err["type"] == "string_type" and real in src.texts:
                 text = src.texts[real]
-                add(path, f"write it in quotes, \"{text}\", to keep it as text: unquoted, YAML reads {text} as "
+                add(path, f"write it in quotes, \"{text}\", to keep it as text: "
+                          f"unquoted, YAML reads {text} as "
                           f"the number {err.get('input')!r}")
                 continue
             if err["type"] == "union_tag_invalid":
