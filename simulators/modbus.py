@@ -24,17 +24,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import struct
-import termios
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from drivers.modbus.codec import encode
+from drivers.serial.frames import crc16_modbus
 from gateway.config import parse_modbus_address
 from simulators.config import ModbusRtuSim, ModbusTcpSim, ModbusUnit
+from simulators.pty import open_pty_pair
 from simulators.scenario import Plant
 
 log = logging.getLogger(__name__)
@@ -230,29 +230,9 @@ class ModbusTcpServer(_Device):
 
 # --------------------------------------------------------------------- RTU
 
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC = _crc_table()
-
-
-def crc16(data: bytes) -> int:
-    """Modbus RTU CRC-16 (poly 0xA001, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC[(crc ^ b) & 0xFF]
-    return crc
-
 
 def rtu_frame(pdu: bytes) -> bytes:
-    return pdu + crc16(pdu).to_bytes(2, "little")
+    return pdu + crc16_modbus(pdu).to_bytes(2, "little")
 
 
 class ModbusRtuServer(_Device):
@@ -274,31 +254,9 @@ class ModbusRtuServer(_Device):
         self.replugs = 0
 
     async def _plug(self) -> None:
-        socat = shutil.which("socat")
-        if socat is None:
-            raise RuntimeError("socat is not installed (apt-get install socat)")
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        for p in (self.link, self.sim_link):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        self.proc = await asyncio.create_subprocess_exec(
-            socat, f"pty,raw,echo=0,link={self.sim_link}", f"pty,raw,echo=0,link={self.link}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        # socat creates the links once both ptys exist; wait for them, not a fixed time
-        while not (self.link.exists() and self.sim_link.exists()):
-            if self.proc.returncode is not None or loop.time() > deadline:
-                raise RuntimeError(f"socat did not create {self.link}")
-            await asyncio.sleep(0.01)
+        self.proc, self.fd = await open_pty_pair(self.link, self.sim_link)
         self._targets = {p: os.readlink(p) for p in (self.link, self.sim_link)}
-        self.fd = os.open(self.sim_link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        attrs = termios.tcgetattr(self.fd)
-        attrs[0] = attrs[1] = attrs[3] = 0  # raw: no input/output/local processing
-        attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
-        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
-        loop.add_reader(self.fd, self._readable)
+        asyncio.get_running_loop().add_reader(self.fd, self._readable)
         self.buf = b""
 
     def _unplug_fd(self) -> None:
@@ -381,7 +339,7 @@ class ModbusRtuServer(_Device):
             if len(buf) < n:
                 break
             frame, rest = buf[:n], buf[n:]
-            if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
+            if crc16_modbus(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
                 buf = buf[1:]  # lost sync (noise, partial frame): slide by one byte
                 continue
             buf = rest

@@ -32,8 +32,6 @@ import contextlib
 import logging
 import os
 import random
-import shutil
-import termios
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -42,6 +40,7 @@ from pydantic import Field, model_validator
 from drivers.serial.frames import checksum_text, unescape
 from gateway.config import Duration
 from simulators.config import SimDeviceBase
+from simulators.pty import open_pty_pair
 from simulators.scenario import Plant
 
 log = logging.getLogger(__name__)
@@ -129,29 +128,8 @@ class SerialServer:
 
     # ------------------------------------------------------------------ the pty pair
     async def _plug(self) -> None:
-        socat = shutil.which("socat")
-        if socat is None:
-            raise RuntimeError("socat is not installed (apt-get install socat)")
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        for p in (self.link, self.sim_link):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        self.proc = await asyncio.create_subprocess_exec(
-            socat, f"pty,raw,echo=0,link={self.sim_link}", f"pty,raw,echo=0,link={self.link}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        self.proc, fd = await open_pty_pair(self.link, self.sim_link)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        # socat makes the links once both ptys exist: wait for them (bounded), not a fixed time
-        while not (self.link.exists() and self.sim_link.exists()):
-            if self.proc.returncode is not None or loop.time() > deadline:
-                raise RuntimeError(f"socat did not create {self.link}")
-            await asyncio.sleep(0.01)
-        fd = os.open(self.sim_link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        attrs = termios.tcgetattr(fd)
-        attrs[0] = attrs[1] = attrs[3] = 0
-        attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
         self.fd = fd
         self.rx = b""
         loop.add_reader(fd, self._readable)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators.modbus import crc16, rtu_frame
+from drivers.serial.frames import crc16_modbus as crc16
+from simulators.modbus import rtu_frame
 from tests.fixtures.sims import SimProcess
 
 ROOT = Path(__file__).resolve().parents[1]
