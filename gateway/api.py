@@ -469,16 +469,38 @@ def _errors(errs: list[tuple[tuple[str | int, ...], str]]) -> list[dict[str, Any
     return [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in errs]
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from files shipped with the package: a plant network is often
+    offline, and FastAPI's default page loads its scripts from a CDN."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="safegw admin API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+
 def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
     gw, store, users = ctx.gw, ctx.store, ctx.users
     app = FastAPI(
         title="safegw admin API",
         version=__version__,
         description="Live values, alarms, history and the safety management registers (台账) of one gateway.",
-        docs_url="/docs" if docs else None,
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        _offline_docs(app)
     app.add_middleware(AuditMiddleware, ctx=ctx)  # type: ignore[arg-type]
     bearer = HTTPBearer(auto_error=False, description="token from `safegw users add NAME --role ROLE`")
 

@@ -316,3 +316,12 @@ def test_history_of_a_channel_from_the_journal(seeded: Any) -> None:
     )
     assert http.get("/history/NOPE", headers=viewer).status_code == 404
     assert http.get("/history/GT-1?from=5m&to=10m", headers=viewer).status_code == 422
+
+
+def test_docs_page_works_offline(seeded: Any) -> None:
+    """/docs loads Swagger UI from the gateway itself, not a CDN (plant networks are offline)."""
+    page = seeded.http.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower() and "/docs/assets/swagger-ui-bundle.js" in page.text
+    js = seeded.http.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
