@@ -77,14 +77,17 @@ def _fmt_value(v: float) -> str:
 
 def render(gw: Any, now_ns: int, color: bool) -> str:
     """The live table: name, kind, value, unit, quality, age (and alarm when known)."""
-    alarm_of = getattr(gw.rules, "channel_alarm", None)
+    alarms: dict[int, str] = {}
+    for a in gw.rules.active():  # the operator's view: active, unacknowledged, shelved
+        text = f"{a['level']} {a['rule']} ({a['state']})"
+        alarms[a["index"]] = f"{alarms[a['index']]}; {text}" if a["index"] in alarms else text
     rows = []
     for ch in gw.table.channels:
         i = ch.index
         ts = int(gw.live.ts[i])
         age = "—" if ts == 0 else f"{max(0.0, (now_ns - ts) / 1e9):.1f}s"
         q = int(gw.live.quality[i])
-        alarm = alarm_of(i) if alarm_of is not None else ""
+        alarm = alarms.get(i, "")
         rows.append((ch.name, ch.kind, _fmt_value(float(gw.live.value[i])), ch.unit, quality_label(q),
                      age, alarm or "", q))
     head = ("channel", "kind", "value", "unit", "quality", "age", "alarm")
