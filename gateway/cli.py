@@ -102,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(seconds=args.seconds, state_dir=args.state_dir, config=args.config,
-                    sim_config=args.sim_config, log_level=args.log_level or "WARNING")
+                    sim_config=args.sim_config, log_level=args.log_level or "ERROR")
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
