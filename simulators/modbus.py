@@ -34,7 +34,7 @@ from drivers.modbus.codec import encode
 from drivers.serial.frames import crc16_modbus
 from gateway.config import parse_modbus_address
 from simulators.config import ModbusRtuSim, ModbusTcpSim, ModbusUnit
-from simulators.pty import open_pty_pair
+from simulators.pty import close_fd, open_pty_pair, stop_socat, write_fd
 from simulators.scenario import Plant
 
 log = logging.getLogger(__name__)
@@ -260,12 +260,8 @@ class ModbusRtuServer(_Device):
         self.buf = b""
 
     def _unplug_fd(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(self.fd)
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
+        close_fd(self.fd)
+        self.fd = None
 
     async def start(self) -> dict[str, Any]:
         await self._plug()
@@ -355,24 +351,15 @@ class ModbusRtuServer(_Device):
         self.buf = buf
 
     def _write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, data)
-        except OSError as e:
-            log.debug("%s: write failed: %s", self.name, e)
+        err = write_fd(self.fd, data)
+        if err is not None:
+            log.debug("%s: write failed: %s", self.name, err)
 
     async def stop(self) -> None:
         self._stopping = True
         self._ticked.set()
         self._unplug_fd()
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 3.0)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await stop_socat(self.proc)
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

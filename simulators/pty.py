@@ -49,3 +49,36 @@ async def open_pty_pair(link: Path, sim_link: Path) -> tuple[asyncio.subprocess.
     attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
     return proc, fd
+
+
+def close_fd(fd: int | None) -> None:
+    """Stop watching the simulator's end and close it (tolerant of a loop or fd gone)."""
+    if fd is None:
+        return
+    with contextlib.suppress(ValueError, RuntimeError):
+        asyncio.get_running_loop().remove_reader(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def write_fd(fd: int | None, data: bytes) -> OSError | None:
+    """Write to the line; a vanished pty is not an error for a simulator, just reported."""
+    if fd is None:
+        return None
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        return e
+    return None
+
+
+async def stop_socat(proc: asyncio.subprocess.Process | None) -> None:
+    """Terminate socat (the cable), killing it if it does not go within 3 s."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 3.0)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()

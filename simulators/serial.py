@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from drivers.serial.frames import checksum_text, unescape
 from gateway.config import Duration
 from simulators.config import SimDeviceBase
-from simulators.pty import open_pty_pair
+from simulators.pty import close_fd, open_pty_pair, stop_socat, write_fd
 from simulators.scenario import Plant
 
 log = logging.getLogger(__name__)
@@ -139,13 +139,7 @@ class SerialServer:
         """Pull the adapter: the pty pair and its links disappear."""
         self._close_fd()
         self._unplugged = True
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 3.0)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await stop_socat(self.proc)
         for p in (self.link, self.sim_link):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -155,12 +149,8 @@ class SerialServer:
         self.replugs += 1
 
     def _close_fd(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(ValueError, RuntimeError):
-                asyncio.get_running_loop().remove_reader(self.fd)
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
+        close_fd(self.fd)
+        self.fd = None
 
     # ------------------------------------------------------------------ talking
     def _readable(self) -> None:
@@ -213,12 +203,9 @@ class SerialServer:
         return bytes(b for b in self.rng.randbytes(n * 2) if b not in term)[:n]
 
     def _write(self, data: bytes) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, data)
-        except OSError as e:
-            log.debug("%s: write failed: %s", self.name, e)
+        err = write_fd(self.fd, data)
+        if err is not None:
+            log.debug("%s: write failed: %s", self.name, err)
 
     async def _streamer(self) -> None:
         loop = asyncio.get_running_loop()
