@@ -45,7 +45,7 @@ from gateway.config import ApiSection, RegistersSection, parse_duration
 from gateway.metrics import render as render_metrics
 from gateway.registers import Conflict, Invalid, NotFound, RegisterStore
 from gateway.reminders import check_reminders, open_store
-from gateway.users import RANK, Principal, UserError, UserStore
+from gateway.users import RANK, FailureLimiter, Principal, UserError, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,7 @@ class ApiContext:
     requests: dict[str, int] = field(default_factory=dict)
     reminders: int = 0
     _verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    limiter: FailureLimiter = field(default_factory=lambda: FailureLimiter(10, 300.0, 300.0))
 
     def emit(self, events: list[dict[str, Any]]) -> None:
         if events:
@@ -535,6 +536,25 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         )
 
     # ---------------------------------------------------------------- auth
+    async def slow_check(request: Request, token: str) -> Principal:
+        """A token not verified before: scrypt, behind the failure lockout of its address."""
+        client = request.client.host if request.client else "?"
+        lim = ctx.limiter
+        wait = lim.retry_after(client)
+        if wait > 0:
+            raise HTTPException(429, f"too many failed token checks from {client}; retry in {wait:.0f} s",
+                                headers={"Retry-After": str(max(1, round(wait)))})
+        p = None
+        if len(token) < 200:
+            async with ctx._verify_slots:  # scrypt is expensive: bound the CPU a flood can take
+                p = await asyncio.get_running_loop().run_in_executor(None, users.verify, token)
+        if p is None:
+            if lim.fail(client):
+                log.warning("api: %d failed token checks from %s within %.0f s; its new tokens are refused "
+                            "for %.0f s", lim.max_failures, client, lim.window, lim.lockout)
+            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return p
+
     def need(role: str) -> Callable[..., Awaitable[Principal]]:
         async def dep(
             request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
@@ -542,12 +562,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
             if cred is None or not cred.credentials:
                 raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
             token = cred.credentials
-            p = users.cached(token)
-            if p is None and len(token) < 200:
-                async with ctx._verify_slots:  # scrypt is expensive: bound the CPU a flood can take
-                    p = await asyncio.get_running_loop().run_in_executor(None, users.verify, token)
-            if p is None:
-                raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            p = users.cached(token) or await slow_check(request, token)
             request.scope.setdefault("state", {})["principal"] = p
             if RANK[p.role] < RANK[role]:
                 raise HTTPException(403, f"this needs the {role} role; {p.name} is {p.role}")
@@ -1375,6 +1390,7 @@ class ApiService:
             channels=ChannelView(gw.table),
             alarms=AlarmsView(gw),
             max_body=max(registers.max_attachment, 10 * 2**20),
+            limiter=FailureLimiter(section.max_failures, section.failure_window, section.lockout),
         )
         self.app = create_app(self.ctx, docs=section.docs)
         self.server: Any = None

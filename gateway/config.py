@@ -447,6 +447,11 @@ class ApiSection(Strict):
     tls_key: Path | None = None
     users_file: Path | None = Field(default=None, description="token store (default: <state_dir>/users.json)")
     docs: bool = Field(default=True, description="serve the OpenAPI documentation at /docs")
+    max_failures: int = Field(default=10, ge=0, description="failed token checks from one client address "
+                              "within failure_window before it is locked out (0: never)")
+    failure_window: Duration = Field(default=300.0, gt=0)
+    lockout: Duration = Field(default=300.0, gt=0, description="how long a locked-out address gets 429 for "
+                              "new tokens (tokens already verified keep working)")
 
 
 class RegistersSection(Strict):

@@ -232,6 +232,60 @@ class UserStore:
         return None
 
 
+class FailureLimiter:
+    """Lock out a client address after too many failed token checks.
+
+    ``max_failures`` failures within ``window`` seconds lock the address for ``lockout``
+    seconds: during that time its new (unverified) tokens are refused without running
+    scrypt. Tokens verified before keep working, so an operator already signed in on a
+    shared control-room address is not locked out of acknowledging alarms by a guesser.
+    ``clock`` is monotonic seconds (injected for tests)."""
+
+    def __init__(self, max_failures: int, window: float, lockout: float, *,
+                 clock: Any = None, max_clients: int = 10_000):
+        import time
+
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self.clock = clock or time.monotonic
+        self.max_clients = max_clients
+        self._fails: dict[str, list[float]] = {}
+        self._until: dict[str, float] = {}
+        self.lockouts = 0
+
+    def retry_after(self, client: str) -> float:
+        """Seconds the client is still locked out for (0: not locked)."""
+        until = self._until.get(client)
+        if until is None:
+            return 0.0
+        left = until - self.clock()
+        if left <= 0:
+            del self._until[client]
+            return 0.0
+        return left
+
+    def fail(self, client: str) -> bool:
+        """Record a failed check; True when this failure locks the client out."""
+        if self.max_failures <= 0:
+            return False
+        now = self.clock()
+        if len(self._fails) >= self.max_clients and client not in self._fails:
+            # bounded memory under a spray of addresses: forget the stale ones
+            self._fails = {c: f for c, f in self._fails.items() if f and f[-1] > now - self.window}
+            if len(self._fails) >= self.max_clients:
+                self._fails.clear()
+        fails = [t for t in self._fails.get(client, []) if t > now - self.window]
+        fails.append(now)
+        if len(fails) >= self.max_failures:
+            self._fails.pop(client, None)
+            self._until[client] = now + self.lockout
+            self.lockouts += 1
+            return True
+        self._fails[client] = fails
+        return False
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -43,7 +43,8 @@ devices:
 """
 
 
-def gateway_yaml(host: str, port: int, state_dir: Path, *, api_port: int = 0, extra: str = "") -> str:
+def gateway_yaml(host: str, port: int, state_dir: Path, *, api_port: int = 0, extra: str = "",
+                 api_opts: str = "") -> str:
     return f"""
 gateway: {{id: gw-api, site: "91370100MA3C000000", state_dir: "{state_dir}"}}
 devices:
@@ -70,7 +71,7 @@ devices:
     retries: 0
     channels:
       - {{name: PT-9, kind: pressure, unit: MPa, address: holding:0, type: float32}}
-api: {{listen: "127.0.0.1:{api_port}"}}
+api: {{listen: "127.0.0.1:{api_port}"{api_opts}}}
 {extra}
 """
 
@@ -182,6 +183,52 @@ def test_api_serves_inside_the_daemon_and_stops_with_it(tmp_path: Path, sim_fact
         httpx.get(url + "/health", timeout=2)
 
 
+def test_bad_tokens_lock_out_their_address_but_not_signed_in_users(tmp_path: Path, sim_factory: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    sim = sim_factory(SIM_PLANT)
+    host, port = sim.tcp("plc")
+    tokens = make_tokens(tmp_path)
+    d = Daemon(gateway_yaml(host, port, tmp_path, api_opts=", max_failures: 3, failure_window: 1m, lockout: 1h"))
+    d.start()
+    try:
+        url = d.url
+        # the operator signs in before the attack (its token is verified and cached)
+        assert httpx.get(url + "/whoami", headers=auth(tokens["operator"])).status_code == 200
+        wrong = tokens["viewer"][:-4] + "AAAA"
+        codes = [httpx.get(url + "/whoami", headers=auth(wrong + str(i))).status_code for i in range(3)]
+        assert codes == [401, 401, 401]
+        # locked: new tokens are refused without being checked, even a valid one
+        r = httpx.get(url + "/whoami", headers=auth(tokens["admin"]))
+        assert r.status_code == 429, r.text
+        assert 3500 <= int(r.headers["Retry-After"]) <= 3600
+        assert "too many failed token checks" in r.json()["detail"]
+        # the operator already signed in can still acknowledge alarms
+        r = httpx.post(url + "/alarms/GT-1/ack", headers=auth(tokens["operator"]), json={})
+        assert r.status_code == 200, r.text
+        # no token at all is a plain 401, not counted as a guess
+        assert httpx.get(url + "/whoami").status_code == 401
+        assert any("failed token checks from 127.0.0.1" in m for m in caplog.messages)
+        assert not any(tokens["admin"] in m or wrong in m for m in caplog.messages)
+    finally:
+        d.stop()
+
+
+def test_failure_limiter_window_and_expiry() -> None:
+    from gateway.users import FailureLimiter
+
+    now = [0.0]
+    lim = FailureLimiter(3, 60.0, 300.0, clock=lambda: now[0])
+    assert not lim.fail("a") and not lim.fail("a")
+    now[0] = 61.0  # the first two failures fall out of the window
+    assert not lim.fail("a") and not lim.fail("a")
+    assert lim.retry_after("a") == 0.0
+    assert lim.fail("a")  # third within the window
+    assert lim.retry_after("a") == 300.0 and lim.retry_after("b") == 0.0
+    now[0] = 361.0
+    assert lim.retry_after("a") == 0.0
+    assert not FailureLimiter(0, 60.0, 300.0).fail("a")  # 0 disables
+
+
 def test_api_listens_on_loopback_by_default() -> None:
     from gateway.config import ApiSection
 
@@ -267,7 +314,8 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
     state.mkdir()
     tokens = make_tokens(state)
     host, port = sim.tcp("plc")
-    d = Daemon(gateway_yaml(host, port, state)).start()
+    # the RBAC and fuzz tests send bad tokens to every endpoint from one address on purpose
+    d = Daemon(gateway_yaml(host, port, state, api_opts=", max_failures: 100000")).start()
 
     class Plant:
         pass
