@@ -633,6 +633,25 @@ def parse_modbus_address(addr: str) -> tuple[str, int, int | None]:
     return func, reg, bit
 
 
+def rtu_cycle_s(dev: ModbusRtuDevice) -> float | None:
+    """Least time one poll cycle of an RTU bus takes when every unit answers at once:
+    each merged request's frame (8 bytes) and answer (5 + data bytes) on the wire, the
+    3.5-character silences around each, and the configured inter-frame gap. None when
+    the addresses do not plan (that error is reported per channel)."""
+    from drivers.modbus.plan import Point, plan
+
+    try:
+        points = [Point.from_address(u.unit, ch.address, ch.type, ch.byte_order)
+                  for u in dev.units for ch in u.channels]
+        reqs = plan(points, max_registers=dev.max_registers, max_bits=dev.max_bits,
+                    max_gap=dev.max_gap).requests
+    except ValueError:
+        return None
+    char_s = (1 + dev.bytesize + (dev.parity != "N") + dev.stopbits) / dev.baudrate
+    chars = sum(8 + 5 + r.nbytes + 7 for r in reqs)
+    return chars * char_s + len(reqs) * dev.inter_frame_gap
+
+
 def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
     errs: list[tuple[Path_, str]] = []
     seen_ch: dict[str, Path_] = {}
@@ -661,6 +680,12 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                 if units.index(u.unit) != ui:
                     errs.append(((*dpath, "units", ui, "unit"),
                                  f"unit id {u.unit} appears twice on this bus"))
+            need = rtu_cycle_s(dev)
+            if need is not None and need > dev.poll:
+                msg = (f"at {dev.baudrate} baud this bus needs {need * 1000:.0f} ms per cycle even when "
+                       f"every unit answers ({len(dev.units)} units); poll is {dev.poll * 1000:g} ms: "
+                       "raise poll or baudrate, or split the units over more lines")
+                errs.append(((*dpath, "poll"), msg))
         for cpath, ch in device_channels(dev):
             full = (*dpath, *cpath)
             if ch.name in seen_ch:

@@ -128,6 +128,27 @@ devices:
     channels:
       - {name: T1, kind: level, address: holding:1}
 """, ["F:8:11: devices[0].poll: poll interval 0.2s is shorter than the timeout 1s; make poll >= timeout"]),
+    ("rtu-bus-too-slow-for-its-poll", """\
+gateway: {id: gw-1, site: "x"}
+devices:
+  - name: bus
+    protocol: modbus-rtu
+    port: /dev/ttyUSB0
+    poll: 200ms
+    timeout: 100ms
+    units:
+      - {unit: 1, channels: [{name: G1, kind: gas, address: input:0}]}
+      - {unit: 2, channels: [{name: G2, kind: gas, address: input:0}]}
+      - {unit: 3, channels: [{name: G3, kind: gas, address: input:0}]}
+      - {unit: 4, channels: [{name: G4, kind: gas, address: input:0}]}
+      - {unit: 5, channels: [{name: G5, kind: gas, address: input:0}]}
+      - {unit: 6, channels: [{name: G6, kind: gas, address: input:0}]}
+      - {unit: 7, channels: [{name: G7, kind: gas, address: input:0}]}
+      - {unit: 8, channels: [{name: G8, kind: gas, address: input:0}]}
+      - {unit: 9, channels: [{name: G9, kind: gas, address: input:0}]}
+      - {unit: 10, channels: [{name: G10, kind: gas, address: input:0}]}
+""", ["F:6:11: devices[0].poll: at 9600 baud this bus needs 229 ms per cycle even when every unit "
+      "answers (10 units); poll is 200 ms: raise poll or baudrate, or split the units over more lines"]),
     ("unknown-protocol", """\
 gateway: {id: gw-1, site: "x"}
 devices:
