@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -30,6 +30,17 @@ _SPECIAL_FLOATS = {
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Composer only: every plain scalar is left as a string-tagged node."""
+
+    _TAGS: ClassVar[dict[type, str]] = {
+        yaml.ScalarNode: "tag:yaml.org,2002:str",
+        yaml.SequenceNode: "tag:yaml.org,2002:seq",
+        yaml.MappingNode: "tag:yaml.org,2002:map",
+    }
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # what the base resolver returns with no implicit and no path resolvers, without
+        # its per-node walk (a third of the load time of a 10,000-channel file)
+        return self._TAGS[kind]
 
 
 # No implicit resolvers: we resolve scalars ourselves (see module docstring).
