@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
+from gateway import chanmap
 from gateway.batch import Batch, Quality
 from gateway.channels import ChannelTable, LiveTable
 from gateway.config import Config
@@ -99,6 +100,7 @@ class Gateway:
         }
         self.drivers: dict[str, Driver] = {}
         self.services: list[Service] = []
+        chanmap.install(self)  # journals the channel table for central (docs/central.md)
         self.notifier = Notifier()
         self.ingested_batches = 0
         self.ingest_errors = 0
