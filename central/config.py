@@ -45,7 +45,10 @@ class ListenSection(Strict):
     tls_cert: Path | None = Field(default=None, description="default: self-signed, made in state_dir")
     tls_key: Path | None = None
     clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
-    status: bool = Field(default=True, description="serve GET /status (no secrets in it)")
+    status: bool = Field(default=True, description="serve GET /status (bearer token required)")
+    tokens_file: Path | None = Field(default=None, description="operators' bearer tokens (scrypt hashes, "
+                                     "mode 0600); default state_dir/tokens.json; made by "
+                                     "'safegw central -c FILE tokens add NAME'")
 
 
 class PullSpec(Strict):
@@ -112,6 +115,13 @@ class CentralConfig(Strict):
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else self._base_dir / p
+
+
+def tokens_path(cfg: CentralConfig) -> Path:
+    """Where the operators' token hashes live (``listen.tokens_file`` or state_dir/tokens.json)."""
+    if cfg.listen.tokens_file is not None:
+        return cfg.path(cfg.listen.tokens_file)
+    return Path(cfg.node.state_dir) / "tokens.json"
 
 
 def _cross_check(cfg: CentralConfig) -> list[tuple[Path_, str]]:

@@ -42,9 +42,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from central.config import CentralConfig, SourceEntry
-from central.state import Commit, PgState, SqliteState, State
+from central.config import CentralConfig, SourceEntry, tokens_path
+from central.state import Commit, PgState, SqliteState, State, TableRow
+from gateway import chanmap
 from gateway.journal import SAMPLES, Journal, Record
+from gateway.users import FailureLimiter, UserStore
 from uplink import envelope, keys
 from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
@@ -103,6 +105,8 @@ class OriginCursor:
     stored_records: int = 0
     stored_samples: int = 0
     last_ts: int = 0
+    main_ts: int = 0  # newest record time stored through the main lane (for lag in seconds)
+    appended: int = -1  # main cursor after this worker's last main-lane append to its journal
 
 
 class OutboxSource:
@@ -158,6 +162,45 @@ def _payload(r: Record) -> Any:
     return r.batch() if r.kind == SAMPLES else r.event()
 
 
+def _tables_in(records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
+    """The channel_table events among records: (origin seq, event)."""
+    out = []
+    for r in records:
+        if chanmap.is_table_record(r):
+            with contextlib.suppress(ValueError):
+                ev = r.event()
+                if chanmap.is_table_event(ev):
+                    out.append((r.seq, ev))
+    return out
+
+
+class _TableHolder:
+    """The channel table the InfluxDB writer of one origin tags by, and its series keys."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.doc: dict[str, Any] | None = None
+        self._series: Any = None
+
+    @property
+    def version(self) -> str | None:
+        return str(self.doc.get("version")) if self.doc else None
+
+    def set(self, doc: dict[str, Any]) -> None:
+        if self.doc is None or doc.get("version") != self.doc.get("version"):
+            self._series = None
+        self.doc = doc
+
+    def tags(self, index: int) -> dict[str, Any]:
+        return chanmap.tags(self.doc, index)
+
+    def series(self, writer: Any, n: int) -> Any:
+        if self._series is None or len(self._series) < n:
+            have = len(self.doc.get("channels") or []) if self.doc else 0
+            self._series = writer.make_series(max(n, have, 2 * len(self._series or [])))
+        return self._series
+
+
 class CentralNode:
     def __init__(self, cfg: CentralConfig):
         self.cfg = cfg
@@ -193,6 +236,7 @@ class CentralNode:
         self.journals: dict[str, Journal] = {}
         self._influx: dict[str, asyncio.Task[None]] = {}
         self.influx_writers: dict[str, Any] = {}
+        self.influx_tables: dict[str, _TableHolder] = {}
         if cfg.state.backend == "postgres":
             assert cfg.state.dsn
             self.state: State = PgState(cfg.state.dsn)
@@ -225,6 +269,12 @@ class CentralNode:
         self._stop = asyncio.Event()
         self.on_stored: list[Callable[[str, list[Record]], None]] = []
         self.started_ns = time.time_ns()
+        # latest channel table per origin (mirror of the state store's channel_tables)
+        self.tables: dict[str, TableRow] = {}
+        # bearer tokens for the operator endpoints (GET /status): scrypt hashes, file 0600
+        self.tokens = UserStore(tokens_path(cfg))
+        self.token_limiter = FailureLimiter(10, 300.0, 300.0)
+        self._verify_slots = asyncio.Semaphore(2)
 
     # ------------------------------------------------------------------ storage
     def journal(self, origin: str) -> Journal:
@@ -243,24 +293,43 @@ class CentralNode:
     async def _influx_loop(self, origin: str, j: Journal) -> None:
         """Store an origin's journal into InfluxDB (the historian's writer), after its cursor.
 
-        Central knows channels by index only (the envelope carries no channel table):
-        points are tagged ``gateway=<origin>, channel=<index>``."""
+        Points are tagged like the gateway's own historian tags them (gateway=<origin>,
+        site, device, channel=<name>, kind, unit, area, hazard_source; measurement per
+        kind), using the origin's channel table in force at each record: the last
+        ``channel_table`` event before it in this journal (stored in the origin's
+        journal order). Before any table is known, ``channel=<index>``."""
         from gateway.historian import InfluxWriter
 
         assert self.cfg.influxdb is not None
+        holder = _TableHolder(origin)
         writer = InfluxWriter(self.cfg.influxdb, base_tags={"gateway": origin},
-                              base_dir=self.cfg._base_dir)
+                              tags_for_channel=holder.tags, base_dir=self.cfg._base_dir)
         self.influx_writers[origin] = writer
         writer.open()
         try:
+            found = await j.run_read(lambda db: chanmap.last_table(db, j.cursor(INFLUX_CURSOR)))
+            if found is not None:
+                holder.set(found[1])
+            self.influx_tables[origin] = holder
             while True:
                 after = j.cursor(INFLUX_CURSOR)
                 recs = await j.read(after, 500, max_samples=50_000)
                 if not recs:
                     await j.wait(after, 30.0)
                     continue
-                parts = [writer.format_batch(r.batch()) if r.kind == SAMPLES else
-                         writer.format_event(r.event(), seq=r.seq) for r in recs]
+                parts = []
+                for r in recs:
+                    if r.kind == SAMPLES:
+                        b = r.batch()
+                        if len(b):
+                            series = holder.series(writer, int(b.channel.max()) + 1)
+                            parts.append(writer.format_batch(b, series))
+                        continue
+                    ev = r.event()
+                    if chanmap.is_table_event(ev):
+                        holder.set(ev)
+                        ev = chanmap.summary(ev)
+                    parts.append(writer.format_event(ev, seq=r.seq))
                 body = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
                 if body:
                     await writer.write(body)
@@ -273,7 +342,36 @@ class CentralNode:
         if c is None:
             main, alarms, early = await self.state.origin(origin)
             c = self.origins.setdefault(origin, OriginCursor(main, alarms, early))
+            if self.shared or origin not in self.tables:
+                row = await self.state.channel_table(origin)
+                if row is not None:
+                    self._table_row(row)
         return c
+
+    async def _reload(self, origin: str, cur: OriginCursor) -> None:
+        """Another worker moved this origin: take its cursors (and channel table) fresh."""
+        cur.main, cur.alarms, cur.early = await self.state.origin(origin)
+        row = await self.state.channel_table(origin)
+        if row is not None:
+            self._table_row(row)
+
+    # ------------------------------------------------------------------ channel tables
+    def _table_row(self, row: TableRow) -> None:
+        old = self.tables.get(row.origin)
+        if old is None or row.seq > old.seq:
+            self.tables[row.origin] = row
+
+    def _table_seen(self, origin: str, seq: int, doc: dict[str, Any]) -> None:
+        """A channel table stored in journal order (its commit wrote it to the state store)."""
+        old = self.tables.get(origin)
+        if old is not None and old.seq >= seq:
+            return
+        row = TableRow(origin, seq, str(doc.get("version") or ""), int(doc.get("ts") or 0),
+                       len(doc.get("channels") or []), doc, time.time_ns())
+        self.tables[origin] = row
+        if old is None or old.version != row.version:
+            log.info("origin %s: channel table %s (%d channels) from its seq %d%s", origin, row.version,
+                     row.channels, seq, f", was {old.version}" if old else "")
 
     # ------------------------------------------------------------------ ingest
     async def ingest(self, src: SourceEntry, items: list[Item]) -> list[str]:
@@ -341,8 +439,7 @@ class CentralNode:
                         if not (explained or src.relay):
                             if self.shared and _attempt == 0:
                                 # another worker may have moved this origin: judge on fresh state
-                                m, a, ea = await self.state.origin(h.origin)
-                                cur.main, cur.alarms, cur.early = m, a, ea
+                                await self._reload(h.origin, cur)
                                 continue
                             st.gaps += 1
                             log.warning("source %s: %s %d..%d does not follow %d: fetching the range again",
@@ -356,11 +453,25 @@ class CentralNode:
                     new_main, early_add = h.last_seq, []
                 else:
                     new = [r for r in records if r.seq > main and r.seq not in cur.early]
-                    if not new:
+                    # a channel table is not stored ahead: it takes effect where the gateway
+                    # journaled it, so the main lane stores it in order (samples before it
+                    # keep the previous table's names)
+                    deferred = [r for r in new if chanmap.is_table_record(r)]
+                    if deferred:
+                        new = [r for r in new if not chanmap.is_table_record(r)]
+                    if not new and not deferred:
                         return await self._duplicate(src, st, it)
                     new_main, early_add = main, [r.seq for r in new]
+                tables = _tables_in(new) if it.lane == "main" else []
                 if new:
                     items = [_payload(r) for r in new]
+                    if it.lane == "main" and self.shared and cur.appended != main:
+                        # this worker's journal resumes an origin other workers stored in
+                        # between: first a copy of the channel table in force here, so
+                        # this journal alone tags what follows right (docs/central.md)
+                        row = self.tables.get(h.origin)
+                        if row is not None and row.seq <= main and not chanmap.is_table_record(new[0]):
+                            items.insert(0, row.doc)
                     j = self.journal(h.origin)
                     # say durably what is about to be appended, so a crash before the
                     # cursor commit cannot make these records be stored twice
@@ -369,16 +480,18 @@ class CentralNode:
                     await j.append_many(items)
                 fwd = (it.lane, h.first_seq, h.last_seq, h.n_samples, it.data) if self.forward else None
                 commit = Commit(src.id, it.lane, it.seq, h.origin, main, new_main,
-                                max(cur.alarms, h.last_seq if it.lane == "alarms" else 0), early_add, fwd)
+                                max(cur.alarms, h.last_seq if it.lane == "alarms" else 0), early_add, fwd,
+                                tables)
                 if await self.state.commit(commit):
                     break
                 # another worker moved this origin: reload and judge again
-                m, a, ea = await self.state.origin(h.origin)
-                cur.main, cur.alarms, cur.early = m, a, ea
+                await self._reload(h.origin, cur)
             else:
                 return await self._duplicate(src, st, it)
             cur.main = new_main
             cur.alarms = commit.alarms_seq
+            if it.lane == "main":
+                cur.appended = new_main
             if early_add:
                 cur.early.update(early_add)
             if new_main > main:
@@ -387,6 +500,10 @@ class CentralNode:
             cur.stored_records += len(new)
             cur.stored_samples += n
             cur.last_ts = max(cur.last_ts, h.ts_max)
+            if it.lane == "main":
+                cur.main_ts = max(cur.main_ts, h.ts_max)
+            for seq, doc in tables:
+                self._table_seen(h.origin, seq, doc)
         st.positions[it.lane] = max(st.positions.get(it.lane, 0), it.seq)
         st.envelopes += 1
         st.records += len(new)
@@ -577,21 +694,84 @@ class CentralNode:
         await self.ingest(src, items)
         return JSONResponse({"cursors": st.positions})
 
+    async def operator(self, request: Request) -> Response | None:
+        """Check an operator endpoint's bearer token: None when it may go on, else the
+        refusal (401 with a JSON error, 429 while the address is locked out). Tokens are
+        made by ``safegw central -c FILE tokens add NAME`` and never logged."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        hdr = {"WWW-Authenticate": 'Bearer realm="safegw-central"'}
+        if scheme.lower() != "bearer" or not token:
+            return JSONResponse({"error": "unauthorized",
+                                 "detail": "a bearer token is required (Authorization: Bearer TOKEN; "
+                                           "'safegw central -c FILE tokens add NAME' makes one)"},
+                                status_code=401, headers=hdr)
+        p = self.tokens.cached(token)
+        if p is None:
+            client = request.client.host if request.client else "?"
+            wait = self.token_limiter.retry_after(client)
+            if wait > 0:
+                return JSONResponse({"error": "locked_out",
+                                     "detail": f"too many failed token checks; retry in {wait:.0f} s"},
+                                    status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
+            if len(token) < 200:
+                async with self._verify_slots:  # scrypt costs ~40 ms: bound what a flood takes
+                    p = await asyncio.get_running_loop().run_in_executor(None, self.tokens.verify, token)
+            if p is None:
+                if self.token_limiter.fail(client):
+                    log.warning("status: %d failed token checks from %s; its new tokens are refused for "
+                                "%.0f s", self.token_limiter.max_failures, client, self.token_limiter.lockout)
+                return JSONResponse({"error": "unauthorized", "detail": "invalid or revoked token"},
+                                    status_code=401, headers=hdr)
+        return None
+
     async def h_status(self, request: Request) -> Response:
         if not self.cfg.listen.status:
             return JSONResponse({"error": "status disabled"}, status_code=404)
+        refused = await self.operator(request)
+        if refused is not None:
+            return refused
         return JSONResponse(self.status_doc())
 
     def status_doc(self) -> dict[str, Any]:
         now = time.time_ns()
+
+        def age(ts: int) -> float | None:
+            return round((now - ts) / 1e9, 3) if ts else None
+
+        def table(origin: str) -> dict[str, Any] | None:
+            row = self.tables.get(origin)
+            if row is None:
+                return None
+            return {"version": row.version, "channels": row.channels, "seq": row.seq, "ts": row.ts,
+                    "devices": len({c.get("device") for c in row.doc.get("channels") or []
+                                    if isinstance(c, dict)})}
+
         sources = {}
         for sid, st in self.status.items():
             d = st.as_dict()
-            d["since_contact_s"] = round((now - st.last_contact_ns) / 1e9, 3) if st.last_contact_ns else None
+            d["last_contact"] = _iso(st.last_contact_ns)
+            d["since_contact_s"] = age(st.last_contact_ns)
+            d["lag_records"] = d["lag"]
+            # lag in seconds: how old the newest data stored from this source is, while it
+            # has more (0 when caught up; None before anything is known)
+            cur = None if st.relay else self.origins.get(sid)
+            if d["lag"] == 0:
+                d["lag_s"] = 0.0
+            elif d["lag"] and cur is not None and cur.main_ts:
+                d["lag_s"] = round(max(0.0, (now - cur.main_ts) / 1e9), 3)
+            else:
+                d["lag_s"] = None
+            if not st.relay:
+                d["channel_table"] = table(sid)
             sources[sid] = d
         origins = {o: {"main_seq": c.main, "alarms_seq": c.alarms, "early": len(c.early),
                        "stored_records": c.stored_records, "stored_samples": c.stored_samples,
-                       "last_ts": c.last_ts} for o, c in self.origins.items()}
+                       "last_ts": c.last_ts, "data_age_s": age(c.main_ts),
+                       "channel_table": table(o),
+                       "influx_tagged_by": (self.influx_tables[o].version if o in self.influx_tables
+                                            else None)}
+                   for o, c in self.origins.items()}
         doc: dict[str, Any] = {"node": self.id, "worker": self.worker, "backend": self.cfg.state.backend,
                                "uptime_s": round((now - self.started_ns) / 1e9, 1),
                                "sources": sources, "origins": origins,
@@ -611,6 +791,10 @@ class CentralNode:
     async def start(self) -> None:
         await self.state.open()
         await self.outbox.load()
+        self.tables = await self.state.channel_tables()
+        if self.cfg.listen.status and not self.tokens.users():
+            log.warning("no operator tokens in %s: GET /status answers 401 to everyone; make one with "
+                        "'safegw central -c FILE tokens add NAME'", self.tokens.path)
         for sid in self.sources:
             self.status[sid].positions = await self.state.positions(sid)
         for o, (m, a) in (await self.state.all_origins()).items():
@@ -695,3 +879,12 @@ class CentralNode:
 
 class _Stop(Exception):
     pass
+
+
+def _iso(ns: int) -> str | None:
+    if not ns:
+        return None
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")

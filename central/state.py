@@ -19,18 +19,22 @@ Tables:
   the main lane reaches them.
 - ``outbox(id, lane, origin, first_seq, last_seq, samples, data)``: original envelopes
   to forward to the next level; ``upstream(lane, pos)`` what it acknowledged.
+- ``channel_tables(origin, seq, version, ts, channels, doc)``: per origin, the latest
+  channel table it journaled (its ``channel_table`` event, stored in journal order:
+  the one in force at the origin's main cursor); replaced only by a higher sequence.
 - ``leases(id, owner, expires)`` and ``workers(id, seen)`` (PostgreSQL only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +55,9 @@ _SCHEMA = [
         id {serial}, lane TEXT NOT NULL, origin TEXT NOT NULL, first_seq BIGINT NOT NULL,
         last_seq BIGINT NOT NULL, samples BIGINT NOT NULL, created BIGINT NOT NULL, data {blob} NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS upstream (lane TEXT PRIMARY KEY, pos BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS channel_tables (
+        origin TEXT PRIMARY KEY, seq BIGINT NOT NULL, version TEXT NOT NULL, ts BIGINT NOT NULL,
+        channels BIGINT NOT NULL, doc TEXT NOT NULL, updated BIGINT NOT NULL)""",
 ]
 _PG_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS leases (
@@ -83,6 +90,20 @@ class Commit:
     alarms_seq: int
     early_add: list[int]
     outbox: tuple[str, int, int, int, bytes] | None = None  # lane, first, last, samples, data
+    tables: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (origin seq, channel_table)
+
+
+@dataclass
+class TableRow:
+    """The latest channel table of an origin."""
+
+    origin: str
+    seq: int
+    version: str
+    ts: int
+    channels: int
+    doc: dict[str, Any]
+    updated: int
 
 
 class State:
@@ -169,11 +190,42 @@ class State:
                 self._x("DELETE FROM early WHERE origin=? AND seq<=?", (c.origin, c.new_main))
             if c.source:
                 self._set_pos(c.source, c.lane, c.source_pos, now)
+            for seq, doc in c.tables:
+                self._put_table(c.origin, seq, doc, now)
             if c.outbox is not None:
                 lane, first, last, samples, data = c.outbox
                 self._x("INSERT INTO outbox(lane, origin, first_seq, last_seq, samples, created, data) "
                         "VALUES (?,?,?,?,?,?,?)", (lane, c.origin, first, last, samples, now, data))
         return True
+
+    def _put_table(self, origin: str, seq: int, doc: dict[str, Any], now: int) -> None:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        self._x("INSERT INTO channel_tables(origin, seq, version, ts, channels, doc, updated) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT (origin) DO UPDATE SET seq=excluded.seq, "
+                "version=excluded.version, ts=excluded.ts, channels=excluded.channels, doc=excluded.doc, "
+                "updated=excluded.updated WHERE channel_tables.seq < excluded.seq",
+                (origin, seq, str(doc.get("version") or ""), int(doc.get("ts") or 0),
+                 len(doc.get("channels") or []), text, now))
+
+    def _tables(self, origin: str | None) -> dict[str, TableRow]:
+        sql = "SELECT origin, seq, version, ts, channels, doc, updated FROM channel_tables"
+        rows = self._x(sql + " WHERE origin=?", (origin,)) if origin else self._x(sql)
+        out = {}
+        for r in rows.fetchall():
+            try:
+                doc = json.loads(r[5])
+            except ValueError:
+                log.error("channel table of %s in the state store is unreadable; ignored", r[0])
+                continue
+            out[r[0]] = TableRow(r[0], int(r[1]), r[2], int(r[3]), int(r[4]), doc, int(r[6]))
+        return out
+
+    async def channel_tables(self) -> dict[str, TableRow]:
+        """The latest channel table of every origin that sent one."""
+        return await self._run(lambda: self._tables(None))
+
+    async def channel_table(self, origin: str) -> TableRow | None:
+        return (await self._run(lambda: self._tables(origin))).get(origin)
 
     def _set_pos(self, source: str, lane: str, pos: int, now: int) -> None:
         col = "main_pos" if lane == "main" else "alarms_pos"

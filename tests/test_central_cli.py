@@ -60,31 +60,65 @@ def test_daemon_serves_status_and_stops_on_sigterm(tmp_path: Path) -> None:
     f.write_text(f"node: {{id: county, state_dir: '{tmp_path / 'county'}'}}\n"
                  f"listen: {{address: '127.0.0.1:{port}'}}\n"
                  f"sources: [{{id: gw-1, keys: '{gpub}', mode: push}}]\n")
+    # an operator token, made by the CLI: printed once, stored as a hash in a 0600 file
+    made = subprocess.run([*SAFEGW, "central", "-c", str(f), "tokens", "add", "ops-1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("sgw_")
+    tokens_file = tmp_path / "county" / "tokens.json"
+    assert tokens_file.stat().st_mode & 0o777 == 0o600
+    assert token.split("_")[-1] not in tokens_file.read_text()
+    listed = subprocess.run([*SAFEGW, "central", "tokens", "list", "--json", "-c", str(f)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and '"ops-1"' in listed.stdout and token not in listed.stdout
     p = subprocess.Popen([*SAFEGW, "central", "-c", str(f)], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         cert = tmp_path / "county" / "tls.crt"
+        url = f"https://127.0.0.1:{port}/status"
 
-        def status() -> dict[str, object] | None:
+        def answer() -> httpx.Response | None:
             if not cert.exists():
                 return None
             try:
-                r = httpx.get(f"https://127.0.0.1:{port}/status", verify=_ctx(cert), timeout=2)
+                return httpx.get(url, verify=_ctx(cert), timeout=2)
             except httpx.HTTPError:
                 return None
-            return r.json() if r.status_code == 200 else None
 
-        doc = wait_until(status, 20, what="central's status page")
-        assert isinstance(doc, dict) and doc["node"] == "county"
-        assert doc["sources"]["gw-1"]["mode"] == "push"  # type: ignore[index]
+        r = wait_until(answer, 20, what="central's status page")
+        assert isinstance(r, httpx.Response)
+        # no token, a malformed header, a wrong token: 401 with a JSON error
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
+        assert "bearer token is required" in r.json()["detail"]
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Basic {token}"})
+        assert r.status_code == 401
+        wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Bearer {wrong}"})
+        assert r.status_code == 401 and r.json() == {"error": "unauthorized", "detail": "invalid or revoked token"}
+        r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["node"] == "county"
+        assert doc["sources"]["gw-1"]["mode"] == "push"
         # keys were made on first start, private file 0600
         key_file = tmp_path / "county" / "keys" / "node.json"
         assert key_file.stat().st_mode & 0o077 == 0
-        # the sync API refuses unsigned requests
-        r = httpx.get(f"https://127.0.0.1:{port}/sync/v1/envelopes", verify=_ctx(cert), timeout=2)
+        # the sync API refuses unsigned requests (its own auth; a status token is no use there)
+        r = httpx.get(f"https://127.0.0.1:{port}/sync/v1/envelopes", verify=_ctx(cert), timeout=2,
+                      headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401
+        # revoked: refused at once
+        rv = subprocess.run([*SAFEGW, "central", "-c", str(f), "tokens", "revoke", "ops-1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+        assert rv.returncode == 0, rv.stderr
+        r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == 0
+        out, err = p.communicate(timeout=10)
+        assert token not in out + err and token.split("_")[-1] not in out + err, "a token reached the log"
     finally:
         if p.poll() is None:
             p.kill()
