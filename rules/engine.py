@@ -88,10 +88,10 @@ Sel = slice | npt.NDArray[np.intp]
 
 
 def _tree8(a: FloatArr) -> FloatArr:
-    """Row sums of an (R, 8) array, in a fixed order the reference repeats exactly."""
-    b = a[:, :4] + a[:, 4:]
-    c = b[:, :2] + b[:, 2:]
-    return c[:, 0] + c[:, 1]
+    """Column sums of an (8, R) array, in a fixed order the reference repeats exactly."""
+    b = a[:4] + a[4:]
+    b[:2] += b[2:]
+    return b[0] + b[1]
 
 
 class RulesEngine:
@@ -142,8 +142,14 @@ class RulesEngine:
         self.tb_sv = np.zeros(n)
         nt = n if self.tb_bw.any() else 0
         self.tb_epoch = np.zeros(n, I64)
-        # finished buckets: [weight (samples), mean time (s since tb_epoch), mean value]
-        self.ring = np.zeros((nt, TREND_BUCKETS, 3))
+        # finished buckets, bucket-major (a gather of channels reads 8 contiguous rows):
+        # weight (samples), mean time (s since tb_epoch), mean value
+        # columns in phase order: channels whose buckets end together sit side by side
+        self.rpos = np.empty(n, np.intp)
+        self.rpos[np.lexsort((np.arange(n), self.tb_bw, self.tb_ph))] = np.arange(n)
+        self.ring_w = np.zeros((TREND_BUCKETS, nt))
+        self.ring_x = np.zeros((TREND_BUCKETS, nt))
+        self.ring_y = np.zeros((TREND_BUCKETS, nt))
         # exposure: a running integral with snapshots at (staggered) minute boundaries
         self.I = np.zeros(n)
         self.ex_px = np.zeros(n)  # noise: the previous reading as energy
@@ -160,6 +166,7 @@ class RulesEngine:
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
         # rule -2 = maintenance, -1 = an alarm suppressed (aux = its rule); else aux = unacked
         self._tr: list[tuple[int, int, int, int, int, int, int, float]] = []
@@ -232,38 +239,76 @@ class RulesEngine:
             self.on_ns[r] = [c.on_ns for c in rules]
             self.off_ns[r] = [c.off_ns for c in rules]
         self.any_noise = bool((self.ex_mode == 2).any())
+        self.frozen_zero = bool((self.frozen_ns <= 0).any())
 
     # ------------------------------------------------------------------ the machine
-    def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8], t: IntArr | int,
+    def _nzidx(self, r: int) -> npt.NDArray[np.intp]:
+        """Channels (sorted) whose rule ``r`` has a candidate or an active level (cached)."""
+        nz = self._nz[r]
+        if nz is None:
+            nz = self._nz[r] = np.flatnonzero(self.cand[r] | self.act[r])
+        return nz
+
+    def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8] | None, t: IntArr | int,
                  metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
                  rnd: int, sel: Sel | None = None, hold: npt.NDArray[np.intp] | None = None) -> None:
-        """Feed conditions ``x`` of channels ``chs`` (at times ``t``) into the delay machine;
-        positions in ``hold`` keep their candidate (their sample does not count)."""
-        if sel is not None:
-            c = self.cand[r, sel]
-            a = self.act[r, sel]
+        """Feed conditions ``x`` (None: all 0) of channels ``chs`` (a slice, or sorted unique
+        indices) at times ``t`` into the delay machine. Positions in ``hold`` are skipped
+        (their sample does not count for this rule).
+
+        Only positions where something can happen are looked at: a nonzero condition, or
+        a channel with a candidate or an active level (kept in a cached index)."""
+        if isinstance(chs, slice):
+            base, npos = chs.start, chs.stop - chs.start
         else:
-            c = self.cand[r, chs]
-            a = self.act[r, chs]
-        if hold is not None and len(hold):
-            x = x.copy()
-            x[hold] = c[hold]
-        m = x != c
-        m |= c != a
-        idx = np.flatnonzero(m)
+            base, npos = 0, len(chs)
+        nz = self._nzidx(r)
+        if not len(nz):
+            inter = nz
+        elif isinstance(chs, slice):
+            lo, hi = np.searchsorted(nz, (chs.start, chs.stop))
+            inter = nz[lo:hi] - base
+        else:
+            p = np.searchsorted(chs, nz)
+            p[p >= npos] = 0
+            inter = p[chs[p] == nz] if npos else p[:0]
+        if x is not None and x.any():
+            idx = np.flatnonzero(x)
+            if len(inter):
+                idx = np.union1d(idx, inter)
+        else:
+            idx = inter
+        if hold is not None and len(hold) and len(idx):
+            idx = np.setdiff1d(idx, hold, assume_unique=True)
         if not len(idx):
             return
-        ch = chs[idx] if not isinstance(chs, slice) else idx + chs.start
-        xs = x[idx]
+        ch = idx + base if isinstance(chs, slice) else chs[idx]
+        xs = x[idx] if x is not None else np.zeros(len(idx), np.int8)
+        c = self.cand[r, ch]
+        a = self.act[r, ch]
+        m = (xs != c) | (c != a)
+        if not m.all():
+            idx, ch, xs, c, a = idx[m], ch[m], xs[m], c[m], a[m]
+            if not len(idx):
+                return
+        self._machine_at(r, ch, idx, xs, c, a, t, metric, rnd)
+
+    def _machine_at(self, r: int, ch: npt.NDArray[np.intp], idx: npt.NDArray[np.intp],
+                    xs: npt.NDArray[np.int8], cs: npt.NDArray[np.int8], as_: npt.NDArray[np.int8],
+                    t: IntArr | int, metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
+                    rnd: int) -> None:
+        """The machine step on channels ``ch`` (positions ``idx`` into t / metric) where the
+        condition changed or a candidate is pending."""
         ts = t[idx] if isinstance(t, np.ndarray) else np.full(len(idx), t, I64)
-        cs = c[idx]
-        as_ = a[idx]
         ss = self.since[r, ch]
         chg = xs != cs
+        before = (cs != 0) | (as_ != 0)
         cs = np.where(chg, xs, cs)
         ss = np.where(chg, ts, ss)
         self.cand[r, ch] = cs
         self.since[r, ch] = ss
+        if self._nz[r] is not None and bool((before != (cs != 0) | (as_ != 0)).any()):
+            self._nz[r] = None
         if callable(metric):
             mv = metric(idx)
         elif isinstance(metric, np.ndarray):
@@ -282,6 +327,8 @@ class RulesEngine:
             return
         fch, fts, fold, fnew, fesc = ch[fire], ts[fire], as_[fire], cs[fire], esc[fire]
         self.act[r, fch] = fnew
+        if not fnew.all():
+            self._nz[r] = None  # cleared: may leave the index
         self.unacked[r, fch[fesc]] = True
         nz = fnew != 0
         self.last_code[r, fch[nz]] = fnew[nz]
@@ -364,8 +411,7 @@ class RulesEngine:
                     sel = ch.astype(np.intp)
         chs: Any = sel if isinstance(sel, slice) else ch
         # ---- stale clears on any sample
-        if self.cand[R_STALE, sel].any() or self.act[R_STALE, sel].any():
-            self._machine(R_STALE, chs, np.zeros(len(ch), np.int8), t, 0.0, rnd, sel)
+        self._machine(R_STALE, chs, None, t, 0.0, rnd)
         # ---- bad quality
         bad = q >= Q_BAD if qany else None
         if bad is not None and bad.any():
@@ -389,8 +435,7 @@ class RulesEngine:
                 bs = self.bad_since[sel]
                 if (bs != NONE).any():
                     self.bad_since[sel] = NONE
-            if self.cand[R_BAD, sel].any() or self.act[R_BAD, sel].any():
-                self._machine(R_BAD, chs, np.zeros(len(ch), np.int8), t, 0.0, rnd, sel)
+            self._machine(R_BAD, chs, None, t, 0.0, rnd)
         # ---- range (sensor fault) and limits, screened together: a value strictly
         # inside the quiet band is in range and below every limit whatever the deadband
         quiet = v > self.q_lo[sel]
@@ -441,7 +486,7 @@ class RulesEngine:
         else:
             self.fz_since[sel] = t
             fs = t
-        if anyeq or self.cand[R_FROZEN, sel].any():
+        if anyeq or self.frozen_zero or len(self._nzidx(R_FROZEN)):
             xf = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
             self._machine(R_FROZEN, chs, xf, t, v, rnd, sel, hold=hold)
         # ---- limits with deadband (only where the value is outside the quiet band)
@@ -529,6 +574,9 @@ class RulesEngine:
                 if self.act[r, c] or self.unacked[r, c]:
                     self._tr.append((rnd, c, -1, r, int(self.act[r, c]), int(self.last_code[r, c]), ts,
                                      float(self.metric[r, c])))
+        for r in range(NR):
+            if self.act[r, c] or self.cand[r, c]:
+                self._nz[r] = None
         self.act[:, c] = 0
         self.cand[:, c] = 0
         self.unacked[:, c] = False
@@ -559,14 +607,18 @@ class RulesEngine:
             k0 = self.tb_k[oc]
             s = k0 % TREND_BUCKETS
             n = self.tb_n[oc]
-            self.ring[oc, s, 0] = n
-            self.ring[oc, s, 1] = ((self.tb_start[oc] - self.tb_epoch[oc]) + self.tb_st[oc] / n) / NS
-            self.ring[oc, s, 2] = self.tb_sv[oc] / n
+            rp = self.rpos[oc]
+            self.ring_w[s, rp] = n
+            self.ring_x[s, rp] = ((self.tb_start[oc] - self.tb_epoch[oc]) + self.tb_st[oc] / n) / NS
+            self.ring_y[s, rp] = self.tb_sv[oc] / n
             for j in range(1, TREND_BUCKETS + 1):
                 m = k0 + j < ok_
                 if not m.any():
                     break
-                self.ring[oc[m], (k0[m] + j) % TREND_BUCKETS] = 0.0
+                jj, cm = (k0[m] + j) % TREND_BUCKETS, rp[m]
+                self.ring_w[jj, cm] = 0.0
+                self.ring_x[jj, cm] = 0.0
+                self.ring_y[jj, cm] = 0.0
         self.tb_k[c] = k
         start = k * bw - ph
         self.tb_start[c] = start
@@ -579,23 +631,30 @@ class RulesEngine:
 
     def _trend_eval(self, c: npt.NDArray[np.intp], t: IntArr, ref: IntArr, rnd: int) -> None:
         """Weighted least squares over the bucket means, for the channels that rotated."""
-        ring = self.ring[c]
-        w = ring[:, :, 0]
-        ok = (w > 0).sum(axis=1) >= MIN_TREND_BUCKETS
+        rp = self.rpos[c]
+        w = np.take(self.ring_w, rp, axis=1)
+        ok = np.count_nonzero(w > 0, axis=0) >= MIN_TREND_BUCKETS
         if not ok.all():
-            c, t, ref, ring = c[ok], t[ok], ref[ok], ring[ok]
+            c, t, ref, w, rp = c[ok], t[ok], ref[ok], w[:, ok], rp[ok]
             if not len(c):
                 return
-            w = ring[:, :, 0]
         ref_s = (ref - self.tb_epoch[c]) / NS
-        xs = ring[:, :, 1] - ref_s[:, None]
-        ys = ring[:, :, 2]
+        xs = np.take(self.ring_x, rp, axis=1)
+        xs -= ref_s
+        ys = np.take(self.ring_y, rp, axis=1)
         sw = _tree8(w)
-        mx = _tree8(w * xs) / sw
-        my = _tree8(w * ys) / sw
-        dx = xs - mx[:, None]
-        sxx = _tree8(w * (dx * dx))
-        sxy = _tree8(w * (dx * (ys - my[:, None])))
+        tmp = w * xs
+        mx = _tree8(tmp) / sw
+        np.multiply(w, ys, out=tmp)
+        my = _tree8(tmp) / sw
+        xs -= mx  # dx
+        ys -= my  # y - my
+        ys *= xs
+        xs *= xs
+        xs *= w
+        sxx = _tree8(xs)
+        ys *= w
+        sxy = _tree8(ys)
         good = sxx > 0
         if not good.all():
             c, t, ref, mx, my = c[good], t[good], ref[good], mx[good], my[good]
@@ -666,13 +725,12 @@ class RulesEngine:
             unset &= live
         if unset.any():
             self.last_ts[unset] = now
-        allc = np.arange(self.n)
         # stale: no sample for longer than N poll periods
         age = now - self.last_ts
         xs = age > self.stale_ns
         if live is not None:
             xs &= live
-        self._machine(R_STALE, allc, xs.view(np.int8), now, lambda i: age[i] / NS, 0, slice(0, self.n))
+        self._machine(R_STALE, slice(0, self.n), xs.view(np.int8), now, lambda i: age[i] / NS, 0)
         # bad for longer than allowed
         if self.nbad:
             bidx = np.flatnonzero(self.bad_since != NONE)
@@ -685,7 +743,8 @@ class RulesEngine:
         for r in range(NR):
             if r in (R_STALE, R_BAD):
                 continue
-            pidx = np.flatnonzero(self.cand[r] != self.act[r])
+            nz = self._nzidx(r)
+            pidx = nz[self.cand[r, nz] != self.act[r, nz]] if len(nz) else nz
             if len(pidx):
                 self._machine(r, pidx, self.cand[r, pidx], now, self.metric[r, pidx], 0)
         out = self._emit()
@@ -969,6 +1028,7 @@ class RulesEngine:
             elif r == R_STEL and value is not None:
                 self.seed_stel[c] = float(value) * (STEL_WINDOW_NS / NS)
                 self.metric[r, c] = self.seed_stel[c]
+        self._nz = [None] * NR
         # operator maintenance restored: suppress without new events
         want = self.rt_maint | self.cfg_maint
         for c in np.flatnonzero(want != self.supp).tolist():

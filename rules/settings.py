@@ -49,6 +49,7 @@ TWA_WINDOW_NS = 8 * 3600 * NS
 TWA_PER_STEL = 15  # a TWA bucket is 15 STEL buckets: 15 minutes
 TWA_BUCKETS = 32  # 8 h of 15-minute buckets
 PHASES = 97  # bucket boundaries are staggered over channels so rotation work spreads out
+PHASE_BLOCK = 16  # ... in blocks of adjacent channels, so those that rotate together share cache lines
 
 
 @dataclass(slots=True)
@@ -111,7 +112,7 @@ class ChannelRules:
 
 
 def phase_ns(index: int, bucket_ns: int) -> int:
-    return (index % PHASES) * bucket_ns // PHASES
+    return ((index // PHASE_BLOCK) % PHASES) * bucket_ns // PHASES
 
 
 def noise_k(exchange_db: float) -> float:
