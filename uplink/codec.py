@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import struct
 import threading
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ import zstandard
 from gateway.batch import SAMPLE_BYTES
 from gateway.journal import EVENT, SAMPLES, Record
 
-FORMAT = 1
+FORMAT = 2
 L_OPAQUE, L_SAMPLES, L_EVENT = 0, 1, 2  # how a record travels
 ZSTD_LEVEL = 3
 MAX_K = 9
@@ -478,11 +479,13 @@ def encode(records: Sequence[Record], *, level: int | None = None) -> bytes:
     # events whose bytes are canonical JSON objects travel as columns of their fields
     layout = col.astype(np.uint64)
     ev_objs: list[dict[str, Any]] = []
+    ev_idx: list[int] = []
     for i in np.flatnonzero((kind_a == EVENT) & (n_a == 1) & (tmin_a == tmax_a)).tolist():
-        obj = _canonical_event(datas[i], tmins[i])
+        obj = _canonical_event(datas[i])
         if obj is not None:
             layout[i] = L_EVENT
             ev_objs.append(obj)
+            ev_idx.append(i)
 
     # record table
     _put_ints(out, np.diff(seq_a, prepend=np.int64(0)) - 1)
@@ -497,11 +500,11 @@ def encode(records: Sequence[Record], *, level: int | None = None) -> bytes:
     _put_ints(out, n_a[oi])
     _put_u64(out, len_a[oi].astype(np.uint64))
     out.append(b"".join([datas[i] for i in oi.tolist()]) if len(oi) else b"")
-    if ev_objs:
-        _put_blob(out, _encode_events(ev_objs))
-
     if samples is not None:
         _encode_samples(out, *samples)
+    if ev_objs:
+        refs, explicit = _event_refs(ev_idx, datas, ns, tmins, layout.tolist())
+        _put_blob(out, _encode_events(ev_objs, [tmins[i] for i in ev_idx], refs, explicit))
     raw = b"".join(out)
     if level is None:
         level = 6 if len(raw) < 1 << 18 else ZSTD_LEVEL
@@ -688,28 +691,68 @@ def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
 #
 # An event whose bytes are exactly ``json.dumps(obj, separators=(",", ":"),
 # ensure_ascii=False)`` of a JSON object (what the journal writes) travels as fields:
-# the key lists ("shapes") once, a shape id per event, then each key's values in
-# event order, typed: integers as deltas, floats as IEEE bits XORed with the key's
-# previous float, strings once then by index, anything else as JSON text. Decoding
-# rebuilds the same bytes. Other events travel opaque.
+# the key lists ("shapes") once, a shape id per event, the event's time as a
+# reference to an earlier record's time (an alarm carries the time of the sample
+# that raised it), then each key's values in event order as a column of its own
+# kind: the record time (implicit), integers as deltas, "prefix-N" strings as a
+# prefix and a delta of N, or values by index into the column's dictionary, new
+# values as typed literals (floats as a short decimal when one reproduces them).
+# Decoding rebuilds the same bytes. Other events travel opaque.
 
-_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_NEWSTR, _T_STR, _T_JSON = range(8)
-_DUMP = {"separators": (",", ":"), "ensure_ascii": False}
+_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_JSON, _T_DEC, _T_KNOWN = range(9)
+C_TSREC, C_INT, C_SEQSTR, C_DICT, C_PLAIN, C_CONST, C_DEP = range(7)  # event column kinds
+# Strings journal events are made of (keys and enum values), sent as an index into this
+# table (part of codec format 2: append only, never reorder). Anything else is spelled out.
+KNOWN = (
+    "type", "id", "ts", "channel", "index", "kind", "unit", "rule", "level", "code", "transition",
+    "state", "priority", "value", "limit", "who", "reason", "shelved", "alarm", "register", "reminder",
+    "gap", "channel_table", "stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict",
+    "twa", "stel", "maintenance", "hh", "h", "l", "ll", "normal", "raise", "clear", "escalate",
+    "deescalate", "ack", "shelve", "unshelve", "suppress", "unsuppress", "active_unacked",
+    "active_acked", "cleared_unacked", "suppressed", "low", "medium", "high", "critical", "gas",
+    "oxygen", "dust", "temperature", "humidity", "pressure", "level", "noise", "radiation", "status",
+    "flow", "%LEL", "ppm", "%vol", "mg/m³", "°C", "%RH", "dB(A)", "µSv/h", "MPa", "kPa", "m", "m³/h",
+    "from_seq", "to_seq", "samples", "events", "ts_from", "ts_to", "consumers", "quota", "age",
+    "uplink", "version", "action", "actor", "data", "changed", "archived", "register", "due", "days",
+    "admin", "system", "create", "update", "delete", "fingerprint",
+)
+# key lists of the journal's events, sent as an index into this table (append only)
+KNOWN_SHAPES = (
+    ("type", "id", "ts", "channel", "index", "kind", "unit", "rule", "level", "code", "transition",
+     "state", "priority", "value", "limit", "who"),
+    ("type", "id", "ts", "channel", "index", "kind", "unit", "rule", "level", "code", "transition",
+     "state", "priority", "value", "limit", "who", "shelved"),
+    ("type", "id", "ts", "channel", "index", "kind", "unit", "rule", "level", "code", "transition",
+     "state", "priority", "value", "limit", "who", "reason"),
+)
+_SHAPE_INDEX = {sh: i for i, sh in enumerate(KNOWN_SHAPES)}
+_KNOWN_INDEX: dict[str, int] = {}
+for _i, _k in enumerate(KNOWN):
+    _KNOWN_INDEX.setdefault(_k, _i)
+_ENC = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DEC = json.JSONDecoder()
 _F64 = struct.Struct("<d")
-_U64S = struct.Struct("<Q")
+_F32 = struct.Struct("<f")
+_I64S = struct.Struct("<q")
+_SEQSTR = re.compile(r"(.*?)(0|[1-9][0-9]{0,17})", re.S)
+_POWL = [10.0**k for k in range(MAX_K + 1)]
+_INVL = [10.0**-k for k in range(MAX_K + 1)]
+REF_BACK = 15  # an event's time may name one of the 15 records before it
 
 
-def _canonical_event(data: bytes, ts: int) -> dict[str, Any] | None:
+def _canonical_event(data: bytes) -> dict[str, Any] | None:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        text = data.decode()
+        obj = _DEC.decode(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(obj, dict) or json.dumps(obj, **_DUMP).encode() != data:  # type: ignore[arg-type]
-        return None
-    t = obj.get("ts", 0)
-    if type(t) is not int or t != ts:
+    if type(obj) is not dict or _ENC.encode(obj) != text:
         return None
     return obj
+
+
+def _wrap(x: int) -> int:
+    return ((x + (1 << 63)) & ((1 << 64) - 1)) - (1 << 63)
 
 
 def _vput(buf: bytearray, n: int) -> None:
@@ -719,120 +762,360 @@ def _vput(buf: bytearray, n: int) -> None:
     buf.append(n)
 
 
+def _zput(buf: bytearray, d: int) -> None:
+    """Zigzag varint of a signed 64-bit value."""
+    _vput(buf, d << 1 if d >= 0 else ((-d) << 1) - 1)
+
+
 def _sput(buf: bytearray, text: str) -> None:
     b = text.encode()
     _vput(buf, len(b))
     buf += b
 
 
-def _encode_events(objs: list[dict[str, Any]]) -> bytes:
+def _put_float(buf: bytearray, v: float) -> None:
+    """A float literal: the shortest decimal mode that gives its bits back, else 8 bytes."""
+    bits = _F64.pack(v)
+    for k in range(MAX_K + 1):
+        t = v * _POWL[k]
+        if not abs(t) < _LIMIT:
+            break
+        q = round(t)
+        if _F64.pack(q / _POWL[k]) == bits:
+            mode = M_DIV
+        elif _F64.pack(q * _INVL[k]) == bits:
+            mode = M_MUL
+        else:
+            try:
+                f = _F32.unpack(_F32.pack(q / _POWL[k]))[0]
+            except OverflowError:
+                continue
+            if _F64.pack(f) != bits:
+                continue
+            mode = M_F32
+        buf.append(_T_DEC)
+        buf.append(mode << 4 | k)
+        _zput(buf, q)
+        return
+    buf.append(_T_FLOAT)
+    buf += bits
+
+
+def _put_literal(buf: bytearray, v: Any) -> None:
+    if v is None:
+        buf.append(_T_NULL)
+    elif v is True:
+        buf.append(_T_TRUE)
+    elif v is False:
+        buf.append(_T_FALSE)
+    elif type(v) is int and -(1 << 63) <= v < 1 << 63:
+        buf.append(_T_INT)
+        _zput(buf, v)
+    elif type(v) is float:
+        _put_float(buf, v)
+    elif type(v) is str:
+        j = _KNOWN_INDEX.get(v)
+        if j is None:
+            buf.append(_T_STR)
+            _sput(buf, v)
+        else:
+            buf.append(_T_KNOWN)
+            _vput(buf, j)
+    else:
+        buf.append(_T_JSON)
+        _sput(buf, _ENC.encode(v))
+
+
+def _dict_key(v: Any) -> Any:
+    t = type(v)
+    if t is float:
+        return (t, _F64.pack(v))
+    if t is list or t is dict:
+        return (t, _ENC.encode(v))
+    return (t, v)
+
+
+def _event_refs(ev_idx: list[int], datas: Sequence[bytes], ns: Sequence[int], tmins: Sequence[int],
+                layout: list[int]) -> tuple[bytes, bytearray]:
+    """Per event a byte naming an earlier record with the same time (0: explicit)."""
+    refs = bytearray()
+    explicit = bytearray()
+    for i in ev_idx:
+        ts = tmins[i]
+        ref = 0
+        packed = b""
+        for d in range(1, min(REF_BACK, i) + 1):
+            j = i - d
+            if tmins[j] == ts:
+                ref = d
+                break
+            if layout[j] == L_SAMPLES:
+                if not packed:
+                    packed = _I64S.pack(ts)
+                n = ns[j]
+                data = datas[j]
+                lo = 4 * n
+                k = data.find(packed, lo, 12 * n)
+                while k >= 0 and (k - lo) & 7:
+                    k = data.find(packed, k + 1, 12 * n)
+                if 0 <= k and (k - lo) >> 3 < 15:
+                    ref = d | (((k - lo) >> 3) + 1) << 4
+                    break
+        refs.append(ref)
+        if not ref:
+            _zput(explicit, _wrap(ts - (tmins[i - 1] if i else 0)))
+    return bytes(refs), explicit
+
+
+def _encode_events(objs: list[dict[str, Any]], ts_l: list[int], refs: bytes, explicit: bytearray) -> bytes:
     buf = bytearray()
     shapes: dict[tuple[str, ...], int] = {}
     sid = [shapes.setdefault(tuple(o), len(shapes)) for o in objs]
     _vput(buf, len(shapes))
     for shape in shapes:
+        known = _SHAPE_INDEX.get(shape)
+        if known is not None:
+            _vput(buf, known + 1)
+            continue
+        buf.append(0)
         _vput(buf, len(shape))
         for key in shape:
-            _sput(buf, key)
-    for i in sid:
-        _vput(buf, i)
-    for key in dict.fromkeys(k for shape in shapes for k in shape):
-        prev_i = prev_f = 0
-        table: dict[str, int] = {}
-        for o in objs:
-            if key not in o:
-                continue
-            v = o[key]
-            if v is None:
-                buf.append(_T_NULL)
-            elif v is True:
-                buf.append(_T_TRUE)
-            elif v is False:
-                buf.append(_T_FALSE)
-            elif type(v) is int and -(1 << 63) <= v < 1 << 63:
-                d = v - prev_i
-                buf.append(_T_INT)
-                _vput(buf, d << 1 if d >= 0 else ((-d) << 1) - 1)
-                prev_i = v
-            elif type(v) is float:
-                bits = _U64S.unpack(_F64.pack(v))[0]
-                buf.append(_T_FLOAT)
-                buf += _U64S.pack(bits ^ prev_f)
-                prev_f = bits
-            elif type(v) is str:
-                j = table.get(v)
-                if j is None:
-                    table[v] = len(table)
-                    buf.append(_T_NEWSTR)
-                    _sput(buf, v)
-                else:
-                    buf.append(_T_STR)
-                    _vput(buf, j)
+            j = _KNOWN_INDEX.get(key)
+            if j is None:
+                buf.append(0)
+                _sput(buf, key)
             else:
-                buf.append(_T_JSON)
-                _sput(buf, json.dumps(v, **_DUMP))  # type: ignore[arg-type]
+                _vput(buf, j + 1)
+    if len(shapes) > 1:
+        for i in sid:
+            _vput(buf, i)
+    buf += refs
+    _vput(buf, len(explicit))
+    buf += explicit
+    keys = dict.fromkeys(k for shape in shapes for k in shape)
+    dict_cols: list[tuple[str, list[int]]] = []  # (key, value index per event)
+    for key in keys:
+        if len(shapes) == 1:
+            vals = [o[key] for o in objs]
+            tss = ts_l
+        else:
+            have = [i for i, o in enumerate(objs) if key in o]
+            vals = [objs[i][key] for i in have]
+            tss = [ts_l[i] for i in have]
+        _put_column(buf, key, vals, tss, len(shapes) == 1, dict_cols)
     return bytes(buf)
 
 
-def _decode_events(blob: bytes, n: int) -> list[tuple[int, bytes]]:
+def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], one_shape: bool,
+                dict_cols: list[tuple[str, list[int]]]) -> None:
+    """One key's values, in the cheapest column kind that fits them."""
+    types = {type(v) for v in vals}
+    if key == "ts" and types == {int} and vals == tss:
+        buf.append(C_TSREC)
+        return
+    if types == {int} and all(-(1 << 63) <= v < 1 << 63 for v in vals):
+        buf.append(C_INT)
+        prev = 0
+        for v in vals:
+            _zput(buf, _wrap(v - prev))
+            prev = v
+        return
+    if types == {str}:
+        parts = [_SEQSTR.fullmatch(v) for v in vals]
+        # ids ("gw-17", "gw-18", ...): one prefix, numbers that differ
+        if len(vals) > 1 and all(parts) and len({m.group(1) for m in parts if m}) == 1 \
+                and len(set(vals)) == len(vals):
+            buf.append(C_SEQSTR)
+            _sput(buf, parts[0].group(1))  # type: ignore[union-attr]
+            prev = -1
+            for m in parts:
+                num = int(m.group(2))  # type: ignore[union-attr]
+                _zput(buf, num - prev - 1)  # 0 for the next number
+                prev = num
+            return
+    dkeys = [_dict_key(v) for v in vals]
+    first = dkeys[0]
+    if all(dk == first for dk in dkeys):
+        buf.append(C_CONST)
+        _put_literal(buf, vals[0])
+        return
+    if one_shape:
+        # a function of an earlier dictionary column (a channel's index, kind, unit)
+        dep = None
+        for ci, (_, cidx) in enumerate(dict_cols):
+            f: dict[int, Any] = {}
+            if all(f.setdefault(a, dk) == dk for a, dk in zip(cidx, dkeys, strict=True)):
+                dep = ci
+                break
+        if dep is not None:
+            buf.append(C_DEP)
+            _vput(buf, dep)
+            cidx = dict_cols[dep][1]
+            seen: dict[int, None] = {}
+            table: dict[Any, int] = {}
+            for a, v, dk in zip(cidx, vals, dkeys, strict=True):
+                if a in seen:
+                    continue
+                seen[a] = None
+                j = table.get(dk)
+                if j is None:
+                    j = table[dk] = len(table)
+                    _vput(buf, j)
+                    _put_literal(buf, v)
+                else:
+                    _vput(buf, j)
+            return
+    if len(set(dkeys)) == len(vals) and str not in types:  # no repeats (measured values)
+        buf.append(C_PLAIN)
+        for v in vals:
+            _put_literal(buf, v)
+        return
+    buf.append(C_DICT)
+    table = {}
+    idx = []
+    for v, dk in zip(vals, dkeys, strict=True):
+        j = table.get(dk)
+        if j is None:
+            j = table[dk] = len(table)
+            _vput(buf, j)
+            _put_literal(buf, v)
+        else:
+            _vput(buf, j)
+        idx.append(j)
+    dict_cols.append((key, idx))
+
+
+def _get_literal(rd: _Reader) -> Any:
+    tag = rd.take(1, "event tag")[0]
+    if tag == _T_NULL:
+        return None
+    if tag == _T_TRUE:
+        return True
+    if tag == _T_FALSE:
+        return False
+    if tag == _T_INT:
+        return _zget(rd)
+    if tag == _T_FLOAT:
+        return _F64.unpack(rd.take(8, "event float"))[0]
+    if tag == _T_DEC:
+        mk = rd.take(1, "event float mode")[0]
+        mode, k = mk >> 4, mk & 15
+        q = _zget(rd)
+        if k > MAX_K or mode > M_F32 or abs(q) >= _LIMIT:
+            raise CodecError(f"event float mode 0x{mk:02x}, q {q}")
+        if mode == M_MUL:
+            return q * _INVL[k]
+        f = q / _POWL[k]
+        return _F32.unpack(_F32.pack(f))[0] if mode == M_F32 else f
+    if tag == _T_STR:
+        return _text(rd, "event string")
+    if tag == _T_KNOWN:
+        return KNOWN[rd.varint("event known string")]
+    if tag == _T_JSON:
+        return _DEC.decode(_text(rd, "event json"))
+    raise CodecError(f"event value tag {tag}")
+
+
+def _zget(rd: _Reader) -> int:
+    z = rd.varint("event int")
+    return z >> 1 if not z & 1 else -((z + 1) >> 1)
+
+
+def _text(rd: _Reader, what: str) -> str:
+    return bytes(rd.take(rd.varint(what), what)).decode()
+
+
+def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, list[int], list[str]]:
+    """Objects (the record-time keys still to fill), time refs, explicit times, record-time keys."""
     rd = _Reader(blob)
-
-    def text(what: str) -> str:
-        return bytes(rd.take(rd.varint(what), what)).decode()
-
     shapes = []
     for _ in range(rd.varint("event shapes")):
+        known = rd.varint("event shape")
+        if known:
+            shapes.append(list(KNOWN_SHAPES[known - 1]))
+            continue
         nk = rd.varint("event keys")
         if nk > len(blob):
             raise CodecError("event shape too long")
-        shapes.append([text("event key") for _ in range(nk)])
-    sid = [rd.varint("event shape id") for _ in range(n)]
+        shape = []
+        for _ in range(nk):
+            j = rd.varint("event key")
+            shape.append(KNOWN[j - 1] if j else _text(rd, "event key"))
+        shapes.append(shape)
+    if not shapes:
+        raise CodecError("events without a shape")
+    sid = [rd.varint("event shape id") for _ in range(n)] if len(shapes) > 1 else [0] * n
     if any(i >= len(shapes) for i in sid):
         raise CodecError("event shape id out of range")
-    cols: dict[str, list[Any]] = {}
+    refs = bytes(rd.take(n, "event time refs"))
+    erd = _Reader(bytes(rd.take(rd.varint("event times"), "event times")))
+    explicit = []
+    for r in refs:
+        if not r:
+            explicit.append(_zget(erd))
+    if erd.pos != len(erd.buf):
+        raise CodecError("stray bytes after the event times")
+    objs: list[dict[str, Any]] = [{} for _ in range(n)]
+    tsrec: list[str] = []
+    dict_cols: list[list[int]] = []
     for key in dict.fromkeys(k for shape in shapes for k in shape):
-        count = sum(1 for i in sid if key in shapes[i])
-        vals: list[Any] = []
-        prev_i = prev_f = 0
-        table: list[str] = []
-        for _ in range(count):
-            tag = rd.take(1, "event tag")[0]
-            if tag == _T_NULL:
-                vals.append(None)
-            elif tag == _T_TRUE:
-                vals.append(True)
-            elif tag == _T_FALSE:
-                vals.append(False)
-            elif tag == _T_INT:
-                z = rd.varint("event int")
-                prev_i += z >> 1 if not z & 1 else -((z + 1) >> 1)
-                vals.append(prev_i)
-            elif tag == _T_FLOAT:
-                prev_f ^= _U64S.unpack(rd.take(8, "event float"))[0]
-                vals.append(_F64.unpack(_U64S.pack(prev_f))[0])
-            elif tag == _T_NEWSTR:
-                table.append(text("event string"))
-                vals.append(table[-1])
-            elif tag == _T_STR:
-                vals.append(table[rd.varint("event string index")])
-            elif tag == _T_JSON:
-                vals.append(json.loads(text("event json")))
-            else:
-                raise CodecError(f"event value tag {tag}")
-        cols[key] = vals[::-1]  # popped from the end below
+        have = [i for i in range(n) if key in shapes[sid[i]]] if len(shapes) > 1 else range(n)
+        kind = rd.take(1, "event column kind")[0]
+        if kind == C_TSREC:
+            tsrec.append(key)
+            for i in have:
+                objs[i][key] = None
+        elif kind == C_INT:
+            prev = 0
+            for i in have:
+                prev = _wrap(prev + _zget(rd))
+                objs[i][key] = prev
+        elif kind == C_SEQSTR:
+            prefix = _text(rd, "event id prefix")
+            prev = -1
+            for i in have:
+                prev += _zget(rd) + 1
+                if not 0 <= prev < 10**18:
+                    raise CodecError(f"event string number {prev}")
+                objs[i][key] = prefix + str(prev)
+        elif kind == C_DICT:
+            table: list[Any] = []
+            idx = []
+            for i in have:
+                j = rd.varint("event value index")
+                if j == len(table):
+                    table.append(_get_literal(rd))
+                objs[i][key] = table[j]
+                idx.append(j)
+            dict_cols.append(idx)
+        elif kind == C_CONST:
+            v = _get_literal(rd)
+            for i in have:
+                objs[i][key] = v
+        elif kind == C_DEP:
+            if len(shapes) > 1:
+                raise CodecError("dependent event column with several shapes")
+            cidx = dict_cols[rd.varint("event column ref")]
+            table = []
+            fmap: dict[int, Any] = {}
+            for i in have:
+                a = cidx[i]
+                if a not in fmap:
+                    j = rd.varint("event value index")
+                    if j == len(table):
+                        table.append(_get_literal(rd))
+                    fmap[a] = table[j]
+                objs[i][key] = fmap[a]
+        elif kind == C_PLAIN:
+            for i in have:
+                objs[i][key] = _get_literal(rd)
+        else:
+            raise CodecError(f"event column kind {kind}")
     if rd.pos != len(blob):
         raise CodecError("stray bytes after the events")
-    out = []
-    size = 0
-    for i in sid:
-        obj = {k: cols[k].pop() for k in shapes[i]}
-        t = obj.get("ts", 0)
-        data = json.dumps(obj, **_DUMP).encode()  # type: ignore[arg-type]
-        size += len(data)
-        if size > MAX_EVENT_BYTES:  # strings referenced over and over: refuse, do not balloon
-            raise CodecError(f"events decode to more than {MAX_EVENT_BYTES} bytes")
-        out.append((t if type(t) is int else 0, data))
-    return out
+    # keys back in each shape's order (columns were filled key by key)
+    objs = [{k: o[k] for k in shapes[s]} for o, s in zip(objs, sid, strict=True)]
+    return objs, refs, explicit, tsrec
 
 
 # ------------------------------------------------------------------------ decode
@@ -878,11 +1161,16 @@ def _decode(raw: bytes) -> list[Record]:
     nn = rd.ints("opaque n", n_op)
     lens = rd.u64("opaque lengths", n_op)
     blob = rd.take(int(lens.sum()), "opaque data")
-    events = _decode_events(rd.blob("events"), n_ev) if n_ev else []
     n_col = nrec - n_op - n_ev
     col_records: list[tuple[int, int, int, bytes]] = []
     if n_col:
         col_records = _decode_samples(rd, n_col)
+    objs: list[dict[str, Any]] = []
+    refs = b""
+    explicit: list[int] = []
+    tsrec: list[str] = []
+    if n_ev:
+        objs, refs, explicit, tsrec = _decode_events(rd.blob("events"), n_ev)
     if rd.pos != len(raw):
         raise CodecError(f"{len(raw) - rd.pos} stray bytes after the last column")
 
@@ -891,15 +1179,40 @@ def _decode(raw: bytes) -> list[Record]:
     kind_l = kinds.tolist()
     t0_l, t1_l, nn_l = t0.tolist(), t1.tolist(), nn.tolist()
     ends = np.cumsum(lens).tolist()
-    oi = ci = ei = 0
+    oi = ci = ei = xi = 0
     start = 0
-    for i, lay in enumerate(layout.tolist()):
+    size = 0
+    lay_l = layout.tolist()
+    for i, lay in enumerate(lay_l):
         if lay == L_SAMPLES:
             n, tmin, tmax, data = col_records[ci]
             out.append(Record(seq_l[i], kind_l[i], tmin, tmax, n, data))
             ci += 1
         elif lay == L_EVENT:
-            ts, data = events[ei]
+            ref = refs[ei]
+            d, p = ref & 15, ref >> 4
+            if not d:
+                if p:
+                    raise CodecError(f"event time ref 0x{ref:02x}")
+                ts = _wrap((out[i - 1].ts_min if i else 0) + explicit[xi])
+                xi += 1
+            elif d > i:
+                raise CodecError(f"event time names record {i - d}")
+            elif not p:
+                ts = out[i - d].ts_min
+            else:
+                src = out[i - d]
+                if lay_l[i - d] != L_SAMPLES or p > src.n:
+                    raise CodecError(f"event time names sample {p - 1} of record {i - d}")
+                ts = _I64S.unpack_from(src.data, 4 * src.n + 8 * (p - 1))[0]
+            obj = objs[ei]
+            for k in tsrec:
+                if k in obj:
+                    obj[k] = ts
+            data = _ENC.encode(obj).encode()
+            size += len(data)
+            if size > MAX_EVENT_BYTES:  # values referenced over and over: refuse, do not balloon
+                raise CodecError(f"events decode to more than {MAX_EVENT_BYTES} bytes")
             out.append(Record(seq_l[i], kind_l[i], ts, ts, 1, data))
             ei += 1
         else:
