@@ -451,3 +451,64 @@ async def test_gateway_journals_its_table_again_every_period(tmp_path: Path) -> 
     await svc.start()
     assert len(_tables(gw.journal)) == n + 1
     gw.journal.close()
+
+
+async def test_worker_taking_over_tags_by_name(tmp_path: Path, pg_dsn: str, influxd: Any) -> None:
+    """Two workers on PostgreSQL, one gateway: the worker that takes the gateway over
+    mid-stream has no table in its own journal; it journals a copy of the one in force
+    (from the shared state) first, so its InfluxDB points are named too."""
+    import shutil
+
+    from tests.fixtures.influxd import unique_db
+
+    db = unique_db("workers")
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county-a", pubs)
+    (tmp_path / "county-b").mkdir()
+    shutil.copytree(tmp_path / "county-a" / "keys", tmp_path / "county-b" / "keys")
+    gw = GatewaySide(tmp_path, "gw-1", pubs, [cpub])
+    await gw.start()
+    src = {"id": "gw-1", "keys": str(gw.pub), "mode": "pull",
+           "pull": {"url": f"https://127.0.0.1:{gw.port}", "tls_cert": str(gw.cert), "wait": "500ms"}}
+
+    def cfg(worker: str) -> Any:
+        return central_config(tmp_path, f"county-{worker}", [src],
+                              state={"backend": "postgres", "dsn": pg_dsn, "worker": worker, "lease": "2s"},
+                              influxdb={"url": influxd.url, "database": db, "measurement": "per_kind",
+                                        "flush_every": "100ms"})
+
+    a = await CentralSide(cfg("a")).start()
+    b = await CentralSide(cfg("b")).start()
+    try:
+        await gw.journal.append_event(table_event("A", T0))
+        await gw.journal.append_many([batch(i) for i in range(5)])
+        def held(w: CentralSide, seq: int) -> bool:
+            return bool(w.node.origins.get("gw-1")) and w.node.origins["gw-1"].main >= seq
+
+        holder = await async_wait_until(lambda: next((w for w in (a, b) if held(w, 6)), None), 20,
+                                        what="one worker to store the first range")
+        assert isinstance(holder, CentralSide)
+        other = b if holder is a else a
+        # the holder dies without releasing its lease
+        for t in holder.node._pullers.values():
+            t.cancel()
+        holder.node._pullers.clear()
+        holder.task.cancel()  # type: ignore[union-attr]
+        await asyncio.gather(holder.task, return_exceptions=True)  # type: ignore[arg-type]
+        await gw.journal.append_many([batch(i) for i in range(5, 10)])
+        last = gw.journal.last_seq
+        await async_wait_until(lambda: held(other, last), 30, what="the other worker to take over")
+        got = stored(other.node, "gw-1")
+        assert got[0][0] == EVENT and got[0][1] == table_event("A", T0), "no table copy before the samples"
+        assert sum(1 for k, _ in got if k == SAMPLES) == 5
+        await async_wait_until(lambda: len(influx_points(influxd, db)) == 1000, 30, interval=0.1,
+                               what="1000 points in InfluxDB")
+        check_tags(influx_points(influxd, db), [(0, "A")])
+    finally:
+        for w in (a, b):
+            if w.task is not None and w.task.done():
+                await w.node.close()
+            else:
+                await w.stop()
+        await gw.stop()
