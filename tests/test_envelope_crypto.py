@@ -11,7 +11,7 @@ import pytest
 
 from gateway.batch import Batch
 from gateway.journal import EVENT, SAMPLES, Record
-from uplink import envelope
+from uplink import codec, envelope
 from uplink.envelope import (
     BadSignature,
     DecryptFailed,
@@ -111,10 +111,23 @@ def test_truncated_and_extended_envelopes_rejected(nodes: dict[str, NodeKeys]) -
         envelope.open_envelope(env + b"\x00", recipient=nodes["county"], trusted=trust)
 
 
+def _offsets(env: bytes) -> dict[str, int]:
+    """Where the fields are (docs/uplink-protocol.md, version 2): after the varint length."""
+    i = 3
+    while env[i] & 0x80:
+        i += 1
+    params = i + 1
+    origin_len = env[params + 1]
+    kid = params + 2 + origin_len
+    return {"version": 2, "params": params, "kid": kid, "first_seq": kid + 8}
+
+
 def test_header_change_with_fixed_length_rejected(nodes: dict[str, NodeKeys]) -> None:
     """Rewriting the sequence range (e.g. to dodge central's dedup) breaks the signature."""
     env = bytearray(envelope.seal(records(), sender=nodes["gw-1"], recipients=[nodes["county"].public]))
-    struct.pack_into("<QQ", env, 16, 5000, 5030)
+    at = _offsets(bytes(env))["first_seq"]
+    assert env[at:at + 2] == bytes([200, 1])  # zigzag(100) as a varint
+    env[at:at + 2] = bytes([0x90, 0x4E])  # zigzag(5000), same length
     trust = TrustStore([nodes["gw-1"].public])
     with pytest.raises(BadSignature, match=r"gw-1 5000\.\.5030"):
         envelope.open_envelope(bytes(env), recipient=nodes["county"], trusted=trust)
@@ -131,7 +144,7 @@ def test_wrong_or_unknown_sender(nodes: dict[str, NodeKeys]) -> None:
     with pytest.raises(UnknownSender):
         envelope.open_envelope(forged, recipient=nodes["county"], trusted=TrustStore([nodes["gw-1"].public]))
     # the impostor writes gw-1's real kid in the header: the signature gives it away
-    kid_at = 56  # sender kid offset in the fixed header (docs/uplink-protocol.md)
+    kid_at = _offsets(forged)["kid"]
     assert forged[kid_at:kid_at + 8] == impostor.kid_bytes
     forged = forged[:kid_at] + nodes["gw-1"].kid_bytes + forged[kid_at + 8:]
     with pytest.raises(BadSignature):
@@ -171,15 +184,26 @@ def test_signed_garbage_from_a_trusted_sender_is_decrypt_failed(nodes: dict[str,
         envelope.open_envelope(resigned, recipient=nodes["county"], trusted=trust)
 
 
-def test_unsupported_version_cipher_and_flags(nodes: dict[str, NodeKeys]) -> None:
+def test_unsupported_version_cipher_and_codec(nodes: dict[str, NodeKeys]) -> None:
     env = envelope.seal(records(1, 2), sender=nodes["gw-1"], recipients=[nodes["county"].public])
-    for offset, value, what in ((4, 2, "version"), (5, 9, "cipher"), (6, 7, "codec"), (7, 1, "flags")):
+    at = _offsets(env)
+    for offset, value, what in ((2, 3, "version"), (at["params"], 0x29, "cipher"), (at["params"], 0x11, "codec")):
         bad = bytearray(env)
         bad[offset] = value
         with pytest.raises(Unsupported, match=what):
             envelope.peek_header(bytes(bad))
     with pytest.raises(Malformed, match="magic"):
         envelope.peek_header(b"HTTP/1.1 200 OK\r\n" + env)
+
+
+def test_version_1_envelopes_are_refused_clearly(nodes: dict[str, NodeKeys]) -> None:
+    """The 141-byte fixed header of version 1 (magic SGWE): Unsupported, saying so."""
+    old = b"SGWE\x01\x01\x01\x00" + struct.pack("<I", 300) + bytes(288)
+    for call in (envelope.peek_header, envelope.envelope_size):
+        with pytest.raises(Unsupported, match="version 1"):
+            call(old)
+    with pytest.raises(Unsupported, match="version 1"):
+        envelope.open_envelope(old, recipient=nodes["county"], trusted=TrustStore([nodes["gw-1"].public]))
 
 
 def test_seal_argument_errors(nodes: dict[str, NodeKeys]) -> None:
@@ -194,7 +218,14 @@ def test_seal_argument_errors(nodes: dict[str, NodeKeys]) -> None:
 def test_sizes_are_small(nodes: dict[str, NodeKeys]) -> None:
     """The fixed cost of an envelope: what a 60 s envelope pays on top of its payload."""
     env = envelope.seal([], sender=nodes["gw-1"], recipients=[nodes["county"].public])
-    assert len(env) < 300
+    payload = len(codec.encode([]))
+    # magic 2, version 1, length 2, cipher/codec 1, origin 1 + 4, kid 8, seqs/counts/times 6,
+    # salt 16, ephemeral 32, recipients 1 + 8, tag 16, signature 64
+    assert len(env) - payload == 162
     env3 = envelope.seal([], sender=nodes["gw-1"], recipients=[nodes[n].public for n in
                                                               ("county", "province", "national")])
-    assert len(env3) - len(env) == 2 * (8 + 32 + 16)
+    # each further recipient: kid 8 + wrapped key 32; with several, a 16-byte key commitment
+    assert len(env3) - len(env) == 2 * (8 + 32) + 16
+    sm4 = envelope.seal([], sender=nodes["gw-1"], recipients=[nodes[n].public for n in ("county", "province")],
+                        cipher="sm4-gcm")
+    assert len(sm4) - len(env) == 8 + 16 + 16

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,9 +55,9 @@ from gateway.journal import SAMPLES, Record
 from uplink import codec
 from uplink.keys import KID_BYTES, NodeKeys, PublicKeys
 
-MAGIC = b"SGWE"
-VERSION = 1
-CODEC_COLUMNAR = 1
+MAGIC = b"SG"
+VERSION = 2
+CODEC_COLUMNAR = 2  # uplink.codec.FORMAT
 
 CIPHERS: dict[str, int] = {"aes-256-gcm": 1, "sm4-gcm": 2}
 CIPHER_NAMES = {v: k for k, v in CIPHERS.items()}
@@ -68,16 +67,17 @@ SIG_LEN = 64
 SALT_LEN = 16
 NONCE_LEN = 12
 COMMIT_LEN = 16
-
-# magic, version, cipher, codec, flags, total_len, header_len, first_seq, last_seq,
-# n_records, n_samples, ts_min, ts_max, sender_kid, salt, nonce, ephemeral, key_commit, origin_len
-_FIXED = struct.Struct("<4sBBBBIIQQIIqq8s16s12s32s16sB")
-SIZE_PREFIX = 12  # magic .. total_len: enough to frame envelopes in a stream
+EPH_LEN = 32
+SIZE_PREFIX = 8  # magic, version, total length (a varint): enough to frame envelopes in a stream
 MAX_RECIPIENTS = 255
+_OLD_MAGIC = b"SGWE"  # version 1 (fixed 141-byte header), no longer read
 
-_KEK_INFO = b"safegw-envelope/1 kek"
-_COMMIT_INFO = b"safegw-envelope/1 commit"
-_WRAP_NONCE = bytes(NONCE_LEN)  # each KEK wraps exactly one key, so a fixed nonce is safe
+_KDF_INFO = b"safegw-envelope/2 key"
+_COMMIT_INFO = b"safegw-envelope/2 commit"
+# The payload key is fresh for every envelope (a fresh ephemeral key and a random salt go
+# into its derivation) and encrypts exactly one message, so a fixed nonce is safe.
+_NONCE = bytes(NONCE_LEN)
+_M64 = (1 << 64) - 1
 
 
 class EnvelopeError(Exception):
@@ -169,14 +169,41 @@ def _decrypt(cipher_id: int, key: bytes, nonce: bytes, data: bytes, aad: bytes) 
     return dec.update(data[:-TAG_LEN]) + dec.finalize()
 
 
-def _kek(cipher_id: int, shared: bytes, salt: bytes, ephemeral: bytes, recipient_x: bytes,
-         kid: bytes) -> bytes:
-    info = _KEK_INFO + bytes([cipher_id]) + ephemeral + recipient_x + kid
+def _derive(cipher_id: int, shared: bytes, salt: bytes, ephemeral: bytes, recipient_x: bytes,
+            kid: bytes) -> bytes:
+    """HKDF-SHA256 of one X25519 agreement: the key this recipient gets (or unwraps with)."""
+    info = _KDF_INFO + bytes([cipher_id]) + ephemeral + recipient_x + kid
     return HKDF(hashes.SHA256(), _KEY_LEN[cipher_id], salt, info).derive(shared)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
 def _commit(key: bytes) -> bytes:
     return hashlib.sha256(_COMMIT_INFO + key).digest()[:COMMIT_LEN]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _zigzag(x: int) -> int:
+    return x << 1 if x >= 0 else ((-x) << 1) - 1
+
+
+def _unzigzag(z: int) -> int:
+    return (z >> 1) ^ -(z & 1)
+
+
+def _wrap(x: int) -> int:
+    """Two's complement 64-bit: what the sender's int64 arithmetic gave."""
+    return ((x + (1 << 63)) & _M64) - (1 << 63)
 
 
 # --------------------------------------------------------------------------- seal
@@ -209,16 +236,20 @@ def seal(
         raise ValueError("the node id must be 1..255 bytes of UTF-8")
 
     payload = codec.encode(records)
-    key_len = _KEY_LEN[cipher_id]
-    content_key = os.urandom(key_len)
     salt = os.urandom(SALT_LEN)
-    nonce = os.urandom(NONCE_LEN)
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     entries = []
+    content_key = b""
     for r in recipients:
-        kek = _kek(cipher_id, eph.exchange(r.x25519), salt, eph_pub, r.x25519_raw, r.kid_bytes)
-        entries.append(r.kid_bytes + _encrypt(cipher_id, kek, _WRAP_NONCE, content_key, r.kid_bytes))
+        k = _derive(cipher_id, eph.exchange(r.x25519), salt, eph_pub, r.x25519_raw, r.kid_bytes)
+        if not content_key:  # the first recipient's key is the payload key
+            content_key = k
+            entries.append(r.kid_bytes)
+        else:  # the others get it wrapped under theirs (a one-time pad: each k is used once)
+            entries.append(r.kid_bytes + _xor(content_key, k))
+    if len(recipients) > 1:
+        entries.append(_commit(content_key))
 
     if records:
         first_seq, last_seq = records[0].seq, records[-1].seq
@@ -227,86 +258,132 @@ def seal(
     else:
         first_seq = last_seq = ts_min = ts_max = 0
     n_samples = sum(r.n for r in records if r.kind == SAMPLES)
-    header_len = _FIXED.size + len(origin) + 1 + len(entries) * (KID_BYTES + key_len + TAG_LEN)
-    total = header_len + len(payload) + TAG_LEN + SIG_LEN
-    head = b"".join((
-        _FIXED.pack(MAGIC, VERSION, cipher_id, CODEC_COLUMNAR, 0, total, header_len,
-                    first_seq, last_seq, len(records), n_samples, ts_min, ts_max,
-                    sender.kid_bytes, salt, nonce, eph_pub, _commit(content_key), len(origin)),
-        origin, bytes([len(entries)]), *entries,
+    rest = b"".join((
+        bytes([codec.FORMAT << 4 | cipher_id, len(origin)]), origin, sender.kid_bytes,
+        _varint(_zigzag(first_seq)), _varint((last_seq - first_seq) & _M64), _varint(len(records)),
+        _varint(n_samples),
+        _varint(_zigzag(ts_min)), _varint((ts_max - ts_min) & _M64), salt, eph_pub,
+        bytes([len(recipients)]), *entries,
     ))
-    body = head + _encrypt(cipher_id, content_key, nonce, payload, head)
+    # total length: header + ciphertext (payload + tag) + signature, its own varint included
+    base = len(MAGIC) + 1 + len(rest) + len(payload) + TAG_LEN + SIG_LEN
+    total = base + 1
+    while len(_varint(total)) != total - base:
+        total += 1
+    head = MAGIC + bytes([VERSION]) + _varint(total) + rest
+    body = head + _encrypt(cipher_id, content_key, _NONCE, payload, head)
     return body + sender.ed25519.sign(body)
 
 
 # --------------------------------------------------------------------------- parse
 
+class _Cursor:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes | memoryview, pos: int):
+        self.data = data
+        self.pos = pos
+
+    def varint(self, what: str) -> int:
+        n = shift = 0
+        data, pos = self.data, self.pos
+        while True:
+            if pos >= len(data):
+                raise Malformed(f"{what} at offset {self.pos} runs past the end")
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise Malformed(f"{what} at offset {self.pos}: varint too long")
+        if n > _M64 or (b == 0 and shift):
+            raise Malformed(f"{what} at offset {self.pos}: not a minimal 64-bit varint")
+        self.pos = pos
+        return n
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise Malformed(f"{what} ({n} bytes at offset {self.pos}) runs past the end")
+        out = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+
+def _check_magic(prefix: bytes | memoryview) -> None:
+    if bytes(prefix[:4]) == _OLD_MAGIC:
+        raise Unsupported("envelope version 1 (this node reads version 2 only: the sender "
+                          "must be upgraded; its journal keeps the records meanwhile)")
+    if bytes(prefix[:2]) != MAGIC:
+        raise Malformed(f"bad magic {bytes(prefix[:2])!r} at offset 0 (expected {MAGIC!r})")
+    if prefix[2] != VERSION:
+        raise Unsupported(f"envelope version {prefix[2]} at offset 2 (this node reads {VERSION})")
+
+
 def envelope_size(prefix: bytes | memoryview) -> int:
-    """Total length of the envelope starting with ``prefix`` (at least SIZE_PREFIX bytes)."""
-    if len(prefix) < SIZE_PREFIX:
+    """Total length of the envelope starting with ``prefix`` (SIZE_PREFIX bytes, or the
+    whole envelope if shorter)."""
+    if len(prefix) < 4:
         raise Malformed(f"need {SIZE_PREFIX} bytes to frame an envelope, got {len(prefix)}")
-    if bytes(prefix[:4]) != MAGIC:
-        raise Malformed(f"bad magic {bytes(prefix[:4])!r} at offset 0 (expected {MAGIC!r})")
-    if prefix[4] != VERSION:
-        raise Unsupported(f"envelope version {prefix[4]} (this node reads {VERSION})")
-    (total,) = struct.unpack_from("<I", prefix, 8)
-    return int(total)
+    _check_magic(prefix)
+    return _Cursor(prefix, 3).varint("total length")
 
 
 def peek_header(data: bytes | memoryview) -> Header:
     """Parse the header without checking anything cryptographic (routing, logging)."""
     n = len(data)
-    if n < _FIXED.size:
-        raise Malformed(f"{n} bytes is shorter than the {_FIXED.size}-byte fixed header")
-    (magic, version, cipher_id, codec_id, flags, total, header_len, first_seq, last_seq,
-     n_records, n_samples, ts_min, ts_max, sender_kid, salt, nonce, eph, commit,
-     origin_len) = _FIXED.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise Malformed(f"bad magic {magic!r} at offset 0 (expected {MAGIC!r})")
-    if version != VERSION:
-        raise Unsupported(f"envelope version {version} at offset 4 (this node reads {VERSION})")
+    if n < 4:
+        raise Malformed(f"{n} bytes is too short for an envelope")
+    _check_magic(data)
+    c = _Cursor(data, 3)
+    total = c.varint("total length")
+    if total != n:
+        raise Malformed(f"length field at offset 3 says {total} bytes, envelope has {n}")
+    params = c.take(1, "cipher/codec byte")[0]
+    codec_id, cipher_id = params >> 4, params & 0x0F
     if cipher_id not in CIPHER_NAMES:
-        raise Unsupported(f"cipher id {cipher_id} at offset 5 (known: "
+        raise Unsupported(f"cipher id {cipher_id} at offset {c.pos - 1} (known: "
                           f"{', '.join(f'{v}={k}' for k, v in CIPHERS.items())})")
     if codec_id != CODEC_COLUMNAR:
-        raise Unsupported(f"codec id {codec_id} at offset 6 (known: {CODEC_COLUMNAR})")
-    if flags != 0:
-        raise Unsupported(f"flags 0x{flags:02x} at offset 7 (version 1 defines none)")
-    if total != n:
-        raise Malformed(f"length field at offset 8 says {total} bytes, envelope has {n}")
-    pos = _FIXED.size
-    if pos + origin_len + 1 > n:
-        raise Malformed(f"origin id ({origin_len} bytes at offset {pos}) runs past the end")
+        raise Unsupported(f"codec {codec_id} at offset {c.pos - 1} (known: {CODEC_COLUMNAR})")
+    origin_len = c.take(1, "origin length")[0]
+    at = c.pos
     try:
-        origin = bytes(data[pos:pos + origin_len]).decode()
+        origin = c.take(origin_len, "origin id").decode()
     except UnicodeDecodeError:
-        raise Malformed(f"origin id at offset {pos} is not UTF-8") from None
+        raise Malformed(f"origin id at offset {at} is not UTF-8") from None
     if not origin:
-        raise Malformed(f"empty origin id at offset {pos}")
-    pos += origin_len
-    n_rcpt = data[pos]
-    pos += 1
-    entry_len = KID_BYTES + _KEY_LEN[cipher_id] + TAG_LEN
+        raise Malformed(f"empty origin id at offset {at}")
+    sender_kid = c.take(KID_BYTES, "sender kid")
+    first_seq = _unzigzag(c.varint("first seq"))
+    last_seq = _wrap(first_seq + c.varint("seq span"))
+    n_records = c.varint("record count")
+    n_samples = c.varint("sample count")
+    ts_min = _unzigzag(c.varint("ts min"))
+    ts_max = _wrap(ts_min + c.varint("ts span"))
+    salt = c.take(SALT_LEN, "salt")
+    eph = c.take(EPH_LEN, "ephemeral key")
+    n_rcpt = c.take(1, "recipient count")[0]
     if n_rcpt == 0:
-        raise Malformed(f"no recipients (count at offset {pos - 1})")
-    if pos + n_rcpt * entry_len != header_len:
-        raise Malformed(f"header length field says {header_len}, recipients end at "
-                        f"{pos + n_rcpt * entry_len}")
+        raise Malformed(f"no recipients (count at offset {c.pos - 1})")
+    key_len = _KEY_LEN[cipher_id]
+    kids, wrapped = [], []
+    for i in range(n_rcpt):
+        kids.append(c.take(KID_BYTES, "recipient kid").hex())
+        wrapped.append(c.take(key_len, "wrapped key") if i else b"")
+    commit = c.take(COMMIT_LEN, "key commitment") if n_rcpt > 1 else b""
+    header_len = c.pos
     if header_len + TAG_LEN + SIG_LEN > n:
         raise Malformed(f"no room for ciphertext and signature after the {header_len}-byte header")
-    kids, wrapped = [], []
-    for _ in range(n_rcpt):
-        kids.append(bytes(data[pos:pos + KID_BYTES]).hex())
-        wrapped.append(bytes(data[pos + KID_BYTES:pos + entry_len]))
-        pos += entry_len
     if len(set(kids)) != len(kids):
         raise Malformed("a recipient key id is listed twice")
-    if n_records == 0 and (first_seq or last_seq or n_samples):
-        raise Malformed("empty envelope with a sequence range or samples")
-    if n_records and (first_seq > last_seq):
+    if n_records == 0 and (first_seq or last_seq or n_samples or ts_min or ts_max):
+        raise Malformed("empty envelope with a sequence range, samples or times")
+    if n_records and first_seq > last_seq:
         raise Malformed(f"sequence range {first_seq}..{last_seq} runs backwards")
-    return Header(version, CIPHER_NAMES[cipher_id], codec_id, origin, sender_kid.hex(), first_seq,
-                  last_seq, n_records, n_samples, ts_min, ts_max, tuple(kids), salt, nonce, eph,
+    return Header(VERSION, CIPHER_NAMES[cipher_id], codec_id, origin, sender_kid.hex(), first_seq,
+                  last_seq, n_records, n_samples, ts_min, ts_max, tuple(kids), salt, _NONCE, eph,
                   commit, tuple(wrapped), header_len, n)
 
 
@@ -345,15 +422,15 @@ def open_envelope(
     cipher_id = CIPHERS[h.cipher]
     try:
         shared = keys.x25519.exchange(X25519PublicKey.from_public_bytes(h.ephemeral))
-        kek = _kek(cipher_id, shared, h.salt, h.ephemeral, keys.public.x25519_raw, keys.kid_bytes)
-        content_key = _decrypt(cipher_id, kek, _WRAP_NONCE, h.wrapped[i], keys.kid_bytes)
-    except (InvalidTag, ValueError):
-        raise DecryptFailed(f"{where}: content key for {keys.kid} does not unwrap") from None
-    if _commit(content_key) != h.key_commit:
-        raise DecryptFailed(f"{where}: content key does not match the header's commitment")
+    except ValueError:  # an all-zero agreement (a low-order ephemeral key)
+        raise DecryptFailed(f"{where}: key agreement for {keys.kid} fails") from None
+    k = _derive(cipher_id, shared, h.salt, h.ephemeral, keys.public.x25519_raw, keys.kid_bytes)
+    content_key = _xor(k, h.wrapped[i]) if i else k
+    if len(h.recipients) > 1 and _commit(content_key) != h.key_commit:
+        raise DecryptFailed(f"{where}: content key for {keys.kid} does not match the header's commitment")
     ct = bytes(data[h.header_len:-SIG_LEN])
     try:
-        payload = _decrypt(cipher_id, content_key, h.nonce, ct, bytes(data[:h.header_len]))
+        payload = _decrypt(cipher_id, content_key, _NONCE, ct, bytes(data[:h.header_len]))
     except InvalidTag:
         raise DecryptFailed(f"{where}: payload does not decrypt ({h.cipher})") from None
     limit = min(1 << 30, (1 << 20) + 64 * h.n_samples + 1000 * len(payload))
