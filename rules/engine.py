@@ -132,21 +132,17 @@ class RulesEngine:
         self.pt = np.zeros(n, I64)
         self.fz_since = np.zeros(n, I64)
         self.bad_since = np.full(n, NONE, I64)
-        self.nbad = 0  # channels with bad_since set
+        self.bad_idx = np.zeros(0, np.intp)  # channels (sorted) that may have bad_since set
+        self._stale_lb = NONE  # no channel can go stale before this time (NONE: unknown)
+        self._maybe_unset = True  # some channel may still have no last time
         # trend: the current bucket, and a ring of finished ones
-        self.tb_k = np.full(n, NONE, I64)
-        self.tb_start = np.zeros(n, I64)
         self.tb_next = np.where(self.tb_bw > 0, NONE, NEVER).astype(I64)
         self.tb_n = np.zeros(n, I64)
         self.tb_st = np.zeros(n, I64)
         self.tb_sv = np.zeros(n)
         nt = n if self.tb_bw.any() else 0
-        self.tb_epoch = np.zeros(n, I64)
         # finished buckets, bucket-major (a gather of channels reads 8 contiguous rows):
         # weight (samples), mean time (s since tb_epoch), mean value
-        # columns in phase order: channels whose buckets end together sit side by side
-        self.rpos = np.empty(n, np.intp)
-        self.rpos[np.lexsort((np.arange(n), self.tb_bw, self.tb_ph))] = np.arange(n)
         self.ring_w = np.zeros((TREND_BUCKETS, nt))
         self.ring_x = np.zeros((TREND_BUCKETS, nt))
         self.ring_y = np.zeros((TREND_BUCKETS, nt))
@@ -162,6 +158,7 @@ class RulesEngine:
         self.old_twa = np.zeros(n)
         self.lim_stel = np.full(n, np.nan)  # alarm when the integral passes these
         self.lim_twa = np.full(n, np.nan)
+        self.lim_min = np.full(n, np.nan)  # fmin of the two: one compare screens both
         self.next_rot = np.minimum(self.tb_next, self.ex_next)
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
         self.seed_twa = np.zeros(n)
@@ -204,9 +201,9 @@ class RulesEngine:
         self.roc = f("roc")
         self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
         self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
-        self.tr_slope = f("trend_slope")
-        self.pred_ns = np.array([r.predict_ns for r in rules], I64).reshape(n)
-        self.pred_lim = f("predict_limit")
+        tr_slope = f("trend_slope")
+        pred_ns = np.array([r.predict_ns for r in rules], I64).reshape(n)
+        pred_lim = f("predict_limit")
         self.stale_ns = ns(r.stale_ns for r in rules)
         self.bad_ns = ns(r.bad_ns for r in rules)
         self.frozen_ns = ns(r.frozen_ns for r in rules)
@@ -228,11 +225,25 @@ class RulesEngine:
         en[R_FROZEN] = self.frozen_ns != NEVER
         en[R_LIMIT] = ~(np.isnan(self.hh) & np.isnan(self.h) & np.isnan(self.l) & np.isnan(self.ll))
         en[R_ROC] = ~np.isnan(self.roc)
-        en[R_TREND] = (self.tb_bw > 0) & ~np.isnan(self.tr_slope)
-        en[R_PREDICT] = (self.tb_bw > 0) & (self.pred_ns > 0) & ~np.isnan(self.pred_lim)
+        en[R_TREND] = (self.tb_bw > 0) & ~np.isnan(tr_slope)
+        en[R_PREDICT] = (self.tb_bw > 0) & (pred_ns > 0) & ~np.isnan(pred_lim)
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
         en[R_STEL] = (self.ex_mode == 1) & ~np.isnan(self.stel_thr)
         self.enabled = en
+        # trend settings and state in phase order: channels whose buckets end together
+        # sit side by side (``rpos``: channel -> position)
+        order = np.lexsort((np.arange(n), self.tb_bw, self.tb_ph))
+        self.rpos = np.empty(n, np.intp)
+        self.rpos[order] = np.arange(n)
+        self.p_bw = np.where(self.tb_bw > 0, self.tb_bw, 1)[order]
+        self.p_ph = self.tb_ph[order]
+        self.p_slope = tr_slope[order]
+        self.p_pns = pred_ns[order]
+        self.p_plim = pred_lim[order]
+        self.p_et = en[R_TREND][order]
+        self.p_ep = en[R_PREDICT][order]
+        self.p_k = np.full(n, NONE, I64)  # the open bucket's number
+        self.p_epoch = np.zeros(n, I64)  # start of the channel's first bucket (ring times are from it)
         self.on_ns = np.zeros((NR, n), I64)
         self.off_ns = np.zeros((NR, n), I64)
         for r in (R_LIMIT, R_ROC, R_TREND, R_PREDICT):
@@ -240,21 +251,24 @@ class RulesEngine:
             self.off_ns[r] = [c.off_ns for c in rules]
         self.any_noise = bool((self.ex_mode == 2).any())
         self.frozen_zero = bool((self.frozen_ns <= 0).any())
+        self.stale_lbns = np.where(self.stale_ns == NEVER, 1 << 62, self.stale_ns)  # no overflow in slack
 
     # ------------------------------------------------------------------ the machine
     def _nzidx(self, r: int) -> npt.NDArray[np.intp]:
         """Channels (sorted) whose rule ``r`` has a candidate or an active level (cached)."""
         nz = self._nz[r]
         if nz is None:
-            nz = self._nz[r] = np.flatnonzero(self.cand[r] | self.act[r])
+            nz = self._nz[r] = np.flatnonzero((self.cand[r] | self.act[r]) != 0)
         return nz
 
-    def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8] | None, t: IntArr | int,
-                 metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
-                 rnd: int, sel: Sel | None = None, hold: npt.NDArray[np.intp] | None = None) -> None:
-        """Feed conditions ``x`` (None: all 0) of channels ``chs`` (a slice, or sorted unique
-        indices) at times ``t`` into the delay machine. Positions in ``hold`` are skipped
-        (their sample does not count for this rule).
+    def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8] | npt.NDArray[np.bool_] | None,
+                 t: IntArr | int, metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
+                 rnd: int, *, hold: npt.NDArray[np.intp] | None = None, px: npt.NDArray[np.intp] | None = None,
+                 pxv: npt.NDArray[Any] | None = None) -> None:
+        """Feed conditions ``x`` of channels ``chs`` (a slice, or sorted unique indices) at
+        times ``t`` into the delay machine. Sparse form: ``x`` None, the conditions are 0
+        except at positions ``px`` (sorted) where they are ``pxv``. Positions in ``hold``
+        are skipped (their sample does not count for this rule).
 
         Only positions where something can happen are looked at: a nonzero condition, or
         a channel with a candidate or an active level (kept in a cached index)."""
@@ -272,18 +286,38 @@ class RulesEngine:
             p = np.searchsorted(chs, nz)
             p[p >= npos] = 0
             inter = p[chs[p] == nz] if npos else p[:0]
-        if x is not None and x.any():
-            idx = np.flatnonzero(x)
+        if px is not None:
+            assert pxv is not None
+            if len(px):
+                xfull = pxv.astype(np.int8, copy=False)
+                idx = px[xfull != 0]
+            else:
+                idx = px
             if len(inter):
-                idx = np.union1d(idx, inter)
+                idx = np.union1d(idx, inter) if len(idx) else inter
         else:
-            idx = inter
+            xb = None if x is None else x if x.dtype == np.bool_ else x != 0  # nonzero of bool is fast
+            if xb is not None and xb.any():
+                idx = np.flatnonzero(xb)
+                if len(inter):
+                    idx = np.union1d(idx, inter)
+            else:
+                idx = inter
         if hold is not None and len(hold) and len(idx):
             idx = np.setdiff1d(idx, hold, assume_unique=True)
         if not len(idx):
             return
         ch = idx + base if isinstance(chs, slice) else chs[idx]
-        xs = x[idx] if x is not None else np.zeros(len(idx), np.int8)
+        if x is not None:
+            xs = x[idx].astype(np.int8, copy=False)
+        elif px is not None and len(px):
+            xs = np.zeros(len(idx), np.int8)
+            j = np.searchsorted(px, idx)
+            j[j >= len(px)] = 0
+            hit = px[j] == idx
+            xs[hit] = xfull[j[hit]]
+        else:
+            xs = np.zeros(len(idx), np.int8)
         c = self.cand[r, ch]
         a = self.act[r, ch]
         m = (xs != c) | (c != a)
@@ -385,167 +419,213 @@ class RulesEngine:
     def _round(self, ch: npt.NDArray[np.int32], t: IntArr, v: FloatArr, q: npt.NDArray[np.uint8],
                rnd: int) -> None:
         """One sample per channel, channels strictly increasing."""
-        lt = self.last_ts[ch[0]:ch[-1] + 1] if self._contiguous(ch) else self.last_ts[ch]
+        contiguous = self._contiguous(ch)
+        lt = self.last_ts[ch[0]:ch[-1] + 1] if contiguous else self.last_ts[ch]
         ok = t > lt
         if not ok.all():
             self.stats["ignored_old"] += int((~ok).sum())
             ch, t, v, q = ch[ok], t[ok], v[ok], q[ok]
             if not len(ch):
                 return
-        sel: Sel = slice(int(ch[0]), int(ch[-1]) + 1) if self._contiguous(ch) else ch.astype(np.intp)
+            contiguous = self._contiguous(ch)
+        sel: Sel = slice(int(ch[0]), int(ch[-1]) + 1) if contiguous else ch.astype(np.intp)
         self.last_ts[sel] = t
         # ---- maintenance (quality calibrating / maintenance, or the channel set so)
         qany = bool(q.any())
-        if qany or self.nsupp:
+        if self.nsupp:
             qm = (q == Q_CALIBRATING) | (q == Q_MAINTENANCE) if qany else np.zeros(len(ch), bool)
             want = qm | self.cfg_maint[sel] | self.rt_maint[sel]
             flip = np.flatnonzero(want != self.supp[sel])
-            for i in flip:
-                self._set_supp(int(ch[i]), bool(want[i]), int(t[i]), rnd)
-            if self.nsupp:
-                live = ~self.supp[sel]
-                if not live.all():
-                    ch, t, v, q = ch[live], t[live], v[live], q[live]
-                    if not len(ch):
-                        return
-                    sel = ch.astype(np.intp)
-        chs: Any = sel if isinstance(sel, slice) else ch
-        # ---- stale clears on any sample
-        self._machine(R_STALE, chs, None, t, 0.0, rnd)
-        # ---- bad quality
-        bad = q >= Q_BAD if qany else None
-        if bad is not None and bad.any():
-            bs = self.bad_since[sel]
-            start = bad & (bs == NONE)
-            bs = np.where(bad, np.where(start, t, bs), NONE)
-            self.bad_since[sel] = bs
-            with np.errstate(over="ignore"):
-                xb = (bad & (t - bs >= self.bad_ns[sel])).view(np.int8)
-            self._machine(R_BAD, chs, xb, t, lambda i: np.where(bad[i], (t[i] - bs[i]) / NS, 0.0), rnd, sel)
-            self.nbad = -1  # recounted by tick()
-            fault = np.flatnonzero((q == Q_OUT_OF_RANGE) | (q == Q_SENSOR_FAULT))
-            if len(fault):
-                fch = ch[fault]
-                self._machine(R_RANGE, fch, np.ones(len(fault), np.int8), t[fault], v[fault], rnd)
-            # bad samples stay in the batch (array views stay views) but hold every other rule
-            badpos: npt.NDArray[np.intp] | None = np.flatnonzero(bad)
+        elif qany:
+            qpos = np.flatnonzero(q != 0)  # few samples have a quality other than good
+            qs = q[qpos]
+            flip = qpos[(qs == Q_CALIBRATING) | (qs == Q_MAINTENANCE)]
         else:
-            badpos = None
-            if self.nbad:
-                bs = self.bad_since[sel]
-                if (bs != NONE).any():
-                    self.bad_since[sel] = NONE
+            flip = np.zeros(0, np.intp)
+        for i in flip.tolist():
+            self._set_supp(int(ch[i]), not bool(self.supp[ch[i]]), int(t[i]), rnd)
+        if self.nsupp:
+            live = ~self.supp[sel]
+            if not live.all():
+                ch, t, v, q = ch[live], t[live], v[live], q[live]
+                if not len(ch):
+                    return
+                sel = ch.astype(np.intp)
+        chs: Any = sel if isinstance(sel, slice) else ch
+        base = sel.start if isinstance(sel, slice) else 0
+        # ---- stale clears on any sample
+        nzs = self._nzidx(R_STALE)
+        if len(nzs) and len(self._positions_of(nzs, chs)):
+            self._stale_lb = NONE  # a cleared channel's next deadline may come before the bound
+            self._machine(R_STALE, chs, None, t, 0.0, rnd)
+        # ---- bad quality (the few bad samples by position; channels seen bad in bad_idx)
+        if qany:
+            qpos = np.flatnonzero(q != 0)
+            qs = q[qpos]
+            badpos = qpos[qs >= Q_BAD]
+        else:
+            badpos = np.zeros(0, np.intp)
+        if len(self.bad_idx):
+            # a good sample ends a channel's bad time
+            bpos = self._positions_of(self.bad_idx, chs)
+            if len(badpos):
+                bpos = np.setdiff1d(bpos, badpos, assume_unique=True)
+            if len(bpos):
+                self.bad_since[bpos + base if isinstance(sel, slice) else ch[bpos]] = NONE
+        if len(badpos):
+            bc = badpos + base if isinstance(sel, slice) else ch[badpos].astype(np.intp)
+            tb = t[badpos]
+            bs = self.bad_since[bc]
+            bs = np.where(bs == NONE, tb, bs)
+            self.bad_since[bc] = bs
+            self.bad_idx = np.union1d(self.bad_idx, bc)
+            with np.errstate(over="ignore"):
+                xb = tb - bs >= self.bad_ns[bc]
+            bad_since = self.bad_since
+
+            def bad_metric(i: npt.NDArray[np.intp]) -> FloatArr:
+                b = bad_since[i + base] if isinstance(sel, slice) else bad_since[ch[i]]
+                return np.where(b != NONE, (t[i] - b) / NS, 0.0)
+
+            self._machine(R_BAD, chs, None, t, bad_metric, rnd, px=badpos, pxv=xb)
+            fault = badpos[(q[badpos] == Q_OUT_OF_RANGE) | (q[badpos] == Q_SENSOR_FAULT)]
+            if len(fault):
+                fch = ch[fault].astype(np.intp)
+                self._machine(R_RANGE, fch, np.ones(len(fault), np.int8), t[fault], v[fault], rnd)
+            hold: npt.NDArray[np.intp] | None = badpos
+        else:
+            hold = None
             self._machine(R_BAD, chs, None, t, 0.0, rnd)
         # ---- range (sensor fault) and limits, screened together: a value strictly
         # inside the quiet band is in range and below every limit whatever the deadband
         quiet = v > self.q_lo[sel]
         quiet &= v < self.q_hi[sel]
         loud = np.flatnonzero(~quiet)
-        xr = np.zeros(len(ch), np.int8)
-        hold = badpos
         if len(loud):
             lc = ch[loud].astype(np.intp)
             lv = v[loud]
             linr = np.isfinite(lv) & (lv >= self.lo[lc]) & (lv <= self.hi[lc])
-            xr[loud] = ~linr
+            self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos, px=loud, pxv=~linr)
             if not linr.all():
                 out = loud[~linr]
                 hold = out if hold is None else np.union1d(hold, out)
-        self._machine(R_RANGE, chs, xr, t, v, rnd, sel, hold=badpos)
+        else:
+            self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos)
         if hold is not None and len(hold) == len(ch):
             return
         self._valid(ch, t, v, sel, chs, rnd, loud, hold)
 
+    @staticmethod
+    def _positions_of(cidx: npt.NDArray[np.intp], chs: Any) -> npt.NDArray[np.intp]:
+        """Positions in a round (a slice of channels, or sorted channels) of channels ``cidx`` (sorted)."""
+        if isinstance(chs, slice):
+            lo, hi = np.searchsorted(cidx, (chs.start, chs.stop))
+            return cidx[lo:hi] - chs.start
+        if not len(chs):
+            return np.zeros(0, np.intp)
+        p = np.searchsorted(chs, cidx)
+        p[p >= len(chs)] = 0
+        return p[chs[p] == cidx]
+
     def _valid(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int,
-               loud: npt.NDArray[np.intp] | None, hold: npt.NDArray[np.intp] | None = None) -> None:
+               loud: npt.NDArray[np.intp], hold: npt.NDArray[np.intp] | None = None) -> None:
         """Frozen, limits, rate of change, trend, exposure, for the valid in-range samples.
 
-        ``hold`` lists positions of samples that are not (bad, out of range): they get the
-        previous valid value and time, which leaves every accumulator as it was, and their
-        conditions are held at the current candidate."""
-        pos = self._positions(sel) if isinstance(sel, slice) else None
-        pv = self.pv[sel]
-        keep = None
+        ``hold`` lists positions of samples that are not (bad, out of range): the
+        arithmetic runs over the whole round (array views stay views), the machines skip
+        those positions, and their channels' accumulators are put back afterwards."""
+        sliced = isinstance(sel, slice)
+        pos = self._positions(sel) if sliced else None
+        saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
-            v = v.copy()
-            t = t.copy()
-            v[hold] = pv[hold]
-            t[hold] = self.pt[sel][hold]
-            keep = np.ones(len(v), bool)
-            keep[hold] = False
+            hc = ch[hold].astype(np.intp)
+            saved = [(a, a[hc]) for a in (self.fz_since, self.tb_n, self.tb_st, self.tb_sv, self.I,
+                                          self.ex_px, self.pv, self.pt)]
         else:
             hold = None
-        dts = (t - self.pt[sel]) / NS
-        dv = v - pv
-        # ---- frozen: exactly the previous valid value
-        eq = dv == 0
-        anyeq = bool(eq.any())
-        if anyeq:
-            fs = np.where(eq, self.fz_since[sel], t)
-            self.fz_since[sel] = fs
-        else:
-            self.fz_since[sel] = t
-            fs = t
-        if anyeq or self.frozen_zero or len(self._nzidx(R_FROZEN)):
-            xf = ((t - fs) >= self.frozen_ns[sel]).view(np.int8)
-            self._machine(R_FROZEN, chs, xf, t, v, rnd, sel, hold=hold)
-        # ---- limits with deadband (only where the value is outside the quiet band)
-        if pos is None or pos["any_limit"]:
-            if loud is None:
-                quiet = v > self.q_lo[sel]
-                quiet &= v < self.q_hi[sel]
-                loud = np.flatnonzero(~quiet)
-            x = np.zeros(len(v), np.int8)
-            if len(loud):
-                cidx = ch[loud].astype(np.intp)
-                x[loud] = self._limit_levels(cidx, v[loud])
-            self._machine(R_LIMIT, chs, x, t, v, rnd, sel, hold=hold)
-        # ---- rate of change
-        np.abs(dv, out=dv)
-        if pos is None or pos["any_roc"]:
-            xr = (dv > self.roc[sel] * dts).view(np.int8)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, sel, hold=hold)
-        # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
-        due = t >= self.next_rot[sel]
-        if keep is not None:
-            due &= keep
-        rot = np.flatnonzero(due)
-        if len(rot):
-            self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
-        # ---- trend accumulation
-        if pos is None or pos["any_trend"]:
-            if keep is None:
-                self.tb_n[sel] += 1
-                self.tb_st[sel] += t - self.tb_start[sel]
-                self.tb_sv[sel] += v
+        pv = self.pv[sel]
+        with np.errstate(all="ignore"):
+            dts = t - self.pt[sel]
+            dts = dts / NS
+            dv = v - pv
+            # ---- frozen: exactly the previous valid value
+            eq = dv == 0
+            anyeq = bool(eq.any())
+            if anyeq:
+                fs = np.where(eq, self.fz_since[sel], t)
+                self.fz_since[sel] = fs
             else:
-                self.tb_n[sel] += keep
-                self.tb_st[sel] += (t - self.tb_start[sel]) * keep
-                self.tb_sv[sel] += np.where(keep, v, 0.0)
-        # ---- exposure: the previous reading held until now (at most hold_ns)
-        if pos is None or pos["any_ex"]:
-            held = np.minimum(dts, self.hold_s[sel], out=dts)
-            contrib = np.fmax(pv, 0.0)
-            if pos is None or pos["any_noise"]:
-                npos = np.flatnonzero(self.ex_mode[sel] == 2) if pos is None else pos["noise"]
-                if len(npos):
-                    nc = ch[npos].astype(np.intp)
-                    contrib[npos] = self.ex_px[nc]
-                    energy = np.power(10.0, v[npos] / self.noise_k[nc])
-                    if keep is not None:
-                        energy = np.where(keep[npos], energy, self.ex_px[nc])
-                    self.ex_px[nc] = energy
-            contrib *= held
-            integ = self.I[sel]
-            integ += contrib
-            self.I[sel] = integ
-            xt = (integ > self.lim_twa[sel]).view(np.int8)
-            self._machine(R_TWA, chs, xt, t, lambda i: integ[i] - self.old_twa[sel][i], rnd, sel, hold=hold)
-            xs = (integ > self.lim_stel[sel]).view(np.int8)
-            self._machine(R_STEL, chs, xs, t, lambda i: integ[i] - self.old_stel[sel][i], rnd, sel, hold=hold)
+                self.fz_since[sel] = t
+                fs = t
+            if anyeq or self.frozen_zero or len(self._nzidx(R_FROZEN)):
+                xf = (t - fs) >= self.frozen_ns[sel]
+                self._machine(R_FROZEN, chs, xf, t, v, rnd, hold=hold)
+            # ---- limits with deadband (only where the value is outside the quiet band)
+            if pos is None or pos["any_limit"]:
+                if len(loud):
+                    lx = self._limit_levels(ch[loud].astype(np.intp), v[loud])
+                    self._machine(R_LIMIT, chs, None, t, v, rnd, hold=hold, px=loud, pxv=lx)
+                else:
+                    self._machine(R_LIMIT, chs, None, t, v, rnd, hold=hold)
+            # ---- rate of change
+            if pos is None or pos["any_roc"]:
+                np.abs(dv, out=dv)
+                thr = self.roc[sel] * dts
+                xr = dv > thr
+                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, hold=hold)
+            # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
+            rot = np.flatnonzero(t >= self.next_rot[sel])
+            if hold is not None and len(rot):
+                rot = np.setdiff1d(rot, hold, assume_unique=True)
+            if len(rot):
+                self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
+            # ---- trend: running sums of the open bucket
+            if pos is None or pos["any_trend"]:
+                if sliced:
+                    self.tb_n[sel] += 1
+                    self.tb_st[sel] += t  # wraps; see _trend_rotate
+                    self.tb_sv[sel] += v
+                else:
+                    self.tb_n[sel] += 1
+                    self.tb_st[sel] += t
+                    self.tb_sv[sel] += v
+            # ---- exposure: the previous reading held until now (at most hold_ns)
+            if pos is None or pos["any_ex"]:
+                held = np.minimum(dts, self.hold_s[sel], out=dts)
+                contrib = np.fmax(pv, 0.0)
+                if pos is None or pos["any_noise"]:
+                    npos = np.flatnonzero(self.ex_mode[sel] == 2) if pos is None else pos["noise"]
+                    if len(npos):
+                        nc = ch[npos].astype(np.intp)
+                        contrib[npos] = self.ex_px[nc]
+                        self.ex_px[nc] = np.power(10.0, v[npos] / self.noise_k[nc])
+                contrib *= held
+                if sliced:
+                    integ = self.I[sel]
+                    integ += contrib
+                else:
+                    integ = self.I[sel] + contrib
+                    self.I[sel] = integ
+                over = np.flatnonzero(integ > self.lim_min[sel])
+                ot = self.old_twa
+                os_ = self.old_stel
+
+                def twa_metric(i: npt.NDArray[np.intp]) -> FloatArr:
+                    return integ[i] - (ot[i + sel.start] if isinstance(sel, slice) else ot[sel[i]])
+
+                def stel_metric(i: npt.NDArray[np.intp]) -> FloatArr:
+                    return integ[i] - (os_[i + sel.start] if isinstance(sel, slice) else os_[sel[i]])
+
+                oc = ch[over].astype(np.intp)
+                io = integ[over]
+                self._machine(R_TWA, chs, None, t, twa_metric, rnd, hold=hold, px=over, pxv=io > self.lim_twa[oc])
+                self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
+                              pxv=io > self.lim_stel[oc])
         self.pv[sel] = v
         self.pt[sel] = t
+        if saved:
+            for a, keep in saved:
+                a[hc] = keep
 
     def _limit_levels(self, c: npt.NDArray[np.intp], vv: FloatArr) -> npt.NDArray[np.int8]:
         prev = self.cand[R_LIMIT, c]
@@ -583,6 +663,8 @@ class RulesEngine:
         self.pv[c] = np.nan
         self.ex_px[c] = 0.0
         self.bad_since[c] = NONE
+        self._stale_lb = NONE
+        self._maybe_unset = True
 
     # ------------------------------------------------------------------ buckets
     def _rotate(self, c: npt.NDArray[np.intp], t: IntArr, rnd: int) -> None:
@@ -595,50 +677,65 @@ class RulesEngine:
         self.next_rot[c] = np.minimum(self.tb_next[c], self.ex_next[c])
 
     def _trend_rotate(self, c: npt.NDArray[np.intp], t: IntArr, rnd: int) -> None:
-        bw, ph = self.tb_bw[c], self.tb_ph[c]
+        """Close the current trend bucket of channels ``c`` (sorted) and evaluate the slope.
+
+        Per-channel trend settings and the ring live in phase order (``rpos``), so the
+        channels that rotate together are read as contiguous runs; only the running sums
+        of the open bucket are in channel order (they are added to on every sample)."""
+        rp = self.rpos[c]
+        bw, ph = self.p_bw[rp], self.p_ph[rp]
         k = (t + ph) // bw
-        first = self.tb_k[c] == NONE
-        if first.any():
-            fc = c[first]
-            self.tb_epoch[fc] = k[first] * bw[first] - ph[first]
-        old = ~first
-        if old.any():
-            oc, ok_ = c[old], k[old]
-            k0 = self.tb_k[oc]
+        k0 = self.p_k[rp]
+        start = k * bw - ph
+        first = k0 == NONE
+        anyfirst = bool(first.any())
+        if anyfirst:
+            self.p_epoch[rp[first]] = start[first]
+        if not anyfirst or not first.all():
+            if anyfirst:
+                old = ~first
+                oc, ok_, k0, orp, obw, oph = c[old], k[old], k0[old], rp[old], bw[old], ph[old]
+            else:
+                oc, ok_, orp, obw, oph = c, k, rp, bw, ph
             s = k0 % TREND_BUCKETS
             n = self.tb_n[oc]
-            rp = self.rpos[oc]
-            self.ring_w[s, rp] = n
-            self.ring_x[s, rp] = ((self.tb_start[oc] - self.tb_epoch[oc]) + self.tb_st[oc] / n) / NS
-            self.ring_y[s, rp] = self.tb_sv[oc] / n
-            for j in range(1, TREND_BUCKETS + 1):
-                m = k0 + j < ok_
-                if not m.any():
-                    break
-                jj, cm = (k0[m] + j) % TREND_BUCKETS, rp[m]
-                self.ring_w[jj, cm] = 0.0
-                self.ring_x[jj, cm] = 0.0
-                self.ring_y[jj, cm] = 0.0
-        self.tb_k[c] = k
-        start = k * bw - ph
-        self.tb_start[c] = start
+            # sum of (t - bucket start) from the plain sum of t (exact in wrapping int64)
+            st = self.tb_st[oc] - n * (k0 * obw - oph)
+            self.ring_w[s, orp] = n
+            self.ring_x[s, orp] = (((k0 * obw - oph) - self.p_epoch[orp]) + st / n) / NS
+            self.ring_y[s, orp] = self.tb_sv[oc] / n
+            gap = ok_ - k0
+            if bool((gap > 1).any()):
+                for j in range(1, TREND_BUCKETS + 1):
+                    m = j < gap
+                    if not m.any():
+                        break
+                    jj, cm = (k0[m] + j) % TREND_BUCKETS, orp[m]
+                    self.ring_w[jj, cm] = 0.0
+                    self.ring_x[jj, cm] = 0.0
+                    self.ring_y[jj, cm] = 0.0
+        self.p_k[rp] = k
         self.tb_next[c] = start + bw
         self.tb_n[c] = 0
         self.tb_st[c] = 0
         self.tb_sv[c] = 0.0
-        if old.any():
-            self._trend_eval(c[old], t[old], start[old], rnd)
+        if anyfirst:
+            old = ~first
+            if old.any():
+                self._trend_eval(c[old], rp[old], t[old], start[old], rnd)
+        else:
+            self._trend_eval(c, rp, t, start, rnd)
 
-    def _trend_eval(self, c: npt.NDArray[np.intp], t: IntArr, ref: IntArr, rnd: int) -> None:
+    def _trend_eval(self, c: npt.NDArray[np.intp], rp: npt.NDArray[np.intp], t: IntArr, ref: IntArr,
+                    rnd: int) -> None:
         """Weighted least squares over the bucket means, for the channels that rotated."""
-        rp = self.rpos[c]
         w = np.take(self.ring_w, rp, axis=1)
-        ok = np.count_nonzero(w > 0, axis=0) >= MIN_TREND_BUCKETS
+        ok = (w > 0).view(np.int8).sum(axis=0, dtype=np.int8) >= MIN_TREND_BUCKETS
         if not ok.all():
-            c, t, ref, w, rp = c[ok], t[ok], ref[ok], w[:, ok], rp[ok]
+            c, rp, t, ref, w = c[ok], rp[ok], t[ok], ref[ok], w[:, ok]
             if not len(c):
                 return
-        ref_s = (ref - self.tb_epoch[c]) / NS
+        ref_s = (ref - self.p_epoch[rp]) / NS
         xs = np.take(self.ring_x, rp, axis=1)
         xs -= ref_s
         ys = np.take(self.ring_y, rp, axis=1)
@@ -657,24 +754,26 @@ class RulesEngine:
         sxy = _tree8(ys)
         good = sxx > 0
         if not good.all():
-            c, t, ref, mx, my = c[good], t[good], ref[good], mx[good], my[good]
+            c, rp, t, ref, mx, my = c[good], rp[good], t[good], ref[good], mx[good], my[good]
             sxx, sxy = sxx[good], sxy[good]
         slope = sxy / sxx
-        et = self.enabled[R_TREND, c]
+        et = self.p_et[rp]
         if et.any():
             per_min = slope * 60.0
-            lim = self.tr_slope[c]
-            x = np.where(lim > 0, per_min >= lim, per_min <= lim) & et
-            self._machine(R_TREND, c[et], x[et].view(np.int8), t[et], per_min[et], rnd)
-        ep = self.enabled[R_PREDICT, c]
+            lim = self.p_slope[rp]
+            x = np.where(lim > 0, per_min >= lim, per_min <= lim)
+            x &= et
+            self._machine(R_TREND, c, x, t, per_min, rnd)
+        ep = self.p_ep[rp]
         if ep.any():
-            c, t, ref, mx, my, slope = c[ep], t[ep], ref[ep], mx[ep], my[ep], slope[ep]
+            if not ep.all():
+                c, rp, t, ref, mx, my, slope = c[ep], rp[ep], t[ep], ref[ep], mx[ep], my[ep], slope[ep]
             y_end = my + slope * ((t - ref) / NS - mx)
-            lim = self.pred_lim[c]
+            lim = self.p_plim[rp]
             rising = (slope > 0) & (y_end < lim)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ttl = np.where(rising, (lim - y_end) / np.where(rising, slope, 1.0), np.inf)
-            x = (ttl * NS <= self.pred_ns[c]).view(np.int8)
+            x = (ttl * NS <= self.p_pns[rp])
             self._machine(R_PREDICT, c, x, t, ttl, rnd)
 
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
@@ -712,6 +811,7 @@ class RulesEngine:
             self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
             self.old_twa[oc] = self.snap_twa[oc, (tk + 1) % TB1]
         self.lim_twa[c] = self.old_twa[c] + self.twa_thr[c]
+        self.lim_min[c] = np.fmin(self.lim_twa[c], self.old_stel[c] + self.stel_thr[c])
         self.lim_stel[c] = self.old_stel[c] + self.stel_thr[c]
         self.ex_k[c] = k
         self.ex_next[c] = (k + 1) * STEL_BUCKET_NS - ph
@@ -720,24 +820,33 @@ class RulesEngine:
     def tick(self, now_ns: int) -> list[Event]:
         now = int(now_ns)
         live = ~self.supp if self.nsupp else None
-        unset = self.last_ts == NONE
-        if live is not None:
-            unset &= live
-        if unset.any():
-            self.last_ts[unset] = now
-        # stale: no sample for longer than N poll periods
-        age = now - self.last_ts
-        xs = age > self.stale_ns
-        if live is not None:
-            xs &= live
-        self._machine(R_STALE, slice(0, self.n), xs.view(np.int8), now, lambda i: age[i] / NS, 0)
+        if self._maybe_unset:
+            unset = self.last_ts == NONE
+            if live is not None:
+                unset &= live
+            if unset.any():
+                self.last_ts[unset] = now
+                self._stale_lb = NONE
+            self._maybe_unset = self.nsupp > 0
+        # stale: no sample for longer than N poll periods. ``_stale_lb`` is a lower bound
+        # of the earliest deadline of the channels not stale yet: before it, nothing to do
+        if now > self._stale_lb:
+            age = now - self.last_ts
+            slack = self.stale_lbns - age
+            xs = slack < 0
+            if live is not None:
+                xs &= live
+            self._machine(R_STALE, slice(0, self.n), xs, now, lambda i: age[i] / NS, 0)
+            # negative slack (stale already) is huge as unsigned: the min is the next deadline
+            nxt = int(slack.view(np.uint64).min()) if self.n else NEVER
+            self._stale_lb = min(now + nxt, int(NEVER))
         # bad for longer than allowed
-        if self.nbad:
-            bidx = np.flatnonzero(self.bad_since != NONE)
-            self.nbad = len(bidx)
+        if len(self.bad_idx):
+            bidx = self.bad_idx[self.bad_since[self.bad_idx] != NONE]
+            self.bad_idx = bidx
             if len(bidx):
                 bs = self.bad_since[bidx]
-                xb = (now - bs >= self.bad_ns[bidx]).view(np.int8)
+                xb = (now - bs >= self.bad_ns[bidx])
                 self._machine(R_BAD, bidx, xb, now, lambda i: (now - bs[i]) / NS, 0)
         # delays that ran out without a new sample
         for r in range(NR):
@@ -1015,7 +1124,7 @@ class RulesEngine:
                 self.last_ts[c] = ts - cr.stale_ns - 1
             elif r == R_BAD and cr.bad_ns is not None:
                 self.bad_since[c] = ts - cr.bad_ns
-                self.nbad = -1
+                self.bad_idx = np.union1d(self.bad_idx, [c])
             elif r == R_FROZEN and cr.frozen_ns is not None and value is not None:
                 self.pv[c] = float(value)
                 self.fz_since[c] = ts - cr.frozen_ns
@@ -1029,6 +1138,8 @@ class RulesEngine:
                 self.seed_stel[c] = float(value) * (STEL_WINDOW_NS / NS)
                 self.metric[r, c] = self.seed_stel[c]
         self._nz = [None] * NR
+        self._stale_lb = NONE
+        self._maybe_unset = True
         # operator maintenance restored: suppress without new events
         want = self.rt_maint | self.cfg_maint
         for c in np.flatnonzero(want != self.supp).tolist():
