@@ -263,8 +263,8 @@ class RulesEngine:
 
     def _machine(self, r: int, chs: Any, x: npt.NDArray[np.int8] | npt.NDArray[np.bool_] | None,
                  t: IntArr | int, metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
-                 rnd: int, *, hold: npt.NDArray[np.intp] | None = None, px: npt.NDArray[np.intp] | None = None,
-                 pxv: npt.NDArray[Any] | None = None) -> None:
+                 rnd: int, *, hold: npt.NDArray[np.intp] | None = None,
+                 px: npt.NDArray[np.intp] | None = None, pxv: npt.NDArray[Any] | None = None) -> None:
         """Feed conditions ``x`` of channels ``chs`` (a slice, or sorted unique indices) at
         times ``t`` into the delay machine. Sparse form: ``x`` None, the conditions are 0
         except at positions ``px`` (sorted) where they are ``pxv``. Positions in ``hold``
@@ -535,7 +535,7 @@ class RulesEngine:
         arithmetic runs over the whole round (array views stay views), the machines skip
         those positions, and their channels' accumulators are put back afterwards."""
         sliced = isinstance(sel, slice)
-        pos = self._positions(sel) if sliced else None
+        pos = self._positions(sel) if isinstance(sel, slice) else None
         saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
@@ -545,8 +545,7 @@ class RulesEngine:
             hold = None
         pv = self.pv[sel]
         with np.errstate(all="ignore"):
-            dts = t - self.pt[sel]
-            dts = dts / NS
+            dts = (t - self.pt[sel]) / NS
             dv = v - pv
             # ---- frozen: exactly the previous valid value
             eq = dv == 0
@@ -574,9 +573,10 @@ class RulesEngine:
                 xr = dv > thr
                 self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, hold=hold)
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
-            rot = np.flatnonzero(t >= self.next_rot[sel])
-            if hold is not None and len(rot):
-                rot = np.setdiff1d(rot, hold, assume_unique=True)
+            due = t >= self.next_rot[sel]
+            if hold is not None:
+                due[hold] = False
+            rot = np.flatnonzero(due)
             if len(rot):
                 self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
             # ---- trend: running sums of the open bucket
@@ -618,7 +618,8 @@ class RulesEngine:
 
                 oc = ch[over].astype(np.intp)
                 io = integ[over]
-                self._machine(R_TWA, chs, None, t, twa_metric, rnd, hold=hold, px=over, pxv=io > self.lim_twa[oc])
+                self._machine(R_TWA, chs, None, t, twa_metric, rnd, hold=hold, px=over,
+                              pxv=io > self.lim_twa[oc])
                 self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                               pxv=io > self.lim_stel[oc])
         self.pv[sel] = v
