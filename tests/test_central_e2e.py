@@ -41,12 +41,25 @@ def _journal_items(j: Any) -> list[tuple[int, Any]]:
 
 def _same(a: list[tuple[int, Any]], b: list[tuple[int, Any]]) -> bool:
     """Same samples in the same order, same events in the same order. Events may sit
-    earlier in central's journal than in the gateway's: the alarms lane overtakes."""
+    earlier in central's journal than in the gateway's: the alarms lane overtakes. A
+    channel table does not: central stores it at its place among the samples."""
     sa = [p for k, p in a if k == SAMPLES]
     sb = [p for k, p in b if k == SAMPLES]
-    ea = [p for k, p in a if k != SAMPLES]
-    eb = [p for k, p in b if k != SAMPLES]
-    return len(sa) == len(sb) and all(x.equals(y) for x, y in zip(sa, sb, strict=True)) and ea == eb
+    ea = [p for k, p in a if k != SAMPLES and p.get("type") != "channel_table"]
+    eb = [p for k, p in b if k != SAMPLES and p.get("type") != "channel_table"]
+    return (len(sa) == len(sb) and all(x.equals(y) for x, y in zip(sa, sb, strict=True)) and ea == eb
+            and _tables_placed(a) == _tables_placed(b))
+
+
+def _tables_placed(items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Each channel table with the number of sample records before it."""
+    out, n = [], 0
+    for k, p in items:
+        if k == SAMPLES:
+            n += 1
+        elif p.get("type") == "channel_table":
+            out.append((n, p))
+    return out
 
 
 def _records_upto(path: Path, seq: int) -> list[Any]:
@@ -111,6 +124,8 @@ async def test_plant_to_central_through_a_bad_link(tmp_path: Path, modbus_plant:
         got = stored(node, "gw-test")
         assert _same(got, want), "central's copy differs from the gateway's journal"
         assert any(k != SAMPLES and p.get("type") == "alarm" for k, p in got), "the alarm did not travel"
+        # the daemon journaled its channel table first, and central holds it there
+        assert _tables_placed(got)[:1] == [(0, _tables_placed(want)[0][1])], "no channel table"
         assert node.status_doc()["sources"]["gw-test"]["rejected_total"] == 0
         assert link.drops >= 1
     finally:
