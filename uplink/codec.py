@@ -154,6 +154,19 @@ def _put_ints(out: list[bytes], x: I64) -> None:
     _put_u64(out, _zigzag(np.asarray(x, dtype=np.int64)))
 
 
+_SHIFTS = (7 * np.arange(10)).astype(np.uint64)
+
+
+def _put_zvars(out: list[bytes], x: I64) -> None:
+    """Small side columns: zigzag varints (a few big values do not widen the rest)."""
+    z = _zigzag(np.asarray(x, dtype=np.int64))
+    chunks = (z[:, None] >> _SHIFTS[None, :]) & np.uint64(0x7F)
+    nb = np.maximum(1, 10 - (np.cumsum(chunks[:, ::-1] != 0, axis=1) == 0).sum(axis=1))
+    j = np.arange(10)[None, :]
+    b = (chunks | ((j < (nb - 1)[:, None]).astype(np.uint64) << np.uint64(7))).astype(np.uint8)
+    out.append(b[j < nb[:, None]].tobytes())
+
+
 def _put_blob(out: list[bytes], b: bytes) -> None:
     out.append(_varint(len(b)))
     out.append(b)
@@ -205,6 +218,12 @@ class _Reader:
 
     def ints(self, what: str, expect: int | None = None) -> I64:
         return _unzigzag(self.u64(what, expect))
+
+    def zvars(self, n: int, what: str) -> I64:
+        out = np.empty(n, np.uint64)
+        for j in range(n):
+            out[j] = self.varint(what)
+        return _unzigzag(out)
 
     def blob(self, what: str) -> bytes:
         return bytes(self.take(self.varint(what), what))
@@ -316,43 +335,61 @@ def _get_rice(rd: _Reader, n: int, ks: U64, what: str) -> U64:
 
 
 def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
-    """Integers in contiguous groups of ``counts`` (all > 0): trends, orders, Rice code.
+    """Integers in contiguous groups of ``counts`` (all > 0): anchor, scale, trend, order, Rice.
 
-    Each group is first detrended by a line B + i*D (i = index in the group), so that
-    order 0 codes a steady poll clock's jitter or a drifting sensor's noise, order 1
-    its steps, order 2 the change of its steps.
+    Per group: its first value is the anchor A; the differences x - A are divided by
+    the largest power of ten that divides them all (timestamps in µs or 100 ns ticks
+    stored as ns, whatever the phase); the result y is detrended by its least-squares
+    line B + i*D (i = index in the group), so that order 0 codes a steady poll clock's
+    jitter or a drifting sensor's noise, order 1 its steps, order 2 the change of its
+    steps; the residuals are Rice-coded with the group's own parameter.
     """
     if not len(x):
         return
+    n = len(x)
     starts = _group_starts(counts)
-    # a common power-of-ten factor (timestamps in µs or 100 ns ticks stored as ns)
-    div = np.add.reduceat((x[None, :] % _P10[:, None] == 0).astype(np.int64), starts, axis=1) == counts
-    e = div.sum(axis=0).astype(np.uint8)  # divisible by 10**k implies by 10**(k-1)
+    rep = np.repeat(np.arange(len(counts)), counts)
+    anchor = x[starts]
+    d = x - anchor[rep]
+    g = np.gcd.reduceat(d, starts)
+    e = ((g[None, :] % _P10[:, None]) == 0).sum(axis=0).astype(np.uint8)  # 10**k | g implies 10**(k-1) | g
+    e[g == 0] = 0
     if e.any():
-        x = x // _P10I[np.repeat(e, counts)]
-    idx = np.arange(len(x), dtype=np.int64) - np.repeat(starts, counts)
-    xf = x.astype(np.float64)
-    last = starts + counts - 1
-    lim = 2.0**62  # int64 values are finite as floats; keep the trend parameters in range
-    slope = np.rint(np.minimum(np.maximum((xf[last] - xf[starts]) / np.maximum(counts - 1, 1), -lim), lim))
-    base = np.add.reduceat(xf, starts) / counts - slope * (counts - 1) / 2.0
-    b = np.rint(np.minimum(np.maximum(base, -lim), lim)).astype(np.int64)
-    d = slope.astype(np.int64)
-    y = x - np.repeat(b, counts) - idx * np.repeat(d, counts)
-    d1 = _gdiff(y, starts)
-    d2 = _gdiff(d1, starts)
-    res = np.stack((y, d1, d2))
-    cost = np.add.reduceat(np.log2(np.abs(res.astype(np.float64)) + 1.0), starts, axis=1)
+        anchor[e == 0] = 0
+        y = (x - anchor[rep]) // _P10I[e][rep]
+    else:
+        anchor[:] = 0
+        y = x
+    i = np.arange(n, dtype=np.int64) - starts[rep]
+    yf = y.astype(np.float64)
+    cf = counts.astype(np.float64)
+    ibar = (cf - 1.0) / 2.0
+    sy = np.add.reduceat(yf, starts)
+    sxy = np.add.reduceat(i * yf, starts) - ibar * sy
+    sxx = cf * (cf * cf - 1.0) / 12.0
+    lim = 2.0**62  # keep the trend parameters in int64 range
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = np.where(counts > 1, sxy / np.maximum(sxx, 1.0), 0.0)
+    slope = np.rint(np.clip(np.nan_to_num(slope), -lim, lim))
+    base = np.rint(np.clip(np.nan_to_num(sy / cf - slope * ibar), -lim, lim))
+    b = base.astype(np.int64)
+    dd = slope.astype(np.int64)
+    r0 = y - b[rep] - i * dd[rep]
+    r1 = _gdiff(r0, starts)
+    r2 = _gdiff(r1, starts)
+    res = np.stack((r0, r1, r2))
+    cost = np.add.reduceat(np.abs(res.astype(np.float64)), starts, axis=1)
     order = np.argmin(cost, axis=0)
-    r = res[np.repeat(order, counts), np.arange(len(x))]
+    r = res[order[rep], np.arange(n)]
     z = _zigzag(r)
     k = _rice_params(z, starts, counts)
-    out.append(order.astype(np.uint8).tobytes())
+    out.append((order.astype(np.uint8) << 6 | k).tobytes())
     out.append(e.tobytes())
-    _put_ints(out, b)
-    _put_ints(out, d)
-    out.append(k.tobytes())
-    _put_rice(out, z, np.repeat(k, counts).astype(np.uint64))
+    scaled = e > 0  # other groups: anchor 0, their base is the anchor
+    _put_zvars(out, np.diff(anchor[scaled], prepend=np.int64(0)))
+    _put_zvars(out, np.diff(b, prepend=np.int64(0)))
+    _put_zvars(out, np.diff(dd, prepend=np.int64(0)))
+    _put_rice(out, z, k[rep].astype(np.uint64))
 
 
 def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
@@ -361,23 +398,28 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
     if not n:
         return np.zeros(0, np.int64)
     starts = _group_starts(counts)
-    order = np.frombuffer(rd.take(g, what + " orders"), np.uint8)
+    ok = np.frombuffer(rd.take(g, what + " orders"), np.uint8)
+    order, k = ok >> 6, ok & 0x3F
     if order.max() > 2:
         raise CodecError(f"{what}: residual order {order.max()}")
+    if k.max() > 62:
+        raise CodecError(f"{what}: rice parameter {k.max()}")
     e = np.frombuffer(rd.take(g, what + " scales"), np.uint8)
     if e.max() > 9:
         raise CodecError(f"{what}: scale 10**{e.max()}")
-    base = rd.ints(what + " bases", g)
-    slope = rd.ints(what + " slopes", g)
-    k = np.frombuffer(rd.take(g, what + " rice k"), np.uint8)
-    if k.max() > 62:
-        raise CodecError(f"{what}: rice parameter {k.max()}")
-    r = _unzigzag(_get_rice(rd, n, np.repeat(k, counts).astype(np.uint64), what))
-    o_s = np.repeat(order, counts)
+    anchor = np.zeros(g, np.int64)
+    scaled = e > 0
+    anchor[scaled] = np.cumsum(rd.zvars(int(scaled.sum()), what + " anchors"), dtype=np.int64)
+    base = np.cumsum(rd.zvars(g, what + " bases"), dtype=np.int64)
+    slope = np.cumsum(rd.zvars(g, what + " slopes"), dtype=np.int64)
+    rep = np.repeat(np.arange(g), counts)
+    r = _unzigzag(_get_rice(rd, n, k[rep].astype(np.uint64), what))
+    o_s = order[rep]
     d1 = np.where(o_s == 2, _gcumsum(r, starts, counts), r)
-    y = np.where(o_s >= 1, _gcumsum(d1, starts, counts), d1)
-    idx = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
-    return (y + np.repeat(base, counts) + idx * np.repeat(slope, counts)) * _P10I[np.repeat(e, counts)]
+    r0 = np.where(o_s >= 1, _gcumsum(d1, starts, counts), d1)
+    i = np.arange(n, dtype=np.int64) - starts[rep]
+    y = r0 + base[rep] + i * slope[rep]
+    return (anchor[rep] + y * _P10I[e][rep]).astype(np.int64, copy=False)
 
 
 # ------------------------------------------------------------------------- values
@@ -618,10 +660,15 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     _put_ints(out, pat_len)
     _put_ints(out, np.diff(pat_ch, prepend=np.int64(0)))
     _put_ints(out, pid)
-    # record timestamps: deltas (or deltas of deltas) along each pattern's records
+    # record timestamps, along each pattern's records (a device's poll clock)
     t_rec = ts[rec_start]
-    by_pat = np.argsort(pid, kind="stable")
-    _put_grouped(out, t_rec[by_pat], np.bincount(pid, minlength=len(pat_len)).astype(np.int64))
+    if len(pat_len) > 1:
+        by_pat = np.argsort(pid, kind="stable")
+        xs = [t_rec[by_pat]]
+        cs = [np.bincount(pid, minlength=len(pat_len)).astype(np.int64)]
+    else:
+        xs = [t_rec]
+        cs = [np.array([len(t_rec)], np.int64)]
     # records whose samples are not all stamped alike: those samples' ts, per channel
     inv, n_ch = _dense(ch)
     order = np.argsort(inv, kind="stable")
@@ -631,14 +678,16 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
         sel = order[np.repeat(mixed, counts)[order]]
         # as offsets from the record's time: a node's lag behind the scan is steady
         off = ts - np.repeat(t_rec, counts)
-        _put_grouped(out, off[sel], _nonzero_counts(inv[sel], n_ch))
+        xs.append(off[sel])
+        cs.append(_nonzero_counts(inv[sel], n_ch))
 
     # values, regrouped per channel
     vs = val[order]
     ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
     ch_start = np.cumsum(ch_count) - ch_count
     mode = _choose_modes(vs, ch_start, ch_count)
-    q, exc = _quantize(vs, np.repeat(mode, ch_count))
+    mode_s = np.repeat(mode, ch_count)
+    q, exc = _quantize(vs, mode_s)
     # a poor guess from the spread samples: retry those channels on all their samples
     n_exc = np.add.reduceat(exc & np.isfinite(vs), ch_start)
     retry = np.flatnonzero((n_exc * 8 > ch_count) & ((mode >> 4) != M_RAW))
@@ -646,12 +695,20 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
         for c in retry.tolist():
             s, n = int(ch_start[c]), int(ch_count[c])
             mode[c] = _choose_modes(vs[s:s + n], np.zeros(1, np.int64), np.array([n]), per=n)[0]
-        q, exc = _quantize(vs, np.repeat(mode, ch_count))
+        mode_s = np.repeat(mode, ch_count)
+        q, exc = _quantize(vs, mode_s)
     out.append(mode.tobytes())
     out.append(qual[order].tobytes())
     _put_blob(out, np.packbits(exc).tobytes())
-    keep = ~exc
-    _put_grouped(out, q[keep], _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch))
+    if exc.any():
+        keep = ~exc
+        xs.append(q[keep])
+        cs.append(_nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch))
+    else:
+        xs.append(q)
+        cs.append(ch_count)
+    # every integer series in one go: record times, sample time offsets, values
+    _put_grouped(out, np.concatenate(xs), np.concatenate(cs))
     ev = vs[exc].view(np.uint64)
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
 
@@ -1238,22 +1295,14 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     if total > 8 * len(rd.buf) + 64:  # every sample costs at least its exception bit
         raise CodecError(f"{total} samples cannot fit in {len(rd.buf)} bytes")
     rec_start = np.cumsum(counts) - counts
-    t_sorted = _get_grouped(rd, np.bincount(pid, minlength=len(pat_len)).astype(np.int64)[
-        np.bincount(pid, minlength=len(pat_len)) > 0], "record ts")
-    if len(pat_len) > 1:
-        t_rec = np.empty(n_col, np.int64)
-        t_rec[np.argsort(pid, kind="stable")] = t_sorted
-    else:
-        t_rec = t_sorted
+    pat_cnt = np.bincount(pid, minlength=len(pat_len)).astype(np.int64)
     pat_off = np.cumsum(pat_len) - pat_len
     ch = pat_ch[np.repeat(pat_off[pid] - rec_start, counts) + np.arange(total)]
     inv, n_ch = _dense(ch)
     order = np.argsort(inv, kind="stable")
-    ts = np.repeat(t_rec, counts)
     mixed = rd.u64("mixed ts", n_col).astype(bool)
-    if mixed.any():
-        sel = order[np.repeat(mixed, counts)[order]]
-        ts[sel] += _get_grouped(rd, _nonzero_counts(inv[sel], n_ch), "sample ts")
+    sel = order[np.repeat(mixed, counts)[order]] if mixed.any() else None
+    off_counts = _nonzero_counts(inv[sel], n_ch) if sel is not None else np.zeros(0, np.int64)
     ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
     mode = np.frombuffer(rd.take(n_ch, "channel modes"), np.uint8)
     if ((mode >> 4) > M_RAW).any() or ((mode & 0x0F) > MAX_K).any():
@@ -1265,7 +1314,18 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     exc = np.unpackbits(np.frombuffer(packed, np.uint8), count=total).astype(bool)
     n_exc = int(exc.sum())
     keep = ~exc
-    q = _get_grouped(rd, _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch), "values")
+    val_counts = _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch)
+    allx = _get_grouped(rd, np.concatenate((pat_cnt, off_counts, val_counts)), "integers")
+    t_sorted = allx[:n_col]
+    q = allx[n_col + int(off_counts.sum()):]
+    if len(pat_len) > 1:
+        t_rec = np.empty(n_col, np.int64)
+        t_rec[np.argsort(pid, kind="stable")] = t_sorted
+    else:
+        t_rec = t_sorted
+    ts = np.repeat(t_rec, counts)
+    if sel is not None:
+        ts[sel] += allx[n_col:n_col + int(off_counts.sum())]
     xe = rd.u64("exception values", n_exc)
     mode_s = np.repeat(mode, ch_count)
     vs = np.empty(total, np.float64)
