@@ -164,6 +164,7 @@ class RulesEngine:
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
+        self._warming = False
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
         # rule -2 = maintenance, -1 = an alarm suppressed (aux = its rule); else aux = unacked
         self._tr: list[tuple[int, int, int, int, int, int, int, float]] = []
@@ -272,6 +273,8 @@ class RulesEngine:
 
         Only positions where something can happen are looked at: a nonzero condition, or
         a channel with a candidate or an active level (kept in a cached index)."""
+        if self._warming:
+            return  # rebuilding accumulators from the journal: alarm states stay as restored
         if isinstance(chs, slice):
             base, npos = chs.start, chs.stop - chs.start
         else:
@@ -442,6 +445,21 @@ class RulesEngine:
             flip = qpos[(qs == Q_CALIBRATING) | (qs == Q_MAINTENANCE)]
         else:
             flip = np.zeros(0, np.intp)
+        if self._warming:
+            # replay: a calibration / maintenance reading resets the channel's evaluation
+            # state as entering maintenance does, but alarm and suppression states stay
+            if len(flip):
+                fc = ch[flip].astype(np.intp)
+                self.pv[fc] = np.nan
+                self.ex_px[fc] = 0.0
+                self.bad_since[fc] = NONE
+                keep = np.ones(len(ch), bool)
+                keep[flip] = False
+                ch, t, v, q = ch[keep], t[keep], v[keep], q[keep]
+                if not len(ch):
+                    return
+                sel = ch.astype(np.intp)
+            flip = flip[:0]
         for i in flip.tolist():
             self._set_supp(int(ch[i]), not bool(self.supp[ch[i]]), int(t[i]), rnd)
         if self.nsupp:
@@ -1146,4 +1164,65 @@ class RulesEngine:
         for c in np.flatnonzero(want != self.supp).tolist():
             self.supp[c] = bool(want[c])
             self.nsupp += 1 if want[c] else -1
+        return applied
+
+    def warm(self, batches: Iterable[Batch], now_ns: int, *, window_ns: int | None = None) -> int:
+        """Rebuild the sample-driven state from journaled sample batches (oldest first).
+
+        Call after ``restore(events)`` at start. The batches are replayed through the
+        normal evaluation with the alarm machine switched off, so trend buckets, the
+        exposure integral and its TWA (8 h) / STEL (15 min) snapshots, the previous
+        value (rate of change, frozen timer) and bad-quality timers come back as an
+        unbroken run would have them, while alarm, acknowledgement, shelving and
+        suppression states stay as ``restore`` left them and no event is produced.
+
+        Only samples within ``window_ns`` before ``now_ns`` are used (default: the TWA
+        window, the longest any rule looks back), and not after ``now_ns``. The conservative
+        exposure seed ``restore`` gives an active TWA / STEL alarm is dropped for the
+        channels the replay rebuilt. Returns the number of samples applied.
+
+        Cost: the replay runs at the engine's batch speed (see docs/rules.md); the journal
+        read and decode is the caller's and usually dominates.
+        """
+        now = int(now_ns)
+        lo = now - (TWA_WINDOW_NS if window_ns is None else int(window_ns))
+        restored_last = self.last_ts.copy()
+        self.last_ts[:] = NONE
+        # restore() may have set the previous value and timers of frozen / bad alarms;
+        # the replay starts from scratch and they are put back where it brought nothing
+        restored = [(a, a.copy()) for a in (self.pv, self.pt, self.fz_since, self.bad_since)]
+        self.pv[:] = np.nan
+        self.pt[:] = 0
+        self.fz_since[:] = 0
+        self.bad_since[:] = NONE
+        seed_twa, seed_stel = self.seed_twa.copy(), self.seed_stel.copy()
+        self.seed_twa[:] = 0.0
+        self.seed_stel[:] = 0.0
+        samples = self.stats["samples"]
+        applied = 0
+        self._warming = True
+        try:
+            for b in batches:
+                m = (b.ts >= lo) & (b.ts <= now) & (b.channel >= 0) & (b.channel < self.n)
+                if not m.all():
+                    if not m.any():
+                        continue
+                    b = Batch(b.channel[m], b.ts[m], b.value[m], b.quality[m])
+                applied += len(b)
+                self.process(b)
+        finally:
+            self._warming = False
+            self._tr = []
+            self.stats["samples"] = samples
+            untouched = self.last_ts == NONE
+            for arr, old in restored:
+                arr[untouched] = old[untouched]
+            self.last_ts = np.maximum(self.last_ts, restored_last)
+            self.bad_idx = np.flatnonzero(self.bad_since != NONE)
+            # channels without replayed exposure keep restore's conservative seed
+            none = self.ex_k == NONE
+            self.seed_twa[none] = seed_twa[none]
+            self.seed_stel[none] = seed_stel[none]
+            self._stale_lb = NONE
+            self._maybe_unset = True
         return applied
