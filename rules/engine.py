@@ -97,6 +97,9 @@ def _tree8(a: FloatArr) -> FloatArr:
 class RulesEngine:
     """Alarm rules for every channel, evaluated on whole arrays."""
 
+    #: how far back ``warm`` replays samples (the longest window a rule looks at)
+    warm_window_ns = TWA_WINDOW_NS
+
     def __init__(self, table: ChannelTable | None, *, rules: list[ChannelRules] | None = None,
                  gateway_id: str = "safegw", poll_s: dict[str, float | None] | None = None,
                  device_maintenance: dict[str, bool] | None = None, history: int = 1000):

@@ -8,11 +8,14 @@ that never stopped."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gateway.batch import Batch
+from gateway.journal import Journal
 from rules.engine import RulesEngine
 from rules.settings import NS, ChannelRules
 
@@ -117,3 +120,47 @@ def test_warm_window_bounds_the_replay() -> None:
     assert applied == expect and 0 < applied < n * 100
     assert e.stats["samples"] == 0
     assert not math.isnan(float(e.pv[0]))
+
+
+def restart_from_journal(journal: Journal, eng: RulesEngine, now: int) -> int:
+    """What the gateway does at start (gateway/app.py after its restore loop)."""
+    after = 0
+    while recs := journal.read_sync(after, 5000, kinds=(2,)):
+        eng.restore(r.event() for r in recs)
+        after = recs[-1].seq
+    cut = now - eng.warm_window_ns
+
+    def journal_batches() -> Iterator[Batch]:
+        after = 0
+        while recs := journal.read_sync(after, 500, kinds=(1,)):
+            for r in recs:
+                if r.ts_max >= cut:
+                    yield r.batch()
+            after = recs[-1].seq
+
+    return eng.warm(journal_batches(), now)
+
+
+def test_restart_from_a_real_journal(tmp_path: Path) -> None:
+    n, steps, cut = 12, 700, 500
+    rules = make_rules(n)
+    batches = make_batches(n, steps, seed=3)
+    whole = run(RulesEngine(None, rules=rules), batches, 0)
+    j = Journal(tmp_path / "journal.db", sync="normal")
+    try:
+        first = RulesEngine(None, rules=rules)
+        for k, b in enumerate(batches[:cut]):
+            j.append_sync([b, *first.process(b)])
+            if timers := first.tick(T0 + k * STEP + 2 * NS):
+                j.append_sync(list(timers))
+    finally:
+        j.close()
+    j = Journal(tmp_path / "journal.db", sync="normal")
+    try:
+        second = RulesEngine(None, rules=rules)
+        assert restart_from_journal(j, second, T0 + cut * STEP) == n * cut
+    finally:
+        j.close()
+    after = run(second, batches[cut:], cut)
+    n_before = len(whole) - len(after)
+    assert after and [key(e) for e in after] == [key(e) for e in whole[n_before:]]
