@@ -129,3 +129,16 @@ def _ctx(cert: Path):  # type: ignore[no-untyped-def]
     from uplink.auth import client_context
 
     return client_context(cert)
+
+
+def test_run_refuses_a_bad_config_with_file_line_col(tmp_path: Path) -> None:
+    """Not only --check: starting the daemon with a bad field fails at once (exit 2), the
+    error on stderr names FILE:LINE:COL and the key, and nothing is started."""
+    f = tmp_path / "central.yaml"
+    f.write_text(f"node: {{id: county, state_dir: '{tmp_path / 'county'}'}}\n"
+                 "listen:\n  address: 127.0.0.1:0\n  clock_window: soon\n  token_file: x\n")
+    p = subprocess.run([*SAFEGW, "central", "-c", str(f)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2
+    assert f"{f}:4:17: listen.clock_window:" in p.stderr, p.stderr
+    assert f"{f}:5:3: listen.token_file:" in p.stderr, p.stderr
+    assert not (tmp_path / "county").exists()
