@@ -515,3 +515,69 @@ async def test_worker_taking_over_tags_by_name(tmp_path: Path, pg_dsn: str, infl
             else:
                 await w.stop()
         await gw.stop()
+
+
+# --------------------------------------------------------------------------- status
+
+
+async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> None:
+    """GET /status (real HTTPS): 401 without / with a wrong token; with a good one, per
+    gateway: last contact, lag in records and seconds, rejected by reason, the table."""
+    import httpx
+
+    from gateway.users import UserStore
+    from uplink.auth import client_context
+    from uplink.sync import Peer, Signer, pack_frames
+
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county", pubs)
+    gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
+    gk = keys.load(tmp_path / "gw-1")
+    recipients = list(keys.load_public(cpub))
+    c = await CentralSide(central_config(
+        tmp_path, "county", [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])).start()
+    token = UserStore(tmp_path / "county" / "tokens.json", scrypt_n=2**14).add("ops", "viewer")
+    from gateway.journal import event_record
+
+    k, t0, t1, n, data = event_record(table_event("A", T0))
+    recs = [Record(1, k, t0, t1, n, data)]
+    for i in range(3):
+        b = batch(i)
+        recs.append(Record(2 + i, SAMPLES, b.ts_min, b.ts_max, len(b), b.to_bytes()))
+    peer = Peer(c.url, Signer(gk.ed25519, gk.kid), ca=c.cert)
+    http = httpx.AsyncClient(verify=client_context(c.cert), timeout=10)
+    try:
+        body = pack_frames([Item("main", 4, _seal(recs, gk, recipients))])
+        # the gateway says its journal goes on to 54: 50 records still to come
+        r = await peer.request("POST", "/sync/v1/push", {"head": 54, "first": 1}, body)
+        assert r.json()["cursors"]["main"] == 4
+        # an envelope of another gateway through gw-1's push: rejected, by reason
+        other = keys.init(tmp_path / "gw-x", "gw-x")
+        bad = pack_frames([Item("main", 5, _seal(recs[:1], other, recipients))])
+        await peer.request("POST", "/sync/v1/push", {"head": 54, "first": 1}, bad)
+        url = c.url + "/status"
+        r = await http.get(url)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+        r = await http.get(url, headers={"Authorization": "Bearer sgw_000000000000_" + "x" * 40})
+        assert r.status_code == 401 and r.json()["detail"] == "invalid or revoked token"
+        r = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        g = r.json()["sources"]["gw-1"]
+        assert g["last_contact"].endswith("Z") and 0 <= g["since_contact_s"] < 60
+        assert g["lag_records"] == 50
+        # the newest sample stored is from T0 + 2 s (2025): that is how far behind it is
+        assert g["lag_s"] > 3600
+        assert g["rejected"] == {"UnknownSender": 1} and g["rejected_total"] == 1
+        assert g["channel_table"]["version"] == table_event("A", T0)["version"]
+        assert (g["channel_table"]["channels"], g["channel_table"]["devices"]) == (50, 2)
+        o = r.json()["origins"]["gw-1"]
+        assert o["main_seq"] == 4 and o["channel_table"]["seq"] == 1
+        # caught up: lag 0 records, 0 s
+        r = await peer.request("POST", "/sync/v1/push", {"head": 4, "first": 1}, b"")
+        g = (await http.get(url, headers={"Authorization": f"Bearer {token}"})).json()["sources"]["gw-1"]
+        assert (g["lag_records"], g["lag_s"]) == (0, 0.0)
+    finally:
+        await http.aclose()
+        await peer.close()
+        await c.stop()
