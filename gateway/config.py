@@ -692,6 +692,10 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                 errs.append(((*full, "name"),
                              f"duplicate channel name {ch.name!r} (first at {_dotted(seen_ch[ch.name])})"))
             seen_ch.setdefault(ch.name, full)
+            if ch.preset or ch.alarms is not None or isinstance(ch.exposure, str):
+                from rules.settings import check_channel  # here: rules.settings imports this module
+
+                errs.extend(((*full, *key), msg) for key, msg in check_channel(ch))
             if isinstance(ch, ModbusChannel):
                 try:
                     func, _reg, bit = parse_modbus_address(ch.address)

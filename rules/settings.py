@@ -131,8 +131,46 @@ def _alarm_values(spec: ChannelBase) -> dict[str, Any]:
     return vals
 
 
+def _limit_order(spec: ChannelBase, r: ChannelRules) -> tuple[tuple[str, ...], str] | None:
+    """The limits must rise ll < l < h < hh: (the key to blame, the message) if they do not."""
+    lim = [(k, getattr(r, k)) for k in ("ll", "l", "h", "hh") if not math.isnan(getattr(r, k))]
+    for (k1, v1), (k2, v2) in itertools.pairwise(lim):
+        if not v1 < v2:
+            given = spec.alarms.model_fields_set if spec.alarms is not None else set()
+            if spec.preset:
+                # blame the override that broke the preset's order (or the preset itself)
+                key: tuple[str, ...] = ("alarms", k1) if k1 in given else ("alarms", k2) if k2 in given \
+                    else ("preset",)
+                return key, (f"with preset {spec.preset!r} the limits no longer rise ll < l < h < hh "
+                             f"({k1}={v1:g}, {k2}={v2:g}); override both")
+            return ("alarms", k2), f"the limits must rise ll < l < h < hh ({k1}={v1:g}, {k2}={v2:g})"
+    return None
+
+
+def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
+    """What ``resolve`` would refuse in one channel's presets and overrides, as
+    (key path under the channel, message): for ``safegw check`` (gateway/config.py)."""
+    if isinstance(spec.exposure, str):
+        try:
+            exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit)
+        except ValueError as e:
+            return [(("exposure",), str(e))]
+    if spec.preset:
+        try:
+            alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit)
+        except ValueError as e:
+            return [(("preset",), str(e))]
+    try:
+        r = resolve(spec, check_order=False)
+    except ValueError as e:
+        return [(("alarms",), str(e))]
+    # (limits out of order without a preset: gateway/config.py reports those itself)
+    bad = _limit_order(spec, r) if spec.preset else None
+    return [bad] if bad else []
+
+
 def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
-            device_maintenance: bool = False) -> ChannelRules:
+            device_maintenance: bool = False, check_order: bool = True) -> ChannelRules:
     """One channel's rules from its config (presets resolved, overrides applied)."""
     vals = _alarm_values(spec)
     # values are already parsed (config floats in seconds, preset numbers): merge without
@@ -142,11 +180,9 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     for k in ("hh", "h", "l", "ll"):
         v = getattr(a, k)
         setattr(r, k, NAN if v is None else float(v))
-    lim = [(k, getattr(r, k)) for k in ("ll", "l", "h", "hh") if not math.isnan(getattr(r, k))]
-    for (k1, v1), (k2, v2) in itertools.pairwise(lim):
-        if not v1 < v2:
-            raise ValueError(f"channel {spec.name}: with preset {spec.preset!r} the limits no longer rise "
-                             f"ll < l < h < hh ({k1}={v1:g}, {k2}={v2:g}); override both")
+    bad = _limit_order(spec, r) if check_order else None
+    if bad is not None:
+        raise ValueError(f"channel {spec.name}: {bad[1]}")
     r.deadband = float(a.deadband)
     r.on_ns = round(a.delay * NS)
     r.off_ns = round(a.off_delay * NS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -220,3 +222,44 @@ def test_several_samples_of_one_channel_in_one_batch() -> None:
 def test_preset_override_must_keep_limit_order() -> None:
     with pytest.raises(ValueError, match="no longer rise"):
         resolve(_spec(preset="gbt50493", gas="combustible", unit="%LEL", alarms={"h": 60}))
+
+
+def test_check_reports_preset_problems_at_their_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``safegw check`` catches what the rules would refuse at start, at the key to fix."""
+    from gateway.cli import main
+
+    f = tmp_path / "gw.yaml"
+    f.write_text(textwrap.dedent("""\
+        gateway: {id: gw-1, site: "x"}
+        devices:
+          - name: plc
+            protocol: modbus-tcp
+            host: 127.0.0.1
+            channels:
+              - {name: LEL1, kind: gas, gas: combustible, unit: "%LEL", address: holding:1, preset: gbt50493}
+              - name: LEL2
+                kind: gas
+                gas: combustible
+                unit: "%LEL"
+                address: holding:2
+                preset: gbt50493
+                alarms: {h: 60}
+              - {name: X1, kind: gas, unit: ppm, address: holding:3, preset: nonesuch}
+              - {name: X2, kind: gas, unit: ppm, address: holding:4, alarms: {h: 50, hh: 40}}
+              - {name: X3, kind: gas, unit: ppm, address: holding:5, exposure: nonesuch}
+    """), encoding="utf-8")
+    code = main(["check", "-c", str(f)])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 2
+    assert out[0] == (f"{f}:14:21: devices[0].channels[1].alarms.h: with preset 'gbt50493' the limits no longer "
+                      "rise ll < l < h < hh (h=60, hh=50); override both")
+    assert out[1].startswith(f"{f}:15:70: devices[0].channels[2].preset: unknown preset 'nonesuch'; known: ")
+    # (limits out of order without a preset were caught before: reported once)
+    assert out[2] == (f"{f}:16:82: devices[0].channels[3].alarms.hh: limits must rise ll < l < h < hh: "
+                      "h=50 is not below hh=40")
+    assert out[3].startswith(f"{f}:17:72: devices[0].channels[4].exposure: unknown exposure preset 'nonesuch'")
+    assert len(out) == 4
+    # the same file without the broken channels passes, as it starts
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join(lines[:7]) + "\n", encoding="utf-8")
+    assert main(["check", "-c", str(f)]) == 0
