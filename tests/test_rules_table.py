@@ -224,7 +224,8 @@ def test_preset_override_must_keep_limit_order() -> None:
         resolve(_spec(preset="gbt50493", gas="combustible", unit="%LEL", alarms={"h": 60}))
 
 
-def test_check_reports_preset_problems_at_their_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_preset_problems_at_their_keys(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """``safegw check`` catches what the rules would refuse at start, at the key to fix."""
     from gateway.cli import main
 
@@ -251,13 +252,14 @@ def test_check_reports_preset_problems_at_their_keys(tmp_path: Path, capsys: pyt
     code = main(["check", "-c", str(f)])
     out = capsys.readouterr().out.splitlines()
     assert code == 2
-    assert out[0] == (f"{f}:14:21: devices[0].channels[1].alarms.h: with preset 'gbt50493' the limits no longer "
-                      "rise ll < l < h < hh (h=60, hh=50); override both")
+    assert out[0] == (f"{f}:14:21: devices[0].channels[1].alarms.h: with preset 'gbt50493' the limits "
+                      "no longer rise ll < l < h < hh (h=60, hh=50); override both")
     assert out[1].startswith(f"{f}:15:70: devices[0].channels[2].preset: unknown preset 'nonesuch'; known: ")
     # (limits out of order without a preset were caught before: reported once)
     assert out[2] == (f"{f}:16:82: devices[0].channels[3].alarms.hh: limits must rise ll < l < h < hh: "
                       "h=50 is not below hh=40")
-    assert out[3].startswith(f"{f}:17:72: devices[0].channels[4].exposure: unknown exposure preset 'nonesuch'")
+    assert out[3].startswith(f"{f}:17:72: devices[0].channels[4].exposure: "
+                             "unknown exposure preset 'nonesuch'")
     assert len(out) == 4
     # the same file without the broken channels passes, as it starts
     lines = f.read_text().splitlines()
