@@ -756,8 +756,9 @@ def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
 # values as typed literals (floats as a short decimal when one reproduces them).
 # Decoding rebuilds the same bytes. Other events travel opaque.
 
-_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_JSON, _T_DEC, _T_KNOWN = range(9)
-C_TSREC, C_INT, C_SEQSTR, C_DICT, C_PLAIN, C_CONST, C_DEP = range(7)  # event column kinds
+_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_JSON, _T_KNOWN = range(8)
+_T_DEC = 0x80  # | mode << 4 | k: a float as a decimal, q follows
+C_TSREC, C_INT, C_SEQSTR, C_DICT, C_PLAIN, C_CONST, C_DEP, C_GDICT = range(8)  # event column kinds
 # Strings journal events are made of (keys and enum values), sent as an index into this
 # table (part of codec format 2: append only, never reorder). Anything else is spelled out.
 KNOWN = (
@@ -850,8 +851,7 @@ def _put_float(buf: bytearray, v: float) -> None:
             if _F64.pack(f) != bits:
                 continue
             mode = M_F32
-        buf.append(_T_DEC)
-        buf.append(mode << 4 | k)
+        buf.append(_T_DEC | mode << 4 | k)  # tag, mode and k in one byte
         _zput(buf, q)
         return
     buf.append(_T_FLOAT)
@@ -949,28 +949,48 @@ def _encode_events(objs: list[dict[str, Any]], ts_l: list[int], refs: bytes, exp
     buf += refs
     _vput(buf, len(explicit))
     buf += explicit
-    keys = dict.fromkeys(k for shape in shapes for k in shape)
-    dict_cols: list[tuple[str, list[int]]] = []  # (key, value index per event)
-    for key in keys:
-        if len(shapes) == 1:
+    one = len(shapes) == 1
+    cols = _Cols(len(objs) if one else 0)
+    for key in dict.fromkeys(k for shape in shapes for k in shape):
+        if one:
             vals = [o[key] for o in objs]
             tss = ts_l
         else:
             have = [i for i, o in enumerate(objs) if key in o]
             vals = [objs[i][key] for i in have]
             tss = [ts_l[i] for i in have]
-        _put_column(buf, key, vals, tss, len(shapes) == 1, dict_cols)
+        _put_column(buf, key, vals, tss, cols)
+    if cols.members:  # the group's rows: each distinct combination once, then a row per event
+        row_ids: dict[tuple[int, ...], int] = {}
+        per_event = [row_ids.setdefault(r, len(row_ids)) for r in cols.rows]
+        _vput(buf, len(row_ids))
+        for r in row_ids:
+            for j in r:
+                _vput(buf, j)
+        for j in per_event:
+            _vput(buf, j)
     return bytes(buf)
 
 
-def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], one_shape: bool,
-                dict_cols: list[tuple[str, list[int]]]) -> None:
+class _Cols:
+    """Encoder state across an envelope's event columns (one shape only: all events have every key)."""
+
+    __slots__ = ("dict_idx", "members", "n", "rows")
+
+    def __init__(self, n: int):
+        self.n = n  # 0: several shapes, no dependent or grouped columns
+        self.dict_idx: list[tuple[int, ...]] = []  # per dictionary column, its index per event
+        self.members = 0
+        self.rows: list[tuple[int, ...]] = [()] * n
+
+
+def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], cols: _Cols) -> None:
     """One key's values, in the cheapest column kind that fits them."""
     types = {type(v) for v in vals}
     if key == "ts" and types == {int} and vals == tss:
         buf.append(C_TSREC)
         return
-    if types == {int} and all(-(1 << 63) <= v < 1 << 63 for v in vals):
+    if types == {int} and all(-(1 << 63) <= v < 1 << 63 for v in vals) and len(set(vals)) * 2 > len(vals):
         buf.append(C_INT)
         prev = 0
         for v in vals:
@@ -984,62 +1004,63 @@ def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], one_s
                 and len(set(vals)) == len(vals):
             buf.append(C_SEQSTR)
             _sput(buf, parts[0].group(1))  # type: ignore[union-attr]
-            prev = -1
-            for m in parts:
-                num = int(m.group(2))  # type: ignore[union-attr]
-                _zput(buf, num - prev - 1)  # 0 for the next number
-                prev = num
+            last = -1
+            for p in parts:
+                num = int(p.group(2))  # type: ignore[union-attr]
+                _zput(buf, num - last - 1)  # 0 for the next number
+                last = num
             return
     dkeys = [_dict_key(v) for v in vals]
-    first = dkeys[0]
-    if all(dk == first for dk in dkeys):
+    table: dict[Any, int] = {}
+    idx = tuple([table.setdefault(dk, len(table)) for dk in dkeys])
+    literals = list(dict.fromkeys(dkeys))
+    lit_vals = [vals[dkeys.index(dk)] for dk in literals]
+    if len(table) == 1:
         buf.append(C_CONST)
         _put_literal(buf, vals[0])
         return
-    if one_shape:
+    n_a = 0
+    if cols.n:
         # a function of an earlier dictionary column (a channel's index, kind, unit)
-        dep = None
-        for ci, (_, cidx) in enumerate(dict_cols):
-            f: dict[int, Any] = {}
-            if all(f.setdefault(a, dk) == dk for a, dk in zip(cidx, dkeys, strict=True)):
-                dep = ci
-                break
-        if dep is not None:
-            buf.append(C_DEP)
-            _vput(buf, dep)
-            cidx = dict_cols[dep][1]
-            seen: dict[int, None] = {}
-            table: dict[Any, int] = {}
-            for a, v, dk in zip(cidx, vals, dkeys, strict=True):
-                if a in seen:
-                    continue
-                seen[a] = None
-                j = table.get(dk)
-                if j is None:
-                    j = table[dk] = len(table)
+        for ci, cidx in enumerate(cols.dict_idx):
+            n_a = len(set(cidx))
+            if len(set(zip(cidx, idx, strict=True))) == n_a:
+                buf.append(C_DEP)
+                _vput(buf, ci)
+                firsts = list(dict.fromkeys(zip(cidx, idx, strict=True)))  # (a, j) by first use of a
+                _vput(buf, len(firsts))
+                seen = 0
+                for _, j in firsts:
                     _vput(buf, j)
-                    _put_literal(buf, v)
-                else:
-                    _vput(buf, j)
-            return
-    if len(set(dkeys)) == len(vals) and str not in types:  # no repeats (measured values)
+                    if j == seen:
+                        _put_literal(buf, lit_vals[j])
+                        seen += 1
+                return
+    if len(table) == len(vals) and str not in types:  # no repeats (measured values)
         buf.append(C_PLAIN)
         for v in vals:
             _put_literal(buf, v)
         return
+    cols.dict_idx.append(idx)
+    if cols.n:
+        # join the group (a row index per event instead of this column's own) if that is cheaper
+        rows = [(*r, j) for r, j in zip(cols.rows, idx, strict=True)]
+        n_rows, old, m = len(set(rows)), len(set(cols.rows)), cols.members
+        if (m and n_rows * (m + 1) - old * m < cols.n) or (not m and n_rows * 3 <= cols.n):
+            cols.rows = rows
+            cols.members += 1
+            buf.append(C_GDICT)
+            _vput(buf, len(lit_vals))
+            for v in lit_vals:
+                _put_literal(buf, v)
+            return
     buf.append(C_DICT)
-    table = {}
-    idx = []
-    for v, dk in zip(vals, dkeys, strict=True):
-        j = table.get(dk)
-        if j is None:
-            j = table[dk] = len(table)
-            _vput(buf, j)
-            _put_literal(buf, v)
-        else:
-            _vput(buf, j)
-        idx.append(j)
-    dict_cols.append((key, idx))
+    seen = 0
+    for j in idx:
+        _vput(buf, j)
+        if j == seen:
+            _put_literal(buf, lit_vals[j])
+            seen += 1
 
 
 def _get_literal(rd: _Reader) -> Any:
@@ -1054,12 +1075,11 @@ def _get_literal(rd: _Reader) -> Any:
         return _zget(rd)
     if tag == _T_FLOAT:
         return _F64.unpack(rd.take(8, "event float"))[0]
-    if tag == _T_DEC:
-        mk = rd.take(1, "event float mode")[0]
-        mode, k = mk >> 4, mk & 15
+    if tag & _T_DEC:
+        mode, k = (tag >> 4) & 3, tag & 15
         q = _zget(rd)
         if k > MAX_K or mode > M_F32 or abs(q) >= _LIMIT:
-            raise CodecError(f"event float mode 0x{mk:02x}, q {q}")
+            raise CodecError(f"event float mode 0x{tag:02x}, q {q}")
         if mode == M_MUL:
             return q * _INVL[k]
         f = q / _POWL[k]
@@ -1101,7 +1121,8 @@ def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, li
         shapes.append(shape)
     if not shapes:
         raise CodecError("events without a shape")
-    sid = [rd.varint("event shape id") for _ in range(n)] if len(shapes) > 1 else [0] * n
+    one = len(shapes) == 1
+    sid = [rd.varint("event shape id") for _ in range(n)] if not one else [0] * n
     if any(i >= len(shapes) for i in sid):
         raise CodecError("event shape id out of range")
     refs = bytes(rd.take(n, "event time refs"))
@@ -1114,9 +1135,11 @@ def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, li
         raise CodecError("stray bytes after the event times")
     objs: list[dict[str, Any]] = [{} for _ in range(n)]
     tsrec: list[str] = []
-    dict_cols: list[list[int]] = []
+    dict_idx: list[list[int] | None] = []  # per dictionary column: index per event (None: grouped)
+    grouped: list[tuple[str, list[Any], int]] = []  # (key, table, position in dict_idx)
+    deps: list[tuple[str, int, list[int], list[Any]]] = []  # (key, column, index per new a, table)
     for key in dict.fromkeys(k for shape in shapes for k in shape):
-        have = [i for i in range(n) if key in shapes[sid[i]]] if len(shapes) > 1 else range(n)
+        have = range(n) if one else [i for i in range(n) if key in shapes[sid[i]]]
         kind = rd.take(1, "event column kind")[0]
         if kind == C_TSREC:
             tsrec.append(key)
@@ -1135,6 +1158,13 @@ def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, li
                 if not 0 <= prev < 10**18:
                     raise CodecError(f"event string number {prev}")
                 objs[i][key] = prefix + str(prev)
+        elif kind == C_CONST:
+            v = _get_literal(rd)
+            for i in have:
+                objs[i][key] = v
+        elif kind == C_PLAIN:
+            for i in have:
+                objs[i][key] = _get_literal(rd)
         elif kind == C_DICT:
             table: list[Any] = []
             idx = []
@@ -1144,30 +1174,48 @@ def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, li
                     table.append(_get_literal(rd))
                 objs[i][key] = table[j]
                 idx.append(j)
-            dict_cols.append(idx)
-        elif kind == C_CONST:
-            v = _get_literal(rd)
-            for i in have:
-                objs[i][key] = v
-        elif kind == C_DEP:
-            if len(shapes) > 1:
-                raise CodecError("dependent event column with several shapes")
-            cidx = dict_cols[rd.varint("event column ref")]
+            dict_idx.append(idx)
+        elif kind == C_GDICT and one:
+            m = rd.varint("event table size")
+            if m > len(blob):
+                raise CodecError("event table too long")
+            grouped.append((key, [_get_literal(rd) for _ in range(m)], len(dict_idx)))
+            dict_idx.append(None)
+        elif kind == C_DEP and one:
+            ref = rd.varint("event column ref")
+            m = rd.varint("event dependent count")
+            if ref >= len(dict_idx) or m > len(blob):
+                raise CodecError(f"event column ref {ref}, {m} values")
             table = []
-            fmap: dict[int, Any] = {}
-            for i in have:
-                a = cidx[i]
-                if a not in fmap:
-                    j = rd.varint("event value index")
-                    if j == len(table):
-                        table.append(_get_literal(rd))
-                    fmap[a] = table[j]
-                objs[i][key] = fmap[a]
-        elif kind == C_PLAIN:
-            for i in have:
-                objs[i][key] = _get_literal(rd)
+            js = []
+            for _ in range(m):
+                j = rd.varint("event value index")
+                if j == len(table):
+                    table.append(_get_literal(rd))
+                js.append(j)
+            deps.append((key, ref, js, table))
         else:
             raise CodecError(f"event column kind {kind}")
+    if grouped:
+        n_rows = rd.varint("event rows")
+        if n_rows > len(blob):
+            raise CodecError("too many event rows")
+        rows = [[rd.varint("event row") for _ in grouped] for _ in range(n_rows)]
+        per_event = [rows[rd.varint("event row index")] for _ in range(n)]
+        for g, (key, table, pos) in enumerate(grouped):
+            idx = [r[g] for r in per_event]
+            for i in range(n):
+                objs[i][key] = table[idx[i]]
+            dict_idx[pos] = idx
+    for key, ref, js, table in deps:
+        cidx = dict_idx[ref]
+        assert cidx is not None
+        firsts = list(dict.fromkeys(cidx))
+        if len(firsts) != len(js):
+            raise CodecError(f"dependent event column: {len(js)} values for {len(firsts)} keys")
+        fmap = {a: table[j] for a, j in zip(firsts, js, strict=True)}
+        for i in range(n):
+            objs[i][key] = fmap[cidx[i]]
     if rd.pos != len(blob):
         raise CodecError("stray bytes after the events")
     # keys back in each shape's order (columns were filled key by key)
