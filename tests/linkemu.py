@@ -6,7 +6,11 @@ It forwards ``127.0.0.1:<port>`` to a target and can, at any time:
 - throttle each direction to ``rate`` bytes/s (1 Mbit/s = 125_000),
 - ``drop()`` every open connection (RST-like: both sides closed at once),
 - ``cut()`` the link (open connections dropped, new ones accepted and closed at once,
-  like a VPN that is down) until ``restore()``.
+  like a VPN that is down) until ``restore()``,
+- ``blackhole()`` it: packets vanish. Open connections stall (nothing more is delivered
+  either way), new connections are accepted and then hear nothing, so only the
+  client's own timeouts notice (a 4G cell lost, a VPN tunnel dead without a reset).
+  ``restore()`` drops what stalled, as a NAT or tunnel that lost its state would.
 
 It runs its own event loop in a thread, so sync and async tests can use it alike.
 Counters: ``bytes_up`` (client → target), ``bytes_down``, ``connections``, ``drops``.
@@ -34,6 +38,9 @@ class LinkEmulator:
         self.connections = 0
         self.drops = 0
         self._cut = False
+        self._hole = False
+        self._flowing = asyncio.Event()  # clear while blackholed (loop side)
+        self._held: set[asyncio.StreamWriter] = set()
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -64,8 +71,24 @@ class LinkEmulator:
         self._cut = True
         self.drop()
 
+    def blackhole(self) -> None:
+        """Packets vanish until restore(): connections stall rather than close."""
+        self._hole = True
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
     def restore(self) -> None:
-        self._cut = False
+        was_hole, self._cut, self._hole = self._hole, False, False
+        if was_hole:
+
+            async def run() -> None:
+                self._flowing.set()
+                self._drop_all()
+                for w in list(self._held):
+                    with contextlib.suppress(Exception):
+                        w.transport.abort()
+                self._held.clear()
+
+            self._call(run)
 
     def set(self, *, latency: float | None = None, rate: float | None = -1.0) -> None:
         if latency is not None:
@@ -96,6 +119,7 @@ class LinkEmulator:
 
         async def boot() -> None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self._flowing.set()
             self.port = self._server.sockets[0].getsockname()[1]
 
         self._loop.run_until_complete(boot())
@@ -115,6 +139,19 @@ class LinkEmulator:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             writer.transport.abort()
+            return
+        if self._hole:
+            # accepted (the socket is local), then nothing: read and discard until closed
+            self._held.add(writer)
+            try:
+                while await reader.read(65536):
+                    pass
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                self._held.discard(writer)
+                with contextlib.suppress(Exception):
+                    writer.transport.abort()
             return
         try:
             treader, twriter = await asyncio.open_connection(*self.target)
@@ -145,6 +182,8 @@ class LinkEmulator:
                         writer.write_eof()
                     return
                 due, data = item
+                if self._hole:  # stalled: nothing is delivered until restore() drops us
+                    await self._flowing.wait()
                 if self.rate:
                     # serialisation delay at the link rate, on top of the propagation delay
                     next_free = max(next_free, time.monotonic()) + len(data) / self.rate
