@@ -160,9 +160,11 @@ _SHIFTS = (7 * np.arange(10)).astype(np.uint64)
 def _put_zvars(out: list[bytes], x: I64) -> None:
     """Small side columns: zigzag varints (a few big values do not widen the rest)."""
     z = _zigzag(np.asarray(x, dtype=np.int64))
-    chunks = (z[:, None] >> _SHIFTS[None, :]) & np.uint64(0x7F)
-    nb = np.maximum(1, 10 - (np.cumsum(chunks[:, ::-1] != 0, axis=1) == 0).sum(axis=1))
-    j = np.arange(10)[None, :]
+    top = int(z.max()) if len(z) else 0
+    w = max(1, (top.bit_length() + 6) // 7)  # chunks the biggest value needs
+    chunks = (z[:, None] >> _SHIFTS[None, :w]) & np.uint64(0x7F)
+    nb = np.maximum(1, w - (np.cumsum(chunks[:, ::-1] != 0, axis=1) == 0).sum(axis=1))
+    j = np.arange(w)[None, :]
     b = (chunks | ((j < (nb - 1)[:, None]).astype(np.uint64) << np.uint64(7))).astype(np.uint8)
     out.append(b[j < nb[:, None]].tobytes())
 
@@ -386,9 +388,10 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
     out.append((order.astype(np.uint8) << 6 | k).tobytes())
     out.append(e.tobytes())
     scaled = e > 0  # other groups: anchor 0, their base is the anchor
-    _put_zvars(out, np.diff(anchor[scaled], prepend=np.int64(0)))
-    _put_zvars(out, np.diff(b, prepend=np.int64(0)))
-    _put_zvars(out, np.diff(dd, prepend=np.int64(0)))
+    # side columns, each as differences along the groups: anchors (scaled groups only),
+    # bases, slopes
+    _put_zvars(out, np.concatenate((np.diff(anchor[scaled], prepend=np.int64(0)),
+                                    np.diff(b, prepend=np.int64(0)), np.diff(dd, prepend=np.int64(0)))))
     _put_rice(out, z, k[rep].astype(np.uint64))
 
 
@@ -409,9 +412,11 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
         raise CodecError(f"{what}: scale 10**{e.max()}")
     anchor = np.zeros(g, np.int64)
     scaled = e > 0
-    anchor[scaled] = np.cumsum(rd.zvars(int(scaled.sum()), what + " anchors"), dtype=np.int64)
-    base = np.cumsum(rd.zvars(g, what + " bases"), dtype=np.int64)
-    slope = np.cumsum(rd.zvars(g, what + " slopes"), dtype=np.int64)
+    n_sc = int(scaled.sum())
+    side = rd.zvars(n_sc + 2 * g, what + " anchors, bases and slopes")
+    anchor[scaled] = np.cumsum(side[:n_sc], dtype=np.int64)
+    base = np.cumsum(side[n_sc:n_sc + g], dtype=np.int64)
+    slope = np.cumsum(side[n_sc + g:], dtype=np.int64)
     rep = np.repeat(np.arange(g), counts)
     r = _unzigzag(_get_rice(rd, n, k[rep].astype(np.uint64), what))
     o_s = order[rep]
@@ -979,7 +984,8 @@ class _Cols:
 
     def __init__(self, n: int):
         self.n = n  # 0: several shapes, no dependent or grouped columns
-        self.dict_idx: list[tuple[int, ...]] = []  # per dictionary column, its index per event
+        # per dictionary column: its index per event, number of distinct values
+        self.dict_idx: list[tuple[tuple[int, ...], int]] = []
         self.members = 0
         self.rows: list[tuple[int, ...]] = [()] * n
 
@@ -997,11 +1003,10 @@ def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], cols:
             _zput(buf, _wrap(v - prev))
             prev = v
         return
-    if types == {str}:
+    if types == {str} and len(vals) > 1 and len(set(vals)) == len(vals):
         parts = [_SEQSTR.fullmatch(v) for v in vals]
         # ids ("gw-17", "gw-18", ...): one prefix, numbers that differ
-        if len(vals) > 1 and all(parts) and len({m.group(1) for m in parts if m}) == 1 \
-                and len(set(vals)) == len(vals):
+        if all(parts) and len({m.group(1) for m in parts if m}) == 1:
             buf.append(C_SEQSTR)
             _sput(buf, parts[0].group(1))  # type: ignore[union-attr]
             last = -1
@@ -1010,20 +1015,27 @@ def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], cols:
                 _zput(buf, num - last - 1)  # 0 for the next number
                 last = num
             return
-    dkeys = [_dict_key(v) for v in vals]
+    # values as dictionary keys: as they are, unless equal values could differ in bytes
+    # (1 and true, 0.0 and -0.0, NaN) or are unhashable
+    tricky = float in types or list in types or dict in types or (bool in types and int in types)
+    dkeys = [_dict_key(v) for v in vals] if tricky else vals
     table: dict[Any, int] = {}
-    idx = tuple([table.setdefault(dk, len(table)) for dk in dkeys])
-    literals = list(dict.fromkeys(dkeys))
-    lit_vals = [vals[dkeys.index(dk)] for dk in literals]
+    lit_vals = []
+    idx_l = []
+    for v, dk in zip(vals, dkeys, strict=True):
+        j = table.get(dk)
+        if j is None:
+            j = table[dk] = len(table)
+            lit_vals.append(v)
+        idx_l.append(j)
+    idx = tuple(idx_l)
     if len(table) == 1:
         buf.append(C_CONST)
         _put_literal(buf, vals[0])
         return
-    n_a = 0
     if cols.n:
         # a function of an earlier dictionary column (a channel's index, kind, unit)
-        for ci, cidx in enumerate(cols.dict_idx):
-            n_a = len(set(cidx))
+        for ci, (cidx, n_a) in enumerate(cols.dict_idx):
             if len(set(zip(cidx, idx, strict=True))) == n_a:
                 buf.append(C_DEP)
                 _vput(buf, ci)
@@ -1041,7 +1053,7 @@ def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], cols:
         for v in vals:
             _put_literal(buf, v)
         return
-    cols.dict_idx.append(idx)
+    cols.dict_idx.append((idx, len(table)))
     if cols.n:
         # join the group (a row index per event instead of this column's own) if that is cheaper
         rows = [(*r, j) for r, j in zip(cols.rows, idx, strict=True)]
