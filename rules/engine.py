@@ -410,6 +410,8 @@ class RulesEngine:
         if p is None:
             p = {
                 "noise": np.flatnonzero(self.ex_mode[sel] == 2),
+                "noise_ch": np.flatnonzero(self.ex_mode[sel] == 2) + sel.start,
+                "noise_k": self.noise_k[sel][self.ex_mode[sel] == 2],
                 "any_frozen": bool(self.enabled[R_FROZEN][sel].any()),
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
@@ -615,11 +617,15 @@ class RulesEngine:
                 held = np.minimum(dts, self.hold_s[sel], out=dts)
                 contrib = np.fmax(pv, 0.0)
                 if pos is None or pos["any_noise"]:
-                    npos = np.flatnonzero(self.ex_mode[sel] == 2) if pos is None else pos["noise"]
-                    if len(npos):
+                    if pos is None:
+                        npos = np.flatnonzero(self.ex_mode[sel] == 2)
                         nc = ch[npos].astype(np.intp)
+                        nk = self.noise_k[nc]
+                    else:
+                        npos, nc, nk = pos["noise"], pos["noise_ch"], pos["noise_k"]
+                    if len(npos):
                         contrib[npos] = self.ex_px[nc]
-                        self.ex_px[nc] = np.power(10.0, v[npos] / self.noise_k[nc])
+                        self.ex_px[nc] = np.power(10.0, v[npos] / nk)
                 contrib *= held
                 if sliced:
                     integ = self.I[sel]
