@@ -31,6 +31,7 @@ specified in docs/uplink-protocol.md; in short:
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import re
@@ -761,7 +762,8 @@ def _dense(ch: I64) -> tuple[npt.NDArray[np.intp], int]:
 # values as typed literals (floats as a short decimal when one reproduces them).
 # Decoding rebuilds the same bytes. Other events travel opaque.
 
-_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_JSON, _T_KNOWN = range(8)
+_T_NULL, _T_TRUE, _T_FALSE, _T_INT, _T_FLOAT, _T_STR, _T_JSON, _T_BIGKNOWN = range(8)
+_T_KNOWN = 0x10  # + i, i < 0x70: KNOWN[i] in one byte
 _T_DEC = 0x80  # | mode << 4 | k: a float as a decimal, q follows
 C_TSREC, C_INT, C_SEQSTR, C_DICT, C_PLAIN, C_CONST, C_DEP, C_GDICT = range(8)  # event column kinds
 # Strings journal events are made of (keys and enum values), sent as an index into this
@@ -880,8 +882,10 @@ def _put_literal(buf: bytearray, v: Any) -> None:
         if j is None:
             buf.append(_T_STR)
             _sput(buf, v)
+        elif j < _T_DEC - _T_KNOWN:
+            buf.append(_T_KNOWN + j)  # the tag byte is the index
         else:
-            buf.append(_T_KNOWN)
+            buf.append(_T_BIGKNOWN)
             _vput(buf, j)
     else:
         buf.append(_T_JSON)
@@ -1009,11 +1013,14 @@ def _put_column(buf: bytearray, key: str, vals: list[Any], tss: list[int], cols:
         if all(parts) and len({m.group(1) for m in parts if m}) == 1:
             buf.append(C_SEQSTR)
             _sput(buf, parts[0].group(1))  # type: ignore[union-attr]
-            last = -1
-            for p in parts:
-                num = int(p.group(2))  # type: ignore[union-attr]
-                _zput(buf, num - last - 1)  # 0 for the next number
-                last = num
+            nums = [int(p.group(2)) for p in parts]  # type: ignore[union-attr]
+            _vput(buf, nums[0])
+            if nums == list(range(nums[0], nums[0] + len(nums))):
+                buf.append(0)  # consecutive, as the journal numbers them
+                return
+            buf.append(1)
+            for a, b in itertools.pairwise(nums):
+                _zput(buf, b - a - 1)
             return
     # values as dictionary keys: as they are, unless equal values could differ in bytes
     # (1 and true, 0.0 and -0.0, NaN) or are unhashable
@@ -1098,7 +1105,9 @@ def _get_literal(rd: _Reader) -> Any:
         return _F32.unpack(_F32.pack(f))[0] if mode == M_F32 else f
     if tag == _T_STR:
         return _text(rd, "event string")
-    if tag == _T_KNOWN:
+    if _T_KNOWN <= tag < _T_DEC:
+        return KNOWN[tag - _T_KNOWN]
+    if tag == _T_BIGKNOWN:
         return KNOWN[rd.varint("event known string")]
     if tag == _T_JSON:
         return _DEC.decode(_text(rd, "event json"))
@@ -1164,9 +1173,12 @@ def _decode_events(blob: bytes, n: int) -> tuple[list[dict[str, Any]], bytes, li
                 objs[i][key] = prev
         elif kind == C_SEQSTR:
             prefix = _text(rd, "event id prefix")
-            prev = -1
-            for i in have:
-                prev += _zget(rd) + 1
+            prev = rd.varint("event id number") - 1
+            steps = rd.take(1, "event id steps")[0]
+            if steps > 1:
+                raise CodecError(f"event id steps flag {steps}")
+            for j, i in enumerate(have):
+                prev += (_zget(rd) if steps and j else 0) + 1
                 if not 0 <= prev < 10**18:
                     raise CodecError(f"event string number {prev}")
                 objs[i][key] = prefix + str(prev)
