@@ -881,9 +881,21 @@ class RulesEngine:
             if r in (R_STALE, R_BAD):
                 continue
             nz = self._nzidx(r)
-            pidx = nz[self.cand[r, nz] != self.act[r, nz]] if len(nz) else nz
-            if len(pidx):
-                self._machine(r, pidx, self.cand[r, pidx], now, self.metric[r, pidx], 0)
+            if not len(nz):
+                continue
+            c, a = self.cand[r, nz], self.act[r, nz]
+            pend = c != a
+            if not pend.any():
+                continue
+            pidx, c, a = nz[pend], c[pend], a[pend]
+            # only those whose delay has run out (the machine step would do nothing else:
+            # the condition is the candidate, the metric the last evaluated one)
+            a16, c16 = a.astype(np.int16), c.astype(np.int16)
+            esc = (c16 != 0) & ((a16 == 0) | ((a16 > 0) != (c16 > 0)) | (np.abs(c16) > np.abs(a16)))
+            due = now - self.since[r, pidx] >= np.where(esc, self.on_ns[r, pidx], self.off_ns[r, pidx])
+            if due.any():
+                pidx, c, a = pidx[due], c[due], a[due]
+                self._machine_at(r, pidx, np.arange(len(pidx)), c, c, a, now, self.metric[r, pidx], 0)
         out = self._emit()
         # shelving that ran out
         for key, sh in list(self.shelved.items()):
