@@ -175,6 +175,66 @@ def test_typical_plant_minute_is_compact() -> None:
     assert per_sample < 1.45, per_sample
 
 
+def alarm(seq_no: int, ts: int, ch: int, **kw: object) -> dict:
+    """An event shaped like rules.events.alarm_event (key order included)."""
+    names = ["GT-101", "GT-102", "AT-201", "R201.pressure", "LSHH-101"]
+    kinds = ["gas", "gas", "gas", "pressure", "level"]
+    units = ["%LEL", "%LEL", "ppm", "MPa", None]
+    ev = {"type": "alarm", "id": f"safegw-{seq_no}", "ts": ts, "channel": names[ch], "index": ch,
+          "kind": kinds[ch], "unit": units[ch], "rule": "limit", "level": "h", "code": 1,
+          "transition": "raise", "state": "active_unacked", "priority": "medium",
+          "value": round(20 + ch + seq_no * 0.1, 1), "limit": 20.0, "who": None}
+    ev.update(kw)
+    return ev
+
+
+def test_alarm_events_between_samples_are_compact_and_exact() -> None:
+    """Alarm events refer to the time of the sample that raised them; ids count up."""
+    rng = np.random.default_rng(11)
+    recs: list[Record] = []
+    seq = 1
+    n_ev = 0
+    for s in range(60):
+        ts = T0 + s * 10**9 + int(rng.integers(0, 10**6))
+        # an OPC-UA-like record: every sample its own time
+        b = Batch.build(np.arange(5), ts + np.arange(5) * 20_000, rng.normal(20, 1, 5).round(1), 0)
+        recs.append(sample_record(seq, b))
+        seq += 1
+        if s % 4 == 0:
+            ch = int(rng.integers(0, 5))
+            clear = s % 8 == 4
+            t_ev = int(b.ts[ch]) if ch else ts  # a sample's own time, or the record's
+            ev = alarm(1000 + n_ev, t_ev, ch, **({"code": 0, "transition": "clear", "state": "cleared_unacked"}
+                                                 if clear else {}))
+            recs.append(event_record(seq, ev))
+            seq += 1
+            n_ev += 1
+    # a maintenance event (id null, a reason), a shelved one, an event whose time is its own
+    recs.append(event_record(seq, alarm(0, T0 + 7, 1, id=None, rule="maintenance", reason="calibration")))
+    recs.append(event_record(seq + 1, alarm(2000, T0 + 8, 2, shelved=True, value=float("nan"), limit=-0.0)))
+    recs.append(event_record(seq + 2, alarm(2001, T0 - 10**15, 3, value=1.6979999542236328, who="张三")))
+    with_events = roundtrip(recs)
+    without = codec.encode([r for r in recs if r.kind == SAMPLES])
+    per_event = (len(with_events) - len(without)) / (n_ev + 3)
+    assert per_event < 28, per_event  # ~270 bytes of JSON each; format 1 took ~42
+
+
+def test_event_whose_ts_key_differs_from_the_record_time() -> None:
+    recs = [Record(1, EVENT, 5, 5, 1, b'{"type":"x","ts":7}'),
+            Record(2, EVENT, 9, 9, 1, b'{"type":"x","ts":9,"id":"a-1"}'),
+            Record(3, EVENT, -(2**63), -(2**63), 1, b'{"ts":null,"id":"a-3","n":[1,{"b":2}]}'),
+            Record(4, EVENT, 2**63 - 1, 2**63 - 1, 1, b'{"type":"x","ts":1.5e300,"id":"a-2"}')]
+    roundtrip(recs)
+
+
+def test_event_ids_out_of_sequence_and_shared_prefix_edge_cases() -> None:
+    ids = ["gw-7", "gw-5", "gw-100000000000000000", "gw-0", "gw-6"]
+    recs = [event_record(i + 1, {"type": "alarm", "id": v, "ts": T0 + i}) for i, v in enumerate(ids)]
+    roundtrip(recs)
+    recs = [event_record(i + 1, {"type": "alarm", "id": v, "ts": T0}) for i, v in enumerate(["a-01", "a-02", "a-1"])]
+    roundtrip(recs)
+
+
 # ------------------------------------------------------------------------ hypothesis
 
 any_float = st.one_of(
@@ -241,6 +301,35 @@ def test_roundtrip_series(values: list[float], n_ch: int) -> None:
     roundtrip([sample_record(1, b)])
 
 
+event_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**64), 2**64), any_float,
+    st.sampled_from(["alarm", "gas", "%LEL", "h", "raise", "clear", "GT-101", "GT-102", "gw-1", ""]),
+    st.text(max_size=8), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                                  max_size=2),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.dictionaries(
+    st.sampled_from(["type", "id", "channel", "index", "value", "limit", "x"]), event_values, max_size=6)),
+    min_size=1, max_size=12))
+def test_roundtrip_any_events_between_samples(items: list[tuple[int, bool, dict]]) -> None:
+    recs: list[Record] = []
+    seq = 1
+    for gap, sample_time, fields in items:
+        b = Batch.build(np.arange(3), T0 + seq * 1000 + np.arange(3), [1.0, 2.0, 3.0], 0)
+        recs.append(sample_record(seq, b))
+        ts = int(b.ts[gap % 3]) if sample_time else T0 - gap
+        ev = {"type": "alarm", "ts": ts, **fields}
+        for _ in range(gap):
+            seq += 1
+            recs.append(event_record(seq, {**ev, "ts": ts + seq}))
+        seq += 1
+        recs.append(event_record(seq, ev))
+        seq += 1
+    roundtrip(recs)
+
+
 # ------------------------------------------------------------------ corrupt input
 
 def _plant_records() -> list[Record]:
@@ -275,14 +364,23 @@ def test_decompression_bomb_refused() -> None:
         codec.decode(bomb, max_size=1 << 20)
 
 
+def test_format_1_payloads_are_refused_by_name() -> None:
+    with pytest.raises(codec.CodecError, match="format 1"):
+        codec.decode(bytes.fromhex(GOLDEN_1))
+
+
 def test_golden_vector_still_decodes() -> None:
-    """A payload written by format 1; a decoder change that breaks it breaks old envelopes."""
+    """A payload written by format 2; a decoder change that breaks it breaks sealed envelopes."""
     recs = [sample_record(1, Batch.build([3, 4], T0, [21.5, float("nan")], [0, 0x81])),
             sample_record(2, Batch.build([3, 4], T0 + 10**9, [21.6, 0.25], [0, 0])),
             event_record(3, {"type": "alarm", "ts": T0 + 10**9, "level": "h"})]
     assert codec.decode(bytes.fromhex(GOLDEN)) == recs
 
 
-GOLDEN = ("28b52ffd207f25030052c5121f9029e9b0f5ed4f5f6fec8791ff8f4222f4d49fdfcb56087a146d34b2b74c29898aaa36"
+GOLDEN_1 = ("28b52ffd207f25030052c5121f9029e9b0f5ed4f5f6fec8791ff8f4222f4d49fdfcb56087a146d34b2b74c29898aaa36"
           "3b794e786c815d38234b0ab306e8c6bc7ac36760b9382810464341e7780e88152d703fd5364974080062a489829196d5"
           "16318e636f80acc9c45a840bea")
+
+
+GOLDEN = ("28b52ffd205d7d02006204101cb035c301acf542034882f0ae13406f1886f2772fcf340db2b794320549fa484f757d85"
+          "12203633429d1141a1010c9eb55efdc65ee6e430a26d6e2b22d75b0604005a0d5daa69388397813a")
