@@ -204,8 +204,8 @@ def test_alarm_events_between_samples_are_compact_and_exact() -> None:
             ch = int(rng.integers(0, 5))
             clear = s % 8 == 4
             t_ev = int(b.ts[ch]) if ch else ts  # a sample's own time, or the record's
-            ev = alarm(1000 + n_ev, t_ev, ch, **({"code": 0, "transition": "clear", "state": "cleared_unacked"}
-                                                 if clear else {}))
+            cleared = {"code": 0, "transition": "clear", "state": "cleared_unacked"}
+            ev = alarm(1000 + n_ev, t_ev, ch, **(cleared if clear else {}))
             recs.append(event_record(seq, ev))
             seq += 1
             n_ev += 1
@@ -231,7 +231,8 @@ def test_event_ids_out_of_sequence_and_shared_prefix_edge_cases() -> None:
     ids = ["gw-7", "gw-5", "gw-100000000000000000", "gw-0", "gw-6"]
     recs = [event_record(i + 1, {"type": "alarm", "id": v, "ts": T0 + i}) for i, v in enumerate(ids)]
     roundtrip(recs)
-    recs = [event_record(i + 1, {"type": "alarm", "id": v, "ts": T0}) for i, v in enumerate(["a-01", "a-02", "a-1"])]
+    ids = ["a-01", "a-02", "a-1"]
+    recs = [event_record(i + 1, {"type": "alarm", "id": v, "ts": T0}) for i, v in enumerate(ids)]
     roundtrip(recs)
 
 
@@ -304,8 +305,8 @@ def test_roundtrip_series(values: list[float], n_ch: int) -> None:
 event_values = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**64), 2**64), any_float,
     st.sampled_from(["alarm", "gas", "%LEL", "h", "raise", "clear", "GT-101", "GT-102", "gw-1", ""]),
-    st.text(max_size=8), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),
-                                                                                  max_size=2),
+    st.text(max_size=8), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
 

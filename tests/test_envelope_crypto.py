@@ -187,7 +187,8 @@ def test_signed_garbage_from_a_trusted_sender_is_decrypt_failed(nodes: dict[str,
 def test_unsupported_version_cipher_and_codec(nodes: dict[str, NodeKeys]) -> None:
     env = envelope.seal(records(1, 2), sender=nodes["gw-1"], recipients=[nodes["county"].public])
     at = _offsets(env)
-    for offset, value, what in ((2, 3, "version"), (at["params"], 0x29, "cipher"), (at["params"], 0x11, "codec")):
+    cases = ((2, 3, "version"), (at["params"], 0x29, "cipher"), (at["params"], 0x11, "codec"))
+    for offset, value, what in cases:
         bad = bytearray(env)
         bad[offset] = value
         with pytest.raises(Unsupported, match=what):
@@ -226,6 +227,6 @@ def test_sizes_are_small(nodes: dict[str, NodeKeys]) -> None:
                                                               ("county", "province", "national")])
     # each further recipient: kid 8 + wrapped key 32; with several, a 16-byte key commitment
     assert len(env3) - len(env) == 2 * (8 + 32) + 16
-    sm4 = envelope.seal([], sender=nodes["gw-1"], recipients=[nodes[n].public for n in ("county", "province")],
-                        cipher="sm4-gcm")
+    two = [nodes[n].public for n in ("county", "province")]
+    sm4 = envelope.seal([], sender=nodes["gw-1"], recipients=two, cipher="sm4-gcm")
     assert len(sm4) - len(env) == 8 + 16 + 16
