@@ -350,6 +350,17 @@ def main() -> None:
         no_ev = sum(len(codec.encode([r for r in e if r.kind == SAMPLES])) for e in envs)
         figures["payload_bytes_per_sample_without_events"] = round(no_ev / n_samples, 4)
         figures["payload_bytes_per_sample"] = round(payload / n_samples, 4)
+        # where the bytes go: events (what they add to the compressed payload), the
+        # envelope around the payload, and each payload section before zstd
+        figures["event_bytes_per_event"] = round((payload - no_ev) / max(n_events, 1), 2)
+        figures["envelope_overhead_bytes_per_sample"] = round((wire - payload) / n_samples, 4)
+        sizes: dict[str, int] = {}
+        for e in envs:
+            codec.encode(e, sizes=sizes)
+        time_bits = sizes.pop("grouped_rice_time_bits", 0)
+        raw = {k: round(v / n_samples, 4) for k, v in sizes.items()}
+        raw["grouped_rice_of_which_times"] = round(time_bits / 8 / n_samples, 4)
+        figures["raw_section_bytes_per_sample"] = raw
         # the text formats on every 6th envelope (a 4-hour sample of the day): formatting
         # two million samples as text would take longer than everything else
         some = envs[::6]

@@ -337,7 +337,8 @@ def _get_rice(rd: _Reader, n: int, ks: U64, what: str) -> U64:
     return z
 
 
-def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
+def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int] | None = None,
+                 n_time_groups: int = 0) -> None:
     """Integers in contiguous groups of ``counts`` (all > 0): anchor, scale, trend, order, Rice.
 
     Per group: its first value is the anchor A; the differences x - A are divided by
@@ -393,7 +394,17 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64) -> None:
     # bases, slopes
     _put_zvars(out, np.concatenate((np.diff(anchor[scaled], prepend=np.int64(0)),
                                     np.diff(b, prepend=np.int64(0)), np.diff(dd, prepend=np.int64(0)))))
+    if sizes is not None:
+        sizes["grouped_params"] = sizes.get("grouped_params", 0) + sum(map(len, out[-3:]))
+        at = len(out)
     _put_rice(out, z, k[rep].astype(np.uint64))
+    if sizes is not None:
+        _count(sizes, "grouped_rice", out, at)
+        # the part of the Rice bits spent on record times and sample time offsets
+        n_t = int(counts[:n_time_groups].sum()) if n_time_groups else 0
+        zt, kt = z[:n_t], k[rep[:n_t]].astype(np.uint64)
+        sizes["grouped_rice_time_bits"] = sizes.get("grouped_rice_time_bits", 0) + int(
+            np.minimum(zt >> kt, QMAX).sum() + len(zt) + kt.sum())
 
 
 def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
@@ -495,11 +506,13 @@ def _unaligned(buf: bytes | bytearray, dtype: str, itemsize: int) -> npt.NDArray
     return np.ndarray((max(len(buf) - itemsize + 1, 0),), dtype, buffer=buf, strides=(1,))
 
 
-def encode(records: Sequence[Record], *, level: int | None = None) -> bytes:
+def encode(records: Sequence[Record], *, level: int | None = None,
+           sizes: dict[str, int] | None = None) -> bytes:
     """Encode records (any kinds, any sequence numbers) losslessly.
 
     ``level`` is zstd's; by default 6 for live-sized payloads (2 % smaller than 3 at
     about the same cost there) and 3 for big backlog ones, where speed counts more.
+    ``sizes``, if given, is added each section's bytes before zstd (measurements).
     """
     nrec = len(records)
     out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
@@ -548,15 +561,24 @@ def encode(records: Sequence[Record], *, level: int | None = None) -> bytes:
     _put_ints(out, n_a[oi])
     _put_u64(out, len_a[oi].astype(np.uint64))
     out.append(b"".join([datas[i] for i in oi.tolist()]) if len(oi) else b"")
+    if sizes is not None:
+        _count(sizes, "records", out, 0)
     if samples is not None:
-        _encode_samples(out, *samples)
+        _encode_samples(out, *samples, sizes=sizes)
     if ev_objs:
+        at = len(out)
         refs, explicit = _event_refs(ev_idx, datas, ns, tmins, layout.tolist())
         _put_blob(out, _encode_events(ev_objs, [tmins[i] for i in ev_idx], refs, explicit))
+        if sizes is not None:
+            _count(sizes, "events", out, at)
     raw = b"".join(out)
     if level is None:
         level = 6 if len(raw) < 1 << 18 else ZSTD_LEVEL
     return _compressor(level).compress(raw)
+
+
+def _count(sizes: dict[str, int], what: str, out: list[bytes], start: int) -> None:
+    sizes[what] = sizes.get(what, 0) + sum(map(len, out[start:]))
 
 
 def _columns(buf: bytes, counts: I64) -> tuple[I64, I64, npt.NDArray[np.float64], npt.NDArray[np.uint8], I64]:
@@ -661,7 +683,9 @@ def _patterns(ch: I64, counts: I64, rec_start: I64) -> tuple[I64, I64, I64 | Non
 
 
 def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, counts: I64, rec_start: I64,
-                    ch: I64, ts: I64, val: npt.NDArray[np.float64], qual: npt.NDArray[np.uint8]) -> None:
+                    ch: I64, ts: I64, val: npt.NDArray[np.float64], qual: npt.NDArray[np.uint8], *,
+                    sizes: dict[str, int] | None = None) -> None:
+    at = len(out)
     # patterns: lengths and channel ids (delta coded along the concatenation)
     _put_ints(out, pat_len)
     _put_ints(out, np.diff(pat_ch, prepend=np.int64(0)))
@@ -713,10 +737,17 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     else:
         xs.append(q)
         cs.append(ch_count)
+    if sizes is not None:
+        _count(sizes, "sample_layout", out, at)  # patterns, pattern ids, modes, qualities, exception bits
+        at = len(out)
     # every integer series in one go: record times, sample time offsets, values
-    _put_grouped(out, np.concatenate(xs), np.concatenate(cs))
+    _put_grouped(out, np.concatenate(xs), np.concatenate(cs), sizes=sizes,
+                 n_time_groups=sum(len(c) for c in cs[:-1]))
     ev = vs[exc].view(np.uint64)
+    at2 = len(out)
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
+    if sizes is not None:
+        _count(sizes, "exception_values", out, at2)
 
 
 def _quantize(vs: npt.NDArray[np.float64],
