@@ -712,11 +712,17 @@ class RulesEngine:
         of the open bucket are in channel order (they are added to on every sample)."""
         rp = self.rpos[c]
         bw, ph = self.p_bw[rp], self.p_ph[rp]
-        k = (t + ph) // bw
         k0 = self.p_k[rp]
-        start = k * bw - ph
         first = k0 == NONE
         anyfirst = bool(first.any())
+        # the bucket number (t + ph) // bw: usually the next one (an integer division by
+        # an array is slow), computed only where it is not
+        k = k0 + 1
+        start = k * bw - ph
+        far = first | (t >= start + bw)
+        if far.any():
+            k[far] = (t[far] + ph[far]) // bw[far]
+            start[far] = k[far] * bw[far] - ph[far]
         if anyfirst:
             self.p_epoch[rp[first]] = start[first]
         if not anyfirst or not first.all():
