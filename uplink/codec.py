@@ -223,10 +223,23 @@ class _Reader:
         return _unzigzag(self.u64(what, expect))
 
     def zvars(self, n: int, what: str) -> I64:
-        out = np.empty(n, np.uint64)
-        for j in range(n):
-            out[j] = self.varint(what)
-        return _unzigzag(out)
+        """n zigzag varints (vectorized)."""
+        if not n:
+            return np.zeros(0, np.int64)
+        avail = min(len(self.buf) - self.pos, 10 * n)
+        b = np.frombuffer(self.buf, np.uint8, count=avail, offset=self.pos)
+        term = np.flatnonzero(b < 0x80)[:n]
+        if len(term) < n:
+            raise CodecError(f"{what}: {len(term)} varints where {n} were expected")
+        end = int(term[-1]) + 1
+        starts = np.concatenate((np.zeros(1, np.int64), term[:-1] + 1))
+        lens = term - starts + 1
+        if lens.max() > 10:
+            raise CodecError(f"{what}: varint too long")
+        shift = ((np.arange(end) - np.repeat(starts, lens)) * 7).astype(np.uint64)
+        vals = np.add.reduceat((b[:end] & 0x7F).astype(np.uint64) << shift, starts)
+        self.pos += end
+        return _unzigzag(vals)
 
     def blob(self, what: str) -> bytes:
         return bytes(self.take(self.varint(what), what))
@@ -549,7 +562,7 @@ def encode(records: Sequence[Record], *, level: int | None = None,
             ev_idx.append(i)
 
     # record table
-    _put_ints(out, np.diff(seq_a, prepend=np.int64(0)) - 1)
+    _put_zvars(out, np.diff(seq_a, prepend=np.int64(0)) - 1)  # gaps are rare but can be wide
     _put_ints(out, kind_a)
     _put_u64(out, layout)
 
@@ -1309,7 +1322,7 @@ def _decode(raw: bytes) -> list[Record]:
     nrec = rd.varint("record count")
     if nrec > len(raw):
         raise CodecError(f"record count {nrec} cannot fit in {len(raw)} bytes")
-    seqs = np.cumsum(rd.ints("seq", nrec) + 1, dtype=np.int64)
+    seqs = np.cumsum(rd.zvars(nrec, "seq") + 1, dtype=np.int64)
     kinds = rd.ints("kind", nrec)
     layout = rd.u64("layout", nrec)
     if nrec and layout.max() > L_EVENT:
