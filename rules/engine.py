@@ -310,7 +310,9 @@ class RulesEngine:
             else:
                 idx = inter
         if hold is not None and len(hold) and len(idx):
-            idx = np.setdiff1d(idx, hold, assume_unique=True)
+            j = np.searchsorted(hold, idx)  # both sorted: drop the held positions
+            j[j >= len(hold)] = 0
+            idx = idx[hold[j] != idx]
         if not len(idx):
             return
         ch = idx + base if isinstance(chs, slice) else chs[idx]
@@ -333,6 +335,28 @@ class RulesEngine:
                 return
         self._machine_at(r, ch, idx, xs, c, a, t, metric, rnd)
 
+    def _nz_sync(self, r: int, ch: npt.NDArray[np.intp], before: npt.NDArray[np.bool_],
+                 after: npt.NDArray[np.bool_]) -> None:
+        """Keep rule ``r``'s index of channels with a candidate or level up to date after a
+        machine step on channels ``ch`` (sorted) that were / are now members."""
+        nz = self._nz[r]
+        if nz is None:
+            return
+        chg = before != after
+        if not chg.any():
+            return
+        leave = ch[chg & before]
+        if len(leave):
+            j = np.searchsorted(nz, leave)
+            if not (j < len(nz)).all() or not (nz[j] == leave).all():
+                self._nz[r] = None  # not where expected: rebuilt on next use
+                return
+            nz = np.delete(nz, j)
+        enter = ch[chg & after]
+        if len(enter):
+            nz = np.union1d(nz, enter)
+        self._nz[r] = nz
+
     def _machine_at(self, r: int, ch: npt.NDArray[np.intp], idx: npt.NDArray[np.intp],
                     xs: npt.NDArray[np.int8], cs: npt.NDArray[np.int8], as_: npt.NDArray[np.int8],
                     t: IntArr | int, metric: FloatArr | Callable[[npt.NDArray[np.intp]], FloatArr] | float,
@@ -347,8 +371,6 @@ class RulesEngine:
         ss = np.where(chg, ts, ss)
         self.cand[r, ch] = cs
         self.since[r, ch] = ss
-        if self._nz[r] is not None and bool((before != (cs != 0) | (as_ != 0)).any()):
-            self._nz[r] = None
         if callable(metric):
             mv = metric(idx)
         elif isinstance(metric, np.ndarray):
@@ -358,17 +380,18 @@ class RulesEngine:
         self.metric[r, ch] = mv
         pend = cs != as_
         if not pend.any():
+            self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
         a16, c16 = as_.astype(np.int16), cs.astype(np.int16)
         esc = (c16 != 0) & ((a16 == 0) | ((a16 > 0) != (c16 > 0)) | (np.abs(c16) > np.abs(a16)))
         delay = np.where(esc, self.on_ns[r, ch], self.off_ns[r, ch])
         fire = pend & (ts - ss >= delay)
         if not fire.any():
+            self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
         fch, fts, fold, fnew, fesc = ch[fire], ts[fire], as_[fire], cs[fire], esc[fire]
         self.act[r, fch] = fnew
-        if not fnew.all():
-            self._nz[r] = None  # cleared: may leave the index
+        self._nz_sync(r, ch, before, (cs != 0) | (np.where(fire, cs, as_) != 0))
         self.unacked[r, fch[fesc]] = True
         nz = fnew != 0
         self.last_code[r, fch[nz]] = fnew[nz]

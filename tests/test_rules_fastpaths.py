@@ -142,3 +142,31 @@ def test_phase_blocks() -> None:
     e = RulesEngine(None, rules=rules)
     same = [i for i in range(200) if phase_ns(i, 15 * NS) == phase_ns(0, 15 * NS)]
     assert sorted(e.rpos[same].tolist()) == list(range(len(same)))
+
+
+def test_candidate_index_stays_exact() -> None:
+    """The per-rule index of channels with a candidate or level, kept up to date step by
+    step, equals the one rebuilt from the arrays, through random traffic."""
+    import random
+
+    from tests.test_rules_reference import rand_rules
+
+    rng = random.Random(11)
+    nr = np.random.default_rng(11)
+    n = 120
+    rules = rand_rules(rng, n)
+    eng, ref = both(rules)
+    vals = nr.uniform(0, 100, n)
+    t = T0
+    for k in range(300):
+        t += int(nr.uniform(0.2, 2.0) * NS)
+        chs = np.flatnonzero(nr.random(n) < 0.7).astype(np.int32)
+        vals = np.clip(vals + nr.normal(0, 10, n), -10, 110)
+        q = np.where(nr.random(len(chs)) < 0.05, 0x81, 0).astype(np.uint8)
+        step(eng, ref, chs, t + nr.integers(0, 10**8, len(chs)), vals[chs], q)
+        if k % 3 == 0:
+            tick(eng, ref, t + NS)
+        for r in range(10):
+            kept = eng._nz[r]
+            if kept is not None:
+                assert np.array_equal(kept, np.flatnonzero((eng.cand[r] | eng.act[r]) != 0)), (k, r)
