@@ -9,12 +9,16 @@ is what the gateway does each poll cycle: ``process(batch)`` of one sample per c
 per-channel reference is timed on a subset and scaled (said so in the JSON).
 
     .venv/bin/python bench/rules.py [--sizes 1000,10000,100000] [--ticks 60]
+
+The JSON also carries the thread CPU time of a tick (``tick_cpu_ms_*``, less sensitive to
+other processes than the wall time) and the load average before and after the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -108,7 +112,7 @@ def main() -> None:
     ap.add_argument("--ref-subset", type=int, default=10000,
                     help="largest channel count the reference runs at; larger sizes are scaled")
     args = ap.parse_args()
-    fig: dict[str, object] = {}
+    fig: dict[str, object] = {"load_avg_1m_start": round(os.getloadavg()[0], 2)}
     for n in [int(s) for s in args.sizes.split(",")]:
         warm = 135  # past the first trend buckets, so trend evaluation is in the timed ticks
         r = time_engine(n, args.ticks, warm)
@@ -129,6 +133,7 @@ def main() -> None:
               f"thread CPU {r['cpu']:.3f}, p90 {r['p90']:.3f}); "
               f"reference {ref_ms:.1f} ms{' (scaled)' if m != n else ''}; speedup {ref_ms / tot:.0f}x; "
               f"{events} events", flush=True)
+    fig["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     fig["rules"] = "limits+deadband+delays, range, roc, trend+predict, stale, bad, frozen, twa/stel/noise"
     fig["median_of_ticks"] = args.ticks
     print(json.dumps(fig))
