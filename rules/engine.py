@@ -137,6 +137,7 @@ class RulesEngine:
         self.bad_since = np.full(n, NONE, I64)
         self.bad_idx = np.zeros(0, np.intp)  # channels (sorted) that may have bad_since set
         self._stale_lb = NONE  # no channel can go stale before this time (NONE: unknown)
+        self._last_tick = NONE
         self._maybe_unset = True  # some channel may still have no last time
         # trend: the current bucket, and a ring of finished ones
         self.tb_next = np.where(self.tb_bw > 0, NONE, NEVER).astype(I64)
@@ -887,6 +888,10 @@ class RulesEngine:
             self._maybe_unset = self.nsupp > 0
         # stale: no sample for longer than N poll periods. ``_stale_lb`` is a lower bound
         # of the earliest deadline of the channels not stale yet: before it, nothing to do
+        # (unless the clock went back: a stale channel may then be fresh again)
+        if now < self._last_tick:
+            self._stale_lb = NONE
+        self._last_tick = now
         if now > self._stale_lb:
             age = now - self.last_ts
             slack = self.stale_lbns - age

@@ -170,3 +170,15 @@ def test_candidate_index_stays_exact() -> None:
             kept = eng._nz[r]
             if kept is not None:
                 assert np.array_equal(kept, np.flatnonzero((eng.cand[r] | eng.act[r]) != 0)), (k, r)
+
+
+def test_stale_when_the_clock_steps_back() -> None:
+    rules = [ChannelRules(f"s{i}", stale_ns=3 * NS) for i in range(20)]
+    eng, ref = both(rules)
+    step(eng, ref, np.arange(20), T0, 1.0)
+    assert len(tick(eng, ref, T0 + 10 * NS)) == 20  # all stale
+    step(eng, ref, np.arange(10), T0 + 11 * NS, 1.0)  # half come back
+    assert tick(eng, ref, T0 + 12 * NS) == []
+    # the clock steps back (NTP): the other half is fresh again by the reference's rule
+    back = tick(eng, ref, T0 + 2 * NS)
+    assert sorted(e[1] for e in back) == list(range(10, 20))
