@@ -1,14 +1,16 @@
 """Compact, lossless encoding of a range of journal records for the uplink.
 
 API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Record]``,
-``CodecError`` (a ValueError). Pure: no I/O, no clock. The format (version 1) is
-specified in docs/uplink-protocol.md; in short:
+``CodecError`` (a ValueError). Pure: no I/O, no clock. The format (version 2) is specified in docs/uplink-protocol.md; in short:
 
 - Every record keeps its sequence number, kind, ts_min, ts_max, n and data bit-exactly.
   Events the journal wrote (canonical JSON objects: alarms, register changes, ...)
-  travel as typed columns of their fields; anything else (gap records, any future
-  kind, odd bytes) travels *opaque*: its bytes as they are, lengths in a column,
-  ts and n as delta-coded integer columns.
+  travel as typed columns of their fields: keys and enum values from a table of known
+  strings, the event's time as a reference to an earlier record's (or sample's) time,
+  ids as a prefix and a counter, a channel's index/kind/unit once per channel, the
+  state fields as rows that repeat; anything else (any future kind, odd bytes)
+  travels *opaque*: its bytes as they are, lengths in a column, ts and n as
+  delta-coded integer columns.
 - Sample records are pooled into columns. A record's channel list is a *pattern*
   (a device polls the same channels every cycle), sent once per envelope; each
   record then costs a pattern id and its timestamp, coded along the records of the
@@ -22,9 +24,10 @@ specified in docs/uplink-protocol.md; in short:
   off the grid) is an *exception*, sent as its
   IEEE bits XORed with the previous exception's (Gorilla-like). Lossless for every
   float64, NaN payloads included.
-- Series in groups (a channel's integers, a device's record times) are detrended by a
-  line per group, sent as residuals of order 0, 1 or 2 (whichever is smallest) and
-  Rice-coded with a parameter per group. Other integer columns are zigzagged, cut to
+- Series in groups (a channel's integers, a device's record times, a channel's time
+  offsets) go in one block: per group an anchor and the power of ten dividing all its
+  differences (µs clocks with an ns phase), a least-squares line, residuals of order
+  0, 1 or 2 (whichever is smallest), Rice-coded with a parameter per group. Other integer columns are zigzagged, cut to
   the narrowest of 1/2/4/8 bytes and byte-shuffled; the whole is zstd'ed with a
   dictionary of typical events.
 """

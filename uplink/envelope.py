@@ -4,15 +4,18 @@ One envelope carries a range of journal records of one gateway (its *origin*) to
 or more upstream nodes (county, city, province, national). It is self-contained: any
 node it is addressed to can decrypt it, and any node that knows the origin's public
 keys can prove who made it, even after it has been forwarded level by level unchanged.
-The byte layout is specified in docs/uplink-protocol.md (version 1).
+The byte layout is specified in docs/uplink-protocol.md (version 2; version 1 is
+refused with ``Unsupported``).
 
     header (authenticated data, AAD) | AEAD ciphertext + tag | Ed25519 signature
 
-- The payload is ``uplink.codec.encode(records)``, encrypted under a random content
-  key with AES-256-GCM (default) or SM4-GCM; the header is the AEAD's associated data.
-- The content key is wrapped once per recipient: an ephemeral X25519 key agreement
-  with the recipient's static key, HKDF-SHA256 with a random salt, then the same AEAD.
-  A key commitment in the header binds every recipient to the same content key.
+- The payload is ``uplink.codec.encode(records)``, encrypted with AES-256-GCM
+  (default) or SM4-GCM under a key used for this envelope only; the header (varints
+  where fields vary in size) is the AEAD's associated data.
+- The payload key comes from an ephemeral X25519 key agreement with each recipient's
+  static key and HKDF-SHA256 with a random salt: the first recipient's derived key is
+  the payload key, every further recipient gets it XORed with its own derived key,
+  and then a key commitment in the header binds them all to the same key.
 - The origin's Ed25519 key signs every byte before the signature, so a forwarding
   node checks it without decrypting (``verify``), and nobody can alter the header
   (sequence range, recipients, cipher) without breaking it.
