@@ -1,7 +1,8 @@
 """Compact, lossless encoding of a range of journal records for the uplink.
 
 API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Record]``,
-``CodecError`` (a ValueError). Pure: no I/O, no clock. The format (version 2) is specified in docs/uplink-protocol.md; in short:
+``CodecError`` (a ValueError). Pure: no I/O, no clock. The format (version 2) is
+specified in docs/uplink-protocol.md; in short:
 
 - Every record keeps its sequence number, kind, ts_min, ts_max, n and data bit-exactly.
   Events the journal wrote (canonical JSON objects: alarms, register changes, ...)
@@ -27,9 +28,9 @@ API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Recor
 - Series in groups (a channel's integers, a device's record times, a channel's time
   offsets) go in one block: per group an anchor and the power of ten dividing all its
   differences (µs clocks with an ns phase), a least-squares line, residuals of order
-  0, 1 or 2 (whichever is smallest), Rice-coded with a parameter per group. Other integer columns are zigzagged, cut to
-  the narrowest of 1/2/4/8 bytes and byte-shuffled; the whole is zstd'ed with a
-  dictionary of typical events.
+  0, 1 or 2 (whichever is smallest), Rice-coded with a parameter per group. Other
+  integer columns are zigzagged, cut to the narrowest of 1/2/4/8 bytes and
+  byte-shuffled; the whole is zstd'ed with a dictionary of typical events.
 """
 
 from __future__ import annotations
