@@ -184,10 +184,10 @@ class _TableHolder:
 
     @property
     def version(self) -> str | None:
-        return str(self.doc.get("version")) if self.doc else None
+        return str(self.doc.get("table_version")) if self.doc else None
 
     def set(self, doc: dict[str, Any]) -> None:
-        if self.doc is None or doc.get("version") != self.doc.get("version"):
+        if self.doc is None or doc.get("table_version") != self.doc.get("table_version"):
             self._series = None
         self.doc = doc
 
@@ -366,7 +366,7 @@ class CentralNode:
         old = self.tables.get(origin)
         if old is not None and old.seq >= seq:
             return
-        row = TableRow(origin, seq, str(doc.get("version") or ""), int(doc.get("ts") or 0),
+        row = TableRow(origin, seq, str(doc.get("table_version") or ""), int(doc.get("ts") or 0),
                        len(doc.get("channels") or []), doc, time.time_ns())
         self.tables[origin] = row
         if old is None or old.version != row.version:

@@ -204,7 +204,7 @@ class State:
                 "VALUES (?,?,?,?,?,?,?) ON CONFLICT (origin) DO UPDATE SET seq=excluded.seq, "
                 "version=excluded.version, ts=excluded.ts, channels=excluded.channels, doc=excluded.doc, "
                 "updated=excluded.updated WHERE channel_tables.seq < excluded.seq",
-                (origin, seq, str(doc.get("version") or ""), int(doc.get("ts") or 0),
+                (origin, seq, str(doc.get("table_version") or ""), int(doc.get("ts") or 0),
                  len(doc.get("channels") or []), text, now))
 
     def _tables(self, origin: str | None) -> dict[str, TableRow]:

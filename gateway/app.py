@@ -100,7 +100,6 @@ class Gateway:
         }
         self.drivers: dict[str, Driver] = {}
         self.services: list[Service] = []
-        chanmap.install(self)  # journals the channel table for central (docs/central.md)
         self.notifier = Notifier()
         self.ingested_batches = 0
         self.ingest_errors = 0
@@ -281,6 +280,7 @@ class Gateway:
             svc = factory(self, conf)
             if svc is not None:
                 self.services.append(svc)
+        chanmap.install(self)  # journals the channel table for central (docs/central.md)
 
     def stop(self) -> None:
         self._stop.set()

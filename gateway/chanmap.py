@@ -3,8 +3,8 @@
 Samples travel upstream by channel *index* (the envelope carries no names). So the
 gateway journals its channel table as an ordinary event record,
 
-    {"type": "channel_table", "ts": ..., "version": "<16 hex>", "fingerprint": "<16 hex>",
-     "gateway": "gw-1", "site": "...", "channels": [{"index": 0, "name": "GT-101",
+    {"type": "channel_table", "ts": ..., "table_version": "<16 hex>", "fingerprint": "<16 hex>",
+     "gateway_id": "gw-1", "site_code": "...", "channels": [{"index": 0, "name": "GT-101",
      "kind": "gas", "unit": "%LEL", "device": "plc-1", "range": [0, 100], ...}, ...]}
 
 at start when the table differs from the last one in the journal, and again every
@@ -13,8 +13,11 @@ leaves central without one. It travels like every event (main lane, in journal
 order, inside the signed envelopes, forwarded unchanged level by level); from its
 sequence on, central tags the samples' points with the names (see docs/central.md).
 
-``version`` is a SHA-256 over everything in the event except ``ts`` and ``version``;
+``table_version`` is a SHA-256 over everything in the event except ``ts`` and itself;
 ``fingerprint`` is the numbering alone (names in order, ``ChannelTable.fingerprint``).
+The top-level keys avoid ``gateway``, ``site`` and ``version``: the historian turns an
+event's keys into InfluxDB fields, and those names are tags on every point (a field of
+the same name breaks ``WHERE gateway = ...`` queries) or number fields of other events.
 
 Both sides share the helpers here: ``tags`` gives the InfluxDB tags of one channel of
 a table, as the gateway's historian writes them (gateway/historian.py).
@@ -57,15 +60,15 @@ def table_doc(table: ChannelTable, gateway_id: str, site: str | None, ts_ns: int
             if v is not None:
                 e[k] = list(v) if isinstance(v, tuple) else v
         chans.append(e)
-    doc: dict[str, Any] = {"type": EVENT_TYPE, "ts": int(ts_ns), "version": "",
-                           "fingerprint": table.fingerprint(), "gateway": gateway_id, "site": site,
+    doc: dict[str, Any] = {"type": EVENT_TYPE, "ts": int(ts_ns), "table_version": "",
+                           "fingerprint": table.fingerprint(), "gateway_id": gateway_id, "site_code": site,
                            "channels": chans}
-    doc["version"] = version_of(doc)
+    doc["table_version"] = version_of(doc)
     return doc
 
 
 def version_of(doc: Mapping[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k not in ("ts", "version")}
+    body = {k: v for k, v in doc.items() if k not in ("ts", "table_version")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
                                      ensure_ascii=False).encode()).hexdigest()[:16]
 
@@ -91,15 +94,15 @@ def tags(doc: Mapping[str, Any] | None, index: int) -> dict[str, Any]:
         return {"channel": str(index)}
     return {"device": c.get("device") or None, "channel": c["name"], "kind": c.get("kind") or None,
             "unit": c.get("unit") or None, "area": c.get("area"), "hazard_source": c.get("hazard_source"),
-            "site": doc.get("site") if doc else None}
+            "site": doc.get("site_code") if doc else None}
 
 
 def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A small form of a table event (for status pages and the events measurement)."""
     chans = doc.get("channels") or []
-    return {"type": EVENT_TYPE, "ts": doc.get("ts"), "version": doc.get("version"),
-            "fingerprint": doc.get("fingerprint"), "channels": len(chans),
-            "devices": len({c.get("device") for c in chans if isinstance(c, Mapping)})}
+    return {"type": EVENT_TYPE, "ts": doc.get("ts"), "table_version": doc.get("table_version"),
+            "fingerprint": doc.get("fingerprint"), "channel_count": len(chans),
+            "device_count": len({c.get("device") for c in chans if isinstance(c, Mapping)})}
 
 
 def last_table(db: sqlite3.Connection, before: int | None = None) -> tuple[int, dict[str, Any]] | None:
@@ -139,7 +142,7 @@ class ChannelTableService:
 
     async def emit(self, doc: dict[str, Any]) -> None:
         self.seq = await self.gw.journal.append_event(doc)
-        self.version, self.last_ts = doc["version"], doc["ts"]
+        self.version, self.last_ts = doc["table_version"], doc["ts"]
         self.emitted += 1
 
     async def start(self) -> None:
@@ -148,12 +151,13 @@ class ChannelTableService:
         if last is not None:
             seq, ev = last
             age = (doc["ts"] - int(ev.get("ts") or 0)) / 1e9
-            if ev.get("version") == doc["version"] and 0 <= age < self.every_s:
-                self.seq, self.version, self.last_ts = seq, doc["version"], int(ev["ts"])
+            if ev.get("table_version") == doc["table_version"] and 0 <= age < self.every_s:
+                self.seq, self.version, self.last_ts = seq, doc["table_version"], int(ev["ts"])
                 return
         await self.emit(doc)
-        log.info("channel table %s (%d channels) journaled at seq %d%s", doc["version"], len(doc["channels"]),
-                 self.seq, "" if last is None else f" (was {last[1].get('version')})")
+        was = "" if last is None else f" (was {last[1].get('table_version')})"
+        log.info("channel table %s (%d channels) journaled at seq %d%s", doc["table_version"],
+                 len(doc["channels"]), self.seq, was)
 
     async def run(self) -> None:
         while True:

@@ -45,11 +45,11 @@ KINDS = ("gas", "temperature", "pressure", "level", "status")
 
 def table_event(prefix: str, ts: int, n: int = 50, *, site: str = "S-1") -> dict[str, Any]:
     """A channel_table event as the gateway journals it (50 channels, like harness batches)."""
-    doc: dict[str, Any] = {"type": chanmap.EVENT_TYPE, "ts": ts, "version": "", "fingerprint": prefix,
-                           "gateway": "gw-1", "site": site,
+    doc: dict[str, Any] = {"type": chanmap.EVENT_TYPE, "ts": ts, "table_version": "",
+                           "fingerprint": prefix, "gateway_id": "gw-1", "site_code": site,
                            "channels": [{"index": i, "name": f"{prefix}-{i}", "kind": KINDS[i % 5],
                                          "unit": "u", "device": f"dev-{i // 25}"} for i in range(n)]}
-    doc["version"] = chanmap.version_of(doc)
+    doc["table_version"] = chanmap.version_of(doc)
     return doc
 
 
@@ -143,6 +143,11 @@ async def test_names_reach_influxdb_like_the_gateways_own_historian(
         assert len(want) == 5, want  # five channels, each its own series
         assert got == want, f"central's series differ from the gateway's historian:\n{got}\n{want}"
         names = {dict(k[1])["channel"] for k in got}
+        # the table event's own keys collide with no tag: selecting by gateway across all
+        # measurements still works in both databases
+        for db in (db_gw, db_c):
+            rows = influxd.rows("SELECT count(\"value\") FROM /.*/ WHERE \"gateway\" = 'gw-test'", db)
+            assert sum(r["count"] for r in rows) > 0, db
         assert names == {"GT-1", "TT-1", "SW-1", "PT-1", "LT-1"}
         st = node.status_doc()
         assert st["origins"]["gw-test"]["channel_table"]["channels"] == 5
@@ -151,7 +156,7 @@ async def test_names_reach_influxdb_like_the_gateways_own_historian(
         assert o["influx_tagged_by"] == o["channel_table"]["version"]
         # the table event itself is a small point in the events measurement, not the whole list
         ev = influxd.rows("SELECT * FROM \"events\" WHERE \"type\"='channel_table'", db_c)
-        assert len(ev) == 1 and ev[0]["channels"] == 5
+        assert len(ev) == 1 and ev[0]["channel_count"] == 5
     finally:
         if not run.done():
             gw.stop()
@@ -197,7 +202,7 @@ async def test_names_through_county_to_province(tmp_path: Path, influxd: Any) ->
                                what="1000 points at the province's InfluxDB")
         for db in (db_county, db_prov):
             check_tags(influx_points(influxd, db), [(0, "A")])
-        want = table_event("A", T0)["version"]
+        want = table_event("A", T0)["table_version"]
         for node in (county.node, province.node):
             assert node.tables["gw-1"].version == want
             assert node.status_doc()["origins"]["gw-1"]["channel_table"]["channels"] == 50
@@ -269,7 +274,7 @@ async def test_table_change_retags_from_then_on_even_when_it_overtakes(tmp_path:
             if hi == 9:
                 assert node.tables["gw-1"].seq == 6
         assert node.tables["gw-1"].seq == 12
-        assert node.tables["gw-1"].version == table_event("B", T0 + 10 * 10**9 - 1)["version"]
+        assert node.tables["gw-1"].version == table_event("B", T0 + 10 * 10**9 - 1)["table_version"]
         # central's journal holds each table once, at its place among the samples
         got = stored(node, "gw-1")
         kinds = [k for k, _ in got]
@@ -358,7 +363,8 @@ async def _state_roundtrip(st: State) -> None:
         a, b = table_event("A", T0), table_event("B", T0 + 1)
         assert await st.commit(Commit("gw-1", "main", 10, "gw-1", 0, 10, 0, [], None, [(6, a)]))
         row = await st.channel_table("gw-1")
-        assert row is not None and (row.seq, row.version, row.channels, row.doc) == (6, a["version"], 50, a)
+        assert row is not None
+        assert (row.seq, row.version, row.channels, row.doc) == (6, a["table_version"], 50, a)
         assert await st.commit(Commit("gw-1", "main", 20, "gw-1", 10, 20, 0, [], None, [(12, b)]))
         # an older table never replaces a newer one
         assert await st.commit(Commit("gw-1", "main", 30, "gw-1", 20, 30, 0, [], None, [(3, a)]))
@@ -408,6 +414,7 @@ def _tables(j: Journal) -> list[tuple[int, dict[str, Any]]]:
 
 async def test_gateway_journals_its_table_when_it_changes(tmp_path: Path) -> None:
     gw = _gateway(tmp_path)
+    gw.build_services()  # what Gateway.run does first: the table service is among them
     svc = next(s for s in gw.services if s.name == "channel_table")
     await svc.start()
     [(seq, ev)] = _tables(gw.journal)
@@ -415,20 +422,20 @@ async def test_gateway_journals_its_table_when_it_changes(tmp_path: Path) -> Non
         {"index": 0, "name": "GT-101", "kind": "gas", "unit": "%LEL", "device": "plc-1",
          "range": [0.0, 100.0], "area": "tank-farm"},
         {"index": 1, "name": "TT-1", "kind": "temperature", "unit": "°C", "device": "plc-1"}]
-    assert (ev["gateway"], ev["site"], ev["fingerprint"]) == ("gw-1", "S-1", gw.table.fingerprint())
-    assert ev["version"] == chanmap.version_of(ev) and svc.stats()["seq"] == seq  # type: ignore[attr-defined]
+    assert (ev["gateway_id"], ev["site_code"], ev["fingerprint"]) == ("gw-1", "S-1", gw.table.fingerprint())
+    assert ev["table_version"] == chanmap.version_of(ev) and svc.stats()["seq"] == seq  # type: ignore[attr-defined]
     gw.journal.close()
     # same config again: nothing new journaled
     gw = _gateway(tmp_path)
-    await next(s for s in gw.services if s.name == "channel_table").start()
+    await chanmap.ChannelTableService(gw).start()
     assert len(_tables(gw.journal)) == 1
     gw.journal.close()
     # a renamed channel: a new table
     gw = _gateway(tmp_path, tt="TT-9")
-    await next(s for s in gw.services if s.name == "channel_table").start()
+    await chanmap.ChannelTableService(gw).start()
     got = _tables(gw.journal)
     assert len(got) == 2 and got[1][1]["channels"][1]["name"] == "TT-9"
-    assert got[1][1]["version"] != got[0][1]["version"]
+    assert got[1][1]["table_version"] != got[0][1]["table_version"]
     gw.journal.close()
 
 
@@ -443,7 +450,7 @@ async def test_gateway_journals_its_table_again_every_period(tmp_path: Path) -> 
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     got = _tables(gw.journal)
-    assert len({ev["version"] for _, ev in got}) == 1
+    assert len({ev["table_version"] for _, ev in got}) == 1
     assert [ev["ts"] for _, ev in got] == sorted(ev["ts"] for _, ev in got)
     gw.journal.close()
     # at start, a table older than the period is journaled again even though unchanged
@@ -569,7 +576,7 @@ async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> Non
         # the newest sample stored is from T0 + 2 s (2025): that is how far behind it is
         assert g["lag_s"] > 3600
         assert g["rejected"] == {"UnknownSender": 1} and g["rejected_total"] == 1
-        assert g["channel_table"]["version"] == table_event("A", T0)["version"]
+        assert g["channel_table"]["version"] == table_event("A", T0)["table_version"]
         assert (g["channel_table"]["channels"], g["channel_table"]["devices"]) == (50, 2)
         o = r.json()["origins"]["gw-1"]
         assert o["main_seq"] == 4 and o["channel_table"]["seq"] == 1

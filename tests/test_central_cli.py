@@ -96,7 +96,8 @@ def test_daemon_serves_status_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert r.status_code == 401
         wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
         r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Bearer {wrong}"})
-        assert r.status_code == 401 and r.json() == {"error": "unauthorized", "detail": "invalid or revoked token"}
+        assert r.status_code == 401
+        assert r.json() == {"error": "unauthorized", "detail": "invalid or revoked token"}
         r = httpx.get(url, verify=_ctx(cert), timeout=5, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
         doc = r.json()
@@ -137,7 +138,8 @@ def test_run_refuses_a_bad_config_with_file_line_col(tmp_path: Path) -> None:
     f = tmp_path / "central.yaml"
     f.write_text(f"node: {{id: county, state_dir: '{tmp_path / 'county'}'}}\n"
                  "listen:\n  address: 127.0.0.1:0\n  clock_window: soon\n  token_file: x\n")
-    p = subprocess.run([*SAFEGW, "central", "-c", str(f)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    p = subprocess.run([*SAFEGW, "central", "-c", str(f)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=30)
     assert p.returncode == 2
     assert f"{f}:4:17: listen.clock_window:" in p.stderr, p.stderr
     assert f"{f}:5:3: listen.token_file:" in p.stderr, p.stderr
