@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import operator
 import re
 import struct
 import threading
@@ -166,12 +165,17 @@ def _put_zvars(out: list[bytes], x: I64) -> None:
     """Small side columns: zigzag varints (a few big values do not widen the rest)."""
     z = _zigzag(np.asarray(x, dtype=np.int64))
     top = int(z.max()) if len(z) else 0
-    w = max(1, (top.bit_length() + 6) // 7)  # chunks the biggest value needs
+    if top < 0x80:  # the usual record table: one byte each
+        out.append(z.astype(np.uint8).tobytes())
+        return
+    w = (top.bit_length() + 6) // 7  # chunks the biggest value needs
+    nb = np.ones(len(z), np.int64)
+    for j in range(1, w):
+        nb += z >= np.uint64(1 << (7 * j))
     chunks = (z[:, None] >> _SHIFTS[None, :w]) & np.uint64(0x7F)
-    nb = np.maximum(1, w - (np.cumsum(chunks[:, ::-1] != 0, axis=1) == 0).sum(axis=1))
-    j = np.arange(w)[None, :]
-    b = (chunks | ((j < (nb - 1)[:, None]).astype(np.uint64) << np.uint64(7))).astype(np.uint8)
-    out.append(b[j < nb[:, None]].tobytes())
+    jj = _SHIFTS[:w].astype(np.int64)[None, :] // 7
+    b = (chunks | ((jj < (nb - 1)[:, None]).astype(np.uint64) << np.uint64(7))).astype(np.uint8)
+    out.append(b[jj < nb[:, None]].tobytes())
 
 
 def _put_blob(out: list[bytes], b: bytes) -> None:
@@ -515,9 +519,6 @@ def _reconstruct(q: I64, mode_s: npt.NDArray[np.uint8]) -> npt.NDArray[np.float6
 
 # ------------------------------------------------------------------------ encode
 
-_FIELDS = operator.attrgetter("seq", "kind", "ts_min", "ts_max", "n", "data")
-
-
 def _unaligned(buf: bytes | bytearray, dtype: str, itemsize: int) -> npt.NDArray[Any]:
     """A view of ``buf`` with an element starting at every byte (for gathers/scatters)."""
     return np.ndarray((max(len(buf) - itemsize + 1, 0),), dtype, buffer=buf, strides=(1,))
@@ -533,10 +534,13 @@ def encode(records: Sequence[Record], *, level: int | None = None,
     """
     nrec = len(records)
     out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
-    if nrec:
-        seqs, kinds, tmins, tmaxs, ns, datas = zip(*map(_FIELDS, records), strict=True)
-    else:
-        seqs = kinds = tmins = tmaxs = ns = datas = ()
+    # one list per field (twice as fast as zip(*map(attrgetter(...))) on slotted records)
+    seqs = [r.seq for r in records]
+    kinds = [r.kind for r in records]
+    tmins = [r.ts_min for r in records]
+    tmaxs = [r.ts_max for r in records]
+    ns = [r.n for r in records]
+    datas = [r.data for r in records]
     seq_a = np.array(seqs, np.int64)
     kind_a = np.array(kinds, np.int64)
     tmin_a = np.array(tmins, np.int64)
