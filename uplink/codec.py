@@ -307,9 +307,10 @@ def _rice_params(z: U64, starts: I64, counts: I64) -> npt.NDArray[np.uint8]:
     return cand[best, np.arange(len(starts))].astype(np.uint8)
 
 
-def _put_rice(out: list[bytes], z: U64, ks: U64) -> None:
-    """Rice code with a parameter per value (constant along a group)."""
+def _put_rice(out: list[bytes], z: U64, kg: npt.NDArray[np.uint8], counts: I64) -> None:
+    """Rice code with a parameter per group (``kg``) of contiguous groups of ``counts``."""
     n = len(z)
+    ks = np.repeat(kg.astype(np.uint64), counts)
     q = z >> ks
     esc = q >= QMAX
     qc = np.where(esc, np.uint64(QMAX), q).astype(np.int64)
@@ -321,7 +322,9 @@ def _put_rice(out: list[bytes], z: U64, ks: U64) -> None:
     if w:
         rem = np.where(esc, np.uint64(0), z)
         bits = np.unpackbits(rem.astype(">u8").view(np.uint8).reshape(n, 8), axis=1)[:, 64 - w:]
-        rbits = bits[np.arange(w)[None, :] >= (w - ks.astype(np.int64))[:, None]]
+        # each group's mask of its k low bits, repeated (cheaper than comparing per value)
+        gmask = np.arange(w)[None, :] >= (w - kg.astype(np.int64))[:, None]
+        rbits = bits[np.repeat(gmask, counts, axis=0)]
     else:
         rbits = np.zeros(0, np.uint8)
     _put_u64(out, z[esc])
@@ -418,7 +421,7 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
     if sizes is not None:
         sizes["grouped_params"] = sizes.get("grouped_params", 0) + sum(map(len, out[-3:]))
         at = len(out)
-    _put_rice(out, z, k[rep].astype(np.uint64))
+    _put_rice(out, z, k, counts)
     if sizes is not None:
         _count(sizes, "grouped_rice", out, at)
         # the part of the Rice bits spent on record times and sample time offsets
