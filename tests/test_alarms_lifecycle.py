@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.app import Gateway
@@ -148,6 +149,42 @@ async def test_gateway_restart_keeps_alarm_state(tmp_path: Path) -> None:
         evs = gw2.rules.process(Batch.build([0, 1], [t + 2 * NS] * 2, [5.0, 20.9], [0, 0]))
         assert [(x["channel"], x["transition"], x["state"]) for x in evs] == [
             ("GT-1", "clear", "cleared_unacked"), ("O2-1", "clear", "normal")]
+    finally:
+        gw2.journal.close()
+    await asyncio.sleep(0)
+
+
+def _cfg_exposure(state: Path) -> str:
+    return textwrap.dedent(f"""\
+        gateway: {{id: gw-w, site: "S", state_dir: {state}}}
+        devices:
+          - name: plc
+            protocol: modbus-tcp
+            host: 127.0.0.1
+            enabled: false
+            channels:
+              - {{name: CO-1, kind: gas, gas: co, unit: mg/m3, address: 'holding:0', exposure: gbz2.1,
+                  alarms: {{trend: {{window: 2m, slope: 5}}}}}}
+        """)
+
+
+@pytest.mark.xfail(strict=True, reason="gateway/app.py calls rules.warm() after its restore loop once wired "
+                                       "(docs/rules.md, Restart); remove this mark then")
+async def test_gateway_restart_rebuilds_exposure_and_trend(tmp_path: Path) -> None:
+    """A restarted gateway continues the exposure integral and trend buckets from the journal."""
+    gw = Gateway(loads(_cfg_exposure(tmp_path / "st")))
+    t0 = gw.clock() - 3600 * NS
+    for k in range(240):  # an hour of CO at 15 s steps
+        gw.ingest(Batch.build([0], [t0 + k * 15 * NS], [10.0 + (k % 7)], [0]))
+    await gw.flush()
+    integral, ring = float(gw.rules.I[0]), gw.rules.ring_y.copy()
+    assert integral > 0
+    gw.journal.close()
+    gw2 = Gateway(loads(_cfg_exposure(tmp_path / "st")))
+    try:
+        assert float(gw2.rules.I[0]) == integral
+        assert np.array_equal(gw2.rules.ring_y, ring)
+        assert gw2.rules.pv[0] == 10.0 + 239 % 7
     finally:
         gw2.journal.close()
     await asyncio.sleep(0)
