@@ -535,6 +535,13 @@ def encode(records: Sequence[Record], *, level: int | None = None,
     about the same cost there) and 3 for big backlog ones, where speed counts more.
     ``sizes``, if given, is added each section's bytes before zstd (measurements).
     """
+    return encode_summary(records, level=level, sizes=sizes)[0]
+
+
+def encode_summary(records: Sequence[Record], *, level: int | None = None,
+                   sizes: dict[str, int] | None = None) -> tuple[bytes, int, int, int]:
+    """``encode``, plus what an envelope header states: (payload, smallest ts_min,
+    largest ts_max, samples in SAMPLES records); the times are 0 without records."""
     nrec = len(records)
     out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
     # one list per field (twice as fast as zip(*map(attrgetter(...))) on slotted records)
@@ -598,7 +605,11 @@ def encode(records: Sequence[Record], *, level: int | None = None,
     raw = b"".join(out)
     if level is None:
         level = 6 if len(raw) < 1 << 18 else ZSTD_LEVEL
-    return _compressor(level).compress(raw)
+    payload = _compressor(level).compress(raw)
+    if not nrec:
+        return payload, 0, 0, 0
+    n_samples = int(n_a[kind_a == SAMPLES].sum())
+    return payload, int(tmin_a.min()), int(tmax_a.max()), n_samples
 
 
 def _count(sizes: dict[str, int], what: str, out: list[bytes], start: int) -> None:

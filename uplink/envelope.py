@@ -238,7 +238,7 @@ def seal(
     if not 0 < len(origin) <= 255:
         raise ValueError("the node id must be 1..255 bytes of UTF-8")
 
-    payload = codec.encode(records)
+    payload, ts_min, ts_max, n_samples = codec.encode_summary(records)
     salt = os.urandom(SALT_LEN)
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -254,13 +254,7 @@ def seal(
     if len(recipients) > 1:
         entries.append(_commit(content_key))
 
-    if records:
-        first_seq, last_seq = records[0].seq, records[-1].seq
-        ts_min = min(r.ts_min for r in records)
-        ts_max = max(r.ts_max for r in records)
-    else:
-        first_seq = last_seq = ts_min = ts_max = 0
-    n_samples = sum(r.n for r in records if r.kind == SAMPLES)
+    first_seq, last_seq = (records[0].seq, records[-1].seq) if records else (0, 0)
     rest = b"".join((
         bytes([codec.FORMAT << 4 | cipher_id, len(origin)]), origin, sender.kid_bytes,
         _varint(_zigzag(first_seq)), _varint((last_seq - first_seq) & _M64), _varint(len(records)),
