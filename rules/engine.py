@@ -858,19 +858,30 @@ class RulesEngine:
                 if not m.any():
                     break
                 self.snap_stel[oc[m], j[m] % SB1] = oi[m]
-            tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
-            start = np.maximum(tk0 + 1, tk - TWA_BUCKETS)
-            for d in range(TB1):
-                j = start + d
-                m = j <= tk
-                if not m.any():
-                    break
-                self.snap_twa[oc[m], j[m] % TB1] = oi[m]
             self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
-            self.old_twa[oc] = self.snap_twa[oc, (tk + 1) % TB1]
-        self.lim_twa[c] = self.old_twa[c] + self.twa_thr[c]
-        self.lim_min[c] = np.fmin(self.lim_twa[c], self.old_stel[c] + self.stel_thr[c])
-        self.lim_stel[c] = self.old_stel[c] + self.stel_thr[c]
+            tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
+            # the TWA snapshots move only when a 15-minute boundary was crossed
+            newtw = tk != tk0
+            if newtw.any():
+                tc, tk0, tk, ti = oc[newtw], tk0[newtw], tk[newtw], oi[newtw]
+                start = np.maximum(tk0 + 1, tk - TWA_BUCKETS)
+                for d in range(TB1):
+                    j = start + d
+                    m = j <= tk
+                    if not m.any():
+                        break
+                    self.snap_twa[tc[m], j[m] % TB1] = ti[m]
+                self.old_twa[tc] = self.snap_twa[tc, (tk + 1) % TB1]
+            upd = first.copy()
+            upd[old] = newtw
+            tw = c[upd]
+        else:
+            tw = c
+        if len(tw):
+            self.lim_twa[tw] = self.old_twa[tw] + self.twa_thr[tw]
+        lim_stel = self.old_stel[c] + self.stel_thr[c]
+        self.lim_stel[c] = lim_stel
+        self.lim_min[c] = np.fmin(self.lim_twa[c], lim_stel)
         self.ex_k[c] = k
         self.ex_next[c] = (k + 1) * STEL_BUCKET_NS - ph
 
