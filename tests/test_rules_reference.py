@@ -125,6 +125,14 @@ def test_random_fast_signals(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(2))
+def test_random_many_channels(seed: int) -> None:
+    # enough channels for several bucket phases (they come in blocks of 16 channels) and
+    # for the index-based shortcuts of the core to matter
+    seen = drive(50 + seed, n=200, steps=120, dt_s=(0.05, 1.0))
+    assert seen.get("limit", 0) > 0 and seen.get("trend", 0) > 0, seen
+
+
+@pytest.mark.parametrize("seed", range(2))
 def test_random_exposure_over_hours(seed: int) -> None:
     # minutes between batches and low limits, so TWA and STEL windows fill and rotate
     seen = drive(100 + seed, n=30, steps=400, dt_s=(20.0, 90.0), exposure_scale=3.0)
