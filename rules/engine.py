@@ -6,14 +6,20 @@ shelving expiry) both return alarm transition events (JSON-able dicts). Operator
 actions return events too: ``ack``, ``shelve``, ``unshelve``, ``set_maintenance``;
 the caller journals them (``gw.emit_events``). ``active()`` and ``history()`` serve the
 admin API and the MQTT ``alarms/active`` document; ``restore(events)`` rebuilds the
-alarm states from the journal at start, so a restart does not re-raise what holds.
+alarm states from the journal at start, so a restart does not re-raise what holds, and
+``warm(batches, now_ns)`` then replays the journaled samples into the trend, exposure
+and previous-value state without events.
 
 Pure: no I/O, no clock. Every channel's state lives in arrays of length N (rules ×
 channels for the alarm machine); a Batch is applied with O(batch) numpy operations.
 Most channels are quiet most of the time, so each rule first screens the batch with
-one or two array comparisons and does its real work on the few channels that moved.
-A batch of channels in one contiguous run (what a driver hands on) is handled through
-array views, without gathering.
+one or two array comparisons and does its real work on the few channels that moved;
+the delay machine looks only at channels with a nonzero condition or with a candidate
+or level set (an index per rule, kept up to date), and tick() skips the stale check
+until the earliest possible deadline. A batch of channels in one contiguous run (what
+a driver hands on) is handled through array views, without gathering. Trend settings
+and buckets are stored in phase order, so the channels refitted together are read as
+contiguous runs (docs/rules.md, Performance).
 
 The semantics are those of rules/reference.py (a per-channel implementation kept
 alongside as the executable specification); the tests drive both with random data
@@ -436,7 +442,6 @@ class RulesEngine:
                 "noise": np.flatnonzero(self.ex_mode[sel] == 2),
                 "noise_ch": np.flatnonzero(self.ex_mode[sel] == 2) + sel.start,
                 "noise_k": self.noise_k[sel][self.ex_mode[sel] == 2],
-                "any_frozen": bool(self.enabled[R_FROZEN][sel].any()),
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
