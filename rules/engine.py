@@ -1269,7 +1269,7 @@ class RulesEngine:
         seed_twa, seed_stel = self.seed_twa.copy(), self.seed_stel.copy()
         self.seed_twa[:] = 0.0
         self.seed_stel[:] = 0.0
-        samples = self.stats["samples"]
+        stats = dict(self.stats)
         applied = 0
         self._warming = True
         try:
@@ -1284,7 +1284,7 @@ class RulesEngine:
         finally:
             self._warming = False
             self._tr = []
-            self.stats["samples"] = samples
+            self.stats = stats
             untouched = self.last_ts == NONE
             for arr, old in restored:
                 arr[untouched] = old[untouched]
