@@ -362,7 +362,7 @@ def _get_rice(rd: _Reader, n: int, ks: U64, what: str) -> U64:
 
 
 def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int] | None = None,
-                 n_time_groups: int = 0) -> None:
+                 n_time_groups: int = 0, segments: Sequence[int] = ()) -> None:
     """Integers in contiguous groups of ``counts`` (all > 0): anchor, scale, trend, order, Rice.
 
     Per group: its first value is the anchor A; the differences x - A are divided by
@@ -398,7 +398,8 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
     lim = 2.0**62  # keep the trend parameters in int64 range
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where(counts > 1, sxy / np.maximum(sxx, 1.0), 0.0)
-    slope = np.rint(np.clip(np.nan_to_num(slope), -lim, lim))
+    slim = lim / _P10I[e]  # the slope times 10**e (sent) stays in range too
+    slope = np.rint(np.clip(np.nan_to_num(slope), -slim, slim))
     base = np.rint(np.clip(np.nan_to_num(sy / cf - slope * ibar), -lim, lim))
     b = base.astype(np.int64)
     dd = slope.astype(np.int64)
@@ -413,11 +414,15 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
     k = _rice_params(z, starts, counts)
     out.append((order.astype(np.uint8) << 6 | k).tobytes())
     out.append(e.tobytes())
-    scaled = e > 0  # other groups: anchor 0, their base is the anchor
-    # side columns, each as differences along the groups: anchors (scaled groups only),
-    # bases, slopes
-    _put_zvars(out, np.concatenate((np.diff(anchor[scaled], prepend=np.int64(0)),
-                                    np.diff(b, prepend=np.int64(0)), np.diff(dd, prepend=np.int64(0)))))
+    scaled = e > 0  # other groups: anchor 0, their base is the level
+    # side columns, in the series' own units, as differences to the previous group of the
+    # same segment (record times, time offsets, values): each group's level (its anchor
+    # when scaled, else its base), its slope times 10**e; then the scaled groups' bases
+    seg_starts = _group_starts(np.asarray(segments, np.int64)[np.asarray(segments) > 0]) if segments \
+        else np.zeros(1, np.int64)
+    level = np.where(scaled, anchor, b)
+    _put_zvars(out, np.concatenate((_gdiff(level, seg_starts), _gdiff(dd * _P10I[e], seg_starts),
+                                    b[scaled])))
     if sizes is not None:
         sizes["grouped_params"] = sizes.get("grouped_params", 0) + sum(map(len, out[-3:]))
         at = len(out)
@@ -431,7 +436,7 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
             np.minimum(zt >> kt, QMAX).sum() + len(zt) + kt.sum())
 
 
-def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
+def _get_grouped(rd: _Reader, counts: I64, what: str, segments: Sequence[int] = ()) -> I64:
     g = len(counts)
     n = int(counts.sum())
     if not n:
@@ -446,13 +451,22 @@ def _get_grouped(rd: _Reader, counts: I64, what: str) -> I64:
     e = np.frombuffer(rd.take(g, what + " scales"), np.uint8)
     if e.max() > 9:
         raise CodecError(f"{what}: scale 10**{e.max()}")
-    anchor = np.zeros(g, np.int64)
     scaled = e > 0
     n_sc = int(scaled.sum())
-    side = rd.zvars(n_sc + 2 * g, what + " anchors, bases and slopes")
-    anchor[scaled] = np.cumsum(side[:n_sc], dtype=np.int64)
-    base = np.cumsum(side[n_sc:n_sc + g], dtype=np.int64)
-    slope = np.cumsum(side[n_sc + g:], dtype=np.int64)
+    side = rd.zvars(2 * g + n_sc, what + " levels, slopes and bases")
+    seg = np.asarray(segments, np.int64)[np.asarray(segments) > 0] if segments else np.array([g], np.int64)
+    if int(seg.sum()) != g:
+        raise CodecError(f"{what}: segments of {int(seg.sum())} groups for {g}")
+    seg_starts = _group_starts(seg)
+    level = _gcumsum(side[:g], seg_starts, seg)
+    p10 = _P10I[e]
+    slope10 = _gcumsum(side[g:2 * g], seg_starts, seg)
+    if (slope10 % p10).any():
+        raise CodecError(f"{what}: slope not a multiple of its scale")
+    slope = slope10 // p10
+    anchor = np.where(scaled, level, 0)
+    base = level.copy()
+    base[scaled] = side[2 * g:]
     rep = np.repeat(np.arange(g), counts)
     r = _unzigzag(_get_rice(rd, n, k[rep].astype(np.uint64), what))
     o_s = order[rep]
@@ -777,7 +791,7 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
         at = len(out)
     # every integer series in one go: record times, sample time offsets, values
     _put_grouped(out, np.concatenate(xs), np.concatenate(cs), sizes=sizes,
-                 n_time_groups=sum(len(c) for c in cs[:-1]))
+                 n_time_groups=sum(len(c) for c in cs[:-1]), segments=[len(c) for c in cs])
     ev = vs[exc].view(np.uint64)
     at2 = len(out)
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
@@ -1453,7 +1467,8 @@ def _decode_samples(rd: _Reader, n_col: int) -> list[tuple[int, int, int, bytes]
     n_exc = int(exc.sum())
     keep = ~exc
     val_counts = _nonzero_counts(np.repeat(np.arange(n_ch), ch_count)[keep], n_ch)
-    allx = _get_grouped(rd, np.concatenate((pat_cnt, off_counts, val_counts)), "integers")
+    allx = _get_grouped(rd, np.concatenate((pat_cnt, off_counts, val_counts)), "integers",
+                        [len(pat_cnt), len(off_counts), len(val_counts)])
     t_sorted = allx[:n_col]
     q = allx[n_col + int(off_counts.sum()):]
     if len(pat_len) > 1:
