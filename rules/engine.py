@@ -86,6 +86,7 @@ NEVER = np.iinfo(np.int64).max  # a disabled timer
 NR = len(RULES)
 _RULE_INDEX = {n: i for i, n in enumerate(RULES)}
 SB1 = STEL_BUCKETS + 1
+assert TREND_BUCKETS & (TREND_BUCKETS - 1) == 0, "the trend ring is indexed with a bit mask"
 TB1 = TWA_BUCKETS + 1
 
 IntArr = npt.NDArray[np.int64]
@@ -760,7 +761,7 @@ class RulesEngine:
                 oc, ok_, k0, orp, obw, oph = c[old], k[old], k0[old], rp[old], bw[old], ph[old]
             else:
                 oc, ok_, orp, obw, oph = c, k, rp, bw, ph
-            s = k0 % TREND_BUCKETS
+            s = k0 & (TREND_BUCKETS - 1)  # k0 % TREND_BUCKETS (a power of two), without a division
             n = self.tb_n[oc]
             # sum of (t - bucket start) from the plain sum of t (exact in wrapping int64)
             st = self.tb_st[oc] - n * (k0 * obw - oph)
@@ -834,8 +835,9 @@ class RulesEngine:
             y_end = my + slope * ((t - ref) / NS - mx)
             lim = self.p_plim[rp]
             rising = (slope > 0) & (y_end < lim)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ttl = np.where(rising, (lim - y_end) / np.where(rising, slope, 1.0), np.inf)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                ttl = (lim - y_end) / slope
+            ttl[~rising] = np.inf
             x = (ttl * NS <= self.p_pns[rp])
             self._machine(R_PREDICT, c, x, t, ttl, rnd)
 
