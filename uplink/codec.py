@@ -764,18 +764,33 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     vs = val[order]
     ch_count = np.bincount(inv, minlength=n_ch).astype(np.int64)
     ch_start = np.cumsum(ch_count) - ch_count
-    mode = _choose_modes(vs, ch_start, ch_count)
+    # each channel's mode from the previous envelopes when known (instruments keep their
+    # resolution), else found from a few spread samples
+    ch_ids = vs[:0].astype(np.int64) if not n_ch else ch[order[ch_start]]
+    known = np.array([_MODE_CACHE.get(c, -1) for c in ch_ids.tolist()], np.int64)
+    fresh = known < 0
+    mode = known.astype(np.uint8)
+    if fresh.any():
+        mode[fresh] = _choose_modes(vs, ch_start[fresh], ch_count[fresh])
     mode_s = np.repeat(mode, ch_count)
     q, exc = _quantize(vs, mode_s)
-    # a poor guess from the spread samples: retry those channels on all their samples
+    # a poor guess from the spread samples (or a mode that no longer fits): retry those
+    # channels on all their samples; likewise a remembered k finer than the values need
     n_exc = np.add.reduceat(exc & np.isfinite(vs), ch_start)
-    retry = np.flatnonzero((n_exc * 8 > ch_count) & ((mode >> 4) != M_RAW))
+    poor = (n_exc * 8 > ch_count) & ((mode >> 4) != M_RAW)
+    if not fresh.all():
+        coarse = np.add.reduceat((q % 10 == 0) | exc, ch_start) == ch_count
+        poor |= ~fresh & (((mode & 0x0F) > 0) & coarse | ((mode >> 4) == M_RAW))
+    retry = np.flatnonzero(poor)
     if len(retry):
         for c in retry.tolist():
             s, n = int(ch_start[c]), int(ch_count[c])
             mode[c] = _choose_modes(vs[s:s + n], np.zeros(1, np.int64), np.array([n]), per=n)[0]
         mode_s = np.repeat(mode, ch_count)
         q, exc = _quantize(vs, mode_s)
+    if len(_MODE_CACHE) > 1 << 16:  # channel ids are int32: keep the memory bounded
+        _MODE_CACHE.clear()
+    _MODE_CACHE.update(zip(ch_ids.tolist(), mode.tolist(), strict=True))
     out.append(mode.tobytes())
     out.append(qual[order].tobytes())
     _put_blob(out, np.packbits(exc).tobytes())
@@ -797,6 +812,11 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     _put_u64(out, ev ^ np.concatenate((np.zeros(1, np.uint64), ev[:-1])))
     if sizes is not None:
         _count(sizes, "exception_values", out, at2)
+
+
+# channel id -> mode byte last chosen: only a starting guess (the encoder checks it on the
+# data and chooses again when it does not fit); shared by threads, races are harmless
+_MODE_CACHE: dict[int, int] = {}
 
 
 def _quantize(vs: npt.NDArray[np.float64],
