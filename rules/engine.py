@@ -470,6 +470,7 @@ class RulesEngine:
         self.last_ts[sel] = t
         # ---- maintenance (quality calibrating / maintenance, or the channel set so)
         qany = bool(q.any())
+        qpos: npt.NDArray[np.intp] | None = None  # positions of samples with a quality other than good
         if self.nsupp:
             qm = (q == Q_CALIBRATING) | (q == Q_MAINTENANCE) if qany else np.zeros(len(ch), bool)
             want = qm | self.cfg_maint[sel] | self.rt_maint[sel]
@@ -494,6 +495,7 @@ class RulesEngine:
                 if not len(ch):
                     return
                 sel = ch.astype(np.intp)
+                qpos = None
             flip = flip[:0]
         for i in flip.tolist():
             self._set_supp(int(ch[i]), not bool(self.supp[ch[i]]), int(t[i]), rnd)
@@ -504,6 +506,7 @@ class RulesEngine:
                 if not len(ch):
                     return
                 sel = ch.astype(np.intp)
+                qpos = None
         chs: Any = sel if isinstance(sel, slice) else ch
         base = sel.start if isinstance(sel, slice) else 0
         # ---- stale clears on any sample
@@ -513,9 +516,9 @@ class RulesEngine:
             self._machine(R_STALE, chs, None, t, 0.0, rnd)
         # ---- bad quality (the few bad samples by position; channels seen bad in bad_idx)
         if qany:
-            qpos = np.flatnonzero(q != 0)
-            qs = q[qpos]
-            badpos = qpos[qs >= Q_BAD]
+            if qpos is None:
+                qpos = np.flatnonzero(q != 0)
+            badpos = qpos[q[qpos] >= Q_BAD]
         else:
             badpos = np.zeros(0, np.intp)
         if len(self.bad_idx):
