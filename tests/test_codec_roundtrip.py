@@ -157,6 +157,29 @@ def test_first_guess_wrong_is_corrected() -> None:
     assert len(enc) < 600
 
 
+def test_remembered_modes_never_cost_size() -> None:
+    """The encoder starts from each channel's previous mode: when the channel's values
+    change resolution (or kind), it must notice and choose again."""
+    rng = np.random.default_rng(4)
+    ch = np.full(600, 424242, np.int32)  # a channel id no other test uses
+    ts = T0 + np.arange(600) * 10**9
+    fine = np.round(rng.normal(50, 5, 600), 3)  # thousandths
+    coarse = np.round(rng.normal(50, 5, 600))  # integers now
+    scaled = rng.integers(0, 4000, 600) * 0.1  # raw * 0.1, as a driver scales
+    for v in (fine, coarse, scaled, fine):
+        codec._MODE_CACHE.pop(424242, None)
+        fresh = codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])
+        after = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])  # remembered mode now
+        # a remembered mode from the previous kind of data, then this data
+        assert len(after) <= len(fresh) + 2
+    for prev, v in ((fine, coarse), (coarse, fine), (scaled, coarse), (fine, scaled)):
+        codec._MODE_CACHE.pop(424242, None)
+        codec.encode([sample_record(1, Batch.build(ch, ts, prev, 0))])
+        switched = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])
+        codec._MODE_CACHE.pop(424242, None)
+        assert len(switched) <= len(codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])) + 2
+
+
 def test_typical_plant_minute_is_compact() -> None:
     """16 channels, 3 devices polled each second, jittered ns timestamps: ~1 byte a sample."""
     rng = np.random.default_rng(7)

@@ -777,7 +777,8 @@ def _encode_samples(out: list[bytes], pat_len: I64, pat_ch: I64, pid: I64, count
     # a poor guess from the spread samples (or a mode that no longer fits): retry those
     # channels on all their samples; likewise a remembered k finer than the values need
     n_exc = np.add.reduceat(exc & np.isfinite(vs), ch_start)
-    poor = (n_exc * 8 > ch_count) & ((mode >> 4) != M_RAW)
+    # (a fresh guess missing even a few: q / 10 and q * 0.1 agree on most values, not all)
+    poor = ((n_exc * 8 > ch_count) | fresh & (n_exc > 0)) & ((mode >> 4) != M_RAW)
     if not fresh.all():
         coarse = np.add.reduceat((q % 10 == 0) | exc, ch_start) == ch_count
         poor |= ~fresh & (((mode & 0x0F) > 0) & coarse | ((mode >> 4) == M_RAW))
