@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,6 +95,13 @@ class Gateway:
         while recs := self.journal.read_sync(after, 5000, kinds=(2,)):
             self.rules.restore(r.event() for r in recs)
             after = recs[-1].seq
+        # ... and trend buckets, exposure (TWA 8 h, STEL 15 min) and timers from the samples
+        now = clock()
+        t0 = time.monotonic()
+        warmed = self.rules.warm(self._journal_samples(now - self.rules.warm_window_ns), now)
+        if warmed:
+            log.info("rules: rebuilt trend and exposure from %d journaled samples in %.1f s", warmed,
+                     time.monotonic() - t0)
         self.devices: dict[str, DeviceState] = {
             d.name: DeviceState(d.name, d.protocol, "ok" if d.enabled else "disabled") for d in cfg.devices
         }
@@ -107,6 +114,15 @@ class Gateway:
         self._stop = asyncio.Event()
         self._pending: set[Any] = set()
         self.started_ns = clock()
+
+    def _journal_samples(self, since_ns: int) -> Iterator[Batch]:
+        """Journaled sample batches ending at or after ``since_ns``, oldest first."""
+        after = self.journal.seq_before(since_ns)
+        while recs := self.journal.read_sync(after, 500, kinds=(1,)):
+            for r in recs:
+                if r.ts_max >= since_ns:
+                    yield r.batch()
+            after = recs[-1].seq
 
     # ------------------------------------------------------------------ data path
     def ingest(self, batch: Batch) -> None:

@@ -700,6 +700,16 @@ class Journal:
         with self._lock:
             self._active.discard(name)
 
+    def seq_before(self, ts_ns: int, kind: int = SAMPLES) -> int:
+        """A sequence number after which every record of ``kind`` ending at or after
+        ``ts_ns`` lies (0 when the first does): where to start reading "since ts_ns".
+        Reads only the rows' fixed columns, not their data."""
+        db = self._reader_db()
+        sql = "SELECT MIN(seq) FROM records WHERE kind = ? AND ts_max >= ?"
+        row = db.execute(sql, (kind, ts_ns)).fetchone()
+        first = row[0] if row and row[0] is not None else self.last_seq + 1
+        return max(0, int(first) - 1)
+
     def cursor(self, name: str) -> int:
         with self._lock:
             return self._cursors.get(name, 0)

@@ -168,8 +168,6 @@ def _cfg_exposure(state: Path) -> str:
         """)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/app.py calls rules.warm() after its restore loop once wired "
-                                       "(docs/rules.md, Restart); remove this mark then")
 async def test_gateway_restart_rebuilds_exposure_and_trend(tmp_path: Path) -> None:
     """A restarted gateway continues the exposure integral and trend buckets from the journal."""
     gw = Gateway(loads(_cfg_exposure(tmp_path / "st")))

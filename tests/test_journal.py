@@ -521,3 +521,17 @@ def test_cancelled_before_taken_is_not_written(jpath: Path) -> None:
         expect = [i for i in range(300) if i not in cancelled]
         assert len(recs) == len(expect)
         assert all(r.batch().equals(mk(i)) for r, i in zip(recs, expect, strict=True))
+
+
+def test_seq_before_finds_where_a_time_window_starts(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", sync="normal")
+    try:
+        seqs = j.append_sync([mk(0), {"type": "alarm", "ts": T0 + 5 * 10**9}, mk(1), mk(2), mk(3)])
+        # mk(i) ends at T0 + i s + 99 µs
+        assert j.seq_before(T0) == 0
+        assert j.seq_before(T0 + 10**9) == seqs[1]  # batch 1 is the first sample record ending after 1 s
+        assert j.seq_before(T0 + 3 * 10**9) == seqs[3]
+        assert j.seq_before(T0 + 60 * 10**9) == j.last_seq  # nothing that late: read nothing
+        assert j.seq_before(T0 + 5 * 10**9, kind=EVENT) == seqs[0]
+    finally:
+        j.close()
