@@ -596,7 +596,9 @@ def encode_summary(records: Sequence[Record], *, level: int | None = None,
     # record table
     _put_zvars(out, np.diff(seq_a, prepend=np.int64(0)) - 1)  # gaps are rare but can be wide
     _put_ints(out, kind_a)
-    _put_u64(out, layout)
+    # layouts follow from the kinds (samples: columns, events: event columns, others
+    # opaque) except for the samples and events that travel opaque: flag those
+    _put_u64(out, ((layout == L_OPAQUE) & ((kind_a == SAMPLES) | (kind_a == EVENT))).astype(np.uint64))
 
     # opaque records
     oi = np.flatnonzero(layout == L_OPAQUE)
@@ -1381,9 +1383,12 @@ def _decode(raw: bytes) -> list[Record]:
         raise CodecError(f"record count {nrec} cannot fit in {len(raw)} bytes")
     seqs = np.cumsum(rd.zvars(nrec, "seq") + 1, dtype=np.int64)
     kinds = rd.ints("kind", nrec)
-    layout = rd.u64("layout", nrec)
-    if nrec and layout.max() > L_EVENT:
-        raise CodecError(f"unknown record layout {layout.max()}")
+    opaque = rd.u64("opaque flags", nrec)
+    if nrec and opaque.max() > 1:
+        raise CodecError(f"opaque flag {opaque.max()}")
+    by_kind = np.where(kinds == SAMPLES, L_SAMPLES, np.where(kinds == EVENT, L_EVENT, L_OPAQUE))
+    layout = by_kind.astype(np.uint64)
+    layout[opaque.astype(bool)] = L_OPAQUE
     n_op = int((layout == L_OPAQUE).sum())
     n_ev = int((layout == L_EVENT).sum())
     t0 = _undod(rd.ints("opaque ts_min", n_op))
