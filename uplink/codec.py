@@ -168,6 +168,17 @@ def _put_zvars(out: list[bytes], x: I64) -> None:
     if top < 0x80:  # the usual record table: one byte each
         out.append(z.astype(np.uint8).tobytes())
         return
+    big = np.flatnonzero(z >= np.uint64(0x80))
+    if len(big) <= 8:  # a few wide values among small ones (a gap in the sequence)
+        small = z.astype(np.uint8).tobytes()
+        parts: list[bytes] = []
+        at = 0
+        for i, v in zip(big.tolist(), z[big].tolist(), strict=True):
+            parts += (small[at:i], _varint(v))
+            at = i + 1
+        parts.append(small[at:])
+        out.append(b"".join(parts))
+        return
     w = (top.bit_length() + 6) // 7  # chunks the biggest value needs
     nb = np.ones(len(z), np.int64)
     for j in range(1, w):
