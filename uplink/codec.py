@@ -613,12 +613,15 @@ def encode_summary(records: Sequence[Record], *, level: int | None = None,
 
     # opaque records
     oi = np.flatnonzero(layout == L_OPAQUE)
-    t0 = tmin_a[oi]
-    _put_ints(out, _dod(t0))
-    _put_ints(out, tmax_a[oi] - t0)
-    _put_ints(out, n_a[oi])
-    _put_u64(out, len_a[oi].astype(np.uint64))
-    out.append(b"".join([datas[i] for i in oi.tolist()]) if len(oi) else b"")
+    if len(oi):
+        t0 = tmin_a[oi]
+        _put_ints(out, _dod(t0))
+        _put_ints(out, tmax_a[oi] - t0)
+        _put_ints(out, n_a[oi])
+        _put_u64(out, len_a[oi].astype(np.uint64))
+        out.append(b"".join([datas[i] for i in oi.tolist()]))
+    else:
+        out.append(bytes(8))  # four empty columns (count 0, width 0)
     if sizes is not None:
         _count(sizes, "records", out, 0)
     if samples is not None:
