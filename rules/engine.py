@@ -174,6 +174,13 @@ class RulesEngine:
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
+        # scratch for the per-sample passes (a fresh 100k-element temporary costs about
+        # twice a pass into memory already mapped)
+        self._s_i = np.empty(n, I64)
+        self._s_dts = np.empty(n)
+        self._s_dv = np.empty(n)
+        self._s_f = np.empty(n)
+        self._s_b = np.empty(n, bool)
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         self._warming = False
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
@@ -600,11 +607,16 @@ class RulesEngine:
         else:
             hold = None
         pv = self.pv[sel]
+        m = len(t)
         with np.errstate(all="ignore"):
-            dts = (t - self.pt[sel]) / NS
-            dv = v - pv
+            # (t - pt) / NS as numpy computes it: int64 difference, cast, divide
+            di = np.subtract(t, self.pt[sel], out=self._s_i[:m])
+            dts = self._s_dts[:m]
+            np.copyto(dts, di)
+            np.divide(dts, NS, out=dts)
+            dv = np.subtract(v, pv, out=self._s_dv[:m])
             # ---- frozen: exactly the previous valid value
-            eq = dv == 0
+            eq = np.equal(dv, 0.0, out=self._s_b[:m])
             anyeq = bool(eq.any())
             if anyeq:
                 fs = np.where(eq, self.fz_since[sel], t)
@@ -625,11 +637,11 @@ class RulesEngine:
             # ---- rate of change
             if pos is None or pos["any_roc"]:
                 np.abs(dv, out=dv)
-                thr = self.roc[sel] * dts
-                xr = dv > thr
+                thr = np.multiply(self.roc[sel], dts, out=self._s_f[:m])
+                xr = np.greater(dv, thr, out=self._s_b[:m])
                 self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, hold=hold)
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
-            due = t >= self.next_rot[sel]
+            due = np.greater_equal(t, self.next_rot[sel], out=self._s_b[:m])
             if hold is not None:
                 due[hold] = False
             rot = np.flatnonzero(due)
@@ -648,7 +660,7 @@ class RulesEngine:
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
                 held = np.minimum(dts, self.hold_s[sel], out=dts)
-                contrib = np.fmax(pv, 0.0)
+                contrib = np.fmax(pv, 0.0, out=self._s_f[:m])
                 if pos is None or pos["any_noise"]:
                     if pos is None:
                         npos = np.flatnonzero(self.ex_mode[sel] == 2)
@@ -666,7 +678,7 @@ class RulesEngine:
                 else:
                     integ = self.I[sel] + contrib
                     self.I[sel] = integ
-                over = np.flatnonzero(integ > self.lim_min[sel])
+                over = np.flatnonzero(np.greater(integ, self.lim_min[sel], out=self._s_b[:m]))
                 ot = self.old_twa
                 os_ = self.old_stel
 
