@@ -731,11 +731,13 @@ def _patterns(ch: I64, counts: I64, rec_start: I64) -> tuple[I64, I64, I64 | Non
     with np.errstate(over="ignore"):
         terms = (ch.view(np.uint64) + np.uint64(1)) * _powers(int(counts.max()))[j]
         h = np.add.reduceat(terms, rec_start) ^ counts.view(np.uint64)
-    # ids in order of first use (a dict beats np.unique for a few hundred records)
-    ids: dict[int, int] = {}
-    pid = np.array([ids.setdefault(x, len(ids)) for x in h.tolist()], np.int64)
-    first = np.zeros(len(ids), np.int64)
-    first[pid[::-1]] = np.arange(len(pid) - 1, -1, -1)  # the lowest index wins
+    # ids in order of first use
+    uniq, first_u, inv = np.unique(h, return_index=True, return_inverse=True)
+    by_first = np.argsort(first_u)
+    rank = np.empty(len(uniq), np.int64)
+    rank[by_first] = np.arange(len(uniq))
+    pid = rank[inv.reshape(-1)]
+    first = first_u[by_first]
     pat_len = counts[first]
     pat_off = np.cumsum(pat_len) - pat_len
     src = np.repeat(rec_start[first] - pat_off, pat_len) + np.arange(int(pat_len.sum()))
