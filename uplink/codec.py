@@ -307,10 +307,10 @@ def _gdiff(x: I64, starts: I64) -> I64:
 
 def _rice_params(z: U64, starts: I64, counts: I64) -> npt.NDArray[np.uint8]:
     """Per group, the Rice parameter that codes ``z`` (zigzagged residuals) in fewest bits."""
-    # start from the mean bit length: robust to the few big values at group starts
-    mean_bits = np.add.reduceat(np.log2(z.astype(np.float64) + 1.0), starts) / counts
-    k0 = np.minimum(mean_bits.astype(np.int64), 60)
-    cand = np.maximum(k0[None, :] + np.arange(-1, 3)[:, None], 0)  # 4 candidates per group
+    # the geometric distribution's best k from the mean (floor(log2(mean * ln 2))), or one more
+    mean = np.add.reduceat(z.astype(np.float64), starts) / counts
+    k0 = np.minimum(np.floor(np.log2(np.maximum(mean * 0.6931, 1.0))), 60).astype(np.int64)
+    cand = k0[None, :] + np.arange(2)[:, None]
     ks = np.repeat(cand, counts, axis=1).astype(np.uint64)
     qq = (z[None, :] >> ks).astype(np.float64)
     bits = np.where(qq >= QMAX, QMAX + 65.0, qq + 1.0 + ks)
