@@ -95,8 +95,9 @@ Sel = slice | npt.NDArray[np.intp]
 
 
 def _tree8(a: FloatArr) -> FloatArr:
-    """Column sums of an (8, R) array, in a fixed order the reference repeats exactly."""
-    b = a[:4] + a[4:]
+    """Column sums of an (8, R) array, in a fixed order the reference repeats exactly.
+    ``a`` is overwritten (its first four rows hold the partial sums)."""
+    b = np.add(a[:4], a[4:], out=a[:4])
     b[:2] += b[2:]
     return b[0] + b[1]
 
@@ -181,6 +182,7 @@ class RulesEngine:
         self._s_dv = np.empty(n)
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
+        self._evbuf = [np.empty(0) for _ in range(4)]
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         self._warming = False
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
@@ -778,11 +780,13 @@ class RulesEngine:
                 oc, ok_, orp, obw, oph = c, k, rp, bw, ph
             s = k0 & (TREND_BUCKETS - 1)  # k0 % TREND_BUCKETS (a power of two), without a division
             n = self.tb_n[oc]
+            s0 = k0 * obw - oph  # the closed bucket's start
             # sum of (t - bucket start) from the plain sum of t (exact in wrapping int64)
-            st = self.tb_st[oc] - n * (k0 * obw - oph)
-            self.ring_w[s, orp] = n
-            self.ring_x[s, orp] = (((k0 * obw - oph) - self.p_epoch[orp]) + st / n) / NS
-            self.ring_y[s, orp] = self.tb_sv[oc] / n
+            st = self.tb_st[oc] - n * s0
+            fi = s * self.ring_w.shape[1] + orp  # flat positions in the (bucket, channel) rings
+            self.ring_w.reshape(-1)[fi] = n
+            self.ring_x.reshape(-1)[fi] = ((s0 - self.p_epoch[orp]) + st / n) / NS
+            self.ring_y.reshape(-1)[fi] = self.tb_sv[oc] / n
             gap = ok_ - k0
             if bool((gap > 1).any()):
                 for j in range(1, TREND_BUCKETS + 1):
@@ -808,18 +812,23 @@ class RulesEngine:
     def _trend_eval(self, c: npt.NDArray[np.intp], rp: npt.NDArray[np.intp], t: IntArr, ref: IntArr,
                     rnd: int) -> None:
         """Weighted least squares over the bucket means, for the channels that rotated."""
-        w = np.take(self.ring_w, rp, axis=1)
+        w = np.take(self.ring_w, rp, axis=1, out=self._ev_scratch(0, len(rp)), mode="clip")
         ok = (w > 0).view(np.int8).sum(axis=0, dtype=np.int8) >= MIN_TREND_BUCKETS
         if not ok.all():
-            c, rp, t, ref, w = c[ok], rp[ok], t[ok], ref[ok], w[:, ok]
+            c, rp, t, ref = c[ok], rp[ok], t[ok], ref[ok]
             if not len(c):
                 return
+            w = np.take(self.ring_w, rp, axis=1, out=self._ev_scratch(0, len(rp)), mode="clip")
+        # (8, R) scratch, written in place: a fresh temporary of this size costs twice a pass
+        m = len(rp)
         ref_s = (ref - self.p_epoch[rp]) / NS
-        xs = np.take(self.ring_x, rp, axis=1)
+        xs = np.take(self.ring_x, rp, axis=1, out=self._ev_scratch(1, m), mode="clip")
         xs -= ref_s
-        ys = np.take(self.ring_y, rp, axis=1)
-        sw = _tree8(w)
-        tmp = w * xs
+        ys = np.take(self.ring_y, rp, axis=1, out=self._ev_scratch(2, m), mode="clip")
+        tmp = self._ev_scratch(3, m)
+        np.copyto(tmp, w)
+        sw = _tree8(tmp)
+        np.multiply(w, xs, out=tmp)
         mx = _tree8(tmp) / sw
         np.multiply(w, ys, out=tmp)
         my = _tree8(tmp) / sw
@@ -855,6 +864,13 @@ class RulesEngine:
             ttl[~rising] = np.inf
             x = (ttl * NS <= self.p_pns[rp])
             self._machine(R_PREDICT, c, x, t, ttl, rnd)
+
+    def _ev_scratch(self, i: int, m: int) -> FloatArr:
+        """Scratch ``i`` of the trend refit as an (8, m) contiguous array (grown on demand)."""
+        buf = self._evbuf[i]
+        if len(buf) < TREND_BUCKETS * m:
+            buf = self._evbuf[i] = np.empty(TREND_BUCKETS * max(m, 2 * len(buf) // TREND_BUCKETS))
+        return buf[:TREND_BUCKETS * m].reshape(TREND_BUCKETS, m)
 
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]
