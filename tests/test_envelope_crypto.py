@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateway.batch import Batch
 from gateway.journal import EVENT, SAMPLES, Record
@@ -182,6 +183,31 @@ def test_signed_garbage_from_a_trusted_sender_is_decrypt_failed(nodes: dict[str,
     trust = TrustStore([nodes["gw-1"].public])
     with pytest.raises(DecryptFailed, match="does not decrypt"):
         envelope.open_envelope(resigned, recipient=nodes["county"], trusted=trust)
+
+
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "sm4-gcm"])
+def test_a_sender_cannot_give_recipients_different_keys(nodes: dict[str, NodeKeys], cipher: str) -> None:
+    """The key commitment: a (buggy or malicious) sender that wraps another key for the
+    second recipient, and signs that, is caught by the second recipient."""
+    env = envelope.seal(records(1, 3), sender=nodes["gw-1"],
+                        recipients=[nodes["county"].public, nodes["province"].public], cipher=cipher)
+    h = envelope.peek_header(env)
+    assert len(h.wrapped[1]) == (32 if cipher == "aes-256-gcm" else 16) and h.wrapped[0] == b""
+    at = h.header_len - len(h.key_commit) - len(h.wrapped[1])  # the second recipient's wrapped key
+    head = bytearray(env[:h.header_len])
+    head[at] ^= 1
+    # the sender knows the payload key: here the first recipient's derived key
+    county = nodes["county"]
+    cid = envelope.CIPHERS[cipher]
+    shared = county.x25519.exchange(X25519PublicKey.from_public_bytes(h.ephemeral))
+    key = envelope._derive(cid, shared, h.salt, h.ephemeral, county.public.x25519_raw, county.kid_bytes)
+    payload = codec.encode(records(1, 3))
+    body = bytes(head) + envelope._encrypt(cid, key, envelope._NONCE, payload, bytes(head))
+    resigned = body + nodes["gw-1"].ed25519.sign(body)
+    trust = TrustStore([nodes["gw-1"].public])
+    assert envelope.open_envelope(resigned, recipient=nodes["county"], trusted=trust).records == records(1, 3)
+    with pytest.raises(DecryptFailed, match="commitment"):
+        envelope.open_envelope(resigned, recipient=nodes["province"], trusted=trust)
 
 
 def test_unsupported_version_cipher_and_codec(nodes: dict[str, NodeKeys]) -> None:
