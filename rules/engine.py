@@ -102,6 +102,20 @@ def _tree8(a: FloatArr) -> FloatArr:
     return b[0] + b[1]
 
 
+def _union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """Sorted union of two sorted unique index arrays (np.union1d without its overhead)."""
+    if not len(a):
+        return b
+    if not len(b):
+        return a
+    u = np.concatenate((a, b))
+    u.sort()
+    keep = np.empty(len(u), bool)
+    keep[0] = True
+    np.not_equal(u[1:], u[:-1], out=keep[1:])
+    return u[keep]
+
+
 class RulesEngine:
     """Alarm rules for every channel, evaluated on whole arrays."""
 
@@ -317,13 +331,13 @@ class RulesEngine:
             else:
                 idx = px
             if len(inter):
-                idx = np.union1d(idx, inter) if len(idx) else inter
+                idx = _union(idx, inter)
         else:
             xb = None if x is None else x if x.dtype == np.bool_ else x != 0  # nonzero of bool is fast
             if xb is not None and xb.any():
                 idx = np.flatnonzero(xb)
                 if len(inter):
-                    idx = np.union1d(idx, inter)
+                    idx = _union(idx, inter)
             else:
                 idx = inter
         if hold is not None and len(hold) and len(idx):
@@ -371,7 +385,7 @@ class RulesEngine:
             nz = np.delete(nz, j)
         enter = ch[chg & after]
         if len(enter):
-            nz = np.union1d(nz, enter)
+            nz = _union(nz, enter)
         self._nz[r] = nz
 
     def _machine_at(self, r: int, ch: npt.NDArray[np.intp], idx: npt.NDArray[np.intp],
@@ -533,8 +547,10 @@ class RulesEngine:
         if len(self.bad_idx):
             # a good sample ends a channel's bad time
             bpos = self._positions_of(self.bad_idx, chs)
-            if len(badpos):
-                bpos = np.setdiff1d(bpos, badpos, assume_unique=True)
+            if len(badpos) and len(bpos):
+                j = np.searchsorted(badpos, bpos)  # both sorted: drop the bad ones
+                j[j >= len(badpos)] = 0
+                bpos = bpos[badpos[j] != bpos]
             if len(bpos):
                 self.bad_since[bpos + base if isinstance(sel, slice) else ch[bpos]] = NONE
         if len(badpos):
@@ -543,7 +559,7 @@ class RulesEngine:
             bs = self.bad_since[bc]
             bs = np.where(bs == NONE, tb, bs)
             self.bad_since[bc] = bs
-            self.bad_idx = np.union1d(self.bad_idx, bc)
+            self.bad_idx = _union(self.bad_idx, bc)
             with np.errstate(over="ignore"):
                 xb = tb - bs >= self.bad_ns[bc]
             bad_since = self.bad_since
@@ -573,7 +589,7 @@ class RulesEngine:
             self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos, px=loud, pxv=~linr)
             if not linr.all():
                 out = loud[~linr]
-                hold = out if hold is None else np.union1d(hold, out)
+                hold = out if hold is None else _union(hold, out)
         else:
             self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos)
         if hold is not None and len(hold) == len(ch):
