@@ -182,3 +182,14 @@ def test_stale_when_the_clock_steps_back() -> None:
     # the clock steps back (NTP): the other half is fresh again by the reference's rule
     back = tick(eng, ref, T0 + 2 * NS)
     assert sorted(e[1] for e in back) == list(range(10, 20))
+
+
+def test_sorted_union_matches_numpy() -> None:
+    from rules.engine import _union
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        a = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.intp)
+        b = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.intp)
+        u = _union(a, b)
+        assert u.dtype == np.intp
+        assert np.array_equal(u, np.union1d(a, b))
