@@ -196,6 +196,7 @@ class RulesEngine:
         self._s_dv = np.empty(n)
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
+        self._s_b2 = np.empty(n, bool)
         self._evbuf = [np.empty(0) for _ in range(4)]
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         self._warming = False
@@ -482,7 +483,7 @@ class RulesEngine:
         """One sample per channel, channels strictly increasing."""
         contiguous = self._contiguous(ch)
         lt = self.last_ts[ch[0]:ch[-1] + 1] if contiguous else self.last_ts[ch]
-        ok = t > lt
+        ok = np.greater(t, lt, out=self._s_b[:len(t)])
         if not ok.all():
             self.stats["ignored_old"] += int((~ok).sum())
             ch, t, v, q = ch[ok], t[ok], v[ok], q[ok]
@@ -579,9 +580,10 @@ class RulesEngine:
             self._machine(R_BAD, chs, None, t, 0.0, rnd)
         # ---- range (sensor fault) and limits, screened together: a value strictly
         # inside the quiet band is in range and below every limit whatever the deadband
-        quiet = v > self.q_lo[sel]
-        quiet &= v < self.q_hi[sel]
-        loud = np.flatnonzero(~quiet)
+        m = len(v)
+        quiet = np.greater(v, self.q_lo[sel], out=self._s_b[:m])
+        quiet &= np.less(v, self.q_hi[sel], out=self._s_b2[:m])
+        loud = np.flatnonzero(np.logical_not(quiet, out=quiet))
         if len(loud):
             lc = ch[loud].astype(np.intp)
             lv = v[loud]
