@@ -893,9 +893,11 @@ class RulesEngine:
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]
         k = (t + ph) // STEL_BUCKET_NS
-        first = self.ex_k[c] == NONE
+        k0 = self.ex_k[c]
+        first = k0 == NONE
         integ = self.I[c]
-        if first.any():
+        anyfirst = bool(first.any())
+        if anyfirst:
             fc = c[first]
             s_st = integ[first] - self.seed_stel[fc]
             s_tw = integ[first] - self.seed_twa[fc]
@@ -903,17 +905,23 @@ class RulesEngine:
             self.snap_twa[fc] = s_tw[:, None]
             self.old_stel[fc] = s_st
             self.old_twa[fc] = s_tw
-        old = ~first
-        if old.any():
-            oc, ok_, oi = c[old], k[old], integ[old]
-            k0 = self.ex_k[oc]
-            start = np.maximum(k0 + 1, ok_ - STEL_BUCKETS)
-            for d in range(SB1):
-                j = start + d
-                m = j <= ok_
-                if not m.any():
-                    break
-                self.snap_stel[oc[m], j[m] % SB1] = oi[m]
+            old = ~first
+            oc, ok_, oi, k0 = c[old], k[old], integ[old], k0[old]
+        else:
+            oc, ok_, oi = c, k, integ
+        tw = c[first] if anyfirst else c[:0]  # channels whose TWA limit moves
+        if len(oc):
+            if bool((ok_ == k0 + 1).all()):
+                # the usual: the next minute, one snapshot
+                self.snap_stel[oc, ok_ % SB1] = oi
+            else:
+                start = np.maximum(k0 + 1, ok_ - STEL_BUCKETS)
+                for d in range(SB1):
+                    j = start + d
+                    m = j <= ok_
+                    if not m.any():
+                        break
+                    self.snap_stel[oc[m], j[m] % SB1] = oi[m]
             self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
             tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
             # the TWA snapshots move only when a 15-minute boundary was crossed
@@ -928,11 +936,7 @@ class RulesEngine:
                         break
                     self.snap_twa[tc[m], j[m] % TB1] = ti[m]
                 self.old_twa[tc] = self.snap_twa[tc, (tk + 1) % TB1]
-            upd = first.copy()
-            upd[old] = newtw
-            tw = c[upd]
-        else:
-            tw = c
+                tw = _union(tw, tc)
         if len(tw):
             self.lim_twa[tw] = self.old_twa[tw] + self.twa_thr[tw]
         lim_stel = self.old_stel[c] + self.stel_thr[c]
