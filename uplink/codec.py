@@ -283,6 +283,7 @@ def _undod(dd: I64) -> I64:
 # each, both bit-packed. Quotients of QMAX or more escape to a raw 64-bit column.
 
 QMAX = 24
+K_ZERO = 63  # the Rice parameter of a group whose residuals are all 0: no bits sent
 _P10 = np.array([10**k for k in range(1, 10)], np.int64)  # divisors tried, 10 .. 10**9
 _P10I = np.array([10**k for k in range(10)], np.int64)
 MAX_EVENT_BYTES = 256 << 20
@@ -423,6 +424,8 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
     r = res[order[rep], np.arange(n)]
     z = _zigzag(r)
     k = _rice_params(z, starts, counts)
+    zero = np.maximum.reduceat(z, starts) == 0  # a constant channel, an unmoving offset
+    k[zero] = K_ZERO
     out.append((order.astype(np.uint8) << 6 | k).tobytes())
     out.append(e.tobytes())
     scaled = e > 0  # other groups: anchor 0, their base is the level
@@ -437,12 +440,17 @@ def _put_grouped(out: list[bytes], x: I64, counts: I64, *, sizes: dict[str, int]
     if sizes is not None:
         sizes["grouped_params"] = sizes.get("grouped_params", 0) + sum(map(len, out[-3:]))
         at = len(out)
-    _put_rice(out, z, k, counts)
+    if zero.any():  # groups of zeros send no bits at all
+        live = ~zero
+        _put_rice(out, z[live[rep]], k[live], counts[live])
+    else:
+        _put_rice(out, z, k, counts)
     if sizes is not None:
         _count(sizes, "grouped_rice", out, at)
         # the part of the Rice bits spent on record times and sample time offsets
         n_t = int(counts[:n_time_groups].sum()) if n_time_groups else 0
-        zt, kt = z[:n_t], k[rep[:n_t]].astype(np.uint64)
+        live_t = ~zero[rep[:n_t]]
+        zt, kt = z[:n_t][live_t], k[rep[:n_t]][live_t].astype(np.uint64)
         sizes["grouped_rice_time_bits"] = sizes.get("grouped_rice_time_bits", 0) + int(
             np.minimum(zt >> kt, QMAX).sum() + len(zt) + kt.sum())
 
@@ -457,7 +465,7 @@ def _get_grouped(rd: _Reader, counts: I64, what: str, segments: Sequence[int] = 
     order, k = ok >> 6, ok & 0x3F
     if order.max() > 2:
         raise CodecError(f"{what}: residual order {order.max()}")
-    if k.max() > 62:
+    if ((k > 62) & (k != K_ZERO)).any():
         raise CodecError(f"{what}: rice parameter {k.max()}")
     e = np.frombuffer(rd.take(g, what + " scales"), np.uint8)
     if e.max() > 9:
@@ -479,7 +487,12 @@ def _get_grouped(rd: _Reader, counts: I64, what: str, segments: Sequence[int] = 
     base = level.copy()
     base[scaled] = side[2 * g:]
     rep = np.repeat(np.arange(g), counts)
-    r = _unzigzag(_get_rice(rd, n, k[rep].astype(np.uint64), what))
+    live = (k != K_ZERO)[rep]
+    if live.all():
+        r = _unzigzag(_get_rice(rd, n, k[rep].astype(np.uint64), what))
+    else:
+        r = np.zeros(n, np.int64)
+        r[live] = _unzigzag(_get_rice(rd, int(live.sum()), k[rep][live].astype(np.uint64), what))
     o_s = order[rep]
     d1 = np.where(o_s == 2, _gcumsum(r, starts, counts), r)
     r0 = np.where(o_s >= 1, _gcumsum(d1, starts, counts), d1)
