@@ -358,8 +358,8 @@ class RulesEngine:
             xs[hit] = xfull[j[hit]]
         else:
             xs = np.zeros(len(idx), np.int8)
-        c = self.cand[r, ch]
-        a = self.act[r, ch]
+        c = self.cand[r][ch]
+        a = self.act[r][ch]
         m = (xs != c) | (c != a)
         if not m.all():
             idx, ch, xs, c, a = idx[m], ch[m], xs[m], c[m], a[m]
@@ -396,39 +396,39 @@ class RulesEngine:
         """The machine step on channels ``ch`` (positions ``idx`` into t / metric) where the
         condition changed or a candidate is pending."""
         ts = t[idx] if isinstance(t, np.ndarray) else np.full(len(idx), t, I64)
-        ss = self.since[r, ch]
+        ss = self.since[r][ch]
         chg = xs != cs
         before = (cs != 0) | (as_ != 0)
         cs = np.where(chg, xs, cs)
         ss = np.where(chg, ts, ss)
-        self.cand[r, ch] = cs
-        self.since[r, ch] = ss
+        self.cand[r][ch] = cs
+        self.since[r][ch] = ss
         if callable(metric):
             mv = metric(idx)
         elif isinstance(metric, np.ndarray):
             mv = metric[idx]
         else:
             mv = np.full(len(idx), metric)
-        self.metric[r, ch] = mv
+        self.metric[r][ch] = mv
         pend = cs != as_
         if not pend.any():
             self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
-        a16, c16 = as_.astype(np.int16), cs.astype(np.int16)
-        esc = (c16 != 0) & ((a16 == 0) | ((a16 > 0) != (c16 > 0)) | (np.abs(c16) > np.abs(a16)))
-        delay = np.where(esc, self.on_ns[r, ch], self.off_ns[r, ch])
+        # escalation (levels are -2..2: int8 abs is exact)
+        esc = (cs != 0) & ((as_ == 0) | ((as_ > 0) != (cs > 0)) | (np.abs(cs) > np.abs(as_)))
+        delay = np.where(esc, self.on_ns[r][ch], self.off_ns[r][ch])
         fire = pend & (ts - ss >= delay)
         if not fire.any():
             self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
         fch, fts, fold, fnew, fesc = ch[fire], ts[fire], as_[fire], cs[fire], esc[fire]
-        self.act[r, fch] = fnew
+        self.act[r][fch] = fnew
         self._nz_sync(r, ch, before, (cs != 0) | (np.where(fire, cs, as_) != 0))
-        self.unacked[r, fch[fesc]] = True
+        self.unacked[r][fch[fesc]] = True
         nz = fnew != 0
-        self.last_code[r, fch[nz]] = fnew[nz]
+        self.last_code[r][fch[nz]] = fnew[nz]
         fmv = mv[fire]
-        fun = self.unacked[r, fch]
+        fun = self.unacked[r][fch]
         for i in range(len(fch)):
             self._tr.append((rnd, int(fch[i]), r, int(fun[i]), int(fold[i]), int(fnew[i]), int(fts[i]),
                              float(fmv[i])))
@@ -988,19 +988,18 @@ class RulesEngine:
             nz = self._nzidx(r)
             if not len(nz):
                 continue
-            c, a = self.cand[r, nz], self.act[r, nz]
+            c, a = self.cand[r][nz], self.act[r][nz]
             pend = c != a
             if not pend.any():
                 continue
             pidx, c, a = nz[pend], c[pend], a[pend]
             # only those whose delay has run out (the machine step would do nothing else:
             # the condition is the candidate, the metric the last evaluated one)
-            a16, c16 = a.astype(np.int16), c.astype(np.int16)
-            esc = (c16 != 0) & ((a16 == 0) | ((a16 > 0) != (c16 > 0)) | (np.abs(c16) > np.abs(a16)))
-            due = now - self.since[r, pidx] >= np.where(esc, self.on_ns[r, pidx], self.off_ns[r, pidx])
+            esc = (c != 0) & ((a == 0) | ((a > 0) != (c > 0)) | (np.abs(c) > np.abs(a)))
+            due = now - self.since[r][pidx] >= np.where(esc, self.on_ns[r][pidx], self.off_ns[r][pidx])
             if due.any():
                 pidx, c, a = pidx[due], c[due], a[due]
-                self._machine_at(r, pidx, np.arange(len(pidx)), c, c, a, now, self.metric[r, pidx], 0)
+                self._machine_at(r, pidx, np.arange(len(pidx)), c, c, a, now, self.metric[r][pidx], 0)
         out = self._emit()
         # shelving that ran out
         for key, sh in list(self.shelved.items()):
