@@ -278,6 +278,10 @@ class RulesEngine:
         self.p_plim = pred_lim[order]
         self.p_et = en[R_TREND][order]
         self.p_ep = en[R_PREDICT][order]
+        self.p_sgn = np.where(self.p_slope > 0, 1.0, -1.0)
+        self.p_alim = self.p_slope * self.p_sgn
+        self.all_et = bool(self.p_et.all())
+        self.all_ep = bool(self.p_ep.all())
         self.p_k = np.full(n, NONE, I64)  # the open bucket's number
         self.p_epoch = np.zeros(n, I64)  # start of the channel's first bucket (ring times are from it)
         self.on_ns = np.zeros((NR, n), I64)
@@ -863,16 +867,18 @@ class RulesEngine:
             c, rp, t, ref, mx, my = c[good], rp[good], t[good], ref[good], mx[good], my[good]
             sxx, sxy = sxx[good], sxy[good]
         slope = sxy / sxx
-        et = self.p_et[rp]
-        if et.any():
+        et = None if self.all_et else self.p_et[rp]
+        if et is None or et.any():
             per_min = slope * 60.0
-            lim = self.p_slope[rp]
-            x = np.where(lim > 0, per_min >= lim, per_min <= lim)
-            x &= et
+            # per_min >= lim for a rising limit, <= for a falling one: both as sgn * per_min
+            # >= sgn * lim (a sign flip is exact)
+            x = np.greater_equal(per_min * self.p_sgn[rp], self.p_alim[rp])
+            if et is not None:
+                x &= et
             self._machine(R_TREND, c, x, t, per_min, rnd)
-        ep = self.p_ep[rp]
-        if ep.any():
-            if not ep.all():
+        ep = None if self.all_ep else self.p_ep[rp]
+        if ep is None or ep.any():
+            if ep is not None and not ep.all():
                 c, rp, t, ref, mx, my, slope = c[ep], rp[ep], t[ep], ref[ep], mx[ep], my[ep], slope[ep]
             y_end = my + slope * ((t - ref) / NS - mx)
             lim = self.p_plim[rp]
