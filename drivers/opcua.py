@@ -43,7 +43,7 @@ from asyncua.ua.status_codes import code_to_name_doc
 from asyncua.ua.ua_binary import nodeid_from_binary, nodeid_to_binary, struct_from_binary, struct_to_binary
 from asyncua.ua.uaerrors import UaError
 
-from drivers.base import DeviceUnavailable, Driver, Sink
+from drivers.base import DeviceUnavailable, Driver, Sink, stamp
 from gateway.batch import Batch, Quality
 from gateway.channels import ChannelInfo
 
@@ -493,7 +493,7 @@ class OpcUaPollDriver(OpcUaDriver):
             try:
                 # every request on the wire before waiting for the first answer
                 answers = await asyncio.gather(*(self._send_read(client, r) for r in self._reads))
-                recv = time.time_ns()
+                recv = stamp()
                 parts.extend(self._decode(r, data, recv)
                              for r, data in zip(self._reads, answers, strict=True))
             except ua.UaStatusCodeError as e:
@@ -501,7 +501,7 @@ class OpcUaPollDriver(OpcUaDriver):
             except _NET_ERRORS as e:
                 raise DeviceUnavailable(f"OPC-UA {self.device.endpoint}: {_err(e)}") from e
             self.info["reads"] += 1
-        cfg = self._config_batch(time.time_ns())
+        cfg = self._config_batch(stamp())
         if cfg is not None:
             parts.append(cfg)
         return Batch.concat(parts)
@@ -589,7 +589,7 @@ class OpcUaSubscribeDriver(OpcUaDriver):
     def _data_change(self, items: list[ua.MonitoredItemNotification]) -> None:
         if self._sink is None or not items:
             return
-        recv = time.time_ns()
+        recv = stamp()
         pos = np.fromiter((it.ClientHandle for it in items), dtype=np.intp, count=len(items))
         dvs = [it.Value for it in items]
         values = [dv.Value.Value if dv.Value is not None else None for dv in dvs]
@@ -636,7 +636,7 @@ class OpcUaSubscribeDriver(OpcUaDriver):
             except _NET_ERRORS as e:
                 raise DeviceUnavailable(f"OPC-UA {dev.endpoint}: {_err(e)}") from e
             self._monitor_failures(failed)
-            cfg = self._config_batch(time.time_ns())
+            cfg = self._config_batch(stamp())
             if cfg is not None:
                 sink(cfg)
             # the asyncua watchdog probes the server and calls back on a loss

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.base import DeviceUnavailable, Driver
+from drivers.base import DeviceUnavailable, Driver, stamp
 from drivers.modbus.plan import BIT_FUNCTIONS, Plan, Point, Request, plan
 from drivers.modbus.tcp import EXCEPTION_NAMES, ModbusExceptionReply, ProtocolError, TcpClient
 from gateway.batch import Batch, Quality
@@ -127,7 +127,7 @@ class ModbusDriver(Driver):
         self.errors = {}
         for reqs in self._units.values():
             await self._read_unit(reqs, mv, req_q)
-        ts = time.time_ns()
+        ts = stamp()
         layout = self.plan.layout
         values = layout.decode(buf)
         quality = layout.quality(values, req_q[self.plan.point_request])

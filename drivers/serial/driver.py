@@ -25,14 +25,13 @@ import contextlib
 import logging
 import os
 import re
-import time
 from collections import deque
 from typing import Any
 
 import numpy as np
 import serial
 
-from drivers.base import DeviceUnavailable, Driver
+from drivers.base import DeviceUnavailable, Driver, stamp
 from drivers.serial.frames import GOOD, ChannelSpec, FrameParser, FrameSpec, unescape
 from gateway.batch import Batch, Quality
 from gateway.channels import ChannelInfo
@@ -204,7 +203,7 @@ class SerialDriver(Driver):
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        ts = time.time_ns()
+        ts = stamp()
         self.info["bytes"] += len(data)
         framer = self.framer
         before = framer.overflow
@@ -235,7 +234,7 @@ class SerialDriver(Driver):
             return
         tail = self.framer.clear()
         self.info["last_bad_frame"] = _show(tail)
-        self._frames.append((time.time_ns(), None))
+        self._frames.append((stamp(), None))
         self._wake.set()
 
     def _lost(self, err: BaseException) -> None:
@@ -370,7 +369,7 @@ class SerialStreamDriver(SerialDriver):
                     if self.info["last_error"] != "silent":
                         log.warning("serial %s: no frame within %.1fs", self.name, dev.timeout)
                     self.info["last_error"] = "silent"
-                sink(self.bad(time.time_ns(), cause))
+                sink(self.bad(stamp(), cause))
                 deadline = loop.time() + dev.poll
 
 
@@ -428,7 +427,7 @@ class SerialPollDriver(SerialDriver):
                 break
             if not pos:
                 self.info["timeouts"] += 1
-        now = time.time_ns()
+        now = stamp()
         got = {p for p, qq in zip(pos, q, strict=True) if qq == GOOD}
         missing = [i for i in range(want) if i not in got]
         if missing:
