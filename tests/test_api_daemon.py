@@ -188,8 +188,8 @@ def test_bad_tokens_lock_out_their_address_but_not_signed_in_users(tmp_path: Pat
     sim = sim_factory(SIM_PLANT)
     host, port = sim.tcp("plc")
     tokens = make_tokens(tmp_path)
-    d = Daemon(gateway_yaml(host, port, tmp_path, api_opts=", max_failures: 3, failure_window: 1m, lockout: 1h"))
-    d.start()
+    opts = ", max_failures: 3, failure_window: 1m, lockout: 1h"
+    d = Daemon(gateway_yaml(host, port, tmp_path, api_opts=opts)).start()
     try:
         url = d.url
         # the operator signs in before the attack (its token is verified and cached)
