@@ -710,6 +710,21 @@ class Journal:
         first = row[0] if row and row[0] is not None else self.last_seq + 1
         return max(0, int(first) - 1)
 
+    def seq_before_newest(self, ts_ns: int, max_samples: int) -> tuple[int, int]:
+        """Where to start reading the newest sample records ending at or after ``ts_ns``,
+        at most ``max_samples`` samples of them: (sequence to read after, samples).
+        Walks the rows' fixed columns backwards from the end, not their data."""
+        db = self._reader_db()
+        total = 0
+        start = self.last_seq
+        sql = "SELECT seq, n, ts_max FROM records WHERE kind = ? ORDER BY seq DESC"
+        for seq, n, ts_max in db.execute(sql, (SAMPLES,)):
+            if ts_max < ts_ns or total + n > max_samples:
+                break
+            total += n
+            start = seq - 1
+        return start, total
+
     def cursor(self, name: str) -> int:
         with self._lock:
             return self._cursors.get(name, 0)

@@ -455,9 +455,14 @@ class RulesEngine:
                 grp = np.cumsum(starts) - 1
                 first = np.flatnonzero(starts)
                 rank = np.arange(n) - first[grp]
-                for k in range(int(rank.max()) + 1):
-                    m = rank == k
-                    self._round(ch[m], t[m], v[m], q[m], k)
+                # rounds as slices of one stable sort by rank (channels stay increasing
+                # within a round), not a mask per round over the whole batch
+                by = np.argsort(rank, kind="stable")
+                ch, t, v, q = ch[by], t[by], v[by], q[by]
+                bounds = np.searchsorted(rank[by], np.arange(int(rank.max()) + 2))
+                for k in range(len(bounds) - 1):
+                    a, b = int(bounds[k]), int(bounds[k + 1])
+                    self._round(ch[a:b], t[a:b], v[a:b], q[a:b], k)
                 return self._emit()
         self._round(ch, t, v, q, 0)
         return self._emit()
@@ -1332,15 +1337,33 @@ class RulesEngine:
         stats = dict(self.stats)
         applied = 0
         self._warming = True
+        # Journal records are small (one device's poll): replayed one by one, the per-call
+        # cost dominates (7 s for 8 h of the 25-channel demo plant). They are concatenated
+        # in chunks; process() applies a chunk in rounds (the k-th sample of every channel
+        # in round k), so a channel's samples keep their order, and channels do not interact.
+        pending: list[Batch] = []
+        held = 0
+
+        def flush() -> int:
+            if not pending:
+                return 0
+            bb = pending[0] if len(pending) == 1 else Batch.concat(pending)
+            pending.clear()
+            m = (bb.ts >= lo) & (bb.ts <= now) & (bb.channel >= 0) & (bb.channel < self.n)
+            if not m.all():
+                bb = Batch(bb.channel[m], bb.ts[m], bb.value[m], bb.quality[m])
+            if len(bb):
+                self.process(bb)
+            return len(bb)
+
         try:
             for b in batches:
-                m = (b.ts >= lo) & (b.ts <= now) & (b.channel >= 0) & (b.channel < self.n)
-                if not m.all():
-                    if not m.any():
-                        continue
-                    b = Batch(b.channel[m], b.ts[m], b.value[m], b.quality[m])
-                applied += len(b)
-                self.process(b)
+                pending.append(b)
+                held += len(b)
+                if held >= 65536:
+                    applied += flush()
+                    held = 0
+            applied += flush()
         finally:
             self._warming = False
             self._tr = []

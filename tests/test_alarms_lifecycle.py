@@ -4,6 +4,7 @@ restore after a restart without re-raising what still holds."""
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,33 @@ async def test_gateway_restart_rebuilds_exposure_and_trend(tmp_path: Path) -> No
         assert float(gw2.rules.I[0]) == integral
         assert np.array_equal(gw2.rules.ring_y, ring)
         assert gw2.rules.pv[0] == 10.0 + 239 % 7
+    finally:
+        gw2.journal.close()
+    await asyncio.sleep(0)
+
+
+async def test_gateway_restart_replays_at_most_a_sample_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A large plant's restart is not held up for minutes: the newest samples only, said so."""
+    import gateway.app as app
+
+    gw = Gateway(loads(_cfg_exposure(tmp_path / "st")))
+    t0 = gw.clock() - 3600 * NS
+    for k in range(240):  # an hour of CO at 15 s steps, one sample a record
+        gw.ingest(Batch.build([0], [t0 + k * 15 * NS], [10.0], [0]))
+    await gw.flush()
+    full = float(gw.rules.I[0])
+    gw.journal.close()
+    monkeypatch.setattr(app, "WARM_MAX_SAMPLES", 60)  # the last 15 minutes
+    gw2 = Gateway(loads(_cfg_exposure(tmp_path / "st")))
+    try:
+        part = float(gw2.rules.I[0])
+        # 59 intervals of 15 s at 10 mg/m3 (the first replayed sample has no previous one)
+        assert part == pytest.approx(10.0 * 15 * 59)
+        assert 0 < part < full
+        assert gw2.rules.pv[0] == 10.0
+        assert any(re.search(r"from 60 journaled samples .* newest 0\.[23] h of the 8-h window", m)
+                   for m in caplog.messages), caplog.messages
     finally:
         gw2.journal.close()
     await asyncio.sleep(0)

@@ -535,3 +535,15 @@ def test_seq_before_finds_where_a_time_window_starts(tmp_path: Path) -> None:
         assert j.seq_before(T0 + 5 * 10**9, kind=EVENT) == seqs[0]
     finally:
         j.close()
+
+
+def test_seq_before_newest_keeps_to_a_sample_budget(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", sync="normal")
+    try:
+        seqs = j.append_sync([mk(0), mk(1), {"type": "alarm", "ts": T0}, mk(2), mk(3)])  # 100 samples each
+        assert j.seq_before_newest(T0, 10_000) == (0, 400)  # the whole window fits
+        assert j.seq_before_newest(T0, 250) == (seqs[2], 200)  # the newest two records only
+        assert j.seq_before_newest(T0 + 2 * 10**9, 10_000) == (seqs[2], 200)  # the window starts later
+        assert j.seq_before_newest(T0, 50) == (j.last_seq, 0)
+    finally:
+        j.close()
