@@ -49,6 +49,11 @@ class ListenSection(Strict):
     tokens_file: Path | None = Field(default=None, description="operators' bearer tokens (scrypt hashes, "
                                      "mode 0600); default state_dir/tokens.json; made by "
                                      "'safegw central -c FILE tokens add NAME'")
+    max_failures: int = Field(default=10, ge=0, description="bad tokens from one address within "
+                              "failure_window before it is locked out (0: never)")
+    failure_window: Duration = Field(default=300.0, gt=0)
+    lockout: Duration = Field(default=300.0, gt=0, description="how long a locked-out address gets 429 "
+                              "for new tokens (tokens verified before keep working)")
 
 
 class PullSpec(Strict):

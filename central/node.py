@@ -273,7 +273,8 @@ class CentralNode:
         self.tables: dict[str, TableRow] = {}
         # bearer tokens for the operator endpoints (GET /status): scrypt hashes, file 0600
         self.tokens = UserStore(tokens_path(cfg))
-        self.token_limiter = FailureLimiter(10, 300.0, 300.0)
+        ls = cfg.listen
+        self.token_limiter = FailureLimiter(ls.max_failures, ls.failure_window, ls.lockout)
         self._verify_slots = asyncio.Semaphore(2)
 
     # ------------------------------------------------------------------ storage

@@ -588,3 +588,36 @@ async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> Non
         await http.aclose()
         await peer.close()
         await c.stop()
+
+
+async def test_status_lockout_is_configurable(tmp_path: Path) -> None:
+    """listen.max_failures bad tokens from one address lock it out (429), even for a good
+    token not seen before; a token verified before keeps working."""
+    import httpx
+
+    from gateway.users import UserStore
+    from uplink.auth import client_context
+
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    central_pub(tmp_path, "county", pubs)
+    gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
+    store = UserStore(tmp_path / "county" / "tokens.json", scrypt_n=2**14)
+    early, late = store.add("ops", "viewer"), store.add("ops-2", "viewer")
+    c = await CentralSide(central_config(
+        tmp_path, "county", [{"id": "gw-1", "keys": str(gpub), "mode": "push"}],
+        listen={"address": "127.0.0.1:0", "max_failures": 2, "lockout": "10m"})).start()
+    http = httpx.AsyncClient(verify=client_context(c.cert), timeout=10)
+    url = c.url + "/status"
+    try:
+        assert (await http.get(url, headers={"Authorization": f"Bearer {early}"})).status_code == 200
+        for i in range(2):
+            r = await http.get(url, headers={"Authorization": f"Bearer sgw_000000000000_{'x' * 40}{i}"})
+            assert r.status_code == 401
+        r = await http.get(url, headers={"Authorization": f"Bearer {late}"})
+        assert r.status_code == 429 and r.json()["error"] == "locked_out"
+        assert 500 <= int(r.headers["Retry-After"]) <= 600
+        assert (await http.get(url, headers={"Authorization": f"Bearer {early}"})).status_code == 200
+    finally:
+        await http.aclose()
+        await c.stop()
