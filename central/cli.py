@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -58,7 +57,7 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 
 def _tokens(args: argparse.Namespace, cfg: Any) -> int:
-    from gateway.users import UserError, UserStore
+    from gateway.users import UserError, UserStore, print_users
 
     store = UserStore(tokens_path(cfg))
     try:
@@ -71,14 +70,7 @@ def _tokens(args: argparse.Namespace, cfg: Any) -> int:
             store.revoke(args.name, by="cli")
             print(f"revoked {args.name}")
         else:
-            rows = store.users()
-            if args.json:
-                print(json.dumps(rows, indent=1))
-            else:
-                print(f"{'NAME':20} {'ROLE':9} {'KEY':13} {'CREATED':21} STATUS")
-                for u in rows:
-                    status = f"revoked {u['revoked']}" if u["revoked"] else "active"
-                    print(f"{u['name']:20} {u['role']:9} {u['key_id']:13} {u['created']:21} {status}")
+            print_users(store.users(), as_json=args.json)
     except (UserError, OSError) as e:
         print(f"safegw central tokens: {e}", file=sys.stderr)
         return 1

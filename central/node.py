@@ -46,7 +46,7 @@ from central.config import CentralConfig, SourceEntry, tokens_path
 from central.state import Commit, PgState, SqliteState, State, TableRow
 from gateway import chanmap
 from gateway.journal import SAMPLES, Journal, Record
-from gateway.users import FailureLimiter, UserStore
+from gateway.users import FailureLimiter, UserStore, check_token
 from uplink import envelope, keys
 from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
@@ -707,23 +707,15 @@ class CentralNode:
                                  "detail": "a bearer token is required (Authorization: Bearer TOKEN; "
                                            "'safegw central -c FILE tokens add NAME' makes one)"},
                                 status_code=401, headers=hdr)
-        p = self.tokens.cached(token)
+        client = request.client.host if request.client else "?"
+        p, wait = await check_token(self.tokens, self.token_limiter, self._verify_slots, token, client)
+        if wait > 0:
+            detail = f"too many failed token checks; retry in {wait:.0f} s"
+            return JSONResponse({"error": "locked_out", "detail": detail}, status_code=429,
+                                headers={"Retry-After": str(max(1, round(wait)))})
         if p is None:
-            client = request.client.host if request.client else "?"
-            wait = self.token_limiter.retry_after(client)
-            if wait > 0:
-                return JSONResponse({"error": "locked_out",
-                                     "detail": f"too many failed token checks; retry in {wait:.0f} s"},
-                                    status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
-            if len(token) < 200:
-                async with self._verify_slots:  # scrypt costs ~40 ms: bound what a flood takes
-                    p = await asyncio.get_running_loop().run_in_executor(None, self.tokens.verify, token)
-            if p is None:
-                if self.token_limiter.fail(client):
-                    log.warning("status: %d failed token checks from %s; its new tokens are refused for "
-                                "%.0f s", self.token_limiter.max_failures, client, self.token_limiter.lockout)
-                return JSONResponse({"error": "unauthorized", "detail": "invalid or revoked token"},
-                                    status_code=401, headers=hdr)
+            return JSONResponse({"error": "unauthorized", "detail": "invalid or revoked token"},
+                                status_code=401, headers=hdr)
         return None
 
     async def h_status(self, request: Request) -> Response:

@@ -45,7 +45,7 @@ from gateway.config import ApiSection, RegistersSection, parse_duration
 from gateway.metrics import render as render_metrics
 from gateway.registers import Conflict, Invalid, NotFound, RegisterStore
 from gateway.reminders import check_reminders, open_store
-from gateway.users import RANK, FailureLimiter, Principal, UserError, UserStore
+from gateway.users import RANK, FailureLimiter, Principal, UserError, UserStore, check_token
 
 log = logging.getLogger(__name__)
 
@@ -536,22 +536,13 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         )
 
     # ---------------------------------------------------------------- auth
-    async def slow_check(request: Request, token: str) -> Principal:
-        """A token not verified before: scrypt, behind the failure lockout of its address."""
+    async def checked(request: Request, token: str) -> Principal:
         client = request.client.host if request.client else "?"
-        lim = ctx.limiter
-        wait = lim.retry_after(client)
+        p, wait = await check_token(users, ctx.limiter, ctx._verify_slots, token, client)
         if wait > 0:
             raise HTTPException(429, f"too many failed token checks from {client}; retry in {wait:.0f} s",
                                 headers={"Retry-After": str(max(1, round(wait)))})
-        p = None
-        if len(token) < 200:
-            async with ctx._verify_slots:  # scrypt is expensive: bound the CPU a flood can take
-                p = await asyncio.get_running_loop().run_in_executor(None, users.verify, token)
         if p is None:
-            if lim.fail(client):
-                log.warning("api: %d failed token checks from %s within %.0f s; its new tokens are refused "
-                            "for %.0f s", lim.max_failures, client, lim.window, lim.lockout)
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
         return p
 
@@ -562,7 +553,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
             if cred is None or not cred.credentials:
                 raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
             token = cred.credentials
-            p = users.cached(token) or await slow_check(request, token)
+            p = await checked(request, token)
             request.scope.setdefault("state", {})["principal"] = p
             if RANK[p.role] < RANK[role]:
                 raise HTTPException(403, f"this needs the {role} role; {p.name} is {p.role}")

@@ -286,7 +286,41 @@ class FailureLimiter:
         return False
 
 
+async def check_token(store: UserStore, limiter: FailureLimiter, slots: Any, token: str,
+                      client: str) -> tuple[Principal | None, float]:
+    """A bearer token behind the lockout of its client address: ``(principal, 0)`` when
+    good; ``(None, seconds)`` while the address is locked out (nothing checked); ``(None,
+    0)`` when bad (counted, and logged once when it locks the address). ``slots`` (an
+    asyncio.Semaphore) bounds the scrypt checks running at once, which run off the loop."""
+    import asyncio
+
+    p = store.cached(token)
+    if p is not None:
+        return p, 0.0
+    wait = limiter.retry_after(client)
+    if wait > 0:
+        return None, wait
+    if len(token) < 200:
+        async with slots:
+            p = await asyncio.get_running_loop().run_in_executor(None, store.verify, token)
+    if p is None and limiter.fail(client):
+        log.warning("%d failed token checks from %s within %.0f s; its new tokens are refused for %.0f s",
+                    limiter.max_failures, client, limiter.window, limiter.lockout)
+    return p, 0.0
+
+
 # --------------------------------------------------------------------------- CLI
+
+def print_users(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    """The ``list`` of ``safegw users`` and ``safegw central tokens``: never tokens or hashes."""
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'NAME':20} {'ROLE':9} {'KEY':13} {'CREATED':21} STATUS")
+    for u in rows:
+        status = f"revoked {u['revoked']}" if u["revoked"] else "active"
+        print(f"{u['name']:20} {u['role']:9} {u['key_id']:13} {u['created']:21} {status}")
+
 
 
 def store_for(args: argparse.Namespace) -> tuple[UserStore, Path]:
@@ -321,14 +355,7 @@ def _handler(args: argparse.Namespace) -> int:
             audit_offline(state, actor, "CLI", "users revoke", {"user": args.name})
             print(f"revoked {args.name}")
         else:
-            rows = store.users()
-            if args.json:
-                print(json.dumps(rows, indent=1))
-            else:
-                print(f"{'NAME':20} {'ROLE':9} {'KEY':13} {'CREATED':21} STATUS")
-                for u in rows:
-                    status = f"revoked {u['revoked']}" if u["revoked"] else "active"
-                    print(f"{u['name']:20} {u['role']:9} {u['key_id']:13} {u['created']:21} {status}")
+            print_users(store.users(), as_json=args.json)
     except UserError as e:
         print(f"safegw users: {e}", file=sys.stderr)
         return 1
