@@ -118,19 +118,17 @@ class Gateway:
         WARM_MAX_SAMPLES of them at most, so a restart of a large plant does not keep
         the pollers waiting for minutes; STEL (15 min) and trends are rebuilt first."""
         since = now - self.rules.warm_window_ns
-        after, planned = self.journal.seq_before_newest(since, WARM_MAX_SAMPLES)
+        after, planned, oldest, cut = self.journal.seq_before_newest(since, WARM_MAX_SAMPLES)
         if not planned:
             return
         t0 = time.monotonic()
         warmed = self.rules.warm(self._journal_samples(after, since), now)
         took = time.monotonic() - t0
         rebuilt = f"rebuilt trend and exposure from {warmed} journaled samples in {took:.1f} s"
-        if after > self.journal.seq_before(since):
-            first = self.journal.read_sync(after, 1, kinds=(1,))
-            hours = (now - first[0].ts_min) / 3.6e12 if first else 0.0
+        if cut and oldest is not None:
             log.warning("rules: %s, the newest %.1f h of the 8-h window (at most %d samples at start); "
-                        "TWA before that is not counted until the window refills", rebuilt, hours,
-                        WARM_MAX_SAMPLES)
+                        "TWA before that is not counted until the window refills", rebuilt,
+                        (now - oldest) / 3.6e12, WARM_MAX_SAMPLES)
         else:
             log.info("rules: %s", rebuilt)
 

@@ -700,30 +700,21 @@ class Journal:
         with self._lock:
             self._active.discard(name)
 
-    def seq_before(self, ts_ns: int, kind: int = SAMPLES) -> int:
-        """A sequence number after which every record of ``kind`` ending at or after
-        ``ts_ns`` lies (0 when the first does): where to start reading "since ts_ns".
-        Reads only the rows' fixed columns, not their data."""
-        db = self._reader_db()
-        sql = "SELECT MIN(seq) FROM records WHERE kind = ? AND ts_max >= ?"
-        row = db.execute(sql, (kind, ts_ns)).fetchone()
-        first = row[0] if row and row[0] is not None else self.last_seq + 1
-        return max(0, int(first) - 1)
-
-    def seq_before_newest(self, ts_ns: int, max_samples: int) -> tuple[int, int]:
+    def seq_before_newest(self, ts_ns: int, max_samples: int) -> tuple[int, int, int | None, bool]:
         """Where to start reading the newest sample records ending at or after ``ts_ns``,
-        at most ``max_samples`` samples of them: (sequence to read after, samples).
+        at most ``max_samples`` samples of them: (sequence to read after, samples, the
+        oldest such record's ts_min or None, whether the budget cut the window short).
         Walks the rows' fixed columns backwards from the end, not their data."""
         db = self._reader_db()
-        total = 0
-        start = self.last_seq
-        sql = "SELECT seq, n, ts_max FROM records WHERE kind = ? ORDER BY seq DESC"
-        for seq, n, ts_max in db.execute(sql, (SAMPLES,)):
-            if ts_max < ts_ns or total + n > max_samples:
+        total, start, oldest = 0, self.last_seq, None
+        sql = "SELECT seq, n, ts_min, ts_max FROM records WHERE kind = ? ORDER BY seq DESC"
+        for seq, n, ts_min, ts_max in db.execute(sql, (SAMPLES,)):
+            if ts_max < ts_ns:
                 break
-            total += n
-            start = seq - 1
-        return start, total
+            if total + n > max_samples:
+                return start, total, oldest, True
+            total, start, oldest = total + n, seq - 1, ts_min
+        return start, total, oldest, False
 
     def cursor(self, name: str) -> int:
         with self._lock:

@@ -523,27 +523,15 @@ def test_cancelled_before_taken_is_not_written(jpath: Path) -> None:
         assert all(r.batch().equals(mk(i)) for r, i in zip(recs, expect, strict=True))
 
 
-def test_seq_before_finds_where_a_time_window_starts(tmp_path: Path) -> None:
-    j = Journal(tmp_path / "j.db", sync="normal")
-    try:
-        seqs = j.append_sync([mk(0), {"type": "alarm", "ts": T0 + 5 * 10**9}, mk(1), mk(2), mk(3)])
-        # mk(i) ends at T0 + i s + 99 µs
-        assert j.seq_before(T0) == 0
-        assert j.seq_before(T0 + 10**9) == seqs[1]  # batch 1 is the first sample record ending after 1 s
-        assert j.seq_before(T0 + 3 * 10**9) == seqs[3]
-        assert j.seq_before(T0 + 60 * 10**9) == j.last_seq  # nothing that late: read nothing
-        assert j.seq_before(T0 + 5 * 10**9, kind=EVENT) == seqs[0]
-    finally:
-        j.close()
-
-
 def test_seq_before_newest_keeps_to_a_sample_budget(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.db", sync="normal")
     try:
         seqs = j.append_sync([mk(0), mk(1), {"type": "alarm", "ts": T0}, mk(2), mk(3)])  # 100 samples each
-        assert j.seq_before_newest(T0, 10_000) == (0, 400)  # the whole window fits
-        assert j.seq_before_newest(T0, 250) == (seqs[2], 200)  # the newest two records only
-        assert j.seq_before_newest(T0 + 2 * 10**9, 10_000) == (seqs[2], 200)  # the window starts later
-        assert j.seq_before_newest(T0, 50) == (j.last_seq, 0)
+        assert j.seq_before_newest(T0, 10_000) == (0, 400, T0, False)  # the whole window fits
+        # the newest two records only (mk(i) starts at T0 + i s)
+        assert j.seq_before_newest(T0, 250) == (seqs[2], 200, T0 + 2 * 10**9, True)
+        assert j.seq_before_newest(T0 + 2 * 10**9, 10_000) == (seqs[2], 200, T0 + 2 * 10**9, False)
+        assert j.seq_before_newest(T0, 50) == (j.last_seq, 0, None, True)
+        assert j.seq_before_newest(T0 + 60 * 10**9, 10_000) == (j.last_seq, 0, None, False)  # nothing so late
     finally:
         j.close()
