@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -52,3 +53,27 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
             return False
 
     wait_until(ok, timeout, what=f"{host}:{port} to accept connections")
+
+
+def mount_tmpfs(where: Path, size: str, *, why_root: str = "mounting a tmpfs needs root") -> Iterator[Path]:
+    """A real small tmpfs at ``where``/mnt for disk-full tests, unmounted afterwards; the
+    test is skipped when not root or when mounting fails. Use from a fixture with
+    ``yield from``."""
+    import os
+    import subprocess
+    import uuid
+
+    import pytest
+
+    mnt = where / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip(why_root)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", f"safegw-test-{uuid.uuid4().hex[:8]}",
+                        str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
-import subprocess
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 
 from gateway.batch import Batch, Quality
 from gateway.journal import EVENT, SAMPLES, Journal, JournalClosed, JournalUnusable
+from tests.helpers import mount_tmpfs
 
 T0 = 1_700_000_000 * 10**9
 
@@ -367,20 +366,10 @@ def test_full_database_max_page_count(jpath: Path) -> None:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 6 MB tmpfs (needs root; skipped otherwise)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; test_full_database_max_page_count covers the logic")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", f"safegw-test-{uuid.uuid4().hex[:8]}",
-                        str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mount_tmpfs(tmp_path, "6m", why_root="mounting a tmpfs needs root; "
+                           "test_full_database_max_page_count covers the logic")
 
 
 def test_disk_full_real_tmpfs(small_tmpfs: Path) -> None:

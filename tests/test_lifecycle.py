@@ -21,7 +21,7 @@ import pytest
 from gateway.batch import Batch
 from gateway.journal import SAMPLES, Journal, decode_data
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, mount_tmpfs, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DRAIN_S = 2.0
@@ -240,18 +240,7 @@ def test_polls_simulators_and_keeps_everything_after_sigterm(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 8 MB tmpfs for the state directory (needs root; skipped otherwise)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", f"safegw-test-{uuid.uuid4().hex[:8]}",
-                        str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mount_tmpfs(tmp_path, "8m")
 
 
 @pytest.mark.timeout(120)
