@@ -71,6 +71,8 @@ from rules.settings import (
     STEL_BUCKETS,
     STEL_WINDOW_NS,
     TREND_BUCKETS,
+    TREND_MID,
+    TREND_SXX,
     TWA_BUCKETS,
     TWA_PER_STEL,
     TWA_WINDOW_NS,
@@ -94,12 +96,40 @@ FloatArr = npt.NDArray[np.float64]
 Sel = slice | npt.NDArray[np.intp]
 
 
+def _tree4(a: FloatArr) -> FloatArr:
+    """Column sums of a (4, R) array, in a fixed order the reference repeats exactly
+    (``a`` is overwritten)."""
+    a[:2] += a[2:]
+    return a[0] + a[1]
+
+
 def _tree8(a: FloatArr) -> FloatArr:
-    """Column sums of an (8, R) array, in a fixed order the reference repeats exactly.
-    ``a`` is overwritten (its first four rows hold the partial sums)."""
-    b = np.add(a[:4], a[4:], out=a[:4])
-    b[:2] += b[2:]
-    return b[0] + b[1]
+    """Column sums of an (8, R) array, in the order of reference.tree8 (``a`` is overwritten)."""
+    return _tree4(np.add(a[:4], a[4:], out=a[:4]))
+
+
+#: bucket positions in a full trend window, by ring slot (rows) and the newest bucket's
+#: slot (columns): the newest at +3.5, the oldest at -3.5 (reference.trend_u)
+TREND_U = np.array([[TREND_MID - ((new - j) % TREND_BUCKETS) for new in range(TREND_BUCKETS)]
+                    for j in range(TREND_BUCKETS)])
+
+
+def _trend_fit_partial(y: FloatArr, u: FloatArr) -> tuple[FloatArr, FloatArr, FloatArr]:
+    """Least squares over the non-empty buckets (NaN: empty) of windows ``y`` at positions
+    ``u`` (both (8, R)): the mean position, the mean value and the slope per bucket (NaN
+    with fewer than MIN_TREND_BUCKETS buckets or no spread)."""
+    w = (~np.isnan(y)).astype(float)
+    y0 = np.where(w > 0, y, 0.0)
+    cnt = w.sum(axis=0)  # whole numbers: exact in any order
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = _tree8(w * u) / cnt
+        my = _tree8(w * y0) / cnt
+        du = u - mu
+        sxx = _tree8(w * (du * du))
+        sxy = _tree8(w * (du * (y0 - my)))
+        slope = sxy / sxx
+    slope[~((cnt >= MIN_TREND_BUCKETS) & (sxx > 0))] = np.nan
+    return mu, my, slope
 
 
 def _union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -164,14 +194,11 @@ class RulesEngine:
         # trend: the current bucket, and a ring of finished ones
         self.tb_next = np.where(self.tb_bw > 0, NONE, NEVER).astype(I64)
         self.tb_n = np.zeros(n, I64)
-        self.tb_st = np.zeros(n, I64)
         self.tb_sv = np.zeros(n)
         nt = n if self.tb_bw.any() else 0
-        # finished buckets, bucket-major (a gather of channels reads 8 contiguous rows):
-        # weight (samples), mean time (s since tb_epoch), mean value
-        self.ring_w = np.zeros((TREND_BUCKETS, nt))
-        self.ring_x = np.zeros((TREND_BUCKETS, nt))
-        self.ring_y = np.zeros((TREND_BUCKETS, nt))
+        # the means of finished buckets, bucket-major in phase order (the channels refitted
+        # together are a run of columns); NaN: an empty (or the first, partial) bucket
+        self.ring_y = np.full((TREND_BUCKETS, nt), np.nan)
         # exposure: a running integral with snapshots at (staggered) minute boundaries
         self.I = np.zeros(n)
         self.ex_px = np.zeros(n)  # noise: the previous reading as energy
@@ -197,7 +224,7 @@ class RulesEngine:
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
         self._s_b2 = np.empty(n, bool)
-        self._evbuf = [np.empty(0) for _ in range(4)]
+        self._evbuf = [np.empty(0) for _ in range(6)]
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         self._warming = False
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
@@ -283,7 +310,8 @@ class RulesEngine:
         self.all_et = bool(self.p_et.all())
         self.all_ep = bool(self.p_ep.all())
         self.p_k = np.full(n, NONE, I64)  # the open bucket's number
-        self.p_epoch = np.zeros(n, I64)  # start of the channel's first bucket (ring times are from it)
+        self.p_bws = self.p_bw / NS  # bucket width in seconds
+        self.p_part = np.zeros(n, bool)  # the open bucket is the channel's first (partial) one
         self.on_ns = np.zeros((NR, n), I64)
         self.off_ns = np.zeros((NR, n), I64)
         for r in (R_LIMIT, R_ROC, R_TREND, R_PREDICT):
@@ -631,7 +659,7 @@ class RulesEngine:
         saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
-            saved = [(a, a[hc]) for a in (self.fz_since, self.tb_n, self.tb_st, self.tb_sv, self.I,
+            saved = [(a, a[hc]) for a in (self.fz_since, self.tb_n, self.tb_sv, self.I,
                                           self.ex_px, self.pv, self.pt)]
         else:
             hold = None
@@ -678,14 +706,8 @@ class RulesEngine:
                 self._rotate(ch[rot].astype(np.intp), t[rot], rnd)
             # ---- trend: running sums of the open bucket
             if pos is None or pos["any_trend"]:
-                if sliced:
-                    self.tb_n[sel] += 1
-                    self.tb_st[sel] += t  # wraps; see _trend_rotate
-                    self.tb_sv[sel] += v
-                else:
-                    self.tb_n[sel] += 1
-                    self.tb_st[sel] += t
-                    self.tb_sv[sel] += v
+                self.tb_n[sel] += 1
+                self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
                 held = np.minimum(dts, self.hold_s[sel], out=dts)
@@ -797,84 +819,77 @@ class RulesEngine:
         if far.any():
             k[far] = (t[far] + ph[far]) // bw[far]
             start[far] = k[far] * bw[far] - ph[far]
-        if anyfirst:
-            self.p_epoch[rp[first]] = start[first]
-        if not anyfirst or not first.all():
-            if anyfirst:
-                old = ~first
-                oc, ok_, k0, orp, obw, oph = c[old], k[old], k0[old], rp[old], bw[old], ph[old]
-            else:
-                oc, ok_, orp, obw, oph = c, k, rp, bw, ph
-            s = k0 & (TREND_BUCKETS - 1)  # k0 % TREND_BUCKETS (a power of two), without a division
-            n = self.tb_n[oc]
-            s0 = k0 * obw - oph  # the closed bucket's start
-            # sum of (t - bucket start) from the plain sum of t (exact in wrapping int64)
-            st = self.tb_st[oc] - n * s0
-            fi = s * self.ring_w.shape[1] + orp  # flat positions in the (bucket, channel) rings
-            self.ring_w.reshape(-1)[fi] = n
-            self.ring_x.reshape(-1)[fi] = ((s0 - self.p_epoch[orp]) + st / n) / NS
-            self.ring_y.reshape(-1)[fi] = self.tb_sv[oc] / n
-            gap = ok_ - k0
-            if bool((gap > 1).any()):
-                for j in range(1, TREND_BUCKETS + 1):
-                    m = j < gap
-                    if not m.any():
-                        break
-                    jj, cm = (k0[m] + j) % TREND_BUCKETS, orp[m]
-                    self.ring_w[jj, cm] = 0.0
-                    self.ring_x[jj, cm] = 0.0
-                    self.ring_y[jj, cm] = 0.0
         self.p_k[rp] = k
         self.tb_next[c] = start + bw
-        self.tb_n[c] = 0
-        self.tb_st[c] = 0
-        self.tb_sv[c] = 0.0
         if anyfirst:
+            # the channel's first bucket is partial: it will be closed as empty
+            self.p_part[rp[first]] = True
+            self.tb_n[c[first]] = 0
+            self.tb_sv[c[first]] = 0.0
             old = ~first
-            if old.any():
-                self._trend_eval(c[old], rp[old], t[old], start[old], rnd)
-        else:
-            self._trend_eval(c, rp, t, start, rnd)
+            if not old.any():
+                return
+            c, rp, t, k0, k, start = c[old], rp[old], t[old], k0[old], k[old], start[old]
+        n = self.tb_n[c]
+        slot = k0 & (TREND_BUCKETS - 1)  # k0 % TREND_BUCKETS (a power of two), without a division
+        mean = self.tb_sv[c] / n
+        part = self.p_part[rp]
+        if part.any():
+            mean[part] = np.nan
+            self.p_part[rp[part]] = False
+        self.ring_y.reshape(-1)[slot * self.ring_y.shape[1] + rp] = mean
+        gap = k - k0
+        if bool((gap > 1).any()):
+            # buckets without a sample in between are empty
+            for j in range(1, TREND_BUCKETS + 1):
+                m = j < gap
+                if not m.any():
+                    break
+                self.ring_y[(k0[m] + j) & (TREND_BUCKETS - 1), rp[m]] = np.nan
+        self.tb_n[c] = 0
+        self.tb_sv[c] = 0.0
+        self._trend_eval(c, rp, t, k, start, rnd)
 
-    def _trend_eval(self, c: npt.NDArray[np.intp], rp: npt.NDArray[np.intp], t: IntArr, ref: IntArr,
-                    rnd: int) -> None:
-        """Weighted least squares over the bucket means, for the channels that rotated."""
-        w = np.take(self.ring_w, rp, axis=1, out=self._ev_scratch(0, len(rp)), mode="clip")
-        ok = (w > 0).view(np.int8).sum(axis=0, dtype=np.int8) >= MIN_TREND_BUCKETS
+    def _trend_eval(self, c: npt.NDArray[np.intp], rp: npt.NDArray[np.intp], t: IntArr, k: IntArr,
+                    start: IntArr, rnd: int) -> None:
+        """Least-squares line through the last 8 bucket means, for the channels that rotated.
+
+        The buckets are a fixed grid: the means sit at the buckets' midpoints, at
+        ``u = -3.5 … 3.5`` buckets from the window's centre (oldest to newest), so for a
+        full window the slope is one weighted sum ``Σ u·y / 42`` (42 = Σ u²); a window
+        with empty buckets (at least 3 full) takes the general fit over those present.
+        The channels whose buckets close together sit side by side in phase order, so
+        the gather of their ring columns reads mostly contiguous memory."""
+        m = len(rp)
+        newest = (k - 1) & (TREND_BUCKETS - 1)  # the ring slot of the bucket just closed
+        ys = np.take(self.ring_y, rp, axis=1, out=self._ev_scratch(0, m), mode="clip")
+        tmp = self._ev_scratch(1, m)
+        tot = _tree4(np.add(ys[:4], ys[4:], out=tmp[:4]))
+        n0 = int(newest[0])
+        if bool((newest == n0).all()):
+            u: FloatArr = TREND_U[:, n0:n0 + 1]  # the usual: one window position for all
+        else:
+            u = np.take(TREND_U, newest, axis=1, out=self._ev_scratch(2, m), mode="clip")
+        np.multiply(ys, u, out=tmp)
+        num = _tree8(tmp)
+        my = tot / TREND_BUCKETS
+        slope = num / TREND_SXX  # per bucket
+        mu = np.zeros(m)
+        partial = np.isnan(tot)
+        if partial.any():
+            # empty buckets in the window: the general fit over the ones present
+            p = np.flatnonzero(partial)
+            pmu, pmy, pslope = _trend_fit_partial(ys[:, p], TREND_U[:, newest[p]])
+            mu[p], my[p], slope[p] = pmu, pmy, pslope
+        ok = ~np.isnan(slope)
         if not ok.all():
-            c, rp, t, ref = c[ok], rp[ok], t[ok], ref[ok]
+            c, rp, t, start, mu, my, slope = c[ok], rp[ok], t[ok], start[ok], mu[ok], my[ok], slope[ok]
             if not len(c):
                 return
-            w = np.take(self.ring_w, rp, axis=1, out=self._ev_scratch(0, len(rp)), mode="clip")
-        # (8, R) scratch, written in place: a fresh temporary of this size costs twice a pass
-        m = len(rp)
-        ref_s = (ref - self.p_epoch[rp]) / NS
-        xs = np.take(self.ring_x, rp, axis=1, out=self._ev_scratch(1, m), mode="clip")
-        xs -= ref_s
-        ys = np.take(self.ring_y, rp, axis=1, out=self._ev_scratch(2, m), mode="clip")
-        tmp = self._ev_scratch(3, m)
-        np.copyto(tmp, w)
-        sw = _tree8(tmp)
-        np.multiply(w, xs, out=tmp)
-        mx = _tree8(tmp) / sw
-        np.multiply(w, ys, out=tmp)
-        my = _tree8(tmp) / sw
-        xs -= mx  # dx
-        ys -= my  # y - my
-        ys *= xs
-        xs *= xs
-        xs *= w
-        sxx = _tree8(xs)
-        ys *= w
-        sxy = _tree8(ys)
-        good = sxx > 0
-        if not good.all():
-            c, rp, t, ref, mx, my = c[good], rp[good], t[good], ref[good], mx[good], my[good]
-            sxx, sxy = sxx[good], sxy[good]
-        slope = sxy / sxx
+        slope_s = slope / self.p_bws[rp]  # per second
         et = None if self.all_et else self.p_et[rp]
         if et is None or et.any():
-            per_min = slope * 60.0
+            per_min = slope_s * 60.0
             # per_min >= lim for a rising limit, <= for a falling one: both as sgn * per_min
             # >= sgn * lim (a sign flip is exact)
             x = np.greater_equal(per_min * self.p_sgn[rp], self.p_alim[rp])
@@ -884,12 +899,15 @@ class RulesEngine:
         ep = None if self.all_ep else self.p_ep[rp]
         if ep is None or ep.any():
             if ep is not None and not ep.all():
-                c, rp, t, ref, mx, my, slope = c[ep], rp[ep], t[ep], ref[ep], mx[ep], my[ep], slope[ep]
-            y_end = my + slope * ((t - ref) / NS - mx)
+                c, rp, t, start, mu, my, slope, slope_s = (
+                    c[ep], rp[ep], t[ep], start[ep], mu[ep], my[ep], slope[ep], slope_s[ep])
+            # the fitted line at the sample's time (u = 4 at the start of the open bucket)
+            u_t = (TREND_MID + 0.5) + (t - start) / self.p_bw[rp]
+            y_end = my + slope * (u_t - mu)
             lim = self.p_plim[rp]
             rising = (slope > 0) & (y_end < lim)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                ttl = (lim - y_end) / slope
+                ttl = (lim - y_end) / slope_s
             ttl[~rising] = np.inf
             x = (ttl * NS <= self.p_pns[rp])
             self._machine(R_PREDICT, c, x, t, ttl, rnd)

@@ -54,6 +54,8 @@ from rules.settings import (
     STEL_BUCKET_NS,
     STEL_BUCKETS,
     TREND_BUCKETS,
+    TREND_MID,
+    TREND_SXX,
     TWA_BUCKETS,
     TWA_PER_STEL,
     ChannelRules,
@@ -61,6 +63,11 @@ from rules.settings import (
 )
 
 NR = len(RULES)
+
+
+def trend_u(newest: int, slot: int) -> float:
+    """Position of ring slot ``slot`` in the window whose newest bucket is in ``newest``."""
+    return TREND_MID - ((newest - slot) % TREND_BUCKETS)
 
 
 def tree8(a: list[float]) -> float:
@@ -90,12 +97,9 @@ class RefChannel:
         self.tb_phase = phase_ns(index, self.tb_bw) if self.tb_bw else 0
         self.tb_k: int | None = None
         self.tb_n = 0
-        self.tb_st = 0
         self.tb_sv = 0.0
-        self.tb_epoch = 0
-        self.ring_w = [0.0] * TREND_BUCKETS
-        self.ring_x = [0.0] * TREND_BUCKETS
-        self.ring_y = [0.0] * TREND_BUCKETS
+        self.tb_partial = False
+        self.ring_y = [math.nan] * TREND_BUCKETS  # bucket means; NaN: empty
         # exposure
         self.I = 0.0
         self.ex_px = 0.0
@@ -229,52 +233,58 @@ class RefChannel:
         k = (t + ph) // bw
         if self.tb_k is None:
             self.tb_k = k
-            self.tb_epoch = k * bw - ph
+            self.tb_partial = True  # the first bucket is partial: it is closed as empty
         elif k != self.tb_k:
-            # close the bucket: weight (samples), mean time (s since the channel's first
-            # bucket), mean value; skipped buckets are empty
+            # close the bucket (its mean value); skipped buckets are empty
             k0 = self.tb_k
-            s = k0 % TREND_BUCKETS
-            start0 = k0 * bw - ph
-            self.ring_w[s] = float(self.tb_n)
-            self.ring_x[s] = ((start0 - self.tb_epoch) + self.tb_st / self.tb_n) / NS
-            self.ring_y[s] = self.tb_sv / self.tb_n
+            self.ring_y[k0 % TREND_BUCKETS] = math.nan if self.tb_partial else self.tb_sv / self.tb_n
+            self.tb_partial = False
             for j in range(k0 + 1, min(k, k0 + 1 + TREND_BUCKETS)):
-                jj = j % TREND_BUCKETS
-                self.ring_w[jj] = self.ring_x[jj] = self.ring_y[jj] = 0.0
-            self.tb_k, self.tb_n, self.tb_st, self.tb_sv = k, 0, 0, 0.0
-            self.evaluate_trend(t, k * bw - ph, out)
+                self.ring_y[j % TREND_BUCKETS] = math.nan
+            self.tb_k, self.tb_n, self.tb_sv = k, 0, 0.0
+            self.evaluate_trend(t, k, out)
         self.tb_n += 1
-        self.tb_st += t - (k * bw - ph)
         self.tb_sv += v
 
-    def evaluate_trend(self, t: int, ref: int, out: list[dict[str, Any]]) -> None:
-        """Weighted least squares over the bucket means (weights: samples per bucket)."""
-        w = self.ring_w
-        if sum(1 for x in w if x > 0) < MIN_TREND_BUCKETS:
+    def evaluate_trend(self, t: int, k: int, out: list[dict[str, Any]]) -> None:
+        """Least squares through the bucket means, at the bucket midpoints ``u`` (buckets
+        from the window's centre: -3.5 oldest … 3.5 newest). ``k`` is the open bucket."""
+        newest = (k - 1) % TREND_BUCKETS
+        y = self.ring_y
+        u = [trend_u(newest, j) for j in range(TREND_BUCKETS)]
+        tot = tree8(y)
+        if not math.isnan(tot):
+            mu, my = 0.0, tot / TREND_BUCKETS
+            slope = tree8([y[j] * u[j] for j in range(TREND_BUCKETS)]) / TREND_SXX
+        else:
+            w = [0.0 if math.isnan(x) else 1.0 for x in y]
+            y0 = [0.0 if math.isnan(x) else x for x in y]
+            cnt = sum(w)
+            if cnt < MIN_TREND_BUCKETS:
+                return
+            mu = tree8([w[j] * u[j] for j in range(TREND_BUCKETS)]) / cnt
+            my = tree8([w[j] * y0[j] for j in range(TREND_BUCKETS)]) / cnt
+            du = [x - mu for x in u]
+            sxx = tree8([w[j] * (du[j] * du[j]) for j in range(TREND_BUCKETS)])
+            sxy = tree8([w[j] * (du[j] * (y0[j] - my)) for j in range(TREND_BUCKETS)])
+            if not sxx > 0:
+                return
+            slope = sxy / sxx
+        if math.isnan(slope):
             return
-        ref_s = (ref - self.tb_epoch) / NS
-        xs = [x - ref_s for x in self.ring_x]
-        ys = self.ring_y
-        sw = tree8(w)
-        mx = tree8([w[b] * xs[b] for b in range(TREND_BUCKETS)]) / sw
-        my = tree8([w[b] * ys[b] for b in range(TREND_BUCKETS)]) / sw
-        dx = [x - mx for x in xs]
-        sxx = tree8([w[b] * (dx[b] * dx[b]) for b in range(TREND_BUCKETS)])
-        sxy = tree8([w[b] * (dx[b] * (ys[b] - my)) for b in range(TREND_BUCKETS)])
-        if not sxx > 0:
-            return
-        slope = sxy / sxx
         cr = self.cr
+        bw = self.tb_bw
+        slope_s = slope / (bw / NS)
         if self.enabled[R_TREND]:
-            per_min = slope * 60.0
+            per_min = slope_s * 60.0
             self.metric[R_TREND] = per_min
             x = per_min >= cr.trend_slope if cr.trend_slope > 0 else per_min <= cr.trend_slope
             self.machine(R_TREND, int(x), t, out)
         if self.enabled[R_PREDICT]:
-            y_end = my + slope * ((t - ref) / NS - mx)
+            u_t = (TREND_MID + 0.5) + (t - (k * bw - self.tb_phase)) / bw
+            y_end = my + slope * (u_t - mu)
             if slope > 0 and y_end < cr.predict_limit:
-                ttl = (cr.predict_limit - y_end) / slope
+                ttl = (cr.predict_limit - y_end) / slope_s
             else:
                 ttl = math.inf
             self.metric[R_PREDICT] = ttl

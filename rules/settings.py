@@ -42,6 +42,8 @@ Q_OUT_OF_RANGE, Q_SENSOR_FAULT = 0x83, 0x84
 
 TREND_BUCKETS = 8  # least-squares trend: the window in this many buckets
 MIN_TREND_BUCKETS = 3  # fewer non-empty buckets: no slope
+TREND_MID = (TREND_BUCKETS - 1) / 2  # bucket positions in a window: u = -3.5 (oldest) … 3.5 (newest)
+TREND_SXX = sum((j - TREND_MID) ** 2 for j in range(TREND_BUCKETS))  # Σ u² of a full window: 42
 STEL_WINDOW_NS = 15 * 60 * NS
 STEL_BUCKETS = 15  # 1-minute buckets
 STEL_BUCKET_NS = STEL_WINDOW_NS // STEL_BUCKETS

@@ -182,7 +182,7 @@ async def test_gateway_restart_rebuilds_exposure_and_trend(tmp_path: Path) -> No
     gw2 = Gateway(loads(_cfg_exposure(tmp_path / "st")))
     try:
         assert float(gw2.rules.I[0]) == integral
-        assert np.array_equal(gw2.rules.ring_y, ring)
+        assert np.array_equal(gw2.rules.ring_y, ring, equal_nan=True)
         assert gw2.rules.pv[0] == 10.0 + 239 % 7
     finally:
         gw2.journal.close()
