@@ -219,7 +219,7 @@ class RulesEngine:
         # scratch for the per-sample passes (a fresh 100k-element temporary costs about
         # twice a pass into memory already mapped)
         self._s_i = np.empty(n, I64)
-        self._s_dts = np.empty(n)
+        self._s_dtn = np.empty(n)
         self._s_dv = np.empty(n)
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
@@ -262,6 +262,7 @@ class RulesEngine:
         self.q_lo = np.maximum(self.lo, self.gate_lo)  # the quiet band: in range, no limit near
         self.q_hi = np.minimum(self.hi, self.gate_hi)
         self.roc = f("roc")
+        self.roc_ns = np.array([r.roc_per_ns() for r in rules], float).reshape(n)
         self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
         self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
         tr_slope = f("trend_slope")
@@ -273,7 +274,8 @@ class RulesEngine:
         self.ex_mode = np.array([{None: 0, "concentration": 1, "noise": 2}[r.exposure] for r in rules],
                                 np.int8).reshape(n)
         self.noise_k = np.array([r.noise_k() for r in rules], float).reshape(n)
-        self.hold_s = np.array([r.hold_ns / NS for r in rules], float).reshape(n)
+        self.hold_ns = np.array([r.hold_ns for r in rules], I64).reshape(n)
+        self.hold_f = self.hold_ns.astype(float)
         self.ex_ph = np.array([phase_ns(i, STEL_BUCKET_NS) for i in range(n)], I64).reshape(n)
         with np.errstate(invalid="ignore", over="ignore"):
             self.twa_thr = np.array([r.twa_threshold() if r.exposure else math.nan for r in rules],
@@ -509,6 +511,7 @@ class RulesEngine:
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
                 "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
                 "any_noise": bool((self.ex_mode[sel] == 2).any()),
+                "hold_min": int(self.hold_ns[sel].min()),
             }
             if len(self._pos_cache) > 4096:
                 self._pos_cache.clear()
@@ -666,11 +669,10 @@ class RulesEngine:
         pv = self.pv[sel]
         m = len(t)
         with np.errstate(all="ignore"):
-            # (t - pt) / NS as numpy computes it: int64 difference, cast, divide
+            # the time since the previous valid sample, in ns (as a float: exact below 104 days)
             di = np.subtract(t, self.pt[sel], out=self._s_i[:m])
-            dts = self._s_dts[:m]
-            np.copyto(dts, di)
-            np.divide(dts, NS, out=dts)
+            dtn = self._s_dtn[:m]
+            np.copyto(dtn, di)
             dv = np.subtract(v, pv, out=self._s_dv[:m])
             # ---- frozen: exactly the previous valid value
             eq = np.equal(dv, 0.0, out=self._s_b[:m])
@@ -694,9 +696,9 @@ class RulesEngine:
             # ---- rate of change
             if pos is None or pos["any_roc"]:
                 np.abs(dv, out=dv)
-                thr = np.multiply(self.roc[sel], dts, out=self._s_f[:m])
+                thr = np.multiply(self.roc_ns[sel], dtn, out=self._s_f[:m])
                 xr = np.greater(dv, thr, out=self._s_b[:m])
-                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / dts[i], rnd, hold=hold)
+                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / (dtn[i] / NS), rnd, hold=hold)
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
             due = np.greater_equal(t, self.next_rot[sel], out=self._s_b[:m])
             if hold is not None:
@@ -710,8 +712,14 @@ class RulesEngine:
                 self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
-                held = np.minimum(dts, self.hold_s[sel], out=dts)
-                contrib = np.fmax(pv, 0.0, out=self._s_f[:m])
+                # the clamp to hold_ns is needed only after a gap (one reduction tells)
+                if pos is None or int(di.max()) > pos["hold_min"]:
+                    np.minimum(dtn, self.hold_f[sel], out=dtn)
+                contrib = np.multiply(pv, dtn, out=self._s_f[:m])
+                # a negative concentration (zero drift) counts as none; no previous value, none
+                pos_ = np.greater_equal(contrib, 0.0, out=self._s_b[:m])
+                if not pos_.all():
+                    contrib[~pos_] = 0.0
                 if pos is None or pos["any_noise"]:
                     if pos is None:
                         npos = np.flatnonzero(self.ex_mode[sel] == 2)
@@ -720,9 +728,8 @@ class RulesEngine:
                     else:
                         npos, nc, nk = pos["noise"], pos["noise_ch"], pos["noise_k"]
                     if len(npos):
-                        contrib[npos] = self.ex_px[nc]
+                        contrib[npos] = self.ex_px[nc] * dtn[npos]
                         self.ex_px[nc] = np.power(10.0, v[npos] / nk)
-                contrib *= held
                 if sliced:
                     integ = self.I[sel]
                     integ += contrib
@@ -1305,10 +1312,10 @@ class RulesEngine:
                 avg = float(value)
                 if cr.exposure == "noise":
                     avg = 10.0 ** (avg / cr.noise_k())
-                self.seed_twa[c] = avg * (TWA_WINDOW_NS / NS)
+                self.seed_twa[c] = avg * TWA_WINDOW_NS
                 self.metric[r, c] = self.seed_twa[c]
             elif r == R_STEL and value is not None:
-                self.seed_stel[c] = float(value) * (STEL_WINDOW_NS / NS)
+                self.seed_stel[c] = float(value) * STEL_WINDOW_NS
                 self.metric[r, c] = self.seed_stel[c]
         self._nz = [None] * NR
         self._stale_lb = NONE

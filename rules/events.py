@@ -71,12 +71,12 @@ def _f(x: float | None) -> float | None:
 def display_value(cr: ChannelRules, rule: int, metric: float) -> float | None:
     """The figure an operator reads for a rule, from the core's raw metric."""
     if rule == R_TWA:
-        avg = metric / (TWA_WINDOW_NS / NS)
+        avg = metric / TWA_WINDOW_NS
         if cr.exposure == "noise":
             return _f(cr.noise_k() * math.log10(avg)) if avg > 0 else None
         return _f(avg)
     if rule == R_STEL:
-        return _f(metric / (STEL_WINDOW_NS / NS))
+        return _f(metric / STEL_WINDOW_NS)
     return _f(metric)
 
 

@@ -206,9 +206,8 @@ class RefChannel:
             self.machine(R_LIMIT, self.limit_level(v), t, out)
         if en[R_ROC] and self.pv is not None:
             dv = abs(v - self.pv)
-            dts = (t - self.pt) / NS
-            self.metric[R_ROC] = dv / dts
-            self.machine(R_ROC, int(dv > cr.roc * dts), t, out)
+            self.metric[R_ROC] = dv / ((t - self.pt) / NS)
+            self.machine(R_ROC, int(dv > cr.roc_per_ns() * (t - self.pt)), t, out)
         if self.tb_bw:
             self.trend(t, v, out)
         if cr.exposure is not None:
@@ -313,7 +312,7 @@ class RefChannel:
             # the previous reading held until now (at most hold_ns); a negative
             # concentration (zero drift) counts as none
             px = self.ex_px if cr.exposure == "noise" else max(self.pv, 0.0)
-            self.I += px * min((t - self.pt) / NS, cr.hold_ns / NS)
+            self.I += px * min(t - self.pt, cr.hold_ns)  # value·ns
         if cr.exposure == "noise":
             self.ex_px = 10.0 ** (v / cr.noise_k())
         if self.enabled[R_TWA]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,22 +91,18 @@ class ChannelRules:
         return noise_k(self.exchange_db)
 
     def twa_threshold(self) -> float:
-        """PC-TWA limit as an integral over 8 h (value·s); for noise, energy·s."""
+        """PC-TWA limit as an integral over 8 h (value·ns); for noise, energy·ns."""
         if self.exposure == "noise":
-            return float(10.0 ** (self.twa / self.noise_k()) * (TWA_WINDOW_NS / NS))
-        return float(self.twa * (TWA_WINDOW_NS / NS))
+            return float(10.0 ** (self.twa / self.noise_k()) * TWA_WINDOW_NS)
+        return float(self.twa * TWA_WINDOW_NS)
 
     def stel_threshold(self) -> float:
-        return float(self.stel * (STEL_WINDOW_NS / NS))
+        """PC-STEL limit as an integral over 15 min (value·ns)."""
+        return float(self.stel * STEL_WINDOW_NS)
 
     def roc_per_ns(self) -> float:
+        """The rate-of-change limit per ns: a change dv over dt ns alarms when |dv| > this · dt."""
         return self.roc / NS
-
-    def range_mid_half(self) -> tuple[float, float]:
-        """The range as centre and half-width: in range ⇔ |v - mid| <= half (NaN and inf are not)."""
-        if math.isinf(self.range_lo) or math.isinf(self.range_hi):
-            return 0.0, sys.float_info.max
-        return (self.range_lo + self.range_hi) / 2, (self.range_hi - self.range_lo) / 2
 
     def limits(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in ("hh", "h", "l", "ll") if not math.isnan(getattr(self, k))}

@@ -206,7 +206,7 @@ async def test_gateway_restart_replays_at_most_a_sample_budget(
     try:
         part = float(gw2.rules.I[0])
         # 59 intervals of 15 s at 10 mg/m3 (the first replayed sample has no previous one)
-        assert part == pytest.approx(10.0 * 15 * 59)
+        assert part == pytest.approx(10.0 * 15 * 59 * NS)  # value·ns
         assert 0 < part < full
         assert gw2.rules.pv[0] == 10.0
         assert any(re.search(r"from 60 journaled samples .* newest 0\.[23] h of the 8-h window", m)
