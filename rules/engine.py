@@ -193,7 +193,7 @@ class RulesEngine:
         self._maybe_unset = True  # some channel may still have no last time
         # trend: the current bucket, and a ring of finished ones
         self.tb_next = np.where(self.tb_bw > 0, NONE, NEVER).astype(I64)
-        self.tb_n = np.zeros(n, I64)
+        self.tb_n = np.zeros(n, np.int32)  # samples in the open bucket
         self.tb_sv = np.zeros(n)
         nt = n if self.tb_bw.any() else 0
         # the means of finished buckets, bucket-major in phase order (the channels refitted
@@ -273,7 +273,7 @@ class RulesEngine:
         self.frozen_ns = ns(r.frozen_ns for r in rules)
         self.ex_mode = np.array([{None: 0, "concentration": 1, "noise": 2}[r.exposure] for r in rules],
                                 np.int8).reshape(n)
-        self.noise_k = np.array([r.noise_k() for r in rules], float).reshape(n)
+        self.noise_c = np.array([r.noise_c() for r in rules], float).reshape(n)
         self.hold_ns = np.array([r.hold_ns for r in rules], I64).reshape(n)
         self.hold_f = self.hold_ns.astype(float)
         self.ex_ph = np.array([phase_ns(i, STEL_BUCKET_NS) for i in range(n)], I64).reshape(n)
@@ -505,7 +505,7 @@ class RulesEngine:
             p = {
                 "noise": np.flatnonzero(self.ex_mode[sel] == 2),
                 "noise_ch": np.flatnonzero(self.ex_mode[sel] == 2) + sel.start,
-                "noise_k": self.noise_k[sel][self.ex_mode[sel] == 2],
+                "noise_c": self.noise_c[sel][self.ex_mode[sel] == 2],
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
@@ -724,12 +724,12 @@ class RulesEngine:
                     if pos is None:
                         npos = np.flatnonzero(self.ex_mode[sel] == 2)
                         nc = ch[npos].astype(np.intp)
-                        nk = self.noise_k[nc]
+                        nk = self.noise_c[nc]
                     else:
-                        npos, nc, nk = pos["noise"], pos["noise_ch"], pos["noise_k"]
+                        npos, nc, nk = pos["noise"], pos["noise_ch"], pos["noise_c"]
                     if len(npos):
                         contrib[npos] = self.ex_px[nc] * dtn[npos]
-                        self.ex_px[nc] = np.power(10.0, v[npos] / nk)
+                        self.ex_px[nc] = np.exp(v[npos] * nk)  # the level as energy
                 if sliced:
                     integ = self.I[sel]
                     integ += contrib
@@ -1311,7 +1311,7 @@ class RulesEngine:
             elif r == R_TWA and value is not None:
                 avg = float(value)
                 if cr.exposure == "noise":
-                    avg = 10.0 ** (avg / cr.noise_k())
+                    avg = cr.noise_energy(avg)
                 self.seed_twa[c] = avg * TWA_WINDOW_NS
                 self.metric[r, c] = self.seed_twa[c]
             elif r == R_STEL and value is not None:

@@ -314,7 +314,7 @@ class RefChannel:
             px = self.ex_px if cr.exposure == "noise" else max(self.pv, 0.0)
             self.I += px * min(t - self.pt, cr.hold_ns)  # value·ns
         if cr.exposure == "noise":
-            self.ex_px = 10.0 ** (v / cr.noise_k())
+            self.ex_px = cr.noise_energy(v)
         if self.enabled[R_TWA]:
             self.metric[R_TWA] = self.I - self.old_twa
             self.machine(R_TWA, int(self.I > self.old_twa + cr.twa_threshold()), t, out)

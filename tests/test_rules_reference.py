@@ -113,6 +113,12 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
                 t = now
         for e in e1:
             seen[e["rule"]] = seen.get(e["rule"], 0) + 1
+    # not only the transitions: the accumulated state is the same to the bit
+    for i, c in enumerate(ref.channels):
+        if c.cr.exposure:
+            assert eng.I[i] == c.I, i
+        if c.tb_bw:
+            assert np.array_equal(eng.ring_y[:, eng.rpos[i]], c.ring_y, equal_nan=True), i
     return seen
 
 
