@@ -84,6 +84,7 @@ from rules.settings import (
 Event = dict[str, Any]
 I64 = np.int64
 NONE = np.iinfo(np.int64).min  # "no time yet"
+UNSET = -(1 << 62)  # a channel's last time before its first sample: t - UNSET does not overflow
 NEVER = np.iinfo(np.int64).max  # a disabled timer
 NR = len(RULES)
 _RULE_INDEX = {n: i for i, n in enumerate(RULES)}
@@ -130,6 +131,17 @@ def _trend_fit_partial(y: FloatArr, u: FloatArr) -> tuple[FloatArr, FloatArr, Fl
         slope = sxy / sxx
     slope[~((cnt >= MIN_TREND_BUCKETS) & (sxx > 0))] = np.nan
     return mu, my, slope
+
+
+def _merge_times(c: npt.NDArray[np.intp], t: IntArr, add_c: npt.NDArray[np.intp],
+                 add_t: IntArr) -> tuple[npt.NDArray[np.intp], IntArr]:
+    """A sorted channel -> time list ``c, t`` with the entries ``add_c, add_t`` put in
+    (replacing a channel's entry if it has one)."""
+    keep = ~np.isin(c, add_c)
+    mc = np.concatenate((c[keep], add_c)).astype(np.intp)
+    mt = np.concatenate((t[keep], add_t)).astype(np.int64)
+    order = np.argsort(mc, kind="stable")
+    return mc[order], mt[order]
 
 
 def _union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -179,13 +191,18 @@ class RulesEngine:
         self.unacked = np.zeros((NR, n), bool)
         self.last_code = np.zeros((NR, n), np.int8)
         # ---- per-channel state
-        self.last_ts = np.full(n, NONE, I64)
+        self.last_ts = np.full(n, UNSET, I64)
         self.supp = self.cfg_maint.copy()
         self.rt_maint = np.zeros(n, bool)
         self.nsupp = int(self.supp.sum())
         self.pv = np.full(n, np.nan)
-        self.pt = np.zeros(n, I64)
-        self.fz_since = np.zeros(n, I64)
+        # the previous valid sample's time is last_ts, except for the few channels whose
+        # latest samples did not count (bad, out of range): those are listed here (sorted)
+        self.ov_c = np.zeros(0, np.intp)
+        self.ov_t = np.zeros(0, I64)
+        # channels whose value is unchanged since the previous valid sample, and since when
+        self.fz_c = np.zeros(0, np.intp)
+        self.fz_t = np.zeros(0, I64)
         self.bad_since = np.full(n, NONE, I64)
         self.bad_idx = np.zeros(0, np.intp)  # channels (sorted) that may have bad_since set
         self._stale_lb = NONE  # no channel can go stale before this time (NONE: unknown)
@@ -320,7 +337,7 @@ class RulesEngine:
             self.on_ns[r] = [c.on_ns for c in rules]
             self.off_ns[r] = [c.off_ns for c in rules]
         self.any_noise = bool((self.ex_mode == 2).any())
-        self.frozen_zero = bool((self.frozen_ns <= 0).any())
+        self.fz0 = np.flatnonzero(self.frozen_ns <= 0)  # frozen at once (a zero duration)
         self.stale_lbns = np.where(self.stale_ns == NEVER, 1 << 62, self.stale_ns)  # no overflow in slack
 
     # ------------------------------------------------------------------ the machine
@@ -523,10 +540,12 @@ class RulesEngine:
         """One sample per channel, channels strictly increasing."""
         contiguous = self._contiguous(ch)
         lt = self.last_ts[ch[0]:ch[-1] + 1] if contiguous else self.last_ts[ch]
-        ok = np.greater(t, lt, out=self._s_b[:len(t)])
+        # time since the channel's last sample; not after it: ignored
+        di = np.subtract(t, lt, out=self._s_i[:len(t)])
+        ok = np.greater(di, 0, out=self._s_b[:len(t)])
         if not ok.all():
             self.stats["ignored_old"] += int((~ok).sum())
-            ch, t, v, q = ch[ok], t[ok], v[ok], q[ok]
+            ch, t, v, q, di = ch[ok], t[ok], v[ok], q[ok], di[ok]
             if not len(ch):
                 return
             contiguous = self._contiguous(ch)
@@ -555,7 +574,7 @@ class RulesEngine:
                 self.bad_since[fc] = NONE
                 keep = np.ones(len(ch), bool)
                 keep[flip] = False
-                ch, t, v, q = ch[keep], t[keep], v[keep], q[keep]
+                ch, t, v, q, di = ch[keep], t[keep], v[keep], q[keep], di[keep]
                 if not len(ch):
                     return
                 sel = ch.astype(np.intp)
@@ -566,13 +585,17 @@ class RulesEngine:
         if self.nsupp:
             live = ~self.supp[sel]
             if not live.all():
-                ch, t, v, q = ch[live], t[live], v[live], q[live]
+                ch, t, v, q, di = ch[live], t[live], v[live], q[live], di[live]
                 if not len(ch):
                     return
                 sel = ch.astype(np.intp)
                 qpos = None
         chs: Any = sel if isinstance(sel, slice) else ch
         base = sel.start if isinstance(sel, slice) else 0
+        # ---- the time since the previous valid sample (di since the last sample, so far)
+        ovpos, ovk = self._members(self.ov_c, chs)
+        if len(ovpos):
+            di[ovpos] = t[ovpos] - self.ov_t[ovk]
         # ---- stale clears on any sample
         nzs = self._nzidx(R_STALE)
         if len(nzs) and len(self._positions_of(nzs, chs)):
@@ -634,9 +657,36 @@ class RulesEngine:
                 hold = out if hold is None else _union(hold, out)
         else:
             self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos)
-        if hold is not None and len(hold) == len(ch):
-            return
-        self._valid(ch, t, v, sel, chs, rnd, loud, hold)
+        if hold is None or len(hold) < len(ch):
+            self._valid(ch, t, v, di, sel, chs, rnd, loud, hold)
+        # channels whose sample did not count keep their previous valid time; the others
+        # (valid now) leave the list
+        if len(ovpos) or (hold is not None and len(hold)):
+            keep = np.ones(len(self.ov_c), bool)
+            keep[ovk] = False
+            oc, ot = self.ov_c[keep], self.ov_t[keep]
+            if hold is not None and len(hold):
+                oc = np.concatenate((oc, ch[hold].astype(np.intp)))
+                ot = np.concatenate((ot, t[hold] - di[hold]))
+                order = np.argsort(oc, kind="stable")
+                oc, ot = oc[order], ot[order]
+            self.ov_c, self.ov_t = oc, ot
+
+    @staticmethod
+    def _members(cidx: npt.NDArray[np.intp], chs: Any) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Channels ``cidx`` (sorted) present in a round: their positions there, and their
+        indices in ``cidx``."""
+        if not len(cidx):
+            return cidx, cidx
+        if isinstance(chs, slice):
+            lo, hi = np.searchsorted(cidx, (chs.start, chs.stop))
+            return cidx[lo:hi] - chs.start, np.arange(lo, hi)
+        if not len(chs):
+            return cidx[:0], cidx[:0]
+        p = np.searchsorted(chs, cidx)
+        p[p >= len(chs)] = 0
+        hit = np.flatnonzero(chs[p] == cidx)
+        return p[hit], hit
 
     @staticmethod
     def _positions_of(cidx: npt.NDArray[np.intp], chs: Any) -> npt.NDArray[np.intp]:
@@ -650,7 +700,7 @@ class RulesEngine:
         p[p >= len(chs)] = 0
         return p[chs[p] == cidx]
 
-    def _valid(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int,
+    def _valid(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, sel: Sel, chs: Any, rnd: int,
                loud: npt.NDArray[np.intp], hold: npt.NDArray[np.intp] | None = None) -> None:
         """Frozen, limits, rate of change, trend, exposure, for the valid in-range samples.
 
@@ -662,30 +712,19 @@ class RulesEngine:
         saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
-            saved = [(a, a[hc]) for a in (self.fz_since, self.tb_n, self.tb_sv, self.I,
-                                          self.ex_px, self.pv, self.pt)]
+            saved = [(a, a[hc]) for a in (self.tb_n, self.tb_sv, self.I, self.ex_px, self.pv)]
         else:
             hold = None
         pv = self.pv[sel]
         m = len(t)
         with np.errstate(all="ignore"):
             # the time since the previous valid sample, in ns (as a float: exact below 104 days)
-            di = np.subtract(t, self.pt[sel], out=self._s_i[:m])
             dtn = self._s_dtn[:m]
             np.copyto(dtn, di)
             dv = np.subtract(v, pv, out=self._s_dv[:m])
             # ---- frozen: exactly the previous valid value
             eq = np.equal(dv, 0.0, out=self._s_b[:m])
-            anyeq = bool(eq.any())
-            if anyeq:
-                fs = np.where(eq, self.fz_since[sel], t)
-                self.fz_since[sel] = fs
-            else:
-                self.fz_since[sel] = t
-                fs = t
-            if anyeq or self.frozen_zero or len(self._nzidx(R_FROZEN)):
-                xf = (t - fs) >= self.frozen_ns[sel]
-                self._machine(R_FROZEN, chs, xf, t, v, rnd, hold=hold)
+            self._frozen(ch, t, v, di, chs, rnd, eq, hold)
             # ---- limits with deadband (only where the value is outside the quiet band)
             if pos is None or pos["any_limit"]:
                 if len(loud):
@@ -753,10 +792,74 @@ class RulesEngine:
                 self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                               pxv=io > self.lim_stel[oc])
         self.pv[sel] = v
-        self.pt[sel] = t
         if saved:
             for a, keep in saved:
                 a[hc] = keep
+
+    def _frozen(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, chs: Any, rnd: int,
+                eq: npt.NDArray[np.bool_], hold: npt.NDArray[np.intp] | None) -> None:
+        """Frozen: the value exactly the previous valid one for ``frozen_ns``. Only the
+        channels in an unchanged run are kept (``fz_c``, from ``fz_t``): a sample equal to
+        the previous one starts or continues a run, any other valid sample ends it."""
+        mpos, mk = self._members(self.fz_c, chs)
+        anyeq = bool(eq.any())
+        zpos = self._positions_of(self.fz0, chs) if len(self.fz0) else self.fz0
+        if not (anyeq or len(mpos) or len(zpos) or len(self._nzidx(R_FROZEN))):
+            return
+        eqpos = np.flatnonzero(eq) if anyeq else np.zeros(0, np.intp)
+        if hold is not None and len(eqpos):
+            j = np.searchsorted(hold, eqpos)  # both sorted: held samples do not count
+            j[j >= len(hold)] = 0
+            eqpos = eqpos[hold[j] != eqpos]
+        # a run starts at the previous valid sample (the value's first reading) or goes on
+        since = t[eqpos] - di[eqpos]
+        if len(mpos) and len(eqpos):
+            j = np.searchsorted(eqpos, mpos)
+            j[j >= len(eqpos)] = 0
+            cont = np.flatnonzero(eqpos[j] == mpos)
+            since[j[cont]] = self.fz_t[mk[cont]]
+        eqc = ch[eqpos].astype(np.intp)
+        x = (t[eqpos] - since) >= self.frozen_ns[eqc]
+        px = eqpos
+        if len(zpos):
+            # a zero duration: frozen on every valid sample
+            if hold is not None:
+                j = np.searchsorted(hold, zpos)
+                j[j >= len(hold)] = 0
+                zpos = zpos[hold[j] != zpos]
+            px = _union(eqpos, zpos)
+            xz = np.ones(len(px), bool)
+            xz[np.searchsorted(px, eqpos)] = x
+            x = xz
+        self._machine(R_FROZEN, chs, None, t, v, rnd, hold=hold, px=px, pxv=x)
+        # the runs: members whose sample was held stay, the others are replaced by this round's
+        keep = np.ones(len(self.fz_c), bool)
+        if len(mpos):
+            gone = np.ones(len(mpos), bool)
+            if hold is not None:
+                j = np.searchsorted(hold, mpos)
+                j[j >= len(hold)] = 0
+                gone = hold[j] != mpos
+            keep[mk[gone]] = False
+        fc, ft = self.fz_c[keep], self.fz_t[keep]
+        if len(eqc):
+            fc = np.concatenate((fc, eqc))
+            ft = np.concatenate((ft, since))
+            order = np.argsort(fc, kind="stable")
+            fc, ft = fc[order], ft[order]
+        self.fz_c, self.fz_t = fc, ft
+
+    def valid_ts(self) -> IntArr:
+        """Each channel's previous valid sample time (UNSET: none yet)."""
+        out = self.last_ts.copy()
+        out[self.ov_c] = self.ov_t
+        return out
+
+    def frozen_since(self) -> IntArr:
+        """Since when each channel's value is unchanged (NONE: it changed at its last valid sample)."""
+        out = np.full(self.n, NONE, I64)
+        out[self.fz_c] = self.fz_t
+        return out
 
     def _limit_levels(self, c: npt.NDArray[np.intp], vv: FloatArr) -> npt.NDArray[np.int8]:
         prev = self.cand[R_LIMIT, c]
@@ -986,7 +1089,7 @@ class RulesEngine:
         now = int(now_ns)
         live = ~self.supp if self.nsupp else None
         if self._maybe_unset:
-            unset = self.last_ts == NONE
+            unset = self.last_ts == UNSET
             if live is not None:
                 unset &= live
             if unset.any():
@@ -1245,6 +1348,7 @@ class RulesEngine:
         """
         applied = 0
         last: dict[tuple[int, int], Event] = {}
+        frozen: dict[int, int] = {}
         prefix = f"{self.gateway_id}-"
         for ev in events:
             if ev.get("type") != "alarm":
@@ -1307,7 +1411,7 @@ class RulesEngine:
                 self.bad_idx = np.union1d(self.bad_idx, [c])
             elif r == R_FROZEN and cr.frozen_ns is not None and value is not None:
                 self.pv[c] = float(value)
-                self.fz_since[c] = ts - cr.frozen_ns
+                frozen[c] = ts - cr.frozen_ns  # unchanged since then
             elif r == R_TWA and value is not None:
                 avg = float(value)
                 if cr.exposure == "noise":
@@ -1317,6 +1421,9 @@ class RulesEngine:
             elif r == R_STEL and value is not None:
                 self.seed_stel[c] = float(value) * STEL_WINDOW_NS
                 self.metric[r, c] = self.seed_stel[c]
+        if frozen:
+            self.fz_c, self.fz_t = _merge_times(self.fz_c, self.fz_t, np.array(list(frozen), np.intp),
+                                                np.array(list(frozen.values()), I64))
         self._nz = [None] * NR
         self._stale_lb = NONE
         self._maybe_unset = True
@@ -1348,14 +1455,15 @@ class RulesEngine:
         now = int(now_ns)
         lo = now - (TWA_WINDOW_NS if window_ns is None else int(window_ns))
         restored_last = self.last_ts.copy()
-        self.last_ts[:] = NONE
+        self.last_ts[:] = UNSET
         # restore() may have set the previous value and timers of frozen / bad alarms;
         # the replay starts from scratch and they are put back where it brought nothing
-        restored = [(a, a.copy()) for a in (self.pv, self.pt, self.fz_since, self.bad_since)]
+        restored = [(a, a.copy()) for a in (self.pv, self.bad_since)]
+        restored_fz = (self.fz_c, self.fz_t)
         self.pv[:] = np.nan
-        self.pt[:] = 0
-        self.fz_since[:] = 0
         self.bad_since[:] = NONE
+        self.fz_c, self.fz_t = self.fz_c[:0], self.fz_t[:0]
+        self.ov_c, self.ov_t = self.ov_c[:0], self.ov_t[:0]
         seed_twa, seed_stel = self.seed_twa.copy(), self.seed_stel.copy()
         self.seed_twa[:] = 0.0
         self.seed_stel[:] = 0.0
@@ -1393,9 +1501,17 @@ class RulesEngine:
             self._warming = False
             self._tr = []
             self.stats = stats
-            untouched = self.last_ts == NONE
+            untouched = self.last_ts == UNSET
             for arr, old in restored:
                 arr[untouched] = old[untouched]
+            fz_back = untouched[restored_fz[0]]
+            if fz_back.any():
+                self.fz_c, self.fz_t = _merge_times(self.fz_c, self.fz_t, restored_fz[0][fz_back],
+                                                    restored_fz[1][fz_back])
+            # a restored last time after the replayed one: the previous valid sample stays the replayed one
+            raised = np.flatnonzero((restored_last > self.last_ts) & ~untouched)
+            if len(raised):
+                self.ov_c, self.ov_t = _merge_times(self.ov_c, self.ov_t, raised, self.valid_ts()[raised])
             self.last_ts = np.maximum(self.last_ts, restored_last)
             self.bad_idx = np.flatnonzero(self.bad_since != NONE)
             # channels without replayed exposure keep restore's conservative seed

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.batch import Batch
-from rules.engine import RulesEngine
+from rules.engine import NONE, RulesEngine
 from rules.reference import ReferenceEngine
 from rules.settings import NS, ChannelRules
 
@@ -114,9 +114,15 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
         for e in e1:
             seen[e["rule"]] = seen.get(e["rule"], 0) + 1
     # not only the transitions: the accumulated state is the same to the bit
+    valid_ts, frozen_since = eng.valid_ts(), eng.frozen_since()
     for i, c in enumerate(ref.channels):
         if c.cr.exposure:
             assert eng.I[i] == c.I, i
+        if c.pv is not None and not c.supp:
+            assert valid_ts[i] == c.pt, i
+            if c.cr.frozen_ns is not None:
+                # the engine keeps only unchanged runs; the reference a time for every channel
+                assert frozen_since[i] == (c.fz_since if c.fz_since != c.pt else NONE), i
         if c.tb_bw:
             assert np.array_equal(eng.ring_y[:, eng.rpos[i]], c.ring_y, equal_nan=True), i
     return seen
