@@ -326,6 +326,7 @@ class RulesEngine:
         self.p_ep = en[R_PREDICT][order]
         self.p_sgn = np.where(self.p_slope > 0, 1.0, -1.0)
         self.p_alim = self.p_slope * self.p_sgn
+        self.all_up = bool((self.p_sgn[self.p_et] > 0).all())  # no falling-slope limit
         self.all_et = bool(self.p_et.all())
         self.all_ep = bool(self.p_ep.all())
         self.p_k = np.full(n, NONE, I64)  # the open bucket's number
@@ -434,7 +435,9 @@ class RulesEngine:
             if not (j < len(nz)).all() or not (nz[j] == leave).all():
                 self._nz[r] = None  # not where expected: rebuilt on next use
                 return
-            nz = np.delete(nz, j)
+            keep = np.ones(len(nz), bool)
+            keep[j] = False
+            nz = nz[keep]
         enter = ch[chg & after]
         if len(enter):
             nz = _union(nz, enter)
@@ -1002,7 +1005,7 @@ class RulesEngine:
             per_min = slope_s * 60.0
             # per_min >= lim for a rising limit, <= for a falling one: both as sgn * per_min
             # >= sgn * lim (a sign flip is exact)
-            x = np.greater_equal(per_min * self.p_sgn[rp], self.p_alim[rp])
+            x = np.greater_equal(per_min if self.all_up else per_min * self.p_sgn[rp], self.p_alim[rp])
             if et is not None:
                 x &= et
             self._machine(R_TREND, c, x, t, per_min, rnd)
@@ -1017,10 +1020,9 @@ class RulesEngine:
             lim = self.p_plim[rp]
             rising = (slope > 0) & (y_end < lim)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                ttl = (lim - y_end) / slope_s
-            ttl[~rising] = np.inf
-            x = (ttl * NS <= self.p_pns[rp])
-            self._machine(R_PREDICT, c, x, t, ttl, rnd)
+                ttl = (lim - y_end) / slope_s  # the time to the limit (meant where rising)
+                x = rising & (ttl * NS <= self.p_pns[rp])
+            self._machine(R_PREDICT, c, x, t, lambda i: np.where(rising[i], ttl[i], np.inf), rnd)
 
     def _ev_scratch(self, i: int, m: int) -> FloatArr:
         """Scratch ``i`` of the trend refit as an (8, m) contiguous array (grown on demand)."""
@@ -1102,16 +1104,29 @@ class RulesEngine:
         if now < self._last_tick:
             self._stale_lb = NONE
         self._last_tick = now
-        if now > self._stale_lb:
-            age = now - self.last_ts
-            slack = self.stale_lbns - age
-            xs = slack < 0
+        if now > self._stale_lb and self.n:
+            # each channel's deadline; those stale already (the rule's index) and suppressed
+            # ones are set aside, so one min() tells whether any other went stale and when
+            # the next one can
+            dl = np.add(self.last_ts, self.stale_lbns, out=self._s_i)
             if live is not None:
-                xs &= live
-            self._machine(R_STALE, slice(0, self.n), xs, now, lambda i: age[i] / NS, 0)
-            # negative slack (stale already) is huge as unsigned: the min is the next deadline
-            nxt = int(slack.view(np.uint64).min()) if self.n else NEVER
-            self._stale_lb = min(now + nxt, int(NEVER))
+                np.copyto(dl, NEVER, where=~live)
+            nz = self._nzidx(R_STALE)
+            dl[nz] = NEVER
+            nxt = int(dl.min())
+            new = np.zeros(0, np.intp)
+            if nxt < now:
+                new = np.flatnonzero(dl < now)
+                dl[new] = NEVER
+                nxt = int(dl.min())
+            idx = _union(new, nz)
+            if len(idx):
+                last = self.last_ts[idx]
+                xs = last + self.stale_lbns[idx] < now
+                self._machine(R_STALE, idx, xs, now, lambda i: (now - last[i]) / NS, 0)
+                if not xs.all():  # fresh again (the clock went back): their deadlines count
+                    nxt = min(nxt, int((last + self.stale_lbns[idx])[~xs].min()))
+            self._stale_lb = nxt
         # bad for longer than allowed
         if len(self.bad_idx):
             bidx = self.bad_idx[self.bad_since[self.bad_idx] != NONE]
