@@ -527,6 +527,7 @@ class RulesEngine:
                 "noise_ch": np.flatnonzero(self.ex_mode[sel] == 2) + sel.start,
                 "noise_c": self.noise_c[sel][self.ex_mode[sel] == 2],
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
+                "roc_min": float(np.nanmin(self.roc_ns[sel])) if self.enabled[R_ROC][sel].any() else math.inf,
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
                 "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
@@ -738,9 +739,21 @@ class RulesEngine:
             # ---- rate of change
             if pos is None or pos["any_roc"]:
                 np.abs(dv, out=dv)
-                thr = np.multiply(self.roc_ns[sel], dtn, out=self._s_f[:m])
-                xr = np.greater(dv, thr, out=self._s_b[:m])
-                self._machine(R_ROC, chs, xr, t, lambda i: dv[i] / (dtn[i] / NS), rnd, hold=hold)
+                roc_metric = lambda i: dv[i] / (dtn[i] / NS)  # noqa: E731
+                # a screen with one number: no change above the run's lowest limit over its
+                # shortest interval (products of non-negative numbers round monotonically)
+                cand = None
+                if pos is not None:
+                    lowest = pos["roc_min"] * float(dtn.min())
+                    cand = np.flatnonzero(np.greater(dv, lowest, out=self._s_b[:m]))
+                if cand is not None and len(cand) <= m // 16:
+                    cc = ch[cand].astype(np.intp)
+                    self._machine(R_ROC, chs, None, t, roc_metric, rnd, hold=hold, px=cand,
+                                  pxv=dv[cand] > self.roc_ns[cc] * dtn[cand])
+                else:
+                    thr = np.multiply(self.roc_ns[sel], dtn, out=self._s_f[:m])
+                    xr = np.greater(dv, thr, out=self._s_b[:m])
+                    self._machine(R_ROC, chs, xr, t, roc_metric, rnd, hold=hold)
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
             due = np.greater_equal(t, self.next_rot[sel], out=self._s_b[:m])
             if hold is not None:
