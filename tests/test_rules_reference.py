@@ -21,7 +21,8 @@ from rules.settings import NS, ChannelRules
 T0 = 1_700_000_000 * NS
 
 
-def rand_rules(rng: random.Random, n: int, *, exposure_scale: float = 1.0) -> list[ChannelRules]:
+def rand_rules(rng: random.Random, n: int, *, exposure_scale: float = 1.0,
+               maintenance: bool = True) -> list[ChannelRules]:
     out = []
     for i in range(n):
         r = ChannelRules(f"c{i}", "gas", "ppm")
@@ -54,7 +55,7 @@ def rand_rules(rng: random.Random, n: int, *, exposure_scale: float = 1.0) -> li
             else:
                 r.exposure, r.twa = "noise", 85.0 - 10 * math.log10(exposure_scale)
             r.hold_ns = rng.choice([3 * NS, 60 * NS])
-        r.maintenance = rng.random() < 0.05
+        r.maintenance = rng.random() < 0.05 and maintenance
         out.append(r)
     return out
 
@@ -64,10 +65,13 @@ def key(e: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = (0.2, 2.0),
-          exposure_scale: float = 1.0) -> dict[str, int]:
+          exposure_scale: float = 1.0, whole: float = 0.0, maintenance: bool = True) -> dict[str, int]:
+    """Random batches; with probability ``whole`` a batch is every channel in order (a
+    contiguous run: the core's per-run screens apply). Without ``maintenance`` no channel
+    is in maintenance and no reading is calibrating (which would split the runs)."""
     rng = random.Random(seed)
     nr = np.random.default_rng(seed)
-    rules = rand_rules(rng, n, exposure_scale=exposure_scale)
+    rules = rand_rules(rng, n, exposure_scale=exposure_scale, maintenance=maintenance)
     eng = RulesEngine(None, rules=rules)
     ref = ReferenceEngine(rules)
     t = T0
@@ -76,7 +80,9 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
     for step in range(steps):
         t += int(nr.uniform(*dt_s) * NS)
         chs = np.flatnonzero(nr.random(n) < 0.8).astype(np.int32)
-        if rng.random() < 0.2 and len(chs) > 2:
+        if rng.random() < whole:
+            chs = np.arange(n, dtype=np.int32)
+        elif rng.random() < 0.2 and len(chs) > 2:
             chs = np.concatenate([chs, chs[: len(chs) // 3]])
             nr.shuffle(chs)
         k = len(chs)
@@ -90,8 +96,9 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
         r_ = nr.random(k)
         q[r_ < 0.05] = 0x81
         q[(r_ >= 0.05) & (r_ < 0.07)] = 0x83
-        q[(r_ >= 0.07) & (r_ < 0.09)] = 0x41
-        q[(r_ >= 0.09) & (r_ < 0.1)] = 0x44
+        if maintenance:
+            q[(r_ >= 0.07) & (r_ < 0.09)] = 0x41
+            q[(r_ >= 0.09) & (r_ < 0.1)] = 0x44
         ts = t + nr.integers(0, 100_000_000, k)
         if rng.random() < 0.1:
             ts[: k // 2] -= 5 * NS  # late arrivals
@@ -142,6 +149,15 @@ def test_random_many_channels(seed: int) -> None:
     # for the index-based shortcuts of the core to matter
     seen = drive(50 + seed, n=200, steps=120, dt_s=(0.05, 1.0))
     assert seen.get("limit", 0) > 0 and seen.get("trend", 0) > 0, seen
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_whole_runs(seed: int) -> None:
+    # mostly whole, in-order batches: the screens per run (a band and a rate limit shared
+    # by all its channels, then the exact test for the few outside) against the reference
+    seen = drive(200 + seed, n=120, steps=200, whole=0.8, maintenance=False)
+    for rule in ("limit", "roc", "range", "trend", "frozen"):
+        assert seen.get(rule, 0) > 0, (rule, seen)
 
 
 @pytest.mark.parametrize("seed", range(2))
