@@ -218,7 +218,10 @@ class RulesEngine:
         self.ring_y = np.full((TREND_BUCKETS, nt), np.nan)
         # exposure: a running integral with snapshots at (staggered) minute boundaries
         self.I = np.zeros(n)
-        self.ex_px = np.zeros(n)  # noise: the previous reading as energy
+        # noise channels, numbered in channel order (-1: not noise), and their previous
+        # reading as energy (a channel run's noise channels are a slice of it)
+        self.noise_rank = np.where(self.ex_mode == 2, np.cumsum(self.ex_mode == 2) - 1, -1)
+        self.ex_e = np.zeros(int((self.ex_mode == 2).sum()))
         self.ex_k = np.full(n, NONE, I64)
         self.ex_next = np.where(self.ex_mode > 0, NONE, NEVER).astype(I64)
         ne = n if (self.ex_mode > 0).any() else 0
@@ -237,6 +240,8 @@ class RulesEngine:
         # twice a pass into memory already mapped)
         self._s_i = np.empty(n, I64)
         self._s_dtn = np.empty(n)
+        self._s_h = np.empty(n)
+        self._s_c = np.empty(n)
         self._s_dv = np.empty(n)
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
@@ -524,8 +529,9 @@ class RulesEngine:
         if p is None:
             p = {
                 "noise": np.flatnonzero(self.ex_mode[sel] == 2),
-                "noise_ch": np.flatnonzero(self.ex_mode[sel] == 2) + sel.start,
                 "noise_c": self.noise_c[sel][self.ex_mode[sel] == 2],
+                "noise_r": slice(int(np.count_nonzero(self.ex_mode[:sel.start] == 2)),
+                                 int(np.count_nonzero(self.ex_mode[:sel.stop] == 2))),
                 "any_roc": bool(self.enabled[R_ROC][sel].any()),
                 "roc_min": float(np.nanmin(self.roc_ns[sel])) if self.enabled[R_ROC][sel].any() else math.inf,
                 "any_trend": bool((self.tb_bw[sel] > 0).any()),
@@ -579,7 +585,7 @@ class RulesEngine:
             if len(flip):
                 fc = ch[flip].astype(np.intp)
                 self.pv[fc] = np.nan
-                self.ex_px[fc] = 0.0
+                self._noise_reset(fc)
                 self.bad_since[fc] = NONE
                 keep = np.ones(len(ch), bool)
                 keep[flip] = False
@@ -737,7 +743,10 @@ class RulesEngine:
         saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
-            saved = [(a, a[hc]) for a in (self.tb_n, self.tb_sv, self.I, self.ex_px, self.pv)]
+            saved = [(a, a[hc]) for a in (self.tb_n, self.tb_sv, self.I, self.pv)]
+            hr = self.noise_rank[hc]
+            hr = hr[hr >= 0]
+            saved.append((self.ex_e, self.ex_e[hr]))
         else:
             hold = None
         pv = self.pv[sel]
@@ -747,6 +756,8 @@ class RulesEngine:
             dtn = self._s_dtn[:m]
             np.copyto(dtn, di)
             dv = np.subtract(v, pv, out=self._s_dv[:m])
+            if pos is None or pos["any_ex"]:
+                contrib = self._exposure_contrib(ch, v, pv, di, dtn, sel, pos)
             # ---- frozen: exactly the previous valid value
             eq = np.equal(dv, 0.0, out=self._s_b[:m])
             self._frozen(ch, t, v, di, chs, rnd, eq, hold)
@@ -788,24 +799,6 @@ class RulesEngine:
                 self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
-                # the clamp to hold_ns is needed only after a gap (one reduction tells)
-                if pos is None or int(di.max()) > pos["hold_min"]:
-                    np.minimum(dtn, self.hold_f[sel], out=dtn)
-                contrib = np.multiply(pv, dtn, out=self._s_f[:m])
-                # a negative concentration (zero drift) counts as none; no previous value, none
-                pos_ = np.greater_equal(contrib, 0.0, out=self._s_b[:m])
-                if not pos_.all():
-                    contrib[~pos_] = 0.0
-                if pos is None or pos["any_noise"]:
-                    if pos is None:
-                        npos = np.flatnonzero(self.ex_mode[sel] == 2)
-                        nc = ch[npos].astype(np.intp)
-                        nk = self.noise_c[nc]
-                    else:
-                        npos, nc, nk = pos["noise"], pos["noise_ch"], pos["noise_c"]
-                    if len(npos):
-                        contrib[npos] = self.ex_px[nc] * dtn[npos]
-                        self.ex_px[nc] = np.exp(v[npos] * nk)  # the level as energy
                 if sliced:
                     integ = self.I[sel]
                     integ += contrib
@@ -830,8 +823,9 @@ class RulesEngine:
                               pxv=io > self.lim_stel[oc])
         self.pv[sel] = v
         if saved:
-            for a, keep in saved:
+            for a, keep in saved[:-1]:
                 a[hc] = keep
+            self.ex_e[hr] = saved[-1][1]
 
     def _frozen(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, chs: Any, rnd: int,
                 eq: npt.NDArray[np.bool_], hold: npt.NDArray[np.intp] | None) -> None:
@@ -898,6 +892,37 @@ class RulesEngine:
         out[self.fz_c] = self.fz_t
         return out
 
+    def _exposure_contrib(self, ch: Any, v: FloatArr, pv: FloatArr, di: IntArr, dtn: FloatArr, sel: Sel,
+                          pos: dict[str, Any] | None) -> FloatArr:
+        """What each sample adds to the exposure integral: the previous reading held until
+        now, at most hold_ns (value·ns; a noise level as energy)."""
+        m = len(v)
+        held = dtn
+        if pos is None or int(di.max()) > pos["hold_min"]:
+            # the clamp is needed only after a gap (one reduction tells)
+            held = np.minimum(dtn, self.hold_f[sel], out=self._s_h[:m])
+        contrib = np.multiply(pv, held, out=self._s_c[:m])
+        # a negative concentration (zero drift) counts as none; no previous value, none
+        pos_ = np.greater_equal(contrib, 0.0, out=self._s_b[:m])
+        if not pos_.all():
+            contrib[~pos_] = 0.0
+        if pos is None or pos["any_noise"]:
+            if pos is None:
+                npos = np.flatnonzero(self.ex_mode[sel] == 2)
+                nc = ch[npos].astype(np.intp)
+                nk = self.noise_c[nc]
+                nr: Any = self.noise_rank[nc]
+            else:
+                npos, nk, nr = pos["noise"], pos["noise_c"], pos["noise_r"]
+            if len(npos):
+                contrib[npos] = self.ex_e[nr] * held[npos]
+                self.ex_e[nr] = np.exp(v[npos] * nk)  # the level as energy
+        return contrib
+
+    def _noise_reset(self, cs: npt.NDArray[np.intp]) -> None:
+        r = self.noise_rank[cs]
+        self.ex_e[r[r >= 0]] = 0.0
+
     def _limit_levels(self, c: npt.NDArray[np.intp], vv: FloatArr) -> npt.NDArray[np.int8]:
         prev = self.cand[R_LIMIT, c]
         hh, h, lo, ll, db = self.hh[c], self.h[c], self.l[c], self.ll[c], self.db[c]
@@ -932,7 +957,7 @@ class RulesEngine:
         self.cand[:, c] = 0
         self.unacked[:, c] = False
         self.pv[c] = np.nan
-        self.ex_px[c] = 0.0
+        self._noise_reset(np.array([c]))
         self.bad_since[c] = NONE
         self._stale_lb = NONE
         self._maybe_unset = True
