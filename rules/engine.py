@@ -557,8 +557,8 @@ class RulesEngine:
         lt = self.last_ts[ch[0]:ch[-1] + 1] if contiguous else self.last_ts[ch]
         # time since the channel's last sample; not after it: ignored
         di = np.subtract(t, lt, out=self._s_i[:len(t)])
-        ok = np.greater(di, 0, out=self._s_b[:len(t)])
-        if not ok.all():
+        if int(di.min()) <= 0:
+            ok = di > 0
             self.stats["ignored_old"] += int((~ok).sum())
             ch, t, v, q, di = ch[ok], t[ok], v[ok], q[ok], di[ok]
             if not len(ch):
@@ -903,9 +903,8 @@ class RulesEngine:
             held = np.minimum(dtn, self.hold_f[sel], out=self._s_h[:m])
         contrib = np.multiply(pv, held, out=self._s_c[:m])
         # a negative concentration (zero drift) counts as none; no previous value, none
-        pos_ = np.greater_equal(contrib, 0.0, out=self._s_b[:m])
-        if not pos_.all():
-            contrib[~pos_] = 0.0
+        if not float(contrib.min()) >= 0.0:  # (NaN too)
+            contrib[~(contrib >= 0.0)] = 0.0
         if pos is None or pos["any_noise"]:
             if pos is None:
                 npos = np.flatnonzero(self.ex_mode[sel] == 2)
