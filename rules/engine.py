@@ -365,8 +365,6 @@ class RulesEngine:
 
         Only positions where something can happen are looked at: a nonzero condition, or
         a channel with a candidate or an active level (kept in a cached index)."""
-        if self._warming:
-            return  # rebuilding accumulators from the journal: alarm states stay as restored
         if isinstance(chs, slice):
             base, npos = chs.start, chs.stop - chs.start
         else:
@@ -470,7 +468,9 @@ class RulesEngine:
             mv = np.full(len(idx), metric)
         self.metric[r][ch] = mv
         pend = cs != as_
-        if not pend.any():
+        if self._warming or not pend.any():
+            # (a replay rebuilds conditions and their timers; the alarm states stay as restored,
+            # and a delay that runs out is acted on by the next tick)
             self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
         # escalation (levels are -2..2: int8 abs is exact)
@@ -1511,11 +1511,13 @@ class RulesEngine:
         """Rebuild the sample-driven state from journaled sample batches (oldest first).
 
         Call after ``restore(events)`` at start. The batches are replayed through the
-        normal evaluation with the alarm machine switched off, so trend buckets, the
-        exposure integral and its TWA (8 h) / STEL (15 min) snapshots, the previous
-        value (rate of change, frozen timer) and bad-quality timers come back as an
+        normal evaluation with the alarm machine's transitions switched off, so trend
+        buckets, the exposure integral and its TWA (8 h) / STEL (15 min) snapshots, the
+        previous value (rate of change, frozen timer), bad-quality timers and each rule's
+        condition with the time it began (a delay running at the restart) come back as an
         unbroken run would have them, while alarm, acknowledgement, shelving and
-        suppression states stay as ``restore`` left them and no event is produced.
+        suppression states stay as ``restore`` left them and no event is produced; a
+        delay that ran out is acted on by the next ``tick``.
 
         Only samples within ``window_ns`` before ``now_ns`` are used (default: the TWA
         window, the longest any rule looks back), and not after ``now_ns``. The conservative
