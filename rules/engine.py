@@ -1000,7 +1000,7 @@ class RulesEngine:
             old = ~first
             if not old.any():
                 return
-            c, rp, t, k0, k, start = c[old], rp[old], t[old], k0[old], k[old], start[old]
+            c, rp, t, k0, k, start, bw = c[old], rp[old], t[old], k0[old], k[old], start[old], bw[old]
         n = self.tb_n[c]
         slot = k0 & (TREND_BUCKETS - 1)  # k0 % TREND_BUCKETS (a power of two), without a division
         mean = self.tb_sv[c] / n
@@ -1019,10 +1019,10 @@ class RulesEngine:
                 self.ring_y[(k0[m] + j) & (TREND_BUCKETS - 1), rp[m]] = np.nan
         self.tb_n[c] = 0
         self.tb_sv[c] = 0.0
-        self._trend_eval(c, rp, t, k, start, rnd)
+        self._trend_eval(c, rp, t, k, start, bw, rnd)
 
     def _trend_eval(self, c: npt.NDArray[np.intp], rp: npt.NDArray[np.intp], t: IntArr, k: IntArr,
-                    start: IntArr, rnd: int) -> None:
+                    start: IntArr, bw: IntArr, rnd: int) -> None:
         """Least-squares line through the last 8 bucket means, for the channels that rotated.
 
         The buckets are a fixed grid: the means sit at the buckets' midpoints, at
@@ -1054,7 +1054,8 @@ class RulesEngine:
             mu[p], my[p], slope[p] = pmu, pmy, pslope
         ok = ~np.isnan(slope)
         if not ok.all():
-            c, rp, t, start, mu, my, slope = c[ok], rp[ok], t[ok], start[ok], mu[ok], my[ok], slope[ok]
+            c, rp, t, start, bw, mu, my, slope = (c[ok], rp[ok], t[ok], start[ok], bw[ok], mu[ok], my[ok],
+                                                  slope[ok])
             if not len(c):
                 return
         slope_s = slope / self.p_bws[rp]  # per second
@@ -1070,10 +1071,10 @@ class RulesEngine:
         ep = None if self.all_ep else self.p_ep[rp]
         if ep is None or ep.any():
             if ep is not None and not ep.all():
-                c, rp, t, start, mu, my, slope, slope_s = (
-                    c[ep], rp[ep], t[ep], start[ep], mu[ep], my[ep], slope[ep], slope_s[ep])
+                c, rp, t, start, bw, mu, my, slope, slope_s = (
+                    c[ep], rp[ep], t[ep], start[ep], bw[ep], mu[ep], my[ep], slope[ep], slope_s[ep])
             # the fitted line at the sample's time (u = 4 at the start of the open bucket)
-            u_t = (TREND_MID + 0.5) + (t - start) / self.p_bw[rp]
+            u_t = (TREND_MID + 0.5) + (t - start) / bw
             y_end = my + slope * (u_t - mu)
             lim = self.p_plim[rp]
             rising = (slope > 0) & (y_end < lim)
@@ -1110,9 +1111,11 @@ class RulesEngine:
             oc, ok_, oi = c, k, integ
         tw = c[first] if anyfirst else c[:0]  # channels whose TWA limit moves
         if len(oc):
+            row = oc * SB1  # flat positions in the (channel, snapshot) array: 1-D indexing is faster
+            flat = self.snap_stel.reshape(-1)
             if bool((ok_ == k0 + 1).all()):
                 # the usual: the next minute, one snapshot
-                self.snap_stel[oc, ok_ % SB1] = oi
+                flat[row + ok_ % SB1] = oi
             else:
                 start = np.maximum(k0 + 1, ok_ - STEL_BUCKETS)
                 for d in range(SB1):
@@ -1121,7 +1124,7 @@ class RulesEngine:
                     if not m.any():
                         break
                     self.snap_stel[oc[m], j[m] % SB1] = oi[m]
-            self.old_stel[oc] = self.snap_stel[oc, (ok_ + 1) % SB1]
+            self.old_stel[oc] = flat[row + (ok_ + 1) % SB1]
             tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
             # the TWA snapshots move only when a 15-minute boundary was crossed
             newtw = tk != tk0
