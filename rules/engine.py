@@ -246,7 +246,7 @@ class RulesEngine:
         self._s_f = np.empty(n)
         self._s_b = np.empty(n, bool)
         self._s_b2 = np.empty(n, bool)
-        self._evbuf = [np.empty(0) for _ in range(6)]
+        self._evbuf = [np.empty(0) for _ in range(3)]
         self._nz: list[npt.NDArray[np.intp] | None] = [None] * NR
         self._warming = False
         # transitions of the current call: (round, channel, rule, aux, old, new, ts, metric);
@@ -740,13 +740,13 @@ class RulesEngine:
         those positions, and their channels' accumulators are put back afterwards."""
         sliced = isinstance(sel, slice)
         pos = self._positions(sel) if isinstance(sel, slice) else None
-        saved: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]] = []
+        saved: list[tuple[npt.NDArray[Any], npt.NDArray[np.intp], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
-            saved = [(a, a[hc]) for a in (self.tb_n, self.tb_sv, self.I, self.pv)]
+            saved = [(a, hc, a[hc]) for a in (self.tb_n, self.tb_sv, self.I, self.pv)]
             hr = self.noise_rank[hc]
             hr = hr[hr >= 0]
-            saved.append((self.ex_e, self.ex_e[hr]))
+            saved.append((self.ex_e, hr, self.ex_e[hr]))
         else:
             hold = None
         pv = self.pv[sel]
@@ -822,10 +822,8 @@ class RulesEngine:
                 self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                               pxv=io > self.lim_stel[oc])
         self.pv[sel] = v
-        if saved:
-            for a, keep in saved[:-1]:
-                a[hc] = keep
-            self.ex_e[hr] = saved[-1][1]
+        for a, idx, keep in saved:
+            a[idx] = keep
 
     def _frozen(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, chs: Any, rnd: int,
                 eq: npt.NDArray[np.bool_], hold: npt.NDArray[np.intp] | None) -> None:
