@@ -42,6 +42,7 @@ from rules.events import (
     ACTIVE_UNACKED,
     CLEARED_UNACKED,
     alarm_event,
+    escalates,
     level_name,
     maintenance_event,
     state_name,
@@ -142,6 +143,15 @@ def _merge_times(c: npt.NDArray[np.intp], t: IntArr, add_c: npt.NDArray[np.intp]
     mt = np.concatenate((t[keep], add_t)).astype(np.int64)
     order = np.argsort(mc, kind="stable")
     return mc[order], mt[order]
+
+
+#: escalates(old, new) for the levels -2..2, looked up at (new + 2) * 5 + (old + 2)
+_ESC = np.array([escalates(old, new) for new in range(-2, 3) for old in range(-2, 3)])
+
+
+def _escalates(old: npt.NDArray[np.int8], new: npt.NDArray[np.int8]) -> npt.NDArray[np.bool_]:
+    """Whether each old → new level change takes the on-delay (a raise or a worse level)."""
+    return _ESC[new.astype(np.intp) * 5 + old + 12]
 
 
 def _union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
@@ -473,8 +483,7 @@ class RulesEngine:
             # and a delay that runs out is acted on by the next tick)
             self._nz_sync(r, ch, before, (cs != 0) | (as_ != 0))
             return
-        # escalation (levels are -2..2: int8 abs is exact)
-        esc = (cs != 0) & ((as_ == 0) | ((as_ > 0) != (cs > 0)) | (np.abs(cs) > np.abs(as_)))
+        esc = _escalates(as_, cs)
         delay = np.where(esc, self.on_ns[r][ch], self.off_ns[r][ch])
         fire = pend & (ts - ss >= delay)
         if not fire.any():
@@ -1208,7 +1217,7 @@ class RulesEngine:
             pidx, c, a = nz[pend], c[pend], a[pend]
             # only those whose delay has run out (the machine step would do nothing else:
             # the condition is the candidate, the metric the last evaluated one)
-            esc = (c != 0) & ((a == 0) | ((a > 0) != (c > 0)) | (np.abs(c) > np.abs(a)))
+            esc = _escalates(a, c)
             due = now - self.since[r][pidx] >= np.where(esc, self.on_ns[r][pidx], self.off_ns[r][pidx])
             if due.any():
                 pidx, c, a = pidx[due], c[due], a[due]
