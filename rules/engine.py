@@ -154,6 +154,15 @@ def _escalates(old: npt.NDArray[np.int8], new: npt.NDArray[np.int8]) -> npt.NDAr
     return _ESC[new.astype(np.intp) * 5 + old + 12]
 
 
+def _minus(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """Sorted ``a`` without the elements of sorted ``b``."""
+    if not len(a) or not len(b):
+        return a
+    j = np.searchsorted(b, a)
+    j[j >= len(b)] = 0
+    return a[b[j] != a]
+
+
 def _union(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
     """Sorted union of two sorted unique index arrays (np.union1d without its overhead)."""
     if not len(a):
@@ -406,10 +415,8 @@ class RulesEngine:
                     idx = _union(idx, inter)
             else:
                 idx = inter
-        if hold is not None and len(hold) and len(idx):
-            j = np.searchsorted(hold, idx)  # both sorted: drop the held positions
-            j[j >= len(hold)] = 0
-            idx = idx[hold[j] != idx]
+        if hold is not None:
+            idx = _minus(idx, hold)  # held positions do not count
         if not len(idx):
             return
         ch = idx + base if isinstance(chs, slice) else chs[idx]
@@ -606,14 +613,15 @@ class RulesEngine:
             flip = flip[:0]
         for i in flip.tolist():
             self._set_supp(int(ch[i]), not bool(self.supp[ch[i]]), int(t[i]), rnd)
+        # suppressed channels (maintenance) stay in the round, so that a run stays a slice,
+        # and are evaluated as samples that do not count
+        skip = np.zeros(0, np.intp)
         if self.nsupp:
-            live = ~self.supp[sel]
-            if not live.all():
-                ch, t, v, q, di = ch[live], t[live], v[live], q[live], di[live]
-                if not len(ch):
+            supp = self.supp[sel]
+            if supp.any():
+                skip = np.flatnonzero(supp)
+                if len(skip) == len(ch):
                     return
-                sel = ch.astype(np.intp)
-                qpos = None
         chs: Any = sel if isinstance(sel, slice) else ch
         base = sel.start if isinstance(sel, slice) else 0
         # ---- the time since the previous valid sample (di since the last sample, so far)
@@ -629,16 +637,13 @@ class RulesEngine:
         if qany:
             if qpos is None:
                 qpos = np.flatnonzero(q != 0)
-            badpos = qpos[q[qpos] >= Q_BAD]
+            badpos = _minus(qpos[q[qpos] >= Q_BAD], skip)
         else:
             badpos = np.zeros(0, np.intp)
         if len(self.bad_idx):
             # a good sample ends a channel's bad time
             bpos = self._positions_of(self.bad_idx, chs)
-            if len(badpos) and len(bpos):
-                j = np.searchsorted(badpos, bpos)  # both sorted: drop the bad ones
-                j[j >= len(badpos)] = 0
-                bpos = bpos[badpos[j] != bpos]
+            bpos = _minus(bpos, badpos)
             if len(bpos):
                 self.bad_since[bpos + base if isinstance(sel, slice) else ch[bpos]] = NONE
         if len(badpos):
@@ -687,16 +692,19 @@ class RulesEngine:
             quiet = np.greater(v, self.q_lo[sel], out=self._s_b[:m])
             quiet &= np.less(v, self.q_hi[sel], out=self._s_b2[:m])
             loud = np.flatnonzero(np.logical_not(quiet, out=quiet))
+        rhold = _union(badpos, skip)
         if len(loud):
             lc = ch[loud].astype(np.intp)
             lv = v[loud]
             linr = np.isfinite(lv) & (lv >= self.lo[lc]) & (lv <= self.hi[lc])
-            self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos, px=loud, pxv=~linr)
+            self._machine(R_RANGE, chs, None, t, v, rnd, hold=rhold, px=loud, pxv=~linr)
             if not linr.all():
                 out = loud[~linr]
                 hold = out if hold is None else _union(hold, out)
         else:
-            self._machine(R_RANGE, chs, None, t, v, rnd, hold=badpos)
+            self._machine(R_RANGE, chs, None, t, v, rnd, hold=rhold)
+        if len(skip):
+            hold = skip if hold is None else _union(hold, skip)
         if hold is None or len(hold) < len(ch):
             self._valid(ch, t, v, di, sel, chs, rnd, loud, hold)
         # channels whose sample did not count keep their previous valid time; the others
@@ -845,10 +853,8 @@ class RulesEngine:
         if not (anyeq or len(mpos) or len(zpos) or len(self._nzidx(R_FROZEN))):
             return
         eqpos = np.flatnonzero(eq) if anyeq else np.zeros(0, np.intp)
-        if hold is not None and len(eqpos):
-            j = np.searchsorted(hold, eqpos)  # both sorted: held samples do not count
-            j[j >= len(hold)] = 0
-            eqpos = eqpos[hold[j] != eqpos]
+        if hold is not None:
+            eqpos = _minus(eqpos, hold)  # held samples do not count
         # a run starts at the previous valid sample (the value's first reading) or goes on
         since = t[eqpos] - di[eqpos]
         if len(mpos) and len(eqpos):
@@ -862,9 +868,7 @@ class RulesEngine:
         if len(zpos):
             # a zero duration: frozen on every valid sample
             if hold is not None:
-                j = np.searchsorted(hold, zpos)
-                j[j >= len(hold)] = 0
-                zpos = zpos[hold[j] != zpos]
+                zpos = _minus(zpos, hold)
             px = _union(eqpos, zpos)
             xz = np.ones(len(px), bool)
             xz[np.searchsorted(px, eqpos)] = x

@@ -161,6 +161,15 @@ def test_random_whole_runs(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(2))
+def test_random_whole_runs_with_maintenance(seed: int) -> None:
+    # whole runs in which some channels are in maintenance or calibrating: they stay in
+    # the run (as samples that do not count) and the rest is evaluated as usual
+    seen = drive(300 + seed, n=120, steps=200, whole=0.8)
+    for rule in ("limit", "roc", "maintenance", "trend"):
+        assert seen.get(rule, 0) > 0, (rule, seen)
+
+
+@pytest.mark.parametrize("seed", range(2))
 def test_random_exposure_over_hours(seed: int) -> None:
     # minutes between batches and low limits, so TWA and STEL windows fill and rotate
     seen = drive(100 + seed, n=30, steps=400, dt_s=(20.0, 90.0), exposure_scale=3.0)
