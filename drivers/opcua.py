@@ -11,8 +11,10 @@ BAD_STATUS (BadNodeIdUnknown / BadNodeIdInvalid → CONFIG). The raw code of eve
 channel is kept in ``driver.status_codes`` and the non-good ones, by name, in
 ``driver.info["status"]``. The source timestamp is used when the server sends one
 that is sane (not ahead of our clock by more than ``max_clock_skew``, not older than
-``max_timestamp_age``), else the receive time; ``driver.info["timestamps"]`` says
-which, per cycle.
+``max_timestamp_age``) and after the channel's last reported time, else the receive
+time; ``driver.info["timestamps"]`` says which, per cycle. (A server that keeps a
+value's source time until the value changes thus reports an unchanged value at each
+read's receive time, as a poll of any other protocol would.)
 
 A node that does not exist (or a browse path that does not resolve) is found at
 ``open()``: it is logged once, named in ``driver.info["channel_errors"]``, and its
@@ -233,6 +235,9 @@ class OpcUaDriver(Driver):
         self.max_skew_ns = int(getattr(device, "max_clock_skew", 5.0) * 1e9)
         self.max_age_ns = int(getattr(device, "max_timestamp_age", 3600.0) * 1e9)
         self.use_source_ts = getattr(device, "timestamps", "source") == "source"
+        #: each channel's last reported time: a source time that is not after it is
+        #: replaced by the receive time (a server that keeps a value's time until it changes)
+        self.last_ts = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
         self.info.update({
             "endpoint": device.endpoint, "mode": device.mode, "security": f"{device.security.policy}/"
             f"{device.security.mode}", "timestamps": None, "source_ts": 0, "receive_ts": 0,
@@ -379,10 +384,14 @@ class OpcUaDriver(Driver):
         out = (q < Quality.BAD) & ((val < self.lo[pos]) | (val > self.hi[pos]))
         if out.any():
             q[out] = Quality.OUT_OF_RANGE
-        # timestamps: the source's when sane, else ours
+        # timestamps: the source's when sane and after the channel's last reported one, else
+        # ours. (Many servers keep a value's source time until the value changes: read again,
+        # an unchanged value is the same reading confirmed when we received it, as a Modbus
+        # poll would report it; reported as a repeat, the rules would take it for no data.)
         ts = np.full(n, recv_ns, dtype=np.int64)
         if self.use_source_ts:
             sane = (src > recv_ns - self.max_age_ns) & (src < recv_ns + self.max_skew_ns)
+            sane &= src > self.last_ts[pos]
             ts[sane] = src[sane]
             ns = int(sane.sum())
             self.info["source_ts"] += ns
@@ -391,6 +400,7 @@ class OpcUaDriver(Driver):
         else:
             self.info["receive_ts"] += n
             self.info["timestamps"] = "receive"
+        self.last_ts[pos] = ts
         self._note_status(pos, code_arr)
         return Batch(self.indexes[pos], ts, val, q)
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_asyncio
+from asyncua import Server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from drivers.base import DeviceUnavailable, make_driver
+from drivers.base import DeviceUnavailable, make_driver, stamp
 from gateway.batch import Batch, Quality
 from gateway.channels import ChannelTable
 from gateway.config import loads
+from rules.engine import RulesEngine
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator
 from simulators.scenario import Fault
@@ -246,6 +250,72 @@ async def test_timestamps_sane_or_receive_time():
     assert b.quality.tolist() == [Quality.PARSE, Quality.BAD_STATUS, Quality.GOOD] and b.value[2] == 1.0
 
 
+async def test_unchanged_source_time_is_reported_at_receive_time():
+    """A server that keeps a value's source time until the value changes: read again, the
+    unchanged value comes at our receive time, so the gateway's times always move on (the
+    rules would take repeats for no data and raise stale alarms on a steady value)."""
+    drv = driver_for(gw_yaml(Path("/tmp/unused"), "opc.tcp://127.0.0.1:1/x"))
+    s = 10**9
+    t0 = 1_800_000_000 * s
+    reads = [  # (receive time, the source time the server gives for channel 0 and 1)
+        (t0, [t0 - 3 * s, t0 - 1 * s]),
+        (t0 + 1 * s, [t0 - 3 * s, t0 + s // 2]),  # 0 unchanged; 1 changed at t0 + 0.5 s
+        (t0 + 2 * s, [t0 - 3 * s, t0 + s // 2]),  # both unchanged
+        (t0 + 3 * s, [t0 + 2 * s + s // 2, t0 + s // 2]),  # 0 changed at t0 + 2.5 s
+        # 1 changed at t0 + 1.5 s, seen only now (after a time already reported): ours
+        (t0 + 4 * s, [t0 + 2 * s + s // 2, t0 + s + s // 2]),
+    ]
+    got = []
+    for recv, src in reads:
+        b = drv._samples(np.arange(2), [1.0, 2.0], [0, 0], [x / 1e9 for x in src], recv)
+        got.append(b.ts.tolist())
+    assert got == [[t0 - 3 * s, t0 - 1 * s], [t0 + s, t0 + s // 2], [t0 + 2 * s, t0 + 2 * s],
+                   [t0 + 2 * s + s // 2, t0 + 3 * s], [t0 + 4 * s, t0 + 4 * s]]
+    assert all(a[i] < b[i] for a, b in itertools.pairwise(got) for i in range(2))
+
+
+async def test_steady_value_on_a_real_server_does_not_go_stale(tmp_path):
+    """Against an asyncua server whose node is written once: polled every 100 ms, the
+    gateway's sample times move on and the stale rule (3 polls, the default) stays quiet."""
+    srv = Server()
+    await srv.init()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"opc.tcp://127.0.0.1:{port}/steady"
+    srv.set_endpoint(url)
+    idx = await srv.register_namespace("urn:steady")
+    var = await srv.nodes.objects.add_variable(idx, "PT01", 1.5)
+    await var.write_value(1.5)  # once: its source time stays
+    channels = f"""
+    channels:
+      - {{name: PT01, kind: pressure, unit: MPa, node: "{var.nodeid.to_string()}"}}
+"""
+    async with srv:
+        cfg = loads(gw_yaml(tmp_path, url, channels=channels, poll="100ms"))
+        table = ChannelTable.from_config(cfg)
+        drv = make_driver(cfg.devices[0], table.by_device["dcs"])
+        eng = RulesEngine.for_gateway(cfg, table)
+        await drv.open()
+        try:
+            times, events = [], []
+            last = stamp()
+            for _ in range(8):
+                # the gateway's cadence: a read every poll period, the rules' clock ticking
+                await async_wait_until(lambda: stamp() >= last + 100_000_000, what="the next poll")  # noqa: B023
+                last = stamp()
+                b = await drv.poll()
+                times.append(int(b.ts[0]))
+                events += eng.process(b)
+                events += eng.tick(stamp())
+            assert stamp() - times[0] > 500_000_000  # past 3 polls of the first (only) source time
+            assert all(a < b for a, b in itertools.pairwise(times)), times
+            assert eng.stats["ignored_old"] == 0
+            assert [(e["rule"], e["transition"]) for e in events if e["rule"] == "stale"] == []
+        finally:
+            await drv.close()
+
+
 # ---------------------------------------------------------------------- security
 
 def make_cert(dir_: Path, name: str, uri: str) -> tuple[Path, Path]:
@@ -417,13 +487,19 @@ scenarios:
         drv = driver_for(gw_yaml(tmp_path, url, channels=chans))
         await drv.open()
         try:
+            stamps, times = [], []
             for _ in range(2):  # the second Read is answered from the cache
                 b = await drv.poll()
                 assert b.value[[0, 2]].tolist() == pytest.approx([1.2, 5.0])
                 assert b.quality.tolist()[:3] == [Quality.GOOD, Quality.BAD_STATUS, Quality.GOOD]
                 assert drv.info["status"]["R201.temperature"].startswith("BadSensorFailure")
                 assert (b.quality[3:] == Quality.GOOD).all() and b.value[3] == pytest.approx(0.0, abs=100)
-            assert drv.info["timestamps"] == "source" and drv.info.get("slow_reads", 0) == 0
+                stamps.append(drv.info["timestamps"])
+                times.append(b.ts)
+            # a repeated source time (a value the simulator did not write again in between)
+            # comes at the receive time: every channel's time moves on
+            assert stamps[0] == "source" and (times[1] > times[0]).all()
+            assert drv.info.get("slow_reads", 0) == 0
         finally:
             await drv.close()
     finally:
