@@ -1174,7 +1174,7 @@ class RulesEngine:
         # of the earliest deadline of the channels not stale yet: before it, nothing to do
         # (unless the clock went back: a stale channel may then be fresh again)
         if now < self._last_tick:
-            self._stale_lb = NONE
+            self._clock_back(now)
         self._last_tick = now
         if now > self._stale_lb and self.n:
             # each channel's deadline; those stale already (the rule's index) and suppressed
@@ -1232,6 +1232,20 @@ class RulesEngine:
             if sh["until"] is not None and sh["until"] <= now:
                 out.append(self._unshelve_one(key, now, "system"))
         return out
+
+    def _clock_back(self, now: int) -> None:
+        """The clock went back (a step, as NTP makes when the gateway's clock ran fast): the
+        channels' times later than ``now`` are brought back to it. Samples stamped after the
+        step are then taken at once (else they would all be dropped as older than the
+        last one until the clock caught up, the alarms with them), delays go on from now,
+        and a stale channel may be fresh again. Bucket boundaries ahead stay: the open
+        trend and exposure buckets run longer by the step."""
+        np.minimum(self.last_ts, now, out=self.last_ts)
+        np.minimum(self.since, now, out=self.since)
+        np.minimum(self.bad_since, now, out=self.bad_since)
+        np.minimum(self.ov_t, now, out=self.ov_t)
+        np.minimum(self.fz_t, now, out=self.fz_t)
+        self._stale_lb = NONE
 
     # ------------------------------------------------------------------ events
     def _new_id(self) -> str:

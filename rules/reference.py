@@ -6,7 +6,8 @@ on the same inputs (tests/test_rules_reference.py drives both with randomized da
 and bench/rules.py times both.
 
 The semantics, sample by sample (a sample older than or as old as the channel's last
-one is ignored):
+one is ignored; a tick earlier than the previous one, a clock step back, first brings the
+channel's times later than it back to it):
 
 1. maintenance: quality calibrating/maintenance, or the channel/device in maintenance,
    suppresses the channel: its active alarms are reported ``suppressed`` and reset,
@@ -233,7 +234,7 @@ class RefChannel:
         if self.tb_k is None:
             self.tb_k = k
             self.tb_partial = True  # the first bucket is partial: it is closed as empty
-        elif k != self.tb_k:
+        elif k > self.tb_k:  # (a sample from before a clock step back stays in the open bucket)
             # close the bucket (its mean value); skipped buckets are empty
             k0 = self.tb_k
             self.ring_y[k0 % TREND_BUCKETS] = math.nan if self.tb_partial else self.tb_sv / self.tb_n
@@ -298,7 +299,7 @@ class RefChannel:
             self.snap_stel = [self.I] * (STEL_BUCKETS + 1)
             self.snap_twa = [self.I] * (TWA_BUCKETS + 1)
             self.old_stel = self.old_twa = self.I
-        elif k != self.ex_k:
+        elif k > self.ex_k:
             k0 = self.ex_k
             for j in range(max(k0 + 1, k - STEL_BUCKETS), k + 1):
                 self.snap_stel[j % (STEL_BUCKETS + 1)] = self.I
@@ -323,6 +324,16 @@ class RefChannel:
             self.machine(R_STEL, int(self.I > self.old_stel + cr.stel_threshold()), t, out)
 
     # ------------------------------------------------------------------ clock
+    def clock_back(self, now: int) -> None:
+        """The clock went back: times later than now are brought back to it."""
+        if self.last_ts is not None:
+            self.last_ts = min(self.last_ts, now)
+        self.pt = min(self.pt, now)
+        self.fz_since = min(self.fz_since, now)
+        self.since = [min(s, now) for s in self.since]
+        if self.bad_since is not None:
+            self.bad_since = min(self.bad_since, now)
+
     def tick(self, now: int, out: list[dict[str, Any]]) -> None:
         if self.supp:
             return
@@ -347,6 +358,7 @@ class ReferenceEngine:
 
     def __init__(self, rules: list[ChannelRules]):
         self.channels = [RefChannel(i, cr) for i, cr in enumerate(rules)]
+        self.last_tick: int | None = None
 
     def process(self, channel: Any, ts: Any, value: Any, quality: Any) -> list[dict[str, Any]]:
         """Samples in batch order; several samples of one channel are taken in the order given."""
@@ -367,7 +379,11 @@ class ReferenceEngine:
 
     def tick(self, now: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        back = self.last_tick is not None and now < self.last_tick
+        self.last_tick = now
         for ch in self.channels:
+            if back:
+                ch.clock_back(now)
             ch.tick(now, out)
         return out
 

@@ -265,3 +265,25 @@ def test_check_reports_preset_problems_at_their_keys(tmp_path: Path,
     lines = f.read_text().splitlines()
     f.write_text("\n".join(lines[:7]) + "\n", encoding="utf-8")
     assert main(["check", "-c", str(f)]) == 0
+
+
+def test_clock_step_back_keeps_evaluating() -> None:
+    """NTP steps the gateway's clock back 30 s (it ran fast). Samples stamped after the step
+    are older than the last one before it; from the next tick they are evaluated at once,
+    not dropped until the clock has caught up (which would hide this gas alarm for 30 s)."""
+    cr = ChannelRules("c", h=50.0, stale_ns=3 * NS, on_ns=2 * NS)
+    steps: list[Step] = []
+    for t in range(0, 100):  # a sample and a tick each second: steady at 10
+        steps += [("s", t, 10.0), ("t", t + 0.5)]
+    for t in range(70, 90):  # the clock now reads 30 s less; the value rises at t = 75
+        steps += [("s", t + 0.2, 60.0 if t >= 75 else 10.0), ("t", t + 0.5)]
+    got = both(cr, steps)
+    assert got == [(77.2, "limit", "h", "raise")]  # on-delay 2 s from the crossing at 75.2
+    # only what came between the step and the next tick was dropped as old (the sample at 70.2)
+    eng = RulesEngine(None, rules=[cr])
+    for st in steps:
+        if st[0] == "s":
+            eng.process(Batch.build([0], [T0 + round(st[1] * NS)], [st[2]], [GOOD]))
+        else:
+            eng.tick(T0 + round(st[1] * NS))
+    assert eng.stats["ignored_old"] == 1
