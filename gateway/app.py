@@ -287,9 +287,16 @@ class Gateway:
     async def _timers(self) -> None:
         """Clock-driven work: rules timers (stale, delays), retention, watchdog."""
         last_retention = 0.0
+        last_now = 0
         loop = asyncio.get_running_loop()
         while not self._stop.is_set():
-            self.emit_events(self.rules.tick(self.clock()))
+            now = self.clock()
+            if now < last_now:
+                # a clock step back (NTP): the rules bring their times back in tick()
+                log.warning("clock went back %.3f s: live values and rules follow it", (last_now - now) / 1e9)
+                self.live.clock_back(now)
+            last_now = now
+            self.emit_events(self.rules.tick(now))
             if loop.time() - last_retention > 60:
                 last_retention = loop.time()
                 try:

@@ -88,3 +88,8 @@ class LiveTable:
         self.quality[channel] = quality
         self.ts[channel] = ts
         self.samples += len(channel)
+
+    def clock_back(self, now_ns: int) -> None:
+        """The clock went back (a step): times later than it are brought back to it, so the
+        samples stamped after the step are shown rather than kept out as older."""
+        np.minimum(self.ts, now_ns, out=self.ts)

@@ -17,6 +17,7 @@ from gateway.batch import Batch
 from gateway.config import loads
 from rules.engine import RulesEngine
 from rules.settings import NS, ChannelRules
+from tests.helpers import async_wait_until
 
 T0 = 1_750_000_000 * NS
 
@@ -214,3 +215,28 @@ async def test_gateway_restart_replays_at_most_a_sample_budget(
     finally:
         gw2.journal.close()
     await asyncio.sleep(0)
+
+
+async def test_gateway_follows_a_clock_step_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """NTP steps the gateway's clock back 30 s: the timers see it, say so, and the live
+    values and the rules take the samples stamped after the step (not only once the clock
+    has caught up)."""
+    now = [0]
+    gw = Gateway(loads(_cfg_exposure(tmp_path / "st")), clock=lambda: now[0])
+    t0 = 1_760_000_000 * NS
+    now[0] = t0 + 100 * NS
+    gw.ingest(Batch.build([0], [t0 + 100 * NS], [10.0], [0]))
+    timers = asyncio.create_task(gw._timers())
+    try:
+        await async_wait_until(lambda: gw.rules._last_tick == t0 + 100 * NS, what="a first tick")
+        now[0] = t0 + 70 * NS  # the step
+        await async_wait_until(lambda: gw.rules._last_tick == t0 + 70 * NS, timeout=5, what="the next tick")
+        assert any("clock went back 30.000 s" in m for m in caplog.messages), caplog.messages
+        gw.ingest(Batch.build([0], [t0 + 71 * NS], [12.5], [0]))
+        assert gw.live.value[0] == 12.5 and gw.live.ts[0] == t0 + 71 * NS
+        assert gw.rules.stats["ignored_old"] == 0 and gw.rules.pv[0] == 12.5
+    finally:
+        gw._stop.set()
+        await timers
+        await gw.flush()
+        gw.journal.close()
