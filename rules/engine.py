@@ -302,7 +302,7 @@ class RulesEngine:
         self.lo, self.hi = f("range_lo"), f("range_hi")
         self.q_lo = np.maximum(self.lo, self.gate_lo)  # the quiet band: in range, no limit near
         self.q_hi = np.minimum(self.hi, self.gate_hi)
-        self.roc = f("roc")
+        roc = f("roc")
         self.roc_ns = np.array([r.roc_per_ns() for r in rules], float).reshape(n)
         self.tb_bw = np.array([r.trend_bucket_ns() for r in rules], I64).reshape(n)
         self.tb_ph = np.array([phase_ns(i, r.trend_bucket_ns()) for i, r in enumerate(rules)], I64).reshape(n)
@@ -330,7 +330,7 @@ class RulesEngine:
         en[R_RANGE] = True
         en[R_FROZEN] = self.frozen_ns != NEVER
         en[R_LIMIT] = ~(np.isnan(self.hh) & np.isnan(self.h) & np.isnan(self.l) & np.isnan(self.ll))
-        en[R_ROC] = ~np.isnan(self.roc)
+        en[R_ROC] = ~np.isnan(roc)
         en[R_TREND] = (self.tb_bw > 0) & ~np.isnan(tr_slope)
         en[R_PREDICT] = (self.tb_bw > 0) & (pred_ns > 0) & ~np.isnan(pred_lim)
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
@@ -361,7 +361,6 @@ class RulesEngine:
         for r in (R_LIMIT, R_ROC, R_TREND, R_PREDICT):
             self.on_ns[r] = [c.on_ns for c in rules]
             self.off_ns[r] = [c.off_ns for c in rules]
-        self.any_noise = bool((self.ex_mode == 2).any())
         self.fz0 = np.flatnonzero(self.frozen_ns <= 0)  # frozen at once (a zero duration)
         self.stale_lbns = np.where(self.stale_ns == NEVER, 1 << 62, self.stale_ns)  # no overflow in slack
 
