@@ -154,6 +154,20 @@ def _escalates(old: npt.NDArray[np.int8], new: npt.NDArray[np.int8]) -> npt.NDAr
     return _ESC[new.astype(np.intp) * 5 + old + 12]
 
 
+def _fill_ring(snap: FloatArr, c: npt.NDArray[np.intp], k0: IntArr, k: IntArr, v: FloatArr) -> None:
+    """Snapshots of channels ``c`` (rows of ``snap``, a ring of W slots by bucket number)
+    for buckets k0+1 … k: all take the value ``v`` (nothing came in between); only the
+    last W matter."""
+    w = snap.shape[1]
+    start = np.maximum(k0 + 1, k - (w - 1))
+    for d in range(w):
+        j = start + d
+        m = j <= k
+        if not m.any():
+            break
+        snap[c[m], j[m] % w] = v[m]
+
+
 def _minus(a: npt.NDArray[np.intp], b: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
     """Sorted ``a`` without the elements of sorted ``b``."""
     if not len(a) or not len(b):
@@ -705,7 +719,7 @@ class RulesEngine:
         if len(skip):
             hold = skip if hold is None else _union(hold, skip)
         if hold is None or len(hold) < len(ch):
-            self._valid(ch, t, v, di, sel, chs, rnd, loud, hold)
+            self._valid(ch, t, v, di, sel, chs, pos, rnd, loud, hold)
         # channels whose sample did not count keep their previous valid time; the others
         # (valid now) leave the list
         if len(ovpos) or (hold is not None and len(hold)):
@@ -747,15 +761,15 @@ class RulesEngine:
         p[p >= len(chs)] = 0
         return p[chs[p] == cidx]
 
-    def _valid(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, sel: Sel, chs: Any, rnd: int,
-               loud: npt.NDArray[np.intp], hold: npt.NDArray[np.intp] | None = None) -> None:
+    def _valid(self, ch: Any, t: IntArr, v: FloatArr, di: IntArr, sel: Sel, chs: Any,
+               pos: dict[str, Any] | None, rnd: int, loud: npt.NDArray[np.intp],
+               hold: npt.NDArray[np.intp] | None = None) -> None:
         """Frozen, limits, rate of change, trend, exposure, for the valid in-range samples.
 
         ``hold`` lists positions of samples that are not (bad, out of range): the
         arithmetic runs over the whole round (array views stay views), the machines skip
         those positions, and their channels' accumulators are put back afterwards."""
         sliced = isinstance(sel, slice)
-        pos = self._positions(sel) if isinstance(sel, slice) else None
         saved: list[tuple[npt.NDArray[Any], npt.NDArray[np.intp], npt.NDArray[Any]]] = []
         if hold is not None and len(hold):
             hc = ch[hold].astype(np.intp)
@@ -1127,26 +1141,14 @@ class RulesEngine:
                 # the usual: the next minute, one snapshot
                 flat[row + ok_ % SB1] = oi
             else:
-                start = np.maximum(k0 + 1, ok_ - STEL_BUCKETS)
-                for d in range(SB1):
-                    j = start + d
-                    m = j <= ok_
-                    if not m.any():
-                        break
-                    self.snap_stel[oc[m], j[m] % SB1] = oi[m]
+                _fill_ring(self.snap_stel, oc, k0, ok_, oi)
             self.old_stel[oc] = flat[row + (ok_ + 1) % SB1]
             tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
             # the TWA snapshots move only when a 15-minute boundary was crossed
             newtw = tk != tk0
             if newtw.any():
                 tc, tk0, tk, ti = oc[newtw], tk0[newtw], tk[newtw], oi[newtw]
-                start = np.maximum(tk0 + 1, tk - TWA_BUCKETS)
-                for d in range(TB1):
-                    j = start + d
-                    m = j <= tk
-                    if not m.any():
-                        break
-                    self.snap_twa[tc[m], j[m] % TB1] = ti[m]
+                _fill_ring(self.snap_twa, tc, tk0, tk, ti)
                 self.old_twa[tc] = self.snap_twa[tc, (tk + 1) % TB1]
                 tw = _union(tw, tc)
         if len(tw):

@@ -120,18 +120,20 @@ def test_restore_does_not_reraise() -> None:
     assert (c["rule"], c["transition"], c["state"]) == ("limit", "clear", "normal")
 
 
-def _cfg(state: Path) -> str:
+def _cfg(state: Path, gw_id: str = "gw-r", channels: str = """\
+      - {name: GT-1, kind: gas, gas: h2s, unit: mg/m3, address: 'holding:0', preset: gbt50493}
+      - {name: O2-1, kind: oxygen, unit: '%VOL', address: 'holding:1', preset: o2}
+""") -> str:
+    """A gateway whose one Modbus device is disabled: the tests feed its channels themselves."""
     return textwrap.dedent(f"""\
-        gateway: {{id: gw-r, site: "S", state_dir: {state}}}
+        gateway: {{id: {gw_id}, site: "S", state_dir: {state}}}
         devices:
           - name: plc
             protocol: modbus-tcp
             host: 127.0.0.1
             enabled: false
             channels:
-              - {{name: GT-1, kind: gas, gas: h2s, unit: mg/m3, address: 'holding:0', preset: gbt50493}}
-              - {{name: O2-1, kind: oxygen, unit: '%VOL', address: 'holding:1', preset: o2}}
-        """)
+        """) + channels
 
 
 async def test_gateway_restart_keeps_alarm_state(tmp_path: Path) -> None:
@@ -157,17 +159,10 @@ async def test_gateway_restart_keeps_alarm_state(tmp_path: Path) -> None:
 
 
 def _cfg_exposure(state: Path) -> str:
-    return textwrap.dedent(f"""\
-        gateway: {{id: gw-w, site: "S", state_dir: {state}}}
-        devices:
-          - name: plc
-            protocol: modbus-tcp
-            host: 127.0.0.1
-            enabled: false
-            channels:
-              - {{name: CO-1, kind: gas, gas: co, unit: mg/m3, address: 'holding:0', exposure: gbz2.1,
-                  alarms: {{trend: {{window: 2m, slope: 5}}}}}}
-        """)
+    return _cfg(state, "gw-w", """\
+      - {name: CO-1, kind: gas, gas: co, unit: mg/m3, address: 'holding:0', exposure: gbz2.1,
+          alarms: {trend: {window: 2m, slope: 5}}}
+""")
 
 
 async def test_gateway_restart_rebuilds_exposure_and_trend(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import itertools
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from rules.engine import RulesEngine
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator
 from simulators.scenario import Fault
-from tests.helpers import async_wait_until
+from tests.helpers import async_wait_until, free_port
 
 # one simulator per module (building an asyncua server's address space costs seconds)
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
@@ -279,10 +278,7 @@ async def test_steady_value_on_a_real_server_does_not_go_stale(tmp_path):
     gateway's sample times move on and the stale rule (3 polls, the default) stays quiet."""
     srv = Server()
     await srv.init()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"opc.tcp://127.0.0.1:{port}/steady"
+    url = f"opc.tcp://127.0.0.1:{free_port()}/steady"
     srv.set_endpoint(url)
     idx = await srv.register_namespace("urn:steady")
     var = await srv.nodes.objects.add_variable(idx, "PT01", 1.5)

@@ -135,7 +135,8 @@ def _width(maxval: int) -> int:
     return 8
 
 
-def _varint(n: int) -> bytes:
+def write_varint(n: int) -> bytes:
+    """``n`` (0 ≤ n < 2**64) as a minimal LEB128 varint."""
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -144,11 +145,30 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int, bool]:
+    """The LEB128 varint at ``pos`` in ``buf``: its value, the position after it, and whether
+    it is a minimal 64-bit encoding. Past the end of ``buf``: IndexError; over ten bytes:
+    OverflowError (each with the position reached)."""
+    n = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise IndexError(pos)
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise OverflowError(pos)
+    return n, pos, n <= 0xFFFF_FFFF_FFFF_FFFF and not (b == 0 and shift)
+
+
 def _put_u64(out: list[bytes], z: U64) -> None:
     """Unsigned column: count, width byte, byte-shuffled planes."""
     n = len(z)
     w = _width(int(z.max())) if n else 0
-    out.append(_varint(n) + bytes([w]))
+    out.append(write_varint(n) + bytes([w]))
     if w:
         planes = z.astype(f"<u{w}").view(np.uint8).reshape(n, w)
         out.append(planes.T.tobytes())
@@ -174,7 +194,7 @@ def _put_zvars(out: list[bytes], x: I64) -> None:
         parts: list[bytes] = []
         at = 0
         for i, v in zip(big.tolist(), z[big].tolist(), strict=True):
-            parts += (small[at:i], _varint(v))
+            parts += (small[at:i], write_varint(v))
             at = i + 1
         parts.append(small[at:])
         out.append(b"".join(parts))
@@ -190,7 +210,7 @@ def _put_zvars(out: list[bytes], x: I64) -> None:
 
 
 def _put_blob(out: list[bytes], b: bytes) -> None:
-    out.append(_varint(len(b)))
+    out.append(write_varint(len(b)))
     out.append(b)
 
 
@@ -202,20 +222,12 @@ class _Reader:
         self.pos = 0
 
     def varint(self, what: str) -> int:
-        n = shift = 0
-        buf, pos = self.buf, self.pos
-        while True:
-            if pos >= len(buf):
-                raise CodecError(f"{what}: truncated at byte {pos}")
-            b = buf[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise CodecError(f"{what}: varint too long at byte {pos}")
-        self.pos = pos
+        try:
+            n, self.pos, _ = read_varint(self.buf, self.pos)
+        except IndexError as e:
+            raise CodecError(f"{what}: truncated at byte {e.args[0]}") from None
+        except OverflowError as e:
+            raise CodecError(f"{what}: varint too long at byte {e.args[0]}") from None
         return n
 
     def take(self, n: int, what: str) -> memoryview:
@@ -581,7 +593,7 @@ def encode_summary(records: Sequence[Record], *, level: int | None = None,
     """``encode``, plus what an envelope header states: (payload, smallest ts_min,
     largest ts_max, samples in SAMPLES records); the times are 0 without records."""
     nrec = len(records)
-    out: list[bytes] = [bytes([FORMAT]), _varint(nrec)]
+    out: list[bytes] = [bytes([FORMAT]), write_varint(nrec)]
     # one list per field (twice as fast as zip(*map(attrgetter(...))) on slotted records)
     seqs = [r.seq for r in records]
     kinds = [r.kind for r in records]

@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.journal import SAMPLES, Record
 from uplink import codec
+from uplink.codec import write_varint as _varint
 from uplink.keys import KID_BYTES, NodeKeys, PublicKeys
 
 MAGIC = b"SG"
@@ -187,15 +188,6 @@ def _commit(key: bytes) -> bytes:
     return hashlib.sha256(_COMMIT_INFO + key).digest()[:COMMIT_LEN]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _zigzag(x: int) -> int:
     return x << 1 if x >= 0 else ((-x) << 1) - 1
 
@@ -282,20 +274,13 @@ class _Cursor:
         self.pos = pos
 
     def varint(self, what: str) -> int:
-        n = shift = 0
-        data, pos = self.data, self.pos
-        while True:
-            if pos >= len(data):
-                raise Malformed(f"{what} at offset {self.pos} runs past the end")
-            b = data[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise Malformed(f"{what} at offset {self.pos}: varint too long")
-        if n > _M64 or (b == 0 and shift):
+        try:
+            n, pos, minimal = codec.read_varint(self.data, self.pos)
+        except IndexError:
+            raise Malformed(f"{what} at offset {self.pos} runs past the end") from None
+        except OverflowError:
+            raise Malformed(f"{what} at offset {self.pos}: varint too long") from None
+        if not minimal:
             raise Malformed(f"{what} at offset {self.pos}: not a minimal 64-bit varint")
         self.pos = pos
         return n
