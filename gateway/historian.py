@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from gateway import lineproto
+from gateway import chanmap, lineproto
 from gateway.batch import Batch, Quality
 from gateway.config import InfluxSection
 from gateway.journal import EVENT, SAMPLES, Record
@@ -699,14 +699,11 @@ class HistorianService:
         table = gw.table
         gcfg = gw.cfg.gateway
         base = {"gateway": gcfg.id, "site": gcfg.site}
+        # the same tags central gives the points it writes from the channel_table event
+        doc = chanmap.table_doc(table, gcfg.id, gcfg.site, 0)
 
         def tags_for_channel(i: int) -> dict[str, Any]:
-            if i >= len(table):
-                return {"channel": f"#{i}", "kind": "unknown"}
-            c = table[i]
-            return {"device": c.device, "channel": c.name, "kind": c.kind, "unit": c.unit or None,
-                    "area": getattr(c.spec, "area", None),
-                    "hazard_source": getattr(c.spec, "hazard_source", None)}
+            return chanmap.tags(doc, i)
 
         self.writer = InfluxWriter(section, tags_for_channel=tags_for_channel, base_tags=base,
                                    base_dir=getattr(gw.cfg, "_base_dir", None))
