@@ -461,6 +461,10 @@ class RegistersSection(Strict):
     types_file: Path | None = Field(default=None, description="YAML with the plant's own register types")
     max_attachment: Size = 20 * 10**6
     check_every: Duration = Field(default=3600.0, description="how often due dates are checked")
+    personal_upstream: Literal["full", "masked", "omitted"] = Field(
+        default="full", description="personal fields (ID and phone numbers) in the journal events the "
+                                    "uplink carries to the regulator: full, masked (all but the last four "
+                                    "characters) or omitted; InfluxDB never gets them")
 
     @field_validator("remind_days")
     @classmethod

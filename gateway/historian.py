@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from gateway import chanmap, lineproto
+from gateway import chanmap, lineproto, registers
 from gateway.batch import Batch, Quality
 from gateway.config import InfluxSection
 from gateway.journal import EVENT, SAMPLES, Record
@@ -315,8 +315,12 @@ class InfluxWriter:
         index = event.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
             index = None
+        personal = event.get("personal")
+        if etype == "register" and isinstance(personal, list) and isinstance(event.get("data"), dict):
+            # ID card and phone numbers stay out of the time-series store
+            event = {**event, "data": registers.redact(event["data"], personal, "omitted")}
         for k, v in event.items():
-            if k in ("type", "ts", "index"):
+            if k in ("type", "ts", "index", "personal"):
                 continue
             if k == "channel" and isinstance(v, int) and not isinstance(v, bool):
                 index = v

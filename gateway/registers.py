@@ -66,6 +66,9 @@ class FieldSpec(_Strict):
     to: str | None = None
     columns: dict[str, FieldSpec] | None = None
     due: bool = False
+    #: personal data (an ID number, a phone number): never written to InfluxDB, and
+    #: masked or left out of the journal events (so the uplink) when the config says so
+    personal: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
@@ -110,6 +113,49 @@ class TypeSpec(_Strict):
 
     def due_fields(self) -> list[str]:
         return [n for n, f in self.fields.items() if f.due]
+
+    def personal_fields(self) -> list[str]:
+        """Personal fields as paths: ``phone``, or ``table.column`` for a table's column."""
+        out = []
+        for n, f in self.fields.items():
+            if f.personal:
+                out.append(n)
+            elif f.columns:
+                out.extend(f"{n}.{c}" for c, cf in f.columns.items() if cf.personal)
+        return out
+
+
+PersonalMode = Literal["full", "masked", "omitted"]
+
+
+def mask(value: Any) -> str:
+    """A personal value masked but for its last four characters (fewer for short ones):
+    ``110101199003071234`` → ``**************1234``, enough to tell two records apart."""
+    text = str(value)
+    keep = min(4, len(text) // 3)
+    return "*" * (len(text) - keep) + text[len(text) - keep:]
+
+
+def redact(data: dict[str, Any], paths: Iterable[str], mode: PersonalMode) -> dict[str, Any]:
+    """A copy of a record's data with its personal fields (``personal_fields`` paths) masked
+    or left out; ``full`` returns the data as it is."""
+    if mode == "full":
+        return data
+    out = dict(data)
+    for path in paths:
+        top, _, col = path.partition(".")
+        if top not in out:
+            continue
+        if not col:
+            if mode == "omitted":
+                del out[top]
+            else:
+                out[top] = mask(out[top])
+            continue
+        rows = out[top]
+        if isinstance(rows, list):
+            out[top] = [redact(r, [col], mode) if isinstance(r, dict) else r for r in rows]
+    return out
 
 
 class SchemaError(Exception):
@@ -541,6 +587,7 @@ class RegisterStore:
         remind_days: int | list[int] = (30, 7, 1),  # type: ignore[assignment]
         max_attachment: int = 20 * 10**6,
         attachments_dir: Path | None = None,
+        personal_upstream: PersonalMode = "full",
     ):
         self.path = Path(path)
         self.types = schemas if schemas is not None else load_schemas()
@@ -550,6 +597,7 @@ class RegisterStore:
         self.thresholds = sorted(set(days), reverse=True)
         self.max_attachment = max_attachment
         self.attachments_dir = attachments_dir or self.path.with_name("attachments")
+        self.personal_upstream = personal_upstream
         self._db = open_db(self.path)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="registers")
 
@@ -823,6 +871,7 @@ class RegisterStore:
     def _event(
         self, doc: dict[str, Any], action: str, actor: str, changed: list[str] | None = None, **extra: Any
     ) -> dict[str, Any]:
+        personal = self.spec(doc["type"]).personal_fields()
         ev = {
             "type": "register",
             "ts": self.clock(),
@@ -833,10 +882,13 @@ class RegisterStore:
             "actor": actor,
             "state": doc.get("state"),
             "archived": doc["archived"],
-            "data": doc["data"],
+            "data": redact(doc["data"], personal, self.personal_upstream),
         }
         if changed is not None:
             ev["changed"] = changed
+        if personal:
+            # which data keys are personal, for the consumers (the historian leaves them out)
+            ev["personal"] = personal
         ev.update(extra)
         return ev
 

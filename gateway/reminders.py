@@ -36,6 +36,7 @@ def open_store(gw: Any, registers: RegistersSection) -> RegisterStore:
         clock=gw.clock,
         remind_days=registers.remind_days,
         max_attachment=registers.max_attachment,
+        personal_upstream=registers.personal_upstream,
     )
     gw.registers = store
     return store
