@@ -106,12 +106,16 @@ async def test_plant_to_central_through_a_bad_link(tmp_path: Path, modbus_plant:
         node = c.node
         await async_wait_until(lambda: node.origins.get("gw-test") and node.origins["gw-test"].main > 5, 20,
                                what="first data at central")
+        # a hiccup, then the link back (a new connection through it), then the cut
         link.drop()
-        await asyncio.sleep(0.5)
+        n = link.connections
+        await async_wait_until(lambda: link.connections > n, 10, what="a reconnection after the drop")
         link.cut()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # the outage itself ("minutes" in the field): the plant keeps producing
         link.restore()
-        await asyncio.sleep(0.5)
+        # the link is used again after the cut, then drops once more
+        n = link.connections
+        await async_wait_until(lambda: link.connections > n, 10, what="a reconnection after the cut")
         link.drop()
         snapshot = gw.journal.last_seq
         await async_wait_until(lambda: node.origins["gw-test"].main >= snapshot, 30,

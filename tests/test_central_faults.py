@@ -101,7 +101,8 @@ async def test_bad_link_exactly_once_alarms_first(tmp_path: Path, mode: str) -> 
         assert stored_alarms[a1] < backlog_last, "the alarm waited for the backlog"
         # the link hiccups, then goes down; alarms raised meanwhile go first once it is back
         link.drop()
-        await asyncio.sleep(0.3)
+        n = link.connections
+        await async_wait_until(lambda: link.connections > n, 10, what="a reconnection after the hiccup")
         link.drop()
         link.cut()
         a2 = await gw.journal.append_event(alarm(1001))
@@ -157,7 +158,12 @@ async def test_monthly_budget_holds_samples_not_alarms(tmp_path: Path) -> None:
         a = await gw.journal.append_event(alarm(7))
         await async_wait_until(lambda: node.origins["gw-1"].alarms >= a, 10,
                                what="the alarm despite the budget")
-        await asyncio.sleep(0.5)
+        # the pusher had its chance at the samples: with central's answer to the alarm in
+        # hand it went round again (main lane: over budget) and is waiting for new records
+        push = gw.svc.push
+        assert push is not None
+        await async_wait_until(lambda: push.pos["alarms"] >= a and gw.journal._listeners, 10,
+                               what="the pusher to go idle after the alarm")
         assert node.origins["gw-1"].main == held, "samples went over budget"
         st = gw.svc.stats()["link"]
         assert st["budget_blocked"] and st["month_bytes"] >= 3000

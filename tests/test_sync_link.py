@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.helpers import async_wait_until
 from uplink.auth import AuthError, Verifier, sign_headers
 from uplink.link import PRIO_ALARMS, PRIO_BULK, Link, TokenBucket
 from uplink.sync import FrameError, Item, pack_frames, unpack_frames
@@ -38,7 +39,9 @@ async def test_alarms_overtake_bulk_waiters() -> None:
         order.append(name)
 
     bulk = [asyncio.create_task(go(f"bulk{i}", PRIO_BULK)) for i in range(3)]
-    await asyncio.sleep(0.05)
+    # the alarm comes after all three bulk requests are queued (and none has gone yet)
+    await async_wait_until(lambda: len(b._waiters) == 3, 5, what="the bulk requests to queue")
+    assert order == []
     alarm = asyncio.create_task(go("alarm", PRIO_ALARMS))
     await asyncio.gather(*bulk, alarm)
     assert order[0] == "alarm", order

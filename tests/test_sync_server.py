@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import async_wait_until
 from tests.test_central_harness import GatewaySide, alarm, batch, central_pub
 from uplink import envelope, keys
 from uplink.sync import Peer, PeerError, Signer, unpack_frames
@@ -63,7 +64,10 @@ async def test_long_poll_returns_when_data_comes(served) -> None:  # type: ignor
     t0 = loop.time()
     task = asyncio.create_task(peer.request("GET", "/sync/v1/envelopes",
                                             {"lane": "alarms", "after": 0, "wait": "10"}))
-    await asyncio.sleep(0.3)
+    # the server took the request, found nothing and is holding it, waiting on the journal
+    assert gw.svc.server is not None
+    await async_wait_until(lambda: gw.svc.server.requests == 1 and gw.journal._listeners, 10,
+                           what="the server to hold the long poll")
     assert not task.done()
     await gw.journal.append_event(alarm(2))
     r = await asyncio.wait_for(task, 5)
