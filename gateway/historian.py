@@ -318,7 +318,8 @@ class InfluxWriter:
         personal = event.get("personal")
         if etype == "register" and isinstance(personal, list) and isinstance(event.get("data"), dict):
             # ID card and phone numbers stay out of the time-series store
-            event = {**event, "data": registers.redact(event["data"], personal, "omitted")}
+            paths = [p for p in personal if isinstance(p, str)]
+            event = {**event, "data": registers.redact(event["data"], paths, "omitted")}
         for k, v in event.items():
             if k in ("type", "ts", "index", "personal"):
                 continue

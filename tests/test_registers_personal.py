@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import ConfigError, loads
+from gateway.config import ConfigError, InfluxSection, loads
+from gateway.historian import InfluxWriter
 from gateway.registers import RegisterStore, load_schemas, mask, redact
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.helpers import wait_until
@@ -154,3 +155,15 @@ influxdb: {{url: "{influxd.url}", database: {db}, flush_every: 100ms}}"""
     finally:
         http.close()
         d.stop()
+
+
+def test_historian_drops_personal_paths_and_ignores_junk_in_the_list() -> None:
+    """An event from elsewhere (central writes the gateways' events through the same
+    writer) may carry a bad ``personal`` list: the good paths still go, nothing breaks."""
+    w = InfluxWriter(InfluxSection(), tags_for_channel=lambda i: {"channel": str(i)})
+    ev = {"type": "register", "ts": 1, "register": "safety_manager", "id": 3,
+          "data": {"name": "Li Si", "phone": PHONE, "t": [{"tel": PHONE, "x": 1}]},
+          "personal": ["phone", 7, None, "t.tel"]}
+    line = w.format_event(ev).decode()
+    assert "Li Si" in line and '\\"x\\":1' in line
+    assert PHONE not in line and "personal" not in line
