@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -39,11 +40,22 @@ def find_config(name: str) -> Path:
     raise FileNotFoundError(f"cannot find config/{name} (run from the safegw checkout)")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+
 def start_simulators(sim_config: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Start the simulator process and wait for its READY line (with a deadline)."""
+    # in a session of its own, so that Ctrl-C in the terminal reaches only the demo: it
+    # stops the gateway while the plant is still there, then the simulators. Should the
+    # demo die without stopping them (SIGKILL), the kernel sends them SIGTERM.
     proc = subprocess.Popen(
         [sys.executable, "-m", "simulators", "-c", str(sim_config)],
         stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1,
+        start_new_session=True, preexec_fn=_die_with_parent,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT_S
