@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from gateway.config import parse_duration  # noqa: E402
+from gateway.core.units import parse_duration  # noqa: E402
 from tests.fixtures.sims import SimProcess  # noqa: E402
 from tests.helpers import free_port, wait_port  # noqa: E402
 

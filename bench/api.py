@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from gateway.config import parse_duration  # noqa: E402
-from gateway.users import UserStore  # noqa: E402
+from gateway.core.tokens import UserStore  # noqa: E402
+from gateway.core.units import parse_duration  # noqa: E402
 from tests.fixtures.sims import SimProcess  # noqa: E402
 from tests.helpers import free_port, wait_port  # noqa: E402
 

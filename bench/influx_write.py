@@ -37,11 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import lineproto
 from gateway.app import Gateway
-from gateway.batch import Batch, Quality
 from gateway.config import loads
-from gateway.historian import HistorianService, build_service
+from gateway.core.batch import Batch, Quality
+from gateway.historian.service import HistorianService, build_service, lineproto
 from tests.fixtures.influxd import Influxd
 
 KINDS = ["gas", "temperature", "pressure", "level", "humidity"]

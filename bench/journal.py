@@ -38,8 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.batch import Batch  # noqa: E402
-from gateway.journal import Journal  # noqa: E402
+from gateway.core.batch import Batch  # noqa: E402
+from gateway.store.journal import Journal  # noqa: E402
 
 T0 = 1_780_000_000 * 10**9
 

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.app import Gateway  # noqa: E402
-from gateway.config import Config  # noqa: E402
-from gateway.journal import SAMPLES  # noqa: E402
+from gateway.core.config import Config  # noqa: E402
+from gateway.core.record import SAMPLES  # noqa: E402
 
 
 def expected(dev: int, ch: int) -> float:
@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
 
 
 def check_journal(state: Path, table: Any, t0: int, t1: int) -> dict[str, Any]:
-    from gateway.journal import Journal
+    from gateway.store.journal import Journal
 
     exp = np.array([expected(int(c.device[3:]), int(c.name.split(".c")[1])) for c in table.channels])
     good = wrong = bad = in_window = 0

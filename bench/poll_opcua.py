@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from drivers.base import make_driver  # noqa: E402
-from gateway.batch import Batch, Quality  # noqa: E402
-from gateway.channels import ChannelTable  # noqa: E402
-from gateway.config import Config  # noqa: E402
+from gateway.core.batch import Batch, Quality  # noqa: E402
+from gateway.core.channels import ChannelTable  # noqa: E402
+from gateway.core.config import Config  # noqa: E402
 
 
 def gateway_config(endpoint: str, nodes: int, mode: str, state_dir: str) -> Config:

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.batch import Batch
+from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.reference import ReferenceEngine
 from rules.settings import NS, ChannelRules

@@ -34,7 +34,7 @@ T0 = 1_764_000_000 * 10**9
 
 
 def backlog(n_samples: int, channels: int, per_batch: int) -> list[Any]:
-    from gateway.batch import Batch
+    from gateway.core.batch import Batch
 
     rng = np.random.default_rng(7)
     level = rng.uniform(0, 100, channels)
@@ -58,8 +58,8 @@ def _gateway(root: str, central_pub: str, mode: str, url: str | None, ca: str | 
 
 async def _gateway_main(root: Path, central_pub: Path, mode: str, url: str | None, ca: str | None, n: int,
                         channels: int, per_batch: int, q: Any) -> None:
-    from gateway.config import UplinkSection
-    from gateway.journal import Journal
+    from gateway.core.config import UplinkSection
+    from gateway.store.journal import Journal
     from uplink import keys
     from uplink.sync import UplinkService
 
@@ -73,7 +73,7 @@ async def _gateway_main(root: Path, central_pub: Path, mode: str, url: str | Non
             await j.append_many(items[i:i + 50])
     sec = UplinkSection(mode=mode, listen="127.0.0.1:0", central_keys=[central_pub], central_url=url,
                         ca=Path(ca) if ca else None)
-    gw = SimpleNamespace(cfg=SimpleNamespace(gateway=SimpleNamespace(id="gw-bench"), _base_dir=root),
+    gw = SimpleNamespace(cfg=SimpleNamespace(gateway=SimpleNamespace(id="gw-bench"), base_dir=root),
                          state_dir=sd, journal=j)
     svc = UplinkService(gw, sec)
     await svc.start()

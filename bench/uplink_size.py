@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from drivers.base import STAMP_NS  # noqa: E402
-from gateway.batch import Batch, Quality  # noqa: E402
-from gateway.journal import EVENT, SAMPLES, Record, event_record  # noqa: E402
+from gateway.core.batch import Batch, Quality  # noqa: E402
+from gateway.core.record import EVENT, SAMPLES, Record, event_record  # noqa: E402
 from uplink import codec, envelope  # noqa: E402
 from uplink.keys import NodeKeys, TrustStore  # noqa: E402
 
@@ -101,8 +101,8 @@ def _device_signals(sim: Any) -> dict[str, list[str]]:
 
 def demo_plant(hours: float, seed: int) -> tuple[list[Record], list[str], str]:
     """Journal records of the demo plant: one per device poll, plus alarm events."""
-    from gateway.channels import ChannelTable
     from gateway.config import load
+    from gateway.core.channels import ChannelTable
     from simulators.config import load as load_sim
     from simulators.scenario import Plant
 

@@ -36,7 +36,7 @@ def cmd_central(args: argparse.Namespace) -> int:
     if args.check:
         print(f"ok: central node {cfg.node.id}, {len(cfg.sources)} sources, state {cfg.state.backend}")
         return 0
-    from gateway.cli import setup_logging
+    from gateway.core.cliutil import setup_logging
 
     setup_logging(args.log_level or cfg.node.log_level)
     from central.node import CentralNode
@@ -57,7 +57,7 @@ def cmd_central(args: argparse.Namespace) -> int:
 
 
 def _tokens(args: argparse.Namespace, cfg: Any) -> int:
-    from gateway.users import UserError, UserStore, print_users
+    from gateway.core.tokens import UserError, UserStore, print_users
 
     store = UserStore(tokens_path(cfg))
     try:
@@ -78,7 +78,7 @@ def _tokens(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def add_command(subparsers: Any) -> None:
-    from gateway.users import ROLES
+    from gateway.core.tokens import ROLES
 
     p = subparsers.add_parser("central",
                               help="run a central sync node (pulls / receives gateways, forwards up)")

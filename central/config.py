@@ -19,22 +19,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.config import (
-    _ID,
-    ConfigError,
-    Duration,
-    InfluxSection,
-    Size,
-    Strict,
-    _explain,
-    _format,
-    _loc_path,
-)
-from gateway.yamlsrc import Path_, Source, YamlError, load_file, load_text
+from gateway.core.config import ID_PATTERN, InfluxSection, Strict, resolve_path
+from gateway.core.configcheck import ConfigError, explain, format_error, loc_path
+from gateway.core.units import Duration, Size
+from gateway.core.yamlsrc import Path_, Source, YamlError, load_file, load_text
 
 
 class NodeSection(Strict):
-    id: str = Field(pattern=_ID, description="this central node's id (county-3701, province-37, ...)")
+    id: str = Field(pattern=ID_PATTERN, description="this central node's id (county-3701, province-37, ...)")
     name: str | None = None
     state_dir: Path = Path("/var/lib/safegw-central")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -69,7 +61,7 @@ class PullSpec(Strict):
 class SourceEntry(Strict):
     """A gateway (or a lower central node with ``relay: true``) that sends data here."""
 
-    id: str = Field(pattern=_ID)
+    id: str = Field(pattern=ID_PATTERN)
     keys: Path = Field(description="its public key bundle, as 'safegw keys show' printed it")
     mode: Literal["pull", "push"] = "pull"
     pull: PullSpec | None = None
@@ -118,8 +110,17 @@ class CentralConfig(Strict):
 
     _base_dir: Path = Path(".")
 
-    def path(self, p: Path) -> Path:
-        return p if p.is_absolute() else self._base_dir / p
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the config file, against which relative paths resolve."""
+        return self._base_dir
+
+    @base_dir.setter
+    def base_dir(self, value: Path) -> None:
+        self._base_dir = value
+
+    def path(self, p: Path | str) -> Path:
+        return resolve_path(p, self._base_dir)
 
 
 def tokens_path(cfg: CentralConfig) -> Path:
@@ -158,15 +159,15 @@ def validate(src: Source) -> CentralConfig:
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            path = _loc_path(err["loc"])
+            path = loc_path(err["loc"])
             # an unknown key is reported at the key, not at its value
             mark = src.key_marks.get(src.real_path(path)) if err["type"] == "extra_forbidden" else None
-            lines.append(_format(src, path, _explain(dict(err)), mark))
+            lines.append(format_error(src, path, explain(dict(err)), mark))
         raise ConfigError(lines) from None
-    lines = [_format(src, p, m) for p, m in _cross_check(cfg)]
+    lines = [format_error(src, p, m) for p, m in _cross_check(cfg)]
     if lines:
         raise ConfigError(lines)
-    cfg._base_dir = Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
+    cfg.base_dir = Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
     return cfg
 
 
@@ -183,5 +184,5 @@ def loads(text: str, file: str = "<string>", base_dir: Path | None = None) -> Ce
     except YamlError as e:
         raise ConfigError([str(e)]) from None
     if base_dir is not None:
-        cfg._base_dir = base_dir
+        cfg.base_dir = base_dir
     return cfg

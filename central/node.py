@@ -45,8 +45,9 @@ from starlette.routing import Route
 from central.config import CentralConfig, SourceEntry, tokens_path
 from central.state import Commit, PgState, SqliteState, State, TableRow
 from gateway import chanmap
-from gateway.journal import SAMPLES, Journal, Record
-from gateway.users import FailureLimiter, UserStore, check_token
+from gateway.core.record import SAMPLES, Record
+from gateway.core.tokens import FailureLimiter, UserStore, check_token
+from gateway.store.journal import Journal
 from uplink import envelope, keys
 from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
@@ -299,12 +300,12 @@ class CentralNode:
         kind), using the origin's channel table in force at each record: the last
         ``channel_table`` event before it in this journal (stored in the origin's
         journal order). Before any table is known, ``channel=<index>``."""
-        from gateway.historian import InfluxWriter
+        from gateway.historian.service import InfluxWriter
 
         assert self.cfg.influxdb is not None
         holder = _TableHolder(origin)
         writer = InfluxWriter(self.cfg.influxdb, base_tags={"gateway": origin},
-                              tags_for_channel=holder.tags, base_dir=self.cfg._base_dir)
+                              tags_for_channel=holder.tags, base_dir=self.cfg.base_dir)
         self.influx_writers[origin] = writer
         writer.open()
         try:

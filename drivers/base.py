@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelInfo
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelInfo
 
 #: Resolution of the times the gateway stamps itself (a poll's end, a frame's arrival,
 #: a receive time): 1 ms. A Modbus read takes 1-100 ms and a serial frame 5-50 ms on the

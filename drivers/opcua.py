@@ -46,8 +46,8 @@ from asyncua.ua.ua_binary import nodeid_from_binary, nodeid_to_binary, struct_fr
 from asyncua.ua.uaerrors import UaError
 
 from drivers.base import DeviceUnavailable, Driver, Sink, stamp
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelInfo
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelInfo
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
 from gateway import chanmap
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelTable, LiveTable
-from gateway.config import Config
-from gateway.journal import Journal
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelTable, LiveTable
+from gateway.core.config import Config
 from gateway.sdnotify import Notifier
+from gateway.services import Service
+from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +36,14 @@ log = logging.getLogger(__name__)
 WARM_MAX_SAMPLES = 20_000_000
 
 
-class Service(Protocol):
-    """A sink or helper started before the sources: historian, MQTT, uplink, API."""
-
-    name: str
-
-    async def start(self) -> None: ...
-
-    async def run(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
 #: config section → factory "module:function" taking (gateway, section) and returning
 #: a Service. Imported only when the section is present in the config.
 SERVICES: dict[str, str] = {
-    "influxdb": "gateway.historian:build_service",
+    "influxdb": "gateway.historian.service:build_service",
     "mqtt": "uplink.mqtt:build_service",
     "uplink": "uplink.sync:build_service",
-    "api": "gateway.api:build_service",
-    "registers": "gateway.reminders:build_service",
+    "api": "gateway.admin.api:build_service",
+    "registers": "gateway.admin.reminders:build_service",
 }
 
 

@@ -34,11 +34,11 @@ import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.journal import EVENT, Record, decode_data
+from gateway.core.record import EVENT, Record, decode_data
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
-    from gateway.channels import ChannelTable
+    from gateway.core.channels import ChannelTable
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,9 @@ class ChannelTableService:
                 await asyncio.sleep(min(left, self.every_s))
                 continue
             await self.emit(self.current())
+
+    async def drain(self) -> None:
+        """Nothing to deliver: the table is journaled at start."""
 
     async def stop(self) -> None:
         return None

@@ -16,43 +16,20 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load
+from gateway.config import load, load_or_exit
+from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK, setup_logging
+from gateway.core.configcheck import ConfigError
 
 log = logging.getLogger("safegw")
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_CONFIG = 2
 
 #: command name → "module:add_command". Imported only when that command (or the
 #: full help) is asked for, so `safegw check` does not pay for FastAPI or httpx.
 COMMANDS: dict[str, str] = {
-    "history": "gateway.history:add_command",
+    "history": "gateway.historian.history:add_command",
     "keys": "uplink.keys:add_command",
     "central": "central.cli:add_command",
-    "users": "gateway.users:add_command",
+    "users": "gateway.admin.users:add_command",
 }
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pymodbus logs raw frames with tracebacks at ERROR; the gateway reports faults itself
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    for noisy in ("asyncua", "uvicorn.access", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def load_or_exit(path: str) -> Config:
-    try:
-        return load(path)
-    except ConfigError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
 
 
 # ---------------------------------------------------------------------- check
@@ -64,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(line)
         return EXIT_CONFIG
     n = sum(len(ch) for ch in [cfg.devices])
-    from gateway.channels import ChannelTable
+    from gateway.core.channels import ChannelTable
 
     n = len(ChannelTable.from_config(cfg))
     print(f"ok: {len(cfg.devices)} devices, {n} channels")

@@ -26,9 +26,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
-from gateway.batch import Batch, Quality, quality_label
-from gateway.channels import ChannelInfo, ChannelTable
-from gateway.config import Config
+from gateway.core.batch import Batch, Quality, quality_label
+from gateway.core.channels import ChannelInfo, ChannelTable
+from gateway.core.config import Config
 
 
 @dataclass

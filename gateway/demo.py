@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.batch import quality_label
+from gateway.core.batch import quality_label
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def render(gw: Any, now_ns: int, color: bool) -> str:
 
 def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None,
              sim_config: str | None, log_level: str = "WARNING") -> int:
-    from gateway.cli import load_or_exit, setup_logging
+    from gateway.config import load_or_exit
+    from gateway.core.cliutil import setup_logging
 
     setup_logging(log_level)
     cfg_path = Path(config) if config else find_config("demo.yaml")

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.batch import Batch
-from gateway.channels import ChannelTable
+from gateway.core.batch import Batch
+from gateway.core.channels import ChannelTable
 from rules.events import (
     ACTIVE_UNACKED,
     CLEARED_UNACKED,
@@ -81,6 +81,7 @@ from rules.settings import (
     phase_ns,
     resolve_table,
 )
+from rules.summary import ChannelSummary, channel_summary
 
 Event = dict[str, Any]
 I64 = np.int64
@@ -1387,6 +1388,17 @@ class RulesEngine:
         return out
 
     # ------------------------------------------------------------------ views
+    @property
+    def version(self) -> int:
+        """Changes with every event the engine makes (raise, clear, ack, shelve, level change):
+        a view built from ``active()`` is current while this is unchanged."""
+        return self._next_id
+
+    def channel_summary(self) -> ChannelSummary:
+        """Per channel: process alarm (red), health alarm or maintenance (yellow), and the
+        most urgent visible alarm (rules/summary.py)."""
+        return channel_summary(self.act, self.unacked, self.last_code, self.shelved, self.supp)
+
     def active(self) -> list[dict[str, Any]]:
         """Alarms an operator must see: active, cleared-unacknowledged, shelved; and suppressed channels."""
         rs, cs = np.nonzero((self.act != 0) | self.unacked)

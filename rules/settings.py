@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.channels import ChannelTable
-from gateway.config import AlarmSettings, ChannelBase, ExposureSettings
+from gateway.core.channels import ChannelTable
+from gateway.core.config import AlarmSettings, ChannelBase, Config, ExposureSettings, device_channels
+from gateway.core.yamlsrc import Path_
 from rules.presets import alarm_preset, exposure_preset
 
 NS = 1_000_000_000
@@ -158,7 +159,7 @@ def _limit_order(spec: ChannelBase, r: ChannelRules) -> tuple[tuple[str, ...], s
 
 def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
     """What ``resolve`` would refuse in one channel's presets and overrides, as
-    (key path under the channel, message): for ``safegw check`` (gateway/config.py)."""
+    (key path under the channel, message): for ``safegw check`` (gateway/core/configcheck.py)."""
     if isinstance(spec.exposure, str):
         try:
             exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit)
@@ -173,9 +174,19 @@ def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
         r = resolve(spec, check_order=False)
     except ValueError as e:
         return [(("alarms",), str(e))]
-    # (limits out of order without a preset: gateway/config.py reports those itself)
+    # (limits out of order without a preset: gateway/core/configcheck.py reports those itself)
     bad = _limit_order(spec, r) if spec.preset else None
     return [bad] if bad else []
+
+
+def check_config(cfg: Config) -> list[tuple[Path_, str]]:
+    """For ``safegw check``: every channel's presets and overrides, at the key to fix."""
+    errs: list[tuple[Path_, str]] = []
+    for di, dev in enumerate(cfg.devices):
+        for cpath, ch in device_channels(dev):
+            if ch.preset or ch.alarms is not None or isinstance(ch.exposure, str):
+                errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch))
+    return errs
 
 
 def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,

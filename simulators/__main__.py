@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 
-from gateway.config import ConfigError
+from gateway.core.configcheck import ConfigError
 from simulators.config import load
 from simulators.runner import Simulator
 

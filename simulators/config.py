@@ -38,19 +38,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from gateway.config import (
-    ByteOrder,
-    ConfigError,
-    DataType,
-    Duration,
-    Number,
-    Strict,
-    _explain,
-    _format,
-    _loc_path,
-    parse_modbus_address,
-)
-from gateway.yamlsrc import Path_, Source, YamlError, load_file, load_text
+from gateway.core.config import ByteOrder, DataType, Strict, parse_modbus_address
+from gateway.core.configcheck import ConfigError, explain, format_error, loc_path
+from gateway.core.units import Duration, Number
+from gateway.core.yamlsrc import Path_, Source, YamlError, load_file, load_text
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -227,17 +218,17 @@ def _device_errors(src: Source, i: int, raw: dict[str, Any]) -> tuple[SimDeviceB
     base: Path_ = ("devices", i)
     proto = raw.get("protocol")
     if not isinstance(proto, str):
-        return None, [_format(src, base, f"a device needs 'protocol:', one of: {', '.join(KINDS)}")]
+        return None, [format_error(src, base, f"a device needs 'protocol:', one of: {', '.join(KINDS)}")]
     try:
         model = device_model(proto)
     except ValueError as e:
-        return None, [_format(src, (*base, "protocol"), str(e))]
+        return None, [format_error(src, (*base, "protocol"), str(e))]
     except ImportError as e:
-        return None, [_format(src, (*base, "protocol"), f"{proto} simulators are not available: {e}")]
+        return None, [format_error(src, (*base, "protocol"), f"{proto} simulators are not available: {e}")]
     try:
         return model.model_validate(raw), []
     except ValidationError as e:
-        return None, [_format(src, (*base, *_loc_path(err["loc"])), _explain(dict(err)))
+        return None, [format_error(src, (*base, *loc_path(err["loc"])), explain(dict(err)))
                       for err in e.errors()]
 
 
@@ -288,7 +279,7 @@ def validate(src: Source) -> SimConfig:
     try:
         cfg = SimConfig.model_validate(src.data)
     except ValidationError as e:
-        raise ConfigError([_format(src, _loc_path(err["loc"]), _explain(dict(err)))
+        raise ConfigError([format_error(src, loc_path(err["loc"]), explain(dict(err)))
                            for err in e.errors()]) from None
     lines: list[str] = []
     devs: list[SimDeviceBase] = []
@@ -298,7 +289,7 @@ def validate(src: Source) -> SimConfig:
         if dev is not None:
             devs.append(dev)
     if not lines:
-        lines += [_format(src, p, m) for p, m in _cross(cfg, devs)]
+        lines += [format_error(src, p, m) for p, m in _cross(cfg, devs)]
     if lines:
         raise ConfigError(lines)
     cfg._devices = devs

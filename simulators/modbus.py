@@ -30,12 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from drivers.modbus.codec import encode
-from drivers.serial.frames import crc16_modbus
-from gateway.config import parse_modbus_address
+from gateway.core.config import parse_modbus_address
 from simulators.config import ModbusRtuSim, ModbusTcpSim, ModbusUnit
 from simulators.pty import close_fd, open_pty_pair, stop_socat, write_fd
 from simulators.scenario import Plant
+from simulators.wire import crc16_modbus, encode_registers
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class UnitBank:
             word = word | (1 << bit) if value >= p.threshold else word & ~(1 << bit)
             table[2 * reg:2 * reg + 2] = word.to_bytes(2, "big")
             return
-        words = encode(value, p.type, p.byte_order, p.scale, p.offset)
+        words = encode_registers(value, p.type, p.byte_order, p.scale, p.offset)
         if reg + len(words) <= self.size:
             table[2 * reg:2 * (reg + len(words))] = struct.pack(f">{len(words)}H", *words)
 

@@ -35,7 +35,8 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from pydantic import Field, model_validator
 
-from gateway.config import Duration, Number, Strict
+from gateway.core.config import Strict
+from gateway.core.units import Duration, Number
 from simulators.config import SimDeviceBase
 from simulators.scenario import Plant
 

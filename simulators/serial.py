@@ -37,11 +37,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.serial.frames import checksum_text, unescape
-from gateway.config import Duration
+from gateway.core.units import Duration
 from simulators.config import SimDeviceBase
 from simulators.pty import close_fd, open_pty_pair, stop_socat, write_fd
 from simulators.scenario import Plant
+from simulators.wire import checksum_field, control_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ class SerialSim(SimDeviceBase):
 def build_frame(m: SerialSim, values: list[float], *, bad_checksum: bool = False) -> bytes:
     """One frame as the instrument sends it."""
     body = m.template.format(*values).encode(m.encoding)
-    start = unescape(m.start) if m.start else b""
-    sep = unescape(m.checksum_separator) if m.checksum_separator else b""
+    start = control_bytes(m.start) if m.start else b""
+    sep = control_bytes(m.checksum_separator) if m.checksum_separator else b""
     covered = (start + body)[m.checksum_from:]
-    ck = checksum_text(m.checksum, m.checksum_format, covered)
+    ck = checksum_field(m.checksum, m.checksum_format, covered)
     if bad_checksum and ck:
         ck = bytes(ck[:-1]) + (b"0" if ck[-1:] != b"0" else b"1") if m.checksum_format == "hex" \
             else bytes(ck[:-1]) + bytes([(ck[-1] + 1) & 0xFF])
@@ -95,12 +95,12 @@ def build_frame(m: SerialSim, values: list[float], *, bad_checksum: bool = False
             pad = b" " * (m.length - len(frame))
             body = body + pad
             covered = (start + body)[m.checksum_from:]
-            ck2 = checksum_text(m.checksum, m.checksum_format, covered)
+            ck2 = checksum_field(m.checksum, m.checksum_format, covered)
             if bad_checksum and ck2:
                 ck2 = ck
             frame = start + body + (sep + ck2 if ck2 else b"")
         return frame[:m.length]
-    return frame + unescape(m.terminator or "")
+    return frame + control_bytes(m.terminator or "")
 
 
 class SerialServer:
@@ -115,7 +115,7 @@ class SerialServer:
         self.proc: asyncio.subprocess.Process | None = None
         self.fd: int | None = None
         self.rx = b""
-        self.request = unescape(model.request) if model.request is not None else None
+        self.request = control_bytes(model.request) if model.request is not None else None
         self.values: list[float] = [0.0] * len(model.signals)
         self.fault: str | None = None
         self.rng = random.Random(f"{plant.seed}:{model.name}")
@@ -181,14 +181,14 @@ class SerialServer:
         if fault in ("silent", "disconnect") or self.fd is None:
             return
         if fault == "garbage":
-            self._write(self._noise(m.length or 24) + (unescape(m.terminator) if m.terminator else b""))
+            self._write(self._noise(m.length or 24) + (control_bytes(m.terminator) if m.terminator else b""))
             return
         rate = m.checksum_error_rate
         bad_ck = fault == "checksum" or (rate > 0 and self.rng.random() < rate)
         frame = build_frame(m, self.values, bad_checksum=bad_ck)
         if m.garbage_rate > 0 and self.rng.random() < m.garbage_rate:
             # line noise on its own "line", so the next frame is clean
-            self._write(self._noise(8) + (unescape(m.terminator) if m.terminator else b""))
+            self._write(self._noise(8) + (control_bytes(m.terminator) if m.terminator else b""))
         if fault == "partial":
             # every other frame cut in half, as an instrument that resets mid-line
             self._cut = not self._cut
@@ -199,7 +199,7 @@ class SerialServer:
 
     def _noise(self, n: int) -> bytes:
         # no terminator bytes inside: noise must not cut real frames
-        term = set(unescape(self.model.terminator)) if self.model.terminator else set()
+        term = set(control_bytes(self.model.terminator)) if self.model.terminator else set()
         return bytes(b for b in self.rng.randbytes(n * 2) if b not in term)[:n]
 
     def _write(self, data: bytes) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batch import Batch
-from gateway.journal import Journal
+from gateway.core.batch import Batch
+from gateway.store.journal import Journal
 
 T0 = 1_700_000_000 * 10**9
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from gateway.app import Gateway
-from gateway.batch import Batch
 from gateway.config import loads
+from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.settings import NS, ChannelRules
 from tests.helpers import async_wait_until

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import loads
-from gateway.users import UserStore
+from gateway.core.tokens import UserStore
 from tests.helpers import free_port, wait_until
 
 #: a small plant for the API tests: gas, temperature and level over Modbus TCP
@@ -132,7 +132,7 @@ class Daemon:
         """Every journal event of a type (the durable record the uplink carries)."""
         assert self.gw is not None
         self.run(self.gw.flush())
-        from gateway.journal import EVENT
+        from gateway.core.record import EVENT
 
         out = []
         after = 0
@@ -214,7 +214,7 @@ def test_bad_tokens_lock_out_their_address_but_not_signed_in_users(tmp_path: Pat
 
 
 def test_failure_limiter_window_and_expiry() -> None:
-    from gateway.users import FailureLimiter
+    from gateway.core.tokens import FailureLimiter
 
     now = [0.0]
     lim = FailureLimiter(3, 60.0, 300.0, clock=lambda: now[0])
@@ -230,7 +230,7 @@ def test_failure_limiter_window_and_expiry() -> None:
 
 
 def test_api_listens_on_loopback_by_default() -> None:
-    from gateway.config import ApiSection
+    from gateway.core.config import ApiSection
 
     assert ApiSection().listen.startswith("127.0.0.1:")
 

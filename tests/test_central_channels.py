@@ -22,7 +22,8 @@ import pytest
 
 from central.state import Commit, PgState, SqliteState, State
 from gateway import chanmap
-from gateway.journal import EVENT, SAMPLES, Journal, Record
+from gateway.core.record import EVENT, SAMPLES, Record
+from gateway.store.journal import Journal
 from tests.helpers import async_wait_until
 from tests.test_central_harness import (
     T0,
@@ -333,7 +334,7 @@ async def test_table_only_on_the_alarms_lane_is_accepted_and_forwarded(tmp_path:
         node = c.node
         src = node.sources["gw-1"]
         ev = table_event("A", T0)
-        from gateway.journal import event_record
+        from gateway.core.record import event_record
 
         k, t0, t1, n, data = event_record(ev)
         rec = Record(1, k, t0, t1, n, data)
@@ -532,7 +533,7 @@ async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> Non
     gateway: last contact, lag in records and seconds, rejected by reason, the table."""
     import httpx
 
-    from gateway.users import UserStore
+    from gateway.core.tokens import UserStore
     from uplink.auth import client_context
     from uplink.sync import Peer, Signer, pack_frames
 
@@ -545,7 +546,7 @@ async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> Non
     c = await CentralSide(central_config(
         tmp_path, "county", [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])).start()
     token = UserStore(tmp_path / "county" / "tokens.json", scrypt_n=2**14).add("ops", "viewer")
-    from gateway.journal import event_record
+    from gateway.core.record import event_record
 
     k, t0, t1, n, data = event_record(table_event("A", T0))
     recs = [Record(1, k, t0, t1, n, data)]
@@ -595,7 +596,7 @@ async def test_status_lockout_is_configurable(tmp_path: Path) -> None:
     token not seen before; a token verified before keeps working."""
     import httpx
 
-    from gateway.users import UserStore
+    from gateway.core.tokens import UserStore
     from uplink.auth import client_context
 
     pubs = tmp_path / "pub"

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import loads
-from gateway.journal import SAMPLES
+from gateway.core.record import SAMPLES
 from tests.helpers import async_wait_until
 from tests.linkemu import LinkEmulator
 from tests.test_central_harness import CentralSide, central_config, central_pub, make_keys, stored
@@ -63,7 +63,7 @@ def _tables_placed(items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 
 
 def _records_upto(path: Path, seq: int) -> list[Any]:
-    from gateway.journal import Journal
+    from gateway.store.journal import Journal
 
     j = Journal(path, sync="normal")
     try:

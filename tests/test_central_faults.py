@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.journal import SAMPLES
+from gateway.core.record import SAMPLES
 from tests.helpers import async_wait_until
 from tests.linkemu import LinkEmulator
 from tests.test_central_harness import (

@@ -17,9 +17,10 @@ import numpy as np
 
 from central.config import CentralConfig
 from central.node import CentralNode
-from gateway.batch import Batch
-from gateway.config import UplinkSection
-from gateway.journal import EVENT, SAMPLES, Journal
+from gateway.core.batch import Batch
+from gateway.core.config import UplinkSection
+from gateway.core.record import EVENT, SAMPLES
+from gateway.store.journal import Journal
 from uplink import keys
 from uplink.sync import UplinkService
 
@@ -58,7 +59,7 @@ class GatewaySide:
         self.journal = Journal(self.state_dir / "journal.db", sync="normal")
         sec = UplinkSection(mode=mode, listen="127.0.0.1:0", central_keys=central_pubs,
                             central_url=central_url, ca=central_ca, **uplink)
-        cfg = SimpleNamespace(gateway=SimpleNamespace(id=gid), _base_dir=root)
+        cfg = SimpleNamespace(gateway=SimpleNamespace(id=gid), base_dir=root)
         self.gw = SimpleNamespace(cfg=cfg, state_dir=self.state_dir, journal=self.journal)
         self.svc = UplinkService(self.gw, sec)
         self.task: asyncio.Task[None] | None = None
@@ -90,7 +91,7 @@ def central_config(root: Path, nid: str, sources: list[dict[str, Any]], **extra:
                            "listen": {"address": "127.0.0.1:0"}, "sources": sources}
     doc.update(extra)
     cfg = CentralConfig.model_validate(doc)
-    cfg._base_dir = root
+    cfg.base_dir = root
     return cfg
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.journal import SAMPLES, Record
+from gateway.core.record import SAMPLES, Record
 from tests.helpers import async_wait_until
 from tests.test_central_harness import (
     CentralSide,

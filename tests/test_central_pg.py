@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from central.state import Commit, PgState
-from gateway.journal import SAMPLES
+from gateway.core.record import SAMPLES
 from tests.helpers import async_wait_until
 from tests.test_central_harness import (
     CentralSide,

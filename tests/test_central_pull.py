@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.journal import SAMPLES
+from gateway.core.record import SAMPLES
 from tests.helpers import async_wait_until
 from tests.test_central_harness import (
     CentralSide,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.journal import SAMPLES, Record
+from gateway.core.record import SAMPLES, Record
 from tests.test_central_harness import (
     CentralSide,
     alarm,

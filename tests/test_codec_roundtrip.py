@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.batch import Batch
-from gateway.journal import EVENT, SAMPLES, Record
+from gateway.core.batch import Batch
+from gateway.core.record import EVENT, SAMPLES, Record
 from uplink import codec
 
 T0 = 1_764_000_000_000_000_000  # 2025-11, in ns

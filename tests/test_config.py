@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, ModbusTcpDevice, load, loads
+from gateway.config import load, loads
+from gateway.core.config import Config, ModbusTcpDevice
+from gateway.core.configcheck import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,7 +314,7 @@ def gateway_configs() -> list[Path]:
 
 @pytest.mark.parametrize("path", gateway_configs(), ids=lambda p: p.name)
 def test_shipped_configs_pass_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.channels import ChannelTable
+    from gateway.core.channels import ChannelTable
 
     cfg = load(path)
     code, out = check_in_process(path, capsys)

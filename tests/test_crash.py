@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.batch import Batch
-from gateway.journal import EVENT, SAMPLES, Journal, decode_data
+from gateway.core.batch import Batch
+from gateway.core.record import EVENT, SAMPLES, decode_data
+from gateway.store.journal import Journal
 from tests.crash_worker import digest, event_bytes, make_batch, make_event
 from tests.fixtures.sims import SimProcess
 

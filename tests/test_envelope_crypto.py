@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from gateway.batch import Batch
-from gateway.journal import EVENT, SAMPLES, Record
+from gateway.core.batch import Batch
+from gateway.core.record import EVENT, SAMPLES, Record
 from uplink import codec, envelope
 from uplink.envelope import (
     BadSignature,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from gateway.app import Gateway
-from gateway.batch import Batch, Quality
 from gateway.config import loads
-from gateway.historian import HistorianService
-from gateway.journal import SAMPLES
+from gateway.core.batch import Batch, Quality
+from gateway.core.record import SAMPLES
+from gateway.historian.service import HistorianService
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
 from tests.helpers import async_wait_until
@@ -54,7 +54,7 @@ async def test_plant_to_influx_through_an_outage(modbus_plant: SimProcess, influ
         gw.stop()
         await asyncio.wait_for(run, 60)
     # the journal is closed by run(); read it again
-    from gateway.journal import Journal
+    from gateway.store.journal import Journal
 
     with Journal(tmp_path / "state" / "journal.db") as j:
         assert j.cursor("influxdb") == j.last_seq  # drained on stop

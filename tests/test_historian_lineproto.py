@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.batch import Batch, Quality
-from gateway.lineproto import (
+from gateway.core.batch import Batch, Quality
+from gateway.historian.lineproto import (
     SeriesTable,
     count_lines,
     escape_field_string,

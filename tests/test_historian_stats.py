@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.batch import Batch, Quality
-from gateway.historian import IntervalStats
+from gateway.core.batch import Batch, Quality
+from gateway.historian.service import IntervalStats
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.test_historian_influxd import N_CH, Harness, make_config
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gateway.historian import CONSUMER
+from gateway.historian.service import CONSUMER
 from tests.helpers import async_wait_until
 from tests.test_historian_influxd import N_CH, T0, Harness, batch, make_config
 
@@ -174,7 +174,7 @@ async def test_contract_v2_422_splits_and_records_rejection(recorder: Recorder, 
 
 
 async def test_contract_v2_history_query(recorder: Recorder, tmp_path: Path) -> None:
-    from gateway.history import query_history
+    from gateway.historian.history import query_history
 
     cfg = v2_config(tmp_path, recorder.url, tmp_path / "token")
     recorder.query_answer = (

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from gateway.app import Gateway
-from gateway.batch import Batch, Quality
 from gateway.cli import main
 from gateway.config import load
-from gateway.historian import build_service
-from gateway.history import HistoryError, aggregate, fmt_ns, parse_time, query_api, query_history
-from gateway.journal import Journal
+from gateway.core.batch import Batch, Quality
+from gateway.historian.history import HistoryError, aggregate, fmt_ns, parse_time, query_api, query_history
+from gateway.historian.service import build_service
+from gateway.store.journal import Journal
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.helpers import async_wait_until
 

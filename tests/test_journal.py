@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.batch import Batch, Quality
-from gateway.journal import EVENT, SAMPLES, Journal, JournalClosed, JournalUnusable
+from gateway.core.batch import Batch, Quality
+from gateway.core.record import EVENT, SAMPLES
+from gateway.store.journal import Journal, JournalClosed, JournalUnusable
 from tests.helpers import async_wait_until, mount_tmpfs
 
 T0 = 1_700_000_000 * 10**9
@@ -300,7 +301,7 @@ def test_inactive_consumer_is_warned_on_return(jpath: Path, caplog: pytest.LogCa
         for i in range(50):
             j.submit_batch(mk(i)).result()
         assert gaps(j) == []  # nobody active was behind
-        with caplog.at_level("WARNING", logger="gateway.journal"):
+        with caplog.at_level("WARNING", logger="gateway.store.journal"):
             assert j.register("historian") == 0
         assert any("historian resumes" in r.getMessage() for r in caplog.records)
 

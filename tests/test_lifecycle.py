@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.batch import Batch
-from gateway.journal import SAMPLES, Journal, decode_data
+from gateway.core.batch import Batch
+from gateway.core.record import SAMPLES, decode_data
+from gateway.store.journal import Journal
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
 from tests.helpers import free_port, mount_tmpfs, wait_until
 

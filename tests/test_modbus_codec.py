@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from drivers.modbus.codec import ChannelSlot, Layout, decode_words, encode, encode_raw, pack_bits, permutation
-from gateway.batch import Quality
+from gateway.core.batch import Quality
 
 # (type, byte order, words on the wire, value)
 TABLE = [

@@ -15,9 +15,10 @@ import pytest
 
 from drivers.base import DeviceUnavailable, make_driver
 from drivers.modbus.driver import ModbusRtuDriver, ModbusTcpDriver
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelTable
-from gateway.config import Config, loads
+from gateway.config import loads
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelTable
+from gateway.core.config import Config
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
 from tests.helpers import async_wait_until, free_port
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from gateway.app import Gateway
-from gateway.batch import Quality
 from gateway.config import loads
-from gateway.journal import SAMPLES, Journal
+from gateway.core.batch import Quality
+from gateway.core.record import SAMPLES
+from gateway.store.journal import Journal
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
 from tests.helpers import async_wait_until
 

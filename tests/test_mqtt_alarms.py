@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gateway.app import Gateway
-from gateway.batch import Batch
 from gateway.config import loads
+from gateway.core.batch import Batch
 from tests.fixtures.mosquitto import Broker, Subscriber
 from tests.helpers import async_wait_until, wait_until
 

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drivers.base import DeviceUnavailable, make_driver, stamp
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelTable
 from gateway.config import loads
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelTable
 from rules.engine import RulesEngine
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.registers import (
+from gateway.admin.registers import (
     BUILTIN_TYPES,
     Conflict,
     Invalid,

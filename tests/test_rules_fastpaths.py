@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batch import Batch
+from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.reference import ReferenceEngine
 from rules.settings import NS, PHASE_BLOCK, ChannelRules, phase_ns

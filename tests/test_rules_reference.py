@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.batch import Batch
+from gateway.core.batch import Batch
 from rules.engine import NONE, RulesEngine
 from rules.reference import ReferenceEngine
 from rules.settings import NS, ChannelRules

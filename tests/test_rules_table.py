@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.batch import Batch
-from gateway.config import ChannelBase
+from gateway.core.batch import Batch
+from gateway.core.config import ChannelBase
 from rules.engine import RulesEngine
 from rules.reference import ReferenceEngine
 from rules.settings import NS, ChannelRules, resolve

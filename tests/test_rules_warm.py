@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batch import Batch
-from gateway.journal import Journal
+from gateway.core.batch import Batch
+from gateway.store.journal import Journal
 from rules.engine import RulesEngine
 from rules.settings import NS, ChannelRules
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from drivers.base import DeviceUnavailable, make_driver
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelTable
 from gateway.config import loads
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelTable
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator
 from simulators.scenario import Fault

@@ -19,7 +19,7 @@ from drivers.serial.frames import (
     unescape,
     xor8,
 )
-from gateway.batch import Quality
+from gateway.core.batch import Quality
 
 
 @pytest.mark.parametrize(("fn", "data", "want"), [

@@ -10,8 +10,8 @@ import pytest
 
 from drivers.serial.driver import frame_spec
 from drivers.serial.frames import FrameParser, checksum_text
-from gateway.batch import Quality
 from gateway.config import load
+from gateway.core.batch import Quality
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "config" / "instruments").glob("*.yaml"))

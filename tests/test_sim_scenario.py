@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.config import ConfigError
+from gateway.core.configcheck import ConfigError
 from simulators.config import load, loads
 from simulators.scenario import Fault, Plant
 
@@ -140,8 +140,8 @@ devices:
 
 def test_demo_plant_crosses_its_alarm_limits() -> None:
     """The demo's leak must take GT-101 past h (20) and hh (40) and back, every 3 minutes."""
-    from gateway.config import device_channels
     from gateway.config import load as load_gateway
+    from gateway.core.config import device_channels
 
     sim = load(ROOT / "config" / "sim-demo.yaml")
     gw = load_gateway(ROOT / "config" / "demo.yaml")

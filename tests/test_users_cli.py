@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from gateway.cli import main
-from gateway.users import Principal, UserStore, check_secret, hash_secret
+from gateway.core.tokens import Principal, UserStore, check_secret, hash_secret
 from tests.test_api_daemon import Daemon, auth
 
 ROOT = Path(__file__).resolve().parents[1]

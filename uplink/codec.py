@@ -47,8 +47,8 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from gateway.batch import SAMPLE_BYTES
-from gateway.journal import EVENT, SAMPLES, Record
+from gateway.core.batch import SAMPLE_BYTES
+from gateway.core.record import EVENT, SAMPLES, Record
 
 FORMAT = 2
 L_OPAQUE, L_SAMPLES, L_EVENT = 0, 1, 2  # how a record travels

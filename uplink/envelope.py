@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.journal import SAMPLES, Record
+from gateway.core.record import SAMPLES, Record
 from uplink import codec
 from uplink.codec import write_varint as _varint
 from uplink.keys import KID_BYTES, NodeKeys, PublicKeys

@@ -412,7 +412,8 @@ def _from_config(path: str) -> tuple[Path | None, str | None]:
     The gateway config is validated strictly; a central config (another schema) is read
     leniently for its ``id`` and ``state_dir``, wherever its top-level section keeps them.
     """
-    from gateway.config import ConfigError, load
+    from gateway.config import load
+    from gateway.core.configcheck import ConfigError
 
     try:
         cfg = load(path)

@@ -37,9 +37,10 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.batch import quality_label
-from gateway.config import MqttSection, parse_duration
-from gateway.journal import EVENT
+from gateway.core.batch import quality_label
+from gateway.core.config import MqttSection
+from gateway.core.record import EVENT
+from rules.commands import CommandPolicy, apply_command, parse_command
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class MqttService:
         self.prefix = topic_prefix(gw, section)
         self.client_id = section.client_id or f"safegw-{gw.cfg.gateway.id}"
         self.connected = False
+        self.policy = CommandPolicy(max_shelve_s=gw.cfg.alarms.max_shelve)
         self.published = 0
         self.acked = 0
         self.commands = 0
@@ -293,39 +295,17 @@ class MqttService:
     # ------------------------------------------------------------------ commands
     def _command(self, topic: str, payload: bytes) -> None:
         verb = topic.rsplit("/", 1)[-1]
-        req: dict[str, Any] = {}
+        req: Any = {}
         try:
             req = json.loads(payload or b"{}")
-            if not isinstance(req, dict):
-                raise ValueError("the command must be a JSON object")
-            who = req.get("operator") or req.get("who")
-            if not isinstance(who, str) or not who.strip():
-                raise ValueError("the command needs the operator's name ('operator')")
-            now = self.gw.clock()
-            rules = self.gw.rules
-            channel = req.get("channel")
-            rule = req.get("rule")
-            if verb == "ack":
-                events = rules.ack(channel, who=who, now_ns=now, rule=rule, comment=req.get("comment"))
-            elif verb == "shelve":
-                if not channel:
-                    raise ValueError("shelve needs a channel")
-                dur = req.get("duration")
-                seconds = None if dur is None else (
-                    parse_duration(dur) if isinstance(dur, str) else float(dur))
-                events = rules.shelve(channel, who=who, reason=str(req.get("reason") or ""), now_ns=now,
-                                      duration_s=seconds, rule=rule)
-            elif verb == "unshelve":
-                if not channel:
-                    raise ValueError("unshelve needs a channel")
-                events = rules.unshelve(channel, who=who, now_ns=now, rule=rule)
-            else:
-                raise ValueError(f"unknown command {verb!r}")
-        except (ValueError, KeyError, TypeError) as e:
+            cmd = parse_command(verb, req, self.policy)
+            events = apply_command(self.gw.rules, cmd, self.gw.clock())
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             log.warning("mqtt command %s refused: %s", verb, msg)
-            self._result(req, verb, ok=False, error=str(msg))
+            self._result(req if isinstance(req, dict) else {}, verb, ok=False, error=str(msg))
             return
+        who = cmd.operator
         self.commands += 1
         self.gw.emit_events(events)
         self._active_dirty = True

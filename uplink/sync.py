@@ -68,7 +68,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.journal import EVENT, SAMPLES, Journal, Record
+from gateway.core.record import EVENT, SAMPLES, Record
+from gateway.store.journal import Journal
 from uplink.auth import AuthError, Verifier, client_context, ensure_tls_cert, sign_headers
 from uplink.link import Link
 
@@ -587,7 +588,7 @@ class UplinkService:
         gid = gw.cfg.gateway.id
         state_dir = Path(gw.state_dir)
         self.node = keys.load_or_none(state_dir) or keys.init(state_dir, gid)
-        base = Path(getattr(gw.cfg, "_base_dir", Path(".")))
+        base = gw.cfg.base_dir
         self.recipients = [pk for p in section.central_keys for pk in keys.load_public(_abs(base, p))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")

@@ -33,9 +33,9 @@ import numpy as np
 from drivers.base import DeviceUnavailable, Driver, stamp
 from drivers.modbus.plan import BIT_FUNCTIONS, Plan, Point, Request, plan
 from drivers.modbus.tcp import EXCEPTION_NAMES, ModbusExceptionReply, ProtocolError, TcpClient
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelInfo
-from gateway.config import ModbusChannel
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelInfo
+from gateway.core.config import ModbusChannel
 
 log = logging.getLogger(__name__)
 

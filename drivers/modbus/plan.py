@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.modbus.codec import WIDTH, ChannelSlot, Layout
-from gateway.config import parse_modbus_address
+from gateway.core.config import Config, ModbusRtuDevice, parse_modbus_address
+from gateway.core.yamlsrc import Path_
 
 #: function name → Modbus function code
 FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -145,3 +146,35 @@ def plan(points: Sequence[Point], *, max_registers: int = 125, max_bits: int = 2
         offset += r.nbytes
     layout = Layout([s for s in slots if s is not None])
     return Plan(list(points), requests, offset, layout, point_request)
+
+
+def rtu_cycle_s(dev: ModbusRtuDevice) -> float | None:
+    """Least time one poll cycle of an RTU bus takes when every unit answers at once:
+    each merged request's frame (8 bytes) and answer (5 + data bytes) on the wire, the
+    3.5-character silences around each, and the configured inter-frame gap. None when
+    the addresses do not plan (that error is reported per channel)."""
+    try:
+        points = [Point.from_address(u.unit, ch.address, ch.type, ch.byte_order)
+                  for u in dev.units for ch in u.channels]
+        reqs = plan(points, max_registers=dev.max_registers, max_bits=dev.max_bits,
+                    max_gap=dev.max_gap).requests
+    except ValueError:
+        return None
+    char_s = (1 + dev.bytesize + (dev.parity != "N") + dev.stopbits) / dev.baudrate
+    chars = sum(8 + 5 + r.nbytes + 7 for r in reqs)
+    return chars * char_s + len(reqs) * dev.inter_frame_gap
+
+
+def check_config(cfg: Config) -> list[tuple[Path_, str]]:
+    """For ``safegw check``: an RTU bus whose poll is shorter than one cycle can take."""
+    errs: list[tuple[Path_, str]] = []
+    for di, dev in enumerate(cfg.devices):
+        if not isinstance(dev, ModbusRtuDevice):
+            continue
+        need = rtu_cycle_s(dev)
+        if need is not None and need > dev.poll:
+            msg = (f"at {dev.baudrate} baud this bus needs {need * 1000:.0f} ms per cycle even when "
+                   f"every unit answers ({len(dev.units)} units); poll is {dev.poll * 1000:g} ms: "
+                   "raise poll or baudrate, or split the units over more lines")
+            errs.append((("devices", di, "poll"), msg))
+    return errs

@@ -33,8 +33,8 @@ import serial
 
 from drivers.base import DeviceUnavailable, Driver, stamp
 from drivers.serial.frames import GOOD, ChannelSpec, FrameParser, FrameSpec, unescape
-from gateway.batch import Batch, Quality
-from gateway.channels import ChannelInfo
+from gateway.core.batch import Batch, Quality
+from gateway.core.channels import ChannelInfo
 
 log = logging.getLogger(__name__)
 

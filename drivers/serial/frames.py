@@ -38,7 +38,7 @@ from functools import reduce
 from operator import xor
 from typing import Literal
 
-from gateway.batch import Quality
+from gateway.core.batch import Quality
 
 ChecksumKind = Literal["none", "sum8", "xor", "crc16-modbus"]
 ChecksumFormat = Literal["hex", "binary"]

@@ -41,21 +41,24 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from gateway.batch import Batch
+from gateway.core.batch import Batch
+from gateway.core.record import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    EVENT,
+    GAP_PREFIX,
+    SAMPLES,
+    Record,
+    decode_data,
+    event_record,
+)
 
 log = logging.getLogger(__name__)
-
-SAMPLES = 1
-EVENT = 2
-
-CODEC_RAW = 0
-CODEC_ZSTD = 1
 
 #: group commit bounds: one transaction takes at most this many queued operations
 #: or this many (uncompressed) payload bytes, whichever comes first
@@ -66,7 +69,6 @@ GROUP_MAX_BYTES = 16 * 2**20
 #: not every commit pays for a retention pass)
 QUOTA_LOW_WATER = 0.9
 
-_GAP_PREFIX = b'{"type":"gap"'
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -92,31 +94,6 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('bytes', 0);
 """
 
 
-@dataclass(slots=True)
-class Record:
-    seq: int
-    kind: int
-    ts_min: int
-    ts_max: int
-    n: int
-    data: bytes
-
-    def batch(self) -> Batch:
-        if self.kind != SAMPLES:
-            raise TypeError(f"record {self.seq} is an event, not samples")
-        return Batch.from_bytes(self.data)
-
-    def event(self) -> dict[str, Any]:
-        if self.kind != EVENT:
-            raise TypeError(f"record {self.seq} holds samples, not an event")
-        doc: dict[str, Any] = json.loads(self.data)
-        return doc
-
-    @property
-    def is_gap(self) -> bool:
-        return self.kind == EVENT and self.data.startswith(_GAP_PREFIX)
-
-
 class JournalClosed(RuntimeError):
     pass
 
@@ -124,33 +101,6 @@ class JournalClosed(RuntimeError):
 class JournalUnusable(sqlite3.DatabaseError):
     """The journal file exists but is not a database SQLite can open (disk damage,
     another program's file). Nothing is deleted or repaired automatically."""
-
-
-def decode_data(codec: int, data: bytes | memoryview) -> bytes:
-    """A stored ``records.data`` → the record's plain bytes (``Batch.to_bytes`` layout or
-    JSON). Code that reads the journal file with its own SQL should use this rather than
-    test codecs itself, so a new codec does not break it."""
-    if codec == CODEC_ZSTD:
-        out: bytes = _dz_local().decompress(data)
-        return out
-    if codec == CODEC_RAW:
-        return bytes(data)
-    raise ValueError(f"unknown journal codec {codec}")
-
-
-_tls = threading.local()
-
-
-def _dz_local() -> zstandard.ZstdDecompressor:
-    dz: zstandard.ZstdDecompressor | None = getattr(_tls, "dz", None)
-    if dz is None:
-        dz = _tls.dz = zstandard.ZstdDecompressor()
-    return dz
-
-
-def event_record(event: dict[str, Any]) -> tuple[int, int, int, int, bytes]:
-    ts = int(event.get("ts", 0))
-    return (EVENT, ts, ts, 1, json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 # a row as inserted: (kind, ts_min, ts_max, n, nbytes, codec, data)
@@ -555,7 +505,7 @@ class Journal:
                 # an earlier gap in the range: fold its counts into this one
                 for (data,) in db.execute(
                     "SELECT data FROM records WHERE seq > ? AND seq <= ? AND kind = 2 "
-                    "AND substr(data, 1, ?) = ?", (low, upto, len(_GAP_PREFIX), _GAP_PREFIX),
+                    "AND substr(data, 1, ?) = ?", (low, upto, len(GAP_PREFIX), GAP_PREFIX),
                 ):
                     old = json.loads(data)
                     from_seq = min(from_seq, int(old["from_seq"]))

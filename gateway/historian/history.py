@@ -30,8 +30,9 @@ import httpx
 import numpy as np
 import zstandard
 
-from gateway.batch import SAMPLE_BYTES, Batch, Quality, quality_label
-from gateway.config import Config, InfluxSection, parse_duration
+from gateway.core.batch import SAMPLE_BYTES, Batch, Quality, quality_label
+from gateway.core.config import Config, InfluxSection
+from gateway.core.units import parse_duration
 
 RAW_COLUMNS = ["time", "value", "quality"]
 AGG_COLUMNS = ["time", "mean", "min", "max", "count"]
@@ -119,7 +120,7 @@ class ChannelRef:
 
 
 def find_channel(cfg: Config, name: str) -> ChannelRef:
-    from gateway.channels import ChannelTable
+    from gateway.core.channels import ChannelTable
 
     table = ChannelTable.from_config(cfg)
     try:
@@ -161,7 +162,7 @@ def influxql_for(sec: InfluxSection, gateway_id: str, ch: ChannelRef, start_ns: 
 
 
 def _secrets(sec: InfluxSection, base_dir: Path | None) -> tuple[str | None, str | None]:
-    from gateway.historian import read_secret
+    from gateway.historian.service import read_secret
 
     pw = read_secret(sec.password_file, base_dir) if sec.password_file else sec.password
     tok = read_secret(sec.token_file, base_dir) if sec.token_file else sec.token
@@ -262,7 +263,7 @@ def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path | None,
 def _journal_samples(db: sqlite3.Connection, index: int, start_ns: int, end_ns: int
                      ) -> tuple[Batch, int | None]:
     """Samples of one channel in [start, end) from the journal; and the oldest time it holds."""
-    from gateway.journal import CODEC_ZSTD, SAMPLES
+    from gateway.core.record import CODEC_ZSTD, SAMPLES
 
     dz = zstandard.ZstdDecompressor()
     ts_l, v_l, q_l = [], [], []
@@ -346,7 +347,7 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
     if use_influx:
         if sec is None:
             raise HistoryError("no influxdb: section in the config")
-        base_dir = getattr(cfg, "_base_dir", None)
+        base_dir = cfg.base_dir
         if sec.api == "v2":
             flux = _flux_for(sec, cfg.gateway.id, ch, start_ns, end_ns, every_s)
             rows = await asyncio.to_thread(_from_influx_v2_sync, sec, flux, base_dir, bool(every_s))
@@ -466,7 +467,8 @@ def render(h: History, fmt: str, out: Any = None) -> None:
 # --------------------------------------------------------------------------- CLI
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from gateway.cli import EXIT_FAIL, EXIT_OK, load_or_exit
+    from gateway.config import load_or_exit
+    from gateway.core.cliutil import EXIT_FAIL, EXIT_OK
 
     cfg = load_or_exit(args.config)
     try:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gateway.batch import Batch, Quality
+from gateway.core.batch import Batch, Quality
 
 # --------------------------------------------------------------------------- escaping
 

@@ -41,10 +41,12 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from gateway import chanmap, lineproto, registers
-from gateway.batch import Batch, Quality
-from gateway.config import InfluxSection
-from gateway.journal import EVENT, SAMPLES, Record
+from gateway import chanmap
+from gateway.admin import registers
+from gateway.core.batch import Batch, Quality
+from gateway.core.config import InfluxSection
+from gateway.core.record import EVENT, SAMPLES, Record
+from gateway.historian import lineproto
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -711,7 +713,7 @@ class HistorianService:
             return chanmap.tags(doc, i)
 
         self.writer = InfluxWriter(section, tags_for_channel=tags_for_channel, base_tags=base,
-                                   base_dir=getattr(gw.cfg, "_base_dir", None))
+                                   base_dir=gw.cfg.base_dir)
         self.n_channels = len(table)
         self.stats_path = Path(gw.state_dir) / "historian-stats.json"
         self.stats: IntervalStats | None = None

@@ -1,4 +1,4 @@
-"""API users and their bearer tokens, and the ``safegw users`` command.
+"""API users and their bearer tokens, shared by the admin API and central.
 
 A token is ``sgw_<key id>_<secret>``; it is shown once, when created, and stored only
 as an scrypt hash (with its own salt) in ``<state_dir>/users.json`` (mode 0600, written
@@ -14,7 +14,6 @@ admin (everything, and users).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import datetime as dt
@@ -26,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +307,6 @@ async def check_token(store: UserStore, limiter: FailureLimiter, slots: Any, tok
     return p, 0.0
 
 
-# --------------------------------------------------------------------------- CLI
-
 def print_users(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     """The ``list`` of ``safegw users`` and ``safegw central tokens``: never tokens or hashes."""
     if as_json:
@@ -320,67 +316,3 @@ def print_users(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     for u in rows:
         status = f"revoked {u['revoked']}" if u["revoked"] else "active"
         print(f"{u['name']:20} {u['role']:9} {u['key_id']:13} {u['created']:21} {status}")
-
-
-
-def store_for(args: argparse.Namespace) -> tuple[UserStore, Path]:
-    if args.state_dir:
-        state = Path(args.state_dir)
-        return UserStore(state / "users.json"), state
-    if not args.config:
-        raise UserError("give -c CONFIG (or --state-dir DIR)")
-    from gateway.cli import load_or_exit
-
-    cfg = load_or_exit(args.config)
-    state = Path(cfg.gateway.state_dir)
-    path = cfg.api.users_file if cfg.api is not None and cfg.api.users_file else state / "users.json"
-    return UserStore(path), state
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from gateway.registers import audit_offline
-
-    try:
-        store, state = store_for(args)
-        actor = f"cli:{os.environ.get('USER') or os.getuid()}"
-        if args.users_cmd in ("add", "rotate"):
-            token = store.add(args.name, args.role, by=actor, rotate=args.users_cmd == "rotate")
-            audit_offline(
-                state, actor, "CLI", f"users {args.users_cmd}", {"user": args.name, "role": args.role}
-            )
-            print(token)
-            print(f"token for {args.name} ({args.role}); shown once: store it now", file=sys.stderr)
-        elif args.users_cmd == "revoke":
-            store.revoke(args.name, by=actor)
-            audit_offline(state, actor, "CLI", "users revoke", {"user": args.name})
-            print(f"revoked {args.name}")
-        else:
-            print_users(store.users(), as_json=args.json)
-    except UserError as e:
-        print(f"safegw users: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_command(sub: Any) -> None:
-    p = sub.add_parser("users", help="API users and tokens (add, list, revoke, rotate)")
-    p.add_argument("-c", "--config", help="gateway config (the users file is in its state_dir)")
-    p.add_argument("--state-dir", help="state directory instead of -c")
-    us = p.add_subparsers(dest="users_cmd", metavar="ACTION")
-    us.required = True
-    for cmd, text in (
-        ("add", "create a user and print its token once"),
-        ("rotate", "replace a user's token (the old one stops working)"),
-    ):
-        a = us.add_parser(cmd, help=text)
-        a.add_argument("name")
-        a.add_argument("--role", choices=ROLES, required=True)
-    r = us.add_parser("revoke", help="revoke a user's token")
-    r.add_argument("name")
-    lst = us.add_parser("list", help="list users (never tokens)")
-    lst.add_argument("--json", action="store_true")
-    for child in (*(us.choices[c] for c in ("add", "rotate")), r, lst):
-        # accept -c after the action too (safegw users add NAME --role viewer -c FILE)
-        child.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        child.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.set_defaults(func=_handler)

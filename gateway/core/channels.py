@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from gateway.batch import Quality
-from gateway.config import ChannelBase, Config, device_channels
+from gateway.core.batch import Quality
+from gateway.core.config import ChannelBase, Config, device_channels
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,12 +40,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
-from gateway.batch import Quality, quality_label
-from gateway.config import ApiSection, RegistersSection, parse_duration
-from gateway.metrics import render as render_metrics
-from gateway.registers import Conflict, Invalid, NotFound, RegisterStore
-from gateway.reminders import check_reminders, open_store
-from gateway.users import RANK, FailureLimiter, Principal, UserError, UserStore, check_token
+from gateway.admin.metrics import render as render_metrics
+from gateway.admin.registers import Conflict, Invalid, NotFound, RegisterStore
+from gateway.admin.reminders import check_reminders, open_store
+from gateway.core.batch import Quality, quality_label
+from gateway.core.config import ApiSection, RegistersSection
+from gateway.core.tokens import RANK, FailureLimiter, Principal, UserError, UserStore, check_token
+from gateway.core.units import parse_duration
+from rules.commands import ALL_CHANNELS, CommandError, CommandPolicy, apply_command, parse_command
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +200,7 @@ class AlarmsView:
 
     def __init__(self, gw: Any):
         self.gw = gw
+        self.policy = CommandPolicy(max_shelve_s=gw.cfg.alarms.max_shelve)
         self._version: Any = object()
         self._cache: list[dict[str, Any]] = []
 
@@ -312,32 +315,20 @@ class AlarmsView:
                 out[ch] = a
         return out
 
-    def _call(self, name: str, *args: Any, **kw: Any) -> list[dict[str, Any]]:
-        fn = getattr(self.rules, name, None)
-        if fn is None:
-            raise HTTPException(501, f"the rules engine in this build cannot {name} alarms")
+    def command(self, verb: str, doc: dict[str, Any], now_ns: int) -> list[dict[str, Any]]:
+        """An operator command (rules/commands.py: the same checks as over MQTT)."""
         try:
-            events = fn(*args, **kw)
+            cmd = parse_command(verb, doc, self.policy)
+        except CommandError as e:
+            loc = ("path", "channel") if e.field == "channel" else ("body", e.field or "")
+            raise Invalid([(loc, e.message)]) from None
+        try:
+            events = apply_command(self.rules, cmd, now_ns)
         except KeyError as e:
             raise HTTPException(404, f"no such alarm: {e.args[0] if e.args else e}") from None
         except ValueError as e:
             raise HTTPException(409, str(e)) from None
         return list(events or [])
-
-    def ack(
-        self, channel: str, user: str, now_ns: int, rule: str | None, comment: str | None
-    ) -> list[dict[str, Any]]:
-        return self._call("ack", channel, who=user, now_ns=now_ns, rule=rule, comment=comment)
-
-    def shelve(
-        self, channel: str, user: str, now_ns: int, duration_s: float, reason: str, rule: str | None
-    ) -> list[dict[str, Any]]:
-        return self._call(
-            "shelve", channel, who=user, now_ns=now_ns, duration_s=duration_s, reason=reason, rule=rule
-        )
-
-    def unshelve(self, channel: str, user: str, now_ns: int, rule: str | None) -> list[dict[str, Any]]:
-        return self._call("unshelve", channel, who=user, now_ns=now_ns, rule=rule)
 
 
 #: sensor-health rules: they make a channel yellow (fault), not red (alarm)
@@ -367,7 +358,8 @@ class AckBody(_Body):
 
 
 class ShelveBody(_Body):
-    duration: str = Field(description="how long, with a unit: 30m, 2h, 1d (at most 7d)", max_length=32)
+    duration: str = Field(description="how long, with a unit: 30m, 2h, 1d (at most alarms.max_shelve, "
+                          "7d by default)", max_length=32)
     reason: str = Field(min_length=1, max_length=1000)
     rule: str | None = Field(default=None, max_length=64)
 
@@ -785,35 +777,31 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         if name not in gw.table.by_name:
             raise HTTPException(404, f"no channel named {name!r}")
 
-    @app.post("/alarms/{channel}/ack", tags=["alarms"], summary="acknowledge a channel's alarm(s)")
+    def _alarm_command(verb: str, channel: str, request: Request, p: Principal,
+                       body: _Body | None) -> dict[str, Any]:
+        if channel != ALL_CHANNELS:
+            _check_channel(channel)
+        fields = body.model_dump(exclude_none=True) if body is not None else {}
+        audit(request, channel=channel, **fields)
+        events = ctx.alarms.command(verb, {**fields, "channel": channel, "operator": p.name}, gw.clock())
+        ctx.emit(events)
+        return {"channel": channel, "events": events}
+
+    @app.post("/alarms/{channel}/ack", tags=["alarms"],
+              summary="acknowledge a channel's alarm(s); channel '*' acknowledges every alarm")
     async def ack(
         channel: Annotated[str, PathParam(max_length=200)],
         request: Request,
         p: Operator,
         body: Annotated[AckBody | None, Body()] = None,
     ) -> dict[str, Any]:
-        _check_channel(channel)
-        body = body or AckBody()
-        audit(request, channel=channel, rule=body.rule, comment=body.comment)
-        events = ctx.alarms.ack(channel, p.name, gw.clock(), body.rule, body.comment)
-        ctx.emit(events)
-        return {"channel": channel, "events": events}
+        return _alarm_command("ack", channel, request, p, body)
 
     @app.post("/alarms/{channel}/shelve", tags=["alarms"], summary="shelve a channel's alarm(s) for a while")
     async def shelve(
         channel: Annotated[str, PathParam(max_length=200)], body: ShelveBody, request: Request, p: Operator
     ) -> dict[str, Any]:
-        _check_channel(channel)
-        try:
-            seconds = parse_duration(body.duration)
-        except ValueError as e:
-            raise Invalid([(("body", "duration"), str(e))]) from None
-        if not 0 < seconds <= 7 * 86400:
-            raise Invalid([(("body", "duration"), "shelve for more than 0 and at most 7d")])
-        audit(request, channel=channel, rule=body.rule, duration_s=seconds, reason=body.reason)
-        events = ctx.alarms.shelve(channel, p.name, gw.clock(), seconds, body.reason, body.rule)
-        ctx.emit(events)
-        return {"channel": channel, "events": events}
+        return _alarm_command("shelve", channel, request, p, body)
 
     @app.post("/alarms/{channel}/unshelve", tags=["alarms"], summary="end a shelve early")
     async def unshelve(
@@ -822,12 +810,7 @@ def create_app(ctx: ApiContext, *, docs: bool = True) -> FastAPI:
         p: Operator,
         body: Annotated[UnshelveBody | None, Body()] = None,
     ) -> dict[str, Any]:
-        _check_channel(channel)
-        body = body or UnshelveBody()
-        audit(request, channel=channel, rule=body.rule)
-        events = ctx.alarms.unshelve(channel, p.name, gw.clock(), body.rule)
-        ctx.emit(events)
-        return {"channel": channel, "events": events}
+        return _alarm_command("unshelve", channel, request, p, body)
 
     # ---------------------------------------------------------------- history
     @app.get("/history/{channel}", tags=["history"], summary="a channel's stored values")
@@ -1265,7 +1248,7 @@ async def _history(
 ) -> dict[str, Any]:
     """From the historian's query when it is there, else from the journal."""
     try:
-        hist_mod: Any = importlib.import_module("gateway.history")
+        hist_mod: Any = importlib.import_module("gateway.historian.history")
     except ModuleNotFoundError:
         hist_mod = None
     query = getattr(hist_mod, "query_api", None) if hist_mod is not None else None
@@ -1278,7 +1261,7 @@ async def _history(
                 raise HTTPException(503, msg) from None
             raise Invalid([(("query",), msg)]) from None
         return result
-    from gateway.batch import Batch
+    from gateway.core.batch import Batch
 
     def scan(db: Any) -> tuple[list[int], list[float], list[int], bool]:
         dz = zstandard.ZstdDecompressor()
@@ -1365,7 +1348,7 @@ class ApiService:
         self.gw = gw
         self.section = section
         self.reg = registers
-        base = getattr(gw.cfg, "_base_dir", Path("."))
+        base = gw.cfg.base_dir
         self.store = open_store(gw, registers)
         state = Path(gw.cfg.gateway.state_dir)
         users_file = section.users_file or state / "users.json"
@@ -1413,7 +1396,7 @@ class ApiService:
         sock.set_inheritable(False)
         self._sock = sock
         self.port = sock.getsockname()[1]
-        base = getattr(self.gw.cfg, "_base_dir", Path("."))
+        base = self.gw.cfg.base_dir
 
         def p(x: Path | None) -> str | None:
             return None if x is None else str(x if x.is_absolute() else base / x)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.batch import Quality
+from gateway.core.batch import Quality
 
 
 def _esc(v: str) -> str:

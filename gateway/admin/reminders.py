@@ -13,15 +13,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gateway.config import RegistersSection
-from gateway.registers import RegisterStore, SchemaError, load_schemas
+from gateway.admin.registers import RegisterStore, SchemaError, load_schemas
+from gateway.core.config import RegistersSection
 
 log = logging.getLogger(__name__)
 
 
 def open_store(gw: Any, registers: RegistersSection) -> RegisterStore:
     """The gateway's register store (registers.db in the state directory)."""
-    base = getattr(gw.cfg, "_base_dir", Path("."))
+    base = gw.cfg.base_dir
     types_file = registers.types_file
     if types_file is not None and not types_file.is_absolute():
         types_file = base / types_file

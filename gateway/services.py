@@ -1,0 +1,65 @@
+"""The daemon's parts and what they may rely on.
+
+A part of the daemon (historian, MQTT, uplink, admin API, reminders, channel table,
+and the regulator adapters and notifiers to come) is a ``Service``: it is built from
+its config section by a factory listed in ``gateway.app.SERVICES``, started before
+the sources (``start``), run in the daemon's task group (``run``), given a bounded
+time to deliver what is already journaled at shutdown (``drain``), then stopped
+(``stop``). ``stats`` is what ``/status`` and ``/metrics`` show of it.
+
+A service sees the daemon through ``DaemonContext``: the config, the journal, the
+channel table, the live values, the rules engine, the clock and ``emit_events``; not
+the daemon object's other insides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.core.channels import ChannelTable, LiveTable
+from gateway.core.config import Config
+from gateway.store.journal import Journal
+from rules.engine import RulesEngine
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def drain(self) -> None:
+        """Deliver what is already journaled, as far as it goes; bounded by the caller."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state for /status and /metrics (JSON-able, cheap)."""
+        ...
+
+
+class DaemonContext(Protocol):
+    """What a service may use of the daemon."""
+
+    cfg: Config
+    journal: Journal
+    table: ChannelTable
+    live: LiveTable
+    rules: RulesEngine
+    state_dir: Path
+    services: list[Service]
+    started_ns: int
+    #: ns since the epoch (injectable in tests)
+    clock: Callable[[], int]
+
+    def emit_events(self, events: list[dict[str, Any]]) -> None:
+        """Journal events made outside the rules tick (operator commands, registers)."""
+        ...
+
+
+#: (context, config section) → the service, or None when the section asks for none
+ServiceFactory = Callable[[DaemonContext, Any], "Service | None"]
