@@ -11,9 +11,23 @@ from gateway.core import configcheck
 from gateway.core.cliutil import EXIT_CONFIG, print_config_errors
 from gateway.core.config import Config
 from gateway.core.configcheck import ConfigError, Source
+from gateway.core.yamlsrc import Path_
 from rules.settings import check_config as rules_checks
 
-CHECKS = (modbus_checks, rules_checks)
+
+def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
+    """The central public keys the uplink encrypts to must be there (found only at start
+    otherwise, by which time the engineer has left the site)."""
+    errs: list[tuple[Path_, str]] = []
+    if cfg.uplink is not None:
+        for i, p in enumerate(cfg.uplink.central_keys):
+            if not cfg.path(p).is_file():
+                errs.append((("uplink", "central_keys", i), f"no file {cfg.path(p)}: copy central's public "
+                             "key bundle there (safegw keys show on the central node)"))
+    return errs
+
+
+CHECKS = (modbus_checks, rules_checks, uplink_checks)
 
 __all__ = ["CHECKS", "ConfigError", "load", "load_or_exit", "loads", "validate"]
 

@@ -10,10 +10,12 @@ fields and the error report are in ``gateway.core.configcheck``; the daemon's lo
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,8 +23,41 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.core.units import Duration, Number, Size
+from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
+
+
+def _plain_text(v: str) -> str:
+    """Names people read and tools key on: no control, format (zero-width, right-to-left
+    override) or line-separator characters, which make two names look alike or a log line
+    lie."""
+    for ch in v:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"):
+            raise ValueError(f"{v[:80]!r} holds an invisible or control character (U+{ord(ch):04X}); "
+                             "type the name plainly")
+    return v
+
+
+def _topic_safe(v: str) -> str:
+    """Text that becomes part of an MQTT topic: no wildcards, no levels of its own."""
+    _plain_text(v)
+    if any(c in v for c in "#+/") or v.startswith("$"):
+        raise ValueError(f"{v[:80]!r} would break MQTT topics: no '#', '+' or '/', and no leading '$'")
+    return v
+
+
+def _topic_prefix(v: str) -> str:
+    _plain_text(v)
+    if any(c in v for c in "#+") or v.startswith("$") or v.startswith("/") or "//" in v:
+        raise ValueError(f"{v[:80]!r} is not a topic prefix: no '#' or '+' wildcards, no leading '$' "
+                         "or '/', no empty levels")
+    return v
+
+
+Host = Annotated[str, AfterValidator(check_host)]
+Listen = Annotated[str, AfterValidator(check_listen)]
+PlainText = Annotated[str, AfterValidator(_plain_text)]
+TopicSafe = Annotated[str, AfterValidator(_topic_safe)]
 
 
 class Strict(BaseModel):
@@ -36,7 +71,8 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 class GatewaySection(Strict):
     id: str = Field(pattern=ID_PATTERN, description="gateway id, as central knows it")
-    site: str = Field(min_length=1, description="enterprise / site code (统一社会信用代码), quoted")
+    site: TopicSafe = Field(min_length=1, max_length=64,
+                            description="enterprise / site code (统一社会信用代码), quoted")
     name: str | None = Field(default=None, description="human name shown in the API and the demo")
     state_dir: Path = Field(default=Path("/var/lib/safegw"),
                             description="journal, keys, registers live here; "
@@ -131,7 +167,7 @@ ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
 
 class ChannelBase(Strict):
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[^\s/#+]+$")
+    name: PlainText = Field(min_length=1, max_length=128, pattern=r"^[^\s/#+]+$")
     kind: Kind
     unit: str = ""
     description: str | None = None
@@ -142,8 +178,8 @@ class ChannelBase(Strict):
     alarms: AlarmSettings | None = None
     preset: str | None = None
     exposure: str | ExposureSettings | None = None
-    hazard_source: str | None = None
-    area: str | None = None
+    hazard_source: PlainText | None = Field(default=None, max_length=128)
+    area: PlainText | None = Field(default=None, max_length=128)
     maintenance: bool = False
 
     @field_validator("name", mode="before")
@@ -200,7 +236,7 @@ class DeviceBase(Strict):
 
 class ModbusTcpDevice(DeviceBase):
     protocol: Literal["modbus-tcp"]
-    host: str
+    host: Host
     port: int = Field(default=502, ge=1, le=65535)
     unit: int = Field(default=1, ge=0, le=255)
     max_gap: int = Field(default=8, ge=0, le=124, description="registers read through to merge requests")
@@ -301,14 +337,14 @@ class TlsClient(Strict):
 
 
 class MqttSection(Strict):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str | None = None
     username: str | None = None
     password: str | None = None
     password_file: Path | None = None
     tls: TlsClient | None = None
-    topic_prefix: str | None = None
+    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] | None = Field(default=None, max_length=200)
     qos: Literal[0, 1, 2] = 1
     keepalive: Duration = 30.0
     values_every: Duration | None = Field(default=None, description="publish live values this often")
@@ -369,7 +405,7 @@ class InfluxSection(Strict):
 
 class UplinkSection(Strict):
     mode: Literal["pull", "push"] = "pull"
-    listen: str | None = "0.0.0.0:8443"
+    listen: Listen | None = "0.0.0.0:8443"
     central_url: str | None = None
     central_keys: list[Path] = Field(default_factory=list)
     cipher: Literal["aes-256-gcm", "sm4-gcm"] = "aes-256-gcm"
@@ -388,8 +424,8 @@ class UplinkSection(Strict):
 
 
 class ApiSection(Strict):
-    listen: str = Field(default="127.0.0.1:8080", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                        description="host:port ([::1]:8080 for IPv6); loopback unless you mean it")
+    listen: Listen = Field(default="127.0.0.1:8080",
+                           description="host:port ([::1]:8080 for IPv6); loopback unless you mean it")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     users_file: Path | None = Field(default=None, description="token store (default: <state_dir>/users.json)")
@@ -406,8 +442,9 @@ class RegistersSection(Strict):
         default=[30, 7, 1], description="raise a reminder this many days before a due date (one or several "
                                         "thresholds); an overdue reminder follows on the day after")
     types_file: Path | None = Field(default=None, description="YAML with the plant's own register types")
-    max_attachment: Size = 20 * 10**6
-    check_every: Duration = Field(default=3600.0, description="how often due dates are checked")
+    max_attachment: Size = Field(default=20 * 10**6, ge=1024, description="largest attachment, at least 1KB")
+    check_every: Duration = Field(default=3600.0, ge=60, description="how often due dates are checked "
+                                  "(at least 1m)")
     personal_upstream: Literal["full", "masked", "omitted"] = Field(
         default="full", description="personal fields (ID and phone numbers) in the journal events the "
                                     "uplink carries to the regulator: full, masked (all but the last four "

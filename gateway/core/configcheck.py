@@ -391,10 +391,16 @@ def _partial_cross_check(src: Source, errors: list[dict[str, Any]],
         cfg = Config.model_validate(data)
     except ValidationError:
         return []  # still broken: the schema errors are all we can say
+    cfg.base_dir = base_dir_of(src)
     out: list[tuple[Path_, str]] = []
     for path, msg in _all_checks(cfg, checks):
         out.append((_unprune(path, maps), msg))
     return out
+
+
+def base_dir_of(src: Source) -> Path:
+    """The folder relative paths in a config resolve against: the file's own."""
+    return Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
 
 
 def _all_checks(cfg: Config, checks: Iterable[Check]) -> list[tuple[Path_, str]]:
@@ -438,11 +444,11 @@ def validate(src: Source, checks: Iterable[Check] = ()) -> Config:
         for path, msg in _partial_cross_check(src, errors, checks):
             add(path, msg)
     else:
+        cfg.base_dir = base_dir_of(src)
         for path, msg in _all_checks(cfg, checks):
             add(path, msg)
     if found or cfg is None:
         raise ConfigError([line for *_, line in sorted(found)])
-    cfg.base_dir = Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
     return cfg
 
 

@@ -6,6 +6,11 @@ is octal 322 and ``12:30`` is 750. A channel named ``on`` or an address written
 YAML 1.2 core-schema rules instead: only ``true``/``false`` are booleans, only
 ``null``/``~``/empty is null, integers are decimal without leading zeros (``0x1F``
 hex is accepted), and anything else stays a string for the models to interpret.
+
+Loading is bounded before and while it works, so a hostile or broken file costs
+little: at most ``MAX_BYTES`` of text, ``MAX_DEPTH`` levels of nesting, ``MAX_ALIAS_NODES``
+values added by expanding aliases (a "billion laughs" file is refused, not expanded),
+no alias that contains itself, and numbers of at most ``MAX_NUMBER_CHARS`` characters.
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ from typing import Any, ClassVar
 import yaml
 
 Path_ = tuple[str | int, ...]
+
+#: a config file larger than this is refused before it is parsed (a 50,000-channel
+#: config is about 10 MB)
+MAX_BYTES = 32 * 2**20
+#: nesting deeper than this is refused (a config needs about 8)
+MAX_DEPTH = 64
+#: values an alias may add when expanded, over the whole document (the values written
+#: in the file are bounded by its size)
+MAX_ALIAS_NODES = 100_000
+#: digits of a number, at most (a register address or a limit needs a few)
+MAX_NUMBER_CHARS = 64
 
 _INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$")
 _HEX = re.compile(r"^0x[0-9a-fA-F_]+$")
@@ -133,20 +149,58 @@ def _scalar(node: yaml.ScalarNode) -> Any:
     return v
 
 
-def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
+class _Budget:
+    """What building one document may still spend, and the nodes on the current path
+    (an alias that contains itself would otherwise recurse for ever)."""
+
+    __slots__ = ("alias_nodes", "built", "open")
+
+    def __init__(self) -> None:
+        self.alias_nodes = MAX_ALIAS_NODES
+        self.built: set[int] = set()
+        self.open: set[int] = set()
+
+
+def _build(node: yaml.Node, path: Path_, src: Source, budget: _Budget) -> Any:
+    def fail(message: str) -> YamlError:
+        mark = node.start_mark
+        return YamlError(src.file, mark.line + 1, mark.column + 1, message, dotted(path))
+
+    if id(node) in budget.built:  # a node met again: an alias being expanded
+        budget.alias_nodes -= 1
+        if budget.alias_nodes < 0:
+            raise fail(f"aliases expand to more than {MAX_ALIAS_NODES:,} values (aliases repeated "
+                       "inside aliases?); write the values out")
+    else:
+        budget.built.add(id(node))
+    if len(path) > MAX_DEPTH:
+        raise fail(f"nested deeper than {MAX_DEPTH} levels")
     src.marks[path] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.ScalarNode):
+        if len(node.value) > MAX_NUMBER_CHARS and node.style not in ("'", '"', "|", ">") and (
+                _INT.match(node.value) or _HEX.match(node.value) or _FLOAT.match(node.value)):
+            raise fail(f"a number of {len(node.value)} characters; at most {MAX_NUMBER_CHARS}")
         v = _scalar(node)
         if isinstance(v, int | float) and not isinstance(v, bool):
             src.texts[path] = node.value
         return v
+    if id(node) in budget.open:
+        raise fail("an alias that contains itself (a recursive anchor)")
+    budget.open.add(id(node))
+    try:
+        return _build_collection(node, path, src, budget)
+    finally:
+        budget.open.discard(id(node))
+
+
+def _build_collection(node: yaml.Node, path: Path_, src: Source, budget: _Budget) -> Any:
     if isinstance(node, yaml.SequenceNode):
-        return [_build(child, (*path, i), src) for i, child in enumerate(node.value)]
+        return [_build(child, (*path, i), src, budget) for i, child in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for knode, vnode in node.value:
             if knode.tag == "tag:yaml.org,2002:merge" or (
-                isinstance(knode, yaml.ScalarNode) and knode.value == "<<" and knode.style is None
+                isinstance(knode, yaml.ScalarNode) and knode.value == "<<" and not knode.style
             ):
                 raise YamlError(
                     src.file, knode.start_mark.line + 1, knode.start_mark.column + 1,
@@ -165,7 +219,7 @@ def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
                     f"duplicate key {key!r} (first at line {first.line}); keep one", dotted((*path, key)),
                 )
             src.key_marks[(*path, key)] = Mark(knode.start_mark.line + 1, knode.start_mark.column + 1)
-            out[key] = _build(vnode, (*path, key), src)
+            out[key] = _build(vnode, (*path, key), src, budget)
         return out
     raise YamlError(src.file, node.start_mark.line + 1, node.start_mark.column + 1, "unsupported YAML node",
                     dotted(path))
@@ -173,6 +227,9 @@ def _build(node: yaml.Node, path: Path_, src: Source) -> Any:
 
 def load_text(text: str, file: str = "<string>") -> Source:
     src = Source(file=file, data=None)
+    if len(text) > MAX_BYTES:
+        raise YamlError(file, 1, 1, f"{len(text):,} characters is too large for a config file "
+                        f"(at most {MAX_BYTES:,})", "(file)")
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
@@ -188,16 +245,21 @@ def load_text(text: str, file: str = "<string>") -> Source:
         raise YamlError(file, line, col, msg) from None
     except yaml.YAMLError as e:  # reader errors (control characters, ...)
         raise YamlError(file, 1, 1, str(e)) from None
+    except RecursionError:
+        raise YamlError(file, 1, 1, f"nested too deeply (at most {MAX_DEPTH} levels)") from None
     if node is None:
         src.data = {}
         return src
-    src.data = _build(node, (), src)
+    src.data = _build(node, (), src, _Budget())
     return src
 
 
 def load_file(path: str | Path) -> Source:
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_BYTES:
+            raise YamlError(str(path), 1, 1, f"{p.stat().st_size:,} bytes is too large for a config file "
+                            f"(at most {MAX_BYTES:,})", "(file)")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise YamlError(str(path), 1, 1, "file not found", "(file)") from None
