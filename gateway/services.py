@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
 from gateway.store.journal import Journal
 from rules.engine import RulesEngine
+
+if TYPE_CHECKING:
+    from gateway.app import DeviceState
 
 
 class Service(Protocol):
@@ -53,6 +56,10 @@ class DaemonContext(Protocol):
     state_dir: Path
     services: list[Service]
     started_ns: int
+    #: per device: state, last error, poll counters (for /status and /metrics)
+    devices: dict[str, DeviceState]
+    ingested_batches: int
+    ingest_errors: int
     #: ns since the epoch (injectable in tests)
     clock: Callable[[], int]
 

@@ -74,20 +74,20 @@ def test_reminders_on_a_frozen_date_reach_the_journal_once(tmp_path: Path, sim_f
         sw = next(e for e in got if e["register"] == "special_worker")
         assert sw["due"] == "2026-03-20" and sw["field"] == "expiry" and sw["label"] == "Zhang San"
         # many more checks on the same day: nothing new
-        n_checks = d.api.ctx.reminders
+        n_checks = d.api.registers.reminders
         api = d.api
         checked: list[int] = []  # reminders raised by each check from now on
-        check = api.check_reminders
+        check = api.registers.check_reminders
 
         async def counted() -> list[dict[str, Any]]:
             events = await check()
             checked.append(len(events))
             return events
 
-        api.check_reminders = counted  # the service's loop looks it up on every round
+        api.registers.check_reminders = counted  # the service's loop looks it up on every round
         wait_until(lambda: len(checked) >= 5, 10, what="five more reminder checks")
         assert not any(checked), checked
-        assert len(reminders()) == 2 and d.api.ctx.reminders == n_checks
+        assert len(reminders()) == 2 and d.api.registers.reminders == n_checks
         # a week later: the certificate crosses 7 days, the boiler is overdue
         clock.set(dt.date(2026, 3, 14))
         got = wait_until(lambda: len(reminders()) >= 4 and reminders(), 10, what="second round")

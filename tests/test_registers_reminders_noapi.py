@@ -24,7 +24,7 @@ registers: {{check_every: 50ms}}
     gw = Gateway(cfg, clock=lambda: now[0])
     gw.build_services()
     svc = next(s for s in gw.services if s.name == "registers")
-    store = gw.registers
+    store = svc.store
     store.create("special_equipment", {"name": "boiler", "category": "boiler", "location": "B1",
                                        "registration_no": "R-1", "next_inspection": "2026-03-05"}, "op")
     gw.services.clear()  # run() builds them again
@@ -38,6 +38,5 @@ registers: {{check_every: 50ms}}
     assert isinstance(got, list)
     seen = [(e["register"], e["due"], e["threshold"]) for e in got]
     assert seen == [("special_equipment", "2026-03-05", 7)]
-    assert svc.store is store
     gw.stop()
     await asyncio.wait_for(task, 10)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gateway.core.batch import Quality
+from gateway.services import DaemonContext
 
 
 def _esc(v: str) -> str:
@@ -56,16 +57,18 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
-def render(gw: Any, *, active_alarms: int | None = None, api: dict[str, Any] | None = None) -> str:
+def render(
+    daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
+) -> str:
     """The whole exposition for one scrape."""
     e = Exposition()
-    now = gw.clock()
+    now = daemon.clock()
     e.family("safegw_up", "gauge", "1 while the gateway runs", 1)
     e.family(
-        "safegw_uptime_seconds", "gauge", "seconds since the gateway started", (now - gw.started_ns) / 1e9
+        "safegw_uptime_seconds", "gauge", "seconds since the gateway started", (now - daemon.started_ns) / 1e9
     )
-    e.family("safegw_channels", "gauge", "configured channels", len(gw.table))
-    devs = list(gw.devices.values())
+    e.family("safegw_channels", "gauge", "configured channels", len(daemon.table))
+    devs = list(daemon.devices.values())
     e.family(
         "safegw_device_polls_total",
         "counter",
@@ -102,7 +105,7 @@ def render(gw: Any, *, active_alarms: int | None = None, api: dict[str, Any] | N
         "duration of the last poll",
         [({"device": d.name}, d.last_poll_ms / 1e3) for d in devs],
     )
-    q = gw.live.quality
+    q = daemon.live.quality
     good = int(np.count_nonzero(q < Quality.UNCERTAIN))
     bad = int(np.count_nonzero(q >= Quality.BAD))
     e.family(
@@ -115,9 +118,11 @@ def render(gw: Any, *, active_alarms: int | None = None, api: dict[str, Any] | N
             ({"quality": "bad"}, bad),
         ],
     )
-    e.family("safegw_ingested_batches_total", "counter", "batches handed to the journal", gw.ingested_batches)
-    e.family("safegw_ingest_errors_total", "counter", "batches the journal refused", gw.ingest_errors)
-    st = gw.journal.stats()
+    e.family(
+        "safegw_ingested_batches_total", "counter", "batches handed to the journal", daemon.ingested_batches
+    )
+    e.family("safegw_ingest_errors_total", "counter", "batches the journal refused", daemon.ingest_errors)
+    st = daemon.journal.stats()
     first, last = int(st.get("first_seq") or 0), int(st.get("last_seq") or 0)
     e.family("safegw_journal_last_seq", "counter", "sequence number of the newest record", last)
     e.family(
@@ -146,11 +151,8 @@ def render(gw: Any, *, active_alarms: int | None = None, api: dict[str, Any] | N
     )
     if active_alarms is not None:
         e.family("safegw_alarms_active", "gauge", "alarms active now", active_alarms)
-    for svc in getattr(gw, "services", []):
-        stats_fn = getattr(svc, "stats", None)
-        if stats_fn is None or svc.name == "api":
-            continue
-        s = stats_fn()
+    for svc in daemon.services:
+        s = svc.stats()
         if svc.name == "uplink":
             link = s.get("link", {}) if isinstance(s, dict) else {}
             out = link.get("bytes_out_total", s.get("sealed_bytes", 0))

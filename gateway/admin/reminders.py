@@ -1,81 +1,87 @@
-"""Register reminders when the admin API is off.
+"""The register store's service: it owns the store (registers.db in the state directory)
+and raises due-date reminders (certificate expiry, next inspection, hidden-danger
+deadlines) into the journal every ``registers.check_every``.
 
-With an ``api:`` section the API service owns the register store and checks due dates
-(it serves the same store). Without one, the registers still exist in the embedded
-default and their due dates (certificate expiry, next inspection, hidden-danger
-deadlines) must still raise reminder events into the journal: this service does that.
+With an ``api:`` section the admin API builds this service and runs it beside its
+server (it serves the same store, and must stop it only after the server); without
+one, the daemon runs it on its own, for the registers exist in the embedded default too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from gateway.admin.registers import RegisterStore, SchemaError, load_schemas
 from gateway.core.config import RegistersSection
+from gateway.services import DaemonContext
 
 log = logging.getLogger(__name__)
 
 
-def open_store(gw: Any, registers: RegistersSection) -> RegisterStore:
+def open_store(daemon: DaemonContext, registers: RegistersSection) -> RegisterStore:
     """The gateway's register store (registers.db in the state directory)."""
-    base = gw.cfg.base_dir
     types_file = registers.types_file
     if types_file is not None and not types_file.is_absolute():
-        types_file = base / types_file
+        types_file = daemon.cfg.base_dir / types_file
     try:
         schemas = load_schemas(types_file)
     except SchemaError as e:
         raise RuntimeError("register types are invalid:\n" + "\n".join(e.lines)) from None
-    store = RegisterStore(
-        Path(gw.cfg.gateway.state_dir) / "registers.db",
+    return RegisterStore(
+        daemon.state_dir / "registers.db",
         schemas=schemas,
-        channels=gw.table.names(),
-        clock=gw.clock,
+        channels=daemon.table.names(),
+        clock=daemon.clock,
         remind_days=registers.remind_days,
         max_attachment=registers.max_attachment,
         personal_upstream=registers.personal_upstream,
     )
-    gw.registers = store
-    return store
 
 
-async def check_reminders(gw: Any, store: RegisterStore) -> list[dict[str, Any]]:
-    """Due-date reminders not raised before, journaled through the gateway."""
-    try:
-        events = await store.call(store.check_reminders)
-    except Exception as e:  # sqlite trouble: say so, try again next time
-        log.error("register reminder check failed: %s", e)
-        return []
-    if events:
-        gw.emit_events(events)
-    return events
-
-
-class ReminderService:
+class RegisterService:
     name = "registers"
 
-    def __init__(self, gw: Any, section: RegistersSection):
-        self.gw = gw
+    def __init__(self, daemon: DaemonContext, section: RegistersSection):
+        self.daemon = daemon
         self.section = section
-        self.store = open_store(gw, section)
+        self.store = open_store(daemon, section)
         self.reminders = 0
 
     async def start(self) -> None:
         log.info("register reminders on (%d register types, no admin API)", len(self.store.types))
 
     async def run(self) -> None:
+        """Checks due dates now and then every ``check_every``."""
         while True:
-            self.reminders += len(await check_reminders(self.gw, self.store))
+            # looked up on every round (a test counts the checks by replacing it)
+            await self.check_reminders()
             await asyncio.sleep(self.section.check_every)
+
+    async def check_reminders(self) -> list[dict[str, Any]]:
+        """Due-date reminders not raised before, journaled through the daemon."""
+        try:
+            events = await self.store.call(self.store.check_reminders)
+        except Exception as e:  # sqlite trouble: say so, try again next time
+            log.error("register reminder check failed: %s", e)
+            return []
+        if events:
+            self.daemon.emit_events(events)
+            self.reminders += len(events)
+        return events
+
+    async def drain(self) -> None:
+        """Nothing to deliver: reminders are journaled as they are raised."""
 
     async def stop(self) -> None:
         self.store.close()
 
+    def stats(self) -> dict[str, Any]:
+        return {"types": len(self.store.types), "reminders": self.reminders}
 
-def build_service(gw: Any, section: RegistersSection) -> ReminderService | None:
-    if getattr(gw.cfg, "api", None) is not None:
-        return None  # the API service owns the store and the reminders
-    return ReminderService(gw, section)
+
+def build_service(daemon: DaemonContext, section: RegistersSection) -> RegisterService | None:
+    if daemon.cfg.api is not None:
+        return None  # the admin API builds this service and runs it beside its server
+    return RegisterService(daemon, section)

@@ -111,6 +111,7 @@ def check_listen(v: str) -> str:
     parse_listen(v)
     return v
 
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` → (host, port); the port is 0-65535 (0: any free
     port, which tests use)."""

@@ -1,0 +1,73 @@
+"""What the admin API's routers share: the daemon, the register store, the users, the
+live and alarm views, and the request helpers (audit detail, bounded body reading)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict
+
+from gateway.admin.registers import RegisterStore
+from gateway.admin.reminders import RegisterService
+from gateway.admin.views import AlarmsView, ChannelView
+from gateway.core.tokens import FailureLimiter, UserStore
+from gateway.services import DaemonContext
+
+T = TypeVar("T")
+
+
+class StrictBody(BaseModel):
+    """A request body that refuses unknown fields (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class AdminContext:
+    daemon: DaemonContext
+    registers: RegisterService
+    users: UserStore
+    channels: ChannelView
+    alarms: AlarmsView
+    #: largest request body (imports); attachments have the registers' own limit
+    max_body: int
+    limiter: FailureLimiter = field(default_factory=lambda: FailureLimiter(10, 300.0, 300.0))
+    #: responses by status class (2xx, 4xx, ...), for /status and /metrics
+    requests: dict[str, int] = field(default_factory=dict)
+    #: token checks run at once (each is a slow hash): more wait, so guessing stays slow
+    verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+    @property
+    def store(self) -> RegisterStore:
+        return self.registers.store
+
+    def emit(self, events: list[dict[str, Any]]) -> None:
+        if events:
+            self.daemon.emit_events(events)
+
+    async def call(self, fn: Callable[..., T], *a: Any, **kw: Any) -> T:
+        """A register store method on the store's own thread."""
+        return await self.store.call(fn, *a, **kw)
+
+    @staticmethod
+    def audit(request: Request, **detail: Any) -> None:
+        """Detail for this request's audit record (written by the audit middleware)."""
+        request.scope.setdefault("state", {}).setdefault("audit", {}).update(detail)
+
+    @staticmethod
+    async def body_bytes(request: Request, limit: int) -> bytes:
+        """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limit:
+            raise HTTPException(413, f"body is {cl} bytes; the limit is {limit}")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

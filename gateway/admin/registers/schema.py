@@ -1,0 +1,435 @@
+"""Register types and their validation: the field, workflow and type models, the
+built-in types (``register_types.yaml``) plus a plant's own file (``load_schemas``), the
+checks a record's fields go through (``Validator``), and personal-data redaction for what
+travels upstream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUILTIN_TYPES = Path(__file__).with_name("register_types.yaml")
+
+FieldType = Literal[
+    "text", "int", "number", "bool", "date", "datetime", "enum", "list", "ref", "channel", "channels", "table"
+]
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FieldSpec(_Strict):
+    type: FieldType
+    title: str | None = None
+    required: bool = False
+    values: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    max_length: int = Field(default=4000, ge=1)
+    to: str | None = None
+    columns: dict[str, FieldSpec] | None = None
+    due: bool = False
+    #: personal data (an ID number, a phone number): never written to InfluxDB, and
+    #: masked or left out of the journal events (so the uplink) when the config says so
+    personal: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.type == "enum" and not self.values:
+            raise ValueError("an enum needs 'values'")
+        if self.type != "enum" and self.values is not None:
+            raise ValueError("'values' applies to enum fields only")
+        if self.type == "ref" and not self.to:
+            raise ValueError("a ref needs 'to': the register it points to")
+        if self.type == "table" and not self.columns:
+            raise ValueError("a table needs 'columns'")
+        if self.due and self.type != "date":
+            raise ValueError("only a date field can be 'due'")
+        return self
+
+
+class TransitionSpec(_Strict):
+    from_: list[str] = Field(alias="from", min_length=1)
+    to: str
+    requires: list[str] = Field(default_factory=list)
+    title: str | None = None
+
+
+class OverdueSpec(_Strict):
+    field: str
+
+
+class WorkflowSpec(_Strict):
+    states: list[str] = Field(min_length=1)
+    initial: str
+    final: list[str] = Field(default_factory=list)
+    transitions: dict[str, TransitionSpec]
+    overdue: OverdueSpec | None = None
+
+
+class TypeSpec(_Strict):
+    title: str
+    title_zh: str | None = None
+    label: str | None = None
+    fields: dict[str, FieldSpec] = Field(min_length=1)
+    workflow: WorkflowSpec | None = None
+
+    def due_fields(self) -> list[str]:
+        return [n for n, f in self.fields.items() if f.due]
+
+    def personal_fields(self) -> list[str]:
+        """Personal fields as paths: ``phone``, or ``table.column`` for a table's column."""
+        out = []
+        for n, f in self.fields.items():
+            if f.personal:
+                out.append(n)
+            elif f.columns:
+                out.extend(f"{n}.{c}" for c, cf in f.columns.items() if cf.personal)
+        return out
+
+
+PersonalMode = Literal["full", "masked", "omitted"]
+
+
+def mask(value: Any) -> str:
+    """A personal value masked but for its last four characters (fewer for short ones):
+    ``110101199003071234`` → ``**************1234``, enough to tell two records apart."""
+    text = str(value)
+    keep = min(4, len(text) // 3)
+    return "*" * (len(text) - keep) + text[len(text) - keep:]
+
+
+def redact(data: dict[str, Any], paths: Iterable[str], mode: PersonalMode) -> dict[str, Any]:
+    """A copy of a record's data with its personal fields (``personal_fields`` paths) masked
+    or left out; ``full`` returns the data as it is."""
+    if mode == "full":
+        return data
+    out = dict(data)
+    for path in paths:
+        top, _, col = path.partition(".")
+        if top not in out:
+            continue
+        if not col:
+            if mode == "omitted":
+                del out[top]
+            else:
+                out[top] = mask(out[top])
+            continue
+        rows = out[top]
+        if isinstance(rows, list):
+            out[top] = [redact(r, [col], mode) if isinstance(r, dict) else r for r in rows]
+    return out
+
+
+class SchemaError(Exception):
+    """A register type file is wrong; each line names file, type, field and reason."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+_RESERVED = {"id", "state", "archived", "version"}  # export columns
+
+
+def _read_types(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.CSafeLoader)
+    except (OSError, yaml.YAMLError) as e:
+        raise SchemaError([f"{path}: {e}"]) from None
+    if not isinstance(doc, dict):
+        raise SchemaError([f"{path}: expected a mapping of register type name -> definition"])
+    return doc
+
+
+def load_schemas(extra: Path | None = None) -> dict[str, TypeSpec]:
+    """The built-in types, plus (or extended by) a plant's own file."""
+    sources: list[tuple[Path, dict[str, Any]]] = [(BUILTIN_TYPES, _read_types(BUILTIN_TYPES))]
+    if extra is not None:
+        sources.append((extra, _read_types(extra)))
+    types: dict[str, TypeSpec] = {}
+    origin: dict[str, Path] = {}
+    errors: list[str] = []
+    for path, doc in sources:
+        for name, body in doc.items():
+            if not isinstance(name, str) or not name or set(name) - _NAME_OK:
+                errors.append(f"{path}: {name!r}: type names are lower-case letters, digits and _")
+                continue
+            if name in types and isinstance(body, dict) and set(body) <= {"fields"}:
+                # a plant adds fields to a built-in type
+                base = types[name].model_dump(by_alias=True, exclude_none=True)
+                for fname in body.get("fields") or {}:
+                    if fname in base["fields"]:
+                        errors.append(
+                            f"{path}: {name}.fields.{fname}: already defined; "
+                            "a plant file may add fields, not redefine them"
+                        )
+                base["fields"].update(body.get("fields") or {})
+                body = base
+            elif name in types:
+                errors.append(f"{path}: {name}: type already defined; to extend it give only 'fields:'")
+                continue
+            try:
+                types[name] = TypeSpec.model_validate(body)
+                origin[name] = path
+            except ValidationError as e:
+                for err in e.errors():
+                    loc = ".".join(str(x) for x in err["loc"])
+                    errors.append(f"{path}: {name}.{loc}: {err['msg']}")
+    for name, spec in types.items():
+        errors.extend(f"{origin[name]}: {e}" for e in _check_type(name, spec, types))
+    if errors:
+        raise SchemaError(errors)
+    return types
+
+
+def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[str]:
+    errs = []
+    for fname, f in spec.fields.items():
+        if set(fname) - _NAME_OK or fname in _RESERVED:
+            errs.append(
+                f"{name}.fields.{fname}: field names are lower-case letters, digits and _, "
+                f"and not one of {sorted(_RESERVED)}"
+            )
+        if f.type == "ref" and f.to not in types:
+            errs.append(
+                f"{name}.fields.{fname}.to: unknown register {f.to!r}; known: {', '.join(sorted(types))}"
+            )
+        for cname, c in (f.columns or {}).items():
+            if c.type in ("table", "ref", "channels"):
+                errs.append(f"{name}.fields.{fname}.columns.{cname}: a table column cannot be a {c.type}")
+    if spec.label is not None and spec.label not in spec.fields:
+        errs.append(f"{name}.label: {spec.label!r} is not a field")
+    wf = spec.workflow
+    if wf is not None:
+        states = set(wf.states)
+        if wf.initial not in states:
+            errs.append(f"{name}.workflow.initial: {wf.initial!r} is not one of the states")
+        for s in wf.final:
+            if s not in states:
+                errs.append(f"{name}.workflow.final: {s!r} is not one of the states")
+        for tname, t in wf.transitions.items():
+            for s in [*t.from_, t.to]:
+                if s not in states:
+                    errs.append(f"{name}.workflow.transitions.{tname}: {s!r} is not one of the states")
+            for r in t.requires:
+                if r not in spec.fields:
+                    errs.append(f"{name}.workflow.transitions.{tname}.requires: {r!r} is not a field")
+        if wf.overdue is not None and (
+            wf.overdue.field not in spec.fields or spec.fields[wf.overdue.field].type != "date"
+        ):
+            errs.append(f"{name}.workflow.overdue.field: must name a date field")
+    return errs
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class Invalid(Exception):
+    """Record data that does not fit its type: ``errors`` = [(location, reason), ...]."""
+
+    def __init__(self, errors: list[tuple[tuple[str | int, ...], str]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in errors))
+        self.errors = errors
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    pass
+
+
+def parse_date(v: Any) -> str:
+    if isinstance(v, str) and len(v) == 10:
+        try:
+            return dt.date.fromisoformat(v).isoformat()
+        except ValueError:
+            pass
+    raise ValueError(f"expected a date YYYY-MM-DD, got {_short(v)}")
+
+
+def parse_datetime(v: Any) -> str:
+    if isinstance(v, str) and 10 <= len(v) <= 40:
+        try:
+            t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if t.tzinfo is None:
+                t = t.astimezone()  # naive means plant-local time
+            return t.isoformat(timespec="seconds")
+    raise ValueError(f"expected a date and time, ISO 8601 (2026-05-01T08:30:00+08:00), got {_short(v)}")
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+class Validator:
+    """Checks record data against its TypeSpec; knows channel names and looks up refs."""
+
+    def __init__(self, channels: Iterable[str] | None = None):
+        self.channels = set(channels) if channels is not None else None
+
+    def value(
+        self,
+        f: FieldSpec,
+        v: Any,
+        loc: tuple[str | int, ...],
+        errs: list[tuple[tuple[str | int, ...], str]],
+        text: bool = False,
+    ) -> Any:
+        """One field's value, normalised; appends to errs on failure. ``text``: from CSV."""
+        try:
+            return self._value(f, v, loc, errs, text)
+        except ValueError as e:
+            errs.append((loc, str(e)))
+            return None
+
+    def _value(
+        self,
+        f: FieldSpec,
+        v: Any,
+        loc: tuple[str | int, ...],
+        errs: list[tuple[tuple[str | int, ...], str]],
+        text: bool,
+    ) -> Any:
+        t = f.type
+        if text and isinstance(v, str) and t in ("int", "number", "bool", "ref", "list", "channels", "table"):
+            v = _from_text(t, v)
+        if t in ("text", "enum", "channel"):
+            if not isinstance(v, str):
+                raise ValueError(f"expected text, got {_short(v)}")
+            if t == "text" and len(v) > f.max_length:
+                raise ValueError(f"longer than {f.max_length} characters")
+            if t == "enum" and v not in (f.values or []):
+                raise ValueError(f"{_short(v)} is not one of {f.values}")
+            if t == "channel" and self.channels is not None and v not in self.channels:
+                raise ValueError(f"no channel named {_short(v)}")
+            return v
+        if t in ("int", "ref"):
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float)
+                or (isinstance(v, float) and not v.is_integer())
+            ):
+                raise ValueError(
+                    f"expected an integer{' (a record id)' if t == 'ref' else ''}, got {_short(v)}"
+                )
+            v = int(v)
+            if abs(v) > 2**53:
+                raise ValueError("integer out of range")
+            self._range(f, v)
+            return v
+        if t == "number":
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"expected a finite number, got {_short(v)}")
+            self._range(f, v)
+            return v
+        if t == "bool":
+            if not isinstance(v, bool):
+                raise ValueError(f"expected true or false, got {_short(v)}")
+            return v
+        if t == "date":
+            return parse_date(v)
+        if t == "datetime":
+            return parse_datetime(v)
+        if t in ("list", "channels"):
+            if not isinstance(v, list) or len(v) > 1000:
+                raise ValueError(f"expected a list of text, got {_short(v)}")
+            out = []
+            for i, item in enumerate(v):
+                if not isinstance(item, str) or len(item) > f.max_length:
+                    errs.append(((*loc, i), f"expected text, got {_short(item)}"))
+                elif t == "channels" and self.channels is not None and item not in self.channels:
+                    errs.append(((*loc, i), f"no channel named {_short(item)}"))
+                else:
+                    out.append(item)
+            return out
+        if t == "table":
+            if not isinstance(v, list) or len(v) > 1000:
+                raise ValueError(f"expected a list of rows (objects), got {_short(v)}")
+            rows = []
+            for i, row in enumerate(v):
+                if not isinstance(row, dict):
+                    errs.append(((*loc, i), f"expected an object, got {_short(row)}"))
+                    continue
+                rows.append(self.fields(f.columns or {}, row, (*loc, i), errs, partial=False))
+            return rows
+        raise ValueError(f"unsupported field type {t}")  # pragma: no cover - schema forbids it
+
+    @staticmethod
+    def _range(f: FieldSpec, v: float) -> None:
+        if f.min is not None and v < f.min:
+            raise ValueError(f"must be >= {f.min:g}")
+        if f.max is not None and v > f.max:
+            raise ValueError(f"must be <= {f.max:g}")
+
+    def fields(
+        self,
+        spec: dict[str, FieldSpec],
+        data: dict[str, Any],
+        loc: tuple[str | int, ...],
+        errs: list[tuple[tuple[str | int, ...], str]],
+        *,
+        partial: bool,
+        text: bool = False,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        bad: set[str] = set()
+        for k, v in data.items():
+            f = spec.get(k)
+            if f is None:
+                errs.append(((*loc, k), f"unknown field; known: {', '.join(spec)}"))
+                continue
+            if v is None or (text and v == ""):
+                out[k] = None  # clears the field
+                continue
+            n = len(errs)
+            val = self.value(f, v, (*loc, k), errs, text)
+            if len(errs) == n:
+                out[k] = val
+            else:
+                bad.add(k)
+        if not partial:
+            for k, f in spec.items():
+                if f.required and out.get(k) is None and k not in bad:
+                    errs.append(((*loc, k), "required"))
+        return out
+
+
+def _from_text(t: str, s: str) -> Any:
+    s = s.strip()
+    try:
+        if t in ("int", "ref"):
+            return int(s)
+        if t == "number":
+            return float(s)
+        if t == "bool":
+            low = s.lower()
+            if low in ("true", "1", "yes", "是"):
+                return True
+            if low in ("false", "0", "no", "否"):
+                return False
+            return s
+        if t in ("list", "channels", "table"):
+            return json.loads(s)
+    except ValueError:
+        return s
+    return s

@@ -1,0 +1,85 @@
+"""A channel's stored values: from InfluxDB when the historian has it, else from the
+journal, through the same query as ``safegw history`` (gateway/historian/history.py)."""
+
+# no "from __future__ import annotations": FastAPI resolves the handlers' annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
+
+from gateway.admin.auth import Viewer
+from gateway.admin.context import AdminContext
+from gateway.admin.registers import Invalid
+from gateway.core.units import parse_duration
+from gateway.historian.history import HistoryError, query_api
+
+
+def router(ctx: AdminContext) -> APIRouter:
+    r = APIRouter()
+    daemon = ctx.daemon
+
+    @r.get("/history/{channel}", tags=["history"], summary="a channel's stored values")
+    async def history(
+        channel: Annotated[str, PathParam(max_length=200)],
+        _p: Viewer,
+        start: Annotated[
+            str | None,
+            Query(alias="from", max_length=40, description="ISO time or a duration back from now (1h)"),
+        ] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        every: Annotated[
+            str | None, Query(max_length=16, description="aggregate to this interval (1m)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> dict[str, Any]:
+        c = daemon.table.by_name.get(channel)
+        if c is None:
+            raise HTTPException(404, f"no channel named {channel!r}")
+        now = daemon.clock()
+        t1 = _when(end, now, "to") if end else now
+        t0 = _when(start, now, "from") if start else t1 - 3600 * 10**9
+        if t0 > t1:
+            raise Invalid([(("query", "from"), "'from' is after 'to'")])
+        step = None
+        if every:
+            try:
+                step = parse_duration(every)
+            except ValueError as e:
+                raise Invalid([(("query", "every"), str(e))]) from None
+            if step <= 0:
+                raise Invalid([(("query", "every"), "must be > 0")])
+        try:
+            result: dict[str, Any] = await query_api(daemon, c.name, t0, t1, every=step, limit=limit)
+        except HistoryError as e:
+            msg = str(e)
+            if "InfluxDB" in msg:  # the historian's server is down or refused: not the caller's fault
+                raise HTTPException(503, msg) from None
+            raise Invalid([(("query",), msg)]) from None
+        return result
+
+    return r
+
+
+def _when(s: str, now_ns: int, name: str) -> int:
+    """An ISO 8601 time, or a duration back from now (``1h`` = one hour ago)."""
+    try:
+        return now_ns - int(parse_duration(s.lstrip("-")) * 1e9)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(
+            [
+                (
+                    ("query", name),
+                    f"expected an ISO time (2026-05-01T08:00:00Z) or a duration back "
+                    f"from now (1h), got {s!r}",
+                )
+            ]
+        ) from None
+    if t.tzinfo is None:
+        t = t.astimezone()
+    return int(t.timestamp() * 1e9)
