@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.core.batch import Quality
 from gateway.core.channels import ChannelTable
 from gateway.core.config import AlarmSettings, ChannelBase, Config, ExposureSettings, device_channels
 from gateway.core.yamlsrc import Path_
@@ -38,9 +39,10 @@ PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "h
             "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
             "range": "low", "frozen": "low"}
 
-#: quality codes (gateway.batch.Quality) the rules look at
-Q_UNCERTAIN, Q_CALIBRATING, Q_MAINTENANCE, Q_BAD = 0x40, 0x41, 0x42, 0x80
-Q_OUT_OF_RANGE, Q_SENSOR_FAULT = 0x83, 0x84
+#: the quality codes the rules look at, as plain ints: numpy compares an array with an
+#: IntEnum member several times slower than with an int
+Q_CALIBRATING, Q_MAINTENANCE = int(Quality.CALIBRATING), int(Quality.MAINTENANCE)
+Q_BAD, Q_OUT_OF_RANGE, Q_SENSOR_FAULT = int(Quality.BAD), int(Quality.OUT_OF_RANGE), int(Quality.SENSOR_FAULT)
 
 TREND_BUCKETS = 8  # least-squares trend: the window in this many buckets
 MIN_TREND_BUCKETS = 3  # fewer non-empty buckets: no slope

@@ -187,11 +187,11 @@ def test_stale_when_the_clock_steps_back() -> None:
 
 
 def test_sorted_union_matches_numpy() -> None:
-    from rules.engine import _union
+    from rules.indexing import union
     rng = np.random.default_rng(7)
     for _ in range(200):
         a = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.intp)
         b = np.unique(rng.integers(0, 50, rng.integers(0, 20))).astype(np.intp)
-        u = _union(a, b)
+        u = union(a, b)
         assert u.dtype == np.intp
         assert np.array_equal(u, np.union1d(a, b))

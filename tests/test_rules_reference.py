@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.batch import Batch
-from rules.engine import NONE, RulesEngine
+from rules.engine import RulesEngine
+from rules.indexing import NONE
 from rules.reference import ReferenceEngine
 from rules.settings import NS, ChannelRules
 

@@ -1,0 +1,141 @@
+"""Exposure: the time-weighted average over 8 h (TWA) and the short-term limit over
+15 min (STEL) of a concentration, and the Leq,8h of a noise level (averaged as energy).
+
+Each channel keeps one running integral of its readings over time (each reading held
+until the next, at most ``hold_ns``), with snapshots of it at minute boundaries (a
+ring of 16 for STEL) and 15-minute boundaries (a ring of 33 for TWA); the integral
+over a window is the integral now minus the snapshot at the window's start. So the
+check per sample is one compare of the integral against a limit moved to the
+snapshot (``lim_min``: the lower of the two), and the boundaries are staggered over
+the channels so few cross in one batch.
+
+A mixin over the alarm machine (rules/compile.py says why mixins).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.alarmstate import AlarmMachine
+from rules.compile import SB1, TB1
+from rules.indexing import NONE, FloatArr, Idx, IntArr, Sel, union
+from rules.settings import R_STEL, R_TWA, STEL_BUCKET_NS, TWA_PER_STEL
+
+
+def _fill_ring(snap: FloatArr, c: npt.NDArray[np.intp], k0: IntArr, k: IntArr, v: FloatArr) -> None:
+    """Snapshots of channels ``c`` (rows of ``snap``, a ring of W slots by bucket number)
+    for buckets k0+1 … k: all take the value ``v`` (nothing came in between); only the
+    last W matter."""
+    w = snap.shape[1]
+    start = np.maximum(k0 + 1, k - (w - 1))
+    for d in range(w):
+        j = start + d
+        m = j <= k
+        if not m.any():
+            break
+        snap[c[m], j[m] % w] = v[m]
+
+
+class Exposure(AlarmMachine):
+    """The exposure integral, its snapshots and the TWA / STEL rules (see the module docstring)."""
+
+    def _exposure_contrib(self, ch: Any, v: FloatArr, pv: FloatArr, di: IntArr, dtn: FloatArr, sel: Sel,
+                          pos: dict[str, Any] | None) -> FloatArr:
+        """What each sample adds to the exposure integral: the previous reading held until
+        now, at most hold_ns (value·ns; a noise level as energy)."""
+        m = len(v)
+        held = dtn
+        if pos is None or int(di.max()) > pos["hold_min"]:
+            # the clamp is needed only after a gap (one reduction tells)
+            held = np.minimum(dtn, self.hold_f[sel], out=self._s_h[:m])
+        contrib = np.multiply(pv, held, out=self._s_c[:m])
+        # a negative concentration (zero drift) counts as none; no previous value, none
+        if not float(contrib.min()) >= 0.0:  # (NaN too)
+            contrib[~(contrib >= 0.0)] = 0.0
+        if pos is None or pos["any_noise"]:
+            if pos is None:
+                npos = np.flatnonzero(self.ex_mode[sel] == 2)
+                nc = ch[npos].astype(np.intp)
+                nk = self.noise_c[nc]
+                nr: Any = self.noise_rank[nc]
+            else:
+                npos, nk, nr = pos["noise"], pos["noise_c"], pos["noise_r"]
+            if len(npos):
+                contrib[npos] = self.ex_e[nr] * held[npos]
+                self.ex_e[nr] = np.exp(v[npos] * nk)  # the level as energy
+        return contrib
+
+    def _exposure_add(self, ch: Any, t: IntArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
+                      hold: Idx | None) -> None:
+        """Add a round's contributions to the integral and check the TWA and STEL limits."""
+        m = len(t)
+        if isinstance(sel, slice):
+            integ = self.I[sel]
+            integ += contrib
+        else:
+            integ = self.I[sel] + contrib
+            self.I[sel] = integ
+        over = np.flatnonzero(np.greater(integ, self.lim_min[sel], out=self._s_b[:m]))
+        ot = self.old_twa
+        os_ = self.old_stel
+
+        def twa_metric(i: npt.NDArray[np.intp]) -> FloatArr:
+            return integ[i] - (ot[i + sel.start] if isinstance(sel, slice) else ot[sel[i]])
+
+        def stel_metric(i: npt.NDArray[np.intp]) -> FloatArr:
+            return integ[i] - (os_[i + sel.start] if isinstance(sel, slice) else os_[sel[i]])
+
+        oc = ch[over].astype(np.intp)
+        io = integ[over]
+        self._machine(R_TWA, chs, None, t, twa_metric, rnd, hold=hold, px=over,
+                      pxv=io > self.lim_twa[oc])
+        self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
+                      pxv=io > self.lim_stel[oc])
+
+    def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
+        ph = self.ex_ph[c]
+        k = (t + ph) // STEL_BUCKET_NS
+        k0 = self.ex_k[c]
+        first = k0 == NONE
+        integ = self.I[c]
+        anyfirst = bool(first.any())
+        if anyfirst:
+            fc = c[first]
+            s_st = integ[first] - self.seed_stel[fc]
+            s_tw = integ[first] - self.seed_twa[fc]
+            self.snap_stel[fc] = s_st[:, None]
+            self.snap_twa[fc] = s_tw[:, None]
+            self.old_stel[fc] = s_st
+            self.old_twa[fc] = s_tw
+            old = ~first
+            oc, ok_, oi, k0 = c[old], k[old], integ[old], k0[old]
+        else:
+            oc, ok_, oi = c, k, integ
+        tw = c[first] if anyfirst else c[:0]  # channels whose TWA limit moves
+        if len(oc):
+            row = oc * SB1  # flat positions in the (channel, snapshot) array: 1-D indexing is faster
+            flat = self.snap_stel.reshape(-1)
+            if bool((ok_ == k0 + 1).all()):
+                # the usual: the next minute, one snapshot
+                flat[row + ok_ % SB1] = oi
+            else:
+                _fill_ring(self.snap_stel, oc, k0, ok_, oi)
+            self.old_stel[oc] = flat[row + (ok_ + 1) % SB1]
+            tk0, tk = k0 // TWA_PER_STEL, ok_ // TWA_PER_STEL
+            # the TWA snapshots move only when a 15-minute boundary was crossed
+            newtw = tk != tk0
+            if newtw.any():
+                tc, tk0, tk, ti = oc[newtw], tk0[newtw], tk[newtw], oi[newtw]
+                _fill_ring(self.snap_twa, tc, tk0, tk, ti)
+                self.old_twa[tc] = self.snap_twa[tc, (tk + 1) % TB1]
+                tw = union(tw, tc)
+        if len(tw):
+            self.lim_twa[tw] = self.old_twa[tw] + self.twa_thr[tw]
+        lim_stel = self.old_stel[c] + self.stel_thr[c]
+        self.lim_stel[c] = lim_stel
+        self.lim_min[c] = np.fmin(self.lim_twa[c], lim_stel)
+        self.ex_k[c] = k
+        self.ex_next[c] = (k + 1) * STEL_BUCKET_NS - ph
