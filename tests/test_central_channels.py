@@ -502,9 +502,9 @@ async def test_worker_taking_over_tags_by_name(tmp_path: Path, pg_dsn: str, infl
         assert isinstance(holder, CentralSide)
         other = b if holder is a else a
         # the holder dies without releasing its lease
-        for t in holder.node._pullers.values():
+        for t in holder.node.puller.tasks.values():
             t.cancel()
-        holder.node._pullers.clear()
+        holder.node.puller.tasks.clear()
         holder.task.cancel()  # type: ignore[union-attr]
         await asyncio.gather(holder.task, return_exceptions=True)  # type: ignore[arg-type]
         await gw.journal.append_many([batch(i) for i in range(5, 10)])

@@ -57,30 +57,30 @@ async def test_leases_split_and_fail_over(tmp_path: Path, pg_dsn: str) -> None:
     try:
         for g in gws:
             await g.journal.append_many([batch(i) for i in range(10)])
-        await async_wait_until(lambda: len(a.node._pullers) == 2 and len(b.node._pullers) == 2, 20,
+        await async_wait_until(lambda: len(a.node.puller.tasks) == 2 and len(b.node.puller.tasks) == 2, 20,
                                what="the workers to split the gateways 2 + 2")
-        assert set(a.node._pullers).isdisjoint(b.node._pullers)
+        assert set(a.node.puller.tasks).isdisjoint(b.node.puller.tasks)
 
         def held(n: int) -> bool:
             return all(sum(len(sample_keys(stored(w.node, g.id))) for w in (a, b)) == n * 100 for g in gws)
 
         await async_wait_until(lambda: held(10), 20, what="all gateways pulled")
         # worker a goes away without releasing (as if killed): b takes over after the lease
-        a_had = set(a.node._pullers)
-        for t in a.node._pullers.values():
+        a_had = set(a.node.puller.tasks)
+        for t in a.node.puller.tasks.values():
             t.cancel()
-        a.node._pullers.clear()
+        a.node.puller.tasks.clear()
         a.task.cancel()  # type: ignore[union-attr]
         await asyncio.gather(a.task, return_exceptions=True)  # type: ignore[arg-type]
         for g in gws:
             await g.journal.append_many([batch(i) for i in range(10, 20)])
-        await async_wait_until(lambda: len(b.node._pullers) == 4, 20, what="b to take over a's gateways")
+        await async_wait_until(lambda: len(b.node.puller.tasks) == 4, 20, what="b to take over a's gateways")
         await async_wait_until(lambda: held(20), 30, what="everything stored after fail-over")
         for g in gws:
             mine = sample_keys(stored(a.node, g.id)) + sample_keys(stored(b.node, g.id))
             assert sorted(mine) == sorted(sample_keys([(SAMPLES, batch(i)) for i in range(20)])), \
                 f"{g.id}: lost or duplicated across workers"
-        assert a_had <= set(b.node._pullers)
+        assert a_had <= set(b.node.puller.tasks)
     finally:
         await b.stop()
         await a.node.close()
