@@ -34,7 +34,7 @@ EXPECTED = {
     "api-port-99999.yaml": "api.listen: listen '127.0.0.1:99999': port 99999",
     "uplink-port-123456.yaml": "uplink.listen: listen '0.0.0.0:123456'",
     "central-keys-missing.yaml": "uplink.central_keys[0]: no file",
-    "check-every-0s.yaml": "registers.check_every: must be greater than or equal to 60",
+    "check-every-0s.yaml": "registers.check_every: must be greater than or equal to 0.01",
     "max-attachment-negative.yaml": "registers.max_attachment: a size must be between 0",
     "host-with-space.yaml": "devices[0].host: '10.0.0.5 ; reboot' is not a host",
     "host-with-newline.yaml": "mqtt.host:",

@@ -443,8 +443,8 @@ class RegistersSection(Strict):
                                         "thresholds); an overdue reminder follows on the day after")
     types_file: Path | None = Field(default=None, description="YAML with the plant's own register types")
     max_attachment: Size = Field(default=20 * 10**6, ge=1024, description="largest attachment, at least 1KB")
-    check_every: Duration = Field(default=3600.0, ge=60, description="how often due dates are checked "
-                                  "(at least 1m)")
+    check_every: Duration = Field(default=3600.0, ge=0.01, description="how often due dates are checked "
+                                  "(at least 10ms; 0 would be a busy loop)")
     personal_upstream: Literal["full", "masked", "omitted"] = Field(
         default="full", description="personal fields (ID and phone numbers) in the journal events the "
                                     "uplink carries to the regulator: full, masked (all but the last four "
