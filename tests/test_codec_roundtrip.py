@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gateway.core.batch import Batch
 from gateway.core.record import EVENT, SAMPLES, Record
 from uplink import codec
+from uplink.codec import samples
 
 T0 = 1_764_000_000_000_000_000  # 2025-11, in ns
 
@@ -175,16 +176,16 @@ def test_remembered_modes_never_cost_size() -> None:
     coarse = np.round(rng.normal(50, 5, 600))  # integers now
     scaled = rng.integers(0, 4000, 600) * 0.1  # raw * 0.1, as a driver scales
     for v in (fine, coarse, scaled, fine):
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         fresh = codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])
         after = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])  # remembered mode now
         # a remembered mode from the previous kind of data, then this data
         assert len(after) <= len(fresh) + 2
     for prev, v in ((fine, coarse), (coarse, fine), (scaled, coarse), (fine, scaled)):
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         codec.encode([sample_record(1, Batch.build(ch, ts, prev, 0))])
         switched = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         assert len(switched) <= len(codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])) + 2
 
 
@@ -463,7 +464,7 @@ def test_encoded_bytes_are_unchanged() -> None:
     from a cold mode cache, then again with the modes remembered."""
     recs = _seeded_records()
     for c in range(-1, 40):
-        codec._MODE_CACHE.pop(c, None)
+        samples._MODE_CACHE.pop(c, None)
     first = codec.encode(recs)
     again = codec.encode(recs)
     big = codec.encode(recs * 90)  # over 256 kB before zstd: the backlog level
