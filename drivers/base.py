@@ -21,6 +21,7 @@ import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,6 +64,9 @@ class Driver(ABC):
         self.name: str = device.name
         #: free-form facts a driver reports for status pages (e.g. timestamp source)
         self.info: dict[str, Any] = {}
+        #: the config file's folder, against which the device's files (password files)
+        #: resolve; make_driver sets it (``.``, as for a config given as text, until then)
+        self.base_dir = Path(".")
 
     @abstractmethod
     async def open(self) -> None:
@@ -103,5 +107,8 @@ def driver_class(protocol: str) -> type[Driver]:
     return driver
 
 
-def make_driver(device: Any, channels: list[ChannelInfo]) -> Driver:
-    return driver_class(device.protocol)(device, channels)
+def make_driver(device: Any, channels: list[ChannelInfo], *, base_dir: Path = Path(".")) -> Driver:
+    """The driver of ``device``; ``base_dir`` is the folder of its config file."""
+    driver = driver_class(device.protocol)(device, channels)
+    driver.base_dir = base_dir
+    return driver

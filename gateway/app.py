@@ -328,7 +328,7 @@ class Gateway:
                 for dev in self.cfg.devices:
                     if not dev.enabled:
                         continue
-                    drv = make_driver(dev, self.table.by_device.get(dev.name, []))
+                    drv = make_driver(dev, self.table.by_device.get(dev.name, []), base_dir=self.cfg.base_dir)
                     self.drivers[dev.name] = drv
                     pollers.append(tg.create_task(self._poll_device(drv), name=f"poll[{dev.name}]"))
                 self.notifier.ready(f"{len(pollers)} devices, {len(self.table)} channels")

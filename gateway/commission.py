@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -54,11 +55,11 @@ def _take(res: DeviceResult, batch: Batch) -> None:
             res.value[ch], res.quality[ch] = v, q
 
 
-async def _read_device(dev: Any, channels: list[ChannelInfo]) -> DeviceResult:
+async def _read_device(dev: Any, channels: list[ChannelInfo], base_dir: Path) -> DeviceResult:
     res = DeviceResult(dev.name, dev.protocol)
     t0 = time.monotonic()
     try:
-        drv: Driver = make_driver(dev, channels)
+        drv: Driver = make_driver(dev, channels, base_dir=base_dir)
     except (ImportError, ValueError) as e:
         res.error = f"no driver: {e}"
         return res
@@ -194,7 +195,8 @@ async def read_once(cfg: Config, device: str | None = None, as_json: bool = Fals
         return 1
     skipped = [d.name for d in devices if not d.enabled and device is None]
     devices = [d for d in devices if d.enabled or device is not None]
-    results = list(await asyncio.gather(*(_read_device(d, table.by_device.get(d.name, [])) for d in devices)))
+    results = list(await asyncio.gather(*(_read_device(d, table.by_device.get(d.name, []), cfg.base_dir)
+                                          for d in devices)))
     if as_json:
         doc = as_dict(table, results)
         doc["skipped"] = skipped

@@ -3,6 +3,7 @@ and rejection of corrupt input (only CodecError may come out)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from gateway.core.batch import Batch
 from gateway.core.record import EVENT, SAMPLES, Record
 from uplink import codec
+from uplink.codec import samples
 
 T0 = 1_764_000_000_000_000_000  # 2025-11, in ns
 
@@ -174,16 +176,16 @@ def test_remembered_modes_never_cost_size() -> None:
     coarse = np.round(rng.normal(50, 5, 600))  # integers now
     scaled = rng.integers(0, 4000, 600) * 0.1  # raw * 0.1, as a driver scales
     for v in (fine, coarse, scaled, fine):
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         fresh = codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])
         after = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])  # remembered mode now
         # a remembered mode from the previous kind of data, then this data
         assert len(after) <= len(fresh) + 2
     for prev, v in ((fine, coarse), (coarse, fine), (scaled, coarse), (fine, scaled)):
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         codec.encode([sample_record(1, Batch.build(ch, ts, prev, 0))])
         switched = roundtrip([sample_record(1, Batch.build(ch, ts, v, 0))])
-        codec._MODE_CACHE.pop(424242, None)
+        samples._MODE_CACHE.pop(424242, None)
         assert len(switched) <= len(codec.encode([sample_record(1, Batch.build(ch, ts, v, 0))])) + 2
 
 
@@ -415,3 +417,57 @@ GOLDEN_1 = ("28b52ffd207f25030052c5121f9029e9b0f5ed4f5f6fec8791ff8f4222f4d49fdfc
 
 GOLDEN = ("28b52ffd205b5d020062840f1bb0271dad0184150c90b480ae5a0dc300e9de90e0b48c10b2a54c01857a50931d6f0646"
           "0370a4d029841325ccb3b4f6ec17f8f1e5bd5d6c22bfd4f2fe6b03002e83f8a9fc089004")
+
+
+# ------------------------------------------------------------------ byte-for-byte output
+
+def _seeded_records() -> list[Record]:
+    """A fixed mix of every path the encoder takes: several poll patterns, values on a
+    decimal grid, float32 and off-grid values, NaN and inf exceptions, per-sample times,
+    alarm events (time refs, ids, shapes), other events, opaque and non-canonical records."""
+    rng = np.random.default_rng(20261207)
+    recs: list[Record] = []
+    seq = 1
+    devs = [np.arange(0, 4), np.arange(4, 9), np.array([20, 7, 31])]
+    for s in range(40):
+        for d_i, d in enumerate(devs):
+            ts = T0 + s * 10**9 + int(rng.integers(0, 3_000_000)) * 1000
+            v = np.round(rng.normal(50, 5, len(d)), 2)
+            if d_i == 1:
+                v = v.astype(np.float32).astype(np.float64)  # float32 registers
+            if d_i == 2:
+                v = v * 0.001 + rng.normal(0, 1e-9, len(d))  # off the grid
+            if s % 13 == 5:
+                v[0] = float("nan")
+            if s % 17 == 3:
+                v[-1] = float("inf")
+            t = ts + np.arange(len(d)) * 20_000 if d_i == 2 else ts
+            q = np.where(np.isfinite(v), 0, 0x81)
+            recs.append(sample_record(seq, Batch.build(d, t, v, q)))
+            seq += 1
+        if s % 5 == 2:
+            ch = int(rng.integers(0, 5))
+            recs.append(event_record(seq, alarm(500 + s, int(recs[-2].ts_min), ch)))
+            seq += 1
+        if s % 11 == 10:
+            recs.append(event_record(seq, {"type": "gap", "ts": T0 + s, "from_seq": 1, "to_seq": seq,
+                                           "samples": 10 * s, "events": s, "reason": "quota"}))
+            seq += 3  # a gap in the sequence
+    recs.append(Record(seq, 99, -5, 17, 3, b"\x00\xff future kind"))
+    recs.append(Record(seq + 1, EVENT, T0, T0, 1, b'{ "type": "alarm" }'))
+    recs.append(event_record(seq + 2, alarm(9000, T0 - 10**12, 3, shelved=True, value=-0.0, who="张三")))
+    return recs
+
+
+def test_encoded_bytes_are_unchanged() -> None:
+    """The encoder's output, byte for byte (an envelope's bytes are signed and compared):
+    from a cold mode cache, then again with the modes remembered."""
+    recs = _seeded_records()
+    for c in range(-1, 40):
+        samples._MODE_CACHE.pop(c, None)
+    first = codec.encode(recs)
+    again = codec.encode(recs)
+    big = codec.encode(recs * 90)  # over 256 kB before zstd: the backlog level
+    assert codec.decode(first) == recs
+    digest = hashlib.sha256(first + again + big).hexdigest()
+    assert digest == "e2962898a8515e960ac792da61b5b698ec99051a23ae60f5d158dde2198eeb7e", digest

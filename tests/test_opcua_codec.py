@@ -9,7 +9,7 @@ import pytest
 from asyncua import ua
 from asyncua.ua.ua_binary import struct_to_binary, to_binary
 
-from drivers.opcua import NotSimple, decode_results, status_quality
+from drivers.opcua.decode import NotSimple, decode_results, status_quality
 from gateway.core.batch import Quality
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=dt.UTC)

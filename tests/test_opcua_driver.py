@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import itertools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -400,6 +401,28 @@ async def test_password_file_readable_by_others_is_refused(tmp_path):
     with pytest.raises(DeviceUnavailable, match="chmod 600") as ei:
         await drv.open()
     assert ei.value.cause == Quality.CONFIG
+
+
+
+async def test_password_file_is_read_from_the_config_folder(tmp_path):
+    """A relative password_file names a file in the config file's folder (make_driver's
+    base_dir), not in the working directory; refused while others may read it."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    pw = conf / "pw"
+    pw.write_text("x\n")
+    pw.chmod(0o640)
+    url = f"opc.tcp://127.0.0.1:{free_port()}/x"
+    cfg = loads(gw_yaml(tmp_path, url, extra="username: u\n    password_file: pw"))
+    drv = make_driver(cfg.devices[0], ChannelTable.from_config(cfg).by_device["dcs"], base_dir=conf)
+    with pytest.raises(DeviceUnavailable, match=re.escape(f"{pw} is readable by others (mode 0640)")) as ei:
+        await drv.open()
+    assert ei.value.cause == Quality.CONFIG
+    pw.chmod(0o600)
+    with pytest.raises(DeviceUnavailable) as ei:  # the password read, the server is not there
+        await drv.open()
+    assert ei.value.cause == Quality.COMMS
+    await drv.close()
 
 
 async def test_unreachable_server_is_device_unavailable(tmp_path):
