@@ -26,7 +26,7 @@ log = logging.getLogger("safegw")
 #: full help) is asked for, so `safegw check` does not pay for FastAPI or httpx.
 COMMANDS: dict[str, str] = {
     "history": "gateway.historian.history:add_command",
-    "keys": "uplink.keys:add_command",
+    "keys": "uplink.keys_cli:add_command",
     "central": "central.cli:add_command",
     "users": "gateway.admin.users:add_command",
 }
