@@ -41,8 +41,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from gateway import chanmap
 from gateway.admin import registers
+from gateway.core import chantable
 from gateway.core.batch import Batch, Quality
 from gateway.core.config import InfluxSection
 from gateway.core.record import EVENT, SAMPLES, Record
@@ -707,10 +707,10 @@ class HistorianService:
         gcfg = gw.cfg.gateway
         base = {"gateway": gcfg.id, "site": gcfg.site}
         # the same tags central gives the points it writes from the channel_table event
-        doc = chanmap.table_doc(table, gcfg.id, gcfg.site, 0)
+        doc = chantable.table_doc(table, gcfg.id, gcfg.site, 0)
 
         def tags_for_channel(i: int) -> dict[str, Any]:
-            return chanmap.tags(doc, i)
+            return chantable.tags(doc, i)
 
         self.writer = InfluxWriter(section, tags_for_channel=tags_for_channel, base_tags=base,
                                    base_dir=gw.cfg.base_dir)
