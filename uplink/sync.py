@@ -69,6 +69,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.core.record import EVENT, SAMPLES, Record
+from gateway.core.units import parse_listen
 from gateway.store.journal import Journal
 from uplink.auth import AuthError, Verifier, client_context, ensure_tls_cert, sign_headers
 from uplink.link import Link
@@ -320,11 +321,6 @@ class SyncServer:
             return JSONResponse({"error": "bad lane"}, status_code=400)
         await self.source.ack(lane, seq)
         return JSONResponse({"cursor": self.source.position(lane)})
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class HttpsListener:

@@ -78,13 +78,14 @@ def iso_now() -> str:
 # --------------------------------------------------------------------------- addresses
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); the port must be 1-65535."""
+    """``host:port`` or ``[v6]:port`` → (host, port); the port must be 0-65535 (0: the
+    system picks a free one, as tests and ephemeral listeners ask)."""
     host, sep, port_s = listen.rpartition(":")
     if not sep or not host or not port_s.isdigit():
         raise ValueError(f"listen {listen!r} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)")
     port = int(port_s)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"listen {listen!r}: port {port} is not in 1-65535")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"listen {listen!r}: port {port} is not in 0-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, port
