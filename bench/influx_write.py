@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.app import Gateway
 from gateway.config import loads
 from gateway.core.batch import Batch, Quality
-from gateway.historian.service import HistorianService, build_service, lineproto
+from gateway.historian import lineproto
+from gateway.historian.service import HistorianService, build_service
 from tests.fixtures.influxd import Influxd
 
 KINDS = ["gas", "temperature", "pressure", "level", "humidity"]
