@@ -26,6 +26,7 @@ from gateway import chanmap
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
+from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
 from gateway.services import Service
 from gateway.store.journal import Journal
@@ -305,7 +306,11 @@ class Gateway:
                 continue
             module, _, fn = target.partition(":")
             factory = getattr(importlib.import_module(module), fn)
-            svc = factory(self, conf)
+            try:
+                svc = factory(self, conf)
+            except SecretFileError as e:  # the operator must fix it: say which section, then stop
+                log.error("%s: %s", section, e)
+                raise
             if svc is not None:
                 self.services.append(svc)
         chanmap.install(self)  # journals the channel table for central (docs/central.md)
@@ -315,9 +320,9 @@ class Gateway:
 
     async def run(self, *, drain_s: float = 5.0, on_ready: Callable[[], None] | None = None) -> None:
         """Run until stop() (or SIGTERM/SIGINT when installed by the CLI)."""
-        self.build_services()
         started: list[Service] = []
         try:
+            self.build_services()
             for svc in self.services:
                 await svc.start()
                 started.append(svc)

@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.core.batch import quality_label
 from gateway.core.config import MqttSection
 from gateway.core.record import EVENT
+from gateway.core.secrets import read_secret
 from rules.commands import CommandPolicy, apply_command, parse_command
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,6 @@ class _Pending:
 
 def topic_prefix(gw: Any, section: MqttSection) -> str:
     return (section.topic_prefix or f"safegw/{gw.cfg.gateway.site}/{gw.cfg.gateway.id}").rstrip("/")
-
-
-def _read_secret(path: Any) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
 
 
 class MqttService:
@@ -97,7 +93,8 @@ class MqttService:
         if s.username is not None:
             password = s.password
             if s.password_file is not None:
-                password = _read_secret(s.password_file)
+                # relative to the config file's folder; refused when others may read it
+                password = read_secret(s.password_file, self.gw.cfg.base_dir)
             c.username_pw_set(s.username, password)
         if s.tls is not None:
             t = s.tls
