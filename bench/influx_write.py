@@ -155,7 +155,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         steady_pps = (last - mark) * args.channels / max(1e-9, time.perf_counter() - t_mark)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        st = svc.status()
+        st = svc.stats()
         await svc.stop()
         gw.journal.close()
         count = srv.rows("SELECT count(quality) FROM /.*/ WHERE time > 0", "bench")

@@ -411,7 +411,7 @@ async def test_damaged_records_are_skipped_not_blocking(influxd: Influxd, tmp_pa
     await h.start()
     try:
         await h.caught_up()
-        assert h.svc.status()["skipped_records"] == 2
+        assert h.svc.stats()["skipped_records"] == 2
     finally:
         await h.stop()
     got = rows(influxd, db, "SELECT count(quality) FROM /gas|temperature|pressure/")

@@ -78,8 +78,8 @@ def iso_now() -> str:
 # --------------------------------------------------------------------------- addresses
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); the port must be 0-65535 (0: the
-    system picks a free one, as tests and ephemeral listeners ask)."""
+    """``host:port`` or ``[v6]:port`` → (host, port); the port must be 0-65535 (0: a free
+    port chosen when binding, as tests and benchmarks ask)."""
     host, sep, port_s = listen.rpartition(":")
     if not sep or not host or not port_s.isdigit():
         raise ValueError(f"listen {listen!r} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)")

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.core import chantable
 from gateway.core.batch import Batch
@@ -32,9 +32,7 @@ from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.core.secrets import SecretFileError
 from gateway.historian.stats import IntervalStats
 from gateway.historian.writer import InfluxWriter, Part, Rejected
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
+from gateway.services import DaemonContext
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +57,12 @@ class HistorianService:
 
     name = "influxdb"
 
-    def __init__(self, gw: Gateway, section: InfluxSection):
-        self.gw = gw
+    def __init__(self, ctx: DaemonContext, section: InfluxSection):
+        self.ctx = ctx
         self.section = section
-        self.journal = gw.journal
-        table = gw.table
-        gcfg = gw.cfg.gateway
+        self.journal = ctx.journal
+        table = ctx.table
+        gcfg = ctx.cfg.gateway
         base = {"gateway": gcfg.id, "site": gcfg.site}
         # the same tags central gives the points it writes from the channel_table event
         doc = chantable.table_doc(table, gcfg.id, gcfg.site, 0)
@@ -73,10 +71,10 @@ class HistorianService:
             return chantable.tags(doc, i)
 
         self.writer = InfluxWriter(section, tags_for_channel=tags_for_channel, base_tags=base,
-                                   base_dir=gw.cfg.base_dir)
+                                   base_dir=ctx.cfg.base_dir)
         self.n_channels = len(table)
-        self.stats_path = Path(gw.state_dir) / "historian-stats.json"
-        self.stats: IntervalStats | None = None
+        self.stats_path = Path(ctx.state_dir) / "historian-stats.json"
+        self.intervals: IntervalStats | None = None
         self._fmt = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="influx-format")
         self.cursor = 0
         self.acked = asyncio.Condition()
@@ -109,9 +107,9 @@ class HistorianService:
         async with self.acked:
             await self.acked.wait_for(lambda: self.cursor >= target)
 
-    def status(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return {**self.writer.status(), "cursor": self.cursor, "lag": self.journal.lag(CONSUMER),
-                "late_stat_samples": self.stats.late_samples if self.stats else 0,
+                "late_stat_samples": self.intervals.late_samples if self.intervals else 0,
                 "skipped_records": self.skipped_records}
 
     # ------------------------------------------------------------------ the loop
@@ -130,8 +128,9 @@ class HistorianService:
         closed = 0
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             closed = int(json.loads(self.stats_path.read_text())["closed_upto"])
-        self.stats = IntervalStats(self.section.stats_every, grace_s=max(10.0, 2 * self.section.flush_every),
-                                   closed_upto_ns=closed, n=self.n_channels)
+        grace = max(10.0, 2 * self.section.flush_every)
+        self.intervals = IntervalStats(self.section.stats_every, grace_s=grace, closed_upto_ns=closed,
+                                       n=self.n_channels)
 
     async def _open_writer(self) -> None:
         """Open the writer; a fixable problem (secret file permissions) is reported and
@@ -172,7 +171,7 @@ class HistorianService:
 
     async def _replay_stats(self) -> None:
         """Rebuild the statistics of intervals still open at the last stop."""
-        if self.stats is None:
+        if self.intervals is None:
             return
         s_cursor = self.journal.cursor(STATS_CONSUMER)
         if not self.stats_path.exists():
@@ -193,10 +192,10 @@ class HistorianService:
             after = recs[-1].seq
 
     def _stats_only(self, recs: list[Record]) -> None:
-        assert self.stats is not None
+        assert self.intervals is not None
         for r in recs:
             if r.kind == SAMPLES:
-                self.stats.add(r.batch(), r.seq)
+                self.intervals.add(r.batch(), r.seq)
 
     async def _next_chunk(self, after: int) -> Chunk | None:
         """Read records after ``after`` until a batch is full or ``flush_every`` passed
@@ -237,7 +236,7 @@ class HistorianService:
                     t.cancel()
             if not recs and not waiter in done and not self.journal.last_seq > last:  # noqa: E713
                 # idle: close statistics intervals by the clock
-                if self.stats is not None and self.stats.open:
+                if self.intervals is not None and self.intervals.open:
                     return await loop.run_in_executor(self._fmt, self._format, [], last, True)
                 if self._draining and last >= self.journal.last_seq:
                     async with self.acked:
@@ -246,9 +245,9 @@ class HistorianService:
         return await loop.run_in_executor(self._fmt, self._format, recs, last, caught_up)
 
     def _stats_timeout(self) -> float | None:
-        if self.stats is None or not self.stats.open:
+        if self.intervals is None or not self.intervals.open:
             return None
-        end = min(self.stats.open) + self.stats.interval + self.stats.grace
+        end = min(self.intervals.open) + self.intervals.interval + self.intervals.grace
         return max(0.05, (end - time.time_ns()) / 1e9)
 
     def _format(self, recs: list[Record], upto: int, caught_up: bool) -> Chunk:
@@ -278,8 +277,8 @@ class HistorianService:
                                                            b.value[lo:lo + step], b.quality[lo:lo + step])
                     parts.append((w.format_batch(piece, series), len(piece)))
                 points += len(b)
-                if self.stats is not None:
-                    self.stats.add(b, r.seq)
+                if self.intervals is not None:
+                    self.intervals.add(b, r.seq)
             elif r.kind == EVENT:
                 ev: Any = None
                 with contextlib.suppress(ValueError):
@@ -292,13 +291,13 @@ class HistorianService:
                 points += 1
         closed_upto = None
         stats_seq = upto
-        if self.stats is not None:
-            closed = self.stats.close(time.time_ns() if caught_up else None)
+        if self.intervals is not None:
+            closed = self.intervals.close(time.time_ns() if caught_up else None)
             if closed:
                 long.append((w.format_stats(closed), sum(len(c.channels) for c in closed)))
                 points += sum(len(c.channels) for c in closed)
-                closed_upto = self.stats.closed_upto
-            first_open = self.stats.first_open_seq()
+                closed_upto = self.intervals.closed_upto
+            first_open = self.intervals.first_open_seq()
             if first_open is not None:
                 stats_seq = min(upto, first_open - 1)
         prepared = w.prepare_segments(parts) + w.prepare_segments(long, long=self._split_long)
@@ -320,7 +319,7 @@ class HistorianService:
             await asyncio.get_running_loop().run_in_executor(None, self._save_stats, chunk.closed_upto)
         if chunk.upto > self.cursor:
             await self.journal.ack(CONSUMER, chunk.upto)
-        if self.stats is not None and chunk.stats_seq > self.journal.cursor(STATS_CONSUMER):
+        if self.intervals is not None and chunk.stats_seq > self.journal.cursor(STATS_CONSUMER):
             await self.journal.ack(STATS_CONSUMER, chunk.stats_seq)
         self.chunks += 1
         async with self.acked:
@@ -335,7 +334,7 @@ class HistorianService:
             return
         log.error("influxdb refused %d point(s) of journal records up to %d: %s", rejected.count, chunk.upto,
                   "; ".join(rejected.messages))
-        self.gw.emit_events([{
+        self.ctx.emit_events([{
             "type": REJECTED_EVENT, "ts": time.time_ns(), "count": rejected.count,
             "message": "; ".join(rejected.messages), "upto_seq": chunk.upto,
             "lines": [ln.decode(errors="replace") for ln in rejected.lines],
@@ -347,5 +346,5 @@ class HistorianService:
         os.replace(tmp, self.stats_path)
 
 
-def build_service(gw: Gateway, section: InfluxSection) -> HistorianService:
-    return HistorianService(gw, section)
+def build_service(ctx: DaemonContext, section: InfluxSection) -> HistorianService:
+    return HistorianService(ctx, section)
