@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.app import Gateway
 from gateway.config import loads
 from gateway.core.batch import Batch, Quality
-from gateway.historian.service import HistorianService, build_service, lineproto
+from gateway.historian import lineproto
+from gateway.historian.service import HistorianService, build_service
 from tests.fixtures.influxd import Influxd
 
 KINDS = ["gas", "temperature", "pressure", "level", "humidity"]
@@ -154,7 +155,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         steady_pps = (last - mark) * args.channels / max(1e-9, time.perf_counter() - t_mark)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        st = svc.status()
+        st = svc.stats()
         await svc.stop()
         gw.journal.close()
         count = srv.rows("SELECT count(quality) FROM /.*/ WHERE time > 0", "bench")

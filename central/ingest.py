@@ -29,7 +29,7 @@ from typing import Any
 from central.config import SourceEntry
 from central.journals import Journals
 from central.state import Commit, State, TableRow
-from gateway import chanmap
+from gateway.core import chantable
 from gateway.core.record import SAMPLES, Record
 from uplink import envelope, keys
 from uplink.sync import Item
@@ -89,10 +89,10 @@ def _tables_in(records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
     """The channel_table events among records: (origin seq, event)."""
     out = []
     for r in records:
-        if chanmap.is_table_record(r):
+        if chantable.is_table_record(r):
             with contextlib.suppress(ValueError):
                 ev = r.event()
-                if chanmap.is_table_event(ev):
+                if chantable.is_table_event(ev):
                     out.append((r.seq, ev))
     return out
 
@@ -244,9 +244,9 @@ class Ingest:
                     # a channel table is not stored ahead: it takes effect where the gateway
                     # journaled it, so the main lane stores it in order (samples before it
                     # keep the previous table's names)
-                    deferred = [r for r in new if chanmap.is_table_record(r)]
+                    deferred = [r for r in new if chantable.is_table_record(r)]
                     if deferred:
-                        new = [r for r in new if not chanmap.is_table_record(r)]
+                        new = [r for r in new if not chantable.is_table_record(r)]
                     if not new and not deferred:
                         return await self._duplicate(src, st, it)
                     new_main, early_add = main, [r.seq for r in new]
@@ -258,7 +258,7 @@ class Ingest:
                         # between: first a copy of the channel table in force here, so
                         # this journal alone tags what follows right (docs/central.md)
                         row = self.tables.get(h.origin)
-                        if row is not None and row.seq <= main and not chanmap.is_table_record(new[0]):
+                        if row is not None and row.seq <= main and not chantable.is_table_record(new[0]):
                             items.insert(0, row.doc)
                     j = self.journals.open(h.origin)
                     # say durably what is about to be appended, so a crash before the

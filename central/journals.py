@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from central.config import StorageSection
-from gateway import chanmap
+from gateway.core import chantable
 from gateway.core.config import InfluxSection
 from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
+from gateway.store.queries import last_channel_table
 
 INFLUX_CURSOR = "influxdb"
 
@@ -39,7 +40,7 @@ class _TableHolder:
         self.doc = doc
 
     def tags(self, index: int) -> dict[str, Any]:
-        return chanmap.tags(self.doc, index)
+        return chantable.tags(self.doc, index)
 
     def series(self, writer: Any, n: int) -> Any:
         if self._series is None or len(self._series) < n:
@@ -108,7 +109,7 @@ class Journals:
         self._writers[origin] = writer
         writer.open()
         try:
-            found = await j.run_read(lambda db: chanmap.last_table(db, j.cursor(INFLUX_CURSOR)))
+            found = await j.run_read(lambda db: last_channel_table(db, j.cursor(INFLUX_CURSOR)))
             if found is not None:
                 holder.set(found[1])
             self._tagged[origin] = holder
@@ -127,9 +128,9 @@ class Journals:
                             parts.append(writer.format_batch(b, series))
                         continue
                     ev = r.event()
-                    if chanmap.is_table_event(ev):
+                    if chantable.is_table_event(ev):
                         holder.set(ev)
-                        ev = chanmap.summary(ev)
+                        ev = chantable.summary(ev)
                     parts.append(writer.format_event(ev, seq=r.seq))
                 body = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
                 if body:

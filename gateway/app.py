@@ -26,8 +26,9 @@ from gateway import chanmap
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
+from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
-from gateway.services import Service
+from gateway.services import Service, ServiceFactory
 from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 WARM_MAX_SAMPLES = 20_000_000
 
 
-#: config section → factory "module:function" taking (gateway, section) and returning
-#: a Service. Imported only when the section is present in the config.
+#: config section → factory "module:function" taking (DaemonContext, section) and
+#: returning a Service (a ServiceFactory). Imported only when the section is present.
 SERVICES: dict[str, str] = {
     "influxdb": "gateway.historian.service:build_service",
     "mqtt": "uplink.mqtt:build_service",
@@ -304,8 +305,12 @@ class Gateway:
             if conf is None:
                 continue
             module, _, fn = target.partition(":")
-            factory = getattr(importlib.import_module(module), fn)
-            svc = factory(self, conf)
+            factory: ServiceFactory = getattr(importlib.import_module(module), fn)
+            try:
+                svc = factory(self, conf)
+            except SecretFileError as e:  # the operator must fix it: say which section, then stop
+                log.error("%s: %s", section, e)
+                raise
             if svc is not None:
                 self.services.append(svc)
         chanmap.install(self)  # journals the channel table for central (docs/central.md)
@@ -315,9 +320,9 @@ class Gateway:
 
     async def run(self, *, drain_s: float = 5.0, on_ready: Callable[[], None] | None = None) -> None:
         """Run until stop() (or SIGTERM/SIGINT when installed by the CLI)."""
-        self.build_services()
         started: list[Service] = []
         try:
+            self.build_services()
             for svc in self.services:
                 await svc.start()
                 started.append(svc)
@@ -363,8 +368,7 @@ class Gateway:
             log.info("stopped")
 
     async def _drain(self, services: list[Service], drain_s: float) -> None:
-        drainers = [getattr(s, "drain", None) for s in services]
-        coros = [d() for d in drainers if d is not None]
+        coros = [s.drain() for s in services]
         if coros:
             try:
                 await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), timeout=drain_s)

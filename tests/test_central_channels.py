@@ -22,6 +22,7 @@ import pytest
 
 from central.state import Commit, PgState, SqliteState, State
 from gateway import chanmap
+from gateway.core import chantable
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
 from tests.helpers import async_wait_until
@@ -46,11 +47,11 @@ KINDS = ("gas", "temperature", "pressure", "level", "status")
 
 def table_event(prefix: str, ts: int, n: int = 50, *, site: str = "S-1") -> dict[str, Any]:
     """A channel_table event as the gateway journals it (50 channels, like harness batches)."""
-    doc: dict[str, Any] = {"type": chanmap.EVENT_TYPE, "ts": ts, "table_version": "",
+    doc: dict[str, Any] = {"type": chantable.EVENT_TYPE, "ts": ts, "table_version": "",
                            "fingerprint": prefix, "gateway_id": "gw-1", "site_code": site,
                            "channels": [{"index": i, "name": f"{prefix}-{i}", "kind": KINDS[i % 5],
                                          "unit": "u", "device": f"dev-{i // 25}"} for i in range(n)]}
-    doc["table_version"] = chanmap.version_of(doc)
+    doc["table_version"] = chantable.version_of(doc)
     return doc
 
 
@@ -410,7 +411,7 @@ def _gateway(state: Path, tt: str = "TT-1") -> Any:
 
 
 def _tables(j: Journal) -> list[tuple[int, dict[str, Any]]]:
-    return [(r.seq, r.event()) for r in j.read_sync(0, 10_000) if chanmap.is_table_record(r)]
+    return [(r.seq, r.event()) for r in j.read_sync(0, 10_000) if chantable.is_table_record(r)]
 
 
 async def test_gateway_journals_its_table_when_it_changes(tmp_path: Path) -> None:
@@ -424,7 +425,7 @@ async def test_gateway_journals_its_table_when_it_changes(tmp_path: Path) -> Non
          "range": [0.0, 100.0], "area": "tank-farm"},
         {"index": 1, "name": "TT-1", "kind": "temperature", "unit": "°C", "device": "plc-1"}]
     assert (ev["gateway_id"], ev["site_code"], ev["fingerprint"]) == ("gw-1", "S-1", gw.table.fingerprint())
-    assert ev["table_version"] == chanmap.version_of(ev) and svc.stats()["seq"] == seq  # type: ignore[attr-defined]
+    assert ev["table_version"] == chantable.version_of(ev) and svc.stats()["seq"] == seq  # type: ignore[attr-defined]
     gw.journal.close()
     # same config again: nothing new journaled
     gw = _gateway(tmp_path)

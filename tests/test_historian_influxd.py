@@ -214,7 +214,7 @@ async def test_database_missing_and_creation_off_says_what_to_create(
         influxd: Influxd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = unique_db("absent")
     cfg = make_config(tmp_path, influxd.url, db, extra="  create_database: false")
-    caplog.set_level(logging.ERROR, "gateway.historian.service")
+    caplog.set_level(logging.ERROR, "gateway.historian")
     async with harness(cfg) as h:
         await h.gw.journal.append_batch(batch(0))
         await async_wait_until(lambda: h.svc.writer.state == "no_database", 10, what="no_database state")
@@ -352,7 +352,7 @@ async def test_unauthorized_is_loud_keeps_everything_and_recovers(
     pw.write_text("s3cret-writer\n")
     pw.chmod(0o600)
     cfg = make_config(tmp_path, srv.url, db, extra=f"  username: writer\n  password_file: {pw}")
-    caplog.set_level(logging.INFO, "gateway.historian.service")
+    caplog.set_level(logging.INFO, "gateway.historian")
     async with harness(cfg) as h:
         for i in range(5):
             await h.gw.journal.append_batch(batch(i))
@@ -377,7 +377,7 @@ async def test_password_file_readable_by_others_is_refused_until_fixed(
     pw.chmod(0o644)
     db = unique_db()
     cfg = make_config(tmp_path, influxd.url, db, extra=f"  username: u\n  password_file: {pw}")
-    caplog.set_level(logging.ERROR, "gateway.historian.service")
+    caplog.set_level(logging.ERROR, "gateway.historian")
     async with harness(cfg) as h:
         await h.gw.journal.append_batch(batch(0))
         await async_wait_until(lambda: h.svc.writer.state == "config_error", 10)
@@ -411,7 +411,7 @@ async def test_damaged_records_are_skipped_not_blocking(influxd: Influxd, tmp_pa
     await h.start()
     try:
         await h.caught_up()
-        assert h.svc.status()["skipped_records"] == 2
+        assert h.svc.stats()["skipped_records"] == 2
     finally:
         await h.stop()
     got = rows(influxd, db, "SELECT count(quality) FROM /gas|temperature|pressure/")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.core.batch import Batch, Quality
-from gateway.historian.service import IntervalStats
+from gateway.historian.stats import IntervalStats
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.test_historian_influxd import N_CH, Harness, make_config
 

@@ -17,7 +17,7 @@ from gateway.admin.registers import RegisterStore, load_schemas, mask, redact
 from gateway.config import loads
 from gateway.core.config import InfluxSection
 from gateway.core.configcheck import ConfigError
-from gateway.historian.service import InfluxWriter
+from gateway.historian.writer import InfluxWriter
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.helpers import wait_until
 from tests.test_api_daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens

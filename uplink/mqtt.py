@@ -40,6 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.core.batch import quality_label
 from gateway.core.config import MqttSection
 from gateway.core.record import EVENT
+from gateway.core.secrets import read_secret
+from gateway.services import DaemonContext
 from rules.commands import CommandPolicy, apply_command, parse_command
 
 log = logging.getLogger(__name__)
@@ -56,25 +58,20 @@ class _Pending:
     done: bool
 
 
-def topic_prefix(gw: Any, section: MqttSection) -> str:
-    return (section.topic_prefix or f"safegw/{gw.cfg.gateway.site}/{gw.cfg.gateway.id}").rstrip("/")
-
-
-def _read_secret(path: Any) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
+def topic_prefix(ctx: DaemonContext, section: MqttSection) -> str:
+    return (section.topic_prefix or f"safegw/{ctx.cfg.gateway.site}/{ctx.cfg.gateway.id}").rstrip("/")
 
 
 class MqttService:
     name = "mqtt"
 
-    def __init__(self, gw: Any, section: MqttSection):
-        self.gw = gw
+    def __init__(self, ctx: DaemonContext, section: MqttSection):
+        self.ctx = ctx
         self.section = section
-        self.prefix = topic_prefix(gw, section)
-        self.client_id = section.client_id or f"safegw-{gw.cfg.gateway.id}"
+        self.prefix = topic_prefix(ctx, section)
+        self.client_id = section.client_id or f"safegw-{ctx.cfg.gateway.id}"
         self.connected = False
-        self.policy = CommandPolicy(max_shelve_s=gw.cfg.alarms.max_shelve)
+        self.policy = CommandPolicy(max_shelve_s=ctx.cfg.alarms.max_shelve)
         self.published = 0
         self.acked = 0
         self.commands = 0
@@ -97,7 +94,8 @@ class MqttService:
         if s.username is not None:
             password = s.password
             if s.password_file is not None:
-                password = _read_secret(s.password_file)
+                # relative to the config file's folder; refused when others may read it
+                password = read_secret(s.password_file, self.ctx.cfg.base_dir)
             c.username_pw_set(s.username, password)
         if s.tls is not None:
             t = s.tls
@@ -172,7 +170,7 @@ class MqttService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._read_after = self._acked_seq = self.gw.journal.register(CONSUMER)
+        self._read_after = self._acked_seq = self.ctx.journal.register(CONSUMER)
         s = self.section
         self._client.connect_async(s.host, s.port, keepalive=max(5, int(s.keepalive)))
         self._client.loop_start()
@@ -196,7 +194,7 @@ class MqttService:
 
     async def drain(self) -> None:
         """Deliver what is journaled now (bounded by the caller's timeout)."""
-        target = self.gw.journal.last_seq
+        target = self.ctx.journal.last_seq
         while self._acked_seq < target and self.connected:
             self._wake.set()
             self._progress.clear()
@@ -206,7 +204,7 @@ class MqttService:
 
     # ------------------------------------------------------------------ alarms
     async def _publish_loop(self) -> None:
-        j = self.gw.journal
+        j = self.ctx.journal
         while True:
             await self._advance()
             if self._active_dirty and self.connected:
@@ -247,7 +245,7 @@ class MqttService:
         else:
             topic = f"{self.prefix}/reminders"
         doc = dict(ev)
-        doc.setdefault("gateway", self.gw.cfg.gateway.id)
+        doc.setdefault("gateway", self.ctx.cfg.gateway.id)
         doc["seq"] = seq
         payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         info = self._client.publish(topic, payload, qos=self.section.qos)
@@ -265,19 +263,19 @@ class MqttService:
             upto = self._pending.popleft().seq
         if upto > self._acked_seq:
             self._acked_seq = upto
-            await self.gw.journal.ack(CONSUMER, upto)
+            await self.ctx.journal.ack(CONSUMER, upto)
             self._progress.set()
 
     def _publish_active(self) -> None:
         self._active_dirty = False
-        doc = {"gateway": self.gw.cfg.gateway.id, "ts": self.gw.clock(), "alarms": self.gw.rules.active()}
+        doc = {"gateway": self.ctx.cfg.gateway.id, "ts": self.ctx.clock(), "alarms": self.ctx.rules.active()}
         payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         self._client.publish(f"{self.prefix}/alarms/active", payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------ values
     async def _values_loop(self, every: float) -> None:
-        names = self.gw.table.names()
-        live = self.gw.live
+        names = self.ctx.table.names()
+        live = self.ctx.live
         while True:
             await asyncio.sleep(every)
             if not self.connected:
@@ -285,8 +283,8 @@ class MqttService:
             vals = live.value
             qual = live.quality
             doc = {
-                "gateway": self.gw.cfg.gateway.id,
-                "ts": self.gw.clock(),
+                "gateway": self.ctx.cfg.gateway.id,
+                "ts": self.ctx.clock(),
                 "values": {n: [None if np.isnan(vals[i]) else float(vals[i]), quality_label(int(qual[i])),
                                int(live.ts[i])] for i, n in enumerate(names)},
             }
@@ -299,7 +297,7 @@ class MqttService:
         try:
             req = json.loads(payload or b"{}")
             cmd = parse_command(verb, req, self.policy)
-            events = apply_command(self.gw.rules, cmd, self.gw.clock())
+            events = apply_command(self.ctx.rules, cmd, self.ctx.clock())
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             log.warning("mqtt command %s refused: %s", verb, msg)
@@ -307,21 +305,21 @@ class MqttService:
             return
         who = cmd.operator
         self.commands += 1
-        self.gw.emit_events(events)
+        self.ctx.emit_events(events)
         self._active_dirty = True
         self._wake.set()
         log.info("mqtt command %s by %s: %d event(s)", verb, who, len(events))
         self._result(req, verb, ok=True, events=[e["id"] for e in events])
 
     def _result(self, req: dict[str, Any], verb: str, **kw: Any) -> None:
-        doc = {"command": verb, "request_id": req.get("request_id"), "ts": self.gw.clock(), **kw}
+        doc = {"command": verb, "request_id": req.get("request_id"), "ts": self.ctx.clock(), **kw}
         self._client.publish(f"{self.prefix}/cmd/result", json.dumps(doc), qos=1)
 
-    def status(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "published": self.published, "acked": self.acked,
                 "awaiting_puback": len(self._by_mid), "cursor": self._acked_seq, "commands": self.commands,
                 "prefix": self.prefix}
 
 
-def build_service(gw: Any, section: MqttSection) -> MqttService:
-    return MqttService(gw, section)
+def build_service(ctx: DaemonContext, section: MqttSection) -> MqttService:
+    return MqttService(ctx, section)

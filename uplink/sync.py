@@ -68,7 +68,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.core.config import UplinkSection
 from gateway.core.record import EVENT, SAMPLES, Record
+from gateway.core.units import parse_listen
+from gateway.services import DaemonContext
 from gateway.store.journal import Journal
 from uplink.auth import AuthError, Verifier, client_context, ensure_tls_cert, sign_headers
 from uplink.link import Link
@@ -320,11 +323,6 @@ class SyncServer:
             return JSONResponse({"error": "bad lane"}, status_code=400)
         await self.source.ack(lane, seq)
         return JSONResponse({"cursor": self.source.position(lane)})
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class HttpsListener:
@@ -579,22 +577,22 @@ def _seal_with(env_mod: Any, node: Any, recipients: list[Any], cipher: str
 class UplinkService:
     """The gateway's uplink: a pull server or a push client over its journal."""
 
-    def __init__(self, gw: Any, section: Any):
+    def __init__(self, ctx: DaemonContext, section: UplinkSection):
         from uplink import envelope, keys
 
         self.name = "uplink"
-        self.gw = gw
+        self.ctx = ctx
         self.section = section
-        gid = gw.cfg.gateway.id
-        state_dir = Path(gw.state_dir)
+        gid = ctx.cfg.gateway.id
+        state_dir = Path(ctx.state_dir)
         self.node = keys.load_or_none(state_dir) or keys.init(state_dir, gid)
-        base = gw.cfg.base_dir
+        base = ctx.cfg.base_dir
         self.recipients = [pk for p in section.central_keys for pk in keys.load_public(_abs(base, p))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
         self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
         seal = _seal_with(envelope, self.node, self.recipients, section.cipher)
-        self.source = JournalSource(gid, gw.journal, seal, max_records=section.max_records,
+        self.source = JournalSource(gid, ctx.journal, seal, max_records=section.max_records,
                                     max_samples=section.max_samples)
         self.server: SyncServer | None = None
         self.listener: HttpsListener | None = None
@@ -648,7 +646,7 @@ class UplinkService:
         self.link.save()
 
     def stats(self) -> dict[str, Any]:
-        j = self.gw.journal
+        j = self.ctx.journal
         out: dict[str, Any] = {
             "mode": self.section.mode,
             "cursors": {lane: j.cursor(CURSORS[lane]) for lane in LANES},
@@ -673,8 +671,8 @@ def _abs(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def build_service(gw: Any, section: Any) -> UplinkService:
-    return UplinkService(gw, section)
+def build_service(ctx: DaemonContext, section: UplinkSection) -> UplinkService:
+    return UplinkService(ctx, section)
 
 
 async def call_with_retry(fn: Callable[[], Awaitable[Any]], *, attempts: int = 3) -> Any:

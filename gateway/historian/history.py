@@ -28,11 +28,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import zstandard
 
-from gateway.core.batch import SAMPLE_BYTES, Batch, Quality, quality_label
+from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.config import Config, InfluxSection
+from gateway.core.secrets import SecretFileError, read_secret
 from gateway.core.units import parse_duration
+from gateway.store import queries
 
 RAW_COLUMNS = ["time", "value", "quality"]
 AGG_COLUMNS = ["time", "mean", "min", "max", "count"]
@@ -161,15 +162,16 @@ def influxql_for(sec: InfluxSection, gateway_id: str, ch: ChannelRef, start_ns: 
     return f"SELECT value, quality FROM {src} WHERE {where} {order} LIMIT {limit + 1}"
 
 
-def _secrets(sec: InfluxSection, base_dir: Path | None) -> tuple[str | None, str | None]:
-    from gateway.historian.service import read_secret
-
-    pw = read_secret(sec.password_file, base_dir) if sec.password_file else sec.password
-    tok = read_secret(sec.token_file, base_dir) if sec.token_file else sec.token
+def _secrets(sec: InfluxSection, base_dir: Path) -> tuple[str | None, str | None]:
+    try:
+        pw = read_secret(sec.password_file, base_dir) if sec.password_file else sec.password
+        tok = read_secret(sec.token_file, base_dir) if sec.token_file else sec.token
+    except SecretFileError as e:
+        raise HistoryError(str(e)) from None
     return pw, tok
 
 
-async def _from_influx_v1(sec: InfluxSection, q: str, base_dir: Path | None) -> list[list[Any]]:
+async def _from_influx_v1(sec: InfluxSection, q: str, base_dir: Path) -> list[list[Any]]:
     pw, tok = _secrets(sec, base_dir)
     headers = {"Authorization": f"Token {tok}"} if tok else {}
     auth = httpx.BasicAuth(sec.username, pw or "") if sec.username and not tok else None
@@ -218,7 +220,7 @@ def _flux_for(sec: InfluxSection, gateway_id: str, ch: ChannelRef, start_ns: int
         ' |> keep(columns: ["_time", "mean", "min", "max", "count"])')
 
 
-def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path | None,
+def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path,
                          every: bool) -> list[list[Any]]:
     from influxdb_client import Dialect, InfluxDBClient
     from influxdb_client.rest import ApiException
@@ -263,29 +265,8 @@ def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path | None,
 def _journal_samples(db: sqlite3.Connection, index: int, start_ns: int, end_ns: int
                      ) -> tuple[Batch, int | None]:
     """Samples of one channel in [start, end) from the journal; and the oldest time it holds."""
-    from gateway.core.record import CODEC_ZSTD, SAMPLES
-
-    dz = zstandard.ZstdDecompressor()
-    ts_l, v_l, q_l = [], [], []
-    rows = db.execute("SELECT codec, data FROM records WHERE kind = ? AND ts_max >= ? AND ts_min < ? "
-                      "ORDER BY seq", (SAMPLES, start_ns, end_ns))
-    for codec, data in rows:
-        raw = dz.decompress(data) if codec == CODEC_ZSTD else data
-        if len(raw) % SAMPLE_BYTES:
-            continue
-        b = Batch.from_bytes(raw)
-        m = (b.channel == index) & (b.ts >= start_ns) & (b.ts < end_ns)
-        if m.any():
-            ts_l.append(b.ts[m])
-            v_l.append(b.value[m])
-            q_l.append(b.quality[m])
-    oldest = db.execute("SELECT MIN(ts_min) FROM records WHERE kind = ?", (SAMPLES,)).fetchone()[0]
-    if not ts_l:
-        return Batch.empty(), oldest
-    ts = np.concatenate(ts_l)
-    order = np.argsort(ts, kind="stable")
-    return (Batch(np.full(len(ts), index, np.int32), ts[order], np.concatenate(v_l)[order],
-                  np.concatenate(q_l)[order]), oldest)
+    b, _ = queries.channel_samples(db, index, start_ns, end_ns)
+    return b, queries.oldest_sample_ts(db)
 
 
 def aggregate(b: Batch, start_ns: int, every_s: float) -> list[list[Any]]:
@@ -308,9 +289,10 @@ def aggregate(b: Batch, start_ns: int, every_s: float) -> list[list[Any]]:
 
 
 def _open_journal_ro(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise HistoryError(f"no journal at {path} (has the gateway run with this state_dir?)")
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        return queries.open_readonly(path)
+    except FileNotFoundError:
+        raise HistoryError(f"no journal at {path} (has the gateway run with this state_dir?)") from None
 
 
 def _journal_note(cfg: Config, oldest: int | None) -> str:

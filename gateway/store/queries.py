@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gateway.core import chantable
 from gateway.core.batch import SAMPLE_BYTES, Batch
 from gateway.core.record import EVENT, SAMPLES, decode_data
 
@@ -94,3 +96,15 @@ def events_backwards(db: sqlite3.Connection, *, before: int | None = None, prefi
             continue
         if isinstance(doc, dict):
             yield int(seq), doc
+
+
+def last_channel_table(db: sqlite3.Connection,
+                       before: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    """The newest channel_table event (gateway/core/chantable.py) at or before sequence
+    ``before``: (seq, event). Every event is looked at, not the usual scan bound: a busy
+    day can journal more events than that between two tables, and central needs the
+    table all the same."""
+    for seq, ev in events_backwards(db, before=before, prefix=chantable.PREFIX, max_records=sys.maxsize):
+        if chantable.is_table_event(ev):
+            return seq, ev
+    return None
