@@ -87,28 +87,31 @@ class Driver(ABC):
         return Batch.bad(self.indexes, ts_ns, cause)
 
 
-#: protocol name → "module:Class". Imported on first use, so a missing optional
+#: (device section, its channels) → the driver: a Driver class, or a function choosing one
+DriverFactory = Callable[[Any, list[ChannelInfo]], Driver]
+
+#: protocol name → "module:factory". Imported on first use, so a missing optional
 #: dependency of one protocol does not stop the others.
 REGISTRY: dict[str, str] = {
     "modbus-tcp": "drivers.modbus.driver:ModbusTcpDriver",
     "modbus-rtu": "drivers.modbus.driver:ModbusRtuDriver",
-    "opcua": "drivers.opcua:OpcUaDriver",
+    "opcua": "drivers.opcua:driver_for",
     "serial": "drivers.serial:SerialDriver",
 }
 
 
-def driver_class(protocol: str) -> type[Driver]:
+def driver_factory(protocol: str) -> DriverFactory:
     try:
         target = REGISTRY[protocol]
     except KeyError:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(REGISTRY))}") from None
-    module, _, cls = target.partition(":")
-    driver: type[Driver] = getattr(importlib.import_module(module), cls)
-    return driver
+    module, _, name = target.partition(":")
+    factory: DriverFactory = getattr(importlib.import_module(module), name)
+    return factory
 
 
 def make_driver(device: Any, channels: list[ChannelInfo], *, base_dir: Path = Path(".")) -> Driver:
     """The driver of ``device``; ``base_dir`` is the folder of its config file."""
-    driver = driver_class(device.protocol)(device, channels)
+    driver = driver_factory(device.protocol)(device, channels)
     driver.base_dir = base_dir
     return driver

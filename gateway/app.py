@@ -17,7 +17,6 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
 from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
-from gateway.services import Service, ServiceFactory
+from gateway.services import DeviceState, Service, ServiceFactory
 from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -46,21 +45,6 @@ SERVICES: dict[str, str] = {
     "api": "gateway.admin.api:build_service",
     "registers": "gateway.admin.reminders:build_service",
 }
-
-
-@dataclass
-class DeviceState:
-    name: str
-    protocol: str
-    state: str = "starting"  # starting | ok | failing | disabled
-    last_error: str | None = None
-    last_ok_ns: int = 0
-    polls: int = 0
-    errors: int = 0
-    overruns: int = 0
-    samples: int = 0
-    last_poll_ms: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _jitter(seconds: float) -> float:

@@ -15,16 +15,31 @@ the daemon object's other insides.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
 from gateway.store.journal import Journal
 from rules.engine import RulesEngine
 
-if TYPE_CHECKING:
-    from gateway.app import DeviceState
+
+@dataclass
+class DeviceState:
+    """What the daemon knows of one device: shown in /status and /metrics."""
+
+    name: str
+    protocol: str
+    state: str = "starting"  # starting | ok | failing | disabled
+    last_error: str | None = None
+    last_ok_ns: int = 0
+    polls: int = 0
+    errors: int = 0
+    overruns: int = 0
+    samples: int = 0
+    last_poll_ms: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Service(Protocol):

@@ -39,7 +39,6 @@ and require identical transitions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -47,17 +46,14 @@ import numpy.typing as npt
 
 from gateway.core.batch import Batch
 from gateway.core.channels import ChannelTable
-from rules import restore as restart
 from rules.events import ACTIVE_UNACKED, CLEARED_UNACKED, alarm_event, level_name, state_name
-from rules.exposure import Exposure
 from rules.indexing import Event, FloatArr, Idx, IntArr, Sel, contiguous, members, union
-from rules.limits import Limits
+from rules.restore import Recovery
 from rules.settings import Q_CALIBRATING, Q_MAINTENANCE, RULES, TWA_WINDOW_NS, ChannelRules, resolve_table
 from rules.summary import ChannelSummary, channel_summary
-from rules.trend import Trend
 
 
-class RulesEngine(Limits, Trend, Exposure):
+class RulesEngine(Recovery):
     """Alarm rules for every channel, evaluated on whole arrays."""
 
     #: how far back ``warm`` replays samples (the longest window a rule looks at)
@@ -321,14 +317,3 @@ class RulesEngine(Limits, Trend, Exposure):
             "shelved": len(self.shelved),
             "suppressed": int(self.supp.sum()),
         }
-
-    # ------------------------------------------------------------------ restart
-    def restore(self, events: Iterable[Event]) -> int:
-        """Rebuild alarm states from journaled events (oldest first); returns how many
-        applied (rules/restore.py)."""
-        return restart.restore(self, events)
-
-    def warm(self, batches: Iterable[Batch], now_ns: int, *, window_ns: int | None = None) -> int:
-        """Replay journaled sample batches (oldest first) into the sample-driven state,
-        after ``restore``; returns the number of samples applied (rules/restore.py)."""
-        return restart.warm(self, batches, now_ns, window_ns=window_ns)

@@ -28,8 +28,18 @@ the channels bad (COMMS), backs off and calls ``open()`` again, which builds a n
 session (and, in subscribe mode, new subscriptions).
 """
 
+from typing import Any
+
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.poll import OpcUaPollDriver
 from drivers.opcua.subscribe import OpcUaSubscribeDriver
+from gateway.core.channels import ChannelInfo
 
-__all__ = ["OpcUaDriver", "OpcUaPollDriver", "OpcUaSubscribeDriver"]
+__all__ = ["OpcUaDriver", "OpcUaPollDriver", "OpcUaSubscribeDriver", "driver_for"]
+
+
+def driver_for(device: Any, channels: list[ChannelInfo]) -> OpcUaDriver:
+    """The driver of the device's mode: ``subscribe`` or ``poll``."""
+    if device.mode == "subscribe":
+        return OpcUaSubscribeDriver(device, channels)
+    return OpcUaPollDriver(device, channels)

@@ -1,6 +1,6 @@
 """The OPC-UA driver's common part: the session, node resolution, and values to Batches.
 
-``OpcUaDriver(device, channels)`` returns the driver of the device's mode (``poll`` or
+``drivers.opcua.driver_for(device, channels)`` gives the driver of the device's mode (``poll`` or
 ``subscribe``). Both share what is here: a session per ``open()``, NodeIds resolved
 once per session (nodes that do not exist become CONFIG channels), and one vectorized
 step from decoded values and status codes to a Batch (quality, scaling, range, and
@@ -29,15 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class OpcUaDriver(Driver):
-    """Base of both modes; ``OpcUaDriver(device, channels)`` returns the right one."""
-
-    def __new__(cls, device: Any, channels: list[ChannelInfo]) -> OpcUaDriver:
-        if cls is OpcUaDriver:
-            # the modes are subclasses of this class, so their modules import this one
-            from drivers.opcua.poll import OpcUaPollDriver
-            from drivers.opcua.subscribe import OpcUaSubscribeDriver
-            cls = OpcUaSubscribeDriver if device.mode == "subscribe" else OpcUaPollDriver
-        return super().__new__(cls)
+    """Base of both modes (``drivers.opcua.driver_for`` picks the device's)."""
 
     def __init__(self, device: Any, channels: list[ChannelInfo]):
         super().__init__(device, channels)

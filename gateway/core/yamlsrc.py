@@ -44,7 +44,7 @@ _SPECIAL_FLOATS = {
 }
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class _PlainTags:
     """Composer only: every plain scalar is left as a string-tagged node."""
 
     _TAGS: ClassVar[dict[type, str]] = {
@@ -59,8 +59,43 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         return self._TAGS[kind]
 
 
+class _Loader(_PlainTags, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The fast composer (libyaml). It recurses in C: deep nesting would overflow the C
+    stack (a crash, not an exception), so deep-looking text goes to ``_PyLoader``."""
+
+
+class _PyLoader(_PlainTags, yaml.SafeLoader):
+    """The pure-Python composer: deep nesting ends in RecursionError, which we report."""
+
+
 # No implicit resolvers: we resolve scalars ourselves (see module docstring).
 _Loader.yaml_implicit_resolvers = {}
+_PyLoader.yaml_implicit_resolvers = {}
+
+_OPENERS = re.compile(r"[\[{]")
+_DASHES = re.compile(r"^(?:[ \t]*-[ \t]+){32}", re.M)
+
+
+def _may_nest_deeply(text: str) -> bool:
+    """Cheap and conservative: more than 64 flow brackets in the file, or a line that opens
+    32 block sequences ("- - - ..."). Quoted brackets count too: a false alarm only costs
+    the slower composer."""
+    n = 0
+    for _ in _OPENERS.finditer(text):
+        n += 1
+        if n > MAX_DEPTH:
+            return _flow_depth(text) > MAX_DEPTH
+    return _DASHES.search(text) is not None
+
+
+def _flow_depth(text: str) -> int:
+    depth = best = 0
+    for m in re.finditer(r"[\[{\]}]", text):
+        depth += 1 if m.group() in "[{" else -1
+        best = max(best, depth)
+        if best > MAX_DEPTH:
+            break
+    return best
 
 
 @dataclass
@@ -231,7 +266,7 @@ def load_text(text: str, file: str = "<string>") -> Source:
         raise YamlError(file, 1, 1, f"{len(text):,} characters is too large for a config file "
                         f"(at most {MAX_BYTES:,})", "(file)")
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_PyLoader if _may_nest_deeply(text) else _Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
