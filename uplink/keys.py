@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import hashlib
 import json
 import logging
@@ -46,6 +45,8 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from gateway.core.units import iso_now
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,6 @@ def key_path(state_dir: str | Path) -> Path:
     return Path(state_dir) / KEY_DIR / KEY_FILE
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write_private(path: Path, node_id: str, sets: Sequence[NodeKeys], *, exclusive: bool) -> None:
@@ -220,7 +219,7 @@ def init(state_dir: str | Path, node_id: str) -> NodeKeys:
     path = key_path(state_dir)
     if path.exists():
         raise FileExistsError(f"{path} exists: keys are never overwritten (use 'safegw keys rotate')")
-    keys = NodeKeys.generate(node_id, created=_now())
+    keys = NodeKeys.generate(node_id, created=iso_now())
     _write_private(path, node_id, [keys], exclusive=True)
     log.info("made key set %s for node %s in %s", keys.kid, node_id, path)
     return keys
@@ -270,7 +269,7 @@ def rotate(state_dir: str | Path) -> NodeKeys:
     sets = load_all(state_dir)
     if not sets:
         raise KeyFileError(f"no node keys in {key_path(state_dir)}: run 'safegw keys init' first")
-    new = NodeKeys.generate(sets[0].id, created=_now())
+    new = NodeKeys.generate(sets[0].id, created=iso_now())
     _write_private(key_path(state_dir), new.id, [new, *sets], exclusive=False)
     log.info("rotated keys of node %s: current kid %s (was %s)", new.id, new.kid, sets[0].kid)
     return new

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import fcntl
 import hashlib
 import hmac
@@ -29,6 +28,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway.core.units import iso_now
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def check_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(want))
 
 
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class UserStore:
@@ -172,7 +171,7 @@ class UserStore:
             "role": role,
             "key_id": key_id,
             "hash": hash_secret(secret, n=self.scrypt_n),
-            "created": _now_iso(),
+            "created": iso_now(),
             "created_by": by,
             "revoked": None,
         }
@@ -181,7 +180,7 @@ class UserStore:
             if live and not rotate:
                 raise UserError(f"user {name!r} exists; revoke it first or rotate its token")
             for u in live:
-                u["revoked"] = _now_iso()
+                u["revoked"] = iso_now()
             users.append(entry)
         log.info("user %s (%s) token created by %s", name, role, by)
         return f"sgw_{key_id}_{secret}"
@@ -191,7 +190,7 @@ class UserStore:
         with self._locked_write() as users:
             for u in users:
                 if u["name"] == name and not u.get("revoked"):
-                    u["revoked"] = _now_iso()
+                    u["revoked"] = iso_now()
                     n += 1
             if not n:
                 raise UserError(f"no active user {name!r}")

@@ -83,10 +83,21 @@ Number = Annotated[float, BeforeValidator(_no_bool_number)]
 
 # --------------------------------------------------------------------------- times
 
-def iso_ns(ns: int) -> str:
-    """ns since the epoch → ``2026-12-07T15:04:05.123Z`` (milliseconds, UTC)."""
-    return (dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"))
+#: the times iso_ns can write: years 1 to 9999
+_MIN_NS = -62_135_596_800 * 10**9
+_MAX_NS = 253_402_300_799 * 10**9 + 999_999_999
+
+
+def iso_ns(ns: int, digits: int = 3) -> str:
+    """ns since the epoch → ``2026-12-07T15:04:05.123Z`` (UTC; ``digits`` of the second:
+    0, 3, 6 or 9). Never raises: a time outside years 1-9999 is written at that bound."""
+    ns = min(max(int(ns), _MIN_NS), _MAX_NS)
+    s, frac = divmod(ns, 10**9)
+    d = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s)
+    text = f"{d.year:04d}-{d:%m-%dT%H:%M:%S}"
+    if digits:
+        text += f".{frac:09d}"[: digits + 1]
+    return text + "Z"
 
 
 def iso_now() -> str:

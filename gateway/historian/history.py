@@ -32,7 +32,7 @@ import numpy as np
 from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.config import Config, InfluxSection
 from gateway.core.secrets import SecretFileError, read_secret
-from gateway.core.units import parse_duration
+from gateway.core.units import iso_ns, parse_duration
 from gateway.store import queries
 
 RAW_COLUMNS = ["time", "value", "quality"]
@@ -105,9 +105,8 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
 
 
 def fmt_ns(ns: int) -> str:
-    s, frac = divmod(int(ns), 10**9)
-    d = dt.datetime.fromtimestamp(s, dt.UTC)
-    return f"{d:%Y-%m-%dT%H:%M:%S}.{frac:09d}Z"
+    """Times in history output keep their nanoseconds (the journal's resolution)."""
+    return iso_ns(ns, digits=9)
 
 
 # --------------------------------------------------------------------------- channel lookup
