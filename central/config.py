@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.core.config import ID_PATTERN, InfluxSection, Strict, resolve_path
+from gateway.core.config import ID_PATTERN, ConfigFile, InfluxSection, Strict
 from gateway.core.configcheck import ConfigError, explain, format_error, loc_path
 from gateway.core.units import Duration, Size
 from gateway.core.yamlsrc import Path_, Source, YamlError, load_file, load_text
@@ -97,7 +97,7 @@ class UpstreamSection(Strict):
     keep: Duration = Field(default=30 * 86400.0, description="keep forwarded envelopes this long after ack")
 
 
-class CentralConfig(Strict):
+class CentralConfig(ConfigFile):
     node: NodeSection
     listen: ListenSection = ListenSection()
     state: StateSection = StateSection()
@@ -107,20 +107,6 @@ class CentralConfig(Strict):
                               description="public key bundles of origins reached through relays")
     upstream: UpstreamSection | None = None
     influxdb: InfluxSection | None = None
-
-    _base_dir: Path = Path(".")
-
-    @property
-    def base_dir(self) -> Path:
-        """The folder of the config file, against which relative paths resolve."""
-        return self._base_dir
-
-    @base_dir.setter
-    def base_dir(self, value: Path) -> None:
-        self._base_dir = value
-
-    def path(self, p: Path | str) -> Path:
-        return resolve_path(p, self._base_dir)
 
 
 def tokens_path(cfg: CentralConfig) -> Path:

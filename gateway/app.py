@@ -47,6 +47,13 @@ SERVICES: dict[str, str] = {
 }
 
 
+def _cause(e: BaseException) -> int:
+    """The quality a failed poll gives its channels."""
+    if isinstance(e, DeviceUnavailable):
+        return e.cause
+    return Quality.TIMEOUT if isinstance(e, TimeoutError) else Quality.COMMS
+
+
 def _jitter(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)
 
@@ -221,16 +228,8 @@ class Gateway:
                 # a driver may know better (an RS-485 bus: every unit may cost its own timeout)
                 budget = getattr(drv, "poll_budget_s", None) or dev.timeout * (dev.retries + 1) + dev.poll
                 batch = await asyncio.wait_for(drv.poll(), timeout=budget)
-            except DeviceUnavailable as e:
-                self._fail(st, drv, e, e.cause)
-                connected = False
-                await drv.close()
-                await self._sleep(_jitter(backoff))
-                backoff = min(backoff * 2, max_backoff)
-                next_due = loop.time()
-                continue
-            except (OSError, TimeoutError) as e:
-                self._fail(st, drv, e, Quality.TIMEOUT if isinstance(e, TimeoutError) else Quality.COMMS)
+            except (DeviceUnavailable, OSError, TimeoutError) as e:
+                self._fail(st, drv, e, _cause(e))
                 connected = False
                 await drv.close()
                 await self._sleep(_jitter(backoff))

@@ -473,16 +473,8 @@ class AlarmsSection(Strict):
         return v
 
 
-class Config(Strict):
-    gateway: GatewaySection
-    journal: JournalSection = JournalSection()
-    devices: list[Device] = Field(default_factory=list)
-    mqtt: MqttSection | None = None
-    influxdb: InfluxSection | None = None
-    uplink: UplinkSection | None = None
-    api: ApiSection | None = None
-    registers: RegistersSection = RegistersSection()
-    alarms: AlarmsSection = AlarmsSection()
+class ConfigFile(Strict):
+    """A whole config file: knows its folder, against which its relative paths resolve."""
 
     # set by the loader: the folder of the config file, against which relative paths resolve
     _base_dir: Path = Path(".")
@@ -499,6 +491,19 @@ class Config(Strict):
     def path(self, p: Path | str) -> Path:
         """A path from the config, resolved against the config file's folder."""
         return resolve_path(p, self._base_dir)
+
+
+class Config(ConfigFile):
+    gateway: GatewaySection
+    journal: JournalSection = JournalSection()
+    devices: list[Device] = Field(default_factory=list)
+    mqtt: MqttSection | None = None
+    influxdb: InfluxSection | None = None
+    uplink: UplinkSection | None = None
+    api: ApiSection | None = None
+    registers: RegistersSection = RegistersSection()
+    alarms: AlarmsSection = AlarmsSection()
+
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:
         for d in self.devices:
