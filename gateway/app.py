@@ -32,6 +32,9 @@ from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
+#: how long a service may take to stop once its drain is over (closing sockets, files)
+STOP_GRACE_S = 1.0
+
 #: most journaled samples replayed into the rules at start (about 2-4 s of CPU)
 WARM_MAX_SAMPLES = 20_000_000
 
@@ -325,38 +328,55 @@ class Gateway:
                 if on_ready is not None:
                     on_ready()
                 await self._stop.wait()
+                # the whole stop shares one deadline: the drain time (the sources' stop,
+                # the last commits and the sinks' delivery each take what is left of it)
+                deadline = asyncio.get_running_loop().time() + drain_s
+
+                def left() -> float:
+                    return max(0.0, deadline - asyncio.get_running_loop().time())
+
                 self.notifier.stopping()
                 log.info("stopping: sources first")
                 # sources stop by themselves on _stop; give them the poll timeout, then cancel
-                _done, pending = await asyncio.wait(pollers, timeout=2.0) if pollers else (set(), set())
+                _done, pending = (await asyncio.wait(pollers, timeout=min(2.0, left())) if pollers
+                                  else (set(), set()))
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 try:
-                    await asyncio.wait_for(self.flush(), timeout=drain_s)
+                    await asyncio.wait_for(self.flush(), timeout=left())
                 except TimeoutError:
-                    log.error("journal did not commit the last batches within %.1fs", drain_s)
+                    log.error("journal did not commit the last batches within %.1fs; it commits them "
+                              "as it closes", drain_s)
                 timers.cancel()
                 # sinks: bounded drain of what is already journaled
-                await self._drain(started, drain_s)
+                await self._drain(started, left())
                 for t in svc_tasks:
                     t.cancel()
         finally:
-            for svc in reversed(started):
-                try:
-                    await asyncio.wait_for(svc.stop(), timeout=drain_s)
-                except (TimeoutError, OSError, RuntimeError) as e:
-                    log.warning("service %s did not stop cleanly: %s", svc.name, e)
+            await self._stop_services(started)
             self.journal.close()
             log.info("stopped")
 
-    async def _drain(self, services: list[Service], drain_s: float) -> None:
+    async def _stop_services(self, services: list[Service]) -> None:
+        """Stop every service at once, each within the stop grace (they have had their
+        drain already): one that hangs does not hold the others or the journal's close."""
+
+        async def stop(svc: Service) -> None:
+            try:
+                await asyncio.wait_for(svc.stop(), timeout=STOP_GRACE_S)
+            except (TimeoutError, OSError, RuntimeError) as e:
+                log.warning("service %s did not stop cleanly: %s", svc.name, e or type(e).__name__)
+
+        await asyncio.gather(*(stop(s) for s in reversed(services)))
+
+    async def _drain(self, services: list[Service], timeout_s: float) -> None:
         coros = [s.drain() for s in services]
         if coros:
             try:
-                await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), timeout=drain_s)
+                await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), timeout=timeout_s)
             except TimeoutError:
-                log.warning("drain did not finish within %.1fs; the journal keeps the rest", drain_s)
+                log.warning("drain did not finish in time; the journal keeps the rest for next time")
 
 
 def install_signal_handlers(gw: Gateway) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         gw = Gateway(cfg)
         install_signal_handlers(gw)
         await gw.run(drain_s=args.drain)
+        # The journal is closed: everything taken is on disk and every consumer resumes
+        # from its cursor. Leave now rather than wait for threads a library may still
+        # have blocked in I/O (influxdb-client's write waits out its own 30 s timeout):
+        # the stop must stay within the drain time (asyncio.run and the interpreter's
+        # exit would join them).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(EXIT_OK)
 
     asyncio.run(main())
     return EXIT_OK
