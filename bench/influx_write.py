@@ -147,10 +147,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         # steady state: from 20% of the backlog on (the first polls also create the series)
         mark = first + (last - first) // 5
         t_mark = None
-        async with svc.acked:
-            await svc.acked.wait_for(lambda: svc.cursor >= mark)
-            t_mark = time.perf_counter()
-            await svc.acked.wait_for(lambda: svc.cursor >= last)
+        await svc.consumer.drain(target=mark)
+        t_mark = time.perf_counter()
+        await svc.consumer.drain(target=last)
         drain_s = time.perf_counter() - t0
         steady_pps = (last - mark) * args.channels / max(1e-9, time.perf_counter() - t_mark)
         task.cancel()

@@ -9,15 +9,19 @@ at start, to resume InfluxDB after a restart) and closes them all at the end.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 from central.config import StorageSection
+from gateway.consumer import JournalConsumer
 from gateway.core import chantable
 from gateway.core.config import InfluxSection
-from gateway.core.record import SAMPLES
+from gateway.core.record import SAMPLES, Record
 from gateway.store.journal import Journal
 from gateway.store.queries import last_channel_table
+
+log = logging.getLogger(__name__)
 
 INFLUX_CURSOR = "influxdb"
 
@@ -49,6 +53,59 @@ class _TableHolder:
         return self._series
 
 
+class OriginInflux(JournalConsumer):
+    """One origin's journal into InfluxDB (the historian's writer), after its own cursor.
+
+    Points are tagged like the gateway's own historian tags them (gateway=<origin>,
+    site, device, channel=<name>, kind, unit, area, hazard_source; measurement per
+    kind), using the origin's channel table in force at each record: the last
+    ``channel_table`` event before it in this journal (stored in the origin's
+    journal order). Before any table is known, ``channel=<index>``."""
+
+    def __init__(self, origin: str, journal: Journal, influxdb: InfluxSection, base_dir: Path):
+        super().__init__(journal, INFLUX_CURSOR, max_records=500, max_samples=50_000, idle_wait_s=30.0,
+                         what=f"influxdb for {origin}", logger=log)
+        from gateway.historian.writer import InfluxWriter
+
+        self.origin = origin
+        self.holder = _TableHolder(origin)
+        self.tagged = False  # the table in force at the cursor is known
+        self.writer = InfluxWriter(influxdb, base_tags={"gateway": origin},
+                                   tags_for_channel=self.holder.tags, base_dir=base_dir)
+
+    async def serve(self) -> None:
+        """Open the writer, find the table in force at the cursor, then deliver forever."""
+        j = self.journal
+        self.writer.open()
+        try:
+            found = await j.run_read(lambda db: last_channel_table(db, self.cursor))
+            if found is not None:
+                self.holder.set(found[1])
+            self.tagged = True
+            await self.run()
+        finally:
+            await self.writer.close()
+
+    async def deliver(self, records: list[Record]) -> None:
+        writer, holder = self.writer, self.holder
+        parts = []
+        for r in records:
+            if r.kind == SAMPLES:
+                b = r.batch()
+                if len(b):
+                    series = holder.series(writer, int(b.channel.max()) + 1)
+                    parts.append(writer.format_batch(b, series))
+                continue
+            ev = r.event()
+            if chantable.is_table_event(ev):
+                holder.set(ev)
+                ev = chantable.summary(ev)
+            parts.append(writer.format_event(ev, seq=r.seq))
+        body = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
+        if body:
+            await writer.write(body)
+
+
 class Journals:
     """The journals of the origins this node stores, and their InfluxDB writers."""
 
@@ -59,9 +116,8 @@ class Journals:
         self.influxdb = influxdb
         self.base_dir = base_dir
         self._journals: dict[str, Journal] = {}
-        self._influx: dict[str, asyncio.Task[None]] = {}
-        self._writers: dict[str, Any] = {}
-        self._tagged: dict[str, _TableHolder] = {}
+        self._influx: dict[str, OriginInflux] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def get(self, origin: str) -> Journal | None:
         """An origin's journal if it has one open (nothing is created)."""
@@ -76,73 +132,25 @@ class Journals:
                         max_age_s=st.journal_max_age, sync=st.journal_sync)
             self._journals[origin] = j
             if self.influxdb is not None:
-                j.register(INFLUX_CURSOR)
-                self._influx[origin] = asyncio.create_task(self._influx_loop(origin, j),
-                                                           name=f"influx[{origin}]")
+                consumer = OriginInflux(origin, j, self.influxdb, self.base_dir)
+                consumer.register()
+                self._influx[origin] = consumer
+                self._tasks[origin] = asyncio.create_task(consumer.serve(), name=f"influx[{origin}]")
         return j
 
     def tagged_by(self, origin: str) -> str | None:
         """The channel table version the origin's InfluxDB points are tagged by now."""
-        holder = self._tagged.get(origin)
-        return holder.version if holder is not None else None
+        consumer = self._influx.get(origin)
+        return consumer.holder.version if consumer is not None and consumer.tagged else None
 
     def influx_status(self) -> dict[str, Any]:
         """Per origin: the InfluxDB cursor, its lag in records and the writer's figures."""
-        return {o: {"cursor": self._journals[o].cursor(INFLUX_CURSOR),
-                    "lag": self._journals[o].lag(INFLUX_CURSOR), **w.status()}
-                for o, w in self._writers.items()}
-
-    async def _influx_loop(self, origin: str, j: Journal) -> None:
-        """Store an origin's journal into InfluxDB (the historian's writer), after its cursor.
-
-        Points are tagged like the gateway's own historian tags them (gateway=<origin>,
-        site, device, channel=<name>, kind, unit, area, hazard_source; measurement per
-        kind), using the origin's channel table in force at each record: the last
-        ``channel_table`` event before it in this journal (stored in the origin's
-        journal order). Before any table is known, ``channel=<index>``."""
-        from gateway.historian.service import InfluxWriter
-
-        assert self.influxdb is not None
-        holder = _TableHolder(origin)
-        writer = InfluxWriter(self.influxdb, base_tags={"gateway": origin},
-                              tags_for_channel=holder.tags, base_dir=self.base_dir)
-        self._writers[origin] = writer
-        writer.open()
-        try:
-            found = await j.run_read(lambda db: last_channel_table(db, j.cursor(INFLUX_CURSOR)))
-            if found is not None:
-                holder.set(found[1])
-            self._tagged[origin] = holder
-            while True:
-                after = j.cursor(INFLUX_CURSOR)
-                recs = await j.read(after, 500, max_samples=50_000)
-                if not recs:
-                    await j.wait(after, 30.0)
-                    continue
-                parts = []
-                for r in recs:
-                    if r.kind == SAMPLES:
-                        b = r.batch()
-                        if len(b):
-                            series = holder.series(writer, int(b.channel.max()) + 1)
-                            parts.append(writer.format_batch(b, series))
-                        continue
-                    ev = r.event()
-                    if chantable.is_table_event(ev):
-                        holder.set(ev)
-                        ev = chantable.summary(ev)
-                    parts.append(writer.format_event(ev, seq=r.seq))
-                body = b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts)
-                if body:
-                    await writer.write(body)
-                await j.ack(INFLUX_CURSOR, recs[-1].seq)
-        finally:
-            await writer.close()
+        return {o: {"cursor": c.cursor, "lag": c.lag(), **c.writer.status()} for o, c in self._influx.items()}
 
     async def close(self) -> None:
         """Stop the InfluxDB loops (each closes its writer), then close the journals."""
-        for t in self._influx.values():
+        for t in self._tasks.values():
             t.cancel()
-        await asyncio.gather(*self._influx.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for j in self._journals.values():
             j.close()

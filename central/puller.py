@@ -19,7 +19,8 @@ from pathlib import Path
 from central.config import SourceEntry
 from central.ingest import GAP, REJECTED, IngestFn, SourceStatus
 from central.state import PgState, State
-from uplink.sync import NET_ERRORS, Backoff, Item, Peer, Signer, unpack_frames
+from gateway.consumer import Backoff, Health
+from uplink.sync import NET_ERRORS, Item, Peer, Signer, unpack_frames
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,17 @@ class Puller:
         ca = self.resolve(src.pull.tls_cert) if src.pull.tls_cert else None
         peer = Peer(src.pull.url, self.signer, ca=ca, verify=src.pull.verify,
                     timeout_s=src.pull.timeout + src.pull.wait)
+        # one health for both lanes: a source that goes down is one ERROR, not two
+        health = Health(f"source {src.id}: pull from {src.pull.url}", logger=log)
         try:
             async with asyncio.TaskGroup() as tg:
                 for lane in ("alarms", "main"):
-                    tg.create_task(self._lane(src, peer, lane), name=f"pull[{src.id}/{lane}]")
+                    tg.create_task(self._lane(src, peer, lane, health), name=f"pull[{src.id}/{lane}]")
         finally:
             await peer.close()
             st.state = "idle"
 
-    async def _lane(self, src: SourceEntry, peer: Peer, lane: str) -> None:
+    async def _lane(self, src: SourceEntry, peer: Peer, lane: str, health: Health) -> None:
         """Fetch and ingest one lane; the main lane prefetches the next range while it
         stores the current one (``after`` = received, ``ack`` = stored), so the
         gateway seals while central opens."""
@@ -120,15 +123,13 @@ class Puller:
                         items, head = await fetch(stored_pos())
                 except NET_ERRORS as e:
                     pending = None
-                    msg = str(e) or type(e).__name__
-                    if st.state != "failing":
-                        log.error("source %s: pull failed: %s", src.id, msg)
-                    st.state, st.last_error = "failing", msg
-                    await asyncio.sleep(backoff.next())
+                    health.failed(e)
+                    st.state, st.last_error = health.state, health.last_error
+                    await backoff.sleep()
                     continue
-                if st.state != "ok":
-                    log.info("source %s: pulling (%s)", src.id, pull.url)
-                    st.state, st.last_error = "ok", None
+                if not health.ok:
+                    health.succeeded()
+                    st.state, st.last_error = health.state, health.last_error
                 st.last_contact_ns = time.time_ns()
                 st.head = max(st.head, head)
                 if not items:
@@ -142,7 +143,7 @@ class Puller:
                         pending.cancel()
                         await asyncio.gather(pending, return_exceptions=True)
                         pending = None
-                    await asyncio.sleep(backoff.next())
+                    await backoff.sleep()
                 else:
                     backoff.reset()
         finally:

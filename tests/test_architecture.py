@@ -42,9 +42,11 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("drivers", ("gateway.core", "drivers"), ()),
     # the simulated plant: written independently of the gateway it tests
     ("simulators", ("gateway.core", "simulators"), ()),
-    # the central node: reads the journal and the historian, speaks the uplink's
-    # formats, but has its own transport (not the gateway's MQTT client)
-    ("central", ("gateway.core", "gateway.store", "gateway.historian", "uplink", "central"),
+    # the central node: reads the journal (through the journal-consumer base) and the
+    # historian, speaks the uplink's formats, but has its own transport (not the
+    # gateway's MQTT client)
+    ("central", ("gateway.core", "gateway.store", "gateway.consumer", "gateway.historian", "uplink",
+                 "central"),
      ("uplink.mqtt",)),
 ]
 
@@ -271,7 +273,7 @@ def test_central_may_use_the_uplink_but_not_its_mqtt_client(tmp_path: Path) -> N
     })
     assert check(tmp_path) == [
         "central/node.py:2: central.node imports uplink.mqtt; central may import only gateway.core, "
-        "gateway.store, gateway.historian, uplink, central (not uplink.mqtt)",
+        "gateway.store, gateway.consumer, gateway.historian, uplink, central (not uplink.mqtt)",
     ]
 
 

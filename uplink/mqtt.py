@@ -29,14 +29,13 @@ import contextlib
 import json
 import logging
 import ssl
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.consumer import AckWindow, Health, JournalConsumer, Slot
 from gateway.core.batch import quality_label
 from gateway.core.config import MqttSection
 from gateway.core.record import EVENT
@@ -51,13 +50,6 @@ WINDOW = 1000  # events published and not yet acknowledged, at most
 PUBLISHED_TYPES = ("alarm", "reminder")
 
 
-@dataclass(slots=True)
-class _Pending:
-    seq: int
-    mid: int | None  # None: nothing to wait for (an event not published, or the horizon)
-    done: bool
-
-
 def topic_prefix(ctx: DaemonContext, section: MqttSection) -> str:
     return (section.topic_prefix or f"safegw/{ctx.cfg.gateway.site}/{ctx.cfg.gateway.id}").rstrip("/")
 
@@ -70,18 +62,19 @@ class MqttService:
         self.section = section
         self.prefix = topic_prefix(ctx, section)
         self.client_id = section.client_id or f"safegw-{ctx.cfg.gateway.id}"
-        self.connected = False
+        # the cursor follows the PUBACKs in journal order, whatever order they come in
+        self.consumer = JournalConsumer(ctx.journal, CONSUMER, kinds=(EVENT,), max_records=500)
+        self.health = Health(f"mqtt connection to {section.host}:{section.port} as {self.client_id}",
+                             logger=log)
         self.policy = CommandPolicy(max_shelve_s=ctx.cfg.alarms.max_shelve)
         self.published = 0
         self.acked = 0
         self.commands = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[_Pending] = deque()
-        self._by_mid: dict[int, _Pending] = {}
+        self._window = AckWindow()
+        self._by_mid: dict[int, Slot] = {}  # publishes awaiting their PUBACK
         self._read_after = 0
-        self._acked_seq = 0
         self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
         self._active_dirty = True
         self._stopping = False
         self._client = self._make_client()
@@ -140,37 +133,36 @@ class MqttService:
         self._call(self._command, msg.topic, bytes(msg.payload))
 
     # asyncio thread -----------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.health.ok
+
     def _connected(self) -> None:
-        if not self.connected:
-            log.info("mqtt connected to %s:%d as %s", self.section.host, self.section.port, self.client_id)
-        self.connected = True
+        self.health.succeeded()
         self._active_dirty = True
         self._wake.set()
 
     def _connect_failed(self, reason: str) -> None:
-        if self.connected or not getattr(self, "_failed_logged", False):
-            log.error("mqtt connection to %s:%d refused: %s", self.section.host, self.section.port, reason)
-            self._failed_logged = True
-        self.connected = False
+        self.health.failed(f"refused: {reason}")
 
     def _disconnected(self, reason: str) -> None:
-        if self.connected and not self._stopping:
-            log.error("mqtt disconnected from %s:%d: %s; %d alarm events await PUBACK",
-                      self.section.host, self.section.port, reason, len(self._by_mid))
-        self.connected = False
+        if self._stopping:
+            self.health.state = "stopped"  # we said goodbye: not a failure
+            return
+        self.health.failed(f"disconnected: {reason}; {len(self._by_mid)} alarm events await PUBACK")
 
     def _puback(self, mid: int) -> None:
-        p = self._by_mid.pop(mid, None)
-        if p is None:
+        slot = self._by_mid.pop(mid, None)
+        if slot is None:
             return  # status, active document, values, command results
-        p.done = True
+        slot.done = True
         self.acked += 1
         self._wake.set()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._read_after = self._acked_seq = self.ctx.journal.register(CONSUMER)
+        self._read_after = self.consumer.register()
         s = self.section
         self._client.connect_async(s.host, s.port, keepalive=max(5, int(s.keepalive)))
         self._client.loop_start()
@@ -195,49 +187,39 @@ class MqttService:
     async def drain(self) -> None:
         """Deliver what is journaled now (bounded by the caller's timeout)."""
         target = self.ctx.journal.last_seq
-        while self._acked_seq < target and self.connected:
+        while self.consumer.cursor < target and self.connected:
             self._wake.set()
-            self._progress.clear()
-            # woken by the cursor moving; the timeout only re-checks the connection
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), 1.0)
+            # returns when the cursor gets there; the timeout only re-checks the connection
+            await self.consumer.drain(1.0, target=target)
 
     # ------------------------------------------------------------------ alarms
     async def _publish_loop(self) -> None:
-        j = self.ctx.journal
         while True:
             await self._advance()
             if self._active_dirty and self.connected:
                 self._publish_active()
             room = WINDOW - len(self._by_mid)
             if room > 0:
-                horizon = j.last_seq
-                recs = await j.read(self._read_after, min(room, 500), kinds=(EVENT,))
+                horizon = self.ctx.journal.last_seq
+                recs = await self.consumer.read(self._read_after, max_records=min(room, 500))
                 for rec in recs:
                     self._take(rec.seq, rec.event())
                 if len(recs) < min(room, 500) and horizon > self._read_after:
                     # every event up to the horizon has been read: the cursor may pass
                     # the sample records in between once the events before are acked
-                    self._pending.append(_Pending(horizon, None, True))
+                    self._window.add(horizon, done=True)
                     self._read_after = horizon
                 if recs:
                     await self._advance()
                     continue
             self._wake.clear()
-            waiter = asyncio.ensure_future(j.wait(self._read_after, timeout=1.0))
-            woke = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait({waiter, woke}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for f in (waiter, woke):
-                    f.cancel()
-                await asyncio.gather(waiter, woke, return_exceptions=True)
+            await self.consumer.wait(self._read_after, 1.0, wake=self._wake)
 
     def _take(self, seq: int, ev: dict[str, Any]) -> None:
         self._read_after = seq
         kind = ev.get("type")
         if kind not in PUBLISHED_TYPES:
-            self._pending.append(_Pending(seq, None, True))
+            self._window.add(seq, done=True)  # nothing to wait for
             return
         if kind == "alarm":
             topic = f"{self.prefix}/alarms/{ev.get('channel') or 'gateway'}"
@@ -251,20 +233,14 @@ class MqttService:
         info = self._client.publish(topic, payload, qos=self.section.qos)
         self.published += 1
         if self.section.qos == 0:
-            self._pending.append(_Pending(seq, None, True))
+            self._window.add(seq, done=True)
             return
-        p = _Pending(seq, info.mid, False)
-        self._pending.append(p)
-        self._by_mid[info.mid] = p
+        self._by_mid[info.mid] = self._window.add(seq)
 
     async def _advance(self) -> None:
-        upto = self._acked_seq
-        while self._pending and self._pending[0].done:
-            upto = self._pending.popleft().seq
-        if upto > self._acked_seq:
-            self._acked_seq = upto
-            await self.ctx.journal.ack(CONSUMER, upto)
-            self._progress.set()
+        upto = self._window.advance()
+        if upto is not None:
+            await self.consumer.ack(upto)
 
     def _publish_active(self) -> None:
         self._active_dirty = False
@@ -317,8 +293,9 @@ class MqttService:
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "published": self.published, "acked": self.acked,
-                "awaiting_puback": len(self._by_mid), "cursor": self._acked_seq, "commands": self.commands,
-                "prefix": self.prefix}
+                "awaiting_puback": len(self._by_mid), "cursor": self.consumer.cursor,
+                "commands": self.commands, "prefix": self.prefix, "failures": self.health.failures,
+                "last_error": self.health.last_error}
 
 
 def build_service(ctx: DaemonContext, section: MqttSection) -> MqttService:

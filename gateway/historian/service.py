@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.consumer import JournalConsumer
 from gateway.core import chantable
 from gateway.core.batch import Batch
 from gateway.core.config import InfluxSection
@@ -76,8 +77,10 @@ class HistorianService:
         self.stats_path = Path(ctx.state_dir) / "historian-stats.json"
         self.intervals: IntervalStats | None = None
         self._fmt = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="influx-format")
-        self.cursor = 0
-        self.acked = asyncio.Condition()
+        # reads run ahead of the cursor (the next chunk is formatted while this one is
+        # on the wire); acks follow the writes in order
+        self.consumer = JournalConsumer(self.journal, CONSUMER)
+        self.stats_consumer = JournalConsumer(self.journal, STATS_CONSUMER) if section.stats else None
         self._draining = False
         self._wake = asyncio.Event()
         self.chunks = 0
@@ -86,14 +89,19 @@ class HistorianService:
         self.skipped_records = 0
         self._split_long = bool(section.long_retention_policy if section.api == "v1" else section.long_bucket)
 
+    @property
+    def cursor(self) -> int:
+        """The last journal sequence InfluxDB acknowledged."""
+        return self.consumer.cursor
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         # registered even when the writer cannot open yet: the journal keeps the data for it
-        self.cursor = self.journal.register(CONSUMER)
-        if self.section.stats:
-            self.journal.register(STATS_CONSUMER)
+        self.consumer.register()
+        if self.stats_consumer is not None:
+            self.stats_consumer.register()
         log.info("influxdb historian: %s, cursor %d, lag %d", self.writer._target(), self.cursor,
-                 self.journal.lag(CONSUMER))
+                 self.consumer.lag())
 
     async def stop(self) -> None:
         await self.writer.close()
@@ -104,11 +112,11 @@ class HistorianService:
         target = self.journal.last_seq
         self._draining = True
         self._wake.set()
-        async with self.acked:
-            await self.acked.wait_for(lambda: self.cursor >= target)
+        await self.consumer.drain(target=target)
 
     def stats(self) -> dict[str, Any]:
-        return {**self.writer.status(), "cursor": self.cursor, "lag": self.journal.lag(CONSUMER),
+        return {**self.writer.status(), "cursor": self.cursor, "lag": self.consumer.lag(),
+                "delivered_records": self.consumer.delivered,
                 "late_stat_samples": self.intervals.late_samples if self.intervals else 0,
                 "skipped_records": self.skipped_records}
 
@@ -173,7 +181,8 @@ class HistorianService:
         """Rebuild the statistics of intervals still open at the last stop."""
         if self.intervals is None:
             return
-        s_cursor = self.journal.cursor(STATS_CONSUMER)
+        assert self.stats_consumer is not None
+        s_cursor = self.stats_consumer.cursor
         if not self.stats_path.exists():
             # first start with statistics on (the file marks it); for a historian that ran
             # before without them, start from here rather than recompute the whole journal
@@ -184,7 +193,7 @@ class HistorianService:
         loop = asyncio.get_running_loop()
         after = s_cursor
         while after < self.cursor:
-            recs = await self.journal.read(after, 1000, max_samples=200_000)
+            recs = await self.stats_consumer.read(after, max_samples=200_000)
             recs = [r for r in recs if r.seq <= self.cursor]
             if not recs:
                 break
@@ -207,7 +216,7 @@ class HistorianService:
         last = after
         deadline: float | None = None
         while True:
-            got = await self.journal.read(last, 1000, max_samples=max(1, limit_points - points))
+            got = await self.consumer.read(last, max_samples=max(1, limit_points - points))
             if got:
                 recs.extend(got)
                 last = got[-1].seq
@@ -228,19 +237,11 @@ class HistorianService:
             else:
                 timeout = self._stats_timeout()
             self._wake.clear()
-            waiter = asyncio.ensure_future(self.journal.wait(last, timeout))
-            woke = asyncio.ensure_future(self._wake.wait())
-            done, _ = await asyncio.wait({waiter, woke}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (waiter, woke):
-                if t not in done:
-                    t.cancel()
-            if not recs and not waiter in done and not self.journal.last_seq > last:  # noqa: E713
+            await self.consumer.wait(last, timeout, wake=self._wake)
+            if not recs and self._wake.is_set() and not self.journal.last_seq > last:
                 # idle: close statistics intervals by the clock
                 if self.intervals is not None and self.intervals.open:
                     return await loop.run_in_executor(self._fmt, self._format, [], last, True)
-                if self._draining and last >= self.journal.last_seq:
-                    async with self.acked:
-                        self.acked.notify_all()
         caught_up = self.journal.last_seq <= last
         return await loop.run_in_executor(self._fmt, self._format, recs, last, caught_up)
 
@@ -317,14 +318,10 @@ class HistorianService:
             await previous
         if chunk.closed_upto is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._save_stats, chunk.closed_upto)
-        if chunk.upto > self.cursor:
-            await self.journal.ack(CONSUMER, chunk.upto)
-        if self.intervals is not None and chunk.stats_seq > self.journal.cursor(STATS_CONSUMER):
-            await self.journal.ack(STATS_CONSUMER, chunk.stats_seq)
+        await self.consumer.ack(chunk.upto, records=chunk.records)
+        if self.stats_consumer is not None and self.intervals is not None:
+            await self.stats_consumer.ack(chunk.stats_seq)
         self.chunks += 1
-        async with self.acked:
-            self.cursor = max(self.cursor, chunk.upto)
-            self.acked.notify_all()
 
     def _report_rejected(self, rejected: Rejected, chunk: Chunk) -> None:
         # an influx_rejected event that is itself rejected is only logged: no loop

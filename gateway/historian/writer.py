@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import time
 import zlib
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gateway.admin import registers
+from gateway.consumer import Backoff
 from gateway.core.batch import Batch
 from gateway.core.config import InfluxSection
 from gateway.core.secrets import SecretFileError, read_secret
@@ -313,7 +313,7 @@ class InfluxWriter:
         Transient failures back off exponentially up to ``max_backoff``; auth failures and
         a missing database retry every ``max_backoff`` with an ERROR."""
         self.open()
-        backoff = 0.5
+        backoff = Backoff(0.5, self.section.max_backoff)
         while True:
             reply = await self._post_once(body, compressed, long)
             st = reply.status
@@ -337,8 +337,7 @@ class InfluxWriter:
             # 0 (connection refused, timeout), 5xx, 429, anything else: back off and retry
             what = f"HTTP {st}: {reply.message}" if st else reply.message
             self._set_state("retrying", f"write failed ({what}); the journal keeps everything, retrying")
-            await self._sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, self.section.max_backoff)
+            await self._sleep(backoff.next())
 
     async def _create_database(self, reply: Reply, long: bool = False) -> bool:
         s = self.section

@@ -1,0 +1,136 @@
+"""The gateway's ``uplink`` service: its journal served in pull mode (``SyncServer``
+behind an ``HttpsListener``) or pushed to central (``PushClient``), sealed to the
+central keys of the config, over one ``Link`` (bandwidth cap, monthly budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.core.config import UplinkSection
+from gateway.core.record import Record
+from gateway.core.units import parse_listen
+from gateway.services import DaemonContext
+from uplink.auth import Verifier, ensure_tls_cert
+from uplink.link import Link
+from uplink.sync.client import Peer, PushClient, Signer
+from uplink.sync.server import HttpsListener, SyncServer
+from uplink.sync.source import LANES, JournalSource
+
+log = logging.getLogger(__name__)
+
+
+def _seal_with(env_mod: Any, node: Any, recipients: list[Any], cipher: str
+               ) -> Callable[[list[Record]], bytes]:
+    def seal(records: list[Record]) -> bytes:
+        data: bytes = env_mod.seal(records, sender=node, recipients=recipients, cipher=cipher)
+        return data
+
+    return seal
+
+
+class UplinkService:
+    """The gateway's uplink: a pull server or a push client over its journal."""
+
+    def __init__(self, ctx: DaemonContext, section: UplinkSection):
+        from uplink import envelope, keys
+
+        self.name = "uplink"
+        self.ctx = ctx
+        self.section = section
+        gid = ctx.cfg.gateway.id
+        state_dir = Path(ctx.state_dir)
+        self.node = keys.load_or_none(state_dir) or keys.init(state_dir, gid)
+        base = ctx.cfg.base_dir
+        self.recipients = [pk for p in section.central_keys for pk in keys.load_public(_abs(base, p))]
+        if not self.recipients:
+            raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
+        self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
+        seal = _seal_with(envelope, self.node, self.recipients, section.cipher)
+        self.source = JournalSource(gid, ctx.journal, seal, max_records=section.max_records,
+                                    max_samples=section.max_samples)
+        self.server: SyncServer | None = None
+        self.listener: HttpsListener | None = None
+        self.push: PushClient | None = None
+        self.peer: Peer | None = None
+        if section.mode == "pull":
+            trusted = {rk.kid: rk.ed25519 for rk in self.recipients}
+            self.verifier = Verifier(trusted, window_s=section.clock_window)
+            self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes)
+            if section.tls_cert and section.tls_key:
+                cert, key = _abs(base, section.tls_cert), _abs(base, section.tls_key)
+            else:
+                host = parse_listen(section.listen or "0.0.0.0:8443")[0]
+                cert, key = ensure_tls_cert(state_dir, gid, [host] if host not in ("0.0.0.0", "::") else [])
+            self.listener = HttpsListener(self.server.app, section.listen or "0.0.0.0:8443", cert, key)
+        else:
+            if not section.central_url:
+                raise ValueError("uplink.mode push needs uplink.central_url")
+            signer = Signer(self.node.ed25519, self.node.kid)
+            ca = _abs(base, section.ca) if section.ca else None
+            self.peer = Peer(section.central_url, signer, ca=ca, timeout_s=section.timeout)
+            self.push = PushClient(self.source, self.peer, self.link, max_bytes=section.max_bytes,
+                                   retry_max_s=section.retry_max)
+
+    async def start(self) -> None:
+        if self.listener is not None:
+            await self.listener.start()
+            log.info("uplink: serving /sync/v1 on %s (pull mode)", self.section.listen)
+        else:
+            log.info("uplink: pushing to %s", self.section.central_url)
+
+    async def run(self) -> None:
+        try:
+            if self.push is not None:
+                await self.push.run()
+            else:
+                await asyncio.Event().wait()
+        finally:
+            self.link.save()
+
+    async def drain(self) -> None:
+        if self.push is not None:
+            await self.push.drain()
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            await self.listener.stop()
+        if self.peer is not None:
+            await self.peer.close()
+        self.source.close()
+        self.link.save()
+
+    def stats(self) -> dict[str, Any]:
+        lanes = self.source.lanes
+        out: dict[str, Any] = {
+            "mode": self.section.mode,
+            "cursors": {lane: lanes[lane].cursor for lane in LANES},
+            "lag_records": lanes["main"].lag(),
+            "sealed_envelopes": self.source.sealed_envelopes,
+            "sealed_samples": self.source.sealed_samples,
+            "sealed_bytes": self.source.sealed_bytes,
+            "link": self.link.stats(),
+        }
+        if self.server is not None:
+            out["requests"] = self.server.requests
+            out["last_request_ns"] = self.server.last_request_ns
+            out["refused"] = dict(self.server.verifier.rejected)
+        if self.push is not None:
+            s = self.push.stats
+            out.update(connected=s.ok, last_ok_ns=s.last_ok_ns, last_error=s.last_error,
+                       failures=s.failures, rewinds=s.rewinds)
+        return out
+
+
+def _abs(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else base / p
+
+
+def build_service(ctx: DaemonContext, section: UplinkSection) -> UplinkService:
+    return UplinkService(ctx, section)
+
+
