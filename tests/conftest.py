@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.influxd",
     "tests.fixtures.postgres",
+    "tests.fixtures.daemon",
 ]

@@ -18,8 +18,8 @@ from gateway.config import loads
 from gateway.core.batch import Batch
 from gateway.core.record import EVENT
 from gateway.core.tokens import UserStore
+from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
-from tests.helpers import async_wait_until
 
 PREFIX = "safegw/S1/gw-cmd"
 

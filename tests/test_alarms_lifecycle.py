@@ -17,7 +17,7 @@ from gateway.config import loads
 from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.settings import NS, ChannelRules
-from tests.helpers import async_wait_until
+from tests.fixtures.helpers import async_wait_until
 
 T0 = 1_750_000_000 * NS
 

@@ -1,162 +1,18 @@
-"""The API as a service of the real daemon: start/stop, binding, TLS; plus the Daemon
-helper the other API tests use (a real ``Gateway(cfg).run()`` in a thread of its own,
-polling the plant simulators, with its admin API on an ephemeral loopback port)."""
+"""The API as a service of the real daemon: start/stop, binding, TLS (the daemon and its
+plant: tests/fixtures/daemon.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import subprocess
-import threading
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import loads
-from gateway.core.tokens import UserStore
-from tests.helpers import free_port, wait_until
-
-#: a small plant for the API tests: gas, temperature and level over Modbus TCP
-SIM_PLANT = """
-seed: 7
-tick: 100ms
-signals:
-  GT-1: {base: 12.0}
-  GT-2: {base: 3.0}
-  TT-1: {base: 21.5}
-  LT-1: {base: 6.5}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: GT-2, address: input:1, type: int16, scale: 0.1}
-          - {signal: TT-1, address: holding:10, type: float32}
-          - {signal: LT-1, address: holding:20, type: float32}
-"""
-
-
-def gateway_yaml(host: str, port: int, state_dir: Path, *, api_port: int = 0, extra: str = "",
-                 api_opts: str = "") -> str:
-    return f"""
-gateway: {{id: gw-api, site: "91370100MA3C000000", state_dir: "{state_dir}"}}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: {host}
-    port: {port}
-    poll: 200ms
-    timeout: 200ms
-    retries: 0
-    channels:
-      - {{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1,
-          hazard_source: HS-01, alarms: {{h: 25, hh: 50}}}}
-      - {{name: GT-2, kind: gas, unit: "%LEL", address: input:1, type: int16, scale: 0.1,
-          alarms: {{h: 25, hh: 50}}}}
-      - {{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}}
-      - {{name: LT-1, kind: level, unit: m, address: holding:20, type: float32}}
-  - name: dead-plc
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: {free_port()}
-    poll: 1s
-    timeout: 200ms
-    retries: 0
-    channels:
-      - {{name: PT-9, kind: pressure, unit: MPa, address: holding:0, type: float32}}
-api: {{listen: "127.0.0.1:{api_port}"{api_opts}}}
-{extra}
-"""
-
-
-class Daemon:
-    """A real gateway in a thread with its own event loop (so tests stay synchronous)."""
-
-    def __init__(self, yaml_text: str, *, clock: Callable[[], int] | None = None):
-        self.cfg = loads(yaml_text)
-        self.clock = clock
-        self.gw: Gateway | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="daemon", daemon=True)
-
-    def _main(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            kw = {"clock": self.clock} if self.clock else {}
-            self.gw = Gateway(self.cfg, **kw)
-            await self.gw.run(drain_s=2.0, on_ready=self._ready.set)
-
-        try:
-            asyncio.run(main())
-        except BaseException as e:
-            self._error = e
-            self._ready.set()
-
-    def start(self) -> Daemon:
-        self._thread.start()
-        if not self._ready.wait(30):
-            raise AssertionError("gateway did not become ready in 30 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    @property
-    def api(self) -> Any:
-        assert self.gw is not None
-        return next(s for s in self.gw.services if s.name == "api")
-
-    @property
-    def url(self) -> str:
-        return str(self.api.url)
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        if self.gw is not None and self.loop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.gw.stop)
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "gateway did not stop within 30 s"
-
-    def events(self, etype: str) -> list[dict[str, Any]]:
-        """Every journal event of a type (the durable record the uplink carries)."""
-        assert self.gw is not None
-        self.run(self.gw.flush())
-        from gateway.core.record import EVENT
-
-        out = []
-        after = 0
-        while True:
-            recs = self.gw.journal.read_sync(after, 1000, kinds=(EVENT,))
-            if not recs:
-                return out
-            for r in recs:
-                ev = r.event()
-                if ev.get("type") == etype:
-                    out.append(ev)
-            after = recs[-1].seq
-
-
-def make_tokens(state_dir: Path) -> dict[str, str]:
-    store = UserStore(state_dir / "users.json")
-    return {role: store.add(f"{role}-user", role) for role in ("viewer", "operator", "admin")}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-# --------------------------------------------------------------------------- tests
+from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.helpers import wait_until
 
 
 def test_api_serves_inside_the_daemon_and_stops_with_it(tmp_path: Path, sim_factory: Any) -> None:
@@ -299,33 +155,3 @@ def test_half_tls_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="both tls_cert and tls_key"):
         d.start()
     d.stop()
-
-
-@pytest.fixture(scope="module")
-def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One simulator plant and one daemon with tokens for every role, shared by a module."""
-    from tests.fixtures.sims import SimProcess
-
-    tmp = tmp_path_factory.mktemp("plant")
-    cfg = tmp / "sim.yaml"
-    cfg.write_text(SIM_PLANT)
-    sim = SimProcess(cfg)
-    state = tmp / "state"
-    state.mkdir()
-    tokens = make_tokens(state)
-    host, port = sim.tcp("plc")
-    # the RBAC and fuzz tests send bad tokens to every endpoint from one address on purpose
-    d = Daemon(gateway_yaml(host, port, state, api_opts=", max_failures: 100000")).start()
-
-    class Plant:
-        pass
-
-    p = Plant()
-    p.sim, p.daemon, p.tokens, p.url, p.state = sim, d, tokens, d.url, state  # type: ignore[attr-defined]
-    p.http = httpx.Client(base_url=d.url, timeout=10)  # type: ignore[attr-defined]
-    try:
-        yield p
-    finally:
-        p.http.close()  # type: ignore[attr-defined]
-        d.stop()
-        sim.stop()

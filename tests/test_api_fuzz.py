@@ -10,14 +10,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 
-from tests.test_api_daemon import auth, plant  # noqa: F401 - the module fixture
+from tests.fixtures.daemon import auth
 
 # schemathesis' own strategies use `random` internally; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def api_schema(plant: Any) -> Any:  # noqa: F811
+def api_schema(plant: Any) -> Any:
     # a record so that id-1 paths reach the handlers' deeper branches
     plant.http.post(
         "/registers/hidden_danger",
@@ -64,13 +64,13 @@ def _fuzz(schema: Any, url: str, headers: dict[str, str], examples: int) -> tupl
     return sent[0], failures
 
 
-def test_no_server_errors_as_admin(api_schema: Any, plant: Any) -> None:  # noqa: F811
+def test_no_server_errors_as_admin(api_schema: Any, plant: Any) -> None:
     sent, failures = _fuzz(api_schema, plant.url, auth(plant.tokens["admin"]), examples=8)
     assert sent >= 8 * 20
     assert not failures, "\n".join(failures)
 
 
-def test_no_server_errors_without_a_token(api_schema: Any, plant: Any) -> None:  # noqa: F811
+def test_no_server_errors_without_a_token(api_schema: Any, plant: Any) -> None:
     sent, failures = _fuzz(api_schema, plant.url, {}, examples=2)
     assert sent > 20
     assert not failures, "\n".join(failures)

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_api_daemon import auth, plant  # noqa: F401 - the module fixture
+from tests.fixtures.daemon import auth
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -72,7 +72,7 @@ def _send(http: httpx.Client, method: str, path: str, body: Any, headers: dict[s
 
 
 @pytest.fixture(scope="module")
-def seeded(plant: Any) -> Any:  # noqa: F811
+def seeded(plant: Any) -> Any:
     r = plant.http.post(
         "/registers/hidden_danger",
         headers=auth(plant.tokens["operator"]),

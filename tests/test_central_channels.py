@@ -25,8 +25,7 @@ from gateway import chanmap
 from gateway.core import chantable
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
-from tests.helpers import async_wait_until
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     T0,
     CentralSide,
     GatewaySide,
@@ -37,6 +36,7 @@ from tests.test_central_harness import (
     make_keys,
     stored,
 )
+from tests.fixtures.helpers import async_wait_until
 from uplink import envelope, keys
 from uplink.sync import Item
 

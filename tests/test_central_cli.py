@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_until
-from tests.test_central_harness import make_keys
+from tests.fixtures.central import make_keys
+from tests.fixtures.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFEGW = [sys.executable, "-m", "gateway.cli"]

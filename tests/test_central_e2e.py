@@ -16,9 +16,9 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import loads
 from gateway.core.record import SAMPLES
-from tests.helpers import async_wait_until
-from tests.linkemu import LinkEmulator
-from tests.test_central_harness import CentralSide, central_config, central_pub, make_keys, stored
+from tests.fixtures.central import CentralSide, central_config, central_pub, make_keys, stored
+from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.linkemu import LinkEmulator
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Gateway → central through a bad link (tests/linkemu.py): latency, 1 Mbit/s, dropped
+"""Gateway → central through a bad link (tests/fixtures/linkemu.py): latency, 1 Mbit/s, dropped
 connections and a cut link. Everything must arrive exactly once, in order, alarms ahead
 of the backlog.
 
@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.core.record import SAMPLES
-from tests.helpers import async_wait_until
-from tests.linkemu import LinkEmulator
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     GatewaySide,
     alarm,
@@ -27,6 +25,8 @@ from tests.test_central_harness import (
     central_pub,
     make_keys,
 )
+from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.linkemu import LinkEmulator
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -117,7 +117,7 @@ async def test_bad_link_exactly_once_alarms_first(tmp_path: Path, mode: str) -> 
         await gw.journal.append_many([batch(i, PER) for i in range(BACKLOG, BACKLOG + 20)])
         await async_wait_until(lambda: node.origins["gw-1"].main >= gw.journal.last_seq, 90,
                                what="central to catch up after the outage")
-        from tests.test_central_harness import events_of, sample_keys, stored
+        from tests.fixtures.central import events_of, sample_keys, stored
 
         got = stored(node, "gw-1")
         assert sample_keys(got) == _expected(), "samples lost, duplicated or out of order"

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.record import SAMPLES, Record
-from tests.helpers import async_wait_until
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     GatewaySide,
     alarm,
@@ -23,6 +22,7 @@ from tests.test_central_harness import (
     sample_keys,
     stored,
 )
+from tests.fixtures.helpers import async_wait_until
 from uplink import envelope, keys
 from uplink.sync import Item
 

@@ -15,8 +15,7 @@ import pytest
 
 from central.state import Commit, PgState
 from gateway.core.record import SAMPLES
-from tests.helpers import async_wait_until
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     GatewaySide,
     batch,
@@ -25,6 +24,7 @@ from tests.test_central_harness import (
     sample_keys,
     stored,
 )
+from tests.fixtures.helpers import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.record import SAMPLES
-from tests.helpers import async_wait_until
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     GatewaySide,
     alarm,
@@ -19,6 +18,7 @@ from tests.test_central_harness import (
     sample_keys,
     stored,
 )
+from tests.fixtures.helpers import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,7 +43,7 @@ async def _setup(tmp_path: Path, mode: str) -> tuple[GatewaySide, CentralSide]:
         c = await CentralSide(central_config(tmp_path, "county", [src])).start()
     else:
         # central first (the gateway must know its address and certificate)
-        from tests.test_central_harness import make_keys
+        from tests.fixtures.central import make_keys
 
         gpub = make_keys(tmp_path / "gw-1", "gw-1", pubs)
         src = {"id": "gw-1", "keys": str(gpub), "mode": "push"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.record import SAMPLES, Record
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     alarm,
     batch,
@@ -172,8 +172,8 @@ async def test_push_requests_must_be_signed_fresh_and_unique(setup) -> None:  # 
 
 async def test_pusher_backs_off_when_central_cannot_read_it(tmp_path: Path) -> None:
     """A gateway that encrypts to the wrong key: refused every time, but never hammered."""
-    from tests.helpers import async_wait_until
-    from tests.test_central_harness import GatewaySide
+    from tests.fixtures.central import GatewaySide
+    from tests.fixtures.helpers import async_wait_until
 
     pubs = tmp_path / "pub"
     pubs.mkdir()

@@ -1,6 +1,6 @@
 """Crash test: SIGKILL the ingesting process at random moments, many times.
 
-A worker (tests/crash_worker.py) appends batches and events with several commits in
+A worker (tests/fixtures/crash_worker.py) appends batches and events with several commits in
 flight and prints every committed sequence with a checksum. We kill it with SIGKILL at
 a random moment (sometimes while it is still opening the journal, i.e. during
 recovery), then check with a fresh connection, before the next round restarts it:
@@ -31,7 +31,7 @@ import pytest
 from gateway.core.batch import Batch
 from gateway.core.record import EVENT, SAMPLES, decode_data
 from gateway.store.journal import Journal
-from tests.crash_worker import digest, event_bytes, make_batch, make_event
+from tests.fixtures.crash_worker import digest, event_bytes, make_batch, make_event
 from tests.fixtures.sims import SimProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ class Reported:
 
 def run_round(path: Path, run: int, rep: Reported, rng: random.Random, extra: list[str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_worker", str(path), str(run), *extra],
+        [sys.executable, "-m", "tests.fixtures.crash_worker", str(path), str(run), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
     )
     ready = threading.Event()
@@ -213,7 +213,7 @@ def test_sigkill_gateway_polling_simulators(tmp_path: Path, modbus_plant: SimPro
     rng = random.Random(3)
     deadline = time.monotonic() + 150
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-m", "tests.crash_worker", "--gateway", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.crash_worker", "--gateway", str(cfg)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready = threading.Event()
         lines: list[str] = []

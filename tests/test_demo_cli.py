@@ -20,7 +20,7 @@ import pytest
 from simulators.config import DEVICE_KINDS
 from simulators.config import load as load_sim
 from simulators.scenario import window
-from tests.helpers import free_port, wait_until
+from tests.fixtures.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 

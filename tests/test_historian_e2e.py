@@ -16,9 +16,9 @@ from gateway.config import loads
 from gateway.core.batch import Batch, Quality
 from gateway.core.record import SAMPLES
 from gateway.historian.service import HistorianService
+from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
-from tests.helpers import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,12 +9,9 @@ a backlog, authentication (401).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,101 +19,13 @@ import httpx
 import numpy as np
 import pytest
 
-from gateway.app import Gateway
-from gateway.config import loads
 from gateway.core.batch import Batch, Quality
-from gateway.core.config import Config
-from gateway.historian.service import CONSUMER, HistorianService, build_service
+from gateway.historian.service import CONSUMER
+from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.historian import KINDS, N_CH, T0, Harness, batch, harness, make_config
 from tests.fixtures.influxd import Influxd, unique_db
-from tests.helpers import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-N_CH = 12
-KINDS = ["gas", "temperature", "pressure"]
-
-
-def make_config(tmp: Path, url: str, db: str, *, n: int = N_CH, extra: str = "",
-                gw_id: str = "gw-test-1") -> Config:
-    chans = []
-    for i in range(n):
-        kind = KINDS[i % 3]
-        hs = f", hazard_source: 'HS {i % 2}'" if i % 4 == 0 else ""
-        chans.append(f"      - {{name: 'CH-{i:03d}', kind: {kind}, unit: 'u,{i % 2}',"
-                     f" address: 'holding:{2 * i}', type: float32, area: 'Tank farm=1'{hs}}}")
-    text = f"""
-gateway:
-  id: {gw_id}
-  site: "91370100MA3C000000"
-  state_dir: {tmp / "state"}
-devices:
-  - name: plc-1
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: 1502
-    enabled: false
-    channels:
-{chr(10).join(chans)}
-influxdb:
-  url: {url}
-  database: {db}
-  flush_every: 100ms
-  max_backoff: 500ms
-{extra if "timeout:" in extra else extra + chr(10) + "  timeout: 2s"}
-"""
-    return loads(text)
-
-
-T0 = 1_764_000_000_000_000_000 + 123_456_789
-
-
-def batch(i: int, n: int = N_CH, t0: int = T0) -> Batch:
-    """Poll ``i``: every channel once, one timestamp, a few bad samples."""
-    rng = np.random.default_rng(i)
-    vals = rng.normal(20, 5, n)
-    vals[::3] = np.round(vals[::3], 2)
-    q = np.zeros(n, np.uint8)
-    q[(i + np.arange(n)) % 7 == 0] = Quality.TIMEOUT
-    vals[q >= Quality.BAD] = np.nan
-    q[(i + np.arange(n)) % 11 == 0] = Quality.CALIBRATING  # uncertain, keeps its value
-    return Batch.build(np.arange(n), t0 + i * 1_000_000_000, vals, q)
-
-
-class Harness:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.gw = Gateway(cfg)
-        assert cfg.influxdb is not None
-        self.svc: HistorianService = build_service(self.gw, cfg.influxdb)
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.svc.start()
-        self.task = asyncio.create_task(self.svc.run(), name="service[influxdb]")
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.svc.stop()
-        self.gw.journal.close()
-
-    async def caught_up(self, within: float = 30.0) -> None:
-        j = self.gw.journal
-        await async_wait_until(lambda: self.svc.cursor >= j.last_seq, within,
-                               what=f"historian cursor to reach {j.last_seq} (at {self.svc.cursor}, "
-                                    f"state {self.svc.writer.state}: {self.svc.writer.last_error})")
-
-
-@contextlib.asynccontextmanager
-async def harness(cfg: Config) -> AsyncIterator[Harness]:
-    h = Harness(cfg)
-    await h.start()
-    try:
-        yield h
-    finally:
-        await h.stop()
 
 
 def rows(srv: Influxd, db: str, q: str) -> list[dict[str, Any]]:

@@ -12,8 +12,8 @@ import pytest
 
 from gateway.core.batch import Batch, Quality
 from gateway.historian.stats import IntervalStats
+from tests.fixtures.historian import N_CH, Harness, make_config
 from tests.fixtures.influxd import Influxd, unique_db
-from tests.test_historian_influxd import N_CH, Harness, make_config
 
 pytestmark = pytest.mark.timeout(120)
 

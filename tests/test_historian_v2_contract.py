@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from gateway.historian.service import CONSUMER
-from tests.helpers import async_wait_until
-from tests.test_historian_influxd import N_CH, T0, Harness, batch, make_config
+from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.historian import N_CH, T0, Harness, batch, make_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,8 @@ from gateway.core.batch import Batch, Quality
 from gateway.historian.history import HistoryError, aggregate, fmt_ns, parse_time, query_api, query_history
 from gateway.historian.service import build_service
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.influxd import Influxd, unique_db
-from tests.helpers import async_wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,7 +196,7 @@ async def test_influx_and_journal_agree(influxd: Influxd, tmp_path: Path) -> Non
 
 
 async def test_influx_unreachable_is_a_clear_error(tmp_path: Path) -> None:
-    from tests.helpers import free_port
+    from tests.fixtures.helpers import free_port
 
     cfg = load(write_config(tmp_path, f"influxdb: {{url: 'http://127.0.0.1:{free_port()}', timeout: 1s}}\n"))
     with pytest.raises(HistoryError, match=r"did not answer.*--source journal"):

@@ -21,7 +21,7 @@ import pytest
 from gateway.core.batch import Batch, Quality
 from gateway.core.record import EVENT, SAMPLES
 from gateway.store.journal import Journal, JournalClosed, JournalUnusable
-from tests.helpers import async_wait_until, mount_tmpfs
+from tests.fixtures.helpers import async_wait_until, mount_tmpfs
 
 T0 = 1_700_000_000 * 10**9
 

@@ -21,8 +21,8 @@ import pytest
 from gateway.core.batch import Batch
 from gateway.core.record import SAMPLES, decode_data
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import free_port, mount_tmpfs, wait_until
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
-from tests.helpers import free_port, mount_tmpfs, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DRAIN_S = 2.0

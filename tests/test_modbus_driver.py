@@ -19,8 +19,8 @@ from gateway.config import loads
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable
 from gateway.core.config import Config
+from tests.fixtures.helpers import async_wait_until, free_port
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
-from tests.helpers import async_wait_until, free_port
 
 
 def _drivers(cfg: Config) -> dict[str, Any]:

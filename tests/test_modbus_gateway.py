@@ -15,8 +15,8 @@ from gateway.config import loads
 from gateway.core.batch import Quality
 from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
-from tests.helpers import async_wait_until
 
 
 def _journal_samples(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,8 +18,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import loads
 from gateway.core.batch import Batch
+from tests.fixtures.helpers import async_wait_until, wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
-from tests.helpers import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = 1_000_000_000

@@ -15,8 +15,8 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import load
 from gateway.core.secrets import SecretFileError
+from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker
-from tests.helpers import async_wait_until
 
 
 def write_config(d: Path, mqtt: dict[str, Any]) -> Path:

@@ -32,7 +32,7 @@ from rules.engine import RulesEngine
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator
 from simulators.scenario import Fault
-from tests.helpers import async_wait_until, free_port
+from tests.fixtures.helpers import async_wait_until, free_port
 
 # one simulator per module (building an asyncua server's address space costs seconds)
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
@@ -426,7 +426,7 @@ async def test_password_file_is_read_from_the_config_folder(tmp_path):
 
 
 async def test_unreachable_server_is_device_unavailable(tmp_path):
-    from tests.helpers import free_port
+    from tests.fixtures.helpers import free_port
 
     drv = driver_for(gw_yaml(tmp_path, f"opc.tcp://127.0.0.1:{free_port()}/x"))
     with pytest.raises(DeviceUnavailable) as ei:

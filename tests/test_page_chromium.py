@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_api_daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

@@ -11,8 +11,8 @@ from typing import Any
 
 from gateway.commission import read_once
 from gateway.config import loads
+from tests.fixtures.helpers import free_port
 from tests.fixtures.sims import SimProcess, gateway_yaml
-from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

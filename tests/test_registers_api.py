@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import wait_until
-from tests.test_api_daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.helpers import wait_until
 
 
 class ShiftedClock:

@@ -18,9 +18,9 @@ from gateway.config import loads
 from gateway.core.config import InfluxSection
 from gateway.core.configcheck import ConfigError
 from gateway.historian.writer import InfluxWriter
+from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.influxd import Influxd, unique_db
-from tests.helpers import wait_until
-from tests.test_api_daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
 
 ID = "110101199003071234"
 PHONE = "13800138000"

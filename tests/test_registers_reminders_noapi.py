@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.config import loads
-from tests.helpers import async_wait_until
+from tests.fixtures.helpers import async_wait_until
 
 
 def _ns(day: dt.date) -> int:

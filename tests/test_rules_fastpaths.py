@@ -151,7 +151,7 @@ def test_candidate_index_stays_exact() -> None:
     step, equals the one rebuilt from the arrays, through random traffic."""
     import random
 
-    from tests.test_rules_reference import rand_rules
+    from tests.fixtures.rules import rand_rules
 
     rng = random.Random(11)
     nr = np.random.default_rng(11)

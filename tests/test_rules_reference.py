@@ -17,48 +17,10 @@ from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.indexing import NONE
 from rules.reference import ReferenceEngine
-from rules.settings import NS, ChannelRules
+from rules.settings import NS
+from tests.fixtures.rules import rand_rules
 
 T0 = 1_700_000_000 * NS
-
-
-def rand_rules(rng: random.Random, n: int, *, exposure_scale: float = 1.0,
-               maintenance: bool = True) -> list[ChannelRules]:
-    out = []
-    for i in range(n):
-        r = ChannelRules(f"c{i}", "gas", "ppm")
-        if rng.random() < 0.8:
-            r.h, r.hh, r.l, r.ll = 50.0, 70.0, 20.0, 10.0
-            if rng.random() < 0.3:
-                r.l = math.nan
-            if rng.random() < 0.2:
-                r.hh = math.nan
-            r.deadband = rng.choice([0.0, 1.0, 3.0])
-            r.on_ns = rng.choice([0, 2 * NS, 5 * NS])
-            r.off_ns = rng.choice([0, 3 * NS])
-        if rng.random() < 0.5:
-            r.range_lo, r.range_hi = -5.0, 105.0
-        if rng.random() < 0.5:
-            r.roc = rng.choice([5.0, 20.0])
-        if rng.random() < 0.5:
-            r.trend_ns = rng.choice([16 * NS, 40 * NS])
-            r.trend_slope = rng.choice([10.0, -10.0, 30.0])
-            if rng.random() < 0.6:
-                r.predict_ns, r.predict_limit = rng.choice([10 * NS, 60 * NS]), 50.0
-        r.stale_ns = rng.choice([None, 3 * NS])
-        r.bad_ns = rng.choice([None, 0, 2 * NS])
-        r.frozen_ns = rng.choice([None, 3 * NS])
-        if rng.random() < 0.5:
-            if rng.random() < 0.7:
-                r.exposure = "concentration"
-                r.twa = rng.choice([20.0, 40.0]) / exposure_scale
-                r.stel = rng.choice([30.0, 60.0, math.nan]) / exposure_scale
-            else:
-                r.exposure, r.twa = "noise", 85.0 - 10 * math.log10(exposure_scale)
-            r.hold_ns = rng.choice([3 * NS, 60 * NS])
-        r.maintenance = rng.random() < 0.05 and maintenance
-        out.append(r)
-    return out
 
 
 def key(e: dict[str, Any]) -> tuple[Any, ...]:

@@ -21,7 +21,7 @@ from gateway.core.channels import ChannelTable
 from simulators.config import loads as sim_loads
 from simulators.runner import Simulator
 from simulators.scenario import Fault
-from tests.helpers import async_wait_until
+from tests.fixtures.helpers import async_wait_until
 
 pytestmark = [pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed"),
               pytest.mark.timeout(60)]
@@ -315,7 +315,7 @@ async def test_gateway_rides_out_unplugged_adapter(tmp_path):
 async def test_serial_device_server_over_tcp(tmp_path):
     """A terminal server in TCP server mode (tcp://host:port): polled answers, then the link drops."""
     from drivers.serial.frames import checksum_text
-    from tests.helpers import free_port
+    from tests.fixtures.helpers import free_port
 
     writers: list[asyncio.StreamWriter] = []
 

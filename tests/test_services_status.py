@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
+from tests.fixtures.daemon import Daemon, auth, make_tokens
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.influxd import Influxd, unique_db
 from tests.fixtures.mosquitto import Broker
-from tests.helpers import wait_until
-from tests.test_api_daemon import Daemon, auth, make_tokens
 
 
 def test_status_shows_mqtt_and_influxdb_counters(tmp_path: Path, influxd: Influxd, mosquitto: Broker) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.helpers import async_wait_until
+from tests.fixtures.helpers import async_wait_until
 from uplink.auth import AuthError, Verifier, sign_headers
 from uplink.link import PRIO_ALARMS, PRIO_BULK, Link, TokenBucket
 from uplink.sync import FrameError, Item, pack_frames, unpack_frames

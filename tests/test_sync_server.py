@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import async_wait_until
-from tests.test_central_harness import GatewaySide, alarm, batch, central_pub
+from tests.fixtures.central import GatewaySide, alarm, batch, central_pub
+from tests.fixtures.helpers import async_wait_until
 from uplink import envelope, keys
 from uplink.sync import Peer, PeerError, Signer, unpack_frames
 
@@ -100,7 +100,7 @@ async def test_refusals(served) -> None:  # type: ignore[no-untyped-def]
 async def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     import socket
 
-    from tests.test_central_harness import central_pub as cp
+    from tests.fixtures.central import central_pub as cp
 
     pubs = tmp_path / "pub"
     pubs.mkdir()

@@ -21,9 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.core.record import SAMPLES
-from tests.helpers import async_wait_until
-from tests.linkemu import LinkEmulator
-from tests.test_central_harness import (
+from tests.fixtures.central import (
     CentralSide,
     GatewaySide,
     alarm,
@@ -35,6 +33,8 @@ from tests.test_central_harness import (
     sample_keys,
     stored,
 )
+from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.linkemu import LinkEmulator
 
 OUTAGE_S = 120.0
 PER = 100

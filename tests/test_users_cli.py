@@ -16,7 +16,7 @@ import httpx
 
 from gateway.cli import main
 from gateway.core.tokens import Principal, UserStore, check_secret, hash_secret
-from tests.test_api_daemon import Daemon, auth
+from tests.fixtures.daemon import Daemon, auth
 
 ROOT = Path(__file__).resolve().parents[1]
 
