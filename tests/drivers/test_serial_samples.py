@@ -13,7 +13,7 @@ from drivers.serial.frames import FrameParser, checksum_text
 from gateway.config import load
 from gateway.core.batch import Quality
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "config" / "instruments").glob("*.yaml"))
 
 

@@ -14,7 +14,7 @@ from gateway.config import loads
 from tests.fixtures.helpers import free_port
 from tests.fixtures.sims import SimProcess, gateway_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_table_of_every_channel(modbus_plant: SimProcess, tmp_path: Path) -> None:

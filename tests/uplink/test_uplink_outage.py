@@ -5,10 +5,10 @@ until the uplink's own timeouts give up; new connections hear nothing.
 Pull and push run side by side (two gateways, one central each) through one two-minute
 blackhole. Meanwhile both gateways keep journaling samples and raise an alarm. Nothing
 is stored while the link is dead; when it comes back, every record arrives exactly
-once and in order. (Alarms overtaking a backlog: tests/test_central_faults.py.)
+once and in order. (Alarms overtaking a backlog: tests/central/test_central_faults.py.)
 
 This is the one test that takes minutes of wall time; the other fault tests scale
-their cuts to seconds (tests/test_central_faults.py).
+their cuts to seconds (tests/central/test_central_faults.py).
 """
 
 from __future__ import annotations

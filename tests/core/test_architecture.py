@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: the top-level packages that make up safegw (pyproject's packages.find)
 PACKAGES = ("gateway", "drivers", "rules", "uplink", "central", "simulators")

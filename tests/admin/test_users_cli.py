@@ -18,7 +18,7 @@ from gateway.cli import main
 from gateway.core.tokens import Principal, UserStore, check_secret, hash_secret
 from tests.fixtures.daemon import Daemon, auth
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def safegw(*args: str) -> subprocess.CompletedProcess[str]:

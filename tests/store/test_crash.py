@@ -34,7 +34,7 @@ from gateway.store.journal import Journal
 from tests.fixtures.crash_worker import digest, event_bytes, make_batch, make_event
 from tests.fixtures.sims import SimProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from simulators.config import load as load_sim
 from simulators.scenario import window
 from tests.fixtures.helpers import free_port, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -38,7 +38,7 @@ from tests.fixtures.helpers import async_wait_until, free_port
 pytestmark = [pytest.mark.timeout(90), pytest.mark.asyncio(loop_scope="module")]
 
 GUID = "72962b91-fa75-4ae6-8d28-b404dc7daf63"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SIM = f"""
 signals:

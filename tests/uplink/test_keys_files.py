@@ -102,7 +102,7 @@ def test_corrupt_key_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ CLI
 
 def safegw(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 

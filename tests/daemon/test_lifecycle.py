@@ -24,7 +24,7 @@ from gateway.store.journal import Journal
 from tests.fixtures.helpers import free_port, mount_tmpfs, wait_until
 from tests.fixtures.sims import MODBUS_EXPECTED, SimProcess, gateway_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRAIN_S = 2.0
 
 

@@ -15,7 +15,7 @@ from gateway.config import load, loads
 from gateway.core.config import Config, ModbusTcpDevice
 from gateway.core.configcheck import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 HEAD = """\
 gateway:

@@ -11,7 +11,7 @@ from gateway.core.configcheck import ConfigError
 from simulators.config import load, loads
 from simulators.scenario import Fault, Plant
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = """
 seed: 11

@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures.central import make_keys
 from tests.fixtures.helpers import free_port, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAFEGW = [sys.executable, "-m", "gateway.cli"]
 
 pytestmark = pytest.mark.timeout(60)

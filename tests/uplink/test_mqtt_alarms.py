@@ -21,7 +21,7 @@ from gateway.core.batch import Batch
 from tests.fixtures.helpers import async_wait_until, wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NS = 1_000_000_000
 
 

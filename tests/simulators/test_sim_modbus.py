@@ -21,7 +21,7 @@ from drivers.serial.frames import crc16_modbus as crc16
 from simulators.modbus import rtu_frame
 from tests.fixtures.sims import SimProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tcp_exchange(sock: socket.socket, frames: list[bytes], n_replies: int,

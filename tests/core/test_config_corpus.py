@@ -1,4 +1,4 @@
-"""`safegw check` on a corpus of hostile and broken config files (tests/config_corpus/,
+"""`safegw check` on a corpus of hostile and broken config files (tests/core/config_corpus/,
 plus a few generated here because they are large): every file gives exit 0, or exit 2
 with FILE:LINE:COL and the key at fault, within 10 s and 500 MB, never a traceback.
 
@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "config_corpus"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "core" / "config_corpus"
 TIME_S = 10.0
 MEMORY_MB = 500
 
