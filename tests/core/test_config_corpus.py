@@ -11,8 +11,10 @@ characters in names, MQTT wildcards in the site or the topic prefix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -71,22 +73,46 @@ def _generate(tmp: Path) -> list[Path]:
     return out
 
 
+#: the parent of each check: a child's peak RSS (ru_maxrss) starts at the high-water mark
+#: of the process that forked it, which for pytest is the peak of every test run before
+#: this one. This small process forks the check, waits for it with wait4 and writes the
+#: check's own peak (KiB) to argv[1]; it exits with the check's exit code.
+_SPAWN = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_pid, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _check(path: Path, out_file: Path) -> tuple[int, str, float, float]:
-    """Run `safegw check`; (exit code, its output, seconds, its peak RSS in MB). The
-    child is waited for with wait4, whose rusage is that child's alone."""
+    """Run `safegw check`; (exit code, its output, seconds, its peak RSS in MB; 0 when it
+    was killed for taking too long)."""
+    rss_file = out_file.with_suffix(".rss")
+    rss_file.unlink(missing_ok=True)
     t0 = time.monotonic()
     with out_file.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "check", "-c", str(path)], cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
-    killer = threading.Timer(TIME_S * 2, proc.kill)
+        proc = subprocess.Popen([sys.executable, "-c", _SPAWN, str(rss_file),
+                                 "-m", "gateway.cli", "check", "-c", str(path)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    killer = threading.Timer(TIME_S * 2, _kill_group, (proc.pid,))
     killer.start()
     try:
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        code = proc.wait()
     finally:
         killer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (proc.returncode, out_file.read_text("utf-8", "replace"), time.monotonic() - t0,
-            usage.ru_maxrss / 1024)
+    peak_kib = int(rss_file.read_text()) if rss_file.exists() else 0
+    return code, out_file.read_text("utf-8", "replace"), time.monotonic() - t0, peak_kib / 1024
 
 
 def _cases(tmp: Path) -> list[Path]:
