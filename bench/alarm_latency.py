@@ -41,8 +41,8 @@ import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from gateway.core.units import parse_duration  # noqa: E402
+from tests.fixtures.helpers import free_port, wait_port  # noqa: E402
 from tests.fixtures.sims import SimProcess  # noqa: E402
-from tests.helpers import free_port, wait_port  # noqa: E402
 
 BASE, HIGH, LIMIT = 10, 80, 50
 

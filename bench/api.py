@@ -38,8 +38,8 @@ import httpx  # noqa: E402
 
 from gateway.core.tokens import UserStore  # noqa: E402
 from gateway.core.units import parse_duration  # noqa: E402
+from tests.fixtures.helpers import free_port, wait_port  # noqa: E402
 from tests.fixtures.sims import SimProcess  # noqa: E402
-from tests.helpers import free_port, wait_port  # noqa: E402
 
 KINDS = ["gas", "temperature", "pressure", "level", "humidity"]
 

@@ -2,7 +2,7 @@
 
 One Python object per channel, one sample at a time, written to be read rather than to
 be fast. The vectorized core (rules/engine.py) must produce the same alarm transitions
-on the same inputs (tests/test_rules_reference.py drives both with randomized data),
+on the same inputs (tests/rules/test_rules_reference.py drives both with randomized data),
 and bench/rules.py times both.
 
 The semantics, sample by sample (a sample older than or as old as the channel's last

@@ -1,5 +1,6 @@
-"""Shared fixtures. Real servers (mosquitto, influxd, PostgreSQL, simulators) are
-started by the fixture modules in tests/fixtures on ephemeral ports."""
+"""Shared fixtures. Real servers (mosquitto, influxd, PostgreSQL, simulators, the gateway
+daemon) are started by the fixture modules in tests/fixtures on ephemeral ports (see
+tests/README.md)."""
 
 from __future__ import annotations
 
@@ -8,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.influxd",
     "tests.fixtures.postgres",
+    "tests.fixtures.daemon",
 ]

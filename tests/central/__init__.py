@@ -1,0 +1,1 @@
+"""Tests of central/: the central node fed by real gateways over the uplink."""

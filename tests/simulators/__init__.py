@@ -1,0 +1,1 @@
+"""Tests of simulators/: the plant simulators, their scenarios and wire formats."""

@@ -1,0 +1,1 @@
+"""Tests of gateway/store: the journal, and SIGKILL crash tests of it."""
