@@ -35,6 +35,7 @@ from gateway.admin.reminders import RegisterService
 from gateway.admin.routes import alarms, gateway, history, live, page, registers, users
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
+from gateway.core.httplimits import BodyLimit, uvicorn_limits
 from gateway.core.tokens import FailureLimiter, Principal, UserStore
 from gateway.core.units import parse_listen
 from gateway.services import DaemonContext
@@ -119,7 +120,8 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(ctx: AdminContext, *, docs: bool = True) -> FastAPI:
+def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, max_import: int = 10 * 2**20,
+               max_attachment: int = 20 * 10**6) -> FastAPI:
     app = FastAPI(
         title="safegw admin API",
         version=__version__,
@@ -131,6 +133,12 @@ def create_app(ctx: AdminContext, *, docs: bool = True) -> FastAPI:
     app.state.admin = ctx  # the auth dependencies find the users and the lockout here
     if docs:
         _offline_docs(app)
+    # bodies are bounded as they arrive, before a token is checked or JSON parsed; inside
+    # the audit middleware (added after it, so it wraps it), so a refused write is recorded
+    app.add_middleware(
+        BodyLimit, default=max_body,  # type: ignore[arg-type]
+        routes=[("POST", r"/registers/[a-z0-9_]+/[0-9]+/attachments", max_attachment),
+                ("POST", r"/registers/[a-z0-9_]+/import", max_import)])
     app.add_middleware(AuditMiddleware, ctx=ctx)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- errors
@@ -193,10 +201,10 @@ class ApiService:
             users=self.users,
             channels=ChannelView(daemon.table),
             alarms=AlarmsView(daemon.rules, max_shelve_s=daemon.cfg.alarms.max_shelve),
-            max_body=max(registers.max_attachment, 10 * 2**20),
             limiter=FailureLimiter(section.max_failures, section.failure_window, section.lockout),
         )
-        self.app = create_app(self.ctx, docs=section.docs)
+        self.app = create_app(self.ctx, docs=section.docs, max_body=section.max_body,
+                              max_import=section.max_import, max_attachment=registers.max_attachment)
         self.server: Any = None
         self.port: int | None = None
         self.url: str | None = None
@@ -241,6 +249,8 @@ class ApiService:
             server_header=False,
             date_header=True,
             timeout_graceful_shutdown=2,
+            **uvicorn_limits(trusted_proxies=self.section.trusted_proxies,
+                             header_timeout_s=self.section.header_timeout),
         )
         config.load()
         self.server = uvicorn.Server(config)

@@ -1,5 +1,5 @@
 """What the admin API's routers share: the daemon, the register store, the users, the
-live and alarm views, and the request helpers (audit detail, bounded body reading)."""
+live and alarm views, and the request helpers (audit detail)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict
 
 from gateway.admin.registers import RegisterStore
@@ -33,8 +33,6 @@ class AdminContext:
     users: UserStore
     channels: ChannelView
     alarms: AlarmsView
-    #: largest request body (imports); attachments have the registers' own limit
-    max_body: int
     limiter: FailureLimiter = field(default_factory=lambda: FailureLimiter(10, 300.0, 300.0))
     #: responses by status class (2xx, 4xx, ...), for /status and /metrics
     requests: dict[str, int] = field(default_factory=dict)
@@ -57,17 +55,3 @@ class AdminContext:
     def audit(request: Request, **detail: Any) -> None:
         """Detail for this request's audit record (written by the audit middleware)."""
         request.scope.setdefault("state", {}).setdefault("audit", {}).update(detail)
-
-    @staticmethod
-    async def body_bytes(request: Request, limit: int) -> bytes:
-        """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-        cl = request.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise HTTPException(413, f"body is {cl} bytes; the limit is {limit}")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
