@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
+from gateway.admin.auditing import AuditMiddleware
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Conflict, Invalid, NotFound
 from gateway.admin.reminders import RegisterService
@@ -36,68 +37,19 @@ from gateway.admin.routes import alarms, gateway, history, live, page, registers
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
 from gateway.core.httplimits import BodyLimit, uvicorn_limits
-from gateway.core.tokens import FailureLimiter, Principal, UserStore
+from gateway.core.tokens import FailureLimiter, UserStore
 from gateway.core.units import parse_listen
 from gateway.services import DaemonContext
 
 log = logging.getLogger(__name__)
 
-WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-class AuditMiddleware:
-    """Pure ASGI (no body buffering): records every write with its outcome."""
-
-    def __init__(self, app: Any, ctx: AdminContext):
-        self.app = app
-        self.ctx = ctx
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        status = 500
-
-        async def send_(msg: dict[str, Any]) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-                headers = list(msg.get("headers", []))
-                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
-                    headers.append((b"x-content-type-options", b"nosniff"))
-                msg = {**msg, "headers": headers}
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, send_)
-        finally:
-            cls = f"{status // 100}xx"
-            self.ctx.requests[cls] = self.ctx.requests.get(cls, 0) + 1
-            if scope["method"] in WRITE_METHODS:
-                p: Principal | None = state.get("principal")
-                client = scope.get("client")
-                remote = f"{client[0]}:{client[1]}" if client else None
-                path = scope["path"] + (
-                    ("?" + scope["query_string"].decode("latin-1")) if scope.get("query_string") else ""
-                )
-                try:
-                    await self.ctx.store.call(
-                        self.ctx.store.audit,
-                        p.name if p else "-",
-                        p.role if p else None,
-                        scope["method"],
-                        path[:1000],
-                        status,
-                        remote,
-                        state.get("audit"),
-                    )
-                except Exception as e:  # the audit must never turn a done write into a 500
-                    log.error("audit record failed: %s", e)
+def _shown(x: Any) -> Any:
+    """Text as it can be sent back: a lone surrogate (from a JSON escape) shown escaped."""
+    return x.encode("utf-8", "backslashreplace").decode() if isinstance(x, str) else x
 
 
 def _errors(errs: list[tuple[tuple[str | int, ...], str]]) -> list[dict[str, Any]]:
-    return [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in errs]
+    return [{"loc": [_shown(x) for x in loc], "msg": _shown(msg), "type": "value_error"} for loc, msg in errs]
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -161,8 +113,8 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
             {
                 "detail": [
                     {
-                        "loc": list(x.get("loc", ())),
-                        "msg": x.get("msg", ""),
+                        "loc": [_shown(y) for y in x.get("loc", ())],
+                        "msg": _shown(x.get("msg", "")),
                         "type": x.get("type", "value_error"),
                     }
                     for x in e.errors()
@@ -275,6 +227,7 @@ class ApiService:
             with contextlib.suppress(OSError, RuntimeError):
                 await self.server.shutdown(sockets=[self._sock] if self._sock else None)
             self.server = None
+            await self.ctx.flush_audit()  # the counts of unauthenticated writes not yet recorded
         await self.registers.stop()
         log.info("admin API stopped")
 

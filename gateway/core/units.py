@@ -83,10 +83,19 @@ Number = Annotated[float, BeforeValidator(_no_bool_number)]
 
 # --------------------------------------------------------------------------- times
 
+#: the first and last instants ``datetime`` can show, as ns since the epoch
+_ISO_MIN_NS = int((dt.datetime(1, 1, 1, tzinfo=dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+                  .total_seconds()) * 10**9
+_ISO_MAX_NS = int((dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
+                   - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds()) * 10**9 + 999_000_000
+
+
 def iso_ns(ns: int) -> str:
-    """ns since the epoch → ``2026-12-07T15:04:05.123Z`` (milliseconds, UTC)."""
-    return (dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"))
+    """ns since the epoch → ``2026-12-07T15:04:05.123Z`` (milliseconds, UTC). Never raises:
+    a time beyond what a calendar date can show (year 1 to 9999) is shown as that bound."""
+    ns = min(max(ns, _ISO_MIN_NS), _ISO_MAX_NS)
+    t = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ns // 1000)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_now() -> str:
