@@ -55,7 +55,7 @@ class CentralNode:
         self.cfg = cfg
         self.id = cfg.node.id
         self.state_dir = Path(cfg.node.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, state, journals
         all_keys = keys.load_all(self.state_dir)
         if not all_keys:
             all_keys = [keys.init(self.state_dir, self.id)]
