@@ -97,6 +97,26 @@ headers_st = st.fixed_dictionaries({}, optional={
 })
 
 
+class Tally:
+    """What a fuzz run met: the statuses, the 5xx answers, the peak of this process's RSS."""
+
+    def __init__(self) -> None:
+        self.rss0 = self.peak = rss()
+        self.seen: set[int | None] = set()
+        self.fives: list[str] = []
+
+    def note(self, method: str, target: str, status: int | None) -> None:
+        self.seen.add(status)
+        if status is not None and status >= 500:
+            self.fives.append(f"{method} {target} -> {status}")
+        self.peak = max(self.peak, rss())
+
+    def check(self, expected: set[int | None]) -> None:
+        assert not self.fives, self.fives
+        assert expected <= self.seen, self.seen  # the run reached past the limits and the tokens
+        assert self.peak - self.rss0 < RSS_BOUND, f"RSS grew by {(self.peak - self.rss0) >> 20} MiB"
+
+
 def _send(client: httpx.Client, method: str, path: str, body: bytes | int | None,
           headers: dict[str, str]) -> int | None:
     content = _stream(body) if isinstance(body, int) else body
@@ -110,10 +130,7 @@ def _send(client: httpx.Client, method: str, path: str, body: bytes | int | None
 def test_admin_api_fuzz(plant: Any) -> None:  # noqa: F811
     d = plant.daemon
     seq0 = d.gw.journal.last_seq
-    rss0 = rss()
-    peak = [rss0]
-    fives: list[str] = []
-    seen: set[int | None] = set()
+    tally = Tally()
     tokens = [None, plant.tokens["operator"], plant.tokens["admin"]]
     client = httpx.Client(base_url=plant.url, timeout=30)
 
@@ -130,17 +147,11 @@ def test_admin_api_fuzz(plant: Any) -> None:  # noqa: F811
             h.update(auth(who))
         sep = "&" if "?" in path else "?"
         target = path + (sep + query if query else "")
-        status = _send(client, method, target, content, h)
-        seen.add(status)
-        if status is not None and status >= 500:
-            fives.append(f"{method} {path}?{query} -> {status}")
-        peak[0] = max(peak[0], rss())
+        tally.note(method, target, _send(client, method, target, content, h))
 
     with client:
         run()
-    assert not fives, fives
-    assert {200, 401, 413, 422} <= seen, seen  # the run reached past the limits and the tokens
-    assert peak[0] - rss0 < RSS_BOUND, f"RSS grew by {(peak[0] - rss0) >> 20} MiB"
+    tally.check({200, 401, 413, 422})
     # the plant kept being journaled through the run (and still is)
     wait_until(lambda: d.gw.journal.last_seq > seq0, 10, what="the journal to move on")
     seq1 = d.gw.journal.last_seq
@@ -179,10 +190,7 @@ def central(tmp_path: Path) -> Iterator[_CentralThread]:
 
 
 def test_central_fuzz(central: _CentralThread) -> None:
-    rss0 = rss()
-    peak = [rss0]
-    fives: list[str] = []
-    seen: set[int | None] = set()
+    tally = Tally()
     client = httpx.Client(base_url=central.side.url, verify=False, timeout=30)
 
     @SETTINGS
@@ -198,14 +206,8 @@ def test_central_fuzz(central: _CentralThread) -> None:
             signed: dict[str, str]) -> None:
         target = path + ("?" + query if query else "")
         content, extra = body if method == "POST" else (None, {})
-        status = _send(client, method, target, content, {**headers, **extra, **signed})
-        seen.add(status)
-        if status is not None and status >= 500:
-            fives.append(f"{method} {path}?{query} -> {status}")
-        peak[0] = max(peak[0], rss())
+        tally.note(method, target, _send(client, method, target, content, {**headers, **extra, **signed}))
 
     with client:
         run()
-    assert not fives, fives
-    assert {400, 401, 413} <= seen, seen
-    assert peak[0] - rss0 < RSS_BOUND, f"RSS grew by {(peak[0] - rss0) >> 20} MiB"
+    tally.check({400, 401, 413})
