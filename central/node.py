@@ -35,7 +35,8 @@ from central.journals import Journals
 from central.outbox import OutboxSource
 from central.puller import Puller
 from central.state import PgState, SqliteState, State, TableRow
-from central.status import CentralRoutes, Operators, status_doc
+from central.status import CentralRoutes, Operators, PositionGuard, status_doc
+from gateway.core.httplimits import BodyLimit, uvicorn_limits
 from gateway.core.record import Record
 from gateway.core.tokens import FailureLimiter, UserStore
 from uplink import keys
@@ -54,7 +55,7 @@ class CentralNode:
         self.cfg = cfg
         self.id = cfg.node.id
         self.state_dir = Path(cfg.node.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, state, journals
         all_keys = keys.load_all(self.state_dir)
         if not all_keys:
             all_keys = [keys.init(self.state_dir, self.id)]
@@ -163,7 +164,17 @@ class CentralNode:
             cert, key = self.cfg.path(lc.tls_cert), self.cfg.path(lc.tls_key)
         else:
             cert, key = ensure_tls_cert(self.state_dir, self.id)
-        self.listener = HttpsListener(self.sync_server.app, lc.address, cert, key, name="central")
+        # bodies bounded as they arrive (before any signature or token is checked), positions
+        # checked before they reach the state store
+        app = BodyLimit(PositionGuard(self.sync_server.app), default=64 * 1024,
+                        routes=[("POST", "/sync/v1/push", lc.max_push)])
+        self.listener = HttpsListener(app, lc.address, cert, key, name="central")
+        # the listeners' common limits (head size and time, proxy headers): HttpsListener
+        # builds its uvicorn config before it serves, so they are set on it here
+        limits = uvicorn_limits(trusted_proxies=lc.trusted_proxies, keep_alive_s=60,
+                                header_timeout_s=lc.header_timeout)
+        for k, v in limits.items():
+            setattr(self.listener.config, k, v)
         await self.listener.start()
         up = self.cfg.upstream
         if up is not None and up.mode == "push":

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.store.journal import private_db
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -322,7 +324,7 @@ class SqliteState(State):
         self.path = path
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_db(self.path)  # 0600 whatever the umask: the state names plants and positions
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")

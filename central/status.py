@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,7 +24,7 @@ from central.state import PgState, State, TableRow
 from gateway.core.tokens import FailureLimiter, UserStore, check_token
 from gateway.core.units import iso_ns
 from uplink.auth import AuthError, Verifier
-from uplink.sync import MAX_BODY, SyncServer, unpack_frames
+from uplink.sync import SyncServer, unpack_frames
 
 
 class Operators:
@@ -58,6 +59,26 @@ class Operators:
         return None
 
 
+class PositionGuard:
+    """Pure ASGI: refuses (400) a request whose numeric query parameters (``after``,
+    ``ack``, ``head``, ``max``, ``max_bytes``) do not fit in 64 bits, before the handler
+    hands them to the state store (SQLite cannot compare with them: a 500)."""
+
+    NAMES = frozenset({"after", "ack", "head", "max", "max_bytes"})
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
+                if name in self.NAMES and len(value.strip().lstrip("+-")) > 18:
+                    await JSONResponse({"error": f"{name} is out of range"}, status_code=400)(
+                        scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 class CentralRoutes:
     """``POST /sync/v1/push`` and ``GET /status``.
 
@@ -84,12 +105,7 @@ class CentralRoutes:
                 Route("/status", self.get_status, methods=["GET"])]
 
     async def push(self, request: Request) -> Response:
-        try:
-            if int(request.headers.get("content-length", "0")) > MAX_BODY:
-                return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
-        except ValueError:
-            return JSONResponse({"error": "bad content-length"}, status_code=400)
-        body = await request.body()
+        body = await request.body()  # bounded by the listener's BodyLimit (listen.max_push)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             kid = self.verifier.verify(request.method, target, body, request.headers)

@@ -70,7 +70,7 @@ class Gateway:
         self.table = ChannelTable.from_config(cfg)
         self.live = LiveTable(len(self.table))
         self.state_dir = Path(cfg.gateway.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # journal, registers, keys: owner-only
         j = cfg.journal
         self.journal = Journal(self.state_dir / "journal.db", quota_bytes=j.quota, max_age_s=j.max_age,
                                sync=j.sync, compress=j.compress)

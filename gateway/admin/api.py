@@ -29,74 +29,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway import __version__
+from gateway.admin.auditing import AuditMiddleware
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Conflict, Invalid, NotFound
 from gateway.admin.reminders import RegisterService
 from gateway.admin.routes import alarms, gateway, history, live, page, registers, users
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
-from gateway.core.tokens import FailureLimiter, Principal, UserStore
+from gateway.core.httplimits import BodyLimit, uvicorn_limits
+from gateway.core.tokens import FailureLimiter, UserStore
 from gateway.core.units import parse_listen
 from gateway.services import DaemonContext
 
 log = logging.getLogger(__name__)
 
-WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-class AuditMiddleware:
-    """Pure ASGI (no body buffering): records every write with its outcome."""
-
-    def __init__(self, app: Any, ctx: AdminContext):
-        self.app = app
-        self.ctx = ctx
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        status = 500
-
-        async def send_(msg: dict[str, Any]) -> None:
-            nonlocal status
-            if msg["type"] == "http.response.start":
-                status = msg["status"]
-                headers = list(msg.get("headers", []))
-                if not any(k.lower() == b"x-content-type-options" for k, _ in headers):
-                    headers.append((b"x-content-type-options", b"nosniff"))
-                msg = {**msg, "headers": headers}
-            await send(msg)
-
-        try:
-            await self.app(scope, receive, send_)
-        finally:
-            cls = f"{status // 100}xx"
-            self.ctx.requests[cls] = self.ctx.requests.get(cls, 0) + 1
-            if scope["method"] in WRITE_METHODS:
-                p: Principal | None = state.get("principal")
-                client = scope.get("client")
-                remote = f"{client[0]}:{client[1]}" if client else None
-                path = scope["path"] + (
-                    ("?" + scope["query_string"].decode("latin-1")) if scope.get("query_string") else ""
-                )
-                try:
-                    await self.ctx.store.call(
-                        self.ctx.store.audit,
-                        p.name if p else "-",
-                        p.role if p else None,
-                        scope["method"],
-                        path[:1000],
-                        status,
-                        remote,
-                        state.get("audit"),
-                    )
-                except Exception as e:  # the audit must never turn a done write into a 500
-                    log.error("audit record failed: %s", e)
+def _shown(x: Any) -> Any:
+    """Text as it can be sent back: a lone surrogate (from a JSON escape) shown escaped."""
+    return x.encode("utf-8", "backslashreplace").decode() if isinstance(x, str) else x
 
 
 def _errors(errs: list[tuple[tuple[str | int, ...], str]]) -> list[dict[str, Any]]:
-    return [{"loc": list(loc), "msg": msg, "type": "value_error"} for loc, msg in errs]
+    return [{"loc": [_shown(x) for x in loc], "msg": _shown(msg), "type": "value_error"} for loc, msg in errs]
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -119,7 +72,8 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(ctx: AdminContext, *, docs: bool = True) -> FastAPI:
+def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, max_import: int = 10 * 2**20,
+               max_attachment: int = 20 * 10**6) -> FastAPI:
     app = FastAPI(
         title="safegw admin API",
         version=__version__,
@@ -131,6 +85,12 @@ def create_app(ctx: AdminContext, *, docs: bool = True) -> FastAPI:
     app.state.admin = ctx  # the auth dependencies find the users and the lockout here
     if docs:
         _offline_docs(app)
+    # bodies are bounded as they arrive, before a token is checked or JSON parsed; inside
+    # the audit middleware (added after it, so it wraps it), so a refused write is recorded
+    app.add_middleware(
+        BodyLimit, default=max_body,  # type: ignore[arg-type]
+        routes=[("POST", r"/registers/[a-z0-9_]+/[0-9]+/attachments", max_attachment),
+                ("POST", r"/registers/[a-z0-9_]+/import", max_import)])
     app.add_middleware(AuditMiddleware, ctx=ctx)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- errors
@@ -153,8 +113,8 @@ def create_app(ctx: AdminContext, *, docs: bool = True) -> FastAPI:
             {
                 "detail": [
                     {
-                        "loc": list(x.get("loc", ())),
-                        "msg": x.get("msg", ""),
+                        "loc": [_shown(y) for y in x.get("loc", ())],
+                        "msg": _shown(x.get("msg", "")),
                         "type": x.get("type", "value_error"),
                     }
                     for x in e.errors()
@@ -193,10 +153,10 @@ class ApiService:
             users=self.users,
             channels=ChannelView(daemon.table),
             alarms=AlarmsView(daemon.rules, max_shelve_s=daemon.cfg.alarms.max_shelve),
-            max_body=max(registers.max_attachment, 10 * 2**20),
             limiter=FailureLimiter(section.max_failures, section.failure_window, section.lockout),
         )
-        self.app = create_app(self.ctx, docs=section.docs)
+        self.app = create_app(self.ctx, docs=section.docs, max_body=section.max_body,
+                              max_import=section.max_import, max_attachment=registers.max_attachment)
         self.server: Any = None
         self.port: int | None = None
         self.url: str | None = None
@@ -241,6 +201,8 @@ class ApiService:
             server_header=False,
             date_header=True,
             timeout_graceful_shutdown=2,
+            **uvicorn_limits(trusted_proxies=self.section.trusted_proxies,
+                             header_timeout_s=self.section.header_timeout),
         )
         config.load()
         self.server = uvicorn.Server(config)
@@ -265,6 +227,7 @@ class ApiService:
             with contextlib.suppress(OSError, RuntimeError):
                 await self.server.shutdown(sockets=[self._sock] if self._sock else None)
             self.server = None
+            await self.ctx.flush_audit()  # the counts of unauthenticated writes not yet recorded
         await self.registers.stop()
         log.info("admin API stopped")
 

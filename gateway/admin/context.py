@@ -1,17 +1,18 @@
 """What the admin API's routers share: the daemon, the register store, the users, the
-live and alarm views, and the request helpers (audit detail, bounded body reading)."""
+live and alarm views, and the request helpers (audit detail)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fastapi import HTTPException, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.admin.registers import RegisterStore
+from gateway.admin.registers.schema import unicode_ok
 from gateway.admin.reminders import RegisterService
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.tokens import FailureLimiter, UserStore
@@ -20,10 +21,22 @@ from gateway.services import DaemonContext
 T = TypeVar("T")
 
 
+async def _nothing_pending() -> None:
+    """The audit flush before the audit middleware is built."""
+
+
 class StrictBody(BaseModel):
-    """A request body that refuses unknown fields (a typo must not pass silently)."""
+    """A request body that refuses unknown fields (a typo must not pass silently) and
+    text that is not Unicode (JSON can write a lone surrogate; SQLite cannot store it)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode(cls, v: Any) -> Any:
+        if isinstance(v, str) and not unicode_ok(v):
+            raise ValueError("not valid Unicode text (holds a lone surrogate)")
+        return v
 
 
 @dataclass
@@ -33,13 +46,13 @@ class AdminContext:
     users: UserStore
     channels: ChannelView
     alarms: AlarmsView
-    #: largest request body (imports); attachments have the registers' own limit
-    max_body: int
     limiter: FailureLimiter = field(default_factory=lambda: FailureLimiter(10, 300.0, 300.0))
     #: responses by status class (2xx, 4xx, ...), for /status and /metrics
     requests: dict[str, int] = field(default_factory=dict)
     #: token checks run at once (each is a slow hash): more wait, so guessing stays slow
     verify_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    #: writes the audit rows still pending (set by the audit middleware)
+    flush_audit: Callable[[], Awaitable[None]] = field(default=_nothing_pending)
 
     @property
     def store(self) -> RegisterStore:
@@ -57,17 +70,3 @@ class AdminContext:
     def audit(request: Request, **detail: Any) -> None:
         """Detail for this request's audit record (written by the audit middleware)."""
         request.scope.setdefault("state", {}).setdefault("audit", {}).update(detail)
-
-    @staticmethod
-    async def body_bytes(request: Request, limit: int) -> bytes:
-        """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-        cl = request.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise HTTPException(413, f"body is {cl} bytes; the limit is {limit}")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)

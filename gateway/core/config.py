@@ -54,7 +54,19 @@ def _topic_prefix(v: str) -> str:
     return v
 
 
+def _proxy(v: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise ValueError(f"{v[:80]!r} is not an IP address or network (10.0.0.5, 10.0.0.0/24, ::1)") from None
+    return v
+
+
 Host = Annotated[str, AfterValidator(check_host)]
+#: the address (or network) of a reverse proxy whose X-Forwarded-For a listener believes
+TrustedProxy = Annotated[str, AfterValidator(_proxy)]
 Listen = Annotated[str, AfterValidator(check_listen)]
 PlainText = Annotated[str, AfterValidator(_plain_text)]
 TopicSafe = Annotated[str, AfterValidator(_topic_safe)]
@@ -435,6 +447,14 @@ class ApiSection(Strict):
     failure_window: Duration = Field(default=300.0, gt=0)
     lockout: Duration = Field(default=300.0, gt=0, description="how long a locked-out address gets 429 for "
                               "new tokens (tokens already verified keep working)")
+    trusted_proxies: list[TrustedProxy] = Field(
+        default_factory=list, description="reverse proxies (addresses or networks) whose X-Forwarded-For "
+                                          "names the client; empty: the header is ignored from everyone")
+    max_body: Size = Field(default=2**20, ge=1024, description="largest request body (attachments: "
+                           "registers.max_attachment; imports: max_import), refused with 413 as it arrives")
+    max_import: Size = Field(default=10 * 2**20, ge=1024, description="largest register import body")
+    header_timeout: Duration = Field(default=10.0, gt=0, description="time a client has to send a "
+                                     "request's line and headers")
 
 
 class RegistersSection(Strict):

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -98,6 +100,20 @@ class JournalClosed(RuntimeError):
     pass
 
 
+def private_db(path: Path) -> None:
+    """Before SQLite opens ``path``: its folder made 0700 when missing, the file made (or
+    left) 0600 and an existing ``-wal``/``-shm`` too, whatever the umask: journals and
+    registers hold personal data, for the service's user alone. SQLite gives the
+    ``-wal``/``-shm`` it creates the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        # a file made before (0644 by an older version); another user's file is left as it is
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+
+
 class JournalUnusable(sqlite3.DatabaseError):
     """The journal file exists but is not a database SQLite can open (disk damage,
     another program's file). Nothing is deleted or repaired automatically."""
@@ -133,7 +149,6 @@ class Journal:
         self.compress = compress
         self._sync = sync
         self._clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = self._connect(sync)
             with self._db:
@@ -173,6 +188,7 @@ class Journal:
 
     def _connect(self, sync: str) -> sqlite3.Connection:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
+        private_db(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         if fresh:
             # must precede the first table: larger pages keep a 20 KB batch in few pages

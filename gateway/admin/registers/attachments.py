@@ -47,20 +47,36 @@ class Attachments(StoreCore):
         name = os.path.basename(filename.replace("\\", "/")).strip()[:200]
         if not name:
             raise Invalid([(("query", "filename"), "give the file name")])
+        self._writable(rtype, rid)  # before the file is written: a refusal leaves nothing behind
         digest = hashlib.sha256(content).hexdigest()
-        self.attachments_dir.mkdir(parents=True, exist_ok=True)
+        self.attachments_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = self.attachments_dir / digest
-        if not target.exists():
+        written = not target.exists()
+        if written:
             tmp = target.with_suffix(".tmp")
-            with open(tmp, "wb") as fh:
+            # 0600 whatever the umask: attachments hold personal data (certificates, IDs)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as fh:
                 fh.write(content)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
+        try:
+            return self._attach_row(rtype, rid, name, mime, content, digest, actor)
+        except BaseException:
+            if written and not self._db.execute("SELECT 1 FROM attachments WHERE sha256=? LIMIT 1",
+                                                (digest,)).fetchone():
+                target.unlink(missing_ok=True)
+            raise
+
+    def _writable(self, rtype: str, rid: int) -> None:
+        if self._doc(self._row(rtype, rid))["archived"]:
+            raise Conflict(f"{rtype} record {rid} is archived")
+
+    def _attach_row(self, rtype: str, rid: int, name: str, mime: str, content: bytes, digest: str,
+                    actor: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         with self._tx():
-            cur = self._doc(self._row(rtype, rid))
-            if cur["archived"]:
-                raise Conflict(f"{rtype} record {rid} is archived")
+            self._writable(rtype, rid)
             c = self._db.execute(
                 "INSERT INTO attachments(record, type, filename, mime, size, sha256, ts, actor) "
                 "VALUES (?,?,?,?,?,?,?,?)",

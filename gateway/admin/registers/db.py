@@ -4,11 +4,12 @@ and the audit records written from outside the daemon (the ``safegw users`` CLI)
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+from gateway.store.journal import private_db
 
 # --------------------------------------------------------------------------- the store
 
@@ -75,9 +76,7 @@ CREATE TABLE IF NOT EXISTS audit (
 
 
 def open_db(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # personal data (names, ID numbers, phones): owner-only; SQLite gives -wal/-shm the same mode
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    private_db(path)  # personal data (names, ID numbers, phones): owner-only
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

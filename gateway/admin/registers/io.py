@@ -1,4 +1,10 @@
-"""Import and export of a register's records as CSV or JSON (import: all or nothing)."""
+"""Import and export of a register's records as CSV or JSON (import: all or nothing).
+
+A CSV cell a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return: the OWASP CSV-injection rule) is exported with a
+leading ``'``, which spreadsheets show as text; an import takes such cells as the text
+they are and lists them in its result's ``warnings``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,16 @@ from gateway.admin.registers.schema import (
 )
 from gateway.admin.registers.store import StoreCore
 from gateway.core.units import iso_ns
+
+#: what starts a formula in Excel, LibreOffice and Google Sheets
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutral(cell: Any) -> Any:
+    """A CSV cell as a spreadsheet shows it: text that would start a formula gets a ``'``."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_START):
+        return "'" + cell
+    return cell
 
 
 class ImportExport(StoreCore):
@@ -61,7 +77,7 @@ class ImportExport(StoreCore):
                     row.append("true" if v else "false")
                 else:
                     row.append(v)
-            w.writerow(row)
+            w.writerow([neutral(c) for c in row])
         return buf.getvalue()
 
     def import_(
@@ -76,6 +92,8 @@ class ImportExport(StoreCore):
                 doc = json.loads(text)
             except ValueError as e:
                 raise Invalid([(("body",), f"not JSON: {e}")]) from None
+            except RecursionError:
+                raise Invalid([(("body",), "not JSON records: nested too deeply")]) from None
             recs = doc.get("records") if isinstance(doc, dict) else doc
             if not isinstance(recs, list):
                 raise Invalid([(("body",), 'expected a list of records, or {"records": [...]}')])
@@ -120,6 +138,11 @@ class ImportExport(StoreCore):
                 errs.extend(e.errors)
         if errs:
             raise Invalid(errs[:100])
+        warnings = [
+            f"row {i + 2}, {k}: starts with {v[0]!r}, which a spreadsheet runs as a formula; imported as text"
+            for i, (_rid, data) in enumerate(cleaned) if fmt == "csv"
+            for k, v in data.items() if isinstance(v, str) and v.startswith(FORMULA_START)
+        ]
         events = []
         created = updated = 0
         with self._tx():
@@ -141,4 +164,8 @@ class ImportExport(StoreCore):
                     _doc, ev = self._update(rtype, rid, data, actor, action="import")
                     updated += 1
                 events.append(ev)
-        return {"created": created, "updated": updated, "unchanged": len(cleaned) - created - updated}, events
+        result: dict[str, Any] = {"created": created, "updated": updated,
+                                  "unchanged": len(cleaned) - created - updated}
+        if warnings:
+            result["warnings"] = warnings[:100]
+        return result, events

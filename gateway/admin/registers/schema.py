@@ -237,6 +237,31 @@ def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[s
 
 # --------------------------------------------------------------------------- validation
 
+#: rows of a table field; a list field's items
+MAX_TABLE_ROWS = 500
+MAX_LIST_ITEMS = 1000
+#: a record's data as one journal event, encoded JSON: the uplink carries each event in
+#: one envelope, and a larger one would block it for good
+MAX_EVENT_BYTES = 256 * 1024
+
+
+def unicode_ok(s: str) -> bool:
+    """False for text that cannot be stored or sent as UTF-8 (a lone surrogate such as
+    ``"\\ud800"``, which JSON can write and SQLite cannot take)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_size(obj: Any, loc: tuple[str | int, ...]) -> None:
+    """Refuses data whose JSON is over ``MAX_EVENT_BYTES`` (as UTF-8)."""
+    n = len(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if n > MAX_EVENT_BYTES:
+        raise Invalid([(loc, f"the record is {n} bytes as JSON; the limit is {MAX_EVENT_BYTES // 1024} KB "
+                             "(shorten its text or split its tables)")])
+
 
 class Invalid(Exception):
     """Record data that does not fit its type: ``errors`` = [(location, reason), ...]."""
@@ -311,6 +336,8 @@ class Validator:
         text: bool,
     ) -> Any:
         t = f.type
+        if isinstance(v, str) and not unicode_ok(v):
+            raise ValueError("not valid Unicode text (holds a lone surrogate)")
         if text and isinstance(v, str) and t in ("int", "number", "bool", "ref", "list", "channels", "table"):
             v = _from_text(t, v)
         if t in ("text", "enum", "channel"):
@@ -351,11 +378,13 @@ class Validator:
         if t == "datetime":
             return parse_datetime(v)
         if t in ("list", "channels"):
-            if not isinstance(v, list) or len(v) > 1000:
+            if not isinstance(v, list):
                 raise ValueError(f"expected a list of text, got {_short(v)}")
+            if len(v) > MAX_LIST_ITEMS:
+                raise ValueError(f"{len(v)} items; at most {MAX_LIST_ITEMS}")
             out = []
             for i, item in enumerate(v):
-                if not isinstance(item, str) or len(item) > f.max_length:
+                if not isinstance(item, str) or len(item) > f.max_length or not unicode_ok(item):
                     errs.append(((*loc, i), f"expected text, got {_short(item)}"))
                 elif t == "channels" and self.channels is not None and item not in self.channels:
                     errs.append(((*loc, i), f"no channel named {_short(item)}"))
@@ -363,8 +392,10 @@ class Validator:
                     out.append(item)
             return out
         if t == "table":
-            if not isinstance(v, list) or len(v) > 1000:
+            if not isinstance(v, list):
                 raise ValueError(f"expected a list of rows (objects), got {_short(v)}")
+            if len(v) > MAX_TABLE_ROWS:
+                raise ValueError(f"{len(v)} rows; at most {MAX_TABLE_ROWS}")
             rows = []
             for i, row in enumerate(v):
                 if not isinstance(row, dict):
@@ -396,7 +427,8 @@ class Validator:
         for k, v in data.items():
             f = spec.get(k)
             if f is None:
-                errs.append(((*loc, k), f"unknown field; known: {', '.join(spec)}"))
+                shown = k if unicode_ok(k) else k.encode("utf-8", "backslashreplace").decode()
+                errs.append(((*loc, shown), f"unknown field; known: {', '.join(spec)}"))
                 continue
             if v is None or (text and v == ""):
                 out[k] = None  # clears the field

@@ -28,6 +28,7 @@ from gateway.admin.registers.schema import (
     PersonalMode,
     TypeSpec,
     Validator,
+    check_size,
     load_schemas,
     redact,
 )
@@ -314,6 +315,7 @@ class StoreCore:
         self._check_refs(spec, out, loc, errs)
         if errs:
             raise Invalid(errs)
+        check_size(out, loc)
         return out
 
     def _event(
@@ -332,6 +334,7 @@ class StoreCore:
             "archived": doc["archived"],
             "data": redact(doc["data"], personal, self.personal_upstream),
         }
+        check_size(ev, ("body",))  # an update may grow a record past the bound of one event
         if changed is not None:
             ev["changed"] = changed
         if personal:

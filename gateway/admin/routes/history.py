@@ -62,6 +62,11 @@ def router(ctx: AdminContext) -> APIRouter:
     return r
 
 
+#: the latest time a query asks for (2116-02-20): the journal and InfluxDB keep signed
+#: 64-bit ns since 1970 (up to 2262), and the query adds to its ends
+MAX_NS = 2**62
+
+
 def _when(s: str, now_ns: int, name: str) -> int:
     """An ISO 8601 time, or a duration back from now (``1h`` = one hour ago)."""
     try:
@@ -82,4 +87,5 @@ def _when(s: str, now_ns: int, name: str) -> int:
         ) from None
     if t.tzinfo is None:
         t = t.astimezone()
-    return int(t.timestamp() * 1e9)
+    # a time beyond what the journal holds (year 1, year 9999) asks for everything up to that end
+    return min(max(int(t.timestamp() * 1e9), 0), MAX_NS)

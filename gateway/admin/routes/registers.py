@@ -137,7 +137,7 @@ def router(ctx: AdminContext) -> APIRouter:
     ) -> dict[str, Any]:
         store.spec(rtype)
         fmt = format or ("csv" if "csv" in request.headers.get("content-type", "") else "json")
-        raw = await ctx.body_bytes(request, ctx.max_body)
+        raw = await request.body()  # bounded by the API's BodyLimit (api.max_import)
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -268,7 +268,7 @@ def router(ctx: AdminContext) -> APIRouter:
         filename: Annotated[str, Query(min_length=1, max_length=200)],
     ) -> Any:
         store.spec(rtype)
-        raw = await ctx.body_bytes(request, store.max_attachment)
+        raw = await request.body()  # bounded by the API's BodyLimit (registers.max_attachment)
         att, events = await ctx.call(store.attach, rtype, rid, filename, raw, p.name)
         ctx.emit(events)
         ctx.audit(request, register=rtype, id=rid, action="attach", attachment=att)
