@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: how long a service may take to stop once its drain is over (closing sockets, files)
 STOP_GRACE_S = 1.0
+#: the least time the last batches get to commit at a stop, even when the sources' stop
+#: took the whole drain time
+FLUSH_FLOOR_S = 1.0
 
 #: most journaled samples replayed into the rules at start (about 2-4 s of CPU)
 WARM_MAX_SAMPLES = 20_000_000
@@ -344,7 +347,8 @@ class Gateway:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 try:
-                    await asyncio.wait_for(self.flush(), timeout=left())
+                    # the last batches' commit gets a floor: it is what makes them taken
+                    await asyncio.wait_for(self.flush(), timeout=max(left(), FLUSH_FLOOR_S))
                 except TimeoutError:
                     log.error("journal did not commit the last batches within %.1fs; it commits them "
                               "as it closes", drain_s)

@@ -22,8 +22,9 @@ from tests.fixtures.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DRAIN_S = 2.0
-#: beyond the drain: the services' stop grace (1 s), closing the journal, process exit
-MARGIN_S = 2.5
+#: beyond the drain: the last commits' floor (1 s), the services' stop grace (1 s),
+#: closing the journal, process exit
+MARGIN_S = 3.0
 
 
 class BlackHole:
