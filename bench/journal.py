@@ -116,7 +116,7 @@ _OPEN = """
 import sys, time, json
 t_start = time.perf_counter()
 sys.path.insert(0, {root!r})
-from gateway.journal import Journal
+from gateway.store.journal import Journal
 t_import = time.perf_counter()
 j = Journal({path!r}, quota_bytes=10**13)
 t_ready = time.perf_counter()
@@ -129,8 +129,8 @@ _WRITE_FOREVER = """
 import sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from gateway.batch import Batch
-from gateway.journal import Journal
+from gateway.core.batch import Batch
+from gateway.store.journal import Journal
 j = Journal({path!r}, quota_bytes=10**13)
 b = Batch.build(np.arange(1000), time.time_ns(), np.random.default_rng(0).random(1000), 0)
 print("writing", flush=True)
