@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.store.journal import private_db
+from gateway.store.schema import private_db
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -52,13 +49,13 @@ from gateway.core.batch import Batch
 from gateway.core.record import (
     CODEC_RAW,
     CODEC_ZSTD,
-    EVENT,
-    GAP_PREFIX,
     SAMPLES,
     Record,
     decode_data,
     event_record,
 )
+from gateway.store.retention import drop_oldest
+from gateway.store.schema import SCHEMA, JournalUnusable, connect
 
 log = logging.getLogger(__name__)
 
@@ -67,56 +64,10 @@ log = logging.getLogger(__name__)
 GROUP_MAX_OPS = 4096
 GROUP_MAX_BYTES = 16 * 2**20
 
-#: after the quota forces dropping, shrink to this fraction of it (hysteresis, so
-#: not every commit pays for a retention pass)
-QUOTA_LOW_WATER = 0.9
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind    INTEGER NOT NULL,
-    ts_min  INTEGER NOT NULL,
-    ts_max  INTEGER NOT NULL,
-    n       INTEGER NOT NULL,
-    nbytes  INTEGER NOT NULL,
-    codec   INTEGER NOT NULL,
-    data    BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cursors (
-    name    TEXT PRIMARY KEY,
-    seq     INTEGER NOT NULL,
-    updated INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key     TEXT PRIMARY KEY,
-    value   INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('bytes', 0);
-"""
 
 
 class JournalClosed(RuntimeError):
     pass
-
-
-def private_db(path: Path) -> None:
-    """Before SQLite opens ``path``: its folder made 0700 when missing, the file made (or
-    left) 0600 and an existing ``-wal``/``-shm`` too, whatever the umask: journals and
-    registers hold personal data, for the service's user alone. SQLite gives the
-    ``-wal``/``-shm`` it creates the database file's mode."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        # a file made before (0644 by an older version); another user's file is left as it is
-        with contextlib.suppress(FileNotFoundError, PermissionError):
-            if p.stat().st_mode & 0o077:
-                os.chmod(p, 0o600)
-
-
-class JournalUnusable(sqlite3.DatabaseError):
-    """The journal file exists but is not a database SQLite can open (disk damage,
-    another program's file). Nothing is deleted or repaired automatically."""
 
 
 # a row as inserted: (kind, ts_min, ts_max, n, nbytes, codec, data)
@@ -150,9 +101,9 @@ class Journal:
         self._sync = sync
         self._clock = clock
         try:
-            self._db = self._connect(sync)
+            self._db = connect(self.path, sync)
             with self._db:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):  # permissions, locks: say it as it is
                 raise
@@ -185,20 +136,6 @@ class Journal:
         self._encoder.start()
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
-
-    def _connect(self, sync: str) -> sqlite3.Connection:
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
-        private_db(self.path)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if fresh:
-            # must precede the first table: larger pages keep a 20 KB batch in few pages
-            db.execute("PRAGMA page_size=16384")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={sync.upper()}")
-        db.execute("PRAGMA wal_autocheckpoint=4096")
-        # after a checkpoint, give the disk back beyond 64 MB of WAL
-        db.execute("PRAGMA journal_size_limit=67108864")
-        return db
 
     def _load_counters(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='records'").fetchone()
@@ -463,94 +400,10 @@ class Journal:
 
     def _retention(self, db: sqlite3.Connection, now: int, total: int, last: int, quota: int,
                    reason_override: str | None = None) -> tuple[int, int, bool, int]:
-        """Drop the oldest records over quota or age, inside the caller's transaction.
-
-        Returns (records dropped, payload bytes freed, whether a gap was written, new
-        first sequence). Never drops ``last`` (the newest record).
-        """
-        cutoff = now - self.max_age_ns
-        target = int(quota * QUOTA_LOW_WATER) if total > quota else total
-        upto = 0
-        after = 0
-        freed = 0
-        rows_dropped = 0
-        by_quota = by_age = False
-        done = False
-        while not done:
-            rows = db.execute(
-                "SELECT seq, ts_max, nbytes FROM records WHERE seq > ? AND seq < ? ORDER BY seq LIMIT 1024",
-                (after, last),
-            ).fetchall()
-            if not rows:
-                break
-            for seq, ts_max, nb in rows:
-                over = total - freed > target
-                old = ts_max < cutoff
-                if not (over or old):
-                    done = True
-                    break
-                by_quota |= over
-                by_age |= old and not over
-                upto = seq
-                freed += nb
-                rows_dropped += 1
-            after = rows[-1][0]
-        if not rows_dropped:
-            first = db.execute("SELECT MIN(seq) FROM records").fetchone()[0]
-            return 0, 0, False, first if first is not None else last + 1
         with self._lock:
             active = {c: self._cursors.get(c, 0) for c in self._active}
-        behind = sorted(c for c, s in active.items() if s < upto)
-        gap: dict[str, Any] | None = None
-        if behind:
-            low = min(active[c] for c in behind)
-            lost = db.execute(
-                "SELECT MIN(seq), MAX(seq), COALESCE(SUM(CASE kind WHEN 1 THEN n ELSE 0 END), 0), "
-                "COALESCE(SUM(CASE kind WHEN 2 THEN 1 ELSE 0 END), 0), MIN(ts_min), MAX(ts_max) "
-                "FROM records WHERE seq > ? AND seq <= ?",
-                (low, upto),
-            ).fetchone()
-            if lost[0] is not None:
-                reasons = set()
-                if reason_override:
-                    reasons.add(reason_override)
-                else:
-                    reasons |= {"quota"} if by_quota else set()
-                    reasons |= {"age"} if by_age else set()
-                from_seq, samples, events, ts_from, ts_to = lost[0], lost[2], lost[3], lost[4], lost[5]
-                # an earlier gap in the range: fold its counts into this one
-                for (data,) in db.execute(
-                    "SELECT data FROM records WHERE seq > ? AND seq <= ? AND kind = 2 "
-                    "AND substr(data, 1, ?) = ?", (low, upto, len(GAP_PREFIX), GAP_PREFIX),
-                ):
-                    old = json.loads(data)
-                    from_seq = min(from_seq, int(old["from_seq"]))
-                    samples += int(old["samples"])
-                    events += int(old["events"]) - 1  # the old gap record itself is no event lost
-                    ts_from = min(ts_from, int(old["ts_from"]))
-                    ts_to = max(ts_to, int(old["ts_to"]))
-                    reasons |= set(str(old.get("reason", "")).split("+")) - {""}
-                gap = {
-                    "type": "gap", "ts": now, "from_seq": from_seq, "to_seq": upto,
-                    "samples": samples, "events": events, "ts_from": ts_from, "ts_to": ts_to,
-                    "reason": "+".join(sorted(reasons)), "consumers": behind,
-                }
-        db.execute("DELETE FROM records WHERE seq <= ?", (upto,))
-        if gap is not None:
-            data = json.dumps(gap, separators=(",", ":")).encode()
-            # the gap takes the place (and the sequence) of the last record dropped
-            db.execute(
-                "INSERT INTO records(seq, kind, ts_min, ts_max, n, nbytes, codec, data) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (upto, EVENT, gap["ts_from"], gap["ts_to"], 1, len(data), CODEC_RAW, data),
-            )
-            freed -= len(data)
-            log.warning("journal %s: dropped unsent records %d..%d (%d samples, %d events; %s) for %s",
-                        self.path.name, gap["from_seq"], upto, gap["samples"], gap["events"],
-                        gap["reason"], ", ".join(behind))
-        db.execute("UPDATE meta SET value=value-? WHERE key='bytes'", (freed,))
-        first = upto if gap is not None else upto + 1
-        return rows_dropped, freed, gap is not None, first
+        return drop_oldest(db, now=now, total=total, last=last, quota=quota, max_age_ns=self.max_age_ns,
+                           active=active, name=self.path.name, reason_override=reason_override)
 
     # ------------------------------------------------------------------ waiting
     def _notify(self) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.store.journal import private_db
+from gateway.store.schema import private_db
 
 # --------------------------------------------------------------------------- the store
 
