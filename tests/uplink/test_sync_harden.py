@@ -198,3 +198,90 @@ async def test_a_push_signed_for_another_central_is_refused(tmp_path: Path) -> N
         for p in peers:
             await p.close()
         await c.stop()
+
+
+# --------------------------------------------------------------------------- fuzz
+@pytest.fixture
+def daemon(tmp_path: Path) -> Any:
+    """The real daemon, polling a simulated plant, with its uplink listener in pull mode
+    (trusting the key of central node "county"), in a thread of this process."""
+    from tests.fixtures.daemon import SIM_PLANT, Daemon
+    from tests.fixtures.daemon import gateway_yaml as daemon_yaml
+    from tests.fixtures.sims import SimProcess
+
+    (tmp_path / "sim.yaml").write_text(SIM_PLANT)
+    sim = SimProcess(tmp_path / "sim.yaml")
+    pubs = tmp_path / "pub"
+    pubs.mkdir()
+    cpub = central_pub(tmp_path, "county", pubs)
+    state = tmp_path / "state"
+    uplink = f"uplink: {{mode: pull, listen: '127.0.0.1:0', central_keys: ['{cpub}']}}"
+    d = Daemon(daemon_yaml(*sim.tcp("plc"), state, extra=uplink)).start()
+    try:
+        yield d, keys.load(tmp_path / "county")
+    finally:
+        d.stop()
+        sim.stop()
+
+
+# the daemon in this process draws jitter from ``random`` while hypothesis generates (it
+# warns about that), and the 5000-digit query makes the strategies' repr large
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+def test_uplink_listener_fuzz(daemon: Any) -> None:
+    """Hypothesis against the gateway's pull listener (derandomized, 1500 examples, about
+    20 s): junk, chunked and oversized bodies, long heads, huge numbers and bad, missing
+    or valid signatures. No 5xx; the process's RSS grows less than the shared fuzz
+    bound (``RSS_BOUND``, 150 MiB; one 300 MB body would pass it); the plant is
+    journaled throughout."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.admin.test_harden_fuzz import SETTINGS, Tally, _send, bodies, headers_st
+    from tests.fixtures.helpers import wait_until
+    from uplink.auth import sign_headers
+
+    d, ck = daemon
+    svc = next(s for s in d.gw.services if s.name == "uplink")
+    seq0 = d.gw.journal.last_seq
+    tally = Tally()
+    client = httpx.Client(base_url=f"https://127.0.0.1:{svc.listener.port}", verify=False, timeout=30)
+    big = "9" * 23
+    queries = st.sampled_from(["", "lane=main&after=0", f"after={big}", f"lane=alarms&after=0&ack={big}",
+                               "after=-1", "lane=x", f"max={big}", f"max_bytes={big}", "wait=nan",
+                               "wait=1e999", "wait=-5", "after=" + "9" * 5000, f"after=0&wait={big}"])
+
+    # half the examples are well-signed pull requests with hostile numbers (what only a
+    # holder of the central key can send), half anything at all
+    pulls = st.tuples(st.just("GET"), st.just("/sync/v1/envelopes"), queries, st.just((None, {})),
+                      st.just({}), st.just("valid"))
+    anything = st.tuples(
+        st.sampled_from(["POST", "GET"]),
+        st.sampled_from(["/sync/v1/ack", "/sync/v1/envelopes", "/sync/v1/info", "/sync/v1/push"]),
+        queries,
+        st.one_of(bodies(), st.sampled_from([
+            (b'{"lane": "main", "seq": ' + big.encode() + b"}", {}), (b'{"lane": "main", "seq": 0}', {}),
+            (b'{"lane": "main", "seq": [[[[1]]]]}', {})])),
+        headers_st, st.sampled_from(["none", "valid", "other-node", "junk"]))
+
+    @settings(SETTINGS, max_examples=1500)
+    @given(request=st.one_of(pulls, anything))
+    def run(request: tuple[str, str, str, Any, dict[str, str], str]) -> None:
+        method, path, query, body, headers, signed = request
+        target = path + ("?" + query if query else "")
+        content, extra = body if method == "POST" else (None, {})
+        h = {**headers, **extra}
+        if signed == "junk":
+            h.update({"x-safegw-key": ck.kid, "x-safegw-to": "gw-api", "x-safegw-time": "9" * 40,
+                      "x-safegw-nonce": "n" * 100, "x-safegw-signature": "a" * 100})
+        elif signed != "none":
+            signed_body = content if isinstance(content, bytes) else b""
+            to = "gw-api" if signed == "valid" else "gw-other"
+            h.update(sign_headers(ck.ed25519, ck.kid, method, target, signed_body, to=to))
+        tally.note(method, target, _send(client, method, target, content, h))
+
+    with client:
+        run()
+    tally.check({200, 400, 401, 413, 431})
+    wait_until(lambda: d.gw.journal.last_seq > seq0, 10, what="the journal to move on")
+    seq1 = d.gw.journal.last_seq
+    wait_until(lambda: d.gw.journal.last_seq > seq1, 10, what="the journal to keep moving")
