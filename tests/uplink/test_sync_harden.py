@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.admin.test_harden_fuzz import rss
+from tests.admin.test_harden_http import _chunked_upload, _read_status, _tls
 from tests.fixtures.central import CentralSide, GatewaySide, central_config, central_pub, make_keys
 from uplink import keys
 from uplink.sync import Peer, PeerError, Signer
@@ -25,56 +26,13 @@ pytestmark = pytest.mark.timeout(60)
 MiB = 2**20
 
 
-def rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def _tls(port: int) -> ssl.SSLSocket:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
-
-
-def _status(sock: ssl.SSLSocket, data: bytes = b"") -> int | None:
-    """The status of the response on ``sock``; None when it closed without one."""
-    sock.settimeout(10)
-    try:
-        while b"\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, TimeoutError, ssl.SSLError):
-        pass
-    return int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else None
-
-
-def _chunked_post(port: int, path: str, total: int, chunk: int = 64 * 1024) -> tuple[int | None, int]:
+def _chunked_post(port: int, path: str, total: int) -> tuple[int | None, int]:
     """POSTs up to ``total`` bytes as chunks, unsigned, stopping when the server answers or
     hangs up; returns its status and the bytes sent."""
     with _tls(port) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-        piece = b"%x\r\n%s\r\n" % (chunk, b"x" * chunk)
-        sent = 0
-        early = b""
-        try:
-            while sent < total:
-                s.setblocking(False)
-                try:
-                    early = s.recv(65536)
-                    break  # an answer (or a close) came while we were still sending
-                except (BlockingIOError, ssl.SSLWantReadError):
-                    pass
-                s.settimeout(5)
-                s.sendall(piece)
-                sent += chunk
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, TimeoutError):
-            pass
-        return _status(s, early), sent
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        sent, early = _chunked_upload(s, head, total)
+        return _read_status(s, data=early)[0], sent
 
 
 @pytest.fixture
@@ -122,7 +80,7 @@ async def test_heads_are_bounded_in_size_and_time(gw) -> None:  # type: ignore[n
                     s.sendall(b"X-Slow: a\r\n")
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 pass
-            return _status(s), time.monotonic() - t0
+            return _read_status(s)[0], time.monotonic() - t0
 
     status, took = await asyncio.to_thread(trickle)
     assert status is None and took < 3, (status, took)  # cut off after the 0.5 s head timeout
