@@ -36,7 +36,7 @@ from central.outbox import OutboxSource
 from central.puller import Puller
 from central.state import PgState, SqliteState, State, TableRow
 from central.status import CentralRoutes, Operators, PositionGuard, status_doc
-from gateway.core.httplimits import BodyLimit, uvicorn_limits
+from gateway.core.httplimits import BodyLimit
 from gateway.core.record import Record
 from gateway.core.tokens import FailureLimiter, UserStore
 from uplink import keys
@@ -106,14 +106,16 @@ class CentralNode:
                              lease_s=cfg.state.lease, resolve=cfg.path)
         up = cfg.upstream
         up_trust = {}
+        self.up_id = ""  # the upper node pushed to: the first in upstream.keys
         if up is not None:
             for p in up.keys:
                 for pk in keys.load_public(cfg.path(p)):
                     up_trust[pk.kid] = pk.ed25519
+                    self.up_id = self.up_id or pk.id
         self.up_link = Link(self.state_dir, rate=up.bandwidth if up else None,
                             monthly_budget=up.monthly_budget if up else None)
         window = cfg.listen.clock_window
-        self.push_verifier = Verifier(push_keys, window_s=window)
+        self.push_verifier = Verifier(push_keys, node_id=self.id, window_s=window)
         # bearer tokens for the operator endpoints (GET /status): scrypt hashes, file 0600
         self.tokens = UserStore(tokens_path(cfg))
         ls = cfg.listen
@@ -122,7 +124,7 @@ class CentralNode:
                                ingest=self.ingest, state=self.state, pulling=self.puller.tasks,
                                operators=operators if ls.status else None, status_doc=self.status_doc)
         self.sync_server = SyncServer(
-            self.outbox, Verifier(up_trust, window_s=window), self.up_link,
+            self.outbox, Verifier(up_trust, node_id=self.id, window_s=window), self.up_link,
             max_bytes=up.max_bytes if up else 8 * 2**20, extra_routes=routes.routes(),
             info=lambda: {"kind": "central"})
         self.listener: HttpsListener | None = None
@@ -168,19 +170,14 @@ class CentralNode:
         # checked before they reach the state store
         app = BodyLimit(PositionGuard(self.sync_server.app), default=64 * 1024,
                         routes=[("POST", "/sync/v1/push", lc.max_push)])
-        self.listener = HttpsListener(app, lc.address, cert, key, name="central")
-        # the listeners' common limits (head size and time, proxy headers): HttpsListener
-        # builds its uvicorn config before it serves, so they are set on it here
-        limits = uvicorn_limits(trusted_proxies=lc.trusted_proxies, keep_alive_s=60,
-                                header_timeout_s=lc.header_timeout)
-        for k, v in limits.items():
-            setattr(self.listener.config, k, v)
+        self.listener = HttpsListener(app, lc.address, cert, key, name="central",
+                                      trusted_proxies=lc.trusted_proxies, header_timeout_s=lc.header_timeout)
         await self.listener.start()
         up = self.cfg.upstream
         if up is not None and up.mode == "push":
             assert up.url
-            self.up_peer = Peer(up.url, self.signer, ca=self.cfg.path(up.ca) if up.ca else None,
-                                timeout_s=up.timeout)
+            self.up_peer = Peer(up.url, self.signer, recipient=self.up_id,
+                                ca=self.cfg.path(up.ca) if up.ca else None, timeout_s=up.timeout)
             self.pusher = PushClient(self.outbox, self.up_peer, self.up_link, max_bytes=up.max_bytes,
                                      retry_max_s=up.retry_max)
         log.info("central %s listening on %s (%d sources, state %s, worker %s)", self.id, lc.address,

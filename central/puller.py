@@ -76,7 +76,7 @@ class Puller:
         st = self.status[src.id]
         st.positions = await self.state.positions(src.id)
         ca = self.resolve(src.pull.tls_cert) if src.pull.tls_cert else None
-        peer = Peer(src.pull.url, self.signer, ca=ca, verify=src.pull.verify,
+        peer = Peer(src.pull.url, self.signer, recipient=src.id, ca=ca, verify=src.pull.verify,
                     timeout_s=src.pull.timeout + src.pull.wait)
         # one health for both lanes: a source that goes down is one ERROR, not two
         health = Health(f"source {src.id}: pull from {src.pull.url}", logger=log)

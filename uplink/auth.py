@@ -1,18 +1,22 @@
 """Signed HTTP requests between gateways and central nodes, and their TLS material.
 
-Every sync request carries four headers:
+Every sync request carries five headers:
 
 - ``X-Safegw-Key``: the signer's key id (as in its public key bundle),
+- ``X-Safegw-To``: the recipient's node id (the gateway a central node pulls from, the
+  central node a gateway or a lower node pushes to),
 - ``X-Safegw-Time``: the signer's clock, ns since the epoch (UTC),
 - ``X-Safegw-Nonce``: 16 random bytes, hex,
-- ``X-Safegw-Signature``: Ed25519 over ``safegw-sync-v1\\n METHOD\\n PATH?QUERY\\n TIME\\n NONCE\\n
-  SHA-256(body)`` (newline-joined, hex digest), base64.
+- ``X-Safegw-Signature``: Ed25519 over ``safegw-sync-v2\\n RECIPIENT\\n METHOD\\n PATH?QUERY\\n
+  TIME\\n NONCE\\n SHA-256(body)`` (newline-joined, hex digest), base64.
 
-The receiver accepts a request only when the key id is one it trusts, the signature
-verifies, the time is within ``window`` of its own clock, and the nonce was not seen
-within that window (replays are rejected, not merely ignored). TLS (a self-signed
-certificate made on first start and pinned by the peer, or a CA's) keeps the
-traffic private on top; the signature is what authorises it.
+The receiver accepts a request only when it names the receiver's own node id, the key
+id is one it trusts, the signature verifies, the time is within ``window`` of its own
+clock, and the nonce was not seen within that window (replays are rejected, not merely
+ignored). Naming the recipient is what keeps a request captured on its way to one node
+from being replayed, within the window, to another node that trusts the same key. TLS
+(a self-signed certificate made on first start and pinned by the peer, or a CA's) keeps
+the traffic private on top; the signature is what authorises it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from cryptography.x509.oid import NameOID
 log = logging.getLogger(__name__)
 
 H_KEY = "x-safegw-key"
+H_TO = "x-safegw-to"
 H_TIME = "x-safegw-time"
 H_NONCE = "x-safegw-nonce"
 H_SIG = "x-safegw-signature"
@@ -53,25 +58,35 @@ class AuthError(Exception):
         self.reason = reason
 
 
-def _message(method: str, target: str, ts: str, nonce: str, body: bytes) -> bytes:
-    return "\n".join(("safegw-sync-v1", method.upper(), target, ts, nonce,
+#: the longest signature header values a verifier reads: a time in ns fits in 19 digits
+MAX_TIME_DIGITS = 20
+MAX_NONCE = 64
+MAX_SIGNATURE = 128  # base64 of a 64-byte Ed25519 signature is 88
+
+
+def _message(to: str, method: str, target: str, ts: str, nonce: str, body: bytes) -> bytes:
+    # v2: v1 did not name the recipient; the tag keeps a v1 signature from ever verifying
+    return "\n".join(("safegw-sync-v2", to, method.upper(), target, ts, nonce,
                       hashlib.sha256(body).hexdigest())).encode()
 
 
 def sign_headers(key: Ed25519PrivateKey, key_id: str, method: str, target: str, body: bytes = b"",
-                 *, now_ns: int | None = None) -> dict[str, str]:
+                 *, to: str, now_ns: int | None = None) -> dict[str, str]:
+    """The signature headers of a request to node ``to``."""
     ts = str(time.time_ns() if now_ns is None else now_ns)
     nonce = os.urandom(16).hex()
-    sig = key.sign(_message(method, target, ts, nonce, body))
-    return {H_KEY: key_id, H_TIME: ts, H_NONCE: nonce, H_SIG: base64.b64encode(sig).decode()}
+    sig = key.sign(_message(to, method, target, ts, nonce, body))
+    return {H_KEY: key_id, H_TO: to, H_TIME: ts, H_NONCE: nonce, H_SIG: base64.b64encode(sig).decode()}
 
 
 class Verifier:
-    """Checks signed requests against trusted Ed25519 keys, with a replay window."""
+    """Checks signed requests to node ``node_id`` against trusted Ed25519 keys, with a
+    replay window."""
 
-    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, window_s: float = 120.0,
+    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, node_id: str, window_s: float = 120.0,
                  clock: Callable[[], int] = time.time_ns):
         self.trusted = dict(trusted)
+        self.node_id = node_id
         self.window_ns = int(window_s * 1e9)
         self._clock = clock
         self._nonces: OrderedDict[str, int] = OrderedDict()
@@ -83,21 +98,24 @@ class Verifier:
 
     def verify(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> str:
         """Return the signer's key id, or raise AuthError."""
-        key_id, ts, nonce, sig = (headers.get(h) for h in (H_KEY, H_TIME, H_NONCE, H_SIG))
-        if not (key_id and ts and nonce and sig):
+        key_id, to, ts, nonce, sig = (headers.get(h) for h in (H_KEY, H_TO, H_TIME, H_NONCE, H_SIG))
+        if not (key_id and to and ts and nonce and sig):
             raise self._reject("unsigned", "missing signature headers")
         pub = self.trusted.get(key_id)
         if pub is None:
-            raise self._reject("unknown_key", f"key id {key_id!r} is not trusted here")
+            raise self._reject("unknown_key", f"key id {key_id[:64]!r} is not trusted here")
+        if to != self.node_id:
+            raise self._reject("wrong_recipient",
+                               f"request is for node {to[:64]!r}, this is {self.node_id!r}")
+        if len(ts) > MAX_TIME_DIGITS or len(nonce) > MAX_NONCE or len(sig) > MAX_SIGNATURE:
+            raise self._reject("malformed", "time, nonce or signature too long")
         try:
             t = int(ts)
             raw = base64.b64decode(sig, validate=True)
         except (ValueError, binascii.Error):
             raise self._reject("malformed", "bad time or signature encoding") from None
-        if len(nonce) > 64:
-            raise self._reject("malformed", "nonce too long")
         try:
-            pub.verify(raw, _message(method, target, ts, nonce, body))
+            pub.verify(raw, _message(to, method, target, ts, nonce, body))
         except InvalidSignature:
             raise self._reject("bad_signature",
                                f"request signature from {key_id!r} does not verify") from None

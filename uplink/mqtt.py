@@ -14,7 +14,9 @@ Topics under the prefix (default ``safegw/<site>/<gateway>``):
 - ``values`` (optional, ``values_every``): live values, QoS 0.
 - ``cmd/ack``, ``cmd/shelve``, ``cmd/unshelve`` (subscribed): operator commands as
   JSON with the operator's name; who may publish there is the broker ACL's business
-  (docs/mqtt.md). Results go to ``cmd/result``.
+  (docs/mqtt.md). Every payload gets a result on ``cmd/result``: a payload over
+  ``MAX_COMMAND_BYTES`` is refused unparsed, ``request_id`` is echoed only as text of at
+  most ``MAX_REQUEST_ID`` characters, and log lines quote a payload's strings clipped.
 
 paho-mqtt runs its network loop in its own thread (``loop_start``); every callback is
 handed to the asyncio loop with ``call_soon_threadsafe``. PUBACKs are tracked by
@@ -48,6 +50,17 @@ log = logging.getLogger(__name__)
 CONSUMER = "mqtt"
 WINDOW = 1000  # events published and not yet acknowledged, at most
 PUBLISHED_TYPES = ("alarm", "reminder")
+#: the largest command payload parsed: the longest valid command (1,000-character reason
+#: and comment, escaped) is a few KiB
+MAX_COMMAND_BYTES = 16 * 1024
+#: the longest ``request_id`` echoed in a command's result
+MAX_REQUEST_ID = 128
+#: how much of a string from a payload a log line or a result's error quotes
+MAX_QUOTE = 200
+
+
+def _clip(text: str, n: int = MAX_QUOTE) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
 
 
 def topic_prefix(ctx: DaemonContext, section: MqttSection) -> str:
@@ -130,7 +143,9 @@ class MqttService:
         self._call(self._puback, mid)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._call(self._command, msg.topic, bytes(msg.payload))
+        # what the loop needs to refuse an oversized payload is its size: a byte more than
+        # the limit, not a copy of all of it
+        self._call(self._command, msg.topic, bytes(msg.payload[:MAX_COMMAND_BYTES + 1]), len(msg.payload))
 
     # asyncio thread -----------------------------------------------------------
     @property
@@ -267,29 +282,44 @@ class MqttService:
             self._client.publish(f"{self.prefix}/values", json.dumps(doc, separators=(",", ":")), qos=0)
 
     # ------------------------------------------------------------------ commands
-    def _command(self, topic: str, payload: bytes) -> None:
+    def _command(self, topic: str, payload: bytes, size: int) -> None:
         verb = topic.rsplit("/", 1)[-1]
+        if size > MAX_COMMAND_BYTES:
+            error = f"payload is {size} bytes; a command is at most {MAX_COMMAND_BYTES}"
+            log.warning("mqtt command %s refused: %s", verb, error)
+            self._result(verb, None, ok=False, error=error)
+            return
         req: Any = {}
         try:
             req = json.loads(payload or b"{}")
             cmd = parse_command(verb, req, self.policy)
             events = apply_command(self.ctx.rules, cmd, self.ctx.clock())
         except (ValueError, KeyError, TypeError, RecursionError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            msg = _clip(str(e.args[0] if isinstance(e, KeyError) and e.args else e))
             log.warning("mqtt command %s refused: %s", verb, msg)
-            self._result(req if isinstance(req, dict) else {}, verb, ok=False, error=str(msg))
+            self._result(verb, req, ok=False, error=msg)
             return
-        who = cmd.operator
         self.commands += 1
         self.ctx.emit_events(events)
         self._active_dirty = True
         self._wake.set()
-        log.info("mqtt command %s by %s: %d event(s)", verb, who, len(events))
-        self._result(req, verb, ok=True, events=[e["id"] for e in events])
+        log.info("mqtt command %s by %s: %d event(s)", verb, _clip(cmd.operator), len(events))
+        self._result(verb, req, ok=True, events=[e["id"] for e in events])
 
-    def _result(self, req: dict[str, Any], verb: str, **kw: Any) -> None:
-        doc = {"command": verb, "request_id": req.get("request_id"), "ts": self.ctx.clock(), **kw}
-        self._client.publish(f"{self.prefix}/cmd/result", json.dumps(doc), qos=1)
+    def _result(self, verb: str, req: Any, **kw: Any) -> None:
+        """Publish a command's result. It runs in a loop callback, where an exception would
+        only be logged and the console would wait for an answer in vain: whatever the
+        payload held, this cannot raise."""
+        doc: dict[str, Any] = {"command": verb, "request_id": None, "ts": self.ctx.clock(), **kw}
+        rid = req.get("request_id") if isinstance(req, dict) else None
+        if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID:
+            doc["request_id"] = rid
+        elif rid is not None:
+            doc["request_id_error"] = f"request_id must be text of at most {MAX_REQUEST_ID} characters"
+        try:
+            self._client.publish(f"{self.prefix}/cmd/result", json.dumps(doc), qos=1)
+        except (ValueError, RuntimeError, OSError) as e:  # paho refuses a publish it cannot queue
+            log.error("mqtt command %s: result not published: %s", verb, e)
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.connected, "published": self.published, "acked": self.acked,

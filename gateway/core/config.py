@@ -419,6 +419,9 @@ class UplinkSection(Strict):
     mode: Literal["pull", "push"] = "pull"
     listen: Listen | None = "0.0.0.0:8443"
     central_url: str | None = None
+    central_id: str | None = Field(default=None, description="push: the node id of the central node at "
+                                   "central_url, which its requests are signed for; default: the node of "
+                                   "the first central_keys bundle")
     central_keys: list[Path] = Field(default_factory=list)
     cipher: Literal["aes-256-gcm", "sm4-gcm"] = "aes-256-gcm"
     tls_cert: Path | None = None

@@ -241,10 +241,10 @@ async def test_central_refuses_positions_beyond_64_bits(tmp_path: Path) -> None:
             for q in ("after=99999999999999999999999", "after=0&ack=99999999999999999999999",
                       "after=0&max_bytes=99999999999999999999999", "after=-99999999999999999999999"):
                 target = f"/sync/v1/envelopes?lane=main&{q}"
-                r = await h.get(target, headers=sign_headers(prov.ed25519, prov.kid, "GET", target))
+                r = await h.get(target, headers=sign_headers(prov.ed25519, prov.kid, "GET", target, to="c1"))
                 assert r.status_code == 400, (q, r.status_code, r.text)
             target = "/sync/v1/envelopes?lane=main&after=0"
-            r = await h.get(target, headers=sign_headers(prov.ed25519, prov.kid, "GET", target))
+            r = await h.get(target, headers=sign_headers(prov.ed25519, prov.kid, "GET", target, to="c1"))
             assert r.status_code == 200, r.text
     finally:
         await c.stop()

@@ -554,7 +554,7 @@ async def test_status_per_gateway_over_https_with_a_token(tmp_path: Path) -> Non
     for i in range(3):
         b = batch(i)
         recs.append(Record(2 + i, SAMPLES, b.ts_min, b.ts_max, len(b), b.to_bytes()))
-    peer = Peer(c.url, Signer(gk.ed25519, gk.kid), ca=c.cert)
+    peer = Peer(c.url, Signer(gk.ed25519, gk.kid), recipient="county", ca=c.cert)
     http = httpx.AsyncClient(verify=client_context(c.cert), timeout=10)
     try:
         body = pack_frames([Item("main", 4, _seal(recs, gk, recipients))])

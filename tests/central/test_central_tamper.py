@@ -133,31 +133,31 @@ async def test_alarm_lane_then_main_lane_stores_once(setup) -> None:  # type: ig
 async def test_push_requests_must_be_signed_fresh_and_unique(setup) -> None:  # type: ignore[no-untyped-def]
     c, gk, ck, _ = setup
     body = pack_frames([Item("main", 1, envelope.seal(recs(1, 1), sender=gk, recipients=ck))])
-    peer = Peer(c.url, Signer(gk.ed25519, gk.kid), ca=c.cert)
+    peer = Peer(c.url, Signer(gk.ed25519, gk.kid), recipient="county", ca=c.cert)
     try:
         r = await peer.request("POST", "/sync/v1/push", {"head": 1, "first": 1}, body)
         assert r.json()["cursors"]["main"] == 1
         # the same request again (captured and replayed): refused
         target = "/sync/v1/push?head=1&first=1"
-        headers = peer.signer.headers("POST", target, body)
+        headers = peer.signer.headers("POST", target, body, to="county")
         r1 = await peer.client.post(c.url + target, content=body, headers=headers)
         assert r1.status_code == 200
         r2 = await peer.client.post(c.url + target, content=body, headers=headers)
         assert r2.status_code == 401 and r2.json()["error"] == "replay"
         # a body changed after signing
-        headers = peer.signer.headers("POST", target, body)
+        headers = peer.signer.headers("POST", target, body, to="county")
         r3 = await peer.client.post(c.url + target, content=body + b"x", headers=headers)
         assert r3.status_code == 401 and r3.json()["error"] == "bad_signature"
         # no signature at all, and a signature by an unknown key
         r4 = await peer.client.post(c.url + target, content=body)
         assert r4.status_code == 401
         stranger = keys.NodeKeys.generate("gw-9")
-        bad = Peer(c.url, Signer(stranger.ed25519, stranger.kid), ca=c.cert)
+        bad = Peer(c.url, Signer(stranger.ed25519, stranger.kid), recipient="county", ca=c.cert)
         with pytest.raises(PeerError, match="401"):
             await bad.request("POST", "/sync/v1/push", {"head": 1}, body)
         await bad.close()
         # forged signature header value
-        headers = peer.signer.headers("POST", target, body)
+        headers = peer.signer.headers("POST", target, body, to="county")
         headers[H_SIG] = headers[H_SIG][:-4] + "AAA="
         r5 = await peer.client.post(c.url + target, content=body, headers=headers)
         assert r5.status_code == 401
@@ -183,7 +183,7 @@ async def test_pusher_backs_off_when_central_cannot_read_it(tmp_path: Path) -> N
     c = await CentralSide(central_config(tmp_path, "county",
                                          [{"id": "gw-1", "keys": str(gpub), "mode": "push"}])).start()
     gw = GatewaySide(tmp_path, "gw-1", pubs, [wrong], mode="push", central_url=c.url, central_ca=c.cert,
-                     retry_max="1s")
+                     retry_max="1s", central_id="county")
     try:
         await gw.journal.append_many([batch(i, 20) for i in range(3)])
         await gw.start()

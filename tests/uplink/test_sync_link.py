@@ -81,22 +81,22 @@ def test_budget_blocks_bulk_not_alarms_and_persists(tmp_path: Path) -> None:
 def test_signed_requests() -> None:
     key = Ed25519PrivateKey.generate()
     now = [10**18]
-    v = Verifier({"k1": key.public_key()}, window_s=60, clock=lambda: now[0])
-    h = sign_headers(key, "k1", "GET", "/sync/v1/envelopes?after=5", b"", now_ns=now[0])
+    v = Verifier({"k1": key.public_key()}, node_id="gw-1", window_s=60, clock=lambda: now[0])
+    h = sign_headers(key, "k1", "GET", "/sync/v1/envelopes?after=5", b"", to="gw-1", now_ns=now[0])
     assert v.verify("GET", "/sync/v1/envelopes?after=5", b"", h) == "k1"
     with pytest.raises(AuthError, match="replay"):
         v.verify("GET", "/sync/v1/envelopes?after=5", b"", h)
-    h = sign_headers(key, "k1", "GET", "/sync/v1/envelopes?after=5", b"", now_ns=now[0])
+    h = sign_headers(key, "k1", "GET", "/sync/v1/envelopes?after=5", b"", to="gw-1", now_ns=now[0])
     with pytest.raises(AuthError, match="bad_signature"):
         v.verify("GET", "/sync/v1/envelopes?after=6", b"", h)  # query changed
-    h = sign_headers(key, "k1", "POST", "/sync/v1/ack", b'{"seq":1}', now_ns=now[0] - 61 * 10**9)
+    h = sign_headers(key, "k1", "POST", "/sync/v1/ack", b'{"seq":1}', to="gw-1", now_ns=now[0] - 61 * 10**9)
     with pytest.raises(AuthError, match="stale"):
         v.verify("POST", "/sync/v1/ack", b'{"seq":1}', h)
     other = Ed25519PrivateKey.generate()
-    h = sign_headers(other, "k1", "GET", "/x", b"", now_ns=now[0])
+    h = sign_headers(other, "k1", "GET", "/x", b"", to="gw-1", now_ns=now[0])
     with pytest.raises(AuthError, match="bad_signature"):
         v.verify("GET", "/x", b"", h)
-    h = sign_headers(other, "k2", "GET", "/x", b"", now_ns=now[0])
+    h = sign_headers(other, "k2", "GET", "/x", b"", to="gw-1", now_ns=now[0])
     with pytest.raises(AuthError, match="unknown_key"):
         v.verify("GET", "/x", b"", h)
     with pytest.raises(AuthError, match="unsigned"):

@@ -22,7 +22,7 @@ async def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     cpub = central_pub(tmp_path, "county", pubs)
     gw = await GatewaySide(tmp_path, "gw-1", pubs, [cpub], max_samples=150).start()
     ck = keys.load(tmp_path / "county")
-    peer = Peer(f"https://127.0.0.1:{gw.port}", Signer(ck.ed25519, ck.kid), ca=gw.cert)
+    peer = Peer(f"https://127.0.0.1:{gw.port}", Signer(ck.ed25519, ck.kid), recipient="gw-1", ca=gw.cert)
     yield gw, peer, ck
     await peer.close()
     await gw.stop()
@@ -86,7 +86,7 @@ async def test_refusals(served) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PeerError, match="400"):
         await peer.request("POST", "/sync/v1/ack", body=b'{"lane": "main"}')
     stranger = keys.NodeKeys.generate("county")  # right name, wrong key
-    bad = Peer(peer.base, Signer(stranger.ed25519, stranger.kid), ca=gw.cert)
+    bad = Peer(peer.base, Signer(stranger.ed25519, stranger.kid), recipient="gw-1", ca=gw.cert)
     try:
         with pytest.raises(PeerError, match="401"):
             await bad.request("GET", "/sync/v1/envelopes", {"after": 0})

@@ -30,8 +30,8 @@ class Signer:
         self.key = private_key
         self.key_id = key_id
 
-    def headers(self, method: str, target: str, body: bytes = b"") -> dict[str, str]:
-        return sign_headers(self.key, self.key_id, method, target, body)
+    def headers(self, method: str, target: str, body: bytes = b"", *, to: str) -> dict[str, str]:
+        return sign_headers(self.key, self.key_id, method, target, body, to=to)
 
 
 class PeerError(Exception):
@@ -39,12 +39,14 @@ class PeerError(Exception):
 
 
 class Peer:
-    """An HTTPS peer (a gateway to pull from, or central to push to)."""
+    """An HTTPS peer (a gateway to pull from, or central to push to); ``recipient`` is its
+    node id, which every request's signature names."""
 
-    def __init__(self, base_url: str, signer: Signer, *, ca: Path | None = None, verify: bool = True,
-                 timeout_s: float = 30.0):
+    def __init__(self, base_url: str, signer: Signer, *, recipient: str, ca: Path | None = None,
+                 verify: bool = True, timeout_s: float = 30.0):
         self.base = base_url.rstrip("/")
         self.signer = signer
+        self.recipient = recipient
         self.client = httpx.AsyncClient(verify=client_context(ca, verify=verify),
                                         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
                                         limits=httpx.Limits(max_keepalive_connections=4))
@@ -52,7 +54,7 @@ class Peer:
     async def request(self, method: str, path: str, params: dict[str, Any] | None = None,
                       body: bytes = b"", *, timeout_s: float | None = None) -> httpx.Response:
         target = path + (f"?{urlencode(params)}" if params else "")
-        headers = self.signer.headers(method, target, body)
+        headers = self.signer.headers(method, target, body, to=self.recipient)
         if body:
             headers["content-type"] = MEDIA if not body.startswith(b"{") else "application/json"
         kw: dict[str, Any] = {}

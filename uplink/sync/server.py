@@ -1,6 +1,13 @@
 """The pull side of the sync transport: the ``/sync/v1`` HTTP API over a ``Source``
 (served by a gateway in pull mode and by a central node to the next level up), and
 the HTTPS listener that serves it apart from the admin API. API: ``uplink.sync``.
+
+Every number a request carries is bounded before it is used: a query position or
+count outside 0..2^63-1 (what SQLite stores), a ``wait`` that is not a finite number,
+an acknowledged ``seq`` out of range, are refused with 400 naming the parameter. The
+listener takes the limits every safegw listener has (``gateway.core.httplimits``:
+16 KiB heads, a head timeout, proxy headers only from trusted proxies); its app is
+wrapped in ``BodyLimit`` by whoever serves it (``pull_body_limit`` for a gateway).
 """
 
 from __future__ import annotations
@@ -9,8 +16,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +28,44 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.core.httplimits import HEADER_TIMEOUT_S, BodyLimit, uvicorn_limits
 from gateway.core.units import parse_listen
 from uplink.auth import AuthError, Verifier
 from uplink.link import Link
-from uplink.sync.source import LANES, MAX_BODY, MEDIA, Source, pack_frames
+from uplink.sync.source import LANES, MEDIA, Source, pack_frames
 
 log = logging.getLogger(__name__)
+
+#: the largest position, count or byte size a request may name (SQLite's INTEGER)
+MAX_NUMBER = 2**63 - 1
+#: the body of ``POST /sync/v1/ack`` (``{"lane": "alarms", "seq": N}`` is under 50 bytes)
+MAX_ACK_BODY = 1024
+
+
+def pull_body_limit(app: Any) -> BodyLimit:
+    """The pull API's body limits, for a listener that serves nothing else (a gateway):
+    an ack's few bytes, and no body at all on the GETs, refused with 413 as they arrive
+    (before the signature is checked)."""
+    return BodyLimit(app, default=0, routes=[("POST", "/sync/v1/ack", MAX_ACK_BODY)])
+
+
+class BadNumber(ValueError):
+    """A request number that is not one, or out of its range; ``args[0]`` says which."""
+
+
+def _int(raw: str | None, name: str, default: int, *, lo: int = 0, hi: int = MAX_NUMBER) -> int:
+    if raw is None:
+        return default
+    # int() of a few thousand digits costs time before it fails; 20 characters hold any int64
+    if len(raw) > 20:
+        raise BadNumber(f"{name} is out of range")
+    try:
+        v = int(raw)
+    except ValueError:
+        raise BadNumber(f"{name} is not an integer") from None
+    if not lo <= v <= hi:
+        raise BadNumber(f"{name} is out of range ({lo}..{hi})")
+    return v
 
 
 class SyncServer:
@@ -70,6 +110,17 @@ class SyncServer:
             cap = min(cap, max(16384, int(self.link.rate * 2)))
         return max(1024, min(requested or cap, cap))
 
+    def _wait(self, raw: str | None) -> float:
+        if raw is None:
+            return 0.0
+        try:
+            wait = float(raw) if len(raw) <= 32 else math.nan
+        except ValueError:
+            raise BadNumber("wait is not a number of seconds") from None
+        if not math.isfinite(wait):
+            raise BadNumber("wait is not a finite number of seconds")
+        return max(0.0, min(wait, self.max_wait_s))
+
     async def h_info(self, request: Request) -> Response:
         try:
             await self.authenticate(request)
@@ -90,19 +141,16 @@ class SyncServer:
             return self.refuse(e)
         q = request.query_params
         lane = q.get("lane", "main")
+        if lane not in LANES:
+            return JSONResponse({"error": f"lane must be one of {', '.join(LANES)}"}, status_code=400)
         try:
-            after = int(q.get("after", "0"))
-            max_bytes = self._chunk(int(q.get("max_bytes", "0")))
-            wait = min(float(q.get("wait", "0")), self.max_wait_s)
-            max_items = max(0, int(q.get("max", "0")))
-        except ValueError:
-            return JSONResponse({"error": "bad query"}, status_code=400)
-        if lane not in LANES or after < 0:
-            return JSONResponse({"error": "bad lane or position"}, status_code=400)
-        try:
-            ack = int(q.get("ack", str(after)))
-        except ValueError:
-            return JSONResponse({"error": "bad ack"}, status_code=400)
+            after = _int(q.get("after"), "after", 0)
+            max_bytes = self._chunk(_int(q.get("max_bytes"), "max_bytes", 0, lo=-MAX_NUMBER))
+            max_items = max(0, _int(q.get("max"), "max", 0, lo=-MAX_NUMBER))
+            ack = _int(q.get("ack"), "ack", after, lo=-MAX_NUMBER)
+            wait = self._wait(q.get("wait"))
+        except BadNumber as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
         if ack > 0:
             await self.source.ack(lane, min(ack, after))
         headers = {"x-safegw-head": str(self.source.head()), "x-safegw-first": str(self.source.first())}
@@ -133,23 +181,30 @@ class SyncServer:
             return self.refuse(e)
         try:
             doc = json.loads(body)
-            lane, seq = doc.get("lane", "main"), int(doc["seq"])
-        except (ValueError, KeyError, TypeError):
+            lane, seq = doc.get("lane", "main"), doc["seq"]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return JSONResponse({"error": "expected {lane, seq}"}, status_code=400)
         if lane not in LANES:
-            return JSONResponse({"error": "bad lane"}, status_code=400)
+            return JSONResponse({"error": f"lane must be one of {', '.join(LANES)}"}, status_code=400)
+        if type(seq) is not int or not 0 <= seq <= MAX_NUMBER:
+            return JSONResponse({"error": f"seq must be an integer in 0..{MAX_NUMBER}"}, status_code=400)
         await self.source.ack(lane, seq)
         return JSONResponse({"cursor": self.source.position(lane)})
 
 
 class HttpsListener:
-    """uvicorn serving an ASGI app on its own listener (not the admin API's)."""
+    """uvicorn serving an ASGI app on its own listener (not the admin API's), with the
+    limits of every safegw listener (``uvicorn_limits``): 16 KiB heads sent within
+    ``header_timeout_s``, X-Forwarded-For only from ``trusted_proxies``. Keep-alive is
+    long (60 s): a puller's requests follow each other closely."""
 
-    def __init__(self, app: Any, listen: str, cert: Path, key: Path, *, name: str = "sync"):
+    def __init__(self, app: Any, listen: str, cert: Path, key: Path, *, name: str = "sync",
+                 trusted_proxies: Sequence[str] = (), header_timeout_s: float = HEADER_TIMEOUT_S):
         host, port = parse_listen(listen)
+        limits = uvicorn_limits(trusted_proxies=trusted_proxies, keep_alive_s=60,
+                                header_timeout_s=header_timeout_s)
         self.config = uvicorn.Config(app, host=host, port=port, ssl_certfile=str(cert), ssl_keyfile=str(key),
-                                     log_level="warning", access_log=False, lifespan="off",
-                                     timeout_keep_alive=60, h11_max_incomplete_event_size=MAX_BODY)
+                                     log_level="warning", access_log=False, lifespan="off", **limits)
         self.server = uvicorn.Server(self.config)
         self.name = name
         self._task: asyncio.Task[None] | None = None

@@ -18,7 +18,7 @@ from gateway.services import DaemonContext
 from uplink.auth import Verifier, ensure_tls_cert
 from uplink.link import Link
 from uplink.sync.client import Peer, PushClient, Signer
-from uplink.sync.server import HttpsListener, SyncServer
+from uplink.sync.server import HttpsListener, SyncServer, pull_body_limit
 from uplink.sync.source import LANES, JournalSource
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,26 @@ class UplinkService:
         self.peer: Peer | None = None
         if section.mode == "pull":
             trusted = {rk.kid: rk.ed25519 for rk in self.recipients}
-            self.verifier = Verifier(trusted, window_s=section.clock_window)
+            self.verifier = Verifier(trusted, node_id=gid, window_s=section.clock_window)
             self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes)
             if section.tls_cert and section.tls_key:
                 cert, key = _abs(base, section.tls_cert), _abs(base, section.tls_key)
             else:
                 host = parse_listen(section.listen or "0.0.0.0:8443")[0]
                 cert, key = ensure_tls_cert(state_dir, gid, [host] if host not in ("0.0.0.0", "::") else [])
-            self.listener = HttpsListener(self.server.app, section.listen or "0.0.0.0:8443", cert, key)
+            # bodies bounded as they arrive, before the signature is checked: nothing here takes more
+            # than an ack's few bytes
+            self.listener = HttpsListener(pull_body_limit(self.server.app), section.listen or "0.0.0.0:8443",
+                                          cert, key)
         else:
             if not section.central_url:
                 raise ValueError("uplink.mode push needs uplink.central_url")
             signer = Signer(self.node.ed25519, self.node.kid)
             ca = _abs(base, section.ca) if section.ca else None
-            self.peer = Peer(section.central_url, signer, ca=ca, timeout_s=section.timeout)
+            # the requests name the node they are for (the node at central_url; by default the
+            # first in central_keys, the others getting the envelopes forwarded)
+            to = section.central_id or self.recipients[0].id
+            self.peer = Peer(section.central_url, signer, recipient=to, ca=ca, timeout_s=section.timeout)
             self.push = PushClient(self.source, self.peer, self.link, max_bytes=section.max_bytes,
                                    retry_max_s=section.retry_max)
 
