@@ -7,7 +7,6 @@ memory stays bounded, and the gateway keeps journaling meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fixtures.central import CentralSide, central_config, central_pub, make_keys
 from tests.fixtures.daemon import auth
+from tests.fixtures.fuzz import SETTINGS, Tally, bodies, headers_st, send
 from tests.fixtures.helpers import wait_until
-
-#: growth of this process's resident memory (the daemon, or central, runs in it) the run
-#: may cause: without the body limit, one 300 MB upload alone would pass it
-RSS_BOUND = 150 * 2**20
-
-SETTINGS = settings(max_examples=1000, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck))
 
 ADMIN_PATHS = ["/registers/hidden_danger", "/registers/hidden_danger/1", "/registers/hidden_danger/import",
                "/registers/hidden_danger/1/attachments?filename=a.pdf", "/registers/major_hazard_source",
@@ -37,94 +30,22 @@ ADMIN_PATHS = ["/registers/hidden_danger", "/registers/hidden_danger/1", "/regis
 CENTRAL_PATHS = ["/sync/v1/push", "/sync/v1/ack", "/sync/v1/envelopes", "/sync/v1/info", "/status"]
 
 
-def rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
-def _nested(depth: int) -> str:
-    return "[" * depth + "]" * depth
 
 
-json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30),
-    st.floats(allow_nan=False), st.text(max_size=50),
-    st.sampled_from(["\ud800", "\udfff", "=cmd|' /C calc'!A0", "2026-01-01", "9999-12-31T23:59:59Z"]))
-json_doc = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(
-        st.sampled_from(["title", "grade", "found_on", "found_by", "comment", "fields", "name", "role",
-                         "description", "chemicals", "\ud800", "x" * 300]), inner, max_size=6)),
-    max_leaves=30)
 
 
-#: one shared 64 KiB piece: the large bodies are streamed from it, so the client side
-#: (in this process, like the daemon) allocates next to nothing for them
-PIECE = b" " * (64 * 1024)
 
 
-def _stream(pieces: int) -> Iterator[bytes]:
-    yield b"{"
-    for _ in range(pieces):
-        yield PIECE
 
 
-@st.composite
-def bodies(draw: Any) -> tuple[bytes | int, dict[str, str]]:
-    """A body and the headers it needs: bytes, or the number of 64 KiB pieces to stream
-    (a fresh stream each time: hypothesis replays examples); chunked ones have no
-    Content-Length, oversized ones declare theirs."""
-    kind = draw(st.sampled_from(["json", "junk", "nested", "huge_number", "chunked", "big"]))
-    if kind == "json":
-        return json.dumps(draw(json_doc), ensure_ascii=True).encode(), {}
-    if kind == "junk":
-        return bytes(draw(st.binary(max_size=200))), {}
-    if kind == "nested":
-        return _nested(draw(st.sampled_from([100, 1000, 100_000]))).encode(), {}
-    if kind == "huge_number":
-        return b'{"title": ' + b"9" * 5000 + b', "version": 1e999, "id": ' + b"9" * 30 + b"}", {}
-    pieces = draw(st.sampled_from([1, 10, 40]))  # up to 2.5 MiB, over the 1 MiB limit
-    if kind == "chunked":
-        return pieces, {}
-    return pieces, {"Content-Length": str(1 + pieces * len(PIECE))}
 
 
-headers_st = st.fixed_dictionaries({}, optional={
-    "X-Forwarded-For": st.sampled_from(["10.0.0.1", "junk", "1.2.3.4, 5.6.7.8"]),
-    "X-Long": st.sampled_from(["a" * 100, "a" * 8000, "a" * 20_000]),
-    "Content-Type": st.sampled_from(["application/json", "text/csv", "application/octet-stream", "\u00ff"]),
-})
 
 
-class Tally:
-    """What a fuzz run met: the statuses, the 5xx answers, the peak of this process's RSS."""
-
-    def __init__(self) -> None:
-        self.rss0 = self.peak = rss()
-        self.seen: set[int | None] = set()
-        self.fives: list[str] = []
-
-    def note(self, method: str, target: str, status: int | None) -> None:
-        self.seen.add(status)
-        if status is not None and status >= 500:
-            self.fives.append(f"{method} {target} -> {status}")
-        self.peak = max(self.peak, rss())
-
-    def check(self, expected: set[int | None]) -> None:
-        assert not self.fives, self.fives
-        assert expected <= self.seen, self.seen  # the run reached past the limits and the tokens
-        assert self.peak - self.rss0 < RSS_BOUND, f"RSS grew by {(self.peak - self.rss0) >> 20} MiB"
 
 
-def _send(client: httpx.Client, method: str, path: str, body: bytes | int | None,
-          headers: dict[str, str]) -> int | None:
-    content = _stream(body) if isinstance(body, int) else body
-    try:
-        raw = {k: v.encode("latin-1") for k, v in headers.items()}  # httpx sends str headers as ASCII only
-        return client.request(method, path, content=content, headers=raw).status_code
-    except (httpx.RemoteProtocolError, httpx.WriteError, httpx.ReadError):
-        return None  # refused mid-upload (413 with Connection: close): the server hung up, fine
 
 
 def test_admin_api_fuzz(plant: Any) -> None:
@@ -147,7 +68,7 @@ def test_admin_api_fuzz(plant: Any) -> None:
             h.update(auth(who))
         sep = "&" if "?" in path else "?"
         target = path + (sep + query if query else "")
-        tally.note(method, target, _send(client, method, target, content, h))
+        tally.note(method, target, send(client, method, target, content, h))
 
     with client:
         run()
@@ -206,7 +127,7 @@ def test_central_fuzz(central: _CentralThread) -> None:
             signed: dict[str, str]) -> None:
         target = path + ("?" + query if query else "")
         content, extra = body if method == "POST" else (None, {})
-        tally.note(method, target, _send(client, method, target, content, {**headers, **extra, **signed}))
+        tally.note(method, target, send(client, method, target, content, {**headers, **extra, **signed}))
 
     with client:
         run()

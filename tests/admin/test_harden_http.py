@@ -6,8 +6,6 @@ the sender is a configured proxy."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -17,50 +15,13 @@ import pytest
 
 from tests.fixtures.central import CentralSide, central_config, central_pub, make_keys
 from tests.fixtures.daemon import Daemon, auth, make_tokens
+from tests.fixtures.rawhttp import chunked_upload, connect, read_status, tls_connect
 
 MiB = 2**20
 
 
-def _read_status(sock: socket.socket, timeout: float = 10.0, data: bytes = b"") -> tuple[int | None, bytes]:
-    """The status of the response on ``sock`` (None when closed without one) and what came."""
-    sock.settimeout(timeout)
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    if not data.startswith(b"HTTP/1.1 "):
-        return None, data
-    return int(data[9:12]), data
 
 
-def _chunked_upload(sock: socket.socket, head: bytes, total: int,
-                    chunk: int = 64 * 1024) -> tuple[int, bytes]:
-    """Sends ``head`` then up to ``total`` bytes as chunks, stopping when the server answers
-    or closes; returns the bytes sent and what the server answered meanwhile."""
-    sock.sendall(head)
-    sent = 0
-    piece = b"%x\r\n%s\r\n" % (chunk, b"x" * chunk)
-    early = b""
-    try:
-        while sent < total:
-            sock.setblocking(False)
-            try:
-                early = sock.recv(65536)
-                break  # the server answered (or closed: b"")
-            except (BlockingIOError, ssl.SSLWantReadError):
-                pass
-            sock.settimeout(5)
-            sock.sendall(piece)
-            sent += chunk
-        else:
-            sock.sendall(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
-        pass
-    return sent, early
 
 
 @pytest.fixture(scope="module")
@@ -78,26 +39,23 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
         d.stop()
 
 
-def _connect(url: str) -> socket.socket:
-    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def test_a_chunked_body_without_token_is_refused_while_it_arrives(gw: Any) -> None:
-    with _connect(gw.url) as s:
+    with connect(gw.url) as s:
         head = (b"POST /registers/hidden_danger HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n")
-        sent, early = _chunked_upload(s, head, 32 * MiB)
-        status, _ = _read_status(s, data=early)
+        sent, early = chunked_upload(s, head, 32 * MiB)
+        status, _ = read_status(s, data=early)
     assert status == 413
     assert sent < 8 * MiB, f"the server read {sent} bytes before refusing"
 
 
 def test_a_declared_oversized_body_is_refused_before_it_is_sent(gw: Any) -> None:
-    with _connect(gw.url) as s:
+    with connect(gw.url) as s:
         s.sendall(b"POST /alarms/GT-1/ack HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 300000000\r\n\r\n")
-        status, data = _read_status(s)
+        status, data = read_status(s)
     assert status == 413, data
     assert b"connection: close" in data.lower()
 
@@ -117,7 +75,7 @@ def test_a_head_over_16k_is_refused(gw: Any) -> None:
 
 
 def test_a_trickled_head_is_cut_off(gw: Any) -> None:
-    with _connect(gw.url) as s:
+    with connect(gw.url) as s:
         t0 = time.monotonic()
         s.sendall(b"GET /health HTTP/1.1\r\n")
         closed = False
@@ -136,7 +94,7 @@ def test_a_trickled_head_is_cut_off(gw: Any) -> None:
         assert closed, "the connection stayed open for 6 s without a complete head"
         assert time.monotonic() - t0 < 4
     # an idle connection that never sends anything is closed too
-    with _connect(gw.url) as s:
+    with connect(gw.url) as s:
         s.settimeout(5)
         assert s.recv(10) == b""
 
@@ -184,22 +142,16 @@ async def _central(tmp_path: Path, **listen: Any) -> CentralSide:
     return await CentralSide(cfg).start()
 
 
-def _tls(port: int) -> socket.socket:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(raw)
 
 
 async def test_central_push_refuses_a_chunked_body_over_its_limit(tmp_path: Path) -> None:
     c = await _central(tmp_path, max_push="1MiB")
     try:
         def attack() -> tuple[int | None, int]:
-            with _tls(c.node.port) as s:
+            with tls_connect(c.node.port) as s:
                 head = b"POST /sync/v1/push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                sent, early = _chunked_upload(s, head, 32 * MiB)
-                return _read_status(s, data=early)[0], sent
+                sent, early = chunked_upload(s, head, 32 * MiB)
+                return read_status(s, data=early)[0], sent
 
         status, sent = await asyncio.to_thread(attack)
         assert status == 413

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,43 +19,18 @@ from gateway.config import loads
 from gateway.core.batch import Batch
 from tests.fixtures.helpers import async_wait_until, wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
+from tests.fixtures.mqttgw import alarm_msgs, crossing, gateway_yaml, run_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = 1_000_000_000
 
 
-def gateway_yaml(state_dir: Path, mqtt: dict[str, Any] | None, n: int = 4) -> str:
-    chans = "\n".join(
-        f"      - {{name: GT-{i}, kind: gas, gas: combustible, unit: '%LEL', address: 'holding:{i}', "
-        f"preset: gbt50493}}" for i in range(n))
-    text = textwrap.dedent(f"""\
-        gateway: {{id: gw-test, site: "S1", state_dir: {state_dir}}}
-        devices:
-          - name: plc
-            protocol: modbus-tcp
-            host: 127.0.0.1
-            port: 1502
-            enabled: false
-            channels:
-        """) + chans + "\n"
-    if mqtt is not None:
-        text += "mqtt: " + json.dumps(mqtt) + "\n"
-    return text
 
 
-def crossing(gw: Gateway, ch: int, value: float, t_ns: int) -> None:
-    gw.ingest(Batch.build([ch], [t_ns], [value], [0]))
 
 
-async def run_gateway(gw: Gateway) -> asyncio.Task[None]:
-    task = asyncio.create_task(gw.run(drain_s=3.0))
-    await async_wait_until(lambda: gw.services and getattr(gw.services[0], "connected", False), 15,
-                           what="gateway's mqtt connection")
-    return task
 
 
-def alarm_msgs(sub: Subscriber) -> list[dict[str, Any]]:
-    return [m for m in sub.json(lambda t: "/alarms/" in t and not t.endswith("/active"))]
 
 
 @pytest.mark.parametrize("tls,password", [(False, False), (True, False), (False, True), (True, True)],

@@ -16,7 +16,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import loads
 from tests.fixtures.mosquitto import Broker, Subscriber
-from tests.uplink.test_mqtt_alarms import gateway_yaml, run_gateway
+from tests.fixtures.mqttgw import gateway_yaml, run_gateway
 from uplink.mqtt import MAX_COMMAND_BYTES, MAX_REQUEST_ID
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.admin.test_harden_fuzz import rss
-from tests.admin.test_harden_http import _chunked_upload, _read_status, _tls
 from tests.fixtures.central import CentralSide, GatewaySide, central_config, central_pub, make_keys
+from tests.fixtures.fuzz import rss
+from tests.fixtures.rawhttp import chunked_upload, read_status, tls_connect
 from uplink import keys
 from uplink.sync import Peer, PeerError, Signer
 
@@ -29,10 +29,10 @@ MiB = 2**20
 def _chunked_post(port: int, path: str, total: int) -> tuple[int | None, int]:
     """POSTs up to ``total`` bytes as chunks, unsigned, stopping when the server answers or
     hangs up; returns its status and the bytes sent."""
-    with _tls(port) as s:
+    with tls_connect(port) as s:
         head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-        sent, early = _chunked_upload(s, head, total)
-        return _read_status(s, data=early)[0], sent
+        sent, early = chunked_upload(s, head, total)
+        return read_status(s, data=early)[0], sent
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ async def test_heads_are_bounded_in_size_and_time(gw) -> None:  # type: ignore[n
         assert r.status_code == 431
 
     def trickle() -> tuple[int | None, float]:
-        with _tls(side.port) as s:
+        with tls_connect(side.port) as s:
             t0 = time.monotonic()
             s.sendall(b"GET /sync/v1/info HTTP/1.1\r\nHost: x\r\n")
             try:
@@ -80,7 +80,7 @@ async def test_heads_are_bounded_in_size_and_time(gw) -> None:  # type: ignore[n
                     s.sendall(b"X-Slow: a\r\n")
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                 pass
-            return _read_status(s)[0], time.monotonic() - t0
+            return read_status(s)[0], time.monotonic() - t0
 
     status, took = await asyncio.to_thread(trickle)
     assert status is None and took < 3, (status, took)  # cut off after the 0.5 s head timeout
@@ -194,7 +194,7 @@ def test_uplink_listener_fuzz(daemon: Any) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from tests.admin.test_harden_fuzz import SETTINGS, Tally, _send, bodies, headers_st
+    from tests.fixtures.fuzz import SETTINGS, Tally, bodies, headers_st, send
     from tests.fixtures.helpers import wait_until
     from uplink.auth import sign_headers
 
@@ -235,7 +235,7 @@ def test_uplink_listener_fuzz(daemon: Any) -> None:
             signed_body = content if isinstance(content, bytes) else b""
             to = "gw-api" if signed == "valid" else "gw-other"
             h.update(sign_headers(ck.ed25519, ck.kid, method, target, signed_body, to=to))
-        tally.note(method, target, _send(client, method, target, content, h))
+        tally.note(method, target, send(client, method, target, content, h))
 
     with client:
         run()
