@@ -7,6 +7,13 @@ tampered or unknown envelopes are rejected and counted, a hole in an origin's se
 is refused so the range is fetched again (unless a gap record from the origin's journal
 explains it). Channel tables are tracked as they are stored in journal order.
 
+An authentic envelope that cannot be ingested for a reason that will not change
+(``envelope.Undecodable``: above ``max_payload`` decoded, not decodable, contradicting
+its header) is refused for good to a push source (``REFUSED``: it narrows its envelope
+and sets the record aside), and *set aside* here for a pull or relay source (which
+cannot re-seal): an ``uplink_rejected`` marker is stored for its range, where its
+records would have been, and the cursors move past it.
+
 Crashes: an intent file written before each journal append lets the next start mark
 records that reached the journal without their cursor commit, so the re-sent envelope
 skips them (see docs/central.md).
@@ -30,13 +37,14 @@ from central.config import SourceEntry
 from central.journals import Journals
 from central.state import Commit, State, TableRow
 from gateway.core import chantable
-from gateway.core.record import SAMPLES, Record
+from gateway.core.record import SAMPLES, Record, event_record
 from uplink import envelope, keys
 from uplink.sync import Item
 
 log = logging.getLogger(__name__)
 
 ACCEPTED, DUPLICATE, REJECTED, GAP = "accepted", "duplicate", "rejected", "gap"
+REFUSED = "refused"  # for good: the push source narrows its envelope, then sets the record aside
 OPEN_AHEAD = 4  # envelopes opened ahead of the one being stored
 
 # how pulls and pushes hand frames in: (source, frames) -> a verdict per frame
@@ -60,6 +68,9 @@ class SourceStatus:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
+    refused: int = 0  # envelopes refused for good (push sources)
+    set_aside: int = 0  # envelopes set aside here (pull and relay sources)
+    refusal: str | None = None  # why the last one was refused or set aside
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -83,6 +94,14 @@ class OriginCursor:
 
 def _payload(r: Record) -> Any:
     return r.batch() if r.kind == SAMPLES else r.event()
+
+
+def _set_aside(h: envelope.Header, size: int, reason: str) -> list[Record]:
+    """The marker stored instead of an envelope's records: a gap-like event at its last sequence."""
+    kind, ts_min, ts_max, n, data = event_record({
+        "type": "uplink_rejected", "ts": h.ts_min, "seq": h.last_seq, "from_seq": h.first_seq,
+        "records": h.n_records, "kind": "envelope", "bytes": size, "reason": reason[:300]})
+    return [Record(h.last_seq, kind, ts_min, ts_max, n, data)]
 
 
 def _tables_in(records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
@@ -120,6 +139,7 @@ class Ingest:
         self.shared = shared
         self.forwarded = forwarded
         self.on_stored = on_stored
+        self.max_payload = envelope.MAX_PAYLOAD  # decoded bytes an envelope may declare
         self._crypto = ThreadPoolExecutor(1, thread_name_prefix="central-open")
 
     def close(self) -> None:
@@ -171,7 +191,8 @@ class Ingest:
         loop = asyncio.get_running_loop()
 
         def open_(it: Item) -> Any:
-            return envelope.open_envelope(it.data, recipient=self.recipient, trusted=self.trust)
+            return envelope.open_envelope(it.data, recipient=self.recipient, trusted=self.trust,
+                                          max_payload=self.max_payload)
 
         ahead: list[asyncio.Future[Any]] = []
         verdicts: list[str] = []
@@ -189,7 +210,7 @@ class Ingest:
                     continue
                 v = await self._ingest_one(src, it, fut)
                 verdicts.append(v)
-                if v in (REJECTED, GAP):
+                if v in (REJECTED, GAP, REFUSED):
                     stopped.add(it.lane)
         finally:
             for f in ahead:
@@ -209,6 +230,19 @@ class Ingest:
         loop = asyncio.get_running_loop()
         try:
             opened = await opening
+        except envelope.Undecodable as e:
+            st.refusal = str(e)
+            if not (src.mode == "pull" or src.relay):
+                st.refused += 1
+                log.warning("source %s: refused an envelope for good: %s", src.id, e)
+                return REFUSED
+            h = envelope.peek_header(it.data)  # authentic: its signature was checked
+            if it.lane == "alarms":  # the main lane stores its marker, in order
+                await self._skip(src, st, it)
+                return ACCEPTED
+            st.set_aside += 1
+            log.error("source %s: set aside %s %d..%d: %s", src.id, h.origin, h.first_seq, h.last_seq, e)
+            opened = envelope.Opened(h, _set_aside(h, len(it.data), str(e)))
         except envelope.EnvelopeError as e:
             return self._reject(st, type(e).__name__, str(e))
         h, records = opened.header, opened.records
@@ -305,10 +339,14 @@ class Ingest:
 
     async def _duplicate(self, src: SourceEntry, st: SourceStatus, it: Item) -> str:
         st.duplicates += 1
+        await self._skip(src, st, it)
+        return DUPLICATE
+
+    async def _skip(self, src: SourceEntry, st: SourceStatus, it: Item) -> None:
+        """Move the source's position past a frame without storing anything."""
         if it.seq > st.positions.get(it.lane, 0):
             st.positions[it.lane] = it.seq
             await self.state.set_position(src.id, it.lane, it.seq)
-        return DUPLICATE
 
     # ------------------------------------------------------------------ crash intents
     def _intent_path(self, origin: str) -> Path:

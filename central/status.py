@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from central.config import SourceEntry
-from central.ingest import IngestFn, OriginCursor, SourceStatus
+from central.ingest import REFUSED, IngestFn, OriginCursor, SourceStatus
 from central.journals import Journals
 from central.state import PgState, State, TableRow
 from gateway.core.tokens import FailureLimiter, UserStore, check_token
@@ -126,7 +126,11 @@ class CentralRoutes:
         if len(self.pulling) == 0 and isinstance(self.state, PgState):
             # another worker may have moved this source: read positions fresh
             st.positions = await self.state.positions(src.id)
-        await self.ingest(src, items)
+        if REFUSED in await self.ingest(src, items):
+            # an envelope it will never accept: 422 (not 5xx), so the gateway narrows it
+            # and sets the refused record aside instead of retrying it for ever
+            return JSONResponse({"error": "refused", "reason": st.refusal, "cursors": st.positions},
+                                status_code=422)
         return JSONResponse({"cursors": st.positions})
 
     async def get_status(self, request: Request) -> Response:

@@ -22,9 +22,10 @@ refused with ``Unsupported``).
 
 API:
 
-- ``seal(records, *, sender, recipients, cipher="aes-256-gcm") -> bytes``
-- ``open_envelope(data, *, recipient, trusted) -> Opened(header, records)``:
-  parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
+- ``seal(records, *, sender, recipients, cipher="aes-256-gcm") -> bytes``; raises
+  ``TooLarge`` when the records' payload would decode to more than ``MAX_PAYLOAD``.
+- ``open_envelope(data, *, recipient, trusted, max_payload=MAX_PAYLOAD) -> Opened(header,
+  records)``: parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
   ``recipient`` is one ``NodeKeys`` or all of the node's key sets (rotation).
 - ``verify(data, trusted) -> Header``: signature only (forwarding nodes).
 - ``peek_header(data) -> Header``: unauthenticated parse (routing, logging).
@@ -33,7 +34,15 @@ API:
 - ``trusted`` is any callable ``(node_id, kid) -> PublicKeys | None`` (e.g.
   ``uplink.keys.TrustStore``).
 - Errors are ``EnvelopeError`` subclasses: ``Malformed``, ``Unsupported``,
-  ``UnknownSender``, ``BadSignature``, ``NotForMe``, ``DecryptFailed``.
+  ``UnknownSender``, ``BadSignature``, ``NotForMe``, ``DecryptFailed`` and its subclass
+  ``Undecodable`` (authentic and decrypted, but the payload is above this node's limit,
+  does not decode or contradicts the header: the origin made it so, and sending it
+  again cannot change that).
+
+``MAX_PAYLOAD`` is the protocol's bound on an envelope's decoded payload, the same at
+both ends: the sender never seals more (it knows the size before compressing), the
+receiver accepts any payload whose declared decoded size is within it, however well it
+compressed.
 
 Replays are not detected here: the header's (origin, first_seq, last_seq) is what
 central's idempotent store keys on.
@@ -72,6 +81,7 @@ SALT_LEN = 16
 NONCE_LEN = 12
 COMMIT_LEN = 16
 EPH_LEN = 32
+MAX_PAYLOAD = 64 * 2**20  # decoded payload bytes of one envelope, at most (both ends)
 SIZE_PREFIX = 8  # magic, version, total length (a varint): enough to frame envelopes in a stream
 MAX_RECIPIENTS = 255
 _OLD_MAGIC = b"SGWE"  # version 1 (fixed 141-byte header), no longer read
@@ -110,6 +120,20 @@ class NotForMe(EnvelopeError):
 
 class DecryptFailed(EnvelopeError):
     """Authentic and addressed to us, but the key unwrap, decryption or decoding failed."""
+
+
+class Undecodable(DecryptFailed):
+    """Authentic and decrypted, but its payload is above the limit, does not decode or
+    contradicts the header: a refusal that will not change (see docs/uplink-protocol.md)."""
+
+
+class TooLarge(ValueError):
+    """Records whose payload would decode to more than ``MAX_PAYLOAD``: no envelope can
+    carry them (``size`` says how much they would take)."""
+
+    def __init__(self, size: int):
+        super().__init__(f"payload of {size} bytes decoded is above MAX_PAYLOAD ({MAX_PAYLOAD})")
+        self.size = size
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +237,8 @@ def seal(
     """Encode, encrypt to every recipient and sign; the origin is ``sender.id``.
 
     ``records`` should be a contiguous journal range in sequence order (the header
-    states its first and last sequence; an empty list gives 0, 0).
+    states its first and last sequence; an empty list gives 0, 0). ``TooLarge`` when
+    their payload would decode to more than ``MAX_PAYLOAD``.
     """
     try:
         cipher_id = CIPHERS[cipher]
@@ -230,7 +255,10 @@ def seal(
     if not 0 < len(origin) <= 255:
         raise ValueError("the node id must be 1..255 bytes of UTF-8")
 
-    payload, ts_min, ts_max, n_samples = codec.encode_summary(records)
+    try:
+        payload, ts_min, ts_max, n_samples = codec.encode_summary(records, max_size=MAX_PAYLOAD)
+    except codec.TooLarge as e:
+        raise TooLarge(e.size) from None
     salt = os.urandom(SALT_LEN)
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -389,8 +417,10 @@ def open_envelope(
     *,
     recipient: NodeKeys | Sequence[NodeKeys],
     trusted: Trusted,
+    max_payload: int = MAX_PAYLOAD,
 ) -> Opened:
-    """Verify, decrypt and decode an envelope addressed to ``recipient``."""
+    """Verify, decrypt and decode an envelope addressed to ``recipient``; its payload may
+    declare up to ``max_payload`` bytes decoded, whatever its compression ratio."""
     h = verify(data, trusted)
     mine = [recipient] if isinstance(recipient, NodeKeys) else list(recipient)
     where = f"{h.origin} {h.first_seq}..{h.last_seq}"
@@ -415,11 +445,10 @@ def open_envelope(
         payload = _decrypt(cipher_id, content_key, _NONCE, ct, bytes(data[:h.header_len]))
     except InvalidTag:
         raise DecryptFailed(f"{where}: payload does not decrypt ({h.cipher})") from None
-    limit = min(1 << 30, (1 << 20) + 64 * h.n_samples + 1000 * len(payload))
     try:
-        records = codec.decode(payload, max_size=limit)
+        records = codec.decode(payload, max_size=max_payload)
     except codec.CodecError as e:
-        raise DecryptFailed(f"{where}: payload does not decode: {e}") from None
+        raise Undecodable(f"{where}: payload does not decode: {e}") from None
     _check_counts(h, records, where)
     return Opened(h, records)
 
@@ -432,5 +461,5 @@ def _check_counts(h: Header, records: list[Record], where: str) -> None:
         got = (0, 0, 0, 0)
     want = (h.n_records, h.first_seq, h.last_seq, h.n_samples)
     if got != want:
-        raise DecryptFailed(f"{where}: header says (records, first, last, samples) = {want}, "
+        raise Undecodable(f"{where}: header says (records, first, last, samples) = {want}, "
                             f"payload holds {got}")

@@ -1,7 +1,8 @@
 """Compact, lossless encoding of a range of journal records for the uplink.
 
 API: ``encode(records) -> bytes``, ``decode(data, *, max_size=...) -> list[Record]``,
-``CodecError`` (a ValueError). Pure: no I/O, no clock. This module frames the records
+``CodecError`` (a ValueError; ``TooLarge`` when ``encode_summary(max_size=...)`` is
+exceeded). Pure: no I/O, no clock. This module frames the records
 (record table, opaque records, zstd); ``samples`` and ``events`` code their columns,
 ``grouped`` the integer series in groups, ``bits`` the primitives. The format (version 2) is
 specified in docs/uplink-protocol.md; in short:
@@ -64,12 +65,23 @@ from uplink.codec.bits import (
 from uplink.codec.events import _ENC, _I64S, _canonical_event, _decode_events, _encode_events, _event_refs
 from uplink.codec.samples import _decode_samples, _encode_samples, _gather_samples, _ts_range_ok
 
-__all__ = ["FORMAT", "CodecError", "decode", "encode", "encode_summary", "read_varint", "write_varint"]
+__all__ = ["FORMAT", "CodecError", "TooLarge", "decode", "encode", "encode_summary", "read_varint",
+           "write_varint"]
 
 FORMAT = 2
 L_OPAQUE, L_SAMPLES, L_EVENT = 0, 1, 2  # how a record travels
 ZSTD_LEVEL = 3
 MAX_EVENT_BYTES = 256 << 20
+
+
+class TooLarge(CodecError):
+    """Records whose payload would decode to more than the limit given to ``encode_summary``."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"decoded size {size} is above the limit {limit}")
+        self.size = size
+        self.limit = limit
+
 
 # A zstd dictionary of what journal events look like (raw content, part of format 1:
 # changing it needs a new FORMAT). An envelope holds a handful of events, too few for
@@ -127,9 +139,12 @@ def encode(records: Sequence[Record], *, level: int | None = None,
 
 
 def encode_summary(records: Sequence[Record], *, level: int | None = None,
-                   sizes: dict[str, int] | None = None) -> tuple[bytes, int, int, int]:
+                   sizes: dict[str, int] | None = None,
+                   max_size: int | None = None) -> tuple[bytes, int, int, int]:
     """``encode``, plus what an envelope header states: (payload, smallest ts_min,
-    largest ts_max, samples in SAMPLES records); the times are 0 without records."""
+    largest ts_max, samples in SAMPLES records); the times are 0 without records.
+    ``max_size`` bounds the decoded size: above it ``TooLarge`` is raised before
+    anything is compressed (the receiver would refuse such a payload)."""
     nrec = len(records)
     out: list[bytes] = [bytes([FORMAT]), write_varint(nrec)]
     # one list per field (twice as fast as zip(*map(attrgetter(...))) on slotted records)
@@ -196,6 +211,8 @@ def encode_summary(records: Sequence[Record], *, level: int | None = None,
         if sizes is not None:
             _count(sizes, "events", out, at)
     raw = b"".join(out)
+    if max_size is not None and len(raw) > max_size:
+        raise TooLarge(len(raw), max_size)
     if level is None:
         level = 6 if len(raw) < 1 << 18 else ZSTD_LEVEL
     payload = _compressor(level).compress(raw)

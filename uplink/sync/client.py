@@ -1,7 +1,8 @@
 """The push side of the sync transport: signed HTTPS requests to a peer, and the push
 client that sends a ``Source`` to central (alarms lane first), advancing its cursors
-only to what central answered. Used by a gateway in push mode and by a central node
-forwarding its outbox upward. API: ``uplink.sync``.
+only to what central answered. An envelope central refuses for good (422) is narrowed
+until the refused record is alone, which is then set aside (``SetsAside``). Used by a
+gateway in push mode and by a central node forwarding its outbox upward. API: ``uplink.sync``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import httpx
 from gateway.consumer import Backoff, Health
 from uplink.auth import client_context, sign_headers
 from uplink.link import Link
-from uplink.sync.source import LANES, MEDIA, FrameError, Item, Source, pack_frames
+from uplink.sync.source import LANES, MEDIA, FrameError, Item, SetsAside, Source, pack_frames
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,14 @@ class Signer:
 
 class PeerError(Exception):
     """The peer answered, but not with what the protocol expects."""
+
+
+class PeerRefused(PeerError):
+    """The peer refused for a reason that will not change (HTTP 422): ``doc`` says why."""
+
+    def __init__(self, msg: str, doc: dict[str, Any]):
+        super().__init__(msg)
+        self.doc = doc
 
 
 class Peer:
@@ -61,6 +70,12 @@ class Peer:
         if timeout_s is not None:
             kw["timeout"] = httpx.Timeout(timeout_s, connect=10.0)
         r = await self.client.request(method, self.base + target, content=body, headers=headers, **kw)
+        if r.status_code == 422:
+            try:
+                doc = dict(r.json())
+            except ValueError:
+                doc = {}
+            raise PeerRefused(f"{method} {path}: refused for good: {str(doc.get('reason'))[:200]}", doc)
         if r.status_code != 200:
             raise PeerError(f"{method} {path}: HTTP {r.status_code} {r.text[:200]}")
         return r
@@ -78,6 +93,8 @@ class PushStats(Health):
         super().__init__(what, logger=log)
         self.requests = 0
         self.rewinds = 0
+        self.narrowed = 0
+        self.set_aside = 0
         self.sent_envelopes = 0
         self.sent_samples = 0
         self.cursors: dict[str, int] = {}
@@ -127,14 +144,16 @@ class PushClient:
             await self.link.send(len(body), lane)
             params = {"head": self.source.head(), "first": self.source.first()}
             self._unanswered = (lane, after, items)
-            r = await self.peer.request("POST", "/sync/v1/push", params, body)
+            try:
+                r = await self.peer.request("POST", "/sync/v1/push", params, body)
+            except PeerRefused as e:
+                self._unanswered = None
+                await self._refused(lane, items, e)
+                return True
             self._unanswered = None
             self.stats.requests += 1
             self.link.envelopes += len(items)
-            try:
-                cursors = {k: int(v) for k, v in r.json()["cursors"].items()}
-            except (ValueError, KeyError, TypeError) as e:
-                raise PeerError(f"push answer without cursors: {e}") from None
+            cursors = _cursors(r)
             self.stats.cursors = cursors
             refused = False
             for ln in LANES:
@@ -158,6 +177,25 @@ class PushClient:
             self.link.samples += sent
             return True
         return False
+
+    async def _refused(self, lane: str, items: list[Item], e: PeerRefused) -> None:
+        """Central refused an envelope for good: take its cursors, then narrow the envelope
+        after them (half its records) or, when it held one record, set that record aside."""
+        if not isinstance(self.source, SetsAside):
+            raise e  # an outbox cannot re-seal: retry like any failure
+        cursors = _cursors(e.doc)
+        for ln in LANES:
+            self.pos[ln] = cursors.get(ln, self.pos[ln])
+            await self.source.ack(ln, self.pos[ln])
+        bad = next((it for it in items if it.seq > self.pos[lane]), None)
+        if bad is None:
+            return
+        if bad.records > 1:
+            self.stats.narrowed += 1
+            self.source.narrow(lane, self._after(lane), bad.records // 2)
+        else:
+            self.stats.set_aside += 1
+            await self.source.set_aside(lane, bad.seq, str(e.doc.get("reason") or e))
 
     async def run(self) -> None:
         while True:
@@ -187,6 +225,15 @@ class PushClient:
                 await self.backoff.sleep()
 
 
+
+
+def _cursors(answer: httpx.Response | dict[str, Any]) -> dict[str, int]:
+    """Central's cursors from a push answer (or a refusal's document)."""
+    try:
+        doc = answer.json() if isinstance(answer, httpx.Response) else answer
+        return {k: int(v) for k, v in doc["cursors"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PeerError(f"push answer without cursors: {e}") from None
 
 
 async def call_with_retry(fn: Callable[[], Awaitable[Any]], *, attempts: int = 3) -> Any:
