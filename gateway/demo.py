@@ -91,8 +91,9 @@ def _fmt_value(v: float) -> str:
 
 #: columns dropped, in this order, when the table is wider than the terminal
 DROP_ORDER = (1, 5)  # kind, age
-#: lines around the rows: heading, rule, blank, devices, journal, "(Ctrl-C to stop)"
-CHROME_LINES = 6
+#: lines around the rows: heading, rule, blank, devices, journal, "(Ctrl-C to stop)" and
+#: the line its newline moves the cursor to (filling that one scrolls the heading away)
+CHROME_LINES = 7
 
 
 def _alarm_text(a: dict[str, Any]) -> str:
