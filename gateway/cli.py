@@ -23,6 +23,8 @@ from gateway.core.configcheck import ConfigError
 
 log = logging.getLogger("safegw")
 
+EXIT_BROKEN_PIPE = 141
+
 #: command name → "module:add_command". Imported only when that command (or the
 #: full help) is asked for, so `safegw check` does not pay for FastAPI or httpx.
 COMMANDS: dict[str, str] = {
@@ -157,8 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe often shows only at this flush
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # the reader went away (`safegw read --json | head -1`): no traceback. As Python's
+        # docs advise, point stdout at devnull so the interpreter's last flush is quiet.
+        # 141 (128 + SIGPIPE) is what a shell shows for a command the pipe ended, so a
+        # script with pipefail learns that not all of the output was read; 0 would claim it was.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     return code
 
 

@@ -8,6 +8,11 @@ went wrong per device: a device that cannot be reached, a register or node that 
 not exist (named), a unit on an RS-485 line that does not answer. Nothing is
 journaled. Exit status 0 when every device answered for every channel, 1 otherwise.
 
+A Modbus merged read refused with "illegal data address" makes the driver split it
+(``replanned``); ``read`` then polls once more, so that only the missing register is
+bad and named, as the daemon does from its second poll. An out-of-range channel shows
+the value it read (the journal records NaN for it, docs/modbus.md).
+
 Drivers may expose ``errors: dict[str, str]`` (what → why, from the last poll; the
 Modbus drivers do) or ``info["channel_errors"]`` (channel name → why; OPC-UA) for the
 detail lines.
@@ -29,6 +34,7 @@ import numpy as np
 from drivers.base import DeviceUnavailable, Driver, make_driver
 from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.channels import ChannelInfo, ChannelTable
+from gateway.core.cliutil import display_width, fit
 from gateway.core.config import Config
 
 
@@ -41,6 +47,7 @@ class DeviceResult:
     value: dict[int, float] = field(default_factory=dict)
     quality: dict[int, int] = field(default_factory=dict)
     elapsed_ms: float = 0.0
+    scale_overflows: int = 0
 
     @property
     def ok(self) -> bool:
@@ -72,7 +79,10 @@ async def _read_device(dev: Any, channels: list[ChannelInfo], base_dir: Path) ->
         else:
             poll_budget = getattr(drv, "poll_budget_s", None) or budget + dev.poll
             batch = await asyncio.wait_for(drv.poll(), timeout=poll_budget)
+            if getattr(drv, "replanned", False):
+                batch = await asyncio.wait_for(drv.poll(), timeout=poll_budget)
             _take(res, batch)
+            _show_out_of_range(res, drv)
     except DeviceUnavailable as e:
         res.error = f"{e} ({quality_label(e.cause)})"
         missing_cause = e.cause
@@ -86,12 +96,23 @@ async def _read_device(dev: Any, channels: list[ChannelInfo], base_dir: Path) ->
         res.details.update(getattr(drv, "errors", None) or {})
         for ch, why in (drv.info.get("channel_errors") or {}).items():
             res.details[f"channel {ch}"] = str(why)
+        res.scale_overflows = int(drv.info.get("scale_overflows", 0))
         await drv.close()
     for c in channels:
         if c.index not in res.quality:
             res.value[c.index], res.quality[c.index] = math.nan, missing_cause
     res.elapsed_ms = (time.monotonic() - t0) * 1e3
     return res
+
+
+def _show_out_of_range(res: DeviceResult, drv: Driver) -> None:
+    """Out-of-range channels show the value read (the batch carries NaN for bad samples)."""
+    shown = getattr(drv, "last_values", None)
+    if shown is None:
+        return
+    for ch, v in zip(np.asarray(drv.indexes).tolist(), np.asarray(shown).tolist(), strict=True):
+        if res.quality.get(ch) == Quality.OUT_OF_RANGE:
+            res.value[ch] = v
 
 
 async def _stream_once(drv: Driver, res: DeviceResult, deadline_s: float) -> None:
@@ -148,10 +169,10 @@ def print_table(table: ChannelTable, results: list[DeviceResult], out: TextIO) -
             c = table[idx]
             rows.append((c.name, c.device, c.kind, _fmt_value(res.value[idx], c.spec), c.unit,
                          quality_text(res.quality[idx])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        out.write("  ".join(s.ljust(w) if i != 3 else s.rjust(w) for i, (s, w) in enumerate(zip(r, widths,
-                                                                                           strict=True))).rstrip())
+        out.write("  ".join(fit(s, w, right=i == 3) for i, (s, w) in enumerate(zip(r, widths, strict=True)))
+                  .rstrip())
         out.write("\n")
     problems = [r for r in results if not r.ok]
     if problems:
@@ -179,7 +200,8 @@ def as_dict(table: ChannelTable, results: list[DeviceResult]) -> dict[str, Any]:
                           "value": None if math.isnan(v) else v, "quality": quality_text(res.quality[idx]),
                           "quality_code": res.quality[idx]})
     devices = {r.name: {"protocol": r.protocol, "ok": r.ok, "error": r.error, "errors": r.details,
-                        "elapsed_ms": round(r.elapsed_ms, 1)} for r in results}
+                        "elapsed_ms": round(r.elapsed_ms, 1), "scale_overflows": r.scale_overflows}
+               for r in results}
     return {"ok": all(r.ok for r in results), "channels": chans, "devices": devices}
 
 

@@ -4,7 +4,8 @@ The simulators run as a child process (``python -m simulators``), as real device
 would: the gateway reaches them over real sockets and ptys. Once the simulator says
 ``READY``, the gateway runs ``config/demo.yaml`` on its embedded defaults (journal in
 a state directory, no broker, no InfluxDB) and the terminal shows every channel,
-refreshed each second, until Ctrl-C or ``--seconds``.
+refreshed each second, until Ctrl-C or ``--seconds``. The table fits the terminal
+(80×24 included): alarming channels first, columns dropped or cut by display width.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.batch import quality_label
+from gateway.core.cliutil import display_width, fit
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,34 @@ def _fmt_value(v: float) -> str:
     return f"{v:.3f}".rstrip("0").rstrip(".") if v != int(v) else f"{v:.0f}"
 
 
-def render(gw: Any, now_ns: int, color: bool) -> str:
-    """The live table: name, kind, value, unit, quality, age (and alarm when known)."""
+#: columns dropped, in this order, when the table is wider than the terminal
+DROP_ORDER = (1, 5)  # kind, age
+#: lines around the rows: heading, rule, blank, devices, journal, "(Ctrl-C to stop)" and
+#: the line its newline moves the cursor to (filling that one scrolls the heading away)
+CHROME_LINES = 7
+
+
+def _alarm_text(a: dict[str, Any]) -> str:
+    # a quality rule's level is its name ("bad", "frozen"): say it once
+    head = a["rule"] if a["level"] == a["rule"] else f"{a['level']} {a['rule']}"
+    return f"{head} ({a['state']})"
+
+
+def _clip(text: str, cols: int) -> str:
+    return text if display_width(text) <= cols else fit(text, cols)
+
+
+def render(gw: Any, now_ns: int, color: bool, size: tuple[int, int] | None = None) -> str:
+    """The live table: name, kind, value, unit, quality, age (and alarm when known).
+
+    Alarming channels come first. Given a ``size`` (the terminal's columns and lines) it
+    fits it: columns are dropped (kind, then age) and the alarm text cut to the width,
+    and rows that do not fit the height are counted on one line.
+    """
+    cols, lines_max = size or (sys.maxsize, sys.maxsize)
     alarms: dict[int, str] = {}
     for a in gw.rules.active():  # the operator's view: active, unacknowledged, shelved
-        text = f"{a['level']} {a['rule']} ({a['state']})"
+        text = _alarm_text(a)
         alarms[a["index"]] = f"{alarms[a['index']]}; {text}" if a["index"] in alarms else text
     rows = []
     for ch in gw.table.channels:
@@ -99,26 +124,43 @@ def render(gw: Any, now_ns: int, color: bool) -> str:
         ts = int(gw.live.ts[i])
         age = "—" if ts == 0 else f"{max(0.0, (now_ns - ts) / 1e9):.1f}s"
         q = int(gw.live.quality[i])
-        alarm = alarms.get(i, "")
-        rows.append((ch.name, ch.kind, _fmt_value(float(gw.live.value[i])), ch.unit, quality_label(q),
-                     age, alarm or "", q))
+        rows.append(((ch.name, ch.kind, _fmt_value(float(gw.live.value[i])), ch.unit, quality_label(q),
+                      age, alarms.get(i, "")), q))
+    rows.sort(key=lambda r: not r[0][6])  # stable: alarming first, then in configuration order
     head = ("channel", "kind", "value", "unit", "quality", "age", "alarm")
-    widths = [max(len(h), *(len(str(r[k])) for r in rows)) if rows else len(h) for k, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        text = "  ".join(str(c).ljust(w) for c, w in zip(r[:7], widths, strict=True))
+    keep = list(range(len(head)))
+    widths = [max(display_width(h), *(display_width(r[0][k]) for r in rows)) for k, h in enumerate(head)]
+
+    def total() -> int:
+        return sum(widths[k] for k in keep) + 2 * (len(keep) - 1)
+
+    for k in DROP_ORDER:
+        if total() <= cols:
+            break
+        keep.remove(k)
+    widths[6] = max(display_width(head[6]), widths[6] - max(0, total() - cols))
+
+    def line(cells: tuple[str, ...]) -> str:
+        return _clip("  ".join(fit(cells[k], widths[k]) for k in keep).rstrip(), cols)
+
+    out = [line(head), line(tuple("-" * w for w in widths))]
+    room = max(1, lines_max - CHROME_LINES)
+    shown = rows if len(rows) <= room else rows[:room - 1]
+    for cells, q in shown:
+        text = line(cells)
         if color:
-            q = r[7]
-            code = "31" if r[6] else ("32" if q < 0x40 else "33")
+            code = "31" if cells[6] else ("32" if q < 0x40 else "33")
             text = f"\x1b[{code}m{text}\x1b[0m"
-        lines.append(text)
+        out.append(text)
+    if len(shown) < len(rows):
+        out.append(f"… {len(rows) - len(shown)} more channels (a taller terminal shows them)")
     devs = ", ".join(f"{d.name}:{d.state}" for d in gw.devices.values())
     st = gw.journal.stats()
-    lines.append("")
-    lines.append(f"devices: {devs}")
-    lines.append(f"journal: seq {st['last_seq']}, {st['payload_bytes'] / 1e6:.1f} MB in {gw.state_dir}")
-    return "\n".join(lines)
+    out.append("")
+    out.append(_clip(f"devices: {devs}", cols))
+    out.append(_clip(f"journal: seq {st['last_seq']}, {st['payload_bytes'] / 1e6:.1f} MB in {gw.state_dir}",
+                     cols))
+    return "\n".join(out)
 
 
 def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None,
@@ -166,7 +208,7 @@ async def _run(cfg: Any, seconds: float | None) -> int:
     async def screen() -> None:
         while True:
             await asyncio.sleep(1.0)
-            text = render(gw, time.time_ns(), color=tty)
+            text = render(gw, time.time_ns(), color=tty, size=shutil.get_terminal_size() if tty else None)
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J" + text + "\n(Ctrl-C to stop)\n")
             else:

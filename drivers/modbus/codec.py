@@ -19,6 +19,11 @@ buffer is decoded in one gather per (type, byte order) group: fancy-index the by
 into big-endian order, ``view`` them as the wire type, convert to float64, then
 ``value = raw × scale + offset``. Bits (coils, discrete inputs, register bits) are a
 byte position and a shift.
+
+Scaling keeps the sign of a zero (a float −0.0 with no offset stays −0.0: adding a
+0.0 offset would turn it into +0.0), and a product too large for float64 is not a
+numpy warning on stderr: it is flagged (``Layout.overflowed``, which the driver counts)
+and the value, now infinite, is a ``SENSOR_FAULT`` like any non-finite reading.
 """
 
 from __future__ import annotations
@@ -141,6 +146,9 @@ class Layout:
                 perm = permutation(order, WIDTH[type_])
                 self.groups.append(_Group(pos, starts[:, None] + perm[None, :], WIRE_DTYPE[type_]))
         self.n = n
+        self.has_offset = self.offset != 0.0
+        #: the values whose raw × scale + offset overflowed float64 in the last decode
+        self.overflowed = np.zeros(n, dtype=bool)
 
     def decode(self, buf: npt.NDArray[np.uint8]) -> npt.NDArray[np.float64]:
         """Values (float64, scaled) of every slot, from a response buffer (uint8 array)."""
@@ -152,8 +160,12 @@ class Layout:
             else:
                 out[g.pos] = buf[g.idx].view(g.dtype)[:, 0]
         if not self.identity:
-            out *= self.scale
-            out += self.offset
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(out)
+                out *= self.scale
+                # only where there is an offset: -0.0 + 0.0 is +0.0
+                np.add(out, self.offset, out=out, where=self.has_offset)
+            self.overflowed = finite & ~np.isfinite(out)
         return out
 
     def quality(self, values: npt.NDArray[np.float64], base: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

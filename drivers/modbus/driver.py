@@ -13,7 +13,14 @@ and the gateway reconnects with backoff.
 
 A merged read that fails with "illegal data address" is split: its channels get a
 read each from the next cycle on, so only the channel whose register does not exist
-stays bad and the error names its address.
+stays bad and the error names its address. ``replanned`` says the last poll did so
+(``safegw read`` polls once more to name the address).
+
+A value whose scaling overflows float64 is a SENSOR_FAULT; the driver counts them
+(``info["scale_overflows"]``) and names the channels of the last poll
+(``info["channel_errors"]``), rather than numpy warning on stderr. Bad samples carry
+NaN (docs/modbus.md); ``last_values`` keeps the last poll's decoded values, so that
+``safegw read`` can show the reading that was out of range.
 
 - TCP uses the lean client in drivers.modbus.tcp (several devices poll concurrently,
   each with ``pipeline`` reads in flight).
@@ -64,7 +71,12 @@ class ModbusDriver(Driver):
         #: per request description → error text, from the last poll (commissioning, status)
         self.errors: dict[str, str] = {}
         self._unit_state: dict[int, str] = {}
-        self.info = {"requests": len(self.plan.requests), "channels": len(channels)}
+        self.info: dict[str, Any] = {"requests": len(self.plan.requests), "channels": len(channels),
+                                     "scale_overflows": 0}
+        #: the last poll split a merged read refused with "illegal data address"
+        self.replanned = False
+        #: the last poll's decoded values (channel order), before bad ones became NaN
+        self.last_values = np.full(len(channels), np.nan)
 
     def _make_plan(self) -> Plan:
         d = self.device
@@ -99,7 +111,7 @@ class ModbusDriver(Driver):
         self.errors[r.describe()] = str(e)
         if e.code == ILLEGAL_DATA_ADDRESS and len(r.points) > 1:
             self._split.update(r.points)
-            self._replan = True
+            self.replanned = True
 
     def _note_units(self, req_q: np.ndarray) -> None:
         """Log each unit's state changes once (ERROR when it fails, INFO when it recovers)."""
@@ -118,8 +130,17 @@ class ModbusDriver(Driver):
                               "not answering" if state == "failing" else "partly failing", err)
                 self._unit_state[unit] = state
 
+    def _note_overflows(self, overflowed: np.ndarray) -> None:
+        """Count the values whose scaling overflowed and name their channels (last poll)."""
+        self.info.pop("channel_errors", None)
+        if overflowed.any():
+            self.info["scale_overflows"] += int(overflowed.sum())
+            self.info["channel_errors"] = {
+                self.channels[i].name: f"raw × scale {self.points[i].scale:g} overflows float64"
+                for i in np.flatnonzero(overflowed).tolist()}
+
     async def poll(self) -> Batch:
-        self._replan = False
+        self.replanned = False
         self._units = self.plan.requests_by_unit()
         buf = np.zeros(self.plan.nbytes, dtype=np.uint8)
         mv = memoryview(buf)  # type: ignore[arg-type]
@@ -131,9 +152,11 @@ class ModbusDriver(Driver):
         layout = self.plan.layout
         values = layout.decode(buf)
         quality = layout.quality(values, req_q[self.plan.point_request])
+        self._note_overflows(layout.overflowed & (quality == Quality.SENSOR_FAULT))
+        self.last_values = values.copy()
         values[quality >= Quality.BAD] = np.nan
         self._note_units(req_q)
-        if self._replan:
+        if self.replanned:
             old = len(self.plan.requests)
             self.plan = self._make_plan()
             self.info["requests"] = len(self.plan.requests)

@@ -183,13 +183,14 @@ def _cross_check(cfg: Config) -> list[tuple[Path_, str]]:
                     errs.append(((*full, "type"), f"a register bit (.{bit}) is a bool, not {ch.type}"))
                 if func in ("holding", "input") and ch.type == "bool" and bit is None:
                     errs.append(((*full, "address"), "a bool in a register needs its bit: e.g. holding:20.3"))
-                width = REG_WIDTH[ch.type]
-                if width > 1 and ch.byte_order in ("CDAB", "DCBA", "BADC", "ABCD"):
-                    pass
-                if width == 1 and ch.byte_order in ("CDAB", "DCBA") and ch.type != "bool":
+                # a bit sits in one register (or is a coil/discrete): a word order means
+                # nothing there; BADC on a register bit says the device sends the low byte
+                # first (bit k is still bit k of the register's value, docs/modbus.md)
+                if REG_WIDTH[ch.type] == 1 and ch.byte_order in ("CDAB", "DCBA"):
+                    what = "a bool is one bit" if ch.type == "bool" else f"{ch.type} fills one register"
                     errs.append(((*full, "byte_order"),
-                                 f"{ch.type} fills one register: word orders CDAB/DCBA "
-                                 "need two or more; use ABCD or BADC"))
+                                 f"{what}: word orders CDAB/DCBA need two or more registers; "
+                                 "use ABCD or BADC"))
             if isinstance(ch, OpcUaChannel) and (ch.node is None) == (ch.browse_path is None):
                 errs.append((full, "give exactly one of 'node' (a NodeId) or 'browse_path'"))
             elif isinstance(ch, OpcUaChannel) and ch.node is not None and not NODEID.match(ch.node):
