@@ -176,7 +176,7 @@ class CentralNode:
         up = self.cfg.upstream
         if up is not None and up.mode == "push":
             assert up.url
-            self.up_peer = Peer(up.url, self.signer, recipient=self.up_id,
+            self.up_peer = Peer(up.url, self.signer, recipient=up.id or self.up_id,
                                 ca=self.cfg.path(up.ca) if up.ca else None, timeout_s=up.timeout)
             self.pusher = PushClient(self.outbox, self.up_peer, self.up_link, max_bytes=up.max_bytes,
                                      retry_max_s=up.retry_max)

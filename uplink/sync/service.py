@@ -45,8 +45,7 @@ class UplinkService:
         gid = ctx.cfg.gateway.id
         state_dir = Path(ctx.state_dir)
         self.node = keys.load_or_none(state_dir) or keys.init(state_dir, gid)
-        base = ctx.cfg.base_dir
-        self.recipients = [pk for p in section.central_keys for pk in keys.load_public(_abs(base, p))]
+        self.recipients = [pk for p in section.central_keys for pk in keys.load_public(ctx.cfg.path(p))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
         self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
@@ -62,7 +61,7 @@ class UplinkService:
             self.verifier = Verifier(trusted, node_id=gid, window_s=section.clock_window)
             self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes)
             if section.tls_cert and section.tls_key:
-                cert, key = _abs(base, section.tls_cert), _abs(base, section.tls_key)
+                cert, key = ctx.cfg.path(section.tls_cert), ctx.cfg.path(section.tls_key)
             else:
                 host = parse_listen(section.listen or "0.0.0.0:8443")[0]
                 cert, key = ensure_tls_cert(state_dir, gid, [host] if host not in ("0.0.0.0", "::") else [])
@@ -74,7 +73,7 @@ class UplinkService:
             if not section.central_url:
                 raise ValueError("uplink.mode push needs uplink.central_url")
             signer = Signer(self.node.ed25519, self.node.kid)
-            ca = _abs(base, section.ca) if section.ca else None
+            ca = ctx.cfg.path(section.ca) if section.ca else None
             # the requests name the node they are for (the node at central_url; by default the
             # first in central_keys, the others getting the envelopes forwarded)
             to = section.central_id or self.recipients[0].id
@@ -119,6 +118,7 @@ class UplinkService:
             "sealed_envelopes": self.source.sealed_envelopes,
             "sealed_samples": self.source.sealed_samples,
             "sealed_bytes": self.source.sealed_bytes,
+            "set_aside_records": self.source.set_aside_records,
             "link": self.link.stats(),
         }
         if self.server is not None:
@@ -128,12 +128,8 @@ class UplinkService:
         if self.push is not None:
             s = self.push.stats
             out.update(connected=s.ok, last_ok_ns=s.last_ok_ns, last_error=s.last_error,
-                       failures=s.failures, rewinds=s.rewinds)
+                       failures=s.failures, rewinds=s.rewinds, narrowed=s.narrowed)
         return out
-
-
-def _abs(base: Path, p: Path) -> Path:
-    return p if p.is_absolute() else base / p
 
 
 def build_service(ctx: DaemonContext, section: UplinkSection) -> UplinkService:

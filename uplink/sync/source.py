@@ -144,6 +144,7 @@ class JournalSource:
         self.sealed_envelopes = 0
         self.sealed_samples = 0
         self.sealed_bytes = 0
+        self.set_aside_records = 0
         self._bytes_per_sample = 3.0  # running estimate, to size envelopes to a byte budget
         self.markers: dict[int, Record] = {}  # seq -> the marker sent instead of a set-aside record
         self._notes: list[dict[str, Any]] = []  # set-aside events still to journal
@@ -196,6 +197,7 @@ class JournalSource:
         if r.seq not in self.markers:
             self.markers[r.seq] = marker
             self._notes.append(note)
+            self.set_aside_records += 1
             log.error("uplink: record %d (%d bytes) set aside: %s", r.seq, len(r.data), reason)
         return self.markers[r.seq]
 
