@@ -95,8 +95,9 @@ class UpstreamSection(Strict):
     mode: Literal["pull", "push"] = "pull"
     keys: list[Path] = Field(min_length=1, description="the upper nodes' public key bundles")
     url: str | None = Field(default=None, description="push: https://host:port of the upper node")
-    id: str | None = Field(default=None, pattern=ID_PATTERN, description="push: the node id of the upper node "
-                           "at url, which signed requests name (default: the node of the first key bundle)")
+    id: str | None = Field(default=None, pattern=ID_PATTERN,
+                           description="push: the node id of the upper node at url, which signed requests "
+                                       "name (default: the node of the first key bundle)")
     ca: Path | None = Field(default=None, description="push: the upper node's certificate (pinned) or CA")
     bandwidth: Size | None = None
     monthly_budget: Size | None = None
