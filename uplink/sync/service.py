@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.core.config import UplinkSection
+from gateway.core.config import UplinkSection, resolve_path
 from gateway.core.record import Record
 from gateway.core.units import parse_listen
 from gateway.services import DaemonContext
@@ -45,7 +45,8 @@ class UplinkService:
         gid = ctx.cfg.gateway.id
         state_dir = Path(ctx.state_dir)
         self.node = keys.load_or_none(state_dir) or keys.init(state_dir, gid)
-        self.recipients = [pk for p in section.central_keys for pk in keys.load_public(ctx.cfg.path(p))]
+        base = ctx.cfg.base_dir
+        self.recipients = [pk for p in section.central_keys for pk in keys.load_public(resolve_path(p, base))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
         self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
@@ -61,7 +62,7 @@ class UplinkService:
             self.verifier = Verifier(trusted, node_id=gid, window_s=section.clock_window)
             self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes)
             if section.tls_cert and section.tls_key:
-                cert, key = ctx.cfg.path(section.tls_cert), ctx.cfg.path(section.tls_key)
+                cert, key = resolve_path(section.tls_cert, base), resolve_path(section.tls_key, base)
             else:
                 host = parse_listen(section.listen or "0.0.0.0:8443")[0]
                 cert, key = ensure_tls_cert(state_dir, gid, [host] if host not in ("0.0.0.0", "::") else [])
@@ -73,7 +74,7 @@ class UplinkService:
             if not section.central_url:
                 raise ValueError("uplink.mode push needs uplink.central_url")
             signer = Signer(self.node.ed25519, self.node.kid)
-            ca = ctx.cfg.path(section.ca) if section.ca else None
+            ca = resolve_path(section.ca, base) if section.ca else None
             # the requests name the node they are for (the node at central_url; by default the
             # first in central_keys, the others getting the envelopes forwarded)
             to = section.central_id or self.recipients[0].id
