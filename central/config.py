@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from gateway.core.config import ID_PATTERN, ConfigFile, InfluxSection, Strict, TrustedProxy
+from gateway.core.config import ID_PATTERN, ConfigFile, InfluxSection, Listen, ListenerGuard, Strict
 from gateway.core.configcheck import ConfigError, explain, format_error, loc_path
 from gateway.core.units import Duration, Size
 from gateway.core.yamlsrc import Path_, Source, YamlError, load_file, load_text
@@ -32,8 +32,8 @@ class NodeSection(Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class ListenSection(Strict):
-    address: str = "0.0.0.0:9443"
+class ListenSection(ListenerGuard):
+    address: Listen = "0.0.0.0:9443"
     tls_cert: Path | None = Field(default=None, description="default: self-signed, made in state_dir")
     tls_key: Path | None = None
     clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
@@ -41,18 +41,8 @@ class ListenSection(Strict):
     tokens_file: Path | None = Field(default=None, description="operators' bearer tokens (scrypt hashes, "
                                      "mode 0600); default state_dir/tokens.json; made by "
                                      "'safegw central -c FILE tokens add NAME'")
-    max_failures: int = Field(default=10, ge=0, description="bad tokens from one address within "
-                              "failure_window before it is locked out (0: never)")
-    failure_window: Duration = Field(default=300.0, gt=0)
-    lockout: Duration = Field(default=300.0, gt=0, description="how long a locked-out address gets 429 "
-                              "for new tokens (tokens verified before keep working)")
-    trusted_proxies: list[TrustedProxy] = Field(
-        default_factory=list, description="reverse proxies (addresses or networks) whose X-Forwarded-For "
-                                          "names the client; empty: the header is ignored from everyone")
     max_push: Size = Field(default=64 * 2**20, ge=1024, description="largest body of POST /sync/v1/push "
                            "(a push source's uplink.max_bytes must fit), refused with 413 while it arrives")
-    header_timeout: Duration = Field(default=10.0, gt=0, description="time a client has to send a "
-                                     "request's line and headers")
 
 
 class PullSpec(Strict):

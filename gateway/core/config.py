@@ -438,13 +438,10 @@ class UplinkSection(Strict):
     clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
 
 
-class ApiSection(Strict):
-    listen: Listen = Field(default="127.0.0.1:8080",
-                           description="host:port ([::1]:8080 for IPv6); loopback unless you mean it")
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    users_file: Path | None = Field(default=None, description="token store (default: <state_dir>/users.json)")
-    docs: bool = Field(default=True, description="serve the OpenAPI documentation at /docs")
+class ListenerGuard(Strict):
+    """What every HTTPS listener with bearer tokens guards itself with (the admin API,
+    central): the bad-token lockout, the proxies it believes, the head timeout."""
+
     max_failures: int = Field(default=10, ge=0, description="failed token checks from one client address "
                               "within failure_window before it is locked out (0: never)")
     failure_window: Duration = Field(default=300.0, gt=0)
@@ -453,11 +450,20 @@ class ApiSection(Strict):
     trusted_proxies: list[TrustedProxy] = Field(
         default_factory=list, description="reverse proxies (addresses or networks) whose X-Forwarded-For "
                                           "names the client; empty: the header is ignored from everyone")
+    header_timeout: Duration = Field(default=10.0, gt=0, description="time a client has to send a "
+                                     "request's line and headers")
+
+
+class ApiSection(ListenerGuard):
+    listen: Listen = Field(default="127.0.0.1:8080",
+                           description="host:port ([::1]:8080 for IPv6); loopback unless you mean it")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    users_file: Path | None = Field(default=None, description="token store (default: <state_dir>/users.json)")
+    docs: bool = Field(default=True, description="serve the OpenAPI documentation at /docs")
     max_body: Size = Field(default=2**20, ge=1024, description="largest request body (attachments: "
                            "registers.max_attachment; imports: max_import), refused with 413 as it arrives")
     max_import: Size = Field(default=10 * 2**20, ge=1024, description="largest register import body")
-    header_timeout: Duration = Field(default=10.0, gt=0, description="time a client has to send a "
-                                     "request's line and headers")
 
 
 class RegistersSection(Strict):
