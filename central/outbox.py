@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 
 from central.state import State
+from gateway.core.aio import within
 from uplink.sync import Item
 
 
@@ -59,5 +60,5 @@ class OutboxSource:
         # the outbox id space is shared by both lanes: wake on any addition
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), wait_s)
+            await within(self._changed.wait(), wait_s)
         return self._changed.is_set()

@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
 from gateway import chanmap
+from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
@@ -191,7 +192,7 @@ class Gateway:
         while not self._stop.is_set():
             if not connected:
                 try:
-                    await asyncio.wait_for(drv.open(), timeout=max(dev.timeout * (dev.retries + 1), 1.0) + 5)
+                    await within(drv.open(), max(dev.timeout * (dev.retries + 1), 1.0) + 5)
                     connected = True
                 except DeviceUnavailable as e:
                     self._fail(st, drv, e, e.cause)
@@ -233,7 +234,7 @@ class Gateway:
             try:
                 # a driver may know better (an RS-485 bus: every unit may cost its own timeout)
                 budget = getattr(drv, "poll_budget_s", None) or dev.timeout * (dev.retries + 1) + dev.poll
-                batch = await asyncio.wait_for(drv.poll(), timeout=budget)
+                batch = await within(drv.poll(), budget)
             except (DeviceUnavailable, OSError, TimeoutError) as e:
                 self._fail(st, drv, e, _cause(e))
                 connected = False
@@ -261,7 +262,7 @@ class Gateway:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, seconds))
+            await within(self._stop.wait(), max(0.0, seconds))
 
     async def _timers(self) -> None:
         """Clock-driven work: rules timers (stale, delays), retention, watchdog."""
@@ -348,7 +349,7 @@ class Gateway:
                 await asyncio.gather(*pending, return_exceptions=True)
                 try:
                     # the last batches' commit gets a floor: it is what makes them taken
-                    await asyncio.wait_for(self.flush(), timeout=max(left(), FLUSH_FLOOR_S))
+                    await within(self.flush(), max(left(), FLUSH_FLOOR_S))
                 except TimeoutError:
                     log.error("journal did not commit the last batches within %.1fs; it commits them "
                               "as it closes", drain_s)
@@ -368,7 +369,7 @@ class Gateway:
 
         async def stop(svc: Service) -> None:
             try:
-                await asyncio.wait_for(svc.stop(), timeout=STOP_GRACE_S)
+                await within(svc.stop(), STOP_GRACE_S)
             except (TimeoutError, OSError, RuntimeError) as e:
                 log.warning("service %s did not stop cleanly: %s", svc.name, e or type(e).__name__)
 
@@ -378,7 +379,7 @@ class Gateway:
         coros = [s.drain() for s in services]
         if coros:
             try:
-                await asyncio.wait_for(asyncio.gather(*coros, return_exceptions=True), timeout=timeout_s)
+                await within(asyncio.gather(*coros, return_exceptions=True), timeout_s)
             except TimeoutError:
                 log.warning("drain did not finish in time; the journal keeps the rest for next time")
 

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
+from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.channels import ChannelInfo, ChannelTable
 from gateway.core.cliutil import display_width, fit
@@ -73,14 +74,14 @@ async def _read_device(dev: Any, channels: list[ChannelInfo], base_dir: Path) ->
     budget = max(dev.timeout * (dev.retries + 1), 1.0) + 5.0
     missing_cause: int = Quality.NO_DATA
     try:
-        await asyncio.wait_for(drv.open(), timeout=budget)
+        await within(drv.open(), budget)
         if drv.streaming:
             await _stream_once(drv, res, budget)
         else:
             poll_budget = getattr(drv, "poll_budget_s", None) or budget + dev.poll
-            batch = await asyncio.wait_for(drv.poll(), timeout=poll_budget)
+            batch = await within(drv.poll(), poll_budget)
             if getattr(drv, "replanned", False):
-                batch = await asyncio.wait_for(drv.poll(), timeout=poll_budget)
+                batch = await within(drv.poll(), poll_budget)
             _take(res, batch)
             _show_out_of_range(res, drv)
     except DeviceUnavailable as e:

@@ -78,7 +78,8 @@ async def stop_socat(proc: asyncio.subprocess.Process | None) -> None:
         return
     proc.terminate()
     try:
-        await asyncio.wait_for(proc.wait(), 3.0)
+        async with asyncio.timeout(3.0):
+            await proc.wait()
     except TimeoutError:
         proc.kill()
         await proc.wait()

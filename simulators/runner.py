@@ -24,6 +24,7 @@ stdin) let a test drive faults without waiting for scripted ones::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -90,10 +91,9 @@ class Simulator:
                 if now >= end:
                     break
                 wait = min(wait, end - now)
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel in 3.11
+                    await self._stop.wait()
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,6 +13,8 @@ import asyncio
 import struct
 from typing import Any
 
+from gateway.core.aio import within
+
 _MBAP = struct.Struct(">HHHB")  # transaction, protocol (0), length, unit
 _REQ = struct.Struct(">HHHBBHH")  # MBAP + function, start, count
 
@@ -125,7 +127,7 @@ class TcpClient:
         loop = asyncio.get_running_loop()
         self.lost = None
         self.protocol = self.transport = None
-        await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), self.host, self.port), timeout)
+        await within(loop.create_connection(lambda: _Protocol(self), self.host, self.port), timeout)
         if self.transport is None:  # accepted and dropped before we got to use it
             raise ConnectionResetError(str(self.lost or "connection closed by the device"))
 

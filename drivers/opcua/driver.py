@@ -22,6 +22,7 @@ from asyncua.ua.uaerrors import UaError
 from drivers.base import DeviceUnavailable, Driver
 from drivers.opcua.decode import _MISSING, status_name, status_quality
 from drivers.opcua.session import _NET_ERRORS, _err, connect
+from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelInfo
 
@@ -130,7 +131,7 @@ class OpcUaDriver(Driver):
             return
         client.connection_lost_callback = None
         try:
-            await asyncio.wait_for(client.disconnect(), timeout=max(1.0, self.device.timeout))
+            await within(client.disconnect(), max(1.0, self.device.timeout))
         except (*_NET_ERRORS, asyncio.CancelledError, RuntimeError) as e:
             log.debug("opcua %s: disconnect: %s", self.name, e)
             with contextlib.suppress(*_NET_ERRORS, RuntimeError):

@@ -21,6 +21,7 @@ from drivers.base import DeviceUnavailable, stamp
 from drivers.opcua.decode import NotSimple, _reparse, _src_seconds, decode_results
 from drivers.opcua.driver import OpcUaDriver
 from drivers.opcua.session import _NET_ERRORS, _err, operation_limit
+from gateway.core.aio import within
 from gateway.core.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class OpcUaPollDriver(OpcUaDriver):
                 log.warning("opcua %s: asyncua internals changed (%s); slower Read path", self.name, e)
                 self._fast_send = False
             else:
-                data = await asyncio.wait_for(fut, proto.timeout)
+                data = await within(fut, proto.timeout)
                 proto.check_answer(data, " in response to ReadRequest")
                 return data
         return await client.uaclient.session._send_request(r.request)

@@ -33,6 +33,7 @@ import serial
 
 from drivers.base import DeviceUnavailable, Driver, stamp
 from drivers.serial.frames import GOOD, ChannelSpec, FrameParser, FrameSpec, unescape
+from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelInfo
 
@@ -141,8 +142,8 @@ class SerialDriver(Driver):
         Baud rate, parity and framing bits are the device server's settings."""
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await asyncio.wait_for(loop.create_connection(lambda: _TcpFeed(self), host, port),
-                                                  timeout=max(self.device.timeout, 1.0))
+            transport, _ = await within(loop.create_connection(lambda: _TcpFeed(self), host, port),
+                                        max(self.device.timeout, 1.0))
         except (OSError, TimeoutError) as e:
             raise DeviceUnavailable(f"serial device server {host}:{port}: {e or type(e).__name__}",
                                     Quality.COMMS) from e
@@ -341,7 +342,7 @@ class SerialStreamDriver(SerialDriver):
             now = loop.time()
             if not self._frames:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, deadline - now))
+                    await within(self._wake.wait(), max(0.0, deadline - now))
                 except TimeoutError:
                     pass
                 self._wake.clear()
@@ -408,7 +409,7 @@ class SerialPollDriver(SerialDriver):
                     break
                 if not self._frames:
                     try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=left)
+                        await within(self._wake.wait(), left)
                     except TimeoutError:
                         break
                     finally:

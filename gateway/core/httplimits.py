@@ -25,6 +25,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.core.aio import within
+
 #: the largest request head (request line and headers) a listener reads
 MAX_HEADER_BYTES = 16 * 1024
 #: seconds a client has to send a request's whole head once it has connected (or sent
@@ -164,7 +166,7 @@ class BodyLimit:
             if not more:
                 return await receive()  # the body is read: only a disconnect can come
             try:
-                msg = await asyncio.wait_for(receive(), self.idle_timeout_s)
+                msg = await within(receive(), self.idle_timeout_s)
             except TimeoutError:
                 refused = True
                 await _answer(send, 408, f"the body stopped arriving for {self.idle_timeout_s:g}s")

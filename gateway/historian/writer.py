@@ -28,6 +28,7 @@ import numpy as np
 
 from gateway.admin import registers
 from gateway.consumer import Backoff
+from gateway.core.aio import within
 from gateway.core.batch import Batch
 from gateway.core.config import InfluxSection
 from gateway.core.secrets import SecretFileError, read_secret
@@ -247,7 +248,7 @@ class InfluxWriter:
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            await within(self._stop.wait(), seconds)
         if self._stop.is_set():
             raise asyncio.CancelledError
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import zstandard
 
+from gateway.core.aio import within
 from gateway.core.batch import Batch
 from gateway.core.record import (
     CODEC_RAW,
@@ -438,7 +439,7 @@ class Journal:
                 if remaining is not None and remaining <= 0:
                     break
                 try:
-                    await asyncio.wait_for(ev.wait(), remaining)
+                    await within(ev.wait(), remaining)
                 except TimeoutError:
                     break
             return self.last_seq > after

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.core.aio import within
 from gateway.core.httplimits import HEADER_TIMEOUT_S, BodyLimit, uvicorn_limits
 from gateway.core.units import parse_listen
 from uplink.auth import AuthError, Verifier
@@ -237,7 +238,7 @@ class HttpsListener:
         if self._task is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+            await within(asyncio.shield(self._task), grace_s)
         except TimeoutError:
             # an idle TLS keep-alive connection waits up to 30 s for the peer's close_notify
             # (asyncio's ssl_shutdown_timeout): cut the stragglers instead
