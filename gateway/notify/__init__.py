@@ -1,0 +1,1 @@
+"""Alarm notification: routes alarms from the journal to people (docs/notify.md)."""
