@@ -20,5 +20,5 @@ class ModemChannelSettings(Strict):
     baud: int = Field(default=115200, ge=1200, le=4_000_000)
     pin_file: Path | None = Field(default=None, description="the SIM's PIN, in a file of mode 0600")
     timeout: Duration = Field(default=30.0, gt=0, le=300, description="one AT command's answer")
-    ring: Duration = Field(default=30.0, gt=0, le=300, description="how long a voice call rings before hang-up")
+    ring: Duration = Field(default=30.0, gt=0, le=300, description="a voice call rings this long")
     delivery_reports: bool = True
