@@ -46,10 +46,18 @@ import numpy.typing as npt
 
 from gateway.core.batch import Batch
 from gateway.core.channels import ChannelTable
-from rules.events import ACTIVE_UNACKED, CLEARED_UNACKED, alarm_event, level_name, state_name
+from rules.events import ACTIVE_UNACKED, CLEARED_UNACKED, figures, level_name, state_name
 from rules.indexing import Event, FloatArr, Idx, IntArr, Sel, contiguous, members, union
 from rules.restore import Recovery
-from rules.settings import Q_CALIBRATING, Q_MAINTENANCE, RULES, TWA_WINDOW_NS, ChannelRules, resolve_table
+from rules.settings import (
+    PRIORITY,
+    Q_CALIBRATING,
+    Q_MAINTENANCE,
+    RULES,
+    TWA_WINDOW_NS,
+    ChannelRules,
+    resolve_table,
+)
 from rules.summary import ChannelSummary, channel_summary
 
 
@@ -283,8 +291,8 @@ class RulesEngine(Recovery):
                 "since": int(self.since[r, c]), "value": None, "limit": None,
             }
             if code:
-                ev = alarm_event(cr, c, r, code, a, False, 0, float(self.metric[r, c]))
-                item["value"], item["limit"], item["priority"] = ev["value"], ev["limit"], ev["priority"]
+                item.update(figures(cr, r, code, float(self.metric[r, c])))
+                item["priority"] = PRIORITY.get(item["level"], "low")
             sh = self.shelved.get((c, r))
             if sh:
                 item["shelved"] = dict(sh)

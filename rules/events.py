@@ -69,7 +69,8 @@ def _f(x: float | None) -> float | None:
 
 
 def display_value(cr: ChannelRules, rule: int, metric: float) -> float | None:
-    """The figure an operator reads for a rule, from the core's raw metric."""
+    """The figure an operator reads for a rule, from the core's raw metric (the rule's
+    ``value``, or for the rules measured in seconds, their ``duration_s`` / ``time_to_limit_s``)."""
     if rule == R_TWA:
         avg = metric / TWA_WINDOW_NS
         if cr.exposure == "noise":
@@ -80,7 +81,13 @@ def display_value(cr: ChannelRules, rule: int, metric: float) -> float | None:
     return _f(metric)
 
 
+def _seconds(ns: int | None) -> float | None:
+    return None if ns is None else ns / NS
+
+
 def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> float | None:
+    """The limit in the channel's unit (per second for roc, per minute for trend); None
+    for the rules whose threshold is a time (stale, bad, frozen: ``threshold_s``)."""
     if rule == R_LIMIT:
         return _f(getattr(cr, LIMIT_LEVELS[code])) if code in LIMIT_LEVELS else None
     if rule == R_ROC:
@@ -88,17 +95,11 @@ def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> f
     if rule == R_TREND:
         return _f(cr.trend_slope)
     if rule == R_PREDICT:
-        return cr.predict_ns / NS
+        return _f(cr.predict_limit)
     if rule == R_TWA:
         return _f(cr.twa)
     if rule == R_STEL:
         return _f(cr.stel)
-    if rule == R_STALE:
-        return None if cr.stale_ns is None else cr.stale_ns / NS
-    if rule == R_BAD:
-        return None if cr.bad_ns is None else cr.bad_ns / NS
-    if rule == R_FROZEN:
-        return None if cr.frozen_ns is None else cr.frozen_ns / NS
     if rule == R_RANGE:
         if value is not None and value < cr.range_lo:
             return _f(cr.range_lo)
@@ -106,10 +107,33 @@ def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> f
     return None
 
 
+def figures(cr: ChannelRules, rule: int, code: int, metric: float) -> dict[str, Any]:
+    """The numbers of an alarm, each in its own unit (docs/mqtt.md, "Alarm events"):
+
+    - ``value`` (the channel's unit): the reading for limit, range and frozen; the rate
+      for roc (per second) and trend (per minute); the average for twa and stel. None
+      where no reading is meant: stale (none came), bad (none valid), predict.
+    - ``limit`` (the channel's unit): the limit crossed or, for predict, the limit the
+      trend is heading to; None for the rules whose threshold is a time.
+    - ``duration_s``: how long the channel has been stale or bad (seconds).
+    - ``threshold_s``: the time after which stale, bad and frozen alarm (seconds).
+    - ``time_to_limit_s`` and ``horizon_s``: predict's forecast and its horizon (seconds).
+    """
+    shown = display_value(cr, rule, metric)
+    if rule in (R_STALE, R_BAD):
+        return {"value": None, "limit": None, "duration_s": shown,
+                "threshold_s": _seconds(cr.stale_ns if rule == R_STALE else cr.bad_ns)}
+    if rule == R_FROZEN:
+        return {"value": shown, "limit": None, "threshold_s": _seconds(cr.frozen_ns)}
+    if rule == R_PREDICT:
+        return {"value": None, "limit": rule_limit(cr, rule, code, None), "time_to_limit_s": shown,
+                "horizon_s": cr.predict_ns / NS}
+    return {"value": shown, "limit": rule_limit(cr, rule, code, shown)}
+
+
 def alarm_event(cr: ChannelRules, index: int, rule: int, old: int, new: int, unacked: bool, ts: int,
                 metric: float, *, transition: str | None = None, who: str | None = None,
                 shelved: bool = False, event_id: str | None = None) -> dict[str, Any]:
-    value = display_value(cr, rule, metric)
     code = new if new else old
     lvl = level_name(rule, code)
     ev: dict[str, Any] = {
@@ -126,10 +150,9 @@ def alarm_event(cr: ChannelRules, index: int, rule: int, old: int, new: int, una
         "transition": transition or transition_name(old, new),
         "state": state_name(new, unacked),
         "priority": PRIORITY.get(lvl, "low"),
-        "value": value,
-        "limit": rule_limit(cr, rule, code, value),
-        "who": who,
     }
+    ev.update(figures(cr, rule, code, metric))
+    ev["who"] = who
     if shelved:
         ev["shelved"] = True
     return ev

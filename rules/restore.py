@@ -21,6 +21,7 @@ from rules.settings import (
     R_BAD,
     R_FROZEN,
     R_LIMIT,
+    R_PREDICT,
     R_STALE,
     R_STEL,
     R_TWA,
@@ -28,6 +29,9 @@ from rules.settings import (
     TWA_WINDOW_NS,
 )
 from rules.trend import Trend
+
+#: rules whose metric an event carries in a field of its own, not in ``value``
+_METRIC_FIELD = {R_STALE: "duration_s", R_BAD: "duration_s", R_PREDICT: "time_to_limit_s"}
 
 
 class Recovery(Limits, Trend, Exposure):
@@ -99,7 +103,10 @@ class Recovery(Limits, Trend, Exposure):
             self.since[r, c] = int(ev.get("ts", 0))
             self.unacked[r, c] = state in (ACTIVE_UNACKED, CLEARED_UNACKED)
             value = ev.get("value")
-            self.metric[r, c] = np.nan if value is None else float(value)
+            # the metric of the rules measured in seconds travels in their own field (events
+            # journaled before it did carry it in ``value``)
+            metric = ev.get(_METRIC_FIELD.get(r, "value"), value)
+            self.metric[r, c] = np.nan if metric is None else float(metric)
             if not code:
                 continue
             ts = int(ev.get("ts", 0))

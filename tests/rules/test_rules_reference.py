@@ -71,10 +71,12 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
         for a, b in zip(e1, e2, strict=True):
             if a["transition"] == "suppress":
                 continue  # reports the last evaluated figure, which the core keeps lazily
-            if a["value"] is None or b["value"] is None:
-                assert a["value"] is None and b["value"] is None
-            else:
-                assert a["value"] == pytest.approx(b["value"], rel=1e-9)
+            assert a.keys() == b.keys(), (a, b)
+            for f in ("value", "duration_s", "time_to_limit_s"):  # the figures from the metric
+                if a.get(f) is None or b.get(f) is None:
+                    assert a.get(f) is None and b.get(f) is None, (f, a, b)
+                else:
+                    assert a[f] == pytest.approx(b[f], rel=1e-9), (f, a, b)
         if rng.random() < 0.5:
             now = t + int(nr.integers(0, 5 * NS))
             e1, e2 = eng.tick(now), ref.tick(now)
