@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
+from gateway.core import display
 from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.channels import ChannelInfo, ChannelTable
@@ -156,11 +157,9 @@ def quality_text(code: int) -> str:
 
 
 def _fmt_value(v: float, spec: Any) -> str:
-    if math.isnan(v):
-        return "-"
-    if getattr(spec, "type", None) == "bool":
-        return str(int(v))
-    return f"{v:.6g}"
+    """As a person reads it: a float32 at its shortest form, a scaled integer at its
+    resolution (gateway/core/display.py)."""
+    return display.text(display.rendering_of(spec).value(v))
 
 
 def print_table(table: ChannelTable, results: list[DeviceResult], out: TextIO) -> None:
@@ -196,9 +195,9 @@ def as_dict(table: ChannelTable, results: list[DeviceResult]) -> dict[str, Any]:
     for res in results:
         for idx in sorted(res.quality):
             c = table[idx]
-            v = res.value[idx]
+            v = display.rendering_of(c.spec).value(res.value[idx])
             chans.append({"name": c.name, "device": c.device, "kind": c.kind, "unit": c.unit,
-                          "value": None if math.isnan(v) else v, "quality": quality_text(res.quality[idx]),
+                          "value": v, "quality": quality_text(res.quality[idx]),
                           "quality_code": res.quality[idx]})
     devices = {r.name: {"protocol": r.protocol, "ok": r.ok, "error": r.error, "errors": r.details,
                         "elapsed_ms": round(r.elapsed_ms, 1), "scale_overflows": r.scale_overflows}

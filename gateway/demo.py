@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -28,6 +27,7 @@ from typing import Any
 
 from gateway.core.batch import quality_label
 from gateway.core.cliutil import display_width, fit
+from gateway.core.display import DisplayTable, Rendering, text
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,11 @@ def start_simulators(sim_config: Path) -> tuple[subprocess.Popen[str], dict[str,
                        f"(exit code {proc.poll()})")
 
 
-def _fmt_value(v: float) -> str:
-    if math.isnan(v):
-        return "—"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.3f}".rstrip("0").rstrip(".") if v != int(v) else f"{v:.0f}"
+def _fmt_value(v: float, rendering: Rendering) -> str:
+    """As a person reads it: a float32 at its shortest form, a scaled integer at its
+    resolution (gateway/core/display.py)."""
+    shown = rendering.value(v)
+    return "—" if shown is None else text(shown)
 
 
 #: columns dropped, in this order, when the table is wider than the terminal
@@ -119,13 +118,14 @@ def render(gw: Any, now_ns: int, color: bool, size: tuple[int, int] | None = Non
         text = _alarm_text(a)
         alarms[a["index"]] = f"{alarms[a['index']]}; {text}" if a["index"] in alarms else text
     rows = []
+    rendering = DisplayTable.of(gw.table)
     for ch in gw.table.channels:
         i = ch.index
         ts = int(gw.live.ts[i])
         age = "—" if ts == 0 else f"{max(0.0, (now_ns - ts) / 1e9):.1f}s"
         q = int(gw.live.quality[i])
-        rows.append(((ch.name, ch.kind, _fmt_value(float(gw.live.value[i])), ch.unit, quality_label(q),
-                      age, alarms.get(i, "")), q))
+        value = _fmt_value(float(gw.live.value[i]), rendering[i])
+        rows.append(((ch.name, ch.kind, value, ch.unit, quality_label(q), age, alarms.get(i, "")), q))
     rows.sort(key=lambda r: not r[0][6])  # stable: alarming first, then in configuration order
     head = ("channel", "kind", "value", "unit", "quality", "age", "alarm")
     keep = list(range(len(head)))

@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.consumer import AckWindow, Health, JournalConsumer, Slot
 from gateway.core.batch import quality_label
 from gateway.core.config import MqttSection
+from gateway.core.display import DisplayTable
 from gateway.core.record import EVENT
 from gateway.core.secrets import read_secret
 from gateway.services import DaemonContext
@@ -91,6 +92,7 @@ class MqttService:
         self._active_dirty = True
         self._stopping = False
         self._client = self._make_client()
+        self.display = DisplayTable.of(ctx.table)
 
     # ------------------------------------------------------------------ client
     def _make_client(self) -> paho.Client:
@@ -241,7 +243,8 @@ class MqttService:
             self._active_dirty = True
         else:
             topic = f"{self.prefix}/reminders"
-        doc = dict(ev)
+        # people read these: numbers as the channel shows them (the journal keeps them exact)
+        doc = self.display.event(ev) if kind == "alarm" else dict(ev)
         doc.setdefault("gateway", self.ctx.cfg.gateway.id)
         doc["seq"] = seq
         payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
@@ -259,7 +262,8 @@ class MqttService:
 
     def _publish_active(self) -> None:
         self._active_dirty = False
-        doc = {"gateway": self.ctx.cfg.gateway.id, "ts": self.ctx.clock(), "alarms": self.ctx.rules.active()}
+        alarms = [self.display.event(a) for a in self.ctx.rules.active()]
+        doc = {"gateway": self.ctx.cfg.gateway.id, "ts": self.ctx.clock(), "alarms": alarms}
         payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         self._client.publish(f"{self.prefix}/alarms/active", payload, qos=1, retain=True)
 
@@ -271,7 +275,7 @@ class MqttService:
             await asyncio.sleep(every)
             if not self.connected:
                 continue
-            vals = live.value
+            vals = self.display.values(np.arange(len(names)), live.value)
             qual = live.quality
             doc = {
                 "gateway": self.ctx.cfg.gateway.id,

@@ -19,6 +19,7 @@ from fastapi import HTTPException
 from gateway.admin.registers import Invalid
 from gateway.core.batch import quality_label
 from gateway.core.channels import ChannelTable, LiveTable
+from gateway.core.display import DisplayTable
 from gateway.core.units import iso_ns
 from rules.commands import CommandError, CommandPolicy, apply_command, parse_command
 from rules.engine import RulesEngine
@@ -33,6 +34,7 @@ class ChannelView:
 
     def __init__(self, table: ChannelTable):
         self.table = table
+        self.display = DisplayTable.of(table)
         n = len(table)
         self.names = [c.name for c in table.channels]
         self.lower = np.array([c.name.lower() for c in table.channels], dtype=object)
@@ -66,7 +68,9 @@ class ChannelView:
         if not len(changed):
             return
         heads, prefix = self.heads, self.prefix
-        vals = live.value[changed]
+        # as a person reads them: float32 registers at their shortest form, scaled integers
+        # at their resolution (gateway/core/display.py); the journal keeps the exact values
+        vals = self.display.values(changed, live.value[changed])
         # the C JSON encoder formats floats (shortest repr) ~2x faster than repr() one by one
         texts = json.dumps(vals.tolist())[1:-1].split(", ")
         bad = ~np.isfinite(vals)
@@ -158,6 +162,8 @@ class AlarmsView:
     def __init__(self, rules: RulesEngine, *, max_shelve_s: float):
         self.rules = rules
         self.policy = CommandPolicy(max_shelve_s=max_shelve_s)
+        #: the numbers of alarms as a person reads them (the journal keeps them exact)
+        self.display = DisplayTable.of(rules.table) if rules.table is not None else DisplayTable([])
         self._version = -1
         self._cache: list[dict[str, Any]] = []
 
@@ -165,7 +171,7 @@ class AlarmsView:
         """Alarms an operator must see (rules engine ``active()``), times as ISO text too."""
         out = []
         for a in self.rules.active():
-            a = dict(a)
+            a = self.display.event(a)
             if isinstance(a.get("since"), int) and a["since"] > 0:
                 a["since_ns"] = a["since"]
                 a["since"] = iso_ns(a["since"])

@@ -172,8 +172,9 @@ class DisplayTable:
     """The rendering of every channel of a channel table, as arrays, so a whole column of
     readings is rendered in a few numpy operations (the status page's /channels)."""
 
-    def __init__(self, specs: list[Any]):
+    def __init__(self, specs: list[Any], names: list[str] | None = None):
         self.renderings = [rendering_of(s) for s in specs]
+        self.by_name = {n: i for i, n in enumerate(names or [])}
         self.f32 = np.array([r.float32 for r in self.renderings], dtype=bool)
         self.dec = np.array([-1 if r.decimals is None else r.decimals for r in self.renderings],
                             dtype=np.int64)
@@ -181,13 +182,21 @@ class DisplayTable:
     @classmethod
     def of(cls, table: Any) -> DisplayTable:
         """From a ``ChannelTable`` (anything with ``channels`` having ``spec``)."""
-        return cls([c.spec for c in table.channels])
+        return cls([c.spec for c in table.channels], [c.name for c in table.channels])
 
     def __len__(self) -> int:
         return len(self.renderings)
 
     def __getitem__(self, i: int) -> Rendering:
         return self.renderings[i]
+
+    def of_channel(self, name: Any) -> Rendering | None:
+        i = self.by_name.get(name) if isinstance(name, str) else None
+        return None if i is None else self.renderings[i]
+
+    def event(self, ev: Mapping[str, Any]) -> dict[str, Any]:
+        """An alarm event or active-alarm item rendered by its channel (``readable_event``)."""
+        return readable_event(ev, self.of_channel(ev.get("channel")))
 
     def values(self, idx: npt.NDArray[np.intp], x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Readings ``x`` of channels ``idx`` rendered (non-finite values stay as they are)."""
@@ -219,6 +228,15 @@ def shortest(value: float, *, float32: bool = False, resolution: float | None = 
     if float32:
         return float(float32_shortest(np.array([value]))[0])
     return float(significant(np.array([value]), F64_DIGITS)[0])
+
+
+def text(v: float | None) -> str:
+    """A rendered number as text for a terminal: "-" for none, integers without ".0"."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    if v.is_integer() and abs(v) < 1e16:
+        return str(int(v))
+    return repr(float(v))
 
 
 def figure(v: float | None, digits: int = DERIVED_DIGITS) -> float | None:

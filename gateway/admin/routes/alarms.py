@@ -50,6 +50,7 @@ def router(ctx: AdminContext) -> APIRouter:
         if channel:
             active = [a for a in active if a.get("channel") == channel]
         hist = await _alarm_history(daemon, history, channel) if history else []
+        hist = [ctx.alarms.display.event(ev) for ev in hist]  # exact in the journal, read by people here
         return {"active": active, "history": hist}
 
     def _check_channel(name: str) -> None:

@@ -3,7 +3,6 @@ and one channel with its configuration."""
 
 # no "from __future__ import annotations": FastAPI resolves the handlers' annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -86,7 +85,7 @@ def router(ctx: AdminContext) -> APIRouter:
             "kind": c.kind,
             "unit": c.unit,
             "device": c.device,
-            "value": v if math.isfinite(v) else None,
+            "value": ctx.channels.display[i].value(v),
             "quality": QLABEL[qq],
             "q": qq,
             "ts": iso_ns(ts) if ts else None,

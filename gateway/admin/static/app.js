@@ -28,10 +28,27 @@ async function api(path, opts = {}) {
   return r.json();
 }
 
+// the gateway sends numbers already as a person reads them (a float32 register at its
+// shortest form, a scaled integer at its resolution): shown as sent, never re-rounded
 function fmtValue(v) {
   if (v === null || v === undefined) return "—";
-  const a = Math.abs(v);
-  return a !== 0 && (a < 0.01 || a >= 1e6) ? v.toExponential(3) : (Math.round(v * 1000) / 1000).toString();
+  return String(v);
+}
+
+function fmtSeconds(s) {
+  return s === null || s === undefined ? "—" : fmtAge(s);
+}
+
+// an alarm's figure and its limit, each in its own unit: a reading and a limit in the
+// channel's unit; for stale and bad the time so far and the threshold; for frozen the
+// reading stuck and the threshold; for predict the time to the limit and the limit
+function alarmFigures(a) {
+  const u = a.unit ? " " + a.unit : "";
+  const withUnit = (v) => (v === null || v === undefined ? "—" : fmtValue(v) + u);
+  if (a.rule === "stale" || a.rule === "bad") return [fmtSeconds(a.duration_s), fmtSeconds(a.threshold_s)];
+  if (a.rule === "frozen") return [withUnit(a.value), fmtSeconds(a.threshold_s)];
+  if (a.rule === "predict") return ["in " + fmtSeconds(a.time_to_limit_s), withUnit(a.limit)];
+  return [withUnit(a.value), withUnit(a.limit)];
 }
 
 function fmtAge(s) {
@@ -105,8 +122,8 @@ async function refreshAlarms() {
         btnCell.append(b);
       }
       tr.append(el("td", a.channel), el("td", [a.rule, a.level].filter(Boolean).join(" ")),
-                el("td", a.state, "alarm-state"), el("td", fmtValue(a.value), "num"),
-                el("td", fmtValue(a.limit), "num"), el("td", a.since || a.raised || a.time || ""), btnCell);
+                el("td", a.state, "alarm-state"), el("td", alarmFigures(a)[0], "num"),
+                el("td", alarmFigures(a)[1], "num"), el("td", a.since || a.raised || a.time || ""), btnCell);
       body.append(tr);
     }
     $("alarms").replaceChild(body, $("alarms").tBodies[0]);
