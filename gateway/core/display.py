@@ -116,7 +116,8 @@ def float32_shortest(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
             break
         i = np.flatnonzero(todo)
         cand = _round_decimals(x[i], k - 1 - e[i])
-        hit = cand.astype(np.float32) == f[i]
+        with np.errstate(over="ignore"):  # a candidate above float32's largest is simply no hit
+            hit = cand.astype(np.float32) == f[i]
         out[i[hit]] = cand[hit]
         todo[i[hit]] = False
     return out
