@@ -115,7 +115,7 @@ def test_rendering_follows_the_wire_type() -> None:
     ser = SerialChannel(name="F", kind="other", pattern="v=(?P<value>[0-9.]+)", scale=0.1)
     assert rendering_of(f32) == Rendering(float32=True)
     assert rendering_of(i16) == Rendering(decimals=1) and rendering_of(u32) == Rendering(decimals=3)
-    assert rendering_of(f64) == Rendering() and rendering_of(ua) == Rendering() and rendering_of(ser) == Rendering()
+    assert rendering_of(f64) == rendering_of(ua) == rendering_of(ser) == Rendering()
     table = DisplayTable([f32, i16, u32, f64, ua, ser], ["A", "B", "C", "D", "E", "F"])
     raw = np.array([float(np.float32(19.31)), 222 * 0.1, 1234567 * 0.001, 0.1 + 0.2,
                     float(np.float32(7.7)), 123 * 0.1])
