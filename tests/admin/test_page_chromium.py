@@ -301,3 +301,43 @@ def test_viewer_cannot_acknowledge_from_the_page(tmp_path: Path, sim_factory: An
     finally:
         chrome.close()
         d.stop()
+
+
+def test_page_shows_numbers_as_read_and_health_alarms_in_seconds(tmp_path: Path, sim_factory: Any) -> None:
+    """Issue 15, item 7: the page shows a float32 register at its shortest form and a
+    scaled integer at its resolution, as sent by the API, and a health alarm (the dead
+    device's ``bad``) with its time and threshold in seconds, not as a reading."""
+    sim = sim_factory(SIM_PLANT)
+    host, port = sim.tcp("plc")
+    tokens = make_tokens(tmp_path)
+    d = Daemon(gateway_yaml(host, port, tmp_path)).start()
+    chrome = CDP(tmp_path / "profile")
+    try:
+        sim.control(set="TT-1", value=19.31)  # float32: 19.309999465942383
+        sim.control(set="LT-1", value=1234567.8)  # float32: 1234567.75
+        sim.control(set="GT-2", value=22.2)  # int16 × 0.1: 22.200000000000003
+        chrome.open(d.url + "/")
+        chrome.wait("document.readyState === 'complete'")
+        chrome.js(f"document.getElementById('token').value = '{tokens['viewer']}'")
+        chrome.click("#login-btn")
+
+        def cell(name: str) -> str:
+            return f"document.querySelector('#channels tr[data-channel=\"{name}\"] td.value')?.textContent"
+
+        chrome.wait(cell("TT-1") + " === '19.31'", what="TT-1 shown as 19.31")
+        chrome.wait(cell("LT-1") + " === '1234567.8'", what="LT-1 shown as 1234567.8")
+        chrome.wait(cell("GT-2") + " === '22.2'", what="GT-2 shown as 22.2")
+        # the dead device's channel goes stale and bad after stale_periods × poll (3 s): its
+        # alarm rows show seconds in the value and limit columns (the rule's level is its name)
+        rows = ("Array.from(document.querySelectorAll('#alarms tr[data-channel=\"PT-9\"]'))"
+                ".map(r => Array.from(r.cells).map(c => c.textContent))"
+                ".filter(c => ['stale stale', 'bad bad'].includes(c[1]))")
+        chrome.wait(rows + ".length > 0", timeout=30, what="PT-9's health alarm row")
+        for cells in chrome.js(rows):
+            value_cell, limit_cell = cells[3], cells[4]
+            assert limit_cell == "3.0 s", cells
+            assert value_cell.endswith(" s") and float(value_cell[:-2]) >= 3.0, cells
+        assert not chrome.errors(), chrome.errors()
+    finally:
+        chrome.close()
+        d.stop()
