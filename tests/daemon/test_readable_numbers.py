@@ -167,9 +167,14 @@ def test_mqtt_api_and_demo_show_readable_numbers(sim_factory: Callable[..., SimP
         abad = _first(act["alarms"], channel="PT-1", rule="bad")
         assert abad is not None and abad["value"] is None and abad["threshold_s"] == 0.6
         assert abad["duration_s"] > 0
-        vals = sub.json(lambda t: t.endswith("/values"))
-        assert vals, "no values published"
-        last = vals[-1]["values"]
+        def last_values() -> dict[str, Any] | None:
+            docs = sub.json(lambda t: t.endswith("/values"))
+            return docs[-1]["values"] if docs else None
+
+        sub.wait_for(lambda s: (v := last_values()) is not None and v["TT-1"][0] is not None, 10,
+                     "live values on <prefix>/values")
+        last = last_values()
+        assert last is not None
         assert {c: last[c][0] for c in ("TT-1", "GT-1", "FT-1", "RT-1")} == {
             c: SHOWN[c] for c in ("TT-1", "GT-1", "FT-1", "RT-1")}
 
