@@ -196,6 +196,17 @@ def test_mqtt_api_and_demo_show_readable_numbers(sim_factory: Callable[..., SimP
         hist_text = json.dumps(al)
         for junk in ARTIFACTS:
             assert junk not in hist_text, junk
+        # an operator's acknowledgement answers with the event as read; the journal has it exact
+        op = httpx.Client(base_url=d.url, timeout=10, headers=auth(tokens["operator"]))
+        try:
+            r = op.post("/alarms/TT-1/ack", json={"rule": "limit"})
+        finally:
+            op.close()
+        assert r.status_code == 200, r.text
+        [ack] = r.json()["events"]
+        assert (ack["transition"], ack["value"], ack["who"]) == ("ack", 19.31, "operator-user")
+        jack = _first(d.events("alarm"), channel="TT-1", rule="limit", transition="ack")
+        assert jack is not None and jack["value"] == EXACT["TT-1"]
 
         # ---- the demo's table (the same renderer the demo runs, on this daemon)
         async def table() -> str:

@@ -64,8 +64,8 @@ def router(ctx: AdminContext) -> APIRouter:
         fields = body.model_dump(exclude_none=True) if body is not None else {}
         ctx.audit(request, channel=channel, **fields)
         events = ctx.alarms.command(verb, {**fields, "channel": channel, "operator": p.name}, daemon.clock())
-        ctx.emit(events)
-        return {"channel": channel, "events": events}
+        ctx.emit(events)  # exact into the journal; the operator reads them rendered
+        return {"channel": channel, "events": [ctx.alarms.display.event(e) for e in events]}
 
     @r.post("/alarms/{channel}/ack", tags=["alarms"],
               summary="acknowledge a channel's alarm(s); channel '*' acknowledges every alarm")
