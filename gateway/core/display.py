@@ -5,7 +5,9 @@ is shown (MQTT JSON, messages, the page, ``read``, the demo) goes through here.
 How a channel's numbers are shown follows from what it is on the wire (``rendering_of``):
 
 - a Modbus ``float32`` register: the shortest decimal that reads back as the same
-  float32 (19.309999465942383 is the float32 nearest 19.31: shown 19.31);
+  float32 (19.309999465942383 is the float32 nearest 19.31: shown 19.31); with a
+  ``scale``/``offset``, the register's shortest form scaled, at 15 significant digits
+  (a float32 193.1 × 0.1 is shown 19.31);
 - a Modbus integer (``bool``, ``int16`` … ``uint32``) times ``scale`` plus ``offset``: at
   the decimals of the scale and the offset (222 × 0.1 = 22.200000000000003: shown 22.2;
   scale 0.25 keeps 2 decimals);
@@ -104,10 +106,18 @@ def significant(x: npt.NDArray[np.float64], digits: int) -> npt.NDArray[np.float
 
 def float32_shortest(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """For each value, the double of the shortest decimal that reads back as the same float32
-    as the value (at most 9 significant digits always do, IEEE 754 §5.12.2)."""
+    as the value (at most 9 significant digits always do, IEEE 754-2008 §5.12.2)."""
+    return _float32_digits(x)[0]
+
+
+def _float32_digits(x: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """``float32_shortest`` and, for each value, the decimals of its shortest form (0 for
+    zeros and non-finite values; negative: a multiple of ten)."""
     x = np.asarray(x, dtype=np.float64)
-    f = x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        f = x.astype(np.float32)
     out = x.copy()
+    dec = np.zeros(len(x), np.int64)
     todo = np.isfinite(f) & (f != 0)
     out[~todo & np.isfinite(x)] = f[~todo & np.isfinite(x)]  # zeros (keeps -0.0); overflow → inf
     e = _magnitude(x)
@@ -115,12 +125,14 @@ def float32_shortest(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         if not todo.any():
             break
         i = np.flatnonzero(todo)
-        cand = _round_decimals(x[i], k - 1 - e[i])
+        d = k - 1 - e[i]
+        cand = _round_decimals(x[i], d)
         with np.errstate(over="ignore"):  # a candidate above float32's largest is simply no hit
             hit = cand.astype(np.float32) == f[i]
         out[i[hit]] = cand[hit]
+        dec[i[hit]] = d[hit]
         todo[i[hit]] = False
-    return out
+    return out, dec
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +143,8 @@ class Rendering:
 
     float32: bool = False
     decimals: int | None = None
+    scale: float = 1.0  # a scaled float32: the register's value is (reading - offset) / scale
+    offset: float = 0.0
 
     def value(self, v: float | None) -> float | None:
         """A reading as a person reads it (None and non-finite values: None)."""
@@ -142,8 +156,37 @@ class Rendering:
         if self.decimals is not None:
             return _round_decimals(x, np.full(len(x), self.decimals, np.int64))
         if self.float32:
-            return float32_shortest(x)
+            return float32_scaled(x, self.scale, self.offset)
         return unknown_type(x)
+
+
+def float32_scaled(x: npt.NDArray[np.float64], scale: Any = 1.0,
+                   offset: Any = 0.0) -> npt.NDArray[np.float64]:
+    """Readings of float32 registers times ``scale`` plus ``offset`` (numbers or arrays):
+    the register's shortest form, scaled, at the decimals that decimal arithmetic on it
+    gives (the register's decimals plus the scale's, at least the offset's). The register
+    is recovered as the float32 nearest (reading - offset) / scale: the float64
+    arithmetic that made the reading is far finer than a float32's step."""
+    x = np.asarray(x, dtype=np.float64)
+    sc = np.broadcast_to(np.asarray(scale, dtype=np.float64), x.shape)
+    of = np.broadcast_to(np.asarray(offset, dtype=np.float64), x.shape)
+    if not (sc != 1.0).any() and not (of != 0.0).any():
+        return float32_shortest(x)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        reg, dreg = _float32_digits((x - of) / sc)
+        scaled = reg * sc + of
+    dsc = _decimals_each(sc)
+    dof = _decimals_each(of)
+    out = _round_decimals(scaled, np.minimum(np.maximum(dreg + dsc, dof), 2 * MAX_DECIMALS + 9))
+    bad = ~np.isfinite(out) & np.isfinite(x)
+    if bad.any():  # a scale of 0 or an overflow: the reading at 15 significant digits
+        out[bad] = significant(x[bad], F64_DIGITS)
+    return out
+
+
+def _decimals_each(a: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    u, inv = np.unique(a, return_inverse=True)
+    return np.array([decimals_of(float(v)) for v in u], np.int64)[inv.reshape(a.shape)]
 
 
 def unknown_type(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -166,7 +209,9 @@ def rendering_of(spec: Any) -> Rendering:
     offset = float(getattr(spec, "offset", 0.0))
     if type_ in _INT_TYPES:
         return Rendering(decimals=max(decimals_of(scale), decimals_of(offset)))
-    return Rendering(float32=type_ == "float32")
+    if type_ == "float32":
+        return Rendering(float32=True, scale=scale, offset=offset)
+    return Rendering()
 
 
 class DisplayTable:
@@ -177,6 +222,8 @@ class DisplayTable:
         self.renderings = [rendering_of(s) for s in specs]
         self.by_name = {n: i for i, n in enumerate(names or [])}
         self.f32 = np.array([r.float32 for r in self.renderings], dtype=bool)
+        self.scale = np.array([r.scale for r in self.renderings], dtype=np.float64)
+        self.offset = np.array([r.offset for r in self.renderings], dtype=np.float64)
         self.dec = np.array([-1 if r.decimals is None else r.decimals for r in self.renderings],
                             dtype=np.int64)
 
@@ -210,7 +257,8 @@ class DisplayTable:
             out[m] = _round_decimals(x[m], dec[m])
         m32 = fin & (dec < 0) & self.f32[idx]
         if m32.any():
-            out[m32] = float32_shortest(x[m32])
+            i32 = idx[m32]
+            out[m32] = float32_scaled(x[m32], self.scale[i32], self.offset[i32])
         mu = fin & (dec < 0) & ~self.f32[idx]
         if mu.any():
             out[mu] = unknown_type(x[mu])

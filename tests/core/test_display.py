@@ -128,6 +128,24 @@ def test_rendering_follows_the_wire_type() -> None:
     assert math.isnan(nan) and zero == 0.0 and math.copysign(1.0, zero) == -1.0
 
 
+def test_scaled_float32_shows_the_registers_shortest_form_scaled() -> None:
+    """A float32 register of 193.1 with scale 0.1 reads 19.310000610351565: shown 19.31
+    (its own float32 shortest form would be 19.310001). Checked over random registers
+    against Python's decimal arithmetic on numpy's shortest register text."""
+    from decimal import Decimal
+
+    spec = ModbusChannel(name="S", kind="other", address="holding:0", type="float32", scale=0.1, offset=-5)
+    r = rendering_of(spec)
+    assert r.value(float(np.float32(193.1)) * 0.1 - 5) == 14.31
+    rng = np.random.default_rng(3)
+    regs = rng.uniform(-1000, 1000, 2000).astype(np.float32)
+    got = r.array(regs.astype(np.float64) * 0.1 - 5)
+    want = [float(Decimal(np.format_float_positional(f, unique=True)) * Decimal("0.1") - 5) for f in regs]
+    assert got.tolist() == want
+    table = DisplayTable([spec], ["S"])
+    assert table.values(np.array([0, 0]), regs[:2].astype(np.float64) * 0.1 - 5).tolist() == want[:2]
+
+
 def test_shortest_and_text() -> None:
     assert shortest(float(np.float32(19.31)), float32=True) == 19.31
     assert shortest(222 * 0.1, resolution=0.1) == 22.2 and shortest(-12.25, resolution=0.25) == -12.25
