@@ -29,8 +29,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from gateway.core import display
 from gateway.core.batch import Batch, Quality, quality_label
 from gateway.core.config import Config, InfluxSection
+from gateway.core.display import Rendering
 from gateway.core.secrets import SecretFileError, read_secret
 from gateway.core.units import iso_ns, parse_duration
 from gateway.store import queries
@@ -130,6 +132,14 @@ def find_channel(cfg: Config, name: str) -> ChannelRef:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise HistoryError(f"no channel {name!r} in the config{hint}") from None
     return ChannelRef(c.index, c.name, c.kind, c.unit)
+
+
+def channel_rendering(cfg: Config, name: str) -> Rendering:
+    """How a person reads the channel's numbers (gateway/core/display.py)."""
+    from gateway.core.channels import ChannelTable
+
+    c = ChannelTable.from_config(cfg).by_name.get(name)
+    return display.rendering_of(c.spec) if c is not None else Rendering()
 
 
 # --------------------------------------------------------------------------- InfluxDB
@@ -402,7 +412,7 @@ def _f(v: Any) -> float | None:
 
 # --------------------------------------------------------------------------- printing
 
-def _cell(col: str, v: Any) -> str:
+def _cell(col: str, v: Any, shown: Rendering | None = None) -> str:
     if v is None:
         return ""
     if col == "time":
@@ -410,11 +420,17 @@ def _cell(col: str, v: Any) -> str:
     if col == "quality":
         return quality_label(int(v))
     if isinstance(v, float):
-        return repr(v)
+        if shown is None:
+            return repr(v)
+        # the table is read by a person: readings as the channel shows them, a mean (a figure
+        # derived from them) at 6 significant digits (gateway/core/display.py)
+        return display.text(display.figure(v) if col == "mean" else shown.value(v))
     return str(v)
 
 
-def render(h: History, fmt: str, out: Any = None) -> None:
+def render(h: History, fmt: str, out: Any = None, shown: Rendering | None = None) -> None:
+    """Print a history as a table (for a person: numbers by ``shown``, the channel's
+    rendering, when given), CSV or JSON (both exact, for further work)."""
     out = out or sys.stdout
     if fmt == "json":
         doc = h.as_dict()
@@ -436,7 +452,7 @@ def render(h: History, fmt: str, out: Any = None) -> None:
             w.writerow(line)
         return
     head = [c if c != "time" else "time (UTC)" for c in h.columns]
-    cells = [[_cell(c, v) for c, v in zip(h.columns, r, strict=True)] for r in h.rows]
+    cells = [[_cell(c, v, shown) for c, v in zip(h.columns, r, strict=True)] for r in h.rows]
     widths = [len(hd) for hd in head]
     for row in cells:
         widths = [max(w, len(x)) for w, x in zip(widths, row, strict=True)]
@@ -462,7 +478,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     except (HistoryError, ValueError) as e:
         print(f"safegw history: {e}", file=sys.stderr)
         return EXIT_FAIL
-    render(h, args.format)
+    render(h, args.format, shown=channel_rendering(cfg, args.channel))
     if h.note:
         print(f"note: {h.note}", file=sys.stderr)
     if h.truncated:

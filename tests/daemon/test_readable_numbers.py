@@ -7,7 +7,8 @@ daemon polls it and
   numbers at their shortest float32 form / the scale's resolution, and health alarms
   with their own fields in seconds (a device that stops answering: ``bad``);
 - the API the status page reads (/channels, /channels/NAME, /alarms) shows the same;
-- ``safegw read`` (the CLI, table and --json) and the demo's table show the same;
+- ``safegw read`` (the CLI, table and --json), the demo's table and ``safegw history``'s
+  table show the same;
 - the journal keeps the exact values.
 
 The expected numbers are the decimals written in the simulator's config: what safegw
@@ -228,6 +229,20 @@ def test_mqtt_api_and_demo_show_readable_numbers(sim_factory: Callable[..., SimP
         http.close()
         d.stop()
         sub.close()
+
+    # ---- `safegw history` over the same journal: the table as read, --format json exact
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(gateway_yaml(sim, state, None))
+    window = ["--from=-1h", "--to=now"]
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "history", "-c", str(cfg), "TT-1", *window],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    values = [ln.split()[1] for ln in p.stdout.splitlines()[1:] if ln.split()[-1] == "good"]
+    assert values and set(values) == {"19.31"}, p.stdout[:500]
+    pj = subprocess.run([sys.executable, "-m", "gateway.cli", "history", "-c", str(cfg), "TT-1", *window,
+                         "--format", "json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    rows = json.loads(pj.stdout)["rows"]
+    assert rows and {r["value"] for r in rows if r["value"] is not None} == {EXACT["TT-1"]}
 
 
 def _read_cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
