@@ -29,6 +29,7 @@ from gateway.admin.registers.schema import (
     Conflict,
     Invalid,
     NotFound,
+    Refused,
     SchemaError,
     TypeSpec,
     load_schemas,
@@ -37,7 +38,7 @@ from gateway.admin.registers.schema import (
 )
 
 __all__ = [
-    "BUILTIN_TYPES", "Conflict", "Invalid", "NotFound", "RegisterStore", "SchemaError", "TypeSpec",
+    "BUILTIN_TYPES", "Conflict", "Invalid", "NotFound", "Refused", "RegisterStore", "SchemaError", "TypeSpec",
     "audit_offline", "load_schemas", "mask", "redact", "sniff",
 ]
 

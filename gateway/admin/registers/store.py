@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.admin.registers import permits
 from gateway.admin.registers.db import open_db
 from gateway.admin.registers.schema import (
     Conflict,
     Invalid,
     NotFound,
     PersonalMode,
+    Refused,
     TypeSpec,
     Validator,
     check_size,
@@ -313,10 +315,15 @@ class StoreCore:
             raise Invalid([(loc, "expected a JSON object of fields")])
         out = self.validator.fields(spec.fields, data, loc, errs, partial=partial, text=text)
         self._check_refs(spec, out, loc, errs)
+        if not partial and not errs:
+            errs.extend(permits.check_data(self._rtype_of(spec), spec, out))
         if errs:
             raise Invalid(errs)
         check_size(out, loc)
         return out
+
+    def _rtype_of(self, spec: TypeSpec) -> str:
+        return next(n for n, s in self.types.items() if s is spec)
 
     def _event(
         self, doc: dict[str, Any], action: str, actor: str, changed: list[str] | None = None, **extra: Any
@@ -458,6 +465,9 @@ class StoreCore:
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"]:
                 raise Conflict(f"{rtype} record {rid} is archived; restore it first")
+            errs = permits.check_data(rtype, spec, {**cur["data"], **clean})
+            if errs:
+                raise Invalid(errs)
             doc, ev = self._update(rtype, rid, clean, actor, version=version, comment=comment)
         return doc, [ev]
 
@@ -482,8 +492,19 @@ class StoreCore:
         return doc, [ev]
 
     def transition(
-        self, rtype: str, rid: int, name: str, data: Any, actor: str, *, comment: str | None = None
+        self,
+        rtype: str,
+        rid: int,
+        name: str,
+        data: Any,
+        actor: str,
+        *,
+        comment: str | None = None,
+        analysis: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A workflow step. A step with ``check: gas`` needs ``analysis`` (the caller's
+        analysis of the permit's live readings, gateway/admin/permits/analysis.py): when it
+        failed, the refusal is recorded and ``Refused`` raised."""
         spec = self.spec(rtype)
         wf = spec.workflow
         if wf is None:
@@ -492,6 +513,7 @@ class StoreCore:
         if t is None:
             raise NotFound(f"{rtype} has no transition {name!r}; it has: {', '.join(wf.transitions)}")
         clean = self._validate(spec, data if data is not None else {}, partial=True)
+        refused: tuple[str, list[dict[str, Any]]] | None = None
         with self._tx():
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"]:
@@ -504,11 +526,120 @@ class StoreCore:
             missing = [r for r in t.requires if merged.get(r) is None]
             if missing:
                 raise Invalid([(("body", r), f"required to {name}") for r in missing])
-            doc, ev = self._update(
-                rtype, rid, clean, actor, action=f"transition:{name}", state=t.to, comment=comment
-            )
-            ev["from_state"] = cur["state"]
+            errs = permits.check_signatures(t, name, merged) + permits.check_data(rtype, spec, merged)
+            if spec.permit is not None and t.to == permits.IN_PROGRESS and cur["state"] == "approved":
+                errs += permits.check_start(rtype, spec, merged, self._now())
+            if errs:
+                raise Invalid(errs)
+            changes = dict(clean)
+            if permits.needs_gas(spec, t, merged):
+                if analysis is None:
+                    raise Invalid([(("body",), f"{name} needs a gas analysis of live readings (through the API)")])
+                changes.update(permits.with_analysis(merged, analysis, actor))
+                if not analysis["ok"]:
+                    doc, ev = self._update(rtype, rid, permits.with_analysis(cur["data"], analysis, actor), actor,
+                                           action=f"refused:{name}", comment=analysis["message"],
+                                           check_required=False)
+                    refused = (analysis["message"], [ev])
+            if refused is None:
+                changes.update(self._step_fields(spec, cur["state"], t.to))
+                doc, ev = self._update(
+                    rtype, rid, changes, actor, action=f"transition:{name}", state=t.to, comment=comment
+                )
+                ev["from_state"] = cur["state"]
+        if refused is not None:
+            raise Refused(refused[0], analysis, refused[1])
         return doc, [ev]
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock() / 1e9).astimezone()
+
+    def _step_fields(self, spec: TypeSpec, state: str, to: str) -> dict[str, Any]:
+        """What a permit's step writes itself: when work started, was suspended, closed;
+        a resume clears the alarm flag (the re-analysis passed)."""
+        if spec.permit is None:
+            return {}
+        now = self._now().isoformat(timespec="seconds")
+        if to == permits.IN_PROGRESS and state == "approved":
+            return {"started_at": now}
+        if to == permits.IN_PROGRESS and state == permits.SUSPENDED:
+            return {"flagged": False}
+        if to == permits.SUSPENDED:
+            return {"suspended_at": now}
+        if to == "closed":
+            return {"closed_at": now}
+        return {}
+
+    def record_analysis(
+        self, rtype: str, rid: int, analysis: dict[str, Any], actor: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A gas analysis taken outside a step (periodic, during the work): recorded; one
+        that fails while the work is in progress flags and suspends the permit."""
+        spec = self.spec(rtype)
+        if spec.permit is None:
+            raise NotFound(f"{rtype} is not a permit to work")
+        with self._tx():
+            cur = self._doc(self._row(rtype, rid))
+            if cur["archived"] or cur.get("state") in (spec.workflow.final if spec.workflow else []):
+                raise Conflict(f"{rtype} record {rid} is {'archived' if cur['archived'] else cur.get('state')}")
+            changes = permits.with_analysis(cur["data"], analysis, actor)
+            if not analysis["ok"] and cur.get("state") == permits.IN_PROGRESS:
+                return self._flag(rtype, cur, changes, analysis["message"], actor, channel=None)
+            doc, ev = self._update(rtype, rid, changes, actor, action="analysis", comment=analysis["message"],
+                                   check_required=False)
+        return doc, [ev]
+
+    def _flag(self, rtype: str, cur: dict[str, Any], changes: dict[str, Any], reason: str, actor: str,
+              *, channel: str | None, alarm: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Suspends a permit in progress and flags it; the flag is published like a reminder."""
+        now = self._now().isoformat(timespec="seconds")
+        changes = {**changes, "flagged": True, "flag_reason": reason, "flag_at": now, "suspended_at": now,
+                   "suspend_reason": f"flagged: {reason}"}
+        doc, ev = self._update(rtype, cur["id"], changes, actor, action="flag", state=permits.SUSPENDED,
+                               comment=reason, check_required=False)
+        ev["from_state"] = cur["state"]
+        spec = self.spec(rtype)
+        notice = {
+            "type": "reminder", "ts": self.clock(), "register": rtype, "id": cur["id"],
+            "label": doc.get("label", str(cur["id"])), "field": "flagged", "field_title": "permit flagged",
+            "title": spec.title, "title_zh": spec.title_zh, "due": None, "days_left": None, "threshold": None,
+            "overdue": False, "state": doc.get("state"), "rule": "permit_flagged", "reason": reason,
+            "location": doc["data"].get("location"), "channel": channel,
+        }
+        if alarm is not None:
+            notice["alarm"] = alarm
+        log.warning("permit %s %s flagged and suspended: %s", rtype, notice["label"], reason)
+        return doc, [ev, notice]
+
+    def permits_in_progress(self) -> list[tuple[str, int, list[str], str | None]]:
+        """(type, id, channels, area) of every permit whose work is in progress."""
+        names = [n for n, s in self.types.items() if s.permit is not None]
+        if not names:
+            return []
+        rows = self._db.execute(
+            f"SELECT type, id, data FROM records WHERE archived=0 AND state=? AND type IN ({','.join('?' * len(names))})",
+            (permits.IN_PROGRESS, *names),
+        ).fetchall()
+        out = []
+        for rtype, rid, data in rows:
+            d = json.loads(data)
+            out.append((rtype, int(rid), list(d.get("channels") or []), d.get("area")))
+        return out
+
+    def flag_alarm(self, rtype: str, rid: int, alarm: dict[str, Any]) -> list[dict[str, Any]]:
+        """An alarm hit a channel of a permit in progress: flag and suspend it (nothing when
+        it is no longer in progress)."""
+        with self._tx():
+            cur = self._doc(self._row(rtype, rid))
+            if cur["archived"] or cur.get("state") != permits.IN_PROGRESS:
+                return []
+            what = f"{alarm.get('level')} alarm on {alarm.get('channel')}"
+            if alarm.get("value") is not None:
+                what += f" ({alarm['value']:g} {alarm.get('unit') or ''}".rstrip() + ")"
+            reason = f"{what}: stop the work; a new gas analysis is required before it resumes"
+            shown = {k: alarm.get(k) for k in ("channel", "rule", "level", "value", "limit", "unit", "ts")}
+            _doc, events = self._flag(rtype, cur, {}, reason, "gateway", channel=alarm.get("channel"), alarm=shown)
+        return events
 
     def _tx(self) -> Any:
         db = self._db

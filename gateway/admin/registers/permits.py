@@ -1,0 +1,162 @@
+"""Permits to work in the register store: what a permit's workflow step checks beyond
+the generic ``requires`` (validity limits, levels against their quantities, signatures,
+the gas analysis on live readings), the analyses it records, the flag an alarm raises,
+and the timing reminders (GB 30871-2022; limits and clauses in
+gateway/admin/permits/criteria.py).
+
+The analysis itself is computed by the caller (the API, from the live values, on the
+event loop) and handed in: the store stays free of the daemon. A refused step is
+recorded (the failing readings, the action ``refused:<step>``) and then raised as
+``Refused`` so the API answers 409 with the readings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from gateway.admin.permits import criteria
+from gateway.admin.registers.schema import MAX_TABLE_ROWS, TransitionSpec, TypeSpec
+
+Errors = list[tuple[tuple[str | int, ...], str]]
+
+#: a permit state in which the work is going on (an alarm on its channels flags it)
+IN_PROGRESS = "in_progress"
+SUSPENDED = "suspended"
+
+
+def _t(s: str) -> dt.datetime:
+    t = dt.datetime.fromisoformat(s)
+    return t if t.tzinfo is not None else t.astimezone()
+
+
+def _h(seconds: float) -> str:
+    return f"{seconds / 3600:g} h"
+
+
+def check_data(rtype: str, spec: TypeSpec, data: dict[str, Any]) -> Errors:
+    """A permit's fields against its kind's rules: validity within the standard's limit,
+    the level consistent with the height or mass it is for."""
+    if spec.permit is None:
+        return []
+    errs: Errors = []
+    level_field = spec.permit.level_field
+    level = data.get(level_field) if level_field else None
+    if data.get("valid_from") and data.get("valid_to"):
+        t0, t1 = _t(data["valid_from"]), _t(data["valid_to"])
+        span = (t1 - t0).total_seconds()
+        if span <= 0:
+            errs.append((("body", "valid_to"), "must be after valid_from"))
+        limit = criteria.validity_s(rtype, level if isinstance(level, str) else None)
+        if limit is not None and span > limit:
+            errs.append((("body", "valid_to"),
+                         f"a {spec.title_zh or rtype}{' at level ' + level if level else ''} is valid for at most "
+                         f"{_h(limit)} ({criteria.VALIDITY_CLAUSE[rtype]}); this one spans {_h(span)}"))
+    if rtype == "height_work_permit" and isinstance(data.get("height_m"), int | float) and level:
+        want = _height_level(float(data["height_m"]))
+        if want != level:
+            errs.append((("body", "level"), f"work at {data['height_m']:g} m is level {want} "
+                                            "(GB 30871-2022 §8 by GB/T 3608: Ⅰ 2-5 m, Ⅱ 5-15 m, Ⅲ 15-30 m, Ⅳ > 30 m)"))
+    if rtype == "lifting_permit" and isinstance(data.get("mass_t"), int | float) and level:
+        want = _lifting_level(float(data["mass_t"]))
+        if want != level:
+            errs.append((("body", "level"), f"a lift of {data['mass_t']:g} t is level {want} "
+                                            "(GB 30871-2022 §9: first > 100 t, second 40-100 t, third < 40 t)"))
+    return errs
+
+
+def _height_level(h: float) -> str:
+    # GB/T 3608-2008 §4 bands (not confirmed against the primary text): 2 ≤ h ≤ 5, 5 < h ≤ 15, ...
+    return "I" if h <= 5 else "II" if h <= 15 else "III" if h <= 30 else "IV"
+
+
+def _lifting_level(m: float) -> str:
+    return "first" if m > 100 else "second" if m >= 40 else "third"
+
+
+def check_signatures(t: TransitionSpec, name: str, data: dict[str, Any]) -> Errors:
+    have = {r.get("role") for r in data.get("signatures") or [] if isinstance(r, dict)}
+    return [(("body", "signatures"), f"a {role} signature is required to {name}")
+            for role in t.signatures if role not in have]
+
+
+def needs_gas(spec: TypeSpec, t: TransitionSpec, data: dict[str, Any]) -> bool:
+    """Whether this step runs a gas analysis: ``check: gas`` on a kind that requires one,
+    or one where it is optional and the permit names an area or channels."""
+    if t.check != "gas" or spec.permit is None or spec.permit.gas == "none":
+        return False
+    return spec.permit.gas == "required" or bool(data.get("area") or data.get("channels"))
+
+
+def analysis_rows(analysis: dict[str, Any], actor: str) -> list[dict[str, Any]]:
+    """An analysis as rows of the permit's ``gas_analyses`` table (one per reading, or one
+    with the message when there was no reading)."""
+    base = {"at": analysis["at"], "step": analysis["step"], "ok": bool(analysis["ok"]), "by": actor}
+    if not analysis["readings"]:
+        return [{**base, "reason": analysis["message"]}]
+    rows = []
+    for r in analysis["readings"]:
+        row = {**base, **{k: r.get(k) for k in ("channel", "value", "unit", "quality", "age_s", "criterion",
+                                                   "clause", "verdict", "reason")}}
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return rows
+
+
+def with_analysis(data: dict[str, Any], analysis: dict[str, Any], actor: str) -> dict[str, Any]:
+    """The changes that record ``analysis`` in a permit: its rows appended (the newest
+    ``MAX_TABLE_ROWS`` kept in the record; every earlier one stays in its history), and
+    the time of the last passing analysis."""
+    rows = [*(data.get("gas_analyses") or []), *analysis_rows(analysis, actor)][-MAX_TABLE_ROWS:]
+    out: dict[str, Any] = {"gas_analyses": rows}
+    if analysis["ok"]:
+        out["last_analysis_at"] = _iso(analysis["at"])
+    return out
+
+
+def _iso(z: str) -> str:
+    """``2026-12-07T15:04:05.123Z`` → the store's datetime text (seconds, offset)."""
+    return dt.datetime.fromisoformat(z.replace("Z", "+00:00")).isoformat(timespec="seconds")
+
+
+def check_start(rtype: str, spec: TypeSpec, data: dict[str, Any], now: dt.datetime) -> Errors:
+    """Work may start only within the permit's validity."""
+    errs: Errors = []
+    if data.get("valid_from") and now < _t(data["valid_from"]):
+        errs.append((("body", "valid_from"), f"the permit is valid from {data['valid_from']}; it is {now:%H:%M} now"))
+    if data.get("valid_to") and now > _t(data["valid_to"]):
+        errs.append((("body", "valid_to"), f"the permit expired at {data['valid_to']}; apply for a new one"))
+    return errs
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def timing_due(rtype: str, spec: TypeSpec, state: str | None, data: dict[str, Any],
+               now: dt.datetime) -> list[tuple[str, str, str]]:
+    """The timing rules a permit has reached now: (rule, reference time, message). The
+    reference time keys the reminder, so each fires once per analysis, suspension or
+    validity end."""
+    out: list[tuple[str, str, str]] = []
+    level_field = spec.permit.level_field if spec.permit else None
+    level = data.get(level_field) if level_field else None
+    last = data.get("last_analysis_at")
+    gas = spec.permit is not None and spec.permit.gas != "none"
+    if gas and state == "approved" and last and (now - _t(last)).total_seconds() > criteria.ANALYSIS_BEFORE_WORK_S:
+        out.append(("analysis_stale", last,
+                    f"the last analysis ({last}) is more than 30 min old: work may not start on it "
+                    f"({criteria.ANALYSIS_CLAUSE}); starting runs a new one"))
+    if gas and state == SUSPENDED and data.get("suspended_at"):
+        limit = criteria.interruption_s(rtype, level if isinstance(level, str) else None)
+        if limit is not None and (now - _t(data["suspended_at"])).total_seconds() > limit:
+            out.append(("reanalysis_required", data["suspended_at"],
+                        f"interrupted since {data['suspended_at']} (> {limit / 60:g} min): a new analysis is "
+                        f"required before work resumes ({criteria.INTERRUPTION_CLAUSE})"))
+    period = criteria.periodic_s(rtype)
+    if period is not None and state == IN_PROGRESS and last and (now - _t(last)).total_seconds() > period:
+        out.append(("periodic_analysis_due", last,
+                    f"no analysis since {last} (> {_h(period)}): analyse again ({criteria.PERIODIC_CLAUSE})"))
+    if state in ("approved", IN_PROGRESS, SUSPENDED) and data.get("valid_to") and now > _t(data["valid_to"]):
+        clause = criteria.VALIDITY_CLAUSE.get(rtype, spec.permit.standard if spec.permit else "")
+        out.append(("validity_expired", data["valid_to"],
+                    f"the permit expired at {data['valid_to']}: stop the work and close it or apply anew ({clause})"))
+    return out
