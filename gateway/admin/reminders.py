@@ -108,7 +108,8 @@ class RegisterService:
         self.store.close()
 
     def stats(self) -> dict[str, Any]:
-        return {"types": len(self.store.types), "reminders": self.reminders, "permit_watch": self.watch.stats()}
+        return {"types": len(self.store.types), "reminders": self.reminders,
+                "permit_watch": self.watch.stats()}
 
 
 def build_service(daemon: DaemonContext, section: RegistersSection) -> RegisterService | None:

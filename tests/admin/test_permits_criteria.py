@@ -22,9 +22,18 @@ NOW = 1_800_000_000 * 10**9
 S = 10**9
 
 
-def snap(name: str = "GT-1", value: float = 3.0, *, unit: str = "%LEL", gas: str | None = "methane",
-         quality: int = Quality.GOOD, age_s: float = 1.0, area: str | None = "R-101", kind: str = "gas",
-         alarm: str | None = None) -> Snapshot:
+def snap(
+    name: str = "GT-1",
+    value: float = 3.0,
+    *,
+    unit: str = "%LEL",
+    gas: str | None = "methane",
+    quality: int = Quality.GOOD,
+    age_s: float = 1.0,
+    area: str | None = "R-101",
+    kind: str = "gas",
+    alarm: str | None = None,
+) -> Snapshot:
     ts = 0 if age_s < 0 else NOW - int(age_s * S)
     return Snapshot(name, kind, unit, gas, area, value, quality, ts, alarm)
 
@@ -107,8 +116,12 @@ def test_analysis_without_detectors_or_with_too_many_is_refused() -> None:
 
 
 def test_select_takes_named_channels_and_the_gas_channels_of_the_area() -> None:
-    chans = [snap("GT-1"), snap("TT-1", kind="temperature", unit="°C", gas=None), snap("GT-9", area="B"),
-             snap("OX-1", unit="%vol", gas="o2")]
+    chans = [
+        snap("GT-1"),
+        snap("TT-1", kind="temperature", unit="°C", gas=None),
+        snap("GT-9", area="B"),
+        snap("OX-1", unit="%vol", gas="o2"),
+    ]
     assert [c.name for c in select(chans, names=["GT-9"], area="R-101")] == ["GT-9", "GT-1", "OX-1"]
     assert select(chans, names=[], area=None) == []
 
@@ -119,17 +132,29 @@ def test_validity_limits_and_levels() -> None:
     types = load_schemas()
     hw = types["hot_work_permit"]
     base = {"valid_from": "2026-12-07T08:00:00+08:00"}
-    ok = rp.check_data("hot_work_permit", hw, {**base, "level": "first", "valid_to": "2026-12-07T16:00:00+08:00"})
+    ok = rp.check_data(
+        "hot_work_permit", hw, {**base, "level": "first", "valid_to": "2026-12-07T16:00:00+08:00"}
+    )
     assert ok == []
-    long = rp.check_data("hot_work_permit", hw, {**base, "level": "first", "valid_to": "2026-12-07T16:00:01+08:00"})
+    long = rp.check_data(
+        "hot_work_permit", hw, {**base, "level": "first", "valid_to": "2026-12-07T16:00:01+08:00"}
+    )
     assert long and "at most 8 h" in long[0][1]
-    assert rp.check_data("hot_work_permit", hw, {**base, "level": "second",
-                                                 "valid_to": "2026-12-10T08:00:00+08:00"}) == []
-    cs = rp.check_data("confined_space_permit", types["confined_space_permit"],
-                       {**base, "valid_to": "2026-12-08T08:30:00+08:00"})
+    assert (
+        rp.check_data(
+            "hot_work_permit", hw, {**base, "level": "second", "valid_to": "2026-12-10T08:00:00+08:00"}
+        )
+        == []
+    )
+    cs = rp.check_data(
+        "confined_space_permit",
+        types["confined_space_permit"],
+        {**base, "valid_to": "2026-12-08T08:30:00+08:00"},
+    )
     assert cs and "24 h" in cs[0][1]
-    backwards = rp.check_data("hot_work_permit", hw, {**base, "level": "second",
-                                                      "valid_to": "2026-12-07T07:00:00+08:00"})
+    backwards = rp.check_data(
+        "hot_work_permit", hw, {**base, "level": "second", "valid_to": "2026-12-07T07:00:00+08:00"}
+    )
     assert backwards[0][1] == "must be after valid_from"
     h = types["height_work_permit"]
     assert rp.check_data("height_work_permit", h, {"height_m": 5, "level": "I"}) == []
@@ -155,7 +180,9 @@ def test_timing_rules() -> None:
     assert rules("hot_work_permit", "approved", last_analysis_at=t(31)) == ["analysis_stale"]
     assert rules("hot_work_permit", "suspended", level="first", suspended_at=t(31)) == ["reanalysis_required"]
     assert rules("hot_work_permit", "suspended", level="second", suspended_at=t(31)) == []
-    assert rules("hot_work_permit", "suspended", level="second", suspended_at=t(61)) == ["reanalysis_required"]
+    assert rules("hot_work_permit", "suspended", level="second", suspended_at=t(61)) == [
+        "reanalysis_required"
+    ]
     assert rules("confined_space_permit", "in_progress", last_analysis_at=t(119)) == []
     assert rules("confined_space_permit", "in_progress", last_analysis_at=t(121)) == ["periodic_analysis_due"]
     assert rules("lifting_permit", "in_progress", valid_to=t(1)) == ["validity_expired"]

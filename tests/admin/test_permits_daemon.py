@@ -56,7 +56,8 @@ devices:
     channels:
       - {{name: GT-1, kind: gas, gas: methane, unit: "%LEL", address: input:0, type: int16, scale: 0.1,
           area: R-101, alarms: {{h: 25, hh: 50}}}}
-      - {{name: OX-1, kind: gas, gas: o2, unit: "%vol", address: input:2, type: int16, scale: 0.1, area: R-101}}
+      - {{name: OX-1, kind: gas, gas: o2, unit: "%vol", address: input:2, type: int16, scale: 0.1,
+          area: R-101}}
       - {{name: GT-2, kind: gas, gas: methane, unit: "%LEL", address: input:1, type: int16, scale: 0.1,
           area: R-102, alarms: {{h: 25, hh: 50}}}}
   - name: dead-plc
@@ -67,7 +68,8 @@ devices:
     timeout: 200ms
     retries: 0
     channels:
-      - {{name: GT-9, kind: gas, gas: methane, unit: "%LEL", address: input:0, type: int16, scale: 0.1, area: TK-7}}
+      - {{name: GT-9, kind: gas, gas: methane, unit: "%LEL", address: input:0, type: int16, scale: 0.1,
+          area: TK-7}}
 api: {{listen: "127.0.0.1:0"}}
 permits: {{stale_after: 5s}}
 """
@@ -117,26 +119,36 @@ def wait_reading(s: Site, name: str, cond: Any, what: str) -> None:
     wait_until(ok, 15, what=what)
 
 
-SIGNED = [{"role": r, "name": f"{r}-person", "signed_at": "2026-12-07T07:50:00+08:00"}
-          for r in ("applicant", "work_leader", "guardian", "analyst", "approver")]
+SIGNED = [
+    {"role": r, "name": f"{r}-person", "signed_at": "2026-12-07T07:50:00+08:00"}
+    for r in ("applicant", "work_leader", "guardian", "analyst", "approver")
+]
 
 
 def new_permit(s: Site, no: str, area: str) -> int:
     import datetime as dt
 
     now = dt.datetime.now(dt.UTC)
-    body = {"permit_no": no, "applicant_unit": "maintenance", "location": f"{area} manway", "content": "weld",
-            "work_leader": "Wang", "area": area, "level": "first",
-            "valid_from": (now - dt.timedelta(minutes=5)).isoformat(),
-            "valid_to": (now + dt.timedelta(hours=7)).isoformat()}
+    body = {
+        "permit_no": no,
+        "applicant_unit": "maintenance",
+        "location": f"{area} manway",
+        "content": "weld",
+        "work_leader": "Wang",
+        "area": area,
+        "level": "first",
+        "valid_from": (now - dt.timedelta(minutes=5)).isoformat(),
+        "valid_to": (now + dt.timedelta(hours=7)).isoformat(),
+    }
     r = s.http.post("/registers/hot_work_permit", json=body, headers=hdr(s, "operator"))
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
 
 def step(s: Site, rid: int, name: str, role: str = "operator", **fields: Any) -> httpx.Response:
-    return s.http.post(f"/registers/hot_work_permit/{rid}/transitions/{name}", json={"fields": fields},
-                       headers=hdr(s, role))
+    return s.http.post(
+        f"/registers/hot_work_permit/{rid}/transitions/{name}", json={"fields": fields}, headers=hdr(s, role)
+    )
 
 
 def test_hot_work_approval_refused_while_a_detector_in_its_area_reads_above_the_criterion(site: Site) -> None:
@@ -198,7 +210,9 @@ def test_permit_flagged_by_an_alarm_during_the_work(site: Site) -> None:
 
         doc = wait_until(flagged, 15, what="permit flagged")
         assert "alarm on GT-1" in doc["data"]["flag_reason"]  # type: ignore[index]
-        notices = [e for e in s.daemon.events("reminder") if e.get("rule") == "permit_flagged" and e["id"] == rid]
+        notices = [
+            e for e in s.daemon.events("reminder") if e.get("rule") == "permit_flagged" and e["id"] == rid
+        ]
         assert len(notices) == 1 and notices[0]["channel"] == "GT-1" and notices[0]["alarm"]["level"] == "h"
         r = step(s, rid, "resume")
         assert r.status_code == 409 and "GT-1" in r.json()["detail"]
@@ -216,8 +230,14 @@ def test_permit_flagged_by_an_alarm_during_the_work(site: Site) -> None:
     # an alarm in another area leaves it alone
     try:
         s.sim.control(set="GT-2", value=30.0)
-        wait_until(lambda: any(a["channel"] == "GT-2" for a in
-                               s.http.get("/alarms", headers=hdr(s, "viewer")).json()["active"]), 15, what="GT-2 alarm")
+        wait_until(
+            lambda: any(
+                a["channel"] == "GT-2"
+                for a in s.http.get("/alarms", headers=hdr(s, "viewer")).json()["active"]
+            ),
+            15,
+            what="GT-2 alarm",
+        )
         s.daemon.run(s.daemon.gw.flush())  # type: ignore[union-attr]
         svc = s.daemon.api.registers.watch
         target = s.daemon.gw.journal.last_seq  # type: ignore[union-attr]

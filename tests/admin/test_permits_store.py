@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.admin.permits.analysis import Snapshot, analyse
-from gateway.admin.registers import Conflict, Invalid, RegisterStore, Refused
+from gateway.admin.registers import Conflict, Invalid, Refused, RegisterStore
 from gateway.core.batch import Quality
 
 T0 = int(dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC).timestamp()) * 10**9
@@ -42,9 +42,16 @@ def sign(*roles: str) -> list[dict[str, str]]:
 
 
 HOT = {
-    "permit_no": "DH-2026-0001", "applicant_unit": "maintenance", "location": "R-101 manway",
-    "content": "weld a nozzle", "work_leader": "Wang", "area": "R-101", "level": "first",
-    "medium": "methane", "valid_from": "2026-12-07T08:00:00+00:00", "valid_to": "2026-12-07T16:00:00+00:00",
+    "permit_no": "DH-2026-0001",
+    "applicant_unit": "maintenance",
+    "location": "R-101 manway",
+    "content": "weld a nozzle",
+    "work_leader": "Wang",
+    "area": "R-101",
+    "level": "first",
+    "medium": "methane",
+    "valid_from": "2026-12-07T08:00:00+00:00",
+    "valid_to": "2026-12-07T16:00:00+00:00",
 }
 
 
@@ -69,12 +76,19 @@ def test_hot_work_through_its_workflow_every_step_audited(store: Any) -> None:
     doc, _ = store.transition("hot_work_permit", rid, "analyse", {}, "analyst", analysis=reading(clock, 2.0))
     assert doc["state"] == "analysed" and doc["data"]["last_analysis_at"].startswith("2026-12-07T08:00")
     with pytest.raises(Invalid) as e:
-        store.transition("hot_work_permit", rid, "approve", {"signatures": sign("applicant")}, "boss",
-                         analysis=reading(clock, 2.0))
+        store.transition(
+            "hot_work_permit",
+            rid,
+            "approve",
+            {"signatures": sign("applicant")},
+            "boss",
+            analysis=reading(clock, 2.0),
+        )
     assert "a work_leader signature is required to approve" in str(e.value)
     sigs = sign("applicant", "work_leader", "guardian", "analyst", "approver")
-    doc, _ = store.transition("hot_work_permit", rid, "approve", {"signatures": sigs}, "boss",
-                              analysis=reading(clock, 2.5))
+    doc, _ = store.transition(
+        "hot_work_permit", rid, "approve", {"signatures": sigs}, "boss", analysis=reading(clock, 2.5)
+    )
     assert doc["state"] == "approved"
     clock.now += 5 * MIN
     doc, _ = store.transition("hot_work_permit", rid, "start", {}, "leader", analysis=reading(clock, 2.0))
@@ -87,12 +101,24 @@ def test_hot_work_through_its_workflow_every_step_audited(store: Any) -> None:
     assert doc["state"] == "in_progress"
     with pytest.raises(Invalid, match="acceptor"):
         store.transition("hot_work_permit", rid, "close", {"completion": "done"}, "leader")
-    doc, _ = store.transition("hot_work_permit", rid, "close",
-                              {"completion": "done, site clear", "signatures": [*sigs, *sign("acceptor")]}, "leader")
+    doc, _ = store.transition(
+        "hot_work_permit",
+        rid,
+        "close",
+        {"completion": "done, site clear", "signatures": [*sigs, *sign("acceptor")]},
+        "leader",
+    )
     assert doc["state"] == "closed" and doc["due"] == []
     actions = [h["action"] for h in store.history("hot_work_permit", rid)]
-    assert actions == ["create", "transition:analyse", "transition:approve", "transition:start",
-                       "transition:suspend", "transition:resume", "transition:close"]
+    assert actions == [
+        "create",
+        "transition:analyse",
+        "transition:approve",
+        "transition:start",
+        "transition:suspend",
+        "transition:resume",
+        "transition:close",
+    ]
     # the analyses are in the permit: one row per reading per step
     steps = [r["step"] for r in doc["data"]["gas_analyses"]]
     assert steps == ["test"] * 4 and all(r["ok"] for r in doc["data"]["gas_analyses"])
@@ -104,7 +130,9 @@ def test_refused_step_is_recorded_with_its_readings(store: Any) -> None:
     clock = store.test_clock
     doc, _ = store.create("hot_work_permit", HOT, "applicant")
     with pytest.raises(Refused) as e:
-        store.transition("hot_work_permit", doc["id"], "analyse", {}, "analyst", analysis=reading(clock, 14.0))
+        store.transition(
+            "hot_work_permit", doc["id"], "analyse", {}, "analyst", analysis=reading(clock, 14.0)
+        )
     assert "GT-1 reads 14 %LEL" in str(e.value) and "10 %LEL" in str(e.value)
     assert e.value.events[0]["action"] == "refused:analyse"
     after = store.get("hot_work_permit", doc["id"])
@@ -112,8 +140,14 @@ def test_refused_step_is_recorded_with_its_readings(store: Any) -> None:
     row = after["data"]["gas_analyses"][0]
     assert (row["ok"], row["verdict"], row["value"], row["channel"]) == (False, "fail", 14.0, "GT-1")
     with pytest.raises(Refused, match="timeout"):
-        store.transition("hot_work_permit", doc["id"], "analyse", {}, "analyst",
-                         analysis=reading(clock, 2.0, Quality.TIMEOUT))
+        store.transition(
+            "hot_work_permit",
+            doc["id"],
+            "analyse",
+            {},
+            "analyst",
+            analysis=reading(clock, 2.0, Quality.TIMEOUT),
+        )
     hist = store.history("hot_work_permit", doc["id"])
     assert [h["action"] for h in hist] == ["create", "refused:analyse", "refused:analyse"]
     assert "GT-1 reads 14" in hist[1]["comment"]
@@ -133,7 +167,9 @@ def test_validity_checked_on_create_update_and_start(store: Any) -> None:
         store.update("hot_work_permit", doc["id"], {"valid_to": "2026-12-08T09:00:00+00:00"}, "applicant")
     sigs = sign("applicant", "work_leader", "guardian", "analyst", "approver")
     store.transition("hot_work_permit", doc["id"], "analyse", {}, "a", analysis=reading(clock, 1.0))
-    store.transition("hot_work_permit", doc["id"], "approve", {"signatures": sigs}, "b", analysis=reading(clock, 1.0))
+    store.transition(
+        "hot_work_permit", doc["id"], "approve", {"signatures": sigs}, "b", analysis=reading(clock, 1.0)
+    )
     with pytest.raises(Invalid, match="valid from"):
         store.transition("hot_work_permit", doc["id"], "start", {}, "c", analysis=reading(clock, 1.0))
     clock.now += 61 * MIN
@@ -146,9 +182,14 @@ def _in_progress(store: Any, data: dict[str, Any] | None = None) -> int:
     doc, _ = store.create("hot_work_permit", {**HOT, **(data or {})}, "applicant")
     rid = doc["id"]
     store.transition("hot_work_permit", rid, "analyse", {}, "a", analysis=reading(clock, 1.0))
-    store.transition("hot_work_permit", rid, "approve",
-                     {"signatures": sign("applicant", "work_leader", "guardian", "analyst", "approver")}, "b",
-                     analysis=reading(clock, 1.0))
+    store.transition(
+        "hot_work_permit",
+        rid,
+        "approve",
+        {"signatures": sign("applicant", "work_leader", "guardian", "analyst", "approver")},
+        "b",
+        analysis=reading(clock, 1.0),
+    )
     store.transition("hot_work_permit", rid, "start", {}, "c", analysis=reading(clock, 1.0))
     return int(rid)
 
@@ -159,8 +200,17 @@ def test_alarm_flags_a_permit_in_progress_and_resume_needs_a_passing_analysis(st
     clock = store.test_clock
     rid = _in_progress(store, {"channels": ["GT-1"]})
     assert store.permits_in_progress() == [("hot_work_permit", rid, ["GT-1"], "R-101")]
-    alarm = {"type": "alarm", "channel": "GT-1", "rule": "limit", "level": "h", "value": 27.0, "limit": 25.0,
-             "unit": "%LEL", "transition": "raise", "ts": clock.now}
+    alarm = {
+        "type": "alarm",
+        "channel": "GT-1",
+        "rule": "limit",
+        "level": "h",
+        "value": 27.0,
+        "limit": 25.0,
+        "unit": "%LEL",
+        "transition": "raise",
+        "ts": clock.now,
+    }
     events = store.flag_alarm("hot_work_permit", rid, alarm)
     reg, notice = events
     assert reg["action"] == "flag" and reg["state"] == "suspended"
@@ -189,9 +239,14 @@ def test_timing_reminders_fire_once_each(store: Any) -> None:
     doc, _ = store.create("hot_work_permit", {**HOT, "level": "first"}, "applicant")
     rid = doc["id"]
     store.transition("hot_work_permit", rid, "analyse", {}, "a", analysis=reading(clock, 1.0))
-    store.transition("hot_work_permit", rid, "approve",
-                     {"signatures": sign("applicant", "work_leader", "guardian", "analyst", "approver")}, "b",
-                     analysis=reading(clock, 1.0))
+    store.transition(
+        "hot_work_permit",
+        rid,
+        "approve",
+        {"signatures": sign("applicant", "work_leader", "guardian", "analyst", "approver")},
+        "b",
+        analysis=reading(clock, 1.0),
+    )
     clock.now += 30 * MIN
     assert store.check_permit_timing() == []
     clock.now += 1 * MIN
@@ -212,12 +267,21 @@ def test_timing_reminders_fire_once_each(store: Any) -> None:
 def test_plain_kinds_have_no_analysis_step(store: Any) -> None:
     """Lifting (GB 30871-2022 §9): approve straight from applied, no gas analysis; its level
     must match its mass."""
-    data = {**{k: v for k, v in HOT.items() if k not in ("level", "medium")}, "permit_no": "DZ-1",
-            "level": "second", "mass_t": 60}
+    data = {
+        **{k: v for k, v in HOT.items() if k not in ("level", "medium")},
+        "permit_no": "DZ-1",
+        "level": "second",
+        "mass_t": 60,
+    }
     doc, _ = store.create("lifting_permit", data, "applicant")
     assert store.spec("lifting_permit").workflow.transitions.get("analyse") is None
-    doc, _ = store.transition("lifting_permit", doc["id"], "approve",
-                              {"signatures": sign("applicant", "work_leader", "approver")}, "b")
+    doc, _ = store.transition(
+        "lifting_permit",
+        doc["id"],
+        "approve",
+        {"signatures": sign("applicant", "work_leader", "approver")},
+        "b",
+    )
     assert doc["state"] == "approved"
     with pytest.raises(Invalid, match="level first"):
         store.update("lifting_permit", doc["id"], {"mass_t": 120}, "b")
@@ -226,27 +290,76 @@ def test_plain_kinds_have_no_analysis_step(store: Any) -> None:
 def test_the_missing_registers(store: Any) -> None:
     """Safety investment (财资〔2022〕136号 categories), accident investigation (casualties,
     losses, causes, corrective actions, workflow), general equipment inspection."""
-    inv, _ = store.create("safety_investment", {"year": 2026, "date": "2026-03-01", "entry": "expenditure",
-                                                "category": "ppe", "amount": 12000, "description": "gas masks"},
-                          "op")
+    inv, _ = store.create(
+        "safety_investment",
+        {
+            "year": 2026,
+            "date": "2026-03-01",
+            "entry": "expenditure",
+            "category": "ppe",
+            "amount": 12000,
+            "description": "gas masks",
+        },
+        "op",
+    )
     assert inv["label"] == "gas masks"
     with pytest.raises(Invalid, match="category"):
-        store.create("safety_investment", {"year": 2026, "date": "2026-03-01", "entry": "expenditure",
-                                           "category": "parties", "amount": 1, "description": "x"}, "op")
-    acc, _ = store.create("accident_investigation", {
-        "title": "scald at P-3", "occurred_at": "2026-11-02T10:00:00+08:00", "location": "pump house",
-        "deaths": 0, "serious_injuries": 1, "direct_loss_cny": 85000.0,
-        "corrective_actions": [{"action": "guard the hot line", "responsible": "Li", "deadline": "2026-12-01"}],
-        "actions_due": "2026-12-01"}, "op")
+        store.create(
+            "safety_investment",
+            {
+                "year": 2026,
+                "date": "2026-03-01",
+                "entry": "expenditure",
+                "category": "parties",
+                "amount": 1,
+                "description": "x",
+            },
+            "op",
+        )
+    acc, _ = store.create(
+        "accident_investigation",
+        {
+            "title": "scald at P-3",
+            "occurred_at": "2026-11-02T10:00:00+08:00",
+            "location": "pump house",
+            "deaths": 0,
+            "serious_injuries": 1,
+            "direct_loss_cny": 85000.0,
+            "corrective_actions": [
+                {"action": "guard the hot line", "responsible": "Li", "deadline": "2026-12-01"}
+            ],
+            "actions_due": "2026-12-01",
+        },
+        "op",
+    )
     assert acc["state"] == "investigating"
     with pytest.raises(Invalid, match="required to conclude"):
         store.transition("accident_investigation", acc["id"], "conclude", {}, "op")
-    acc, _ = store.transition("accident_investigation", acc["id"], "conclude", {
-        "direct_causes": "missing guard", "responsibility": "maintenance", "report_no": "AI-7",
-        "concluded_on": "2026-11-20"}, "op")
+    acc, _ = store.transition(
+        "accident_investigation",
+        acc["id"],
+        "conclude",
+        {
+            "direct_causes": "missing guard",
+            "responsibility": "maintenance",
+            "report_no": "AI-7",
+            "concluded_on": "2026-11-20",
+        },
+        "op",
+    )
     assert acc["state"] == "concluded" and acc["overdue"] is True  # the actions were due 2026-12-01
-    eq, _ = store.create("equipment_inspection", {"equipment": "P-3", "category": "rotating",
-                                                  "inspection": "periodic", "inspected_on": "2026-12-01",
-                                                  "inspector": "Zhao", "result": "ok",
-                                                  "next_inspection": "2027-03-01", "channels": ["GT-2"]}, "op")
+    eq, _ = store.create(
+        "equipment_inspection",
+        {
+            "equipment": "P-3",
+            "category": "rotating",
+            "inspection": "periodic",
+            "inspected_on": "2026-12-01",
+            "inspector": "Zhao",
+            "result": "ok",
+            "next_inspection": "2027-03-01",
+            "channels": ["GT-2"],
+        },
+        "op",
+    )
     assert eq["due"][0]["field"] == "next_inspection"

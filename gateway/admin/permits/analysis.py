@@ -53,15 +53,25 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def judge(c: Snapshot, now_ns: int, *, stale_after_s: float, medium: str | None, lel: float | None,
-          enriched: bool) -> dict[str, Any]:
+def judge(
+    c: Snapshot, now_ns: int, *, stale_after_s: float, medium: str | None, lel: float | None, enriched: bool
+) -> dict[str, Any]:
     """One reading with its criterion and verdict (pass, fail, alarm, bad, stale, no_data,
     unjudged) and, unless it passed, the reason."""
     value = c.value if math.isfinite(c.value) else None
     age = None if c.ts <= 0 else round((now_ns - c.ts) / 1e9, 3)
-    r: dict[str, Any] = {"channel": c.name, "value": value, "unit": c.unit, "quality": quality_label(c.quality),
-                         "ts": iso_ns(c.ts) if c.ts > 0 else None, "age_s": age, "criterion": None,
-                         "clause": None, "verdict": "pass", "reason": None}
+    r: dict[str, Any] = {
+        "channel": c.name,
+        "value": value,
+        "unit": c.unit,
+        "quality": quality_label(c.quality),
+        "ts": iso_ns(c.ts) if c.ts > 0 else None,
+        "age_s": age,
+        "criterion": None,
+        "clause": None,
+        "verdict": "pass",
+        "reason": None,
+    }
     try:
         crit = criteria.criterion(c.unit, c.gas, medium=medium, lel=lel, enriched=enriched)
     except criteria.NoCriterion as e:
@@ -74,31 +84,58 @@ def judge(c: Snapshot, now_ns: int, *, stale_after_s: float, medium: str | None,
     elif c.ts <= 0 or c.quality == Quality.NO_DATA or value is None:
         r.update(verdict="no_data", reason=f"{c.name} has no reading")
     elif c.quality >= Quality.UNCERTAIN:
-        r.update(verdict="bad", reason=f"{c.name}'s reading is {quality_label(c.quality)}: not usable for an analysis")
+        r.update(
+            verdict="bad",
+            reason=f"{c.name}'s reading is {quality_label(c.quality)}: not usable for an analysis",
+        )
     elif age is not None and age > stale_after_s:
-        r.update(verdict="stale", reason=f"{c.name}'s last reading is {age:.0f} s old (older than "
-                                         f"{stale_after_s:g} s)")
+        r.update(
+            verdict="stale",
+            reason=f"{c.name}'s last reading is {age:.0f} s old (older than {stale_after_s:g} s)",
+        )
     elif (crit.lo is not None and value < crit.lo) or (crit.hi is not None and value > crit.hi):
-        r.update(verdict="fail", reason=f"{c.name} reads {_fmt(value)} {crit.unit}; {crit.clause} requires "
-                                        f"{crit.text}")
+        r.update(
+            verdict="fail",
+            reason=f"{c.name} reads {_fmt(value)} {crit.unit}; {crit.clause} requires {crit.text}",
+        )
     elif c.alarm:
         r.update(verdict="alarm", reason=f"{c.name} is in alarm ({c.alarm})")
     return r
 
 
-def analyse(channels: list[Snapshot], now_ns: int, *, stale_after_s: float, step: str,
-            medium: str | None = None, lel: float | None = None, enriched: bool = False) -> dict[str, Any]:
+def analyse(
+    channels: list[Snapshot],
+    now_ns: int,
+    *,
+    stale_after_s: float,
+    step: str,
+    medium: str | None = None,
+    lel: float | None = None,
+    enriched: bool = False,
+) -> dict[str, Any]:
     """The analysis of a permit's channels (``select``): ok only when there is at least one
     gas reading and every reading passes. ``message`` says why not, for the page."""
     if not channels:
-        return {"ok": False, "at": iso_ns(now_ns), "step": step, "readings": [],
-                "message": "no gas detector for this permit: name its 'area' (with gas channels) or its "
-                           "'channels' so the analysis can use live readings"}
+        return {
+            "ok": False,
+            "at": iso_ns(now_ns),
+            "step": step,
+            "readings": [],
+            "message": "no gas detector for this permit: name its 'area' (with gas channels) or its "
+            "'channels' so the analysis can use live readings",
+        }
     if len(channels) > MAX_CHANNELS:
-        return {"ok": False, "at": iso_ns(now_ns), "step": step, "readings": [],
-                "message": f"{len(channels)} channels; an analysis takes at most {MAX_CHANNELS}"}
-    readings = [judge(c, now_ns, stale_after_s=stale_after_s, medium=medium, lel=lel, enriched=enriched)
-                for c in channels]
+        return {
+            "ok": False,
+            "at": iso_ns(now_ns),
+            "step": step,
+            "readings": [],
+            "message": f"{len(channels)} channels; an analysis takes at most {MAX_CHANNELS}",
+        }
+    readings = [
+        judge(c, now_ns, stale_after_s=stale_after_s, medium=medium, lel=lel, enriched=enriched)
+        for c in channels
+    ]
     failed = [r for r in readings if r["verdict"] != "pass"]
     ok = not failed
     if ok:

@@ -34,15 +34,46 @@ STANDARD = "GB 30871-2022"
 #: combustible gases and vapours: lower explosive limit, % by volume in air (NOT CONFIRMED:
 #: see the module docstring)
 LEL_PERCENT: dict[str, float] = {
-    "ch4": 5.0, "hydrogen": 4.0, "h2": 4.0, "ethane": 3.0, "propane": 2.1, "butane": 1.9,
-    "ethylene": 2.7, "propylene": 2.0, "acetylene": 2.5, "co": 12.5, "nh3": 15.0, "h2s": 4.0,
-    "benzene": 1.2, "toluene": 1.2, "xylene": 1.0, "methanol": 6.0, "ethanol": 3.3,
-    "lpg": 1.5, "natural_gas": 5.0, "gasoline": 1.1,
+    "ch4": 5.0,
+    "hydrogen": 4.0,
+    "h2": 4.0,
+    "ethane": 3.0,
+    "propane": 2.1,
+    "butane": 1.9,
+    "ethylene": 2.7,
+    "propylene": 2.0,
+    "acetylene": 2.5,
+    "co": 12.5,
+    "nh3": 15.0,
+    "h2s": 4.0,
+    "benzene": 1.2,
+    "toluene": 1.2,
+    "xylene": 1.0,
+    "methanol": 6.0,
+    "ethanol": 3.3,
+    "lpg": 1.5,
+    "natural_gas": 5.0,
+    "gasoline": 1.1,
 }
-_NAMES = {"methane": "ch4", "甲烷": "ch4", "氢气": "hydrogen", "氢": "hydrogen", "乙烷": "ethane",
-          "丙烷": "propane", "丁烷": "butane", "乙烯": "ethylene", "丙烯": "propylene", "乙炔": "acetylene",
-          "液化石油气": "lpg", "天然气": "natural_gas", "汽油": "gasoline", "甲苯": "toluene",
-          "二甲苯": "xylene", "甲醇": "methanol", "乙醇": "ethanol"}
+_NAMES = {
+    "methane": "ch4",
+    "甲烷": "ch4",
+    "氢气": "hydrogen",
+    "氢": "hydrogen",
+    "乙烷": "ethane",
+    "丙烷": "propane",
+    "丁烷": "butane",
+    "乙烯": "ethylene",
+    "丙烯": "propylene",
+    "乙炔": "acetylene",
+    "液化石油气": "lpg",
+    "天然气": "natural_gas",
+    "汽油": "gasoline",
+    "甲苯": "toluene",
+    "二甲苯": "xylene",
+    "甲醇": "methanol",
+    "乙醇": "ethanol",
+}
 
 #: §5.3.2 (NOT CONFIRMED): the largest combustible concentration, % by volume, by LEL class
 COMBUSTIBLE_MAX_VOL_HIGH_LEL = 0.5  # the gas's LEL >= 4 %vol
@@ -83,8 +114,9 @@ def occupational_limit(gas: str) -> tuple[float, str, str] | None:
     if row is None or row.get("oel") is None:
         return None
     oel = float(row["oel"])  # type: ignore[arg-type]
-    basis = next((b for b, k in (("MAC", "mac"), ("PC-STEL", "stel"), ("PC-TWA", "twa")) if row.get(k) == oel),
-                 "OEL")
+    basis = next(
+        (b for b, k in (("MAC", "mac"), ("PC-STEL", "stel"), ("PC-TWA", "twa")) if row.get(k) == oel), "OEL"
+    )
     return oel, basis, "GBZ 2.1-2019 (as rules.presets has it)"
 
 
@@ -134,16 +166,21 @@ def combustible(unit: str, *, gas: str | None, lel: float | None) -> Criterion:
         if lel is None:
             raise NoCriterion(
                 f"a %LEL reading needs the medium's LEL to apply {COMBUSTIBLE_CLAUSE}: give the permit's "
-                "'medium' (e.g. methane) or 'lel_percent', or the channel's 'gas'")
+                "'medium' (e.g. methane) or 'lel_percent', or the channel's 'gas'"
+            )
         hi = round(max_vol / lel * 100.0, 4)
-        return Criterion("combustible", None, hi, "%LEL", f"≤ {hi:g} %LEL (≤ {max_vol:g} %vol, {why})",
-                         COMBUSTIBLE_CLAUSE)
+        return Criterion(
+            "combustible", None, hi, "%LEL", f"≤ {hi:g} %LEL (≤ {max_vol:g} %vol, {why})", COMBUSTIBLE_CLAUSE
+        )
     if u in ("%vol", "vol%", "%v/v", "%"):
-        return Criterion("combustible", None, max_vol, "%vol", f"≤ {max_vol:g} %vol ({why})", COMBUSTIBLE_CLAUSE)
+        return Criterion(
+            "combustible", None, max_vol, "%vol", f"≤ {max_vol:g} %vol ({why})", COMBUSTIBLE_CLAUSE
+        )
     if u == "ppm":
         hi = max_vol * 10_000
-        return Criterion("combustible", None, hi, "ppm", f"≤ {hi:g} ppm (= {max_vol:g} %vol, {why})",
-                         COMBUSTIBLE_CLAUSE)
+        return Criterion(
+            "combustible", None, hi, "ppm", f"≤ {hi:g} ppm (= {max_vol:g} %vol, {why})", COMBUSTIBLE_CLAUSE
+        )
     raise NoCriterion(f"combustible gas in {unit!r}: give the channel in %LEL, %vol or ppm")
 
 
@@ -165,14 +202,20 @@ def toxic(unit: str, *, gas: str) -> Criterion:
         return Criterion("toxic", None, mg, "mg/m³", f"≤ {mg:g} mg/m³ ({basis}, {source})", TOXIC_CLAUSE)
     if u == "ppm":
         hi = round(mg_m3_to_ppm(mg, gas), 3)
-        return Criterion("toxic", None, hi, "ppm",
-                         f"≤ {hi:g} ppm (= {basis} {mg:g} mg/m³ at {presets.MOLAR_VOLUME_L:g} L/mol, {source})",
-                         TOXIC_CLAUSE)
+        return Criterion(
+            "toxic",
+            None,
+            hi,
+            "ppm",
+            f"≤ {hi:g} ppm (= {basis} {mg:g} mg/m³ at {presets.MOLAR_VOLUME_L:g} L/mol, {source})",
+            TOXIC_CLAUSE,
+        )
     raise NoCriterion(f"toxic gas {gas!r} in {unit!r}: give the channel in ppm or mg/m³")
 
 
-def criterion(unit: str, gas: str | None, *, medium: str | None = None, lel: float | None = None,
-              enriched: bool = False) -> Criterion:
+def criterion(
+    unit: str, gas: str | None, *, medium: str | None = None, lel: float | None = None, enriched: bool = False
+) -> Criterion:
     """The criterion for one gas channel: its ``gas`` and ``unit`` pick the kind; the
     permit's ``medium``/``lel`` (its LEL in %vol) apply to a generic combustible channel."""
     g = gas_name(gas)
@@ -197,19 +240,25 @@ HOUR = 3600.0
 
 #: §5.3.1 / §6.5 (NOT CONFIRMED): the analysis must be no older than this when work starts
 ANALYSIS_BEFORE_WORK_S = 30 * MIN
-ANALYSIS_CLAUSE = f"{STANDARD} §5.3.1 d) (hot work), §6.5 (confined space): sampling ≤ 30 min before work " \
-                  "(not confirmed against the primary text)"
+ANALYSIS_CLAUSE = (
+    f"{STANDARD} §5.3.1 d) (hot work), §6.5 (confined space): sampling ≤ 30 min before work "
+    "(not confirmed against the primary text)"
+)
 #: an interruption longer than this needs a new analysis before work resumes, by kind and level
 INTERRUPTION_S: dict[str, dict[str, float]] = {
     "hot_work_permit": {"special": 30 * MIN, "first": 30 * MIN, "second": 60 * MIN},
     "confined_space_permit": {"*": 60 * MIN},
 }
-INTERRUPTION_CLAUSE = f"{STANDARD} §5.3.1 e) (hot work: 30 min special/first, 60 min second level), " \
-                      "§6.5 (confined space: 60 min) (not confirmed against the primary text)"
+INTERRUPTION_CLAUSE = (
+    f"{STANDARD} §5.3.1 e) (hot work: 30 min special/first, 60 min second level), "
+    "§6.5 (confined space: 60 min) (not confirmed against the primary text)"
+)
 #: confined space in progress: a new analysis at least this often
 PERIODIC_ANALYSIS_S: dict[str, float] = {"confined_space_permit": 2 * HOUR}
-PERIODIC_CLAUSE = "GB 30871-2014 §6.5 (every 2 h); GB 30871-2022 asks for continuous monitoring " \
-                  "(not confirmed against the primary text)"
+PERIODIC_CLAUSE = (
+    "GB 30871-2014 §6.5 (every 2 h); GB 30871-2022 asks for continuous monitoring "
+    "(not confirmed against the primary text)"
+)
 
 #: validity of a permit, by kind and level (seconds); "*" any level
 VALIDITY_S: dict[str, dict[str, float]] = {
@@ -223,7 +272,7 @@ VALIDITY_CLAUSE: dict[str, str] = {
     "confined_space_permit": f"{STANDARD} §6 (≤ 24 h)",
     "height_work_permit": f"{STANDARD} §8 (≤ 7 d)",
     "temp_electricity_permit": f"{STANDARD} §10 (normally ≤ 15 d, at most 30 d; for hot work or a confined "
-                               "space, as long as that work)",
+    "space, as long as that work)",
 }
 
 

@@ -17,8 +17,17 @@ def snapshots(ctx: AdminContext) -> list[Snapshot]:
         if str(a.get("state", "")).startswith("active") and isinstance(a.get("channel"), str):
             alarms.setdefault(a["channel"], str(a.get("level")))
     return [
-        Snapshot(c.name, c.kind, c.unit, c.spec.gas, c.spec.area, float(live.value[c.index]),
-                 int(live.quality[c.index]), int(live.ts[c.index]), alarms.get(c.name))
+        Snapshot(
+            c.name,
+            c.kind,
+            c.unit,
+            c.spec.gas,
+            c.spec.area,
+            float(live.value[c.index]),
+            int(live.quality[c.index]),
+            int(live.ts[c.index]),
+            alarms.get(c.name),
+        )
         for c in ctx.daemon.table.channels
     ]
 
@@ -27,5 +36,12 @@ def permit_analysis(ctx: AdminContext, doc: dict[str, Any], step: str) -> dict[s
     """The analysis of a permit record's channels, now."""
     d = doc["data"]
     chans = select(snapshots(ctx), names=list(d.get("channels") or []), area=d.get("area"))
-    return analyse(chans, ctx.daemon.clock(), stale_after_s=ctx.daemon.cfg.permits.stale_after, step=step,
-                   medium=d.get("medium"), lel=d.get("lel_percent"), enriched=bool(d.get("oxygen_enriched")))
+    return analyse(
+        chans,
+        ctx.daemon.clock(),
+        stale_after_s=ctx.daemon.cfg.permits.stale_after,
+        step=step,
+        medium=d.get("medium"),
+        lel=d.get("lel_percent"),
+        enriched=bool(d.get("oxygen_enriched")),
+    )

@@ -41,7 +41,11 @@ def alarm_hits(records: list[Record]) -> list[dict[str, Any]]:
             ev = r.event()
         except ValueError:
             continue
-        if ev.get("transition") in FLAGGING and ev.get("rule") != "maintenance" and isinstance(ev.get("channel"), str):
+        if (
+            ev.get("transition") in FLAGGING
+            and ev.get("rule") != "maintenance"
+            and isinstance(ev.get("channel"), str)
+        ):
             out.append(ev)
     return out
 
@@ -49,9 +53,16 @@ def alarm_hits(records: list[Record]) -> list[dict[str, Any]]:
 class PermitWatch(JournalConsumer):
     errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, sqlite3.Error)
 
-    def __init__(self, journal: Journal, store: RegisterStore, table: ChannelTable,
-                 emit: Callable[[list[dict[str, Any]]], None]):
-        super().__init__(journal, CONSUMER, start="end", kinds=(EVENT,), what="permit alarm watch", logger=log)
+    def __init__(
+        self,
+        journal: Journal,
+        store: RegisterStore,
+        table: ChannelTable,
+        emit: Callable[[list[dict[str, Any]]], None],
+    ):
+        super().__init__(
+            journal, CONSUMER, start="end", kinds=(EVENT,), what="permit alarm watch", logger=log
+        )
         self.store = store
         self.table = table
         self.emit = emit

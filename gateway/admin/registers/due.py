@@ -137,7 +137,8 @@ class DueDates(StoreCore):
             if spec.workflow is not None and row[3] in spec.workflow.final:
                 continue
             doc = self._doc(row)
-            for rule, ref, message in permits.timing_due(doc["type"], spec, doc.get("state"), doc["data"], now_dt):
+            due = permits.timing_due(doc["type"], spec, doc.get("state"), doc["data"], now_dt)
+            for rule, ref, message in due:
                 key = (doc["type"], doc["id"], f"timing:{rule}", ref)
                 if key in sent:
                     continue

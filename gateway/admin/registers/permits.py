@@ -49,19 +49,33 @@ def check_data(rtype: str, spec: TypeSpec, data: dict[str, Any]) -> Errors:
             errs.append((("body", "valid_to"), "must be after valid_from"))
         limit = criteria.validity_s(rtype, level if isinstance(level, str) else None)
         if limit is not None and span > limit:
-            errs.append((("body", "valid_to"),
-                         f"a {spec.title_zh or rtype}{' at level ' + level if level else ''} is valid for at most "
-                         f"{_h(limit)} ({criteria.VALIDITY_CLAUSE[rtype]}); this one spans {_h(span)}"))
+            errs.append(
+                (
+                    ("body", "valid_to"),
+                    f"a {spec.title_zh or rtype}{' at level ' + level if level else ''} is valid for at most "
+                    f"{_h(limit)} ({criteria.VALIDITY_CLAUSE[rtype]}); this one spans {_h(span)}",
+                )
+            )
     if rtype == "height_work_permit" and isinstance(data.get("height_m"), int | float) and level:
         want = _height_level(float(data["height_m"]))
         if want != level:
-            errs.append((("body", "level"), f"work at {data['height_m']:g} m is level {want} "
-                                            "(GB 30871-2022 §8 by GB/T 3608: Ⅰ 2-5 m, Ⅱ 5-15 m, Ⅲ 15-30 m, Ⅳ > 30 m)"))
+            errs.append(
+                (
+                    ("body", "level"),
+                    f"work at {data['height_m']:g} m is level {want} "
+                    "(GB 30871-2022 §8 by GB/T 3608: Ⅰ 2-5 m, Ⅱ 5-15 m, Ⅲ 15-30 m, Ⅳ > 30 m)",
+                )
+            )
     if rtype == "lifting_permit" and isinstance(data.get("mass_t"), int | float) and level:
         want = _lifting_level(float(data["mass_t"]))
         if want != level:
-            errs.append((("body", "level"), f"a lift of {data['mass_t']:g} t is level {want} "
-                                            "(GB 30871-2022 §9: first > 100 t, second 40-100 t, third < 40 t)"))
+            errs.append(
+                (
+                    ("body", "level"),
+                    f"a lift of {data['mass_t']:g} t is level {want} "
+                    "(GB 30871-2022 §9: first > 100 t, second 40-100 t, third < 40 t)",
+                )
+            )
     return errs
 
 
@@ -76,8 +90,11 @@ def _lifting_level(m: float) -> str:
 
 def check_signatures(t: TransitionSpec, name: str, data: dict[str, Any]) -> Errors:
     have = {r.get("role") for r in data.get("signatures") or [] if isinstance(r, dict)}
-    return [(("body", "signatures"), f"a {role} signature is required to {name}")
-            for role in t.signatures if role not in have]
+    return [
+        (("body", "signatures"), f"a {role} signature is required to {name}")
+        for role in t.signatures
+        if role not in have
+    ]
 
 
 def needs_gas(spec: TypeSpec, t: TransitionSpec, data: dict[str, Any]) -> bool:
@@ -96,8 +113,23 @@ def analysis_rows(analysis: dict[str, Any], actor: str) -> list[dict[str, Any]]:
         return [{**base, "reason": analysis["message"]}]
     rows = []
     for r in analysis["readings"]:
-        row = {**base, **{k: r.get(k) for k in ("channel", "value", "unit", "quality", "age_s", "criterion",
-                                                   "clause", "verdict", "reason")}}
+        row = {
+            **base,
+            **{
+                k: r.get(k)
+                for k in (
+                    "channel",
+                    "value",
+                    "unit",
+                    "quality",
+                    "age_s",
+                    "criterion",
+                    "clause",
+                    "verdict",
+                    "reason",
+                )
+            },
+        }
         rows.append({k: v for k, v in row.items() if v is not None})
     return rows
 
@@ -122,7 +154,9 @@ def check_start(rtype: str, spec: TypeSpec, data: dict[str, Any], now: dt.dateti
     """Work may start only within the permit's validity."""
     errs: Errors = []
     if data.get("valid_from") and now < _t(data["valid_from"]):
-        errs.append((("body", "valid_from"), f"the permit is valid from {data['valid_from']}; it is {now:%H:%M} now"))
+        errs.append(
+            (("body", "valid_from"), f"the permit is valid from {data['valid_from']}; it is {now:%H:%M} now")
+        )
     if data.get("valid_to") and now > _t(data["valid_to"]):
         errs.append((("body", "valid_to"), f"the permit expired at {data['valid_to']}; apply for a new one"))
     return errs
@@ -131,8 +165,9 @@ def check_start(rtype: str, spec: TypeSpec, data: dict[str, Any], now: dt.dateti
 # --------------------------------------------------------------------------- timing
 
 
-def timing_due(rtype: str, spec: TypeSpec, state: str | None, data: dict[str, Any],
-               now: dt.datetime) -> list[tuple[str, str, str]]:
+def timing_due(
+    rtype: str, spec: TypeSpec, state: str | None, data: dict[str, Any], now: dt.datetime
+) -> list[tuple[str, str, str]]:
     """The timing rules a permit has reached now: (rule, reference time, message). The
     reference time keys the reminder, so each fires once per analysis, suspension or
     validity end."""
@@ -141,22 +176,48 @@ def timing_due(rtype: str, spec: TypeSpec, state: str | None, data: dict[str, An
     level = data.get(level_field) if level_field else None
     last = data.get("last_analysis_at")
     gas = spec.permit is not None and spec.permit.gas != "none"
-    if gas and state == "approved" and last and (now - _t(last)).total_seconds() > criteria.ANALYSIS_BEFORE_WORK_S:
-        out.append(("analysis_stale", last,
-                    f"the last analysis ({last}) is more than 30 min old: work may not start on it "
-                    f"({criteria.ANALYSIS_CLAUSE}); starting runs a new one"))
+    if (
+        gas
+        and state == "approved"
+        and last
+        and (now - _t(last)).total_seconds() > criteria.ANALYSIS_BEFORE_WORK_S
+    ):
+        out.append(
+            (
+                "analysis_stale",
+                last,
+                f"the last analysis ({last}) is more than 30 min old: work may not start on it "
+                f"({criteria.ANALYSIS_CLAUSE}); starting runs a new one",
+            )
+        )
     if gas and state == SUSPENDED and data.get("suspended_at"):
         limit = criteria.interruption_s(rtype, level if isinstance(level, str) else None)
         if limit is not None and (now - _t(data["suspended_at"])).total_seconds() > limit:
-            out.append(("reanalysis_required", data["suspended_at"],
-                        f"interrupted since {data['suspended_at']} (> {limit / 60:g} min): a new analysis is "
-                        f"required before work resumes ({criteria.INTERRUPTION_CLAUSE})"))
+            out.append(
+                (
+                    "reanalysis_required",
+                    data["suspended_at"],
+                    f"interrupted since {data['suspended_at']} (> {limit / 60:g} min): a new analysis is "
+                    f"required before work resumes ({criteria.INTERRUPTION_CLAUSE})",
+                )
+            )
     period = criteria.periodic_s(rtype)
     if period is not None and state == IN_PROGRESS and last and (now - _t(last)).total_seconds() > period:
-        out.append(("periodic_analysis_due", last,
-                    f"no analysis since {last} (> {_h(period)}): analyse again ({criteria.PERIODIC_CLAUSE})"))
+        out.append(
+            (
+                "periodic_analysis_due",
+                last,
+                f"no analysis since {last} (> {_h(period)}): analyse again ({criteria.PERIODIC_CLAUSE})",
+            )
+        )
     if state in ("approved", IN_PROGRESS, SUSPENDED) and data.get("valid_to") and now > _t(data["valid_to"]):
         clause = criteria.VALIDITY_CLAUSE.get(rtype, spec.permit.standard if spec.permit else "")
-        out.append(("validity_expired", data["valid_to"],
-                    f"the permit expired at {data['valid_to']}: stop the work and close it or apply anew ({clause})"))
+        out.append(
+            (
+                "validity_expired",
+                data["valid_to"],
+                f"the permit expired at {data['valid_to']}: stop the work and close it or apply anew "
+                f"({clause})",
+            )
+        )
     return out

@@ -249,7 +249,9 @@ def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[s
                     errs.append(f"{name}.workflow.transitions.{tname}.requires: {r!r} is not a field")
         for tname, t in wf.transitions.items():
             if t.signatures and "signatures" not in spec.fields:
-                errs.append(f"{name}.workflow.transitions.{tname}.signatures: the type has no 'signatures' table")
+                errs.append(
+                    f"{name}.workflow.transitions.{tname}.signatures: the type has no 'signatures' table"
+                )
             if t.check == "gas" and spec.permit is None:
                 errs.append(f"{name}.workflow.transitions.{tname}.check: a gas check needs 'permit:'")
         if wf.overdue is not None and (
@@ -268,7 +270,8 @@ def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[s
 
 
 #: fields every permit type has (the workflow code reads and writes them)
-PERMIT_FIELDS = ("valid_from", "valid_to", "area", "channels", "signatures", "gas_analyses", "last_analysis_at",
+PERMIT_FIELDS = ("valid_from", "valid_to", "area", "channels", "signatures", "gas_analyses",
+                 "last_analysis_at",
                  "flagged", "flag_reason")
 
 

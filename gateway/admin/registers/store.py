@@ -534,10 +534,13 @@ class StoreCore:
             changes = dict(clean)
             if permits.needs_gas(spec, t, merged):
                 if analysis is None:
-                    raise Invalid([(("body",), f"{name} needs a gas analysis of live readings (through the API)")])
+                    raise Invalid(
+                        [(("body",), f"{name} needs a gas analysis of live readings (through the API)")]
+                    )
                 changes.update(permits.with_analysis(merged, analysis, actor))
                 if not analysis["ok"]:
-                    doc, ev = self._update(rtype, rid, permits.with_analysis(cur["data"], analysis, actor), actor,
+                    record = permits.with_analysis(cur["data"], analysis, actor)
+                    doc, ev = self._update(rtype, rid, record, actor,
                                            action=f"refused:{name}", comment=analysis["message"],
                                            check_required=False)
                     refused = (analysis["message"], [ev])
@@ -581,7 +584,8 @@ class StoreCore:
         with self._tx():
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"] or cur.get("state") in (spec.workflow.final if spec.workflow else []):
-                raise Conflict(f"{rtype} record {rid} is {'archived' if cur['archived'] else cur.get('state')}")
+                what = "archived" if cur["archived"] else cur.get("state")
+                raise Conflict(f"{rtype} record {rid} is {what}")
             changes = permits.with_analysis(cur["data"], analysis, actor)
             if not analysis["ok"] and cur.get("state") == permits.IN_PROGRESS:
                 return self._flag(rtype, cur, changes, analysis["message"], actor, channel=None)
@@ -590,7 +594,8 @@ class StoreCore:
         return doc, [ev]
 
     def _flag(self, rtype: str, cur: dict[str, Any], changes: dict[str, Any], reason: str, actor: str,
-              *, channel: str | None, alarm: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              *, channel: str | None,
+              alarm: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Suspends a permit in progress and flags it; the flag is published like a reminder."""
         now = self._now().isoformat(timespec="seconds")
         changes = {**changes, "flagged": True, "flag_reason": reason, "flag_at": now, "suspended_at": now,
@@ -617,7 +622,8 @@ class StoreCore:
         if not names:
             return []
         rows = self._db.execute(
-            f"SELECT type, id, data FROM records WHERE archived=0 AND state=? AND type IN ({','.join('?' * len(names))})",
+            "SELECT type, id, data FROM records WHERE archived=0 AND state=? "
+            f"AND type IN ({','.join('?' * len(names))})",
             (permits.IN_PROGRESS, *names),
         ).fetchall()
         out = []
@@ -638,7 +644,8 @@ class StoreCore:
                 what += f" ({alarm['value']:g} {alarm.get('unit') or ''}".rstrip() + ")"
             reason = f"{what}: stop the work; a new gas analysis is required before it resumes"
             shown = {k: alarm.get(k) for k in ("channel", "rule", "level", "value", "limit", "unit", "ts")}
-            _doc, events = self._flag(rtype, cur, {}, reason, "gateway", channel=alarm.get("channel"), alarm=shown)
+            _doc, events = self._flag(rtype, cur, {}, reason, "gateway", channel=alarm.get("channel"),
+                                      alarm=shown)
         return events
 
     def _tx(self) -> Any:

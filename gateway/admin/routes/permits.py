@@ -24,15 +24,21 @@ def router(ctx: AdminContext) -> APIRouter:
         if store.spec(rtype).permit is None:
             raise NotFound(f"{rtype} is not a permit to work")
 
-    @r.get("/registers/{rtype}/{rid}/analysis", tags=["permits"],
-           summary="a permit's gas analysis on live readings now (shown, not recorded)")
+    @r.get(
+        "/registers/{rtype}/{rid}/analysis",
+        tags=["permits"],
+        summary="a permit's gas analysis on live readings now (shown, not recorded)",
+    )
     async def analysis_show(rtype: RType, rid: RId, _p: Viewer) -> dict[str, Any]:
         _permit(rtype)
         doc = await ctx.call(store.get, rtype, rid)
         return permit_analysis(ctx, doc, "preview")
 
-    @r.post("/registers/{rtype}/{rid}/analysis", tags=["permits"],
-            summary="take and record a gas analysis (periodic); a failing one during the work flags the permit")
+    @r.post(
+        "/registers/{rtype}/{rid}/analysis",
+        tags=["permits"],
+        summary="take and record a gas analysis (periodic); a failing one during the work flags the permit",
+    )
     async def analysis_take(rtype: RType, rid: RId, request: Request, p: Operator) -> Any:
         _permit(rtype)
         doc = await ctx.call(store.get, rtype, rid)

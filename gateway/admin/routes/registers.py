@@ -231,7 +231,8 @@ def router(ctx: AdminContext) -> APIRouter:
             analysis = permit_analysis(ctx, await ctx.call(store.get, rtype, rid), name)
         try:
             doc, events = await ctx.call(
-                store.transition, rtype, rid, name, body.fields, p.name, comment=body.comment, analysis=analysis
+                store.transition, rtype, rid, name, body.fields, p.name,
+                comment=body.comment, analysis=analysis,
             )
         except Refused as e:
             ctx.emit(e.events)
