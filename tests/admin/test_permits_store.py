@@ -332,7 +332,7 @@ def test_the_missing_registers(store: Any) -> None:
         },
         "op",
     )
-    assert acc["state"] == "investigating"
+    assert acc["state"] == "investigating" and acc["grade_by_rule"] == "一般"
     with pytest.raises(Invalid, match="required to conclude"):
         store.transition("accident_investigation", acc["id"], "conclude", {}, "op")
     acc, _ = store.transition(
@@ -363,3 +363,18 @@ def test_the_missing_registers(store: Any) -> None:
         "op",
     )
     assert eq["due"][0]["field"] == "next_inspection"
+
+
+@pytest.mark.parametrize(
+    ("deaths", "serious", "loss", "grade"),
+    [(0, 0, 0.0, "一般"), (2, 9, 9_999_999.0, "一般"), (3, 0, 0.0, "较大"), (0, 10, 0.0, "较大"),
+     (0, 0, 1e7, "较大"), (10, 0, 0.0, "重大"), (0, 50, 0.0, "重大"), (0, 0, 5e7, "重大"),
+     (29, 99, 9.9e7, "重大"), (30, 0, 0.0, "特别重大"), (0, 100, 0.0, "特别重大"), (0, 0, 1e8, "特别重大")],
+)
+def test_accident_grade_by_the_regulation(deaths: int, serious: int, loss: float, grade: str) -> None:
+    """《生产安全事故报告和调查处理条例》 第三条: the grade by deaths, serious injuries (incl.
+    acute industrial poisoning) and direct loss, each band's lower bound included (第三条:
+    "以上" includes the number itself, "以下" does not)."""
+    from gateway.admin.registers import permits as rp
+
+    assert rp.accident_grade({"deaths": deaths, "serious_injuries": serious, "direct_loss_cny": loss}) == grade

@@ -162,6 +162,22 @@ def check_start(rtype: str, spec: TypeSpec, data: dict[str, Any], now: dt.dateti
     return errs
 
 
+def accident_grade(data: dict[str, Any]) -> str | None:
+    """The grade 《生产安全事故报告和调查处理条例》 (国务院令第493号) 第三条 gives an accident
+    by its casualties and direct loss (the worst of the three decides): 特别重大 ≥ 30
+    deaths, ≥ 100 serious injuries or ≥ 1 亿元; 重大 10-29, 50-99, 5000 万-1 亿元; 较大 3-9,
+    10-49, 1000 万-5000 万元; 一般 below. None when the casualties are not recorded yet."""
+    deaths, serious = data.get("deaths"), data.get("serious_injuries")
+    if deaths is None or serious is None:
+        return None
+    loss = float(data.get("direct_loss_cny") or 0.0)
+    bands = ((30, 100, 1e8, "特别重大"), (10, 50, 5e7, "重大"), (3, 10, 1e7, "较大"))
+    for d, s, money, grade in bands:
+        if deaths >= d or serious >= s or loss >= money:
+            return grade
+    return "一般"
+
+
 # --------------------------------------------------------------------------- timing
 
 

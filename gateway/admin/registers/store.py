@@ -141,6 +141,8 @@ class StoreCore:
             doc["q_over_q"] = round(
                 sum(c["quantity_t"] / c["critical_t"] for c in d["chemicals"] if c.get("critical_t")), 4
             )
+        if rtype == "accident_investigation":
+            doc["grade_by_rule"] = permits.accident_grade(d)
         return doc
 
     def get(self, rtype: str, rid: int) -> dict[str, Any]:
