@@ -187,3 +187,27 @@ def test_timing_rules() -> None:
     assert rules("confined_space_permit", "in_progress", last_analysis_at=t(121)) == ["periodic_analysis_due"]
     assert rules("lifting_permit", "in_progress", valid_to=t(1)) == ["validity_expired"]
     assert rules("lifting_permit", "closed", valid_to=t(1)) == []
+
+
+def test_permits_section_errors_name_file_line_and_column() -> None:
+    """``safegw check`` on the ``permits:`` section: FILE:LINE:COL, the key path and what is valid."""
+    from gateway.config import loads
+    from gateway.core.configcheck import ConfigError
+
+    text = (
+        'gateway: {id: gw1, site: "91370100MA3C000000", state_dir: /tmp/x}\n'
+        "permits:\n"
+        "  stale_after: 0s\n"
+        "  check_evry: 1m\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        loads(text, file="F")
+    assert ei.value.lines == [
+        "F:3:16: permits.stale_after: must be greater than or equal to 1 (got 0.0)",
+        "F:4:3: permits.check_evry: unknown key 'check_evry'; did you mean 'check_every'? "
+        "valid here: stale_after, check_every",
+    ]
+    cfg = loads(
+        'gateway: {id: gw1, site: "91370100MA3C000000", state_dir: /tmp/x}\npermits: {stale_after: 10s}\n'
+    )
+    assert cfg.permits.stale_after == 10.0 and cfg.permits.check_every == 60.0

@@ -210,9 +210,14 @@ def test_permit_flagged_by_an_alarm_during_the_work(site: Site) -> None:
 
         doc = wait_until(flagged, 15, what="permit flagged")
         assert "alarm on GT-1" in doc["data"]["flag_reason"]  # type: ignore[index]
-        notices = [
-            e for e in s.daemon.events("reminder") if e.get("rule") == "permit_flagged" and e["id"] == rid
-        ]
+
+        def flag_notices() -> list[dict[str, Any]]:
+            return [
+                e for e in s.daemon.events("reminder") if e.get("rule") == "permit_flagged" and e["id"] == rid
+            ]
+
+        wait_until(flag_notices, 10, what="the flag journaled as a reminder")
+        notices = flag_notices()
         assert len(notices) == 1 and notices[0]["channel"] == "GT-1" and notices[0]["alarm"]["level"] == "h"
         r = step(s, rid, "resume")
         assert r.status_code == 409 and "GT-1" in r.json()["detail"]

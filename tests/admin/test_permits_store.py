@@ -367,9 +367,20 @@ def test_the_missing_registers(store: Any) -> None:
 
 @pytest.mark.parametrize(
     ("deaths", "serious", "loss", "grade"),
-    [(0, 0, 0.0, "一般"), (2, 9, 9_999_999.0, "一般"), (3, 0, 0.0, "较大"), (0, 10, 0.0, "较大"),
-     (0, 0, 1e7, "较大"), (10, 0, 0.0, "重大"), (0, 50, 0.0, "重大"), (0, 0, 5e7, "重大"),
-     (29, 99, 9.9e7, "重大"), (30, 0, 0.0, "特别重大"), (0, 100, 0.0, "特别重大"), (0, 0, 1e8, "特别重大")],
+    [
+        (0, 0, 0.0, "一般"),
+        (2, 9, 9_999_999.0, "一般"),
+        (3, 0, 0.0, "较大"),
+        (0, 10, 0.0, "较大"),
+        (0, 0, 1e7, "较大"),
+        (10, 0, 0.0, "重大"),
+        (0, 50, 0.0, "重大"),
+        (0, 0, 5e7, "重大"),
+        (29, 99, 9.9e7, "重大"),
+        (30, 0, 0.0, "特别重大"),
+        (0, 100, 0.0, "特别重大"),
+        (0, 0, 1e8, "特别重大"),
+    ],
 )
 def test_accident_grade_by_the_regulation(deaths: int, serious: int, loss: float, grade: str) -> None:
     """《生产安全事故报告和调查处理条例》 第三条: the grade by deaths, serious injuries (incl.
@@ -377,4 +388,6 @@ def test_accident_grade_by_the_regulation(deaths: int, serious: int, loss: float
     "以上" includes the number itself, "以下" does not)."""
     from gateway.admin.registers import permits as rp
 
-    assert rp.accident_grade({"deaths": deaths, "serious_injuries": serious, "direct_loss_cny": loss}) == grade
+    assert (
+        rp.accident_grade({"deaths": deaths, "serious_injuries": serious, "direct_loss_cny": loss}) == grade
+    )
