@@ -7,6 +7,7 @@ inspection). The API and the daemon: test_permits_daemon.py."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,64 @@ def test_accident_grade_by_the_regulation(deaths: int, serious: int, loss: float
     assert (
         rp.accident_grade({"deaths": deaths, "serious_injuries": serious, "direct_loss_cny": loss}) == grade
     )
+
+
+def test_clients_cannot_write_the_gateways_fields_nor_change_an_approved_permit(store: Any) -> None:
+    """An analysis cannot be faked (gas_analyses, last_analysis_at, the flag are the gateway's),
+    by create, update, a step's fields or an import; what was approved (area, validity, level,
+    ...) is fixed once approved: a change needs a new permit."""
+    clock = store.test_clock
+    fake = {"last_analysis_at": "2026-12-07T08:00:00+00:00"}
+    with pytest.raises(Invalid, match="written by the gateway"):
+        store.create("hot_work_permit", {**HOT, **fake}, "applicant")
+    doc, _ = store.create("hot_work_permit", HOT, "applicant")
+    rid = doc["id"]
+    with pytest.raises(Invalid, match="written by the gateway"):
+        store.update("hot_work_permit", rid, {"flagged": False}, "applicant")
+    with pytest.raises(Invalid, match="written by the gateway"):
+        store.transition("hot_work_permit", rid, "analyse", fake, "a", analysis=reading(clock, 1.0))
+    with pytest.raises(Invalid, match="written by the gateway"):
+        store.import_("hot_work_permit", json.dumps({"records": [{"id": rid, "gas_analyses": []}]}), "json", "op")
+    store.update("hot_work_permit", rid, {"area": "R-102"}, "applicant")  # still being prepared: fine
+    rid = _in_progress(store)
+    with pytest.raises(Invalid, match="fixed since the approval"):
+        store.update("hot_work_permit", rid, {"area": "elsewhere"}, "leader")
+    with pytest.raises(Invalid, match="fixed since the approval"):
+        store.transition(
+            "hot_work_permit",
+            rid,
+            "suspend",
+            {"suspend_reason": "x", "valid_to": HOT["valid_to"][:-6] + "+01:00"},
+            "leader",
+        )
+    doc, _ = store.update(
+        "hot_work_permit", rid, {"hazards": "hot surfaces"}, "leader"
+    )  # not what was approved
+    assert doc["data"]["hazards"] == "hot surfaces"
+
+
+def test_temporary_electricity_analyses_only_when_it_names_a_place(store: Any) -> None:
+    """GB 30871-2022 §10: temporary electricity is approved with the electrician's signature;
+    the gas steps analyse only a permit that names an area or channels."""
+    clock = store.test_clock
+    base = {
+        **{k: v for k, v in HOT.items() if k not in ("level", "area", "medium")},
+        "permit_no": "LS-1",
+        "supply_point": "MCC-2 spare breaker",
+        "electrician_cert": "T-99",
+    }
+    sigs = {"signatures": sign("applicant", "work_leader", "electrician", "approver")}
+    doc, _ = store.create("temp_electricity_permit", base, "applicant")
+    doc, _ = store.transition("temp_electricity_permit", doc["id"], "approve", sigs, "boss")
+    assert doc["state"] == "approved" and "gas_analyses" not in doc["data"]
+    doc, _ = store.create(
+        "temp_electricity_permit",
+        {**base, "permit_no": "LS-2", "area": "R-101", "medium": "methane"},
+        "applicant",
+    )
+    with pytest.raises(Invalid, match="needs a gas analysis"):
+        store.transition("temp_electricity_permit", doc["id"], "approve", sigs, "boss")
+    with pytest.raises(Refused):
+        store.transition(
+            "temp_electricity_permit", doc["id"], "approve", sigs, "boss", analysis=reading(clock, 12.0)
+        )

@@ -34,6 +34,58 @@ def _h(seconds: float) -> str:
     return f"{seconds / 3600:g} h"
 
 
+#: fields only the gateway writes (its analyses, the flag, the times of the steps): a client
+#: that could write them could fake an analysis
+GATEWAY_FIELDS = frozenset(
+    {
+        "gas_analyses",
+        "last_analysis_at",
+        "flagged",
+        "flag_reason",
+        "flag_at",
+        "started_at",
+        "suspended_at",
+        "closed_at",
+    }
+)
+#: what the approval was given for: fixed once the permit is approved (a change needs a new permit)
+APPROVED_FIELDS = frozenset(
+    {
+        "permit_no",
+        "location",
+        "content",
+        "area",
+        "channels",
+        "level",
+        "valid_from",
+        "valid_to",
+        "medium",
+        "lel_percent",
+        "oxygen_enriched",
+        "height_m",
+        "mass_t",
+    }
+)
+#: states in which the permit is still being prepared
+OPEN_STATES = ("applied", "analysed")
+
+
+def check_client_fields(spec: TypeSpec, state: str | None, fields: dict[str, Any]) -> Errors:
+    """A client's changes to a permit: never the gateway's own fields, and not what was
+    approved once it is."""
+    if spec.permit is None:
+        return []
+    errs: Errors = [
+        (("body", k), "written by the gateway, not by a client") for k in sorted(GATEWAY_FIELDS & set(fields))
+    ]
+    if state is not None and state not in OPEN_STATES:
+        errs += [
+            (("body", k), f"fixed since the approval (the permit is {state}); apply for a new permit")
+            for k in sorted(APPROVED_FIELDS & set(fields))
+        ]
+    return errs
+
+
 def check_data(rtype: str, spec: TypeSpec, data: dict[str, Any]) -> Errors:
     """A permit's fields against its kind's rules: validity within the standard's limit,
     the level consistent with the height or mass it is for."""

@@ -404,6 +404,9 @@ class StoreCore:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         spec = self.spec(rtype)
         clean = self._validate(spec, data, partial=False)
+        errs = permits.check_client_fields(spec, None, clean)
+        if errs:
+            raise Invalid(errs)
         with self._tx():
             doc, ev = self._create(rtype, clean, actor, comment)
         return doc, [ev]
@@ -467,7 +470,8 @@ class StoreCore:
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"]:
                 raise Conflict(f"{rtype} record {rid} is archived; restore it first")
-            errs = permits.check_data(rtype, spec, {**cur["data"], **clean})
+            errs = permits.check_client_fields(spec, cur.get("state"), clean)
+            errs += permits.check_data(rtype, spec, {**cur["data"], **clean})
             if errs:
                 raise Invalid(errs)
             doc, ev = self._update(rtype, rid, clean, actor, version=version, comment=comment)
@@ -528,7 +532,8 @@ class StoreCore:
             missing = [r for r in t.requires if merged.get(r) is None]
             if missing:
                 raise Invalid([(("body", r), f"required to {name}") for r in missing])
-            errs = permits.check_signatures(t, name, merged) + permits.check_data(rtype, spec, merged)
+            errs = permits.check_client_fields(spec, cur["state"], clean)
+            errs += permits.check_signatures(t, name, merged) + permits.check_data(rtype, spec, merged)
             if spec.permit is not None and t.to == permits.IN_PROGRESS and cur["state"] == "approved":
                 errs += permits.check_start(rtype, spec, merged, self._now())
             if errs:
