@@ -409,7 +409,9 @@ def test_clients_cannot_write_the_gateways_fields_nor_change_an_approved_permit(
     with pytest.raises(Invalid, match="written by the gateway"):
         store.transition("hot_work_permit", rid, "analyse", fake, "a", analysis=reading(clock, 1.0))
     with pytest.raises(Invalid, match="written by the gateway"):
-        store.import_("hot_work_permit", json.dumps({"records": [{"id": rid, "gas_analyses": []}]}), "json", "op")
+        store.import_(
+            "hot_work_permit", json.dumps({"records": [{"id": rid, "gas_analyses": []}]}), "json", "op"
+        )
     store.update("hot_work_permit", rid, {"area": "R-102"}, "applicant")  # still being prepared: fine
     rid = _in_progress(store)
     with pytest.raises(Invalid, match="fixed since the approval"):
