@@ -455,3 +455,24 @@ def test_temporary_electricity_analyses_only_when_it_names_a_place(store: Any) -
         store.transition(
             "temp_electricity_permit", doc["id"], "approve", sigs, "boss", analysis=reading(clock, 12.0)
         )
+
+
+def test_many_analyses_keep_the_record_inside_one_journal_event(store: Any) -> None:
+    """A long job analysed again and again: the record keeps the newest 200 rows and stays
+    under the journal event bound (every analysis stays in the history)."""
+    clock = store.test_clock
+    rid = _in_progress(store)
+    names = [f"GT-{'X' * 100}-{i}" for i in range(4)]  # long names: the largest rows
+    for _ in range(70):
+        snaps = [
+            Snapshot(n, "gas", "%LEL", None, "R-101", 1.0, Quality.GOOD, clock.now - 10**9) for n in names
+        ]
+        doc, events = store.record_analysis(
+            "hot_work_permit",
+            rid,
+            analyse(snaps, clock.now, stale_after_s=30.0, step="periodic", medium="methane"),
+            "analyst",
+        )
+    assert len(doc["data"]["gas_analyses"]) == 200 and doc["state"] == "in_progress"
+    assert len(json.dumps(events[0], ensure_ascii=False).encode()) < 256 * 1024
+    assert len(store.history("hot_work_permit", rid)) == 4 + 70

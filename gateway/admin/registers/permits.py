@@ -16,10 +16,13 @@ import datetime as dt
 from typing import Any
 
 from gateway.admin.permits import criteria
-from gateway.admin.registers.schema import MAX_TABLE_ROWS, TransitionSpec, TypeSpec
+from gateway.admin.registers.schema import TransitionSpec, TypeSpec
 
 Errors = list[tuple[tuple[str | int, ...], str]]
 
+#: analysis rows kept in a permit (the rest in its history): a row is about 0.5 KB of JSON, and
+#: the whole record must stay well inside one journal event (schema.MAX_EVENT_BYTES, 256 KB)
+MAX_ANALYSIS_ROWS = 200
 #: a permit state in which the work is going on (an alarm on its channels flags it)
 IN_PROGRESS = "in_progress"
 SUSPENDED = "suspended"
@@ -188,9 +191,9 @@ def analysis_rows(analysis: dict[str, Any], actor: str) -> list[dict[str, Any]]:
 
 def with_analysis(data: dict[str, Any], analysis: dict[str, Any], actor: str) -> dict[str, Any]:
     """The changes that record ``analysis`` in a permit: its rows appended (the newest
-    ``MAX_TABLE_ROWS`` kept in the record; every earlier one stays in its history), and
+    ``MAX_ANALYSIS_ROWS`` kept in the record; every earlier one stays in its history), and
     the time of the last passing analysis."""
-    rows = [*(data.get("gas_analyses") or []), *analysis_rows(analysis, actor)][-MAX_TABLE_ROWS:]
+    rows = [*(data.get("gas_analyses") or []), *analysis_rows(analysis, actor)][-MAX_ANALYSIS_ROWS:]
     out: dict[str, Any] = {"gas_analyses": rows}
     if analysis["ok"]:
         out["last_analysis_at"] = _iso(analysis["at"])
