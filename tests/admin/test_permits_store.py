@@ -180,7 +180,8 @@ def test_validity_checked_on_create_update_and_start(store: Any) -> None:
 
 def _in_progress(store: Any, data: dict[str, Any] | None = None) -> int:
     clock = store.test_clock
-    doc, _ = store.create("hot_work_permit", {**HOT, **(data or {})}, "applicant")
+    number = f"DH-IP-{len(store.query('hot_work_permit', archived='all')['items']) + 1}"
+    doc, _ = store.create("hot_work_permit", {**HOT, "permit_no": number, **(data or {})}, "applicant")
     rid = doc["id"]
     store.transition("hot_work_permit", rid, "analyse", {}, "a", analysis=reading(clock, 1.0))
     store.transition(
@@ -476,3 +477,33 @@ def test_many_analyses_keep_the_record_inside_one_journal_event(store: Any) -> N
     assert len(doc["data"]["gas_analyses"]) == 200 and doc["state"] == "in_progress"
     assert len(json.dumps(events[0], ensure_ascii=False).encode()) < 256 * 1024
     assert len(store.history("hot_work_permit", rid)) == 4 + 70
+
+
+def test_permit_numbers_are_unique_and_a_blinding_permit_covers_one_blind(store: Any) -> None:
+    """A permit number names one permit (409 for a second one); GB 30871-2022 §7: one blinding
+    permit for one action on one blind."""
+    doc, _ = store.create("hot_work_permit", HOT, "applicant")
+    with pytest.raises(Conflict, match="already record"):
+        store.create("hot_work_permit", HOT, "applicant")
+    other, _ = store.create("hot_work_permit", {**HOT, "permit_no": "DH-2026-0002"}, "applicant")
+    with pytest.raises(Conflict, match="already record"):
+        store.update("hot_work_permit", other["id"], {"permit_no": HOT["permit_no"]}, "applicant")
+    with pytest.raises(Conflict, match="already record"):
+        store.import_(
+            "hot_work_permit", json.dumps({"records": [{**HOT, "permit_no": "DH-9"}] * 2}), "json", "a"
+        )
+    store.archive("hot_work_permit", doc["id"], "applicant")
+    store.update("hot_work_permit", other["id"], {"permit_no": HOT["permit_no"]}, "applicant")  # freed
+    blind = {
+        **{k: v for k, v in HOT.items() if k not in ("level", "area")},
+        "permit_no": "MB-1",
+        "equipment": "P-7",
+    }
+    one = [{"blind_no": "B-1", "action": "insert"}]
+    store.create("blinding_permit", {**blind, "blinds": one}, "applicant")
+    with pytest.raises(Invalid, match="one action on one blind"):
+        store.create(
+            "blinding_permit",
+            {**blind, "permit_no": "MB-2", "blinds": [*one, {"blind_no": "B-1", "action": "remove"}]},
+            "a",
+        )

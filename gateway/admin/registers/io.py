@@ -152,6 +152,7 @@ class ImportExport(StoreCore):
                 row_loc: tuple[str | int, ...] = ("row", i + 2) if fmt == "csv" else ("records", i)
                 if rid is None:
                     _refuse_client_fields(spec, None, data, row_loc)
+                    self._permit_no_taken(rtype, spec, data, None)
                     _doc, ev = self._create(rtype, data, actor, action="import")
                     created += 1
                 else:
@@ -170,6 +171,7 @@ class ImportExport(StoreCore):
                     errs = permits.check_data(rtype, spec, {**cur["data"], **changed})
                     if errs:
                         raise Invalid([((*row_loc, *loc[1:]), msg) for loc, msg in errs])
+                    self._permit_no_taken(rtype, spec, changed, rid)
                     _doc, ev = self._update(rtype, rid, data, actor, action="import")
                     updated += 1
                 events.append(ev)

@@ -121,6 +121,15 @@ def check_data(rtype: str, spec: TypeSpec, data: dict[str, Any]) -> Errors:
                     "(GB 30871-2022 §8 by GB/T 3608: Ⅰ 2-5 m, Ⅱ 5-15 m, Ⅲ 15-30 m, Ⅳ > 30 m)",
                 )
             )
+    if rtype == "blinding_permit" and len(data.get("blinds") or []) > 1:
+        errs.append(
+            (
+                ("body", "blinds"),
+                "one permit covers one action on one blind: insert and remove, or two "
+                "blinds, need a permit each (GB 30871-2022 §7; clause not confirmed "
+                "against the primary text)",
+            )
+        )
     if rtype == "lifting_permit" and isinstance(data.get("mass_t"), int | float) and level:
         want = _lifting_level(float(data["mass_t"]))
         if want != level:

@@ -399,6 +399,18 @@ class StoreCore:
         self._log_change(None, doc, action, actor, comment)
         return doc, self._event(doc, action, actor, sorted(clean))
 
+    def _permit_no_taken(self, rtype: str, spec: TypeSpec, data: dict[str, Any], rid: int | None) -> None:
+        """A permit's number names one permit: another (not archived) with it is a conflict."""
+        if spec.permit is None or not data.get("permit_no"):
+            return
+        row = self._db.execute(
+            "SELECT id FROM records WHERE type=? AND archived=0 AND json_extract(data, '$.permit_no')=? "
+            "AND id IS NOT ?",
+            (rtype, data["permit_no"], rid),
+        ).fetchone()
+        if row is not None:
+            raise Conflict(f"{rtype} number {data['permit_no']!r} is already record {row[0]}")
+
     def create(
         self, rtype: str, data: Any, actor: str, comment: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -408,6 +420,7 @@ class StoreCore:
         if errs:
             raise Invalid(errs)
         with self._tx():
+            self._permit_no_taken(rtype, spec, clean, None)
             doc, ev = self._create(rtype, clean, actor, comment)
         return doc, [ev]
 
@@ -474,6 +487,7 @@ class StoreCore:
             errs += permits.check_data(rtype, spec, {**cur["data"], **clean})
             if errs:
                 raise Invalid(errs)
+            self._permit_no_taken(rtype, spec, clean, rid)
             doc, ev = self._update(rtype, rid, clean, actor, version=version, comment=comment)
         return doc, [ev]
 
