@@ -262,6 +262,10 @@ def test_a_dead_detector_refuses_the_analysis(site: Site) -> None:
     assert r.status_code == 409, r.text
     (gt9,) = r.json()["analysis"]["readings"]
     assert gt9["channel"] == "GT-9" and gt9["verdict"] in ("bad", "no_data")
+    # a step's own fields of the wrong type: 422 naming them, not a server error
+    r = step(s, rid, "analyse", channels=[{"x": 1}, "GT-404"], area=5, lel_percent=True)
+    assert r.status_code == 422, r.text
+    assert {tuple(e["loc"]) for e in r.json()["detail"]} >= {("body", "area"), ("body", "lel_percent")}
     # a permit that names no detector at all cannot be analysed either
     rid2 = new_permit(s, "DH-E2E-4", "nowhere")
     r = step(s, rid2, "analyse")

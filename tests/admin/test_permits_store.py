@@ -507,3 +507,14 @@ def test_permit_numbers_are_unique_and_a_blinding_permit_covers_one_blind(store:
             {**blind, "permit_no": "MB-2", "blinds": [*one, {"blind_no": "B-1", "action": "remove"}]},
             "a",
         )
+
+
+def test_an_exported_permit_imports_back_unchanged(store: Any) -> None:
+    """Export then import (the registers' backup path) leaves a permit as it was: the
+    gateway's own fields come back identical, so they are not taken for a client's write."""
+    rid = _in_progress(store, {"channels": ["GT-1"]})
+    before = store.get("hot_work_permit", rid)
+    text = store.export("hot_work_permit", "json")
+    result, events = store.import_("hot_work_permit", text, "json", "op")
+    assert result == {"created": 0, "updated": 0, "unchanged": 1} and events == []
+    assert store.get("hot_work_permit", rid)["data"] == before["data"]

@@ -3,6 +3,7 @@ values and the active alarms, handed to the pure ``analysis`` module."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gateway.admin.context import AdminContext
@@ -33,15 +34,21 @@ def snapshots(ctx: AdminContext) -> list[Snapshot]:
 
 
 def permit_analysis(ctx: AdminContext, doc: dict[str, Any], step: str) -> dict[str, Any]:
-    """The analysis of a permit record's channels, now."""
+    """The analysis of a permit record's channels, now. The data may hold a step's fields
+    not validated yet (the store validates them next): values of the wrong type are ignored
+    here, and the store then refuses them."""
     d = doc["data"]
-    chans = select(snapshots(ctx), names=list(d.get("channels") or []), area=d.get("area"))
+    channels = d.get("channels")
+    names = [n for n in channels if isinstance(n, str)] if isinstance(channels, list) else []
+    area, medium, lel = d.get("area"), d.get("medium"), d.get("lel_percent")
+    good_lel = isinstance(lel, int | float) and not isinstance(lel, bool) and math.isfinite(lel) and lel > 0
+    chans = select(snapshots(ctx), names=names, area=area if isinstance(area, str) else None)
     return analyse(
         chans,
         ctx.daemon.clock(),
         stale_after_s=ctx.daemon.cfg.permits.stale_after,
         step=step,
-        medium=d.get("medium"),
-        lel=d.get("lel_percent"),
-        enriched=bool(d.get("oxygen_enriched")),
+        medium=medium if isinstance(medium, str) else None,
+        lel=float(lel) if good_lel else None,
+        enriched=d.get("oxygen_enriched") is True,
     )

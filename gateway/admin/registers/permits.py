@@ -172,7 +172,7 @@ def needs_gas(spec: TypeSpec, t: TransitionSpec, data: dict[str, Any]) -> bool:
 def analysis_rows(analysis: dict[str, Any], actor: str) -> list[dict[str, Any]]:
     """An analysis as rows of the permit's ``gas_analyses`` table (one per reading, or one
     with the message when there was no reading)."""
-    base = {"at": analysis["at"], "step": analysis["step"], "ok": bool(analysis["ok"]), "by": actor}
+    base = {"at": _iso(analysis["at"]), "step": analysis["step"], "ok": bool(analysis["ok"]), "by": actor}
     if not analysis["readings"]:
         return [{**base, "reason": analysis["message"]}]
     rows = []

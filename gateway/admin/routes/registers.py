@@ -228,7 +228,10 @@ def router(ctx: AdminContext) -> APIRouter:
         analysis = None
         if t.check == "gas" and spec.permit is not None:
             # judged on the loop (live values, alarms); the store re-checks the state in its transaction
-            analysis = permit_analysis(ctx, await ctx.call(store.get, rtype, rid), name)
+            # on the permit as this step leaves it (a step may also set its area or channels)
+            doc = await ctx.call(store.get, rtype, rid)
+            doc["data"] = {**doc["data"], **body.fields}
+            analysis = permit_analysis(ctx, doc, name)
         try:
             doc, events = await ctx.call(
                 store.transition, rtype, rid, name, body.fields, p.name,
