@@ -233,7 +233,9 @@ def test_permit_flagged_by_an_alarm_during_the_work(site: Site) -> None:
     doc = s.http.get(f"/registers/hot_work_permit/{rid}", headers=hdr(s, "viewer")).json()
     assert doc["state"] == "in_progress" and doc["data"]["flagged"] is False
     # a periodic analysis during the work, recorded; a viewer may look but not take one
-    assert s.http.post(f"/registers/hot_work_permit/{rid}/analysis", headers=hdr(s, "viewer")).status_code == 403
+    assert (
+        s.http.post(f"/registers/hot_work_permit/{rid}/analysis", headers=hdr(s, "viewer")).status_code == 403
+    )
     r = s.http.post(f"/registers/hot_work_permit/{rid}/analysis", headers=hdr(s, "operator"))
     assert r.status_code == 200, r.text
     assert r.json()["analysis"]["ok"] and r.json()["record"]["state"] == "in_progress"
