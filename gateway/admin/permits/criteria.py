@@ -14,8 +14,10 @@ Confirmation status (say it plainly; a reviewer checks each):
   %vol when it is < 4 %vol); §5.3.1 (sampling no more than 30 min before work starts;
   re-analysis after an interruption of more than 30 min for special/first-level and
   60 min for second-level hot work); §6.5 (confined space: re-analysis after an
-  interruption of more than 60 min; periodic analysis at most every 2 h, as GB
-  30871-2014 §6.5 had it: the 2022 edition asks for continuous monitoring).
+  interruption of more than 60 min (one secondary source says 30 min: unresolved; the
+  number only decides when a reminder fires, for ``resume`` always re-analyses); periodic
+  analysis at most every 2 h, as GB 30871-2014 §6.5 had it: the 2022 edition asks for
+  continuous monitoring).
 - LEL values: from the usual Chinese references (GB/T 50493-2019 appendix B, GB 50160),
   recalled, NOT CONFIRMED. A permit may give its medium's LEL (``lel_percent``), which
   then wins.
