@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.admin.registers import permits
 from gateway.admin.registers.store import StoreCore
 
 log = logging.getLogger(__name__)
@@ -113,46 +112,4 @@ class DueDates(StoreCore):
                 ev["due"],
                 ev["days_left"],
             )
-        return events
-
-    def check_permit_timing(self) -> list[dict[str, Any]]:
-        """Reminders for the permits' timing rules (GB 30871-2022: the analysis no older
-        than 30 min when work starts, re-analysis after an interruption, periodic analysis
-        in a confined space, the validity's end), each once per rule and reference time
-        (the analysis, the suspension, the end of validity)."""
-        names = [n for n, s in self.types.items() if s.permit is not None]
-        if not names:
-            return []
-        now_dt = self._now()
-        now = self.clock()
-        sent = {tuple(r) for r in self._db.execute(
-            "SELECT type, record, field, due FROM reminders WHERE field LIKE 'timing:%'")}
-        events: list[dict[str, Any]] = []
-        new_rows = []
-        rows = self._db.execute(
-            "SELECT id, type, version, state, archived, created_ns, created_by, updated_ns, updated_by, data "
-            f"FROM records WHERE archived=0 AND type IN ({','.join('?' * len(names))})", names).fetchall()
-        for row in rows:
-            spec = self.types[row[1]]
-            if spec.workflow is not None and row[3] in spec.workflow.final:
-                continue
-            doc = self._doc(row)
-            due = permits.timing_due(doc["type"], spec, doc.get("state"), doc["data"], now_dt)
-            for rule, ref, message in due:
-                key = (doc["type"], doc["id"], f"timing:{rule}", ref)
-                if key in sent:
-                    continue
-                sent.add(key)
-                new_rows.append((*key, 0, now))
-                events.append({
-                    "type": "reminder", "ts": now, "register": doc["type"], "id": doc["id"],
-                    "label": doc.get("label", str(doc["id"])), "field": f"timing:{rule}", "field_title": rule,
-                    "title": spec.title, "title_zh": spec.title_zh, "due": ref, "days_left": None,
-                    "threshold": None, "overdue": rule == "validity_expired", "state": doc.get("state"),
-                    "rule": rule, "reason": message, "location": doc["data"].get("location"),
-                })
-                log.info("permit reminder: %s %s %s: %s", doc["type"], doc.get("label"), rule, message)
-        if new_rows:
-            with self._tx():
-                self._db.executemany("INSERT OR IGNORE INTO reminders VALUES (?,?,?,?,?,?)", new_rows)
         return events

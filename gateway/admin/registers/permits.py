@@ -242,6 +242,23 @@ def accident_grade(data: dict[str, Any]) -> str | None:
     return "一般"
 
 
+def step_fields(spec: TypeSpec, state: str, to: str, now: dt.datetime) -> dict[str, Any]:
+    """What a permit's step writes itself: when work started, was suspended, closed; a
+    resume clears the alarm flag (its re-analysis passed)."""
+    if spec.permit is None:
+        return {}
+    at = now.isoformat(timespec="seconds")
+    if to == IN_PROGRESS and state == "approved":
+        return {"started_at": at}
+    if to == IN_PROGRESS and state == SUSPENDED:
+        return {"flagged": False}
+    if to == SUSPENDED:
+        return {"suspended_at": at}
+    if to == "closed":
+        return {"closed_at": at}
+    return {}
+
+
 # --------------------------------------------------------------------------- timing
 
 

@@ -566,7 +566,7 @@ class StoreCore:
                                            check_required=False)
                     refused = (analysis["message"], [ev])
             if refused is None:
-                changes.update(self._step_fields(spec, cur["state"], t.to))
+                changes.update(permits.step_fields(spec, cur["state"], t.to, self._now()))
                 doc, ev = self._update(
                     rtype, rid, changes, actor, action=f"transition:{name}", state=t.to, comment=comment
                 )
@@ -577,97 +577,6 @@ class StoreCore:
 
     def _now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock() / 1e9).astimezone()
-
-    def _step_fields(self, spec: TypeSpec, state: str, to: str) -> dict[str, Any]:
-        """What a permit's step writes itself: when work started, was suspended, closed;
-        a resume clears the alarm flag (the re-analysis passed)."""
-        if spec.permit is None:
-            return {}
-        now = self._now().isoformat(timespec="seconds")
-        if to == permits.IN_PROGRESS and state == "approved":
-            return {"started_at": now}
-        if to == permits.IN_PROGRESS and state == permits.SUSPENDED:
-            return {"flagged": False}
-        if to == permits.SUSPENDED:
-            return {"suspended_at": now}
-        if to == "closed":
-            return {"closed_at": now}
-        return {}
-
-    def record_analysis(
-        self, rtype: str, rid: int, analysis: dict[str, Any], actor: str
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """A gas analysis taken outside a step (periodic, during the work): recorded; one
-        that fails while the work is in progress flags and suspends the permit."""
-        spec = self.spec(rtype)
-        if spec.permit is None:
-            raise NotFound(f"{rtype} is not a permit to work")
-        with self._tx():
-            cur = self._doc(self._row(rtype, rid))
-            if cur["archived"] or cur.get("state") in (spec.workflow.final if spec.workflow else []):
-                what = "archived" if cur["archived"] else cur.get("state")
-                raise Conflict(f"{rtype} record {rid} is {what}")
-            changes = permits.with_analysis(cur["data"], analysis, actor)
-            if not analysis["ok"] and cur.get("state") == permits.IN_PROGRESS:
-                return self._flag(rtype, cur, changes, analysis["message"], actor, channel=None)
-            doc, ev = self._update(rtype, rid, changes, actor, action="analysis", comment=analysis["message"],
-                                   check_required=False)
-        return doc, [ev]
-
-    def _flag(self, rtype: str, cur: dict[str, Any], changes: dict[str, Any], reason: str, actor: str,
-              *, channel: str | None,
-              alarm: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Suspends a permit in progress and flags it; the flag is published like a reminder."""
-        now = self._now().isoformat(timespec="seconds")
-        changes = {**changes, "flagged": True, "flag_reason": reason, "flag_at": now, "suspended_at": now,
-                   "suspend_reason": f"flagged: {reason}"}
-        doc, ev = self._update(rtype, cur["id"], changes, actor, action="flag", state=permits.SUSPENDED,
-                               comment=reason, check_required=False)
-        ev["from_state"] = cur["state"]
-        spec = self.spec(rtype)
-        notice = {
-            "type": "reminder", "ts": self.clock(), "register": rtype, "id": cur["id"],
-            "label": doc.get("label", str(cur["id"])), "field": "flagged", "field_title": "permit flagged",
-            "title": spec.title, "title_zh": spec.title_zh, "due": None, "days_left": None, "threshold": None,
-            "overdue": False, "state": doc.get("state"), "rule": "permit_flagged", "reason": reason,
-            "location": doc["data"].get("location"), "channel": channel,
-        }
-        if alarm is not None:
-            notice["alarm"] = alarm
-        log.warning("permit %s %s flagged and suspended: %s", rtype, notice["label"], reason)
-        return doc, [ev, notice]
-
-    def permits_in_progress(self) -> list[tuple[str, int, list[str], str | None]]:
-        """(type, id, channels, area) of every permit whose work is in progress."""
-        names = [n for n, s in self.types.items() if s.permit is not None]
-        if not names:
-            return []
-        rows = self._db.execute(
-            "SELECT type, id, data FROM records WHERE archived=0 AND state=? "
-            f"AND type IN ({','.join('?' * len(names))})",
-            (permits.IN_PROGRESS, *names),
-        ).fetchall()
-        out = []
-        for rtype, rid, data in rows:
-            d = json.loads(data)
-            out.append((rtype, int(rid), list(d.get("channels") or []), d.get("area")))
-        return out
-
-    def flag_alarm(self, rtype: str, rid: int, alarm: dict[str, Any]) -> list[dict[str, Any]]:
-        """An alarm hit a channel of a permit in progress: flag and suspend it (nothing when
-        it is no longer in progress)."""
-        with self._tx():
-            cur = self._doc(self._row(rtype, rid))
-            if cur["archived"] or cur.get("state") != permits.IN_PROGRESS:
-                return []
-            what = f"{alarm.get('level')} alarm on {alarm.get('channel')}"
-            if alarm.get("value") is not None:
-                what += f" ({alarm['value']:g} {alarm.get('unit') or ''}".rstrip() + ")"
-            reason = f"{what}: stop the work; a new gas analysis is required before it resumes"
-            shown = {k: alarm.get(k) for k in ("channel", "rule", "level", "value", "limit", "unit", "ts")}
-            _doc, events = self._flag(rtype, cur, {}, reason, "gateway", channel=alarm.get("channel"),
-                                      alarm=shown)
-        return events
 
     def _tx(self) -> Any:
         db = self._db
