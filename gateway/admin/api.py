@@ -31,9 +31,9 @@ from fastapi.responses import JSONResponse
 from gateway import __version__
 from gateway.admin.auditing import AuditMiddleware
 from gateway.admin.context import AdminContext
-from gateway.admin.registers import Conflict, Invalid, NotFound
+from gateway.admin.registers import Conflict, Invalid, NotFound, Refused
 from gateway.admin.reminders import RegisterService
-from gateway.admin.routes import alarms, gateway, history, live, page, registers, users
+from gateway.admin.routes import alarms, gateway, history, live, page, permits, registers, users
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
 from gateway.core.httplimits import BodyLimit, uvicorn_limits
@@ -102,6 +102,11 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
     async def _nf(_r: Request, e: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=404)
 
+    @app.exception_handler(Refused)
+    async def _refused(_r: Request, e: Refused) -> JSONResponse:
+        # a permit's step refused on its gas analysis: the readings, for the page to show
+        return JSONResponse({"detail": str(e), "analysis": e.analysis}, status_code=409)
+
     @app.exception_handler(Conflict)
     async def _conflict(_r: Request, e: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=409)
@@ -123,7 +128,8 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
             status_code=422,
         )
 
-    for make in (gateway.router, live.router, alarms.router, history.router, registers.router, users.router):
+    for make in (gateway.router, live.router, alarms.router, history.router, registers.router, permits.router,
+                 users.router):
         app.include_router(make(ctx))
     app.include_router(page.router())
     return app

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.config_permits import PermitsSection
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -531,6 +532,7 @@ class Config(ConfigFile):
     uplink: UplinkSection | None = None
     api: ApiSection | None = None
     registers: RegistersSection = RegistersSection()
+    permits: PermitsSection = PermitsSection()
     alarms: AlarmsSection = AlarmsSection()
 
 

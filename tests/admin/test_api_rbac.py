@@ -47,6 +47,9 @@ ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
         "operator",
     ),
     ("GET", "/registers/hidden_danger/1/history", None, "viewer"),
+    # permits' gas analysis (404 here: a hidden danger is not a permit; the roles are what count)
+    ("GET", "/registers/hidden_danger/1/analysis", None, "viewer"),
+    ("POST", "/registers/hidden_danger/1/analysis", {}, "operator"),
     ("POST", "/registers/hidden_danger/1/attachments?filename=photo.png", PNG, "operator"),
     ("GET", "/registers/hidden_danger/1/attachments", None, "viewer"),
     ("GET", "/registers/hidden_danger/1/attachments/1", None, "viewer"),

@@ -114,7 +114,7 @@ def test_registers_over_http_export_import_and_attachments(tmp_path: Path, sim_f
     tokens = make_tokens(tmp_path)
     types = tmp_path / "plant-types.yaml"
     types.write_text("""
-hot_work_permit:
+plant_work_permit:
   title: Hot-work permits
   title_zh: 动火作业票
   label: place
@@ -129,10 +129,10 @@ hot_work_permit:
     op = httpx.Client(base_url=d.url, headers=auth(tokens["operator"]), timeout=10)
     try:
         # the plant's own type works like a built-in one, channel references checked
-        assert any(t["type"] == "hot_work_permit" for t in op.get("/registers").json())
-        bad = op.post("/registers/hot_work_permit", json={"place": "tank 3", "gas_channel": "GT-404"})
+        assert any(t["type"] == "plant_work_permit" for t in op.get("/registers").json())
+        bad = op.post("/registers/plant_work_permit", json={"place": "tank 3", "gas_channel": "GT-404"})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "gas_channel"]
-        ok = op.post("/registers/hot_work_permit", json={"place": "tank 3", "gas_channel": "GT-1"})
+        ok = op.post("/registers/plant_work_permit", json={"place": "tank 3", "gas_channel": "GT-1"})
         assert ok.status_code == 201
 
         csv_text = (
@@ -179,7 +179,7 @@ hot_work_permit:
 
         actions = [(e["register"], e["action"]) for e in d.events("register")]
         assert actions == [
-            ("hot_work_permit", "create"),
+            ("plant_work_permit", "create"),
             ("emergency_resource", "import"),
             ("emergency_resource", "import"),
             ("emergency_resource", "attach"),

@@ -443,7 +443,7 @@ def test_attachments_checked_by_content_and_size(store: Any, tmp_path: Path) -> 
 def test_plant_adds_its_own_type_and_fields_by_config(tmp_path: Path) -> None:
     extra = tmp_path / "types.yaml"
     extra.write_text("""
-confined_space_permit:
+tank_entry_permit:
   title: Confined-space entry permits
   title_zh: 有限空间作业票
   label: space
@@ -465,10 +465,10 @@ special_worker:
     types = load_schemas(extra)
     assert "badge" in types["special_worker"].fields
     s = RegisterStore(tmp_path / "r.db", schemas=types, channels=["GT-1"])
-    doc, _ = s.create("confined_space_permit", {"space": "tank 3", "valid_until": "2030-01-01"}, "op")
+    doc, _ = s.create("tank_entry_permit", {"space": "tank 3", "valid_until": "2030-01-01"}, "op")
     with pytest.raises(Invalid):
-        s.transition("confined_space_permit", doc["id"], "approve", {}, "op")
-    doc, _ = s.transition("confined_space_permit", doc["id"], "approve", {"gas_channel": "GT-1"}, "op")
+        s.transition("tank_entry_permit", doc["id"], "approve", {}, "op")
+    doc, _ = s.transition("tank_entry_permit", doc["id"], "approve", {"gas_channel": "GT-1"}, "op")
     assert doc["state"] == "approved"
     s.close()
 

@@ -13,7 +13,8 @@ reminders are journal events ``{"type": "reminder", ...}``, raised once per due 
 threshold. The API audit trail lives in the same database.
 
 The package: ``schema`` (types, validation, redaction), ``db`` (the SQLite file),
-``store`` (records, history, workflows), ``due`` (due dates and reminders), ``io``
+``store`` (records, history, workflows), ``due`` (due dates and reminders),
+``permits``/``permit_store`` (permits to work: step checks, analyses, flags, timing), ``io``
 (CSV/JSON import and export), ``attachments``, ``audit``; ``RegisterStore`` joins them.
 """
 
@@ -24,11 +25,13 @@ from gateway.admin.registers.audit import AuditTrail
 from gateway.admin.registers.db import audit_offline
 from gateway.admin.registers.due import DueDates
 from gateway.admin.registers.io import ImportExport
+from gateway.admin.registers.permit_store import PermitRecords
 from gateway.admin.registers.schema import (
     BUILTIN_TYPES,
     Conflict,
     Invalid,
     NotFound,
+    Refused,
     SchemaError,
     TypeSpec,
     load_schemas,
@@ -37,10 +40,10 @@ from gateway.admin.registers.schema import (
 )
 
 __all__ = [
-    "BUILTIN_TYPES", "Conflict", "Invalid", "NotFound", "RegisterStore", "SchemaError", "TypeSpec",
+    "BUILTIN_TYPES", "Conflict", "Invalid", "NotFound", "Refused", "RegisterStore", "SchemaError", "TypeSpec",
     "audit_offline", "load_schemas", "mask", "redact", "sniff",
 ]
 
 
-class RegisterStore(DueDates, ImportExport, Attachments, AuditTrail):
+class RegisterStore(DueDates, PermitRecords, ImportExport, Attachments, AuditTrail):
     """Typed register records with history, workflow, reminders, attachments and audit."""

@@ -13,9 +13,11 @@ import io
 import json
 from typing import Any
 
+from gateway.admin.registers import permits
 from gateway.admin.registers.schema import (
     Invalid,
     NotFound,
+    TypeSpec,
 )
 from gateway.admin.registers.store import StoreCore
 from gateway.core.units import iso_ns
@@ -147,7 +149,10 @@ class ImportExport(StoreCore):
         created = updated = 0
         with self._tx():
             for i, (rid, data) in enumerate(cleaned):
+                row_loc: tuple[str | int, ...] = ("row", i + 2) if fmt == "csv" else ("records", i)
                 if rid is None:
+                    _refuse_client_fields(spec, None, data, row_loc)
+                    self._permit_no_taken(rtype, spec, data, None)
                     _doc, ev = self._create(rtype, data, actor, action="import")
                     created += 1
                 else:
@@ -161,6 +166,12 @@ class ImportExport(StoreCore):
                         v is None and k in cur["data"] for k, v in data.items()
                     ):
                         continue
+                    changed = {k: v for k, v in data.items() if cur["data"].get(k) != v}
+                    _refuse_client_fields(spec, cur.get("state"), changed, row_loc)
+                    errs = permits.check_data(rtype, spec, {**cur["data"], **changed})
+                    if errs:
+                        raise Invalid([((*row_loc, *loc[1:]), msg) for loc, msg in errs])
+                    self._permit_no_taken(rtype, spec, changed, rid)
                     _doc, ev = self._update(rtype, rid, data, actor, action="import")
                     updated += 1
                 events.append(ev)
@@ -169,3 +180,11 @@ class ImportExport(StoreCore):
         if warnings:
             result["warnings"] = warnings[:100]
         return result, events
+
+
+def _refuse_client_fields(spec: TypeSpec, state: str | None, data: dict[str, Any],
+                          loc: tuple[str | int, ...]) -> None:
+    """A permit's gateway-written or approved fields cannot be imported either."""
+    errs = permits.check_client_fields(spec, state, data)
+    if errs:
+        raise Invalid([((*loc, *where[1:]), msg) for where, msg in errs])

@@ -65,6 +65,13 @@ class TransitionSpec(_Strict):
     to: str
     requires: list[str] = Field(default_factory=list)
     title: str | None = None
+    #: the least API role that may take this step (a permit's approval: admin)
+    role: Literal["operator", "admin"] = "operator"
+    #: signatures (rows of the record's ``signatures`` table, by their ``role``) the step needs
+    signatures: list[str] = Field(default_factory=list)
+    #: ``gas``: the step runs a gas analysis on live readings and is refused when it fails
+    #: (permits to work, gateway/admin/registers/permits.py)
+    check: Literal["gas"] | None = None
 
 
 class OverdueSpec(_Strict):
@@ -79,12 +86,24 @@ class WorkflowSpec(_Strict):
     overdue: OverdueSpec | None = None
 
 
+class PermitSpec(_Strict):
+    """A register type that is a permit to work (GB 30871-2022): its kind's limits are in
+    gateway/admin/permits/criteria.py, keyed by the type's name."""
+
+    standard: str
+    #: the field that holds the permit's level (hot work: special/first/second), if any
+    level_field: str | None = None
+    #: required: gas analysis before approval; optional: when the permit names channels or an area
+    gas: Literal["required", "optional", "none"] = "none"
+
+
 class TypeSpec(_Strict):
     title: str
     title_zh: str | None = None
     label: str | None = None
     fields: dict[str, FieldSpec] = Field(min_length=1)
     workflow: WorkflowSpec | None = None
+    permit: PermitSpec | None = None
 
     def due_fields(self) -> list[str]:
         return [n for n, f in self.fields.items() if f.due]
@@ -228,11 +247,32 @@ def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[s
             for r in t.requires:
                 if r not in spec.fields:
                     errs.append(f"{name}.workflow.transitions.{tname}.requires: {r!r} is not a field")
+        for tname, t in wf.transitions.items():
+            if t.signatures and "signatures" not in spec.fields:
+                errs.append(
+                    f"{name}.workflow.transitions.{tname}.signatures: the type has no 'signatures' table"
+                )
+            if t.check == "gas" and spec.permit is None:
+                errs.append(f"{name}.workflow.transitions.{tname}.check: a gas check needs 'permit:'")
         if wf.overdue is not None and (
             wf.overdue.field not in spec.fields or spec.fields[wf.overdue.field].type != "date"
         ):
             errs.append(f"{name}.workflow.overdue.field: must name a date field")
+    if spec.permit is not None:
+        missing = [f for f in PERMIT_FIELDS if f not in spec.fields]
+        if missing:
+            errs.append(f"{name}.permit: a permit type needs the fields {', '.join(missing)}")
+        if spec.permit.level_field is not None and spec.permit.level_field not in spec.fields:
+            errs.append(f"{name}.permit.level_field: {spec.permit.level_field!r} is not a field")
+        if wf is None:
+            errs.append(f"{name}.permit: a permit type needs a workflow")
     return errs
+
+
+#: fields every permit type has (the workflow code reads and writes them)
+PERMIT_FIELDS = ("valid_from", "valid_to", "area", "channels", "signatures", "gas_analyses",
+                 "last_analysis_at",
+                 "flagged", "flag_reason")
 
 
 # --------------------------------------------------------------------------- validation
@@ -277,6 +317,16 @@ class NotFound(LookupError):
 
 class Conflict(Exception):
     pass
+
+
+class Refused(Conflict):
+    """A workflow step refused by a check on live data (a permit's gas analysis): the
+    refusal is recorded (``events`` to journal) and ``analysis`` says what failed."""
+
+    def __init__(self, message: str, analysis: dict[str, Any] | None, events: list[dict[str, Any]]):
+        super().__init__(message)
+        self.analysis = analysis
+        self.events = events
 
 
 def parse_date(v: Any) -> str:

@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.admin.registers import permits
 from gateway.admin.registers.db import open_db
 from gateway.admin.registers.schema import (
     Conflict,
     Invalid,
     NotFound,
     PersonalMode,
+    Refused,
     TypeSpec,
     Validator,
     check_size,
@@ -139,6 +141,8 @@ class StoreCore:
             doc["q_over_q"] = round(
                 sum(c["quantity_t"] / c["critical_t"] for c in d["chemicals"] if c.get("critical_t")), 4
             )
+        if rtype == "accident_investigation":
+            doc["grade_by_rule"] = permits.accident_grade(d)
         return doc
 
     def get(self, rtype: str, rid: int) -> dict[str, Any]:
@@ -313,10 +317,15 @@ class StoreCore:
             raise Invalid([(loc, "expected a JSON object of fields")])
         out = self.validator.fields(spec.fields, data, loc, errs, partial=partial, text=text)
         self._check_refs(spec, out, loc, errs)
+        if not partial and not errs:
+            errs.extend(permits.check_data(self._rtype_of(spec), spec, out))
         if errs:
             raise Invalid(errs)
         check_size(out, loc)
         return out
+
+    def _rtype_of(self, spec: TypeSpec) -> str:
+        return next(n for n, s in self.types.items() if s is spec)
 
     def _event(
         self, doc: dict[str, Any], action: str, actor: str, changed: list[str] | None = None, **extra: Any
@@ -390,12 +399,28 @@ class StoreCore:
         self._log_change(None, doc, action, actor, comment)
         return doc, self._event(doc, action, actor, sorted(clean))
 
+    def _permit_no_taken(self, rtype: str, spec: TypeSpec, data: dict[str, Any], rid: int | None) -> None:
+        """A permit's number names one permit: another (not archived) with it is a conflict."""
+        if spec.permit is None or not data.get("permit_no"):
+            return
+        row = self._db.execute(
+            "SELECT id FROM records WHERE type=? AND archived=0 AND json_extract(data, '$.permit_no')=? "
+            "AND id IS NOT ?",
+            (rtype, data["permit_no"], rid),
+        ).fetchone()
+        if row is not None:
+            raise Conflict(f"{rtype} number {data['permit_no']!r} is already record {row[0]}")
+
     def create(
         self, rtype: str, data: Any, actor: str, comment: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         spec = self.spec(rtype)
         clean = self._validate(spec, data, partial=False)
+        errs = permits.check_client_fields(spec, None, clean)
+        if errs:
+            raise Invalid(errs)
         with self._tx():
+            self._permit_no_taken(rtype, spec, clean, None)
             doc, ev = self._create(rtype, clean, actor, comment)
         return doc, [ev]
 
@@ -458,6 +483,11 @@ class StoreCore:
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"]:
                 raise Conflict(f"{rtype} record {rid} is archived; restore it first")
+            errs = permits.check_client_fields(spec, cur.get("state"), clean)
+            errs += permits.check_data(rtype, spec, {**cur["data"], **clean})
+            if errs:
+                raise Invalid(errs)
+            self._permit_no_taken(rtype, spec, clean, rid)
             doc, ev = self._update(rtype, rid, clean, actor, version=version, comment=comment)
         return doc, [ev]
 
@@ -482,8 +512,19 @@ class StoreCore:
         return doc, [ev]
 
     def transition(
-        self, rtype: str, rid: int, name: str, data: Any, actor: str, *, comment: str | None = None
+        self,
+        rtype: str,
+        rid: int,
+        name: str,
+        data: Any,
+        actor: str,
+        *,
+        comment: str | None = None,
+        analysis: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A workflow step. A step with ``check: gas`` needs ``analysis`` (the caller's
+        analysis of the permit's live readings, gateway/admin/permits/analysis.py): when it
+        failed, the refusal is recorded and ``Refused`` raised."""
         spec = self.spec(rtype)
         wf = spec.workflow
         if wf is None:
@@ -492,6 +533,7 @@ class StoreCore:
         if t is None:
             raise NotFound(f"{rtype} has no transition {name!r}; it has: {', '.join(wf.transitions)}")
         clean = self._validate(spec, data if data is not None else {}, partial=True)
+        refused: tuple[str, list[dict[str, Any]]] | None = None
         with self._tx():
             cur = self._doc(self._row(rtype, rid))
             if cur["archived"]:
@@ -504,11 +546,37 @@ class StoreCore:
             missing = [r for r in t.requires if merged.get(r) is None]
             if missing:
                 raise Invalid([(("body", r), f"required to {name}") for r in missing])
-            doc, ev = self._update(
-                rtype, rid, clean, actor, action=f"transition:{name}", state=t.to, comment=comment
-            )
-            ev["from_state"] = cur["state"]
+            errs = permits.check_client_fields(spec, cur["state"], clean)
+            errs += permits.check_signatures(t, name, merged) + permits.check_data(rtype, spec, merged)
+            if spec.permit is not None and t.to == permits.IN_PROGRESS and cur["state"] == "approved":
+                errs += permits.check_start(rtype, spec, merged, self._now())
+            if errs:
+                raise Invalid(errs)
+            changes = dict(clean)
+            if permits.needs_gas(spec, t, merged):
+                if analysis is None:
+                    raise Invalid(
+                        [(("body",), f"{name} needs a gas analysis of live readings (through the API)")]
+                    )
+                changes.update(permits.with_analysis(merged, analysis, actor))
+                if not analysis["ok"]:
+                    record = permits.with_analysis(cur["data"], analysis, actor)
+                    doc, ev = self._update(rtype, rid, record, actor,
+                                           action=f"refused:{name}", comment=analysis["message"],
+                                           check_required=False)
+                    refused = (analysis["message"], [ev])
+            if refused is None:
+                changes.update(permits.step_fields(spec, cur["state"], t.to, self._now()))
+                doc, ev = self._update(
+                    rtype, rid, changes, actor, action=f"transition:{name}", state=t.to, comment=comment
+                )
+                ev["from_state"] = cur["state"]
+        if refused is not None:
+            raise Refused(refused[0], analysis, refused[1])
         return doc, [ev]
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock() / 1e9).astimezone()
 
     def _tx(self) -> Any:
         db = self._db

@@ -12,8 +12,9 @@ from pydantic import Field
 
 from gateway.admin.auth import Operator, Viewer
 from gateway.admin.context import AdminContext, StrictBody
-from gateway.admin.registers import Invalid
-from gateway.core.tokens import Principal
+from gateway.admin.permits.live import permit_analysis
+from gateway.admin.registers import Invalid, NotFound, Refused
+from gateway.core.tokens import RANK, Principal
 
 RType = Annotated[
     str,
@@ -206,7 +207,8 @@ def router(ctx: AdminContext) -> APIRouter:
     @r.post(
         "/registers/{rtype}/{rid}/transitions/{name}",
         tags=["registers"],
-        summary="workflow step (hidden danger: assign, rectify, reject, verify)",
+        summary="workflow step (hidden danger: assign, rectify, reject, verify; permits: analyse, approve, "
+        "start, suspend, resume, close, cancel; a gas step is refused with 409 and the readings)",
     )
     async def register_transition(
         rtype: RType,
@@ -216,11 +218,29 @@ def router(ctx: AdminContext) -> APIRouter:
         p: Operator,
         body: Annotated[TransitionBody | None, Body()] = None,
     ) -> Any:
-        store.spec(rtype)
+        spec = store.spec(rtype)
         body = body or TransitionBody()
-        doc, events = await ctx.call(
-            store.transition, rtype, rid, name, body.fields, p.name, comment=body.comment
-        )
+        t = spec.workflow.transitions.get(name) if spec.workflow else None
+        if t is None:
+            raise NotFound(f"{rtype} has no transition {name!r}")
+        if RANK[p.role] < RANK[t.role]:
+            raise HTTPException(403, f"{name} on a {rtype} needs the {t.role} role; {p.name} is {p.role}")
+        analysis = None
+        if t.check == "gas" and spec.permit is not None:
+            # judged on the loop (live values, alarms); the store re-checks the state in its transaction
+            # on the permit as this step leaves it (a step may also set its area or channels)
+            doc = await ctx.call(store.get, rtype, rid)
+            doc["data"] = {**doc["data"], **body.fields}
+            analysis = permit_analysis(ctx, doc, name)
+        try:
+            doc, events = await ctx.call(
+                store.transition, rtype, rid, name, body.fields, p.name,
+                comment=body.comment, analysis=analysis,
+            )
+        except Refused as e:
+            ctx.emit(e.events)
+            ctx.audit(request, register=rtype, id=rid, action=f"refused:{name}", reason=str(e)[:500])
+            raise
         ctx.emit(events)
         ctx.audit(
             request,
