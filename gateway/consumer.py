@@ -234,9 +234,15 @@ class JournalConsumer:
         """Read after the cursor, deliver, ack; on failure back off and retry the same
         chunk (so nothing is lost, and nothing is acked twice)."""
         while True:
+            # with a kinds filter the records after the cursor may all be of other kinds:
+            # those are passed by acknowledging up to the end seen before the read, else
+            # the cursor would hold retention back and wait() would never block
+            end = self.journal.last_seq
             records = await self.read()
             if not records:
-                await self.wait(timeout=self.idle_wait_s)
+                if self.kinds is not None and end > self.cursor:
+                    await self.ack(end, records=0)
+                await self.wait(after=max(end, self.cursor), timeout=self.idle_wait_s)
                 continue
             try:
                 await self.deliver(records)

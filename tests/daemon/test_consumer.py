@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from gateway.consumer import AckWindow, Backoff, Health, JournalConsumer
-from gateway.core.record import Record
+from gateway.core.batch import Batch
+from gateway.core.record import EVENT, Record
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import async_wait_until
 
 
 @pytest.fixture
@@ -194,3 +196,40 @@ def test_health_logs_state_changes_not_repetitions(caplog: pytest.LogCaptureFixt
     assert msgs[1][1] == "the target failed: down"
     assert "is working again" in msgs[2][1] and "6 failure(s)" in msgs[2][1]
     assert h.failures == 6 and h.ok and h.last_error is None
+
+
+class EventsOnly(JournalConsumer):
+    """Takes alarm-like events only (``kinds=(EVENT,)``), as the permit watch does."""
+
+    def __init__(self, journal: Journal):
+        super().__init__(journal, "events-only", kinds=(EVENT,), idle_wait_s=30.0)
+        self.got: list[int] = []
+        self.reads = 0
+
+    async def read(self, after: int | None = None, **kw: Any) -> list[Record]:
+        self.reads += 1
+        return await super().read(after, **kw)
+
+    async def deliver(self, records: list[Record]) -> None:
+        self.got.extend(r.seq for r in records)
+
+
+async def test_a_filtered_consumer_passes_records_of_other_kinds_and_then_blocks(journal: Journal) -> None:
+    """Only samples after the cursor: the cursor still reaches the end (it would hold
+    retention back otherwise), and the loop then waits instead of reading in a spin."""
+    c = EventsOnly(journal)
+    c.register()
+    for i in range(5):
+        await journal.append_batch(Batch.build([0, 1], 1_700_000_000 * 10**9 + i, [1.0, 2.0], 0))
+    task = asyncio.create_task(c.run())
+    try:
+        await async_wait_until(lambda: c.cursor == journal.last_seq, 10, what="the cursor past the samples")
+        reads = c.reads
+        # nothing new: a spinning loop would read thousands of times meanwhile
+        assert not await journal.wait(journal.last_seq, 0.3)
+        assert c.reads <= reads + 1
+        seq = await journal.append_event(events(1)[0])
+        await async_wait_until(lambda: c.got == [seq] and c.cursor == seq, 10, what="the event")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
