@@ -35,6 +35,7 @@ from rules.settings import (
     R_RANGE,
     R_ROC,
     R_STALE,
+    R_MAC,
     R_STEL,
     R_TREND,
     R_TWA,
@@ -178,6 +179,9 @@ class EngineState:
                                     float).reshape(n)
             self.stel_thr = np.array([r.stel_threshold() if r.exposure == "concentration" else math.nan
                                       for r in rules], float).reshape(n)
+        # MAC ceiling (NaN: none): any valid reading above it (checked with the exposure)
+        self.mac = np.array([r.mac if r.exposure == "concentration" else math.nan for r in rules],
+                            float).reshape(n)
         self.cfg_maint = np.array([r.maintenance for r in rules], bool).reshape(n)
         en = np.zeros((NR, n), bool)
         en[R_STALE] = self.stale_ns != NEVER
@@ -190,6 +194,7 @@ class EngineState:
         en[R_PREDICT] = (self.tb_bw > 0) & (pred_ns > 0) & ~np.isnan(pred_lim)
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
         en[R_STEL] = (self.ex_mode == 1) & ~np.isnan(self.stel_thr)
+        en[R_MAC] = (self.ex_mode == 1) & ~np.isnan(self.mac)
         self.enabled = en
         # trend settings and state in phase order: channels whose buckets end together
         # sit side by side (``rpos``: channel -> position)
@@ -236,6 +241,7 @@ class EngineState:
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
                 "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
                 "any_noise": bool((self.ex_mode[sel] == 2).any()),
+                "any_mac": bool(self.enabled[R_MAC][sel].any()),
                 "hold_min": int(self.hold_ns[sel].min()),
                 "q_lo_max": float(self.q_lo[sel].max()),
                 "q_hi_min": float(self.q_hi[sel].min()),

@@ -77,7 +77,9 @@ class RulesEngine(Recovery):
         poll: dict[str, float | None] = {
             d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
         maint = {d.name: bool(d.maintenance) for d in cfg.devices}
-        return cls(table, gateway_id=cfg.gateway.id, poll_s=poll, device_maintenance=maint)
+        rules = resolve_table(table, poll_s=poll, device_maintenance=maint,
+                              molar_volume=cfg.hygiene.molar_volume_l())
+        return cls(table, rules=rules, gateway_id=cfg.gateway.id)
 
     # ------------------------------------------------------------------ process
     def process(self, batch: Batch) -> list[Event]:
@@ -232,7 +234,7 @@ class RulesEngine(Recovery):
                 self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
-                self._exposure_add(ch, t, sel, chs, contrib, rnd, hold)
+                self._exposure_add(ch, t, v, sel, chs, contrib, rnd, hold, pos)
         self.pv[sel] = v
         for a, idx, keep in saved:
             a[idx] = keep

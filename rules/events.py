@@ -18,6 +18,7 @@ from rules.settings import (
     R_BAD,
     R_FROZEN,
     R_LIMIT,
+    R_MAC,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -93,6 +94,8 @@ def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> f
         return _f(cr.twa)
     if rule == R_STEL:
         return _f(cr.stel)
+    if rule == R_MAC:
+        return _f(cr.mac)
     if rule == R_STALE:
         return None if cr.stale_ns is None else cr.stale_ns / NS
     if rule == R_BAD:

@@ -1,5 +1,6 @@
 """Exposure: the time-weighted average over 8 h (TWA) and the short-term limit over
-15 min (STEL) of a concentration, and the Leq,8h of a noise level (averaged as energy).
+15 min (STEL) of a concentration, the Leq,8h of a noise level (averaged as energy), and
+the MAC of GBZ 2.1-2019: a ceiling that any single valid reading above it exceeds.
 
 Each channel keeps one running integral of its readings over time (each reading held
 until the next, at most ``hold_ns``), with snapshots of it at minute boundaries (a
@@ -22,7 +23,7 @@ import numpy.typing as npt
 from rules.alarmstate import AlarmMachine
 from rules.compile import SB1, TB1
 from rules.indexing import NONE, FloatArr, Idx, IntArr, Sel, union
-from rules.settings import R_STEL, R_TWA, STEL_BUCKET_NS, TWA_PER_STEL
+from rules.settings import R_MAC, R_STEL, R_TWA, STEL_BUCKET_NS, TWA_PER_STEL
 
 
 def _fill_ring(snap: FloatArr, c: npt.NDArray[np.intp], k0: IntArr, k: IntArr, v: FloatArr) -> None:
@@ -68,9 +69,9 @@ class Exposure(AlarmMachine):
                 self.ex_e[nr] = np.exp(v[npos] * nk)  # the level as energy
         return contrib
 
-    def _exposure_add(self, ch: Any, t: IntArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
-                      hold: Idx | None) -> None:
-        """Add a round's contributions to the integral and check the TWA and STEL limits."""
+    def _exposure_add(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
+                      hold: Idx | None, pos: dict[str, Any] | None = None) -> None:
+        """Add a round's contributions to the integral and check the TWA, STEL and MAC limits."""
         m = len(t)
         if isinstance(sel, slice):
             integ = self.I[sel]
@@ -94,6 +95,11 @@ class Exposure(AlarmMachine):
                       pxv=io > self.lim_twa[oc])
         self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                       pxv=io > self.lim_stel[oc])
+        if pos is None or pos["any_mac"]:
+            # MAC (GBZ 2.1-2019): a ceiling, not an average: any valid reading above it
+            with np.errstate(invalid="ignore"):
+                om = np.flatnonzero(np.greater(v, self.mac[sel], out=self._s_b2[:m]))
+            self._machine(R_MAC, chs, None, t, v, rnd, hold=hold, px=om, pxv=np.ones(len(om), np.int8))
 
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]

@@ -18,7 +18,7 @@ channel's times later than it back to it):
 4. range: a value outside the instrument's range (or NaN/inf) is a sensor fault; frozen
    tracks how long the value has been exactly unchanged. Out-of-range values stop here.
 5. process rules: limits with deadband, rate of change, trend and prediction (at trend
-   bucket boundaries), exposure integrals (TWA / STEL / noise dose).
+   bucket boundaries), exposure integrals (TWA / STEL / noise dose) and the MAC ceiling.
 
 Every rule feeds its condition into the same delay machine: a new condition starts a
 timer; it becomes the alarm's level when it has held for the on-delay (raise or worse
@@ -44,6 +44,7 @@ from rules.settings import (
     R_BAD,
     R_FROZEN,
     R_LIMIT,
+    R_MAC,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -117,6 +118,7 @@ class RefChannel:
             bool(cr.trend_ns) and bool(cr.predict_ns) and not math.isnan(cr.predict_limit),
             cr.exposure is not None and not math.isnan(cr.twa),
             cr.exposure == "concentration" and not math.isnan(cr.stel),
+            cr.exposure == "concentration" and not math.isnan(cr.mac),
         ]
 
     # ------------------------------------------------------------------ machine
@@ -126,7 +128,7 @@ class RefChannel:
             self.since[r] = t
         c, a = self.cand[r], self.act[r]
         if c != a:
-            if r in PROCESS_RULES and r not in (R_TWA, R_STEL):
+            if r in PROCESS_RULES and r not in (R_TWA, R_STEL, R_MAC):
                 delay = self.cr.on_ns if escalates(a, c) else self.cr.off_ns
             else:
                 delay = 0
@@ -322,6 +324,10 @@ class RefChannel:
         if self.enabled[R_STEL]:
             self.metric[R_STEL] = self.I - self.old_stel
             self.machine(R_STEL, int(self.I > self.old_stel + cr.stel_threshold()), t, out)
+        if self.enabled[R_MAC]:
+            # MAC is a ceiling (GBZ 2.1-2019): any valid reading above it, no averaging, no delay
+            self.metric[R_MAC] = v
+            self.machine(R_MAC, int(v > cr.mac), t, out)
 
     # ------------------------------------------------------------------ clock
     def clock_back(self, now: int) -> None:

@@ -19,15 +19,17 @@ from gateway.core.batch import Quality
 from gateway.core.channels import ChannelTable
 from gateway.core.config import AlarmSettings, ChannelBase, Config, ExposureSettings, device_channels
 from gateway.core.yamlsrc import Path_
-from rules.presets import alarm_preset, exposure_preset
+from rules.presets import MOLAR_VOLUME_L, alarm_preset, exposure_preset, gbt50493_ceiling, occupational_limit
 
 NS = 1_000_000_000
 NAN = math.nan
 
 #: rule slots, in the order they are evaluated for one sample (and transitions reported)
-RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel")
-R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL = range(len(RULES))
-PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL)
+#: (mac: GBZ 2.1-2019 MAC, a ceiling no single reading may pass; last, so the order of the
+#: events of the other rules is unchanged)
+RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac")
+R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC = range(len(RULES))
+PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC)
 HEALTH_RULES = (R_STALE, R_BAD, R_RANGE, R_FROZEN)
 #: the channel's maintenance (suppression) state is reported under this rule name
 MAINTENANCE = "maintenance"
@@ -35,7 +37,7 @@ MAINTENANCE = "maintenance"
 #: level codes of the limit rule (others use 1 = active)
 LIMIT_LEVELS = {2: "hh", 1: "h", -1: "l", -2: "ll"}
 LEVEL_CODES = {v: k for k, v in LIMIT_LEVELS.items()}
-PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium",
+PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium", "mac": "high",
             "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
             "range": "low", "frozen": "low"}
 
@@ -83,6 +85,7 @@ class ChannelRules:
     exposure: str | None = None  # None | "concentration" | "noise"
     twa: float = NAN  # concentration limit, or the noise criterion in dB(A)
     stel: float = NAN
+    mac: float = NAN  # MAC ceiling: any valid reading above it is an exceedance
     exchange_db: float = 3.0
     hold_ns: int = 60 * NS  # longest gap a reading is held for in the exposure integral
     maintenance: bool = False
@@ -132,10 +135,10 @@ def noise_k(exchange_db: float) -> float:
     return 10.0 if exchange_db == 3.0 else exchange_db / math.log10(2.0)
 
 
-def _alarm_values(spec: ChannelBase) -> dict[str, Any]:
+def _alarm_values(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> dict[str, Any]:
     vals: dict[str, Any] = {}
     if spec.preset:
-        vals.update(alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit))
+        vals.update(alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit, molar_volume=mv))
     if spec.alarms is not None:
         # explicit keys override the preset's
         for k in spec.alarms.model_fields_set:
@@ -159,21 +162,21 @@ def _limit_order(spec: ChannelBase, r: ChannelRules) -> tuple[tuple[str, ...], s
     return None
 
 
-def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
+def check_channel(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tuple[tuple[str, ...], str]]:
     """What ``resolve`` would refuse in one channel's presets and overrides, as
     (key path under the channel, message): for ``safegw check`` (gateway/core/configcheck.py)."""
     if isinstance(spec.exposure, str):
         try:
-            exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit)
+            exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit, molar_volume=mv)
         except ValueError as e:
             return [(("exposure",), str(e))]
     if spec.preset:
         try:
-            alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit)
+            alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit, molar_volume=mv)
         except ValueError as e:
             return [(("preset",), str(e))]
     try:
-        r = resolve(spec, check_order=False)
+        r = resolve(spec, check_order=False, molar_volume=mv)
     except ValueError as e:
         return [(("alarms",), str(e))]
     # (limits out of order without a preset: gateway/core/configcheck.py reports those itself)
@@ -184,17 +187,61 @@ def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
 def check_config(cfg: Config) -> list[tuple[Path_, str]]:
     """For ``safegw check``: every channel's presets and overrides, at the key to fix."""
     errs: list[tuple[Path_, str]] = []
+    mv = cfg.hygiene.molar_volume_l()
     for di, dev in enumerate(cfg.devices):
         for cpath, ch in device_channels(dev):
             if ch.preset or ch.alarms is not None or isinstance(ch.exposure, str):
-                errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch))
+                errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch, mv))
     return errs
 
 
+def channel_warnings(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tuple[tuple[str, ...], str]]:
+    """Explicit alarm limits above what GB/T 50493-2019 §5.5.2 allows for the channel's gas
+    (level 1 ≤ 100 % OEL / 25 %LEL, level 2 ≤ 200 % OEL / 50 %LEL): worth a warning, not
+    a refusal (a site may have an approved reason, e.g. a detector's resolution)."""
+    if spec.alarms is None:
+        return []
+    cap = gbt50493_ceiling(spec.gas, spec.unit, mv)
+    if cap is None:
+        return []
+    out: list[tuple[tuple[str, ...], str]] = []
+    given = spec.alarms.model_fields_set
+    vals = {k: getattr(spec.alarms, k) for k in ("h", "hh") if k in given and getattr(spec.alarms, k) is not None}
+    try:
+        o = occupational_limit(spec.gas or "")
+        basis = f"{o.basis} {o.oel_mg_m3:g} mg/m³ = {o.oel_ppm(mv):.3g} ppm at {mv:g} L/mol"
+        what = ("100 % of the OEL", "200 % of the OEL")
+    except KeyError:
+        basis, what = "%LEL", ("25 %LEL", "50 %LEL")
+    # the lower level set is level 1, the higher level 2
+    levels = sorted(vals.items(), key=lambda kv: float(kv[1]))
+    for n, (k, v) in enumerate(levels[-2:] if len(levels) == 2 else levels):
+        allowed = cap[n]
+        if float(v) > allowed * (1 + 1e-9):
+            pct = ""
+            if basis != "%LEL":
+                pct = f" ({100 * float(v) / cap[0]:.0f} % of the OEL)"
+            out.append((("alarms", k), f"warning: level {n + 1} at {float(v):g} {spec.unit}{pct} is above the "
+                        f"{what[n]} ({allowed:.4g} {spec.unit}) GB/T 50493-2019 §5.5.2 allows for {spec.gas} "
+                        f"(OEL: {basis}); use preset: gbt50493 or lower it"))
+    return out
+
+
+def config_warnings(cfg: Config) -> list[tuple[Path_, str]]:
+    """For ``safegw check``: what is allowed but against a standard (printed, exit 0)."""
+    mv = cfg.hygiene.molar_volume_l()
+    out: list[tuple[Path_, str]] = []
+    for di, dev in enumerate(cfg.devices):
+        for cpath, ch in device_channels(dev):
+            out.extend((("devices", di, *cpath, *key), msg) for key, msg in channel_warnings(ch, mv))
+    return out
+
+
 def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
-            device_maintenance: bool = False, check_order: bool = True) -> ChannelRules:
+            device_maintenance: bool = False, check_order: bool = True,
+            molar_volume: float = MOLAR_VOLUME_L) -> ChannelRules:
     """One channel's rules from its config (presets resolved, overrides applied)."""
-    vals = _alarm_values(spec)
+    vals = _alarm_values(spec, molar_volume)
     # values are already parsed (config floats in seconds, preset numbers): merge without
     # re-validating, which would refuse unit-less durations
     a = AlarmSettings().model_copy(update={k: v for k, v in vals.items() if k != "source"})
@@ -232,7 +279,8 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     if ex is not None:
         if isinstance(ex, str):
             ex = ExposureSettings.model_validate(
-                {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit).items() if k != "source"})
+                {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit,
+                                                  molar_volume=molar_volume).items() if k != "source"})
         r.exposure = ex.kind
         if ex.kind == "noise":
             r.twa = float(ex.criterion_db)
@@ -240,16 +288,18 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
         else:
             r.twa = NAN if ex.twa is None else float(ex.twa)
             r.stel = NAN if ex.stel is None else float(ex.stel)
+            r.mac = NAN if ex.mac is None else float(ex.mac)
     r.maintenance = bool(spec.maintenance or device_maintenance)
     return r
 
 
 def resolve_table(table: ChannelTable, *, poll_s: dict[str, float | None] | None = None,
-                  device_maintenance: dict[str, bool] | None = None) -> list[ChannelRules]:
+                  device_maintenance: dict[str, bool] | None = None,
+                  molar_volume: float = MOLAR_VOLUME_L) -> list[ChannelRules]:
     """Rules for every channel of a table; ``poll_s`` and maintenance are per device name."""
     out = []
     for c in table.channels:
         p = 1.0 if poll_s is None else poll_s.get(c.device, 1.0)
         m = bool(device_maintenance and device_maintenance.get(c.device))
-        out.append(resolve(c.spec, poll_s=p, device_maintenance=m))
+        out.append(resolve(c.spec, poll_s=p, device_maintenance=m, molar_volume=molar_volume))
     return out

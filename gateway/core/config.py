@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.config_hygiene import HygieneSection
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -170,6 +171,8 @@ class ExposureSettings(Strict):
     kind: Literal["concentration", "noise"] = "concentration"
     twa: Number | None = Field(default=None, gt=0, description="PC-TWA limit (8 h)")
     stel: Number | None = Field(default=None, gt=0, description="PC-STEL limit (15 min)")
+    mac: Number | None = Field(default=None, gt=0, description="MAC: a ceiling no reading may pass "
+                               "(GBZ 2.1-2019 §3, terms: MAC)")
     criterion_db: Number = 85.0
     exchange_rate_db: Number = 3.0
 
@@ -532,6 +535,7 @@ class Config(ConfigFile):
     api: ApiSection | None = None
     registers: RegistersSection = RegistersSection()
     alarms: AlarmsSection = AlarmsSection()
+    hygiene: HygieneSection = HygieneSection()
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:
