@@ -28,14 +28,16 @@ from gateway.core.channels import ChannelTable
 from rules.indexing import I64, NEVER, NONE, NR, UNSET, Event, FloatArr, Idx, IntArr
 from rules.settings import (
     NS,
+    PEAK_PER_DAY,
     R_BAD,
     R_FROZEN,
     R_LIMIT,
+    R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
     R_STALE,
-    R_MAC,
     R_STEL,
     R_TREND,
     R_TWA,
@@ -119,6 +121,13 @@ class EngineState:
         self.lim_min = np.full(n, np.nan)  # fmin of the two: one compare screens both
         self.next_rot = np.minimum(self.tb_next, self.ex_next)
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
+        # peak exposure (rules/exposure.py): the open excursion's start (UNSET: none), the
+        # last one's end (UNSET: none), the starts of the latest PEAK_PER_DAY, and whether the
+        # open one broke a rule (too soon, too many)
+        self.pk_start = np.full(n, UNSET, I64)
+        self.pk_end = np.full(n, UNSET, I64)
+        self.pk_starts = np.full((n if self.enabled[R_PEAK].any() else 0, PEAK_PER_DAY), UNSET, I64)
+        self.pk_bad = np.zeros(n, bool)
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
         # scratch for the per-sample passes (a fresh 100k-element temporary costs about
@@ -195,6 +204,9 @@ class EngineState:
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
         en[R_STEL] = (self.ex_mode == 1) & ~np.isnan(self.stel_thr)
         en[R_MAC] = (self.ex_mode == 1) & ~np.isnan(self.mac)
+        pk = np.array([r.peak_levels() for r in rules], float).reshape(n, 2)
+        self.pk3, self.pk5 = pk[:, 0].copy(), pk[:, 1].copy()
+        en[R_PEAK] = ~np.isnan(self.pk3)
         self.enabled = en
         # trend settings and state in phase order: channels whose buckets end together
         # sit side by side (``rpos``: channel -> position)
@@ -242,6 +254,7 @@ class EngineState:
                 "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
                 "any_noise": bool((self.ex_mode[sel] == 2).any()),
                 "any_mac": bool(self.enabled[R_MAC][sel].any()),
+                "any_peak": bool(self.enabled[R_PEAK][sel].any()),
                 "hold_min": int(self.hold_ns[sel].min()),
                 "q_lo_max": float(self.q_lo[sel].max()),
                 "q_hi_min": float(self.q_hi[sel].min()),

@@ -19,6 +19,7 @@ from rules.settings import (
     R_FROZEN,
     R_LIMIT,
     R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -96,6 +97,9 @@ def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> f
         return _f(cr.stel)
     if rule == R_MAC:
         return _f(cr.mac)
+    if rule == R_PEAK:
+        p3, p5 = cr.peak_levels()
+        return _f(p5 if value is not None and value > p5 else p3)
     if rule == R_STALE:
         return None if cr.stale_ns is None else cr.stale_ns / NS
     if rule == R_BAD:

@@ -22,8 +22,19 @@ import numpy.typing as npt
 
 from rules.alarmstate import AlarmMachine
 from rules.compile import SB1, TB1
-from rules.indexing import NONE, FloatArr, Idx, IntArr, Sel, union
-from rules.settings import R_MAC, R_STEL, R_TWA, STEL_BUCKET_NS, TWA_PER_STEL
+from rules.indexing import NONE, UNSET, FloatArr, Idx, IntArr, Sel, minus, union
+from rules.settings import (
+    PEAK_DAY_NS,
+    PEAK_EXCURSION_NS,
+    PEAK_GAP_NS,
+    PEAK_PER_DAY,
+    R_MAC,
+    R_PEAK,
+    R_STEL,
+    R_TWA,
+    STEL_BUCKET_NS,
+    TWA_PER_STEL,
+)
 
 
 def _fill_ring(snap: FloatArr, c: npt.NDArray[np.intp], k0: IntArr, k: IntArr, v: FloatArr) -> None:
@@ -100,6 +111,43 @@ class Exposure(AlarmMachine):
             with np.errstate(invalid="ignore"):
                 om = np.flatnonzero(np.greater(v, self.mac[sel], out=self._s_b2[:m]))
             self._machine(R_MAC, chs, None, t, v, rnd, hold=hold, px=om, pxv=np.ones(len(om), np.int8))
+        if pos is None or pos["any_peak"]:
+            self._peak(ch, t, v, sel, chs, rnd, hold)
+
+    def _peak(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None) -> None:
+        """Peak exposure (rules/reference.py ``peak`` says the rule): only the positions above
+        3 × PC-TWA or in an open excursion are looked at."""
+        m = len(t)
+        with np.errstate(invalid="ignore"):
+            hi = np.greater(v, self.pk3[sel], out=self._s_b2[:m])
+        open_ = self.pk_start[sel] != UNSET
+        idx = np.flatnonzero(hi | open_)
+        if hold is not None and len(hold):
+            idx = minus(idx, hold)
+        if len(idx):
+            c = idx + sel.start if isinstance(sel, slice) else ch[idx].astype(np.intp)
+            hi_i, tt, vv = hi[idx], t[idx], v[idx]
+            st = self.pk_start[c]
+            start = hi_i & (st == UNSET)
+            if start.any():
+                cs, ts_ = c[start], tt[start]
+                ring = self.pk_starts[cs]
+                near = np.count_nonzero(ts_[:, None] - ring < PEAK_DAY_NS, axis=1)
+                self.pk_bad[cs] = (ts_ - self.pk_end[cs] < PEAK_GAP_NS) | (near >= PEAK_PER_DAY)
+                ring[:, :-1] = ring[:, 1:]
+                ring[:, -1] = ts_
+                self.pk_starts[cs] = ring
+                self.pk_start[cs] = ts_
+            end = ~hi_i & (st != UNSET)
+            if end.any():
+                ce = c[end]
+                self.pk_end[ce] = tt[end]
+                self.pk_start[ce] = UNSET
+            x = hi_i & ((vv > self.pk5[c]) | (tt - self.pk_start[c] > PEAK_EXCURSION_NS) | self.pk_bad[c])
+            px, pxv = idx[x], np.ones(int(x.sum()), np.int8)
+        else:
+            px, pxv = idx, np.zeros(0, np.int8)
+        self._machine(R_PEAK, chs, None, t, v, rnd, hold=hold, px=px, pxv=pxv)
 
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]

@@ -301,4 +301,6 @@ class Limits(AlarmMachine):
         np.minimum(self.bad_since, now, out=self.bad_since)
         np.minimum(self.ov_t, now, out=self.ov_t)
         np.minimum(self.fz_t, now, out=self.fz_t)
+        np.minimum(self.pk_start, now, out=self.pk_start)
+        np.minimum(self.pk_end, now, out=self.pk_end)
         self._stale_lb = NONE

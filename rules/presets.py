@@ -201,15 +201,22 @@ class MethaneProfile:
 _AQ = "煤矿安全规程 (2022) §498 table / AQ 1029-2019 §6"
 #: methane sensors by location (《煤矿安全规程》2022 §498 table; AQ 1029-2019 §6.2–6.4, Table 1)
 COAL_CH4: dict[str, MethaneProfile] = {p.location: p for p in (
-    MethaneProfile("working-face", 1.0, 1.5, 1.0, f"{_AQ}: 采煤工作面 T1 ≥1.0 / ≥1.5 / <1.0 %CH4"),
-    MethaneProfile("working-face-return", 1.0, 1.0, 1.0, f"{_AQ}: 采煤工作面回风巷 T2 ≥1.0 / ≥1.0 / <1.0 %CH4"),
+    MethaneProfile("working-face", 1.0, 1.5, 1.0,
+                   f"{_AQ}: 采煤工作面 T1 ≥1.0 / ≥1.5 / <1.0 %CH4"),
+    MethaneProfile("working-face-return", 1.0, 1.0, 1.0,
+                   f"{_AQ}: 采煤工作面回风巷 T2 ≥1.0 / ≥1.0 / <1.0 %CH4"),
     MethaneProfile("working-face-intake", 0.5, 0.5, 0.5,
                    f"{_AQ}: 高瓦斯、突出矿井采煤工作面进风巷 T3 ≥0.5 / ≥0.5 / <0.5 %CH4"),
-    MethaneProfile("heading-face", 1.0, 1.5, 1.0, f"{_AQ}: 掘进工作面 T1 ≥1.0 / ≥1.5 / <1.0 %CH4"),
-    MethaneProfile("heading-return", 1.0, 1.0, 1.0, f"{_AQ}: 掘进工作面回风流 T2 ≥1.0 / ≥1.0 / <1.0 %CH4"),
-    MethaneProfile("shearer", 1.0, 1.5, 1.0, f"{_AQ}: 采煤机 ≥1.0 / ≥1.5 / <1.0 %CH4"),
-    MethaneProfile("roadheader", 1.0, 1.5, 1.0, f"{_AQ}: 掘进机 ≥1.0 / ≥1.5 / <1.0 %CH4"),
-    MethaneProfile("drainage-roadway", 2.5, 2.5, 2.5, f"{_AQ}: 专用排瓦斯巷 T7 ≥2.5 / ≥2.5 / <2.5 %CH4"),
+    MethaneProfile("heading-face", 1.0, 1.5, 1.0,
+                   f"{_AQ}: 掘进工作面 T1 ≥1.0 / ≥1.5 / <1.0 %CH4"),
+    MethaneProfile("heading-return", 1.0, 1.0, 1.0,
+                   f"{_AQ}: 掘进工作面回风流 T2 ≥1.0 / ≥1.0 / <1.0 %CH4"),
+    MethaneProfile("shearer", 1.0, 1.5, 1.0,
+                   f"{_AQ}: 采煤机 ≥1.0 / ≥1.5 / <1.0 %CH4"),
+    MethaneProfile("roadheader", 1.0, 1.5, 1.0,
+                   f"{_AQ}: 掘进机 ≥1.0 / ≥1.5 / <1.0 %CH4"),
+    MethaneProfile("drainage-roadway", 2.5, 2.5, 2.5,
+                   f"{_AQ}: 专用排瓦斯巷 T7 ≥2.5 / ≥2.5 / <2.5 %CH4"),
 )}
 
 
@@ -324,13 +331,20 @@ class DustLimit:
 
 _T2 = "GBZ 2.1-2019 Table 2"
 DUSTS: dict[str, DustLimit] = {d.key: d for d in (
-    DustLimit("coal", "煤尘(游离SiO2含量<10%)", 4.0, 2.5, f"{_T2}: 煤尘 PC-TWA total 4, respirable 2.5"),
-    DustLimit("silica-10-50", "矽尘(10%≤游离SiO2≤50%)", 1.0, 0.7, f"{_T2}: 矽尘 10–50 % PC-TWA total 1, respirable 0.7"),
-    DustLimit("silica-50-80", "矽尘(50%<游离SiO2≤80%)", 0.7, 0.3, f"{_T2}: 矽尘 50–80 % PC-TWA total 0.7, respirable 0.3"),
-    DustLimit("silica-80", "矽尘(游离SiO2>80%)", 0.5, 0.2, f"{_T2}: 矽尘 >80 % PC-TWA total 0.5, respirable 0.2"),
-    DustLimit("cement", "水泥粉尘(游离SiO2<10%)", 4.0, 1.5, f"{_T2}: 水泥粉尘 PC-TWA total 4, respirable 1.5"),
-    DustLimit("welding-fume", "电焊烟尘", 4.0, None, f"{_T2}: 电焊烟尘 PC-TWA total 4"),
-    DustLimit("other", "其他粉尘", 8.0, None, f"{_T2}: 其他粉尘 PC-TWA total 8 (no free-silica, no other limit)"),
+    DustLimit("coal", "煤尘(游离SiO2含量<10%)", 4.0, 2.5,
+              f"{_T2}: 煤尘 PC-TWA total 4, respirable 2.5"),
+    DustLimit("silica-10-50", "矽尘(10%≤游离SiO2≤50%)", 1.0, 0.7,
+              f"{_T2}: 矽尘 10–50 % PC-TWA total 1, respirable 0.7"),
+    DustLimit("silica-50-80", "矽尘(50%<游离SiO2≤80%)", 0.7, 0.3,
+              f"{_T2}: 矽尘 50–80 % PC-TWA total 0.7, respirable 0.3"),
+    DustLimit("silica-80", "矽尘(游离SiO2>80%)", 0.5, 0.2,
+              f"{_T2}: 矽尘 >80 % PC-TWA total 0.5, respirable 0.2"),
+    DustLimit("cement", "水泥粉尘(游离SiO2<10%)", 4.0, 1.5,
+              f"{_T2}: 水泥粉尘 PC-TWA total 4, respirable 1.5"),
+    DustLimit("welding-fume", "电焊烟尘", 4.0, None,
+              f"{_T2}: 电焊烟尘 PC-TWA total 4"),
+    DustLimit("other", "其他粉尘", 8.0, None,
+              f"{_T2}: 其他粉尘 PC-TWA total 8 (no free-silica, no other limit)"),
 )}
 
 EXPOSURE_PRESETS: dict[str, dict[str, Any]] = {
@@ -380,14 +394,16 @@ def exposure_preset(name: str, *, gas: str | None, unit: str,
                      f"{', '.join(TOXIC)}, dust-<{'|'.join(DUSTS)}>-total|respirable")
 
 
-def gbt50493_ceiling(gas: str | None, unit: str, molar_volume: float = MOLAR_VOLUME_L) -> tuple[float, float] | None:
+def gbt50493_ceiling(gas: str | None, unit: str,
+                     molar_volume: float = MOLAR_VOLUME_L) -> tuple[float, float] | None:
     """The highest level-1 / level-2 settings GB/T 50493-2019 §5.5.2 allows for a channel's
     gas in its unit (None: no OEL known, or the unit does not fit)."""
     g = canonical_gas(gas)
     try:
         if g in TOXIC:
             o = TOXIC[g]
-            return (_toxic_in(o.oel_mg_m3, o, unit, molar_volume), _toxic_in(2 * o.oel_mg_m3, o, unit, molar_volume))
+            return (_toxic_in(o.oel_mg_m3, o, unit, molar_volume),
+                    _toxic_in(2 * o.oel_mg_m3, o, unit, molar_volume))
         if (g in COMBUSTIBLE) and unit_key(unit) == "%lel":
             return (25.0, 50.0)
     except ValueError:

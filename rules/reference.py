@@ -35,6 +35,10 @@ from rules.settings import (
     HEALTH_RULES,
     MIN_TREND_BUCKETS,
     NS,
+    PEAK_DAY_NS,
+    PEAK_EXCURSION_NS,
+    PEAK_GAP_NS,
+    PEAK_PER_DAY,
     PROCESS_RULES,
     Q_BAD,
     Q_CALIBRATING,
@@ -45,6 +49,7 @@ from rules.settings import (
     R_FROZEN,
     R_LIMIT,
     R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -60,6 +65,7 @@ from rules.settings import (
     TREND_SXX,
     TWA_BUCKETS,
     TWA_PER_STEL,
+    UNDELAYED,
     ChannelRules,
     phase_ns,
 )
@@ -111,6 +117,13 @@ class RefChannel:
         self.snap_twa = [0.0] * (TWA_BUCKETS + 1)
         self.old_stel = 0.0
         self.old_twa = 0.0
+        # peak exposure: the open excursion's start (None: none), the last one's end, the
+        # starts of the latest PEAK_PER_DAY excursions, whether the open one broke a rule
+        self.pk3, self.pk5 = cr.peak_levels()
+        self.pk_start: int | None = None
+        self.pk_end: int | None = None
+        self.pk_starts: list[int] = []
+        self.pk_bad = False
         self.enabled = [
             cr.stale_ns is not None, cr.bad_ns is not None, True, cr.frozen_ns is not None,
             any(not math.isnan(x) for x in (cr.hh, cr.h, cr.l, cr.ll)), not math.isnan(cr.roc),
@@ -119,6 +132,7 @@ class RefChannel:
             cr.exposure is not None and not math.isnan(cr.twa),
             cr.exposure == "concentration" and not math.isnan(cr.stel),
             cr.exposure == "concentration" and not math.isnan(cr.mac),
+            not math.isnan(self.pk3),
         ]
 
     # ------------------------------------------------------------------ machine
@@ -128,7 +142,7 @@ class RefChannel:
             self.since[r] = t
         c, a = self.cand[r], self.act[r]
         if c != a:
-            if r in PROCESS_RULES and r not in (R_TWA, R_STEL, R_MAC):
+            if r in PROCESS_RULES and r not in UNDELAYED:
                 delay = self.cr.on_ns if escalates(a, c) else self.cr.off_ns
             else:
                 delay = 0
@@ -328,6 +342,29 @@ class RefChannel:
             # MAC is a ceiling (GBZ 2.1-2019): any valid reading above it, no averaging, no delay
             self.metric[R_MAC] = v
             self.machine(R_MAC, int(v > cr.mac), t, out)
+        if self.enabled[R_PEAK]:
+            self.peak(t, v, out)
+
+    def peak(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
+        """Peak exposure (GBZ 2.1-2019): an excursion is a run of readings above 3 × PC-TWA;
+        it exceeds when a reading passes 5 × PC-TWA, when it has lasted over 15 minutes,
+        when it began less than 1 h after the previous one ended, or when it is the fifth
+        to begin within 24 h. It ends at the first reading back at or below 3 × PC-TWA."""
+        if v > self.pk3:
+            if self.pk_start is None:
+                self.pk_start = t
+                near = sum(1 for s in self.pk_starts if t - s < PEAK_DAY_NS)
+                soon = self.pk_end is not None and t - self.pk_end < PEAK_GAP_NS
+                self.pk_bad = soon or near >= PEAK_PER_DAY
+                self.pk_starts = [*self.pk_starts, t][-PEAK_PER_DAY:]
+            x = v > self.pk5 or t - self.pk_start > PEAK_EXCURSION_NS or self.pk_bad
+        else:
+            if self.pk_start is not None:
+                self.pk_end = t
+                self.pk_start = None
+            x = False
+        self.metric[R_PEAK] = v
+        self.machine(R_PEAK, int(x), t, out)
 
     # ------------------------------------------------------------------ clock
     def clock_back(self, now: int) -> None:
@@ -339,6 +376,10 @@ class RefChannel:
         self.since = [min(s, now) for s in self.since]
         if self.bad_since is not None:
             self.bad_since = min(self.bad_since, now)
+        if self.pk_start is not None:
+            self.pk_start = min(self.pk_start, now)
+        if self.pk_end is not None:
+            self.pk_end = min(self.pk_end, now)
 
     def tick(self, now: int, out: list[dict[str, Any]]) -> None:
         if self.supp:

@@ -26,10 +26,14 @@ NAN = math.nan
 
 #: rule slots, in the order they are evaluated for one sample (and transitions reported)
 #: (mac: GBZ 2.1-2019 MAC, a ceiling no single reading may pass; last, so the order of the
-#: events of the other rules is unchanged)
-RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac")
-R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC = range(len(RULES))
-PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC)
+#: events of the other rules is unchanged;
+#: peak: GBZ 2.1-2019 peak exposure, for a PC-TWA without PC-STEL or MAC)
+RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac", "peak")
+(R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL,
+ R_MAC, R_PEAK) = range(len(RULES))
+PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC, R_PEAK)
+#: rules without on/off delays (the exposure rules: their window or ceiling is the limit)
+UNDELAYED = (R_TWA, R_STEL, R_MAC, R_PEAK)
 HEALTH_RULES = (R_STALE, R_BAD, R_RANGE, R_FROZEN)
 #: the channel's maintenance (suppression) state is reported under this rule name
 MAINTENANCE = "maintenance"
@@ -37,7 +41,8 @@ MAINTENANCE = "maintenance"
 #: level codes of the limit rule (others use 1 = active)
 LIMIT_LEVELS = {2: "hh", 1: "h", -1: "l", -2: "ll"}
 LEVEL_CODES = {v: k for k, v in LIMIT_LEVELS.items()}
-PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium", "mac": "high",
+PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium",
+            "mac": "high", "peak": "high",
             "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
             "range": "low", "frozen": "low"}
 
@@ -56,6 +61,15 @@ STEL_BUCKET_NS = STEL_WINDOW_NS // STEL_BUCKETS
 TWA_WINDOW_NS = 8 * 3600 * NS
 TWA_PER_STEL = 15  # a TWA bucket is 15 STEL buckets: 15 minutes
 TWA_BUCKETS = 32  # 8 h of 15-minute buckets
+# peak exposure, GBZ 2.1-2019 (峰接触浓度; the figures as issue 17 states them, docs/rules.md):
+# above 3 × PC-TWA for at most 15 min at a time, at most 4 times a day, at least 1 h apart,
+# never above 5 × PC-TWA
+PEAK_FACTOR = 3.0
+PEAK_CEILING_FACTOR = 5.0
+PEAK_EXCURSION_NS = 15 * 60 * NS
+PEAK_GAP_NS = 3600 * NS
+PEAK_PER_DAY = 4
+PEAK_DAY_NS = 24 * 3600 * NS
 PHASES = 97  # bucket boundaries are staggered over channels so rotation work spreads out
 PHASE_BLOCK = 16  # ... in blocks of adjacent channels, so those that rotate together share cache lines
 
@@ -86,6 +100,7 @@ class ChannelRules:
     twa: float = NAN  # concentration limit, or the noise criterion in dB(A)
     stel: float = NAN
     mac: float = NAN  # MAC ceiling: any valid reading above it is an exceedance
+    peak: bool = False  # peak exposure on the PC-TWA (GBZ 2.1-2019)
     exchange_db: float = 3.0
     hold_ns: int = 60 * NS  # longest gap a reading is held for in the exposure integral
     maintenance: bool = False
@@ -117,6 +132,12 @@ class ChannelRules:
     def stel_threshold(self) -> float:
         """PC-STEL limit as an integral over 15 min (value·ns)."""
         return float(self.stel * STEL_WINDOW_NS)
+
+    def peak_levels(self) -> tuple[float, float]:
+        """Peak exposure: (the excursion level 3 × PC-TWA, the ceiling 5 × PC-TWA); NaN: off."""
+        if not self.peak or self.exposure != "concentration":
+            return NAN, NAN
+        return PEAK_FACTOR * self.twa, PEAK_CEILING_FACTOR * self.twa
 
     def roc_per_ns(self) -> float:
         """The rate-of-change limit per ns: a change dv over dt ns alarms when |dv| > this · dt."""
@@ -206,7 +227,8 @@ def channel_warnings(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tupl
         return []
     out: list[tuple[tuple[str, ...], str]] = []
     given = spec.alarms.model_fields_set
-    vals = {k: getattr(spec.alarms, k) for k in ("h", "hh") if k in given and getattr(spec.alarms, k) is not None}
+    vals = {k: getattr(spec.alarms, k) for k in ("h", "hh")
+            if k in given and getattr(spec.alarms, k) is not None}
     try:
         o = occupational_limit(spec.gas or "")
         basis = f"{o.basis} {o.oel_mg_m3:g} mg/m³ = {o.oel_ppm(mv):.3g} ppm at {mv:g} L/mol"
@@ -221,9 +243,10 @@ def channel_warnings(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tupl
             pct = ""
             if basis != "%LEL":
                 pct = f" ({100 * float(v) / cap[0]:.0f} % of the OEL)"
-            out.append((("alarms", k), f"warning: level {n + 1} at {float(v):g} {spec.unit}{pct} is above the "
-                        f"{what[n]} ({allowed:.4g} {spec.unit}) GB/T 50493-2019 §5.5.2 allows for {spec.gas} "
-                        f"(OEL: {basis}); use preset: gbt50493 or lower it"))
+            out.append((("alarms", k), f"warning: level {n + 1} at {float(v):g} {spec.unit}{pct} is above "
+                        f"the "
+                        f"{what[n]} ({allowed:.4g} {spec.unit}) GB/T 50493-2019 §5.5.2 allows for {spec.gas}"
+                        f"{'' if basis == '%LEL' else f' (OEL: {basis})'}; use preset: gbt50493 or lower it"))
     return out
 
 
@@ -289,6 +312,8 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
             r.twa = NAN if ex.twa is None else float(ex.twa)
             r.stel = NAN if ex.stel is None else float(ex.stel)
             r.mac = NAN if ex.mac is None else float(ex.mac)
+            auto = ex.twa is not None and ex.stel is None and ex.mac is None
+            r.peak = bool(ex.twa is not None and (auto if ex.peak is None else ex.peak))
     r.maintenance = bool(spec.maintenance or device_maintenance)
     return r
 

@@ -173,6 +173,8 @@ class ExposureSettings(Strict):
     stel: Number | None = Field(default=None, gt=0, description="PC-STEL limit (15 min)")
     mac: Number | None = Field(default=None, gt=0, description="MAC: a ceiling no reading may pass "
                                "(GBZ 2.1-2019 §3, terms: MAC)")
+    peak: bool | None = Field(default=None, description="peak exposure (GBZ 2.1-2019 峰接触浓度); default: "
+                              "on for a PC-TWA without PC-STEL or MAC")
     criterion_db: Number = 85.0
     exchange_rate_db: Number = 3.0
 

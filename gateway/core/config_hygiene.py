@@ -24,4 +24,5 @@ class HygieneSection(BaseModel):
 
     def molar_volume_l(self) -> float:
         """Ideal-gas molar volume R·T/p in L/mol (24.061 at 20 °C, 101.3 kPa)."""
-        return round(R_GAS * (float(self.reference_temperature_c) + 273.15) / float(self.reference_pressure_kpa), 3)
+        t_k = float(self.reference_temperature_c) + 273.15
+        return round(R_GAS * t_k / float(self.reference_pressure_kpa), 3)
