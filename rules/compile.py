@@ -27,10 +27,12 @@ import numpy.typing as npt
 from gateway.core.channels import ChannelTable
 from rules.indexing import I64, NEVER, NONE, NR, UNSET, Event, FloatArr, Idx, IntArr
 from rules.settings import (
+    IMPULSE_BUCKETS,
     NS,
     PEAK_PER_DAY,
     R_BAD,
     R_FROZEN,
+    R_IMPULSE,
     R_LIMIT,
     R_MAC,
     R_PEAK,
@@ -128,6 +130,11 @@ class EngineState:
         self.pk_end = np.full(n, UNSET, I64)
         self.pk_starts = np.full((n if self.enabled[R_PEAK].any() else 0, PEAK_PER_DAY), UNSET, I64)
         self.pk_bad = np.zeros(n, bool)
+        # impulse noise (rules/exposure.py): impulses per 15-minute bucket (a ring of 32 by
+        # bucket number), the open bucket (NONE: none yet), the last reading above the threshold
+        self.im_k = np.full(n, NONE, I64)
+        self.im_ring = np.zeros((n if self.enabled[R_IMPULSE].any() else 0, IMPULSE_BUCKETS), np.int64)
+        self.im_above = np.zeros(n, bool)
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
         # scratch for the per-sample passes (a fresh 100k-element temporary costs about
@@ -207,6 +214,8 @@ class EngineState:
         pk = np.array([r.peak_levels() for r in rules], float).reshape(n, 2)
         self.pk3, self.pk5 = pk[:, 0].copy(), pk[:, 1].copy()
         en[R_PEAK] = ~np.isnan(self.pk3)
+        self.im_th = f("impulse_db")
+        en[R_IMPULSE] = ~np.isnan(self.im_th)
         self.enabled = en
         # trend settings and state in phase order: channels whose buckets end together
         # sit side by side (``rpos``: channel -> position)
@@ -255,6 +264,7 @@ class EngineState:
                 "any_noise": bool((self.ex_mode[sel] == 2).any()),
                 "any_mac": bool(self.enabled[R_MAC][sel].any()),
                 "any_peak": bool(self.enabled[R_PEAK][sel].any()),
+                "impulse": np.flatnonzero(self.enabled[R_IMPULSE][sel]),
                 "hold_min": int(self.hold_ns[sel].min()),
                 "q_lo_max": float(self.q_lo[sel].max()),
                 "q_hi_min": float(self.q_hi[sel].min()),

@@ -221,6 +221,8 @@ class RulesEngine(Recovery):
                 self._limits(ch, t, v, chs, rnd, loud, hold)
             if pos is None or pos["any_roc"]:
                 self._roc(ch, t, dv, dtn, sel, chs, pos, rnd, hold)
+            if pos is None or len(pos["impulse"]):
+                self._impulse(ch, t, v, sel, chs, rnd, hold, None if pos is None else pos["impulse"])
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
             due = np.greater_equal(t, self.next_rot[sel], out=self._s_b[:m])
             if hold is not None:

@@ -24,10 +24,14 @@ from rules.alarmstate import AlarmMachine
 from rules.compile import SB1, TB1
 from rules.indexing import NONE, UNSET, FloatArr, Idx, IntArr, Sel, minus, union
 from rules.settings import (
+    IMPULSE_BUCKET_NS,
+    IMPULSE_BUCKETS,
+    IMPULSE_LIMITS,
     PEAK_DAY_NS,
     PEAK_EXCURSION_NS,
     PEAK_GAP_NS,
     PEAK_PER_DAY,
+    R_IMPULSE,
     R_MAC,
     R_PEAK,
     R_STEL,
@@ -113,6 +117,43 @@ class Exposure(AlarmMachine):
             self._machine(R_MAC, chs, None, t, v, rnd, hold=hold, px=om, pxv=np.ones(len(om), np.int8))
         if pos is None or pos["any_peak"]:
             self._peak(ch, t, v, sel, chs, rnd, hold)
+
+    def _impulse(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None,
+                 ipos: npt.NDArray[np.intp] | None) -> None:
+        """Impulse noise (rules/reference.py ``impulse`` says the rule), on the few channels
+        that count impulses (``ipos``: their positions in the run; None: find them)."""
+        idx = np.flatnonzero(self.enabled[R_IMPULSE][ch]) if ipos is None else ipos
+        if hold is not None and len(hold):
+            idx = minus(idx, hold)
+        if len(idx):
+            c = idx + sel.start if isinstance(sel, slice) else ch[idx].astype(np.intp)
+            tt, vv = t[idx], v[idx]
+            k = tt // IMPULSE_BUCKET_NS
+            k0 = self.im_k[c]
+            k0 = np.where(k0 == NONE, k, k0)
+            adv = k > k0
+            if adv.any():
+                ca, ka, ja = c[adv], k[adv], k0[adv]
+                for d in range(1, IMPULSE_BUCKETS + 1):  # the buckets passed are emptied
+                    m = ja + d <= ka
+                    if not m.any():
+                        break
+                    self.im_ring[ca[m], (ja[m] + d) % IMPULSE_BUCKETS] = 0
+            kk = np.maximum(k, k0)
+            self.im_k[c] = kk
+            th = self.im_th[c]
+            above = vv > th
+            new = above & ~self.im_above[c]
+            if new.any():
+                self.im_ring[c[new], kk[new] % IMPULSE_BUCKETS] += 1
+            self.im_above[c] = above
+            cnt = self.im_ring[c].sum(axis=1)
+            lim = np.select([cnt <= n for n, _ in IMPULSE_LIMITS], [lim for _, lim in IMPULSE_LIMITS], th)
+            x = vv > lim
+            px, pxv = idx[x], np.ones(int(x.sum()), np.int8)
+        else:
+            px, pxv = idx, np.zeros(0, np.int8)
+        self._machine(R_IMPULSE, chs, None, t, v, rnd, hold=hold, px=px, pxv=pxv)
 
     def _peak(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None) -> None:
         """Peak exposure (rules/reference.py ``peak`` says the rule): only the positions above

@@ -28,12 +28,14 @@ NAN = math.nan
 #: (mac: GBZ 2.1-2019 MAC, a ceiling no single reading may pass; last, so the order of the
 #: events of the other rules is unchanged;
 #: peak: GBZ 2.1-2019 peak exposure, for a PC-TWA without PC-STEL or MAC)
-RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac", "peak")
+#: impulse: GBZ 2.2-2007 impulse noise, the peak limit for the count of impulses in 8 h)
+RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac", "peak",
+         "impulse")
 (R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL,
- R_MAC, R_PEAK) = range(len(RULES))
-PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC, R_PEAK)
+ R_MAC, R_PEAK, R_IMPULSE) = range(len(RULES))
+PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC, R_PEAK, R_IMPULSE)
 #: rules without on/off delays (the exposure rules: their window or ceiling is the limit)
-UNDELAYED = (R_TWA, R_STEL, R_MAC, R_PEAK)
+UNDELAYED = (R_TWA, R_STEL, R_MAC, R_PEAK, R_IMPULSE)
 HEALTH_RULES = (R_STALE, R_BAD, R_RANGE, R_FROZEN)
 #: the channel's maintenance (suppression) state is reported under this rule name
 MAINTENANCE = "maintenance"
@@ -42,7 +44,7 @@ MAINTENANCE = "maintenance"
 LIMIT_LEVELS = {2: "hh", 1: "h", -1: "l", -2: "ll"}
 LEVEL_CODES = {v: k for k, v in LIMIT_LEVELS.items()}
 PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium",
-            "mac": "high", "peak": "high",
+            "mac": "high", "peak": "high", "impulse": "high",
             "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
             "range": "low", "frozen": "low"}
 
@@ -70,6 +72,21 @@ PEAK_EXCURSION_NS = 15 * 60 * NS
 PEAK_GAP_NS = 3600 * NS
 PEAK_PER_DAY = 4
 PEAK_DAY_NS = 24 * 3600 * NS
+# impulse noise, GBZ 2.2-2007 §11 (table of impulse-noise limits): the peak sound pressure
+# level allowed for the number n of impulses in a working day (8 h): n ≤ 100: 140 dB,
+# n ≤ 1,000: 130 dB, n ≤ 10,000: 120 dB (more: every impulse exceeds). Counted in 15-minute
+# buckets over the last 32 of them (the current one and 31 before: 7¾–8 h)
+IMPULSE_LIMITS = ((100, 140.0), (1000, 130.0), (10000, 120.0))
+IMPULSE_BUCKET_NS = 15 * 60 * NS
+IMPULSE_BUCKETS = 32
+
+
+def impulse_limit(count: int, threshold: float) -> float:
+    """The peak-level limit for ``count`` impulses in 8 h (beyond the table: the threshold)."""
+    for n, lim in IMPULSE_LIMITS:
+        if count <= n:
+            return lim
+    return threshold
 PHASES = 97  # bucket boundaries are staggered over channels so rotation work spreads out
 PHASE_BLOCK = 16  # ... in blocks of adjacent channels, so those that rotate together share cache lines
 
@@ -101,6 +118,7 @@ class ChannelRules:
     stel: float = NAN
     mac: float = NAN  # MAC ceiling: any valid reading above it is an exceedance
     peak: bool = False  # peak exposure on the PC-TWA (GBZ 2.1-2019)
+    impulse_db: float = NAN  # impulse noise: the counting threshold (dB); NaN: off
     exchange_db: float = 3.0
     hold_ns: int = 60 * NS  # longest gap a reading is held for in the exposure integral
     maintenance: bool = False
@@ -304,11 +322,17 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
             ex = ExposureSettings.model_validate(
                 {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit,
                                                   molar_volume=molar_volume).items() if k != "source"})
-        r.exposure = ex.kind
-        if ex.kind == "noise":
+        if ex.kind == "impulse":
+            if ex.threshold_db is None:
+                raise ValueError(f"channel {spec.name}: exposure kind impulse needs threshold_db, the peak "
+                                 "level above which a rise counts one impulse (e.g. 110)")
+            r.impulse_db = float(ex.threshold_db)
+        elif ex.kind == "noise":
+            r.exposure = ex.kind
             r.twa = float(ex.criterion_db)
             r.exchange_db = float(ex.exchange_rate_db)
         else:
+            r.exposure = ex.kind
             r.twa = NAN if ex.twa is None else float(ex.twa)
             r.stel = NAN if ex.stel is None else float(ex.stel)
             r.mac = NAN if ex.mac is None else float(ex.mac)

@@ -168,13 +168,15 @@ class AlarmSettings(Strict):
 
 
 class ExposureSettings(Strict):
-    kind: Literal["concentration", "noise"] = "concentration"
+    kind: Literal["concentration", "noise", "impulse"] = "concentration"
     twa: Number | None = Field(default=None, gt=0, description="PC-TWA limit (8 h)")
     stel: Number | None = Field(default=None, gt=0, description="PC-STEL limit (15 min)")
     mac: Number | None = Field(default=None, gt=0, description="MAC: a ceiling no reading may pass "
                                "(GBZ 2.1-2019 §3, terms: MAC)")
     peak: bool | None = Field(default=None, description="peak exposure (GBZ 2.1-2019 峰接触浓度); default: "
                               "on for a PC-TWA without PC-STEL or MAC")
+    threshold_db: Number | None = Field(default=None, ge=60, le=200, description="impulse noise: a peak "
+                                        "level rising above this counts one impulse (GBZ 2.2-2007 §11)")
     criterion_db: Number = 85.0
     exchange_rate_db: Number = 3.0
 

@@ -17,7 +17,7 @@ from gateway.core.batch import Batch
 from rules.engine import RulesEngine
 from rules.indexing import NONE, UNSET
 from rules.reference import ReferenceEngine
-from rules.settings import NS, R_MAC, R_PEAK
+from rules.settings import NS, R_IMPULSE, R_MAC, R_PEAK
 from tests.fixtures.rules import rand_rules
 
 T0 = 1_700_000_000 * NS
@@ -99,8 +99,11 @@ def drive(seed: int, n: int = 40, steps: int = 200, dt_s: tuple[float, float] = 
             assert np.array_equal(eng.ring_y[:, eng.rpos[i]], c.ring_y, equal_nan=True), i
         if ceilings:
             # the alarm machine of the exposure ceilings, and the peak-exposure state
-            for r in (R_MAC, R_PEAK):
+            for r in (R_MAC, R_PEAK, R_IMPULSE):
                 assert (eng.act[r, i], eng.cand[r, i]) == (c.act[r], c.cand[r]), (i, r)
+            if c.enabled[R_IMPULSE]:
+                assert (eng.im_ring[i].tolist(), bool(eng.im_above[i])) == (c.im_ring, c.im_above), i
+                assert eng.im_k[i] == (NONE if c.im_k is None else c.im_k), i
             if c.enabled[R_PEAK]:
                 assert eng.pk_start[i] == (UNSET if c.pk_start is None else c.pk_start), i
                 assert eng.pk_end[i] == (UNSET if c.pk_end is None else c.pk_end), i
@@ -166,6 +169,22 @@ def test_random_peak_exposure_over_hours(seed: int) -> None:
     """... and minutes apart, so excursions last over 15 minutes and days' counts fill."""
     seen = drive(500 + seed, n=30, steps=400, dt_s=(20.0, 90.0), ceilings=True, whole=0.5)
     assert seen.get("peak", 0) > 0, seen
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_impulse_noise(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Impulse noise (GBZ 2.2-2007 §11: the peak limit by the count of impulses in 8 h):
+    the same events and state from both. The table is scaled down for the test (3 / 10 / 30
+    impulses at 100 / 90 / 80) so the random readings (0 … 110) reach every row of it; hours
+    pass so the 15-minute buckets rotate and empty."""
+    import rules.exposure
+    import rules.settings
+
+    table = ((3, 100.0), (10, 90.0), (30, 80.0))
+    monkeypatch.setattr(rules.settings, "IMPULSE_LIMITS", table)
+    monkeypatch.setattr(rules.exposure, "IMPULSE_LIMITS", table)
+    seen = drive(600 + seed, n=40, steps=300, dt_s=(5.0, 200.0), ceilings=True, whole=0.3)
+    assert seen.get("impulse", 0) > 0, seen
 
 
 @settings(max_examples=40, deadline=None)

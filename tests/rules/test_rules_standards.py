@@ -277,3 +277,27 @@ def test_demo_config_within_gbt50493(capsys: pytest.CaptureFixture[str]) -> None
     finds nothing above what the standard allows."""
     rc, out = _check(REPO / "config/demo.yaml", capsys)
     assert rc == 0 and not [ln for ln in out if ": warning: " in ln], out
+
+
+# ---------------------------------------------------------------------------- impulse noise
+
+def test_impulse_noise_limit_by_count() -> None:
+    """GBZ 2.2-2007 §11 (impulse noise): peak level ≤ 140 dB for ≤ 100 impulses a working day,
+    ≤ 130 dB for ≤ 1,000, ≤ 120 dB for ≤ 10,000. Impulses are rises above the configured
+    threshold (here 110 dB), counted over 8 h."""
+    r = resolve(_spec(kind="noise", unit="dB(C)", exposure={"kind": "impulse", "threshold_db": 110}))
+    assert r.impulse_db == 110.0 and r.exposure is None
+    s: list[tuple[int, float]] = []
+    t = 0
+    for _ in range(100):  # 100 impulses of 135 dB, 2 s apart: within the 140 dB row
+        s += [(t, 135.0), (t + NS, 80.0)]
+        t += 2 * NS
+    s += [(t, 135.0)]  # the 101st: the 130 dB row, which 135 exceeds
+    s += [(t + NS, 80.0)]
+    ev = run([r], s)
+    assert ev == [(t // NS, "impulse", "impulse", "raise"), (t // NS + 1, "impulse", "impulse", "clear")]
+    # 8 h later the count has gone: 135 dB is within the limit again
+    later = t + 8 * 3600 * NS + 20 * MIN
+    assert run([r], [*s, (later, 135.0)])[-1] == ev[-1]
+    with pytest.raises(ValueError, match="threshold_db"):
+        resolve(_spec(kind="noise", unit="dB(C)", exposure={"kind": "impulse"}))
