@@ -76,8 +76,8 @@ def make_ticks(n: int, ticks: int, seed: int = 1) -> list[tuple[Batch, int]]:
     return out
 
 
-def time_engine(n: int, ticks: int, warm: int, ceilings: bool = True) -> dict[str, float]:
-    eng = RulesEngine(None, rules=make_rules(n, ceilings=ceilings))
+def time_engine(n: int, ticks: int, warm: int) -> dict[str, float]:
+    eng = RulesEngine(None, rules=make_rules(n))
     data = make_ticks(n, ticks + warm)
     proc, tick, total, cpu = [], [], [], []
     events = 0
@@ -97,6 +97,27 @@ def time_engine(n: int, ticks: int, warm: int, ceilings: bool = True) -> dict[st
     return {"tick": statistics.median(total) * 1e3, "process": statistics.median(proc) * 1e3,
             "timers": statistics.median(tick) * 1e3, "cpu": statistics.median(cpu) * 1e3,
             "p90": sorted(total)[int(len(total) * 0.9)] * 1e3, "events": events}
+
+
+def time_pair(n: int, ticks: int, warm: int) -> dict[str, float]:
+    """The engine with the MAC / peak-exposure rules and without, on the same data, tick by
+    tick in turn (so a neighbour's load hits both alike): median wall and thread CPU ms."""
+    engs = {"with": RulesEngine(None, rules=make_rules(n)),
+            "without": RulesEngine(None, rules=make_rules(n, ceilings=False))}
+    data = make_ticks(n, ticks + warm)
+    wall: dict[str, list[float]] = {k: [] for k in engs}
+    cpu: dict[str, list[float]] = {k: [] for k in engs}
+    for i, (b, now) in enumerate(data):
+        for k in (("with", "without") if i % 2 else ("without", "with")):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            engs[k].process(b)
+            engs[k].tick(now)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            if i >= warm:
+                wall[k].append(t1 - t0)
+                cpu[k].append(c1 - c0)
+    return {f"{m}_{k}": statistics.median(v[k]) * 1e3
+            for m, v in (("wall", wall), ("cpu", cpu)) for k in engs}
 
 
 def time_reference(n: int, ticks: int, warm: int) -> float:
@@ -138,11 +159,15 @@ def main() -> None:
         fig[f"speedup_{label}"] = round(ref_ms / tot, 1)
         if args.compare:
             # the reference mix: the same channels without the MAC and peak rules, same run
-            r0 = time_engine(n, args.ticks, warm, ceilings=False)
-            fig[f"tick_ms_{label}_without_ceilings"] = round(r0["tick"], 3)
-            fig[f"ceilings_cost_{label}"] = round(tot / r0["tick"], 3)
-            print(f"{n:>7} channels without MAC/peak: tick {r0['tick']:.3f} ms; "
-                  f"with them {tot / r0['tick']:.2f}×", flush=True)
+            p = time_pair(n, args.ticks, warm)
+            for k, v in p.items():
+                fig[f"pair_{k}_ms_{label}"] = round(v, 3)
+            fig[f"ceilings_cost_cpu_{label}"] = round(p["cpu_with"] / p["cpu_without"], 3)
+            fig[f"ceilings_cost_wall_{label}"] = round(p["wall_with"] / p["wall_without"], 3)
+            print(f"{n:>7} channels, interleaved: with MAC/peak {p['wall_with']:.3f} ms "
+                  f"(CPU {p['cpu_with']:.3f}), without {p['wall_without']:.3f} ms "
+                  f"(CPU {p['cpu_without']:.3f}): "
+                  f"{p['cpu_with'] / p['cpu_without']:.2f}× CPU", flush=True)
         if m != n:
             fig[f"ref_scaled_{label}"] = f"reference measured on {m} channels, scaled by {n / m:g}"
         print(f"{n:>7} channels: tick {tot:.3f} ms (process {proc:.3f}, timers {tick:.3f}, "

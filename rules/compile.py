@@ -130,6 +130,7 @@ class EngineState:
         self.pk_end = np.full(n, UNSET, I64)
         self.pk_starts = np.full((n if self.enabled[R_PEAK].any() else 0, PEAK_PER_DAY), UNSET, I64)
         self.pk_bad = np.zeros(n, bool)
+        self.pk_open = np.zeros(0, np.intp)  # channels (sorted) with an open excursion
         # impulse noise (rules/exposure.py): impulses per 15-minute bucket (a ring of 32 by
         # bucket number), the open bucket (NONE: none yet), the last reading above the threshold
         self.im_k = np.full(n, NONE, I64)
@@ -216,6 +217,9 @@ class EngineState:
         en[R_PEAK] = ~np.isnan(self.pk3)
         self.im_th = f("impulse_db")
         en[R_IMPULSE] = ~np.isnan(self.im_th)
+        # the quiet band also stays below the MAC and the peak-exposure level: a quiet reading
+        # exceeds neither, so those rules look only at the loud few (and open excursions)
+        self.q_hi = np.fmin(np.fmin(self.q_hi, self.mac), self.pk3)
         self.enabled = en
         # trend settings and state in phase order: channels whose buckets end together
         # sit side by side (``rpos``: channel -> position)

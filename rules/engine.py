@@ -236,7 +236,7 @@ class RulesEngine(Recovery):
                 self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
-                self._exposure_add(ch, t, v, sel, chs, contrib, rnd, hold, pos)
+                self._exposure_add(ch, t, v, sel, chs, contrib, rnd, hold, pos, loud)
         self.pv[sel] = v
         for a, idx, keep in saved:
             a[idx] = keep

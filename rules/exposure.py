@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from rules.alarmstate import AlarmMachine
 from rules.compile import SB1, TB1
-from rules.indexing import NONE, UNSET, FloatArr, Idx, IntArr, Sel, minus, union
+from rules.indexing import NONE, UNSET, FloatArr, Idx, IntArr, Sel, minus, positions_of, union
 from rules.settings import (
     IMPULSE_BUCKET_NS,
     IMPULSE_BUCKETS,
@@ -85,7 +85,7 @@ class Exposure(AlarmMachine):
         return contrib
 
     def _exposure_add(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
-                      hold: Idx | None, pos: dict[str, Any] | None = None) -> None:
+                      hold: Idx | None, pos: dict[str, Any] | None, loud: Idx) -> None:
         """Add a round's contributions to the integral and check the TWA, STEL and MAC limits."""
         m = len(t)
         if isinstance(sel, slice):
@@ -110,13 +110,21 @@ class Exposure(AlarmMachine):
                       pxv=io > self.lim_twa[oc])
         self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                       pxv=io > self.lim_stel[oc])
+        if len(loud):
+            # (the MAC and the peak level bound the quiet band: only loud readings can pass them)
+            lc = loud + sel.start if isinstance(sel, slice) else ch[loud].astype(np.intp)
+            lv = v[loud]
+        else:
+            lc, lv = loud, v[:0]
         if pos is None or pos["any_mac"]:
             # MAC (GBZ 2.1-2019): a ceiling, not an average: any valid reading above it
             with np.errstate(invalid="ignore"):
-                om = np.flatnonzero(np.greater(v, self.mac[sel], out=self._s_b2[:m]))
+                om = loud[lv > self.mac[lc]]
             self._machine(R_MAC, chs, None, t, v, rnd, hold=hold, px=om, pxv=np.ones(len(om), np.int8))
         if pos is None or pos["any_peak"]:
-            self._peak(ch, t, v, sel, chs, rnd, hold)
+            with np.errstate(invalid="ignore"):
+                up = loud[lv > self.pk3[lc]]
+            self._peak(ch, t, v, sel, chs, rnd, hold, up)
 
     def _impulse(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None,
                  ipos: npt.NDArray[np.intp] | None) -> None:
@@ -155,19 +163,19 @@ class Exposure(AlarmMachine):
             px, pxv = idx, np.zeros(0, np.int8)
         self._machine(R_IMPULSE, chs, None, t, v, rnd, hold=hold, px=px, pxv=pxv)
 
-    def _peak(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None) -> None:
+    def _peak(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None,
+              up: Idx) -> None:
         """Peak exposure (rules/reference.py ``peak`` says the rule): only the positions above
-        3 × PC-TWA or in an open excursion are looked at."""
-        m = len(t)
-        with np.errstate(invalid="ignore"):
-            hi = np.greater(v, self.pk3[sel], out=self._s_b2[:m])
-        open_ = self.pk_start[sel] != UNSET
-        idx = np.flatnonzero(hi | open_)
+        3 × PC-TWA (``up``, sorted) or in an open excursion are looked at."""
+        idx = up
+        if len(self.pk_open):
+            idx = union(idx, positions_of(self.pk_open, chs))
         if hold is not None and len(hold):
             idx = minus(idx, hold)
         if len(idx):
             c = idx + sel.start if isinstance(sel, slice) else ch[idx].astype(np.intp)
-            hi_i, tt, vv = hi[idx], t[idx], v[idx]
+            tt, vv = t[idx], v[idx]
+            hi_i = vv > self.pk3[c]
             st = self.pk_start[c]
             start = hi_i & (st == UNSET)
             if start.any():
@@ -179,11 +187,13 @@ class Exposure(AlarmMachine):
                 ring[:, -1] = ts_
                 self.pk_starts[cs] = ring
                 self.pk_start[cs] = ts_
+                self.pk_open = union(self.pk_open, cs)
             end = ~hi_i & (st != UNSET)
             if end.any():
                 ce = c[end]
                 self.pk_end[ce] = tt[end]
                 self.pk_start[ce] = UNSET
+                self.pk_open = minus(self.pk_open, ce)
             x = hi_i & ((vv > self.pk5[c]) | (tt - self.pk_start[c] > PEAK_EXCURSION_NS) | self.pk_bad[c])
             px, pxv = idx[x], np.ones(int(x.sum()), np.int8)
         else:
