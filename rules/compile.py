@@ -168,7 +168,9 @@ class EngineState:
         self.hh, self.h, self.l, self.ll = f("hh"), f("h"), f("l"), f("ll")
         self.db = f("deadband")
         with np.errstate(invalid="ignore"):
-            self.gate_hi = np.fmin(self.h, self.hh) - self.db
+            # hh is held down to its restore value where there is one (else hh - deadband)
+            self.hh_keep = np.array([r.hh_keep() for r in rules], float).reshape(n)
+            self.gate_hi = np.fmin(np.fmin(self.h - self.db, self.hh - self.db), self.hh_keep)
             self.gate_lo = np.fmax(self.l, self.ll) + self.db
         self.gate_hi[np.isnan(self.gate_hi)] = np.inf
         self.gate_lo[np.isnan(self.gate_lo)] = -np.inf

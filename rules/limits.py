@@ -234,7 +234,7 @@ class Limits(AlarmMachine):
         lvl[(vv <= lo) | ((prev <= -1) & (vv <= lo + db))] = -1
         lvl[(vv <= ll) | ((prev <= -2) & (vv <= ll + db))] = -2
         lvl[(vv >= h) | ((prev >= 1) & (vv >= h - db))] = 1
-        lvl[(vv >= hh) | ((prev >= 2) & (vv >= hh - db))] = 2
+        lvl[(vv >= hh) | ((prev >= 2) & (vv >= self.hh_keep[c]))] = 2
         return lvl
 
     def _tick_stale(self, now: int) -> None:

@@ -222,10 +222,9 @@ COAL_CH4: dict[str, MethaneProfile] = {p.location: p for p in (
 
 def _methane_profile(p: MethaneProfile) -> dict[str, Any]:
     """A profile as limit settings. Where alarm and power-off coincide there is one level
-    (hh: power-off, which is also the alarm). The power-off level clears below the
-    restore value: its deadband is power-off − restore (the one deadband of the channel
-    also holds the alarm level that long, which errs on the safe side)."""
-    out: dict[str, Any] = {"hh": p.power_off, "deadband": round(p.power_off - p.restore, 6),
+    (hh: power-off, which is also the alarm). The power-off level clears only below the
+    restore value (``restore``), not at the limit minus a deadband."""
+    out: dict[str, Any] = {"hh": p.power_off, "restore": p.restore,
                            "source": f"{p.source} (alarm / power-off / restore)"}
     if p.alarm < p.power_off:
         out["h"] = p.alarm

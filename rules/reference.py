@@ -245,7 +245,7 @@ class RefChannel:
 
     def limit_level(self, v: float) -> int:
         cr, prev, db = self.cr, self.cand[R_LIMIT], self.cr.deadband
-        if v >= cr.hh or (prev >= 2 and v >= cr.hh - db):
+        if v >= cr.hh or (prev >= 2 and v >= cr.hh_keep()):
             return 2
         if v >= cr.h or (prev >= 1 and v >= cr.h - db):
             return 1

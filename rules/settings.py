@@ -101,6 +101,7 @@ class ChannelRules:
     l: float = NAN  # noqa: E741 - the ISA name of the low limit
     ll: float = NAN
     deadband: float = 0.0
+    restore: float = NAN  # hh is held while v >= restore (NaN: while v >= hh - deadband)
     on_ns: int = 0
     off_ns: int = 0
     range_lo: float = -math.inf
@@ -160,6 +161,10 @@ class ChannelRules:
     def roc_per_ns(self) -> float:
         """The rate-of-change limit per ns: a change dv over dt ns alarms when |dv| > this · dt."""
         return self.roc / NS
+
+    def hh_keep(self) -> float:
+        """hh is held while the value is at or above this: the restore value, else hh - deadband."""
+        return self.restore if not math.isnan(self.restore) else self.hh - self.deadband
 
     def limits(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in ("hh", "h", "l", "ll") if not math.isnan(getattr(self, k))}
@@ -294,6 +299,11 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     if bad is not None:
         raise ValueError(f"channel {spec.name}: {bad[1]}")
     r.deadband = float(a.deadband)
+    if a.restore is not None:
+        if math.isnan(r.hh) or not a.restore <= r.hh:
+            raise ValueError(f"channel {spec.name}: restore ({a.restore:g}) needs an hh limit at or above it "
+                             f"(hh={r.hh:g})")
+        r.restore = float(a.restore)
     r.on_ns = round(a.delay * NS)
     r.off_ns = round(a.off_delay * NS)
     if spec.range is not None:

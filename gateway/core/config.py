@@ -149,6 +149,8 @@ class AlarmSettings(Strict):
     l: Number | None = None  # noqa: E741 - the ISA name of the low limit
     ll: Number | None = None
     deadband: Number = Field(default=0.0, ge=0)
+    restore: Number | None = Field(default=None, description="hh clears only below this (instead of hh - "
+                                   "deadband): a coal mine's power-off restore value (AQ 1029-2019 §6)")
     delay: Duration = 0.0
     off_delay: Duration = 0.0
     roc: Number | None = Field(default=None, gt=0, description="alarm when |change| per second exceeds this")

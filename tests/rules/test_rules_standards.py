@@ -214,11 +214,18 @@ def test_coal_mine_methane_power_off_restores_below_the_restore_value() -> None:
     assert (wf.alarm, wf.power_off, wf.restore) == (1.0, 1.5, 1.0)
     r = resolve(_spec(gas="ch4", unit="%CH4", preset="coal-ch4-working-face"))
     assert "AQ 1029-2019" in (r.source or "")
-    ev = run([r], [(0, 0.5), (NS, 1.6), (2 * NS, 1.2), (3 * NS, 1.0), (4 * NS, 0.99), (5 * NS, 0.3)])
-    assert ev[:2] == [(1, "limit", "hh", "raise"), (4, "limit", "h", "deescalate")]
+    assert (r.h, r.hh, r.restore, r.deadband) == (1.0, 1.5, 1.0, 0.0)
+    ev = run([r], [(0, 0.5), (NS, 1.6), (2 * NS, 1.2), (3 * NS, 1.0), (4 * NS, 0.99), (5 * NS, 1.2),
+                   (6 * NS, 0.3)])
+    # power-off (hh) holds at 1.2 and 1.0, is restored below 1.0: the alarm (h) with it, as
+    # the alarm is at ≥ 1.0; at 1.2 again only the alarm, not the power-off
+    assert ev == [(1, "limit", "hh", "raise"), (4, "limit", "hh", "clear"), (5, "limit", "h", "raise"),
+                  (6, "limit", "h", "clear")]
     # return airway: alarm and power-off both at 1.0 %: one level, restored below 1.0 %
     r = resolve(_spec(gas="ch4", unit="%vol", preset="coal-ch4-working-face-return"))
-    assert (r.hh, math.isnan(r.h), r.deadband) == (1.0, True, 0.0)
+    assert (r.hh, math.isnan(r.h), r.restore) == (1.0, True, 1.0)
+    with pytest.raises(ValueError, match="restore"):
+        resolve(_spec(unit="%vol", alarms={"h": 1.0, "restore": 0.5}))
 
 
 def test_coal_mine_gas_limits() -> None:

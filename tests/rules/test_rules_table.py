@@ -189,7 +189,7 @@ def _spec(**kw: Any) -> ChannelBase:
     # 10 mg/m³ × 24.061/34.08 (20 °C, 101.3 kPa: GBZ 159-2004 §3.4)
     (dict(preset="gbt50493", gas="h2s", unit="ppm"), dict(h=7.0602, hh=14.1203)),
     (dict(preset="o2", unit="%VOL"), dict(l=19.5, h=23.5)),
-    (dict(preset="coal-ch4", unit="%"), dict(h=1.0, hh=1.5, deadband=0.5)),
+    (dict(preset="coal-ch4", unit="%"), dict(h=1.0, hh=1.5, restore=1.0, deadband=0.0)),
     (dict(preset="gbt50493", gas="combustible", unit="%LEL", alarms={"h": 20, "delay": "5s"}),
      dict(h=20.0, hh=50.0, on_ns=5 * NS)),
 ])
