@@ -222,7 +222,10 @@ def check_channel(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tuple[t
     try:
         r = resolve(spec, check_order=False, molar_volume=mv)
     except ValueError as e:
-        return [(("alarms",), str(e))]
+        msg = str(e)
+        key = ("exposure",) if "exposure kind" in msg else ("alarms", "restore") if "restore (" in msg \
+            else ("alarms",)
+        return [(key, msg)]
     # (limits out of order without a preset: gateway/core/configcheck.py reports those itself)
     bad = _limit_order(spec, r) if spec.preset else None
     return [bad] if bad else []

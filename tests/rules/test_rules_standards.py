@@ -308,3 +308,6 @@ def test_impulse_noise_limit_by_count() -> None:
     assert run([r], [*s, (later, 135.0)])[-1] == ev[-1]
     with pytest.raises(ValueError, match="threshold_db"):
         resolve(_spec(kind="noise", unit="dB(C)", exposure={"kind": "impulse"}))
+    from rules.settings import check_channel
+    bad = _spec(kind="noise", unit="dB(C)", exposure={"kind": "impulse"})
+    assert check_channel(bad)[0][0] == ("exposure",)
