@@ -311,3 +311,43 @@ def test_impulse_noise_limit_by_count() -> None:
     from rules.settings import check_channel
     bad = _spec(kind="noise", unit="dB(C)", exposure={"kind": "impulse"})
     assert check_channel(bad)[0][0] == ("exposure",)
+
+
+# ---------------------------------------------------------------------------- restart
+
+def test_restart_rebuilds_the_new_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart (restore + warm from the journaled samples) the MAC, peak-exposure,
+    impulse-noise and restore-value rules go on as in a run that never stopped: their state
+    (open excursions and their count, impulses per bucket) is rebuilt by the replay.
+    (Impulse table scaled down so the test's readings reach it, as in the equivalence test.)"""
+    import rules.exposure
+    import rules.settings
+    from tests.rules.test_rules_warm import STEP, key, make_batches
+    from tests.rules.test_rules_warm import T0 as W0
+    from tests.rules.test_rules_warm import make_rules as warm_rules
+    from tests.rules.test_rules_warm import run as warm_run
+
+    table = ((3, 60.0), (10, 50.0), (30, 45.0))
+    monkeypatch.setattr(rules.settings, "IMPULSE_LIMITS", table)
+    monkeypatch.setattr(rules.exposure, "IMPULSE_LIMITS", table)
+    n, steps, cut = 24, 1500, 1100
+    rs = warm_rules(n)
+    for i, r in enumerate(rs):
+        if i % 4 == 0:
+            r.mac = 50.0
+        elif i % 4 == 1:
+            r.twa, r.stel, r.peak = 15.0, math.nan, True
+        elif i % 4 == 2:
+            r.impulse_db = 40.0
+        r.hh, r.restore = 55.0, 45.0
+    batches = make_batches(n, steps)
+    whole = warm_run(RulesEngine(None, rules=rs), batches, 0)
+    first = RulesEngine(None, rules=rs)
+    before = warm_run(first, batches[:cut], 0)
+    after_ref = whole[len(before):]
+    assert {"mac", "peak", "impulse"} <= {e["rule"] for e in after_ref}
+    assert any(e["rule"] == "limit" and e["level"] == "hh" for e in after_ref)
+    second = RulesEngine(None, rules=rs)
+    second.restore(before)
+    second.warm(iter(batches[:cut]), W0 + cut * STEP)
+    assert [key(e) for e in warm_run(second, batches[cut:], cut)] == [key(e) for e in after_ref]
