@@ -172,10 +172,14 @@ def _toxic_in(mg_m3: float, o: OccupationalLimit, unit: str, molar_volume: float
     raise ValueError(f"a toxic-gas preset needs the channel in ppm or mg/m³, not {unit!r}")
 
 
-def _require_unit(preset: str, unit: str, want: tuple[str, ...], what: str) -> None:
+_SHOWN = {"%lel": "%LEL", "mg/m3": "mg/m³"}
+
+
+def _require_unit(preset: str, unit: str, want: tuple[str, ...], what: str, hint: str = "") -> None:
     if unit_key(unit) not in want:
-        raise ValueError(f"preset {preset!r} is for {what} in {' or '.join(want)}; the channel's unit is "
-                         f"{unit!r}: fix the unit or write the limits explicitly")
+        shown = " or ".join(_SHOWN.get(w, w) for w in want)
+        raise ValueError(f"preset {preset!r} is for {what} in {shown}; the channel's unit is "
+                         f"{unit!r}: fix the unit or write the limits explicitly{hint}")
 
 
 # --------------------------------------------------------------------------- alarm presets
@@ -292,7 +296,8 @@ def alarm_preset(name: str, *, gas: str | None, unit: str,
                 f"preset gbt50493 needs the channel's gas: combustible (or a named combustible gas such as "
                 f"methane, hydrogen, propane), o2 or one of {', '.join(TOXIC)} (got {gas!r})")
     if key == "combustible":
-        _require_unit(name, unit, ("%lel",), "combustible-gas levels")
+        mine = " (methane in a mine, by volume: preset coal-ch4-<location>)"
+        _require_unit(name, unit, ("%lel",), "combustible-gas levels", mine if unit_key(unit) == "%vol" else "")
         return dict(COMBUSTIBLE_LEVELS)
     if key == "o2":
         _require_unit(name, unit, ("%vol",), "oxygen")
