@@ -297,7 +297,8 @@ def alarm_preset(name: str, *, gas: str | None, unit: str,
                 f"methane, hydrogen, propane), o2 or one of {', '.join(TOXIC)} (got {gas!r})")
     if key == "combustible":
         mine = " (methane in a mine, by volume: preset coal-ch4-<location>)"
-        _require_unit(name, unit, ("%lel",), "combustible-gas levels", mine if unit_key(unit) == "%vol" else "")
+        _require_unit(name, unit, ("%lel",), "combustible-gas levels",
+                      mine if unit_key(unit) == "%vol" else "")
         return dict(COMBUSTIBLE_LEVELS)
     if key == "o2":
         _require_unit(name, unit, ("%vol",), "oxygen")
