@@ -25,10 +25,10 @@ NS = 1_000_000_000
 NAN = math.nan
 
 #: rule slots, in the order they are evaluated for one sample (and transitions reported)
-#: (mac: GBZ 2.1-2019 MAC, a ceiling no single reading may pass; last, so the order of the
-#: events of the other rules is unchanged;
-#: peak: GBZ 2.1-2019 peak exposure, for a PC-TWA without PC-STEL or MAC)
-#: impulse: GBZ 2.2-2007 impulse noise, the peak limit for the count of impulses in 8 h)
+#: (the rules of issue 17 come last, so the order of the other rules' events is unchanged:
+#: mac, GBZ 2.1-2019 MAC, a ceiling no single reading may pass; peak, GBZ 2.1-2019 peak
+#: exposure, for a PC-TWA without PC-STEL or MAC; impulse, GBZ 2.2-2007 impulse noise, the
+#: peak limit for the count of impulses in 8 h)
 RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac", "peak",
          "impulse")
 (R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL,
@@ -237,7 +237,7 @@ def check_config(cfg: Config) -> list[tuple[Path_, str]]:
     mv = cfg.hygiene.molar_volume_l()
     for di, dev in enumerate(cfg.devices):
         for cpath, ch in device_channels(dev):
-            if ch.preset or ch.alarms is not None or isinstance(ch.exposure, str):
+            if ch.preset or ch.alarms is not None or ch.exposure is not None:
                 errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch, mv))
     return errs
 

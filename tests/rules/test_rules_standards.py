@@ -351,3 +351,24 @@ def test_restart_rebuilds_the_new_rules(monkeypatch: pytest.MonkeyPatch) -> None
     second.restore(before)
     second.warm(iter(batches[:cut]), W0 + cut * STEP)
     assert [key(e) for e in warm_run(second, batches[cut:], cut)] == [key(e) for e in after_ref]
+
+
+def test_check_refuses_incomplete_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the daemon would refuse at start, ``safegw check`` reports at the key (exit 2):
+    an impulse count without its threshold (GBZ 2.2-2007 §11 sets none), a restore value
+    (AQ 1029-2019 §6) without the power-off level it belongs to."""
+    f = tmp_path / "gw.yaml"
+    f.write_text(textwrap.dedent("""\
+        gateway: {id: gw-1, site: "x"}
+        devices:
+          - name: plc
+            protocol: modbus-tcp
+            host: 127.0.0.1
+            channels:
+              - {name: N-1, kind: noise, unit: dB(C), address: input:0, exposure: {kind: impulse}}
+              - {name: M-1, kind: gas, gas: ch4, unit: "%vol", address: input:1, alarms: {h: 1.0, restore: 0.5}}
+        """))
+    rc, out = _check(f, capsys)
+    assert rc == 2
+    assert out[0].startswith(f"{f}:7:") and "channels[0].exposure: " in out[0] and "threshold_db" in out[0]
+    assert out[1].startswith(f"{f}:8:") and "channels[1].alarms.restore: " in out[1] and "hh limit" in out[1]
