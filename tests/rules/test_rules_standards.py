@@ -366,9 +366,10 @@ def test_check_refuses_incomplete_settings(tmp_path: Path, capsys: pytest.Captur
             host: 127.0.0.1
             channels:
               - {name: N-1, kind: noise, unit: dB(C), address: input:0, exposure: {kind: impulse}}
-              - {name: M-1, kind: gas, gas: ch4, unit: "%vol", address: input:1, alarms: {h: 1.0, restore: 0.5}}
+              - {name: M-1, kind: gas, gas: ch4, unit: "%vol", address: input:1,
+                 alarms: {h: 1.0, restore: 0.5}}
         """))
     rc, out = _check(f, capsys)
     assert rc == 2
     assert out[0].startswith(f"{f}:7:") and "channels[0].exposure: " in out[0] and "threshold_db" in out[0]
-    assert out[1].startswith(f"{f}:8:") and "channels[1].alarms.restore: " in out[1] and "hh limit" in out[1]
+    assert out[1].startswith(f"{f}:9:") and "channels[1].alarms.restore: " in out[1] and "hh limit" in out[1]
