@@ -32,10 +32,10 @@ CHECKS = (modbus_checks, rules_checks, uplink_checks)
 #: what ``safegw check`` prints as warnings: allowed, but against a standard (exit stays 0)
 WARNINGS = (rules_warnings,)
 
-__all__ = ["CHECKS", "WARNINGS", "ConfigError", "load", "load_or_exit", "loads", "validate", "warnings"]
+__all__ = ["CHECKS", "WARNINGS", "ConfigError", "check_warnings", "load", "load_or_exit", "loads", "validate"]
 
 
-def warnings(path: str | Path, cfg: Config) -> list[str]:
+def check_warnings(path: str | Path, cfg: Config) -> list[str]:
     """The warnings for a valid config, as ``FILE:LINE:COL: key.path: warning: ...``."""
     src = configcheck.load_file(path)
     found = [(src.where(p), configcheck.format_error(src, p, msg)) for w in WARNINGS for p, msg in w(cfg)]
