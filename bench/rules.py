@@ -8,7 +8,7 @@ is what the gateway does each poll cycle: ``process(batch)`` of one sample per c
 ``tick(now)``. Both implementations run on the same data in the same run; at 100k the
 per-channel reference is timed on a subset and scaled (said so in the JSON).
 
-    .venv/bin/python bench/rules.py [--sizes 1000,10000,100000] [--ticks 60]
+    .venv/bin/python bench/rules.py [--sizes 1000,10000,100000] [--ticks 60] [--no-compare]
 
 The JSON also carries the thread CPU time of a tick (``tick_cpu_ms_*``, less sensitive to
 other processes than the wall time) and the load average before and after the run.
@@ -37,7 +37,10 @@ T0 = 1_750_000_000 * NS
 POLL = NS  # one poll a second
 
 
-def make_rules(n: int) -> list[ChannelRules]:
+def make_rules(n: int, *, ceilings: bool = True) -> list[ChannelRules]:
+    """``ceilings``: the rules of issue 17 on: two gas channels in ten have a MAC ceiling
+    (GBZ 2.1-2019), two others peak exposure (a PC-TWA without PC-STEL) at a level the
+    hot channels pass."""
     out = []
     for i in range(n):
         noise = i % 10 == 9
@@ -50,6 +53,10 @@ def make_rules(n: int) -> list[ChannelRules]:
             r.exposure, r.twa = "noise", 85.0
         else:
             r.exposure, r.twa, r.stel = "concentration", 60.0, 75.0
+            if ceilings and i % 10 in (3, 4):
+                r.mac = 95.0
+            elif ceilings and i % 10 in (5, 6):
+                r.twa, r.stel, r.peak = 25.0, float("nan"), True  # excursions above 75, ceiling 125
         out.append(r)
     return out
 
@@ -92,6 +99,27 @@ def time_engine(n: int, ticks: int, warm: int) -> dict[str, float]:
             "p90": sorted(total)[int(len(total) * 0.9)] * 1e3, "events": events}
 
 
+def time_pair(n: int, ticks: int, warm: int) -> dict[str, float]:
+    """The engine with the MAC / peak-exposure rules and without, on the same data, tick by
+    tick in turn (so a neighbour's load hits both alike): median wall and thread CPU ms."""
+    engs = {"with": RulesEngine(None, rules=make_rules(n)),
+            "without": RulesEngine(None, rules=make_rules(n, ceilings=False))}
+    data = make_ticks(n, ticks + warm)
+    wall: dict[str, list[float]] = {k: [] for k in engs}
+    cpu: dict[str, list[float]] = {k: [] for k in engs}
+    for i, (b, now) in enumerate(data):
+        for k in (("with", "without") if i % 2 else ("without", "with")):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            engs[k].process(b)
+            engs[k].tick(now)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            if i >= warm:
+                wall[k].append(t1 - t0)
+                cpu[k].append(c1 - c0)
+    return {f"{m}_{k}": statistics.median(v[k]) * 1e3
+            for m, v in (("wall", wall), ("cpu", cpu)) for k in engs}
+
+
 def time_reference(n: int, ticks: int, warm: int) -> float:
     ref = ReferenceEngine(make_rules(n))
     data = make_ticks(n, ticks + warm)
@@ -109,6 +137,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--ticks", type=int, default=60)
+    ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the engine without the MAC / peak-exposure rules (same run)")
     ap.add_argument("--ref-subset", type=int, default=10000,
                     help="largest channel count the reference runs at; larger sizes are scaled")
     args = ap.parse_args()
@@ -127,6 +157,17 @@ def main() -> None:
         fig[f"tick_p90_ms_{label}"] = round(r["p90"], 3)
         fig[f"ref_ms_{label}"] = round(ref_ms, 1)
         fig[f"speedup_{label}"] = round(ref_ms / tot, 1)
+        if args.compare:
+            # the reference mix: the same channels without the MAC and peak rules, same run
+            p = time_pair(n, args.ticks, warm)
+            for k, v in p.items():
+                fig[f"pair_{k}_ms_{label}"] = round(v, 3)
+            fig[f"ceilings_cost_cpu_{label}"] = round(p["cpu_with"] / p["cpu_without"], 3)
+            fig[f"ceilings_cost_wall_{label}"] = round(p["wall_with"] / p["wall_without"], 3)
+            print(f"{n:>7} channels, interleaved: with MAC/peak {p['wall_with']:.3f} ms "
+                  f"(CPU {p['cpu_with']:.3f}), without {p['wall_without']:.3f} ms "
+                  f"(CPU {p['cpu_without']:.3f}): "
+                  f"{p['cpu_with'] / p['cpu_without']:.2f}× CPU", flush=True)
         if m != n:
             fig[f"ref_scaled_{label}"] = f"reference measured on {m} channels, scaled by {n / m:g}"
         print(f"{n:>7} channels: tick {tot:.3f} ms (process {proc:.3f}, timers {tick:.3f}, "
@@ -134,7 +175,8 @@ def main() -> None:
               f"reference {ref_ms:.1f} ms{' (scaled)' if m != n else ''}; speedup {ref_ms / tot:.0f}x; "
               f"{events} events", flush=True)
     fig["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
-    fig["rules"] = "limits+deadband+delays, range, roc, trend+predict, stale, bad, frozen, twa/stel/noise"
+    fig["rules"] = ("limits+deadband+delays, range, roc, trend+predict, stale, bad, frozen, twa/stel/noise, "
+                    "mac (2 in 10), peak exposure (2 in 10)")
     fig["median_of_ticks"] = args.ticks
     print(json.dumps(fig))
 

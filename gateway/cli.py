@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import load, load_or_exit
+from gateway.config import check_warnings, load, load_or_exit
 from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK, setup_logging
 from gateway.core.configcheck import ConfigError
 
@@ -47,7 +47,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway.core.channels import ChannelTable
 
     n = len(ChannelTable.from_config(cfg))
-    print(f"ok: {len(cfg.devices)} devices, {n} channels")
+    warned = check_warnings(args.config, cfg)
+    for line in warned:
+        print(line)
+    print(f"ok: {len(cfg.devices)} devices, {n} channels" + (f", {len(warned)} warnings" if warned else ""))
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ from gateway.core.config import Config
 from gateway.core.configcheck import ConfigError, Source
 from gateway.core.yamlsrc import Path_
 from rules.settings import check_config as rules_checks
+from rules.settings import config_warnings as rules_warnings
 
 
 def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
@@ -28,8 +29,17 @@ def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
 
 
 CHECKS = (modbus_checks, rules_checks, uplink_checks)
+#: what ``safegw check`` prints as warnings: allowed, but against a standard (exit stays 0)
+WARNINGS = (rules_warnings,)
 
-__all__ = ["CHECKS", "ConfigError", "load", "load_or_exit", "loads", "validate"]
+__all__ = ["CHECKS", "WARNINGS", "ConfigError", "check_warnings", "load", "load_or_exit", "loads", "validate"]
+
+
+def check_warnings(path: str | Path, cfg: Config) -> list[str]:
+    """The warnings for a valid config, as ``FILE:LINE:COL: key.path: warning: ...``."""
+    src = configcheck.load_file(path)
+    found = [(src.where(p), configcheck.format_error(src, p, msg)) for w in WARNINGS for p, msg in w(cfg)]
+    return [line for _, line in sorted(found, key=lambda f: (f[0].line, f[0].col))]
 
 
 def validate(src: Source) -> Config:

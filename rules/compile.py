@@ -27,10 +27,15 @@ import numpy.typing as npt
 from gateway.core.channels import ChannelTable
 from rules.indexing import I64, NEVER, NONE, NR, UNSET, Event, FloatArr, Idx, IntArr
 from rules.settings import (
+    IMPULSE_BUCKETS,
     NS,
+    PEAK_PER_DAY,
     R_BAD,
     R_FROZEN,
+    R_IMPULSE,
     R_LIMIT,
+    R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -118,6 +123,19 @@ class EngineState:
         self.lim_min = np.full(n, np.nan)  # fmin of the two: one compare screens both
         self.next_rot = np.minimum(self.tb_next, self.ex_next)
         self.seed_stel = np.zeros(n)  # restored exposure (see restore())
+        # peak exposure (rules/exposure.py): the open excursion's start (UNSET: none), the
+        # last one's end (UNSET: none), the starts of the latest PEAK_PER_DAY, and whether the
+        # open one broke a rule (too soon, too many)
+        self.pk_start = np.full(n, UNSET, I64)
+        self.pk_end = np.full(n, UNSET, I64)
+        self.pk_starts = np.full((n if self.enabled[R_PEAK].any() else 0, PEAK_PER_DAY), UNSET, I64)
+        self.pk_bad = np.zeros(n, bool)
+        self.pk_open = np.zeros(0, np.intp)  # channels (sorted) with an open excursion
+        # impulse noise (rules/exposure.py): impulses per 15-minute bucket (a ring of 32 by
+        # bucket number), the open bucket (NONE: none yet), the last reading above the threshold
+        self.im_k = np.full(n, NONE, I64)
+        self.im_ring = np.zeros((n if self.enabled[R_IMPULSE].any() else 0, IMPULSE_BUCKETS), np.int64)
+        self.im_above = np.zeros(n, bool)
         self.seed_twa = np.zeros(n)
         self._pos_cache: dict[tuple[int, int], dict[str, Any]] = {}
         # scratch for the per-sample passes (a fresh 100k-element temporary costs about
@@ -150,7 +168,9 @@ class EngineState:
         self.hh, self.h, self.l, self.ll = f("hh"), f("h"), f("l"), f("ll")
         self.db = f("deadband")
         with np.errstate(invalid="ignore"):
-            self.gate_hi = np.fmin(self.h, self.hh) - self.db
+            # hh is held down to its restore value where there is one (else hh - deadband)
+            self.hh_keep = np.array([r.hh_keep() for r in rules], float).reshape(n)
+            self.gate_hi = np.fmin(np.fmin(self.h - self.db, self.hh - self.db), self.hh_keep)
             self.gate_lo = np.fmax(self.l, self.ll) + self.db
         self.gate_hi[np.isnan(self.gate_hi)] = np.inf
         self.gate_lo[np.isnan(self.gate_lo)] = -np.inf
@@ -178,6 +198,9 @@ class EngineState:
                                     float).reshape(n)
             self.stel_thr = np.array([r.stel_threshold() if r.exposure == "concentration" else math.nan
                                       for r in rules], float).reshape(n)
+        # MAC ceiling (NaN: none): any valid reading above it (checked with the exposure)
+        self.mac = np.array([r.mac if r.exposure == "concentration" else math.nan for r in rules],
+                            float).reshape(n)
         self.cfg_maint = np.array([r.maintenance for r in rules], bool).reshape(n)
         en = np.zeros((NR, n), bool)
         en[R_STALE] = self.stale_ns != NEVER
@@ -190,6 +213,15 @@ class EngineState:
         en[R_PREDICT] = (self.tb_bw > 0) & (pred_ns > 0) & ~np.isnan(pred_lim)
         en[R_TWA] = (self.ex_mode > 0) & ~np.isnan(self.twa_thr)
         en[R_STEL] = (self.ex_mode == 1) & ~np.isnan(self.stel_thr)
+        en[R_MAC] = (self.ex_mode == 1) & ~np.isnan(self.mac)
+        pk = np.array([r.peak_levels() for r in rules], float).reshape(n, 2)
+        self.pk3, self.pk5 = pk[:, 0].copy(), pk[:, 1].copy()
+        en[R_PEAK] = ~np.isnan(self.pk3)
+        self.im_th = f("impulse_db")
+        en[R_IMPULSE] = ~np.isnan(self.im_th)
+        # the quiet band also stays below the MAC and the peak-exposure level: a quiet reading
+        # exceeds neither, so those rules look only at the loud few (and open excursions)
+        self.q_hi = np.fmin(np.fmin(self.q_hi, self.mac), self.pk3)
         self.enabled = en
         # trend settings and state in phase order: channels whose buckets end together
         # sit side by side (``rpos``: channel -> position)
@@ -236,6 +268,9 @@ class EngineState:
                 "any_ex": bool((self.ex_mode[sel] > 0).any()),
                 "any_limit": bool(self.enabled[R_LIMIT][sel].any()),
                 "any_noise": bool((self.ex_mode[sel] == 2).any()),
+                "any_mac": bool(self.enabled[R_MAC][sel].any()),
+                "any_peak": bool(self.enabled[R_PEAK][sel].any()),
+                "impulse": np.flatnonzero(self.enabled[R_IMPULSE][sel]),
                 "hold_min": int(self.hold_ns[sel].min()),
                 "q_lo_max": float(self.q_lo[sel].max()),
                 "q_hi_min": float(self.q_hi[sel].min()),

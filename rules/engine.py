@@ -85,7 +85,9 @@ class RulesEngine(Recovery):
         poll: dict[str, float | None] = {
             d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
         maint = {d.name: bool(d.maintenance) for d in cfg.devices}
-        return cls(table, gateway_id=cfg.gateway.id, poll_s=poll, device_maintenance=maint)
+        rules = resolve_table(table, poll_s=poll, device_maintenance=maint,
+                              molar_volume=cfg.hygiene.molar_volume_l())
+        return cls(table, rules=rules, gateway_id=cfg.gateway.id)
 
     # ------------------------------------------------------------------ process
     def process(self, batch: Batch) -> list[Event]:
@@ -227,6 +229,8 @@ class RulesEngine(Recovery):
                 self._limits(ch, t, v, chs, rnd, loud, hold)
             if pos is None or pos["any_roc"]:
                 self._roc(ch, t, dv, dtn, sel, chs, pos, rnd, hold)
+            if pos is None or len(pos["impulse"]):
+                self._impulse(ch, t, v, sel, chs, rnd, hold, None if pos is None else pos["impulse"])
             # ---- bucket boundaries (trend, exposure), staggered so few channels cross per batch
             due = np.greater_equal(t, self.next_rot[sel], out=self._s_b[:m])
             if hold is not None:
@@ -240,7 +244,7 @@ class RulesEngine(Recovery):
                 self.tb_sv[sel] += v
             # ---- exposure: the previous reading held until now (at most hold_ns)
             if pos is None or pos["any_ex"]:
-                self._exposure_add(ch, t, sel, chs, contrib, rnd, hold)
+                self._exposure_add(ch, t, v, sel, chs, contrib, rnd, hold, pos, loud)
         self.pv[sel] = v
         for a, idx, keep in saved:
             a[idx] = keep

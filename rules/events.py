@@ -18,6 +18,8 @@ from rules.settings import (
     R_BAD,
     R_FROZEN,
     R_LIMIT,
+    R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -100,6 +102,11 @@ def rule_limit(cr: ChannelRules, rule: int, code: int, value: float | None) -> f
         return _f(cr.twa)
     if rule == R_STEL:
         return _f(cr.stel)
+    if rule == R_MAC:
+        return _f(cr.mac)
+    if rule == R_PEAK:
+        p3, p5 = cr.peak_levels()
+        return _f(p5 if value is not None and value > p5 else p3)
     if rule == R_RANGE:
         if value is not None and value < cr.range_lo:
             return _f(cr.range_lo)

@@ -1,5 +1,6 @@
 """Exposure: the time-weighted average over 8 h (TWA) and the short-term limit over
-15 min (STEL) of a concentration, and the Leq,8h of a noise level (averaged as energy).
+15 min (STEL) of a concentration, the Leq,8h of a noise level (averaged as energy), and
+the MAC of GBZ 2.1-2019: a ceiling that any single valid reading above it exceeds.
 
 Each channel keeps one running integral of its readings over time (each reading held
 until the next, at most ``hold_ns``), with snapshots of it at minute boundaries (a
@@ -21,8 +22,23 @@ import numpy.typing as npt
 
 from rules.alarmstate import AlarmMachine
 from rules.compile import SB1, TB1
-from rules.indexing import NONE, FloatArr, Idx, IntArr, Sel, union
-from rules.settings import R_STEL, R_TWA, STEL_BUCKET_NS, TWA_PER_STEL
+from rules.indexing import NONE, UNSET, FloatArr, Idx, IntArr, Sel, minus, positions_of, union
+from rules.settings import (
+    IMPULSE_BUCKET_NS,
+    IMPULSE_BUCKETS,
+    IMPULSE_LIMITS,
+    PEAK_DAY_NS,
+    PEAK_EXCURSION_NS,
+    PEAK_GAP_NS,
+    PEAK_PER_DAY,
+    R_IMPULSE,
+    R_MAC,
+    R_PEAK,
+    R_STEL,
+    R_TWA,
+    STEL_BUCKET_NS,
+    TWA_PER_STEL,
+)
 
 
 def _fill_ring(snap: FloatArr, c: npt.NDArray[np.intp], k0: IntArr, k: IntArr, v: FloatArr) -> None:
@@ -68,9 +84,9 @@ class Exposure(AlarmMachine):
                 self.ex_e[nr] = np.exp(v[npos] * nk)  # the level as energy
         return contrib
 
-    def _exposure_add(self, ch: Any, t: IntArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
-                      hold: Idx | None) -> None:
-        """Add a round's contributions to the integral and check the TWA and STEL limits."""
+    def _exposure_add(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, contrib: FloatArr, rnd: int,
+                      hold: Idx | None, pos: dict[str, Any] | None, loud: Idx) -> None:
+        """Add a round's contributions to the integral and check the TWA, STEL and MAC limits."""
         m = len(t)
         if isinstance(sel, slice):
             integ = self.I[sel]
@@ -94,6 +110,95 @@ class Exposure(AlarmMachine):
                       pxv=io > self.lim_twa[oc])
         self._machine(R_STEL, chs, None, t, stel_metric, rnd, hold=hold, px=over,
                       pxv=io > self.lim_stel[oc])
+        if len(loud):
+            # (the MAC and the peak level bound the quiet band: only loud readings can pass them)
+            lc = loud + sel.start if isinstance(sel, slice) else ch[loud].astype(np.intp)
+            lv = v[loud]
+        else:
+            lc, lv = loud, v[:0]
+        if pos is None or pos["any_mac"]:
+            # MAC (GBZ 2.1-2019): a ceiling, not an average: any valid reading above it
+            with np.errstate(invalid="ignore"):
+                om = loud[lv > self.mac[lc]]
+            self._machine(R_MAC, chs, None, t, v, rnd, hold=hold, px=om, pxv=np.ones(len(om), np.int8))
+        if pos is None or pos["any_peak"]:
+            with np.errstate(invalid="ignore"):
+                up = loud[lv > self.pk3[lc]]
+            self._peak(ch, t, v, sel, chs, rnd, hold, up)
+
+    def _impulse(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None,
+                 ipos: npt.NDArray[np.intp] | None) -> None:
+        """Impulse noise (rules/reference.py ``impulse`` says the rule), on the few channels
+        that count impulses (``ipos``: their positions in the run; None: find them)."""
+        idx = np.flatnonzero(self.enabled[R_IMPULSE][ch]) if ipos is None else ipos
+        if hold is not None and len(hold):
+            idx = minus(idx, hold)
+        if len(idx):
+            c = idx + sel.start if isinstance(sel, slice) else ch[idx].astype(np.intp)
+            tt, vv = t[idx], v[idx]
+            k = tt // IMPULSE_BUCKET_NS
+            k0 = self.im_k[c]
+            k0 = np.where(k0 == NONE, k, k0)
+            adv = k > k0
+            if adv.any():
+                ca, ka, ja = c[adv], k[adv], k0[adv]
+                for d in range(1, IMPULSE_BUCKETS + 1):  # the buckets passed are emptied
+                    m = ja + d <= ka
+                    if not m.any():
+                        break
+                    self.im_ring[ca[m], (ja[m] + d) % IMPULSE_BUCKETS] = 0
+            kk = np.maximum(k, k0)
+            self.im_k[c] = kk
+            th = self.im_th[c]
+            above = vv > th
+            new = above & ~self.im_above[c]
+            if new.any():
+                self.im_ring[c[new], kk[new] % IMPULSE_BUCKETS] += 1
+            self.im_above[c] = above
+            cnt = self.im_ring[c].sum(axis=1)
+            lim = np.select([cnt <= n for n, _ in IMPULSE_LIMITS], [lim for _, lim in IMPULSE_LIMITS], th)
+            x = vv > lim
+            px, pxv = idx[x], np.ones(int(x.sum()), np.int8)
+        else:
+            px, pxv = idx, np.zeros(0, np.int8)
+        self._machine(R_IMPULSE, chs, None, t, v, rnd, hold=hold, px=px, pxv=pxv)
+
+    def _peak(self, ch: Any, t: IntArr, v: FloatArr, sel: Sel, chs: Any, rnd: int, hold: Idx | None,
+              up: Idx) -> None:
+        """Peak exposure (rules/reference.py ``peak`` says the rule): only the positions above
+        3 × PC-TWA (``up``, sorted) or in an open excursion are looked at."""
+        idx = up
+        if len(self.pk_open):
+            idx = union(idx, positions_of(self.pk_open, chs))
+        if hold is not None and len(hold):
+            idx = minus(idx, hold)
+        if len(idx):
+            c = idx + sel.start if isinstance(sel, slice) else ch[idx].astype(np.intp)
+            tt, vv = t[idx], v[idx]
+            hi_i = vv > self.pk3[c]
+            st = self.pk_start[c]
+            start = hi_i & (st == UNSET)
+            if start.any():
+                cs, ts_ = c[start], tt[start]
+                ring = self.pk_starts[cs]
+                near = np.count_nonzero(ts_[:, None] - ring < PEAK_DAY_NS, axis=1)
+                self.pk_bad[cs] = (ts_ - self.pk_end[cs] < PEAK_GAP_NS) | (near >= PEAK_PER_DAY)
+                ring[:, :-1] = ring[:, 1:]
+                ring[:, -1] = ts_
+                self.pk_starts[cs] = ring
+                self.pk_start[cs] = ts_
+                self.pk_open = union(self.pk_open, cs)
+            end = ~hi_i & (st != UNSET)
+            if end.any():
+                ce = c[end]
+                self.pk_end[ce] = tt[end]
+                self.pk_start[ce] = UNSET
+                self.pk_open = minus(self.pk_open, ce)
+            x = hi_i & ((vv > self.pk5[c]) | (tt - self.pk_start[c] > PEAK_EXCURSION_NS) | self.pk_bad[c])
+            px, pxv = idx[x], np.ones(int(x.sum()), np.int8)
+        else:
+            px, pxv = idx, np.zeros(0, np.int8)
+        self._machine(R_PEAK, chs, None, t, v, rnd, hold=hold, px=px, pxv=pxv)
 
     def _exposure_rotate(self, c: npt.NDArray[np.intp], t: IntArr) -> None:
         ph = self.ex_ph[c]

@@ -234,7 +234,7 @@ class Limits(AlarmMachine):
         lvl[(vv <= lo) | ((prev <= -1) & (vv <= lo + db))] = -1
         lvl[(vv <= ll) | ((prev <= -2) & (vv <= ll + db))] = -2
         lvl[(vv >= h) | ((prev >= 1) & (vv >= h - db))] = 1
-        lvl[(vv >= hh) | ((prev >= 2) & (vv >= hh - db))] = 2
+        lvl[(vv >= hh) | ((prev >= 2) & (vv >= self.hh_keep[c]))] = 2
         return lvl
 
     def _tick_stale(self, now: int) -> None:
@@ -301,4 +301,6 @@ class Limits(AlarmMachine):
         np.minimum(self.bad_since, now, out=self.bad_since)
         np.minimum(self.ov_t, now, out=self.ov_t)
         np.minimum(self.fz_t, now, out=self.fz_t)
+        np.minimum(self.pk_start, now, out=self.pk_start)
+        np.minimum(self.pk_end, now, out=self.pk_end)
         self._stale_lb = NONE

@@ -18,7 +18,7 @@ channel's times later than it back to it):
 4. range: a value outside the instrument's range (or NaN/inf) is a sensor fault; frozen
    tracks how long the value has been exactly unchanged. Out-of-range values stop here.
 5. process rules: limits with deadband, rate of change, trend and prediction (at trend
-   bucket boundaries), exposure integrals (TWA / STEL / noise dose).
+   bucket boundaries), exposure integrals (TWA / STEL / noise dose) and the MAC ceiling.
 
 Every rule feeds its condition into the same delay machine: a new condition starts a
 timer; it becomes the alarm's level when it has held for the on-delay (raise or worse
@@ -33,8 +33,14 @@ from typing import Any
 from rules.events import alarm_event, escalates, maintenance_event, suppress_event
 from rules.settings import (
     HEALTH_RULES,
+    IMPULSE_BUCKET_NS,
+    IMPULSE_BUCKETS,
     MIN_TREND_BUCKETS,
     NS,
+    PEAK_DAY_NS,
+    PEAK_EXCURSION_NS,
+    PEAK_GAP_NS,
+    PEAK_PER_DAY,
     PROCESS_RULES,
     Q_BAD,
     Q_CALIBRATING,
@@ -43,7 +49,10 @@ from rules.settings import (
     Q_SENSOR_FAULT,
     R_BAD,
     R_FROZEN,
+    R_IMPULSE,
     R_LIMIT,
+    R_MAC,
+    R_PEAK,
     R_PREDICT,
     R_RANGE,
     R_ROC,
@@ -59,7 +68,9 @@ from rules.settings import (
     TREND_SXX,
     TWA_BUCKETS,
     TWA_PER_STEL,
+    UNDELAYED,
     ChannelRules,
+    impulse_limit,
     phase_ns,
 )
 
@@ -110,6 +121,18 @@ class RefChannel:
         self.snap_twa = [0.0] * (TWA_BUCKETS + 1)
         self.old_stel = 0.0
         self.old_twa = 0.0
+        # peak exposure: the open excursion's start (None: none), the last one's end, the
+        # starts of the latest PEAK_PER_DAY excursions, whether the open one broke a rule
+        self.pk3, self.pk5 = cr.peak_levels()
+        self.pk_start: int | None = None
+        self.pk_end: int | None = None
+        self.pk_starts: list[int] = []
+        self.pk_bad = False
+        # impulse noise: impulses per 15-minute bucket (a ring of 32), the open bucket, and
+        # whether the last valid reading was above the threshold
+        self.im_k: int | None = None
+        self.im_ring = [0] * IMPULSE_BUCKETS
+        self.im_above = False
         self.enabled = [
             cr.stale_ns is not None, cr.bad_ns is not None, True, cr.frozen_ns is not None,
             any(not math.isnan(x) for x in (cr.hh, cr.h, cr.l, cr.ll)), not math.isnan(cr.roc),
@@ -117,6 +140,9 @@ class RefChannel:
             bool(cr.trend_ns) and bool(cr.predict_ns) and not math.isnan(cr.predict_limit),
             cr.exposure is not None and not math.isnan(cr.twa),
             cr.exposure == "concentration" and not math.isnan(cr.stel),
+            cr.exposure == "concentration" and not math.isnan(cr.mac),
+            not math.isnan(self.pk3),
+            not math.isnan(cr.impulse_db),
         ]
 
     # ------------------------------------------------------------------ machine
@@ -126,7 +152,7 @@ class RefChannel:
             self.since[r] = t
         c, a = self.cand[r], self.act[r]
         if c != a:
-            if r in PROCESS_RULES and r not in (R_TWA, R_STEL):
+            if r in PROCESS_RULES and r not in UNDELAYED:
                 delay = self.cr.on_ns if escalates(a, c) else self.cr.off_ns
             else:
                 delay = 0
@@ -213,11 +239,13 @@ class RefChannel:
             self.trend(t, v, out)
         if cr.exposure is not None:
             self.exposure(t, v, out)
+        if en[R_IMPULSE]:
+            self.impulse(t, v, out)
         self.pv, self.pt = v, t
 
     def limit_level(self, v: float) -> int:
         cr, prev, db = self.cr, self.cand[R_LIMIT], self.cr.deadband
-        if v >= cr.hh or (prev >= 2 and v >= cr.hh - db):
+        if v >= cr.hh or (prev >= 2 and v >= cr.hh_keep()):
             return 2
         if v >= cr.h or (prev >= 1 and v >= cr.h - db):
             return 1
@@ -322,6 +350,53 @@ class RefChannel:
         if self.enabled[R_STEL]:
             self.metric[R_STEL] = self.I - self.old_stel
             self.machine(R_STEL, int(self.I > self.old_stel + cr.stel_threshold()), t, out)
+        if self.enabled[R_MAC]:
+            # MAC is a ceiling (GBZ 2.1-2019): any valid reading above it, no averaging, no delay
+            self.metric[R_MAC] = v
+            self.machine(R_MAC, int(v > cr.mac), t, out)
+        if self.enabled[R_PEAK]:
+            self.peak(t, v, out)
+
+    def peak(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
+        """Peak exposure (GBZ 2.1-2019): an excursion is a run of readings above 3 × PC-TWA;
+        it exceeds when a reading passes 5 × PC-TWA, when it has lasted over 15 minutes,
+        when it began less than 1 h after the previous one ended, or when it is the fifth
+        to begin within 24 h. It ends at the first reading back at or below 3 × PC-TWA."""
+        if v > self.pk3:
+            if self.pk_start is None:
+                self.pk_start = t
+                near = sum(1 for s in self.pk_starts if t - s < PEAK_DAY_NS)
+                soon = self.pk_end is not None and t - self.pk_end < PEAK_GAP_NS
+                self.pk_bad = soon or near >= PEAK_PER_DAY
+                self.pk_starts = [*self.pk_starts, t][-PEAK_PER_DAY:]
+            x = v > self.pk5 or t - self.pk_start > PEAK_EXCURSION_NS or self.pk_bad
+        else:
+            if self.pk_start is not None:
+                self.pk_end = t
+                self.pk_start = None
+            x = False
+        self.metric[R_PEAK] = v
+        self.machine(R_PEAK, int(x), t, out)
+
+    def impulse(self, t: int, v: float, out: list[dict[str, Any]]) -> None:
+        """Impulse noise (GBZ 2.2-2007 §11): a valid reading rising above the threshold is
+        one impulse, counted in the open 15-minute bucket (a reading from before a clock step
+        back counts in the open one); the count over the last 32 buckets picks the limit
+        (140 / 130 / 120 dB), and a reading above it is an exceedance."""
+        k = t // IMPULSE_BUCKET_NS
+        if self.im_k is None:
+            self.im_k = k
+        elif k > self.im_k:
+            for j in range(self.im_k + 1, min(k, self.im_k + IMPULSE_BUCKETS) + 1):
+                self.im_ring[j % IMPULSE_BUCKETS] = 0
+            self.im_k = k
+        above = v > self.cr.impulse_db
+        if above and not self.im_above:
+            self.im_ring[self.im_k % IMPULSE_BUCKETS] += 1
+        self.im_above = above
+        lim = impulse_limit(sum(self.im_ring), self.cr.impulse_db)
+        self.metric[R_IMPULSE] = v
+        self.machine(R_IMPULSE, int(v > lim), t, out)
 
     # ------------------------------------------------------------------ clock
     def clock_back(self, now: int) -> None:
@@ -333,6 +408,10 @@ class RefChannel:
         self.since = [min(s, now) for s in self.since]
         if self.bad_since is not None:
             self.bad_since = min(self.bad_since, now)
+        if self.pk_start is not None:
+            self.pk_start = min(self.pk_start, now)
+        if self.pk_end is not None:
+            self.pk_end = min(self.pk_end, now)
 
     def tick(self, now: int, out: list[dict[str, Any]]) -> None:
         if self.supp:

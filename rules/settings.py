@@ -19,15 +19,23 @@ from gateway.core.batch import Quality
 from gateway.core.channels import ChannelTable
 from gateway.core.config import AlarmSettings, ChannelBase, Config, ExposureSettings, device_channels
 from gateway.core.yamlsrc import Path_
-from rules.presets import alarm_preset, exposure_preset
+from rules.presets import MOLAR_VOLUME_L, alarm_preset, exposure_preset, gbt50493_ceiling, occupational_limit
 
 NS = 1_000_000_000
 NAN = math.nan
 
 #: rule slots, in the order they are evaluated for one sample (and transitions reported)
-RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel")
-R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL = range(len(RULES))
-PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL)
+#: (the rules of issue 17 come last, so the order of the other rules' events is unchanged:
+#: mac, GBZ 2.1-2019 MAC, a ceiling no single reading may pass; peak, GBZ 2.1-2019 peak
+#: exposure, for a PC-TWA without PC-STEL or MAC; impulse, GBZ 2.2-2007 impulse noise, the
+#: peak limit for the count of impulses in 8 h)
+RULES = ("stale", "bad", "range", "frozen", "limit", "roc", "trend", "predict", "twa", "stel", "mac", "peak",
+         "impulse")
+(R_STALE, R_BAD, R_RANGE, R_FROZEN, R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL,
+ R_MAC, R_PEAK, R_IMPULSE) = range(len(RULES))
+PROCESS_RULES = (R_LIMIT, R_ROC, R_TREND, R_PREDICT, R_TWA, R_STEL, R_MAC, R_PEAK, R_IMPULSE)
+#: rules without on/off delays (the exposure rules: their window or ceiling is the limit)
+UNDELAYED = (R_TWA, R_STEL, R_MAC, R_PEAK, R_IMPULSE)
 HEALTH_RULES = (R_STALE, R_BAD, R_RANGE, R_FROZEN)
 #: the channel's maintenance (suppression) state is reported under this rule name
 MAINTENANCE = "maintenance"
@@ -36,6 +44,7 @@ MAINTENANCE = "maintenance"
 LIMIT_LEVELS = {2: "hh", 1: "h", -1: "l", -2: "ll"}
 LEVEL_CODES = {v: k for k, v in LIMIT_LEVELS.items()}
 PRIORITY = {"hh": "high", "ll": "high", "h": "medium", "l": "medium", "stel": "high", "twa": "medium",
+            "mac": "high", "peak": "high", "impulse": "high",
             "roc": "high", "trend": "low", "predict": "medium", "stale": "low", "bad": "low",
             "range": "low", "frozen": "low"}
 
@@ -54,6 +63,30 @@ STEL_BUCKET_NS = STEL_WINDOW_NS // STEL_BUCKETS
 TWA_WINDOW_NS = 8 * 3600 * NS
 TWA_PER_STEL = 15  # a TWA bucket is 15 STEL buckets: 15 minutes
 TWA_BUCKETS = 32  # 8 h of 15-minute buckets
+# peak exposure, GBZ 2.1-2019 (峰接触浓度; the figures as issue 17 states them, docs/rules.md):
+# above 3 × PC-TWA for at most 15 min at a time, at most 4 times a day, at least 1 h apart,
+# never above 5 × PC-TWA
+PEAK_FACTOR = 3.0
+PEAK_CEILING_FACTOR = 5.0
+PEAK_EXCURSION_NS = 15 * 60 * NS
+PEAK_GAP_NS = 3600 * NS
+PEAK_PER_DAY = 4
+PEAK_DAY_NS = 24 * 3600 * NS
+# impulse noise, GBZ 2.2-2007 §11 (table of impulse-noise limits): the peak sound pressure
+# level allowed for the number n of impulses in a working day (8 h): n ≤ 100: 140 dB,
+# n ≤ 1,000: 130 dB, n ≤ 10,000: 120 dB (more: every impulse exceeds). Counted in 15-minute
+# buckets over the last 32 of them (the current one and 31 before: 7¾–8 h)
+IMPULSE_LIMITS = ((100, 140.0), (1000, 130.0), (10000, 120.0))
+IMPULSE_BUCKET_NS = 15 * 60 * NS
+IMPULSE_BUCKETS = 32
+
+
+def impulse_limit(count: int, threshold: float) -> float:
+    """The peak-level limit for ``count`` impulses in 8 h (beyond the table: the threshold)."""
+    for n, lim in IMPULSE_LIMITS:
+        if count <= n:
+            return lim
+    return threshold
 PHASES = 97  # bucket boundaries are staggered over channels so rotation work spreads out
 PHASE_BLOCK = 16  # ... in blocks of adjacent channels, so those that rotate together share cache lines
 
@@ -68,6 +101,7 @@ class ChannelRules:
     l: float = NAN  # noqa: E741 - the ISA name of the low limit
     ll: float = NAN
     deadband: float = 0.0
+    restore: float = NAN  # hh is held while v >= restore (NaN: while v >= hh - deadband)
     on_ns: int = 0
     off_ns: int = 0
     range_lo: float = -math.inf
@@ -83,6 +117,9 @@ class ChannelRules:
     exposure: str | None = None  # None | "concentration" | "noise"
     twa: float = NAN  # concentration limit, or the noise criterion in dB(A)
     stel: float = NAN
+    mac: float = NAN  # MAC ceiling: any valid reading above it is an exceedance
+    peak: bool = False  # peak exposure on the PC-TWA (GBZ 2.1-2019)
+    impulse_db: float = NAN  # impulse noise: the counting threshold (dB); NaN: off
     exchange_db: float = 3.0
     hold_ns: int = 60 * NS  # longest gap a reading is held for in the exposure integral
     maintenance: bool = False
@@ -115,9 +152,19 @@ class ChannelRules:
         """PC-STEL limit as an integral over 15 min (value·ns)."""
         return float(self.stel * STEL_WINDOW_NS)
 
+    def peak_levels(self) -> tuple[float, float]:
+        """Peak exposure: (the excursion level 3 × PC-TWA, the ceiling 5 × PC-TWA); NaN: off."""
+        if not self.peak or self.exposure != "concentration":
+            return NAN, NAN
+        return PEAK_FACTOR * self.twa, PEAK_CEILING_FACTOR * self.twa
+
     def roc_per_ns(self) -> float:
         """The rate-of-change limit per ns: a change dv over dt ns alarms when |dv| > this · dt."""
         return self.roc / NS
+
+    def hh_keep(self) -> float:
+        """hh is held while the value is at or above this: the restore value, else hh - deadband."""
+        return self.restore if not math.isnan(self.restore) else self.hh - self.deadband
 
     def limits(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in ("hh", "h", "l", "ll") if not math.isnan(getattr(self, k))}
@@ -132,10 +179,10 @@ def noise_k(exchange_db: float) -> float:
     return 10.0 if exchange_db == 3.0 else exchange_db / math.log10(2.0)
 
 
-def _alarm_values(spec: ChannelBase) -> dict[str, Any]:
+def _alarm_values(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> dict[str, Any]:
     vals: dict[str, Any] = {}
     if spec.preset:
-        vals.update(alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit))
+        vals.update(alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit, molar_volume=mv))
     if spec.alarms is not None:
         # explicit keys override the preset's
         for k in spec.alarms.model_fields_set:
@@ -159,23 +206,26 @@ def _limit_order(spec: ChannelBase, r: ChannelRules) -> tuple[tuple[str, ...], s
     return None
 
 
-def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
+def check_channel(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tuple[tuple[str, ...], str]]:
     """What ``resolve`` would refuse in one channel's presets and overrides, as
     (key path under the channel, message): for ``safegw check`` (gateway/core/configcheck.py)."""
     if isinstance(spec.exposure, str):
         try:
-            exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit)
+            exposure_preset(spec.exposure, gas=spec.gas, unit=spec.unit, molar_volume=mv)
         except ValueError as e:
             return [(("exposure",), str(e))]
     if spec.preset:
         try:
-            alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit)
+            alarm_preset(spec.preset, gas=spec.gas, unit=spec.unit, molar_volume=mv)
         except ValueError as e:
             return [(("preset",), str(e))]
     try:
-        r = resolve(spec, check_order=False)
+        r = resolve(spec, check_order=False, molar_volume=mv)
     except ValueError as e:
-        return [(("alarms",), str(e))]
+        msg = str(e)
+        key = ("exposure",) if "exposure kind" in msg else ("alarms", "restore") if "restore (" in msg \
+            else ("alarms",)
+        return [(key, msg)]
     # (limits out of order without a preset: gateway/core/configcheck.py reports those itself)
     bad = _limit_order(spec, r) if spec.preset else None
     return [bad] if bad else []
@@ -184,17 +234,63 @@ def check_channel(spec: ChannelBase) -> list[tuple[tuple[str, ...], str]]:
 def check_config(cfg: Config) -> list[tuple[Path_, str]]:
     """For ``safegw check``: every channel's presets and overrides, at the key to fix."""
     errs: list[tuple[Path_, str]] = []
+    mv = cfg.hygiene.molar_volume_l()
     for di, dev in enumerate(cfg.devices):
         for cpath, ch in device_channels(dev):
-            if ch.preset or ch.alarms is not None or isinstance(ch.exposure, str):
-                errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch))
+            if ch.preset or ch.alarms is not None or ch.exposure is not None:
+                errs.extend((("devices", di, *cpath, *key), msg) for key, msg in check_channel(ch, mv))
     return errs
 
 
+def channel_warnings(spec: ChannelBase, mv: float = MOLAR_VOLUME_L) -> list[tuple[tuple[str, ...], str]]:
+    """Explicit alarm limits above what GB/T 50493-2019 §5.5.2 allows for the channel's gas
+    (level 1 ≤ 100 % OEL / 25 %LEL, level 2 ≤ 200 % OEL / 50 %LEL): worth a warning, not
+    a refusal (a site may have an approved reason, e.g. a detector's resolution)."""
+    if spec.alarms is None:
+        return []
+    cap = gbt50493_ceiling(spec.gas, spec.unit, mv)
+    if cap is None:
+        return []
+    out: list[tuple[tuple[str, ...], str]] = []
+    given = spec.alarms.model_fields_set
+    vals = {k: getattr(spec.alarms, k) for k in ("h", "hh")
+            if k in given and getattr(spec.alarms, k) is not None}
+    try:
+        o = occupational_limit(spec.gas or "")
+        basis = f"{o.basis} {o.oel_mg_m3:g} mg/m³ = {o.oel_ppm(mv):.3g} ppm at {mv:g} L/mol"
+        what = ("100 % of the OEL", "200 % of the OEL")
+    except KeyError:
+        basis, what = "%LEL", ("25 %LEL", "50 %LEL")
+    # the lower level set is level 1, the higher level 2
+    levels = sorted(vals.items(), key=lambda kv: float(kv[1]))
+    for n, (k, v) in enumerate(levels[-2:] if len(levels) == 2 else levels):
+        allowed = cap[n]
+        if float(v) > allowed * (1 + 1e-9):
+            pct = ""
+            if basis != "%LEL":
+                pct = f" ({100 * float(v) / cap[0]:.0f} % of the OEL)"
+            out.append((("alarms", k), f"warning: level {n + 1} at {float(v):g} {spec.unit}{pct} is above "
+                        f"the "
+                        f"{what[n]} ({allowed:.4g} {spec.unit}) GB/T 50493-2019 §5.5.2 allows for {spec.gas}"
+                        f"{'' if basis == '%LEL' else f' (OEL: {basis})'}; use preset: gbt50493 or lower it"))
+    return out
+
+
+def config_warnings(cfg: Config) -> list[tuple[Path_, str]]:
+    """For ``safegw check``: what is allowed but against a standard (printed, exit 0)."""
+    mv = cfg.hygiene.molar_volume_l()
+    out: list[tuple[Path_, str]] = []
+    for di, dev in enumerate(cfg.devices):
+        for cpath, ch in device_channels(dev):
+            out.extend((("devices", di, *cpath, *key), msg) for key, msg in channel_warnings(ch, mv))
+    return out
+
+
 def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
-            device_maintenance: bool = False, check_order: bool = True) -> ChannelRules:
+            device_maintenance: bool = False, check_order: bool = True,
+            molar_volume: float = MOLAR_VOLUME_L) -> ChannelRules:
     """One channel's rules from its config (presets resolved, overrides applied)."""
-    vals = _alarm_values(spec)
+    vals = _alarm_values(spec, molar_volume)
     # values are already parsed (config floats in seconds, preset numbers): merge without
     # re-validating, which would refuse unit-less durations
     a = AlarmSettings().model_copy(update={k: v for k, v in vals.items() if k != "source"})
@@ -206,6 +302,11 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     if bad is not None:
         raise ValueError(f"channel {spec.name}: {bad[1]}")
     r.deadband = float(a.deadband)
+    if a.restore is not None:
+        if math.isnan(r.hh) or not a.restore <= r.hh:
+            raise ValueError(f"channel {spec.name}: restore ({a.restore:g}) needs an hh limit at or above it "
+                             f"(hh={r.hh:g})")
+        r.restore = float(a.restore)
     r.on_ns = round(a.delay * NS)
     r.off_ns = round(a.off_delay * NS)
     if spec.range is not None:
@@ -232,24 +333,35 @@ def resolve(spec: ChannelBase, *, poll_s: float | None = 1.0,
     if ex is not None:
         if isinstance(ex, str):
             ex = ExposureSettings.model_validate(
-                {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit).items() if k != "source"})
-        r.exposure = ex.kind
-        if ex.kind == "noise":
+                {k: v for k, v in exposure_preset(ex, gas=spec.gas, unit=spec.unit,
+                                                  molar_volume=molar_volume).items() if k != "source"})
+        if ex.kind == "impulse":
+            if ex.threshold_db is None:
+                raise ValueError(f"channel {spec.name}: exposure kind impulse needs threshold_db, the peak "
+                                 "level above which a rise counts one impulse (e.g. 110)")
+            r.impulse_db = float(ex.threshold_db)
+        elif ex.kind == "noise":
+            r.exposure = ex.kind
             r.twa = float(ex.criterion_db)
             r.exchange_db = float(ex.exchange_rate_db)
         else:
+            r.exposure = ex.kind
             r.twa = NAN if ex.twa is None else float(ex.twa)
             r.stel = NAN if ex.stel is None else float(ex.stel)
+            r.mac = NAN if ex.mac is None else float(ex.mac)
+            auto = ex.twa is not None and ex.stel is None and ex.mac is None
+            r.peak = bool(ex.twa is not None and (auto if ex.peak is None else ex.peak))
     r.maintenance = bool(spec.maintenance or device_maintenance)
     return r
 
 
 def resolve_table(table: ChannelTable, *, poll_s: dict[str, float | None] | None = None,
-                  device_maintenance: dict[str, bool] | None = None) -> list[ChannelRules]:
+                  device_maintenance: dict[str, bool] | None = None,
+                  molar_volume: float = MOLAR_VOLUME_L) -> list[ChannelRules]:
     """Rules for every channel of a table; ``poll_s`` and maintenance are per device name."""
     out = []
     for c in table.channels:
         p = 1.0 if poll_s is None else poll_s.get(c.device, 1.0)
         m = bool(device_maintenance and device_maintenance.get(c.device))
-        out.append(resolve(c.spec, poll_s=p, device_maintenance=m))
+        out.append(resolve(c.spec, poll_s=p, device_maintenance=m, molar_volume=molar_volume))
     return out

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.config_hygiene import HygieneSection
 from gateway.core.config_permits import PermitsSection
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
@@ -149,6 +150,8 @@ class AlarmSettings(Strict):
     l: Number | None = None  # noqa: E741 - the ISA name of the low limit
     ll: Number | None = None
     deadband: Number = Field(default=0.0, ge=0)
+    restore: Number | None = Field(default=None, description="hh clears only below this (instead of hh - "
+                                   "deadband): a coal mine's power-off restore value (AQ 1029-2019 §6)")
     delay: Duration = 0.0
     off_delay: Duration = 0.0
     roc: Number | None = Field(default=None, gt=0, description="alarm when |change| per second exceeds this")
@@ -168,9 +171,15 @@ class AlarmSettings(Strict):
 
 
 class ExposureSettings(Strict):
-    kind: Literal["concentration", "noise"] = "concentration"
+    kind: Literal["concentration", "noise", "impulse"] = "concentration"
     twa: Number | None = Field(default=None, gt=0, description="PC-TWA limit (8 h)")
     stel: Number | None = Field(default=None, gt=0, description="PC-STEL limit (15 min)")
+    mac: Number | None = Field(default=None, gt=0, description="MAC: a ceiling no reading may pass "
+                               "(GBZ 2.1-2019 §3, terms: MAC)")
+    peak: bool | None = Field(default=None, description="peak exposure (GBZ 2.1-2019 峰接触浓度); default: "
+                              "on for a PC-TWA without PC-STEL or MAC")
+    threshold_db: Number | None = Field(default=None, ge=60, le=200, description="impulse noise: a peak "
+                                        "level rising above this counts one impulse (GBZ 2.2-2007 §11)")
     criterion_db: Number = 85.0
     exchange_rate_db: Number = 3.0
 
@@ -534,6 +543,7 @@ class Config(ConfigFile):
     registers: RegistersSection = RegistersSection()
     permits: PermitsSection = PermitsSection()
     alarms: AlarmsSection = AlarmsSection()
+    hygiene: HygieneSection = HygieneSection()
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:

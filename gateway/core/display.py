@@ -42,7 +42,7 @@ DERIVED_DIGITS = 6
 SECONDS_DECIMALS = 3
 _INT_TYPES = ("bool", "int16", "uint16", "int32", "uint32")
 #: alarm rules whose ``value`` is the channel's reading (the others' is a figure derived from it)
-PROCESS_VALUE_RULES = ("limit", "range", "frozen")
+PROCESS_VALUE_RULES = ("limit", "range", "frozen", "mac", "peak", "impulse")
 #: event fields in seconds
 SECONDS_FIELDS = ("duration_s", "threshold_s", "time_to_limit_s", "horizon_s")
 

@@ -184,10 +184,12 @@ def _spec(**kw: Any) -> ChannelBase:
     (dict(preset="gbt50493", gas="co", unit="mg/m³"), dict(h=20.0, hh=40.0)),
     (dict(preset="gbt50493", gas="nh3", unit="mg/m3"), dict(h=20.0, hh=40.0)),
     (dict(preset="gbt50493", gas="cl2", unit="mg/m3"), dict(h=1.0, hh=2.0)),
-    (dict(preset="gbt50493", gas="benzene", unit="mg/m3"), dict(h=6.0, hh=12.0)),
-    (dict(preset="gbt50493", gas="h2s", unit="ppm"), dict(h=7.1743, hh=14.3486)),  # 10 mg/m³ × 24.45/34.08
+    # GBZ 2.1-2019 Amendment No. 1 (2022): benzene PC-TWA 3 mg/m³ (was 6)
+    (dict(preset="gbt50493", gas="benzene", unit="mg/m3"), dict(h=3.0, hh=6.0)),
+    # 10 mg/m³ × 24.061/34.08 (20 °C, 101.3 kPa: GBZ 159-2004 §3.4)
+    (dict(preset="gbt50493", gas="h2s", unit="ppm"), dict(h=7.0602, hh=14.1203)),
     (dict(preset="o2", unit="%VOL"), dict(l=19.5, h=23.5)),
-    (dict(preset="coal-ch4", unit="%"), dict(h=1.0, hh=1.5)),
+    (dict(preset="coal-ch4", unit="%"), dict(h=1.0, hh=1.5, restore=1.0, deadband=0.0)),
     (dict(preset="gbt50493", gas="combustible", unit="%LEL", alarms={"h": 20, "delay": "5s"}),
      dict(h=20.0, hh=50.0, on_ns=5 * NS)),
 ])
