@@ -73,13 +73,13 @@ def test_oxygen_range() -> None:
 
 def test_toxic_limit_is_the_oel_converted_to_the_channel_unit() -> None:
     """GB 30871-2022 §6.4 b) with GBZ 2.1-2019: H₂S MAC 10 mg/m³; in ppm at the molar volume
-    rules.presets uses: 10 × 24.45 / 34.08 = 7.174 ppm (computed here by hand)."""
+    rules.presets uses (24.061 L/mol, GBZ 159): 10 × 24.061 / 34.08 = 7.06 ppm."""
     c = criteria.criterion("mg/m³", "h2s")
     assert c.hi == 10.0 and "MAC" in c.text
     mv = criteria.presets.MOLAR_VOLUME_L
     assert criteria.criterion("ppm", "硫化氢").hi == pytest.approx(10 * mv / 34.08, abs=1e-3)
     with pytest.raises(criteria.NoCriterion):
-        criteria.criterion("ppm", "phosgene")
+        criteria.criterion("ppm", "nitrogen")  # a gas with no OEL in GBZ 2.1
 
 
 def test_analysis_verdicts_each_with_a_reason() -> None:

@@ -105,27 +105,18 @@ def lel_percent(gas: str | None) -> float | None:
     return None if g is None else LEL_PERCENT.get(g)
 
 
-# reconcile with rules.presets.occupational_limit
 def occupational_limit(gas: str) -> tuple[float, str, str] | None:
-    """A toxic gas's OEL as (mg/m³, basis, source), or None when it has none here.
-
-    Today's ``rules.presets.TOXIC`` carries one alarm OEL per gas; the basis is read from
-    which of MAC / PC-STEL / PC-TWA it equals, in GB/T 50493's order. At the merge this
-    becomes ``rules.presets.occupational_limit(gas)``."""
-    row = presets.TOXIC.get(gas)
-    if row is None or row.get("oel") is None:
+    """A toxic gas's OEL as (mg/m³, basis, source), or None when it has none: the one
+    GB/T 50493-2019 bases toxic-gas alarms on (rules.presets.occupational_limit)."""
+    try:
+        ol = presets.occupational_limit(gas)
+    except KeyError:
         return None
-    oel = float(row["oel"])  # type: ignore[arg-type]
-    basis = next(
-        (b for b, k in (("MAC", "mac"), ("PC-STEL", "stel"), ("PC-TWA", "twa")) if row.get(k) == oel), "OEL"
-    )
-    return oel, basis, "GBZ 2.1-2019 (as rules.presets has it)"
+    return ol.oel_mg_m3, ol.basis, ol.source
 
 
 def mg_m3_to_ppm(mg_m3: float, gas: str) -> float:
-    mm = presets.TOXIC[gas]["mm"]
-    assert mm is not None
-    return mg_m3 * presets.MOLAR_VOLUME_L / mm
+    return presets.occupational_limit(gas).mg_m3_to_ppm(mg_m3, presets.MOLAR_VOLUME_L)
 
 
 # --------------------------------------------------------------------------- criteria
