@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -25,6 +23,7 @@ from pydantic import (
 
 from gateway.core.config_hygiene import HygieneSection
 from gateway.core.config_permits import PermitsSection
+from gateway.core.configbase import Strict
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -72,10 +71,6 @@ TrustedProxy = Annotated[str, AfterValidator(_proxy)]
 Listen = Annotated[str, AfterValidator(check_listen)]
 PlainText = Annotated[str, AfterValidator(_plain_text)]
 TopicSafe = Annotated[str, AfterValidator(_topic_safe)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
 
 
 # --------------------------------------------------------------------------- gateway
