@@ -1,0 +1,575 @@
+"""The modem: its state (SIM, PIN, registration, signal), SMS out and in, voice calls.
+
+A supervisor task opens the AT port, initializes the modem and re-reads its state every
+``check_interval``; a port that vanishes is reopened with backoff. Nothing here raises
+for a delivery failure: sends return a :class:`SendResult` whose ``detail`` says what the
+modem said, and the state is in :meth:`Modem.stats` for /status and /metrics.
+
+A wrong PIN is tried once: three wrong tries block the SIM until its PUK is entered
+(TS 31.102 / TS 27.007 8.3), which needs a person on site.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.core.aio import wait_event
+from gateway.core.config_modem import ModemChannelSettings
+from gateway.core.secrets import SecretFileError, read_secret
+from gateway.notify.base import InboundHandler, SendResult
+from gateway.notify.modem.at import AtPort, CommandError, CommandTimeout, ModemError, PortGone
+from gateway.notify.modem.pdu import (
+    Deliver,
+    PduError,
+    StatusReport,
+    decode_hex,
+    decode_incoming,
+    encode_submit,
+)
+
+log = logging.getLogger(__name__)
+
+QUICK = 10.0  # seconds: a status query never needs the full command timeout
+BACKOFF_MAX = 30.0
+REASSEMBLY_TTL = 600.0  # s: parts of a long incoming SMS wait this long for the others
+REASSEMBLY_MAX = 32  # long incoming messages being put together at once
+TRACKED_MAX = 512  # sent parts whose delivery report we wait for
+
+#: TS 27.007 7.2 <stat> of +CREG / +CEREG
+REG_STATES = {0: "not_registered", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming",
+              6: "home_sms_only", 7: "roaming_sms_only"}
+REGISTERED = {"home", "roaming", "home_sms_only", "roaming_sms_only"}
+#: TS 27.005 3.2.5 <err> of +CMS ERROR: (name, worth retrying later)
+CMS_ERRORS = {
+    300: ("ME failure", True), 301: ("SMS service of ME reserved", False),
+    302: ("operation not allowed", False), 303: ("operation not supported", False),
+    304: ("invalid PDU mode parameter", False),
+    305: ("invalid text mode parameter", False), 310: ("SIM not inserted", True),
+    311: ("SIM PIN required", False), 312: ("PH-SIM PIN required", False), 313: ("SIM failure", True),
+    314: ("SIM busy", True), 315: ("SIM wrong", False), 316: ("SIM PUK required", False),
+    320: ("memory failure", True), 322: ("memory full", True), 330: ("SMSC address unknown", False),
+    331: ("no network service", True), 332: ("network timeout", True), 500: ("unknown error", True),
+}
+#: TS 27.007 9.2.1 <err> of +CME ERROR: the ones about the SIM
+CME_SIM = {10: "no_sim", 11: "pin_required", 12: "puk_required", 13: "sim_failure", 14: "sim_busy",
+           15: "sim_wrong", 16: "pin_rejected"}
+
+
+@dataclass
+class _Long:
+    parts: dict[int, str] = field(default_factory=dict)
+    indexes: list[int] = field(default_factory=list)
+    first: float = 0.0
+
+
+class Modem:
+    """One modem on one AT port, shared by the channels configured on that port."""
+
+    def __init__(self, settings: ModemChannelSettings, base_dir: Path):
+        self.s = settings
+        self.base_dir = base_dir
+        self.at = AtPort(settings.port, settings.baud, self._urc, self._port_lost)
+        self.lock = asyncio.Lock()  # one multi-command sequence at a time (SMS parts, a read)
+        self.call_lock = asyncio.Lock()
+        self.inbound: InboundHandler | None = None
+        self.on_delivery: Callable[[str, bool, str], Awaitable[None] | None] | None = None
+        self.state = "starting"  # ready, no_port, no_sim, pin_required, pin_rejected, ... error
+        self.sim = "unknown"
+        self.registration = "unknown"
+        self.rssi: int | None = None
+        self.last_error = ""
+        self.info: dict[str, str] = {}
+        self.counts = {"sms_sent": 0, "sms_parts_sent": 0, "sms_failed": 0, "sms_truncated": 0,
+                       "calls": 0, "calls_answered": 0, "calls_failed": 0, "delivered": 0,
+                       "delivery_failed": 0, "inbound": 0, "inbound_bad": 0, "port_opens": 0,
+                       "port_lost": 0}
+        self._ref = 0
+        self._tracked: OrderedDict[int, tuple[str, int]] = OrderedDict()  # mr -> (key, parts)
+        self._delivery: OrderedDict[str, list[int]] = OrderedDict()  # key -> statuses seen
+        self._long: dict[tuple[str, int, int], _Long] = {}
+        self._work: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
+        self._lost = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._users = 0
+        self._pin_tried = False
+        self._call_end: asyncio.Event = asyncio.Event()
+        self._call_result = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._users += 1
+        if self._tasks:
+            return
+        self._stop.clear()
+        self._tasks = [asyncio.create_task(self._supervise(), name=f"modem[{self.s.port}]"),
+                       asyncio.create_task(self._worker(), name=f"modem-in[{self.s.port}]")]
+
+    async def stop(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self.at.close()
+
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Until the modem is ready (tests, ``notify test``); False after ``timeout``."""
+        return await wait_event(self._ready, timeout)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            if not self.at.is_open:
+                try:
+                    await self.at.open()
+                except PortGone as e:
+                    self._set_state("no_port", str(e))
+                    await wait_event(self._stop, backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                self.counts["port_opens"] += 1
+                self._lost.clear()
+                try:
+                    await self._init()
+                except ModemError as e:
+                    self._set_state("error" if self.at.is_open else "no_port", f"initialization: {e}")
+                    await self.at.close()
+                    await wait_event(self._stop, backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = 1.0
+            else:
+                with contextlib.suppress(ModemError):
+                    await self.refresh()
+            await self._expire_long()
+            lost = asyncio.ensure_future(self._lost.wait())
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({lost, stop}, timeout=self.s.check_interval,
+                               return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            stop.cancel()
+
+    def _port_lost(self, why: str) -> None:
+        self.counts["port_lost"] += 1
+        self._set_state("no_port", f"port lost: {why}")
+        self._lost.set()
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        if state != self.state:
+            if state == "ready":
+                log.info("modem %s: ready (%s, %s)", self.s.port, self.registration, self.signal_text())
+            else:
+                log.error("modem %s: %s%s", self.s.port, state, f": {error}" if error else "")
+        self.state = state
+        if state == "ready":
+            self._ready.set()
+        else:
+            self._ready.clear()
+        if error:
+            self.last_error = error
+
+    async def _cmd(self, cmd: str, timeout: float = QUICK) -> list[str]:  # noqa: ASYNC109
+        return await self.at.command(cmd, min(timeout, self.s.timeout))
+
+    async def _init(self) -> None:
+        async with self.lock:
+            await self._cmd("ATE0")
+            await self._cmd("AT+CMEE=1")  # numeric +CME ERROR codes (TS 27.007 9.1)
+            for key, cmd in (("manufacturer", "AT+CGMI"), ("model", "AT+CGMM")):
+                with contextlib.suppress(CommandError):
+                    lines = await self._cmd(cmd)
+                    self.info[key] = lines[0][:64] if lines else ""
+            await self._check_sim(unlock=True)
+            if self.sim == "ready":
+                await self._cmd("AT+CMGF=0")  # PDU mode (TS 27.005 3.2.3)
+                # +CNMI=2,1,0,<ds>,0: new messages as +CMTI indexes, status reports as +CDS (3.4.1)
+                await self._cmd(f"AT+CNMI=2,1,0,{1 if self.s.delivery_reports else 0},0")
+        await self.refresh()
+        if self.sim == "ready":
+            await self._queue(("list", None))  # what arrived while nobody listened
+
+    async def _check_sim(self, *, unlock: bool) -> None:
+        try:
+            lines = await self._cmd("AT+CPIN?")
+        except CommandError as e:
+            if e.kind == "+CME ERROR" and e.code in CME_SIM:
+                self.sim = CME_SIM[e.code]
+                return
+            raise
+        status = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("+CPIN:")), "")
+        if status == "READY":
+            self.sim = "ready"
+        elif status == "SIM PIN":
+            self.sim = "pin_required"
+            if unlock and self.s.pin_file is not None and not self._pin_tried:
+                await self._enter_pin()
+        elif status == "SIM PUK":
+            self.sim = "puk_required"
+        else:
+            self.sim = f"locked ({status[:32]})"
+
+    async def _enter_pin(self) -> None:
+        assert self.s.pin_file is not None
+        try:
+            pin = read_secret(self.s.pin_file, self.base_dir)
+        except SecretFileError as e:
+            self.last_error = str(e)
+            return
+        if not (pin.isdigit() and 4 <= len(pin) <= 8):
+            self.last_error = f"the PIN in {self.s.pin_file} is not 4 to 8 digits"
+            return
+        self._pin_tried = True  # once per start: a second wrong try moves towards the PUK
+        try:
+            await self._cmd(f'AT+CPIN="{pin}"')
+        except CommandError as e:
+            self.sim = "pin_rejected"
+            self.last_error = f"the SIM refused the PIN from {self.s.pin_file} ({e.result}); not tried again"
+            return
+        # the SIM needs a moment after the PIN before it answers READY
+        for _ in range(20):
+            await self._check_sim(unlock=False)
+            if self.sim == "ready":
+                return
+            await asyncio.sleep(0.25)
+
+    async def refresh(self) -> None:
+        """Read SIM, registration and signal (TS 27.007 8.3, 7.2, 8.5)."""
+        async with self.lock:
+            if self.sim != "ready":
+                await self._check_sim(unlock=True)
+                if self.sim == "ready":
+                    await self._cmd("AT+CMGF=0")
+                    await self._cmd(f"AT+CNMI=2,1,0,{1 if self.s.delivery_reports else 0},0")
+            regs = []
+            for cmd in ("AT+CREG?", "AT+CEREG?"):
+                try:
+                    lines = await self._cmd(cmd)
+                except CommandError:
+                    continue  # a 2G-only modem has no +CEREG
+                for ln in lines:
+                    m = re.match(r"^\+C?E?REG:\s*\d+\s*,\s*(\d+)", ln)
+                    if m:
+                        regs.append(REG_STATES.get(int(m.group(1)), "unknown"))
+            self.registration = next((r for r in regs if r in REGISTERED), regs[0] if regs else "unknown")
+            try:
+                lines = await self._cmd("AT+CSQ")
+                m = next((m for ln in lines if (m := re.match(r"^\+CSQ:\s*(\d+)\s*,", ln))), None)
+                self.rssi = int(m.group(1)) if m else None
+            except CommandError:
+                self.rssi = None
+        if self.sim != "ready":
+            self._set_state(self.sim, self.last_error if self.sim == "pin_rejected" else f"SIM: {self.sim}")
+        elif self.registration not in REGISTERED:
+            self._set_state("not_registered", f"network registration: {self.registration}")
+        else:
+            self._set_state("ready")
+
+    def signal_dbm(self) -> int | None:
+        """TS 27.007 8.5: <rssi> 0 = -113 dBm or less, 2 dBm a step, 31 = -51 dBm or more, 99 unknown."""
+        if self.rssi is None or not 0 <= self.rssi <= 31:
+            return None
+        return -113 + 2 * self.rssi
+
+    def signal_text(self) -> str:
+        dbm = self.signal_dbm()
+        return "signal unknown" if dbm is None else f"signal {dbm} dBm"
+
+    # ------------------------------------------------------------------ sending
+    def _unusable(self) -> SendResult | None:
+        if not self.at.is_open:
+            return SendResult(False, f"modem port {self.s.port} unavailable: {self.last_error}", retry=True)
+        if self.sim != "ready":
+            retry = self.sim not in ("pin_rejected", "puk_required", "pin_required")
+            return SendResult(False, f"modem SIM not usable: {self.sim}", retry=retry)
+        return None
+
+    async def send_sms(self, key: str, number: str, text: str) -> SendResult:
+        t0 = time.monotonic()
+        bad = self._unusable()
+        if bad is not None:
+            self.counts["sms_failed"] += 1
+            return bad
+        truncated = False
+        self._ref = (self._ref + 1) % 256
+        parts = None
+        while parts is None:
+            try:
+                parts = encode_submit(number, text, ref=self._ref, status_report=self.s.delivery_reports,
+                                      max_parts=self.s.max_parts)
+            except ValueError as e:
+                if "more than" not in str(e):
+                    self.counts["sms_failed"] += 1
+                    return SendResult(False, f"cannot encode the SMS: {e}")
+                text = text[:max(1, len(text) * 9 // 10 - 1)] + "…"  # shorten until it fits
+                truncated = True
+        mrs: list[int] = []
+        async with self.lock:
+            for i, part in enumerate(parts, 1):
+                try:
+                    lines = await self.at.command(f"AT+CMGS={part.tpdu_len}", self.s.timeout, pdu=part.hex)
+                except CommandTimeout as e:
+                    self.counts["sms_failed"] += 1
+                    return SendResult(False, f"part {i}/{len(parts)}: {e}", time.monotonic() - t0,
+                                      retry=True, ambiguous=True)
+                except CommandError as e:
+                    self.counts["sms_failed"] += 1
+                    name, retry = ("", True)
+                    if e.kind == "+CMS ERROR":
+                        name, retry = CMS_ERRORS.get(e.code or -1, ("", True))
+                    why = f"{e.result} ({name})" if name else e.result
+                    return SendResult(False, f"part {i}/{len(parts)}: the modem answered {why}",
+                                      time.monotonic() - t0, retry=retry)
+                except PortGone as e:
+                    self.counts["sms_failed"] += 1
+                    return SendResult(False, f"part {i}/{len(parts)}: {e}", time.monotonic() - t0,
+                                      retry=True, ambiguous=i > 1 or self.at.is_open)
+                mr = next((int(m.group(1)) for ln in lines if (m := re.match(r"^\+CMGS:\s*(\d+)", ln))), -1)
+                mrs.append(mr)
+        self.counts["sms_sent"] += 1
+        self.counts["sms_parts_sent"] += len(parts)
+        if truncated:
+            self.counts["sms_truncated"] += 1
+        if self.s.delivery_reports:
+            self._track(key, mrs)
+        detail = f"{len(parts)} part{'s' if len(parts) > 1 else ''}, mr={','.join(map(str, mrs))}"
+        if truncated:
+            detail += f", cut to {self.s.max_parts} parts"
+        return SendResult(True, detail, time.monotonic() - t0)
+
+    def _track(self, key: str, mrs: list[int]) -> None:
+        for mr in mrs:
+            if mr >= 0:
+                self._tracked[mr] = (key, len(mrs))
+        self._delivery[key] = []
+        while len(self._tracked) > TRACKED_MAX:
+            self._tracked.popitem(last=False)
+        while len(self._delivery) > TRACKED_MAX:
+            self._delivery.popitem(last=False)
+
+    def delivery(self, key: str) -> str:
+        """'delivered', 'failed', 'pending' or 'unknown' for a message sent with ``key``."""
+        if key not in self._delivery:
+            return "unknown"
+        seen = self._delivery[key]
+        if any(st >= 0x40 for st in seen):
+            return "failed"
+        parts = next((n for k, n in self._tracked.values() if k == key), 0)
+        done = [st for st in seen if st < 0x20]
+        return "delivered" if parts and len(done) >= parts else "pending"
+
+    # ------------------------------------------------------------------ voice
+    async def call(self, number: str) -> SendResult:
+        """Dial, let it ring for ``ring`` seconds (less if answered or refused), hang up."""
+        t0 = time.monotonic()
+        bad = self._unusable()
+        if bad is not None:
+            self.counts["calls_failed"] += 1
+            return bad
+        if not re.fullmatch(r"\+?[0-9]{1,20}", number):
+            self.counts["calls_failed"] += 1
+            return SendResult(False, f"{number!r} is not a phone number")
+        async with self.call_lock:
+            self.counts["calls"] += 1
+            self._call_end = asyncio.Event()
+            self._call_result = ""
+            alerted = answered = False
+            try:
+                async with self.lock:
+                    await self.at.command(f"ATD{number};", self.s.timeout)  # V.250 6.3.1; ';' = voice
+                deadline = t0 + self.s.ring
+                while time.monotonic() < deadline and not self._call_end.is_set():
+                    async with self.lock:
+                        lines = await self._cmd("AT+CLCC")
+                    states = [int(m.group(1)) for ln in lines
+                              if (m := re.match(r"^\+CLCC:\s*\d+\s*,\s*0\s*,\s*(\d+)", ln))]
+                    if not states and (alerted or time.monotonic() - t0 > 5):
+                        break  # the call is gone
+                    alerted = alerted or 3 in states or 0 in states
+                    if 0 in states:  # TS 27.007 7.18: 0 active (answered)
+                        answered = True
+                        break
+                    await wait_event(self._call_end, min(1.0, max(0.0, deadline - time.monotonic())))
+            except CommandError as e:
+                self._call_result = e.result
+            except (CommandTimeout, PortGone) as e:
+                self.counts["calls_failed"] += 1
+                await self._hang_up()
+                return SendResult(False, f"call: {e}", time.monotonic() - t0, retry=True)
+            await self._hang_up()
+            took = time.monotonic() - t0
+            if answered:
+                self.counts["calls_answered"] += 1
+                return SendResult(True, f"answered after {took:.0f} s", took)
+            if alerted:
+                return SendResult(True, f"rang {took:.0f} s, not answered", took)
+            self.counts["calls_failed"] += 1
+            why = self._call_result or "no ringing"
+            return SendResult(False, f"call did not ring: {why}", took, retry=True)
+
+    async def _hang_up(self) -> None:
+        with contextlib.suppress(ModemError):
+            async with self.lock:
+                await self._cmd("ATH")  # V.250 6.3.6
+
+    # ------------------------------------------------------------------ incoming
+    def _urc(self, line: str, pdu: str | None) -> None:
+        if line.startswith("+CMTI:"):  # +CMTI: "SM",3 (TS 27.005 3.4.1)
+            m = re.search(r",\s*(\d+)\s*$", line)
+            if m:
+                self._queue_nowait(("read", int(m.group(1))))
+        elif line.startswith("+CDS:") and pdu is not None:
+            self._queue_nowait(("report", pdu))
+        elif line in ("NO CARRIER", "BUSY", "NO ANSWER"):
+            self._call_result = line
+            self._call_end.set()
+
+    def _queue_nowait(self, item: tuple[str, Any]) -> None:
+        try:
+            self._work.put_nowait(item)
+        except asyncio.QueueFull:
+            # the messages stay in the modem's store; the next listing picks them up
+            log.warning("modem %s: inbound queue full, %s left for the next listing", self.s.port, item[0])
+
+    async def _queue(self, item: tuple[str, Any]) -> None:
+        self._queue_nowait(item)
+
+    async def _worker(self) -> None:
+        while True:
+            kind, arg = await self._work.get()
+            try:
+                if kind == "read":
+                    await self._read_stored(arg)
+                elif kind == "list":
+                    await self._list_stored()
+                elif kind == "report":
+                    await self._report(arg)
+            except ModemError as e:
+                log.warning("modem %s: incoming %s: %s", self.s.port, kind, e)
+
+    async def _list_stored(self) -> None:
+        async with self.lock:
+            lines = await self._cmd("AT+CMGL=4")  # all stored messages, PDU mode (TS 27.005 3.4.2)
+        for ln in lines:
+            m = re.match(r"^\+CMGL:\s*(\d+)", ln)
+            if m:
+                self._queue_nowait(("read", int(m.group(1))))
+
+    async def _read_stored(self, index: int) -> None:
+        async with self.lock:
+            lines = await self._cmd(f"AT+CMGR={index}")
+        pdu_line = next((ln for prev, ln in itertools.pairwise(lines) if prev.startswith("+CMGR:")), None)
+        if pdu_line is None:
+            return  # an empty slot (already read and deleted)
+        try:
+            msg = decode_incoming(decode_hex(pdu_line))
+        except PduError as e:
+            self.counts["inbound_bad"] += 1
+            log.warning("modem %s: stored message %d is not a readable SMS (%s); deleted",
+                        self.s.port, index, e)
+            await self._delete([index])
+            return
+        if isinstance(msg, StatusReport):
+            await self._report_decoded(msg)
+            await self._delete([index])
+            return
+        await self._deliver(msg, index)
+
+    async def _deliver(self, msg: Deliver, index: int) -> None:
+        if msg.concat is None or msg.concat.total == 1:
+            await self._hand_over(msg.sender, msg.text, [index])
+            return
+        c = msg.concat
+        k = (msg.sender, c.ref, c.total)
+        long = self._long.get(k)
+        if long is None:
+            if len(self._long) >= REASSEMBLY_MAX:
+                await self._expire_long(force_oldest=True)
+            long = self._long[k] = _Long(first=time.monotonic())
+        long.parts[c.seq] = msg.text
+        long.indexes.append(index)
+        if len(long.parts) == c.total:
+            del self._long[k]
+            text = "".join(long.parts[i] for i in sorted(long.parts))
+            await self._hand_over(msg.sender, text, long.indexes)
+
+    async def _expire_long(self, *, force_oldest: bool = False) -> None:
+        """Hand over what arrived of long messages whose other parts never came."""
+        now = time.monotonic()
+        old = [k for k, v in self._long.items() if now - v.first > REASSEMBLY_TTL]
+        if force_oldest and not old and self._long:
+            old = [min(self._long, key=lambda k: self._long[k].first)]
+        for k in old:
+            long = self._long.pop(k)
+            text = "…".join(long.parts[i] for i in sorted(long.parts))
+            log.warning("modem %s: long SMS from %s incomplete (%d of %d parts)", self.s.port, k[0],
+                        len(long.parts), k[2])
+            await self._hand_over(k[0], text, long.indexes)
+
+    async def _hand_over(self, sender: str, text: str, indexes: list[int]) -> None:
+        self.counts["inbound"] += 1
+        handler = self.inbound
+        if handler is None:
+            log.warning("modem %s: SMS from %s with no one to take it; deleted", self.s.port, sender)
+        else:
+            try:
+                await handler(sender, text)
+            except Exception:  # the service's bug must not leave the message in the SIM forever
+                log.exception("modem %s: the inbound handler failed on an SMS from %s", self.s.port, sender)
+        await self._delete(indexes)
+
+    async def _delete(self, indexes: list[int]) -> None:
+        async with self.lock:
+            for i in indexes:
+                with contextlib.suppress(CommandError):
+                    await self._cmd(f"AT+CMGD={i}")
+
+    async def _report(self, pdu_hex: str) -> None:
+        try:
+            msg = decode_incoming(decode_hex(pdu_hex))
+        except PduError as e:
+            self.counts["inbound_bad"] += 1
+            log.warning("modem %s: unreadable status report (%s)", self.s.port, e)
+            return
+        if isinstance(msg, StatusReport):
+            await self._report_decoded(msg)
+
+    async def _report_decoded(self, rep: StatusReport) -> None:
+        entry = self._tracked.get(rep.mr)
+        if entry is None:
+            return
+        key, _ = entry
+        if not rep.final:
+            return
+        self._delivery.setdefault(key, []).append(rep.status)
+        self.counts["delivered" if rep.delivered else "delivery_failed"] += 1
+        state = self.delivery(key)
+        cb = self.on_delivery
+        if cb is not None and state in ("delivered", "failed"):
+            res = cb(key, state == "delivered", f"TP-ST 0x{rep.status:02X} from {rep.recipient}")
+            if res is not None:
+                await res
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        dbm = self.signal_dbm()
+        return {"state": self.state, "port": self.s.port, "sim": self.sim, "registration": self.registration,
+                "signal_dbm": dbm if dbm is not None else "unknown", "csq": self.rssi if self.rssi is not None
+                else "unknown", "last_error": self.last_error, **self.counts,
+                "inbound_partial": len(self._long), **{f"modem_{k}": v for k, v in self.info.items()}}
