@@ -22,7 +22,8 @@ disagrees with the octets sent, or whose UCS-2 text is not valid UTF-16 is answe
 (hex, with the simulator's own reading of it).
 
 Faults (control lines or scenarios, by device name): ``error`` (every command answers
-ERROR), ``nosim`` (the SIM is gone: +CME ERROR: 10), ``silent`` (no answers),
+ERROR), ``nosim`` (the SIM is gone: +CME ERROR: 10), ``silent`` (no answers), ``stall``
+(takes an SMS's PDU, sends it, but never answers the +CMGS),
 ``disconnect`` (the pty pair disappears, as an unplugged USB modem, and comes back when
 the fault ends). Device control lines (``python -m simulators --control``)::
 
@@ -416,7 +417,9 @@ class ModemServer:
                 if end == b"\x1b":
                     self._send("\r\nOK\r\n")  # cancelled
                 else:
-                    self._final(self._cmgs(body.decode("ascii", "replace").strip(), n))
+                    reply = self._cmgs(body.decode("ascii", "replace").strip(), n)
+                    if self.fault != "stall":
+                        self._final(reply)
                 continue
             i = self.rx.find(b"\r")
             if i < 0:
@@ -424,9 +427,9 @@ class ModemServer:
             line, self.rx = self.rx[:i].decode("ascii", "replace").strip(), self.rx[i + 1:]
             if line:
                 self.commands.append(line)
-                reply = self._command(line)
-                if reply is not None:
-                    self._final(reply)
+                answer = self._command(line)
+                if answer is not None:
+                    self._final(answer)
 
     def _final(self, lines: list[str]) -> None:
         self._send("".join(f"\r\n{ln}\r\n" for ln in lines))

@@ -41,7 +41,11 @@ class PortGone(ModemError):
 
 
 class CommandTimeout(ModemError):
-    """No final result code within the command's time."""
+    """No final result code within the command's time; ``sent``: an SMS PDU had gone out."""
+
+    def __init__(self, message: str, *, sent: bool = False):
+        super().__init__(message)
+        self.sent = sent
 
 
 class CommandError(ModemError):
@@ -220,7 +224,8 @@ class AtPort:
                 try:
                     result = await within(self._pending, timeout)
                 except TimeoutError:
-                    raise CommandTimeout(f"{cmd}: no answer within {timeout:g} s") from None
+                    raise CommandTimeout(f"{cmd}: no answer within {timeout:g} s",
+                                         sent=pdu is not None) from None
                 if result not in FINAL_OK:
                     raise CommandError(cmd, result)
                 return list(self._info)

@@ -2,7 +2,8 @@
 
 Both modes may be configured on one AT port (an SMS channel for every step and a voice
 channel for the last escalation step): they share one :class:`Modem`, so the port is
-opened once. The port's first channel's settings (baud, PIN, timeouts) drive the modem.
+opened once. The port's first channel's settings (baud, PIN, timeout, delivery reports)
+drive the modem; ``ring`` and ``max_parts`` are each channel's own.
 
 Sending twice after a crash: an SMS whose ``+CMGS`` answer was lost (timeout, port gone
 after the PDU went out) may have been sent, so the result says ``ambiguous`` and the
@@ -66,9 +67,10 @@ class ModemChannel:
             self.failed += 1
             return SendResult(False, f"{to.name} has no usable phone number")
         if self.mode == "voice":
-            res = await self.modem.call(to.phone)
+            res = await self.modem.call(to.phone, self.settings.ring)
         else:
-            res = await self.modem.send_sms(msg.key, to.phone, msg.short or msg.text)
+            res = await self.modem.send_sms(msg.key, to.phone, msg.short or msg.text,
+                                            self.settings.max_parts)
         if res.ok:
             self.sent += 1
         else:

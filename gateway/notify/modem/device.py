@@ -104,6 +104,8 @@ class Modem:
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
         self._pin_tried = False
+        self._pin_rejected = False
+        self._sim_error = ""  # why the PIN was not entered or was refused
         self._call_end: asyncio.Event = asyncio.Event()
         self._call_result = ""
 
@@ -217,7 +219,7 @@ class Modem:
         if status == "READY":
             self.sim = "ready"
         elif status == "SIM PIN":
-            self.sim = "pin_required"
+            self.sim = "pin_rejected" if self._pin_rejected else "pin_required"
             if unlock and self.s.pin_file is not None and not self._pin_tried:
                 await self._enter_pin()
         elif status == "SIM PUK":
@@ -230,17 +232,18 @@ class Modem:
         try:
             pin = read_secret(self.s.pin_file, self.base_dir)
         except SecretFileError as e:
-            self.last_error = str(e)
+            self._sim_error = str(e)
             return
         if not (pin.isdigit() and 4 <= len(pin) <= 8):
-            self.last_error = f"the PIN in {self.s.pin_file} is not 4 to 8 digits"
+            self._sim_error = f"the PIN in {self.s.pin_file} is not 4 to 8 digits"
             return
         self._pin_tried = True  # once per start: a second wrong try moves towards the PUK
         try:
             await self._cmd(f'AT+CPIN="{pin}"')
         except CommandError as e:
             self.sim = "pin_rejected"
-            self.last_error = f"the SIM refused the PIN from {self.s.pin_file} ({e.result}); not tried again"
+            self._pin_rejected = True
+            self._sim_error = f"the SIM refused the PIN from {self.s.pin_file} ({e.result}); not tried again"
             return
         # the SIM needs a moment after the PIN before it answers READY
         for _ in range(20):
@@ -275,7 +278,8 @@ class Modem:
             except CommandError:
                 self.rssi = None
         if self.sim != "ready":
-            self._set_state(self.sim, self.last_error if self.sim == "pin_rejected" else f"SIM: {self.sim}")
+            why = f"SIM: {self.sim}" + (f"; {self._sim_error}" if self._sim_error else "")
+            self._set_state(self.sim, why)
         elif self.registration not in REGISTERED:
             self._set_state("not_registered", f"network registration: {self.registration}")
         else:
@@ -300,7 +304,7 @@ class Modem:
             return SendResult(False, f"modem SIM not usable: {self.sim}", retry=retry)
         return None
 
-    async def send_sms(self, key: str, number: str, text: str) -> SendResult:
+    async def send_sms(self, key: str, number: str, text: str, max_parts: int) -> SendResult:
         t0 = time.monotonic()
         bad = self._unusable()
         if bad is not None:
@@ -312,7 +316,7 @@ class Modem:
         while parts is None:
             try:
                 parts = encode_submit(number, text, ref=self._ref, status_report=self.s.delivery_reports,
-                                      max_parts=self.s.max_parts)
+                                      max_parts=max_parts)
             except ValueError as e:
                 if "more than" not in str(e):
                     self.counts["sms_failed"] += 1
@@ -327,7 +331,7 @@ class Modem:
                 except CommandTimeout as e:
                     self.counts["sms_failed"] += 1
                     return SendResult(False, f"part {i}/{len(parts)}: {e}", time.monotonic() - t0,
-                                      retry=True, ambiguous=True)
+                                      retry=True, ambiguous=e.sent or i > 1)
                 except CommandError as e:
                     self.counts["sms_failed"] += 1
                     name, retry = ("", True)
@@ -350,7 +354,7 @@ class Modem:
             self._track(key, mrs)
         detail = f"{len(parts)} part{'s' if len(parts) > 1 else ''}, mr={','.join(map(str, mrs))}"
         if truncated:
-            detail += f", cut to {self.s.max_parts} parts"
+            detail += f", cut to {max_parts} parts"
         return SendResult(True, detail, time.monotonic() - t0)
 
     def _track(self, key: str, mrs: list[int]) -> None:
@@ -375,7 +379,7 @@ class Modem:
         return "delivered" if parts and len(done) >= parts else "pending"
 
     # ------------------------------------------------------------------ voice
-    async def call(self, number: str) -> SendResult:
+    async def call(self, number: str, ring: float) -> SendResult:
         """Dial, let it ring for ``ring`` seconds (less if answered or refused), hang up."""
         t0 = time.monotonic()
         bad = self._unusable()
@@ -393,19 +397,18 @@ class Modem:
             try:
                 async with self.lock:
                     await self.at.command(f"ATD{number};", self.s.timeout)  # V.250 6.3.1; ';' = voice
-                deadline = t0 + self.s.ring
-                while time.monotonic() < deadline and not self._call_end.is_set():
+                deadline = t0 + ring
+                while not self._call_end.is_set():  # the call's state once a second, and once at the end
                     async with self.lock:
-                        lines = await self._cmd("AT+CLCC")
+                        lines = await self._cmd("AT+CLCC")  # TS 27.007 7.18: <stat> 0 active, 3 alerting
                     states = [int(m.group(1)) for ln in lines
                               if (m := re.match(r"^\+CLCC:\s*\d+\s*,\s*0\s*,\s*(\d+)", ln))]
-                    if not states and (alerted or time.monotonic() - t0 > 5):
-                        break  # the call is gone
                     alerted = alerted or 3 in states or 0 in states
-                    if 0 in states:  # TS 27.007 7.18: 0 active (answered)
-                        answered = True
-                        break
-                    await wait_event(self._call_end, min(1.0, max(0.0, deadline - time.monotonic())))
+                    answered = 0 in states
+                    left = deadline - time.monotonic()
+                    if answered or left <= 0 or (not states and (alerted or time.monotonic() - t0 > 5)):
+                        break  # answered, rang long enough, or the call is gone
+                    await wait_event(self._call_end, min(1.0, left))
             except CommandError as e:
                 self._call_result = e.result
             except (CommandTimeout, PortGone) as e:
@@ -434,8 +437,9 @@ class Modem:
             m = re.search(r",\s*(\d+)\s*$", line)
             if m:
                 self._queue_nowait(("read", int(m.group(1))))
-        elif line.startswith("+CDS:") and pdu is not None:
-            self._queue_nowait(("report", pdu))
+        elif line.startswith("+CDS:") and pdu is not None:  # +CDS: <length> then the PDU line
+            m = re.match(r"^\+CDS:\s*(\d+)", line)
+            self._queue_nowait(("report", (pdu, int(m.group(1)) if m else None)))
         elif line in ("NO CARRIER", "BUSY", "NO ANSWER"):
             self._call_result = line
             self._call_end.set()
@@ -459,7 +463,7 @@ class Modem:
                 elif kind == "list":
                     await self._list_stored()
                 elif kind == "report":
-                    await self._report(arg)
+                    await self._report(*arg)
             except ModemError as e:
                 log.warning("modem %s: incoming %s: %s", self.s.port, kind, e)
 
@@ -474,11 +478,13 @@ class Modem:
     async def _read_stored(self, index: int) -> None:
         async with self.lock:
             lines = await self._cmd(f"AT+CMGR={index}")
-        pdu_line = next((ln for prev, ln in itertools.pairwise(lines) if prev.startswith("+CMGR:")), None)
-        if pdu_line is None:
+        found = next(((head, ln) for head, ln in itertools.pairwise(lines) if head.startswith("+CMGR:")),
+                     None)
+        if found is None:
             return  # an empty slot (already read and deleted)
+        m = re.search(r",\s*(\d+)\s*$", found[0])  # +CMGR: <stat>,[<alpha>],<length>
         try:
-            msg = decode_incoming(decode_hex(pdu_line))
+            msg = decode_incoming(decode_hex(found[1]), int(m.group(1)) if m else None)
         except PduError as e:
             self.counts["inbound_bad"] += 1
             log.warning("modem %s: stored message %d is not a readable SMS (%s); deleted",
@@ -540,9 +546,9 @@ class Modem:
                 with contextlib.suppress(CommandError):
                     await self._cmd(f"AT+CMGD={i}")
 
-    async def _report(self, pdu_hex: str) -> None:
+    async def _report(self, pdu_hex: str, tpdu_len: int | None) -> None:
         try:
-            msg = decode_incoming(decode_hex(pdu_hex))
+            msg = decode_incoming(decode_hex(pdu_hex), tpdu_len)
         except PduError as e:
             self.counts["inbound_bad"] += 1
             log.warning("modem %s: unreadable status report (%s)", self.s.port, e)

@@ -390,10 +390,12 @@ def _concat(ies: bytes) -> Concat | None:
     return found
 
 
-def decode_incoming(pdu: bytes) -> Deliver | StatusReport:
-    """An SMS-DELIVER or SMS-STATUS-REPORT as +CMGR/+CMGL/+CDS give it (SC address first)."""
+def decode_incoming(pdu: bytes, tpdu_len: int | None = None) -> Deliver | StatusReport:
+    """An SMS-DELIVER or SMS-STATUS-REPORT as +CMGR/+CMGL/+CDS give it: SC address first
+    (TS 27.005 3.1). Some modems leave the SC address out of +CDS; ``tpdu_len``, the
+    <length> the modem announced, tells: a PDU of exactly that many octets has none."""
     r = _Reader(pdu)
-    smsc = _address(r, "SC address", sc=True)
+    smsc = "" if tpdu_len is not None and len(pdu) == tpdu_len else _address(r, "SC address", sc=True)
     first = r.octet("first octet")
     mti = first & 0x03
     if mti == 0x00:
