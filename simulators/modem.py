@@ -432,7 +432,11 @@ class ModemServer:
                     self._final(answer)
 
     def _final(self, lines: list[str]) -> None:
-        self._send("".join(f"\r\n{ln}\r\n" for ln in lines))
+        """Information text as one block, then the result code (V.250 5.7.1; TS 27.005 shows
+        +CMGR's header and PDU on consecutive lines)."""
+        *info, final = lines
+        block = "\r\n" + "\r\n".join(info) + "\r\n" if info else ""
+        self._send(f"{block}\r\n{final}\r\n")
 
     def _err(self, code: int, kind: str = "CME") -> list[str]:
         return [f"+{kind} ERROR: {code}"] if self.cmee or kind == "CMS" else ["ERROR"]
