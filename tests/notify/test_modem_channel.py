@@ -343,3 +343,15 @@ async def test_recipient_without_phone_is_declined(modem: Start) -> None:
     assert not ch.accepts(nobody) and ch.accepts(ALICE)
     res = await ch.send(msg("x"), nobody)
     assert not res.ok and not res.retry
+
+
+async def test_hung_modem_is_seen_by_the_status_check_and_reopened(modem: Start) -> None:
+    srv, ch = await modem(chan={"timeout": "1s", "check_interval": "5s"})
+    assert await ch.modem.wait_ready(10)
+    await srv.set_fault("silent")
+    await async_wait_until(lambda: ch.stats()["state"] in ("not_answering", "error"), 15, what="hung state")
+    assert "no answer" in ch.stats()["last_error"]
+    await srv.set_fault(None)
+    assert await ch.modem.wait_ready(15)
+    assert ch.stats()["port_opens"] >= 2
+    assert (await ch.send(msg("alive"), ALICE)).ok

@@ -186,3 +186,11 @@ def test_usable_by_hand(sim_factory: object) -> None:
     assert [r["text"] for r in got["received"]] == ["hellohello"]
     with pytest.raises(RuntimeError, match="no device 'nonesuch'"):
         proc.control(device="nonesuch", received=True)
+
+
+def test_shipped_example_config_loads() -> None:
+    from simulators.config import load
+
+    cfg = load(Path(__file__).resolve().parents[2] / "config" / "sim-modem.yaml")
+    (model,) = cfg.device_models
+    assert isinstance(model, ModemSim) and model.pin == "1234"

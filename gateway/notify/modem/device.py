@@ -158,8 +158,16 @@ class Modem:
                     continue
                 backoff = 1.0
             else:
-                with contextlib.suppress(ModemError):
+                try:
                     await self.refresh()
+                except CommandTimeout as e:
+                    # a hung modem: say so, and open the port afresh (a USB modem often
+                    # answers again after its port is reopened)
+                    self._set_state("not_answering", str(e))
+                    await self.at.close()
+                    continue
+                except ModemError as e:
+                    self._set_state("error", f"status check: {e}")
             await self._expire_long()
             lost = asyncio.ensure_future(self._lost.wait())
             stop = asyncio.ensure_future(self._stop.wait())
