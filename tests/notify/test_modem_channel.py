@@ -355,3 +355,17 @@ async def test_hung_modem_is_seen_by_the_status_check_and_reopened(modem: Start)
     assert await ch.modem.wait_ready(15)
     assert ch.stats()["port_opens"] >= 2
     assert (await ch.send(msg("alive"), ALICE)).ok
+
+
+def test_settings_are_strict() -> None:
+    from pydantic import ValidationError
+
+    ok = ModemChannelSettings.model_validate({"type": "modem", "port": "/dev/ttyUSB2", "ring": "45s"})
+    assert (ok.ring, ok.timeout, ok.mode, ok.max_parts) == (45.0, 30.0, "sms", 6)
+    for bad, word in ((
+        {"port": "/dev/ttyUSB2", "ring": "10m"}, "ring"), ({"port": "/dev/ttyUSB2", "mode": "fax"}, "mode"),
+            ({"port": "/dev/ttyUSB2", "pin": "1234"}, "pin"), ({}, "port"),
+            ({"port": "/dev/ttyUSB2", "max_parts": 0}, "max_parts")):
+        with pytest.raises(ValidationError) as e:
+            ModemChannelSettings.model_validate({"type": "modem", **bad})
+        assert word in str(e.value)
