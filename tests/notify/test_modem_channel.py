@@ -369,3 +369,20 @@ def test_settings_are_strict() -> None:
         with pytest.raises(ValidationError) as e:
             ModemChannelSettings.model_validate({"type": "modem", **bad})
         assert word in str(e.value)
+
+
+async def test_the_pin_never_appears_in_errors(tmp_path: Path) -> None:
+    from gateway.notify.modem.at import AtPort, CommandTimeout
+
+    srv = ModemServer(ModemSim(name="modem", protocol="modem", link=tmp_path / "tty", pin="2468"))
+    await srv.start()
+    port = AtPort(str(tmp_path / "tty"), 115200, lambda line, pdu: None, lambda why: None)
+    await port.open()
+    try:
+        await srv.set_fault("silent")
+        with pytest.raises(CommandTimeout) as e:
+            await port.command('AT+CPIN="2468"', 0.3)
+        assert "2468" not in str(e.value) and 'AT+CPIN="****"' in str(e.value)
+    finally:
+        await port.close()
+        await srv.stop()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,11 @@ class CommandError(ModemError):
                 with contextlib.suppress(ValueError):
                     self.code = int(result[len(prefix):].strip())
         super().__init__(f"{command}: {result}")
+
+
+def _shown(cmd: str) -> str:
+    """The command as errors and logs may show it: never the PIN."""
+    return re.sub(r"^(AT\+CPIN=).*$", r'\1"****"', cmd, flags=re.IGNORECASE)
 
 
 UrcHandler = Callable[[str, str | None], None]  # (line, the PDU line of a +CDS or None)
@@ -197,6 +203,7 @@ class AtPort:
     async def command(self, cmd: str, timeout: float, *, pdu: str | None = None) -> list[str]:  # noqa: ASYNC109
         """Send ``cmd``; return its information lines once OK came. With ``pdu``, wait for
         the ``> `` prompt, then send the PDU and Ctrl-Z (AT+CMGS in PDU mode)."""
+        shown = _shown(cmd)
         async with self._lock:
             if self._ser is None or self._fd is None:
                 raise PortGone(f"modem port {self.port} is not open")
@@ -214,22 +221,25 @@ class AtPort:
                     done, _ = await asyncio.wait(futs, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                     if self._pending.done():  # ERROR instead of a prompt, or the port lost
                         prompt.cancel()
-                        raise CommandError(cmd, self._pending.result())
+                        raise CommandError(shown, self._pending.result())
                     if not done:
                         prompt.cancel()
                         self._write(b"\x1b")  # leave the prompt: ESC cancels (TS 27.005 3.5.1)
-                        raise CommandTimeout(f"{cmd}: no '> ' prompt within {timeout:g} s")
+                        raise CommandTimeout(f"{shown}: no '> ' prompt within {timeout:g} s")
                     prompt.result()
                     self._write(pdu.encode("ascii") + b"\x1a")
                 try:
                     result = await within(self._pending, timeout)
                 except TimeoutError:
-                    raise CommandTimeout(f"{cmd}: no answer within {timeout:g} s",
+                    raise CommandTimeout(f"{shown}: no answer within {timeout:g} s",
                                          sent=pdu is not None) from None
                 if result not in FINAL_OK:
-                    raise CommandError(cmd, result)
+                    raise CommandError(shown, result)
                 return list(self._info)
             finally:
+                for fut in (self._pending, self._prompt):  # an exception nobody awaited: mark it seen
+                    if fut is not None and fut.done() and not fut.cancelled():
+                        fut.exception()
                 self._pending = None
                 self._prompt = None
                 self._echo = None
