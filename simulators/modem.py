@@ -549,10 +549,14 @@ class ModemServer:
         if info["srr"] and self.model.delivery_reports and self.cnmi_ds == 1:
             rep = status_report_pdu(self.model.smsc, mr, info["number"], self.model.report_status,
                                     time.time())
-            h = asyncio.get_running_loop().call_later(
-                self.model.report_delay, self._urc, f"+CDS: {len(rep) - 1 - rep[0]}\r\n{rep.hex().upper()}")
-            self._timers.append(h)
+            self._later(self.model.report_delay, self._urc,
+                        f"+CDS: {len(rep) - 1 - rep[0]}\r\n{rep.hex().upper()}")
         return [f"+CMGS: {mr}", "OK"]
+
+    def _later(self, delay: float, fn: Any, *args: Any) -> None:
+        """Something the modem does on its own a little later; stop() cancels what is pending
+        (the last 256: anything older has long fired, and firing after stop writes nowhere)."""
+        self._timers = [*self._timers[-255:], asyncio.get_running_loop().call_later(delay, fn, *args)]
 
     def _dial(self, number: str) -> list[str]:
         if self._call is not None:
@@ -563,15 +567,12 @@ class ModemServer:
             call["stat"] = -1
             return ["NO CARRIER"]
         self._call = call
-        loop = asyncio.get_running_loop()
 
         def alerting() -> None:
             if self._call is call:
                 call["stat"] = 3
                 if self.answer == "answer":
-                    self._timers.append(loop.call_later(0.2, answered))
-                elif self.answer == "busy":
-                    self._timers.append(loop.call_later(0.1, busy))
+                    self._later(0.2, answered)
 
         def answered() -> None:
             if self._call is call:
@@ -582,5 +583,6 @@ class ModemServer:
                 self._call = None
                 self._urc("BUSY")
 
-        self._timers.append(loop.call_later(0.1, alerting))
+        # busy: the far end is in another call, so it never rings
+        self._later(0.1, busy if self.answer == "busy" else alerting)
         return ["OK"]

@@ -428,6 +428,9 @@ class Modem:
             if answered:
                 self.counts["calls_answered"] += 1
                 return SendResult(True, f"answered after {took:.0f} s", took)
+            if self._call_result == "BUSY":  # in another call, or declined: not reached
+                self.counts["calls_failed"] += 1
+                return SendResult(False, "call: BUSY", took, retry=True)
             if alerted:
                 return SendResult(True, f"rang {took:.0f} s, not answered", took)
             self.counts["calls_failed"] += 1
