@@ -76,6 +76,7 @@ class ModemSim(SimDeviceBase):
                               description="+CREG <stat>: 1 home, 5 roaming, 2 searching")
     rssi: int = Field(default=20, ge=0, le=99, description="+CSQ <rssi>")
     delivery_reports: bool = True
+    cnmi_reports: bool = Field(default=True, description="AT+CNMI accepts <ds>=1 (+CDS); false: ERROR")
     report_status: int = Field(default=0, ge=0, le=255, description="TP-ST of the delivery reports")
     report_delay: Duration = 0.05
     answer: Literal["ring", "answer", "busy", "unreachable"] = "ring"
@@ -479,6 +480,8 @@ class ModemServer:
             self.cmgf = int(m.group(1))
             return ["OK"]
         if m := re.fullmatch(r"\+CNMI=(\d),(\d),(\d),(\d),(\d)", cmd):
+            if int(m.group(4)) and not self.model.cnmi_reports:
+                return self._err(303, "CMS")  # operation not supported
             self.cnmi_ds = int(m.group(4))
             return ["OK"]
         if cmd == "+CSQ":

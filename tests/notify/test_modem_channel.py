@@ -386,3 +386,28 @@ async def test_the_pin_never_appears_in_errors(tmp_path: Path) -> None:
     finally:
         await port.close()
         await srv.stop()
+
+
+async def test_modem_without_status_reports_still_sends(modem: Start) -> None:
+    srv, ch = await modem(sim={"cnmi_reports": False})
+    assert await ch.modem.wait_ready(10)
+    assert ch.stats()["delivery_reports"] == "unsupported"
+    assert "AT+CNMI=2,1,0,0,0" in srv.commands
+    assert (await ch.send(msg("no report"), ALICE)).ok
+    assert not read_submit(srv.received[0]["pdu"]).status_report  # not asked for in vain
+    assert ch.delivery("alarm-1") == "unknown"
+
+
+async def test_a_lost_new_message_indication_is_made_up_by_the_listing(modem: Start) -> None:
+    got: list[tuple[str, str]] = []
+
+    async def handler(sender: str, text: str) -> None:
+        got.append((sender, text))
+
+    srv, ch = await modem()
+    ch.set_inbound(handler)
+    assert await ch.modem.wait_ready(10)
+    srv.store[7] = (0, deliver_pdus("+8613800100500", "10086", "A7K3", 9, 0.0)[0].hex().upper())
+    await ch.modem.refresh()  # the status check lists the store: no +CMTI was ever sent
+    await async_wait_until(lambda: got, 10, what="the unannounced reply")
+    assert got == [("10086", "A7K3")]

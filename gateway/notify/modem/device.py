@@ -89,6 +89,7 @@ class Modem:
         self.rssi: int | None = None
         self.last_error = ""
         self.info: dict[str, str] = {}
+        self.reports = "off"  # delivery reports: on, off (not asked for), unsupported (modem refused)
         self.counts = {"sms_sent": 0, "sms_parts_sent": 0, "sms_failed": 0, "sms_truncated": 0,
                        "calls": 0, "calls_answered": 0, "calls_failed": 0, "delivered": 0,
                        "delivery_failed": 0, "inbound": 0, "inbound_bad": 0, "port_opens": 0,
@@ -208,12 +209,27 @@ class Modem:
                     self.info[key] = lines[0][:64] if lines else ""
             await self._check_sim(unlock=True)
             if self.sim == "ready":
-                await self._cmd("AT+CMGF=0")  # PDU mode (TS 27.005 3.2.3)
-                # +CNMI=2,1,0,<ds>,0: new messages as +CMTI indexes, status reports as +CDS (3.4.1)
-                await self._cmd(f"AT+CNMI=2,1,0,{1 if self.s.delivery_reports else 0},0")
+                await self._sms_setup()
         await self.refresh()
-        if self.sim == "ready":
-            await self._queue(("list", None))  # what arrived while nobody listened
+
+    async def _sms_setup(self) -> None:
+        """PDU mode (TS 27.005 3.2.3) and new-message indications (3.4.1): new messages as
+        +CMTI indexes, status reports as +CDS. A modem that refuses <ds>=1 gets none, and
+        the SMS then ask for no report; one that refuses <mode>=2 gets <mode>=1."""
+        await self._cmd("AT+CMGF=0")
+        wanted = [1, 0] if self.s.delivery_reports else [0]
+        for ds in wanted:
+            for mode in (2, 1):
+                try:
+                    await self._cmd(f"AT+CNMI={mode},1,0,{ds},0")
+                except CommandError:
+                    continue
+                self.reports = "on" if ds else ("unsupported" if self.s.delivery_reports else "off")
+                return
+        # no indications at all: replies are still found by the listing at every status check
+        self.reports = "unsupported" if self.s.delivery_reports else "off"
+        log.warning("modem %s: refuses every AT+CNMI setting; replies are read every %g s",
+                    self.s.port, self.s.check_interval)
 
     async def _check_sim(self, *, unlock: bool) -> None:
         try:
@@ -266,8 +282,7 @@ class Modem:
             if self.sim != "ready":
                 await self._check_sim(unlock=True)
                 if self.sim == "ready":
-                    await self._cmd("AT+CMGF=0")
-                    await self._cmd(f"AT+CNMI=2,1,0,{1 if self.s.delivery_reports else 0},0")
+                    await self._sms_setup()
             regs = []
             for cmd in ("AT+CREG?", "AT+CEREG?"):
                 try:
@@ -285,6 +300,9 @@ class Modem:
                 self.rssi = int(m.group(1)) if m else None
             except CommandError:
                 self.rssi = None
+        if self.sim == "ready":
+            # what arrived while nobody listened, or whose +CMTI was lost (port reopened)
+            self._queue_nowait(("list", None))
         if self.sim != "ready":
             why = f"SIM: {self.sim}" + (f"; {self._sim_error}" if self._sim_error else "")
             self._set_state(self.sim, why)
@@ -323,7 +341,7 @@ class Modem:
         parts = None
         while parts is None:
             try:
-                parts = encode_submit(number, text, ref=self._ref, status_report=self.s.delivery_reports,
+                parts = encode_submit(number, text, ref=self._ref, status_report=self.reports == "on",
                                       max_parts=max_parts)
             except ValueError as e:
                 if "more than" not in str(e):
@@ -358,7 +376,7 @@ class Modem:
         self.counts["sms_parts_sent"] += len(parts)
         if truncated:
             self.counts["sms_truncated"] += 1
-        if self.s.delivery_reports:
+        if self.reports == "on":
             self._track(key, mrs)
         detail = f"{len(parts)} part{'s' if len(parts) > 1 else ''}, mr={','.join(map(str, mrs))}"
         if truncated:
@@ -462,9 +480,6 @@ class Modem:
             # the messages stay in the modem's store; the next listing picks them up
             log.warning("modem %s: inbound queue full, %s left for the next listing", self.s.port, item[0])
 
-    async def _queue(self, item: tuple[str, Any]) -> None:
-        self._queue_nowait(item)
-
     async def _worker(self) -> None:
         while True:
             kind, arg = await self._work.get()
@@ -520,7 +535,8 @@ class Modem:
                 await self._expire_long(force_oldest=True)
             long = self._long[k] = _Long(first=time.monotonic())
         long.parts[c.seq] = msg.text
-        long.indexes.append(index)
+        if index not in long.indexes:  # the listing at a status check may read it again
+            long.indexes.append(index)
         if len(long.parts) == c.total:
             del self._long[k]
             text = "".join(long.parts[i] for i in sorted(long.parts))
@@ -587,6 +603,7 @@ class Modem:
     def stats(self) -> dict[str, Any]:
         dbm = self.signal_dbm()
         return {"state": self.state, "port": self.s.port, "sim": self.sim, "registration": self.registration,
+                "delivery_reports": self.reports,
                 "signal_dbm": dbm if dbm is not None else "unknown", "csq": self.rssi if self.rssi is not None
                 else "unknown", "last_error": self.last_error, **self.counts,
                 "inbound_partial": len(self._long), **{f"modem_{k}": v for k, v in self.info.items()}}
