@@ -168,7 +168,12 @@ def test_usable_by_hand(sim_factory: object) -> None:
         def ask(line: str, until: bytes) -> bytes:
             ser.write(line.encode() + b"\r")
             seen = bytearray()
-            wait_until(lambda: seen.extend(ser.read(256)) or until in seen, 5, what=line)
+
+            def more() -> bool:
+                seen.extend(ser.read(256))
+                return until in seen
+
+            wait_until(more, 5, what=line)
             return bytes(seen)
 
         assert b"OK" in ask("ATE0", b"OK")
