@@ -152,7 +152,9 @@ class Modem:
                 try:
                     await self._init()
                 except ModemError as e:
-                    self._set_state("error" if self.at.is_open else "no_port", f"initialization: {e}")
+                    state = "no_port" if not self.at.is_open else (
+                        "not_answering" if isinstance(e, CommandTimeout) else "error")
+                    self._set_state(state, f"initialization: {e}")
                     await self.at.close()
                     await wait_event(self._stop, backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
