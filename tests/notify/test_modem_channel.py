@@ -411,3 +411,16 @@ async def test_a_lost_new_message_indication_is_made_up_by_the_listing(modem: St
     await ch.modem.refresh()  # the status check lists the store: no +CMTI was ever sent
     await async_wait_until(lambda: got, 10, what="the unannounced reply")
     assert got == [("10086", "A7K3")]
+
+
+async def test_modem_unplugged_after_taking_the_pdu_is_ambiguous(modem: Start) -> None:
+    import asyncio
+
+    srv, ch = await modem(chan={"timeout": "10s"})
+    assert await ch.modem.wait_ready(10)
+    await srv.set_fault("stall")
+    sending = asyncio.create_task(ch.send(msg("gone?"), ALICE))
+    await async_wait_until(lambda: srv.received, 5, what="the PDU at the modem")
+    await srv.set_fault("disconnect")  # pulled before it answered +CMGS
+    res = await sending
+    assert not res.ok and res.retry and res.ambiguous and "lost" in res.detail, res

@@ -38,7 +38,10 @@ class ModemError(Exception):
 
 
 class PortGone(ModemError):
-    """The port is missing or vanished (modem unplugged, USB reset)."""
+    """The port is missing or vanished (modem unplugged, USB reset); ``sent``: it went
+    while waiting for the answer to an SMS whose PDU had been written."""
+
+    sent = False
 
 
 class CommandTimeout(ModemError):
@@ -230,6 +233,9 @@ class AtPort:
                     self._write(pdu.encode("ascii") + b"\x1a")
                 try:
                     result = await within(self._pending, timeout)
+                except PortGone as e:
+                    e.sent = pdu is not None
+                    raise
                 except TimeoutError:
                     raise CommandTimeout(f"{shown}: no answer within {timeout:g} s",
                                          sent=pdu is not None) from None

@@ -32,6 +32,7 @@ from gateway.notify.modem.pdu import (
     Deliver,
     PduError,
     StatusReport,
+    TooLong,
     decode_hex,
     decode_incoming,
     encode_submit,
@@ -345,12 +346,12 @@ class Modem:
             try:
                 parts = encode_submit(number, text, ref=self._ref, status_report=self.reports == "on",
                                       max_parts=max_parts)
-            except ValueError as e:
-                if "more than" not in str(e):
-                    self.counts["sms_failed"] += 1
-                    return SendResult(False, f"cannot encode the SMS: {e}")
+            except TooLong:
                 text = text[:max(1, len(text) * 9 // 10 - 1)] + "…"  # shorten until it fits
                 truncated = True
+            except ValueError as e:
+                self.counts["sms_failed"] += 1
+                return SendResult(False, f"cannot encode the SMS: {e}")
         mrs: list[int] = []
         async with self.lock:
             for i, part in enumerate(parts, 1):
@@ -371,7 +372,7 @@ class Modem:
                 except PortGone as e:
                     self.counts["sms_failed"] += 1
                     return SendResult(False, f"part {i}/{len(parts)}: {e}", time.monotonic() - t0,
-                                      retry=True, ambiguous=i > 1 or self.at.is_open)
+                                      retry=True, ambiguous=e.sent or i > 1)
                 mr = next((int(m.group(1)) for ln in lines if (m := re.match(r"^\+CMGS:\s*(\d+)", ln))), -1)
                 mrs.append(mr)
         self.counts["sms_sent"] += 1

@@ -43,6 +43,10 @@ DCS_8BIT = 0x04
 DCS_UCS2 = 0x08
 
 
+class TooLong(ValueError):
+    """The text needs more concatenated parts than allowed."""
+
+
 class PduError(ValueError):
     """A PDU that cannot be decoded: ``where`` names the field, the message says why."""
 
@@ -250,7 +254,7 @@ def encode_submit(number: str, text: str, *, ref: int = 0, status_report: bool =
     da = encode_address(number)
     dcs, parts = split_text(text)
     if len(parts) > min(max_parts, MAX_PARTS):
-        raise ValueError(f"the text needs {len(parts)} SMS parts, more than the {max_parts} allowed")
+        raise TooLong(f"the text needs {len(parts)} SMS parts, more than the {max_parts} allowed")
     out = []
     for seq, body in enumerate(parts, 1):
         udh = b"" if len(parts) == 1 else bytes([5, 0x00, 3, ref & 0xFF, len(parts), seq])
