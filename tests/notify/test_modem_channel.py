@@ -424,3 +424,15 @@ async def test_modem_unplugged_after_taking_the_pdu_is_ambiguous(modem: Start) -
     await srv.set_fault("disconnect")  # pulled before it answered +CMGS
     res = await sending
     assert not res.ok and res.retry and res.ambiguous and "lost" in res.detail, res
+
+
+async def test_registered_factory_builds_a_channel(tmp_path: Path) -> None:
+    import importlib
+
+    from gateway.notify.base import CHANNEL_TYPES, Channel
+
+    module, _, factory = CHANNEL_TYPES["modem"].partition(":")
+    build = getattr(importlib.import_module(module), factory)
+    ch = build(ModemChannelSettings(type="modem", port=str(tmp_path / "none")), Ctx())
+    assert isinstance(ch, Channel) and isinstance(ch, InboundChannel) and isinstance(ch, ModemChannel)
+    assert (ch.type, ch.name) == ("modem", "modem")
