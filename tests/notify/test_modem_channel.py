@@ -75,6 +75,8 @@ async def test_init_reads_sim_registration_signal_into_stats(modem: Start) -> No
 
 async def test_chinese_long_sms_reaches_the_modem_as_valid_concatenated_ucs2(modem: Start) -> None:
     srv, ch = await modem()
+    settled: list[tuple[str, bool]] = []
+    ch.set_delivery_handler(lambda key, ok, detail: settled.append((key, ok)))
     assert await ch.modem.wait_ready(10)
     res = await ch.send(msg(ALARM_ZH), ALICE)
     assert res.ok, res
@@ -86,6 +88,7 @@ async def test_chinese_long_sms_reaches_the_modem_as_valid_concatenated_ucs2(mod
     # one delivery report per part (TS 23.040 9.2.2.3), matched by TP-MR
     await async_wait_until(lambda: ch.delivery("alarm-1") == "delivered", 10, what="delivery reports")
     assert ch.stats()["delivered"] == len(parts)
+    assert settled == [("alarm-1", True)]  # told once, when the last part's report came
 
 
 async def test_plain_text_goes_as_one_gsm7_part(modem: Start) -> None:

@@ -13,6 +13,7 @@ service decides; nothing else here resends by itself.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,12 @@ class ModemChannel:
         else:
             self.failed += 1
         return res
+
+    def set_delivery_handler(self, handler: Callable[[str, bool, str], Awaitable[None] | None]) -> None:
+        """``handler(key, delivered, detail)`` once the delivery reports of a message sent with
+        ``key`` settled it (every part delivered, or one failed for good). Optional: the
+        service may instead ask :meth:`delivery`."""
+        self.modem.on_delivery = handler
 
     def delivery(self, key: str) -> str:
         """The delivery report's verdict for a message sent with ``key`` (SMS only)."""

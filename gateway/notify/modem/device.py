@@ -98,6 +98,7 @@ class Modem:
         self._ref = 0
         self._tracked: OrderedDict[int, tuple[str, int]] = OrderedDict()  # mr -> (key, parts)
         self._delivery: OrderedDict[str, list[int]] = OrderedDict()  # key -> statuses seen
+        self._told: set[str] = set()  # keys whose settled delivery was handed to on_delivery
         self._long: dict[tuple[str, int, int], _Long] = {}
         self._work: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
         self._lost = asyncio.Event()
@@ -394,7 +395,8 @@ class Modem:
         while len(self._tracked) > TRACKED_MAX:
             self._tracked.popitem(last=False)
         while len(self._delivery) > TRACKED_MAX:
-            self._delivery.popitem(last=False)
+            old, _ = self._delivery.popitem(last=False)
+            self._told.discard(old)
 
     def delivery(self, key: str) -> str:
         """'delivered', 'failed', 'pending' or 'unknown' for a message sent with ``key``."""
@@ -597,7 +599,8 @@ class Modem:
         self.counts["delivered" if rep.delivered else "delivery_failed"] += 1
         state = self.delivery(key)
         cb = self.on_delivery
-        if cb is not None and state in ("delivered", "failed"):
+        if cb is not None and state in ("delivered", "failed") and key not in self._told:
+            self._told.add(key)
             res = cb(key, state == "delivered", f"TP-ST 0x{rep.status:02X} from {rep.recipient}")
             if res is not None:
                 await res
