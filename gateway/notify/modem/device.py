@@ -391,7 +391,8 @@ class Modem:
         for mr in mrs:
             if mr >= 0:
                 self._tracked[mr] = (key, len(mrs))
-        self._delivery[key] = []
+        self._delivery[key] = []  # a retry under the same key starts afresh
+        self._told.discard(key)
         while len(self._tracked) > TRACKED_MAX:
             self._tracked.popitem(last=False)
         while len(self._delivery) > TRACKED_MAX:
