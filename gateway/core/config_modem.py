@@ -15,8 +15,9 @@ from gateway.core.units import Duration
 
 class ModemChannelSettings(Strict):
     type: Literal["modem"]
-    name: str = "modem"
-    port: str = Field(description="the modem's AT port, e.g. /dev/ttyUSB2 (not the one PPP uses)")
+    name: str = Field(default="modem", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    port: str = Field(min_length=1, max_length=256,
+                      description="the modem's AT port, e.g. /dev/ttyUSB2 (not the one PPP uses)")
     baud: int = Field(default=115200, ge=1200, le=4_000_000)
     pin_file: Path | None = Field(default=None, description="the SIM's PIN, in a file of mode 0600")
     timeout: Duration = Field(default=30.0, gt=0, le=300, description="one AT command's answer")

@@ -368,7 +368,8 @@ def test_settings_are_strict() -> None:
     for bad, word in ((
         {"port": "/dev/ttyUSB2", "ring": "10m"}, "ring"), ({"port": "/dev/ttyUSB2", "mode": "fax"}, "mode"),
             ({"port": "/dev/ttyUSB2", "pin": "1234"}, "pin"), ({}, "port"),
-            ({"port": "/dev/ttyUSB2", "max_parts": 0}, "max_parts")):
+            ({"port": "/dev/ttyUSB2", "max_parts": 0}, "max_parts"), ({"port": ""}, "port"),
+            ({"port": "/dev/ttyUSB2", "name": "短信/sms"}, "name")):
         with pytest.raises(ValidationError) as e:
             ModemChannelSettings.model_validate({"type": "modem", **bad})
         assert word in str(e.value)
