@@ -440,3 +440,27 @@ async def test_registered_factory_builds_a_channel(tmp_path: Path) -> None:
     ch = build(ModemChannelSettings(type="modem", port=str(tmp_path / "none")), Ctx())
     assert isinstance(ch, Channel) and isinstance(ch, InboundChannel) and isinstance(ch, ModemChannel)
     assert (ch.type, ch.name) == ("modem", "modem")
+
+
+async def test_a_step_asking_for_voice_gets_the_sms_then_the_call(modem: Start) -> None:
+    """The notify service marks such a message with fields["voice"] (gateway/notify/service.py)."""
+    srv, ch = await modem(sim={"answer": "answer"}, chan={"ring": "2s"})
+    assert await ch.modem.wait_ready(10)
+    m = Message(key="esc-3", kind="escalation", subject="升级", text="GT-101 报警未确认",
+                short="GT-101 报警未确认", fields={"voice": True})
+    res = await ch.send(m, ALICE)
+    assert res.ok and "call: answered" in res.detail, res
+    assert [read_submit(r["pdu"]).text for r in srv.received] == ["GT-101 报警未确认"]
+    sms_at = next(i for i, c in enumerate(srv.commands) if c.startswith("AT+CMGS"))
+    dial_at = next(i for i, c in enumerate(srv.commands) if c.startswith("ATD"))
+    assert sms_at < dial_at  # the SMS first: the phone shows why it rings
+
+
+async def test_a_call_cut_by_the_callers_deadline_still_hangs_up(modem: Start) -> None:
+    from gateway.core.aio import within
+
+    srv, ch = await modem(chan={"mode": "voice", "ring": "20s"})
+    assert await ch.modem.wait_ready(10)
+    with pytest.raises(TimeoutError):
+        await within(ch.send(msg("call"), ALICE), 1.0)
+    assert srv.calls and srv.calls[0]["hung_up"]  # ATH went out before the cancel finished

@@ -242,6 +242,11 @@ class AtPort:
                 if result not in FINAL_OK:
                     raise CommandError(shown, result)
                 return list(self._info)
+            except asyncio.CancelledError:
+                if self._prompt is not None and not self._prompt.done() and self._ser is not None:
+                    with contextlib.suppress(PortGone):
+                        self._write(b"\x1b")  # leave the '> ' prompt: the next command is no PDU
+                raise
             finally:
                 for fut in (self._pending, self._prompt):  # an exception nobody awaited: mark it seen
                     if fut is not None and fut.done() and not fut.cancelled():

@@ -72,11 +72,21 @@ class ModemChannel:
         else:
             res = await self.modem.send_sms(msg.key, to.phone, msg.short or msg.text,
                                             self.settings.max_parts)
+            if res.ok and msg.fields.get("voice") is True:
+                res = await self._and_call(res, to.phone)
         if res.ok:
             self.sent += 1
         else:
             self.failed += 1
         return res
+
+    async def _and_call(self, sms: SendResult, phone: str) -> SendResult:
+        """An escalation step that asks for a voice call too (``fields["voice"]``): the SMS
+        first, so the phone shows why it rings, then the call. The SMS decides the result (a
+        retry would send it twice); the call's outcome is added to the detail."""
+        call = await self.modem.call(phone, self.settings.ring)
+        outcome = f"call: {call.detail}" if call.ok else f"call failed: {call.detail}"
+        return SendResult(True, f"{sms.detail}; {outcome}", sms.latency_s + call.latency_s)
 
     def set_delivery_handler(self, handler: Callable[[str, bool, str], Awaitable[None] | None]) -> None:
         """``handler(key, delivered, detail)`` once the delivery reports of a message sent with

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.core.aio import wait_event
+from gateway.core.aio import wait_event, within
 from gateway.core.config_modem import ModemChannelSettings
 from gateway.core.secrets import SecretFileError, read_secret
 from gateway.notify.base import InboundHandler, SendResult
@@ -447,6 +447,11 @@ class Modem:
                 self.counts["calls_failed"] += 1
                 await self._hang_up()
                 return SendResult(False, f"call: {e}", time.monotonic() - t0, retry=True)
+            except asyncio.CancelledError:
+                # the caller's own deadline: still hang up, or the phone rings on
+                with contextlib.suppress(TimeoutError):
+                    await within(self._hang_up(), 3.0)
+                raise
             await self._hang_up()
             took = time.monotonic() - t0
             if answered:
