@@ -17,7 +17,8 @@ from smspdudecoder.easy import read_outgoing_sms
 from gateway.core.config_modem import ModemChannelSettings
 from gateway.notify.base import InboundChannel, Message, Recipient
 from gateway.notify.modem import ModemChannel, build_channel
-from simulators.modem import ModemServer, ModemSim, deliver_pdus
+from simulators.modem import ModemServer, ModemSim
+from simulators.modem_pdu import deliver_pdus
 from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.tpdu import read_submit, reassemble
 

@@ -49,7 +49,7 @@ class ModemChannel:
     def set_inbound(self, handler: InboundHandler) -> None:
         """Replies by SMS go to ``handler(sender, text)``; the voice channel takes none."""
         if self.mode == "sms":
-            self.modem.inbound = handler
+            self.modem.inbox.handler = handler
 
     async def start(self) -> None:
         if not self._started:
@@ -92,11 +92,11 @@ class ModemChannel:
         """``handler(key, delivered, detail)`` once the delivery reports of a message sent with
         ``key`` settled it (every part delivered, or one failed for good). Optional: the
         service may instead ask :meth:`delivery`."""
-        self.modem.on_delivery = handler
+        self.modem.inbox.on_delivery = handler
 
     def delivery(self, key: str) -> str:
         """The delivery report's verdict for a message sent with ``key`` (SMS only)."""
-        return self.modem.delivery(key)
+        return self.modem.inbox.delivery(key)
 
     def stats(self) -> dict[str, Any]:
         return {"mode": self.mode, "sent": self.sent, "failed": self.failed, **self.modem.stats()}

@@ -13,38 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.core.aio import wait_event, within
 from gateway.core.config_modem import ModemChannelSettings
 from gateway.core.secrets import SecretFileError, read_secret
-from gateway.notify.base import InboundHandler, SendResult
+from gateway.notify.base import SendResult
 from gateway.notify.modem.at import AtPort, CommandError, CommandTimeout, ModemError, PortGone
-from gateway.notify.modem.pdu import (
-    Deliver,
-    PduError,
-    StatusReport,
-    TooLong,
-    decode_hex,
-    decode_incoming,
-    encode_submit,
-)
+from gateway.notify.modem.inbox import Inbox
+from gateway.notify.modem.pdu import TooLong, encode_submit
 
 log = logging.getLogger(__name__)
 
 QUICK = 10.0  # seconds: a status query never needs the full command timeout
 BACKOFF_MAX = 30.0
-REASSEMBLY_TTL = 600.0  # s: parts of a long incoming SMS wait this long for the others
-REASSEMBLY_MAX = 32  # long incoming messages being put together at once
-TRACKED_MAX = 512  # sent parts whose delivery report we wait for
 
 #: TS 27.007 7.2 <stat> of +CREG / +CEREG
 REG_STATES = {0: "not_registered", 1: "home", 2: "searching", 3: "denied", 4: "unknown", 5: "roaming",
@@ -66,13 +52,6 @@ CME_SIM = {10: "no_sim", 11: "pin_required", 12: "puk_required", 13: "sim_failur
            15: "sim_wrong", 16: "pin_rejected"}
 
 
-@dataclass
-class _Long:
-    parts: dict[int, str] = field(default_factory=dict)
-    indexes: list[int] = field(default_factory=list)
-    first: float = 0.0
-
-
 class Modem:
     """One modem on one AT port, shared by the channels configured on that port."""
 
@@ -82,8 +61,6 @@ class Modem:
         self.at = AtPort(settings.port, settings.baud, self._urc, self._port_lost)
         self.lock = asyncio.Lock()  # one multi-command sequence at a time (SMS parts, a read)
         self.call_lock = asyncio.Lock()
-        self.inbound: InboundHandler | None = None
-        self.on_delivery: Callable[[str, bool, str], Awaitable[None] | None] | None = None
         self.state = "starting"  # ready, no_port, no_sim, pin_required, pin_rejected, ... error
         self.sim = "unknown"
         self.registration = "unknown"
@@ -96,11 +73,7 @@ class Modem:
                        "delivery_failed": 0, "inbound": 0, "inbound_bad": 0, "port_opens": 0,
                        "port_lost": 0}
         self._ref = 0
-        self._tracked: OrderedDict[int, tuple[str, int]] = OrderedDict()  # mr -> (key, parts)
-        self._delivery: OrderedDict[str, list[int]] = OrderedDict()  # key -> statuses seen
-        self._told: set[str] = set()  # keys whose settled delivery was handed to on_delivery
-        self._long: dict[tuple[str, int, int], _Long] = {}
-        self._work: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=256)
+        self.inbox = Inbox(settings.port, self.lock, self._cmd, self.counts)
         self._lost = asyncio.Event()
         self._ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -119,7 +92,7 @@ class Modem:
             return
         self._stop.clear()
         self._tasks = [asyncio.create_task(self._supervise(), name=f"modem[{self.s.port}]"),
-                       asyncio.create_task(self._worker(), name=f"modem-in[{self.s.port}]")]
+                       asyncio.create_task(self.inbox.run(), name=f"modem-in[{self.s.port}]")]
 
     async def stop(self) -> None:
         self._users -= 1
@@ -173,7 +146,7 @@ class Modem:
                     continue
                 except ModemError as e:
                     self._set_state("error", f"status check: {e}")
-            await self._expire_long()
+            await self.inbox.expire_long()
             lost = asyncio.ensure_future(self._lost.wait())
             stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({lost, stop}, timeout=self.s.check_interval,
@@ -306,7 +279,7 @@ class Modem:
                 self.rssi = None
         if self.sim == "ready":
             # what arrived while nobody listened, or whose +CMTI was lost (port reopened)
-            self._queue_nowait(("list", None))
+            self.inbox.queue(("list", None))
         if self.sim != "ready":
             why = f"SIM: {self.sim}" + (f"; {self._sim_error}" if self._sim_error else "")
             self._set_state(self.sim, why)
@@ -381,34 +354,11 @@ class Modem:
         if truncated:
             self.counts["sms_truncated"] += 1
         if self.reports == "on":
-            self._track(key, mrs)
+            self.inbox.track(key, mrs)
         detail = f"{len(parts)} part{'s' if len(parts) > 1 else ''}, mr={','.join(map(str, mrs))}"
         if truncated:
             detail += f", cut to {max_parts} parts"
         return SendResult(True, detail, time.monotonic() - t0)
-
-    def _track(self, key: str, mrs: list[int]) -> None:
-        for mr in mrs:
-            if mr >= 0:
-                self._tracked[mr] = (key, len(mrs))
-        self._delivery[key] = []  # a retry under the same key starts afresh
-        self._told.discard(key)
-        while len(self._tracked) > TRACKED_MAX:
-            self._tracked.popitem(last=False)
-        while len(self._delivery) > TRACKED_MAX:
-            old, _ = self._delivery.popitem(last=False)
-            self._told.discard(old)
-
-    def delivery(self, key: str) -> str:
-        """'delivered', 'failed', 'pending' or 'unknown' for a message sent with ``key``."""
-        if key not in self._delivery:
-            return "unknown"
-        seen = self._delivery[key]
-        if any(st >= 0x40 for st in seen):
-            return "failed"
-        parts = next((n for k, n in self._tracked.values() if k == key), 0)
-        done = [st for st in seen if st < 0x20]
-        return "delivered" if parts and len(done) >= parts else "pending"
 
     # ------------------------------------------------------------------ voice
     async def call(self, number: str, ring: float) -> SendResult:
@@ -476,140 +426,13 @@ class Modem:
         if line.startswith("+CMTI:"):  # +CMTI: "SM",3 (TS 27.005 3.4.1)
             m = re.search(r",\s*(\d+)\s*$", line)
             if m:
-                self._queue_nowait(("read", int(m.group(1))))
+                self.inbox.queue(("read", int(m.group(1))))
         elif line.startswith("+CDS:") and pdu is not None:  # +CDS: <length> then the PDU line
             m = re.match(r"^\+CDS:\s*(\d+)", line)
-            self._queue_nowait(("report", (pdu, int(m.group(1)) if m else None)))
+            self.inbox.queue(("report", (pdu, int(m.group(1)) if m else None)))
         elif line in ("NO CARRIER", "BUSY", "NO ANSWER"):
             self._call_result = line
             self._call_end.set()
-
-    def _queue_nowait(self, item: tuple[str, Any]) -> None:
-        try:
-            self._work.put_nowait(item)
-        except asyncio.QueueFull:
-            # the messages stay in the modem's store; the next listing picks them up
-            log.warning("modem %s: inbound queue full, %s left for the next listing", self.s.port, item[0])
-
-    async def _worker(self) -> None:
-        while True:
-            kind, arg = await self._work.get()
-            try:
-                if kind == "read":
-                    await self._read_stored(arg)
-                elif kind == "list":
-                    await self._list_stored()
-                elif kind == "report":
-                    await self._report(*arg)
-            except ModemError as e:
-                log.warning("modem %s: incoming %s: %s", self.s.port, kind, e)
-
-    async def _list_stored(self) -> None:
-        async with self.lock:
-            lines = await self._cmd("AT+CMGL=4")  # all stored messages, PDU mode (TS 27.005 3.4.2)
-        for ln in lines:
-            m = re.match(r"^\+CMGL:\s*(\d+)", ln)
-            if m:
-                self._queue_nowait(("read", int(m.group(1))))
-
-    async def _read_stored(self, index: int) -> None:
-        async with self.lock:
-            lines = await self._cmd(f"AT+CMGR={index}")
-        found = next(((head, ln) for head, ln in itertools.pairwise(lines) if head.startswith("+CMGR:")),
-                     None)
-        if found is None:
-            return  # an empty slot (already read and deleted)
-        m = re.search(r",\s*(\d+)\s*$", found[0])  # +CMGR: <stat>,[<alpha>],<length>
-        try:
-            msg = decode_incoming(decode_hex(found[1]), int(m.group(1)) if m else None)
-        except PduError as e:
-            self.counts["inbound_bad"] += 1
-            log.warning("modem %s: stored message %d is not a readable SMS (%s); deleted",
-                        self.s.port, index, e)
-            await self._delete([index])
-            return
-        if isinstance(msg, StatusReport):
-            await self._report_decoded(msg)
-            await self._delete([index])
-            return
-        await self._deliver(msg, index)
-
-    async def _deliver(self, msg: Deliver, index: int) -> None:
-        if msg.concat is None or msg.concat.total == 1:
-            await self._hand_over(msg.sender, msg.text, [index])
-            return
-        c = msg.concat
-        k = (msg.sender, c.ref, c.total)
-        long = self._long.get(k)
-        if long is None:
-            if len(self._long) >= REASSEMBLY_MAX:
-                await self._expire_long(force_oldest=True)
-            long = self._long[k] = _Long(first=time.monotonic())
-        long.parts[c.seq] = msg.text
-        if index not in long.indexes:  # the listing at a status check may read it again
-            long.indexes.append(index)
-        if len(long.parts) == c.total:
-            del self._long[k]
-            text = "".join(long.parts[i] for i in sorted(long.parts))
-            await self._hand_over(msg.sender, text, long.indexes)
-
-    async def _expire_long(self, *, force_oldest: bool = False) -> None:
-        """Hand over what arrived of long messages whose other parts never came."""
-        now = time.monotonic()
-        old = [k for k, v in self._long.items() if now - v.first > REASSEMBLY_TTL]
-        if force_oldest and not old and self._long:
-            old = [min(self._long, key=lambda k: self._long[k].first)]
-        for k in old:
-            long = self._long.pop(k)
-            text = "…".join(long.parts[i] for i in sorted(long.parts))
-            log.warning("modem %s: long SMS from %s incomplete (%d of %d parts)", self.s.port, k[0],
-                        len(long.parts), k[2])
-            await self._hand_over(k[0], text, long.indexes)
-
-    async def _hand_over(self, sender: str, text: str, indexes: list[int]) -> None:
-        self.counts["inbound"] += 1
-        handler = self.inbound
-        if handler is None:
-            log.warning("modem %s: SMS from %s with no one to take it; deleted", self.s.port, sender)
-        else:
-            try:
-                await handler(sender, text)
-            except Exception:  # the service's bug must not leave the message in the SIM forever
-                log.exception("modem %s: the inbound handler failed on an SMS from %s", self.s.port, sender)
-        await self._delete(indexes)
-
-    async def _delete(self, indexes: list[int]) -> None:
-        async with self.lock:
-            for i in indexes:
-                with contextlib.suppress(CommandError):
-                    await self._cmd(f"AT+CMGD={i}")
-
-    async def _report(self, pdu_hex: str, tpdu_len: int | None) -> None:
-        try:
-            msg = decode_incoming(decode_hex(pdu_hex), tpdu_len)
-        except PduError as e:
-            self.counts["inbound_bad"] += 1
-            log.warning("modem %s: unreadable status report (%s)", self.s.port, e)
-            return
-        if isinstance(msg, StatusReport):
-            await self._report_decoded(msg)
-
-    async def _report_decoded(self, rep: StatusReport) -> None:
-        entry = self._tracked.get(rep.mr)
-        if entry is None:
-            return
-        key, _ = entry
-        if not rep.final:
-            return
-        self._delivery.setdefault(key, []).append(rep.status)
-        self.counts["delivered" if rep.delivered else "delivery_failed"] += 1
-        state = self.delivery(key)
-        cb = self.on_delivery
-        if cb is not None and state in ("delivered", "failed") and key not in self._told:
-            self._told.add(key)
-            res = cb(key, state == "delivered", f"TP-ST 0x{rep.status:02X} from {rep.recipient}")
-            if res is not None:
-                await res
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
@@ -618,4 +441,4 @@ class Modem:
                 "delivery_reports": self.reports,
                 "signal_dbm": dbm if dbm is not None else "unknown", "csq": self.rssi if self.rssi is not None
                 else "unknown", "last_error": self.last_error, **self.counts,
-                "inbound_partial": len(self._long), **{f"modem_{k}": v for k, v in self.info.items()}}
+                "inbound_partial": self.inbox.partial, **{f"modem_{k}": v for k, v in self.info.items()}}
