@@ -5,8 +5,9 @@ A supervisor task opens the AT port, initializes the modem and re-reads its stat
 for a delivery failure: sends return a :class:`SendResult` whose ``detail`` says what the
 modem said, and the state is in :meth:`Modem.stats` for /status and /metrics.
 
-A wrong PIN is tried once: three wrong tries block the SIM until its PUK is entered
-(TS 31.102 / TS 27.007 8.3), which needs a person on site.
+A wrong PIN is tried once: a few wrong tries (three on the SIMs seen in practice; the
+count is the card's, not confirmed here from ETSI TS 102 221) block the SIM until its PUK
+is entered (``+CPIN: SIM PUK``, TS 27.007 8.3), which needs a person on site.
 """
 
 from __future__ import annotations
