@@ -19,6 +19,7 @@ stdin) let a test drive faults without waiting for scripted ones::
     {"clear": "dev", "unit": 2}
     {"set": "GT-101", "value": 55.0}        # "value": null releases it
     {"reset": true}                         # drop every forced fault and value
+    {"device": "modem", ...}                # the device's own controls (simulators/modem.py)
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ class Simulator:
                 self.plant.force_fault(msg["clear"], None, unit=msg.get("unit"))
             elif "set" in msg:
                 self.plant.force_value(msg["set"], msg.get("value"))
+            elif "device" in msg:  # a device's own controls (the modem: inject an SMS, ...)
+                srv = next((s for s in self.servers if s.name == msg["device"]), None)
+                if srv is None or not hasattr(srv, "control"):
+                    return {"error": f"no device {msg['device']!r} with controls of its own"}
+                reply: dict[str, Any] = srv.control(msg)
+                return reply
             elif msg.get("reset"):
                 self.plant.reset_overrides()
             else:
