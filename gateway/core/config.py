@@ -16,13 +16,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
+from gateway.core.config_notify import NotifySection
+from gateway.core.strict import Strict
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -72,8 +72,7 @@ PlainText = Annotated[str, AfterValidator(_plain_text)]
 TopicSafe = Annotated[str, AfterValidator(_topic_safe)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+# Strict: the base of every config model (its own module, gateway/core/strict.py, breaks cycles)
 
 
 # --------------------------------------------------------------------------- gateway
@@ -532,6 +531,7 @@ class Config(ConfigFile):
     api: ApiSection | None = None
     registers: RegistersSection = RegistersSection()
     alarms: AlarmsSection = AlarmsSection()
+    notify: NotifySection | None = None
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:

@@ -1,0 +1,824 @@
+"""The notify service: alarms from the journal to people (docs/notify.md).
+
+A journal consumer with its own cursor (``notify``) reads alarm events and:
+
+- matches them against the routes (level, priority, area, hazard source, kind, channel);
+- resolves the recipients *at send time*: fixed people from the config, whoever is on
+  duty now (the ``duty_roster`` register), the responsible person of the alarm's hazard
+  source (the ``major_hazard_source`` register);
+- renders each message in the site's language for the channel's kind and puts it in
+  the outbox; a sender sends it, journals every attempt (``{"type": "notify", ...}``),
+  retries what is worth retrying with a doubling delay;
+- escalates an alarm nobody acknowledged along its chain's steps; an acknowledgement by
+  any path (API, status page, MQTT, SMS reply: all are ``ack`` events in the journal)
+  stops it, as do a shelve and maintenance (suppression);
+- sends "cleared" where the route asks for it;
+- holds a recipient's messages in a digest during a flood (ISA-18.2: more than 10 alarms
+  in 10 minutes per operator) or over the rate limit, one digest every ``digest_every``;
+- never sends shelved or suppressed alarms.
+
+State that must survive a crash (open alarms and their escalation step and due time,
+the outbox, pending digests, keys already delivered) is in ``notify-state.json`` in the
+state directory (mode 0600, written atomically) and saved *before* the cursor moves, so a
+SIGKILL loses nothing: on restart the outbox is sent again and escalations resume where
+they were. A message whose attempt was under way at the kill may be sent twice: every
+channel here may do so (an HTTP POST or an SMTP DATA cut short cannot tell whether the
+far end took it); the ``key`` in the webhook's JSON and the ``X-Safegw-Key`` mail header
+let a receiver drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fnmatch
+import importlib
+import json
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.consumer import JournalConsumer
+from gateway.core.config_notify import NotifySection, RecipientSettings, Route, Step
+from gateway.core.record import EVENT
+from gateway.notify.base import CHANNEL_TYPES, Channel, InboundChannel, Message, Recipient, SendResult
+from gateway.notify.render import CHANNEL_KIND, Renderer, short_code
+from gateway.services import DaemonContext
+from rules.commands import CommandError, apply_command, parse_command
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "notify"
+STATE_FILE = "notify-state.json"
+#: delivered keys remembered (a replay after a crash does not send them again)
+MAX_SENT_KEYS = 20_000
+#: alarms a digest lists at most (the count is always exact)
+MAX_DIGEST_ITEMS = 5000
+#: attempts under way at once, per channel
+PER_CHANNEL = 4
+#: the longest SMS reply looked at
+MAX_REPLY = 480
+NS = 1_000_000_000
+STOP_TRANSITIONS = {"ack", "shelve", "suppress"}
+
+
+def _digits(phone: str) -> str:
+    d = re.sub(r"[^0-9]", "", phone)
+    if d.startswith("86") and len(d) == 13:  # +86 138...: a Chinese mobile number without the country code
+        d = d[2:]
+    return d
+
+
+def mask_phone(phone: str) -> str:
+    d = re.sub(r"[^0-9+]", "", phone)
+    return d[:-8] + "****" + d[-4:] if len(d) >= 8 else "****"
+
+
+class NotifyService:
+    name = "notify"
+
+    def __init__(
+        self, ctx: DaemonContext, section: NotifySection, *, channels: dict[str, Channel] | None = None
+    ):
+        self.ctx = ctx
+        self.s = section
+        self.render = Renderer(ctx.cfg, section)
+        self.consumer = JournalConsumer(
+            ctx.journal, CONSUMER, start="end", kinds=(EVENT,), max_records=500, what="notify", logger=log
+        )
+        self.people: dict[str, RecipientSettings] = {r.name: r for r in section.recipients}
+        self.routes = section.routes
+        self.chains = {e.name: e for e in section.escalations}
+        self.channels: dict[str, Channel] = channels if channels is not None else self._build_channels()
+        self.path = Path(ctx.state_dir) / STATE_FILE
+        self.state: dict[str, Any] = self._load()
+        self._store: Any = None
+        self._wake = asyncio.Event()
+        self._save_lock = asyncio.Lock()
+        self._sems = {n: asyncio.Semaphore(PER_CHANNEL) for n in self.channels}
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flood: dict[str, deque[int]] = {}
+        self._rate: dict[str, deque[int]] = {}
+        self.counts = {
+            "sent": 0,
+            "failed": 0,
+            "retried": 0,
+            "digests": 0,
+            "escalations": 0,
+            "acks_by_sms": 0,
+            "sms_refused": 0,
+            "suppressed": 0,
+        }
+
+    # ------------------------------------------------------------------ building
+    def _build_channels(self) -> dict[str, Channel]:
+        out: dict[str, Channel] = {}
+        for cs in self.s.channels:
+            module, _, fn = CHANNEL_TYPES[cs.type].partition(":")
+            out[cs.name] = getattr(importlib.import_module(module), fn)(cs, self.ctx)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def _load(self) -> dict[str, Any]:
+        empty: dict[str, Any] = {"alarms": {}, "outbox": [], "digests": {}, "sent": []}
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return empty
+        except (OSError, ValueError) as e:
+            log.error("notify: %s unreadable (%s); starting without open escalations", self.path, e)
+            return empty
+        for k, v in empty.items():
+            doc.setdefault(k, v)
+        n = len(doc["alarms"])
+        if n or doc["outbox"]:
+            log.info("notify: resuming %d open alarm(s), %d message(s) in the outbox", n, len(doc["outbox"]))
+        return doc  # type: ignore[no-any-return]
+
+    def _write(self, text: str) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # names, escalation state: private
+        try:
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    async def save(self) -> None:
+        async with self._save_lock:
+            sent = self.state["sent"]
+            if len(sent) > MAX_SENT_KEYS:
+                del sent[: len(sent) - MAX_SENT_KEYS]
+            text = json.dumps(self.state, ensure_ascii=False, separators=(",", ":"))
+            await asyncio.to_thread(self._write, text)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.consumer.register()
+        try:
+            from gateway.admin.reminders import open_store
+
+            self._store = open_store(self.ctx, self.ctx.cfg.registers)
+        except (RuntimeError, OSError) as e:
+            log.error(
+                "notify: the registers cannot be read (%s): on-duty and hazard-source recipients "
+                "will find nobody",
+                e,
+            )
+        for ch in self.channels.values():
+            if isinstance(ch, InboundChannel):
+                ch.set_inbound(self.on_sms)
+            await ch.start()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._read_loop(), name="notify-read")
+            tg.create_task(self._timer_loop(), name="notify-timers")
+            tg.create_task(self._send_loop(), name="notify-send")
+
+    async def drain(self) -> None:
+        """Process what is journaled now and send what is due (bounded by the caller)."""
+        target = self.ctx.journal.last_seq
+        await self.consumer.drain(None, target=target)
+        while any(it["next_ns"] <= self.ctx.clock() for it in self.state["outbox"]) or self._inflight:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            await self.save()
+        for ch in self.channels.values():
+            with contextlib.suppress(OSError, RuntimeError):
+                await ch.stop()
+        if self._store is not None:
+            self._store.close()
+
+    # ------------------------------------------------------------------ reading
+    async def _read_loop(self) -> None:
+        while True:
+            recs = await self.consumer.read()
+            if not recs:
+                await self.consumer.wait(timeout=5.0)
+                continue
+            for rec in recs:
+                ev = rec.event()
+                if isinstance(ev, dict) and ev.get("type") == "alarm":
+                    try:
+                        await self.handle(rec.seq, ev)
+                    except (KeyError, TypeError, ValueError) as e:  # one odd event must not stop the stream
+                        log.error("notify: alarm event %d skipped: %s", rec.seq, e)
+            await self.save()  # the outbox and escalations hold what these records asked for
+            await self.consumer.ack(recs[-1].seq, records=len(recs))
+            self._wake.set()
+
+    async def handle(self, seq: int, ev: dict[str, Any]) -> None:
+        tr = ev.get("transition")
+        ch, rule = ev.get("channel"), ev.get("rule")
+        alarms: dict[str, Any] = self.state["alarms"]
+        open_codes = [c for c, a in alarms.items() if a["channel"] == ch and a["rule"] == rule]
+        if tr in STOP_TRANSITIONS or ev.get("state") in ("active_acked", "suppressed"):
+            for c in open_codes:
+                a = alarms[c]
+                a["due_ns"] = None  # escalation stops
+                if tr != "ack" or ev.get("state") == "normal" or not a.get("active", True):
+                    alarms.pop(c, None)
+                else:
+                    a["acked"] = True
+            if tr == "ack":
+                self._drop_unsent(open_codes)
+            return
+        if tr == "clear":
+            for c in open_codes:
+                a = alarms[c]
+                a["due_ns"], a["active"] = None, False
+                if a.get("cleared"):
+                    await self._tell(a["told"], "cleared", ev, c, via_override=None, alarm=a)
+                if ev.get("state") == "normal" or a.get("acked"):
+                    alarms.pop(c, None)
+            return
+        if tr not in ("raise", "escalate") or ev.get("state") != "active_unacked":
+            return
+        if ev.get("shelved") or rule == "maintenance":
+            self.counts["suppressed"] += 1
+            return
+        code = short_code(seq)
+        if code in alarms:
+            return  # replayed after a crash: already handled
+        routes = [r for r in self.routes if self.matches(r, ev)]
+        if not routes:
+            return
+        for c in open_codes:  # a worse level replaces the alarm's earlier notification
+            alarms.pop(c, None)
+        steps: list[tuple[Route, Step]] = []
+        for r in routes:
+            if r.to:
+                steps.append((r, Step(after=0, to=r.to, via=r.via)))
+            if r.escalation:
+                steps.extend((r, st) for st in self.chains[r.escalation].steps)
+        steps.sort(key=lambda rs: rs[1].after)
+        raised = int(ev.get("ts") or self.ctx.clock())
+        a = {
+            "channel": ch,
+            "rule": rule,
+            "seq": seq,
+            "raised_ns": raised,
+            "event": _slim(ev),
+            "steps": [{"route": r.name, **st.model_dump(mode="json")} for r, st in steps],
+            "next": 0,
+            "due_ns": raised,
+            "told": [],
+            "cleared": any(r.cleared for r in routes),
+            "acked": False,
+            "active": True,
+        }
+        alarms[code] = a
+        await self._escalate(code, a, now=self.ctx.clock())
+
+    def matches(self, r: Route, ev: dict[str, Any]) -> bool:
+        m = r.match
+        ch = str(ev.get("channel") or "")
+        info = self.render.channels.get(ch)
+        if m.levels and ev.get("level") not in m.levels:
+            return False
+        if m.priorities and ev.get("priority") not in m.priorities:
+            return False
+        if m.kinds and ev.get("kind") not in m.kinds:
+            return False
+        if m.areas and (info is None or info.area not in m.areas):
+            return False
+        if m.hazard_sources and (info is None or info.hazard_source not in m.hazard_sources):
+            return False
+        return not m.channels or any(fnmatch.fnmatchcase(ch, p) for p in m.channels)
+
+    # ------------------------------------------------------------------ escalation
+    async def _escalate(self, code: str, a: dict[str, Any], *, now: int) -> None:
+        """Run every step of ``a`` that is due; set when the next one is."""
+        steps = a["steps"]
+        while a["next"] < len(steps):
+            st = steps[a["next"]]
+            due = a["raised_ns"] + int(st["after"] * NS)
+            if due > now:
+                a["due_ns"] = due
+                return
+            a["next"] += 1
+            kind = "alarm" if st["after"] == 0 else "escalation"
+            if kind == "escalation":
+                self.counts["escalations"] += 1
+            who = await self.resolve(st["to"], a["event"])
+            await self._tell(
+                [{"name": p.name, "via": st.get("via"), "r": _rdict(p)} for p in who],
+                kind,
+                a["event"],
+                code,
+                via_override=None,
+                alarm=a,
+                step=a["next"],
+                voice=st.get("voice"),
+            )
+        a["due_ns"] = None
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self.ctx.clock()
+            changed = False
+            for code, a in list(self.state["alarms"].items()):
+                if a.get("due_ns") is not None and a["due_ns"] <= now and not a.get("acked"):
+                    await self._escalate(code, a, now=now)
+                    changed = True
+            changed |= await self._flush_digests(now)
+            if changed:
+                await self.save()
+                self._wake.set()
+            await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ recipients
+    async def resolve(self, names: list[str], ev: dict[str, Any]) -> list[Recipient]:
+        out: list[Recipient] = []
+        for n in names:
+            if n in self.people:
+                out.append(self._person(self.people[n]))
+            elif n in ("@on_duty", "@shift_leader"):
+                out.extend(await self._roster(leader_only=n == "@shift_leader"))
+            elif n == "@hazard_responsible":
+                out.extend(await self._hazard(ev))
+        seen: set[str] = set()
+        return [p for p in out if not (p.name in seen or seen.add(p.name))]  # type: ignore[func-returns-value]
+
+    def _person(self, r: RecipientSettings, source: str = "config", phone: str | None = None) -> Recipient:
+        return Recipient(
+            name=r.name,
+            phone=r.phone or phone,
+            email=r.email,
+            wecom_id=r.wecom_id,
+            dingtalk_id=r.dingtalk_id,
+            feishu_id=r.feishu_id,
+            can_ack=r.can_ack,
+            source=source,
+        )
+
+    def _named(self, name: str, source: str, phone: str | None = None) -> Recipient:
+        r = self.people.get(name)
+        return self._person(r, source, phone) if r else Recipient(name=name, phone=phone, source=source)
+
+    async def _query(self, rtype: str, filters: dict[str, str]) -> list[dict[str, Any]]:
+        if self._store is None:
+            return []
+        try:
+            res = await self._store.call(self._store.query, rtype, filters=filters, limit=50)
+        except Exception as e:  # sqlite or schema trouble: nobody found, said loudly
+            log.error("notify: reading register %s failed: %s", rtype, e)
+            return []
+        return [d["data"] for d in res["items"]]
+
+    def on_shift(self, now_ns: int) -> list[tuple[str, str]]:
+        """(date, shift) pairs of the roster that cover ``now_ns``."""
+        ro = self.s.roster
+        local = dt.datetime.fromtimestamp(now_ns / NS, self.render.tz)
+        today, yesterday = local.date(), local.date() - dt.timedelta(days=1)
+        hm = local.strftime("%H:%M")
+        out = [(today.isoformat(), "all_day")]
+        for shift, span in (("day", ro.day), ("night", ro.night)):
+            a, b = span.split("-")
+            if a <= b:
+                if a <= hm < b:
+                    out.append((today.isoformat(), shift))
+            elif hm >= a:
+                out.append((today.isoformat(), shift))
+            elif hm < b:
+                out.append((yesterday.isoformat(), shift))
+        return out
+
+    async def _roster(self, *, leader_only: bool) -> list[Recipient]:
+        out: list[Recipient] = []
+        for date, shift in self.on_shift(self.ctx.clock()):
+            for rec in await self._query("duty_roster", {"date": date, "shift": shift}):
+                leader = str(rec.get("leader") or "")
+                if leader_only or not rec.get("members"):
+                    if leader:
+                        out.append(self._named(leader, "duty_roster", rec.get("phone")))
+                    continue
+                out.extend(self._named(str(m), "duty_roster") for m in rec.get("members") or [])
+        return out
+
+    async def _hazard(self, ev: dict[str, Any]) -> list[Recipient]:
+        info = self.render.channels.get(str(ev.get("channel") or ""))
+        if info is None or not info.hazard_source:
+            return []
+        recs = await self._query("major_hazard_source", {"code": info.hazard_source}) or await self._query(
+            "major_hazard_source", {"name": info.hazard_source}
+        )
+        return [self._named(str(r["responsible"]), "hazard_source") for r in recs if r.get("responsible")]
+
+    def _channels_for(self, p: Recipient, via: list[str] | None) -> list[str]:
+        conf = self.people.get(p.name)
+        allowed = list(via) if via else list(self.channels)
+        if conf is not None and conf.channels is not None:
+            allowed = [c for c in allowed if c in conf.channels]
+        return [c for c in allowed if c in self.channels and self.channels[c].accepts(p)]
+
+    # ------------------------------------------------------------------ telling
+    async def _tell(
+        self,
+        who: list[dict[str, Any]],
+        kind: str,
+        ev: dict[str, Any],
+        code: str,
+        *,
+        via_override: list[str] | None,
+        alarm: dict[str, Any],
+        step: int = 0,
+        voice: bool | None = None,
+    ) -> None:
+        now = self.ctx.clock()
+        for w in who:
+            p = Recipient(**w["r"])
+            via = via_override or w.get("via")
+            if kind in ("alarm", "escalation"):
+                alarm["told"].append(w)
+            if kind != "test" and self._held(p.name, now):
+                self._add_digest(p, via, kind, ev, code, now)
+                continue
+            self._count(p.name, now)
+            chans = self._channels_for(p, via)
+            if not chans:
+                await self._journal_attempt(
+                    {
+                        "key": f"{code}/{kind}/{step}/{p.name}",
+                        "via": None,
+                        "recipient": p.name,
+                        "source": p.source,
+                        "kind": kind,
+                        "code": code,
+                        "channel": ev.get("channel"),
+                        "rule": ev.get("rule"),
+                    },
+                    SendResult(
+                        False, "no channel reaches this recipient (no address for any configured channel)"
+                    ),
+                    0,
+                )
+                continue
+            f = self.render.fields(ev, code=code, step=step)
+            for c in chans:
+                key = f"{code}/{kind}/{step}/{p.name}/{c}"
+                extra = {"alarm": _slim(ev), "voice": bool(voice) and self.channels[c].type == "modem"}
+                msg = self.render.message(
+                    key,
+                    kind,  # type: ignore[arg-type]
+                    CHANNEL_KIND.get(self.channels[c].type, "robot"),
+                    f,
+                    extra,
+                )
+                self._enqueue(msg, p, c, ev)
+
+    def _enqueue(self, msg: Message, p: Recipient, via: str, ev: dict[str, Any]) -> None:
+        if msg.key in self.state["sent"] or any(it["key"] == msg.key for it in self.state["outbox"]):
+            return
+        self.state["outbox"].append(
+            {
+                "key": msg.key,
+                "via": via,
+                "r": _rdict(p),
+                "m": _mdict(msg),
+                "attempts": 0,
+                "next_ns": 0,
+                "first_ns": self.ctx.clock(),
+                "channel": ev.get("channel"),
+                "rule": ev.get("rule"),
+            }
+        )
+        self._wake.set()
+
+    def _drop_unsent(self, codes: list[str]) -> None:
+        """An acknowledged alarm's escalation messages not yet attempted are no longer news."""
+        if codes:
+            self.state["outbox"] = [
+                it
+                for it in self.state["outbox"]
+                if not (it["attempts"] == 0 and it["m"]["kind"] == "escalation" and it["m"]["code"] in codes)
+            ]
+
+    # ------------------------------------------------------------------ floods and rates
+    def _window(self, d: dict[str, deque[int]], name: str, span_s: float, now: int) -> deque[int]:
+        q = d.setdefault(name, deque())
+        while q and q[0] <= now - int(span_s * NS):
+            q.popleft()
+        return q
+
+    def _held(self, name: str, now: int) -> bool:
+        """Whether this recipient's next message goes into a digest: a flood (more than
+        ``flood.alarms`` in ``flood.window``) or the rate limit reached."""
+        fl, rl = self.s.flood, self.s.rate_limit
+        flood = self._window(self._flood, name, fl.window, now)
+        flood.append(now)
+        if len(flood) > fl.alarms:
+            return True
+        if name in self.state["digests"]:
+            return True  # a digest is pending: keep the order, add to it
+        return len(self._window(self._rate, name, rl.per, now)) >= rl.messages
+
+    def _count(self, name: str, now: int) -> None:
+        self._window(self._rate, name, self.s.rate_limit.per, now).append(now)
+
+    def _add_digest(
+        self, p: Recipient, via: list[str] | None, kind: str, ev: dict[str, Any], code: str, now: int
+    ) -> None:
+        d = self.state["digests"].setdefault(
+            p.name, {"r": _rdict(p), "via": [], "items": [], "count": 0, "since_ns": now, "last_ns": 0}
+        )
+        for c in via or []:
+            if c not in d["via"]:
+                d["via"].append(c)
+        d["count"] += 1
+        if len(d["items"]) < MAX_DIGEST_ITEMS:
+            d["items"].append(
+                {
+                    "channel": ev.get("channel"),
+                    "rule": ev.get("rule"),
+                    "level": ev.get("level"),
+                    "value": self.render.number(str(ev.get("channel")), ev.get("value")),
+                    "unit": ev.get("unit") or "",
+                    "time": self.render.time(int(ev.get("ts") or now)),
+                    "ts": ev.get("ts"),
+                    "code": code,
+                    "kind": kind,
+                }
+            )
+
+    async def _flush_digests(self, now: int) -> bool:
+        every = int(self.s.flood.digest_every * NS)
+        done = False
+        last_sent: dict[str, int] = self.state.setdefault("digest_last", {})
+        for name, d in list(self.state["digests"].items()):
+            if now < max(d["since_ns"], last_sent.get(name, 0)) + every:
+                continue
+            del self.state["digests"][name]
+            last_sent[name] = now
+            p = Recipient(**d["r"])
+            chans = self._channels_for(p, d["via"] or None)
+            self.counts["digests"] += 1
+            self._count(name, now)
+            f = {**self.render.fields({"ts": now}), "count": d["count"], "recipient": name}
+            for c in chans:
+                ck = CHANNEL_KIND.get(self.channels[c].type, "robot")
+                f["alarms"] = self.render.digest_lines(d["items"], ck)
+                key = f"digest/{name}/{d['since_ns']}/{c}"
+                msg = self.render.message(key, "digest", ck, f, {"count": d["count"], "alarms": d["items"]})
+                self._enqueue(msg, p, c, {})
+            done = True
+        return done
+
+    # ------------------------------------------------------------------ sending
+    async def _send_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.ctx.clock()
+            nxt: int | None = None
+            for it in list(self.state["outbox"]):
+                if it["key"] in self._inflight:
+                    continue
+                if it["next_ns"] > now:
+                    nxt = it["next_ns"] if nxt is None else min(nxt, it["next_ns"])
+                    continue
+                self._inflight.add(it["key"])
+                t = asyncio.create_task(self._attempt(it), name=f"notify-send[{it['via']}]")
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+            wait = 5.0 if nxt is None else max(0.01, (nxt - now) / NS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait, 5.0)):
+                    await self._wake.wait()
+
+    async def _attempt(self, it: dict[str, Any]) -> None:
+        ch = self.channels.get(it["via"])
+        try:
+            if ch is None:
+                res = SendResult(False, f"channel {it['via']} is no longer configured")
+            else:
+                async with self._sems[it["via"]]:
+                    res = await ch.send(Message(**it["m"]), Recipient(**it["r"]))
+            it["attempts"] += 1
+            last = not res.retry or it["attempts"] > self.s.retries
+            if res.ok:
+                self.counts["sent"] += 1
+            else:
+                self.counts["failed" if last else "retried"] += 1
+            await self._journal_attempt(
+                {
+                    "key": it["key"],
+                    "via": it["via"],
+                    "recipient": it["r"]["name"],
+                    "source": it["r"].get("source"),
+                    "kind": it["m"]["kind"],
+                    "code": it["m"].get("code"),
+                    "channel": it.get("channel"),
+                    "rule": it.get("rule"),
+                },
+                res,
+                it["attempts"],
+            )
+            if res.ok or last:
+                self.state["outbox"] = [x for x in self.state["outbox"] if x is not it]
+                if res.ok:
+                    self.state["sent"].append(it["key"])
+            else:
+                delay = self.s.retry_after * 2 ** (it["attempts"] - 1)
+                it["next_ns"] = self.ctx.clock() + int(min(delay, 3600) * NS)
+            await self.save()
+        finally:
+            self._inflight.discard(it["key"])
+            self._wake.set()
+
+    async def _journal_attempt(self, what: dict[str, Any], res: SendResult, attempt: int) -> None:
+        ev = {
+            "type": "notify",
+            "id": None,
+            "ts": self.ctx.clock(),
+            **what,
+            "attempt": attempt,
+            "ok": res.ok,
+            "detail": res.detail[:300],
+            "latency_ms": round(res.latency_s * 1000, 1),
+            "retry": res.retry,
+            "ambiguous": res.ambiguous,
+        }
+        (log.info if res.ok else log.warning)(
+            "notify %s via %s to %s: %s",
+            what.get("kind"),
+            what.get("via"),
+            what.get("recipient"),
+            res.detail[:200],
+        )
+        self.ctx.emit_events([ev])
+
+    # ------------------------------------------------------------------ SMS replies
+    async def on_sms(self, sender: str, text: str) -> None:
+        """An SMS reply: acknowledges the alarm whose short code it holds, when the sender
+        is a recipient allowed to acknowledge. Audited either way."""
+        text = text[:MAX_REPLY]
+        who = next((r for r in self.people.values() if r.phone and _digits(r.phone) == _digits(sender)), None)
+        codes = [
+            c
+            for c in re.findall(r"(?<![0-9A-Z])[0-9A-Z]{4}(?![0-9A-Z])", text.upper())
+            if c in self.state["alarms"]
+        ]
+        masked = mask_phone(sender)
+        if who is None or not who.can_ack:
+            self.counts["sms_refused"] += 1
+            await self._audit(
+                who.name if who else "-",
+                "-",
+                403,
+                masked,
+                {"via": "sms", "codes": codes, "refused": "sender may not acknowledge"},
+            )
+            log.warning("notify: SMS from %s refused: not a recipient allowed to acknowledge", masked)
+            return
+        if not codes:
+            await self._audit(who.name, "-", 404, masked, {"via": "sms", "refused": "no open alarm's code"})
+            return
+        for code in dict.fromkeys(codes):
+            a = self.state["alarms"][code]
+            try:
+                cmd = parse_command(
+                    "ack",
+                    {
+                        "channel": a["channel"],
+                        "rule": a["rule"],
+                        "operator": who.name,
+                        "comment": f"SMS reply ({code})",
+                    },
+                )
+                events = apply_command(self.ctx.rules, cmd, self.ctx.clock())
+            except (CommandError, KeyError, ValueError) as e:
+                await self._audit(
+                    who.name, a["channel"], 409, masked, {"via": "sms", "code": code, "error": str(e)[:200]}
+                )
+                continue
+            self.ctx.emit_events(events)
+            self.counts["acks_by_sms"] += 1
+            a["due_ns"], a["acked"] = None, True  # the ack event, once read, closes it
+            await self._audit(
+                who.name,
+                a["channel"],
+                200,
+                masked,
+                {"via": "sms", "code": code, "rule": a["rule"], "events": len(events)},
+            )
+            log.info("notify: alarm %s/%s acknowledged by %s by SMS reply", a["channel"], a["rule"], who.name)
+        await self.save()
+
+    async def _audit(
+        self, actor: str, channel: str, status: int, remote: str, detail: dict[str, Any]
+    ) -> None:
+        if self._store is None:
+            return
+        try:
+            await self._store.call(
+                self._store.audit,
+                actor,
+                "sms",
+                "POST",
+                f"/alarms/{channel}/ack",
+                status,
+                f"sms:{remote}",
+                detail,
+            )
+        except Exception as e:  # the audit must not lose the acknowledgement
+            log.error("notify: audit of an SMS acknowledgement failed: %s", e)
+
+    # ------------------------------------------------------------------ test and status
+    async def test(
+        self, name: str, *, send: Callable[[Channel, Message, Recipient], Awaitable[SendResult]] | None = None
+    ) -> list[tuple[str, SendResult]]:
+        """One test message through every channel of ``name`` (a recipient, @on_duty, ...)."""
+        who = await self.resolve([name], {})
+        out: list[tuple[str, SendResult]] = []
+        for p in who:
+            chans = self._channels_for(p, None)
+            if not chans:
+                out.append((f"{p.name}: -", SendResult(False, "no channel reaches this recipient")))
+            f = {**self.render.fields({"ts": self.ctx.clock()}), "recipient": p.name}
+            for c in chans:
+                ch = self.channels[c]
+                msg = self.render.message(
+                    f"test/{p.name}/{c}/{self.ctx.clock()}", "test", CHANNEL_KIND.get(ch.type, "robot"), f
+                )
+                res = await (send(ch, msg, p) if send else ch.send(msg, p))
+                await self._journal_attempt(
+                    {
+                        "key": msg.key,
+                        "via": c,
+                        "recipient": p.name,
+                        "source": p.source,
+                        "kind": "test",
+                        "code": None,
+                        "channel": None,
+                        "rule": None,
+                    },
+                    res,
+                    1,
+                )
+                out.append((f"{p.name}: {c}", res))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        alarms = self.state["alarms"]
+        return {
+            "cursor": self.consumer.cursor,
+            "lag": self.consumer.lag(),
+            "open_alarms": len(alarms),
+            "escalating": sum(1 for a in alarms.values() if a.get("due_ns") is not None),
+            "outbox": len(self.state["outbox"]),
+            "digests_pending": len(self.state["digests"]),
+            **self.counts,
+            "channels": {n: c.stats() for n, c in self.channels.items()},
+        }
+
+
+def _slim(ev: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "channel",
+        "rule",
+        "level",
+        "kind",
+        "unit",
+        "value",
+        "limit",
+        "priority",
+        "ts",
+        "state",
+        "transition",
+    )
+    return {k: ev.get(k) for k in keep}
+
+
+def _rdict(p: Recipient) -> dict[str, Any]:
+    return {
+        k: getattr(p, k)
+        for k in ("name", "phone", "email", "wecom_id", "dingtalk_id", "feishu_id", "can_ack", "source")
+    }
+
+
+def _mdict(m: Message) -> dict[str, Any]:
+    return {
+        k: getattr(m, k)
+        for k in ("key", "kind", "subject", "text", "short", "locale", "code", "link", "fields")
+    }
+
+
+def build_service(ctx: DaemonContext, section: NotifySection) -> NotifyService | None:
+    if not section.channels:
+        log.warning("notify: no channels configured; nobody will be told of alarms")
+        return None
+    return NotifyService(ctx, section)
