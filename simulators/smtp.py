@@ -43,7 +43,7 @@ class _Handler:
                     "to": list(envelope.rcpt_tos),
                     "msg": msg,
                     "user": getattr(session, "auth_data", None) and self.owner.user,
-                    "tls": session.ssl is not None,
+                    "tls": server.transport.get_extra_info("ssl_object") is not None,
                 }
             )
         log.info("smtp: message to %s: %s", envelope.rcpt_tos, msg["Subject"])
@@ -77,7 +77,7 @@ class SmtpServer:
             hostname="127.0.0.1",
             port=_free_port(),
             auth_required=True,
-            auth_require_tls=True,
+            auth_require_tls=not implicit_tls,  # implicit TLS: the whole session is TLS
             authenticator=self._auth,
             **kw,
         )

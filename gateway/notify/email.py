@@ -93,6 +93,8 @@ class EmailChannel:
             detail = await asyncio.to_thread(self._send_sync, self.compose(msg, to))
         except smtplib.SMTPAuthenticationError as e:
             return self._done(False, f"login refused: {e.smtp_code} {_text(e.smtp_error)}", t0)
+        except smtplib.SMTPNotSupportedError as e:  # no AUTH (or no STARTTLS) offered: the config's to fix
+            return self._done(False, f"server does not support it: {e}", t0)
         except smtplib.SMTPRecipientsRefused as e:
             return self._done(False, f"recipient refused: {_text(str(e.recipients))}", t0)
         except smtplib.SMTPResponseException as e:
