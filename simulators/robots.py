@@ -188,7 +188,9 @@ class RobotReceiver:
             self._refuse(h, why, 401 if self.kind == "webhook" else 200, self._vendor(code, why))
             return
         with self._lock:
-            self.messages.append({"t": time.monotonic(), "doc": doc, "headers": dict(h.headers)})
+            self.messages.append(
+                {"t": time.monotonic(), "wall": time.time(), "doc": doc, "headers": dict(h.headers)}
+            )
         log.info("robot %s: message %s", self.kind, json.dumps(doc, ensure_ascii=False)[:300])
         if self.kind == "webhook":
             self._answer(h, 200, {"ok": True})
