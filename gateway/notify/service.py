@@ -103,6 +103,7 @@ class NotifyService:
         self._sems = {n: asyncio.Semaphore(PER_CHANNEL) for n in self.channels}
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.rounds = 0  # rounds of the timer loop (escalations and digests due)
         self._flood: dict[str, deque[int]] = {}
         self._rate: dict[str, deque[int]] = {}
         self.counts = {
@@ -339,6 +340,7 @@ class NotifyService:
             if changed:
                 await self.save()
                 self._wake.set()
+            self.rounds += 1
             await asyncio.sleep(0.5)
 
     # ------------------------------------------------------------------ recipients

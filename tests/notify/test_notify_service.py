@@ -5,6 +5,7 @@ acknowledgement by any path, cleared messages, shelving, floods, retries, SMS re
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,39 @@ async def test_bad_reply_text_is_bounded_and_harmless(tmp_path: Path, hook: Robo
         await svc.on_sms("", "")
         assert svc.stats()["acks_by_sms"] == 0
         await asyncio.sleep(0)
+
+
+async def test_status_and_metrics_show_the_service_and_an_api_ack_stops_escalation(
+        tmp_path: Path, hook: RobotReceiver) -> None:
+    import httpx
+
+    from tests.fixtures.daemon import auth, make_tokens
+
+    esc = "  escalations:\n    - {name: e, steps: [{to: [张三]}, {after: 2s, to: [李四]}]}"
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = make_tokens(state)
+    skew = [0]  # the clock jumps ahead later: the second step's time passes at once
+    gw = Gateway(loads(gateway_yaml(state, notify_yaml(tmp_path, hook, escalations=esc, routes=(
+        "    - {name: gas, match: {kinds: [gas]}, escalation: e}")) + '\napi: {listen: "127.0.0.1:0"}\n')),
+        clock=lambda: time.time_ns() + skew[0])
+    async with running(gw):
+        api = next(s for s in gw.services if s.name == "api")
+        gw.ingest(batch(gw, {"GT-1": 30.0}))
+        await async_wait_until(lambda: len(hook.messages) >= 1, 10)
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as c:
+            st = (await c.get("/status", headers=auth(tokens["viewer"]))).json()["services"]["notify"]
+            assert st["escalating"] == 1 and st["sent"] == 1 and st["channels"]["hook"]["sent"] == 1
+            r = await c.post("/alarms/GT-1/ack", headers=auth(tokens["operator"]))
+            assert r.status_code == 200, r.text
+            svc = service(gw)
+            await async_wait_until(lambda: svc.stats()["escalating"] == 0, 10, what="the API ack read")
+            text = (await c.get("/metrics", headers=auth(tokens["viewer"]))).text
+            assert 'safegw_notify_messages_total{result="sent"} 1' in text
+            assert 'safegw_notify_channel_sent_total{channel="hook",type="webhook"} 1' in text
+            assert "safegw_notify_escalating_alarms 0" in text
+        rounds = svc.rounds
+        skew[0] = 60 * 10**9
+        await async_wait_until(lambda: svc.rounds >= rounds + 2, 10, what="two timer rounds past step 2's time")
+        # neither sent nor waiting to be (a step that fired is in the outbox until delivered)
+        assert "李四" not in to_whom(hook) and all(it["r"]["name"] != "李四" for it in svc.state["outbox"])
