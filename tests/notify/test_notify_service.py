@@ -287,6 +287,6 @@ async def test_status_and_metrics_show_the_service_and_an_api_ack_stops_escalati
             assert "safegw_notify_escalating_alarms 0" in text
         rounds = svc.rounds
         skew[0] = 60 * 10**9
-        await async_wait_until(lambda: svc.rounds >= rounds + 2, 10, what="two timer rounds past step 2's time")
+        await async_wait_until(lambda: svc.rounds >= rounds + 2, 10, what="two timer rounds past step 2")
         # neither sent nor waiting to be (a step that fired is in the outbox until delivered)
         assert "李四" not in to_whom(hook) and all(it["r"]["name"] != "李四" for it in svc.state["outbox"])
