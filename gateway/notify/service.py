@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import fnmatch
 import importlib
 import json
 import logging
 import os
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,9 +45,11 @@ from gateway.consumer import JournalConsumer
 from gateway.core.config_notify import NotifySection, RecipientSettings, Route, Step
 from gateway.core.record import EVENT
 from gateway.notify.base import CHANNEL_TYPES, Channel, InboundChannel, Message, Recipient, SendResult
+from gateway.notify.pacing import Pacing, _rdict
+from gateway.notify.recipients import Recipients
 from gateway.notify.render import CHANNEL_KIND, Renderer, short_code
+from gateway.notify.replies import SmsReplies
 from gateway.services import DaemonContext
-from rules.commands import CommandError, apply_command, parse_command
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +57,13 @@ CONSUMER = "notify"
 STATE_FILE = "notify-state.json"
 #: delivered keys remembered (a replay after a crash does not send them again)
 MAX_SENT_KEYS = 20_000
-#: alarms a digest lists at most (the count is always exact)
-MAX_DIGEST_ITEMS = 5000
 #: attempts under way at once, per channel
 PER_CHANNEL = 4
-#: the longest SMS reply looked at
-MAX_REPLY = 480
 NS = 1_000_000_000
 STOP_TRANSITIONS = {"ack", "shelve", "suppress"}
 
 
-def _digits(phone: str) -> str:
-    d = re.sub(r"[^0-9]", "", phone)
-    if d.startswith("86") and len(d) == 13:  # +86 138...: a Chinese mobile number without the country code
-        d = d[2:]
-    return d
-
-
-def mask_phone(phone: str) -> str:
-    d = re.sub(r"[^0-9+]", "", phone)
-    return d[:-8] + "****" + d[-4:] if len(d) >= 8 else "****"
-
-
-class NotifyService:
+class NotifyService(Recipients, Pacing, SmsReplies):
     name = "notify"
 
     def __init__(
@@ -343,91 +327,6 @@ class NotifyService:
             self.rounds += 1
             await asyncio.sleep(0.5)
 
-    # ------------------------------------------------------------------ recipients
-    async def resolve(self, names: list[str], ev: dict[str, Any]) -> list[Recipient]:
-        out: list[Recipient] = []
-        for n in names:
-            if n in self.people:
-                out.append(self._person(self.people[n]))
-            elif n in ("@on_duty", "@shift_leader"):
-                out.extend(await self._roster(leader_only=n == "@shift_leader"))
-            elif n == "@hazard_responsible":
-                out.extend(await self._hazard(ev))
-        seen: set[str] = set()
-        return [p for p in out if not (p.name in seen or seen.add(p.name))]  # type: ignore[func-returns-value]
-
-    def _person(self, r: RecipientSettings, source: str = "config", phone: str | None = None) -> Recipient:
-        return Recipient(
-            name=r.name,
-            phone=r.phone or phone,
-            email=r.email,
-            wecom_id=r.wecom_id,
-            dingtalk_id=r.dingtalk_id,
-            feishu_id=r.feishu_id,
-            can_ack=r.can_ack,
-            source=source,
-        )
-
-    def _named(self, name: str, source: str, phone: str | None = None) -> Recipient:
-        r = self.people.get(name)
-        return self._person(r, source, phone) if r else Recipient(name=name, phone=phone, source=source)
-
-    async def _query(self, rtype: str, filters: dict[str, str]) -> list[dict[str, Any]]:
-        if self._store is None:
-            return []
-        try:
-            res = await self._store.call(self._store.query, rtype, filters=filters, limit=50)
-        except Exception as e:  # sqlite or schema trouble: nobody found, said loudly
-            log.error("notify: reading register %s failed: %s", rtype, e)
-            return []
-        return [d["data"] for d in res["items"]]
-
-    def on_shift(self, now_ns: int) -> list[tuple[str, str]]:
-        """(date, shift) pairs of the roster that cover ``now_ns``."""
-        ro = self.s.roster
-        local = dt.datetime.fromtimestamp(now_ns / NS, self.render.tz)
-        today, yesterday = local.date(), local.date() - dt.timedelta(days=1)
-        hm = local.strftime("%H:%M")
-        out = [(today.isoformat(), "all_day")]
-        for shift, span in (("day", ro.day), ("night", ro.night)):
-            a, b = span.split("-")
-            if a <= b:
-                if a <= hm < b:
-                    out.append((today.isoformat(), shift))
-            elif hm >= a:
-                out.append((today.isoformat(), shift))
-            elif hm < b:
-                out.append((yesterday.isoformat(), shift))
-        return out
-
-    async def _roster(self, *, leader_only: bool) -> list[Recipient]:
-        out: list[Recipient] = []
-        for date, shift in self.on_shift(self.ctx.clock()):
-            for rec in await self._query("duty_roster", {"date": date, "shift": shift}):
-                leader = str(rec.get("leader") or "")
-                if leader_only or not rec.get("members"):
-                    if leader:
-                        out.append(self._named(leader, "duty_roster", rec.get("phone")))
-                    continue
-                out.extend(self._named(str(m), "duty_roster") for m in rec.get("members") or [])
-        return out
-
-    async def _hazard(self, ev: dict[str, Any]) -> list[Recipient]:
-        info = self.render.channels.get(str(ev.get("channel") or ""))
-        if info is None or not info.hazard_source:
-            return []
-        recs = await self._query("major_hazard_source", {"code": info.hazard_source}) or await self._query(
-            "major_hazard_source", {"name": info.hazard_source}
-        )
-        return [self._named(str(r["responsible"]), "hazard_source") for r in recs if r.get("responsible")]
-
-    def _channels_for(self, p: Recipient, via: list[str] | None) -> list[str]:
-        conf = self.people.get(p.name)
-        allowed = list(via) if via else list(self.channels)
-        if conf is not None and conf.channels is not None:
-            allowed = [c for c in allowed if c in conf.channels]
-        return [c for c in allowed if c in self.channels and self.channels[c].accepts(p)]
-
     # ------------------------------------------------------------------ telling
     async def _tell(
         self,
@@ -442,9 +341,13 @@ class NotifyService:
         voice: bool | None = None,
     ) -> None:
         now = self.ctx.clock()
+        seen: set[str] = set()
         for w in who:
             p = Recipient(**w["r"])
             via = via_override or w.get("via")
+            if p.name in seen or (kind == "alarm" and any(t["name"] == p.name for t in alarm["told"])):
+                continue  # one message per person: two routes to the same person, a person at two steps
+            seen.add(p.name)
             if kind in ("alarm", "escalation"):
                 alarm["told"].append(w)
             if kind != "test" and self._held(p.name, now):
@@ -509,76 +412,6 @@ class NotifyService:
                 for it in self.state["outbox"]
                 if not (it["attempts"] == 0 and it["m"]["kind"] == "escalation" and it["m"]["code"] in codes)
             ]
-
-    # ------------------------------------------------------------------ floods and rates
-    def _window(self, d: dict[str, deque[int]], name: str, span_s: float, now: int) -> deque[int]:
-        q = d.setdefault(name, deque())
-        while q and q[0] <= now - int(span_s * NS):
-            q.popleft()
-        return q
-
-    def _held(self, name: str, now: int) -> bool:
-        """Whether this recipient's next message goes into a digest: a flood (more than
-        ``flood.alarms`` in ``flood.window``) or the rate limit reached."""
-        fl, rl = self.s.flood, self.s.rate_limit
-        flood = self._window(self._flood, name, fl.window, now)
-        flood.append(now)
-        if len(flood) > fl.alarms:
-            return True
-        if name in self.state["digests"]:
-            return True  # a digest is pending: keep the order, add to it
-        return len(self._window(self._rate, name, rl.per, now)) >= rl.messages
-
-    def _count(self, name: str, now: int) -> None:
-        self._window(self._rate, name, self.s.rate_limit.per, now).append(now)
-
-    def _add_digest(
-        self, p: Recipient, via: list[str] | None, kind: str, ev: dict[str, Any], code: str, now: int
-    ) -> None:
-        d = self.state["digests"].setdefault(
-            p.name, {"r": _rdict(p), "via": [], "items": [], "count": 0, "since_ns": now, "last_ns": 0}
-        )
-        for c in via or []:
-            if c not in d["via"]:
-                d["via"].append(c)
-        d["count"] += 1
-        if len(d["items"]) < MAX_DIGEST_ITEMS:
-            d["items"].append(
-                {
-                    "channel": ev.get("channel"),
-                    "rule": ev.get("rule"),
-                    "level": ev.get("level"),
-                    "value": self.render.number(str(ev.get("channel")), ev.get("value")),
-                    "unit": ev.get("unit") or "",
-                    "time": self.render.time(int(ev.get("ts") or now)),
-                    "ts": ev.get("ts"),
-                    "code": code,
-                    "kind": kind,
-                }
-            )
-
-    async def _flush_digests(self, now: int) -> bool:
-        every = int(self.s.flood.digest_every * NS)
-        done = False
-        last_sent: dict[str, int] = self.state.setdefault("digest_last", {})
-        for name, d in list(self.state["digests"].items()):
-            if now < max(d["since_ns"], last_sent.get(name, 0)) + every:
-                continue
-            del self.state["digests"][name]
-            last_sent[name] = now
-            p = Recipient(**d["r"])
-            chans = self._channels_for(p, d["via"] or None)
-            self.counts["digests"] += 1
-            self._count(name, now)
-            f = {**self.render.fields({"ts": now}), "count": d["count"], "recipient": name}
-            for c in chans:
-                ck = CHANNEL_KIND.get(self.channels[c].type, "robot")
-                f["alarms"] = self.render.digest_lines(d["items"], ck)
-                key = f"digest/{name}/{d['since_ns']}/{c}"
-                msg = self.render.message(key, "digest", ck, f, {"count": d["count"], "alarms": d["items"]})
-                self._enqueue(msg, p, c, {})
-            done = True
-        return done
 
     # ------------------------------------------------------------------ sending
     async def _send_loop(self) -> None:
@@ -663,82 +496,6 @@ class NotifyService:
         )
         self.ctx.emit_events([ev])
 
-    # ------------------------------------------------------------------ SMS replies
-    async def on_sms(self, sender: str, text: str) -> None:
-        """An SMS reply: acknowledges the alarm whose short code it holds, when the sender
-        is a recipient allowed to acknowledge. Audited either way."""
-        text = text[:MAX_REPLY]
-        who = next((r for r in self.people.values() if r.phone and _digits(r.phone) == _digits(sender)), None)
-        codes = [
-            c
-            for c in re.findall(r"(?<![0-9A-Z])[0-9A-Z]{4}(?![0-9A-Z])", text.upper())
-            if c in self.state["alarms"]
-        ]
-        masked = mask_phone(sender)
-        if who is None or not who.can_ack:
-            self.counts["sms_refused"] += 1
-            await self._audit(
-                who.name if who else "-",
-                "-",
-                403,
-                masked,
-                {"via": "sms", "codes": codes, "refused": "sender may not acknowledge"},
-            )
-            log.warning("notify: SMS from %s refused: not a recipient allowed to acknowledge", masked)
-            return
-        if not codes:
-            await self._audit(who.name, "-", 404, masked, {"via": "sms", "refused": "no open alarm's code"})
-            return
-        for code in dict.fromkeys(codes):
-            a = self.state["alarms"][code]
-            try:
-                cmd = parse_command(
-                    "ack",
-                    {
-                        "channel": a["channel"],
-                        "rule": a["rule"],
-                        "operator": who.name,
-                        "comment": f"SMS reply ({code})",
-                    },
-                )
-                events = apply_command(self.ctx.rules, cmd, self.ctx.clock())
-            except (CommandError, KeyError, ValueError) as e:
-                await self._audit(
-                    who.name, a["channel"], 409, masked, {"via": "sms", "code": code, "error": str(e)[:200]}
-                )
-                continue
-            self.ctx.emit_events(events)
-            self.counts["acks_by_sms"] += 1
-            a["due_ns"], a["acked"] = None, True  # the ack event, once read, closes it
-            await self._audit(
-                who.name,
-                a["channel"],
-                200,
-                masked,
-                {"via": "sms", "code": code, "rule": a["rule"], "events": len(events)},
-            )
-            log.info("notify: alarm %s/%s acknowledged by %s by SMS reply", a["channel"], a["rule"], who.name)
-        await self.save()
-
-    async def _audit(
-        self, actor: str, channel: str, status: int, remote: str, detail: dict[str, Any]
-    ) -> None:
-        if self._store is None:
-            return
-        try:
-            await self._store.call(
-                self._store.audit,
-                actor,
-                "sms",
-                "POST",
-                f"/alarms/{channel}/ack",
-                status,
-                f"sms:{remote}",
-                detail,
-            )
-        except Exception as e:  # the audit must not lose the acknowledgement
-            log.error("notify: audit of an SMS acknowledgement failed: %s", e)
-
     # ------------------------------------------------------------------ test and status
     async def test(
         self, name: str, *, send: Callable[[Channel, Message, Recipient], Awaitable[SendResult]] | None = None
@@ -803,13 +560,6 @@ def _slim(ev: dict[str, Any]) -> dict[str, Any]:
         "transition",
     )
     return {k: ev.get(k) for k in keep}
-
-
-def _rdict(p: Recipient) -> dict[str, Any]:
-    return {
-        k: getattr(p, k)
-        for k in ("name", "phone", "email", "wecom_id", "dingtalk_id", "feishu_id", "can_ack", "source")
-    }
 
 
 def _mdict(m: Message) -> dict[str, Any]:
