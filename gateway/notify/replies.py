@@ -41,7 +41,7 @@ class SmsReplies:
     counts: dict[str, int]
     _store: Any
 
-    async def save(self) -> None:
+    async def save(self) -> bool:
         raise NotImplementedError
     async def on_sms(self, sender: str, text: str) -> None:
         """An SMS reply: acknowledges the alarm whose short code it holds, when the sender

@@ -136,13 +136,19 @@ class NotifyService(Recipients, Pacing, SmsReplies):
             os.close(fd)
         os.replace(tmp, self.path)
 
-    async def save(self) -> None:
+    async def save(self) -> bool:
+        """Write the state; False (logged once per failure streak) when the disk refuses."""
         async with self._save_lock:
             sent = self.state["sent"]
             if len(sent) > MAX_SENT_KEYS:
                 del sent[: len(sent) - MAX_SENT_KEYS]
             text = json.dumps(self.state, ensure_ascii=False, separators=(",", ":"))
-            await asyncio.to_thread(self._write, text)
+            try:
+                await asyncio.to_thread(self._write, text)
+            except OSError as e:
+                self.consumer.health.failed(f"saving {self.path}: {e}")
+                return False
+            return True
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -202,9 +208,15 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                         await self.handle(rec.seq, ev)
                     except (KeyError, TypeError, ValueError) as e:  # one odd event must not stop the stream
                         log.error("notify: alarm event %d skipped: %s", rec.seq, e)
-            await self.save()  # the outbox and escalations hold what these records asked for
-            await self.consumer.ack(recs[-1].seq, records=len(recs))
             self._wake.set()
+            # the cursor moves only once the outbox and escalations that these records asked
+            # for are on disk; until then the same records are read again (handling is idempotent)
+            if not await self.save():
+                await self.consumer.backoff.sleep()
+                continue
+            self.consumer.health.succeeded()
+            self.consumer.backoff.reset()
+            await self.consumer.ack(recs[-1].seq, records=len(recs))
 
     async def handle(self, seq: int, ev: dict[str, Any]) -> None:
         tr = ev.get("transition")
@@ -441,7 +453,11 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 res = SendResult(False, f"channel {it['via']} is no longer configured")
             else:
                 async with self._sems[it["via"]]:
-                    res = await ch.send(Message(**it["m"]), Recipient(**it["r"]))
+                    try:
+                        res = await ch.send(Message(**it["m"]), Recipient(**it["r"]))
+                    except Exception as e:  # a channel must not raise; if one does, it is a failed attempt
+                        log.exception("notify: channel %s raised", it["via"])
+                        res = SendResult(False, f"channel error: {type(e).__name__}: {e}"[:300], retry=True)
             it["attempts"] += 1
             last = not res.retry or it["attempts"] > self.s.retries
             if res.ok:

@@ -309,3 +309,25 @@ async def test_two_routes_to_one_person_make_one_message_and_an_unreachable_pers
         failed = [a for a in journal_events(gw, "notify") if not a["ok"]]
         assert [(a["recipient"], a["via"]) for a in failed] == [("孙七", None)]
         assert "no channel reaches" in failed[0]["detail"]
+
+
+async def test_state_that_cannot_be_saved_holds_the_cursor_and_nothing_is_lost(tmp_path: Path,
+                                                                              hook: RobotReceiver) -> None:
+    gw = gateway(tmp_path, notify_yaml(tmp_path, hook))
+    async with running(gw):
+        svc = service(gw)
+        blocker = gw.state_dir / "notify-state.tmp"  # where the state is written before its rename
+        blocker.mkdir()
+        before = svc.consumer.cursor
+        gw.ingest(batch(gw, {"GT-1": 30.0}))
+        await async_wait_until(lambda: svc.consumer.health.state == "failing", 10, what="save failing")
+        assert svc.consumer.cursor == before and "notify-state" in str(svc.consumer.health.last_error)
+        blocker.rmdir()
+        await async_wait_until(lambda: svc.consumer.cursor > before and svc.consumer.health.ok, 20)
+        await async_wait_until(lambda: len(hook.messages) == 1, 10)
+    # and after a restart the alarm is not told twice (its state was saved)
+    gw2 = gateway(tmp_path, notify_yaml(tmp_path, hook))
+    async with running(gw2):
+        await service(gw2).drain()
+        assert to_whom(hook) == ["张三"]
+        assert [a["channel"] for a in service(gw2).state["alarms"].values()] == ["GT-1"]
