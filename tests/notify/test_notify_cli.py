@@ -127,3 +127,22 @@ notify:
     finally:
         ding.stop()
         smtp.stop()
+
+
+def test_a_template_from_the_config_replaces_the_default_for_its_language_and_kind(tmp_path: Path) -> None:
+    notify = """
+notify:
+  locale: en
+  channels: [{type: modem, port: /dev/ttyUSB2}]
+  templates:
+    en: {sms: {alarm: "{plant}: {channel} {level} at {value} {unit}! ack {code}"}}
+"""
+    cfg = loads(gateway_yaml(tmp_path / "s", notify))
+    assert cfg.notify is not None
+    r = Renderer(cfg, cfg.notify)
+    ev = {"channel": "TT-1", "level": "h", "value": 19.309999465942383, "limit": 60.0, "unit": "°C",
+          "ts": 1_765_000_000_000_000_000}
+    m = r.message("k", "alarm", "sms", r.fields(ev, code="XY23"))
+    assert m.short == "一号罐区: TT-1 h at 19.31 °C! ack XY23"  # TT-1: float32, shortest form
+    cleared = r.message("k", "cleared", "sms", r.fields(ev, code="XY23"))
+    assert cleared.short.startswith("一号罐区 ") and "cleared" in cleared.short  # the default for the rest
