@@ -243,7 +243,8 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 if ev.get("state") == "normal" or a.get("acked"):
                     alarms.pop(c, None)
             return
-        if tr not in ("raise", "escalate") or ev.get("state") != "active_unacked":
+        # an alarm still active when its shelve ends is annunciated again (ISA-18.2): told again
+        if tr not in ("raise", "escalate", "unshelve") or ev.get("state") != "active_unacked":
             return
         if ev.get("shelved") or rule == "maintenance":
             self.counts["suppressed"] += 1

@@ -115,7 +115,8 @@ async def test_english_site_and_a_route_that_matches_nothing_sends_nothing(tmp_p
         assert "GT-1" not in text
 
 
-async def test_shelved_and_suppressed_alarms_are_not_sent(tmp_path: Path, hook: RobotReceiver) -> None:
+async def test_shelved_and_suppressed_alarms_are_not_sent_until_the_shelve_ends(
+        tmp_path: Path, hook: RobotReceiver) -> None:
     gw = gateway(tmp_path, notify_yaml(tmp_path, hook))
     async with running(gw):
         now = gw.clock()
@@ -123,12 +124,19 @@ async def test_shelved_and_suppressed_alarms_are_not_sent(tmp_path: Path, hook: 
                                        "duration": "1h"})
         events = apply_command(gw.rules, cmd, now)
         gw.emit_events(events)
+        gw.emit_events(gw.rules.set_maintenance(channel="GT-1", on=True, who="op", now_ns=now))
+        gw.ingest(batch(gw, {"GT-1": 40.0}))  # in maintenance (suppressed): no message
         gw.ingest(batch(gw, {"GT-2": 40.0}))  # shelved: no message
         gw.ingest(batch(gw, {"GT-3": 40.0}))  # the control: it is sent
         await async_wait_until(lambda: len(hook.messages) >= 1, 10)
         await gw.flush()
         await service(gw).drain()
         assert [m["doc"]["fields"]["alarm"]["channel"] for m in hook.messages] == ["GT-3"]
+        # the shelve ends while GT-2 is still active: it is annunciated again, so told now
+        cmd = parse_command("unshelve", {"channel": "GT-2", "operator": "op"})
+        gw.emit_events(apply_command(gw.rules, cmd, gw.clock()))
+        await async_wait_until(lambda: len(hook.messages) >= 2, 10)
+        assert hook.messages[1]["doc"]["fields"]["alarm"]["channel"] == "GT-2"
 
 
 async def test_escalation_goes_up_the_chain_until_an_ack_by_the_api_path_stops_it(
