@@ -146,3 +146,31 @@ notify:
     assert m.short == "一号罐区: TT-1 h at 19.31 °C! ack XY23"  # TT-1: float32, shortest form
     cleared = r.message("k", "cleared", "sms", r.fields(ev, code="XY23"))
     assert cleared.short.startswith("一号罐区 ") and "cleared" in cleared.short  # the default for the rest
+
+
+def test_the_roster_shift_that_covers_now_including_a_night_that_began_yesterday(tmp_path: Path) -> None:
+    import datetime as dt
+    import zoneinfo
+
+    from gateway.app import Gateway
+    from gateway.notify.service import NotifyService
+
+    cfg = loads(gateway_yaml(tmp_path / "s", "notify: {channels: [{type: webhook, name: h, "
+                                             "url: \"https://127.0.0.1:9/hook\"}]}"))
+    assert cfg.notify is not None
+    gw = Gateway(cfg)
+    try:
+        svc = NotifyService(gw, cfg.notify)
+        tz = zoneinfo.ZoneInfo("Asia/Shanghai")
+
+        def at(s: str) -> list[tuple[str, str]]:
+            return svc.on_shift(int(dt.datetime.fromisoformat(s).replace(tzinfo=tz).timestamp() * 1e9))
+
+        assert at("2026-12-07T09:30") == [("2026-12-07", "all_day"), ("2026-12-07", "day")]
+        assert at("2026-12-07T21:00") == [("2026-12-07", "all_day"), ("2026-12-07", "night")]
+        # 03:00 belongs to the night shift that began on the 6th at 20:00
+        assert at("2026-12-07T03:00") == [("2026-12-07", "all_day"), ("2026-12-06", "night")]
+        assert at("2026-12-07T08:00") == [("2026-12-07", "all_day"), ("2026-12-07", "day")]
+        assert at("2026-12-07T20:00") == [("2026-12-07", "all_day"), ("2026-12-07", "night")]
+    finally:
+        gw.journal.close()
