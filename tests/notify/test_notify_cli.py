@@ -113,6 +113,11 @@ notify:
         assert "ok   张三: ding" in r.stdout and "ok   张三: mail" in r.stdout
         assert len(ding.messages) == 1 and "测试消息" in ding.messages[0]["doc"]["text"]["content"]
         assert len(smtp.messages) == 1
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "state" / "registers.db")
+        assert db.execute("SELECT actor, path, status FROM audit").fetchall() == [("cli", "notify test", 200)]
+        db.close()
         # the SMTP password goes wrong: that channel fails, the other still works, exit 1
         pw.write_text("nope\n")
         r = safegw("notify", "test", "-c", str(cfg), "张三")
