@@ -229,6 +229,7 @@ def mail(
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # see simulators/smtp.py
 async def test_email_over_starttls_or_tls_with_login(security: str, tmp_path: Path) -> None:
     srv = SmtpServer(implicit_tls=security == "tls").start()
     try:
