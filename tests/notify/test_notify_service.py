@@ -274,7 +274,7 @@ async def test_status_and_metrics_show_the_service_and_an_api_ack_stops_escalati
 
     from tests.fixtures.daemon import auth, make_tokens
 
-    esc = "  escalations:\n    - {name: e, steps: [{to: [张三]}, {after: 2s, to: [李四]}]}"
+    esc = "  escalations:\n    - {name: e, steps: [{to: [张三]}, {after: 30s, to: [李四]}]}"
     state = tmp_path / "state"
     state.mkdir()
     tokens = make_tokens(state)
