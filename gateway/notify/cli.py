@@ -61,7 +61,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         for ch in svc.channels.values():
             await ch.start()
         try:
-            results = await svc.test(args.recipient)
+            results = await send_test(svc, args.recipient)
         finally:
             for ch in svc.channels.values():
                 await ch.stop()
@@ -87,6 +87,26 @@ def cmd_test(args: argparse.Namespace) -> int:
         return EXIT_OK if ok else EXIT_FAILED
 
     return asyncio.run(main())
+
+
+async def send_test(svc: Any, name: str) -> list[tuple[str, Any]]:
+    """One test message through every channel of ``name`` (a recipient, @on_duty, ...):
+    ``(who: channel, SendResult)`` for each."""
+    from gateway.notify.base import SendResult
+    from gateway.notify.render import CHANNEL_KIND
+
+    out: list[tuple[str, SendResult]] = []
+    for p in await svc.resolve([name], {}):
+        chans = svc._channels_for(p, None)
+        if not chans:
+            out.append((f"{p.name}: -", SendResult(False, "no channel reaches this recipient")))
+        f = {**svc.render.fields({"ts": svc.ctx.clock()}), "recipient": p.name}
+        for c in chans:
+            ch = svc.channels[c]
+            key = f"test/{p.name}/{c}/{svc.ctx.clock()}"
+            msg = svc.render.message(key, "test", CHANNEL_KIND.get(ch.type, "robot"), f)
+            out.append((f"{p.name}: {c}", await ch.send(msg, p)))
+    return out
 
 
 def add_command(sub: Any) -> None:

@@ -35,9 +35,7 @@ import fnmatch
 import importlib
 import json
 import logging
-import os
 from collections import deque
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from gateway.notify.pacing import Pacing, _rdict
 from gateway.notify.recipients import Recipients
 from gateway.notify.render import CHANNEL_KIND, Renderer, short_code
 from gateway.notify.replies import SmsReplies
+from gateway.notify.state import load_state, write_state
 from gateway.services import DaemonContext
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class NotifyService(Recipients, Pacing, SmsReplies):
         self.chains = {e.name: e for e in section.escalations}
         self.channels: dict[str, Channel] = channels if channels is not None else self._build_channels()
         self.path = Path(ctx.state_dir) / STATE_FILE
-        self.state: dict[str, Any] = self._load()
+        self.state: dict[str, Any] = load_state(self.path)
         self._store: Any = None
         self._wake = asyncio.Event()
         self._save_lock = asyncio.Lock()
@@ -119,32 +118,6 @@ class NotifyService(Recipients, Pacing, SmsReplies):
         return out
 
     # ------------------------------------------------------------------ state
-    def _load(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {"alarms": {}, "outbox": [], "digests": {}, "sent": []}
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return empty
-        except (OSError, ValueError) as e:
-            log.error("notify: %s unreadable (%s); starting without open escalations", self.path, e)
-            return empty
-        for k, v in empty.items():
-            doc.setdefault(k, v)
-        n = len(doc["alarms"])
-        if n or doc["outbox"]:
-            log.info("notify: resuming %d open alarm(s), %d message(s) in the outbox", n, len(doc["outbox"]))
-        return doc  # type: ignore[no-any-return]
-
-    def _write(self, text: str) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # names, escalation state: private
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-
     async def save(self) -> bool:
         """Write the state; False (logged once per failure streak) when the disk refuses."""
         async with self._save_lock:
@@ -153,7 +126,7 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 del sent[: len(sent) - MAX_SENT_KEYS]
             text = json.dumps(self.state, ensure_ascii=False, separators=(",", ":"))
             try:
-                await asyncio.to_thread(self._write, text)
+                await asyncio.to_thread(write_state, self.path, text)
             except OSError as e:
                 self.consumer.health.failed(f"saving {self.path}: {e}")
                 return False
@@ -522,41 +495,7 @@ class NotifyService(Recipients, Pacing, SmsReplies):
         )
         self.ctx.emit_events([ev])
 
-    # ------------------------------------------------------------------ test and status
-    async def test(
-        self, name: str, *, send: Callable[[Channel, Message, Recipient], Awaitable[SendResult]] | None = None
-    ) -> list[tuple[str, SendResult]]:
-        """One test message through every channel of ``name`` (a recipient, @on_duty, ...)."""
-        who = await self.resolve([name], {})
-        out: list[tuple[str, SendResult]] = []
-        for p in who:
-            chans = self._channels_for(p, None)
-            if not chans:
-                out.append((f"{p.name}: -", SendResult(False, "no channel reaches this recipient")))
-            f = {**self.render.fields({"ts": self.ctx.clock()}), "recipient": p.name}
-            for c in chans:
-                ch = self.channels[c]
-                msg = self.render.message(
-                    f"test/{p.name}/{c}/{self.ctx.clock()}", "test", CHANNEL_KIND.get(ch.type, "robot"), f
-                )
-                res = await (send(ch, msg, p) if send else ch.send(msg, p))
-                await self._journal_attempt(
-                    {
-                        "key": msg.key,
-                        "via": c,
-                        "recipient": p.name,
-                        "source": p.source,
-                        "kind": "test",
-                        "code": None,
-                        "channel": None,
-                        "rule": None,
-                    },
-                    res,
-                    1,
-                )
-                out.append((f"{p.name}: {c}", res))
-        return out
-
+    # ------------------------------------------------------------------ status
     def stats(self) -> dict[str, Any]:
         alarms = self.state["alarms"]
         return {
