@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "keys": "uplink.keys_cli:add_command",
     "central": "central.cli:add_command",
     "users": "gateway.admin.users:add_command",
+    "notify": "gateway.notify.cli:add_command",
 }
 
 

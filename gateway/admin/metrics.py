@@ -57,6 +57,26 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
+def _notify(e: Exposition, s: dict[str, Any]) -> None:
+    """The notify service: attempts, what waits, escalations, per channel."""
+    e.family("safegw_notify_messages_total", "counter",
+             "notification attempts by result (retried: failed, tried again later)",
+             [({"result": k}, int(s.get(k) or 0)) for k in ("sent", "failed", "retried")])
+    e.family("safegw_notify_outbox_messages", "gauge", "messages waiting to be sent or retried",
+             int(s.get("outbox") or 0))
+    e.family("safegw_notify_escalating_alarms", "gauge", "alarms whose escalation chain runs",
+             int(s.get("escalating") or 0))
+    e.family("safegw_notify_digests_total", "counter", "flood or rate-limit digests sent",
+             int(s.get("digests") or 0))
+    e.family("safegw_notify_sms_acks_total", "counter", "alarms acknowledged by SMS reply",
+             int(s.get("acks_by_sms") or 0))
+    chans = s.get("channels") or {}
+    for key, help_ in (("sent", "messages a channel delivered"), ("failed", "attempts a channel failed")):
+        e.family(f"safegw_notify_channel_{key}_total", "counter", help_,
+                 [({"channel": n, "type": str(c.get("type", ""))}, int(c.get(key) or 0))
+                  for n, c in sorted(chans.items()) if isinstance(c, dict)])
+
+
 def render(
     daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
 ) -> str:
@@ -153,6 +173,8 @@ def render(
         e.family("safegw_alarms_active", "gauge", "alarms active now", active_alarms)
     for svc in daemon.services:
         s = svc.stats()
+        if svc.name == "notify" and isinstance(s, dict):
+            _notify(e, s)
         if svc.name == "uplink":
             link = s.get("link", {}) if isinstance(s, dict) else {}
             out = link.get("bytes_out_total", s.get("sealed_bytes", 0))

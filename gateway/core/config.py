@@ -22,8 +22,9 @@ from pydantic import (
 )
 
 from gateway.core.config_hygiene import HygieneSection
+from gateway.core.config_notify import NotifySection
 from gateway.core.config_permits import PermitsSection
-from gateway.core.configbase import Strict
+from gateway.core.strict import Strict
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -71,6 +72,9 @@ TrustedProxy = Annotated[str, AfterValidator(_proxy)]
 Listen = Annotated[str, AfterValidator(check_listen)]
 PlainText = Annotated[str, AfterValidator(_plain_text)]
 TopicSafe = Annotated[str, AfterValidator(_topic_safe)]
+
+
+# Strict: the base of every config model (its own module, gateway/core/strict.py, breaks cycles)
 
 
 # --------------------------------------------------------------------------- gateway
@@ -539,6 +543,7 @@ class Config(ConfigFile):
     permits: PermitsSection = PermitsSection()
     alarms: AlarmsSection = AlarmsSection()
     hygiene: HygieneSection = HygieneSection()
+    notify: NotifySection | None = None
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.core.configbase import Strict
+from gateway.core.strict import Strict
 from gateway.core.units import Duration
 
 

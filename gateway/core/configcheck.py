@@ -105,6 +105,11 @@ def explain(err: dict[str, Any]) -> str:
         return _unknown_key(err)
     if t == "missing":
         return "required key is missing"
+    if t == "union_tag_invalid" and ctx.get("discriminator") != "'protocol'":
+        tag = str(ctx.get("discriminator", "")).strip("'")
+        return f"unknown {tag} {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+    if t == "union_tag_not_found" and ctx.get("discriminator") != "'protocol'":
+        return f"needs {ctx.get('discriminator')}: one of the known kinds"
     if t == "union_tag_invalid":
         return (f"unknown protocol {ctx.get('tag')!r}; known protocols: {', '.join(PROTOCOLS)}")
     if t == "union_tag_not_found":
@@ -440,7 +445,8 @@ def validate(src: Source, checks: Iterable[Check] = ()) -> Config:
                           f"the number {err.get('input')!r}")
                 continue
             if err["type"] == "union_tag_invalid":
-                path = (*real, "protocol")  # point at the protocol's value
+                tag = str((err.get("ctx") or {}).get("discriminator", "'protocol'")).strip("'")
+                path = (*real, tag)  # point at the tag's value (protocol:, type:)
             add(path, explain(err), at_key=err["type"] == "extra_forbidden")
         for path, msg in _partial_cross_check(src, errors, checks):
             add(path, msg)
