@@ -51,6 +51,7 @@ SERVICES: dict[str, str] = {
     "uplink": "uplink.sync:build_service",
     "api": "gateway.admin.api:build_service",
     "registers": "gateway.admin.reminders:build_service",
+    "regulators": "northbound.service:build_service",
 }
 
 

@@ -10,6 +10,7 @@ from drivers.modbus.plan import check_config as modbus_checks
 from gateway.core import configcheck
 from gateway.core.cliutil import EXIT_CONFIG, print_config_errors
 from gateway.core.config import Config
+from gateway.core.config_regulators import check_config as regulator_checks
 from gateway.core.configcheck import ConfigError, Source
 from gateway.core.yamlsrc import Path_
 from rules.settings import check_config as rules_checks
@@ -27,7 +28,7 @@ def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
     return errs
 
 
-CHECKS = (modbus_checks, rules_checks, uplink_checks)
+CHECKS = (modbus_checks, rules_checks, uplink_checks, regulator_checks)
 
 __all__ = ["CHECKS", "ConfigError", "load", "load_or_exit", "loads", "validate"]
 

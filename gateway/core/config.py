@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.config_regulators import Regulator
 from gateway.core.units import Duration, Number, Size, check_host, check_listen
 from gateway.core.yamlsrc import Path_
 
@@ -532,6 +533,7 @@ class Config(ConfigFile):
     api: ApiSection | None = None
     registers: RegistersSection = RegistersSection()
     alarms: AlarmsSection = AlarmsSection()
+    regulators: list[Regulator] | None = None
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:
