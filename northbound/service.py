@@ -34,8 +34,10 @@ class RegulatorsService:
                 tg.create_task(a.run(), name=f"regulator[{a.name}]")
 
     async def drain(self) -> None:
-        """Wait (bounded by the caller) until every adapter acknowledged what is journaled now."""
-        await asyncio.gather(*(a.consumer.drain(None) for a in self.adapters if a.stats_.connected))
+        """Wait (bounded by the caller) until every connected adapter has sent what it can:
+        the newest real-time window and period stay open until newer samples close them,
+        and go out after the restart."""
+        await asyncio.gather(*(a.idle.wait() for a in self.adapters if a.stats_.connected))
 
     async def stop(self) -> None:
         for a in reversed(self.adapters):

@@ -184,6 +184,7 @@ KINDS: dict[str, str] = {
     "modbus-rtu": "simulators.config:ModbusRtuSim",
     "opcua": "simulators.opcua:OpcUaSim",
     "serial": "simulators.serial:SerialSim",
+    "hj212-platform": "simulators.hj212_platform:Hj212PlatformSim",
 }
 
 

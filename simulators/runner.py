@@ -115,6 +115,12 @@ class Simulator:
                 self.plant.force_fault(msg["clear"], None, unit=msg.get("unit"))
             elif "set" in msg:
                 self.plant.force_value(msg["set"], msg.get("value"))
+            elif "to" in msg:  # a message for one server (a platform: send a command, ...)
+                srv = next((s for s in self.servers if s.name == msg["to"]), None)
+                if srv is None or not hasattr(srv, "control"):
+                    return {"error": f"no server {msg['to']!r} that takes control messages"}
+                out: dict[str, Any] = srv.control(msg)
+                return out
             elif msg.get("reset"):
                 self.plant.reset_overrides()
             else:

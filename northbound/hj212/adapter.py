@@ -105,6 +105,8 @@ class Hj212Platform:
         self._commands: asyncio.Queue[Message] = asyncio.Queue(maxsize=100)
         self._last_qn_ms = 0
         self._bad_logged = False
+        #: set while the upload loop waits for new records with nothing in flight
+        self.idle = asyncio.Event()
 
     # ------------------------------------------------------------------ state file
     def _load_state(self) -> dict[str, int]:
@@ -255,7 +257,9 @@ class Hj212Platform:
                 continue
             records = await self.consumer.read(after=read_after)
             if not records:
+                self.idle.set()
                 await self.consumer.wait(after=read_after, timeout=self._next_due())
+                self.idle.clear()
                 continue
             for rec in records:
                 ups, closings, hold = self.builder.feed(rec)
