@@ -275,3 +275,101 @@ def test_past_hour_outage_and_history(setup: Any, sim_factory: Any, tmp_path: Pa
     assert len(mins) == 60 and dict(mins) == minutes
     st = adapter_stats(d)
     assert st["acked"] >= len(msgs) and st["bad_frames"] == 0 and st["later"] == 0
+
+
+def _crc(seg: bytes) -> int:
+    """HJ 212-2017 appendix A, written out again for the hand-made frames below."""
+    reg = 0xFFFF
+    for b in seg:
+        reg = (reg >> 8) ^ b
+        for _ in range(8):
+            reg = (reg >> 1) ^ 0xA001 if reg & 1 else reg >> 1
+    return reg
+
+
+def test_bad_input_commands_and_withheld_acks(setup: Any) -> None:
+    d, platform, _, record, _, _ = setup
+
+    def after(n: int) -> list[dict[str, Any]]:
+        return records(record)[n:]
+
+    def answers(qn: str, n: int, count: int) -> list[dict[str, Any]]:
+        wait_until(lambda: len([m for m in after(n) if m["qn"] == qn]) >= count, 15, what=f"answers to {qn}")
+        return [m for m in after(n) if m["qn"] == qn]
+
+    def live_rtd_after(t_ns: int) -> bool:
+        return any(m["cn"] == "2011" and dt_ns(cp_values(m["cp"])[0]) > t_ns for m in records(record))
+
+    wait_until(lambda: live_rtd_after(time.time_ns() - 2 * NS), 30, what="live real-time data")
+
+    # garbage: logged, counted, nothing answered; a bad CRC: 9011 QnRtn=9 for its QN
+    n = len(records(record))
+    platform.control(to="platform", raw="GET / HTTP/1.1\r\n\r\n\x00\xff")
+    seg = f"QN=20261207101010101;ST=22;CN=1061;PW={PW};MN={MN};Flag=5;CP=&&&&".encode()
+    bad = b"##%04d%s%04X\r\n" % (len(seg), seg, _crc(seg) ^ 0x0101)
+    platform.control(to="platform", raw=bad.decode())
+    got = answers("20261207101010101", n, 1)
+    assert [(m["cn"], m["cp"]) for m in got] == [("9011", "QnRtn=9")]
+    wait_until(lambda: adapter_stats(d)["bad_frames"] >= 2, 10, what="both bad frames counted")
+
+    # an unknown command; a wrong PW; another station's MN
+    for cn, pw, mn, rtn in [("3020", PW, MN, "QnRtn=8"), ("1061", "999999", MN, "QnRtn=3"),
+                            ("1061", PW, "OTHERSTATION1", "QnRtn=4")]:
+        qn = platform.control(to="platform", command=cn, mn=MN, pw=pw, cp="")["qn"] if mn == MN else None
+        if qn is None:  # a command for a station that is not this one, on this connection
+            qn = "20261207101010202"
+            s = f"QN={qn};ST=22;CN={cn};PW={pw};MN={mn};Flag=5;CP=&&&&".encode()
+            platform.control(to="platform", raw=(b"##%04d%s%04X\r\n" % (len(s), s, _crc(s))).decode())
+        assert [m["cp"] for m in answers(qn, n, 1)] == [rtn], cn
+
+    # get the time and the real-time interval; a set time far off is refused, near is accepted
+    qn = platform.control(to="platform", command="1011", mn=MN, pw=PW, cp="PolId=a21026")["qn"]
+    got = answers(qn, n, 3)
+    assert [m["cn"] for m in got] == ["9011", "1011", "9012"]
+    theirs = dt_ns(got[1]["cp"].split("SystemTime=")[1])
+    assert got[1]["cp"].startswith("PolId=a21026;") and abs(theirs - time.time_ns()) < 5 * NS
+    qn = platform.control(to="platform", command="1061", mn=MN, pw=PW)["qn"]
+    assert [m["cp"] for m in answers(qn, n, 3)] == ["QnRtn=1", "RtdInterval=1", "ExeRtn=1"]
+    for when, rtn in [(time.time_ns() - 3600 * NS, "ExeRtn=2"), (time.time_ns(), "ExeRtn=1"),
+                      (None, "ExeRtn=3")]:
+        cp = f"SystemTime={dt(when)}" if when else "SystemTime=2026-12-07"
+        qn = platform.control(to="platform", command="1012", mn=MN, pw=PW, cp=cp)["qn"]
+        assert [m["cp"] for m in answers(qn, n, 2)] == ["QnRtn=1", rtn], cp
+
+    # stop real-time data (2012 → 9013): no 2011 while stopped; start again (2011 → 9011)
+    qn = platform.control(to="platform", command="2012", mn=MN, pw=PW)["qn"]
+    assert [m["cn"] for m in answers(qn, n, 1)] == ["9013"]
+    stopped = time.time_ns() + 2 * NS  # windows closing up to now may still be on their way
+    assert d.gw is not None
+    seq0 = d.gw.journal.last_seq
+    wait_until(lambda: d.gw is not None and d.gw.journal.last_seq >= seq0 + 30, 20,
+               what="polls while stopped")
+    qn = platform.control(to="platform", command="2011", mn=MN, pw=PW)["qn"]
+    assert [m["cp"] for m in answers(qn, n, 1)] == ["QnRtn=1"]
+    restart = time.time_ns()
+    wait_until(lambda: live_rtd_after(restart), 15, what="real-time data again")
+    gap = [m for m in after(n)
+           if m["cn"] == "2011" and stopped < dt_ns(cp_values(m["cp"])[0]) < restart - 2 * NS]
+    assert gap == [], "no real-time data while the platform had it stopped"
+
+    # withhold 9014: the adapter resends (same QN), keeps it for later, and delivers it when
+    # the platform answers again; uploads go on meanwhile
+    platform.control(to="platform", ack=False)
+    wait_until(lambda: adapter_stats(d)["kept_for_later"] >= 1, 20, what="a message kept for later")
+    st = adapter_stats(d)
+    assert st["resends"] >= 1
+    dups = [m for m in records(record) if m["duplicate"] and m["cn"] == "2011"]
+    assert dups, "a resend carries the QN of the first send"
+    platform.control(to="platform", ack=True)
+    wait_until(lambda: adapter_stats(d)["later"] == 0, 20, what="the kept messages delivered")
+    sent = [m for m in records(record) if m["cn"] == "2011" and not m["duplicate"]]
+    times = [dt_ns(cp_values(m["cp"])[0]) for m in sent]
+    assert len(times) == len(set(times)), "each window taken once"
+
+    # set the real-time interval: valid (30 s, HJ 212-2017: 30-3600) and not
+    for value, rtn in [("7", "ExeRtn=3"), ("30", "ExeRtn=1")]:
+        qn = platform.control(to="platform", command="1062", mn=MN, pw=PW, cp=f"RtdInterval={value}")["qn"]
+        assert [m["cp"] for m in answers(qn, n, 2)] == ["QnRtn=1", rtn], value
+    qn = platform.control(to="platform", command="1061", mn=MN, pw=PW)["qn"]
+    assert answers(qn, n, 3)[1]["cp"] == "RtdInterval=30"
+    assert adapter_stats(d)["connected"]
