@@ -38,7 +38,7 @@ from gateway.store.journal import Journal
 from gateway.store.queries import samples_between
 from northbound.base import AdapterStats, PointMap
 from northbound.hj212 import codec
-from northbound.hj212.builder import CN_DAY, CN_HOUR, CN_MINUTE, Builder, Closing, Hold, Upload
+from northbound.hj212.builder import CN_DAY, CN_HOUR, CN_MINUTE, CN_RTD, Builder, Closing, Hold, Upload
 from northbound.hj212.codec import FLAG_ACK, FLAG_VERSION_2017, FrameError, Message
 from northbound.hj212.uploads import NS, LocalTime
 
@@ -105,6 +105,7 @@ class Hj212Platform:
         self._commands: asyncio.Queue[Message] = asyncio.Queue(maxsize=100)
         self._last_qn_ms = 0
         self._bad_logged = False
+        self._saved_at = 0.0
         #: set while the upload loop waits for new records with nothing in flight
         self.idle = asyncio.Event()
 
@@ -141,6 +142,8 @@ class Hj212Platform:
             tg.create_task(self._command_loop(), name=f"hj212-commands[{self.name}]")
 
     async def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._save_state)
         w = self._writer
         if w is not None:
             w.close()
@@ -241,7 +244,7 @@ class Hj212Platform:
     def _packets(self, cn: str, qn: str, prefix: str, items: list[str], *, ack: bool) -> list[bytes]:
         flag = FLAG_VERSION_2017 | (FLAG_ACK if ack else 0)
         head = Message(cn, qn, self.cfg.st, self.pw, self.cfg.mn, flag)
-        return [codec.encode(m) for m in codec.split(head, items, prefix=prefix)]
+        return codec.encode_many(codec.split(head, items, prefix=prefix))
 
     def _out(self, up: Upload) -> _Out:
         qn = self._next_qn()
@@ -348,7 +351,12 @@ class Hj212Platform:
         su = self.builder.sent_until
         if up.end_ns > su.get(up.cn, 0):
             su[up.cn] = up.end_ns
-            await asyncio.to_thread(self._save_state)
+            # periods: always (a day's data sent twice is noticed); real-time windows at most
+            # once a second (a crash may then send up to a second's windows again)
+            now = asyncio.get_running_loop().time()
+            if up.cn != CN_RTD or now - self._saved_at >= 1.0:
+                self._saved_at = now
+                await asyncio.to_thread(self._save_state)
         for h in up.holds:
             h.pending -= 1
         await self._advance()

@@ -90,6 +90,7 @@ class Builder:
         self.clock = 0
         self.realtime = True
         self._open: dict[int, _Window] = {}
+        self._formats = uploads.rtd_formats(points.codes, points.decimals)
         self.gaps = 0
 
     def feed(self, rec: Record) -> tuple[list[Upload], list[Closing], Hold]:
@@ -159,7 +160,7 @@ class Builder:
                 continue
             s, v, q = uploads.latest_per_slot(np.concatenate(ow.slot), np.concatenate(ow.ts),
                                               np.concatenate(ow.value), np.concatenate(ow.quality))
-            items = uploads.rtd_items(self.points.codes, self.points.decimals, s, v, q)
+            items = uploads.rtd_items(self._formats, s, v, q)
             out.append(Upload(CN_RTD, w, items, ow.holds, w + rn))
         return out
 

@@ -105,18 +105,23 @@ def _num(v: float, d: int) -> str:
     return f"{v:.{d}f}"
 
 
-def rtd_items(codes: list[str], decimals: list[int], slot: npt.NDArray[np.int32],
+def rtd_formats(codes: list[str], decimals: list[int]) -> tuple[list[str], list[str]]:
+    """Per slot: the %-format of a real-time item with a value, and of one without."""
+    return ([f"{c}-Rtd=%.{d}f,{c}-Flag=%s" for c, d in zip(codes, decimals, strict=True)],
+            [f"{c}-Flag=%s" for c in codes])
+
+
+def rtd_items(formats: tuple[list[str], list[str]], slot: npt.NDArray[np.int32],
               value: npt.NDArray[np.float64], quality: npt.NDArray[np.uint8]) -> list[str]:
-    """One ``code-Rtd=v,code-Flag=X`` per sample (a sample without a value: the flag only)."""
+    """One ``code-Rtd=v,code-Flag=X`` per sample (a sample without a value: the flag only);
+    ``formats`` from ``rtd_formats``."""
     flags = FLAGS
-    out = []
-    for s, v, q in zip(slot.tolist(), value.tolist(), quality.tolist(), strict=True):
-        c = codes[s]
-        if math.isfinite(v):
-            out.append(f"{c}-Rtd={v:.{decimals[s]}f},{c}-Flag={flags[q]}")
-        else:
-            out.append(f"{c}-Flag={flags[q]}")
-    return out
+    with_value, flag_only = formats
+    if np.isfinite(value).all():
+        return [with_value[s] % (v, flags[q])
+                for s, v, q in zip(slot.tolist(), value.tolist(), quality.tolist(), strict=True)]
+    return [with_value[s] % (v, flags[q]) if math.isfinite(v) else flag_only[s] % flags[q]
+            for s, v, q in zip(slot.tolist(), value.tolist(), quality.tolist(), strict=True)]
 
 
 def latest_per_slot(slot: npt.NDArray[np.int32], ts: npt.NDArray[np.int64], value: npt.NDArray[np.float64],
