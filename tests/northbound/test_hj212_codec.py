@@ -160,3 +160,15 @@ def test_garbage_without_a_header_never_grows_the_buffer() -> None:
     for _ in range(1000):
         r.feed(b"x" * 4096)
     assert len(r._buf) <= 1
+
+
+def test_the_batched_crc_agrees_with_the_text_on_every_length() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        segs = [bytes(rng.getrandbits(8) for _ in range(rng.choice([2, 3, 64, 500, 1023, 1024])))
+                for _ in range(rng.randint(2, 8))]
+        assert codec.crc16_many(segs) == [crc_from_the_text(s) for s in segs]
+    frames = [f for f, _ in PUBLISHED]
+    assert codec.encode_many([codec.parse(f) for f in frames]) == frames
