@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.core.batch import Batch, Quality
 from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
-from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.sims import SimProcess
 
@@ -100,6 +101,7 @@ regulators:
     points:
       - {{channel: GT-1, code: a21026, scale: 10, decimals: 2}}   # %LEL ×10: a unit conversion
       - {{channel: TT-1, code: a01012, decimals: 2}}
+api: {{listen: "127.0.0.1:0"}}
 {extra}"""
 
 
@@ -189,7 +191,9 @@ def setup(sim_factory: Any, tmp_path: Path) -> Any:
     hour0 = ((now // NS + BJ) // 3600 * 3600 - 2 * 3600 - BJ) * NS  # a whole Beijing hour, 1-2 h ago
     rows = past_hour(hour0)
     prefill(state, rows)
+    tokens = make_tokens(state)
     d = Daemon(gateway_yaml(plant.tcp("plc"), port, state)).start()
+    d.viewer = auth(tokens["viewer"])  # type: ignore[attr-defined]
     yield d, platform, port, record, hour0, rows
     d.stop()
 
@@ -373,3 +377,12 @@ def test_bad_input_commands_and_withheld_acks(setup: Any) -> None:
     qn = platform.control(to="platform", command="1061", mn=MN, pw=PW)["qn"]
     assert answers(qn, n, 3)[1]["cp"] == "RtdInterval=30"
     assert adapter_stats(d)["connected"]
+
+    # the adapter in /status and /metrics
+    with httpx.Client(base_url=d.url, headers=d.viewer, timeout=10) as http:  # type: ignore[attr-defined]
+        status = http.get("/status").json()["services"]["regulators"]["epb"]
+        assert status["connected"] and status["kept_for_later"] >= 1 and status["bad_frames"] >= 2
+        assert status["name"] == "regulator.epb" and status["unmapped_channels"] == 1
+        metrics = http.get("/metrics").text
+        assert 'safegw_regulator_connected{adapter="epb"} 1' in metrics
+        assert 'safegw_consumer_lag_records{consumer="regulator.epb"}' in metrics
