@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: the longest data segment a packet may carry (HJ 212-2017 table 3: "数据段 0–1024";
-#: the clause is 6.3.1 in the editions seen; not checked against the printed standard)
+#: the longest data segment a packet may carry (HJ 212-2017 table 3: "数据段 0–1024",
+#: as public implementations reproduce it; clause 6.3.1 unconfirmed against the printed text)
 MAX_SEGMENT = 1024
 #: version bits of HJ 212-2017 (table 5: V5..V0 = 000001), already shifted into place
 FLAG_VERSION_2017 = 1 << 2
 FLAG_ACK = 0x01
 FLAG_SPLIT = 0x02
-#: longest QN, ST, CN, PW, MN we accept in what we parse (table 4 gives 20, 5, 7, 9, 27
-#: characters *including* the "XX=" name)
+#: longest QN, ST, CN, PW, MN we accept in what we parse (table 4 as reproduced by public
+#: implementations: 20, 5, 7, 9, 27 characters *including* the "XX=" name; unconfirmed)
 FIELD_MAX = {"QN": 17, "ST": 2, "CN": 4, "PW": 6, "MN": 24, "Flag": 3, "PNUM": 4, "PNO": 4}
 #: the bytes a whole packet may take: header, length, segment, CRC, CR LF
 MAX_PACKET = 2 + 4 + MAX_SEGMENT + 4 + 2
