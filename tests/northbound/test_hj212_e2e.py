@@ -66,7 +66,7 @@ MN = "88888880000001"
 PW = "123456"
 
 
-def gateway_yaml(plc: tuple[str, int], platform_port: int, state: Path, extra: str = "") -> str:
+def gateway_yaml(plc: tuple[str, int], platform_port: int, state: Path, more: str = "") -> str:
     return f"""
 gateway: {{id: gw-hj, site: "91370100MA3C000000", state_dir: "{state}"}}
 devices:
@@ -101,8 +101,9 @@ regulators:
     points:
       - {{channel: GT-1, code: a21026, scale: 10, decimals: 2}}   # %LEL ×10: a unit conversion
       - {{channel: TT-1, code: a01012, decimals: 2}}
+{more}
 api: {{listen: "127.0.0.1:0"}}
-{extra}"""
+"""
 
 
 def dt(ns: int) -> str:
@@ -151,10 +152,10 @@ def prefill(state: Path, rows: list[tuple[int, float, float, Quality]]) -> None:
             j.submit_batch(Batch.build(ch, ts, val, q)).result(10)
 
 
-def adapter_stats(d: Daemon) -> dict[str, Any]:
+def adapter_stats(d: Daemon, name: str = "epb") -> dict[str, Any]:
     assert d.gw is not None
     svc = next(s for s in d.gw.services if s.name == "regulators")
-    out: dict[str, Any] = svc.stats()["epb"]
+    out: dict[str, Any] = svc.stats()[name]
     return out
 
 
@@ -386,3 +387,48 @@ def test_bad_input_commands_and_withheld_acks(setup: Any) -> None:
         metrics = http.get("/metrics").text
         assert 'safegw_regulator_connected{adapter="epb"} 1' in metrics
         assert 'safegw_consumer_lag_records{consumer="regulator.epb"}' in metrics
+
+
+def test_two_platforms_each_with_its_own_station_and_cursor(sim_factory: Any, tmp_path: Path) -> None:
+    """A second platform (the province's, say) with its own MN and PW: it gets the same data
+    under its own identity, and one platform withholding its answers does not slow the other."""
+    plant = sim_factory(PLANT)
+    rec_a, rec_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    pa = sim_factory(PLATFORM.format(port=0, record=rec_a))
+    pb = sim_factory(PLATFORM.format(port=0, record=rec_b))
+    second = f"""  - type: hj212
+    name: province
+    host: 127.0.0.1
+    port: {pb.tcp("platform")[1]}
+    mn: "PROV0000000009"
+    password: "654321"
+    st: "31"
+    rtd_interval: 1s
+    minute_interval: null
+    hourly: false
+    daily: false
+    late: 300ms
+    points:
+      - {{channel: TT-1, code: a01012}}
+"""
+    d = Daemon(gateway_yaml(plant.tcp("plc"), pa.tcp("platform")[1], tmp_path / "state", more=second)).start()
+    try:
+        def latest(rec: Path) -> int:
+            times = [dt_ns(cp_values(m["cp"])[0]) for m in records(rec) if m["cn"] == "2011"]
+            return max(times, default=0)
+
+        wait_until(lambda: latest(rec_a) and latest(rec_b), 20, what="data at both platforms")
+        a, b = records(rec_a)[0], records(rec_b)[0]
+        assert (a["mn"], a["pw"], a["st"]) == (MN, PW, "22")
+        assert (b["mn"], b["pw"], b["st"]) == ("PROV0000000009", "654321", "31")
+        assert all(set(cp_values(m["cp"])[1]) == {"a01012-Rtd", "a01012-Flag"} for m in records(rec_b))
+        # A stops answering: its cursor stalls, B's data keeps flowing, up to date
+        pa.control(to="platform", ack=False)
+        wait_until(lambda: adapter_stats(d)["awaiting_ack"] == 1, 10, what="A waiting for a 9014")
+        t = time.time_ns()
+        wait_until(lambda: latest(rec_b) > t + NS, 15, what="B's data while A is silent")
+        assert adapter_stats(d, "province")["name"] == "regulator.province"
+        wait_until(lambda: adapter_stats(d)["cursor"] < adapter_stats(d, "province")["cursor"], 10,
+                   what="B's cursor past A's")
+    finally:
+        d.stop()
