@@ -180,6 +180,7 @@ def demo_day(path: Path, table: ChannelTable, t0: int) -> int:
 
 async def drain(path: Path, table: ChannelTable, port: int, state: Path) -> tuple[float, int, int]:
     cfg = Hj212Adapter(type="hj212", name="bench", host="127.0.0.1", port=port, mn=MN, password=PW,
+                       start="oldest",
                        points=[PointConfig(channel=c.name, code=f"a{c.index:05d}") for c in table.channels])
     with Journal(path, quota_bytes=10**11) as j:
         ad = Hj212Platform(cfg, j, PointMap(cfg.points, table), PW, state, time.time_ns)

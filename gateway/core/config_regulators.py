@@ -68,6 +68,10 @@ class Hj212Adapter(Strict):
                                 "31 air pollution source, 32 surface water source, ...)")
     utc_offset: str = Field(default="+08:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$",
                             description="the zone of QN, DataTime and the day boundaries (Beijing time)")
+    start: Literal["end", "oldest"] = Field(
+        default="end", description="where a newly configured adapter starts in the journal: end (from now "
+                                   "on; the platform can ask for the past with history requests) or oldest "
+                                   "(send everything the journal still holds)")
     realtime: bool = Field(default=True, description="send real-time data (CN 2011)")
     rtd_interval: Duration = Field(default=30.0, ge=1, le=3600,
                                    description="real-time data interval (platforms set 30-3600 s by CN 1062)")

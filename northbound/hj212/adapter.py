@@ -79,7 +79,7 @@ class Hj212Platform:
         self.clock = clock
         self.local = LocalTime(cfg.utc_offset)
         self.consumer = JournalConsumer(journal, f"regulator.{cfg.name}", kinds=(SAMPLES, EVENT),
-                                        max_records=200, logger=log,
+                                        max_records=200, logger=log, start=cfg.start,
                                         what=f"HJ 212 platform {cfg.name} ({cfg.host}:{cfg.port})")
         self.health: Health = self.consumer.health
         self.state_path = state_dir / "regulators" / f"{cfg.name}.hj212.json"

@@ -89,6 +89,7 @@ regulators:
     mn: "{MN}"
     password: "{PW}"
     st: "22"
+    start: oldest          # the past hour already journaled goes out too
     rtd_interval: 1s
     minute_interval: 1m
     hourly: true
