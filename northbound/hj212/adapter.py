@@ -95,7 +95,8 @@ class Hj212Platform:
         self.periods = periods
         self.builder = Builder(points, self.local, rtd_interval=cfg.rtd_interval, late=cfg.late,
                                periods=periods, sent_until=self._load_state())
-        self.builder.realtime = cfg.realtime
+        if not cfg.realtime:
+            self.builder.stop_realtime(0)
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
         self._wlock = asyncio.Lock()
@@ -415,11 +416,11 @@ class Hj212Platform:
             await self._reply("9011", qn, "QnRtn=1")
             if not self.builder.realtime:
                 log.info("%s: the platform starts real-time data (2011)", self.name)
-            self.builder.realtime = True
+            self.builder.start_realtime(self.clock())
         elif cn == "2012":
             if self.builder.realtime:
                 log.info("%s: the platform stops real-time data (2012)", self.name)
-            self.builder.realtime = False
+            self.builder.stop_realtime(self.clock())
             await self._reply("9013", qn, "")
         elif cn in HISTORY_CNS:
             await self._history(msg, cp)

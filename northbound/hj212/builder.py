@@ -88,10 +88,32 @@ class Builder:
         #: CN → the start of the next period to close
         self.next_close: dict[str, int] = {}
         self.clock = 0
-        self.realtime = True
+        #: times (ns) when the platform had real-time data stopped (2012 → 2011): [from, to),
+        #: to None while stopped. A window starting in one is not sent, however late the
+        #: adapter gets to it (after an outage the backlog is sent as the platform asked).
+        self.stopped: list[list[int | None]] = []
         self._open: dict[int, _Window] = {}
         self._formats = uploads.rtd_formats(points.codes, points.decimals)
         self.gaps = 0
+
+    @property
+    def realtime(self) -> bool:
+        return not self.stopped or self.stopped[-1][1] is not None
+
+    def stop_realtime(self, now_ns: int) -> None:
+        if self.realtime:
+            self.stopped.append([now_ns, None])
+            del self.stopped[:-100]  # bounded: the oldest stops no longer matter
+
+    def start_realtime(self, now_ns: int) -> None:
+        if not self.realtime:
+            self.stopped[-1][1] = now_ns
+
+    def _wanted(self, start_ns: int) -> bool:
+        for a, b in reversed(self.stopped):
+            if a is not None and a <= start_ns and (b is None or start_ns < b):
+                return False
+        return True
 
     def feed(self, rec: Record) -> tuple[list[Upload], list[Closing], Hold]:
         """Take one record; returns the real-time uploads and period closings it brings
@@ -154,7 +176,7 @@ class Builder:
             if w + rn + self.late_ns > self.clock:
                 break
             ow = self._open.pop(w)
-            if not self.realtime:
+            if not self._wanted(w):
                 for h in ow.holds:
                     h.pending -= 1
                 continue
