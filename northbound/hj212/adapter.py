@@ -157,7 +157,8 @@ class Hj212Platform:
         d.update({"platform": f"{self.cfg.host}:{self.cfg.port}", "mn": self.cfg.mn,
                   "realtime": self.builder.realtime, "rtd_interval_s": self.rtd_interval,
                   "awaiting_ack": len(self._acks),
-                  "later": len(self._later), "unmapped_channels": len(self.points.unmapped)})
+                  "later": len(self._later), "unmapped_channels": len(self.points.unmapped),
+                  "late_samples": self.builder.late_samples, "gaps": self.builder.gaps})
         return d
 
     # ------------------------------------------------------------------ connection

@@ -93,6 +93,9 @@ class Builder:
         #: adapter gets to it (after an outage the backlog is sent as the platform asked).
         self.stopped: list[list[int | None]] = []
         self._open: dict[int, _Window] = {}
+        #: real-time windows before this are closed: samples for them came too late
+        self._rtd_closed_until = 0
+        self.late_samples = 0
         self._formats = uploads.rtd_formats(points.codes, points.decimals)
         self.gaps = 0
 
@@ -159,6 +162,16 @@ class Builder:
         for w in np.unique(win).tolist():
             if w < done:
                 continue  # acknowledged before a restart
+            if w < self._rtd_closed_until:
+                # its window went out already: these samples came more than `late` after
+                # its end (a slow device, a clock step); the period data still has them
+                n = int((win == w).sum())
+                if not self.late_samples:
+                    log.warning("%d sample(s) for the real-time window %s came after it closed "
+                                "(more than 'late' after its end): not sent as real-time data; "
+                                "raise 'late' if this repeats", n, self.local.datetime(w))
+                self.late_samples += n
+                continue
             m = win == w
             ow = self._open.setdefault(w, _Window())
             ow.slot.append(slot[m])
@@ -176,6 +189,7 @@ class Builder:
             if w + rn + self.late_ns > self.clock:
                 break
             ow = self._open.pop(w)
+            self._rtd_closed_until = max(self._rtd_closed_until, w + rn)
             if not self._wanted(w):
                 for h in ow.holds:
                     h.pending -= 1

@@ -172,3 +172,24 @@ def test_the_batched_crc_agrees_with_the_text_on_every_length() -> None:
         assert codec.crc16_many(segs) == [crc_from_the_text(s) for s in segs]
     frames = [f for f, _ in PUBLISHED]
     assert codec.encode_many([codec.parse(f) for f in frames]) == frames
+
+
+def test_period_items_min_avg_max_cou_and_flags_by_hand() -> None:
+    import numpy as np
+
+    from gateway.core.batch import Quality
+    from northbound.hj212 import uploads
+
+    ns = 10**9
+    # one 10-minute period (600 s), two points: a flow in m3/h with -Cou, a level
+    slot = np.array([0, 0, 0, 1, 1], np.int32)
+    ts = np.array([0, 60, 120, 0, 60], np.int64) * ns
+    value = np.array([10.0, 20.0, 90.0, 1.0, 2.0])
+    quality = np.array([Quality.GOOD, Quality.GOOD, Quality.MAINTENANCE, Quality.SENSOR_FAULT,
+                        Quality.CALIBRATING], np.uint8)
+    got = uploads.period_items(["w00000", "a01012"], [1, 2], ["h", None], 600.0,
+                               np.zeros(5, np.int64), slot, ts, value, quality)
+    # flow: the N samples only (10, 20): avg 15 m3/h over 1/6 h = 2.5 m3; the M sample left out
+    # level: no N sample: over all that have a value, flag of the last (C)
+    assert got == {0: ["w00000-Min=10.0,w00000-Avg=15.0,w00000-Max=20.0,w00000-Cou=2.5,w00000-Flag=N",
+                       "a01012-Min=1.00,a01012-Avg=1.50,a01012-Max=2.00,a01012-Flag=C"]}
