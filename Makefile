@@ -7,6 +7,6 @@ test:
 setup:
 	scripts/setup.sh --test
 lint:
-	.venv/bin/ruff check . && .venv/bin/mypy gateway drivers rules uplink central simulators
+	.venv/bin/ruff check . && .venv/bin/mypy gateway drivers rules uplink central simulators northbound
 bench:
 	for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b | tail -n1; done

@@ -52,6 +52,7 @@ SERVICES: dict[str, str] = {
     "api": "gateway.admin.api:build_service",
     "registers": "gateway.admin.reminders:build_service",
     "notify": "gateway.notify.service:build_service",
+    "regulators": "northbound.service:build_service",
 }
 
 

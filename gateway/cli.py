@@ -52,6 +52,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in warned:
         print(line)
     print(f"ok: {len(cfg.devices)} devices, {n} channels" + (f", {len(warned)} warnings" if warned else ""))
+    if args.verbose:
+        from gateway.core.config_regulators import unmapped_channels
+
+        for name, chans in unmapped_channels(cfg).items():
+            print(f"regulator {name}: {len(chans)} channel(s) not sent (no point mapping)"
+                  + (": " + ", ".join(chans) if chans else ""))
     return EXIT_OK
 
 
@@ -115,6 +121,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config file (exit 0 ok, 2 invalid)")
     c.add_argument("-c", "--config", required=True)
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="also list, per regulator adapter, the channels it does not send")
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="run the gateway daemon")

@@ -11,6 +11,7 @@ from gateway.core import configcheck
 from gateway.core.cliutil import EXIT_CONFIG, print_config_errors
 from gateway.core.config import Config
 from gateway.core.config_notify import check_config as notify_checks
+from gateway.core.config_regulators import check_config as regulator_checks
 from gateway.core.configcheck import ConfigError, Source
 from gateway.core.yamlsrc import Path_
 from rules.settings import check_config as rules_checks
@@ -29,7 +30,7 @@ def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
     return errs
 
 
-CHECKS = (modbus_checks, rules_checks, uplink_checks, notify_checks)
+CHECKS = (modbus_checks, rules_checks, uplink_checks, notify_checks, regulator_checks)
 #: what ``safegw check`` prints as warnings: allowed, but against a standard (exit stays 0)
 WARNINGS = (rules_warnings,)
 

@@ -185,6 +185,7 @@ KINDS: dict[str, str] = {
     "opcua": "simulators.opcua:OpcUaSim",
     "serial": "simulators.serial:SerialSim",
     "modem": "simulators.modem:ModemSim",
+    "hj212-platform": "simulators.hj212_platform:Hj212PlatformSim",
 }
 
 

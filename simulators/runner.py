@@ -116,12 +116,14 @@ class Simulator:
                 self.plant.force_fault(msg["clear"], None, unit=msg.get("unit"))
             elif "set" in msg:
                 self.plant.force_value(msg["set"], msg.get("value"))
-            elif "device" in msg:  # a device's own controls (the modem: inject an SMS, ...)
-                srv = next((s for s in self.servers if s.name == msg["device"]), None)
+            elif "to" in msg or "device" in msg:  # a message for one server's own controls
+                # (a platform: send a command; the modem: inject an SMS, ...)
+                name = msg.get("to", msg.get("device"))
+                srv = next((s for s in self.servers if s.name == name), None)
                 if srv is None or not hasattr(srv, "control"):
-                    return {"error": f"no device {msg['device']!r} with controls of its own"}
-                reply: dict[str, Any] = srv.control(msg)
-                return reply
+                    return {"error": f"no server {name!r} that takes control messages"}
+                out: dict[str, Any] = srv.control(msg)
+                return out
             elif msg.get("reset"):
                 self.plant.reset_overrides()
             else:

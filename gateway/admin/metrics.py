@@ -191,6 +191,19 @@ def render(
                 "records not yet delivered upstream",
                 int(s.get("lag_records") or 0),
             )
+        if svc.name == "regulators" and isinstance(s, dict):  # northbound/service.py: one entry per adapter
+            regs = sorted((str(k), v) for k, v in s.items() if isinstance(v, dict))
+            for key, kind, help_ in [
+                ("connected", "gauge", "1 while the adapter's connection to its platform is up"),
+                ("messages_sent", "counter", "messages sent to the platform (resends included)"),
+                ("acked", "counter", "messages the platform acknowledged (or sent without asking)"),
+                ("resends", "counter", "messages sent again after no data response"),
+                ("kept_for_later", "counter", "messages kept for later after their resends"),
+                ("bad_frames", "counter", "frames from the platform that were refused"),
+                ("lag", "gauge", "journal records the adapter has not delivered yet"),
+            ]:
+                e.family(f"safegw_regulator_{key}" + ("_total" if kind == "counter" else ""), kind, help_,
+                         [({"adapter": k}, float(v.get(key) or 0)) for k, v in regs])
     if api:
         e.family(
             "safegw_api_requests_total",

@@ -24,8 +24,9 @@ from pydantic import (
 from gateway.core.config_hygiene import HygieneSection
 from gateway.core.config_notify import NotifySection
 from gateway.core.config_permits import PermitsSection
-from gateway.core.strict import Strict
-from gateway.core.units import Duration, Number, Size, check_host, check_listen
+from gateway.core.config_regulators import Regulator
+from gateway.core.strict import Host, Strict
+from gateway.core.units import Duration, Number, Size, check_listen
 from gateway.core.yamlsrc import Path_
 
 
@@ -66,7 +67,6 @@ def _proxy(v: str) -> str:
     return v
 
 
-Host = Annotated[str, AfterValidator(check_host)]
 #: the address (or network) of a reverse proxy whose X-Forwarded-For a listener believes
 TrustedProxy = Annotated[str, AfterValidator(_proxy)]
 Listen = Annotated[str, AfterValidator(check_listen)]
@@ -544,6 +544,7 @@ class Config(ConfigFile):
     alarms: AlarmsSection = AlarmsSection()
     hygiene: HygieneSection = HygieneSection()
     notify: NotifySection | None = None
+    regulators: list[Regulator] | None = None
 
 
     def device(self, name: str) -> ModbusTcpDevice | ModbusRtuDevice | OpcUaDevice | SerialDevice:

@@ -105,11 +105,13 @@ def explain(err: dict[str, Any]) -> str:
         return _unknown_key(err)
     if t == "missing":
         return "required key is missing"
-    if t == "union_tag_invalid" and ctx.get("discriminator") != "'protocol'":
-        tag = str(ctx.get("discriminator", "")).strip("'")
-        return f"unknown {tag} {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
-    if t == "union_tag_not_found" and ctx.get("discriminator") != "'protocol'":
-        return f"needs {ctx.get('discriminator')}: one of the known kinds"
+    tag_key = _tag_key(err)
+    if tag_key != "protocol" and t in ("union_tag_invalid", "union_tag_not_found"):
+        # another tagged union than the devices' (regulators: type)
+        known = str(ctx.get("expected_tags", "")).replace("'", "")
+        if t == "union_tag_invalid":
+            return f"unknown {tag_key} {str(ctx.get('tag'))[:40]!r}; known: {known}"
+        return f"'{tag_key}:' is missing" + (f"; one of: {known}" if known else "")
     if t == "union_tag_invalid":
         return (f"unknown protocol {ctx.get('tag')!r}; known protocols: {', '.join(PROTOCOLS)}")
     if t == "union_tag_not_found":
@@ -125,6 +127,11 @@ def explain(err: dict[str, Any]) -> str:
         return msg.removeprefix("Value error, ")
     return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
         err.get("input"), dict | list) else msg
+
+
+def _tag_key(err: dict[str, Any]) -> str:
+    """The key a tagged union is told apart by (``protocol`` for devices, ``type`` ...)."""
+    return str((err.get("ctx") or {}).get("discriminator", "protocol")).strip("'")
 
 
 def loc_path(loc: tuple[Any, ...]) -> Path_:
@@ -445,8 +452,7 @@ def validate(src: Source, checks: Iterable[Check] = ()) -> Config:
                           f"the number {err.get('input')!r}")
                 continue
             if err["type"] == "union_tag_invalid":
-                tag = str((err.get("ctx") or {}).get("discriminator", "'protocol'")).strip("'")
-                path = (*real, tag)  # point at the tag's value (protocol:, type:)
+                path = (*real, _tag_key(err))  # point at the tag's value (protocol:, type:)
             add(path, explain(err), at_key=err["type"] == "extra_forbidden")
         for path, msg in _partial_cross_check(src, errors, checks):
             add(path, msg)

@@ -7,7 +7,14 @@ the same class."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from gateway.core.units import check_host
+
+#: a host name or address, checked like every other host (no spaces or control characters)
+Host = Annotated[str, AfterValidator(check_host)]
 
 
 class Strict(BaseModel):

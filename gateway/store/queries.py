@@ -108,3 +108,35 @@ def last_channel_table(db: sqlite3.Connection,
         if chantable.is_table_event(ev):
             return seq, ev
     return None
+
+
+def samples_between(db: sqlite3.Connection, start_ns: int, end_ns: int, channels: np.ndarray, *,
+                    max_samples: int) -> tuple[Batch, bool]:
+    """The samples of ``channels`` (indexes) with ``start_ns <= ts < end_ns``, in one pass
+    over the records (journal order, not sorted by time); and whether ``max_samples`` cut
+    them (the oldest records are kept). For consumers that summarise periods of many
+    channels at once (the regulator adapters' minute, hourly and daily data)."""
+    parts: list[Batch] = []
+    n = 0
+    truncated = False
+    rows = db.execute("SELECT codec, data FROM records WHERE kind = ? AND ts_max >= ? AND ts_min < ? "
+                      "ORDER BY seq", (SAMPLES, start_ns, end_ns))
+    for codec, data in rows:
+        raw = decode_data(codec, data)
+        if len(raw) % SAMPLE_BYTES:
+            continue
+        b = Batch.from_bytes(raw)
+        m = (b.ts >= start_ns) & (b.ts < end_ns) & np.isin(b.channel, channels)
+        k = int(m.sum())
+        if not k:
+            continue
+        if n + k > max_samples:
+            truncated = True
+            break
+        parts.append(Batch(b.channel[m], b.ts[m], b.value[m], b.quality[m]))
+        n += k
+    if not parts:
+        return Batch.empty(), truncated
+    out = Batch(np.concatenate([p.channel for p in parts]), np.concatenate([p.ts for p in parts]),
+                np.concatenate([p.value for p in parts]), np.concatenate([p.quality for p in parts]))
+    return out, truncated

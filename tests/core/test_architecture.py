@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 #: the top-level packages that make up safegw (pyproject's packages.find)
-PACKAGES = ("gateway", "drivers", "rules", "uplink", "central", "simulators")
+PACKAGES = ("gateway", "drivers", "rules", "uplink", "central", "simulators", "northbound")
 
 #: (layer, may_import, except_): see the module docstring
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
@@ -48,6 +48,10 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("central", ("gateway.core", "gateway.store", "gateway.consumer", "gateway.historian", "uplink",
                  "central"),
      ("uplink.mqtt",)),
+    # the regulator adapters (HJ 212, ...): journal consumers reading through the consumer
+    # base and the store's queries; the daemon reaches them only by name (SERVICES)
+    ("northbound", ("gateway.core", "gateway.consumer", "gateway.services", "gateway.store",
+                    "northbound"), ()),
 ]
 
 
@@ -261,6 +265,14 @@ def test_a_planted_violation_and_cycle_are_reported_with_their_lines(tmp_path: P
     (tmp_path / "drivers" / "b.py").write_text("")
     (tmp_path / "gateway" / "core" / "units.py").unlink()
     assert check(tmp_path) == []
+
+
+def test_nothing_imports_the_northbound_adapters() -> None:
+    """The daemon builds them from gateway.app.SERVICES by name ("northbound.service:...");
+    an import of northbound from anywhere else ties a platform's protocol into the core."""
+    found = [f"{i.path}:{i.line}: {i.module} imports {i.target}" for i in import_graph(ROOT)
+             if _under(i.target, "northbound") and not _under(i.module, "northbound")]
+    assert not found, "\n".join(found)
 
 
 def test_central_may_use_the_uplink_but_not_its_mqtt_client(tmp_path: Path) -> None:
