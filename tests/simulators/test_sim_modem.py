@@ -189,7 +189,7 @@ def test_usable_by_hand(sim_factory: object) -> None:
         wait_until(lambda: b"OK" in ser.read(64), 5, what="+CMGS")
     got = proc.control(device="modem", received=True)
     assert [r["text"] for r in got["received"]] == ["hellohello"]
-    with pytest.raises(RuntimeError, match="no device 'nonesuch'"):
+    with pytest.raises(RuntimeError, match="no server 'nonesuch'"):
         proc.control(device="nonesuch", received=True)
 
 
