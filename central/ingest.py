@@ -190,9 +190,11 @@ class Ingest:
         bounded on large push bodies."""
         loop = asyncio.get_running_loop()
 
+        suites = envelope.SUITES if src.suite == "any" else (src.suite,)
+
         def open_(it: Item) -> Any:
             return envelope.open_envelope(it.data, recipient=self.recipient, trusted=self.trust,
-                                          max_payload=self.max_payload)
+                                          max_payload=self.max_payload, suites=suites)
 
         ahead: list[asyncio.Future[Any]] = []
         verdicts: list[str] = []

@@ -133,7 +133,11 @@ class PublicKeys:
         try:
             xr = base64.b64decode(str(doc["x25519"]), validate=True)
             er = base64.b64decode(str(doc["ed25519"]), validate=True)
-            sm = bytes.fromhex(str(doc["sm2"])) if doc.get("sm2") is not None else None
+            sm = None
+            if doc.get("sm2") is not None:
+                if not isinstance(doc["sm2"], str):  # e.g. an unquoted all-digit value read as a number
+                    raise ValueError("sm2 must be a hex string (quote it)")
+                sm = bytes.fromhex(doc["sm2"])
             pub = cls.from_raw(node_id, xr, er, sm)
         except KeyError as e:
             raise KeyFileError(f"{at}key set of {node_id!r} lacks {e.args[0]!r}") from None

@@ -1,0 +1,70 @@
+"""SM2 keys in the node key sets: made by ``safegw keys`` (a real subprocess), stored
+0600 with the documented hex format, checked as a pair when loaded, published in the
+public bundle as ``04 || x || y`` hex, and covered by the kid and fingerprint."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import gmssl_pyx
+import pytest
+import yaml
+
+from gateway.core import gmcrypto
+from uplink import keys
+from uplink.keys import KeyFileError
+
+
+def safegw(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_makes_sm2_keys_private_and_publishes_them(tmp_path: Path) -> None:
+    r = safegw("keys", "init", "--state-dir", str(tmp_path / "st"), "--id", "gw-gm-1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    path = keys.key_path(tmp_path / "st")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_text())["keys"][0]
+    d, pub = bytes.fromhex(doc["sm2"]), bytes.fromhex(doc["sm2_public"])
+    assert len(d) == 32 and len(pub) == 65 and pub[0] == 4
+    # the stored pair works with GmSSL directly: sign there, verify with the published key
+    bundle = yaml.safe_load(r.stdout)
+    assert bundle["keys"][0]["sm2"] == pub.hex()
+    sig = gmssl_pyx.sm2_sign(d, pub[1:], b"m")
+    assert gmssl_pyx.sm2_verify(bytes.fromhex(bundle["keys"][0]["sm2"])[1:], b"m", sig)
+    assert doc["sm2"] not in r.stdout + r.stderr  # the secret is never printed
+    # rotate keeps SM2 in the new set; the old set stays
+    r = safegw("keys", "rotate", "--state-dir", str(tmp_path / "st"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sets = keys.load_all(tmp_path / "st")
+    assert len(sets) == 2 and all(s.sm2 is not None for s in sets)
+
+
+def test_sm2_in_the_kid_and_a_mismatched_pair_is_refused(tmp_path: Path) -> None:
+    k = keys.init(tmp_path, "gw-1")
+    assert k.sm2 is not None
+    assert k.kid == keys.compute_kid(k.public.x25519_raw, k.public.ed25519_raw, k.sm2.public.raw).hex()
+    pub = keys.parse_public(keys.public_bundle(k))[0]
+    assert pub.sm2 == k.sm2.public and pub.kid == k.kid
+    # a bundle whose sm2 line was replaced no longer matches its kid: caught when read
+    other = gmcrypto.SM2PrivateKey.generate().public.uncompressed.hex()
+    text = keys.public_bundle(k).replace(k.sm2.public.uncompressed.hex(), other)
+    with pytest.raises(KeyFileError, match="does not match its keys"):
+        keys.parse_public(text)
+    bad = keys.public_bundle(k).replace(k.sm2.public.uncompressed.hex(), "04" + "ab" * 64)
+    with pytest.raises(KeyFileError, match="not a point of the SM2 curve"):
+        keys.parse_public(bad)
+    # a key file whose SM2 public half belongs to another key
+    path = keys.key_path(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["keys"][0]["sm2_public"] = other
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyFileError, match="do not belong together"):
+        keys.load_all(tmp_path)
