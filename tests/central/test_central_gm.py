@@ -126,3 +126,11 @@ def test_gateway_refuses_to_start_gm_without_sm2_keys(tmp_path: Path) -> None:
     keys.save_public(old_pub, old)
     with pytest.raises(ValueError, match=r"central key bundle\(s\) without an SM2 key: county"):
         GatewaySide(tmp_path, "gw-1", pubs, [old_pub], suite="gm")
+    # central rotated: its bundle lists the new set (with SM2) and the old one; gm seals to the new
+    new = keys.NodeKeys.generate("county")
+    keys.save_public(old_pub, [new, old])
+    gw = GatewaySide(tmp_path, "gw-1", pubs, [old_pub], suite="gm")
+    try:
+        assert [r.kid for r in gw.svc.recipients] == [new.kid]
+    finally:
+        gw.journal.close()

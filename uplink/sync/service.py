@@ -53,10 +53,14 @@ class UplinkService:
             if self.node.sm2 is None:
                 raise ValueError(f"uplink.suite gm: this node's key set {self.node.kid} has no SM2 key; run "
                                  "'safegw keys rotate' and give central the new public bundle")
-            lacking = [f"{r.id} ({r.kid})" for r in self.recipients if r.sm2 is None]
+            # sealed to the key sets that have SM2 (a node's older sets may predate it); every
+            # node needs one
+            lacking = sorted({r.id for r in self.recipients} - {r.id for r in self.recipients if r.sm2})
             if lacking:
                 raise ValueError(f"uplink.suite gm: central key bundle(s) without an SM2 key: "
-                                 f"{', '.join(lacking)} (the central node must rotate its keys)")
+                                 f"{', '.join(lacking)} (the central node must run 'safegw keys rotate' "
+                                 "and hand out its new bundle)")
+            self.recipients = [r for r in self.recipients if r.sm2 is not None]
         self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
         seal = _seal_with(envelope, self.node, self.recipients, section.cipher, section.suite)
         self.source = JournalSource(gid, ctx.journal, seal, max_records=section.max_records,
