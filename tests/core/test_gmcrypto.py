@@ -162,3 +162,19 @@ def test_sm2_encrypt_roundtrip_and_bad_keys():
         gm.SM2PrivateKey(k.private_bytes(), PX + PY).check_pair()
     with pytest.raises(gm.GmCryptoError, match=r"1\.\.255"):
         k.public.encrypt(b"")
+
+
+def test_sm2_signatures_interoperate_with_gmssl_for_any_user_id():
+    """GmSSL computes Z itself (its sm2_sign/sm2_verify take the ID): our Z, e and r || s
+    must be what it expects, for the default ID and another one, both ways."""
+    import gmssl_pyx
+
+    key = gm.SM2PrivateKey.generate()
+    pub = key.public.raw
+    for uid in (gm.DEFAULT_ID, b"ALICE123@YAHOO.COM"):
+        sig = key.sign(b"safegw envelope", uid)
+        der = gm.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        assert gmssl_pyx.sm2_verify(pub, b"safegw envelope", der, signer_id=uid)
+        r, s = gm.decode_dss_signature(gmssl_pyx.sm2_sign(key.private_bytes(), pub, b"from GmSSL",
+                                                          signer_id=uid))
+        key.public.verify(r.to_bytes(32, "big") + s.to_bytes(32, "big"), b"from GmSSL", uid)
