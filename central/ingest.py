@@ -68,6 +68,7 @@ class SourceStatus:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
+    suite: str = "x25519-ed25519"  # the envelope suite accepted from this source
     refused: int = 0  # envelopes refused for good (push sources)
     set_aside: int = 0  # envelopes set aside here (pull and relay sources)
     refusal: str | None = None  # why the last one was refused or set aside

@@ -82,7 +82,8 @@ class CentralNode:
                 self.trust.add(pk)
         # what the parts below share: status per source, cursor per origin, latest
         # channel table per origin (a mirror of the state store's channel_tables)
-        self.status = {s.id: SourceStatus(s.id, s.mode, s.relay) for s in self.sources.values()}
+        self.status = {s.id: SourceStatus(s.id, s.mode, s.relay, suite=s.suite)
+                       for s in self.sources.values()}
         self.origins: dict[str, OriginCursor] = {}
         self.tables: dict[str, TableRow] = {}
         self.on_stored: list[Callable[[str, list[Record]], None]] = []

@@ -62,6 +62,7 @@ async def test_gm_suite_three_levels_sm2_checked_at_each(tmp_path: Path) -> None
             assert [e["value"] for e in events_of(got)] == [alarm(7)["value"]]
             assert not any(s.rejected for s in node.status.values())
         assert gw.svc.stats()["suite"] == "gm"
+        assert province.node.status_doc()["sources"]["county"]["suite"] == "gm"
 
         # what travelled was gm-suite envelopes, forwarded unchanged: peek at the county's outbox
         frames = await county.node.state.outbox_read("main", 0, 2**20)
