@@ -1,7 +1,8 @@
 """The national suite end to end: a gateway sealing with ``suite: gm`` (SM2 key transport
 and signature, SM3, SM4-GCM), pulled over real HTTPS by a county that pushes upward to a
 province; each level checks the plant's SM2 signature itself. A node configured for the
-other suite, or holding another key, refuses clearly and stores nothing.
+other suite, or holding another key, refuses clearly and stores nothing; once put right,
+everything the gateway kept arrives.
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ async def test_wrong_suite_and_wrong_key_are_refused_clearly(tmp_path: Path) -> 
                                what="an UnknownSender refusal")
         assert "is not trusted here" in (st.last_error or "")
         assert stored(county.node, "gw-1") == []
+    finally:
+        await county.stop()
+    # configuration put right (suite any, while other plants migrate; the right bundle):
+    # what was refused twice was kept by the gateway's journal and arrives now, in order
+    county = await CentralSide(central_config(tmp_path, "county", [_pull(gw, suite="any")])).start()
+    try:
+        last = gw.journal.last_seq
+        await async_wait_until(lambda: county.node.origins.get("gw-1")
+                               and county.node.origins["gw-1"].main >= last, 30, what="the backlog")
+        want = sample_keys([(SAMPLES, batch(i)) for i in range(3)])
+        assert sample_keys(stored(county.node, "gw-1")) == want
     finally:
         await county.stop()
         await gw.stop()
