@@ -36,6 +36,7 @@ from central.outbox import OutboxSource
 from central.puller import Puller
 from central.state import PgState, SqliteState, State, TableRow
 from central.status import CentralRoutes, Operators, PositionGuard, status_doc
+from gateway.core import gmcrypto
 from gateway.core.httplimits import BodyLimit
 from gateway.core.record import Record
 from gateway.core.tokens import FailureLimiter, UserStore
@@ -70,6 +71,9 @@ class CentralNode:
         for s in cfg.sources:
             if not s.enabled:
                 continue
+            if s.suite == "gm" and not gmcrypto.sm2_available():
+                raise ValueError(f"sources {s.id}: suite gm needs the SM2 library gmssl-pyx, not "
+                                 "installed here (pip install 'safegw[gm]')")
             self.sources[s.id] = s
             for pk in keys.load_public(cfg.path(s.keys)):
                 if pk.id != s.id:

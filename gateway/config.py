@@ -20,6 +20,12 @@ def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
     otherwise, by which time the engineer has left the site)."""
     errs: list[tuple[Path_, str]] = []
     if cfg.uplink is not None:
+        if cfg.uplink.suite == "gm":
+            from gateway.core.gmcrypto import sm2_available
+
+            if not sm2_available():
+                errs.append((("uplink", "suite"), "suite gm needs the SM2 library gmssl-pyx, not installed "
+                             "here: pip install 'safegw[gm]' (docs/security.md)"))
         for i, p in enumerate(cfg.uplink.central_keys):
             if not cfg.path(p).is_file():
                 errs.append((("uplink", "central_keys", i), f"no file {cfg.path(p)}: copy central's public "

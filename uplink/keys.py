@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from gateway.core.gmcrypto import GmCryptoError, SM2PrivateKey, SM2PublicKey
+from gateway.core.gmcrypto import GmCryptoError, SM2PrivateKey, SM2PublicKey, sm2_available
 from gateway.core.units import iso_now
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,11 @@ class NodeKeys:
         return self.public.kid_bytes
 
     @classmethod
-    def generate(cls, node_id: str, *, created: str = "", sm2: bool = True) -> NodeKeys:
+    def generate(cls, node_id: str, *, created: str = "", sm2: bool | None = None) -> NodeKeys:
+        """A new key set; with an SM2 key unless ``sm2=False`` (``None``: when the SM2
+        library is installed, see gateway.core.gmcrypto)."""
+        if sm2 is None:
+            sm2 = sm2_available()
         return cls(node_id, X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), created,
                    SM2PrivateKey.generate() if sm2 else None)
 
@@ -212,10 +216,11 @@ def _sm2_from_file(doc: dict[str, Any]) -> SM2PrivateKey | None:
     if doc.get("sm2") is None:
         return None
     key = SM2PrivateKey(bytes.fromhex(str(doc["sm2"])), bytes.fromhex(str(doc["sm2_public"])))
-    try:
-        key.check_pair()
-    except GmCryptoError as e:
-        raise ValueError(str(e)) from None
+    if sm2_available():  # without the library the key is kept, unused, for when it is installed
+        try:
+            key.check_pair()
+        except GmCryptoError as e:
+            raise ValueError(str(e)) from None
     return key
 
 
@@ -257,8 +262,15 @@ def init(state_dir: str | Path, node_id: str) -> NodeKeys:
         raise FileExistsError(f"{path} exists: keys are never overwritten (use 'safegw keys rotate')")
     keys = NodeKeys.generate(node_id, created=iso_now())
     _write_private(path, node_id, [keys], exclusive=True)
+    _no_sm2_note(keys)
     log.info("made key set %s for node %s in %s", keys.kid, node_id, path)
     return keys
+
+
+def _no_sm2_note(keys: NodeKeys) -> None:
+    if keys.sm2 is None:
+        log.warning("key set %s has no SM2 key (gmssl-pyx is not installed): the national suite "
+                    "(uplink.suite: gm) needs one; install it and run 'safegw keys rotate'", keys.kid)
 
 
 def load_all(state_dir: str | Path) -> list[NodeKeys]:
@@ -307,6 +319,7 @@ def rotate(state_dir: str | Path) -> NodeKeys:
         raise KeyFileError(f"no node keys in {key_path(state_dir)}: run 'safegw keys init' first")
     new = NodeKeys.generate(sets[0].id, created=iso_now())
     _write_private(key_path(state_dir), new.id, [new, *sets], exclusive=False)
+    _no_sm2_note(new)
     log.info("rotated keys of node %s: current kid %s (was %s)", new.id, new.kid, sets[0].kid)
     return new
 

@@ -23,6 +23,12 @@ Keys are raw bytes: a private key is its 32-byte scalar, a public key 64 bytes `
 (``SM2PublicKey`` also takes the 65-byte ``04 || x || y``). How they are stored is the
 key file's business (uplink/keys.py).
 
+``gmssl-pyx`` is an optional dependency (``pip install 'safegw[gm]'``): it has wheels for
+x86-64 only, and elsewhere builds against an installed GmSSL 3. Without it everything
+here but SM2 signing, verifying, encryption and key generation works, and those raise
+``GmCryptoError`` saying what to install (``sm2_available()`` tells beforehand); the
+rest of safegw (the standard uplink suite) does not need it.
+
 Errors: ``GmCryptoError`` (bad key, bad padding, undecryptable ciphertext); a signature
 that does not verify raises ``cryptography.exceptions.InvalidSignature``, a GCM tag that
 does not match ``cryptography.exceptions.InvalidTag``, as for the other suites.
@@ -32,8 +38,10 @@ from __future__ import annotations
 
 import functools
 import hmac as _hmac
+import importlib
+from types import ModuleType
+from typing import Any
 
-import gmssl_pyx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives import hmac as _chmac
@@ -65,6 +73,29 @@ MAX_SM2_PLAINTEXT = 255
 
 class GmCryptoError(ValueError):
     """A key, padding or ciphertext that cannot be used; the message says which and why."""
+
+
+def _load() -> ModuleType | None:
+    try:
+        return importlib.import_module("gmssl_pyx")
+    except ImportError:
+        return None
+
+
+_GM = _load()
+
+
+def sm2_available() -> bool:
+    """Whether the SM2 library is installed (SM3 and SM4 need nothing more)."""
+    return _GM is not None
+
+
+def _lib() -> Any:
+    if _GM is None:
+        raise GmCryptoError("SM2 needs the gmssl-pyx package, not installed here: pip install "
+                            "'safegw[gm]' (x86-64 wheels; elsewhere it builds against GmSSL 3, "
+                            "docs/security.md)")
+    return _GM
 
 
 def _b32(x: int) -> bytes:
@@ -225,10 +256,10 @@ class SM2PublicKey:
         r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
         if not (0 < r < N and 0 < s < N):  # B1, B2
             raise InvalidSignature()
+        lib = _lib()
         try:
-            ok = gmssl_pyx.sm2_verify_sm3_digest(self.raw, self.digest(message, uid),
-                                                 encode_dss_signature(r, s))
-        except gmssl_pyx.GmsslInnerError:
+            ok = lib.sm2_verify_sm3_digest(self.raw, self.digest(message, uid), encode_dss_signature(r, s))
+        except lib.GmsslInnerError:
             ok = False
         if not ok:
             raise InvalidSignature()
@@ -237,7 +268,7 @@ class SM2PublicKey:
         """SM2 encryption (GB/T 32918.4): the GM/T 0009 DER ``SM2Cipher`` (C1, C3, C2)."""
         if not 0 < len(plaintext) <= MAX_SM2_PLAINTEXT:
             raise GmCryptoError(f"SM2 encrypts 1..{MAX_SM2_PLAINTEXT} bytes here, got {len(plaintext)}")
-        out: bytes = gmssl_pyx.sm2_encrypt(self.raw, plaintext)
+        out: bytes = _lib().sm2_encrypt(self.raw, plaintext)
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -267,7 +298,7 @@ class SM2PrivateKey:
 
     @classmethod
     def generate(cls) -> SM2PrivateKey:
-        pub, priv = gmssl_pyx.sm2_key_generate()
+        pub, priv = _lib().sm2_key_generate()
         return cls(priv, pub)
 
     def private_bytes(self) -> bytes:
@@ -287,16 +318,17 @@ class SM2PrivateKey:
 
     def sign(self, message: bytes, uid: bytes = DEFAULT_ID) -> bytes:
         """SM2 signature with SM3 (GB/T 32918.2 §6.1), raw r || s."""
-        der = gmssl_pyx.sm2_sign_sm3_digest(self._d, self.public.digest(message, uid))
+        der = _lib().sm2_sign_sm3_digest(self._d, self.public.digest(message, uid))
         r, s = decode_dss_signature(der)
         return _b32(r) + _b32(s)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         """SM2 decryption of a GM/T 0009 DER ``SM2Cipher``; ``GmCryptoError`` when the
         ciphertext is malformed, not for this key, or altered (its C3 hash is checked)."""
+        lib = _lib()
         try:
-            out: bytes = gmssl_pyx.sm2_decrypt(self._d, ciphertext)
-        except gmssl_pyx.GmsslInnerError:
+            out: bytes = lib.sm2_decrypt(self._d, ciphertext)
+        except lib.GmsslInnerError:
             raise GmCryptoError("SM2 ciphertext does not decrypt with this key (wrong key, or "
                                 "altered)") from None
         return out
@@ -308,4 +340,4 @@ class SM2PrivateKey:
 @functools.lru_cache(maxsize=1)
 def backend() -> str:
     """The SM2 library and its version, for status pages and bench output."""
-    return f"gmssl_pyx {gmssl_pyx.__version__}"
+    return f"gmssl_pyx {_GM.__version__}" if _GM is not None else "none (gmssl-pyx not installed)"

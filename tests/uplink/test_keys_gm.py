@@ -96,3 +96,27 @@ def test_check_reports_a_suite_cipher_clash_at_its_line(tmp_path: Path,
     assert main(["check", "-c", str(cfg)]) == 2
     out = capsys.readouterr().out
     assert f"{cfg}:3:10: uplink.suite:" in out and "gm" in out, out
+
+
+def test_without_the_sm2_library_the_standard_suite_still_works(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """gmssl-pyx is optional (no ARM wheels): its absence costs the gm suite only."""
+    from uplink import envelope
+
+    made = keys.init(tmp_path / "had-sm2", "gw-2")  # a key file from when it was installed
+    monkeypatch.setattr(gmcrypto, "_GM", None)
+    assert not gmcrypto.sm2_available()
+    assert gmcrypto.sm3(b"abc").hex().startswith("66c7f0f4")  # SM3/SM4 need nothing more
+    with pytest.raises(gmcrypto.GmCryptoError, match=r"pip install 'safegw\[gm\]'"):
+        gmcrypto.SM2PrivateKey.generate()
+    assert made.sm2 is not None
+    with pytest.raises(gmcrypto.GmCryptoError, match="gmssl-pyx"):
+        made.sm2.public.verify(b"\x01" * 64, b"m")
+    gw = keys.init(tmp_path / "gw", "gw-1")
+    assert gw.sm2 is None  # made without, with a warning; rotate once installed
+    again = keys.load_all(tmp_path / "had-sm2")[0]  # loads, its SM2 key kept unused
+    assert again.kid == made.kid and again.sm2 is not None
+    env = envelope.seal([], sender=gw, recipients=[again.public])
+    assert envelope.open_envelope(env, recipient=again, trusted=keys.TrustStore([gw.public])).records == []
+    with pytest.raises(ValueError, match="has no SM2 key"):
+        envelope.seal([], sender=gw, recipients=[again.public], suite="gm")

@@ -50,6 +50,11 @@ class UplinkService:
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
         if section.suite == "gm":  # refuse at start, not at the first envelope
+            from gateway.core import gmcrypto
+
+            if not gmcrypto.sm2_available():
+                raise ValueError("uplink.suite gm: the SM2 library gmssl-pyx is not installed "
+                                 "(pip install 'safegw[gm]')")
             if self.node.sm2 is None:
                 raise ValueError(f"uplink.suite gm: this node's key set {self.node.kid} has no SM2 key; run "
                                  "'safegw keys rotate' and give central the new public bundle")
