@@ -31,8 +31,8 @@ API:
 - ``seal(records, *, sender, recipients, cipher="aes-256-gcm", suite="x25519-ed25519")
   -> bytes``; ``suite="gm"`` needs SM2 keys on both sides and implies SM4-GCM; raises
   ``TooLarge`` when the records' payload would decode to more than ``MAX_PAYLOAD``.
-- ``open_envelope(data, *, recipient, trusted, max_payload=MAX_PAYLOAD) -> Opened(header,
-  records)``: parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
+- ``open_envelope(data, *, recipient, trusted, max_payload=MAX_PAYLOAD, suites=None) ->
+  Opened(header, records)``: parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
   ``recipient`` is one ``NodeKeys`` or all of the node's key sets (rotation).
 - ``verify(data, trusted, suites=None) -> Header``: signature only (forwarding nodes).
   ``suites`` (also a keyword of ``open_envelope``) is the set of suites this node
@@ -128,7 +128,8 @@ class UnknownSender(EnvelopeError):
 
 
 class BadSignature(EnvelopeError):
-    """The Ed25519 signature does not match: altered in transit or not made by the origin."""
+    """The signature (Ed25519, or SM2 in the gm suite) does not match: altered in transit or
+    not made by the origin."""
 
 
 class WrongSuite(Unsupported):
