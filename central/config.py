@@ -63,6 +63,9 @@ class SourceEntry(Strict):
     mode: Literal["pull", "push"] = "pull"
     pull: PullSpec | None = None
     relay: bool = Field(default=False, description="a central node forwarding other gateways' envelopes")
+    suite: Literal["x25519-ed25519", "gm", "any"] = Field(
+        default="x25519-ed25519", description="the envelope suite accepted from this source (gm: the "
+        "national suite, SM2/SM3/SM4); others are refused with WrongSuite; any: both, while migrating")
     enabled: bool = True
 
 

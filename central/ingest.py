@@ -68,6 +68,7 @@ class SourceStatus:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     gaps: int = 0
+    suite: str = "x25519-ed25519"  # the envelope suite accepted from this source
     refused: int = 0  # envelopes refused for good (push sources)
     set_aside: int = 0  # envelopes set aside here (pull and relay sources)
     refusal: str | None = None  # why the last one was refused or set aside
@@ -190,9 +191,11 @@ class Ingest:
         bounded on large push bodies."""
         loop = asyncio.get_running_loop()
 
+        suites = envelope.SUITES if src.suite == "any" else (src.suite,)
+
         def open_(it: Item) -> Any:
             return envelope.open_envelope(it.data, recipient=self.recipient, trusted=self.trust,
-                                          max_payload=self.max_payload)
+                                          max_payload=self.max_payload, suites=suites)
 
         ahead: list[asyncio.Future[Any]] = []
         verdicts: list[str] = []

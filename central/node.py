@@ -36,6 +36,7 @@ from central.outbox import OutboxSource
 from central.puller import Puller
 from central.state import PgState, SqliteState, State, TableRow
 from central.status import CentralRoutes, Operators, PositionGuard, status_doc
+from gateway.core import gmcrypto
 from gateway.core.httplimits import BodyLimit
 from gateway.core.record import Record
 from gateway.core.tokens import FailureLimiter, UserStore
@@ -70,6 +71,9 @@ class CentralNode:
         for s in cfg.sources:
             if not s.enabled:
                 continue
+            if s.suite == "gm" and not gmcrypto.sm2_available():
+                raise ValueError(f"sources {s.id}: suite gm needs the SM2 library gmssl-pyx, not "
+                                 "installed here (pip install 'safegw[gm]')")
             self.sources[s.id] = s
             for pk in keys.load_public(cfg.path(s.keys)):
                 if pk.id != s.id:
@@ -82,7 +86,8 @@ class CentralNode:
                 self.trust.add(pk)
         # what the parts below share: status per source, cursor per origin, latest
         # channel table per origin (a mirror of the state store's channel_tables)
-        self.status = {s.id: SourceStatus(s.id, s.mode, s.relay) for s in self.sources.values()}
+        self.status = {s.id: SourceStatus(s.id, s.mode, s.relay, suite=s.suite)
+                       for s in self.sources.values()}
         self.origins: dict[str, OriginCursor] = {}
         self.tables: dict[str, TableRow] = {}
         self.on_stored: list[Callable[[str, list[Record]], None]] = []

@@ -23,11 +23,33 @@ def uplink_checks(cfg: Config) -> list[tuple[Path_, str]]:
     otherwise, by which time the engineer has left the site)."""
     errs: list[tuple[Path_, str]] = []
     if cfg.uplink is not None:
+        if cfg.uplink.suite == "gm":
+            from gateway.core.gmcrypto import sm2_available
+
+            if not sm2_available():
+                errs.append((("uplink", "suite"), "suite gm needs the SM2 library gmssl-pyx, not installed "
+                             "here: pip install 'safegw[gm]' (docs/security.md)"))
         for i, p in enumerate(cfg.uplink.central_keys):
             if not cfg.path(p).is_file():
                 errs.append((("uplink", "central_keys", i), f"no file {cfg.path(p)}: copy central's public "
                              "key bundle there (safegw keys show on the central node)"))
+            elif cfg.uplink.suite == "gm":
+                errs += _gm_bundle_checks(cfg.path(p), ("uplink", "central_keys", i))
     return errs
+
+
+def _gm_bundle_checks(path: Path, where: Path_) -> list[tuple[Path_, str]]:
+    """The gm suite encrypts to central's SM2 keys: a bundle without one would fail at start."""
+    from uplink.keys import KeyFileError, load_public
+
+    try:
+        pubs = load_public(path)
+    except KeyFileError as e:
+        return [(where, str(e))]
+    nodes = dict.fromkeys(pk.id for pk in pubs)
+    with_sm2 = {pk.id for pk in pubs if pk.sm2 is not None}
+    return [(where, f"suite gm: no key set of {n} in {path} has an SM2 key; {n} must run "
+                    "'safegw keys rotate' and hand out its new bundle") for n in nodes if n not in with_sm2]
 
 
 CHECKS = (modbus_checks, rules_checks, uplink_checks, notify_checks, regulator_checks)

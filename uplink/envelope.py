@@ -19,15 +19,25 @@ refused with ``Unsupported``).
 - The origin's Ed25519 key signs every byte before the signature, so a forwarding
   node checks it without decrypting (``verify``), and nobody can alter the header
   (sequence range, recipients, cipher) without breaking it.
+- The national suite ``gm`` (GB/T 39786 context, docs/security.md) replaces all three:
+  SM4-GCM for the payload under a random content key, that key SM2-encrypted to each
+  recipient's SM2 key (GB/T 32918.4; no salt, no ephemeral X25519 key in the header),
+  and an SM2 signature with SM3 (GB/T 32918.2, default user ID) in place of Ed25519.
+  The suite is the low nibble of the header's cipher/codec byte (3 = gm), so an envelope
+  says which suite it uses and the signature covers that too.
 
 API:
 
-- ``seal(records, *, sender, recipients, cipher="aes-256-gcm") -> bytes``; raises
+- ``seal(records, *, sender, recipients, cipher="aes-256-gcm", suite="x25519-ed25519")
+  -> bytes``; ``suite="gm"`` needs SM2 keys on both sides and implies SM4-GCM; raises
   ``TooLarge`` when the records' payload would decode to more than ``MAX_PAYLOAD``.
-- ``open_envelope(data, *, recipient, trusted, max_payload=MAX_PAYLOAD) -> Opened(header,
-  records)``: parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
+- ``open_envelope(data, *, recipient, trusted, max_payload=MAX_PAYLOAD, suites=None) ->
+  Opened(header, records)``: parse, look the origin's key up, check the signature, unwrap, decrypt, decode.
   ``recipient`` is one ``NodeKeys`` or all of the node's key sets (rotation).
-- ``verify(data, trusted) -> Header``: signature only (forwarding nodes).
+- ``verify(data, trusted, suites=None) -> Header``: signature only (forwarding nodes).
+  ``suites`` (also a keyword of ``open_envelope``) is the set of suites this node
+  accepts; an envelope of another suite raises ``WrongSuite`` (an ``Unsupported``)
+  before any signature is checked.
 - ``peek_header(data) -> Header``: unauthenticated parse (routing, logging).
 - ``envelope_size(prefix) -> int``: total length from the first ``SIZE_PREFIX`` bytes,
   for framing envelopes in a stream.
@@ -63,6 +73,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.core import gmcrypto
 from gateway.core.record import SAMPLES, Record
 from uplink import codec
 from uplink.codec import write_varint as _varint
@@ -74,7 +85,13 @@ CODEC_COLUMNAR = 2  # uplink.codec.FORMAT
 
 CIPHERS: dict[str, int] = {"aes-256-gcm": 1, "sm4-gcm": 2}
 CIPHER_NAMES = {v: k for k, v in CIPHERS.items()}
-_KEY_LEN = {1: 32, 2: 16}  # SM4 has 128-bit keys
+SUITE_STANDARD = "x25519-ed25519"
+SUITE_GM = "gm"
+SUITES = (SUITE_STANDARD, SUITE_GM)
+GM_ID = 3  # the gm suite's id in the cipher nibble: SM4-GCM + SM2 key transport + SM2/SM3 signature
+_IDS = {1, 2, GM_ID}
+_KEY_LEN = {1: 32, 2: 16, GM_ID: 16}  # SM4 has 128-bit keys
+MAX_WRAPPED = 200  # an SM2Cipher (GM/T 0009 DER) of a 16-byte key is 121..123 bytes
 TAG_LEN = 16
 SIG_LEN = 64
 SALT_LEN = 16
@@ -111,7 +128,13 @@ class UnknownSender(EnvelopeError):
 
 
 class BadSignature(EnvelopeError):
-    """The Ed25519 signature does not match: altered in transit or not made by the origin."""
+    """The signature (Ed25519, or SM2 in the gm suite) does not match: altered in transit or
+    not made by the origin."""
+
+
+class WrongSuite(Unsupported):
+    """A suite this node is configured not to accept (e.g. ``gm`` where only the standard
+    suite is, or the other way round)."""
 
 
 class NotForMe(EnvelopeError):
@@ -159,6 +182,7 @@ class Header:
     wrapped: tuple[bytes, ...] = field(repr=False)  # wrapped content key per recipient
     header_len: int = 0
     size: int = 0  # whole envelope, bytes
+    suite: str = SUITE_STANDARD
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -208,7 +232,9 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
-def _commit(key: bytes) -> bytes:
+def _commit(key: bytes, cipher_id: int = 1) -> bytes:
+    if cipher_id == GM_ID:
+        return gmcrypto.sm3(_COMMIT_INFO + key)[:COMMIT_LEN]
     return hashlib.sha256(_COMMIT_INFO + key).digest()[:COMMIT_LEN]
 
 
@@ -233,8 +259,12 @@ def seal(
     sender: NodeKeys,
     recipients: Sequence[PublicKeys],
     cipher: str = "aes-256-gcm",
+    suite: str = SUITE_STANDARD,
 ) -> bytes:
     """Encode, encrypt to every recipient and sign; the origin is ``sender.id``.
+
+    ``suite="gm"``: SM4-GCM, the content key SM2-encrypted to each recipient, SM2/SM3
+    signature; ``cipher`` is then not consulted (the suite fixes SM4-GCM).
 
     ``records`` should be a contiguous journal range in sequence order (the header
     states its first and last sequence; an empty list gives 0, 0). ``TooLarge`` when
@@ -244,6 +274,16 @@ def seal(
         cipher_id = CIPHERS[cipher]
     except KeyError:
         raise ValueError(f"unknown cipher {cipher!r}; known: {', '.join(CIPHERS)}") from None
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
+    if suite == SUITE_GM:
+        cipher_id = GM_ID
+        if sender.sm2 is None:
+            raise ValueError(f"suite gm: node {sender.id} key set {sender.kid} has no SM2 key "
+                             "(make one with 'safegw keys rotate')")
+        lacking = [f"{r.id} ({r.kid})" for r in recipients if r.sm2 is None]
+        if lacking:
+            raise ValueError(f"suite gm: recipient key set(s) without an SM2 key: {', '.join(lacking)}")
     if not recipients:
         raise ValueError("an envelope needs at least one recipient")
     if len(recipients) > MAX_RECIPIENTS:
@@ -259,27 +299,36 @@ def seal(
         payload, ts_min, ts_max, n_samples = codec.encode_summary(records, max_size=MAX_PAYLOAD)
     except codec.TooLarge as e:
         raise TooLarge(e.size) from None
-    salt = os.urandom(SALT_LEN)
-    eph = X25519PrivateKey.generate()
-    eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     entries = []
     content_key = b""
-    for r in recipients:
-        k = _derive(cipher_id, eph.exchange(r.x25519), salt, eph_pub, r.x25519_raw, r.kid_bytes)
-        if not content_key:  # the first recipient's key is the payload key
-            content_key = k
-            entries.append(r.kid_bytes)
-        else:  # the others get it wrapped under theirs (a one-time pad: each k is used once)
-            entries.append(r.kid_bytes + _xor(content_key, k))
+    if cipher_id == GM_ID:
+        keying = b""  # no salt, no ephemeral key: SM2 encryption is randomised itself
+        content_key = os.urandom(_KEY_LEN[GM_ID])
+        for r in recipients:
+            assert r.sm2 is not None
+            w = r.sm2.encrypt(content_key)
+            entries.append(r.kid_bytes + bytes([len(w)]) + w)
+    else:
+        salt = os.urandom(SALT_LEN)
+        eph = X25519PrivateKey.generate()
+        eph_pub = eph.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        keying = salt + eph_pub
+        for r in recipients:
+            k = _derive(cipher_id, eph.exchange(r.x25519), salt, eph_pub, r.x25519_raw, r.kid_bytes)
+            if not content_key:  # the first recipient's key is the payload key
+                content_key = k
+                entries.append(r.kid_bytes)
+            else:  # the others get it wrapped under theirs (a one-time pad: each k is used once)
+                entries.append(r.kid_bytes + _xor(content_key, k))
     if len(recipients) > 1:
-        entries.append(_commit(content_key))
+        entries.append(_commit(content_key, cipher_id))
 
     first_seq, last_seq = (records[0].seq, records[-1].seq) if records else (0, 0)
     rest = b"".join((
         bytes([codec.FORMAT << 4 | cipher_id, len(origin)]), origin, sender.kid_bytes,
         _varint(_zigzag(first_seq)), _varint((last_seq - first_seq) & _M64), _varint(len(records)),
         _varint(n_samples),
-        _varint(_zigzag(ts_min)), _varint((ts_max - ts_min) & _M64), salt, eph_pub,
+        _varint(_zigzag(ts_min)), _varint((ts_max - ts_min) & _M64), keying,
         bytes([len(recipients)]), *entries,
     ))
     # total length: header + ciphertext (payload + tag) + signature, its own varint included
@@ -289,6 +338,9 @@ def seal(
         total += 1
     head = MAGIC + bytes([VERSION]) + _varint(total) + rest
     body = head + _encrypt(cipher_id, content_key, _NONCE, payload, head)
+    if cipher_id == GM_ID:
+        assert sender.sm2 is not None
+        return body + sender.sm2.sign(body)
     return body + sender.ed25519.sign(body)
 
 
@@ -352,9 +404,9 @@ def peek_header(data: bytes | memoryview) -> Header:
         raise Malformed(f"length field at offset 3 says {total} bytes, envelope has {n}")
     params = c.take(1, "cipher/codec byte")[0]
     codec_id, cipher_id = params >> 4, params & 0x0F
-    if cipher_id not in CIPHER_NAMES:
+    if cipher_id not in _IDS:
         raise Unsupported(f"cipher id {cipher_id} at offset {c.pos - 1} (known: "
-                          f"{', '.join(f'{v}={k}' for k, v in CIPHERS.items())})")
+                          f"{', '.join(f'{v}={k}' for k, v in CIPHERS.items())}, {GM_ID}=gm suite)")
     if codec_id != CODEC_COLUMNAR:
         raise Unsupported(f"codec {codec_id} at offset {c.pos - 1} (known: {CODEC_COLUMNAR})")
     origin_len = c.take(1, "origin length")[0]
@@ -372,8 +424,9 @@ def peek_header(data: bytes | memoryview) -> Header:
     n_samples = c.varint("sample count")
     ts_min = _unzigzag(c.varint("ts min"))
     ts_max = _wrap(ts_min + c.varint("ts span"))
-    salt = c.take(SALT_LEN, "salt")
-    eph = c.take(EPH_LEN, "ephemeral key")
+    gm = cipher_id == GM_ID
+    salt = b"" if gm else c.take(SALT_LEN, "salt")
+    eph = b"" if gm else c.take(EPH_LEN, "ephemeral key")
     n_rcpt = c.take(1, "recipient count")[0]
     if n_rcpt == 0:
         raise Malformed(f"no recipients (count at offset {c.pos - 1})")
@@ -381,7 +434,14 @@ def peek_header(data: bytes | memoryview) -> Header:
     kids, wrapped = [], []
     for i in range(n_rcpt):
         kids.append(c.take(KID_BYTES, "recipient kid").hex())
-        wrapped.append(c.take(key_len, "wrapped key") if i else b"")
+        if gm:
+            n_w = c.take(1, "wrapped key length")[0]
+            if not 0 < n_w <= MAX_WRAPPED:
+                raise Malformed(f"SM2-wrapped key of {n_w} bytes at offset {c.pos - 1} "
+                                f"(1..{MAX_WRAPPED})")
+            wrapped.append(c.take(n_w, "SM2-wrapped key"))
+        else:
+            wrapped.append(c.take(key_len, "wrapped key") if i else b"")
     commit = c.take(COMMIT_LEN, "key commitment") if n_rcpt > 1 else b""
     header_len = c.pos
     if header_len + TAG_LEN + SIG_LEN > n:
@@ -392,22 +452,35 @@ def peek_header(data: bytes | memoryview) -> Header:
         raise Malformed("empty envelope with a sequence range, samples or times")
     if n_records and first_seq > last_seq:
         raise Malformed(f"sequence range {first_seq}..{last_seq} runs backwards")
-    return Header(VERSION, CIPHER_NAMES[cipher_id], codec_id, origin, sender_kid.hex(), first_seq,
-                  last_seq, n_records, n_samples, ts_min, ts_max, tuple(kids), salt, _NONCE, eph,
-                  commit, tuple(wrapped), header_len, n)
+    return Header(VERSION, "sm4-gcm" if gm else CIPHER_NAMES[cipher_id], codec_id, origin,
+                  sender_kid.hex(), first_seq, last_seq, n_records, n_samples, ts_min, ts_max,
+                  tuple(kids), salt, _NONCE, eph, commit, tuple(wrapped), header_len, n,
+                  SUITE_GM if gm else SUITE_STANDARD)
 
 
-def verify(data: bytes | memoryview, trusted: Trusted) -> Header:
-    """Parse and check the origin's signature, without decrypting (forwarding nodes)."""
+def verify(data: bytes | memoryview, trusted: Trusted, suites: Sequence[str] | None = None) -> Header:
+    """Parse and check the origin's signature, without decrypting (forwarding nodes);
+    ``suites``: the suites accepted here (None: any)."""
     h = peek_header(data)
+    if suites is not None and h.suite not in suites:
+        raise WrongSuite(f"envelope {h.origin} {h.first_seq}..{h.last_seq} uses suite {h.suite}; this "
+                         f"node accepts {', '.join(suites) or 'none'} (set 'suite' on both sides alike)")
     pub = trusted(h.origin, h.sender_kid)
     if pub is None or pub.kid != h.sender_kid or pub.id != h.origin:
         raise UnknownSender(f"origin {h.origin!r} key {h.sender_kid} is not trusted here")
-    body = data[:-SIG_LEN]
+    body = bytes(data[:-SIG_LEN])
+    sig = bytes(data[-SIG_LEN:])
     try:
-        pub.ed25519.verify(bytes(data[-SIG_LEN:]), bytes(body))
+        if h.suite == SUITE_GM:
+            if pub.sm2 is None:
+                raise UnknownSender(f"origin {h.origin!r} key {h.sender_kid} has no SM2 key here, "
+                                    "so its gm-suite signature cannot be checked")
+            pub.sm2.verify(sig, body)
+        else:
+            pub.ed25519.verify(sig, body)
     except InvalidSignature:
-        raise BadSignature(f"signature of {h.origin} {h.first_seq}..{h.last_seq} "
+        alg = "SM2" if h.suite == SUITE_GM else "Ed25519"
+        raise BadSignature(f"{alg} signature of {h.origin} {h.first_seq}..{h.last_seq} "
                            f"(key {h.sender_kid}) does not match: altered or forged") from None
     return h
 
@@ -418,10 +491,11 @@ def open_envelope(
     recipient: NodeKeys | Sequence[NodeKeys],
     trusted: Trusted,
     max_payload: int = MAX_PAYLOAD,
+    suites: Sequence[str] | None = None,
 ) -> Opened:
     """Verify, decrypt and decode an envelope addressed to ``recipient``; its payload may
     declare up to ``max_payload`` bytes decoded, whatever its compression ratio."""
-    h = verify(data, trusted)
+    h = verify(data, trusted, suites)
     mine = [recipient] if isinstance(recipient, NodeKeys) else list(recipient)
     where = f"{h.origin} {h.first_seq}..{h.last_seq}"
     for keys in mine:
@@ -431,14 +505,25 @@ def open_envelope(
         raise NotForMe(f"{where} is for key(s) {', '.join(h.recipients)}; ours: "
                        f"{', '.join(k.kid for k in mine) or 'none'}")
     i = h.recipients.index(keys.kid)
-    cipher_id = CIPHERS[h.cipher]
-    try:
-        shared = keys.x25519.exchange(X25519PublicKey.from_public_bytes(h.ephemeral))
-    except ValueError:  # an all-zero agreement (a low-order ephemeral key)
-        raise DecryptFailed(f"{where}: key agreement for {keys.kid} fails") from None
-    k = _derive(cipher_id, shared, h.salt, h.ephemeral, keys.public.x25519_raw, keys.kid_bytes)
-    content_key = _xor(k, h.wrapped[i]) if i else k
-    if len(h.recipients) > 1 and _commit(content_key) != h.key_commit:
+    if h.suite == SUITE_GM:
+        cipher_id = GM_ID
+        if keys.sm2 is None:
+            raise DecryptFailed(f"{where}: gm suite, but our key set {keys.kid} has no SM2 key")
+        try:
+            content_key = keys.sm2.decrypt(h.wrapped[i])
+        except gmcrypto.GmCryptoError as e:
+            raise DecryptFailed(f"{where}: SM2-wrapped key for {keys.kid}: {e}") from None
+        if len(content_key) != _KEY_LEN[GM_ID]:
+            raise DecryptFailed(f"{where}: SM2-wrapped key for {keys.kid} is {len(content_key)} bytes")
+    else:
+        cipher_id = CIPHERS[h.cipher]
+        try:
+            shared = keys.x25519.exchange(X25519PublicKey.from_public_bytes(h.ephemeral))
+        except ValueError:  # an all-zero agreement (a low-order ephemeral key)
+            raise DecryptFailed(f"{where}: key agreement for {keys.kid} fails") from None
+        k = _derive(cipher_id, shared, h.salt, h.ephemeral, keys.public.x25519_raw, keys.kid_bytes)
+        content_key = _xor(k, h.wrapped[i]) if i else k
+    if len(h.recipients) > 1 and _commit(content_key, cipher_id) != h.key_commit:
         raise DecryptFailed(f"{where}: content key for {keys.kid} does not match the header's commitment")
     ct = bytes(data[h.header_len:-SIG_LEN])
     try:

@@ -2,8 +2,10 @@
 
 Every node (a plant's gateway, a county / province / national central node) has two
 key pairs: X25519 (envelopes addressed to it are encrypted to this key) and Ed25519
-(envelopes it originates are signed with this key). A *key id* (kid) names one set
-of both: the first 8 bytes of SHA-256 over both public keys, in hex (16 characters).
+(envelopes it originates are signed with this key), and, in every set made since the
+national suite exists, a third: SM2 (the ``gm`` suite's key for both, GB/T 32918). A *key
+id* (kid) names one set: the first 8 bytes of SHA-256 over its public keys, in hex (16
+characters); a set without SM2 keeps the kid it always had.
 Envelopes carry kids, so keys rotate without downtime: a node keeps its previous key
 sets after ``safegw keys rotate`` (they still open envelopes addressed to them) and
 the other side lists both kids while the change rolls out.
@@ -46,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from gateway.core.gmcrypto import GmCryptoError, SM2PrivateKey, SM2PublicKey, sm2_available
 from gateway.core.units import iso_now
 
 log = logging.getLogger(__name__)
@@ -69,9 +72,9 @@ def _raw_priv(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
-def compute_kid(x25519_pub: bytes, ed25519_pub: bytes) -> bytes:
+def compute_kid(x25519_pub: bytes, ed25519_pub: bytes, sm2_pub: bytes = b"") -> bytes:
     """The 8-byte key id of one key set (what envelopes carry)."""
-    return hashlib.sha256(b"safegw-kid/1" + x25519_pub + ed25519_pub).digest()[:KID_BYTES]
+    return hashlib.sha256(b"safegw-kid/1" + x25519_pub + ed25519_pub + sm2_pub).digest()[:KID_BYTES]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class PublicKeys:
     id: str
     x25519: X25519PublicKey = field(repr=False, compare=False)
     ed25519: Ed25519PublicKey = field(repr=False, compare=False)
+    sm2: SM2PublicKey | None = field(default=None, repr=False, compare=False)
     x25519_raw: bytes = field(init=False, repr=False)
     ed25519_raw: bytes = field(init=False, repr=False)
     kid_bytes: bytes = field(init=False, repr=False)
@@ -89,7 +93,11 @@ class PublicKeys:
         xr, er = _raw_pub(self.x25519), _raw_pub(self.ed25519)
         object.__setattr__(self, "x25519_raw", xr)
         object.__setattr__(self, "ed25519_raw", er)
-        object.__setattr__(self, "kid_bytes", compute_kid(xr, er))
+        object.__setattr__(self, "kid_bytes", compute_kid(xr, er, self.sm2_raw))
+
+    @property
+    def sm2_raw(self) -> bytes:
+        return self.sm2.raw if self.sm2 is not None else b""
 
     @property
     def kid(self) -> str:
@@ -98,21 +106,25 @@ class PublicKeys:
     @property
     def fingerprint(self) -> str:
         """SHA-256 over both public keys, hex in groups of 4: for reading out over the phone."""
-        h = hashlib.sha256(b"safegw-kid/1" + self.x25519_raw + self.ed25519_raw).hexdigest()
+        h = hashlib.sha256(b"safegw-kid/1" + self.x25519_raw + self.ed25519_raw + self.sm2_raw).hexdigest()
         return ":".join(h[i:i + 4] for i in range(0, len(h), 4))
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        out = {
             "kid": self.kid,
             "x25519": base64.b64encode(self.x25519_raw).decode(),
             "ed25519": base64.b64encode(self.ed25519_raw).decode(),
-            "fingerprint": self.fingerprint,
         }
+        if self.sm2 is not None:  # 04 || x || y in hex: the form other SM2 tools print
+            out["sm2"] = self.sm2.uncompressed.hex()
+        out["fingerprint"] = self.fingerprint
+        return out
 
     @classmethod
-    def from_raw(cls, node_id: str, x25519: bytes, ed25519: bytes) -> PublicKeys:
+    def from_raw(cls, node_id: str, x25519: bytes, ed25519: bytes, sm2: bytes | None = None) -> PublicKeys:
         return cls(node_id, X25519PublicKey.from_public_bytes(x25519),
-                   Ed25519PublicKey.from_public_bytes(ed25519))
+                   Ed25519PublicKey.from_public_bytes(ed25519),
+                   SM2PublicKey(sm2) if sm2 is not None else None)
 
     @classmethod
     def from_dict(cls, node_id: str, doc: dict[str, Any], *, where: str = "") -> PublicKeys:
@@ -121,10 +133,15 @@ class PublicKeys:
         try:
             xr = base64.b64decode(str(doc["x25519"]), validate=True)
             er = base64.b64decode(str(doc["ed25519"]), validate=True)
-            pub = cls.from_raw(node_id, xr, er)
+            sm = None
+            if doc.get("sm2") is not None:
+                if not isinstance(doc["sm2"], str):  # e.g. an unquoted all-digit value read as a number
+                    raise ValueError("sm2 must be a hex string (quote it)")
+                sm = bytes.fromhex(doc["sm2"])
+            pub = cls.from_raw(node_id, xr, er, sm)
         except KeyError as e:
             raise KeyFileError(f"{at}key set of {node_id!r} lacks {e.args[0]!r}") from None
-        except (binascii.Error, ValueError) as e:
+        except (binascii.Error, ValueError) as e:  # GmCryptoError is a ValueError
             raise KeyFileError(f"{at}key set of {node_id!r}: bad public key ({e})") from None
         kid = doc.get("kid")
         if kid is not None and str(kid) != pub.kid:
@@ -141,11 +158,13 @@ class NodeKeys:
     x25519: X25519PrivateKey = field(repr=False, compare=False)
     ed25519: Ed25519PrivateKey = field(repr=False, compare=False)
     created: str = ""
+    sm2: SM2PrivateKey | None = field(default=None, repr=False, compare=False)
     public: PublicKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public",
-                           PublicKeys(self.id, self.x25519.public_key(), self.ed25519.public_key()))
+                           PublicKeys(self.id, self.x25519.public_key(), self.ed25519.public_key(),
+                                      self.sm2.public if self.sm2 is not None else None))
 
     @property
     def kid(self) -> str:
@@ -156,16 +175,25 @@ class NodeKeys:
         return self.public.kid_bytes
 
     @classmethod
-    def generate(cls, node_id: str, *, created: str = "") -> NodeKeys:
-        return cls(node_id, X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), created)
+    def generate(cls, node_id: str, *, created: str = "", sm2: bool | None = None) -> NodeKeys:
+        """A new key set; with an SM2 key unless ``sm2=False`` (``None``: when the SM2
+        library is installed, see gateway.core.gmcrypto)."""
+        if sm2 is None:
+            sm2 = sm2_available()
+        return cls(node_id, X25519PrivateKey.generate(), Ed25519PrivateKey.generate(), created,
+                   SM2PrivateKey.generate() if sm2 else None)
 
     def _to_file_dict(self) -> dict[str, str]:
-        return {
+        out = {
             "kid": self.kid,
             "x25519": base64.b64encode(_raw_priv(self.x25519)).decode(),
             "ed25519": base64.b64encode(_raw_priv(self.ed25519)).decode(),
             "created": self.created,
         }
+        if self.sm2 is not None:  # the 32-byte scalar and its public point, hex (docs/security.md)
+            out["sm2"] = self.sm2.private_bytes().hex()
+            out["sm2_public"] = self.sm2.public.uncompressed.hex()
+        return out
 
     @classmethod
     def _from_file_dict(cls, node_id: str, doc: dict[str, Any], where: str) -> NodeKeys:
@@ -173,14 +201,27 @@ class NodeKeys:
             k = cls(node_id,
                     X25519PrivateKey.from_private_bytes(base64.b64decode(doc["x25519"], validate=True)),
                     Ed25519PrivateKey.from_private_bytes(base64.b64decode(doc["ed25519"], validate=True)),
-                    str(doc.get("created", "")))
+                    str(doc.get("created", "")),
+                    _sm2_from_file(doc))
         except KeyError as e:
             raise KeyFileError(f"{where}: key set lacks {e.args[0]!r}") from None
-        except (binascii.Error, ValueError, TypeError) as e:
+        except (binascii.Error, ValueError, TypeError) as e:  # GmCryptoError is a ValueError
             raise KeyFileError(f"{where}: bad private key ({e})") from None
         if "kid" in doc and doc["kid"] != k.kid:
             raise KeyFileError(f"{where}: kid {doc['kid']} does not match the keys stored with it")
         return k
+
+
+def _sm2_from_file(doc: dict[str, Any]) -> SM2PrivateKey | None:
+    if doc.get("sm2") is None:
+        return None
+    key = SM2PrivateKey(bytes.fromhex(str(doc["sm2"])), bytes.fromhex(str(doc["sm2_public"])))
+    if sm2_available():  # without the library the key is kept, unused, for when it is installed
+        try:
+            key.check_pair()
+        except GmCryptoError as e:
+            raise ValueError(str(e)) from None
+    return key
 
 
 # ------------------------------------------------------------------------ key files
@@ -221,8 +262,15 @@ def init(state_dir: str | Path, node_id: str) -> NodeKeys:
         raise FileExistsError(f"{path} exists: keys are never overwritten (use 'safegw keys rotate')")
     keys = NodeKeys.generate(node_id, created=iso_now())
     _write_private(path, node_id, [keys], exclusive=True)
+    _no_sm2_note(keys)
     log.info("made key set %s for node %s in %s", keys.kid, node_id, path)
     return keys
+
+
+def _no_sm2_note(keys: NodeKeys) -> None:
+    if keys.sm2 is None:
+        log.warning("key set %s has no SM2 key (gmssl-pyx is not installed): the national suite "
+                    "(uplink.suite: gm) needs one; install it and run 'safegw keys rotate'", keys.kid)
 
 
 def load_all(state_dir: str | Path) -> list[NodeKeys]:
@@ -271,6 +319,7 @@ def rotate(state_dir: str | Path) -> NodeKeys:
         raise KeyFileError(f"no node keys in {key_path(state_dir)}: run 'safegw keys init' first")
     new = NodeKeys.generate(sets[0].id, created=iso_now())
     _write_private(key_path(state_dir), new.id, [new, *sets], exclusive=False)
+    _no_sm2_note(new)
     log.info("rotated keys of node %s: current kid %s (was %s)", new.id, new.kid, sets[0].kid)
     return new
 

@@ -108,11 +108,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def add_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "keys", help="make and show this node's uplink key pairs (X25519 + Ed25519)",
-        description="Key pairs for the encrypted uplink. 'init' makes them (files 0600, never "
+        "keys", help="make and show this node's uplink key pairs (X25519 + Ed25519 + SM2)",
+        description="Key pairs for the encrypted uplink: X25519 and Ed25519 for the standard suite, "
+                    "SM2 for the national suite (uplink.suite: gm). 'init' makes them (files 0600, never "
                     "overwritten), 'show' prints the public keys and fingerprints to hand to the "
                     "other side, 'rotate' adds a new current set keeping the old ones, 'retire KID' "
-                    "drops an old set.")
+                    "drops an old set. A key set made before SM2 existed gets one by 'rotate'.")
     p.add_argument("action", choices=["init", "show", "rotate", "retire"])
     p.add_argument("kid", nargs="?", help="key id (for retire)")
     p.add_argument("-c", "--config", help="gateway (or central) config: its id and state_dir")

@@ -433,6 +433,9 @@ class UplinkSection(Strict):
                                    "the first central_keys bundle")
     central_keys: list[Path] = Field(default_factory=list)
     cipher: Literal["aes-256-gcm", "sm4-gcm"] = "aes-256-gcm"
+    suite: Literal["x25519-ed25519", "gm"] = Field(
+        default="x25519-ed25519", description="gm: the national suite (SM2 key transport and signature, "
+        "SM3, SM4-GCM; docs/security.md); central's sources entry must say the same")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ca: Path | None = None
@@ -445,6 +448,12 @@ class UplinkSection(Strict):
     timeout: Duration = Field(default=30.0, description="push request timeout")
     retry_max: Duration = Field(default=30.0, description="longest pause between push retries")
     clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
+
+    @model_validator(mode="after")
+    def _suite_cipher(self) -> UplinkSection:
+        if self.suite == "gm" and "cipher" in self.model_fields_set and self.cipher != "sm4-gcm":
+            raise ValueError("suite gm encrypts with SM4-GCM: drop 'cipher' or set it to sm4-gcm")
+        return self
 
 
 class ListenerGuard(Strict):

@@ -151,5 +151,9 @@ def test_cli_reads_a_central_config_leniently(tmp_path: Path) -> None:
 
 def test_public_keys_from_raw_match() -> None:
     k = NodeKeys.generate("x")
-    p = PublicKeys.from_raw("x", k.public.x25519_raw, k.public.ed25519_raw)
+    p = PublicKeys.from_raw("x", k.public.x25519_raw, k.public.ed25519_raw, k.public.sm2_raw)
     assert p.kid == k.kid
+    # a set made before the national suite (no SM2 key) keeps the kid it always had
+    old = NodeKeys.generate("x", sm2=False)
+    assert PublicKeys.from_raw("x", old.public.x25519_raw, old.public.ed25519_raw).kid == old.kid
+    assert old.kid == keys.compute_kid(old.public.x25519_raw, old.public.ed25519_raw).hex()

@@ -24,10 +24,10 @@ from uplink.sync.source import LANES, JournalSource
 log = logging.getLogger(__name__)
 
 
-def _seal_with(env_mod: Any, node: Any, recipients: list[Any], cipher: str
+def _seal_with(env_mod: Any, node: Any, recipients: list[Any], cipher: str, suite: str
                ) -> Callable[[list[Record]], bytes]:
     def seal(records: list[Record]) -> bytes:
-        data: bytes = env_mod.seal(records, sender=node, recipients=recipients, cipher=cipher)
+        data: bytes = env_mod.seal(records, sender=node, recipients=recipients, cipher=cipher, suite=suite)
         return data
 
     return seal
@@ -49,8 +49,25 @@ class UplinkService:
         self.recipients = [pk for p in section.central_keys for pk in keys.load_public(resolve_path(p, base))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
+        if section.suite == "gm":  # refuse at start, not at the first envelope
+            from gateway.core import gmcrypto
+
+            if not gmcrypto.sm2_available():
+                raise ValueError("uplink.suite gm: the SM2 library gmssl-pyx is not installed "
+                                 "(pip install 'safegw[gm]')")
+            if self.node.sm2 is None:
+                raise ValueError(f"uplink.suite gm: this node's key set {self.node.kid} has no SM2 key; run "
+                                 "'safegw keys rotate' and give central the new public bundle")
+            # sealed to the key sets that have SM2 (a node's older sets may predate it); every
+            # node needs one
+            lacking = sorted({r.id for r in self.recipients} - {r.id for r in self.recipients if r.sm2})
+            if lacking:
+                raise ValueError(f"uplink.suite gm: central key bundle(s) without an SM2 key: "
+                                 f"{', '.join(lacking)} (the central node must run 'safegw keys rotate' "
+                                 "and hand out its new bundle)")
+            self.recipients = [r for r in self.recipients if r.sm2 is not None]
         self.link = Link(state_dir, rate=section.bandwidth, monthly_budget=section.monthly_budget)
-        seal = _seal_with(envelope, self.node, self.recipients, section.cipher)
+        seal = _seal_with(envelope, self.node, self.recipients, section.cipher, section.suite)
         self.source = JournalSource(gid, ctx.journal, seal, max_records=section.max_records,
                                     max_samples=section.max_samples)
         self.server: SyncServer | None = None
@@ -114,6 +131,7 @@ class UplinkService:
         lanes = self.source.lanes
         out: dict[str, Any] = {
             "mode": self.section.mode,
+            "suite": self.section.suite,
             "cursors": {lane: lanes[lane].cursor for lane in LANES},
             "lag_records": lanes["main"].lag(),
             "sealed_envelopes": self.source.sealed_envelopes,
