@@ -1,0 +1,130 @@
+"""The journal's commit cadence (``journal.commit_every``): sample batches wait for one
+commit per cadence, anything else commits at once, and a commit still means on disk.
+
+The cadence here is the longest allowed (10 s), so "not committed yet" cannot be an
+accident of timing, and every "at once" is checked against a bound well inside it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.core.batch import Batch
+from gateway.store.journal import COMMIT_EVERY_MAX_S, Journal
+
+T0 = 1_780_000_000 * 10**9
+CADENCE = COMMIT_EVERY_MAX_S
+#: what "at once" must beat: well inside the cadence, generous for a loaded machine
+AT_ONCE_S = CADENCE * 0.6
+
+
+def batch(i: int, n: int = 25) -> Batch:
+    return Batch.build(np.arange(n), np.full(n, T0 + i * 10**9), np.arange(n) + i * 0.5,
+                       np.zeros(n, np.uint8))
+
+
+def rows_on_disk(path: Path) -> int:
+    """Records committed, as a second connection (another process would) sees them."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_batches_wait_for_the_cadence_and_an_event_commits_them_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path, commit_every_s=CADENCE) as j:
+        t0 = time.monotonic()
+        futs = [j.submit_batch(batch(i)) for i in range(5)]
+        # the encoder and writer have them; still inside the cadence nothing is taken
+        assert not any(f.done() for f in futs)
+        assert rows_on_disk(path) == 0
+        assert j.commits == 0
+        # an alarm transition (any event) cannot wait: it takes the waiting batches along
+        ev = j.submit_many([batch(5), {"type": "alarm", "ts": T0, "channel": "GT-101", "level": "hh"}])
+        seqs = ev.result(timeout=AT_ONCE_S)
+        assert time.monotonic() - t0 < AT_ONCE_S
+        assert [f.result(timeout=1) for f in futs] == [1, 2, 3, 4, 5]
+        assert seqs == [6, 7]
+        assert j.commits == 1, "the five batches and the event went in one transaction"
+        assert rows_on_disk(path) == 7
+        assert j.stats()["commit_every_s"] == CADENCE
+
+
+def test_acks_and_commit_now_end_the_wait(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal(path, commit_every_s=CADENCE) as j:
+        j.register("uplink")
+        first = j.submit_batch(batch(0))
+        j.commit_now()
+        assert first.result(timeout=AT_ONCE_S) == 1
+        more = [j.submit_batch(batch(i)) for i in range(1, 4)]
+        j.ack_sync("uplink", 1)  # a consumer's ack is an operation that commits at once
+        assert [f.result(timeout=AT_ONCE_S) for f in more] == [2, 3, 4]
+        assert j.cursor("uplink") == 1
+        assert rows_on_disk(path) == 4
+
+
+def test_the_cadence_commits_by_itself(tmp_path: Path) -> None:
+    """Nothing else comes: the batches are taken when the cadence is up, all in one commit."""
+    with Journal(tmp_path / "j.db", commit_every_s=0.3) as j:
+        futs = [j.submit_batch(batch(i)) for i in range(3)]
+        assert [f.result(timeout=30) for f in futs] == [1, 2, 3]
+        assert j.commits == 1
+
+
+def test_close_commits_what_waits_without_waiting_out_the_cadence(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = Journal(path, commit_every_s=CADENCE)
+    futs = [j.submit_batch(batch(i)) for i in range(3)]
+    t0 = time.monotonic()
+    j.close()
+    assert time.monotonic() - t0 < AT_ONCE_S
+    assert [f.result(timeout=1) for f in futs] == [1, 2, 3]
+    with Journal(path) as again:
+        recs = again.read_sync(0, 10)
+    assert [r.seq for r in recs] == [1, 2, 3]
+    assert np.array_equal(recs[2].batch().value, batch(2).value)
+
+
+def test_without_a_cadence_each_batch_commits_as_it_comes(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.db") as j:
+        assert j.submit_batch(batch(0)).result(timeout=AT_ONCE_S) == 1
+        assert j.submit_batch(batch(1)).result(timeout=AT_ONCE_S) == 2
+        assert j.commits == 2
+
+
+@pytest.mark.parametrize("bad", [-1.0, CADENCE + 0.5])
+def test_a_cadence_out_of_bounds_is_refused(tmp_path: Path, bad: float) -> None:
+    with pytest.raises(ValueError, match="commit_every_s must be within 0-10 s"):
+        Journal(tmp_path / "j.db", commit_every_s=bad)
+
+
+CONFIG = """gateway:
+  id: gw-1
+  site: "S1"
+  state_dir: {state}
+journal:
+  commit_every: {every}
+devices: []
+"""
+
+
+def test_the_config_key_is_checked_with_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    good = tmp_path / "good.yaml"
+    good.write_text(CONFIG.format(state=tmp_path / "st", every="1s"))
+    assert main(["check", "-c", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.format(state=tmp_path / "st", every="20s"))
+    capsys.readouterr()
+    assert main(["check", "-c", str(bad)]) == 2
+    out = capsys.readouterr().out
+    assert f"{bad}:6:17:" in out and "commit_every" in out, out
