@@ -165,14 +165,18 @@ def generated_config(n_channels: int, per_device: int, endpoints: dict[str, Any]
 
 
 def set_journal(cfg_path: Path, settings: str) -> None:
-    """Journal keys (``commit_every=1s,page_size=4096``) set in a plant's config."""
+    """Journal keys (``commit_every=1s,page_size=4096``) set in a plant's config (replacing
+    the config's own)."""
     lines = cfg_path.read_text().splitlines()
-    keys = [f"  {k.strip()}: {v.strip()}" for k, _, v in (kv.partition("=") for kv in settings.split(","))]
-    at = lines.index("journal:") + 1 if "journal:" in lines else None
-    if at is None:
-        lines += ["journal:", *keys]
-    else:
-        lines[at:at] = keys
+    keys = {k.strip(): v.strip() for k, _, v in (kv.partition("=") for kv in settings.split(","))}
+    if "journal:" not in lines:
+        lines.append("journal:")
+    at = lines.index("journal:") + 1
+    end = at
+    while end < len(lines) and (lines[end].startswith(" ") or not lines[end].strip()):
+        end += 1
+    kept = [ln for ln in lines[at:end] if ln.strip().partition(":")[0] not in keys]
+    lines[at:end] = [*(f"  {k}: {v}" for k, v in keys.items()), *kept]
     cfg_path.write_text("\n".join(lines) + "\n")
 
 
@@ -294,12 +298,14 @@ def run_once(plant: str, services: str, args: argparse.Namespace, growth_s: floa
         t0 = time.monotonic()
         with (tmp / "daemon.log").open("wb") as logf:
             daemon = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=logf)
-        notify.settimeout(args.start_timeout)
+        notify.settimeout(0.5)  # to notice a daemon that exits instead
         while True:
             try:
                 msg = notify.recv(4096).decode()
             except TimeoutError:
-                raise SystemExit(f"{plant}/{services}: no READY=1 within {args.start_timeout}s; "
+                if daemon.poll() is None and time.monotonic() - t0 < args.start_timeout:
+                    continue
+                raise SystemExit(f"{plant}/{services}: no READY=1 (exit code {daemon.poll()}); "
                                  f"log: {(tmp / 'daemon.log').read_text()[-2000:]}") from None
             if "READY=1" in msg.split("\n"):
                 break

@@ -106,6 +106,7 @@ class Journal:
             raise ValueError(f"commit_every_s must be within 0-{COMMIT_EVERY_MAX_S:g} s, "
                              f"not {commit_every_s!r}")
         self.commit_every_s = commit_every_s
+        self._last_commit = -COMMIT_EVERY_MAX_S  # writer thread only: when the last group started committing
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.max_age_ns = int(max_age_s * 1e9)
@@ -251,11 +252,12 @@ class Journal:
     def _write_loop(self) -> None:
         """Stage 2: commit everything encoded so far in one transaction (group commit).
 
-        With a commit cadence (``commit_every_s`` > 0) a group that holds only sample
-        batches waits up to that long for more before it commits, so a small plant
-        pays one commit (WAL frames, fsync) per cadence instead of one per poll.
-        Anything else (an event, such as an alarm transition; an ack; retention; a
-        ``commit_now``; the close) ends the wait: it commits at once with what waits."""
+        With a commit cadence (``commit_every_s`` > 0) sample batches commit at most once
+        per cadence: a group that holds only sample batches waits until the cadence since
+        the last commit is up (not at all after a quiet spell), so a small plant pays one
+        commit (WAL frames, fsync) per cadence instead of one per poll. Anything else (an
+        event, such as an alarm transition; an ack; retention; a ``commit_now``; the
+        close) ends the wait: it commits at once with what waits."""
         while True:
             item = self._encoded.get()
             if item is None:
@@ -263,7 +265,7 @@ class Journal:
             work = [item]
             size = self._weight(item)
             stop = False
-            deadline = (time.monotonic() + self.commit_every_s
+            deadline = (self._last_commit + self.commit_every_s
                         if self.commit_every_s > 0 and self._deferrable(item) else None)
             while len(work) < GROUP_MAX_OPS and size < GROUP_MAX_BYTES:
                 try:
@@ -278,6 +280,7 @@ class Journal:
                 size += self._weight(nxt)
                 if deadline is not None and not self._deferrable(nxt):
                     deadline = None  # commit now, with whatever else is already queued
+            self._last_commit = time.monotonic()
             try:
                 self._run_work(work)
             except Exception as e:  # a bug here must not strand callers on futures forever

@@ -41,27 +41,31 @@ def test_batches_wait_for_the_cadence_and_an_event_commits_them_at_once(tmp_path
     path = tmp_path / "j.db"
     with Journal(path, commit_every_s=CADENCE) as j:
         t0 = time.monotonic()
-        futs = [j.submit_batch(batch(i)) for i in range(5)]
-        # the encoder and writer have them; still inside the cadence nothing is taken
+        # after a quiet spell (here: the start) a batch commits at once ...
+        assert j.submit_batch(batch(0)).result(timeout=AT_ONCE_S) == 1
+        assert j.commits == 1
+        # ... and the next ones wait until the cadence since that commit is up
+        futs = [j.submit_batch(batch(i)) for i in range(1, 6)]
         assert not any(f.done() for f in futs)
-        assert rows_on_disk(path) == 0
-        assert j.commits == 0
+        assert rows_on_disk(path) == 1
+        assert j.commits == 1
         # an alarm transition (any event) cannot wait: it takes the waiting batches along
-        ev = j.submit_many([batch(5), {"type": "alarm", "ts": T0, "channel": "GT-101", "level": "hh"}])
+        ev = j.submit_many([batch(6), {"type": "alarm", "ts": T0, "channel": "GT-101", "level": "hh"}])
         seqs = ev.result(timeout=AT_ONCE_S)
         assert time.monotonic() - t0 < AT_ONCE_S
-        assert [f.result(timeout=1) for f in futs] == [1, 2, 3, 4, 5]
-        assert seqs == [6, 7]
-        assert j.commits == 1, "the five batches and the event went in one transaction"
-        assert rows_on_disk(path) == 7
+        assert [f.result(timeout=1) for f in futs] == [2, 3, 4, 5, 6]
+        assert seqs == [7, 8]
+        assert j.commits == 2, "the five batches and the event went in one transaction"
+        assert rows_on_disk(path) == 8
         assert j.stats()["commit_every_s"] == CADENCE
 
 
 def test_acks_and_commit_now_end_the_wait(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal(path, commit_every_s=CADENCE) as j:
-        j.register("uplink")
+        j.register("uplink")  # a commit: the batches after it wait for the cadence
         first = j.submit_batch(batch(0))
+        assert not first.done()
         j.commit_now()
         assert first.result(timeout=AT_ONCE_S) == 1
         more = [j.submit_batch(batch(i)) for i in range(1, 4)]
@@ -72,16 +76,17 @@ def test_acks_and_commit_now_end_the_wait(tmp_path: Path) -> None:
 
 
 def test_the_cadence_commits_by_itself(tmp_path: Path) -> None:
-    """Nothing else comes: the batches are taken when the cadence is up, all in one commit."""
+    """Nothing else comes: a waiting batch is taken when the cadence is up."""
     with Journal(tmp_path / "j.db", commit_every_s=0.3) as j:
-        futs = [j.submit_batch(batch(i)) for i in range(3)]
-        assert [f.result(timeout=30) for f in futs] == [1, 2, 3]
-        assert j.commits == 1
+        j.register("uplink")  # a commit: the batch after it waits for the cadence
+        assert j.submit_batch(batch(0)).result(timeout=30) == 1
+        assert j.commits == 2
 
 
 def test_close_commits_what_waits_without_waiting_out_the_cadence(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     j = Journal(path, commit_every_s=CADENCE)
+    j.register("uplink")  # a commit: what follows waits for the cadence
     futs = [j.submit_batch(batch(i)) for i in range(3)]
     t0 = time.monotonic()
     j.close()
