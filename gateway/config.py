@@ -4,6 +4,7 @@ that run (drivers, rules), so ``safegw check`` reports everything the daemon wou
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -96,6 +97,9 @@ def load_apart(path: str | Path) -> Config:
     if pid == 0:  # the child: report, then leave without running the parent's cleanups
         code = 1
         try:
+            # the parent's objects are not the child's garbage: collections that walk them
+            # would copy every page of the parent's heap (copy-on-write) for nothing
+            gc.freeze()
             os.close(r)
             try:
                 out: tuple[str, object] = ("ok", load(path))
