@@ -106,7 +106,8 @@ class Journal:
             raise ValueError(f"commit_every_s must be within 0-{COMMIT_EVERY_MAX_S:g} s, "
                              f"not {commit_every_s!r}")
         self.commit_every_s = commit_every_s
-        self._last_commit = -COMMIT_EVERY_MAX_S  # writer thread only: when the last group started committing
+        # writer thread only: when the last group with samples started committing
+        self._last_commit = -COMMIT_EVERY_MAX_S
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.max_age_ns = int(max_age_s * 1e9)
@@ -254,7 +255,7 @@ class Journal:
 
         With a commit cadence (``commit_every_s`` > 0) sample batches commit at most once
         per cadence: a group that holds only sample batches waits until the cadence since
-        the last commit is up (not at all after a quiet spell), so a small plant pays one
+        the last commit of samples is up (not at all after a quiet spell), so a small plant pays one
         commit (WAL frames, fsync) per cadence instead of one per poll. Anything else (an
         event, such as an alarm transition; an ack; retention; a ``commit_now``; the
         close) ends the wait: it commits at once with what waits."""
@@ -280,7 +281,8 @@ class Journal:
                 size += self._weight(nxt)
                 if deadline is not None and not self._deferrable(nxt):
                     deadline = None  # commit now, with whatever else is already queued
-            self._last_commit = time.monotonic()
+            if any(self._has_samples(w) for w in work):  # the cadence paces sample commits only
+                self._last_commit = time.monotonic()
             try:
                 self._run_work(work)
             except Exception as e:  # a bug here must not strand callers on futures forever
@@ -290,6 +292,11 @@ class Journal:
                         fut.set_exception(e)
             if stop:
                 return
+
+    @staticmethod
+    def _has_samples(item: _Work) -> bool:
+        op, arg, _ = item
+        return op in ("append", "append_many") and any(r[0] == SAMPLES for r in arg)
 
     @staticmethod
     def _deferrable(item: _Work) -> bool:

@@ -63,39 +63,43 @@ def test_batches_wait_for_the_cadence_and_an_event_commits_them_at_once(tmp_path
 def test_acks_and_commit_now_end_the_wait(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal(path, commit_every_s=CADENCE) as j:
-        j.register("uplink")  # a commit: the batches after it wait for the cadence
-        first = j.submit_batch(batch(0))
-        assert not first.done()
+        j.register("uplink")  # (an ack: it does not start the cadence, samples do)
+        assert j.submit_batch(batch(0)).result(timeout=AT_ONCE_S) == 1
+        waiting = j.submit_batch(batch(1))
+        assert not waiting.done()
         j.commit_now()
-        assert first.result(timeout=AT_ONCE_S) == 1
-        more = [j.submit_batch(batch(i)) for i in range(1, 4)]
+        assert waiting.result(timeout=AT_ONCE_S) == 2
+        more = [j.submit_batch(batch(i)) for i in range(2, 5)]
+        assert not any(f.done() for f in more)
         j.ack_sync("uplink", 1)  # a consumer's ack is an operation that commits at once
-        assert [f.result(timeout=AT_ONCE_S) for f in more] == [2, 3, 4]
+        assert [f.result(timeout=AT_ONCE_S) for f in more] == [3, 4, 5]
         assert j.cursor("uplink") == 1
-        assert rows_on_disk(path) == 4
+        assert rows_on_disk(path) == 5
 
 
 def test_the_cadence_commits_by_itself(tmp_path: Path) -> None:
     """Nothing else comes: a waiting batch is taken when the cadence is up."""
     with Journal(tmp_path / "j.db", commit_every_s=0.3) as j:
-        j.register("uplink")  # a commit: the batch after it waits for the cadence
-        assert j.submit_batch(batch(0)).result(timeout=30) == 1
+        assert j.submit_batch(batch(0)).result(timeout=30) == 1  # at once: a quiet spell before
+        second = j.submit_batch(batch(1))  # waits for the cadence, then goes by itself
+        assert second.result(timeout=30) == 2
         assert j.commits == 2
 
 
 def test_close_commits_what_waits_without_waiting_out_the_cadence(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     j = Journal(path, commit_every_s=CADENCE)
-    j.register("uplink")  # a commit: what follows waits for the cadence
-    futs = [j.submit_batch(batch(i)) for i in range(3)]
+    assert j.submit_batch(batch(0)).result(timeout=AT_ONCE_S) == 1  # what follows waits
+    futs = [j.submit_batch(batch(i)) for i in range(1, 4)]
+    assert not any(f.done() for f in futs)
     t0 = time.monotonic()
     j.close()
     assert time.monotonic() - t0 < AT_ONCE_S
-    assert [f.result(timeout=1) for f in futs] == [1, 2, 3]
+    assert [f.result(timeout=1) for f in futs] == [2, 3, 4]
     with Journal(path) as again:
         recs = again.read_sync(0, 10)
-    assert [r.seq for r in recs] == [1, 2, 3]
-    assert np.array_equal(recs[2].batch().value, batch(2).value)
+    assert [r.seq for r in recs] == [1, 2, 3, 4]
+    assert np.array_equal(recs[3].batch().value, batch(3).value)
 
 
 def test_without_a_cadence_each_batch_commits_as_it_comes(tmp_path: Path) -> None:
