@@ -137,3 +137,38 @@ def test_the_config_key_is_checked_with_its_line(tmp_path: Path, capsys: pytest.
     assert main(["check", "-c", str(bad)]) == 2
     out = capsys.readouterr().out
     assert f"{bad}:6:17:" in out and "commit_every" in out, out
+
+
+def page_size_of(path: Path) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_new_journal_takes_the_page_size_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    small, default = tmp_path / "small.db", tmp_path / "default.db"
+    with Journal(small, page_size=4096) as j:
+        j.submit_batch(batch(0)).result(timeout=AT_ONCE_S)
+    with Journal(default) as j:
+        j.submit_batch(batch(0)).result(timeout=AT_ONCE_S)
+    assert (page_size_of(small), page_size_of(default)) == (4096, 16384)
+    with Journal(default, page_size=4096) as j:  # the file's own size wins: no rewrite
+        assert j.submit_batch(batch(1)).result(timeout=AT_ONCE_S) == 2
+    assert page_size_of(default) == 16384
+    with pytest.raises(ValueError, match="page_size must be one of 4096, 8192"):
+        Journal(tmp_path / "odd.db", page_size=3000)
+
+
+def test_the_page_size_key_is_checked_with_its_line(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "c.yaml"
+    text = CONFIG.format(state=tmp_path / "st", every="1s")
+    path.write_text(text.replace("devices:", "  page_size: 3000\ndevices:"))
+    capsys.readouterr()
+    assert main(["check", "-c", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert f"{path}:7:14:" in out and "page_size" in out and "4096" in out, out
