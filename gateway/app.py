@@ -79,7 +79,8 @@ class Gateway:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # journal, registers, keys: owner-only
         j = cfg.journal
         self.journal = Journal(self.state_dir / "journal.db", quota_bytes=j.quota, max_age_s=j.max_age,
-                               sync=j.sync, compress=j.compress)
+                               sync=j.sync, compress=j.compress, commit_every_s=j.commit_every,
+                               page_size=j.page_size)
         from rules.engine import RulesEngine
 
         self.rules = RulesEngine.for_gateway(cfg, self.table)
@@ -167,6 +168,7 @@ class Gateway:
         """Wait until everything ingested so far is committed."""
         pending = [asyncio.wrap_future(f) for f in list(self._pending)]
         if pending:
+            self.journal.commit_now()  # no waiting out the commit cadence
             await asyncio.gather(*pending, return_exceptions=True)
 
     # ------------------------------------------------------------------ pollers

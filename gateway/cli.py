@@ -63,7 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_or_exit(args.config)
+    cfg = load_or_exit(args.config, apart=True)  # the parse's peak memory stays in a child
     if args.state_dir:
         cfg.gateway.state_dir = Path(args.state_dir)
     setup_logging(args.log_level or cfg.gateway.log_level)

@@ -110,6 +110,15 @@ class JournalSection(Strict):
                                             "power loss); normal: survives a crash of the process, not of "
                                             "the machine")
     compress: bool = Field(default=True, description="zstd-compress sample batches")
+    commit_every: Duration = Field(
+        default=0.0, ge=0.0, le=10.0,
+        description="commit cadence for sample batches: 0 commits each poll as it comes; e.g. 1s gathers "
+                    "a second of polls into one commit (fewer fsyncs and WAL pages: less flash wear), and "
+                    "a reading counts as taken up to that much later (a power cut loses at most that much "
+                    "of not-yet-taken readings). Alarm transitions and other events commit at once")
+    page_size: Literal[4096, 8192, 16384, 32768, 65536] = Field(
+        default=16384, description="SQLite page size of a new journal (an existing one keeps its own): "
+                                   "4096 writes about a quarter as much per commit on a small plant")
 
     @field_validator("quota")
     @classmethod

@@ -56,7 +56,7 @@ from gateway.core.record import (
     event_record,
 )
 from gateway.store.retention import drop_oldest
-from gateway.store.schema import SCHEMA, JournalUnusable, connect
+from gateway.store.schema import PAGE_SIZE, SCHEMA, JournalUnusable, connect
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,12 @@ log = logging.getLogger(__name__)
 #: or this many (uncompressed) payload bytes, whichever comes first
 GROUP_MAX_OPS = 4096
 GROUP_MAX_BYTES = 16 * 2**20
+#: longest commit cadence accepted: samples wait at most this long to be taken
+COMMIT_EVERY_MAX_S = 10.0
 
+
+def _nothing(db: sqlite3.Connection) -> None:
+    return None
 
 
 class JournalClosed(RuntimeError):
@@ -91,10 +96,18 @@ class Journal:
         max_age_s: float = 30 * 86400.0,
         sync: str = "full",
         compress: bool = True,
+        commit_every_s: float = 0.0,
+        page_size: int = PAGE_SIZE,
         clock: Callable[[], int] = time.time_ns,
     ):
         if sync not in ("full", "normal", "off"):
             raise ValueError(f"sync must be full, normal or off, not {sync!r}")
+        if not 0.0 <= commit_every_s <= COMMIT_EVERY_MAX_S:
+            raise ValueError(f"commit_every_s must be within 0-{COMMIT_EVERY_MAX_S:g} s, "
+                             f"not {commit_every_s!r}")
+        self.commit_every_s = commit_every_s
+        # writer thread only: when the last group with samples started committing
+        self._last_commit = -COMMIT_EVERY_MAX_S
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.max_age_ns = int(max_age_s * 1e9)
@@ -102,7 +115,7 @@ class Journal:
         self._sync = sync
         self._clock = clock
         try:
-            self._db = connect(self.path, sync)
+            self._db = connect(self.path, sync, page_size)
             with self._db:
                 self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
@@ -204,6 +217,10 @@ class Journal:
         n: int = self._submit("retention", None).result()
         return n
 
+    def commit_now(self) -> concurrent.futures.Future[Any]:
+        """End a commit cadence's wait: what is queued commits now (a stop, a flush)."""
+        return self._submit("call", _nothing)
+
     def call_in_writer(self, fn: Callable[[sqlite3.Connection], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn(db)`` on the writer thread between transactions (maintenance, tests)."""
         return self._submit("call", fn)
@@ -234,7 +251,14 @@ class Journal:
             self._encoded.put((op, rows, fut))
 
     def _write_loop(self) -> None:
-        """Stage 2: commit everything encoded so far in one transaction (group commit)."""
+        """Stage 2: commit everything encoded so far in one transaction (group commit).
+
+        With a commit cadence (``commit_every_s`` > 0) sample batches commit at most once
+        per cadence: a group that holds only sample batches waits until the cadence since
+        the last commit of samples is up (not at all after a quiet spell), so a small plant pays one
+        commit (WAL frames, fsync) per cadence instead of one per poll. Anything else (an
+        event, such as an alarm transition; an ack; retention; a ``commit_now``; the
+        close) ends the wait: it commits at once with what waits."""
         while True:
             item = self._encoded.get()
             if item is None:
@@ -242,9 +266,12 @@ class Journal:
             work = [item]
             size = self._weight(item)
             stop = False
+            deadline = (self._last_commit + self.commit_every_s
+                        if self.commit_every_s > 0 and self._deferrable(item) else None)
             while len(work) < GROUP_MAX_OPS and size < GROUP_MAX_BYTES:
                 try:
-                    nxt = self._encoded.get_nowait()
+                    left = 0.0 if deadline is None else deadline - time.monotonic()
+                    nxt = self._encoded.get(timeout=left) if left > 0 else self._encoded.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -252,6 +279,10 @@ class Journal:
                     break
                 work.append(nxt)
                 size += self._weight(nxt)
+                if deadline is not None and not self._deferrable(nxt):
+                    deadline = None  # commit now, with whatever else is already queued
+            if any(self._has_samples(w) for w in work):  # the cadence paces sample commits only
+                self._last_commit = time.monotonic()
             try:
                 self._run_work(work)
             except Exception as e:  # a bug here must not strand callers on futures forever
@@ -261,6 +292,17 @@ class Journal:
                         fut.set_exception(e)
             if stop:
                 return
+
+    @staticmethod
+    def _has_samples(item: _Work) -> bool:
+        op, arg, _ = item
+        return op in ("append", "append_many") and any(r[0] == SAMPLES for r in arg)
+
+    @staticmethod
+    def _deferrable(item: _Work) -> bool:
+        """Sample batches only may wait for the commit cadence (events, acks, calls may not)."""
+        op, arg, _ = item
+        return op in ("append", "append_many") and all(r[0] == SAMPLES for r in arg)
 
     @staticmethod
     def _weight(item: _Work) -> int:
@@ -566,6 +608,7 @@ class Journal:
             "quota_bytes": self.quota_bytes,
             "max_age_s": self.max_age_ns / 1e9,
             "commits": self.commits,
+            "commit_every_s": self.commit_every_s,
             "failed_commits": self.failed_commits,
             "last_error": self.last_error,
             "dropped_records": self.dropped_records,

@@ -52,14 +52,23 @@ class JournalUnusable(sqlite3.DatabaseError):
     another program's file). Nothing is deleted or repaired automatically."""
 
 
-def connect(path: Path, sync: str) -> sqlite3.Connection:
+#: the page size of a new journal (an existing one keeps its own): larger pages keep a
+#: 20 KB batch in few pages; smaller ones write less per commit (each commit rewrites at
+#: least the last records page, the byte counter's and the sequence's: 3 pages)
+PAGE_SIZE = 16384
+PAGE_SIZES = (4096, 8192, 16384, 32768, 65536)
+
+
+def connect(path: Path, sync: str, page_size: int = PAGE_SIZE) -> sqlite3.Connection:
     """The journal's writer connection (autocommit; the writer opens its transactions)."""
+    if page_size not in PAGE_SIZES:
+        raise ValueError(f"page_size must be one of {', '.join(map(str, PAGE_SIZES))}, not {page_size!r}")
     fresh = not path.exists() or path.stat().st_size == 0
     private_db(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     if fresh:
-        # must precede the first table: larger pages keep a 20 KB batch in few pages
-        db.execute("PRAGMA page_size=16384")
+        # must precede the first table
+        db.execute(f"PRAGMA page_size={page_size}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={sync.upper()}")
     db.execute("PRAGMA wal_autocheckpoint=4096")

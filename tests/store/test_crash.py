@@ -265,3 +265,11 @@ def test_sigkill_with_quota_gaps_are_recorded(tmp_path: Path) -> None:
     """A small quota with a consumer that never acknowledges: what retention drops is
     covered by the one (folded) gap record; everything else reported is intact."""
     crash_rounds(tmp_path, 6, ["--quota", "400000"], quota=True, seed=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigkill_with_commit_cadence_loses_no_committed_batch(tmp_path: Path) -> None:
+    """With a commit cadence (journal.commit_every) a commit still means on disk: every
+    batch reported committed survives SIGKILL; the cadence only delays when it is taken."""
+    crash_rounds(tmp_path, 8, ["--ack", "--inflight", "64", "--commit-every", "0.25"], quota=False, seed=3)
