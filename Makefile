@@ -9,4 +9,7 @@ setup:
 lint:
 	.venv/bin/ruff check . && .venv/bin/mypy gateway drivers rules uplink central simulators northbound
 bench:
-	for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b | tail -n1; done
+	# footprint's default is the issue's full matrix (about an hour): make bench runs a short form
+	for b in bench/*.py; do echo "== $$b"; args=""; \
+	  [ "$$b" = bench/footprint.py ] && args="--plants demo,10000 --services none --runs 1 --steady 20 --growth 60"; \
+	  .venv/bin/python $$b $$args | tail -n1; done
