@@ -1,0 +1,215 @@
+"""`safegw scan`: finding units on an RTU line (at two baud rates) and behind a Modbus-TCP address.
+
+The simulators count every request, every write request and every RTU request that
+came sooner than the silent interval after a reply: a scan must leave the last two at 0.
+Wrong baud rates are made garbage by simulators.uart (checked here against a character
+worked out by hand from the UART framing).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus import scan
+from simulators.uart import resample
+from simulators.wire import crc16_modbus
+from tests.fixtures.helpers import free_port
+from tests.fixtures.sims import ROOT, SimProcess
+
+PLANT = """
+seed: 1
+tick: 100ms
+signals:
+  RH: {base: 55.5}
+  T: {base: -3.5}
+  DB: {base: 62.0}
+devices:
+  - name: bus
+    protocol: modbus-rtu
+    link: "{tmp}/ttyRS485"
+    baudrate: 9600
+    units:
+      - unit: 3
+        points:
+          - {signal: RH, address: holding:0, type: uint16, scale: 0.1}
+          - {signal: T, address: holding:1, type: int16, scale: 0.1}
+      - unit: 5
+        size: 1
+      - unit: 7
+        baudrate: 19200
+        points: [{signal: DB, address: holding:0, type: uint16, scale: 0.1}]
+  - name: tcp
+    protocol: modbus-tcp
+    port: 0
+    units:
+      - unit: 1
+        points: [{signal: DB, address: input:0, type: uint16, scale: 0.1}]
+      - unit: 2
+        size: 1
+      - unit: 9
+"""
+
+
+def _scan(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "scan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _stats(sim: SimProcess, device: str) -> dict[str, int]:
+    return sim.control(to=device, stats=True)
+
+
+# ------------------------------------------------------------------ pure parts
+
+def test_silent_interval_follows_the_serial_line_spec() -> None:
+    # MODBUS over Serial Line V1.02 §2.5.1.1: t3.5 = 3.5 characters of 11 bits; above
+    # 19200 baud a fixed 1.750 ms. Hand-computed: 3.5 × 11 / 9600 = 4.0104 ms.
+    assert scan.silent_interval_s(9600, "E") == pytest.approx(0.0040104, abs=1e-7)
+    assert scan.silent_interval_s(19200, "E") == pytest.approx(0.0020052, abs=1e-7)
+    assert scan.silent_interval_s(9600, "N", 2) == pytest.approx(0.0040104, abs=1e-7)
+    assert scan.silent_interval_s(38400, "E") == 0.00175
+    assert scan.silent_interval_s(115200, "N") == 0.00175
+    # 8N1 (10 bits a character, as most field devices are set): 3.5 × 10 / 9600
+    assert scan.silent_interval_s(9600, "N") == pytest.approx(0.0036458, abs=1e-7)
+
+
+def test_uart_model_against_a_hand_worked_character() -> None:
+    # 0x55 sent 8N1 at 9600 is, LSB first, start 0, 1 0 1 0 1 0 1 0, stop 1. A receiver at
+    # 19200 samples at 0.75, 1.25, ... 4.25 sender bits: 0 1 1 0 0 1 1 0 → 0x66, and its stop
+    # bit at 4.75 falls in a 0 → framing error → 0x00. It resynchronises on the next falling
+    # edge (sender bit 6) and samples 6.75 .. 10.25: 0 1 1 0 0 1 1 1 → 0xE6, stop at 10.75 idle.
+    assert resample(b"\x55", 9600, 19200) == b"\x00\xe6"
+    req = bytes.fromhex("010300000001") + crc16_modbus(bytes.fromhex("010300000001")).to_bytes(2, "little")
+    assert resample(req, 9600, 9600) == req
+    for rx in (4800, 19200, 38400):
+        got = resample(req, 9600, rx)
+        ok = len(got) >= 8 and crc16_modbus(got[:6]) == int.from_bytes(got[6:8], "little")
+        assert not ok, f"a 9600-baud frame read at {rx} baud passed its CRC: {got.hex()}"
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ("0-3", "within 1-247"), ("248", "within 1-247"), ("1-x", "not a unit id"), ("5-2", "within 1-247"),
+    ("1" * 300, "longer than 200"),
+])
+def test_bad_units_are_refused_with_the_reason(text: str, msg: str) -> None:
+    with pytest.raises(ValueError, match=msg):
+        scan.parse_units(text)
+
+
+def test_units_and_registers_parse() -> None:
+    assert scan.parse_units("1,3-5, 9") == [1, 3, 4, 5, 9]
+    assert scan.parse_registers("holding:0-9") == (3, 0, 10)
+    assert scan.parse_registers("input:100") == (4, 100, 1)
+    assert scan.parse_registers("coil:0-1999") == (1, 0, 2000)
+    with pytest.raises(ValueError, match="at most 125"):
+        scan.parse_registers("holding:0-125")
+    with pytest.raises(ValueError, match="TABLE one of"):
+        scan.parse_registers("register:0-9")
+
+
+def test_suggestion_matches_only_a_fitting_signature() -> None:
+    assert "temperature/humidity" in (scan.suggest(3, 0, [555, 0xFFDD]) or "")  # 55.5 %RH, -3.5 °C
+    assert scan.suggest(3, 0, [555, 2000]) is None  # 200 °C: not a T/RH transmitter nor a gas status word
+    assert "noise" in (scan.suggest(4, 0, [620]) or "")
+    assert scan.suggest(3, 5, [555, 0xFFDD]) is None  # the signature's registers were not read
+    assert scan.suggest(1, 0, [1, 0]) is None  # bits never match a register signature
+
+
+# ------------------------------------------------------------------ against the simulators
+
+def test_rtu_scan_finds_units_at_two_baud_rates_and_writes_nothing(
+        sim_factory: Callable[..., SimProcess], tmp_path: Path) -> None:
+    sim = sim_factory(PLANT)
+    port = sim.endpoints["bus"]["port"]
+    r = _scan("modbus-rtu", "--port", port, "--baud", "9600,19200", "--parity", "N", "--units", "1-8",
+              "--registers", "holding:0-1", "--timeout", "150ms")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    found = {ln.split(":")[0]: ln for ln in lines if ln.startswith("unit ")}
+    assert set(found) == {"unit 3 at 9600 baud, parity N", "unit 5 at 9600 baud, parity N",
+                          "unit 7 at 19200 baud, parity N"}, r.stdout
+    assert "holding:0-1 = 555 65501" in found["unit 3 at 9600 baud, parity N"]
+    assert "temperature/humidity" in found["unit 3 at 9600 baud, parity N"]
+    assert "exception 2" in found["unit 5 at 9600 baud, parity N"]  # present, but has no holding:1
+    assert "3 unit(s) found" in r.stdout
+    # stderr is not a TTY here: plain progress lines, and the estimate first
+    assert r.stderr.startswith("scanning ") and "at most" in r.stderr.splitlines()[0]
+    assert "progress " in r.stderr
+    st = _stats(sim, "bus")
+    assert st["writes"] == 0
+    assert st["gap_violations"] == 0
+    assert st["requests"] == 3  # one frame each reached units 3, 5 and 7: nothing else was heard
+
+
+def test_a_frame_at_the_wrong_rate_is_garbage_to_the_unit(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)
+    port = sim.endpoints["bus"]["port"]
+    r = _scan("modbus-rtu", "--port", port, "--baud", "19200,4800", "--parity", "N", "--units", "3,5",
+              "--timeout", "100ms")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "no unit answered" in r.stdout
+    assert _stats(sim, "bus")["requests"] == 0  # units 3 and 5 (9600) never saw a valid frame
+
+
+def test_rtu_budget_stops_early_and_keeps_what_was_found(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)
+    port = sim.endpoints["bus"]["port"]
+    # unit 3 answers first; then 100 silent ids at 100 ms each would take 10 s: the budget cuts it
+    r = _scan("modbus-rtu", "--port", port, "--baud", "9600", "--parity", "N", "--units", "3,10-109",
+              "--timeout", "100ms", "--budget", "1s")
+    assert r.returncode == 0, r.stderr
+    assert "unit 3 at 9600 baud" in r.stdout
+    assert "stopped early: time budget of 1s spent" in r.stdout
+
+
+def test_rtu_port_missing_is_a_clear_error(tmp_path: Path) -> None:
+    r = _scan("modbus-rtu", "--port", str(tmp_path / "ttyNONE"), "--baud", "9600", "--parity", "N",
+              "--units", "1")
+    assert r.returncode == 3
+    assert f"cannot reach {tmp_path / 'ttyNONE'}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_arguments_name_the_flag() -> None:
+    r = _scan("modbus-rtu", "--port", "/dev/null", "--baud", "96OO")
+    assert r.returncode == 2 and "--baud: '96OO' is not valid" in r.stderr
+    r = _scan("modbus-tcp", "127.0.0.1", "--units", "0-5")
+    assert r.returncode == 2 and "--units" in r.stderr and "1-247" in r.stderr
+
+
+def test_tcp_scan_finds_several_units_and_writes_nothing(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)
+    host, port = sim.tcp("tcp")
+    r = _scan("modbus-tcp", host, "--port", str(port), "--units", "1-12", "--registers", "input:0-1",
+              "--timeout", "500ms")
+    assert r.returncode == 0, r.stderr
+    found = {ln.split(":")[0]: ln for ln in r.stdout.splitlines() if ln.startswith("unit ")}
+    assert set(found) == {"unit 1", "unit 2", "unit 9"}, r.stdout
+    assert "input:0-1 = 620 0" in found["unit 1"]
+    assert "exception 2" in found["unit 2"]
+    st = _stats(sim, "tcp")
+    assert st["writes"] == 0
+    assert st["requests"] == 3  # the absent ids got exception 11 from the server, not a unit's answer
+
+
+def test_tcp_silent_unit_is_not_found(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)
+    sim.control(fault="tcp", kind="silent", unit=9)
+    host, port = sim.tcp("tcp")
+    r = _scan("modbus-tcp", host, "--port", str(port), "--units", "1,9", "--timeout", "300ms")
+    assert r.returncode == 0, r.stderr
+    assert "unit 1:" in r.stdout and "unit 9" not in r.stdout.replace("2 probe", "")
+
+
+def test_tcp_refused_is_a_clear_error() -> None:
+    port = free_port()  # nothing listens there: connection refused
+    r = _scan("modbus-tcp", "127.0.0.1", "--port", str(port), "--units", "1")
+    assert r.returncode == 3
+    assert f"cannot reach 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
