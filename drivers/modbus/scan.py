@@ -270,7 +270,6 @@ async def scan_rtu(port: str, *, bauds: list[int], parities: list[str], units: l
     fc, start, count = registers
     prog = progress or _NoProgress()
     res = ScanResult()
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # garbage at a wrong rate is expected
     try:
         await _scan_rtu(port, bauds, parities, units, fc, start, count, reply_s, budget_s, prog, res)
     finally:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drivers.modbus import scan
+from gateway.cli import main
 from simulators.uart import resample
 from simulators.wire import crc16_modbus
 from tests.fixtures.helpers import free_port
@@ -57,13 +58,42 @@ devices:
 
 
 def _scan(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process (as a user runs it: stderr is not a TTY)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "gateway.cli", "scan", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _scan_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The same command in this process (saves an interpreter start per case)."""
+    try:
+        code = main(["scan", *args])
+    except SystemExit as e:  # argparse's own errors
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def _stats(sim: SimProcess, device: str) -> dict[str, int]:
     return sim.control(to=device, stats=True)
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    d = tmp_path_factory.mktemp("scan")
+    cfg = d / "sim.yaml"
+    cfg.write_text(PLANT.replace("{tmp}", str(d)))
+    sim = SimProcess(cfg)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def sim(plant: SimProcess) -> SimProcess:
+    if plant.proc.poll() is not None:
+        raise RuntimeError(f"the shared simulator died: {''.join(plant.stderr)[-2000:]}")
+    plant.control(reset=True)
+    return plant
 
 
 # ------------------------------------------------------------------ pure parts
@@ -124,9 +154,8 @@ def test_suggestion_matches_only_a_fitting_signature() -> None:
 
 # ------------------------------------------------------------------ against the simulators
 
-def test_rtu_scan_finds_units_at_two_baud_rates_and_writes_nothing(
-        sim_factory: Callable[..., SimProcess], tmp_path: Path) -> None:
-    sim = sim_factory(PLANT)
+def test_rtu_scan_finds_units_at_two_baud_rates_and_writes_nothing(sim: SimProcess) -> None:
+    before = _stats(sim, "bus")
     port = sim.endpoints["bus"]["port"]
     r = _scan("modbus-rtu", "--port", port, "--baud", "9600,19200", "--parity", "N", "--units", "1-8",
               "--registers", "holding:0-1", "--timeout", "150ms")
@@ -145,71 +174,80 @@ def test_rtu_scan_finds_units_at_two_baud_rates_and_writes_nothing(
     st = _stats(sim, "bus")
     assert st["writes"] == 0
     assert st["gap_violations"] == 0
-    assert st["requests"] == 3  # one frame each reached units 3, 5 and 7: nothing else was heard
+    # one frame each reached units 3, 5 and 7: nothing else was heard as a frame
+    assert st["requests"] - before["requests"] == 3
 
 
-def test_a_frame_at_the_wrong_rate_is_garbage_to_the_unit(sim_factory: Callable[..., SimProcess]) -> None:
-    sim = sim_factory(PLANT)
+def test_a_frame_at_the_wrong_rate_is_garbage_to_the_unit(sim: SimProcess,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    before = _stats(sim, "bus")
     port = sim.endpoints["bus"]["port"]
-    r = _scan("modbus-rtu", "--port", port, "--baud", "19200,4800", "--parity", "N", "--units", "3,5",
-              "--timeout", "100ms")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "no unit answered" in r.stdout
-    assert _stats(sim, "bus")["requests"] == 0  # units 3 and 5 (9600) never saw a valid frame
+    code, out, err = _scan_here(capsys, "modbus-rtu", "--port", port, "--baud", "19200,4800", "--parity", "N",
+                                "--units", "3,5", "--timeout", "100ms")
+    assert code == 1, out + err
+    assert "no unit answered" in out
+    # units 3 and 5 listen at 9600: not one valid frame reached them
+    assert _stats(sim, "bus")["requests"] == before["requests"]
 
 
-def test_rtu_budget_stops_early_and_keeps_what_was_found(sim_factory: Callable[..., SimProcess]) -> None:
-    sim = sim_factory(PLANT)
+def test_rtu_budget_stops_early_and_keeps_what_was_found(sim: SimProcess,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     port = sim.endpoints["bus"]["port"]
     # unit 3 answers first; then 100 silent ids at 100 ms each would take 10 s: the budget cuts it
-    r = _scan("modbus-rtu", "--port", port, "--baud", "9600", "--parity", "N", "--units", "3,10-109",
-              "--timeout", "100ms", "--budget", "1s")
-    assert r.returncode == 0, r.stderr
-    assert "unit 3 at 9600 baud" in r.stdout
-    assert "stopped early: time budget of 1s spent" in r.stdout
+    code, out, err = _scan_here(capsys, "modbus-rtu", "--port", port, "--baud", "9600", "--parity", "N",
+                                "--units", "3,10-109", "--timeout", "100ms", "--budget", "1s")
+    assert code == 0, err
+    assert "unit 3 at 9600 baud" in out
+    assert "stopped early: time budget of 1s spent" in out
+    # the estimate up front: 101 probes × (100 ms + t3.5 of 3.646 ms + an 8-byte frame of 8.333 ms)
+    assert "worst case 11.3s" in err.splitlines()[0]
 
 
-def test_rtu_port_missing_is_a_clear_error(tmp_path: Path) -> None:
-    r = _scan("modbus-rtu", "--port", str(tmp_path / "ttyNONE"), "--baud", "9600", "--parity", "N",
-              "--units", "1")
-    assert r.returncode == 3
-    assert f"cannot reach {tmp_path / 'ttyNONE'}" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_rtu_port_missing_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _scan_here(capsys, "modbus-rtu", "--port", str(tmp_path / "ttyNONE"), "--baud", "9600",
+                              "--parity", "N", "--units", "1")
+    assert code == 3
+    assert f"cannot reach {tmp_path / 'ttyNONE'}" in err
 
 
-def test_bad_arguments_name_the_flag() -> None:
-    r = _scan("modbus-rtu", "--port", "/dev/null", "--baud", "96OO")
-    assert r.returncode == 2 and "--baud: '96OO' is not valid" in r.stderr
-    r = _scan("modbus-tcp", "127.0.0.1", "--units", "0-5")
-    assert r.returncode == 2 and "--units" in r.stderr and "1-247" in r.stderr
+def test_bad_arguments_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _scan_here(capsys, "modbus-rtu", "--port", "/dev/null", "--baud", "96OO")
+    assert code == 2 and "--baud: '96OO' is not valid" in err
+    code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--units", "0-5")
+    assert code == 2 and "--units" in err and "1-247" in err
+    code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--budget", "0s")
+    assert code == 2 and "--budget" in err
 
 
-def test_tcp_scan_finds_several_units_and_writes_nothing(sim_factory: Callable[..., SimProcess]) -> None:
-    sim = sim_factory(PLANT)
+def test_tcp_scan_finds_several_units_and_writes_nothing(sim: SimProcess,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    before = _stats(sim, "tcp")
     host, port = sim.tcp("tcp")
-    r = _scan("modbus-tcp", host, "--port", str(port), "--units", "1-12", "--registers", "input:0-1",
-              "--timeout", "500ms")
-    assert r.returncode == 0, r.stderr
-    found = {ln.split(":")[0]: ln for ln in r.stdout.splitlines() if ln.startswith("unit ")}
-    assert set(found) == {"unit 1", "unit 2", "unit 9"}, r.stdout
+    code, out, err = _scan_here(capsys, "modbus-tcp", host, "--port", str(port), "--units", "1-12",
+                                "--registers", "input:0-1", "--timeout", "500ms")
+    assert code == 0, err
+    found = {ln.split(":")[0]: ln for ln in out.splitlines() if ln.startswith("unit ")}
+    assert set(found) == {"unit 1", "unit 2", "unit 9"}, out
     assert "input:0-1 = 620 0" in found["unit 1"]
     assert "exception 2" in found["unit 2"]
     st = _stats(sim, "tcp")
     assert st["writes"] == 0
-    assert st["requests"] == 3  # the absent ids got exception 11 from the server, not a unit's answer
+    # units 1, 2 and 9 answered; the absent ids got exception 11 from the server, not from a unit
+    assert st["requests"] - before["requests"] == 3
 
 
-def test_tcp_silent_unit_is_not_found(sim_factory: Callable[..., SimProcess]) -> None:
-    sim = sim_factory(PLANT)
+def test_tcp_silent_unit_is_not_found(sim: SimProcess, capsys: pytest.CaptureFixture[str]) -> None:
     sim.control(fault="tcp", kind="silent", unit=9)
     host, port = sim.tcp("tcp")
-    r = _scan("modbus-tcp", host, "--port", str(port), "--units", "1,9", "--timeout", "300ms")
-    assert r.returncode == 0, r.stderr
-    assert "unit 1:" in r.stdout and "unit 9" not in r.stdout.replace("2 probe", "")
+    code, out, err = _scan_here(capsys, "modbus-tcp", host, "--port", str(port), "--units", "1,9",
+                                "--timeout", "300ms")
+    assert code == 0, err
+    units = [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("unit ")]
+    assert units == ["unit 1"], out
 
 
-def test_tcp_refused_is_a_clear_error() -> None:
+def test_tcp_refused_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()  # nothing listens there: connection refused
-    r = _scan("modbus-tcp", "127.0.0.1", "--port", str(port), "--units", "1")
-    assert r.returncode == 3
-    assert f"cannot reach 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--port", str(port), "--units", "1")
+    assert code == 3
+    assert f"cannot reach 127.0.0.1:{port}" in err
