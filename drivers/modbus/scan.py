@@ -266,7 +266,11 @@ async def scan_rtu(port: str, *, bauds: list[int], parities: list[str], units: l
                    registers: tuple[int, int, int] = (3, 0, 1), reply_s: float = 0.2,
                    budget_s: float = 600.0, progress: Progress | None = None) -> ScanResult:
     """Probe every unit at every (baud, parity) until it answers; a unit found is not probed
-    at the other settings (one device has one setting). Never writes."""
+    at the other settings (one device has one setting). Never writes.
+
+    Raises OSError only when the port cannot be opened at all; a port lost mid-scan ends
+    the scan with ``stopped`` set and what was found kept. Quieting pymodbus' logger
+    (it logs every garbled reply at ERROR) is the caller's: the CLI's setup_logging does."""
     fc, start, count = registers
     prog = progress or _NoProgress()
     res = ScanResult()
@@ -300,7 +304,10 @@ async def _scan_rtu(port: str, bauds: list[int], parities: list[str], units: lis
                 continue
             if not ok:
                 client.close()
-                raise OSError(f"cannot open serial port {port}")
+                if res.probes == 0:
+                    raise OSError(f"cannot open serial port {port}")
+                res.stopped = f"serial port {port} could not be reopened at {baud} baud, parity {parity}"
+                return
             read = {1: client.read_coils, 2: client.read_discrete_inputs, 3: client.read_holding_registers,
                     4: client.read_input_registers}[fc]
             last = time.monotonic()
@@ -316,14 +323,19 @@ async def _scan_rtu(port: str, bauds: list[int], parities: list[str], units: lis
                     if wait > 0:
                         await asyncio.sleep(wait)  # the bus's silent interval, not a settle
                     res.probes += 1
+                    rr, lost = None, False
                     try:
                         rr = await read(start, count=count, device_id=unit)
-                    except ModbusIOException:
-                        rr = None  # no answer (or garbage: a wrong rate)
-                    except ConnectionException as e:
-                        raise OSError(f"serial port {port}: {e}") from None
+                    except ModbusIOException:  # no answer (or garbage: a wrong rate)
+                        lost = not client.connected
+                    except ConnectionException:
+                        lost = True
                     finally:
                         last = time.monotonic()
+                    if rr is None and lost:
+                        # the adapter went away: keep what was found, say where it stopped
+                        res.stopped = f"serial port {port} lost at {baud} baud, parity {parity}, unit {unit}"
+                        return
                     prog.step(f"{baud} {parity} unit {unit}")
                     if rr is None:
                         continue

@@ -8,19 +8,22 @@ worked out by hand from the UART framing).
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from drivers.modbus import scan
 from gateway.cli import main
+from gateway.core.aio import within
 from simulators.uart import resample
 from simulators.wire import crc16_modbus
-from tests.fixtures.helpers import free_port
+from tests.fixtures.helpers import async_wait_until, free_port
 from tests.fixtures.sims import ROOT, SimProcess
 
 PLANT = """
@@ -251,3 +254,32 @@ def test_tcp_refused_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> Non
     code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--port", str(port), "--units", "1")
     assert code == 3
     assert f"cannot reach 127.0.0.1:{port}" in err
+
+
+async def test_rtu_port_lost_mid_scan_keeps_what_was_found(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)  # its own plant: this test pulls the USB adapter
+    port = sim.endpoints["bus"]["port"]
+    prog = scan.Progress(200, io.StringIO(), tty=False)
+    task = asyncio.create_task(scan.scan_rtu(port, bauds=[9600], parities=["N"], units=[3, *range(10, 200)],
+                                             registers=(3, 0, 2), reply_s=0.1, budget_s=60, progress=prog))
+    await async_wait_until(lambda: prog.done >= 2, timeout=20, what="unit 3 and one silent id probed")
+    await asyncio.to_thread(sim.control, fault="bus", kind="disconnect")
+    res = await within(task, 30)
+    assert [f.unit for f in res.found] == [3]
+    assert res.found[0].values == [555, 65501]
+    assert res.stopped is not None and f"serial port {port} lost at 9600 baud" in res.stopped
+    assert "stopped early: serial port" in "\n".join(scan.report_lines(res, 3, 0))
+
+
+def test_progress_is_a_bar_on_a_tty_and_lines_otherwise() -> None:
+    bar, plain = io.StringIO(), io.StringIO()
+    pb, pp = scan.Progress(20, bar, tty=True), scan.Progress(20, plain, tty=False)
+    for i in range(20):
+        pb.step(f"unit {i + 1}")
+        pp.step(f"unit {i + 1}")
+    pb.end()
+    assert bar.getvalue().count("\r") == 20 and bar.getvalue().endswith("\n")
+    assert "\r[" + "#" * 30 + "] 20/20 unit 20" in bar.getvalue()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 11 and lines[-1].startswith("progress 20/20 (100%)")  # one line every 10 %
+    assert "\r" not in plain.getvalue()
