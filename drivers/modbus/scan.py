@@ -365,6 +365,7 @@ async def scan_tcp(host: str, port: int = 502, *, units: list[int],
     client = TcpClient(host, port)
     await client.connect(reply_s)
     nbytes = (count + 7) // 8 if fc in (1, 2) else 2 * count
+    losses = 0  # connections lost in a row
     try:
         for unit in units:
             if time.monotonic() + reply_s > deadline:
@@ -378,12 +379,12 @@ async def scan_tcp(host: str, port: int = 502, *, units: list[int],
                     res.stopped = f"the device at {host}:{port} went away at unit {unit}"
                     break
             buf = bytearray(nbytes)
-            fut = client.send(unit, fc, start, count, memoryview(buf))
             res.probes += 1
-            f: Found | None = Found(unit)
+            f, present = Found(unit), True
+            fut: asyncio.Future[None] | None = None
             try:
+                fut = client.send(unit, fc, start, count, memoryview(buf))
                 await within(fut, reply_s)
-                assert f is not None
                 if fc in (1, 2):
                     bits = np.unpackbits(np.frombuffer(bytes(buf), np.uint8), bitorder="little")[:count]
                     f.values = [int(b) for b in bits]
@@ -391,22 +392,25 @@ async def scan_tcp(host: str, port: int = 502, *, units: list[int],
                     f.values = [int(v) for v in np.frombuffer(bytes(buf), ">u2")]
                 f.suggestion = suggest(fc, start, f.values)
             except ModbusExceptionReply as e:
-                if e.code in ABSENT_EXCEPTIONS:
-                    f = None
-                else:
-                    assert f is not None
-                    f.exception = e.code
+                present = e.code not in ABSENT_EXCEPTIONS
+                f.exception = e.code
             except TimeoutError:
                 client.forget([fut])
-                f = None
+                present = False
             except ProtocolError as e:
                 res.errors.append(f"unit {unit}: {e}")
-                f = None
+                present = False
             except ConnectionResetError as e:
                 res.errors.append(f"unit {unit}: connection lost: {e}")
-                f = None
+                present = False
+                losses += 1
+                if losses >= 2:  # reconnecting did not help: the device is gone, not one unit
+                    res.stopped = f"the device at {host}:{port} went away at unit {unit}"
+                    break
+            if client.connected:
+                losses = 0
             prog.step(f"unit {unit}")
-            if f is not None:
+            if present:
                 res.found.append(f)
     finally:
         client.close()

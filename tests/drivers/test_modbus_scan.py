@@ -283,3 +283,18 @@ def test_progress_is_a_bar_on_a_tty_and_lines_otherwise() -> None:
     lines = plain.getvalue().splitlines()
     assert len(lines) == 11 and lines[-1].startswith("progress 20/20 (100%)")  # one line every 10 %
     assert "\r" not in plain.getvalue()
+
+
+async def test_tcp_device_gone_mid_scan_keeps_what_was_found(sim_factory: Callable[..., SimProcess]) -> None:
+    sim = sim_factory(PLANT)  # its own plant: this test takes the device away
+    sim.control(fault="tcp", kind="silent", unit=2)  # unit 2 keeps the scan waiting for its answer
+    host, port = sim.tcp("tcp")
+    prog = scan.Progress(3, io.StringIO(), tty=False)
+    task = asyncio.create_task(scan.scan_tcp(host, port, units=[1, 2, 9], registers=(4, 0, 1), reply_s=20,
+                                             budget_s=60, progress=prog))
+    await async_wait_until(lambda: prog.done >= 1, timeout=20, what="unit 1 probed")
+    await asyncio.to_thread(sim.control, fault="tcp", kind="disconnect")
+    res = await within(task, 30)
+    assert [(f.unit, f.values) for f in res.found] == [(1, [620])]
+    assert res.stopped == f"the device at {host}:{port} went away at unit 9"
+    assert any(e.startswith("unit 2: connection lost") for e in res.errors), res.errors
