@@ -120,11 +120,15 @@ def char_bits(parity: str, stopbits: int = 1) -> int:
     return 1 + 8 + (parity != "N") + stopbits
 
 
-def silent_interval_s(baud: int, parity: str = "E", stopbits: int = 1) -> float:
-    """t3.5 (V1.02 §2.5.1.1): 3.5 character times, or a fixed 1.750 ms above 19200 baud."""
+def silent_interval_s(baud: int) -> float:
+    """t3.5 (V1.02 §2.5.1.1): 3.5 character times, or a fixed 1.750 ms above 19200 baud.
+
+    A character is counted as the spec's 11 bits (§2.5.1: start, 8 data, parity or a
+    second stop bit, stop) whatever the port's setting: on an 8N1 line (10 bits) that is a
+    little longer than needed, never shorter."""
     if baud > 19200:
         return 0.00175
-    return 3.5 * char_bits(parity, stopbits) / baud
+    return 3.5 * 11 / baud
 
 
 def frame_s(nbytes: int, baud: int, parity: str) -> float:
@@ -136,7 +140,7 @@ def estimate_rtu_s(bauds: list[int], parities: list[str], units: list[int], time
     total = 0.0
     for b in bauds:
         for p in parities:
-            total += len(units) * (timeout + silent_interval_s(b, p) + frame_s(8, b, p))
+            total += len(units) * (timeout + silent_interval_s(b) + frame_s(8, b, p))
     return total
 
 
@@ -291,7 +295,7 @@ async def _scan_rtu(port: str, bauds: list[int], parities: list[str], units: lis
     found: dict[int, Found] = {}
     for baud in bauds:
         for parity in parities:
-            gap = silent_interval_s(baud, parity)
+            gap = silent_interval_s(baud)
             client = AsyncModbusSerialClient(port, baudrate=baud, parity=parity, bytesize=8, stopbits=1,
                                              timeout=reply_s, retries=0, reconnect_delay=0,
                                              reconnect_delay_max=0)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import select
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +51,8 @@ devices:
       - unit: 7
         baudrate: 19200
         points: [{signal: DB, address: holding:0, type: uint16, scale: 0.1}]
+      - unit: 8
+        baudrate: 300
   - name: tcp
     protocol: modbus-tcp
     port: 0
@@ -102,15 +107,17 @@ def sim(plant: SimProcess) -> SimProcess:
 # ------------------------------------------------------------------ pure parts
 
 def test_silent_interval_follows_the_serial_line_spec() -> None:
-    # MODBUS over Serial Line V1.02 §2.5.1.1: t3.5 = 3.5 characters of 11 bits; above
+    # MODBUS over Serial Line V1.02 §2.5.1.1: t3.5 = 3.5 characters (§2.5.1: 11 bits); above
     # 19200 baud a fixed 1.750 ms. Hand-computed: 3.5 × 11 / 9600 = 4.0104 ms.
-    assert scan.silent_interval_s(9600, "E") == pytest.approx(0.0040104, abs=1e-7)
-    assert scan.silent_interval_s(19200, "E") == pytest.approx(0.0020052, abs=1e-7)
-    assert scan.silent_interval_s(9600, "N", 2) == pytest.approx(0.0040104, abs=1e-7)
-    assert scan.silent_interval_s(38400, "E") == 0.00175
-    assert scan.silent_interval_s(115200, "N") == 0.00175
-    # 8N1 (10 bits a character, as most field devices are set): 3.5 × 10 / 9600
-    assert scan.silent_interval_s(9600, "N") == pytest.approx(0.0036458, abs=1e-7)
+    assert scan.silent_interval_s(9600) == pytest.approx(0.0040104, abs=1e-7)
+    assert scan.silent_interval_s(19200) == pytest.approx(0.0020052, abs=1e-7)
+    assert scan.silent_interval_s(1200) == pytest.approx(0.0320833, abs=1e-7)
+    assert scan.silent_interval_s(19201) == 0.00175
+    assert scan.silent_interval_s(38400) == 0.00175
+    assert scan.silent_interval_s(115200) == 0.00175
+    # a request on the wire: 8 characters of 10 bits (8N1) at 9600 = 8.333 ms; 11 bits (8E1) 9.167 ms
+    assert scan.frame_s(8, 9600, "N") == pytest.approx(0.0083333, abs=1e-7)
+    assert scan.frame_s(8, 9600, "E") == pytest.approx(0.0091667, abs=1e-7)
 
 
 def test_uart_model_against_a_hand_worked_character() -> None:
@@ -193,6 +200,36 @@ def test_a_frame_at_the_wrong_rate_is_garbage_to_the_unit(sim: SimProcess,
     assert _stats(sim, "bus")["requests"] == before["requests"]
 
 
+def _ask_300(fd: int, pdu: bytes) -> bytes:
+    os.write(fd, pdu + crc16_modbus(pdu).to_bytes(2, "little"))
+    buf = b""
+    deadline = time.monotonic() + 5.0
+    while len(buf) < 7 and time.monotonic() < deadline:  # 08 03 02 hi lo crc crc
+        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if r:
+            buf += os.read(fd, 64)
+    return buf
+
+
+def test_the_gap_check_catches_a_request_sent_too_soon(sim: SimProcess) -> None:
+    # The check the scan tests rely on must be able to fail: at 300 baud t3.5 is
+    # 3.5 × 11 / 300 = 128 ms, and a request sent as soon as the reply is in breaks it.
+    before = _stats(sim, "bus")["gap_violations"]
+    fd = os.open(sim.endpoints["bus"]["port"], os.O_RDWR | os.O_NOCTTY)
+    try:
+        attrs = termios.tcgetattr(fd)
+        attrs[0] = attrs[1] = attrs[3] = 0
+        attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
+        attrs[4] = attrs[5] = termios.B300
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        first = _ask_300(fd, bytes.fromhex("080300000001"))
+        assert first[:3] == bytes.fromhex("080302"), first.hex()
+        assert _ask_300(fd, bytes.fromhex("080300000001"))[:3] == bytes.fromhex("080302")
+    finally:
+        os.close(fd)
+    assert _stats(sim, "bus")["gap_violations"] == before + 1
+
+
 def test_rtu_budget_stops_early_and_keeps_what_was_found(sim: SimProcess,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     port = sim.endpoints["bus"]["port"]
@@ -202,7 +239,8 @@ def test_rtu_budget_stops_early_and_keeps_what_was_found(sim: SimProcess,
     assert code == 0, err
     assert "unit 3 at 9600 baud" in out
     assert "stopped early: time budget of 1s spent" in out
-    # the estimate up front: 101 probes × (100 ms + t3.5 of 3.646 ms + an 8-byte frame of 8.333 ms)
+    # the estimate up front: 101 probes × (100 ms + t3.5 of 4.010 ms + an 8-byte 8N1 frame of 8.333 ms)
+    # = 11.347 s
     assert "worst case 11.3s" in err.splitlines()[0]
 
 
