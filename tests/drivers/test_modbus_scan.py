@@ -336,3 +336,34 @@ async def test_tcp_device_gone_mid_scan_keeps_what_was_found(sim_factory: Callab
     assert [(f.unit, f.values) for f in res.found] == [(1, [620])]
     assert res.stopped == f"the device at {host}:{port} went away at unit 9"
     assert any(e.startswith("unit 2: connection lost") for e in res.errors), res.errors
+
+
+def test_progress_bar_when_stderr_is_a_terminal(sim: SimProcess) -> None:
+    host, port = sim.tcp("tcp")
+    master, slave = os.openpty()
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        cmd = [sys.executable, "-m", "gateway.cli", "scan", "modbus-tcp", host, "--port", str(port),
+               "--units", "1-12"]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60,
+                           check=False)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while select.select([master], [], [], 0)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the writer is gone and everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert r.returncode == 0, seen
+    text = seen.decode()
+    assert text.count("\r[") == 12 and "] 12/12 unit 12" in text
+    assert "progress " not in text  # no plain lines on a terminal
+    assert "unit 9:" in r.stdout
