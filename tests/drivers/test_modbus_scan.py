@@ -345,8 +345,8 @@ def test_progress_bar_when_stderr_is_a_terminal(sim: SimProcess) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cmd = [sys.executable, "-m", "gateway.cli", "scan", "modbus-tcp", host, "--port", str(port),
                "--units", "1-12"]
-        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True, timeout=60,
-                           check=False)
+        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True,
+                           timeout=60, check=False)
         os.close(slave)
         slave = -1
         seen = b""
