@@ -36,6 +36,18 @@ def _duration(text: str) -> float:
     return v
 
 
+def _tcp_port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
+def _host(text: str) -> str:
+    if not 0 < len(text) <= 253:  # RFC 1035 §2.3.4: a name is at most 255 octets on the wire
+        raise argparse.ArgumentTypeError("a host name or address of 1-253 characters")
+    return text
+
+
 def _fmt_s(s: float) -> str:
     return f"{s:.1f}s" if s < 120 else f"{s / 60:.1f} min"
 
@@ -75,7 +87,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         else:
             res = asyncio.run(scan.scan_tcp(args.host, args.port, units=units, registers=(fc, start, count),
                                             reply_s=args.timeout, budget_s=args.budget, progress=prog))
-    except (OSError, TimeoutError, termios.error) as e:
+    except (OSError, TimeoutError, termios.error, UnicodeError) as e:  # UnicodeError: a bad host label
         what = args.port if args.scan_command == "modbus-rtu" else f"{args.host}:{args.port}"
         print(f"safegw scan: cannot reach {what}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -102,8 +114,8 @@ def add_command(sub: Any) -> None:
                    help="wait this long for each answer (default 200ms)")
     r.set_defaults(func=cmd_scan)
     t = ss.add_parser("modbus-tcp", parents=[common], help="unit ids behind one Modbus-TCP address")
-    t.add_argument("host")
-    t.add_argument("--port", type=int, default=502)
+    t.add_argument("host", type=_host)
+    t.add_argument("--port", type=_tcp_port, default=502)
     t.add_argument("--timeout", type=_duration, default=1.0,
                    help="wait this long for each answer (default 1s)")
     t.set_defaults(func=cmd_scan)

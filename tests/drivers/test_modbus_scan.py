@@ -258,6 +258,12 @@ def test_bad_arguments_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 2 and "--units" in err and "1-247" in err
     code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--budget", "0s")
     assert code == 2 and "--budget" in err
+    code, _, err = _scan_here(capsys, "modbus-tcp", "127.0.0.1", "--port", "70000")
+    assert code == 2 and "not a TCP port" in err
+    code, _, err = _scan_here(capsys, "modbus-tcp", "h" * 300)
+    assert code == 2 and "1-253 characters" in err
+    code, _, err = _scan_here(capsys, "modbus-tcp", "x" * 70 + ".invalid", "--units", "1")
+    assert code == 3 and "cannot reach" in err  # a label over 63 characters: refused, no traceback
 
 
 def test_tcp_scan_finds_several_units_and_writes_nothing(sim: SimProcess,
