@@ -159,6 +159,9 @@ class ModbusUnit(Strict):
     unit: int = Field(ge=0, le=255)
     points: list[ModbusPoint] = Field(default_factory=list)
     size: int = Field(default=1000, ge=1, le=65536, description="registers/bits per table")
+    baudrate: int | None = Field(default=None, ge=300, le=1_000_000,
+                                 description="RTU: this unit's own rate (default: the line's); "
+                                             "frames at another rate are garbage to it")
 
 
 class ModbusTcpSim(SimDeviceBase):

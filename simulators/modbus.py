@@ -12,6 +12,14 @@ Faults come from the plant (simulators.scenario) at the time of the last tick:
 ends; RTU: the pty pair disappears (the USB adapter is pulled) until it ends. On an
 RTU line a unit id nobody has is not answered, as on a real RS-485 bus.
 
+RTU line speed: each unit listens at its own ``baudrate`` (default the line's). The
+simulator reads the speed the gateway set on its end of the pty (tcgetattr: ptys keep
+it) and passes every byte through simulators.uart, both ways, so a frame sent at the
+wrong rate reaches a unit as garbage (a bad CRC) and its reply reaches the gateway as
+garbage. ``stats`` (a control message ``{"to": NAME, "stats": true}``) counts requests,
+write requests (function codes 5, 6, 15, 16, 22, 23: a scan must send none) and, on
+RTU, requests that came sooner than 3.5 character times after the unit's last reply.
+
 RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
 simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way
 of pulling the USB adapter), the server notices, waits ``replug_delay`` and makes a
@@ -25,6 +33,8 @@ import contextlib
 import logging
 import os
 import struct
+import termios
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +44,15 @@ from gateway.core.config import parse_modbus_address
 from simulators.config import ModbusRtuSim, ModbusTcpSim, ModbusUnit
 from simulators.pty import close_fd, open_pty_pair, stop_socat, write_fd
 from simulators.scenario import Plant
+from simulators.uart import resample
 from simulators.wire import crc16_modbus, encode_registers
 
 log = logging.getLogger(__name__)
 
 _MBAP = struct.Struct(">HHHB")
 _REQ = struct.Struct(">BHH")  # function, start, count
+#: function codes that write (Modbus Application Protocol V1.1b3 §6.5, 6.6, 6.11, 6.12, 6.16, 6.17)
+WRITE_FUNCTIONS = frozenset((5, 6, 15, 16, 22, 23))
 
 
 # --------------------------------------------------------------------- register banks
@@ -110,6 +123,13 @@ class _Device:
         self.banks = {u.unit: UnitBank(u) for u in model.units}
         self.t = 0.0
         self.requests = 0
+        self.writes = 0
+        self.gap_violations = 0
+
+    def control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("stats"):
+            return {"requests": self.requests, "writes": self.writes, "gap_violations": self.gap_violations}
+        return {"error": f"unknown control message for {self.name}: {sorted(msg)}"}
 
     def fault(self, unit: int | None) -> Any:
         return self.plant.device_fault(self.name, self.t, unit)
@@ -165,6 +185,8 @@ class _TcpProtocol(asyncio.Protocol):
             if pos + 6 + length > end:
                 break
             fc = buf[pos + 7]
+            if fc in WRITE_FUNCTIONS:
+                srv.writes += 1
             if length >= 6:
                 _, start, count = _REQ.unpack_from(buf, pos + 7)
                 ans = srv.answer(unit, fc, start, count) if srv.banks.get(unit) or srv.fault(unit) else 11
@@ -229,6 +251,10 @@ class ModbusTcpServer(_Device):
 
 # --------------------------------------------------------------------- RTU
 
+#: termios speed constant → baud rate
+_RATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+_SPEEDS = {getattr(termios, f"B{b}"): b for b in _RATES if hasattr(termios, f"B{b}")}
+
 
 def rtu_frame(pdu: bytes) -> bytes:
     return pdu + crc16_modbus(pdu).to_bytes(2, "little")
@@ -245,18 +271,23 @@ class ModbusRtuServer(_Device):
         self.sim_link = Path(str(model.link) + ".sim")
         self.proc: asyncio.subprocess.Process | None = None
         self.fd: int | None = None
-        self.buf = b""
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
         self._targets: dict[Path, str] = {}
         self._ticked = asyncio.Event()
         self.replugs = 0
+        #: baud rate → the units that listen at it, and what they have heard so far
+        self._rates: dict[int, set[int]] = {}
+        for u in model.units:
+            self._rates.setdefault(u.baudrate or model.baudrate, set()).add(u.unit)
+        self._bufs = dict.fromkeys(self._rates, b"")
+        self._last_reply = 0.0
 
     async def _plug(self) -> None:
         self.proc, self.fd = await open_pty_pair(self.link, self.sim_link)
         self._targets = {p: os.readlink(p) for p in (self.link, self.sim_link)}
         asyncio.get_running_loop().add_reader(self.fd, self._readable)
-        self.buf = b""
+        self._bufs = dict.fromkeys(self._rates, b"")
 
     def _unplug_fd(self) -> None:
         close_fd(self.fd)
@@ -306,6 +337,20 @@ class ModbusRtuServer(_Device):
             log.info("%s: disconnect (pty pair removed)", self.name)
             self.proc.terminate()
 
+    def _gateway_baud(self) -> int:
+        """The speed the gateway set on its end of the pty (the line's rate if unknown)."""
+        try:
+            fd = os.open(self.link, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return self.model.baudrate
+        try:
+            speed = termios.tcgetattr(fd)[5]
+        except termios.error:
+            return self.model.baudrate
+        finally:
+            os.close(fd)
+        return _SPEEDS.get(speed, self.model.baudrate)
+
     def _readable(self) -> None:
         assert self.fd is not None
         try:
@@ -318,36 +363,49 @@ class ModbusRtuServer(_Device):
             return
         if not data:
             return
-        self.buf += data
-        self._frames()
+        now = time.monotonic()
+        gw = self._gateway_baud()
+        for baud, units in self._rates.items():
+            # what the units listening at this rate hear of the gateway's characters
+            self._bufs[baud] += resample(data, gw, baud)
+            self._bufs[baud] = self._frames(self._bufs[baud], units, baud, gw, now)
 
-    def _frames(self) -> None:
-        buf = self.buf
+    def _frames(self, buf: bytes, units: set[int], baud: int, gw: int, now: float) -> bytes:
         while len(buf) >= 8:
             fc = buf[1]
-            if fc in (15, 16):
-                if len(buf) < 7:
+            if fc in (15, 16, 23):
+                at = 10 if fc == 23 else 6
+                if len(buf) < at + 1:
                     break
-                n = 9 + buf[6]
+                n = at + 3 + buf[at]
             else:
-                n = 8
+                n = 10 if fc == 22 else 8
             if len(buf) < n:
                 break
             frame, rest = buf[:n], buf[n:]
             if crc16_modbus(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
-                buf = buf[1:]  # lost sync (noise, partial frame): slide by one byte
+                buf = buf[1:]  # lost sync (noise, partial frame, wrong rate): slide by one byte
                 continue
             buf = rest
             unit = frame[0]
-            if unit == 0 or unit not in self.banks:
+            if fc in WRITE_FUNCTIONS:
+                self.writes += 1
+            if unit == 0 or unit not in units:
                 continue  # broadcast or another device on the line: stay quiet
+            # MODBUS over Serial Line V1.02 §2.5.1.1: frames are separated by at least 3.5
+            # character times of silence (1.75 ms above 19200 baud). The reply's own time on the
+            # wire is not modelled by the pty, so the silence counts from when it was written.
+            gap = 0.00175 if baud > 19200 else 3.5 * 11 / baud
+            if now - self._last_reply < gap:
+                self.gap_violations += 1
             start, count = struct.unpack_from(">HH", frame, 2)
             ans = self.answer(unit, fc, start, count)
             if ans is None:
                 continue
             pdu = bytes((unit, fc | 0x80, ans)) if isinstance(ans, int) else bytes((unit, fc)) + ans
-            self._write(rtu_frame(pdu))
-        self.buf = buf
+            self._write(resample(rtu_frame(pdu), baud, gw))
+            self._last_reply = time.monotonic()
+        return buf
 
     def _write(self, data: bytes) -> None:
         err = write_fd(self.fd, data)

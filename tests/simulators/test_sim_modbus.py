@@ -88,6 +88,8 @@ def _open_pty(path: str) -> int:
     attrs = termios.tcgetattr(fd)
     attrs[0] = attrs[1] = attrs[3] = 0
     attrs[2] = termios.CS8 | termios.CREAD | termios.CLOCAL
+    # the simulated line runs at 9600 baud, and its units hear another rate as garbage
+    attrs[4] = attrs[5] = termios.B9600
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
     return fd
 
