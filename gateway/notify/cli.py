@@ -19,6 +19,10 @@ from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK
 EXIT_FAILED = 1
 
 
+#: how long ``notify test`` waits for a modem to open its port, unlock the SIM and register
+MODEM_READY_S = 30.0
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from gateway.config import load_or_exit
     from gateway.core.channels import ChannelTable
@@ -60,6 +64,13 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(f"registers not readable ({e}): @on_duty finds nobody")
         for ch in svc.channels.values():
             await ch.start()
+        for ch in svc.channels.values():
+            modem = getattr(ch, "modem", None)
+            # a modem needs a moment to open its port, check the SIM and register; a send
+            # before that would fail for no fault of the modem's. Not ready in time: the
+            # send says why (no port, no SIM, PIN refused, ...)
+            if modem is not None and not await modem.wait_ready(MODEM_READY_S):
+                print(f"{ch.name}: modem not ready after {MODEM_READY_S:g} s ({modem.state})")
         try:
             results = await send_test(svc, args.recipient)
         finally:

@@ -99,7 +99,8 @@ class ModemChannel:
         return self.modem.inbox.delivery(key)
 
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "sent": self.sent, "failed": self.failed, **self.modem.stats()}
+        return {"type": self.type, "mode": self.mode, "sent": self.sent, "failed": self.failed,
+                **self.modem.stats()}
 
 
 def build_channel(settings: ModemChannelSettings, ctx: Any) -> ModemChannel:
