@@ -240,3 +240,59 @@ def test_a_leak_by_sms_acked_by_reply_a_call_at_the_end_modem_state_over_http(si
     acks = [e for e in journal_events(site.state, "alarm")
             if e.get("transition") == "ack" and e.get("channel") == "GT-1"]
     assert [(a["who"], a["comment"]) for a in acks] == [("张三", f"SMS reply ({code})")]
+
+
+def safegw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+def test_notify_test_through_the_modem_simulator_sms_and_call(tmp_path: Path) -> None:
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(PLANT_AND_MODEM.replace("{tmp}", str(tmp_path)))
+    sim = SimProcess(cfg)
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        host, port = sim.tcp("plc")
+        gw = tmp_path / "gw.yaml"
+        gw.write_text(gateway_yaml(host, port, state,
+                                   extra=notify_yaml(tmp_path, secret(tmp_path, "sim.pin", "1234"))))
+        r = safegw("notify", "test", "-c", str(gw), "张三")
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        assert any(line.startswith("ok   张三: sms: 1 part, mr=") for line in lines), r.stdout
+        assert any(line.startswith("ok   张三: call: rang 1 s, not answered") for line in lines), r.stdout
+        texts = sms_to(sim, ZHANG)  # read back with the independent TS 23.040 reader
+        assert len(texts) == 1 and "测试消息" in texts[0] and "一号罐区" in texts[0], texts
+        calls = sim.control(device="modem", received=True)["calls"]
+        assert [(c["number"], c["hung_up"]) for c in calls] == [(ZHANG, True)]
+
+        # the modem unplugged: each channel says so, the exit status says it failed
+        sim.control(fault="modem", kind="disconnect")
+        wait_until(lambda: not (tmp_path / "ttyModem").exists(), timeout=10)
+        r = safegw("notify", "test", "--modem-wait", "1", "-c", str(gw), "张三")
+        assert r.returncode != 0, r.stdout
+        assert "modem not ready" in r.stdout and "FAIL 张三: sms: modem port" in r.stdout, r.stdout
+    finally:
+        sim.stop()
+
+
+def test_check_refuses_two_modem_channels_on_one_port_with_different_settings(tmp_path: Path) -> None:
+    pin = secret(tmp_path, "sim.pin", "1234")
+    notify = notify_yaml(tmp_path, pin).replace(
+        "{type: modem, name: call, mode: voice, ring: 1s, port:",
+        "{type: modem, name: call, mode: voice, ring: 1s, baud: 9600, port:")
+    gw = tmp_path / "gw.yaml"
+    gw.write_text(gateway_yaml("127.0.0.1", 1502, tmp_path / "state", extra=notify))
+    r = safegw("check", "-c", str(gw))
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = next(i for i, t in enumerate(gw.read_text().splitlines(), 1) if "name: call" in t)
+    errs = [e for e in r.stdout.splitlines() if "baud differs" in e]
+    assert len(errs) == 1 and errs[0].startswith(f"{gw}:{line}:"), r.stdout
+    assert "notify.channels[0]" in errs[0] and "same port" in errs[0], errs
+
+    # the same settings (ring and mode are each channel's own): accepted
+    gw.write_text(gateway_yaml("127.0.0.1", 1502, tmp_path / "state", extra=notify_yaml(tmp_path, pin)))
+    r = safegw("check", "-c", str(gw))
+    assert "differs" not in r.stdout, r.stdout
