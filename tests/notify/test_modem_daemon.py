@@ -27,6 +27,7 @@ import pytest
 
 from gateway.core.record import EVENT
 from gateway.store.journal import Journal
+from simulators.robots import RobotReceiver
 from tests.fixtures.daemon import SIM_PLANT, auth, gateway_yaml, make_tokens
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.notify import secret
@@ -296,3 +297,74 @@ def test_check_refuses_two_modem_channels_on_one_port_with_different_settings(tm
     gw.write_text(gateway_yaml("127.0.0.1", 1502, tmp_path / "state", extra=notify_yaml(tmp_path, pin)))
     r = safegw("check", "-c", str(gw))
     assert "differs" not in r.stdout, r.stdout
+
+
+def test_modem_unplugged_during_an_escalation_failed_attempts_retried_the_webhook_delivers(
+        tmp_path: Path) -> None:
+    hook = RobotReceiver("webhook").start()
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(PLANT_AND_MODEM.replace("{tmp}", str(tmp_path)))
+    sim = SimProcess(cfg)
+    d: DaemonProcess | None = None
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        tokens = make_tokens(state)
+        pin = secret(tmp_path, "sim.pin", "1234")
+        notify = f"""
+notify:
+  plant: 一号罐区
+  retry_after: 1s
+  retries: 20
+  channels:
+    - {{type: modem, name: sms, port: "{tmp_path / 'ttyModem'}", pin_file: "{pin}", timeout: 5s}}
+    - {{type: webhook, name: hook, url: "{hook.url}", ca_file: "{hook.ca}"}}
+  recipients:
+    - {{name: 张三, phone: "{ZHANG}", can_ack: true}}
+    - {{name: 李四, phone: "{LI}"}}
+  routes:
+    - {{name: leak, match: {{channels: [GT-1]}}, to: [张三], via: [hook], escalation: up}}
+  escalations:
+    - name: up
+      steps: [{{after: 1s, to: [李四], via: [sms, hook]}}]
+"""
+        host, port = sim.tcp("plc")
+        gw = tmp_path / "gw.yaml"
+        gw.write_text(gateway_yaml(host, port, state, extra=notify))
+        d = DaemonProcess(gw)
+
+        def get(path: str) -> httpx.Response:
+            assert d is not None
+            return httpx.get(d.url + path, headers=auth(tokens["viewer"]), timeout=10)
+
+        wait_until(lambda: notify_stats(get)["channels"]["sms"]["state"] == "ready", timeout=20)
+        sim.control(fault="modem", kind="disconnect")  # the USB modem pulled out
+        wait_until(lambda: notify_stats(get)["channels"]["sms"]["state"] == "no_port", timeout=20)
+
+        sim.control(set="GT-1", value=45.2)
+        # the escalation step reaches 李四 by the webhook although the modem is gone ...
+        wait_until(lambda: any(m["doc"].get("recipient") == "李四" for m in hook.messages), timeout=20)
+        # ... while its SMS fails, is journaled, and waits for a retry
+        wait_until(lambda: notify_stats(get)["retried"] >= 1, timeout=20)
+        assert notify_stats(get)["outbox"] == 1
+        assert sms_to(sim, LI) == []
+
+        sim.control(clear="modem")  # plugged in again: the retry goes out
+        wait_until(lambda: sms_to(sim, LI), timeout=30)
+        assert "GT-1" in sms_to(sim, LI)[0]
+        wait_until(lambda: notify_stats(get)["outbox"] == 0, timeout=10)
+
+        assert d.stop() == 0
+        notes = [e for e in journal_events(state, "notify") if e["kind"] != "delivery"]
+        sms = [e for e in notes if e["via"] == "sms"]
+        assert len(sms) >= 2 and all(e["recipient"] == "李四" and e["kind"] == "escalation" for e in sms)
+        assert [e["attempt"] for e in sms] == list(range(1, len(sms) + 1))
+        assert all(not e["ok"] and e["retry"] and "unavailable" in e["detail"] for e in sms[:-1]), sms
+        assert sms[-1]["ok"], sms[-1]
+        hooks = [(e["recipient"], e["kind"], e["ok"], e["attempt"]) for e in notes if e["via"] == "hook"]
+        assert hooks == [("张三", "alarm", True, 1), ("李四", "escalation", True, 1)]
+    finally:
+        if d is not None:
+            d.stop()
+        sim.stop()
+        hook.stop()
