@@ -445,6 +445,8 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 res = SendResult(False, f"channel {it['via']} is no longer configured")
             else:
                 async with self._sems[it["via"]]:
+                    # no cap here: each channel bounds its own attempt (a robot by its timeout;
+                    # the modem each AT command, so a multi-part SMS or a call may take longer)
                     try:
                         res = await ch.send(Message(**it["m"]), Recipient(**it["r"]))
                     except Exception as e:  # a channel must not raise; if one does, it is a failed attempt

@@ -350,7 +350,11 @@ notify:
         assert sms_to(sim, LI) == []
 
         sim.control(clear="modem")  # plugged in again: the retry goes out
-        wait_until(lambda: sms_to(sim, LI), timeout=30)
+        try:
+            wait_until(lambda: sms_to(sim, LI), timeout=60)
+        except AssertionError:
+            print("".join(d.log[-60:]))
+            raise
         assert "GT-1" in sms_to(sim, LI)[0]
         wait_until(lambda: notify_stats(get)["outbox"] == 0, timeout=10)
 
