@@ -372,3 +372,15 @@ notify:
             d.stop()
         sim.stop()
         hook.stop()
+
+
+def test_a_delivery_report_after_a_restart_is_attributed_from_the_message_key() -> None:
+    """After a restart the service no longer holds who a message was for; the key (built in
+    NotifyService._tell and pacing's digests) still says."""
+    from gateway.notify.service import _meta_from_key
+
+    assert _meta_from_key("222W/escalation/2/李四/sms") == \
+        {"code": "222W", "kind": "escalation", "recipient": "李四", "via": "sms"}
+    assert _meta_from_key("digest/张三/1796669656943999062/sms") == \
+        {"kind": "digest", "recipient": "张三", "via": "sms"}
+    assert _meta_from_key("test/张三/sms/1") == {}  # a `notify test` message: not the service's
