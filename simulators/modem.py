@@ -28,7 +28,7 @@ ERROR), ``nosim`` (the SIM is gone: +CME ERROR: 10), ``silent`` (no answers), ``
 the fault ends). Device control lines (``python -m simulators --control``)::
 
     {"device": "modem", "inject": {"from": "+8613800138000", "text": "确认 A7"}}
-    {"device": "modem", "received": true}      # -> {"ok": true, "received": [...]}
+    {"device": "modem", "received": true}      # -> {"ok": true, "received": [...], "calls": [...]}
     {"device": "modem", "answer": "answer"}    # how the next calls go
 """
 
@@ -158,7 +158,7 @@ class ModemServer:
             idx = self.inject(str(inj["from"]), str(inj["text"]))
             return {"ok": True, "indexes": idx}
         if msg.get("received"):
-            return {"ok": True, "received": self.received, "rejected": self.rejected}
+            return {"ok": True, "received": self.received, "rejected": self.rejected, "calls": self.calls}
         if "answer" in msg:
             if msg["answer"] not in ("ring", "answer", "busy", "unreachable"):
                 return {"error": f"answer: {msg['answer']!r}"}

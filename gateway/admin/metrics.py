@@ -57,6 +57,10 @@ class Exposition:
         return "\n".join(self.lines) + "\n"
 
 
+#: +CREG states in which the modem can send (gateway/notify/modem/device.py REGISTERED)
+MODEM_REGISTERED = frozenset({"home", "roaming", "home_sms_only", "roaming_sms_only"})
+
+
 def _notify(e: Exposition, s: dict[str, Any]) -> None:
     """The notify service: attempts, what waits, escalations, per channel."""
     e.family("safegw_notify_messages_total", "counter",
@@ -75,6 +79,23 @@ def _notify(e: Exposition, s: dict[str, Any]) -> None:
         e.family(f"safegw_notify_channel_{key}_total", "counter", help_,
                  [({"channel": n, "type": str(c.get("type", ""))}, int(c.get(key) or 0))
                   for n, c in sorted(chans.items()) if isinstance(c, dict)])
+    e.family("safegw_notify_delivery_reports_total", "counter",
+             "SMS delivery reports that settled a message, by verdict",
+             [({"result": k}, int(s.get(k) or 0)) for k in ("delivered", "delivery_failed")])
+    modems = [(n, c) for n, c in sorted(chans.items()) if isinstance(c, dict) and c.get("type") == "modem"]
+    if modems:
+        # the 4G modem's own state (gateway/notify/modem/device.py): what a site check asks first
+        e.family("safegw_modem_info", "gauge", "1, labelled with the modem's state, SIM and registration",
+                 [({"channel": n, "port": str(c.get("port", "")), "state": str(c.get("state", "")),
+                    "sim": str(c.get("sim", "")), "registration": str(c.get("registration", ""))}, 1)
+                  for n, c in modems])
+        e.family("safegw_modem_ready", "gauge", "1 while the modem can send (port open, SIM ready)",
+                 [({"channel": n}, int(c.get("state") == "ready")) for n, c in modems])
+        e.family("safegw_modem_registered", "gauge", "1 while the modem is registered (home or roaming)",
+                 [({"channel": n}, int(str(c.get("registration")) in MODEM_REGISTERED)) for n, c in modems])
+        e.family("safegw_modem_signal_dbm", "gauge", "received signal strength (TS 27.007 8.5 +CSQ), dBm",
+                 [({"channel": n}, float(c["signal_dbm"])) for n, c in modems
+                  if isinstance(c.get("signal_dbm"), int | float)])
 
 
 def render(

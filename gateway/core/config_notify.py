@@ -271,6 +271,11 @@ def template_fields(text: str) -> list[str]:
     return names
 
 
+#: a modem's settings that channels sharing its port must agree on (``ring``, ``mode`` and
+#: ``max_parts`` are each channel's own)
+MODEM_SHARED = ("baud", "pin_file", "timeout", "delivery_reports", "check_interval")
+
+
 def check_config(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:
     """The checks across ``notify:`` (names that must exist, unique names, templates)."""
     n: NotifySection | None = getattr(cfg, "notify", None)
@@ -287,6 +292,26 @@ def check_config(cfg: Any) -> list[tuple[tuple[str | int, ...], str]]:
                 )
             )
         chans.setdefault(c.name, i)
+    # two channels on one AT port share one modem, driven by the first one's settings
+    # (gateway/notify/modem/channel.py): a second one that differs would be silently ignored
+    ports: dict[str, int] = {}
+    for i, c in enumerate(n.channels):
+        if not isinstance(c, ModemChannelSettings):
+            continue
+        first = ports.setdefault(c.port, i)
+        if first == i:
+            continue
+        f = n.channels[first]
+        assert isinstance(f, ModemChannelSettings)
+        for key in MODEM_SHARED:
+            if getattr(c, key) != getattr(f, key):
+                errs.append(
+                    (
+                        ("notify", "channels", i, key),
+                        f"{key} differs from notify.channels[{first}] ({f.name!r}) on the same port "
+                        f"{c.port}: both share one modem; give them the same {key}",
+                    )
+                )
     people: dict[str, int] = {}
     for i, r in enumerate(n.recipients):
         if r.name in people:

@@ -60,6 +60,14 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(f"registers not readable ({e}): @on_duty finds nobody")
         for ch in svc.channels.values():
             await ch.start()
+        # a modem needs a moment to open its port, check the SIM and register; a send before
+        # that would fail for no fault of the modem's. Not ready in time: the send says why
+        # (no port, no SIM, PIN refused, ...). Channels on one port share one modem.
+        modems = {id(m): (ch.name, m) for ch in svc.channels.values() if (m := getattr(ch, "modem", None))}
+        ready = await asyncio.gather(*(m.wait_ready(args.modem_wait) for _, m in modems.values()))
+        for (name, m), ok in zip(modems.values(), ready, strict=True):
+            if not ok:
+                print(f"{name}: modem not ready after {args.modem_wait:g} s ({m.state}: {m.last_error})")
         try:
             results = await send_test(svc, args.recipient)
         finally:
@@ -116,5 +124,7 @@ def add_command(sub: Any) -> None:
     t = ns.add_parser("test", help="a test message through every channel of a recipient")
     t.add_argument("-c", "--config", required=True)
     t.add_argument("--state-dir", help="override gateway.state_dir (where the registers are)")
+    t.add_argument("--modem-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a modem may take to open its port, unlock the SIM and register")
     t.add_argument("recipient", help="a recipient's name, @on_duty or @shift_leader")
     t.set_defaults(func=cmd_test)

@@ -32,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import importlib
 import json
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ class NotifyService(Recipients, Pacing, SmsReplies):
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.rounds = 0  # rounds of the timer loop (escalations and digests due)
+        # who and what a message sent was about, for its delivery report (bounded; after a
+        # restart the key itself says: see _meta_from_key)
+        self._sent_meta: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._flood: dict[str, deque[int]] = {}
         self._rate: dict[str, deque[int]] = {}
         self.counts = {
@@ -98,6 +102,8 @@ class NotifyService(Recipients, Pacing, SmsReplies):
             "acks_by_sms": 0,
             "sms_refused": 0,
             "suppressed": 0,
+            "delivered": 0,
+            "delivery_failed": 0,
         }
 
     # ------------------------------------------------------------------ building
@@ -145,9 +151,12 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 "will find nobody",
                 e,
             )
-        for ch in self.channels.values():
+        for name, ch in self.channels.items():
             if isinstance(ch, InboundChannel):
                 ch.set_inbound(self.on_sms)
+            setter = getattr(ch, "set_delivery_handler", None)
+            if setter is not None:  # the modem's SMS: the network's delivery report, later
+                setter(functools.partial(self._on_delivery, name))
             await ch.start()
 
     async def run(self) -> None:
@@ -436,6 +445,8 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 res = SendResult(False, f"channel {it['via']} is no longer configured")
             else:
                 async with self._sems[it["via"]]:
+                    # no cap here: each channel bounds its own attempt (a robot by its timeout;
+                    # the modem each AT command, so a multi-part SMS or a call may take longer)
                     try:
                         res = await ch.send(Message(**it["m"]), Recipient(**it["r"]))
                     except Exception as e:  # a channel must not raise; if one does, it is a failed attempt
@@ -465,6 +476,17 @@ class NotifyService(Recipients, Pacing, SmsReplies):
                 self.state["outbox"] = [x for x in self.state["outbox"] if x is not it]
                 if res.ok:
                     self.state["sent"].append(it["key"])
+                    self._sent_meta[it["key"]] = {
+                        "via": it["via"],
+                        "recipient": it["r"]["name"],
+                        "source": it["r"].get("source"),
+                        "kind": it["m"]["kind"],
+                        "code": it["m"].get("code"),
+                        "channel": it.get("channel"),
+                        "rule": it.get("rule"),
+                    }
+                    while len(self._sent_meta) > MAX_SENT_KEYS:
+                        self._sent_meta.popitem(last=False)
             else:
                 delay = self.s.retry_after * 2 ** (it["attempts"] - 1)
                 it["next_ns"] = self.ctx.clock() + int(min(delay, 3600) * NS)
@@ -472,6 +494,33 @@ class NotifyService(Recipients, Pacing, SmsReplies):
         finally:
             self._inflight.discard(it["key"])
             self._wake.set()
+
+    async def _on_delivery(self, via: str, key: str, delivered: bool, detail: str) -> None:
+        """A delivery report settled a message sent earlier (every part delivered, or one
+        failed for good): journaled as a ``notify`` event of kind ``delivery`` for the audit.
+        The attempt itself was journaled when the modem took the message; this says whether
+        the phone got it. No retry follows a failed report: the network gave up already."""
+        meta = self._sent_meta.get(key) or _meta_from_key(key)
+        ev = {
+            "type": "notify",
+            "id": None,
+            "ts": self.ctx.clock(),
+            **meta,
+            "key": key,
+            # channels on one AT port share one modem and its reports: the key names the
+            # channel that sent the message (the handler's ``via`` is only the last one set)
+            "via": meta.get("via") or via,
+            "kind": "delivery",
+            "of": meta.get("kind"),
+            "ok": delivered,
+            "delivered": delivered,
+            "detail": detail[:300],
+        }
+        self.counts["delivered" if delivered else "delivery_failed"] += 1
+        (log.info if delivered else log.warning)(
+            "notify: %s via %s to %s %s (%s)", key, meta.get("via") or via, meta.get("recipient"),
+            "delivered" if delivered else "NOT delivered", detail[:200])
+        self.ctx.emit_events([ev])
 
     async def _journal_attempt(self, what: dict[str, Any], res: SendResult, attempt: int) -> None:
         ev = {
@@ -508,6 +557,17 @@ class NotifyService(Recipients, Pacing, SmsReplies):
             **self.counts,
             "channels": {n: c.stats() for n, c in self.channels.items()},
         }
+
+
+def _meta_from_key(key: str) -> dict[str, Any]:
+    """What a message key (``code/kind/step/person/channel``, built in ``_tell``) says, for a
+    delivery report of a message sent before a restart."""
+    parts = key.split("/")
+    if parts[0] == "digest" and len(parts) >= 4:
+        return {"kind": "digest", "recipient": "/".join(parts[1:-2]), "via": parts[-1]}
+    if len(parts) >= 5:
+        return {"code": parts[0], "kind": parts[1], "recipient": "/".join(parts[3:-1]), "via": parts[-1]}
+    return {}
 
 
 def _slim(ev: dict[str, Any]) -> dict[str, Any]:

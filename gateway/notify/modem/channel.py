@@ -2,8 +2,11 @@
 
 Both modes may be configured on one AT port (an SMS channel for every step and a voice
 channel for the last escalation step): they share one :class:`Modem`, so the port is
-opened once. The port's first channel's settings (baud, PIN, timeout, delivery reports)
-drive the modem; ``ring`` and ``max_parts`` are each channel's own.
+opened once. The port's first channel's settings (baud, PIN, timeout, delivery reports,
+check interval) drive the modem, and ``safegw check`` refuses channels on one port that
+differ in them (gateway/core/config_notify.py); ``ring`` and ``max_parts`` are each
+channel's own. Delivery reports go to the handler set last on the port: the notify service
+reads the sending channel from the message key.
 
 Sending twice after a crash: an SMS whose ``+CMGS`` answer was lost (timeout, port gone
 after the PDU went out) may have been sent, so the result says ``ambiguous`` and the
@@ -99,7 +102,8 @@ class ModemChannel:
         return self.modem.inbox.delivery(key)
 
     def stats(self) -> dict[str, Any]:
-        return {"mode": self.mode, "sent": self.sent, "failed": self.failed, **self.modem.stats()}
+        return {"type": self.type, "mode": self.mode, "sent": self.sent, "failed": self.failed,
+                **self.modem.stats()}
 
 
 def build_channel(settings: ModemChannelSettings, ctx: Any) -> ModemChannel:
