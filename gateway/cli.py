@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "central": "central.cli:add_command",
     "users": "gateway.admin.users:add_command",
     "notify": "gateway.notify.cli:add_command",
+    "status": "gateway.ops.status:add_command",
+    "doctor": "gateway.ops.doctor:add_command",
 }
 
 

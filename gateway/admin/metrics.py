@@ -1,4 +1,5 @@
-"""Prometheus text exposition of the gateway's counters (served at ``/metrics``).
+"""Prometheus exposition of the gateway's counters (served at ``/metrics``), written by
+``prometheus-client``.
 
 Everything comes from state the daemon already keeps (device states, the live table,
 the journal's counters, the rules' active alarms, the services' ``stats()``), so a
@@ -7,54 +8,72 @@ scrape costs a few array reductions and no I/O beyond a stat() of the journal fi
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.core.batch import Quality
 from gateway.services import DaemonContext
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _num(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
-
-
 class Exposition:
-    """Builds the text format: HELP and TYPE once per family, then its samples."""
+    """Collects metric families for one scrape and renders them with ``prometheus_client``.
+
+    ``family(name, kind, help, samples)`` is the one call every block uses (the services'
+    blocks below included); the text itself, its escaping and number formats come from
+    the client library (``generate_latest``, text format 0.0.4), not from code here.
+    Counters are named with their ``_total`` suffix, as in the hand-written exposition
+    this replaces, so every name a query selects is unchanged (docs/operations.md).
+    """
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.families: list[Metric] = []
+        self._names: set[str] = set()
 
     def family(
         self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]] | float
     ) -> None:
-        self.lines.append(f"# HELP {name} {help_}")
-        self.lines.append(f"# TYPE {name} {kind}")
         if isinstance(samples, int | float):
             samples = [({}, samples)]
-        for labels, value in samples:
-            if labels:
-                lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
-            else:
-                self.lines.append(f"{name} {_num(value)}")
+        rows = [({str(k): str(v) for k, v in labels.items()}, float(value)) for labels, value in samples]
+        if kind == "counter":
+            if not name.endswith("_total"):
+                raise ValueError(f"counter {name!r} must end in _total")
+            fam: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+                name, help_, labels=_label_names(name, rows))
+        elif kind == "gauge":
+            fam = GaugeMetricFamily(name, help_, labels=_label_names(name, rows))
+        else:
+            raise ValueError(f"metric {name!r}: kind {kind!r} is not counter or gauge")
+        if fam.name in self._names:
+            raise ValueError(f"metric {name!r} is exposed twice")
+        self._names.add(fam.name)
+        for labels, value in rows:
+            fam.add_metric(list(labels.values()), value)
+        self.families.append(fam)
+
+    def collect(self) -> Iterator[Metric]:
+        """The ``Collector`` protocol: what ``generate_latest`` asks for."""
+        yield from self.families
 
     def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode("utf-8")
+
+
+def _label_names(name: str, rows: list[tuple[dict[str, str], float]]) -> list[str]:
+    """The family's label names, the same for every sample (the library needs them up front)."""
+    if not rows:
+        return []
+    keys = list(rows[0][0])
+    for labels, _ in rows:
+        if list(labels) != keys:
+            raise ValueError(f"metric {name!r}: samples with different labels {keys} and {list(labels)}")
+    return keys
 
 
 def _notify(e: Exposition, s: dict[str, Any]) -> None:
@@ -144,7 +163,9 @@ def render(
     e.family("safegw_ingest_errors_total", "counter", "batches the journal refused", daemon.ingest_errors)
     st = daemon.journal.stats()
     first, last = int(st.get("first_seq") or 0), int(st.get("last_seq") or 0)
-    e.family("safegw_journal_last_seq", "counter", "sequence number of the newest record", last)
+    # a gauge since prometheus-client: a counter's samples must end in _total, and the
+    # name is kept (docs/operations.md)
+    e.family("safegw_journal_last_seq", "gauge", "sequence number of the newest record", last)
     e.family(
         "safegw_journal_depth_records",
         "gauge",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from gateway import __version__
 from gateway.admin.auth import Viewer
@@ -90,7 +91,7 @@ def router(ctx: AdminContext) -> APIRouter:
         n = sum(1 for a in active if str(a.get("state", "")).startswith("active"))
         api = {"requests": ctx.requests, "reminders": ctx.registers.reminders}
         text = render_metrics(daemon, active_alarms=n, api=api)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     return r
 
