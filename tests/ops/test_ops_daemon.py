@@ -267,3 +267,53 @@ def test_status_socket_goes_with_the_daemon(tmp_path: Path) -> None:
     assert b"<6>" not in err and b"INFO    gateway.app" in err
     r = safegw("status", "-c", str(cfg))
     assert r.returncode == 1 and "not running" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus (Debian's prometheus package)")
+def test_a_real_prometheus_scrapes_the_daemon(daemon: Running, tmp_path: Path) -> None:
+    """Debian's Prometheus server scrapes /metrics with a viewer token, on a port of its own;
+    its query API then has the daemon up and its counters, with the names queries use."""
+    token = tmp_path / "token"
+    token.write_text(daemon.tokens["viewer"])
+    token.chmod(0o600)
+    port = free_port()
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text(f"""
+global: {{scrape_interval: 1s, scrape_timeout: 900ms}}
+scrape_configs:
+  - job_name: safegw
+    authorization: {{credentials_file: {token}}}
+    static_configs: [{{targets: ["{daemon.url.removeprefix('http://')}"]}}]
+""")
+    proc = subprocess.Popen(["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    api = f"http://127.0.0.1:{port}/api/v1/query"
+
+    def query(q: str) -> list[dict[str, Any]]:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        try:
+            r = httpx.get(api, params={"query": q}, timeout=5)
+        except httpx.HTTPError:
+            return []
+        if r.status_code != 200:
+            return []
+        out: list[dict[str, Any]] = r.json()["data"]["result"]
+        return out
+
+    try:
+        wait_until(lambda: [x for x in query('up{job="safegw"}') if x["value"][1] == "1"], 40,
+                   interval=0.3, what="prometheus to scrape the daemon (up == 1)")
+        polls = query('safegw_device_polls_total{device="plc"}')
+        assert polls and float(polls[0]["value"][1]) > 0
+        dead = query('safegw_device_up{device="dead-plc"}')
+        assert dead and dead[0]["value"][1] == "0"
+        # the scrape had no problems Prometheus counts (samples out of order, bad format)
+        assert query("scrape_samples_scraped")[0]["value"][1] != "0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
