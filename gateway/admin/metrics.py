@@ -96,10 +96,11 @@ def _notify(e: Exposition, s: dict[str, Any]) -> None:
                   for n, c in sorted(chans.items()) if isinstance(c, dict)])
 
 
-def render(
+def collect(
     daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
-) -> str:
-    """The whole exposition for one scrape."""
+) -> Exposition:
+    """The families of one scrape, read from the daemon's state: on the event loop (the
+    state changes under it otherwise). ``Exposition.text()`` may then run in a thread."""
     e = Exposition()
     now = daemon.clock()
     e.family("safegw_up", "gauge", "1 while the gateway runs", 1)
@@ -233,4 +234,11 @@ def render(
             [({"code": k}, v) for k, v in sorted(api.get("requests", {}).items())],
         )
         e.family("safegw_reminders_total", "counter", "register reminders raised", api.get("reminders", 0))
-    return e.text()
+    return e
+
+
+def render(
+    daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
+) -> str:
+    """The whole exposition for one scrape, as text."""
+    return collect(daemon, active_alarms=active_alarms, api=api).text()

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -285,7 +286,8 @@ scrape_configs:
     authorization: {{credentials_file: {token}}}
     static_configs: [{{targets: ["{daemon.url.removeprefix('http://')}"]}}]
 """)
-    proc = subprocess.Popen(["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+    proc = subprocess.Popen(["prometheus", f"--config.file={conf}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     api = f"http://127.0.0.1:{port}/api/v1/query"
