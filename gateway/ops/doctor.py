@@ -14,7 +14,8 @@ the config cannot be read. The checks:
   ``devices``: MQTT, InfluxDB, central, the regulators' platforms, notify robots and SMTP)
   accepts a TCP connection within ``--timeout``.
 - certificates: every configured certificate file parses and is not expired (warn within
-  ``--cert-days``); key, password and token files are not readable by group or others.
+  ``--cert-days``); key, password and token files, the uplink's node keys and the token
+  store in the state directory are not readable by group or others.
 """
 
 from __future__ import annotations
@@ -214,11 +215,24 @@ def check_servers(cfg: Config, timeout: float) -> list[Finding]:
     return out
 
 
-def check_files(cfg: Config, *, cert_days: int, now: datetime | None = None) -> list[Finding]:
+def state_secrets(cfg: Config, state_dir: Path) -> list[tuple[str, Path]]:
+    """Secret files the daemon keeps in its state directory, where they exist: the uplink's
+    node keys (uplink/keys.py) and the token store (hashed tokens and user names)."""
+    from uplink.keys import key_path
+
+    users = cfg.path(cfg.api.users_file) if cfg.api and cfg.api.users_file else state_dir / "users.json"
+    found = [("uplink node keys", key_path(state_dir)), ("token store", users)]
+    return [(w, p) for w, p in found if p.exists()]
+
+
+def check_files(cfg: Config, *, cert_days: int, now: datetime | None = None,
+                state_dir: Path | None = None) -> list[Finding]:
     from cryptography import x509
 
     now = now or datetime.now(UTC)
     secrets, certs = files(cfg)
+    if state_dir is not None:
+        secrets += state_secrets(cfg, state_dir)
     out = []
     for where, p in secrets:
         try:
@@ -228,7 +242,8 @@ def check_files(cfg: Config, *, cert_days: int, now: datetime | None = None) -> 
                                "create it or fix the path"))
             continue
         if mode & 0o077:
-            out.append(Finding("files", "fail", f"{where}: {p} has mode {mode:04o}, readable by others",
+            out.append(Finding("files", "fail",
+                               f"{where}: {p} has mode {mode:04o}, readable by group or others",
                                f"chmod 600 {p}"))
         else:
             out.append(Finding("files", "ok", f"{where}: {p} mode {mode:04o}"))
@@ -283,7 +298,7 @@ def run_checks(cfg: Config, state_dir: Path, *, timeout: float = 3.0, cert_days:
         elif name == "servers":
             out += check_servers(cfg, timeout)
         else:
-            out += check_files(cfg, cert_days=cert_days)
+            out += check_files(cfg, cert_days=cert_days, state_dir=state_dir)
     return out
 
 

@@ -102,7 +102,7 @@ def test_expired_certificate_and_open_key(tmp_path: Path, listener: int) -> None
                      rf"{(now - timedelta(days=2)):%Y-%m-%d}$", out, re.M), out
     assert re.search(rf"^WARN certs +mqtt\.tls\.cert: {tmp_path}/soon\.pem .* in [45] days$", out, re.M), out
     assert re.search(rf"^ok   certs +uplink\.ca: {tmp_path}/good\.pem", out, re.M), out
-    assert f"FAIL files    mqtt.tls.key: {key} has mode 0644, readable by others" in out
+    assert f"FAIL files    mqtt.tls.key: {key} has mode 0644, readable by group or others" in out
     assert f"fix: chmod 600 {key}" in out
     assert f"ok   files    mqtt.password_file: {pw} mode 0600" in out
     key.chmod(0o600)
@@ -110,6 +110,22 @@ def test_expired_certificate_and_open_key(tmp_path: Path, listener: int) -> None
     r = doctor(cfg, "--skip", "clock", "--skip", "servers")
     assert r.returncode == 0, r.stdout  # the one left is a warning
     assert "1 warning(s)" in r.stdout
+
+
+def test_secrets_in_the_state_directory(tmp_path: Path) -> None:
+    from uplink.keys import key_path
+
+    state = tmp_path / "state"
+    node = key_path(state)
+    node.parent.mkdir(parents=True)
+    node.write_text("{}")
+    node.chmod(0o640)
+    (state / "users.json").write_text("{}")
+    (state / "users.json").chmod(0o600)
+    r = doctor(base(tmp_path), "--skip", "clock")
+    assert r.returncode == 1, r.stdout
+    assert f"FAIL files    uplink node keys: {node} has mode 0640, readable by group or others" in r.stdout
+    assert f"ok   files    token store: {state / 'users.json'} mode 0600" in r.stdout
 
 
 def test_not_a_certificate(tmp_path: Path) -> None:
