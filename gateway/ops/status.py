@@ -21,6 +21,7 @@ import shutil
 import socket
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,15 +117,27 @@ class StatusService:
         # bind under a temporary name, set the mode, then rename into place: the socket is
         # never reachable with the umask's mode
         tmp = self.path.with_name(f".{SOCKET_NAME}.{os.getpid()}")
-        for p in (tmp, self.path):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(p.lstat().st_mode):
-                    p.unlink()  # left by a daemon that did not stop cleanly
-        self.server = await asyncio.start_unix_server(self._serve, path=str(tmp), limit=MAX_REQUEST)
-        os.chmod(tmp, SOCKET_MODE)
-        os.replace(tmp, self.path)
+        try:
+            for p in (tmp, self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(p.lstat().st_mode):
+                        p.unlink()  # left by a daemon that did not stop cleanly
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with short_address(tmp) as addr:
+                    sock.bind(addr)
+                os.chmod(tmp, SOCKET_MODE)
+                os.replace(tmp, self.path)
+            except BaseException:
+                sock.close()
+                raise
+            self.server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST)
+        except OSError as e:  # the gateway's work goes on without it; say so once
+            log.error("status socket %s: %s; `safegw status` will not answer", self.path, e.strerror or e)
 
     async def run(self) -> None:
+        if self.server is None:
+            await asyncio.Event().wait()  # nothing to serve; stay until the daemon stops
         assert self.server is not None
         await self.server.serve_forever()
 
@@ -163,6 +176,20 @@ class StatusService:
             writer.close()
 
 
+@contextlib.contextmanager
+def short_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits sun_path (108 bytes on Linux, unix(7)): the path
+    itself when short, else ``/proc/self/fd/N/name`` through a descriptor of its folder."""
+    if len(os.fsencode(str(path))) < 100 or not Path("/proc/self/fd").is_dir():
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def build_service(daemon: DaemonContext, _conf: object) -> Service:
     """Always on: keyed by the ``gateway`` section, which every config has."""
     return StatusService(daemon)
@@ -179,7 +206,8 @@ def ask(path: Path, timeout: float = 5.0) -> dict[str, Any]:
     s.settimeout(timeout)
     try:
         try:
-            s.connect(str(path))
+            with short_address(path) as addr:
+                s.connect(addr)
         except FileNotFoundError as e:
             raise NotRunning(f"the daemon is not running: no status socket at {path}") from e
         except ConnectionRefusedError as e:

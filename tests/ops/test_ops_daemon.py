@@ -245,7 +245,9 @@ def test_status_when_the_daemon_is_not_running(tmp_path: Path) -> None:
 
 
 def test_status_socket_goes_with_the_daemon(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+    # a state dir whose socket path is longer than sun_path's 108 bytes (unix(7))
+    state = tmp_path / ("long-" * 20) / "state"
+    assert len(str(state / "status.sock")) > 108
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(f'gateway: {{id: gw-life, site: "TEST", state_dir: "{state}"}}\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
