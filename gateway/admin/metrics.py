@@ -8,15 +8,18 @@ scrape costs a few array reductions and no I/O beyond a stat() of the journal fi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from gateway.core.batch import Quality
 from gateway.services import DaemonContext
+
+log = logging.getLogger("safegw.metrics")
 
 
 class Exposition:
@@ -27,6 +30,10 @@ class Exposition:
     the client library (``generate_latest``, text format 0.0.4), not from code here.
     Counters are named with their ``_total`` suffix, as in the hand-written exposition
     this replaces, so every name a query selects is unchanged (docs/operations.md).
+
+    A block's mistake must not cost the whole scrape: a counter named without ``_total``
+    is exposed as ``unknown`` under its own name (the library would rename it), and a
+    family named twice keeps its first block; each is logged once.
     """
 
     def __init__(self) -> None:
@@ -36,23 +43,23 @@ class Exposition:
     def family(
         self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]] | float
     ) -> None:
-        if isinstance(samples, int | float):
-            samples = [({}, samples)]
-        rows = [({str(k): str(v) for k, v in labels.items()}, float(value)) for labels, value in samples]
-        if kind == "counter":
-            if not name.endswith("_total"):
-                raise ValueError(f"counter {name!r} must end in _total")
-            fam: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
-                name, help_, labels=_label_names(name, rows))
-        elif kind == "gauge":
-            fam = GaugeMetricFamily(name, help_, labels=_label_names(name, rows))
-        else:
+        if kind not in ("counter", "gauge"):
             raise ValueError(f"metric {name!r}: kind {kind!r} is not counter or gauge")
+        if kind == "counter" and not name.endswith("_total"):
+            _once(f"metric {name}: a counter's name must end in _total; exposed as unknown")
+            kind = "unknown"
+        # a counter's family is named without _total (the library adds it back to HELP and
+        # TYPE); its samples keep the name as given
+        fam = Metric(name.removesuffix("_total") if kind == "counter" else name, help_, kind)
         if fam.name in self._names:
-            raise ValueError(f"metric {name!r} is exposed twice")
+            _once(f"metric {name}: exposed twice; the second block is left out")
+            return
         self._names.add(fam.name)
-        for labels, value in rows:
-            fam.add_metric(list(labels.values()), value)
+        if isinstance(samples, int | float):
+            fam.add_sample(name, {}, float(samples))
+        else:
+            for labels, value in samples:
+                fam.add_sample(name, {str(k): str(v) for k, v in labels.items()}, float(value))
         self.families.append(fam)
 
     def collect(self) -> Iterator[Metric]:
@@ -65,15 +72,13 @@ class Exposition:
         return generate_latest(registry).decode("utf-8")
 
 
-def _label_names(name: str, rows: list[tuple[dict[str, str], float]]) -> list[str]:
-    """The family's label names, the same for every sample (the library needs them up front)."""
-    if not rows:
-        return []
-    keys = list(rows[0][0])
-    for labels, _ in rows:
-        if list(labels) != keys:
-            raise ValueError(f"metric {name!r}: samples with different labels {keys} and {list(labels)}")
-    return keys
+_logged: set[str] = set()
+
+
+def _once(msg: str) -> None:
+    if msg not in _logged:
+        _logged.add(msg)
+        log.error("%s", msg)
 
 
 def _notify(e: Exposition, s: dict[str, Any]) -> None:
