@@ -340,7 +340,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("doctor", help="check clock, disk, serial ports, servers, certificates and key modes "
                                       "(exit 0 ok, 1 something to fix, 2 bad config)")
-    p.add_argument("-c", "--config", default="/etc/safegw/gateway.yaml")
+    p.add_argument("-c", "--config", default=os.environ.get("SAFEGW_CONFIG", "/etc/safegw/gateway.yaml"),
+                   help="default: $SAFEGW_CONFIG, else /etc/safegw/gateway.yaml")
     p.add_argument("--state-dir", help="override gateway.state_dir (as given to `safegw run`)")
     p.add_argument("--timeout", type=_bounded(0.05, 60), default=3.0,
                    help="seconds to wait for each server (default 3)")

@@ -209,7 +209,8 @@ def ask(path: Path, timeout: float = 5.0) -> dict[str, Any]:
             with short_address(path) as addr:
                 s.connect(addr)
         except FileNotFoundError as e:
-            raise NotRunning(f"the daemon is not running: no status socket at {path}") from e
+            raise NotRunning(f"the daemon is not running: no status socket at {path} (if it runs with "
+                             "--state-dir, as the systemd unit does, give the same --state-dir)") from e
         except ConnectionRefusedError as e:
             raise NotRunning(f"the daemon is not running: nothing listens at {path} (a stale socket)") from e
         except PermissionError as e:
@@ -319,7 +320,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="ask the running daemon: devices, consumers, alarms, disk, config "
                                       "(exit 0, 1 not running, 2 bad config)")
-    p.add_argument("-c", "--config", default="/etc/safegw/gateway.yaml")
+    p.add_argument("-c", "--config", default=os.environ.get("SAFEGW_CONFIG", "/etc/safegw/gateway.yaml"),
+                   help="default: $SAFEGW_CONFIG, else /etc/safegw/gateway.yaml")
     p.add_argument("--state-dir", help="override gateway.state_dir (as given to `safegw run`)")
     p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
     p.set_defaults(func=cmd_status)
