@@ -53,6 +53,7 @@ SERVICES: dict[str, str] = {
     "registers": "gateway.admin.reminders:build_service",
     "notify": "gateway.notify.service:build_service",
     "regulators": "northbound.service:build_service",
+    "gateway": "gateway.ops.status:build_service",  # always on: the `safegw status` socket
 }
 
 
@@ -176,13 +177,13 @@ class Gateway:
         st.errors += 1
         msg = str(err) or type(err).__name__
         if st.state != "failing":
-            log.error("device %s failed: %s", st.name, msg)
+            log.error("device %s failed: %s", st.name, msg, extra={"device": st.name})
         st.state, st.last_error = "failing", msg
         self.ingest(drv.bad(self.clock(), cause))
 
     def _recovered(self, st: DeviceState) -> None:
         if st.state == "failing":
-            log.info("device %s recovered", st.name)
+            log.info("device %s recovered", st.name, extra={"device": st.name})
         st.state, st.last_error = "ok", None
 
     async def _poll_device(self, drv: Driver) -> None:
@@ -227,7 +228,8 @@ class Gateway:
             if now > next_due + dev.poll:
                 missed = int((now - next_due) // dev.poll)
                 st.overruns += missed
-                log.warning("device %s: poll overran, skipped %d cycle(s)", st.name, missed)
+                log.warning("device %s: poll overran, skipped %d cycle(s)", st.name, missed,
+                            extra={"device": st.name})
                 next_due += missed * dev.poll
             if next_due > now:
                 await self._sleep(next_due - now)
@@ -258,7 +260,8 @@ class Gateway:
             elif len(batch):
                 # every channel bad but the device answered (e.g. all exception codes)
                 if st.state != "failing":
-                    log.error("device %s: every channel bad (cause 0x%02x)", st.name, int(batch.quality[0]))
+                    log.error("device %s: every channel bad (cause 0x%02x)", st.name, int(batch.quality[0]),
+                              extra={"device": st.name})
                 st.state = "failing"
                 st.last_error = f"all channels bad (0x{int(batch.quality[0]):02x})"
             self.ingest(batch)

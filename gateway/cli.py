@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "users": "gateway.admin.users:add_command",
     "notify": "gateway.notify.cli:add_command",
     "scan": "gateway.scan_cli:add_command",
+    "status": "gateway.ops.status:add_command",
+    "doctor": "gateway.ops.doctor:add_command",
 }
 
 

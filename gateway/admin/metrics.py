@@ -1,4 +1,5 @@
-"""Prometheus text exposition of the gateway's counters (served at ``/metrics``).
+"""Prometheus exposition of the gateway's counters (served at ``/metrics``), written by
+``prometheus-client``.
 
 Everything comes from state the daemon already keeps (device states, the live table,
 the journal's counters, the rules' active alarms, the services' ``stats()``), so a
@@ -7,54 +8,77 @@ scrape costs a few array reductions and no I/O beyond a stat() of the journal fi
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 
 from gateway.core.batch import Quality
 from gateway.services import DaemonContext
 
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _num(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
+log = logging.getLogger("safegw.metrics")
 
 
 class Exposition:
-    """Builds the text format: HELP and TYPE once per family, then its samples."""
+    """Collects metric families for one scrape and renders them with ``prometheus_client``.
+
+    ``family(name, kind, help, samples)`` is the one call every block uses (the services'
+    blocks below included); the text itself, its escaping and number formats come from
+    the client library (``generate_latest``, text format 0.0.4), not from code here.
+    Counters are named with their ``_total`` suffix, as in the hand-written exposition
+    this replaces, so every name a query selects is unchanged (docs/operations.md).
+
+    A block's mistake must not cost the whole scrape: a counter named without ``_total``
+    is exposed as ``unknown`` under its own name (the library would rename it), and a
+    family named twice keeps its first block; each is logged once.
+    """
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.families: list[Metric] = []
+        self._names: set[str] = set()
 
     def family(
         self, name: str, kind: str, help_: str, samples: Iterable[tuple[dict[str, str], float]] | float
     ) -> None:
-        self.lines.append(f"# HELP {name} {help_}")
-        self.lines.append(f"# TYPE {name} {kind}")
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"metric {name!r}: kind {kind!r} is not counter or gauge")
+        if kind == "counter" and not name.endswith("_total"):
+            _once(f"metric {name}: a counter's name must end in _total; exposed as unknown")
+            kind = "unknown"
+        # a counter's family is named without _total (the library adds it back to HELP and
+        # TYPE); its samples keep the name as given
+        fam = Metric(name.removesuffix("_total") if kind == "counter" else name, help_, kind)
+        if fam.name in self._names:
+            _once(f"metric {name}: exposed twice; the second block is left out")
+            return
+        self._names.add(fam.name)
         if isinstance(samples, int | float):
-            samples = [({}, samples)]
-        for labels, value in samples:
-            if labels:
-                lab = ",".join(f'{k}="{_esc(str(v))}"' for k, v in labels.items())
-                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
-            else:
-                self.lines.append(f"{name} {_num(value)}")
+            fam.add_sample(name, {}, float(samples))
+        else:
+            for labels, value in samples:
+                fam.add_sample(name, {str(k): str(v) for k, v in labels.items()}, float(value))
+        self.families.append(fam)
+
+    def collect(self) -> Iterator[Metric]:
+        """The ``Collector`` protocol: what ``generate_latest`` asks for."""
+        yield from self.families
 
     def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode("utf-8")
+
+
+_logged: set[str] = set()
+
+
+def _once(msg: str) -> None:
+    if msg not in _logged:
+        _logged.add(msg)
+        log.error("%s", msg)
 
 
 #: +CREG states in which the modem can send (gateway/notify/modem/device.py REGISTERED)
@@ -98,10 +122,11 @@ def _notify(e: Exposition, s: dict[str, Any]) -> None:
                   if isinstance(c.get("signal_dbm"), int | float)])
 
 
-def render(
+def collect(
     daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
-) -> str:
-    """The whole exposition for one scrape."""
+) -> Exposition:
+    """The families of one scrape, read from the daemon's state: on the event loop (the
+    state changes under it otherwise). ``Exposition.text()`` may then run in a thread."""
     e = Exposition()
     now = daemon.clock()
     e.family("safegw_up", "gauge", "1 while the gateway runs", 1)
@@ -165,7 +190,9 @@ def render(
     e.family("safegw_ingest_errors_total", "counter", "batches the journal refused", daemon.ingest_errors)
     st = daemon.journal.stats()
     first, last = int(st.get("first_seq") or 0), int(st.get("last_seq") or 0)
-    e.family("safegw_journal_last_seq", "counter", "sequence number of the newest record", last)
+    # a gauge since prometheus-client: a counter's samples must end in _total, and the
+    # name is kept (docs/operations.md)
+    e.family("safegw_journal_last_seq", "gauge", "sequence number of the newest record", last)
     e.family(
         "safegw_journal_depth_records",
         "gauge",
@@ -233,4 +260,11 @@ def render(
             [({"code": k}, v) for k, v in sorted(api.get("requests", {}).items())],
         )
         e.family("safegw_reminders_total", "counter", "register reminders raised", api.get("reminders", 0))
-    return e.text()
+    return e
+
+
+def render(
+    daemon: DaemonContext, *, active_alarms: int | None = None, api: dict[str, Any] | None = None
+) -> str:
+    """The whole exposition for one scrape, as text."""
+    return collect(daemon, active_alarms=active_alarms, api=api).text()

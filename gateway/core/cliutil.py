@@ -11,6 +11,8 @@ import logging
 import sys
 import unicodedata
 
+from gateway.core.journalfmt import JournalFormatter, under_journald
+
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
@@ -22,6 +24,9 @@ def setup_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if under_journald(sys.stderr):  # under systemd: priorities and key=value fields for journald
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter())
     # pymodbus logs raw frames with tracebacks at ERROR; the gateway reports faults itself
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     for noisy in ("asyncua", "uvicorn.access", "httpx"):
