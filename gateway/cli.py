@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "central": "central.cli:add_command",
     "users": "gateway.admin.users:add_command",
     "notify": "gateway.notify.cli:add_command",
+    "points": "gateway.points.cli:add_command",
 }
 
 

@@ -1,0 +1,188 @@
+"""``safegw points import|export``: point tables in and out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK
+from gateway.points.convert import HEADERS, ImportResult, rows_to_config
+from gateway.points.tables import Limits, TableError, read_table
+
+MAX_MAPPING = 64 * 1024
+_PATH = re.compile(r"devices\[(\d+)\](?:\.units\[(\d+)\])?\.channels\[(\d+)\]")
+
+
+def read_mapping(path: str) -> dict[str, str]:
+    """A mapping file: ``columns: {"contractor's header": name | register | data type | ...}``."""
+    p = Path(path)
+    if p.stat().st_size > MAX_MAPPING:
+        raise ValueError(
+            f"{path}: larger than {MAX_MAPPING} bytes; a mapping file is a short list of headers"
+        )
+    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict) or set(data) - {"columns"}:
+        raise ValueError(f"{path}: write 'columns:' with one line per header: \"设备位号\": name")
+    out: dict[str, str] = {}
+    by_label = {k.replace("_", " "): k for k in HEADERS} | {a: k for k, al in HEADERS.items() for a in al}
+    for header, target in data["columns"].items():
+        key = by_label.get(str(target).strip().lower()) or by_label.get(str(target).strip())
+        if key is None:
+            raise ValueError(
+                f"{path}: columns.{header}: {target!r} is not a column; known: "
+                + ", ".join(k.replace("_", " ") for k in HEADERS)
+            )
+        out[str(header)] = key
+    return out
+
+
+def import_table(
+    table: str, sheet: str | None = None, mapping: dict[str, str] | None = None, limits: Limits = Limits()
+) -> ImportResult:
+    """Read and convert a table; then check the devices as ``safegw check`` would, each
+    error brought back to the row it came from."""
+    sh = read_table(table, sheet, limits)
+    res = rows_to_config(sh, mapping)
+    if res.config["devices"]:
+        res.errors += _check_devices(res, sh)
+    return res
+
+
+def _check_devices(res: ImportResult, sheet: Any) -> list[str]:
+    from gateway.config import loads
+    from gateway.core.configcheck import ConfigError
+
+    text = render(res.config, "gw-check", "CHECK")
+    try:
+        loads(text, "<import>")
+    except ConfigError as e:
+        return [_to_cell(res, sheet, line) for line in e.lines]
+    return []
+
+
+_LINE = re.compile(r"^<import>:\d+:\d+: (\S+): (.*)$")
+_FIELD_COLUMN = {
+    "address": "register",
+    "type": "type",
+    "byte_order": "byte_order",
+    "range": "range_low",
+    "unit": "engineering_unit",
+    "scale": "scale",
+    "offset": "offset",
+    "kind": "kind",
+}
+
+
+def _to_cell(res: ImportResult, sheet: Any, line: str) -> str:
+    """A ``safegw check`` error on the generated devices → the cell it came from."""
+    m = _LINE.match(line)
+    p = _PATH.match(m.group(1)) if m else None
+    if m is None or p is None:
+        return f"{sheet.file}: as config: {line.removeprefix('<import>:')}"
+    dev = res.config["devices"][int(p.group(1))]
+    chans = dev["units"][int(p.group(2))]["channels"] if p.group(2) is not None else dev["channels"]
+    name = chans[int(p.group(3))]["name"]
+    rest = m.group(1)[p.end() :].lstrip(".").split(".")[0].split("[")[0]
+    key = _FIELD_COLUMN.get(rest, "name")
+    if key not in res.column_of:
+        key = "name"
+    from gateway.points.convert import LABEL
+
+    return (
+        f"{sheet.cell(res.row_of[name], res.column_of[key])}: column '{LABEL[key]}': {m.group(2)} (as config)"
+    )
+
+
+def render(config: dict[str, Any], gateway_id: str, site: str) -> str:
+    doc = {"gateway": {"id": gateway_id, "site": site}, **config}
+    head = (
+        "# written by `safegw points import`; keep the devices, put your own gateway section\n"
+        "# (or copy the devices into your config): then `safegw check -c FILE`\n"
+    )
+    return head + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=200)
+
+
+def write_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        mapping = read_mapping(args.map) if args.map else None
+        res = import_table(args.table, args.sheet, mapping)
+    except (TableError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in res.errors:
+        print(line, file=sys.stderr)
+    if res.ignored_columns:
+        print(
+            f"note: columns not used: {', '.join(res.ignored_columns)} (map them with --map)", file=sys.stderr
+        )
+    if res.errors and not args.partial:
+        print(
+            f"nothing written: {len(res.errors)} error(s); fix them, or --partial to write the "
+            f"{res.good_rows} good rows",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if res.errors and any(e.endswith("(as config)") or ": as config:" in e for e in res.errors):
+        print("nothing written: the devices as a whole do not pass check (see above)", file=sys.stderr)
+        return EXIT_CONFIG
+    write_private(args.output, render(res.config, args.gateway_id, args.site))
+    chans = res.good_rows
+    print(
+        f"wrote {args.output}: {len(res.config['devices'])} devices, {chans} channels"
+        + (
+            f"; {len(res.bad_rows)} rows left out: {', '.join(map(str, res.bad_rows))}"
+            if res.bad_rows
+            else ""
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.config import load_or_exit
+    from gateway.points.convert import config_to_rows
+    from gateway.points.tables import write_table
+
+    cfg = load_or_exit(args.config)
+    header, rows, skipped = config_to_rows(cfg)
+    try:
+        write_table(args.output, header, rows)
+    except (TableError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if skipped:
+        print(f"note: not Modbus, not exported: {', '.join(skipped)}", file=sys.stderr)
+    print(f"wrote {args.output}: {len(rows)} points")
+    return EXIT_OK
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser("points", help="point tables (Excel/CSV) in and out")
+    ps = p.add_subparsers(dest="points_command", metavar="SUBCOMMAND")
+    ps.required = True
+    i = ps.add_parser("import", help="a point table → a config file of devices")
+    i.add_argument("table", help="TABLE.xlsx or TABLE.csv")
+    i.add_argument("--sheet", help="the sheet (default: the first)")
+    i.add_argument("--map", help="YAML mapping a contractor's headers to columns")
+    i.add_argument("--partial", action="store_true", help="write the good rows and list the bad ones")
+    i.add_argument("--gateway-id", default="gw-1", help="gateway.id written in the stub section")
+    i.add_argument("--site", default="CHANGE-ME", help="gateway.site written in the stub section")
+    i.add_argument("-o", "--output", required=True)
+    i.set_defaults(func=cmd_import)
+    e = ps.add_parser("export", help="the config's Modbus channels → a point table")
+    e.add_argument("-c", "--config", required=True)
+    e.add_argument("-o", "--output", required=True, help="TABLE.xlsx or TABLE.csv")
+    e.set_defaults(func=cmd_export)
