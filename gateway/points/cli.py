@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from gateway.points.convert import HEADERS, ImportResult, rows_to_config
 from gateway.points.tables import Limits, TableError, read_table
 
 MAX_MAPPING = 64 * 1024
-_PATH = re.compile(r"devices\[(\d+)\](?:\.units\[(\d+)\])?\.channels\[(\d+)\]")
 
 
 def read_mapping(path: str) -> dict[str, str]:
@@ -55,48 +53,53 @@ def import_table(
 
 
 def _check_devices(res: ImportResult, sheet: Any) -> list[str]:
-    from gateway.config import loads
-    from gateway.core.configcheck import ConfigError
+    """The models and every check of ``safegw check`` on the devices as built (the dict,
+    not YAML text: composing 5,000 channels of YAML again would triple the import time)."""
+    from pydantic import ValidationError
 
-    text = render(res.config, "gw-check", "CHECK")
+    from gateway.config import CHECKS
+    from gateway.core.config import Config
+    from gateway.core.configcheck import _all_checks, explain, loc_path
+
+    doc = {"gateway": {"id": "gw-check", "site": "CHECK"}, **res.config}
     try:
-        loads(text, "<import>")
-    except ConfigError as e:
-        return [_to_cell(res, sheet, line) for line in e.lines]
-    return []
+        cfg = Config.model_validate(doc)
+    except ValidationError as e:
+        return [_to_cell(res, sheet, loc_path(tuple(err["loc"])), explain(dict(err))) for err in e.errors()]
+    return [_to_cell(res, sheet, path, msg) for path, msg in _all_checks(cfg, CHECKS)]
 
 
-_LINE = re.compile(r"^<import>:\d+:\d+: (\S+): (.*)$")
-_FIELD_COLUMN = {
-    "address": "register",
-    "type": "type",
-    "byte_order": "byte_order",
-    "range": "range_low",
-    "unit": "engineering_unit",
-    "scale": "scale",
-    "offset": "offset",
-    "kind": "kind",
-}
+_FIELD_COLUMN = {"address": "register", "type": "type", "byte_order": "byte_order", "range": "range_low",
+                 "unit": "engineering_unit", "scale": "scale", "offset": "offset", "kind": "kind",
+                 "host": "host", "port": "port", "baudrate": "baudrate", "parity": "parity", "poll": "poll",
+                 "timeout": "timeout"}
+_DEVICE_FIELD = {"unit": "unit_id"}
 
 
-def _to_cell(res: ImportResult, sheet: Any, line: str) -> str:
-    """A ``safegw check`` error on the generated devices → the cell it came from."""
-    m = _LINE.match(line)
-    p = _PATH.match(m.group(1)) if m else None
-    if m is None or p is None:
-        return f"{sheet.file}: as config: {line.removeprefix('<import>:')}"
-    dev = res.config["devices"][int(p.group(1))]
-    chans = dev["units"][int(p.group(2))]["channels"] if p.group(2) is not None else dev["channels"]
-    name = chans[int(p.group(3))]["name"]
-    rest = m.group(1)[p.end() :].lstrip(".").split(".")[0].split("[")[0]
-    key = _FIELD_COLUMN.get(rest, "name")
-    if key not in res.column_of:
-        key = "name"
+def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> str:
+    """A ``safegw check`` error on the devices built → the cell it came from."""
     from gateway.points.convert import LABEL
 
-    return (
-        f"{sheet.cell(res.row_of[name], res.column_of[key])}: column '{LABEL[key]}': {m.group(2)} (as config)"
-    )
+    parts = [p for p in path if p not in ("modbus-tcp", "modbus-rtu")]
+    if len(parts) < 2 or parts[0] != "devices" or not isinstance(parts[1], int):
+        return f"{sheet.file}: {'.'.join(map(str, parts))}: {msg} (as config)"
+    dev = res.config["devices"][parts[1]]
+    rest = parts[2:]
+    if rest[:1] == ["units"] and len(rest) >= 4:
+        chans, rest = dev["units"][rest[1]]["channels"], rest[2:]
+    else:
+        chans = dev.get("channels") or dev["units"][0]["channels"]
+    if rest[:1] == ["channels"] and len(rest) >= 2:
+        name, field, key_map = chans[rest[1]]["name"], rest[2] if len(rest) > 2 else "name", _FIELD_COLUMN
+    else:  # a device setting: shown on the device's first row
+        name = min((c["name"] for u in dev.get("units", [{"channels": chans}]) for c in u["channels"]),
+                   key=lambda n: res.row_of[n])
+        field = rest[0] if rest else "device"
+        key_map = {**_FIELD_COLUMN, **_DEVICE_FIELD, "name": "device"}
+    key = key_map.get(str(field), "name")
+    if key not in res.column_of:
+        key = "name"
+    return f"{sheet.cell(res.row_of[name], res.column_of[key])}: column '{LABEL[key]}': {msg} (as config)"
 
 
 def render(config: dict[str, Any], gateway_id: str, site: str) -> str:
@@ -105,7 +108,7 @@ def render(config: dict[str, Any], gateway_id: str, site: str) -> str:
         "# written by `safegw points import`; keep the devices, put your own gateway section\n"
         "# (or copy the devices into your config): then `safegw check -c FILE`\n"
     )
-    return head + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=200)
+    return head + yaml.dump(doc, Dumper=yaml.CSafeDumper, allow_unicode=True, sort_keys=False, width=200)
 
 
 def write_private(path: str, text: str) -> None:
