@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "users": "gateway.admin.users:add_command",
     "notify": "gateway.notify.cli:add_command",
     "points": "gateway.points.cli:add_command",
+    "templates": "gateway.points.templates_cli:add_command",
 }
 
 
