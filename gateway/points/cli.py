@@ -41,18 +41,43 @@ def read_mapping(path: str) -> dict[str, str]:
 
 
 def import_table(
-    table: str, sheet: str | None = None, mapping: dict[str, str] | None = None, limits: Limits = Limits()
+    table: str, sheet: str | None = None, mapping: dict[str, str] | None = None, limits: Limits = Limits(),
+    partial: bool = False,
 ) -> ImportResult:
     """Read and convert a table; then check the devices as ``safegw check`` would, each
-    error brought back to the row it came from."""
+    error brought back to the row it came from. With ``partial`` the rows those errors
+    name are left out and the rest checked again, until what is left passes
+    (``res.unresolved`` tells when an error names no row)."""
     sh = read_table(table, sheet, limits)
     res = rows_to_config(sh, mapping)
-    if res.config["devices"]:
-        res.errors += _check_devices(res, sh)
+    for _ in range(10):
+        if not res.config["devices"]:
+            break
+        found = _check_devices(res, sh)
+        res.errors += [line for _, line in found]
+        if not found:
+            res.unresolved = False
+            break
+        res.unresolved = True
+        drop = {name for name, _ in found if name is not None}
+        if not partial or len(drop) < len(found):
+            break
+        _drop(res, drop)
     return res
 
 
-def _check_devices(res: ImportResult, sheet: Any) -> list[str]:
+def _drop(res: ImportResult, names: set[str]) -> None:
+    for dev in res.config["devices"]:
+        for holder in dev.get("units") or [dev]:
+            holder["channels"] = [c for c in holder["channels"] if c["name"] not in names]
+        if "units" in dev:
+            dev["units"] = [u for u in dev["units"] if u["channels"]]
+    res.config["devices"] = [d for d in res.config["devices"] if d.get("channels") or d.get("units")]
+    res.bad_rows += sorted(res.row_of[n] for n in names)
+    res.good_rows -= len(names)
+
+
+def _check_devices(res: ImportResult, sheet: Any) -> list[tuple[str | None, str]]:
     """The models and every check of ``safegw check`` on the devices as built (the dict,
     not YAML text: composing 5,000 channels of YAML again would triple the import time)."""
     from pydantic import ValidationError
@@ -76,13 +101,13 @@ _FIELD_COLUMN = {"address": "register", "type": "type", "byte_order": "byte_orde
 _DEVICE_FIELD = {"unit": "unit_id"}
 
 
-def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> str:
+def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> tuple[str | None, str]:
     """A ``safegw check`` error on the devices built → the cell it came from."""
     from gateway.points.convert import LABEL
 
     parts = [p for p in path if p not in ("modbus-tcp", "modbus-rtu")]
     if len(parts) < 2 or parts[0] != "devices" or not isinstance(parts[1], int):
-        return f"{sheet.file}: {'.'.join(map(str, parts))}: {msg} (as config)"
+        return None, f"{sheet.file}: {'.'.join(map(str, parts))}: {msg} (as config)"
     dev = res.config["devices"][parts[1]]
     rest = parts[2:]
     if rest[:1] == ["units"] and len(rest) >= 4:
@@ -99,7 +124,8 @@ def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> 
     key = key_map.get(str(field), "name")
     if key not in res.column_of:
         key = "name"
-    return f"{sheet.cell(res.row_of[name], res.column_of[key])}: column '{LABEL[key]}': {msg} (as config)"
+    line = f"{sheet.cell(res.row_of[name], res.column_of[key])}: column '{LABEL[key]}': {msg} (as config)"
+    return (name if rest[:1] == ["channels"] and len(rest) >= 2 else None), line
 
 
 def render(config: dict[str, Any], gateway_id: str, site: str) -> str:
@@ -121,7 +147,7 @@ def write_private(path: str, text: str) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     try:
         mapping = read_mapping(args.map) if args.map else None
-        res = import_table(args.table, args.sheet, mapping)
+        res = import_table(args.table, args.sheet, mapping, partial=args.partial)
     except (TableError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -138,7 +164,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if res.errors and any(e.endswith("(as config)") or ": as config:" in e for e in res.errors):
+    if res.unresolved:
         print("nothing written: the devices as a whole do not pass check (see above)", file=sys.stderr)
         return EXIT_CONFIG
     write_private(args.output, render(res.config, args.gateway_id, args.site))

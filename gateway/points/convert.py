@@ -286,6 +286,7 @@ class ImportResult:
     ignored_columns: list[str] = field(default_factory=list)
     row_of: dict[str, int] = field(default_factory=dict)  # channel name → its row
     column_of: dict[str, int] = field(default_factory=dict)  # column key → its index
+    unresolved: bool = False  # the devices as a whole still fail a check
 
 
 def _suggest(value: str, choices: list[str]) -> str:

@@ -500,3 +500,21 @@ def test_export_keeps_settings_without_a_column(tmp_path: Path) -> None:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert json.loads(rows["T101.level"]["extra"]) == {"alarms": {"roc": 0.5}}
     assert rows["T101.temp"]["function code"] == "4" and rows["T101.temp"]["register"] == "16"
+
+
+def test_partial_leaves_out_rows_the_whole_check_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A float32 at 40001 and a point at 40002 overlap: --partial keeps the first, leaves out
+    the second (the row the check names) and writes what then passes."""
+    t = _xlsx(
+        tmp_path / "T.xlsx",
+        [CN_HEADER, _with(G="float32"), _with(A="GT-102", E=40002), _with(A="GT-103", E=40003)],
+    )
+    out = tmp_path / "o.yaml"
+    assert main(["points", "import", str(t), "--partial", "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "E3: column 'register': register holding:1 is already taken by 'GT-101'" in cap.err
+    assert "2 channels; 1 rows left out: 3" in cap.out
+    assert main(["check", "-c", str(out)]) == 0
+    assert ChannelTable.from_config(load(out)).names() == ["GT-101", "GT-103"]
