@@ -10,6 +10,7 @@ into bits, default alarm presets. A device names it::
       template: gas-controller-8ch     # or units: [{unit: 3, template: ..., prefix: ...}]
       prefix: GC1.
       overrides: {ch1.gas: {alarms: {h: 25, hh: 50}}}
+      channels: [...]                  # own channels too: they come first
 
 Expansion happens on the YAML data before the models see it, so the daemon, ``check``
 and ``read`` all get the same channels. Errors in a template are reported at its own
@@ -199,9 +200,10 @@ def _expand_one(holder: dict[str, Any], path: Path_, src: Source, base_dir: Path
                for k, v in overrides.items() if not isinstance(v, dict)]
     if errors:
         return errors
+    # the device's own channels first: their marks (and so their error lines) stay as written
     own = holder.get("channels") or []
+    chans: list[dict[str, Any]] = list(own) if isinstance(own, list) else []
     src.marks.setdefault((*path, "channels"), tmark)
-    chans: list[dict[str, Any]] = []
     for suffix, settings, _ in t.channels:
         over = overrides.get(suffix)
         if over is not None and over.get("enabled") is False:
@@ -211,13 +213,6 @@ def _expand_one(holder: dict[str, Any], path: Path_, src: Source, base_dir: Path
         cpath: Path_ = (*path, "channels", len(chans))
         src.marks[cpath] = src.where((*path, "overrides", suffix)) if over is not None else tmark
         chans.append(merged)
-    if isinstance(own, list):  # the device's own channels come after the template's
-        for j, ch in enumerate(own):
-            old: Path_ = (*path, "channels", j)
-            new: Path_ = (*path, "channels", len(chans))
-            if old in src.marks:
-                src.marks[new] = src.marks[old]
-            chans.append(ch)
     holder["channels"] = chans
     return []
 

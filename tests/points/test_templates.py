@@ -43,53 +43,114 @@ devices:
 
 def _by_hand() -> str:
     """The same devices written out channel by channel from the manuals' tables."""
-    gc = []
+    gc: list[dict[str, object]] = [{"name": "GC1.extra", "kind": "other", "address": "holding:200"}]
     for n in range(1, 9):
         base = 30 + 4 * (n - 1)
-        gas = {"kind": "gas", "gas": "combustible", "unit": "%LEL", "address": f"holding:{base}",
-               "type": "int16", "range": [0, 100], "preset": "gbt50493"}
+        gas: dict[str, object] = {
+            "kind": "gas",
+            "gas": "combustible",
+            "unit": "%LEL",
+            "address": f"holding:{base}",
+            "type": "int16",
+            "range": [0, 100],
+            "preset": "gbt50493",
+        }
         if n == 1:
             gas |= {"alarms": {"h": 25, "hh": 50}, "area": "罐区"}
         if n == 2:
             gas = {**gas, "gas": "H2S", "unit": "ppm"}
             del gas["preset"]
         gc.append({"name": f"GC1.ch{n}.gas", **gas})
-        gc.append({"name": f"GC1.ch{n}.status", "kind": "status", "address": f"holding:{base + 1}",
-                   "type": "uint16"})
+        gc.append(
+            {
+                "name": f"GC1.ch{n}.status",
+                "kind": "status",
+                "address": f"holding:{base + 1}",
+                "type": "uint16",
+            }
+        )
         if n != 8:
-            gc.append({"name": f"GC1.ch{n}.battery", "kind": "voltage", "unit": "V",
-                       "address": f"holding:{base + 2}", "type": "uint16"})
-    gc.append({"name": "GC1.extra", "kind": "other", "address": "holding:200"})
-    bits = {4: "maintenance_fault", 5: "instrument_fault", 6: "alarm1", 7: "alarm2", 8: "relay1",
-            9: "relay2", 10: "relay3", 11: "heartbeat"}
-    gt = [{"name": "GT2.gas", "kind": "gas", "gas": "toxic", "unit": "ppm", "address": "holding:2",
-           "type": "float32", "byte_order": "ABCD"},
-          {"name": "GT2.status", "kind": "status", "address": "holding:0", "type": "uint16"}]
-    gt += [{"name": f"GT2.status.{b}", "kind": "status", "address": f"holding:0.{i}", "type": "bool"}
-           for i, b in bits.items()]
-    th = [{"name": "TH4.temperature", "kind": "temperature", "unit": "°C", "address": "holding:0",
-           "type": "int16", "scale": 0.1, "range": [-40, 80], "alarms": {"h": 60}},
-          {"name": "TH4.humidity", "kind": "humidity", "unit": "%RH", "address": "holding:1",
-           "type": "uint16", "scale": 0.1, "range": [0, 100]}]
+            gc.append(
+                {
+                    "name": f"GC1.ch{n}.battery",
+                    "kind": "voltage",
+                    "unit": "V",
+                    "address": f"holding:{base + 2}",
+                    "type": "uint16",
+                }
+            )
+    bits = {
+        4: "maintenance_fault",
+        5: "instrument_fault",
+        6: "alarm1",
+        7: "alarm2",
+        8: "relay1",
+        9: "relay2",
+        10: "relay3",
+        11: "heartbeat",
+    }
+    gt = [
+        {
+            "name": "GT2.gas",
+            "kind": "gas",
+            "gas": "toxic",
+            "unit": "ppm",
+            "address": "holding:2",
+            "type": "float32",
+            "byte_order": "ABCD",
+        },
+        {"name": "GT2.status", "kind": "status", "address": "holding:0", "type": "uint16"},
+    ]
+    gt += [
+        {"name": f"GT2.status.{b}", "kind": "status", "address": f"holding:0.{i}", "type": "bool"}
+        for i, b in bits.items()
+    ]
+    th = [
+        {
+            "name": "TH4.temperature",
+            "kind": "temperature",
+            "unit": "°C",
+            "address": "holding:0",
+            "type": "int16",
+            "scale": 0.1,
+            "range": [-40, 80],
+            "alarms": {"h": 60},
+        },
+        {
+            "name": "TH4.humidity",
+            "kind": "humidity",
+            "unit": "%RH",
+            "address": "holding:1",
+            "type": "uint16",
+            "scale": 0.1,
+            "range": [0, 100],
+        },
+    ]
     import json
 
     def flow(chs: list[dict[str, object]], indent: str) -> str:
         return "".join(f"{indent}- {json.dumps(c, ensure_ascii=False)}\n" for c in chs)
 
-    return ('gateway: {id: gw-t, site: "S1"}\ndevices:\n'
-            "  - {name: gas-ctl-1, protocol: modbus-tcp, host: 10.0.0.8, unit: 3, channels: [\n"
-            + ",\n".join("      " + json.dumps(c, ensure_ascii=False) for c in gc) + "]}\n"
-            "  - name: bus\n    protocol: modbus-rtu\n    port: /dev/ttyUSB0\n    units:\n"
-            "      - unit: 2\n        channels:\n" + flow(gt, "          ")
-            + "      - unit: 4\n        channels:\n" + flow(th, "          "))
+    return (
+        'gateway: {id: gw-t, site: "S1"}\ndevices:\n'
+        "  - {name: gas-ctl-1, protocol: modbus-tcp, host: 10.0.0.8, unit: 3, channels: [\n"
+        + ",\n".join("      " + json.dumps(c, ensure_ascii=False) for c in gc)
+        + "]}\n"
+        "  - name: bus\n    protocol: modbus-rtu\n    port: /dev/ttyUSB0\n    units:\n"
+        "      - unit: 2\n        channels:\n"
+        + flow(gt, "          ")
+        + "      - unit: 4\n        channels:\n"
+        + flow(th, "          ")
+    )
 
 
 def _table(cfg_text: str, tmp_path: Path, name: str) -> list[tuple[object, ...]]:
     p = tmp_path / name
     p.write_text(cfg_text, encoding="utf-8")
     table = ChannelTable.from_config(load(p))
-    return [(c.index, c.name, c.kind, c.unit, c.device, c.unit_id, c.spec.model_dump())
-            for c in table.channels]
+    return [
+        (c.index, c.name, c.kind, c.unit, c.device, c.unit_id, c.spec.model_dump()) for c in table.channels
+    ]
 
 
 def test_template_device_equals_the_device_by_hand(tmp_path: Path) -> None:
@@ -120,10 +181,12 @@ def test_errors_point_at_the_device_or_the_override() -> None:
     assert _errors(base + "    template: gas-controlr-8ch\n") == [
         "plant.yaml:6:5: devices[0].template: no template 'gas-controlr-8ch' (no file "
         f"{TEMPLATE_DIR}/gas-controlr-8ch.yaml); shipped: dust-monitor, gas-controller-8ch, "
-        "gas-transmitter-status, noise-meter, temp-humidity"]
+        "gas-transmitter-status, noise-meter, temp-humidity"
+    ]
     assert _errors(base + "    template: temp-humidity\n    overrides:\n      temprature: {scale: 1}\n") == [
         "plant.yaml:8:7: devices[0].overrides.temprature: template temp-humidity has no point "
-        "'temprature'; its points: humidity, temperature"]
+        "'temprature'; its points: humidity, temperature"
+    ]
     errs = _errors(base + "    template: temp-humidity\n    overrides:\n      temperature: {type: flaot}\n")
     assert len(errs) == 1 and errs[0].startswith("plant.yaml:8:20: devices[0].channels[0].type:")
     assert "flaot" in errs[0]
@@ -131,7 +194,8 @@ def test_errors_point_at_the_device_or_the_override() -> None:
 
 def test_errors_in_a_template_file_name_its_line(tmp_path: Path) -> None:
     t = tmp_path / "my.yaml"
-    t.write_text(textwrap.dedent("""\
+    t.write_text(
+        textwrap.dedent("""\
         template: my
         description: a broken one
         source: none
@@ -140,9 +204,13 @@ def test_errors_in_a_template_file_name_its_line(tmp_path: Path) -> None:
           - {suffix: a, kind: gas, address: holding:0}
           - {suffix: b, kind: gas, address: holding:1, type: flaot}
           - {suffix: s, kind: status, address: coil:1, bits: {0: x}}
-        """), encoding="utf-8")
-    cfg = ('gateway: {id: gw-t, site: "S1"}\ndevices:\n  - {name: d, protocol: modbus-tcp, host: h, '
-           'template: ./my.yaml}\n')
+        """),
+        encoding="utf-8",
+    )
+    cfg = (
+        'gateway: {id: gw-t, site: "S1"}\ndevices:\n  - {name: d, protocol: modbus-tcp, host: h, '
+        "template: ./my.yaml}\n"
+    )
     p = tmp_path / "plant.yaml"
     p.write_text(cfg, encoding="utf-8")
     with pytest.raises(ConfigError) as e:
@@ -169,3 +237,13 @@ def test_templates_cli(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "GT2.status.alarm1" in out and "holding:0.6" in out and "Midas" in out
     assert main(["templates", "show", "nope"]) == 2
+
+
+def test_an_own_channel_error_keeps_its_line() -> None:
+    text = (
+        'gateway: {id: gw-t, site: "S1"}\ndevices:\n  - name: d\n    protocol: modbus-tcp\n    host: h\n'
+        "    template: temp-humidity\n    channels:\n      - {name: X, kind: other, address: holding:9,"
+        " type: flaot}\n"
+    )
+    errs = _errors(text)
+    assert len(errs) == 1 and errs[0].startswith("plant.yaml:8:58: devices[0].channels[0].type:"), errs
