@@ -6,8 +6,12 @@ The shipped templates' register maps come from public manuals named in each file
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,8 @@ from gateway.config import load, loads
 from gateway.core.channels import ChannelTable
 from gateway.core.configcheck import ConfigError
 from gateway.core.templates import TEMPLATE_DIR, available, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
 
 BY_TEMPLATE = """\
 gateway: {id: gw-t, site: "S1"}
@@ -126,7 +132,6 @@ def _by_hand() -> str:
             "range": [0, 100],
         },
     ]
-    import json
 
     def flow(chs: list[dict[str, object]], indent: str) -> str:
         return "".join(f"{indent}- {json.dumps(c, ensure_ascii=False)}\n" for c in chs)
@@ -247,3 +252,31 @@ def test_an_own_channel_error_keeps_its_line() -> None:
     )
     errs = _errors(text)
     assert len(errs) == 1 and errs[0].startswith("plant.yaml:8:58: devices[0].channels[0].type:"), errs
+
+
+def test_read_polls_a_template_built_device(sim_factory: Any, tmp_path: Path) -> None:
+    """`safegw read` (a subprocess) against a simulated temperature/humidity transmitter laid
+    out as the L-com SRTH100 manual says (holding 0: temperature x10, signed; 1: RH x10)."""
+    sim = sim_factory("""
+signals: {T: {base: -12.5}, H: {base: 55.0}}
+devices:
+  - name: th
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: 0
+    units:
+      - unit: 4
+        points:
+          - {signal: T, address: holding:0, type: int16, scale: 0.1}
+          - {signal: H, address: holding:1, type: uint16, scale: 0.1}
+""")
+    host, port = sim.tcp("th")
+    cfg = tmp_path / "plant.yaml"
+    cfg.write_text(f'gateway: {{id: g, site: "S", state_dir: "{tmp_path}/st"}}\ndevices:\n'
+                   f"  - {{name: th-1, protocol: modbus-tcp, host: {host}, port: {port}, unit: 4,\n"
+                   "     template: temp-humidity, prefix: TH1.}\n", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "read", "-c", str(cfg), "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = {c["name"]: (c["value"], c["quality"], c["unit"]) for c in json.loads(p.stdout)["channels"]}
+    assert got == {"TH1.temperature": (-12.5, "good", "°C"), "TH1.humidity": (55.0, "good", "%RH")}
