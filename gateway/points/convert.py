@@ -29,9 +29,11 @@ from gateway.core.config import (
 from gateway.points.tables import Sheet
 
 # canonical column → the headers it is known by (compared case- and space-insensitively).
-# Sources: the issue's list, and the columns of public point-table templates (Kepware's
-# CSV tag export: "Tag Name, Address, Data Type, Scaling..."; Neuron's tag import template:
-# "name, address, attribute, type, precision, decimal"); marked here as seen, not a standard.
+# Sources: the issue's list; the CSV tag files of Kepware ("Tag Name, Address, Data Type, ...,
+# Eng. Units, Description": kepware.com, "CSV import/export"), Ignition ("EngUnit, EngLow,
+# EngHigh, Deadband, Documentation": docs.inductiveautomation.com, "Importing and Exporting
+# Tags") and Monokot ("Tag, Device, Address, Comment"); the Chinese ones as seen in plants'
+# point tables (not a standard). A bare scan rate is not taken: Kepware's is in ms.
 HEADERS: dict[str, tuple[str, ...]] = {
     "name": (
         "name",
@@ -76,9 +78,18 @@ HEADERS: dict[str, tuple[str, ...]] = {
     "scale": ("scale", "factor", "coefficient", "multiplier", "系数", "倍率", "比例系数"),
     "offset": ("offset", "偏移", "偏移量"),
     "range": ("range", "span", "量程", "测量范围"),
-    "range_low": ("range low", "low range", "量程下限", "量程低"),
-    "range_high": ("range high", "high range", "量程上限", "量程高"),
-    "engineering_unit": ("engineering unit", "eu", "unit of measure", "单位", "工程单位"),
+    "range_low": ("range low", "low range", "englow", "eng low", "量程下限", "量程低"),
+    "range_high": ("range high", "high range", "enghigh", "eng high", "量程上限", "量程高"),
+    "engineering_unit": (
+        "engineering unit",
+        "eu",
+        "unit of measure",
+        "eng. units",
+        "eng units",
+        "engunit",
+        "单位",
+        "工程单位",
+    ),
     "kind": ("kind", "quantity", "监测类型", "测点类型", "类型"),
     "gas": ("gas", "气体", "气体种类", "介质"),
     "h": ("h", "high", "alarm high", "一级报警值(高)", "一级报警值", "一级报警", "高报", "高限"),
@@ -98,7 +109,7 @@ HEADERS: dict[str, tuple[str, ...]] = {
     "delay": ("delay", "alarm delay", "报警延时", "延时"),
     "area": ("area", "zone", "location", "区域", "位置", "安装位置"),
     "hazard_source": ("hazard source", "major hazard source", "重大危险源编码", "危险源编码", "危险源"),
-    "description": ("description", "comment", "描述", "说明", "备注"),
+    "description": ("description", "comment", "documentation", "描述", "说明", "备注"),
     "poll": ("poll", "poll interval", "采集周期", "扫描周期"),
     "timeout": ("timeout", "超时"),
     "extra": ("extra", "其他"),

@@ -518,3 +518,28 @@ def test_partial_leaves_out_rows_the_whole_check_refuses(
     assert "2 channels; 1 rows left out: 3" in cap.out
     assert main(["check", "-c", str(out)]) == 0
     assert ChannelTable.from_config(load(out)).names() == ["GT-101", "GT-103"]
+
+
+def test_a_kepware_style_csv(tmp_path: Path) -> None:
+    """Kepware's CSV tag columns (kepware.com, "CSV import/export": Tag Name, Address, Data Type,
+    Respect Data Type, Client Access, Scan Rate, ..., Eng. Units, Description), with the
+    device, kind and IP columns the gateway needs added by the engineer."""
+    t = tmp_path / "k.csv"
+    t.write_text(
+        '"Tag Name","Address","Data Type","Respect Data Type","Client Access","Scan Rate","Eng. Units",'
+        '"Description","Device","Kind","IP"\n'
+        '"PT-1","400011","Float","1","RO","100","MPa","reactor pressure","plc-1","pressure","10.0.0.2"\n',
+        encoding="utf-8",
+    )
+    res = import_table(str(t))
+    assert res.errors == []
+    assert res.ignored_columns == ["Respect Data Type", "Client Access", "Scan Rate"]
+    ch = res.config["devices"][0]["channels"][0]
+    assert ch == {
+        "name": "PT-1",
+        "address": "holding:10",
+        "kind": "pressure",
+        "type": "float32",
+        "unit": "MPa",
+        "description": "reactor pressure",
+    }
