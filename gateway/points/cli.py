@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 
 from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK
-from gateway.points.convert import HEADERS, ImportResult, rows_to_config
+from gateway.points.convert import ImportResult, rows_to_config
 from gateway.points.tables import Limits, TableError, read_table
+from gateway.points.vocab import HEADERS
 
 MAX_MAPPING = 64 * 1024
 
@@ -41,7 +42,10 @@ def read_mapping(path: str) -> dict[str, str]:
 
 
 def import_table(
-    table: str, sheet: str | None = None, mapping: dict[str, str] | None = None, limits: Limits = Limits(),
+    table: str,
+    sheet: str | None = None,
+    mapping: dict[str, str] | None = None,
+    limits: Limits = Limits(),
     partial: bool = False,
 ) -> ImportResult:
     """Read and convert a table; then check the devices as ``safegw check`` would, each
@@ -94,16 +98,28 @@ def _check_devices(res: ImportResult, sheet: Any) -> list[tuple[str | None, str]
     return [_to_cell(res, sheet, path, msg) for path, msg in _all_checks(cfg, CHECKS)]
 
 
-_FIELD_COLUMN = {"address": "register", "type": "type", "byte_order": "byte_order", "range": "range_low",
-                 "unit": "engineering_unit", "scale": "scale", "offset": "offset", "kind": "kind",
-                 "host": "host", "port": "port", "baudrate": "baudrate", "parity": "parity", "poll": "poll",
-                 "timeout": "timeout"}
+_FIELD_COLUMN = {
+    "address": "register",
+    "type": "type",
+    "byte_order": "byte_order",
+    "range": "range_low",
+    "unit": "engineering_unit",
+    "scale": "scale",
+    "offset": "offset",
+    "kind": "kind",
+    "host": "host",
+    "port": "port",
+    "baudrate": "baudrate",
+    "parity": "parity",
+    "poll": "poll",
+    "timeout": "timeout",
+}
 _DEVICE_FIELD = {"unit": "unit_id"}
 
 
 def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> tuple[str | None, str]:
     """A ``safegw check`` error on the devices built → the cell it came from."""
-    from gateway.points.convert import LABEL
+    from gateway.points.vocab import LABEL
 
     parts = [p for p in path if p not in ("modbus-tcp", "modbus-rtu")]
     if len(parts) < 2 or parts[0] != "devices" or not isinstance(parts[1], int):
@@ -117,8 +133,10 @@ def _to_cell(res: ImportResult, sheet: Any, path: tuple[Any, ...], msg: str) -> 
     if rest[:1] == ["channels"] and len(rest) >= 2:
         name, field, key_map = chans[rest[1]]["name"], rest[2] if len(rest) > 2 else "name", _FIELD_COLUMN
     else:  # a device setting: shown on the device's first row
-        name = min((c["name"] for u in dev.get("units", [{"channels": chans}]) for c in u["channels"]),
-                   key=lambda n: res.row_of[n])
+        name = min(
+            (c["name"] for u in dev.get("units", [{"channels": chans}]) for c in u["channels"]),
+            key=lambda n: res.row_of[n],
+        )
         field = rest[0] if rest else "device"
         key_map = {**_FIELD_COLUMN, **_DEVICE_FIELD, "name": "device"}
     key = key_map.get(str(field), "name")

@@ -21,265 +21,28 @@ from gateway.core.config import (
     ID_PATTERN,
     ByteOrder,
     Config,
-    DataType,
     Kind,
     ModbusChannel,
     parse_modbus_address,
 )
 from gateway.points.tables import Sheet
-
-# canonical column → the headers it is known by (compared case- and space-insensitively).
-# Sources: the issue's list; the CSV tag files of Kepware ("Tag Name, Address, Data Type, ...,
-# Eng. Units, Description": kepware.com, "CSV import/export"), Ignition ("EngUnit, EngLow,
-# EngHigh, Deadband, Documentation": docs.inductiveautomation.com, "Importing and Exporting
-# Tags") and Monokot ("Tag, Device, Address, Comment"); the Chinese ones as seen in plants'
-# point tables (not a standard). A bare scan rate is not taken: Kepware's is in ms.
-HEADERS: dict[str, tuple[str, ...]] = {
-    "name": (
-        "name",
-        "tag",
-        "tag name",
-        "point",
-        "point name",
-        "channel",
-        "位号",
-        "名称",
-        "点位名称",
-        "测点名称",
-        "点名",
-        "变量名",
-        "标签",
-        "位号/名称",
-    ),
-    "device": ("device", "device name", "设备", "设备名称", "采集设备", "控制器"),
-    "protocol": ("protocol", "协议", "通讯协议", "通信协议"),
-    "host": ("host", "ip", "ip address", "ip地址", "主机"),
-    "port": ("port", "serial port", "com", "端口", "串口"),
-    "baudrate": ("baud", "baudrate", "baud rate", "波特率"),
-    "parity": ("parity", "校验", "校验位"),
-    "unit_id": (
-        "unit id",
-        "unit",
-        "slave",
-        "slave id",
-        "slave address",
-        "station",
-        "从站地址",
-        "从站号",
-        "站号",
-        "设备地址",
-        "modbus地址",
-    ),
-    "register": ("register", "register address", "address", "寄存器地址", "寄存器", "地址", "点位地址"),
-    "function": ("function", "function code", "fc", "功能码"),
-    "bit": ("bit", "位", "位号(bit)"),
-    "type": ("data type", "type", "datatype", "数据类型"),
-    "byte_order": ("byte order", "byteorder", "endianness", "字节序", "字节顺序"),
-    "scale": ("scale", "factor", "coefficient", "multiplier", "系数", "倍率", "比例系数"),
-    "offset": ("offset", "偏移", "偏移量"),
-    "range": ("range", "span", "量程", "测量范围"),
-    "range_low": ("range low", "low range", "englow", "eng low", "量程下限", "量程低"),
-    "range_high": ("range high", "high range", "enghigh", "eng high", "量程上限", "量程高"),
-    "engineering_unit": (
-        "engineering unit",
-        "eu",
-        "unit of measure",
-        "eng. units",
-        "eng units",
-        "engunit",
-        "单位",
-        "工程单位",
-    ),
-    "kind": ("kind", "quantity", "监测类型", "测点类型", "类型"),
-    "gas": ("gas", "气体", "气体种类", "介质"),
-    "h": ("h", "high", "alarm high", "一级报警值(高)", "一级报警值", "一级报警", "高报", "高限"),
-    "hh": (
-        "hh",
-        "high high",
-        "alarm high high",
-        "二级报警值(高)",
-        "二级报警值",
-        "二级报警",
-        "高高报",
-        "高高限",
-    ),
-    "l": ("l", "low", "alarm low", "一级报警值(低)", "低报", "低限"),
-    "ll": ("ll", "low low", "alarm low low", "二级报警值(低)", "低低报", "低低限"),
-    "deadband": ("deadband", "死区", "回差"),
-    "delay": ("delay", "alarm delay", "报警延时", "延时"),
-    "area": ("area", "zone", "location", "区域", "位置", "安装位置"),
-    "hazard_source": ("hazard source", "major hazard source", "重大危险源编码", "危险源编码", "危险源"),
-    "description": ("description", "comment", "documentation", "描述", "说明", "备注"),
-    "poll": ("poll", "poll interval", "采集周期", "扫描周期"),
-    "timeout": ("timeout", "超时"),
-    "extra": ("extra", "其他"),
-}
-
-#: the label each column is shown with in errors and in an exported table
-LABEL: dict[str, str] = {
-    "name": "name",
-    "device": "device",
-    "protocol": "protocol",
-    "host": "host",
-    "port": "port",
-    "baudrate": "baudrate",
-    "parity": "parity",
-    "unit_id": "unit id",
-    "register": "register",
-    "function": "function code",
-    "bit": "bit",
-    "type": "data type",
-    "byte_order": "byte order",
-    "scale": "scale",
-    "offset": "offset",
-    "range": "range",
-    "range_low": "range low",
-    "range_high": "range high",
-    "engineering_unit": "engineering unit",
-    "kind": "kind",
-    "gas": "gas",
-    "h": "h",
-    "hh": "hh",
-    "l": "l",
-    "ll": "ll",
-    "deadband": "deadband",
-    "delay": "delay",
-    "area": "area",
-    "hazard_source": "hazard source",
-    "description": "description",
-    "poll": "poll",
-    "timeout": "timeout",
-    "extra": "extra",
-}
-EXPORT_HEADER = {k: f"{LABEL[k]}" for k in LABEL}
-EXPORT_COLUMNS = [
-    "name",
-    "device",
-    "protocol",
-    "host",
-    "port",
-    "baudrate",
-    "parity",
-    "unit_id",
-    "function",
-    "register",
-    "bit",
-    "type",
-    "byte_order",
-    "scale",
-    "offset",
-    "range_low",
-    "range_high",
-    "engineering_unit",
-    "kind",
-    "gas",
-    "hh",
-    "h",
-    "l",
-    "ll",
-    "deadband",
-    "delay",
-    "area",
-    "hazard_source",
-    "description",
-    "poll",
-    "timeout",
-    "extra",
-]
-
-TYPES: dict[str, str] = {t: t for t in get_args(DataType)} | {
-    "float": "float32",
-    "real": "float32",
-    "浮点": "float32",
-    "浮点数": "float32",
-    "单精度浮点": "float32",
-    "double": "float64",
-    "lreal": "float64",
-    "双精度浮点": "float64",
-    "int": "int16",
-    "short": "int16",
-    "整型": "int16",
-    "有符号整数": "int16",
-    "signed": "int16",
-    "word": "uint16",
-    "unsigned": "uint16",
-    "无符号整数": "uint16",
-    "ushort": "uint16",
-    "dint": "int32",
-    "long": "int32",
-    "长整型": "int32",
-    "udint": "uint32",
-    "dword": "uint32",
-    "ulong": "uint32",
-    "bit": "bool",
-    "boolean": "bool",
-    "布尔": "bool",
-    "开关量": "bool",
-}
-ORDERS: dict[str, str] = {o.lower(): o for o in get_args(ByteOrder)} | {
-    "1234": "ABCD",
-    "big": "ABCD",
-    "big endian": "ABCD",
-    "大端": "ABCD",
-    "3412": "CDAB",
-    "word swap": "CDAB",
-    "little endian word swap": "CDAB",
-    "2143": "BADC",
-    "byte swap": "BADC",
-    "4321": "DCBA",
-    "little": "DCBA",
-    "little endian": "DCBA",
-    "小端": "DCBA",
-}
-KINDS: dict[str, str] = {k: k for k in get_args(Kind)} | {
-    "可燃气体": "gas",
-    "有毒气体": "gas",
-    "气体": "gas",
-    "粉尘": "dust",
-    "温度": "temperature",
-    "湿度": "humidity",
-    "风速": "wind_speed",
-    "压力": "pressure",
-    "液位": "level",
-    "流量": "flow",
-    "噪声": "noise",
-    "辐射": "radiation",
-    "位置": "position",
-    "氧气": "oxygen",
-    "氧含量": "oxygen",
-    "电压": "voltage",
-    "电流": "current",
-    "状态": "status",
-    "其他": "other",
-}
-COMMON_TYPES = ["float32", "int16", "uint16", "int32", "uint32", "float64", "bool"]
-FUNCTIONS = {
-    "1": "coil",
-    "01": "coil",
-    "2": "discrete",
-    "02": "discrete",
-    "3": "holding",
-    "03": "holding",
-    "4": "input",
-    "04": "input",
-    "coil": "coil",
-    "discrete": "discrete",
-    "holding": "holding",
-    "input": "input",
-}
-FUNCTION_CODE = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-MODICON = {0: "coil", 1: "discrete", 3: "input", 4: "holding"}  # the 40001 convention's leading digit
-PROTOCOLS = ("modbus-tcp", "modbus-rtu")
-DEVICE_KEYS = ("protocol", "host", "port", "baudrate", "parity", "unit_id", "poll", "timeout")
-
-_SPACES = re.compile(r"[\s_\-（）()]+")
-
-
-def _norm(h: str) -> str:
-    return _SPACES.sub("", h.strip().lower().replace("（", "(").replace("）", ")"))
-
-
-_HEADER_INDEX = {_norm(alias): key for key, aliases in HEADERS.items() for alias in aliases}
+from gateway.points.vocab import (
+    COMMON_TYPES,
+    DEVICE_KEYS,
+    EXPORT_COLUMNS,
+    EXPORT_HEADER,
+    FUNCTION_CODE,
+    FUNCTIONS,
+    HEADER_INDEX,
+    HEADERS,
+    KINDS,
+    LABEL,
+    MODICON,
+    ORDERS,
+    PROTOCOLS,
+    TYPES,
+    norm_header,
+)
 
 
 class RowError(Exception):
@@ -314,14 +77,14 @@ def _suggest(value: str, choices: list[str]) -> str:
 def find_header(sheet: Sheet, mapping: dict[str, str]) -> tuple[int, dict[int, str], list[str]]:
     """The header row (the first of the first ten naming at least two known columns):
     its index in ``sheet.rows``, column index → key, and the headers not recognised."""
-    known = {_norm(k): v for k, v in mapping.items()}
+    known = {norm_header(k): v for k, v in mapping.items()}
     for idx, (_, cells) in enumerate(sheet.rows[:10]):
         cols: dict[int, str] = {}
         unknown = []
         for c, h in enumerate(cells):
             if not h:
                 continue
-            key = known.get(_norm(h)) or _HEADER_INDEX.get(_norm(h))
+            key = known.get(norm_header(h)) or HEADER_INDEX.get(norm_header(h))
             if key is None:
                 unknown.append(h)
             elif key in cols.values():
