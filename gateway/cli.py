@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "scan": "gateway.scan_cli:add_command",
     "status": "gateway.ops.status:add_command",
     "doctor": "gateway.ops.doctor:add_command",
+    "points": "gateway.points.cli:add_command",
+    "templates": "gateway.points.templates_cli:add_command",
 }
 
 

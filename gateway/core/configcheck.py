@@ -431,6 +431,11 @@ def validate(src: Source, checks: Iterable[Check] = ()) -> Config:
     """
     if not isinstance(src.data, dict):
         raise ConfigError([f"{src.file}:1:1: (top): the file must be a mapping with a 'gateway:' section"])
+    from gateway.core.templates import expand_templates  # deferred: templates imports config
+
+    template_errors = expand_templates(src, base_dir_of(src), explain)
+    if template_errors:
+        raise ConfigError(template_errors)
     found: list[tuple[int, int, int, str]] = []
 
     def add(path: Path_, message: str, at_key: bool = False) -> None:
