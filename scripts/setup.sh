@@ -28,7 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these as system services; the tests run their own instances
-  for svc in mosquitto influxdb; do
+  for svc in mosquitto influxdb prometheus; do
     if [ "$want_test" = 1 ] && command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
       $SUDO systemctl stop "$svc" || true
     fi
