@@ -49,7 +49,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in e.lines:
             print(line)
         return EXIT_CONFIG
-    n = sum(len(ch) for ch in [cfg.devices])
     from gateway.core.channels import ChannelTable
 
     n = len(ChannelTable.from_config(cfg))

@@ -92,9 +92,20 @@ def _unknown_key(err: dict[str, Any]) -> str:
     if model is None:
         return "unknown key; check the spelling against the reference config (config/reference.yaml)"
     valid = list(model.model_fields)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    close = closest(key, valid)
+    hint = f"did you mean {close!r}? " if close else ""
     return f"unknown key {key!r}; {hint}valid here: {', '.join(valid)}"
+
+
+def closest(word: str, options: list[str], cutoff: float = 0.6) -> str | None:
+    """The option most like ``word``; on a tie the first in the options' order (difflib's
+    get_close_matches takes the largest string, so 'flaot' got 'float64', not 'float32')."""
+    best, score = None, cutoff
+    for o in options:
+        r = difflib.SequenceMatcher(None, word, o).ratio()
+        if r > score or (best is None and r == score):
+            best, score = o, r
+    return best
 
 
 def explain(err: dict[str, Any]) -> str:
@@ -120,9 +131,9 @@ def explain(err: dict[str, Any]) -> str:
         return f"{_PATTERN_HELP[ctx['pattern']]} (got {err.get('input')!r})"
     if t == "literal_error":
         got = err.get("input")
-        close = difflib.get_close_matches(got, re.findall(r"'([^']*)'", str(ctx.get("expected", ""))),
-                                          n=1, cutoff=0.6) if isinstance(got, str) else []
-        return f"{msg} (got {got!r}" + (f"; did you mean {close[0]!r}?)" if close else ")")
+        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        close = closest(got, options) if isinstance(got, str) else None
+        return f"{msg} (got {got!r}" + (f"; did you mean {close!r}?)" if close else ")")
     if t.startswith("value_error"):
         return msg.removeprefix("Value error, ")
     return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(
@@ -406,7 +417,7 @@ def _partial_cross_check(src: Source, errors: list[dict[str, Any]],
         return []  # still broken: the schema errors are all we can say
     cfg.base_dir = base_dir_of(src)
     out: list[tuple[Path_, str]] = []
-    for path, msg in _all_checks(cfg, checks):
+    for path, msg in all_checks(cfg, checks):
         out.append((_unprune(path, maps), msg))
     return out
 
@@ -416,7 +427,7 @@ def base_dir_of(src: Source) -> Path:
     return Path(src.file).resolve().parent if src.file != "<string>" else Path.cwd()
 
 
-def _all_checks(cfg: Config, checks: Iterable[Check]) -> list[tuple[Path_, str]]:
+def all_checks(cfg: Config, checks: Iterable[Check]) -> list[tuple[Path_, str]]:
     out = [*_cross_check(cfg), *_register_overlaps(cfg)]
     for check in checks:
         out.extend(check(cfg))
@@ -463,7 +474,7 @@ def validate(src: Source, checks: Iterable[Check] = ()) -> Config:
             add(path, msg)
     else:
         cfg.base_dir = base_dir_of(src)
-        for path, msg in _all_checks(cfg, checks):
+        for path, msg in all_checks(cfg, checks):
             add(path, msg)
     if found or cfg is None:
         raise ConfigError([line for *_, line in sorted(found)])

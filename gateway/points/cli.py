@@ -88,14 +88,14 @@ def _check_devices(res: ImportResult, sheet: Any) -> list[tuple[str | None, str]
 
     from gateway.config import CHECKS
     from gateway.core.config import Config
-    from gateway.core.configcheck import _all_checks, explain, loc_path
+    from gateway.core.configcheck import all_checks, explain, loc_path
 
     doc = {"gateway": {"id": "gw-check", "site": "CHECK"}, **res.config}
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:
         return [_to_cell(res, sheet, loc_path(tuple(err["loc"])), explain(dict(err))) for err in e.errors()]
-    return [_to_cell(res, sheet, path, msg) for path, msg in _all_checks(cfg, CHECKS)]
+    return [_to_cell(res, sheet, path, msg) for path, msg in all_checks(cfg, CHECKS)]
 
 
 _FIELD_COLUMN = {

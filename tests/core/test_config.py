@@ -346,3 +346,16 @@ def test_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     # and once as a real process: the exit status the shell (and systemd's ExecStartPre) sees
     r = check(bad)
     assert (r.returncode, r.stdout.splitlines()) == (2, expected)
+
+
+def test_a_typo_is_matched_to_the_first_of_equally_close_words(tmp_path: Path) -> None:
+    """'flaot' is as close to 'float32' as to 'float64'; the suggestion is the first in the
+    type list (float32, what a typo of "float" means on a Modbus register), not difflib's
+    largest string."""
+    f = tmp_path / "gw.yaml"
+    f.write_text("gateway: {id: gw-1}\ndevices:\n- name: plc\n  protocol: modbus-tcp\n  host: 127.0.0.1\n"
+                 "  channels:\n  - {name: T1, kind: temperature, unit: C, address: 'holding:0', type: flaot}\n",
+                 encoding="utf-8")
+    with pytest.raises(ConfigError) as ei:
+        load(f)
+    assert "did you mean 'float32'?" in "\n".join(ei.value.lines)
