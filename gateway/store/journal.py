@@ -56,7 +56,8 @@ from gateway.core.record import (
     event_record,
 )
 from gateway.store.retention import drop_oldest
-from gateway.store.schema import SCHEMA, JournalUnusable, connect
+from gateway.store.schema import SCHEMA, SCHEMA_STEPS, SCHEMA_VERSION, JournalUnusable, connect
+from gateway.store.versions import ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,8 @@ class Journal:
         self._clock = clock
         try:
             self._db = connect(self.path, sync)
-            with self._db:
-                self._db.executescript(SCHEMA)
+            ensure_schema(self._db, self.path, name="journal", version=SCHEMA_VERSION, create=SCHEMA,
+                          steps=SCHEMA_STEPS)
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):  # permissions, locks: say it as it is
                 raise
