@@ -20,7 +20,7 @@ from central.state import SqliteState
 from gateway.admin.registers.db import open_db
 from gateway.store.journal import Journal
 from gateway.store.versions import SchemaTooNew, backup_path
-from tests.store.test_journal import mk
+from tests.fixtures.crash_worker import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_journal_made_before_versions_migrates_keeping_rows(tmp_path: Path) -> N
     with Journal(path) as j:
         assert j.cursor("uplink") == 7
         assert j.last_seq == 20
-        j.append_sync([mk(99)])
+        j.append_sync([make_batch(1, 99)])
     assert version(path) == 1
     db = sqlite3.connect(path)
     assert db.execute("SELECT * FROM records WHERE seq<=20 ORDER BY seq").fetchall() == rows
