@@ -62,6 +62,7 @@ MAX_LOG2N, MAX_R, MAX_P = 20, 16, 4
 #: bounds on what restore will unpack (checked while reading, before any byte is written)
 MAX_MEMBERS = 100_000
 MAX_NAME = 400
+MAX_MANIFEST = 16 * 2**20
 MAX_PASSPHRASE = 1024
 MIN_PASSPHRASE = 8
 
@@ -233,26 +234,38 @@ def _snapshot(state: Path, work: Path, *, journal: bool, secrets: bool,
             skipped.append(str(rel))
             continue
         out = work / "state" / Path(*rel.parts)
-        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if rel == PurePosixPath("journal.db") and not journal:
-            cursors = _journal_cursors_only(p, out)
-        elif _is_sqlite(p):
-            src = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
-            try:
-                src.execute("PRAGMA busy_timeout=10000")
-                copy_db(src, out)
-            finally:
-                src.close()
-            if rel == PurePosixPath("journal.db"):
-                db = sqlite3.connect(out)
-                cursors = dict(db.execute("SELECT name, seq FROM cursors").fetchall())
-                db.close()
-        else:
-            fd = os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            with p.open("rb") as f, open(fd, "wb") as o:
-                shutil.copyfileobj(f, o)
+        try:
+            found = _copy_one(p, rel, out, journal=journal)
+        except (sqlite3.Error, OSError) as e:
+            raise BackupError(f"{p}: cannot copy it into the snapshot at {out} ({e})") from e
+        if found is not None:
+            cursors = found
         files.append(PurePosixPath("state") / rel)
     return files, cursors, skipped
+
+
+def _copy_one(p: Path, rel: PurePosixPath, out: Path, *, journal: bool) -> dict[str, int] | None:
+    """One file of the state into the snapshot; the journal's cursors when it is the journal."""
+    cursors: dict[str, int] | None = None
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if rel == PurePosixPath("journal.db") and not journal:
+        cursors = _journal_cursors_only(p, out)
+    elif _is_sqlite(p):
+        src = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
+        try:
+            src.execute("PRAGMA busy_timeout=10000")
+            copy_db(src, out)
+        finally:
+            src.close()
+        if rel == PurePosixPath("journal.db"):
+            db = sqlite3.connect(out)
+            cursors = dict(db.execute("SELECT name, seq FROM cursors").fetchall())
+            db.close()
+    else:
+        fd = os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with p.open("rb") as f, open(fd, "wb") as o:
+            shutil.copyfileobj(f, o)
+    return cursors
 
 
 def _sha256(p: Path) -> str:
@@ -268,7 +281,8 @@ def make_backup(config: Path, state: Path, out: Path, *, gateway_id: str, journa
     if not state.is_dir():
         raise BackupError(f"{state}: no such state directory (gateway.state_dir in {config})")
     secrets = passphrase is not None
-    with tempfile.TemporaryDirectory(prefix="safegw-backup-") as tmp:
+    # the snapshot is made beside the archive: /tmp is often a small tmpfs, the journal is not
+    with tempfile.TemporaryDirectory(prefix=".safegw-backup-", dir=out.parent) as tmp:
         work = Path(tmp)
         os.chmod(work, 0o700)
         shutil.copyfile(config, work / "config.yaml")
@@ -284,25 +298,33 @@ def make_backup(config: Path, state: Path, out: Path, *, gateway_id: str, journa
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
         part = out.with_name(out.name + ".part")
-        fd = os.open(part, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with open(fd, "wb") as raw:
-            sink: IO[bytes] = raw
-            enc = EncryptingWriter(raw, passphrase) if passphrase is not None else None
-            if enc is not None:
-                sink = enc  # type: ignore[assignment]
-            with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as z, \
-                    tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for name in ["manifest.json", "config.yaml", *map(str, files)]:
-                    info = tar.gettarinfo(str(work / name), arcname=name)
-                    info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
-                    with (work / name).open("rb") as f:
-                        tar.addfile(info, f)
-            if enc is not None:
-                enc.close()
-            raw.flush()
-            os.fsync(raw.fileno())
+        try:
+            _write_archive(work, files, part, passphrase)
+        except BaseException:
+            part.unlink(missing_ok=True)  # a full disk or an interrupt leaves no half archive
+            raise
         os.replace(part, out)
     return manifest
+
+
+def _write_archive(work: Path, files: list[PurePosixPath], part: Path, passphrase: str | None) -> None:
+    fd = os.open(part, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with open(fd, "wb") as raw:
+        sink: IO[bytes] = raw
+        enc = EncryptingWriter(raw, passphrase) if passphrase is not None else None
+        if enc is not None:
+            sink = enc  # type: ignore[assignment]
+        with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as z, \
+                tarfile.open(fileobj=z, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name in ["manifest.json", "config.yaml", *map(str, files)]:
+                info = tar.gettarinfo(str(work / name), arcname=name)
+                info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
+                with (work / name).open("rb") as f:
+                    tar.addfile(info, f)
+        if enc is not None:
+            enc.close()
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 # --------------------------------------------------------------------------- restore
@@ -354,13 +376,20 @@ def restore(archive: Path, config_out: Path, state: Path | None, *, force: bool,
                 assert src is not None
                 with open(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as o:
                     shutil.copyfileobj(src, o)
+        mpath = unpack / "manifest.json"
         try:
-            manifest = json.loads((unpack / "manifest.json").read_text())
+            if mpath.stat().st_size > MAX_MANIFEST:
+                raise BackupError(f"{archive}: manifest.json is over {MAX_MANIFEST} bytes")
+            manifest = json.loads(mpath.read_text())
         except (OSError, ValueError) as e:
             raise BackupError(f"{archive}: no readable manifest.json ({e})") from None
-        if manifest.get("format") != FORMAT:
-            raise BackupError(f"{archive}: format {manifest.get('format')!r}, this safegw reads {FORMAT}")
-        listed = manifest.get("files", {})
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise BackupError(f"{archive}: manifest.json format {got!r}, this safegw reads {FORMAT}")
+        listed = manifest.get("files")
+        if not isinstance(listed, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in listed.values()):
+            raise BackupError(f"{archive}: manifest.json: 'files' is not a map of name to size and sha256")
         present = {str(p.relative_to(unpack)) for p in unpack.rglob("*") if p.is_file()} - {"manifest.json"}
         if present != set(listed):
             raise BackupError(f"{archive}: files differ from the manifest (missing "

@@ -18,14 +18,18 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zstandard
 
 from gateway.admin.registers.db import open_db
 from gateway.cli import main
-from tests.fixtures.helpers import wait_until
+from gateway.core.batch import Batch
+from gateway.store.journal import Journal
+from tests.fixtures.helpers import mount_tmpfs, wait_until
 from tests.fixtures.sims import SimProcess, gateway_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,3 +273,44 @@ def test_hostile_archive_member_is_refused(tmp_path: Path) -> None:
     r = inproc("restore", str(a), "-c", str(tmp_path / "c.yaml"), "--state-dir", str(tmp_path / "s"))
     assert r.returncode == 1 and "not a plain relative path" in r.stderr
     assert not (tmp_path.parent / "escape").exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB tmpfs for the archive (needs root; skipped otherwise)."""
+    yield from mount_tmpfs(tmp_path, "1m")
+
+
+def test_full_disk_leaves_no_half_archive_and_the_state_untouched(tmp_path: Path, small_tmpfs: Path) -> None:
+    state = tmp_path / "state"
+    rng = np.random.default_rng(7)
+    with Journal(state / "journal.db", compress=False) as j:  # ~3 MB of noise: does not fit in 1 MB
+        for i in range(30):
+            n = 4000
+            j.append_sync([Batch.build(np.arange(n) % 50, 10**18 + i * n + np.arange(n), rng.normal(0, 1, n),
+                                       np.zeros(n, dtype=np.uint8))])
+        j.register("uplink")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f'gateway: {{id: gw, site: "S", state_dir: "{state}"}}\ndevices: []\n')
+    before = rows(state / "journal.db", "SELECT * FROM records ORDER BY seq")
+    out = small_tmpfs / "b.tar.zst"
+    r = inproc("backup", "-c", str(cfg), "-o", str(out), "--journal", "--no-secrets")
+    assert r.returncode == 1 and "journal.db: cannot copy it" in r.stderr, r.stderr
+    assert "disk is full" in r.stderr or "No space left" in r.stderr, r.stderr
+    assert list(small_tmpfs.iterdir()) == []  # neither the archive nor its .part
+    assert rows(state / "journal.db", "SELECT * FROM records ORDER BY seq") == before
+
+
+def test_bad_manifest_is_refused_with_the_reason(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("manifest.json", b'{"format": "safegw-backup/1", "files": [1, 2]}'),
+                           ("config.yaml", b"gateway: {}\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    a = tmp_path / "bad.tar.zst"
+    a.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    r = inproc("restore", str(a), "-c", str(tmp_path / "c.yaml"), "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 1 and "'files' is not a map" in r.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c.yaml").exists()
