@@ -92,3 +92,50 @@ def test_bad_input_and_missing_flags(tmp_path: Path) -> None:
     r = inproc("init", "-c", str(cfg), "--id", "gw", "--site", "S1", "--state-dir", "relative/dir")
     assert r.returncode == 1 and "absolute path" in r.stderr
     assert not cfg.exists() and not (tmp_path / "s").exists()  # nothing written on a refusal
+
+
+def test_interactive_on_a_terminal(tmp_path: Path) -> None:
+    """On a real pty (os.openpty) init asks for what the flags did not give."""
+    import select
+    import time
+
+    cfg, state = tmp_path / "gateway.yaml", tmp_path / "state"
+    master, slave = os.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "gateway.cli", "init", "-c", str(cfg)], cwd=ROOT, env=ENV,
+                         stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def expect(text: bytes, timeout: float = 30) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} on the terminal; saw {seen[-500:]!r}"
+            if select.select([master], [], [], left)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        assert text in seen, seen[-500:]
+        seen = seen[seen.index(text) + len(text):]
+
+    try:
+        expect(b"gateway id")
+        os.write(master, b"gw-tty\n")
+        expect(b"site code")
+        os.write(master, "站点-01\n".encode())
+        expect(b"state directory [/var/lib/safegw]")
+        os.write(master, f"{state}\n".encode())
+        expect(b"uplink suite")
+        os.write(master, b"\n")  # the default
+        expect(b"shown only once")
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    assert cli("check", "-c", str(cfg)).returncode == 0
+    assert 'site: "站点-01"' in cfg.read_text() and "id: gw-tty" in cfg.read_text()
+    assert keymod.key_path(state).exists() and mode(state / "users.json") == 0o600
