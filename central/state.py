@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.store.schema import private_db
+from gateway.store.versions import ensure_schema, refuse_newer
 
 log = logging.getLogger(__name__)
 
@@ -326,8 +327,16 @@ class SqliteState(State):
     def _connect(self) -> sqlite3.Connection:
         private_db(self.path)  # 0600 whatever the umask: the state names plants and positions
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        refuse_newer(db, self.path, name="central state", version=1)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        script = "".join(sql.format(serial=self.serial, blob=self.blob) + ";\n" for sql in _SCHEMA)
+        try:
+            # 0: a file from before versions; 1: _SCHEMA (gateway/store/versions.py)
+            ensure_schema(db, self.path, name="central state", version=1, create=script, steps={1: script})
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _tx(self) -> Any:

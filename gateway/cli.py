@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import check_warnings, load, load_or_exit
-from gateway.core.cliutil import EXIT_CONFIG, EXIT_OK, setup_logging
+from gateway.core.cliutil import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, setup_logging
 from gateway.core.configcheck import ConfigError
 
 log = logging.getLogger("safegw")
@@ -38,6 +38,9 @@ COMMANDS: dict[str, str] = {
     "doctor": "gateway.ops.doctor:add_command",
     "points": "gateway.points.cli:add_command",
     "templates": "gateway.points.templates_cli:add_command",
+    "init": "gateway.init_cmd:add_command",
+    "backup": "gateway.backup:add_backup",
+    "restore": "gateway.backup:add_restore",
 }
 
 
@@ -87,8 +90,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(EXIT_OK)
 
-    asyncio.run(main())
-    return EXIT_OK
+    from gateway.store.versions import SchemaTooNew
+
+    refused: list[BaseException] = []
+    try:
+        asyncio.run(main())
+    except* SchemaTooNew as eg:  # a file from a newer safegw: say so, no traceback, touch nothing
+        refused.extend(eg.exceptions)
+    for e in refused:
+        log.error("%s", e)
+    return EXIT_FAIL if refused else EXIT_OK
 
 
 # ---------------------------------------------------------------------- read

@@ -56,7 +56,8 @@ from gateway.core.record import (
     event_record,
 )
 from gateway.store.retention import drop_oldest
-from gateway.store.schema import PAGE_SIZE, SCHEMA, JournalUnusable, connect
+from gateway.store.schema import PAGE_SIZE, SCHEMA, SCHEMA_STEPS, SCHEMA_VERSION, JournalUnusable, connect
+from gateway.store.versions import ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ class Journal:
         self._clock = clock
         try:
             self._db = connect(self.path, sync, page_size)
-            with self._db:
-                self._db.executescript(SCHEMA)
+            ensure_schema(self._db, self.path, name="journal", version=SCHEMA_VERSION, create=SCHEMA,
+                          steps=SCHEMA_STEPS)
         except sqlite3.DatabaseError as e:
             if isinstance(e, sqlite3.OperationalError):  # permissions, locks: say it as it is
                 raise

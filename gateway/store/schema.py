@@ -9,6 +9,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+from gateway.store.versions import refuse_newer
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -31,6 +33,12 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 INSERT OR IGNORE INTO meta(key, value) VALUES ('bytes', 0);
 """
+
+#: the journal's schema version (``PRAGMA user_version``; gateway/store/versions.py).
+#: 0: a file from before versions (same tables). 1: SCHEMA above.
+SCHEMA_VERSION = 1
+#: migration steps: version → what takes a file from the version before to it
+SCHEMA_STEPS: dict[int, str] = {1: SCHEMA}
 
 
 def private_db(path: Path) -> None:
@@ -66,6 +74,7 @@ def connect(path: Path, sync: str, page_size: int = PAGE_SIZE) -> sqlite3.Connec
     fresh = not path.exists() or path.stat().st_size == 0
     private_db(path)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    refuse_newer(db, path, name="journal", version=SCHEMA_VERSION)
     if fresh:
         # must precede the first table
         db.execute(f"PRAGMA page_size={page_size}")

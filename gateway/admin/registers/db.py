@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.store.schema import private_db
+from gateway.store.versions import ensure_schema, refuse_newer
 
 # --------------------------------------------------------------------------- the store
 
@@ -74,14 +75,26 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+#: the registers' schema version (``PRAGMA user_version``; gateway/store/versions.py).
+#: 0: a file from before versions (tables added over time by CREATE IF NOT EXISTS).
+#: 1: _SCHEMA above; the step to it creates whatever table an older file lacks.
+SCHEMA_VERSION = 1
+SCHEMA_STEPS: dict[int, str] = {1: _SCHEMA}
+
 
 def open_db(path: Path) -> sqlite3.Connection:
     private_db(path)  # personal data (names, ID numbers, phones): owner-only
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    refuse_newer(db, Path(path), name="registers", version=SCHEMA_VERSION)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=5000")
-    db.executescript(_SCHEMA)
+    try:
+        ensure_schema(db, Path(path), name="registers", version=SCHEMA_VERSION, create=_SCHEMA,
+                      steps=SCHEMA_STEPS)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
