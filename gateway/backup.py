@@ -1,4 +1,4 @@
-"""``safegw backup`` and ``safegw restore``: an online snapshot of a gateway (docs/backup.md).
+"""``safegw backup`` and ``safegw restore``: an online snapshot of a gateway (docs/operations.md).
 
 The archive is a tar stream compressed with zstd. Every SQLite file of the state directory
 is copied through SQLite's online backup API (``sqlite3.Connection.backup``), never as a

@@ -1,4 +1,4 @@
-"""``safegw init``: a gateway's first start (docs/backup.md, "First start").
+"""``safegw init``: a gateway's first start (docs/operations.md, "First start").
 
 Writes a first config (gateway id, site code, state directory), makes the uplink key
 pairs (uplink/keys.py: X25519 + Ed25519, and SM2 when gmssl-pyx is installed), makes the

@@ -14,8 +14,9 @@ apt_pkgs=(socat)
 if [ "$want_test" = 1 ]; then
   # real servers the tests start on ephemeral ports, and the browser for the status page
   apt_pkgs+=(mosquitto influxdb chromium postgresql openssl)
-  # promtool checks /metrics; adjtimex reads the kernel clock state for the doctor test (docs/operations.md)
-  apt_pkgs+=(prometheus adjtimex)
+  # promtool checks /metrics; adjtimex reads the kernel clock state for the doctor test (docs/operations.md);
+  # zstd lets GNU tar list a backup archive in the backup test
+  apt_pkgs+=(prometheus adjtimex zstd)
 fi
 
 missing=()
