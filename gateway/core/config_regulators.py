@@ -2,8 +2,8 @@
 (docs/regulators.md). Each adapter is a journal consumer with its own cursor
 (``regulator.<name>``), built by ``northbound.service``.
 
-The list is a tagged union on ``type:``; only ``hj212`` exists now. A new platform adds
-its model here and to ``Regulator`` (``mem-iot`` and ``template`` are planned).
+The list is a tagged union on ``type:``: ``hj212`` and ``mem-iot`` (``template`` is
+planned). A new platform adds its model here and to ``Regulator``.
 """
 
 from __future__ import annotations
@@ -97,8 +97,69 @@ class Hj212Adapter(Strict):
         return self
 
 
-#: every adapter kind, tagged by ``type:`` (add mem-iot and template here)
-Regulator = Annotated[Union[Hj212Adapter], Field(discriminator="type")]  # noqa: UP007
+class MemIotFields(Strict):
+    """The field names of the inner (encrypted) payload of a mem-iot upload.
+
+    The platform's field tables are not all public (docs/regulators.md): these defaults
+    are safegw's, to be set to the names in the interface document the platform issued."""
+
+    enterprise: str = Field(default="enterpriseCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                            description="the enterprise (social credit) code")
+    device: str | None = Field(default="gatewayCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                               description="this gateway's code; null: not sent")
+    items: str = Field(default="datas", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                       description="the list of readings")
+    code: str = Field(default="pointCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                      description="a reading's point / indicator code")
+    value: str = Field(default="value", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    time: str = Field(default="collectTime", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    quality: str = Field(default="status", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                         description="a reading's quality flag (HJ 212-2017 flags: N, C, M, S, D, T, B)")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MemIotFields:
+        inner = [self.code, self.value, self.time, self.quality]
+        outer = [self.enterprise, self.items] + ([self.device] if self.device else [])
+        if len(set(inner)) != len(inner) or len(set(outer)) != len(outer):
+            raise ValueError("field names must differ from each other")
+        return self
+
+
+class MemIotAdapter(Strict):
+    """The ministry's IoT sensing platform (dust-explosion monitoring): HTTP(S) POST of
+    ``{"appid": ..., "data": hex(SM4-CBC(PKCS#7, JSON))}`` with the app secret in a header."""
+
+    type: Literal["mem-iot"]
+    name: str = Field(pattern=NAME_PATTERN, description="names the cursor (regulator.<name>) and the logs")
+    url: str = Field(pattern=r"^https?://[^\s]{1,500}$", description="the platform's upload address")
+    appid: str = Field(pattern=r"^[!-~]{1,128}$", description="the application id the platform issued")
+    secret_file: Path = Field(description="file (mode 0600) holding the app secret")
+    secret_header: str = Field(default="secret", pattern=r"^[A-Za-z0-9-]{1,64}$",
+                               description="the HTTP header carrying the app secret")
+    key_file: Path = Field(description="file (mode 0600): the SM4 key, 32 hex digits, as issued")
+    iv_file: Path = Field(description="file (mode 0600): the SM4-CBC IV, 32 hex digits")
+    ca_file: Path | None = Field(default=None, description="CA bundle for https (default: the system's)")
+    enterprise_code: str = Field(pattern=r"^[!-~]{1,64}$",
+                                 description="the enterprise code (e.g. the 18-character social credit code)")
+    device_code: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$",
+                                    description="this gateway's code at the platform")
+    fields: MemIotFields = Field(default_factory=MemIotFields)
+    time_format: str = Field(default="%Y-%m-%d %H:%M:%S", min_length=2, max_length=40,
+                             description="strftime format of a reading's time (in utc_offset)")
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$",
+                            description="the zone of the times sent (Beijing time)")
+    start: Literal["end", "oldest"] = Field(
+        default="end", description="where a newly configured adapter starts in the journal")
+    batch_points: int = Field(default=500, ge=1, le=10000, description="readings per POST at most")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="one POST's deadline")
+    backoff_max: Duration = Field(default=60.0, gt=0, le=3600, description="longest pause between retries")
+    ok_codes: list[int] = Field(default=[0, 200], min_length=1, max_length=20,
+                                description="values of the answer's ``code`` field that mean accepted")
+    points: list[PointMap] = Field(min_length=1, max_length=10000)
+
+
+#: every adapter kind, tagged by ``type:`` (add template here)
+Regulator = Annotated[Union[Hj212Adapter, MemIotAdapter], Field(discriminator="type")]  # noqa: UP007
 
 
 def _channel_names(cfg: Any) -> Iterator[str]:
@@ -113,7 +174,7 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
     """Across fields: unique adapter names; each point names a channel that exists, once
     per adapter, and no code is used twice in one adapter."""
     errs: list[tuple[Path_, str]] = []
-    regs: list[Hj212Adapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter] = getattr(cfg, "regulators", None) or []
     channels = set(_channel_names(cfg))
     names: set[str] = set()
     for i, reg in enumerate(regs):
@@ -138,6 +199,6 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
 
 def unmapped_channels(cfg: Any) -> dict[str, list[str]]:
     """Per adapter, the channels it does not send (``safegw check --verbose``)."""
-    regs: list[Hj212Adapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter] = getattr(cfg, "regulators", None) or []
     channels = list(_channel_names(cfg))
     return {reg.name: [c for c in channels if c not in {p.channel for p in reg.points}] for reg in regs}
