@@ -244,6 +244,6 @@ class MemIotPlatform:
 
     def stats(self) -> dict[str, Any]:
         d = self.stats_.as_dict()
-        d.update(type="mem-iot", url=self.cfg.url, cursor=self.c.cursor, lag=self.c.lag(),
-                 state=self.health.state, failures=self.health.failures, last_error=self.health.last_error)
+        d.update(self.c.stats())
+        d.update(type="mem-iot", platform=self.cfg.url, unmapped_channels=len(self.points.unmapped))
         return d

@@ -225,3 +225,34 @@ def test_key_files_must_be_sm4_keys() -> None:
         hex_bytes("0011", "key_file k")
     with pytest.raises(ValueError, match="hex"):
         hex_bytes("zz" * 16, "key_file k")
+
+
+def test_safegw_check_points_at_the_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    f = tmp_path / "gw.yaml"
+    f.write_text("""\
+gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
+devices:
+  - name: plc
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: 5020
+    poll: 1s
+    channels:
+      - {name: DUST-1, kind: dust, unit: "mg/m3", address: input:0, type: int16}
+regulators:
+  - type: mem-iot
+    name: dust
+    url: https://iot.example.gov.cn/api/upload
+    appid: APP-1
+    secret_file: s
+    key_file: k
+    iv_file: i
+    enterprise_code: "91340100MA2XXXXX0X"
+    fields: {code: "point code"}
+    points:
+      - {channel: DUST-1, code: FC001}
+""")
+    assert main(["check", "-c", str(f)]) != 0
+    out = capsys.readouterr().out
+    assert f"{f}:19:" in out and "code" in out, out
