@@ -8,17 +8,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 from gateway.core.config import resolve_path
-from gateway.core.config_regulators import Hj212Adapter, MemIotAdapter
+from gateway.core.config_regulators import Hj212Adapter, MemIotAdapter, TemplateAdapter
 from gateway.core.secrets import read_secret
 from gateway.services import DaemonContext
 from northbound.base import PointMap
 from northbound.hj212.adapter import Hj212Platform
 from northbound.memiot.adapter import MemIotPlatform, hex_bytes
+from northbound.template.adapter import TemplatePublisher
+from northbound.template.render import Sealer
 
-Adapter = Hj212Platform | MemIotPlatform
+Adapter = Hj212Platform | MemIotPlatform | TemplatePublisher
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,16 @@ class RegulatorsService:
 
 
 def build_service(ctx: DaemonContext,
-                  section: list[Hj212Adapter | MemIotAdapter]) -> RegulatorsService | None:
+                  section: list[Hj212Adapter | MemIotAdapter | TemplateAdapter]) -> RegulatorsService | None:
     if not section:
         return None
     adapters: list[Adapter] = []
     for cfg in section:
         if isinstance(cfg, MemIotAdapter):
             adapters.append(_mem_iot(ctx, cfg))
+            continue
+        if isinstance(cfg, TemplateAdapter):
+            adapters.append(_template(ctx, cfg))
             continue
         pw = cfg.password if cfg.password is not None else read_secret(cfg.password_file, ctx.cfg.base_dir)  # type: ignore[arg-type]
         points = PointMap(cfg.points, ctx.table)
@@ -83,3 +89,26 @@ def _mem_iot(ctx: DaemonContext, cfg: MemIotAdapter) -> MemIotPlatform:
         log.info("regulator %s: %d channel(s) not sent (no point mapping)", cfg.name, len(points.unmapped))
     return MemIotPlatform(cfg, ctx.journal, points, secret=read_secret(cfg.secret_file, base), key=key,
                           iv=iv, verify=verify)
+
+
+def _template(ctx: DaemonContext, cfg: TemplateAdapter) -> TemplatePublisher:
+    base, cr = ctx.cfg.base_dir, cfg.crypto
+
+    def hexfile(p: Path | None, what: str) -> bytes | None:
+        if p is None:
+            return None
+        try:
+            return bytes.fromhex(read_secret(p, base))
+        except ValueError:
+            raise ValueError(f"regulator {cfg.name}: {what} {p}: not hex digits") from None
+
+    sign = read_secret(cr.sign_key_file, base).encode() if cr.sign_key_file is not None else None
+    sealer = Sealer(cr, hexfile(cr.key_file, "key_file"), hexfile(cr.iv_file, "iv_file"), sign)
+    m = cfg.mqtt
+    pw = read_secret(m.password_file, base) if m.password_file is not None else None
+    if m.ca_file is not None:
+        m = m.model_copy(update={"ca_file": resolve_path(m.ca_file, base)})
+        cfg = cfg.model_copy(update={"mqtt": m})
+    names = [c.name for c in ctx.table.channels]
+    return TemplatePublisher(cfg, ctx.journal, PointMap(cfg.points, ctx.table), names, sealer=sealer,
+                             password=pw)

@@ -8,6 +8,8 @@ planned). A new platform adds its model here and to ``Regulator``.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -158,8 +160,101 @@ class MemIotAdapter(Strict):
     points: list[PointMap] = Field(min_length=1, max_length=10000)
 
 
-#: every adapter kind, tagged by ``type:`` (add template here)
-Regulator = Annotated[Union[Hj212Adapter, MemIotAdapter], Field(discriminator="type")]  # noqa: UP007
+
+#: what a template may name: per reading (``item``), per message (``message``), and
+#: around an encrypted or signed message (``envelope``); docs/regulators.md
+ITEM_FIELDS = frozenset({"code", "value", "time", "ts_ms", "flag", "valid", "quality", "channel",
+                         "enterprise", "hazard"})
+MESSAGE_FIELDS = frozenset({"items", "count", "enterprise", "hazard", "now", "now_ms", "msg_id"})
+ENVELOPE_FIELDS = frozenset({"data", "sign", "enterprise", "hazard", "now", "now_ms", "msg_id"})
+PLACEHOLDER = r"\$\{([^}]*)\}"
+
+
+def template_errors(tpl: Any, allowed: frozenset[str], at: tuple[Any, ...],
+                    depth: int = 0) -> list[tuple[Path_, str]]:
+    """Every ``${name}`` in a template that ``allowed`` does not offer, at its own key."""
+    errs: list[tuple[Path_, str]] = []
+    if depth > 8:
+        return [(at, "template nested deeper than 8 levels")]
+    if isinstance(tpl, dict):
+        for k, v in tpl.items():
+            errs += template_errors(v, allowed, (*at, k), depth + 1)
+    elif isinstance(tpl, list):
+        for i, v in enumerate(tpl):
+            errs += template_errors(v, allowed, (*at, i), depth + 1)
+    elif isinstance(tpl, str):
+        for name in re.findall(PLACEHOLDER, tpl):
+            if name not in allowed:
+                errs.append((at, f"unknown field ${{{name}}} in the template; known here: "
+                             + ", ".join(sorted(allowed))))
+    return errs
+
+
+class TemplateMqtt(Strict):
+    host: Host
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: bool = Field(default=True, description="MQTT over TLS (the platform's CA in ca_file)")
+    ca_file: Path | None = None
+    client_id: str = Field(pattern=r"^[!-~]{1,64}$")
+    username: str | None = Field(default=None, max_length=128)
+    password_file: Path | None = Field(default=None, description="file (mode 0600) holding the password")
+    topic: str = Field(min_length=1, max_length=256, pattern=r"^[^#+\s]+$",
+                       description="topic of the data messages")
+    qos: Literal[0, 1] = 1
+
+
+class TemplateCrypto(Strict):
+    cipher: Literal["none", "sm4-cbc", "sm4-ecb", "aes-cbc", "aes-ecb"] = "none"
+    key_file: Path | None = Field(default=None, description="file (0600): the key, hex (SM4: 16 bytes)")
+    iv_file: Path | None = Field(default=None, description="file (0600): the CBC IV in hex (16 bytes)")
+    encoding: Literal["base64", "hex"] = "base64"
+    signature: Literal["none", "hmac-sha256", "hmac-sm3", "sm3"] = Field(
+        default="none", description="over ${data}: hex HMAC with the sign key; sm3: hex SM3(data + sign key)")
+    sign_key_file: Path | None = Field(default=None, description="file (0600): the signing secret (text)")
+
+    @model_validator(mode="after")
+    def _files(self) -> TemplateCrypto:
+        if self.cipher != "none" and self.key_file is None:
+            raise ValueError(f"cipher {self.cipher} needs key_file")
+        if self.cipher.endswith("-cbc") and self.iv_file is None:
+            raise ValueError(f"cipher {self.cipher} needs iv_file")
+        if self.signature != "none" and self.sign_key_file is None:
+            raise ValueError(f"signature {self.signature} needs sign_key_file")
+        return self
+
+
+class TemplateAdapter(Strict):
+    """A provincial platform whose message shape is a template in the config."""
+
+    type: Literal["template"]
+    name: str = Field(pattern=NAME_PATTERN, description="names the cursor (regulator.<name>) and the logs")
+    enterprise_code: str = Field(pattern=r"^[!-~]{1,64}$")
+    hazard_code: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$",
+                                    description="the major hazard source's code (${hazard})")
+    transport: Literal["mqtt"] = "mqtt"
+    mqtt: TemplateMqtt
+    item: dict[str, Any] = Field(description="one reading's JSON, with ${fields}")
+    message: dict[str, Any] = Field(description="one message's JSON; ${items} is the list of readings")
+    envelope: dict[str, Any] | None = Field(
+        default=None, description="around an encrypted or signed message: ${data} and ${sign}")
+    crypto: TemplateCrypto = Field(default_factory=TemplateCrypto)
+    time_format: str = Field(default="%Y-%m-%d %H:%M:%S", min_length=2, max_length=40)
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
+    start: Literal["end", "oldest"] = "end"
+    batch_points: int = Field(default=500, ge=1, le=10000, description="readings per message at most")
+    ack_timeout: Duration = Field(default=10.0, gt=0, le=600, description="wait this long for PUBACKs")
+    points: list[PointMap] = Field(min_length=1, max_length=10000)
+
+    @model_validator(mode="after")
+    def _shape(self) -> TemplateAdapter:
+        if (self.crypto.cipher != "none" or self.crypto.signature != "none") and self.envelope is None:
+            raise ValueError("an encrypted or signed message needs an envelope template (with ${data})")
+        return self
+
+
+#: every adapter kind, tagged by ``type:``
+Regulator = Annotated[Union[Hj212Adapter, MemIotAdapter, TemplateAdapter],  # noqa: UP007
+                      Field(discriminator="type")]
 
 
 def _channel_names(cfg: Any) -> Iterator[str]:
@@ -174,7 +269,7 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
     """Across fields: unique adapter names; each point names a channel that exists, once
     per adapter, and no code is used twice in one adapter."""
     errs: list[tuple[Path_, str]] = []
-    regs: list[Hj212Adapter | MemIotAdapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter | TemplateAdapter] = getattr(cfg, "regulators", None) or []
     channels = set(_channel_names(cfg))
     names: set[str] = set()
     for i, reg in enumerate(regs):
@@ -194,11 +289,20 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
                 errs.append(((*at, "code"), f"code {p.code!r} is used twice in this adapter"))
             seen_ch.add(p.channel)
             seen_code.add(p.code)
+        if isinstance(reg, TemplateAdapter):
+            errs += template_errors(reg.item, ITEM_FIELDS, ("regulators", i, "item"))
+            errs += template_errors(reg.message, MESSAGE_FIELDS, ("regulators", i, "message"))
+            if "${items}" not in json.dumps(reg.message):
+                errs.append((("regulators", i, "message"), "the message template must place ${items}"))
+            if reg.envelope is not None:
+                errs += template_errors(reg.envelope, ENVELOPE_FIELDS, ("regulators", i, "envelope"))
+                if "${data}" not in json.dumps(reg.envelope):
+                    errs.append((("regulators", i, "envelope"), "the envelope template must place ${data}"))
     return errs
 
 
 def unmapped_channels(cfg: Any) -> dict[str, list[str]]:
     """Per adapter, the channels it does not send (``safegw check --verbose``)."""
-    regs: list[Hj212Adapter | MemIotAdapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter | TemplateAdapter] = getattr(cfg, "regulators", None) or []
     channels = list(_channel_names(cfg))
     return {reg.name: [c for c in channels if c not in {p.channel for p in reg.points}] for reg in regs}
