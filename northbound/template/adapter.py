@@ -85,6 +85,7 @@ class TemplatePublisher:
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._early: set[int] = set()
         self._connected = asyncio.Event()
+        self._stopping = False
 
     # ------------------------------------------------------------------ MQTT (paho's thread)
     def _call(self, fn: Any, *args: Any) -> None:
@@ -112,6 +113,8 @@ class TemplatePublisher:
 
     def _up(self, up: bool, why: str = "") -> None:
         self.stats_.connected = up
+        if self._stopping:
+            return
         if up:
             self.stats_.connects += 1
             self._connected.set()
@@ -140,6 +143,7 @@ class TemplatePublisher:
         self._client = c
 
     async def stop(self) -> None:
+        self._stopping = True
         c, self._client = self._client, None
         if c is not None:
             await asyncio.to_thread(c.disconnect)

@@ -22,6 +22,8 @@ from typing import Any
 
 import gmssl_pyx
 import pytest
+import yaml
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelInfo, ChannelTable
@@ -62,19 +64,20 @@ def test_templates_keep_types_and_fill_strings() -> None:
     assert r({"value": 1.5, "time": "T", "items": [1]}) == {"a": 1.5, "b": "v=1.5;t=T", "c": [[1]], "d": 7}
 
 
-PROFILE: dict[str, Any] = {
-    "type": "template", "name": "prov", "enterprise_code": "91320500MA1XXXXX0Y", "hazard_code": "320500001",
-    "start": "oldest", "batch_points": 40, "ack_timeout": "5s",
-    "item": {"quotaId": "${code}", "value": "${value}", "collectTime": "${time}", "isValid": "${valid}",
-             "flag": "${flag}", "hazardCode": "${hazard}"},
-    "message": {"companyCode": "${enterprise}", "dataType": "realtime", "count": "${count}",
-                "datas": "${items}"},
-    "envelope": {"appKey": "${enterprise}", "timestamp": "${now_ms}", "data": "${data}", "sign": "${sign}"},
-    "crypto": {"cipher": "sm4-cbc", "key_file": "k", "iv_file": "i", "encoding": "base64",
-               "signature": "hmac-sha256", "sign_key_file": "s"},
-    "points": [{"channel": "GT-1", "code": "A0001", "decimals": 2},
-               {"channel": "PT-1", "code": "P0001", "scale": 1000, "decimals": 1}],
-}
+PROFILES = sorted((Path(__file__).resolve().parents[2] / "config" / "regulators").glob("*.yaml"))
+ENTERPRISE, HAZARD = "91320500MA1XXXXX0Y", "320500001"
+
+
+def load_profile(path: Path, broker: Broker) -> dict[str, Any]:
+    """A shipped profile with this test's broker, channels and codes in its <...> places."""
+    assert broker.certs is not None
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    doc.update(enterprise_code=ENTERPRISE, hazard_code=HAZARD, start="oldest", batch_points=40)
+    doc["mqtt"] = {"host": broker.host, "port": broker.port, "tls": True, "ca_file": str(broker.certs.ca),
+                   "client_id": "gw-prov", "topic": "prov/data", "qos": 1}
+    doc["points"] = [{"channel": "GT-1", "code": "A0001", "decimals": 2},
+                     {"channel": "PT-1", "code": "P0001", "scale": 1000, "decimals": 1}]
+    return doc
 
 
 def table() -> ChannelTable:
@@ -106,27 +109,55 @@ def expected(start: int, n: int) -> list[tuple[str, Any, str, str]]:
 
 
 class Platform:
-    """The provincial platform's side: subscribes, checks the signature, decrypts, parses."""
+    """The provincial platform's side, written from the profile's text: it finds the
+    fields by their placeholders in the templates, checks the signature (stdlib hmac for
+    HMAC-SHA256, GmSSL for HMAC-SM3), decrypts (GmSSL for SM4; AES through cryptography,
+    checked above against FIPS 197) and reads every reading."""
 
-    def __init__(self, broker: Broker, topic: str):
-        self.sub = Subscriber(broker, [topic], client_id="province", clean_session=False)
+    def __init__(self, broker: Broker, profile: dict[str, Any]):
+        self.p = profile
+        self.sub = Subscriber(broker, [profile["mqtt"]["topic"]], client_id="province", clean_session=False)
         self.refused: list[str] = []
+
+        def key_of(tpl: dict[str, Any], field: str) -> str:
+            return next(k for k, v in tpl.items() if v == "${" + field + "}")
+        self.env = {f: key_of(profile["envelope"], f) for f in ("data", "sign")}
+        self.msg_items = key_of(profile["message"], "items")
+        self.item = {f: key_of(profile["item"], f) for f in ("code", "value", "time", "flag", "hazard")}
+
+    def _plain(self, data: str) -> bytes:
+        c = self.p["crypto"]
+        raw = base64.b64decode(data) if c["encoding"] == "base64" else bytes.fromhex(data)
+        if c["cipher"] == "sm4-cbc":
+            return bytes(gmssl_pyx.sm4_cbc_padding_decrypt(KEY, IV, raw))
+        assert c["cipher"] == "aes-cbc"
+        dec = Cipher(algorithms.AES(KEY), modes.CBC(IV)).decryptor()
+        padded = dec.update(raw) + dec.finalize()
+        assert 1 <= padded[-1] <= 16 and padded.endswith(bytes([padded[-1]]) * padded[-1])
+        return padded[:-padded[-1]]
+
+    def _sign(self, data: str) -> str:
+        if self.p["crypto"]["signature"] == "hmac-sm3":
+            return bytes(gmssl_pyx.sm3_hmac(SIGN, data.encode())).hex()
+        assert self.p["crypto"]["signature"] == "hmac-sha256"
+        return hmac.new(SIGN, data.encode(), hashlib.sha256).hexdigest()
 
     def readings(self) -> list[tuple[str, Any, str, str]]:
         out = []
         self.refused = []
         for _, payload, _, _ in list(self.sub.messages):
             env = json.loads(payload)
-            want = hmac.new(SIGN, env["data"].encode(), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(env["sign"], want):
+            data = env[self.env["data"]]
+            if not hmac.compare_digest(env[self.env["sign"]], self._sign(data)):
                 self.refused.append("bad sign")
                 continue
-            msg = json.loads(bytes(gmssl_pyx.sm4_cbc_padding_decrypt(KEY, IV, base64.b64decode(env["data"]))))
-            assert env["appKey"] == msg["companyCode"] == "91320500MA1XXXXX0Y"
-            assert msg["count"] == len(msg["datas"]) <= 40
-            for d in msg["datas"]:
-                assert d["hazardCode"] == "320500001" and d["isValid"] == (1 if d["flag"] == "N" else 0)
-                out.append((d["quotaId"], d["value"], d["collectTime"], d["flag"]))
+            msg = json.loads(self._plain(data))
+            items = msg[self.msg_items]
+            assert 0 < len(items) <= 40
+            for d in items:
+                assert d[self.item["hazard"]] == HAZARD
+                f = self.item
+                out.append((d[f["code"]], d[f["value"]], d[f["time"]], d[f["flag"]]))
         return out
 
 
@@ -143,25 +174,28 @@ async def running(pub: TemplatePublisher) -> AsyncIterator[TemplatePublisher]:
         await pub.stop()
 
 
-def publisher(broker: Broker, journal: Journal) -> TemplatePublisher:
-    assert broker.certs is not None
-    doc = {**PROFILE, "mqtt": {"host": broker.host, "port": broker.port, "tls": True,
-                               "ca_file": str(broker.certs.ca), "client_id": "gw-prov", "topic": "prov/data"}}
-    cfg = TemplateAdapter.model_validate(doc)
+def publisher(profile: dict[str, Any], journal: Journal) -> TemplatePublisher:
+    cfg = TemplateAdapter.model_validate(profile)
     return TemplatePublisher(cfg, journal, PointMap(cfg.points, table()), ["GT-1", "PT-1", "SW-1"],
                              sealer=Sealer(cfg.crypto, KEY, IV, SIGN))
 
 
-async def test_over_mqtt_tls_with_broker_outage(mosquitto_factory: Callable[..., Broker],
-                                                tmp_path: Path) -> None:
+def test_two_profiles_ship() -> None:
+    assert [p.name for p in PROFILES] == ["anhui-db34t4020.yaml", "jiangsu-db32-1321.yaml"]
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+async def test_profile_over_mqtt_tls_with_broker_outage(path: Path, mosquitto_factory: Callable[..., Broker],
+                                                        tmp_path: Path) -> None:
     broker = mosquitto_factory(tls=True, persistence=True)
-    platform = Platform(broker, "prov/data")
+    profile = load_profile(path, broker)
+    platform = Platform(broker, profile)
     j = Journal(tmp_path / "journal.db", sync="normal")
     try:
         for k in range(0, 100, 25):
             await j.append_batch(rows(k, 25))
         last = j.last_seq
-        async with running(publisher(broker, j)) as pub:
+        async with running(publisher(profile, j)) as pub:
             await async_wait_until(lambda: pub.c.cursor >= last, 20)
             await async_wait_until(lambda: len(platform.sub.messages) >= 5, 20)
             assert platform.readings() == expected(0, 100) and platform.refused == []
@@ -177,6 +211,7 @@ async def test_over_mqtt_tls_with_broker_outage(mosquitto_factory: Callable[...,
             await async_wait_until(lambda: pub.c.cursor >= last, 30)
             await async_wait_until(lambda: len(platform.readings()) >= 400, 30)
             assert platform.readings() == expected(0, 200), "exactly once, in order, with flags"
+            assert platform.refused == []
     finally:
         platform.sub.c.loop_stop()
         j.close()
