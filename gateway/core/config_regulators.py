@@ -2,8 +2,8 @@
 (docs/regulators.md). Each adapter is a journal consumer with its own cursor
 (``regulator.<name>``), built by ``northbound.service``.
 
-The list is a tagged union on ``type:``: ``hj212`` and ``mem-iot`` (``template`` is
-planned). A new platform adds its model here and to ``Regulator``.
+The list is a tagged union on ``type:``: ``hj212``, ``mem-iot`` and ``template``. A new
+platform adds its model here and to ``Regulator``.
 """
 
 from __future__ import annotations
