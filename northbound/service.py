@@ -104,11 +104,15 @@ def _template(ctx: DaemonContext, cfg: TemplateAdapter) -> TemplatePublisher:
 
     sign = read_secret(cr.sign_key_file, base).encode() if cr.sign_key_file is not None else None
     sealer = Sealer(cr, hexfile(cr.key_file, "key_file"), hexfile(cr.iv_file, "iv_file"), sign)
-    m = cfg.mqtt
-    pw = read_secret(m.password_file, base) if m.password_file is not None else None
-    if m.ca_file is not None:
-        m = m.model_copy(update={"ca_file": resolve_path(m.ca_file, base)})
-        cfg = cfg.model_copy(update={"mqtt": m})
+    pw = None
+    m, h = cfg.mqtt, cfg.http
+    if m is not None:
+        pw = read_secret(m.password_file, base) if m.password_file is not None else None
+        if m.ca_file is not None:
+            m = m.model_copy(update={"ca_file": resolve_path(m.ca_file, base)})
+            cfg = cfg.model_copy(update={"mqtt": m})
+    if h is not None and h.ca_file is not None:
+        cfg = cfg.model_copy(update={"http": h.model_copy(update={"ca_file": resolve_path(h.ca_file, base)})})
     names = [c.name for c in ctx.table.channels]
     return TemplatePublisher(cfg, ctx.journal, PointMap(cfg.points, ctx.table), names, sealer=sealer,
                              password=pw)

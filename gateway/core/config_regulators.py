@@ -203,6 +203,17 @@ class TemplateMqtt(Strict):
     qos: Literal[0, 1] = 1
 
 
+class TemplateHttp(Strict):
+    url: str = Field(pattern=r"^https?://[^\s]{1,500}$", description="where each message is POSTed")
+    ca_file: Path | None = Field(default=None, description="CA bundle for https (default: the system's)")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20,
+                                    description="extra request headers (no secrets: those go in files)")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="one POST's deadline")
+    backoff_max: Duration = Field(default=60.0, gt=0, le=3600, description="longest pause between retries")
+    ok_codes: list[int] = Field(default=[0, 200], min_length=1, max_length=20,
+                                description="values of the answer's ``code`` field that mean accepted")
+
+
 class TemplateCrypto(Strict):
     cipher: Literal["none", "sm4-cbc", "sm4-ecb", "aes-cbc", "aes-ecb"] = "none"
     key_file: Path | None = Field(default=None, description="file (0600): the key, hex (SM4: 16 bytes)")
@@ -231,8 +242,9 @@ class TemplateAdapter(Strict):
     enterprise_code: str = Field(pattern=r"^[!-~]{1,64}$")
     hazard_code: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$",
                                     description="the major hazard source's code (${hazard})")
-    transport: Literal["mqtt"] = "mqtt"
-    mqtt: TemplateMqtt
+    transport: Literal["mqtt", "http"] = "mqtt"
+    mqtt: TemplateMqtt | None = None
+    http: TemplateHttp | None = None
     item: dict[str, Any] = Field(description="one reading's JSON, with ${fields}")
     message: dict[str, Any] = Field(description="one message's JSON; ${items} is the list of readings")
     envelope: dict[str, Any] | None = Field(
@@ -247,6 +259,8 @@ class TemplateAdapter(Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> TemplateAdapter:
+        if getattr(self, self.transport) is None:
+            raise ValueError(f"transport {self.transport} needs its section {self.transport}:")
         if (self.crypto.cipher != "none" or self.crypto.signature != "none") and self.envelope is None:
             raise ValueError("an encrypted or signed message needs an envelope template (with ${data})")
         return self

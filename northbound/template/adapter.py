@@ -28,17 +28,18 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import httpx
 import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.consumer import JournalConsumer
+from gateway.consumer import Backoff, JournalConsumer
 from gateway.core.aio import wait_event
 from gateway.core.config_regulators import TemplateAdapter as TemplateConfig
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
 from northbound.base import AdapterStats, PointMap
-from northbound.memiot.adapter import quality_flag
+from northbound.memiot.adapter import MAX_ANSWER, PlatformRefused, quality_flag
 from northbound.template.render import Sealer, compile_template, item_renderer
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ class TemplatePublisher:
         self.password = password
         self.c = JournalConsumer(journal, f"regulator.{cfg.name}", start=cfg.start, max_records=1000,
                                  max_samples=MAX_CHUNK_SAMPLES, kinds=(SAMPLES, EVENT),
-                                 what=f"regulator {cfg.name} (mqtt {cfg.mqtt.host}:{cfg.mqtt.port})",
-                                 logger=log)
+                                 what=f"regulator {cfg.name} ({self.target(cfg)})", logger=log,
+                                 backoff=Backoff(0.2, cfg.http.backoff_max if cfg.http else 30.0))
         self.health = self.c.health
         self.stats_ = AdapterStats()
         self.idle = asyncio.Event()
@@ -86,6 +87,7 @@ class TemplatePublisher:
         self._early: set[int] = set()
         self._connected = asyncio.Event()
         self._stopping = False
+        self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------ MQTT (paho's thread)
     def _call(self, fn: Any, *args: Any) -> None:
@@ -123,11 +125,27 @@ class TemplatePublisher:
             self._connected.clear()
             self.health.failed(f"disconnected from the broker ({why})")
 
+    @staticmethod
+    def target(cfg: TemplateConfig) -> str:
+        if cfg.http is not None and cfg.transport == "http":
+            return cfg.http.url
+        assert cfg.mqtt is not None
+        return f"mqtt://{cfg.mqtt.host}:{cfg.mqtt.port}/{cfg.mqtt.topic}"
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.c.register()
+        h = self.cfg.http
+        if self.cfg.transport == "http" and h is not None:
+            verify: ssl.SSLContext | bool = True
+            if h.ca_file is not None:
+                verify = ssl.create_default_context(cafile=str(h.ca_file))
+            self._http = httpx.AsyncClient(verify=verify, timeout=h.timeout, follow_redirects=False)
+            self._connected.set()
+            return
         m = self.cfg.mqtt
+        assert m is not None
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id, clean_session=True,
                         protocol=paho.MQTTv311)
         if m.username is not None:
@@ -144,6 +162,8 @@ class TemplatePublisher:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._http is not None:
+            await self._http.aclose()
         c, self._client = self._client, None
         if c is not None:
             await asyncio.to_thread(c.disconnect)
@@ -200,7 +220,9 @@ class TemplatePublisher:
         assert self._client is not None and self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
-            info = self._client.publish(self.cfg.mqtt.topic, payload, qos=self.cfg.mqtt.qos)
+            m = self.cfg.mqtt
+            assert m is not None
+            info = self._client.publish(m.topic, payload, qos=m.qos)
             if info.mid in self._early:
                 self._early.discard(info.mid)
                 fut.set_result(None)
@@ -220,6 +242,12 @@ class TemplatePublisher:
                 continue
             self.idle.clear()
             msgs, npoints = self.build(records)
+            if self._http is not None:
+                for m in msgs:
+                    await self._post_until_accepted(m)
+                self.stats_.points_sent += npoints
+                await self.c.ack(records[-1].seq, records=len(records))
+                continue
             while not self._connected.is_set():
                 await wait_event(self._connected, None)
             futs = [self._publish(m) for m in msgs]
@@ -234,10 +262,45 @@ class TemplatePublisher:
             self.stats_.points_sent += npoints
             await self.c.ack(records[-1].seq, records=len(records))
 
+    async def _post_until_accepted(self, body: bytes) -> None:
+        """POST one message; retried (the same body) with backoff until the platform accepts it."""
+        h = self.cfg.http
+        assert h is not None and self._http is not None
+        headers = {"Content-Type": "application/json", **h.headers}
+        while True:
+            try:
+                async with self._http.stream("POST", h.url, content=body, headers=headers) as resp:
+                    answer = b""
+                    async for piece in resp.aiter_bytes():
+                        answer += piece
+                        if len(answer) > MAX_ANSWER:
+                            break
+                    status = resp.status_code
+                text = answer[:MAX_ANSWER].decode("utf-8", "replace")
+                if not 200 <= status < 300:
+                    raise PlatformRefused(f"HTTP {status}: {text[:200]!r}")
+                try:
+                    doc = json.loads(text) if text.strip() else None
+                except ValueError:
+                    doc = None
+                ok = {str(c) for c in h.ok_codes}
+                if isinstance(doc, dict) and "code" in doc and str(doc["code"]) not in ok:
+                    raise PlatformRefused(f"platform code {doc['code']!r}: {str(doc.get('msg', ''))[:200]!r}")
+            except (OSError, TimeoutError, httpx.HTTPError, PlatformRefused) as e:
+                self.stats_.connected = False
+                self.stats_.resends += 1
+                self.health.failed(str(e) or f"{type(e).__name__} after {h.timeout:g} s")
+                await self.c.backoff.sleep()
+                continue
+            self.stats_.connected = True
+            self.stats_.messages_sent += 1
+            self.stats_.acked += 1
+            self.health.succeeded()
+            self.c.backoff.reset()
+            return
+
     def stats(self) -> dict[str, Any]:
         d = self.stats_.as_dict()
         d.update(self.c.stats())
-        m = self.cfg.mqtt
-        d.update(type="template", platform=f"mqtt://{m.host}:{m.port}/{m.topic}",
-                 unmapped_channels=len(self.points.unmapped))
+        d.update(type="template", platform=self.target(self.cfg), unmapped_channels=len(self.points.unmapped))
         return d

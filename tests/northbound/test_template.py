@@ -16,7 +16,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import ssl
+import threading
 from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from gateway.store.journal import Journal
 from northbound.base import PointMap
 from northbound.template.adapter import TemplatePublisher
 from northbound.template.render import Sealer, compile_template
+from simulators.tlscert import make_certs
 from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
 
@@ -114,9 +118,10 @@ class Platform:
     HMAC-SHA256, GmSSL for HMAC-SM3), decrypts (GmSSL for SM4; AES through cryptography,
     checked above against FIPS 197) and reads every reading."""
 
-    def __init__(self, broker: Broker, profile: dict[str, Any]):
+    def __init__(self, broker: Broker | None, profile: dict[str, Any], source: Any = None):
         self.p = profile
-        self.sub = Subscriber(broker, [profile["mqtt"]["topic"]], client_id="province", clean_session=False)
+        self.sub = source or Subscriber(broker, [profile["mqtt"]["topic"]], client_id="province",  # type: ignore[arg-type]
+                                        clean_session=False)
         self.refused: list[str] = []
 
         def key_of(tpl: dict[str, Any], field: str) -> str:
@@ -246,3 +251,75 @@ regulators:
     assert main(["check", "-c", str(f)]) != 0
     out = capsys.readouterr().out
     assert f"{f}:17:" in out and "${valu}" in out, out
+
+
+class HttpsReceiver:
+    """The platform's HTTPS side: POSTs to /data (1 MiB at most, JSON), answered
+    ``{"code": 0}``; ``fail`` answers the next ones with an HTTP status."""
+
+    def __init__(self, certs: Path):
+        self.messages: list[tuple[str, bytes, bool, float]] = []
+        self.faults: list[int] = []
+        self.ca, cert, key = make_certs(certs)
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n) if 0 < n <= 1 << 20 else b""
+                status, doc = 200, {"code": 0, "msg": "ok"}
+                if outer.faults:
+                    status, doc = outer.faults.pop(0), {"code": -1, "msg": "injected"}
+                elif self.path != "/data" or not body \
+                        or self.headers.get("Content-Type") != "application/json":
+                    status, doc = 400, {"code": 400, "msg": "bad request"}
+                else:
+                    outer.messages.append((self.path, body, False, 0.0))
+                out = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/data"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
+    recv = HttpsReceiver(tmp_path / "certs")
+    doc: dict[str, Any] = yaml.safe_load(PROFILES[0].read_text())
+    doc.update(enterprise_code=ENTERPRISE, hazard_code=HAZARD, start="oldest", batch_points=40,
+               transport="http",
+               http={"url": recv.url, "ca_file": str(recv.ca), "timeout": "2s", "backoff_max": "300ms"})
+    doc.pop("mqtt")
+    doc["points"] = [{"channel": "GT-1", "code": "A0001", "decimals": 2},
+                     {"channel": "PT-1", "code": "P0001", "scale": 1000, "decimals": 1}]
+    platform = Platform(None, doc, source=recv)
+    recv.faults = [503, 500, 400]
+    j = Journal(tmp_path / "journal.db", sync="normal")
+    try:
+        for k in range(0, 100, 25):
+            await j.append_batch(rows(k, 25))
+        last = j.last_seq
+        async with running(publisher(doc, j)) as pub:
+            await async_wait_until(lambda: pub.c.cursor >= last, 20)
+            assert platform.readings() == expected(0, 100) and platform.refused == []
+            s = pub.stats()
+            assert s["resends"] == 3 and s["messages_sent"] == 5 and s["state"] == "ok"
+    finally:
+        recv.stop()
+        j.close()
