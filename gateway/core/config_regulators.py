@@ -2,12 +2,14 @@
 (docs/regulators.md). Each adapter is a journal consumer with its own cursor
 (``regulator.<name>``), built by ``northbound.service``.
 
-The list is a tagged union on ``type:``; only ``hj212`` exists now. A new platform adds
-its model here and to ``Regulator`` (``mem-iot`` and ``template`` are planned).
+The list is a tagged union on ``type:``: ``hj212``, ``mem-iot`` and ``template``. A new
+platform adds its model here and to ``Regulator``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -97,8 +99,176 @@ class Hj212Adapter(Strict):
         return self
 
 
-#: every adapter kind, tagged by ``type:`` (add mem-iot and template here)
-Regulator = Annotated[Union[Hj212Adapter], Field(discriminator="type")]  # noqa: UP007
+class MemIotFields(Strict):
+    """The field names of the inner (encrypted) payload of a mem-iot upload.
+
+    The platform's field tables are not all public (docs/regulators.md): these defaults
+    are safegw's, to be set to the names in the interface document the platform issued."""
+
+    enterprise: str = Field(default="enterpriseCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                            description="the enterprise (social credit) code")
+    device: str | None = Field(default="gatewayCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                               description="this gateway's code; null: not sent")
+    items: str = Field(default="datas", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                       description="the list of readings")
+    code: str = Field(default="pointCode", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                      description="a reading's point / indicator code")
+    value: str = Field(default="value", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    time: str = Field(default="collectTime", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    quality: str = Field(default="status", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                         description="a reading's quality flag (HJ 212-2017 flags: N, C, M, S, D, T, B)")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MemIotFields:
+        inner = [self.code, self.value, self.time, self.quality]
+        outer = [self.enterprise, self.items] + ([self.device] if self.device else [])
+        if len(set(inner)) != len(inner) or len(set(outer)) != len(outer):
+            raise ValueError("field names must differ from each other")
+        return self
+
+
+class MemIotAdapter(Strict):
+    """The ministry's IoT sensing platform (dust-explosion monitoring): HTTP(S) POST of
+    ``{"appid": ..., "data": hex(SM4-CBC(PKCS#7, JSON))}`` with the app secret in a header."""
+
+    type: Literal["mem-iot"]
+    name: str = Field(pattern=NAME_PATTERN, description="names the cursor (regulator.<name>) and the logs")
+    url: str = Field(pattern=r"^https?://[^\s]{1,500}$", description="the platform's upload address")
+    appid: str = Field(pattern=r"^[!-~]{1,128}$", description="the application id the platform issued")
+    secret_file: Path = Field(description="file (mode 0600) holding the app secret")
+    secret_header: str = Field(default="secret", pattern=r"^[A-Za-z0-9-]{1,64}$",
+                               description="the HTTP header carrying the app secret")
+    key_file: Path = Field(description="file (mode 0600): the SM4 key, 32 hex digits, as issued")
+    iv_file: Path = Field(description="file (mode 0600): the SM4-CBC IV, 32 hex digits")
+    ca_file: Path | None = Field(default=None, description="CA bundle for https (default: the system's)")
+    enterprise_code: str = Field(pattern=r"^[!-~]{1,64}$",
+                                 description="the enterprise code (e.g. the 18-character social credit code)")
+    device_code: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$",
+                                    description="this gateway's code at the platform")
+    fields: MemIotFields = Field(default_factory=MemIotFields)
+    time_format: str = Field(default="%Y-%m-%d %H:%M:%S", min_length=2, max_length=40,
+                             description="strftime format of a reading's time (in utc_offset)")
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$",
+                            description="the zone of the times sent (Beijing time)")
+    start: Literal["end", "oldest"] = Field(
+        default="end", description="where a newly configured adapter starts in the journal")
+    batch_points: int = Field(default=500, ge=1, le=10000, description="readings per POST at most")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="one POST's deadline")
+    backoff_max: Duration = Field(default=60.0, gt=0, le=3600, description="longest pause between retries")
+    ok_codes: list[int] = Field(default=[0, 200], min_length=1, max_length=20,
+                                description="values of the answer's ``code`` field that mean accepted")
+    points: list[PointMap] = Field(min_length=1, max_length=10000)
+
+
+
+#: what a template may name: per reading (``item``), per message (``message``), and
+#: around an encrypted or signed message (``envelope``); docs/regulators.md
+ITEM_FIELDS = frozenset({"code", "value", "time", "ts_ms", "flag", "valid", "quality", "channel",
+                         "enterprise", "hazard"})
+MESSAGE_FIELDS = frozenset({"items", "count", "enterprise", "hazard", "now", "now_ms", "msg_id"})
+ENVELOPE_FIELDS = frozenset({"data", "sign", "enterprise", "hazard", "now", "now_ms", "msg_id"})
+PLACEHOLDER = r"\$\{([^}]*)\}"
+
+
+def template_errors(tpl: Any, allowed: frozenset[str], at: tuple[Any, ...],
+                    depth: int = 0) -> list[tuple[Path_, str]]:
+    """Every ``${name}`` in a template that ``allowed`` does not offer, at its own key."""
+    errs: list[tuple[Path_, str]] = []
+    if depth > 8:
+        return [(at, "template nested deeper than 8 levels")]
+    if isinstance(tpl, dict):
+        for k, v in tpl.items():
+            errs += template_errors(v, allowed, (*at, k), depth + 1)
+    elif isinstance(tpl, list):
+        for i, v in enumerate(tpl):
+            errs += template_errors(v, allowed, (*at, i), depth + 1)
+    elif isinstance(tpl, str):
+        for name in re.findall(PLACEHOLDER, tpl):
+            if name not in allowed:
+                errs.append((at, f"unknown field ${{{name}}} in the template; known here: "
+                             + ", ".join(sorted(allowed))))
+    return errs
+
+
+class TemplateMqtt(Strict):
+    host: Host
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: bool = Field(default=True, description="MQTT over TLS (the platform's CA in ca_file)")
+    ca_file: Path | None = None
+    client_id: str = Field(pattern=r"^[!-~]{1,64}$")
+    username: str | None = Field(default=None, max_length=128)
+    password_file: Path | None = Field(default=None, description="file (mode 0600) holding the password")
+    topic: str = Field(min_length=1, max_length=256, pattern=r"^[^#+\s]+$",
+                       description="topic of the data messages")
+    qos: Literal[0, 1] = 1
+
+
+class TemplateHttp(Strict):
+    url: str = Field(pattern=r"^https?://[^\s]{1,500}$", description="where each message is POSTed")
+    ca_file: Path | None = Field(default=None, description="CA bundle for https (default: the system's)")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20,
+                                    description="extra request headers (no secrets: those go in files)")
+    timeout: Duration = Field(default=10.0, gt=0, le=300, description="one POST's deadline")
+    backoff_max: Duration = Field(default=60.0, gt=0, le=3600, description="longest pause between retries")
+    ok_codes: list[int] = Field(default=[0, 200], min_length=1, max_length=20,
+                                description="values of the answer's ``code`` field that mean accepted")
+
+
+class TemplateCrypto(Strict):
+    cipher: Literal["none", "sm4-cbc", "sm4-ecb", "aes-cbc", "aes-ecb"] = "none"
+    key_file: Path | None = Field(default=None, description="file (0600): the key, hex (SM4: 16 bytes)")
+    iv_file: Path | None = Field(default=None, description="file (0600): the CBC IV in hex (16 bytes)")
+    encoding: Literal["base64", "hex"] = "base64"
+    signature: Literal["none", "hmac-sha256", "hmac-sm3", "sm3"] = Field(
+        default="none", description="over ${data}: hex HMAC with the sign key; sm3: hex SM3(data + sign key)")
+    sign_key_file: Path | None = Field(default=None, description="file (0600): the signing secret (text)")
+
+    @model_validator(mode="after")
+    def _files(self) -> TemplateCrypto:
+        if self.cipher != "none" and self.key_file is None:
+            raise ValueError(f"cipher {self.cipher} needs key_file")
+        if self.cipher.endswith("-cbc") and self.iv_file is None:
+            raise ValueError(f"cipher {self.cipher} needs iv_file")
+        if self.signature != "none" and self.sign_key_file is None:
+            raise ValueError(f"signature {self.signature} needs sign_key_file")
+        return self
+
+
+class TemplateAdapter(Strict):
+    """A provincial platform whose message shape is a template in the config."""
+
+    type: Literal["template"]
+    name: str = Field(pattern=NAME_PATTERN, description="names the cursor (regulator.<name>) and the logs")
+    enterprise_code: str = Field(pattern=r"^[!-~]{1,64}$")
+    hazard_code: str | None = Field(default=None, pattern=r"^[!-~]{1,64}$",
+                                    description="the major hazard source's code (${hazard})")
+    transport: Literal["mqtt", "http"] = "mqtt"
+    mqtt: TemplateMqtt | None = None
+    http: TemplateHttp | None = None
+    item: dict[str, Any] = Field(description="one reading's JSON, with ${fields}")
+    message: dict[str, Any] = Field(description="one message's JSON; ${items} is the list of readings")
+    envelope: dict[str, Any] | None = Field(
+        default=None, description="around an encrypted or signed message: ${data} and ${sign}")
+    crypto: TemplateCrypto = Field(default_factory=TemplateCrypto)
+    time_format: str = Field(default="%Y-%m-%d %H:%M:%S", min_length=2, max_length=40)
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-](0\d|1[0-4]):[0-5]\d$")
+    start: Literal["end", "oldest"] = "end"
+    batch_points: int = Field(default=500, ge=1, le=10000, description="readings per message at most")
+    ack_timeout: Duration = Field(default=10.0, gt=0, le=600, description="wait this long for PUBACKs")
+    points: list[PointMap] = Field(min_length=1, max_length=10000)
+
+    @model_validator(mode="after")
+    def _shape(self) -> TemplateAdapter:
+        if getattr(self, self.transport) is None:
+            raise ValueError(f"transport {self.transport} needs its section {self.transport}:")
+        if (self.crypto.cipher != "none" or self.crypto.signature != "none") and self.envelope is None:
+            raise ValueError("an encrypted or signed message needs an envelope template (with ${data})")
+        return self
+
+
+#: every adapter kind, tagged by ``type:``
+Regulator = Annotated[Union[Hj212Adapter, MemIotAdapter, TemplateAdapter],  # noqa: UP007
+                      Field(discriminator="type")]
 
 
 def _channel_names(cfg: Any) -> Iterator[str]:
@@ -113,7 +283,7 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
     """Across fields: unique adapter names; each point names a channel that exists, once
     per adapter, and no code is used twice in one adapter."""
     errs: list[tuple[Path_, str]] = []
-    regs: list[Hj212Adapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter | TemplateAdapter] = getattr(cfg, "regulators", None) or []
     channels = set(_channel_names(cfg))
     names: set[str] = set()
     for i, reg in enumerate(regs):
@@ -133,11 +303,20 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
                 errs.append(((*at, "code"), f"code {p.code!r} is used twice in this adapter"))
             seen_ch.add(p.channel)
             seen_code.add(p.code)
+        if isinstance(reg, TemplateAdapter):
+            errs += template_errors(reg.item, ITEM_FIELDS, ("regulators", i, "item"))
+            errs += template_errors(reg.message, MESSAGE_FIELDS, ("regulators", i, "message"))
+            if "${items}" not in json.dumps(reg.message):
+                errs.append((("regulators", i, "message"), "the message template must place ${items}"))
+            if reg.envelope is not None:
+                errs += template_errors(reg.envelope, ENVELOPE_FIELDS, ("regulators", i, "envelope"))
+                if "${data}" not in json.dumps(reg.envelope):
+                    errs.append((("regulators", i, "envelope"), "the envelope template must place ${data}"))
     return errs
 
 
 def unmapped_channels(cfg: Any) -> dict[str, list[str]]:
     """Per adapter, the channels it does not send (``safegw check --verbose``)."""
-    regs: list[Hj212Adapter] = getattr(cfg, "regulators", None) or []
+    regs: list[Hj212Adapter | MemIotAdapter | TemplateAdapter] = getattr(cfg, "regulators", None) or []
     channels = list(_channel_names(cfg))
     return {reg.name: [c for c in channels if c not in {p.channel for p in reg.points}] for reg in regs}

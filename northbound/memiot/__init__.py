@@ -1,0 +1,1 @@
+"""The ministry's IoT sensing platform (dust-explosion monitoring): docs/regulators.md."""

@@ -1,0 +1,1 @@
+"""The template publisher for provincial hazardous-chemicals platforms: docs/regulators.md."""
