@@ -219,10 +219,13 @@ class TemplatePublisher:
     def _publish(self, payload: bytes) -> asyncio.Future[None]:
         assert self._client is not None and self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            m = self.cfg.mqtt
-            assert m is not None
-            info = self._client.publish(m.topic, payload, qos=m.qos)
+        m = self.cfg.mqtt
+        assert m is not None
+        # not under self._lock: paho calls on_publish (which takes self._lock) while holding
+        # its own lock, which publish() needs too; holding ours across publish() deadlocked
+        # the event loop against paho's thread when a PUBACK came back at that moment
+        info = self._client.publish(m.topic, payload, qos=m.qos)
+        with self._lock:  # a PUBACK may have come before the future was registered
             if info.mid in self._early:
                 self._early.discard(info.mid)
                 fut.set_result(None)
