@@ -8,7 +8,6 @@ the one stand-in here, and it only records what postinst asks systemd to do.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import stat
@@ -83,7 +82,8 @@ def test_files_modes_and_conffiles(deb: Path, tmp_path: Path) -> None:
         assert c[f"/etc/safegw/{conf}"][0] == "-rw-r-----"
     # every dependency is in the venv: nothing to fetch at install time
     site = "/opt/safegw/lib/python3.11/site-packages"
-    for pkg in ("gateway", "numpy", "pydantic_core", "cryptography", "asyncua", "pymodbus", "yaml", "zstandard"):
+    deps = ("gateway", "numpy", "pydantic_core", "cryptography", "asyncua", "pymodbus", "yaml", "zstandard")
+    for pkg in deps:
         assert f"{site}/{pkg}" in c, pkg
     assert not any(p.startswith(f"{site}/pip/") for p in c), "pip is not shipped"
     assert not any("/bin/activate" in p for p in c)
@@ -148,7 +148,7 @@ def test_postinst_makes_user_dirs_and_modes(installed: tuple[Path, str]) -> None
     assert "installed (not started)" in out
     uid, gid = int(user(root, "safegw")[2]), int(user(root, "safegw")[3])
     assert uid != 0 and user(root, "safegw")[6] == "/usr/sbin/nologin"
-    assert re.search(rf"^dialout:x:20:.*\bsafegw\b", (root / "etc/group").read_text(), re.M)
+    assert re.search(r"^dialout:x:20:.*\bsafegw\b", (root / "etc/group").read_text(), re.M)
     for d in ("var/lib/safegw", "var/lib/safegw-central"):
         st = (root / d).stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, uid, gid), d
@@ -162,7 +162,8 @@ def test_postinst_makes_user_dirs_and_modes(installed: tuple[Path, str]) -> None
 
 def installed_safegw(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(root)}  # no PYTHONPATH: only the venv
-    return sh(root / "opt/safegw/bin/python", root / "opt/safegw/bin/safegw", *args, env=env, check=False, cwd=root)
+    venv = root / "opt/safegw/bin"
+    return sh(venv / "python", venv / "safegw", *args, env=env, check=False, cwd=root)
 
 
 def test_installed_safegw_checks_the_example_configs(installed: tuple[Path, str]) -> None:
@@ -171,7 +172,8 @@ def test_installed_safegw_checks_the_example_configs(installed: tuple[Path, str]
     assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr
     r = installed_safegw(root, "central", "-c", root / "etc/safegw/central.yaml", "--check")
     assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr
-    where = sh(root / "opt/safegw/bin/python", "-c", "import gateway, numpy; print(gateway.__file__, numpy.__file__)",
+    probe = "import gateway, numpy; print(gateway.__file__, numpy.__file__)"
+    where = sh(root / "opt/safegw/bin/python", "-c", probe,
                env={"PATH": "/usr/bin:/bin"}, cwd=root).stdout.split()  # cwd: not the checkout
     assert all(p.startswith(str(root / "opt/safegw/lib/python3.11/site-packages/")) for p in where), where
     bad = root / "bad.yaml"
@@ -216,7 +218,8 @@ def run_postinst_upgrade(root: Path, tmp: Path) -> tuple[subprocess.CompletedPro
     log = tmp / "systemctl.log"
     log.unlink(missing_ok=True)
     (root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
-    env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "DPKG_ROOT": str(root), "SYSTEMCTL_LOG": str(log)}
+    env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "DPKG_ROOT": str(root),
+           "SYSTEMCTL_LOG": str(log)}
     r = sh("sh", root / "var/lib/dpkg/info/safegw.postinst", "configure", "0.0.9", env=env, check=False)
     return r, log.read_text().splitlines() if log.exists() else []
 
