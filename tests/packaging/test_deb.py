@@ -249,6 +249,14 @@ def test_remove_keeps_state_purge_removes_config(deb: Path, tmp_path: Path) -> N
     make_root(root)
     dpkg(root, "-i", deb)
     (root / "var/lib/safegw/journal.db").write_bytes(b"plant records")
+    # an upgrade (same package again) keeps the plant's edited conffile and its modes
+    conf = root / "etc/safegw/gateway.yaml"
+    edited = conf.read_text().replace("gw-tankfarm-1", "gw-plant-7")
+    assert edited != conf.read_text()
+    conf.write_text(edited)
+    again = dpkg(root, "-i", deb)
+    assert "installed (not started)" not in again.stdout  # postinst saw an upgrade
+    assert conf.read_text() == edited and stat.S_IMODE(conf.stat().st_mode) == 0o640
     (root / "opt/safegw/lib/python3.11/site-packages/gateway/__pycache__/stray.pyc").write_bytes(b"")
     dpkg(root, "-r", "safegw")
     assert not (root / "opt/safegw").exists() and not (root / "usr/bin/safegw").is_symlink()
