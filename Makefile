@@ -1,4 +1,4 @@
-.PHONY: demo test setup lint bench
+.PHONY: demo test setup lint bench deb
 demo:
 	scripts/setup.sh
 	.venv/bin/safegw demo $(ARGS)
@@ -13,3 +13,6 @@ bench:
 	for b in bench/*.py; do echo "== $$b"; args=""; \
 	  [ "$$b" = bench/footprint.py ] && args="--plants demo,10000 --services none --runs 1 --steady 20 --growth 60"; \
 	  .venv/bin/python $$b $$args | tail -n1; done
+deb:
+	# dist/safegw_<version>_amd64.deb: /opt/safegw venv on Debian's python3 (docs/packaging.md)
+	/usr/bin/python3 scripts/build_deb.py

@@ -17,6 +17,8 @@ if [ "$want_test" = 1 ]; then
   # promtool checks /metrics; adjtimex reads the kernel clock state for the doctor test (docs/operations.md);
   # zstd lets GNU tar list a backup archive in the backup test
   apt_pkgs+=(prometheus adjtimex zstd)
+  # make deb and its test: Debian's python3 venv, dpkg-deb, systemd-analyze; lintian checks the .deb
+  apt_pkgs+=(python3-venv systemd lintian)
 fi
 
 missing=()
