@@ -58,7 +58,10 @@ async def test_alarms_arrive(mosquitto_factory: Any, tmp_path: Path, tls: bool, 
                                what="cursor past the acknowledged events")
         gw.stop()
         await task
-        assert sub.payloads("safegw/S1/gw-test/status")[-1] == b"offline"
+        # the broker hands the offline status to the subscriber in its own time
+        status = "safegw/S1/gw-test/status"
+        await asyncio.to_thread(sub.wait_for, lambda s: s.payloads(status)[-1:] == [b"offline"], 10,
+                                "the offline status")
     finally:
         sub.close()
 
