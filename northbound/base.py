@@ -8,9 +8,12 @@ works on whole ``Batch`` arrays: no per-sample Python objects.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 
@@ -75,3 +78,35 @@ class AdapterStats:
         d = {k: v for k, v in self.__dict__.items() if k != "extra"}
         d.update(self.extra)
         return d
+
+
+#: a platform's answer body is read at most this far
+MAX_ANSWER = 64 * 1024
+
+
+class PlatformRefused(Exception):
+    """The platform answered, but did not accept the upload (HTTP status or its code)."""
+
+
+async def post_json(client: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str],
+                    ok_codes: Iterable[Any]) -> None:
+    """One POST of a JSON body; returns once the platform accepted it (2xx, and a ``code``
+    in its answer, if any, among ``ok_codes``), else raises PlatformRefused. The answer is
+    read at most MAX_ANSWER bytes far."""
+    async with client.stream("POST", url, content=body, headers=dict(headers)) as resp:
+        answer = b""
+        async for piece in resp.aiter_bytes():
+            answer += piece
+            if len(answer) > MAX_ANSWER:
+                break
+        status = resp.status_code
+    text = answer[:MAX_ANSWER].decode("utf-8", "replace")
+    if not 200 <= status < 300:
+        raise PlatformRefused(f"HTTP {status}: {text[:200]!r}")
+    try:
+        doc = json.loads(text) if text.strip() else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and "code" in doc and str(doc["code"]) not in {str(c) for c in ok_codes}:
+        msg = doc.get("msg", doc.get("message", ""))
+        raise PlatformRefused(f"platform code {doc['code']!r}: {str(msg)[:200]!r}")

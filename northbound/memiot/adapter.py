@@ -39,19 +39,13 @@ from gateway.core.config_regulators import MemIotAdapter as MemIotConfig
 from gateway.core.gmcrypto import sm4_cbc_encrypt
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
-from northbound.base import AdapterStats, PointMap
+from northbound.base import AdapterStats, PlatformRefused, PointMap, post_json
 from northbound.hj212.uploads import FLAG_OF_QUALITY
 
 log = logging.getLogger(__name__)
 
-#: an answer's body is read at most this far
-MAX_ANSWER = 64 * 1024
 #: samples one journal chunk holds at most
 MAX_CHUNK_SAMPLES = 200_000
-
-
-class PlatformRefused(Exception):
-    """The platform answered, but did not accept the upload (HTTP status or its code)."""
 
 
 def quality_flag(q: int) -> str:
@@ -189,24 +183,7 @@ class MemIotPlatform:
         """One POST; returns once the platform accepted it, else raises."""
         assert self.client is not None
         headers = {"Content-Type": "application/json", self.cfg.secret_header: self.secret}
-        async with self.client.stream("POST", self.cfg.url, content=body, headers=headers) as resp:
-            answer = b""
-            async for piece in resp.aiter_bytes():
-                answer += piece
-                if len(answer) > MAX_ANSWER:
-                    break
-            status = resp.status_code
-        text = answer[:MAX_ANSWER].decode("utf-8", "replace")
-        if not 200 <= status < 300:
-            raise PlatformRefused(f"HTTP {status}: {text[:200]!r}")
-        try:
-            doc = json.loads(text) if text.strip() else None
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and "code" in doc and doc["code"] not in self.cfg.ok_codes \
-                and str(doc["code"]) not in {str(c) for c in self.cfg.ok_codes}:
-            msg = doc.get("msg", doc.get("message", ""))
-            raise PlatformRefused(f"platform code {doc['code']!r}: {str(msg)[:200]!r}")
+        await post_json(self.client, self.cfg.url, body, headers, self.cfg.ok_codes)
 
     async def run(self) -> None:
         while not self._stop.is_set():

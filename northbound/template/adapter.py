@@ -38,8 +38,8 @@ from gateway.core.aio import wait_event
 from gateway.core.config_regulators import TemplateAdapter as TemplateConfig
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
-from northbound.base import AdapterStats, PointMap
-from northbound.memiot.adapter import MAX_ANSWER, PlatformRefused, quality_flag
+from northbound.base import AdapterStats, PlatformRefused, PointMap, post_json
+from northbound.memiot.adapter import quality_flag
 from northbound.template.render import Sealer, compile_template, item_renderer
 
 log = logging.getLogger(__name__)
@@ -272,23 +272,7 @@ class TemplatePublisher:
         headers = {"Content-Type": "application/json", **h.headers}
         while True:
             try:
-                async with self._http.stream("POST", h.url, content=body, headers=headers) as resp:
-                    answer = b""
-                    async for piece in resp.aiter_bytes():
-                        answer += piece
-                        if len(answer) > MAX_ANSWER:
-                            break
-                    status = resp.status_code
-                text = answer[:MAX_ANSWER].decode("utf-8", "replace")
-                if not 200 <= status < 300:
-                    raise PlatformRefused(f"HTTP {status}: {text[:200]!r}")
-                try:
-                    doc = json.loads(text) if text.strip() else None
-                except ValueError:
-                    doc = None
-                ok = {str(c) for c in h.ok_codes}
-                if isinstance(doc, dict) and "code" in doc and str(doc["code"]) not in ok:
-                    raise PlatformRefused(f"platform code {doc['code']!r}: {str(doc.get('msg', ''))[:200]!r}")
+                await post_json(self._http, h.url, body, headers, h.ok_codes)
             except (OSError, TimeoutError, httpx.HTTPError, PlatformRefused) as e:
                 self.stats_.connected = False
                 self.stats_.resends += 1
