@@ -6,12 +6,7 @@ in with a token, shows live values with their colours, and a real mouse click on
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import shutil
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,165 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.cdp import CDP, CHROMIUM
 from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="Debian's chromium package is not installed"
 )
-
-
-class CDP:
-    """Minimal Chrome DevTools protocol client over the debugging pipe (fd 3 in, fd 4 out)."""
-
-    def __init__(self, profile: Path):
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        # move the child's ends above the fd numbers they must land on, so dup2 cannot clobber them
-        child_in = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10)
-        child_out = fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
-        os.close(to_r)
-        os.close(from_w)
-
-        def fds() -> None:
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                f"--user-data-dir={profile}",
-                "--remote-debugging-pipe",
-                "--window-size=1280,1000",
-                "about:blank",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=fds,
-            pass_fds=(3, 4),
-            start_new_session=True,
-        )
-        os.close(child_in)
-        os.close(child_out)
-        self.w = os.fdopen(to_w, "wb", buffering=0)
-        self.r = os.fdopen(from_r, "rb", buffering=0)
-        self._id = 0
-        self._lock = threading.Lock()
-        self._replies: dict[int, dict[str, Any]] = {}
-        self._cv = threading.Condition()
-        self.events: list[dict[str, Any]] = []
-        self.session: str | None = None
-        threading.Thread(target=self._reader, daemon=True).start()
-
-    def _reader(self) -> None:
-        buf = b""
-        while True:
-            chunk = self.r.read(65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\0" in buf:
-                raw, buf = buf.split(b"\0", 1)
-                msg = json.loads(raw)
-                with self._cv:
-                    if "id" in msg:
-                        self._replies[msg["id"]] = msg
-                    else:
-                        self.events.append(msg)
-                    self._cv.notify_all()
-        with self._cv:
-            self._cv.notify_all()
-
-    def send(
-        self, method: str, params: dict[str, Any] | None = None, *, session: bool = True, timeout: float = 20
-    ) -> dict[str, Any]:
-        with self._lock:
-            self._id += 1
-            mid = self._id
-        msg: dict[str, Any] = {"id": mid, "method": method, "params": params or {}}
-        if session and self.session:
-            msg["sessionId"] = self.session
-        self.w.write(json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while mid not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise TimeoutError(f"no reply to {method}")
-                self._cv.wait(left)
-            reply = self._replies.pop(mid)
-        if "error" in reply:
-            raise RuntimeError(f"{method}: {reply['error']}")
-        return dict(reply.get("result", {}))
-
-    def open(self, url: str) -> None:
-        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send(
-            "Target.attachToTarget", {"targetId": target, "flatten": True}, session=False
-        )["sessionId"]
-        self.send("Page.enable")
-        self.send("Runtime.enable")
-        self.send("Page.navigate", {"url": url})
-
-    def js(self, expr: str) -> Any:
-        r = self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"page error in {expr!r}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def wait(self, expr: str, timeout: float = 15, what: str | None = None) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            v = self.js(expr)
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what or expr}")
-            time.sleep(0.1)
-
-    def click(self, selector: str) -> None:
-        """A real mouse click at the element's centre (Input events, not element.click())."""
-        box = self.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            "e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            "return [r.x + r.width / 2, r.y + r.height / 2]; })()"
-        )
-        x, y = box
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send(
-                "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
-            )
-
-    def type(self, text: str) -> None:
-        self.send("Input.insertText", {"text": text})
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e.get("method") in ("Runtime.exceptionThrown",)
-            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"].get("type") == "error")
-        ]
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", session=False, timeout=5)
-        except (TimeoutError, RuntimeError, OSError):
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait(10)
-        self.w.close()
 
 
 def row_class(name: str) -> str:
