@@ -1,4 +1,6 @@
-"""The local status page: its HTML and its two static files (no token; the page asks for one)."""
+"""The local page: its HTML and the static files under ``gateway/admin/static/`` (no token;
+the page asks for one). Only files of the listed kinds below that folder are served: the
+path is resolved and must stay inside it."""
 
 from pathlib import Path
 
@@ -7,12 +9,28 @@ from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).parent.with_name("static")
 
+#: what the page is made of: scripts (ES modules), styles, strings, images, fonts
+SERVED_SUFFIXES = {".js", ".css", ".json", ".svg", ".png", ".woff2"}
+#: longest static path asked for; anything longer is refused before the filesystem is touched
+MAX_STATIC_PATH = 200
+
 _PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+def static_file(name: str) -> Path:
+    """The file under STATIC that `name` names, or HTTPException 404."""
+    if len(name) > MAX_STATIC_PATH or "\\" in name or "\0" in name:
+        raise HTTPException(404, "no such file")
+    root = STATIC.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path.suffix not in SERVED_SUFFIXES or not path.is_file():
+        raise HTTPException(404, "no such file")
+    return path
 
 
 def router() -> APIRouter:
@@ -22,10 +40,8 @@ def router() -> APIRouter:
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
 
-    @r.get("/static/{name}", include_in_schema=False)
+    @r.get("/static/{name:path}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
-        if name not in ("app.js", "style.css"):
-            raise HTTPException(404, "no such file")
-        return FileResponse(STATIC / name, headers=_PAGE_HEADERS)
+        return FileResponse(static_file(name), headers=_PAGE_HEADERS)
 
     return r
