@@ -59,7 +59,7 @@ RESTART_ONLY: tuple[tuple[Path_, str], ...] = (
 RULE_ONLY = frozenset({"alarms", "preset", "exposure", "description", "hazard_source", "area",
                        "maintenance", "gas"})
 #: services that keep the channel table they were built with: restarted when it changes
-TABLE_USERS = frozenset({"influxdb", "mqtt", "regulators", "notify"})
+TABLE_USERS = frozenset({"influxdb", "mqtt", "regulators", "notify", "registers"})
 #: the event type of an applied config in the journal
 EVENT_TYPE = "config"
 #: how long a changed service gets to deliver what is journaled before it restarts
@@ -317,6 +317,10 @@ class Reloader:
                 h.devices[dev.name] = DeviceState(dev.name, dev.protocol, "ok" if dev.enabled else "disabled")
                 if dev.enabled:
                     h.start_poller(make_driver(dev, table.by_device.get(dev.name, []), base_dir=cfg.base_dir))
+        for svc in h.services:  # services that keep views of the table or rules rebuild them
+            hook = getattr(svc, "on_reload", None)
+            if callable(hook):
+                hook()
         chan = h.service_of("channel_table")
         if chan is not None and p.table_changed:
             chan.version, chan.last_ts = events[-1]["table_version"], now  # type: ignore[attr-defined]

@@ -5,7 +5,9 @@ and the regulator adapters and notifiers to come) is a ``Service``: it is built 
 its config section by a factory listed in ``gateway.app.SERVICES``, started before
 the sources (``start``), run in the daemon's task group (``run``), given a bounded
 time to deliver what is already journaled at shutdown (``drain``), then stopped
-(``stop``). ``stats`` is what ``/status`` and ``/metrics`` show of it.
+(``stop``). ``stats`` is what ``/status`` and ``/metrics`` show of it. A service that
+keeps views of the channel table or the rules may have ``on_reload()``, called after a
+live reload swapped them (one whose section changed is restarted instead).
 
 A service sees the daemon through ``DaemonContext``: the config, the journal, the
 channel table, the live values, the rules engine, the clock and ``emit_events``; not

