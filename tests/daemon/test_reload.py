@@ -275,3 +275,76 @@ def _up(http: httpx.Client) -> bool:
         return http.get("/health").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_invalid_file_is_refused_as_a_whole(sim: SimProcess, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = make_tokens(state)
+    api_port = free_port()
+    jpath = state / "journal.db"
+    a = device(sim, "plc-a", chan("GA-1", "input:0", "h: 25") + chan("GA-2", "input:1", "h: 25"))
+    v1 = config(state, api_port, a)
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(v1)
+    gw = Gw(cfg)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
+    try:
+        gw.wait(lambda: gw.proc.poll() is None and _up(http), 30, "the API")
+        for role in ("viewer", "operator"):
+            r = http.post("/config/reload", headers=auth(tokens[role]))
+            assert r.status_code == 403, (role, r.text)
+        # the same file again: applied, nothing changed, journaled with who asked
+        r = http.post("/config/reload", headers=auth(tokens["admin"]))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"ok": True, "sha256": hashlib.sha256(v1.encode()).hexdigest(), "diff": {},
+                            "error": None}
+        evs = gw.wait(lambda: config_events(jpath, "api:admin-user"), 10, "the config event")
+        assert len(evs) == 1 and evs[0][1]["diff"] == {}
+
+        # a new device and a typo in another: nothing of it is applied
+        bad = config(state, api_port, device(sim, "plc-c", chan("GC-1", "input:0"))
+                     + a.replace("scale: 0.1", "scael: 0.1", 1))
+        cfg.write_text(bad)
+        line = next(i for i, t in enumerate(bad.splitlines(), 1) if "scael" in t)
+        r = http.post("/config/reload", headers=auth(tokens["admin"]))
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["ok"] is False and body["diff"] == {}
+        assert body["sha256"] == hashlib.sha256(v1.encode()).hexdigest()
+        assert body["error"].startswith(f"{cfg}:{line}:"), body["error"]
+        assert "scael" in body["error"]
+        # SIGHUP with the same file: refused too, the error logged with FILE:LINE:COL
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait(lambda: len(gw.logged(f"refused, the running config kept: {cfg}:{line}:")) >= 2, 20,
+                "the refusals logged with FILE:LINE:COL")
+        # a change only a restart can make is refused with where and why
+        moved = v1.replace(f'state_dir: "{state}"', f'state_dir: "{tmp_path / "elsewhere"}"')
+        cfg.write_text(moved)
+        r = http.post("/config/reload", headers=auth(tokens["admin"]))
+        assert r.status_code == 422 and f"{cfg}:1:" in r.json()["error"] and "restart" in r.json()["error"]
+        # the running config is the first one: same devices, no config event, same table
+        st = http.get("/status", headers=auth(tokens["viewer"])).json()
+        assert [d["name"] for d in st["devices"]] == ["plc-a"]
+        assert http.get("/config", headers=auth(tokens["admin"])).json()["sha256"] == \
+            hashlib.sha256(v1.encode()).hexdigest()
+
+        # fixed: applied
+        good = bad.replace("scael", "scale")
+        cfg.write_text(good)
+        r = http.post("/config/reload", headers=auth(tokens["admin"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["diff"]["devices"]["added"] == ["plc-c"]
+        st = http.get("/status", headers=auth(tokens["viewer"])).json()
+        assert sorted(d["name"] for d in st["devices"]) == ["plc-a", "plc-c"]
+        # journaled: the no-op and the fixed file, nothing of the refused ones in between
+        evs = gw.wait(lambda: len(config_events(jpath, "api:admin-user")) >= 2 and
+                      config_events(jpath, "api:admin-user"), 10, "the second config event")
+        assert [e["sha256"] for _, e in evs] == [hashlib.sha256(t.encode()).hexdigest() for t in (v1, good)]
+        assert not config_events(jpath, "sighup")
+        tables = [s for s, e in journal_events(jpath) if e.get("type") == "channel_table"]
+        assert len(tables) == 2 and tables[0] < evs[0][0] < evs[1][0] < tables[1]  # at start, then the fix
+    finally:
+        http.close()
+        gw.stop()
+    assert gw.proc.returncode == 0, "".join(gw.log[-30:])
