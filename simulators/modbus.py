@@ -18,7 +18,8 @@ it) and passes every byte through simulators.uart, both ways, so a frame sent at
 wrong rate reaches a unit as garbage (a bad CRC) and its reply reaches the gateway as
 garbage. ``stats`` (a control message ``{"to": NAME, "stats": true}``) counts requests,
 write requests (function codes 5, 6, 15, 16, 22, 23: a scan must send none), TCP
-connections accepted and, on RTU, requests that came sooner than 3.5 character times after the unit's last reply.
+connections accepted and, on RTU, requests that came sooner than 3.5 character times
+after the unit's last reply.
 
 RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
 simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way

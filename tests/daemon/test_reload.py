@@ -78,7 +78,8 @@ def device(sim: SimProcess, name: str, channels: str) -> str:
 
 def chan(name: str, address: str, alarms: str = "") -> str:
     extra = f", alarms: {{{alarms}}}" if alarms else ""
-    return f'      - {{name: {name}, kind: gas, unit: "%LEL", address: {address}, type: int16, scale: 0.1{extra}}}\n'
+    return (f'      - {{name: {name}, kind: gas, unit: "%LEL", address: {address}, type: int16, '
+            f'scale: 0.1{extra}}}\n')
 
 
 def config(state: Path, api_port: int, devices: str, extra: str = "") -> str:
@@ -129,7 +130,8 @@ def journal_events(jpath: Path) -> list[tuple[int, dict[str, Any]]]:
         return []
     db = sqlite3.connect(f"file:{jpath}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT seq, codec, data FROM records WHERE kind = ? ORDER BY seq", (EVENT,)).fetchall()
+        rows = db.execute("SELECT seq, codec, data FROM records WHERE kind = ? ORDER BY seq",
+                          (EVENT,)).fetchall()
     except sqlite3.OperationalError:  # not created yet
         return []
     finally:
@@ -162,7 +164,8 @@ def alarms(jpath: Path, channel: str, after_seq: int = 0) -> list[dict[str, Any]
 
 
 def config_events(jpath: Path, source: str) -> list[tuple[int, dict[str, Any]]]:
-    return [(s, ev) for s, ev in journal_events(jpath) if ev.get("type") == "config" and ev.get("source") == source]
+    return [(s, ev) for s, ev in journal_events(jpath)
+            if ev.get("type") == "config" and ev.get("source") == source]
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +193,8 @@ def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> 
     tokens = make_tokens(state)
     api_port = free_port()
     jpath = state / "journal.db"
-    v1 = config(state, api_port,
-                device(sim, "plc-a", chan("GA-1", "input:0", "h: 25") + chan("GA-2", "input:1", "h: 25, hh: 50"))
+    ga2 = chan("GA-2", "input:1", "h: 25, hh: 50")
+    v1 = config(state, api_port, device(sim, "plc-a", chan("GA-1", "input:0", "h: 25") + ga2)
                 + device(sim, "plc-b", chan("GB-1", "input:0", "h: 10")))
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(v1)
@@ -216,7 +219,7 @@ def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> 
         # v2: plc-c added before plc-a (so plc-a's channels move), plc-b removed, GA-1's limit lowered
         v2 = config(state, api_port,
                     device(sim, "plc-c", chan("GC-1", "input:0", "h: 50"))
-                    + device(sim, "plc-a", chan("GA-1", "input:0", "h: 10") + chan("GA-2", "input:1", "h: 25, hh: 50")))
+                    + device(sim, "plc-a", chan("GA-1", "input:0", "h: 10") + ga2))
         cfg.write_text(v2)
         reqs_a = requests(sim, "plc-a")
         gw.proc.send_signal(signal.SIGHUP)
@@ -245,8 +248,8 @@ def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> 
         # GA-2's alarm holds: not raised again, still acknowledged
         assert not alarms(jpath, "GA-2", seq), alarms(jpath, "GA-2", seq)
         active = http.get("/alarms", headers=auth(tokens["viewer"]), params={"history": 0}).json()["active"]
-        ga2 = [a for a in active if a["channel"] == "GA-2"]
-        assert ga2 and ga2[0]["state"] == "active_acked", active
+        held = [a for a in active if a["channel"] == "GA-2"]
+        assert held and held[0]["state"] == "active_acked", active
         assert "GB-1" not in {a["channel"] for a in active}
 
         # history by name: GA-1 before (index 0) and after (index 1) the reload, nothing of GA-2's
