@@ -32,6 +32,7 @@ from gateway.core.record import EVENT, SAMPLES, decode_data
 from gateway.historian.history import fmt_ns
 from tests.fixtures.daemon import auth, make_tokens
 from tests.fixtures.helpers import free_port, wait_until
+from tests.fixtures.mosquitto import Subscriber
 from tests.fixtures.sims import SimProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -349,5 +350,65 @@ def test_invalid_file_is_refused_as_a_whole(sim: SimProcess, tmp_path: Path) -> 
         assert len(tables) == 2 and tables[0] < evs[0][0] < evs[1][0] < tables[1]  # at start, then the fix
     finally:
         http.close()
+        gw.stop()
+    assert gw.proc.returncode == 0, "".join(gw.log[-30:])
+
+
+def test_changed_mqtt_section_restarts_from_its_cursor(sim: SimProcess, tmp_path: Path,
+                                                       mosquitto_factory: Any) -> None:
+    """The MQTT section moves to another broker and prefix while the first broker is down:
+    the service restarts and delivers what its cursor had not acknowledged, once."""
+    a_broker, b_broker = mosquitto_factory(), mosquitto_factory()
+    sa, sb = Subscriber(a_broker, ["#"], client_id="sub-a"), Subscriber(b_broker, ["#"], client_id="sub-b")
+    state = tmp_path / "state"
+    state.mkdir()
+    tokens = make_tokens(state)
+    api_port = free_port()
+    jpath = state / "journal.db"
+    devs = device(sim, "plc-a", chan("GA-1", "input:0", "h: 25") + chan("GA-2", "input:1", "h: 25"))
+    mqtt_a = json.dumps(a_broker.section(topic_prefix="p1"))
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(config(state, api_port, devs, f"mqtt: {mqtt_a}\n"))
+    gw = Gw(cfg)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
+
+    def delivered(s: Subscriber) -> list[dict[str, Any]]:
+        return s.json(lambda t: "/alarms/" in t and not t.endswith("/alarms/active"))
+
+    def mqtt_cursor() -> int:
+        return int(http.get("/status", headers=auth(tokens["viewer"])).json()["services"]["mqtt"]["cursor"])
+
+    try:
+        gw.wait(lambda: gw.proc.poll() is None and _up(http), 30, "the API")
+        gw.wait(lambda: [e for e in delivered(sa) if e.get("channel") == "GA-2"], 30,
+                "GA-2's raise on broker A")
+        raised = [s for s, e in journal_events(jpath) if e.get("type") == "alarm"]
+        gw.wait(lambda: mqtt_cursor() >= max(raised), 10, "broker A's PUBACK of the raise")
+        a_broker.kill()
+        r = http.post("/alarms/GA-2/ack", headers=auth(tokens["operator"]), json={})
+        assert r.status_code == 200, r.text
+        gw.wait(lambda: any(e["state"] == "active_acked" for e in alarms(jpath, "GA-2")), 10,
+                "the ack journaled")
+
+        mqtt_b = json.dumps(b_broker.section(topic_prefix="p2"))
+        cfg.write_text(config(state, api_port, devs.replace("h: 25}", "h: 10}", 1), f"mqtt: {mqtt_b}\n"))
+        r = http.post("/config/reload", headers=auth(tokens["admin"]))
+        assert r.status_code == 200, r.text
+        assert "mqtt" in r.json()["diff"]["sections"]
+        # the ack (journaled while A was down) and GA-1's raise at its new limit reach B, under p2
+        gw.wait(lambda: {(e.get("channel"), e.get("transition")) for e in delivered(sb)}
+                >= {("GA-2", "ack"), ("GA-1", "raise")}, 30, "the backlog and the new alarm on broker B")
+        journaled = [s for s, e in journal_events(jpath) if e.get("type") == "alarm"]
+        gw.wait(lambda: mqtt_cursor() >= max(journaled), 10, "broker B's PUBACKs")
+        topics_b = {t for t, *_ in sb.messages}
+        assert all(t.startswith("p2/") for t in topics_b), topics_b
+        # every journaled alarm event went out exactly once, over A before and B after
+        ids = [e["id"] for _, e in journal_events(jpath) if e.get("type") == "alarm"]
+        got = [e.get("id") for e in delivered(sa) + delivered(sb)]
+        assert sorted(got) == sorted(ids), (got, ids)
+    finally:
+        http.close()
+        sa.close()
+        sb.close()
         gw.stop()
     assert gw.proc.returncode == 0, "".join(gw.log[-30:])
