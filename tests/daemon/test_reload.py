@@ -199,9 +199,10 @@ def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> 
                 + device(sim, "plc-b", chan("GB-1", "input:0", "h: 10")))
     cfg = tmp_path / "gateway.yaml"
     cfg.write_text(v1)
-    conns_a0 = connections(sim, "plc-a")
+    conns_a0, reqs_a0 = connections(sim, "plc-a"), requests(sim, "plc-a")
     gw = Gw(cfg)
     http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    seq = 0
     try:
         # GA-2 reads 30 > h 25: its alarm is raised; an operator acknowledges it
         gw.wait(lambda: any(e["state"] == "active_unacked" for e in alarms(jpath, "GA-2")), 30,
@@ -272,6 +273,11 @@ def test_sighup_applies_only_the_difference(sim: SimProcess, tmp_path: Path) -> 
         http.close()
         gw.stop()
     assert gw.proc.returncode == 0, "".join(gw.log[-30:])
+    # no reading of the unchanged device lost across the reload: every answer plc-a gave is
+    # journaled as GA-1 (index 0 before the reload, 1 after), but one in flight at the stop
+    answered = requests(sim, "plc-a") - reqs_a0
+    ga1 = sum(int((b.channel == (0 if s < seq else 1)).sum()) for s, b in journal_samples(jpath))
+    assert ga1 >= answered - 1, (ga1, answered)
 
 
 def _up(http: httpx.Client) -> bool:
@@ -412,3 +418,53 @@ def test_changed_mqtt_section_restarts_from_its_cursor(sim: SimProcess, tmp_path
         sb.close()
         gw.stop()
     assert gw.proc.returncode == 0, "".join(gw.log[-30:])
+
+
+def test_reload_with_a_text_is_serialized_and_leaves_the_file(sim: SimProcess, tmp_path: Path) -> None:
+    """The contract configuration-from-central codes against: ``reload_config(text, source=)``
+    validates the text as if it were the file (relative paths against the file's folder),
+    applies it without writing the file, one reload after the other."""
+    from tests.fixtures.daemon import Daemon
+
+    state = tmp_path / "state"
+    a = device(sim, "plc-a", chan("GA-1", "input:0") + chan("GA-2", "input:1"))
+    c = device(sim, "plc-c", chan("GC-1", "input:0"))
+    base = f'gateway: {{id: gw-rl, site: "S", state_dir: "{state}"}}\ndevices:'
+    v1, with_c = base + a + "\n", base + a + c + "\n"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(v1)
+    d = Daemon(v1, config_path=path).start()
+    try:
+        assert d.gw is not None
+        gw = d.gw
+        assert gw.config_sha256 == hashlib.sha256(v1.encode()).hexdigest() and gw.config_text == v1
+
+        async def both() -> list[Any]:
+            import asyncio
+
+            return list(await asyncio.gather(gw.reload_config(with_c, source="central"),
+                                             gw.reload_config(v1, source="central")))
+
+        first, second = d.run(both(), timeout=60)
+        assert first.ok and first.diff["devices"]["added"] == ["plc-c"], first
+        assert second.ok and second.diff["devices"]["removed"] == ["plc-c"], second  # saw the first applied
+        assert second.sha256 == gw.config_sha256 == hashlib.sha256(v1.encode()).hexdigest()
+        assert path.read_text() == v1  # the caller decides about the file
+        assert list(gw.devices) == ["plc-a"]
+
+        # refused: the error names the file (the text stands for it), the running config stays
+        bad = d.run(gw.reload_config(v1 + "uplink: {central_keys: [keys/central.pub]}\n", source="central"))
+        assert not bad.ok and bad.diff == {} and bad.sha256 == second.sha256
+        assert bad.error.startswith(f"{path}:"), bad.error
+        assert f"no file {tmp_path / 'keys' / 'central.pub'}" in bad.error  # relative to the file's folder
+        broken = d.run(gw.reload_config("gateway: [", source="central"))
+        assert not broken.ok and broken.error.startswith(f"{path}:2:1: "), broken.error  # where YAML saw it
+        # without a text: the file, as it is on disk
+        path.write_text(with_c)
+        again = d.run(gw.reload_config(source="api:admin"))
+        assert again.ok and again.diff["devices"]["added"] == ["plc-c"]
+        assert [(e["source"], e["sha256"]) for e in d.events("config")] == [
+            ("start", second.sha256), ("central", first.sha256), ("central", second.sha256),
+            ("api:admin", again.sha256)]
+    finally:
+        d.stop()
