@@ -26,7 +26,9 @@ from gateway import chanmap, reload
 from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable, LiveTable
+from gateway.core.chantable import is_table_record
 from gateway.core.config import Config
+from gateway.core.record import EVENT, SAMPLES
 from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
 from gateway.services import DeviceState, ReloadResult, Service, ServiceFactory
@@ -142,11 +144,17 @@ class Gateway:
             log.info("rules: %s", rebuilt)
 
     def _journal_samples(self, after: int, since_ns: int) -> Iterator[Batch]:
-        """Journaled sample batches after sequence ``after`` ending at or after ``since_ns``."""
-        while recs := self.journal.read_sync(after, 500, kinds=(1,)):
+        """Journaled sample batches after sequence ``after`` ending at or after ``since_ns``,
+        numbered as this table (a reload or another config may have numbered them otherwise:
+        each is read by the channel table journaled before it, channels matched by name)."""
+        numbering = reload.Numbering.before(self.state_dir / "journal.db", after, self.table)
+        while recs := self.journal.read_sync(after, 500, kinds=(SAMPLES, EVENT)):
             for r in recs:
-                if r.ts_max >= since_ns:
-                    yield r.batch()
+                if r.kind == EVENT:
+                    if is_table_record(r):
+                        numbering = reload.Numbering(r.event(), self.table)
+                elif r.ts_max >= since_ns:
+                    yield numbering.apply(r.batch())
             after = recs[-1].seq
 
     # ------------------------------------------------------------------ data path

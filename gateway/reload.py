@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from gateway.core.secrets import SecretFileError
 from gateway.core.yamlsrc import MAX_BYTES, Path_, YamlError, load_text
 from gateway.services import DeviceState, ReloadResult, Service, ServiceFactory
 from gateway.store.journal import Journal
+from gateway.store.queries import last_channel_table, open_readonly
 from rules.carry import carry
 from rules.engine import RulesEngine
 
@@ -243,6 +245,49 @@ def renumber(batch: Batch, m: np.ndarray | None) -> Batch:
     if m is None or not len(batch):
         return batch
     return Batch(m[batch.channel], batch.ts, batch.value, batch.quality)
+
+
+class Numbering:
+    """Journaled samples renumbered into a table: the channel table journaled before them
+    (a ``channel_table`` event) names their indexes; channels the table no longer has are
+    left out. Without a journaled table (an old journal) they are taken as they are."""
+
+    def __init__(self, doc: dict[str, Any] | None, table: ChannelTable):
+        self.map: np.ndarray | None = None
+        chans = doc.get("channels") if doc else None
+        if isinstance(chans, list):
+            m = np.full(len(chans), -1, np.int32)
+            for i, c in enumerate(chans):
+                at = table.by_name.get(c.get("name", "")) if isinstance(c, dict) else None
+                m[i] = -1 if at is None else at.index
+            if not np.array_equal(m, np.arange(len(chans))) or len(chans) != len(table):
+                self.map = m
+
+    @classmethod
+    def before(cls, journal: Path, seq: int, table: ChannelTable) -> Numbering:
+        """The numbering in force after sequence ``seq`` of a journal file."""
+        try:
+            db = open_readonly(journal)
+        except FileNotFoundError:
+            return cls(None, table)
+        try:
+            found = last_channel_table(db, seq)
+        except sqlite3.Error as e:  # a journal being created: nothing to renumber
+            log.warning("journal: could not read the channel table before seq %d: %s", seq, e)
+            found = None
+        finally:
+            db.close()
+        return cls(found[1] if found else None, table)
+
+    def apply(self, b: Batch) -> Batch:
+        if self.map is None or not len(b):
+            return b
+        ok = b.channel < len(self.map)
+        m = np.where(ok, self.map[np.where(ok, b.channel, 0)], -1)
+        keep = m >= 0
+        if keep.all():
+            return Batch(m.astype(np.int32), b.ts, b.value, b.quality)
+        return Batch(m[keep].astype(np.int32), b.ts[keep], b.value[keep], b.quality[keep])
 
 
 def config_event(sha: str, source: str, diff: dict[str, Any], ts: int, gateway_id: str) -> dict[str, Any]:

@@ -468,3 +468,41 @@ def test_reload_with_a_text_is_serialized_and_leaves_the_file(sim: SimProcess, t
             ("api:admin", again.sha256)]
     finally:
         d.stop()
+
+
+def test_a_restart_after_a_reload_warms_the_rules_by_name(tmp_path: Path) -> None:
+    """The rules' warm-up at start replays journaled samples: those journaled before a
+    reload renumbered the channels are read by the table journaled before them."""
+    from gateway.app import Gateway
+    from gateway.config import loads
+    from gateway.core.channels import ChannelTable
+    from gateway.core.chantable import table_doc
+    from gateway.store.journal import Journal
+
+    state = tmp_path / "state"
+    state.mkdir()
+    dev = ("  - {{name: plc, protocol: modbus-tcp, host: 127.0.0.1, port: {port}, poll: 1s,\n"
+           "     channels: [{chans}]}}\n")
+
+    def cfg_of(names: list[str]) -> Any:
+        chans = ", ".join(f'{{name: {n}, kind: gas, unit: "%LEL", address: "input:{i}"}}'
+                          for i, n in enumerate(names))
+        return loads(f'gateway: {{id: gw-w, site: "S", state_dir: "{state}"}}\ndevices:\n'
+                     + dev.format(port=free_port(), chans=chans))
+
+    before, after = cfg_of(["GA-1", "GA-2"]), cfg_of(["GC-1", "GA-1", "GA-2"])
+    now = time.time_ns()
+    with Journal(state / "journal.db") as j:
+        j.append_sync([table_doc(ChannelTable.from_config(before), "gw-w", "S", now - 10**9),
+                       Batch.build([0, 1], [now - 900_000_000] * 2, [12.0, 30.0], [0, 0]),
+                       table_doc(ChannelTable.from_config(after), "gw-w", "S", now - 5 * 10**8),
+                       Batch.build([0, 1, 2], [now - 400_000_000] * 3, [7.0, 12.0, 30.0], [0, 0, 0])])
+    gw = Gateway(after)
+    try:
+        seen: dict[str, set[float]] = {}
+        for b in gw._journal_samples(0, 0):
+            for c, v in zip(b.channel.tolist(), b.value.tolist(), strict=True):
+                seen.setdefault(gw.table[c].name, set()).add(v)
+        assert seen == {"GC-1": {7.0}, "GA-1": {12.0}, "GA-2": {30.0}}
+    finally:
+        gw.journal.close()
