@@ -345,7 +345,9 @@ class Gateway:
     async def reload_config(self, text: str | None = None, *, source: str) -> ReloadResult:
         """Validate a new config and apply its difference live (gateway/reload.py)."""
         if self._tg is None or self._stop.is_set():
-            return ReloadResult(False, self.config_sha256, {}, "<config>:1:1: the daemon is not running")
+            log.warning("config reload (%s) refused: the daemon is starting or stopping", source)
+            return ReloadResult(False, self.config_sha256, {},
+                                "<config>:1:1: the daemon is starting or stopping: try again")
         return await self.reloader.reload(text, source)
 
     def start_poller(self, drv: Driver) -> None:
