@@ -103,7 +103,7 @@ def parse(text: str | None, path: Path | None, running: Config, state_dir: Path 
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise Refused([f"{file}:1:1: cannot read it: {e}"]) from None
-    templates._CACHE.clear()  # a template file edited since start is read again
+    templates.clear_cache()  # a template file edited since start is read again
     try:
         src = load_text(text, file)
         cfg = validate(src)

@@ -584,3 +584,28 @@ def test_reload_under_polling_at_1000_channels(tmp_path: Path, sim_factory: Any)
     for n in kept:
         answered = requests(sim, n) - reqs0[n]
         assert got[n] >= (answered - 1) * per, (n, got[n], answered)
+
+
+def test_a_template_edited_on_disk_is_read_again(tmp_path: Path) -> None:
+    """Templates are cached per process; a reload reads the ones it uses afresh."""
+    from tests.fixtures.daemon import Daemon
+
+    shipped = ROOT / "config" / "templates" / "gas-transmitter-status.yaml"
+    (tmp_path / "gt.yaml").write_text(shipped.read_text())
+    text = (f'gateway: {{id: gw-t, site: "S", state_dir: "{tmp_path / "state"}"}}\n'
+            "devices:\n"
+            f"  - {{name: gt, protocol: modbus-tcp, host: 127.0.0.1, port: {free_port()}, unit: 1,\n"
+            "     template: ./gt.yaml, prefix: GT1.}\n")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    d = Daemon(text, config_path=path).start()
+    try:
+        assert d.gw is not None
+        gw = d.gw
+        assert gw.table.by_name["GT1.gas"].unit == "ppm"
+        (tmp_path / "gt.yaml").write_text(shipped.read_text().replace("unit: ppm", 'unit: "%LEL"', 1))
+        res = d.run(gw.reload_config(source="sighup"))
+        assert res.ok and res.diff["channels"]["changed"] == ["GT1.gas"], res
+        assert gw.table.by_name["GT1.gas"].unit == "%LEL"
+    finally:
+        d.stop()
