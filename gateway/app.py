@@ -341,6 +341,9 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
 
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     # ------------------------------------------------------------------ live reload
     async def reload_config(self, text: str | None = None, *, source: str) -> ReloadResult:
         """Validate a new config and apply its difference live (gateway/reload.py)."""

@@ -215,6 +215,8 @@ class Host(Protocol):
 
     def emit_events(self, events: list[dict[str, Any]]) -> None: ...
 
+    def stopping(self) -> bool: ...
+
     def start_poller(self, drv: Driver) -> None: ...
 
     def remap_pollers(self) -> None: ...
@@ -311,6 +313,8 @@ class Reloader:
     async def reload(self, text: str | None, source: str) -> ReloadResult:
         h = self.host
         async with self.lock:
+            if h.stopping():  # a stop came while this reload waited for the one before
+                return ReloadResult(False, h.config_sha256, {}, "<config>:1:1: the daemon is stopping")
             try:
                 cfg, new_text = await asyncio.to_thread(parse, text, self.path, h.cfg, self.state_dir)
             except Refused as e:
