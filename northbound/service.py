@@ -115,4 +115,5 @@ def _template(ctx: DaemonContext, cfg: TemplateAdapter) -> TemplatePublisher:
         cfg = cfg.model_copy(update={"http": h.model_copy(update={"ca_file": resolve_path(h.ca_file, base)})})
     names = [c.name for c in ctx.table.channels]
     return TemplatePublisher(cfg, ctx.journal, PointMap(cfg.points, ctx.table), names, sealer=sealer,
-                             password=pw)
+                             password=pw, table=ctx.table, state_dir=ctx.state_dir,
+                             gateway_id=ctx.cfg.gateway.id)
