@@ -338,9 +338,9 @@ class TemplatePublisher:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            await self.send_base()  # the platform knows the enterprise before anything else
             if self.cfg.heartbeat is not None:
                 tg.create_task(self._heartbeats(), name=f"heartbeat[{self.name}]")
-            await self.send_base()
             if self.cfg.mode == "interval":
                 await self._run_interval()
             else:
