@@ -99,7 +99,8 @@ def alarm(channel: str, transition: str, ts: int, value: float | None, level: st
     state = {"raise": "active_unacked", "ack": "active_acked", "clear": "normal"}[transition]
     return {"type": "alarm", "id": None, "ts": ts, "channel": channel, "index": 0, "kind": "gas",
             "unit": "%LEL", "rule": "limit", "level": level, "code": 2, "transition": transition,
-            "state": state, "priority": "high", "value": value, "limit": limit, "who": "op" if transition == "ack" else None}
+            "state": state, "priority": "high", "value": value, "limit": limit,
+            "who": "op" if transition == "ack" else None}
 
 
 async def test_base_data_on_start_and_on_change_only(tmp_path: Path) -> None:
