@@ -45,7 +45,8 @@ class RegulatorsService:
         """Wait (bounded by the caller) until every connected adapter has sent what it can:
         the newest real-time window and period stay open until newer samples close them,
         and go out after the restart."""
-        await asyncio.gather(*(a.idle.wait() for a in self.adapters if a.stats_.connected))
+        await asyncio.gather(*(a.drain() if isinstance(a, TemplatePublisher) else a.idle.wait()
+                               for a in self.adapters if a.stats_.connected))
 
     async def stop(self) -> None:
         for a in reversed(self.adapters):

@@ -410,6 +410,15 @@ class TemplatePublisher:
             self.c.backoff.reset()
             return
 
+    async def drain(self) -> None:
+        """Until what the journal holds now is acknowledged (batch mode) or the adapter is
+        idle (interval mode: the open window waits for newer samples). ``idle`` alone may
+        still be set from before the last records came in."""
+        if self.cfg.mode == "interval":
+            await self.idle.wait()
+        else:
+            await self.c.drain(target=self.journal.last_seq)
+
     def stats(self) -> dict[str, Any]:
         d = self.stats_.as_dict()
         d.update(self.c.stats())
