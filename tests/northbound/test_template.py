@@ -26,9 +26,9 @@ from gateway.store.journal import Journal
 from northbound.base import PointMap
 from northbound.template.adapter import TemplatePublisher
 from northbound.template.render import Sealer, compile_template
+from simulators.province_platform import HttpsReceiver, Province
 from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
-from tests.northbound.province import HttpsReceiver, Province
 
 KEY = bytes.fromhex("31323334353637383930616263646566")
 IV = bytes.fromhex("66656463626130393837363534333231")

@@ -5,12 +5,22 @@ journal, with the shipped HTTPS profile (config/regulators/beijing-db11.yaml).""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import ssl
 import stat
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import httpx
+import yaml
 
 from gateway.core.channels import ChannelInfo, ChannelTable
 from gateway.core.config import ChannelBase
@@ -19,8 +29,8 @@ from gateway.store.journal import Journal
 from northbound.base import PointMap
 from northbound.template.adapter import TemplatePublisher
 from northbound.template.render import Sealer
+from simulators.province_platform import HttpsReceiver, Province
 from tests.fixtures.helpers import async_wait_until
-from tests.northbound.province import HttpsReceiver, Province
 from tests.northbound.test_template import (
     ENTERPRISE,
     HAZARD,
@@ -36,6 +46,7 @@ from tests.northbound.test_template import (
     running,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 BEIJING = next(p for p in PROFILES if p.stem == "beijing-db11")
 PATHS = ["/api/v1/sensing/realtime", "/api/v1/sensing/alarm", "/api/v1/heartbeat", "/api/v1/base/enterprise",
          "/api/v1/base/hazard", "/api/v1/base/target"]
@@ -237,3 +248,49 @@ async def test_heartbeats_while_reachable(tmp_path: Path) -> None:
             await async_wait_until(lambda: len(beats()) > n, 20)
     finally:
         recv.stop()
+
+
+def sim_process(profile: Path, certs: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulators.province_platform", "--profile", str(profile), "--key", KEY.hex(),
+         "--iv", IV.hex(), "--sign-key", SIGN.decode(), "--cert-dir", str(certs)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+async def test_the_platform_simulator_by_hand(tmp_path: Path) -> None:
+    """``python -m simulators.province_platform`` with the HTTPS profile: it opens what the
+    publisher sends and refuses a body whose signature does not match."""
+    doc = _urls(profile_doc(BEIJING), "https://127.0.0.1")
+    prof = tmp_path / "beijing.yaml"
+    prof.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    proc = sim_process(prof, tmp_path / "certs")
+    log: list[str] = []
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line.startswith("READY "), line + proc.stderr.read()
+        ready = json.loads(line[6:])
+        err = proc.stderr
+        threading.Thread(target=lambda: log.extend(iter(err.readline, "")), daemon=True).start()
+        recv = SimpleNamespace(base=ready["base"], ca=ready["ca"])
+        pub_doc = beijing(recv, mode="batch")  # type: ignore[arg-type]
+        async with journal(tmp_path) as j:
+            await j.append_batch(rows(0, 5))
+            last = j.last_seq
+            async with running(publisher(pub_doc, j, tmp_path / "state")) as pub:
+                await async_wait_until(lambda: pub.c.cursor >= last, 20)
+        await async_wait_until(lambda: sum(" data " in x for x in log) >= 1, 20)
+        kinds = [x.split()[2] for x in log if len(x.split()) > 2]
+        assert kinds[:4] == ["base.enterprise", "base.hazard_sources", "base.points", "data"], log
+        assert '"A0001"' in next(x for x in log if " data " in x)
+        bad = json.dumps({"enterpriseCode": ENTERPRISE, "timestamp": 1, "requestId": "x",
+                          "data": "00" * 16, "sign": "0" * 64})
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ready["ca"])) as c:
+            r = await c.post(ready["base"] + "/api/v1/sensing/realtime", content=bad,
+                             headers={"Content-Type": "application/json"})
+        assert r.status_code == 200 and r.json()["code"] == 4001, r.text
+        await async_wait_until(lambda: any("signature check failed" in x for x in log), 10)
+    finally:
+        proc.terminate()
+        proc.wait(10)
