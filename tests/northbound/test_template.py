@@ -263,3 +263,44 @@ async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
     finally:
         recv.stop()
         j.close()
+
+
+def test_alarm_heartbeat_and_base_templates_checked_at_their_lines(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    f = tmp_path / "gw.yaml"
+    f.write_text("""\
+gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
+devices:
+  - name: plc
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: 5020
+    poll: 1s
+    channels:
+      - {name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16}
+regulators:
+  - type: template
+    name: prov
+    enterprise_code: "91320500MA1XXXXX0Y"
+    mqtt: {host: 127.0.0.1, client_id: gw, topic: prov/data}
+    item: {quotaId: "${code}"}
+    message: {datas: "${items}"}
+    alarms:
+      message: {quotaId: "${code}", kind: "${alarm_kind}"}
+    heartbeat:
+      url: "https://platform.example/hb"
+      message: {t: "${now}"}
+    base:
+      points:
+        item: {quotaId: "${code}", up: "${h}", name: "${enterprise_name}"}
+        message: {quotas: "${points}"}
+    points:
+      - {channel: GT-1, code: A0001}
+""")
+    assert main(["check", "-c", str(f)]) != 0
+    out = capsys.readouterr().out
+    assert f"{f}:18:" in out and "${alarm_kind}" in out, out  # not an alarm's field
+    assert f"{f}:20:" in out and "give a topic, not a url" in out, out  # mqtt: a topic
+    assert f"{f}:24:" in out and "${enterprise_name}" in out, out
+    assert f"{f}:25:" in out and "must place ${items}" in out, out
