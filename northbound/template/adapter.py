@@ -1,17 +1,21 @@
-"""One provincial platform fed by the template publisher over MQTT.
+"""One provincial platform fed by the template publisher, over MQTT (TLS) or HTTP(S).
 
-A journal chunk becomes messages of at most ``batch_points`` readings each: every
-reading rendered through the ``item`` template, the list placed by ``${items}`` in the
-``message`` template; with a cipher or a signature the message's JSON is sealed
-(northbound/template/render.py) and placed as ``${data}`` (and ``${sign}``) in the
-``envelope`` template. Messages are published in journal order at the configured QoS.
+What goes out (built in northbound/template/messages.py, each kind through its own
+template, sealed by northbound/template/render.py into the ``envelope``, to its own
+topic or URL): the base data first (enterprise, hazard sources, point list: only the
+kinds whose hash differs from the last acknowledged one), then the journal's readings
+(``mode: batch``, at most ``batch_points`` a message; or ``mode: interval``, a snapshot
+of each point's latest value every ``interval`` of the data's time) with the alarm
+messages between them in journal order, and heartbeats on the side.
 
 Delivery: the cursor ``regulator.<name>`` moves past a chunk once every message of it
-is acknowledged (PUBACK at QoS 1; written to the socket at QoS 0). While the broker is
-away paho keeps the unacknowledged messages and sends them again after it reconnects;
-nothing later is read until they are through, so the backlog stays in the journal and
-goes out in order. A crash before the cursor moved sends that chunk again (at least
-once across a crash).
+is acknowledged (PUBACK at QoS 1; written to the socket at QoS 0; an HTTP answer the
+platform accepts). While the broker is away paho keeps the unacknowledged messages and
+sends them again after it reconnects; nothing later is read until they are through, so
+the backlog stays in the journal and goes out in order. A crash before the cursor moved
+sends that chunk again (at least once across a crash). In interval mode the cursor stays
+before the open window; the state file ``STATE_DIR/regulators/NAME.template.json`` (0600)
+says which windows and alarms went out, and holds the base-data hashes.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from gateway.core.config_regulators import TemplateRoute
 from gateway.core.record import EVENT, SAMPLES, Record
 from gateway.store.journal import Journal
 from northbound.base import AdapterStats, PlatformRefused, PointMap, post_json
-from northbound.template.messages import Messages, Out
+from northbound.template.messages import Messages, Out, Window
 from northbound.template.render import Sealer, compile_template, item_renderer
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_SAMPLES = 200_000
+#: the state file holds hashes, two counters and one latest value a point: far below this
+MAX_STATE = 8 * 1024 * 1024
 
 
 def _tz(text: str) -> timezone:
@@ -99,8 +105,14 @@ class TemplatePublisher:
         self.msgs = Messages(cfg, points, channels, self.tz, self.route)
         self.state_path = state_dir / "regulators" / f"{cfg.name}.template.json" if state_dir else None
         state = self._load_state()
-        self._base_sent: dict[str, str] = {str(k): str(v) for k, v in (state.get("base") or {}).items()}
-        self.msgs.load_window(state)
+        self._base_sent: dict[str, str] = {}
+        try:
+            self._base_sent = {str(k): str(v) for k, v in (state.get("base") or {}).items()}
+            self.msgs.load_window(state)
+        except (ValueError, TypeError, AttributeError) as e:
+            log.error("%s: state file %s not understood (%s): base data is sent again and interval "
+                      "snapshots start from the journal's cursor", self.name, self.state_path, e)
+            self._base_sent, self.msgs.window = {}, Window()
         self._headers = {"Content-Type": "application/json", **(cfg.http.headers if cfg.http else {})}
         self._t0 = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,6 +243,8 @@ class TemplatePublisher:
         if self.state_path is None:
             return {}
         try:
+            if self.state_path.stat().st_size > MAX_STATE:
+                raise ValueError(f"larger than {MAX_STATE} bytes")
             doc = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return {}

@@ -265,8 +265,8 @@ async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
         j.close()
 
 
-def test_alarm_heartbeat_and_base_templates_checked_at_their_lines(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_alarm_heartbeat_and_base_templates_checked_at_their_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.cli import main
     f = tmp_path / "gw.yaml"
     f.write_text("""\

@@ -157,6 +157,23 @@ async def test_base_data_on_start_and_on_change_only(tmp_path: Path) -> None:
         recv.stop()
 
 
+async def test_a_damaged_state_file_means_sending_the_base_data_again(tmp_path: Path) -> None:
+    recv = HttpsReceiver(tmp_path / "certs", PATHS)
+    state = tmp_path / "state"
+    (state / "regulators").mkdir(parents=True)
+    damaged = '{"base": 5, "latest": "x", "sent_until": []}'
+    (state / "regulators" / "beijing.template.json").write_text(damaged)
+    doc = beijing(recv)
+    prov = Province(doc, KEY, IV, SIGN)
+    try:
+        async with journal(tmp_path) as j, running(publisher(doc, j, state)) as pub:
+            await async_wait_until(lambda: pub.idle.is_set(), 20)
+        assert [k for k, _ in prov.sort(recv.messages)] == ["base.enterprise", "base.hazard_sources",
+                                                            "base.points"]
+    finally:
+        recv.stop()
+
+
 async def test_alarms_in_journal_order_exactly_once_through_refusals(tmp_path: Path) -> None:
     recv = HttpsReceiver(tmp_path / "certs", PATHS)
     doc = beijing(recv, mode="batch", base={})
