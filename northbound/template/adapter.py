@@ -375,6 +375,8 @@ class TemplatePublisher:
             self.stats_.gaps += gaps
             await self.send(outs)
             self.stats_.points_sent += npoints
+            if self.msgs.base_dirty:  # a register changed a major hazard source
+                await self.send_base()
             await self.c.ack(records[-1].seq, records=len(records))
 
     async def _run_interval(self) -> None:
@@ -398,6 +400,8 @@ class TemplatePublisher:
                     self.stats_.points_sent += o.fields["count"]
                 else:
                     w.alarms_upto = max(w.alarms_upto, o.seq)
+            if self.msgs.base_dirty:  # a register changed a major hazard source
+                await self.send_base()
             if outs:
                 await asyncio.to_thread(self._save_state)
             read_after = records[-1].seq

@@ -36,6 +36,8 @@ from northbound.memiot.adapter import quality_flag
 from northbound.template.render import compile_template, item_renderer
 
 NS = 1_000_000_000
+#: the register type of major hazard sources (gateway/admin/registers/register_types.yaml)
+HAZARD_REGISTER = "major_hazard_source"
 #: the HJ 212-2017 data flag of every quality byte
 _FLAGS = [quality_flag(q) for q in range(256)]
 
@@ -86,6 +88,10 @@ class Messages:
         a = cfg.alarms
         self.alarm_tpl = compile_template(a.message) if a is not None else None
         self.alarm_events = {k for k, v in ALARM_EVENTS.items() if a is not None and v in a.events}
+        #: register record id → the major hazard source it describes (from the journal)
+        self.registered: dict[str, dict[str, str | None]] = {}
+        #: the registered hazard sources changed since the last ``base()``
+        self.base_dirty = False
 
     # ------------------------------------------------------------------ helpers
     def _hazard(self, ch: ChannelInfo | None) -> str | None:
@@ -120,11 +126,33 @@ class Messages:
         return [Out(kind, self.route(kind), {"items": items[k:k + n], "count": len(items[k:k + n])})
                 for k in range(0, len(items), n)]
 
-    def alarm(self, r: Record) -> Out | None:
-        """The alarm message of an event record, or None when it is not one to send."""
+    def event(self, r: Record) -> Out | None:
+        """An event record: a register change of a major hazard source is taken in (see
+        ``hazards``); an alarm of a mapped channel becomes its message."""
+        ev = r.event()
+        if ev.get("type") == "register" and ev.get("register") == HAZARD_REGISTER:
+            self.register_hazard(ev)
+            return None
+        return self.alarm(ev)
+
+    def register_hazard(self, ev: dict[str, Any]) -> None:
+        """Keep the registers' major hazard sources (journal events of the admin side's
+        registers, in journal order): archived ones leave the list."""
+        rid, data = str(ev.get("id")), ev.get("data")
+        if ev.get("archived") or not isinstance(data, dict):
+            changed = self.registered.pop(rid, None) is not None
+        else:
+            rec = {k: (None if data.get(k) is None else str(data[k])[:200])
+                   for k in ("code", "name", "grade", "location")}
+            changed = self.registered.get(rid) != rec and bool(rec["code"])
+            if changed:
+                self.registered[rid] = rec
+        self.base_dirty |= changed
+
+    def alarm(self, ev: dict[str, Any]) -> Out | None:
+        """The alarm message of an alarm event, or None when it is not one to send."""
         if self.alarm_tpl is None:
             return None
-        ev = r.event()
         if ev.get("type") != "alarm" or ev.get("transition") not in self.alarm_events:
             return None
         s = self.slot_by_name.get(str(ev.get("channel")))
@@ -154,7 +182,7 @@ class Messages:
         for r in records:
             if r.kind == EVENT:
                 gaps += r.is_gap
-                a = None if r.is_gap else self.alarm(r)
+                a = None if r.is_gap else self.event(r)
                 if a is not None:
                     outs += self._lists("data", items)
                     npoints += len(items)
@@ -189,9 +217,9 @@ class Messages:
         for r in records:
             if r.kind == EVENT:
                 gaps += r.is_gap
-                if not r.is_gap and r.seq > w.alarms_upto:
-                    a = self.alarm(r)
-                    if a is not None:
+                if not r.is_gap:
+                    a = self.event(r)
+                    if a is not None and r.seq > w.alarms_upto:
                         a.seq = r.seq
                         outs.append(a)
                 continue
@@ -227,12 +255,16 @@ class Messages:
     def window_state(self) -> dict[str, Any]:
         w = self.window
         return {"sent_until": w.sent_until, "alarms_upto": w.alarms_upto,
-                "latest": {self.points.codes[s]: list(v) for s, v in w.latest.items()}}
+                "latest": {self.points.codes[s]: list(v) for s, v in w.latest.items()},
+                "registered_hazards": self.registered}
 
     def load_window(self, doc: dict[str, Any]) -> None:
         w = self.window
         w.sent_until = int(doc.get("sent_until", 0))
         w.alarms_upto = int(doc.get("alarms_upto", 0))
+        reg = doc.get("registered_hazards") or {}
+        self.registered = {str(k): {f: (None if v.get(f) is None else str(v[f])) for f in
+                                    ("code", "name", "grade", "location")} for k, v in reg.items()}
         slot = {c: i for i, c in enumerate(self.points.codes)}
         for code, (ts, v, q) in (doc.get("latest") or {}).items():
             if code in slot:
@@ -242,6 +274,7 @@ class Messages:
     def base(self) -> dict[str, tuple[str, list[Out]]]:
         """Each configured base-data kind: (hash of its data and template, its messages)."""
         cfg, b, out = self.cfg, self.cfg.base, {}
+        self.base_dirty = False
         if b.enterprise is not None:
             f = {**cfg.enterprise.model_dump()}
             out["base.enterprise"] = (_hash(f, b.enterprise.message),
@@ -256,7 +289,8 @@ class Messages:
         return out
 
     def hazards(self) -> list[dict[str, Any]]:
-        """The configured hazard sources, then any other one a mapped channel names."""
+        """The configured hazard sources, then those the registers hold (by code, as their
+        change events passed in the journal), then any other one a mapped channel names."""
         count: dict[str | None, int] = {}
         for i, h in enumerate(self.hazard_of):
             if self.info[i] is not None:
@@ -264,7 +298,12 @@ class Messages:
         out = [{"code": h.code, "name": h.name, "grade": h.grade, "location": h.location,
                 "points": count.get(h.code, 0), "enterprise": self.cfg.enterprise_code}
                for h in self.cfg.hazard_sources]
-        known = {h.code for h in self.cfg.hazard_sources}
+        known: set[str | None] = {h.code for h in self.cfg.hazard_sources}
+        for rec in sorted(self.registered.values(), key=lambda x: str(x["code"])):
+            if rec["code"] not in known:
+                known.add(rec["code"])
+                out.append({**rec, "points": count.get(rec["code"], 0),
+                            "enterprise": self.cfg.enterprise_code})
         for code in sorted(c for c in count if c is not None and c not in known):
             out.append({"code": code, "name": code, "grade": None, "location": None, "points": count[code],
                         "enterprise": self.cfg.enterprise_code})

@@ -157,6 +157,48 @@ async def test_base_data_on_start_and_on_change_only(tmp_path: Path) -> None:
         recv.stop()
 
 
+def register(rid: str, version: int, *, archived: bool = False, grade: str = "二级") -> dict[str, Any]:
+    """A change of a major hazard source in the registers, as the admin side journals it."""
+    return {"type": "register", "ts": T0, "register": "major_hazard_source", "id": rid, "version": version,
+            "action": "archive" if archived else "update", "actor": "admin-user", "state": None,
+            "archived": archived,
+            "data": {"code": "110100009", "name": "二号罐区", "grade": grade, "location": "东区",
+                     "filing_status": "filed",
+                     "chemicals": [{"name": "液氨", "quantity_t": 12, "critical_t": 10}]}}
+
+
+async def test_hazard_sources_from_the_registers_sent_when_they_change(tmp_path: Path) -> None:
+    recv = HttpsReceiver(tmp_path / "certs", PATHS)
+    doc = beijing(recv, mode="batch")
+    prov = Province(doc, KEY, IV, SIGN)
+    state = tmp_path / "state"
+
+    def hazard_lists() -> list[list[tuple[Any, ...]]]:
+        return [[(h["code"], h["grade"]) for h in prov.items(k, m)] for k, m in prov.sort(recv.messages)
+                if k == "base.hazard_sources"]
+    ours = (HAZARD, "三级")
+    try:
+        async with journal(tmp_path) as j:
+            async with running(publisher(doc, j, state)) as pub:
+                await async_wait_until(lambda: pub.idle.is_set(), 20)
+                await j.append_event(register("r1", 1))
+                await async_wait_until(lambda: len(hazard_lists()) >= 2, 20)
+                await j.append_event(register("r1", 2))  # the same data again: nothing to send
+                await j.append_event(register("r1", 3, grade="一级"))
+                await async_wait_until(lambda: len(hazard_lists()) >= 3, 20)
+                await async_wait_until(lambda: pub.c.cursor >= j.last_seq, 20)
+            assert hazard_lists() == [[ours, ("罐区二", None)],
+                                      [ours, ("110100009", "二级"), ("罐区二", None)],
+                                      [ours, ("110100009", "一级"), ("罐区二", None)]]
+            async with running(publisher(doc, j, state)) as pub:  # a restart: the list is known
+                await async_wait_until(lambda: pub.idle.is_set(), 20)
+                await j.append_event(register("r1", 4, archived=True))
+                await async_wait_until(lambda: len(hazard_lists()) >= 4, 20)
+            assert hazard_lists()[3:] == [[ours, ("罐区二", None)]]
+    finally:
+        recv.stop()
+
+
 async def test_a_damaged_state_file_means_sending_the_base_data_again(tmp_path: Path) -> None:
     recv = HttpsReceiver(tmp_path / "certs", PATHS)
     state = tmp_path / "state"
