@@ -10,17 +10,12 @@ Primitives against published vectors: HMAC-SHA256, RFC 4231 test case 2; SM3, GB
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from gateway.core.batch import Batch, Quality
-from gateway.core.channels import ChannelInfo, ChannelTable
 from gateway.core.config_regulators import TemplateAdapter, TemplateCrypto
 from gateway.store.journal import Journal
 from northbound.base import PointMap
@@ -29,15 +24,19 @@ from northbound.template.render import Sealer, compile_template
 from simulators.province_platform import HttpsReceiver, Province
 from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
-
-KEY = bytes.fromhex("31323334353637383930616263646566")
-IV = bytes.fromhex("66656463626130393837363534333231")
-SIGN = b"sign-secret"
-T0 = 1_767_225_600 * 10**9  # 2026-01-01 00:00:00 UTC
-NS = 10**9
-QUALITIES = [Quality.GOOD, Quality.MAINTENANCE, Quality.SENSOR_FAULT, Quality.OUT_OF_RANGE, Quality.COMMS]
-FLAG = {Quality.GOOD: "N", Quality.MAINTENANCE: "M", Quality.SENSOR_FAULT: "D", Quality.OUT_OF_RANGE: "T",
-        Quality.COMMS: "B"}  # HJ 212-2017 table 6
+from tests.fixtures.province import (
+    ENTERPRISE,
+    HAZARD,
+    IV,
+    KEY,
+    PROFILES,
+    SIGN,
+    expected,
+    profile_doc,
+    rows,
+    running,
+    table,
+)
 
 
 def test_primitives_against_published_vectors() -> None:
@@ -59,21 +58,6 @@ def test_templates_keep_types_and_fill_strings() -> None:
     assert r({"value": 1.5, "time": "T", "items": [1]}) == {"a": 1.5, "b": "v=1.5;t=T", "c": [[1]], "d": 7}
 
 
-PROFILES = sorted((Path(__file__).resolve().parents[2] / "config" / "regulators").glob("*.yaml"))
-ENTERPRISE, HAZARD = "91320500MA1XXXXX0Y", "320500001"
-#: the shipped profiles' <...> places this test fills in
-FILL = {"<统一社会信用代码>": ENTERPRISE, "<企业编码>": ENTERPRISE, "<enterprise code>": ENTERPRISE,
-        "<重大危险源编码>": HAZARD, "<危险源编码>": HAZARD}
-
-
-def profile_doc(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    for k, v in FILL.items():
-        text = text.replace(k, v)
-    doc: dict[str, Any] = yaml.safe_load(text)
-    return doc
-
-
 def mqtt_profiles() -> list[Path]:
     return [p for p in PROFILES if profile_doc(p).get("transport", "mqtt") == "mqtt"]
 
@@ -92,34 +76,6 @@ def load_profile(path: Path, broker: Broker) -> dict[str, Any]:
         if sec is not None:
             sec["topic"] = f"prov/{name}"
     return doc
-
-
-def table() -> ChannelTable:
-    return ChannelTable([ChannelInfo(i, n, "gas", "x", "plc", None)  # type: ignore[arg-type]
-                         for i, n in enumerate(["GT-1", "PT-1", "SW-1"])])
-
-
-def rows(start: int, n: int) -> Batch:
-    ch, ts, val, q = [], [], [], []
-    for i in range(start, start + n):
-        qq = QUALITIES[i % len(QUALITIES)]
-        for c in (0, 1, 2):
-            ch.append(c)
-            ts.append(T0 + i * NS)
-            val.append(float("nan") if qq == Quality.COMMS and c == 0 else i / 10 + c)
-            q.append(qq if c == 0 else Quality.GOOD)
-    return Batch.build(ch, ts, val, q)
-
-
-def expected(start: int, n: int) -> list[tuple[str, Any, str, str]]:
-    out = []
-    for i in range(start, start + n):
-        qq = QUALITIES[i % len(QUALITIES)]
-        h, s = divmod(i, 3600)
-        t = f"2026-01-01 {8 + h:02d}:{s // 60:02d}:{s % 60:02d}"
-        out.append(("A0001", None if qq == Quality.COMMS else round(i / 10, 2), t, FLAG[qq]))
-        out.append(("P0001", round((i / 10 + 1) * 1000, 1), t, "N"))
-    return out
 
 
 class Platform:
@@ -145,19 +101,6 @@ class Platform:
                 assert d["hazard"] == HAZARD
                 out.append((d["code"], d["value"], d["time"], d["flag"]))
         return out
-
-
-@contextlib.asynccontextmanager
-async def running(pub: TemplatePublisher) -> AsyncIterator[TemplatePublisher]:
-    await pub.start()
-    task = asyncio.create_task(pub.run())
-    try:
-        yield pub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await pub.stop()
 
 
 def publisher(profile: dict[str, Any], journal: Journal) -> TemplatePublisher:

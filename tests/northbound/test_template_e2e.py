@@ -28,13 +28,12 @@ from gateway.core.record import EVENT, SAMPLES
 from gateway.store.journal import Journal
 from northbound.memiot.adapter import quality_flag
 from simulators.province_platform import Province
-from tests.fixtures.daemon import auth, make_tokens
+from tests.fixtures.daemon import DaemonProcess, auth, make_tokens
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
 from tests.fixtures.notify import secret
+from tests.fixtures.province import ENTERPRISE, HAZARD, IV, KEY, PROFILES, SIGN, profile_doc
 from tests.fixtures.sims import SimProcess
-from tests.northbound.test_template import ENTERPRISE, HAZARD, IV, KEY, PROFILES, SIGN, profile_doc
-from tests.notify.test_modem_daemon import DaemonProcess
 
 pytestmark = [pytest.mark.timeout(240)]
 

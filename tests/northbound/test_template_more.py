@@ -31,7 +31,7 @@ from northbound.template.adapter import TemplatePublisher
 from northbound.template.render import Sealer
 from simulators.province_platform import HttpsReceiver, Province
 from tests.fixtures.helpers import async_wait_until
-from tests.northbound.test_template import (
+from tests.fixtures.province import (
     ENTERPRISE,
     HAZARD,
     IV,
