@@ -71,9 +71,12 @@ def _jitter(seconds: float) -> float:
 class Gateway:
     """Owns the channel table, live values, journal, rules, services and pollers."""
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], int] = time.time_ns):
+    def __init__(self, cfg: Config, *, clock: Callable[[], int] = time.time_ns,
+                 config_path: Path | None = None):
         self.cfg = cfg
         self.clock = clock
+        # the file the config came from (None when given as text): what a config from central replaces
+        self.config_path = config_path
         self.table = ChannelTable.from_config(cfg)
         self.live = LiveTable(len(self.table))
         self.state_dir = Path(cfg.gateway.state_dir)

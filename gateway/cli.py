@@ -76,8 +76,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.gateway.log_level)
     from gateway.app import Gateway, install_signal_handlers
 
+    config_path = Path(args.config).resolve()
+
     async def main() -> None:
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, config_path=config_path)
         install_signal_handlers(gw)
         await gw.run(drain_s=args.drain)
         # The journal is closed: everything taken is on disk and every consumer resumes
