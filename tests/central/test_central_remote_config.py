@@ -30,7 +30,7 @@ from central.config import load as load_central
 from gateway.app import Gateway
 from gateway.core import gmcrypto
 from tests.fixtures.central import CentralSide, central_pub, events_of, make_keys, stored
-from tests.fixtures.helpers import async_wait_until, free_port, wait_until
+from tests.fixtures.helpers import async_wait_until, free_port
 from tests.fixtures.sims import SimProcess, gateway_yaml
 from uplink import configdoc, keys
 from uplink.sync import Peer, Signer
@@ -81,8 +81,8 @@ class Plant:
     def write_central(self) -> None:
         src: dict[str, Any] = {"id": GW, "keys": str(self.gw_pub), "mode": self.mode, "suite": self.suite}
         if self.mode == "pull":
-            src["pull"] = {"url": f"https://127.0.0.1:{self.port}", "tls_cert": str(self.gw_state / "tls.crt"),
-                           "wait": "1s", "retry_max": "1s"}
+            src["pull"] = {"url": f"https://127.0.0.1:{self.port}", "wait": "1s", "retry_max": "1s",
+                           "tls_cert": str(self.gw_state / "tls.crt")}
         doc = {"node": {"id": "central-1", "state_dir": str(self.root / "central-1")},
                "listen": {"address": "127.0.0.1:0"}, "sources": [src]}
         self.central_file.write_text(json.dumps(doc))
@@ -112,8 +112,9 @@ class Plant:
 
     def _start_gateway(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(self.gw_file)],
-                                         cwd=ROOT, env=ENV, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.gw_file)],
+                cwd=ROOT, env=ENV, stdout=log, stderr=log)
 
     async def stop(self) -> None:
         if self.central is not None:
@@ -153,15 +154,16 @@ class Plant:
 
     async def post_to_gateway(self, doc: bytes) -> dict[str, Any]:
         """What a central node's delivery does, by hand: a signed POST to the gateway."""
-        peer = Peer(f"https://127.0.0.1:{self.port}", Signer(self.central_keys.ed25519, self.central_keys.kid),
-                    recipient=GW, ca=self.gw_state / "tls.crt")
+        signer = Signer(self.central_keys.ed25519, self.central_keys.kid)
+        peer = Peer(f"https://127.0.0.1:{self.port}", signer, recipient=GW, ca=self.gw_state / "tls.crt")
         try:
             r = await peer.request("POST", "/sync/v1/config", None, doc)
             return dict(r.json())
         finally:
             await peer.close()
 
-    def sign(self, text: str, version: int, *, gateway: str = GW, signer: keys.NodeKeys | None = None) -> bytes:
+    def sign(self, text: str, version: int, *, gateway: str = GW,
+             signer: keys.NodeKeys | None = None) -> bytes:
         alg = "sm2-sm3" if self.suite == "gm" else "ed25519"
         return configdoc.sign(text, gateway=gateway, version=version, issued_ns=1, alg=alg,
                               signer=signer or self.central_keys)
@@ -263,7 +265,8 @@ async def test_push_gateway_fetches_what_central_offers_and_the_api_guards_uploa
         assert p.central is not None
         store = UserStore(Path(p.central.cfg.node.state_dir) / "tokens.json")
         admin, viewer = store.add("ops", "admin", by="test"), store.add("look", "viewer", by="test")
-        await async_wait_until(lambda: p.central is not None and p.central.node.status[GW].positions["main"] > 0,
+        await async_wait_until(lambda: p.central is not None
+                               and p.central.node.status[GW].positions["main"] > 0,
                                timeout=60, what="the gateway's first push")
         before = p.gw_file.read_bytes()
         good = p.gateway_text(p.central.url).replace("poll: 200ms", "poll: 300ms")
@@ -283,7 +286,8 @@ async def test_push_gateway_fetches_what_central_offers_and_the_api_guards_uploa
             r = await http.post(url, params={"gateway": GW}, content=good.replace("gw-test", "gw-9").encode(),
                                 headers=auth(admin))
             assert r.status_code == 400 and "gw-9" in r.json()["error"]
-            r = await http.post(url, params={"gateway": GW}, content=b"gateway: [unclosed", headers=auth(admin))
+            r = await http.post(url, params={"gateway": GW}, content=b"gateway: [unclosed",
+                                headers=auth(admin))
             assert r.status_code == 400 and "<upload>:2:1: (syntax)" in r.json()["error"]
             r = await http.post(url, params={"gateway": GW}, content=good.encode(), headers=auth(admin))
             assert r.status_code == 200 and r.json()["version"] == 1
@@ -306,12 +310,23 @@ async def test_push_gateway_fetches_what_central_offers_and_the_api_guards_uploa
         await p.stop()
 
 
+def _device(p: Plant, name: str) -> dict[str, Any]:
+    from gateway.ops.status import ask
+
+    d: dict[str, Any] = next(d for d in ask(p.gw_state / "status.sock")["devices"] if d["name"] == name)
+    return d
+
+
 @pytest.mark.skipif(not HAS_RELOAD, reason="needs the daemon's live reload (issue 16 item 4), not in this "
                                            "branch yet")
-async def test_a_good_config_is_applied_and_a_bad_one_rolled_back(tmp_path: Path, plant_sim: SimProcess) -> None:
-    p = await Plant(tmp_path, plant_sim, mode="pull", suite="x25519-ed25519", remote="apply", grace="3s").start()
+async def test_a_good_config_is_applied_and_a_bad_one_rolled_back(
+        tmp_path: Path, plant_sim: SimProcess) -> None:
+    p = await Plant(tmp_path, plant_sim, mode="pull", suite="x25519-ed25519", remote="apply",
+                    grace="3s").start()
     try:
         before = p.gw_file.read_text()
+        await async_wait_until(lambda: _device(p, "tcp-dev")["last_ok_age_s"] is not None, timeout=30,
+                               what="tcp-dev polled good")
         good = p.gateway_text().replace("poll: 200ms", "poll: 300ms")
         await p.push_cli(good)
         ev = await p.reported("v1 applied", version=1, result="applied")
@@ -323,20 +338,21 @@ async def test_a_good_config_is_applied_and_a_bad_one_rolled_back(tmp_path: Path
         await async_wait_until(lambda: (p.status().get("last_result") or {}).get("result") == "applied",
                                timeout=30, what="central's status: v1 applied")
         # the TCP device moved to a port where nothing answers: it cannot be polled
-        host, port = p.sim.tcp("tcp-dev")
+        _host, port = p.sim.tcp("tcp-dev")
         bad = good.replace(f"port: {port}", f"port: {free_port()}")
         assert bad != good
         await p.push_cli(bad)
         ev = await p.reported("v2 rolled back", version=2, result="rolled_back")
-        assert "tcp-dev" in ev["reason"] and "grace time of 3 s" in ev["reason"]
-        assert p.gw_file.read_text() == good  # still v1 on disk
-        seq_rb = max(i for i, e in enumerate(p.reports()) if e["version"] == 2)
-        # after the rollback the TCP device is polled good again: central receives its samples
-        assert p.central is not None
-        n0 = len(stored(p.central.node, GW))
-        wait_until(lambda: len(stored(p.central.node, GW)) > n0 + 5, timeout=30, what="samples after rollback")
+        assert "tcp-dev" in ev["reason"] and "grace time of 3 s" in ev["reason"], ev
+        assert "rtu-bus" not in ev["reason"]
+        assert p.gw_file.read_text() == good  # v1 stays on disk
+        # the rollback made the device anew: it is polled good again at its old port
+        await async_wait_until(lambda: (d := _device(p, "tcp-dev"))["state"] == "ok"
+                               and d["last_ok_age_s"] is not None, timeout=30, what="tcp-dev polled again")
         await async_wait_until(lambda: (p.status().get("last_result") or {}).get("result") == "rolled_back",
                                timeout=30, what="central's status: v2 rolled back")
-        assert seq_rb >= 0
+        st = p.status()
+        assert st["issued"]["version"] == 2 and st["last_result"]["version"] == 2
+        assert "tcp-dev" in st["last_result"]["reason"]
     finally:
         await p.stop()

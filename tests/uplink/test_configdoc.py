@@ -42,8 +42,8 @@ def test_a_signed_config_verifies_and_binds_what_it_says(alg: str) -> None:
     central = _keys("central-1", alg)
     doc = configdoc.sign(TEXT, gateway="gw-1", version=7, issued_ns=T, signer=central, alg=alg)
     sc = configdoc.verify(doc, [central.public], gateway="gw-1")
-    assert (sc.gateway, sc.version, sc.issued_ns, sc.issuer, sc.alg, sc.text) == ("gw-1", 7, T, "central-1", alg,
-                                                                                  TEXT)
+    got = (sc.gateway, sc.version, sc.issued_ns, sc.issuer, sc.alg, sc.text)
+    assert got == ("gw-1", 7, T, "central-1", alg, TEXT)
     assert sc.sha256 == configdoc.sha256_text(TEXT) and sc.kid == central.kid
     head = json.loads(_body(doc).partition(b"\n")[0])
     assert head["sha256"] == sc.sha256 and head["length"] == len(TEXT.encode())
@@ -92,7 +92,8 @@ def test_malformed_and_oversized_documents_are_refused_before_work() -> None:
     for data, words in bad.items():
         with pytest.raises(configdoc.ConfigDocError) as e:
             configdoc.verify(data, [central.public], gateway="gw-1")
-        assert e.value.reason in ("malformed", "unknown_key") and words in str(e.value), (data[:40], str(e.value))
+        assert e.value.reason in ("malformed", "unknown_key"), (data[:40], str(e.value))
+        assert words in str(e.value), (data[:40], str(e.value))
     with pytest.raises(configdoc.ConfigDocError) as e:
         configdoc.verify(b" " * (configdoc.MAX_DOC + 1), [central.public], gateway="gw-1")
     assert e.value.reason == "too_large"

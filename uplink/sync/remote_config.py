@@ -46,6 +46,11 @@ STATE_FILE = "remote-config.json"
 WATCH_S = 0.25
 #: the most of a check's error lines a report carries
 MAX_ERROR_LINES = 5
+#: the version being applied, per state dir. It outlives the uplink service that took the
+#: config: a reload whose uplink section changed stops that service and starts a new one,
+#: while the apply (the caller of that reload) goes on
+_APPLYING: dict[str, int] = {}
+_RUNNING: set[asyncio.Task[None]] = set()
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -82,9 +87,20 @@ class RemoteConfig:
         self.state: dict[str, Any] = {"handled": 0, "handled_sha256": None, "applied": 0, "seen": 0,
                                       "last": None}
         self._load()
-        self.busy: int = 0  # the version being applied, 0 when idle
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # fetches (push mode)
         self._fetching = False
+
+    @property
+    def busy(self) -> int:
+        """The version being applied, 0 when idle."""
+        return _APPLYING.get(str(self.path), 0)
+
+    @busy.setter
+    def busy(self, version: int) -> None:
+        if version:
+            _APPLYING[str(self.path)] = version
+        else:
+            _APPLYING.pop(str(self.path), None)
 
     def _load(self) -> None:
         try:
@@ -122,6 +138,7 @@ class RemoteConfig:
     async def offer(self, data: bytes) -> dict[str, Any]:
         """Judge a signed document; start applying it when it passes. The answer (for
         central) says what became of it: accepted (applying), duplicate, busy, or refused."""
+        self._load()  # an apply begun by the service before a reload restarted it may have moved it
         try:
             sc = configdoc.verify(data, self.trusted, gateway=self.gateway)
         except configdoc.ConfigDocError as e:
@@ -144,9 +161,10 @@ class RemoteConfig:
             return {"status": "refused", "reason": reason, "version": sc.version}
         self._save()
         self.busy = sc.version
+        # not one of this service's tasks: the reload it makes may stop this service
         t = asyncio.get_running_loop().create_task(self._apply(sc), name=f"remote-config[v{sc.version}]")
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        _RUNNING.add(t)
+        t.add_done_callback(_RUNNING.discard)
         return {"status": "accepted", "version": sc.version}
 
     def offered(self, answer: dict[str, Any], fetch: Any) -> None:
@@ -194,7 +212,10 @@ class RemoteConfig:
                               "reload)", version=v, sha256=sha)
             return
         file = Path(file)
-        old_text = await asyncio.to_thread(file.read_text, encoding="utf-8")
+        # what to roll back to: the text in force (the daemon's, else the file it came from)
+        old_text = str(getattr(ctx, "config_text", None) or "")
+        if not old_text:
+            old_text = await asyncio.to_thread(file.read_text, encoding="utf-8")
         errors = await asyncio.to_thread(_check, sc.text, file, self.gateway)
         if errors:
             await self.report("refused", "check failed: " + "; ".join(errors), version=v, sha256=sha)
@@ -236,6 +257,7 @@ class RemoteConfig:
                 "applying": self.busy or None, "last": self.state["last"]}
 
     async def close(self) -> None:
+        """Stop fetching; an apply under way goes on (it may be what stopped this service)."""
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
