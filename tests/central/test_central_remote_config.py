@@ -356,3 +356,50 @@ async def test_a_good_config_is_applied_and_a_bad_one_rolled_back(
         assert "tcp-dev" in st["last_result"]["reason"]
     finally:
         await p.stop()
+
+
+def test_config_push_refuses_bad_files_with_where_and_why(tmp_path: Path) -> None:
+    """``safegw central config push`` (a subprocess): what it refuses, exit 2, nothing issued."""
+    pubs = tmp_path / "pubs"
+    pubs.mkdir()
+    gw_pub = make_keys(tmp_path / "gw", GW, pubs)
+    central_pub(tmp_path, "central-1", pubs)
+    cfile = tmp_path / "central.yaml"
+    cfile.write_text(json.dumps({"node": {"id": "central-1", "state_dir": str(tmp_path / "central-1")},
+                                 "sources": [{"id": GW, "keys": str(gw_pub), "mode": "push"}]}))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "gateway.cli", "central", "-c", str(cfile), "config", *args]
+        return subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+
+    def push(gateway: str, text: str | None, *, size: int = 0) -> subprocess.CompletedProcess[str]:
+        f = tmp_path / "c.yaml"
+        if text is not None:
+            f.write_text(text)
+        else:
+            with open(f, "wb") as fh:
+                fh.truncate(size)
+        return cli("push", "--gateway", gateway, str(f))
+
+    good = 'gateway: {id: gw-test, site: "S"}\n'
+    cases = [
+        (push("gw-nope", good), "'gw-nope' is not among this node's sources (gw-test)"),
+        (push(GW, 'gateway: {id: gw-9, site: "S"}\n'), "gateway.id is 'gw-9', but the config is issued to"),
+        (push(GW, "gateway: {id: [\n"), "c.yaml:2:1: (syntax)"),
+        (push(GW, "- a\n- b\n"), "c.yaml:1:1: a gateway config is a mapping with a 'gateway:' section"),
+        (push(GW, None, size=configdoc.MAX_TEXT + 1), f"is more than {configdoc.MAX_TEXT} for a config"),
+    ]
+    for r, words in cases:
+        assert r.returncode == 2 and words in r.stderr, (words, r.stderr)
+    listed = cli("list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {}
+    r = push(GW, good)
+    assert r.returncode == 0 and "config v1 for gw-test issued" in r.stdout
+    r = push(GW, good)
+    assert "config v2 for gw-test issued" in r.stdout
+    db = tmp_path / "central-1" / "configs.db"
+    assert db.stat().st_mode & 0o777 == 0o600
+    listed = cli("list")
+    assert listed.returncode == 0
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(GW))
+    assert row.split()[:3] == [GW, "2", "-"]
