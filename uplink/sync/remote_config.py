@@ -88,6 +88,7 @@ class RemoteConfig:
                                       "last": None}
         self._load()
         self._tasks: set[asyncio.Task[None]] = set()  # fetches (push mode)
+        self._judging = asyncio.Lock()
         self._fetching = False
 
     @property
@@ -130,7 +131,7 @@ class RemoteConfig:
         else:
             log.warning("remote config v%d %s: %s", version, result, reason)
         self.state["last"] = {k: ev[k] for k in ("ts", "result", "version", "sha256", "reason")}
-        self._save()
+        await asyncio.to_thread(self._save)  # fsync: off the loop
         await self.ctx.journal.append_event(ev)
         return ev
 
@@ -138,9 +139,15 @@ class RemoteConfig:
     async def offer(self, data: bytes) -> dict[str, Any]:
         """Judge a signed document; start applying it when it passes. The answer (for
         central) says what became of it: accepted (applying), duplicate, busy, or refused."""
-        self._load()  # an apply begun by the service before a reload restarted it may have moved it
+        async with self._judging:  # one at a time: the replay bound moves between the awaits
+            return await self._offer(data)
+
+    async def _offer(self, data: bytes) -> dict[str, Any]:
+        # an apply begun by the service before a reload restarted it may have moved the state
+        await asyncio.to_thread(self._load)
         try:
-            sc = configdoc.verify(data, self.trusted, gateway=self.gateway)
+            # an SM2 verification takes tens of ms: off the loop
+            sc = await asyncio.to_thread(configdoc.verify, data, self.trusted, gateway=self.gateway)
         except configdoc.ConfigDocError as e:
             claimed = _claimed_version(data)
             await self.report("refused", f"{e.reason}: {e}", version=claimed, authentic=False)
@@ -159,7 +166,7 @@ class RemoteConfig:
             reason = "this gateway refuses configuration from central (uplink.remote_config: refuse)"
             await self.report("refused", reason, version=sc.version, sha256=sc.sha256)
             return {"status": "refused", "reason": reason, "version": sc.version}
-        self._save()
+        await asyncio.to_thread(self._save)
         self.busy = sc.version
         # not one of this service's tasks: the reload it makes may stop this service
         t = asyncio.get_running_loop().create_task(self._apply(sc), name=f"remote-config[v{sc.version}]")
@@ -183,7 +190,7 @@ class RemoteConfig:
                 if data is not None:
                     await self.offer(data)
                     self.state["seen"] = max(self.state["seen"], v)
-                    self._save()
+                    await asyncio.to_thread(self._save)
             except (*NET_ERRORS, ValueError) as e:  # the next push answer offers it again
                 log.info("remote config v%d not fetched yet: %s", v, e)
             finally:
