@@ -228,7 +228,7 @@ class Configs:
             check_text(text, gateway)
             version, sha = await self.store.run(lambda _db: self.store.issue_sync(
                 gateway, text, signer=self.signer, alg=self.alg_for(gateway), by="api"))
-        except (IssueError, configdoc.ConfigDocError) as e:
+        except ValueError as e:  # IssueError, ConfigDocError, an SM2 signature without an SM2 key
             return JSONResponse({"error": str(e)}, status_code=400)
         log.info("config v%d for %s issued (sha256 %s…, via the API)", version, gateway, sha[:12])
         await self.refresh()
