@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +23,7 @@ from gateway.services import DaemonContext
 from uplink import configdoc
 from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
-from uplink.sync.client import Peer, PushClient, Signer
+from uplink.sync.client import Peer, PeerError, PushClient, Signer
 from uplink.sync.remote_config import RemoteConfig
 from uplink.sync.server import HttpsListener, SyncServer, pull_body_limit
 from uplink.sync.source import LANES, JournalSource
@@ -122,11 +123,19 @@ class UplinkService:
     async def _fetch_config(self, have: int) -> bytes | None:
         """Push mode: central's newest config for us, or None when it has none newer."""
         assert self.peer is not None
-        r = await self.peer.request("GET", "/sync/v1/config", {"have": have})
-        if len(r.content) > configdoc.MAX_DOC:
-            raise ValueError(f"central's config answer is {len(r.content)} bytes, "
-                             f"at most {configdoc.MAX_DOC}")
-        return r.content if r.content.startswith(b'{"format"') else None
+        peer = self.peer
+        target = f"/sync/v1/config?{urlencode({'have': have})}"
+        headers = peer.signer.headers("GET", target, b"", to=peer.recipient)
+        body = bytearray()
+        # read as it arrives, at most a config document's bound
+        async with peer.client.stream("GET", peer.base + target, headers=headers) as r:
+            if r.status_code != 200:
+                raise PeerError(f"GET /sync/v1/config: HTTP {r.status_code}")
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > configdoc.MAX_DOC:
+                    raise ValueError(f"central's config answer is over {configdoc.MAX_DOC} bytes")
+        return bytes(body) if body.startswith(b'{"format"') else None
 
     async def start(self) -> None:
         if self.listener is not None:
