@@ -76,10 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or cfg.gateway.log_level)
     from gateway.app import Gateway, install_signal_handlers
 
-    config_path = Path(args.config).resolve()
-
     async def main() -> None:
-        gw = Gateway(cfg, config_path=config_path)
+        gw = Gateway(cfg, config_path=args.config,
+                     state_dir_override=Path(args.state_dir) if args.state_dir else None)
         install_signal_handlers(gw)
         await gw.run(drain_s=args.drain)
         # The journal is closed: everything taken is on disk and every consumer resumes

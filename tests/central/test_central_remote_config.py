@@ -27,7 +27,6 @@ import httpx
 import pytest
 
 from central.config import load as load_central
-from gateway.app import Gateway
 from gateway.core import gmcrypto
 from tests.fixtures.central import CentralSide, central_pub, events_of, make_keys, stored
 from tests.fixtures.helpers import async_wait_until, free_port
@@ -42,7 +41,6 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 GW = "gw-test"
 SUITES = ["x25519-ed25519", pytest.param("gm", marks=pytest.mark.skipif(
     not gmcrypto.sm2_available(), reason="gmssl-pyx not installed"))]
-HAS_RELOAD = hasattr(Gateway, "reload_config")
 
 
 class Plant:
@@ -317,8 +315,6 @@ def _device(p: Plant, name: str) -> dict[str, Any]:
     return d
 
 
-@pytest.mark.skipif(not HAS_RELOAD, reason="needs the daemon's live reload (issue 16 item 4), not in this "
-                                           "branch yet")
 async def test_a_good_config_is_applied_and_a_bad_one_rolled_back(
         tmp_path: Path, plant_sim: SimProcess) -> None:
     p = await Plant(tmp_path, plant_sim, mode="pull", suite="x25519-ed25519", remote="apply",

@@ -212,17 +212,14 @@ class RemoteConfig:
     async def _apply_checked(self, sc: configdoc.SignedConfig) -> None:
         ctx = self.ctx
         v, sha = sc.version, sc.sha256
-        file = getattr(ctx, "config_path", None)
-        reload = getattr(ctx, "reload_config", None)
-        if file is None or reload is None:
-            await self.report("refused", "this daemon cannot apply a config live (no config file or no live "
-                              "reload)", version=v, sha256=sha)
+        file = ctx.config_path
+        if file is None:
+            await self.report("refused", "this daemon was not started from a config file: nothing to keep a "
+                              "config from central in", version=v, sha256=sha)
             return
-        file = Path(file)
+        reload = ctx.reload_config
         # what to roll back to: the text in force (the daemon's, else the file it came from)
-        old_text = str(getattr(ctx, "config_text", None) or "")
-        if not old_text:
-            old_text = await asyncio.to_thread(file.read_text, encoding="utf-8")
+        old_text = ctx.config_text or await asyncio.to_thread(file.read_text, encoding="utf-8")
         errors = await asyncio.to_thread(_check, sc.text, file, self.gateway)
         if errors:
             await self.report("refused", "check failed: " + "; ".join(errors), version=v, sha256=sha)
