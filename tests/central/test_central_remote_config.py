@@ -6,8 +6,8 @@ What is checked: the gateway refuses every config it must (another key, another
 gateway, an older version, a changed text, and all of them while it is set to refuse),
 applies nothing then, and reports each refusal with its reason through the journal to
 central, whose status shows the version and the last result; a push gateway fetches
-what central's answer offers; with live reload in the daemon, a good config is applied
-and kept on disk, and one whose device cannot be polled is rolled back after the grace.
+what central's answer offers; a good config is applied live and kept on disk, and one
+whose device cannot be polled is rolled back after the grace time, the device polled again.
 """
 
 from __future__ import annotations
