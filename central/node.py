@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from central.config import CentralConfig, SourceEntry, tokens_path
+from central.configs import MAX_UPLOAD, Configs
 from central.ingest import Ingest, OriginCursor, SourceStatus
 from central.journals import Journals
 from central.outbox import OutboxSource
@@ -125,12 +126,18 @@ class CentralNode:
         self.tokens = UserStore(tokens_path(cfg))
         ls = cfg.listen
         operators = Operators(self.tokens, FailureLimiter(ls.max_failures, ls.failure_window, ls.lockout))
+        # configs issued to gateways, delivered over the sync link (central/configs.py)
+        self.configs = Configs(state_dir=self.state_dir, node_id=self.id, signer=all_keys[0],
+                               sources=self.sources, push_verifier=self.push_verifier, by_kid=self.by_kid,
+                               resolve=cfg.path, request_signer=self.signer, check_tokens=operators.refusal)
+        self.on_stored.append(self.configs.on_stored)
         routes = CentralRoutes(verifier=self.push_verifier, by_kid=self.by_kid, status=self.status,
                                ingest=self.ingest, state=self.state, pulling=self.puller.tasks,
-                               operators=operators if ls.status else None, status_doc=self.status_doc)
+                               operators=operators if ls.status else None, status_doc=self.status_doc,
+                               offer=self.configs.offer)
         self.sync_server = SyncServer(
             self.outbox, Verifier(up_trust, node_id=self.id, window_s=window), self.up_link,
-            max_bytes=up.max_bytes if up else 8 * 2**20, extra_routes=routes.routes(),
+            max_bytes=up.max_bytes if up else 8 * 2**20, extra_routes=routes.routes() + self.configs.routes(),
             info=lambda: {"kind": "central"})
         self.listener: HttpsListener | None = None
         self.pusher: PushClient | None = None
@@ -145,10 +152,12 @@ class CentralNode:
                         "head": self.outbox.head(),
                         "cursors": {ln: self.outbox.position(ln) for ln in LANES},
                         "link": self.up_link.stats()}
-        return status_doc(node=self.id, worker=self.worker, backend=self.cfg.state.backend,
-                          started_ns=self.started_ns, sources=self.status, origins=self.origins,
-                          tables=self.tables, journals=self.journals, pulling=self.puller.tasks,
-                          upstream=upstream)
+        doc = status_doc(node=self.id, worker=self.worker, backend=self.cfg.state.backend,
+                         started_ns=self.started_ns, sources=self.status, origins=self.origins,
+                         tables=self.tables, journals=self.journals, pulling=self.puller.tasks,
+                         upstream=upstream)
+        doc["configs"] = self.configs.status()
+        return doc
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -166,6 +175,7 @@ class CentralNode:
             if self.cfg.influxdb is not None:
                 self.journals.open(o)  # resume storing into InfluxDB after a restart
         await self.ingester.recover_intents()
+        await self.configs.refresh()
         lc = self.cfg.listen
         if lc.tls_cert and lc.tls_key:
             cert, key = self.cfg.path(lc.tls_cert), self.cfg.path(lc.tls_key)
@@ -174,7 +184,7 @@ class CentralNode:
         # bodies bounded as they arrive (before any signature or token is checked), positions
         # checked before they reach the state store
         app = BodyLimit(PositionGuard(self.sync_server.app), default=64 * 1024,
-                        routes=[("POST", "/sync/v1/push", lc.max_push)])
+                        routes=[("POST", "/sync/v1/push", lc.max_push), ("POST", "/configs", MAX_UPLOAD)])
         self.listener = HttpsListener(app, lc.address, cert, key, name="central",
                                       trusted_proxies=lc.trusted_proxies, header_timeout_s=lc.header_timeout)
         await self.listener.start()
@@ -212,6 +222,7 @@ class CentralNode:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.puller.leases(), name="leases")
                 tg.create_task(self._housekeeping(), name="housekeeping")
+                tg.create_task(self.configs.deliver(), name="configs")
                 if self.pusher is not None:
                     tg.create_task(self.pusher.run(), name="push[upstream]")
                 stop = tg.create_task(self._stop.wait(), name="stop")
@@ -233,6 +244,7 @@ class CentralNode:
         with contextlib.suppress(Exception):
             await self.state.release(self.worker, list(self.sources))
         await self.journals.close()
+        await self.configs.close()
         await self.state.close()
         self.ingester.close()
         self.up_link.save()

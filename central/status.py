@@ -36,9 +36,9 @@ class Operators:
         self.limiter = limiter
         self._verify_slots = asyncio.Semaphore(2)
 
-    async def refusal(self, request: Request) -> Response | None:
+    async def refusal(self, request: Request, role: str = "viewer") -> Response | None:
         """None when the request may go on, else the refusal (401 with a JSON error, 429
-        while the address is locked out)."""
+        while the address is locked out, 403 when the token's role is below ``role``)."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         hdr = {"WWW-Authenticate": 'Bearer realm="safegw-central"'}
@@ -56,6 +56,9 @@ class Operators:
         if p is None:
             return JSONResponse({"error": "unauthorized", "detail": "invalid or revoked token"},
                                 status_code=401, headers=hdr)
+        if not p.can(role):
+            return JSONResponse({"error": "forbidden", "detail": f"this needs the {role} role"},
+                                status_code=403)
         return None
 
 
@@ -90,7 +93,8 @@ class CentralRoutes:
 
     def __init__(self, *, verifier: Verifier, by_kid: dict[str, SourceEntry],
                  status: dict[str, SourceStatus], ingest: IngestFn, state: State, pulling: Collection[str],
-                 operators: Operators | None, status_doc: Callable[[], dict[str, Any]]):
+                 operators: Operators | None, status_doc: Callable[[], dict[str, Any]],
+                 offer: Callable[[str], dict[str, Any]] = lambda _gw: {}):
         self.verifier = verifier
         self.by_kid = by_kid
         self.status = status
@@ -99,6 +103,7 @@ class CentralRoutes:
         self.pulling = pulling
         self.operators = operators
         self.status_doc = status_doc
+        self.offer = offer  # what a push answer tells the gateway besides cursors (its newest config)
 
     def routes(self) -> list[Route]:
         return [Route("/sync/v1/push", self.push, methods=["POST"]),
@@ -131,7 +136,7 @@ class CentralRoutes:
             # and sets the refused record aside instead of retrying it for ever
             return JSONResponse({"error": "refused", "reason": st.refusal, "cursors": st.positions},
                                 status_code=422)
-        return JSONResponse({"cursors": st.positions})
+        return JSONResponse({"cursors": st.positions, **self.offer(src.id)})
 
     async def get_status(self, request: Request) -> Response:
         if self.operators is None:

@@ -80,6 +80,8 @@ class Gateway:
         self.cfg = cfg
         self.clock = clock
         path = Path(config_path).resolve() if config_path is not None else None
+        #: the file the config came from (None when given as text): what a config from central replaces
+        self.config_path = path
         if config_text is None and path is not None:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 config_text = path.read_text(encoding="utf-8")

@@ -98,6 +98,8 @@ class DaemonContext(Protocol):
     config_sha256: str
     #: when the config in force was applied (ns since the epoch)
     config_loaded_ns: int
+    #: the file the config came from (None when given as text): a config from central replaces it
+    config_path: Path | None
 
     def emit_events(self, events: list[dict[str, Any]]) -> None:
         """Journal events made outside the rules tick (operator commands, registers)."""

@@ -457,6 +457,12 @@ class UplinkSection(Strict):
     timeout: Duration = Field(default=30.0, description="push request timeout")
     retry_max: Duration = Field(default=30.0, description="longest pause between push retries")
     clock_window: Duration = Field(default=120.0, description="accepted clock skew of signed requests")
+    remote_config: Literal["refuse", "apply"] = Field(
+        default="refuse", description="configs issued by central (signed, over the sync link): apply them "
+        "by live reload, or refuse them all (the default: on-site changes only); docs/central.md")
+    remote_config_grace: Duration = Field(
+        default=120.0, gt=0, le=3600, description="after applying a config from central, the devices polled "
+        "good before must be polled good again within this time, else the previous config is restored")
 
     @model_validator(mode="after")
     def _suite_cipher(self) -> UplinkSection:

@@ -38,6 +38,8 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("uplink.codec", ("gateway.core", "uplink.codec", "uplink.envelope", "uplink.keys"), ()),
     ("uplink.envelope", ("gateway.core", "uplink.codec", "uplink.envelope", "uplink.keys"), ()),
     ("uplink.keys", ("gateway.core", "uplink.codec", "uplink.envelope", "uplink.keys"), ()),
+    # the signed config document central issues (sign/verify only)
+    ("uplink.configdoc", ("gateway.core", "uplink.keys", "uplink.configdoc"), ()),
     # protocol drivers
     ("drivers", ("gateway.core", "drivers"), ()),
     # the simulated plant: written independently of the gateway it tests

@@ -38,15 +38,19 @@ Served by a gateway (pull mode) and by a central node to the next level up:
   prefetches the next range while it stores the current one asks ``after`` = what
   it received and ``ack`` = what it stored.
 - ``POST /sync/v1/ack`` ``{"lane": "main", "seq": N}``: acknowledge explicitly.
+- ``POST /sync/v1/config`` (a gateway only): a signed config from central
+  (``remote_config``; docs/central.md "Configuration from central").
 
 Served by a central node (push mode): ``POST /sync/v1/push?head=H&first=F`` with
-frames; answers ``{"cursors": {"main": N, "alarms": M}}`` in the sender's positions.
+frames; answers ``{"cursors": {"main": N, "alarms": M}}`` in the sender's positions
+(and ``"config": V``, the newest config issued to the sender, which it fetches with
+``GET /sync/v1/config?have=M`` when it has not handled V).
 The pusher advances its cursors only to what central answered (and rewinds to it
 when central reports a hole).
 
 Modules: ``source`` (frames, ``Source``, ``JournalSource``), ``server`` (the pull
 server and its HTTPS listener), ``client`` (signed requests, the push client),
-``service`` (the gateway's ``uplink`` service).
+``service`` (the gateway's ``uplink`` service), ``remote_config`` (configs from central).
 """
 
 # what central/, the daemon (``uplink.sync:build_service``), tests and benchmarks use

@@ -117,6 +117,8 @@ class PushClient:
         # the same position sends the same sealed envelopes again instead of sealing anew
         # (central stores by sequence, so a copy that did arrive is a duplicate it ignores)
         self._unanswered: tuple[str, int, list[Item]] | None = None
+        #: sees each push answer (central names its newest config for us there)
+        self.on_answer: Callable[[dict[str, Any]], None] | None = None
 
     def _chunk(self) -> int:
         if self.link.rate:
@@ -155,6 +157,8 @@ class PushClient:
             self.link.envelopes += len(items)
             cursors = _cursors(r)
             self.stats.cursors = cursors
+            if self.on_answer is not None:
+                self.on_answer(r.json())
             refused = False
             for ln in LANES:
                 c = cursors.get(ln, self.pos[ln])

@@ -43,11 +43,11 @@ MAX_NUMBER = 2**63 - 1
 MAX_ACK_BODY = 1024
 
 
-def pull_body_limit(app: Any) -> BodyLimit:
+def pull_body_limit(app: Any, extra: Sequence[tuple[str, str, int]] = ()) -> BodyLimit:
     """The pull API's body limits, for a listener that serves nothing else (a gateway):
-    an ack's few bytes, and no body at all on the GETs, refused with 413 as they arrive
-    (before the signature is checked)."""
-    return BodyLimit(app, default=0, routes=[("POST", "/sync/v1/ack", MAX_ACK_BODY)])
+    an ack's few bytes, ``extra`` routes' own (a config from central), and no body at all
+    on the GETs, refused with 413 as they arrive (before the signature is checked)."""
+    return BodyLimit(app, default=0, routes=[("POST", "/sync/v1/ack", MAX_ACK_BODY), *extra])
 
 
 class BadNumber(ValueError):

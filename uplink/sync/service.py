@@ -10,14 +10,21 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from gateway.core.config import UplinkSection, resolve_path
 from gateway.core.record import Record
 from gateway.core.units import parse_listen
 from gateway.services import DaemonContext
-from uplink.auth import Verifier, ensure_tls_cert
+from uplink import configdoc
+from uplink.auth import AuthError, Verifier, ensure_tls_cert
 from uplink.link import Link
-from uplink.sync.client import Peer, PushClient, Signer
+from uplink.sync.client import Peer, PeerError, PushClient, Signer
+from uplink.sync.remote_config import RemoteConfig
 from uplink.sync.server import HttpsListener, SyncServer, pull_body_limit
 from uplink.sync.source import LANES, JournalSource
 
@@ -49,6 +56,8 @@ class UplinkService:
         self.recipients = [pk for p in section.central_keys for pk in keys.load_public(resolve_path(p, base))]
         if not self.recipients:
             raise ValueError("uplink.central_keys lists no central public keys: nobody could read the data")
+        # configs from central are verified against every central key set (uplink/sync/remote_config.py)
+        self.remote = RemoteConfig(ctx, section, list(self.recipients))
         if section.suite == "gm":  # refuse at start, not at the first envelope
             from gateway.core import gmcrypto
 
@@ -77,16 +86,17 @@ class UplinkService:
         if section.mode == "pull":
             trusted = {rk.kid: rk.ed25519 for rk in self.recipients}
             self.verifier = Verifier(trusted, node_id=gid, window_s=section.clock_window)
-            self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes)
+            self.server = SyncServer(self.source, self.verifier, self.link, max_bytes=section.max_bytes,
+                                     extra_routes=[Route("/sync/v1/config", self.h_config, methods=["POST"])])
             if section.tls_cert and section.tls_key:
                 cert, key = resolve_path(section.tls_cert, base), resolve_path(section.tls_key, base)
             else:
                 host = parse_listen(section.listen or "0.0.0.0:8443")[0]
                 cert, key = ensure_tls_cert(state_dir, gid, [host] if host not in ("0.0.0.0", "::") else [])
             # bodies bounded as they arrive, before the signature is checked: nothing here takes more
-            # than an ack's few bytes
-            self.listener = HttpsListener(pull_body_limit(self.server.app), section.listen or "0.0.0.0:8443",
-                                          cert, key)
+            # than an ack's few bytes, but a config from central
+            limits = pull_body_limit(self.server.app, [("POST", "/sync/v1/config", configdoc.MAX_DOC)])
+            self.listener = HttpsListener(limits, section.listen or "0.0.0.0:8443", cert, key)
         else:
             if not section.central_url:
                 raise ValueError("uplink.mode push needs uplink.central_url")
@@ -98,6 +108,34 @@ class UplinkService:
             self.peer = Peer(section.central_url, signer, recipient=to, ca=ca, timeout_s=section.timeout)
             self.push = PushClient(self.source, self.peer, self.link, max_bytes=section.max_bytes,
                                    retry_max_s=section.retry_max)
+            self.push.on_answer = lambda answer: self.remote.offered(answer, self._fetch_config)
+
+    async def h_config(self, request: Request) -> Response:
+        """``POST /sync/v1/config`` (pull mode): central delivers a signed config."""
+        assert self.server is not None
+        try:
+            _key, body = await self.server.authenticate(request)
+        except AuthError as e:
+            return self.server.refuse(e)
+        answer = await self.remote.offer(body)
+        return JSONResponse(answer, status_code=503 if answer["status"] == "busy" else 200)
+
+    async def _fetch_config(self, have: int) -> bytes | None:
+        """Push mode: central's newest config for us, or None when it has none newer."""
+        assert self.peer is not None
+        peer = self.peer
+        target = f"/sync/v1/config?{urlencode({'have': have})}"
+        headers = peer.signer.headers("GET", target, b"", to=peer.recipient)
+        body = bytearray()
+        # read as it arrives, at most a config document's bound
+        async with peer.client.stream("GET", peer.base + target, headers=headers) as r:
+            if r.status_code != 200:
+                raise PeerError(f"GET /sync/v1/config: HTTP {r.status_code}")
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > configdoc.MAX_DOC:
+                    raise ValueError(f"central's config answer is over {configdoc.MAX_DOC} bytes")
+        return bytes(body) if body.startswith(b'{"format"') else None
 
     async def start(self) -> None:
         if self.listener is not None:
@@ -122,6 +160,7 @@ class UplinkService:
     async def stop(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
+        await self.remote.close()
         if self.peer is not None:
             await self.peer.close()
         self.source.close()
@@ -139,6 +178,7 @@ class UplinkService:
             "sealed_bytes": self.source.sealed_bytes,
             "set_aside_records": self.source.set_aside_records,
             "link": self.link.stats(),
+            "remote_config": self.remote.stats(),
         }
         if self.server is not None:
             out["requests"] = self.server.requests
