@@ -40,6 +40,7 @@ from central.config_vm import VictoriaMetricsSection
 from central.events_pg import EventRow, EventStore, event_row
 from gateway.core import chantable
 from gateway.core.aio import wait_event
+from gateway.core.batch import Batch
 from gateway.core.record import SAMPLES, Record
 from gateway.historian import lineproto
 
@@ -213,15 +214,23 @@ class VmStore:
         last_ts = 0
         n = 0
         t0 = time.process_time()
+        run: list[Batch] = []  # consecutive sample records under one table: formatted at once
+
+        def flush() -> None:
+            if run:
+                b = Batch.concat(run)
+                run.clear()
+                parts.append(lineproto.format_samples(b, self.series(origin, doc, int(b.channel.max()) + 1)))
+
         for r in records:
             if r.kind == SAMPLES:
                 b = r.batch()
                 if len(b):
-                    series = self.series(origin, doc, int(b.channel.max()) + 1)
-                    parts.append(lineproto.format_samples(b, series))
+                    run.append(b)
                     n += len(b)
                     last_ts = max(last_ts, r.ts_max)
                 continue
+            flush()
             try:
                 ev = r.event()
             except ValueError as e:  # an event that does not parse is still kept, as what it is
@@ -241,6 +250,7 @@ class VmStore:
             if ctags is None and doc:
                 ctags = {"site": doc.get("site_code")}
             rows.append(event_row(origin, r.seq, ev, ctags))
+        flush()
         self.format_s += time.process_time() - t0
         self.samples += n
         return b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts), rows, last_ts
