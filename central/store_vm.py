@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -177,7 +176,6 @@ class VmStore:
         self.events = EventStore(events_dsn)
         self._series: dict[tuple[str, str | None], lineproto.SeriesTable] = {}
         self.samples = 0
-        self.format_s = 0.0  # CPU spent formatting line protocol (for the Sizing figures)
 
     async def open(self) -> None:
         await self.events.open()
@@ -213,7 +211,6 @@ class VmStore:
         rows: list[EventRow] = []
         last_ts = 0
         n = 0
-        t0 = time.process_time()
         run: list[Batch] = []  # consecutive sample records under one table: formatted at once
 
         def flush() -> None:
@@ -251,7 +248,6 @@ class VmStore:
                 ctags = {"site": doc.get("site_code")}
             rows.append(event_row(origin, r.seq, ev, ctags))
         flush()
-        self.format_s += time.process_time() - t0
         self.samples += n
         return b"".join(p if p.endswith(b"\n") or not p else p + b"\n" for p in parts), rows, last_ts
 
