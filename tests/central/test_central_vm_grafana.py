@@ -25,7 +25,8 @@ from tests.fixtures.victoria import VictoriaMetrics
 pytestmark = pytest.mark.timeout(120)
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "province-overview.json"
-VARS = {"$gateway": "gw-a", "$channel": "T00", "$area": "north", "$hazard_source": "HS-01", "$__interval": "1m"}
+VARS = {"$gateway": "gw-a", "$channel": "T00", "$area": "north", "$hazard_source": "HS-01",
+        "$__interval": "1m"}
 
 
 def _table(gid: str, ts: int) -> dict[str, Any]:
@@ -67,7 +68,8 @@ def _fill(q: str, now: float) -> str:
     for k, v in VARS.items():
         q = q.replace(k, v)
     # Grafana's PostgreSQL macros
-    return q.replace("$__unixEpochFrom()", str(int(now - 6 * 3600))).replace("$__unixEpochTo()", str(int(now)))
+    q = q.replace("$__unixEpochFrom()", str(int(now - 6 * 3600)))
+    return q.replace("$__unixEpochTo()", str(int(now)))
 
 
 async def test_dashboard_queries_answer_on_stored_data(tmp_path: Path, pg_dsn: str,
@@ -80,8 +82,8 @@ async def test_dashboard_queries_answer_on_stored_data(tmp_path: Path, pg_dsn: s
     store = VmStore(VictoriaMetricsSection(url=[victoria.url], events_dsn=pg_dsn, linger=0.0), pg_dsn)
     await store.open()
     try:
-        for gid, t0, bad in (("gw-a", recent, False), ("gw-b", recent, True), ("gw-late", recent - 7200 * 10**9,
-                                                                                 False)):
+        two_hours_ago = recent - 7200 * 10**9
+        for gid, t0, bad in (("gw-a", recent, False), ("gw-b", recent, True), ("gw-late", two_hours_ago, False)):
             recs = await _records(tmp_path, gid, t0, bad)
             await store.put(gid, recs, None, main_lane=True)
     finally:
