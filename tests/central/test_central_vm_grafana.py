@@ -83,7 +83,8 @@ async def test_dashboard_queries_answer_on_stored_data(tmp_path: Path, pg_dsn: s
     await store.open()
     try:
         two_hours_ago = recent - 7200 * 10**9
-        for gid, t0, bad in (("gw-a", recent, False), ("gw-b", recent, True), ("gw-late", two_hours_ago, False)):
+        for gid, t0, bad in (("gw-a", recent, False), ("gw-b", recent, True),
+                             ("gw-late", two_hours_ago, False)):
             recs = await _records(tmp_path, gid, t0, bad)
             await store.put(gid, recs, None, main_lane=True)
     finally:
