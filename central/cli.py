@@ -33,6 +33,10 @@ def cmd_central(args: argparse.Namespace) -> int:
         cfg.node.state_dir = Path(args.state_dir)
     if getattr(args, "central_cmd", None) == "tokens":
         return _tokens(args, cfg)
+    if getattr(args, "central_cmd", None) in ("history", "alarms", "late"):
+        from central.query import run_cli
+
+        return run_cli(args, cfg)
     if args.check:
         print(f"ok: central node {cfg.node.id}, {len(cfg.sources)} sources, state {cfg.state.backend}")
         return 0
@@ -86,7 +90,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")
     p.add_argument("--state-dir", help="override node.state_dir")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = p.add_subparsers(dest="central_cmd", metavar="[tokens]")
+    sub = p.add_subparsers(dest="central_cmd", metavar="[tokens|history|alarms|late]")
     t = sub.add_parser("tokens", help="operators' bearer tokens for GET /status (add, rotate, revoke, list)")
     ts = t.add_subparsers(dest="tokens_cmd", metavar="ACTION")
     ts.required = True
@@ -106,4 +110,7 @@ def add_command(subparsers: Any) -> None:
         # accept -c after the action too (safegw central tokens add NAME -c FILE)
         child.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         child.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from central.query import add_subcommands
+
+    add_subcommands(sub)
     p.set_defaults(func=cmd_central)

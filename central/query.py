@@ -14,6 +14,7 @@ before anything is asked of a server; a bad one gets a 400 naming the parameter.
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from dataclasses import dataclass
@@ -81,6 +82,14 @@ def parse_time(name: str, v: str | None, default: float) -> float:
     except ValueError as e:
         raise QueryError(name, f"{v!r} is not a time (now, -1h, now-2d, unix seconds, ISO 8601): {e}") \
             from None
+
+
+def duration(name: str, v: str) -> float:
+    """A duration parameter (``10s``, ``5m``) in seconds; a bad one names the parameter."""
+    try:
+        return parse_duration(v)
+    except ValueError as e:
+        raise QueryError(name, str(e)) from None
 
 
 def samples_query(metric: str, gateway: str, channel: str, agg: str, every_s: float) -> str:
@@ -190,10 +199,7 @@ def routes(queries: Queries, operators: Any) -> list[Any]:
             return JSONResponse({"error": "store_unavailable", "detail": str(e)[:300]}, status_code=503)
 
     def every(p: Any) -> float:
-        try:
-            return parse_duration(p.get("every") or "1m")
-        except ValueError as e:
-            raise QueryError("every", str(e)) from None
+        return duration("every", p.get("every") or "1m")
 
     def limit(p: Any) -> int:
         try:
@@ -217,13 +223,72 @@ def routes(queries: Queries, operators: Any) -> list[Any]:
     async def late(request: Request) -> Response:
         async def run(p: Any) -> Any:
             a = p.get("after")
-            try:
-                after = parse_duration(a) if a else None
-            except ValueError as e:
-                raise QueryError("after", str(e)) from None
-            return {"late": await queries.late(after)}
+            return {"late": await queries.late(duration("after", a) if a else None)}
         return await guarded(request, run)
 
     return [Route("/query/v1/samples", samples, methods=["GET"]),
             Route("/query/v1/alarms", alarms, methods=["GET"]),
             Route("/query/v1/late", late, methods=["GET"])]
+
+
+# --------------------------------------------------------------------------- CLI
+def add_subcommands(sub: Any) -> None:
+    """``safegw central -c FILE history|alarms|late``: the same queries, printed as JSON lines."""
+    h = sub.add_parser("history", help="a gateway's channel per interval (VictoriaMetrics)")
+    h.add_argument("gateway")
+    h.add_argument("channel")
+    h.add_argument("--from", dest="start", default="-1h",
+                   help="start (default -1h; now-2d, ISO 8601, unix s)")
+    h.add_argument("--to", dest="end", default="now")
+    h.add_argument("--every", default="1m", help="interval (default 1m)")
+    h.add_argument("--agg", choices=list(AGGS), default="avg")
+    a = sub.add_parser("alarms", help="alarms of a gateway, an area or a hazard source (PostgreSQL)")
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--gateway")
+    g.add_argument("--area")
+    g.add_argument("--hazard-source", dest="hazard_source")
+    a.add_argument("--from", dest="start", default="-24h")
+    a.add_argument("--to", dest="end", default="now")
+    a.add_argument("--limit", type=int, default=1000)
+    lt = sub.add_parser("late", help="gateways whose newest stored sample is older than --after")
+    lt.add_argument("--after", default=None, help="default victoriametrics.late_after")
+    for p in (h, a, lt):
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def run_cli(args: Any, cfg: Any) -> int:
+    """Run one query subcommand; exit 0 with the answer, 2 for a bad parameter, 1 when a store fails."""
+    import asyncio
+    import json
+    import sys
+
+    vm = cfg.victoriametrics
+    if vm is None:
+        print("safegw central: these queries need a victoriametrics: section", file=sys.stderr)
+        return 2
+    events = EventStore(vm.events_dsn or cfg.state.dsn)
+    q = Queries(vm, events)
+
+    async def run() -> Any:
+        try:
+            if args.central_cmd == "history":
+                return await q.samples(args.gateway, args.channel, parse_time("from", args.start, 0),
+                                       parse_time("to", args.end, 0), duration("every", args.every), args.agg)
+            if args.central_cmd == "alarms":
+                return await q.alarms(gateway=args.gateway, area=args.area, hazard_source=args.hazard_source,
+                                      start_s=parse_time("from", args.start, 0),
+                                      end_s=parse_time("to", args.end, 0), limit=args.limit)
+            return await q.late(duration("after", args.after) if args.after else None)
+        finally:
+            await events.close()
+
+    try:
+        out = asyncio.run(run())
+    except (QueryError, ValueError) as e:
+        print(f"safegw central {args.central_cmd}: {e}", file=sys.stderr)
+        return 2
+    except (ConnectionError, httpx.HTTPError, OSError) as e:
+        print(f"safegw central {args.central_cmd}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, default=str, ensure_ascii=False, indent=1))
+    return 0

@@ -176,7 +176,19 @@ async def test_round_trip_tags_quality_and_queries(tmp_path: Path, pg_dsn: str,
             assert [x["gateway"] for x in r.json()["late"]] == ["gw-rt"]
             r = await http.get(c.url + "/query/v1/late", headers=h, params={"after": "1h"})
             assert r.json()["late"] == []
-        # the dashboard's "late" panel query on VictoriaMetrics agrees
+        # and so does the command line, for any gateway
+        cli = _write_cfg(tmp_path / "prov.yaml", {
+            "node": {"id": "prov", "state_dir": str(tmp_path / "prov")}, "sources": [_source(g)],
+            "victoriametrics": _vm_cfg(victoria, pg_dsn)})
+        out = _cli(cli, "history", "gw-rt", "T00", "--from", str(start), "--to", str(start + 60),
+                   "--every", "10s", "--agg", "max")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["points"] == want
+        out = _cli(cli, "alarms", "--hazard-source", "HS-01", "--from", str(start), "--to", "now")
+        assert [a["channel"] for a in json.loads(out.stdout)] == ["T02"]
+        out = _cli(cli, "history", "gw-rt", "T00", "--every", "soon")
+        assert out.returncode == 2 and "every" in out.stderr
+        # the Prometheus form of "late" on VictoriaMetrics agrees
         res = victoria.query(late_query("safegw"))
         assert [x["metric"]["gateway"] for x in res] == ["gw-rt"]
         assert 1700 < float(res[0]["value"][1]) < 3600
@@ -198,6 +210,11 @@ def _spawn(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as err:
         return subprocess.Popen([exe, "central", "-c", str(cfg)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=err)
+
+
+def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = str(Path(sys.executable).parent / "safegw")
+    return subprocess.run([exe, "central", "-c", str(cfg), *args], capture_output=True, text=True, timeout=60)
 
 
 def _tail(log: Path) -> str:
