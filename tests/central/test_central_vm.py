@@ -320,3 +320,21 @@ async def test_store_stopped_and_restarted(tmp_path: Path, pg_dsn: str, victoria
     finally:
         await c.stop()
         await g.stop()
+
+
+def test_config_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["central", "--check", "-c", str(root / "config" / "central-province-vm.yaml")]) == 0
+    assert capsys.readouterr().out.startswith("ok: central node province-37")
+    f = tmp_path / "c.yaml"
+    f.write_text("node: {id: prov}\nvictoriametrics:\n  url: [ftp://vm:8428]\n  metrix: x\n")
+    assert main(["central", "--check", "-c", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert f"{f}:3:8: victoriametrics.url" in out and "/insert/<tenant>/influx/write" in out, out
+    assert f"{f}:4:3: victoriametrics.metrix:" in out, out
+    f.write_text("node: {id: prov}\nvictoriametrics:\n  url: ['http://vm:8480/insert/0/influx/write']\n")
+    assert main(["central", "--check", "-c", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert "victoriametrics.events_dsn: events go to PostgreSQL" in out and "victoriametrics.query_url" in out, out
