@@ -151,6 +151,9 @@ def _vm_check(cfg: CentralConfig) -> list[tuple[Path_, str]]:
     if not vm.events_dsn and not (cfg.state.backend == "postgres" and cfg.state.dsn):
         errs.append((("victoriametrics", "events_dsn"), "events go to PostgreSQL: give events_dsn: "
                      "postgresql://user@host/db, or use state: {backend: postgres, dsn: ...}"))
+    if cfg.influxdb is not None and not vm.journal:
+        errs.append((("victoriametrics", "journal"), "InfluxDB is written from the per-origin journal: "
+                     "with influxdb: set journal: true here (or drop one of the two stores)"))
     if vm.query_url is None and any("/insert/" in u for u in vm.url):
         errs.append((("victoriametrics", "query_url"), "a cluster's insert URL needs query_url: "
                      "http(s)://vmselect:8481/select/<tenant>/prometheus for the queries"))

@@ -341,4 +341,10 @@ def test_config_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     f.write_text("node: {id: prov}\nvictoriametrics:\n  url: ['http://vm:8480/insert/0/influx/write']\n")
     assert main(["central", "--check", "-c", str(f)]) == 2
     out = capsys.readouterr().out
-    assert "victoriametrics.events_dsn: events go to PostgreSQL" in out and "victoriametrics.query_url" in out, out
+    assert "victoriametrics.events_dsn: events go to PostgreSQL" in out, out
+    assert "victoriametrics.query_url" in out, out
+    f.write_text("node: {id: prov}\nvictoriametrics: {url: ['http://vm:8428'], events_dsn: 'postgresql://x/y'}\n"
+                 "influxdb: {url: 'http://influx:8086', database: d}\n")
+    assert main(["central", "--check", "-c", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert "victoriametrics.journal: InfluxDB is written from the per-origin journal" in out, out
