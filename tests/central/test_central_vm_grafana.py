@@ -5,6 +5,7 @@ data stored by central's store, with the answers the data implies."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,66 @@ async def test_dashboard_queries_answer_on_stored_data(tmp_path: Path, pg_dsn: s
             else:
                 late = {r[0]: float(r[1]) for r in rows}
                 assert late["gw-late"] > 7000 and late["gw-a"] < 600
+
+
+def _replay(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+async def test_five_minute_statistics_by_vmalert(tmp_path: Path, pg_dsn: str,
+                                                 victoria: VictoriaMetrics) -> None:
+    """config/vm/stats-5m.rules.yml run by vmalert (replay) from the raw store into a
+    second VictoriaMetrics (the ≥ 1 year one): per 5 minutes, the channel's mean, min,
+    max and count over (T - 5 min, T]."""
+    import shutil
+
+    vmalert = shutil.which("vmalert")
+    if vmalert is None:
+        pytest.skip("vmalert is not installed (Debian package victoria-metrics)")
+    rules = DASHBOARD.parents[2] / "config" / "vm" / "stats-5m.rules.yml"
+    year = VictoriaMetrics(tmp_path / "vm-1y", retention="400d")
+    year.start()
+    try:
+        start = (int(time.time()) // 3600 - 2) * 3600  # a whole hour, two hours ago
+        store = VmStore(VictoriaMetricsSection(url=[victoria.url], events_dsn=pg_dsn, linger=0.0), pg_dsn)
+        await store.open()
+        try:
+            ch = np.zeros(1800, np.int32)
+            ts = start * 10**9 + np.arange(1800, dtype=np.int64) * 10**9
+            val = np.round(np.sin(np.arange(1800) / 100) * 10 + 20, 2)
+            j = Journal(tmp_path / "s.db", sync="normal")
+            await j.append_many([_table("gw-s", start * 10**9), Batch.build(ch, ts, val, 0)])
+            recs = j.read_sync(0, 10)
+            j.close()
+            await store.put("gw-s", recs, None, main_lane=True)
+        finally:
+            await store.close()
+        victoria.flush()
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+        iso_to = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start + 1800))
+        r = _replay([vmalert, f"-rule={rules}", f"-datasource.url={victoria.url}",
+                     f"-remoteWrite.url={year.url}", f"-replay.timeFrom={iso}", f"-replay.timeTo={iso_to}",
+                     "-replay.disableProgressBar", "-replay.rulesDelay=0s", "-loggerLevel=ERROR"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        year.flush()
+        stats = year.export('{__name__=~"safegw_value:.*",gateway="gw-s"}')
+        got = {e["metric"]["__name__"]: e for e in stats}
+        assert set(got) == {"safegw_value:avg_5m", "safegw_value:min_5m", "safegw_value:max_5m",
+                            "safegw_value:count_5m"}
+        assert got["safegw_value:avg_5m"]["metric"]["channel"] == "T00"
+        assert got["safegw_value:avg_5m"]["metric"]["hazard_source"] == "HS-01"
+        sec = np.arange(1800) + start
+        checked = 0
+        for k, t_ms in enumerate(got["safegw_value:max_5m"]["timestamps"]):
+            t = t_ms / 1000
+            window = (sec > t - 300) & (sec <= t)
+            if window.sum() < 300:
+                continue  # an edge of the replay range
+            assert got["safegw_value:max_5m"]["values"][k] == val[window].max()
+            assert got["safegw_value:min_5m"]["values"][k] == val[window].min()
+            assert got["safegw_value:count_5m"]["values"][k] == 300
+            assert got["safegw_value:avg_5m"]["values"][k] == pytest.approx(val[window].mean(), rel=1e-9)
+            checked += 1
+        assert checked >= 4
+    finally:
+        year.stop()
