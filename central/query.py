@@ -196,7 +196,10 @@ def routes(queries: Queries, operators: Any) -> list[Any]:
         except QueryError as e:
             return JSONResponse({"error": "bad_query", "param": e.param, "detail": str(e)}, status_code=400)
         except (ConnectionError, httpx.HTTPError) as e:
-            return JSONResponse({"error": "store_unavailable", "detail": str(e)[:300]}, status_code=503)
+            from central.store_vm import without_credentials
+
+            return JSONResponse({"error": "store_unavailable", "detail": without_credentials(str(e))[:300]},
+                                status_code=503)
 
     def every(p: Any) -> float:
         return duration("every", p.get("every") or "1m")
@@ -288,7 +291,9 @@ def run_cli(args: Any, cfg: Any) -> int:
         print(f"safegw central {args.central_cmd}: {e}", file=sys.stderr)
         return 2
     except (ConnectionError, httpx.HTTPError, OSError) as e:
-        print(f"safegw central {args.central_cmd}: {e}", file=sys.stderr)
+        from central.store_vm import without_credentials
+
+        print(f"safegw central {args.central_cmd}: {without_credentials(str(e))}", file=sys.stderr)
         return 1
     print(json.dumps(out, default=str, ensure_ascii=False, indent=1))
     return 0

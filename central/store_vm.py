@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,14 @@ from gateway.core.record import SAMPLES, Record
 from gateway.historian import lineproto
 
 log = logging.getLogger(__name__)
+
+
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """A URL (or a message holding one) with any ``user:password@`` masked, for logs and status."""
+    return _USERINFO.sub("//***@", text)
 
 
 class _Group:
@@ -147,15 +156,17 @@ class VmWriter:
                     self.bytes_sent += len(body)
                     if self.state != "ok":
                         if self.state == "failing":
-                            log.info("victoriametrics %s: writing again", url)
+                            log.info("victoriametrics %s: writing again", without_credentials(url))
                         self.state, self.last_error = "ok", None
                     return
                 err = f"HTTP {r.status_code}: {r.text[:300]}"
             except (httpx.HTTPError, OSError) as e:
                 err = f"{type(e).__name__}: {e}"
             self.failures += 1
+            err = without_credentials(err)
             if self.state != "failing":
-                log.error("victoriametrics %s: write failed (%s); retrying, ingest waits meanwhile", url, err)
+                log.error("victoriametrics %s: write failed (%s); retrying, ingest waits meanwhile",
+                          without_credentials(url), err)
             self.state, self.last_error = "failing", err
             self._url += 1
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # backoff between retries, jittered

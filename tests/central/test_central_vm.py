@@ -326,6 +326,13 @@ async def test_store_stopped_and_restarted(tmp_path: Path, pg_dsn: str, victoria
         await g.stop()
 
 
+def test_store_urls_logged_without_credentials() -> None:
+    from central.store_vm import without_credentials
+
+    assert without_credentials("write failed: http://ops:s3cret@vm:8428/write") == "write failed: http://***@vm:8428/write"
+    assert without_credentials("http://vm:8428/write") == "http://vm:8428/write"
+
+
 def test_config_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.cli import main
 
