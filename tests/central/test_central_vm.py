@@ -355,3 +355,36 @@ def test_config_example_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["central", "--check", "-c", str(f)]) == 2
     out = capsys.readouterr().out
     assert "victoriametrics.journal: InfluxDB is written from the per-origin journal" in out, out
+
+
+async def test_writer_fails_over_between_urls(tmp_path: Path, pg_dsn: str, victoria: VictoriaMetrics) -> None:
+    """Several write URLs (a cluster's vminserts): a dead one is skipped, the data arrives.
+
+    Debian ships the single node only, which answers 400 to the cluster's
+    ``/insert/<tenant>/influx/write``: that shape is checked in the config (above) and
+    kept as given, the writing itself is tested on the single node's ``/write``."""
+    from central.config_vm import VictoriaMetricsSection
+    from central.store_vm import VmStore
+    from gateway.store.journal import Journal
+    from tests.fixtures.helpers import free_port
+
+    sec = VictoriaMetricsSection(url=[f"http://127.0.0.1:{free_port()}", victoria.url], events_dsn=pg_dsn,
+                                 linger=0.0, retry_max="500ms")
+    assert sec.write_urls()[1] == victoria.url + "/write"
+    cluster = VictoriaMetricsSection(url=["http://vminsert:8480/insert/7/influx/write"],
+                                     query_url="http://vmselect:8481/select/7/prometheus")
+    assert cluster.write_urls() == ["http://vminsert:8480/insert/7/influx/write"]
+    assert cluster.prometheus_url() == "http://vmselect:8481/select/7/prometheus"
+    t0 = (time.time_ns() // 10**9 - 600) * 10**9
+    j = Journal(tmp_path / "j.db", sync="normal")
+    await j.append_many([table("gw-f", t0), readings(0, t0)])
+    recs = j.read_sync(0, 10)
+    j.close()
+    store = VmStore(sec, pg_dsn)
+    await store.open()
+    try:
+        await store.put("gw-f", recs, None, main_lane=True)
+        assert store.writer.failures >= 1 and store.writer.state == "ok"
+    finally:
+        await store.close()
+    assert _vm_count(victoria, "gw-f", "safegw_quality") == len(readings(0, t0))
