@@ -133,30 +133,46 @@ def records_for(root: Path, channels: int, seconds: int, variant: int, t0: int) 
         j.close()
 
 
-def seal_all(root: Path, gateways: int, channels: int, seconds: int, per_env: int, t0: int) -> dict[str, Any]:
+_SEAL: dict[str, Any] = {}
+
+
+def _seal_init(root: str, variants: list[Any], per_env: int) -> None:
+    from uplink import keys
+
+    _SEAL.update(root=Path(root), variants=variants, per_env=per_env,
+                 central=keys.load_public(Path(root) / "pub" / f"{CENTRAL}.pub.yaml"))
+
+
+def _seal_gateway(g: int) -> dict[str, Any]:
+    """One gateway's keys and sealed envelopes (in a pool process)."""
     from uplink import envelope, keys
 
-    cdir = root / "w0"
-    ck = keys.init(cdir, CENTRAL)
+    root, per_env, central_pub = _SEAL["root"], _SEAL["per_env"], _SEAL["central"]
+    gid = f"gw-{g:05d}"
+    k = keys.init(root / "gw" / gid, gid)
+    keys.save_public(root / "pub" / f"{gid}.pub.yaml", k)
+    recs = _SEAL["variants"][g % len(_SEAL["variants"])]
+    # the first envelope (the channel table and the first poll) is pushed before the clock
+    # starts: a running central has met every gateway and its table already
+    envs = [(recs[1].seq, envelope.seal(recs[:2], sender=k, recipients=central_pub))]
+    for a in range(2, len(recs), per_env):
+        chunk = recs[a:a + per_env]
+        envs.append((chunk[-1].seq, envelope.seal(chunk, sender=k, recipients=central_pub)))
+    return {"id": gid, "kid": k.kid, "key": str(root / "gw" / gid), "envs": envs, "head": recs[-1].seq}
+
+
+def seal_all(root: Path, gateways: int, channels: int, seconds: int, per_env: int, t0: int) -> dict[str, Any]:
+    """Keys and sealed envelopes of every gateway, on every core (before the clock starts)."""
+    from uplink import keys
+
+    ck = keys.init(root / "w0", CENTRAL)
     pub_dir = root / "pub"
     pub_dir.mkdir()
     keys.save_public(pub_dir / f"{CENTRAL}.pub.yaml", ck)
-    central_pub = keys.load_public(pub_dir / f"{CENTRAL}.pub.yaml")
     variants = [records_for(root, channels, seconds, v, t0) for v in range(8)]
-    gws = []
-    for g in range(gateways):
-        gid = f"gw-{g:05d}"
-        k = keys.init(root / "gw" / gid, gid)
-        keys.save_public(pub_dir / f"{gid}.pub.yaml", k)
-        recs = variants[g % len(variants)]
-        # the first envelope (the channel table and the first poll) is pushed before the clock
-        # starts: a running central has met every gateway and its table already
-        envs = [(recs[1].seq, envelope.seal(recs[:2], sender=k, recipients=central_pub))]
-        for a in range(2, len(recs), per_env):
-            chunk = recs[a:a + per_env]
-            envs.append((chunk[-1].seq, envelope.seal(chunk, sender=k, recipients=central_pub)))
-        gws.append({"id": gid, "kid": k.kid, "key": str(root / "gw" / gid), "envs": envs,
-                    "head": recs[-1].seq})
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(os.cpu_count() or 2, _seal_init, (str(root), variants, per_env)) as pool:
+        gws = pool.map(_seal_gateway, range(gateways), chunksize=max(1, gateways // 64))
     return {"gateways": gws, "pub_dir": str(pub_dir)}
 
 
