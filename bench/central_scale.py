@@ -318,8 +318,7 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "cProfile", "-o", f"{a.profile}/w{w}.prof", *cmd]
             with (root / f"w{w}.log").open("wb") as log:
                 workers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log))
-            # one after the other: PgState creates its first tables before taking its DDL lock,
-            # so workers starting at once on an empty database can collide
+        for w in range(a.workers):  # all started at once, on an empty database
             wait_port("127.0.0.1", ports[w], timeout=60)
         certs = [str(root / f"w{w}" / "tls.crt") for w in range(a.workers)]
         wpids = [p.pid for p in workers]
