@@ -37,6 +37,10 @@ def cmd_central(args: argparse.Namespace) -> int:
         from central import configs_cli
 
         return configs_cli.run(args, cfg)
+    if getattr(args, "central_cmd", None) in ("history", "alarms", "late"):
+        from central.query import run_cli
+
+        return run_cli(args, cfg)
     if args.check:
         print(f"ok: central node {cfg.node.id}, {len(cfg.sources)} sources, state {cfg.state.backend}")
         return 0
@@ -90,7 +94,7 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")
     p.add_argument("--state-dir", help="override node.state_dir")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = p.add_subparsers(dest="central_cmd", metavar="[tokens|config]")
+    sub = p.add_subparsers(dest="central_cmd", metavar="[tokens|config|history|alarms|late]")
     t = sub.add_parser("tokens", help="operators' bearer tokens for GET /status (add, rotate, revoke, list)")
     ts = t.add_subparsers(dest="tokens_cmd", metavar="ACTION")
     ts.required = True
@@ -111,6 +115,8 @@ def add_command(subparsers: Any) -> None:
         child.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         child.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     from central import configs_cli
+    from central.query import add_subcommands
 
     configs_cli.add_parser(sub)
+    add_subcommands(sub)
     p.set_defaults(func=cmd_central)

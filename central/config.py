@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from central.config_vm import VictoriaMetricsSection
 from gateway.core.config import ID_PATTERN, ConfigFile, InfluxSection, Listen, ListenerGuard, Strict
 from gateway.core.configcheck import ConfigError, explain, format_error, loc_path
 from gateway.core.units import Duration, Size
@@ -110,6 +111,7 @@ class CentralConfig(ConfigFile):
                               description="public key bundles of origins reached through relays")
     upstream: UpstreamSection | None = None
     influxdb: InfluxSection | None = None
+    victoriametrics: VictoriaMetricsSection | None = None
 
 
 def tokens_path(cfg: CentralConfig) -> Path:
@@ -134,9 +136,27 @@ def _cross_check(cfg: CentralConfig) -> list[tuple[Path_, str]]:
             errs.append((("sources", i, "id"), "a node cannot be its own source"))
     if cfg.state.backend == "postgres" and not cfg.state.dsn:
         errs.append((("state", "dsn"), "backend postgres needs dsn: postgresql://user@host/dbname"))
+    errs += _vm_check(cfg)
     up = cfg.upstream
     if up is not None and up.mode == "push" and not up.url:
         errs.append((("upstream", "url"), "upstream mode push needs url: https://host:port"))
+    return errs
+
+
+def _vm_check(cfg: CentralConfig) -> list[tuple[Path_, str]]:
+    vm = cfg.victoriametrics
+    if vm is None:
+        return []
+    errs: list[tuple[Path_, str]] = []
+    if not vm.events_dsn and not (cfg.state.backend == "postgres" and cfg.state.dsn):
+        errs.append((("victoriametrics", "events_dsn"), "events go to PostgreSQL: give events_dsn: "
+                     "postgresql://user@host/db, or use state: {backend: postgres, dsn: ...}"))
+    if cfg.influxdb is not None and not vm.journal:
+        errs.append((("victoriametrics", "journal"), "InfluxDB is written from the per-origin journal: "
+                     "with influxdb: set journal: true here (or drop one of the two stores)"))
+    if vm.query_url is None and any("/insert/" in u for u in vm.url):
+        errs.append((("victoriametrics", "query_url"), "a cluster's insert URL needs query_url: "
+                     "http(s)://vmselect:8481/select/<tenant>/prometheus for the queries"))
     return errs
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from central.config import SourceEntry
 from central.journals import Journals
 from central.state import Commit, State, TableRow
+from central.store_vm import VmStore
 from gateway.core import chantable
 from gateway.core.record import SAMPLES, Record, event_record
 from uplink import envelope, keys
@@ -129,7 +130,8 @@ class Ingest:
     def __init__(self, *, state: State, journals: Journals, recipient: list[keys.NodeKeys],
                  trust: keys.TrustStore, status: dict[str, SourceStatus], origins: dict[str, OriginCursor],
                  tables: dict[str, TableRow], shared: bool, forwarded: Callable[[], None] | None,
-                 on_stored: list[Callable[[str, list[Record]], None]]):
+                 on_stored: list[Callable[[str, list[Record]], None]], store: VmStore | None = None,
+                 journal: bool = True):
         self.state = state
         self.journals = journals
         self.recipient = recipient
@@ -140,6 +142,8 @@ class Ingest:
         self.shared = shared
         self.forwarded = forwarded
         self.on_stored = on_stored
+        self.store = store  # VictoriaMetrics + PostgreSQL: acknowledged before the cursor moves
+        self.journal = journal  # keep the per-origin journal (always without a store)
         self.max_payload = envelope.MAX_PAYLOAD  # decoded bytes an envelope may declare
         self._crypto = ThreadPoolExecutor(1, thread_name_prefix="central-open")
 
@@ -288,7 +292,11 @@ class Ingest:
                         return await self._duplicate(src, st, it)
                     new_main, early_add = main, [r.seq for r in new]
                 tables = _tables_in(new) if it.lane == "main" else []
-                if new:
+                if new and self.store is not None:
+                    row = self.tables.get(h.origin)
+                    await self.store.put(h.origin, new, row.doc if row is not None else None,
+                                         main_lane=it.lane == "main")
+                if new and (self.journal or self.store is None):
                     items = [_payload(r) for r in new]
                     if it.lane == "main" and self.shared and cur.appended != main:
                         # this worker's journal resumes an origin other workers stored in

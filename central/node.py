@@ -37,6 +37,7 @@ from central.outbox import OutboxSource
 from central.puller import Puller
 from central.state import PgState, SqliteState, State, TableRow
 from central.status import CentralRoutes, Operators, PositionGuard, status_doc
+from central.store_vm import store_for
 from gateway.core import gmcrypto
 from gateway.core.httplimits import BodyLimit
 from gateway.core.record import Record
@@ -100,11 +101,13 @@ class CentralNode:
         self.outbox = OutboxSource(self.id, self.state)
         self.forward = cfg.upstream is not None
         self.journals = Journals(self.state_dir / "journals", cfg.storage, cfg.influxdb, cfg.base_dir)
+        self.store = store_for(cfg)
         self.ingester = Ingest(state=self.state, journals=self.journals, recipient=self.keys,
                                trust=self.trust, status=self.status, origins=self.origins,
                                tables=self.tables, shared=isinstance(self.state, PgState),
                                forwarded=self.outbox.added if self.forward else None,
-                               on_stored=self.on_stored)
+                               on_stored=self.on_stored, store=self.store,
+                               journal=cfg.victoriametrics is None or cfg.victoriametrics.journal)
         # the one way in for frames, pulled or pushed
         self.ingest = self.ingester.ingest
         self.puller = Puller(sources=self.sources, state=self.state, signer=self.signer,
@@ -137,13 +140,22 @@ class CentralNode:
                                offer=self.configs.offer)
         self.sync_server = SyncServer(
             self.outbox, Verifier(up_trust, node_id=self.id, window_s=window), self.up_link,
-            max_bytes=up.max_bytes if up else 8 * 2**20, extra_routes=routes.routes() + self.configs.routes(),
+            max_bytes=up.max_bytes if up else 8 * 2**20,
+            extra_routes=routes.routes() + self.configs.routes() + self._query_routes(operators),
             info=lambda: {"kind": "central"})
         self.listener: HttpsListener | None = None
         self.pusher: PushClient | None = None
         self.up_peer: Peer | None = None
         self._stop = asyncio.Event()
         self.started_ns = time.time_ns()
+
+    def _query_routes(self, operators: Operators) -> list[Any]:
+        if self.store is None or self.cfg.victoriametrics is None:
+            return []
+        from central import query
+
+        q = query.Queries(self.cfg.victoriametrics, self.store.events)
+        return query.routes(q, operators if self.cfg.listen.status else None)
 
     def status_doc(self) -> dict[str, Any]:
         upstream = None
@@ -157,11 +169,15 @@ class CentralNode:
                          tables=self.tables, journals=self.journals, pulling=self.puller.tasks,
                          upstream=upstream)
         doc["configs"] = self.configs.status()
+        if self.store is not None:
+            doc["victoriametrics"] = self.store.status()
         return doc
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         await self.state.open()
+        if self.store is not None:
+            await self.store.open()
         await self.outbox.load()
         self.tables.update(await self.state.channel_tables())
         if self.cfg.listen.status and not self.tokens.users():
@@ -245,6 +261,8 @@ class CentralNode:
             await self.state.release(self.worker, list(self.sources))
         await self.journals.close()
         await self.configs.close()
+        if self.store is not None:
+            await self.store.close()
         await self.state.close()
         self.ingester.close()
         self.up_link.save()

@@ -139,8 +139,12 @@ class State:
     def _init_sync(self) -> None:
         self.db = self._connect()
         with self._tx():
+            self._lock_ddl()
             for sql in _SCHEMA:
                 self._x(sql.format(serial=self.serial, blob=self.blob))
+
+    def _lock_ddl(self) -> None:
+        """Serialise creating the schema with other processes (nothing to do for SQLite)."""
 
     async def open(self) -> None:
         await self._run(self._init_sync)
@@ -373,11 +377,15 @@ class PgState(State):
     def _tx(self) -> Any:
         return self.db.transaction()
 
+    def _lock_ddl(self) -> None:
+        # several workers may start at once on an empty database: CREATE ... IF NOT EXISTS
+        # racing in two sessions fails (pg_type's unique index), so serialise the DDL
+        self._x("SELECT pg_advisory_xact_lock(727001)")
+
     def _init_sync(self) -> None:
         super()._init_sync()
         with self._tx():
-            # several workers may start at once: serialise the DDL
-            self._x("SELECT pg_advisory_xact_lock(727001)")
+            self._lock_ddl()
             for sql in _PG_SCHEMA:
                 self._x(sql)
 

@@ -19,6 +19,8 @@ if [ "$want_test" = 1 ]; then
   apt_pkgs+=(prometheus adjtimex zstd)
   # make deb and its test: Debian's python3 venv, dpkg-deb, systemd-analyze; lintian checks the .deb
   apt_pkgs+=(python3-venv systemd lintian)
+  # central's province store (tests/fixtures/victoria.py, bench/central_scale.py)
+  apt_pkgs+=(victoria-metrics)
 fi
 
 missing=()
@@ -31,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts these as system services; the tests run their own instances
-  for svc in mosquitto influxdb prometheus; do
+  for svc in mosquitto influxdb prometheus victoria-metrics; do
     if [ "$want_test" = 1 ] && command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
       $SUDO systemctl stop "$svc" || true
     fi

@@ -9,5 +9,6 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.influxd",
     "tests.fixtures.postgres",
+    "tests.fixtures.victoria",
     "tests.fixtures.daemon",
 ]
