@@ -55,7 +55,8 @@ def cell(v: Any, lang: str) -> str:
     if isinstance(v, bool):
         return lab["yes"] if v else lab["no"]
     if isinstance(v, float):
-        return f"{v:g}"
+        # as the page's JavaScript writes a number: shortest form, no ".0"
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else repr(v)
     return str(v)
 
 
