@@ -97,10 +97,16 @@ def _safe(s: str) -> str:
     return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
 
+class FontMissing(Exception):
+    """The CJK font the PDF needs is not installed."""
+
+
 def pdf(rep: dict[str, Any], lang: str) -> bytes:
     from fpdf import FPDF
     from fpdf.fonts import FontFace
 
+    if not CJK_FONT.is_file():
+        raise FontMissing(f"the PDF needs the font {CJK_FONT} (Debian package fonts-noto-cjk)")
     lab = LABELS[lang]
     doc = FPDF(orientation="landscape", format="A4")
     doc.set_auto_page_break(True, margin=12)

@@ -8,7 +8,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 
 from gateway.admin import reportdoc
@@ -73,7 +73,10 @@ def router(ctx: AdminContext) -> APIRouter:
             return rep
         write = reportdoc.pdf if fmt == "pdf" else reportdoc.xlsx
         # the PDF embeds a CJK font subset (a second of CPU): off the event loop
-        body = await asyncio.to_thread(write, rep, lang)
+        try:
+            body = await asyncio.to_thread(write, rep, lang)
+        except reportdoc.FontMissing as e:
+            raise HTTPException(503, str(e)) from None
         name = f"shift-report-{rep['from'][:10]}.{fmt}"
         return Response(body, media_type=MEDIA[fmt],
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
