@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-
 from footprint import generated_config, generated_sims, start_sims, stop_all  # noqa: E402
+
 from gateway.core.tokens import UserStore  # noqa: E402
 from tests.fixtures.cdp import CDP, CHROMIUM  # noqa: E402
 from tests.fixtures.helpers import free_port  # noqa: E402
@@ -72,8 +72,9 @@ OBSERVER = r"""
   new MutationObserver(seen).observe(document, { childList: true, subtree: true });
 })();
 """
-CHANNEL_FETCHES = ("performance.getEntriesByType('resource')"
-                   ".filter(e => new URL(e.name).pathname === '/channels').length")
+CHANNEL_FETCHES = (
+    "performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/channels').length"
+)
 
 
 def reference_page(channels: list[dict[str, Any]], folder: Path) -> Path:
@@ -83,11 +84,14 @@ def reference_page(channels: list[dict[str, Any]], folder: Path) -> Path:
         f"<td>{html.escape(str(c.get('kind')))}</td><td class='value'>{html.escape(str(c.get('value')))}</td>"
         f"<td>{html.escape(str(c.get('unit')))}</td><td>{html.escape(str(c.get('quality')))}</td>"
         f"<td>{html.escape(str(c.get('age_s')))}</td></tr>"
-        for c in channels)
+        for c in channels
+    )
     page = folder / "reference.html"
-    page.write_text("<!doctype html><meta charset=utf-8><title>reference</title>"
-                    "<table id=channels><thead><tr><th>channel<th>kind<th>value<th>unit<th>quality<th>age"
-                    f"</thead><tbody>{rows}</tbody></table>")
+    page.write_text(
+        "<!doctype html><meta charset=utf-8><title>reference</title>"
+        "<table id=channels><thead><tr><th>channel<th>kind<th>value<th>unit<th>quality<th>age"
+        f"</thead><tbody>{rows}</tbody></table>"
+    )
     return page
 
 
@@ -109,8 +113,12 @@ def first_render(chrome: CDP, url: str, timeout: float, token: str | None = None
     sign_in = f"sessionStorage.setItem('safegw.token', {json.dumps(token)});" if token else ""
     chrome.send("Page.addScriptToEvaluateOnNewDocument", {"source": sign_in + OBSERVER})
     chrome.send("Page.navigate", {"url": url})
-    got = chrome.wait("window.__bench && window.__bench.paintedAt !== null && "
-                      "[window.__bench.paintedAt, window.__bench.rows]", timeout=timeout, what="the first rows")
+    got = chrome.wait(
+        "window.__bench && window.__bench.paintedAt !== null && "
+        "[window.__bench.paintedAt, window.__bench.rows]",
+        timeout=timeout,
+        what="the first rows",
+    )
     return float(got[0]), int(got[1])
 
 
@@ -132,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="safegw-page-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        sims, endpoints = start_sims(generated_sims(args.channels, args.per_device, args.sim_procs, tmp), ROOT)
+        sims, endpoints = start_sims(
+            generated_sims(args.channels, args.per_device, args.sim_procs, tmp), ROOT
+        )
         cfg = generated_config(args.channels, args.per_device, endpoints, tmp)
         port = free_port()
         with cfg.open("a") as f:
@@ -141,9 +151,23 @@ def main(argv: list[str] | None = None) -> int:
         state.mkdir()
         token = UserStore(state / "users.json").add("bench", "viewer")
         log = (tmp / "daemon.log").open("wb")
-        daemon = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg), "--state-dir",
-                                   str(state), "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=log)
+        daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "-c",
+                str(cfg),
+                "--state-dir",
+                str(state),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         chrome: CDP | None = None
         srv = None
         base = f"http://127.0.0.1:{port}"
@@ -177,15 +201,25 @@ def main(argv: list[str] | None = None) -> int:
                 n1, m1 = chrome.js(CHANNEL_FETCHES), metrics(chrome)
                 refreshes = max(1, n1 - n0)
 
-                def per(name: str, a: dict[str, float] = m0, b: dict[str, float] = m1, k: int = refreshes) -> float:
+                def per(
+                    name: str, a: dict[str, float] = m0, b: dict[str, float] = m1, k: int = refreshes
+                ) -> float:
                     return round((b.get(name, 0.0) - a.get(name, 0.0)) * 1000 / k, 2)
 
                 ref_ms, ref_rows = first_render(chrome, ref_base + "/reference.html", args.timeout)
-                runs.append({"first_render_ms": round(page_ms, 1), "rows_painted": rows,
-                             "reference_static_ms": round(ref_ms, 1), "reference_rows": ref_rows,
-                             "refreshes": n1 - n0, "update_script_ms": per("ScriptDuration"),
-                             "update_layout_ms": per("LayoutDuration"),
-                             "update_style_ms": per("RecalcStyleDuration"), "update_task_ms": per("TaskDuration")})
+                runs.append(
+                    {
+                        "first_render_ms": round(page_ms, 1),
+                        "rows_painted": rows,
+                        "reference_static_ms": round(ref_ms, 1),
+                        "reference_rows": ref_rows,
+                        "refreshes": n1 - n0,
+                        "update_script_ms": per("ScriptDuration"),
+                        "update_layout_ms": per("LayoutDuration"),
+                        "update_style_ms": per("RecalcStyleDuration"),
+                        "update_task_ms": per("TaskDuration"),
+                    }
+                )
                 print(json.dumps(runs[-1]), flush=True)
         finally:
             if chrome is not None:
@@ -204,10 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     def med(k: str) -> float:
         return round(statistics.median(r[k] for r in runs), 2)
 
-    out = {k: med(k) for k in ("first_render_ms", "reference_static_ms", "update_script_ms", "update_layout_ms",
-                               "update_style_ms", "update_task_ms", "refreshes", "rows_painted")}
-    out.update({"channels": args.channels, "target_first_render_ms": TARGET_MS,
-                "meets_target": out["first_render_ms"] <= TARGET_MS, "runs": runs})
+    out: dict[str, Any] = {
+        k: med(k)
+        for k in (
+            "first_render_ms",
+            "reference_static_ms",
+            "update_script_ms",
+            "update_layout_ms",
+            "update_style_ms",
+            "update_task_ms",
+            "refreshes",
+            "rows_painted",
+        )
+    }
+    out.update(
+        {
+            "channels": args.channels,
+            "target_first_render_ms": TARGET_MS,
+            "meets_target": out["first_render_ms"] <= TARGET_MS,
+            "runs": runs,
+        }
+    )
     print(json.dumps(out))
     return 0
 
