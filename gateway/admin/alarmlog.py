@@ -16,6 +16,8 @@ from typing import Any
 
 from gateway.core.record import EVENT
 from gateway.store.queries import SCAN_EVENTS_MAX, events_backwards
+from rules.settings import HEALTH_RULES as _HEALTH
+from rules.settings import LIMIT_LEVELS, MAINTENANCE, RULES
 
 ALARM_PREFIX = b'{"type":"alarm"'
 #: how far before a window's start the scan looks for the raise of an alarm still active
@@ -23,9 +25,9 @@ ALARM_PREFIX = b'{"type":"alarm"'
 LOOKBACK_NS = 24 * 3600 * 10**9
 #: the health rules (rules/settings.py HEALTH_RULES): a channel in one of them is faulty,
 #: not in process alarm
-HEALTH_RULES = ("stale", "bad", "range", "frozen")
+HEALTH_RULES = tuple(RULES[r] for r in _HEALTH)
 #: events of these rules are not alarms of their own (maintenance is a suppression state)
-NOT_ALARMS = ("maintenance",)
+NOT_ALARMS = (MAINTENANCE,)
 #: level order for "worst level of a period": |code| of the limit rule, 1 for the others
 _LEVEL_RANK = {"hh": 2, "ll": 2, "h": 1, "l": 1}
 
@@ -173,6 +175,7 @@ def overlapping(ps: list[Period], t0: int, t1: int) -> list[Period]:
 # --------------------------------------------------------------------------- history filters
 
 #: the filters of GET /alarms/history and what each may hold
+LEVELS = (*LIMIT_LEVELS.values(), *(r for r in RULES if r != "limit"), "normal", MAINTENANCE)
 STATES = ("active_unacked", "active_acked", "cleared_unacked", "normal", "suppressed")
 TRANSITIONS = ("raise", "clear", "escalate", "deescalate", "ack", "shelve", "unshelve", "suppress",
                "unsuppress")

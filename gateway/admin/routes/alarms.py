@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import Field
 
-from gateway.admin.alarmlog import STATES, TRANSITIONS, Filter, history_page
+from gateway.admin.alarmlog import LEVELS, STATES, TRANSITIONS, Filter, history_page
 from gateway.admin.auth import Operator, Viewer
 from gateway.admin.context import AdminContext, StrictBody
 from gateway.admin.registers import Invalid
@@ -82,6 +82,17 @@ def router(ctx: AdminContext) -> APIRouter:
                            ("transition", transition)):
             if vals is not None and len(vals) > MAX_FILTER_VALUES:
                 errs.append((("query", name), f"at most {MAX_FILTER_VALUES} values"))
+        # FastAPI bounds a list parameter's count, not its items: each item is checked here
+        for name, vals, longest in (("channel", channel, 200), ("level", level, 16), ("state", state, 32),
+                                    ("transition", transition, 16)):
+            for v in vals or ():
+                if len(v) > longest:
+                    errs.append((("query", name), f"at most {longest} characters, got {len(v)}"))
+        if errs:
+            raise Invalid(errs)
+        for v in level or ():
+            if v not in LEVELS:
+                errs.append((("query", "level"), f"expected one of {', '.join(LEVELS)}, got {v!r}"))
         for v in state or ():
             if v not in STATES:
                 errs.append((("query", "state"), f"expected one of {', '.join(STATES)}, got {v!r}"))
