@@ -6,7 +6,7 @@ an admin's token) or, by default, against the demo plant started here: the bundl
 simulators (config/sim-demo.yaml) and the gateway on config/demo.yaml, moved to free ports,
 its admin API on a free loopback port and an admin token made for the run. The demo's
 leak scenarios raise alarms within a minute; the script waits for the first before it
-takes the pictures. Headless Chromium (Debian's package) over the DevTools pipe.
+takes the pictures (about two minutes). Headless Chromium (Debian's package) over the DevTools pipe.
 
     .venv/bin/python scripts/screenshots.py                      # the demo, into docs/screenshots/
     .venv/bin/python scripts/screenshots.py --url URL --token-file FILE --out /tmp/shots
@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                 procs, url, token = start_demo(tmp)
             api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=20)
             wait(lambda: api.get("/health").status_code == 200, "the admin API", 60)
-            # a plant with something to show: the demo's leaks raise alarms within a minute or two
-            wait(lambda: api.get("/alarms", params={"history": 50}).json()["history"], "a first alarm",
-                 args.timeout)
+            # a plant with something to show: the demo's first leak raises and clears its alarm
+            # within about two minutes
+            wait(lambda: any(e.get("transition") == "clear" and e.get("kind") == "gas"
+                             for e in api.get("/alarms", params={"history": 200}).json()["history"]),
+                 "a first alarm raised and cleared", args.timeout)
             me = api.get("/whoami").json() if api.get("/whoami").status_code == 200 else {"role": "viewer"}
             gas = next((c["name"] for c in api.get("/channels", params={"kind": "gas"}).json()["channels"]),
                        None) or api.get("/channels").json()["channels"][0]["name"]
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                         # until the page's shell is there, the view alone, as the tests mount it
                         from tests.fixtures.pageview import mount_view
 
-                        mount_view(chrome, url, token, name, hash_, lang=args.lang, role=me.get("role", "viewer"))
+                        role = me.get("role", "viewer")
+                        mount_view(chrome, url, token, name, hash_, lang=args.lang, role=role)
                     else:
                         continue
                     try:
@@ -150,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                     except AssertionError as e:
                         print(f"skipped {name}: {e}", file=sys.stderr)
                         continue
+                    if name == "trends":
+                        # zoomed to the last 10 minutes, as a person drags across the chart
+                        chrome.js("(() => { const u = document.querySelector('.trend-chart').uplot;"
+                                  "u.setScale('x', {min: u.scales.x.max - 600, max: u.scales.x.max}); })()")
                     # the page's own refresh and fonts settle on the next frames, not by the clock
                     chrome.js("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
                     png = base64.b64decode(chrome.send("Page.captureScreenshot", {"format": "png"})["data"])

@@ -20,7 +20,9 @@ function query(ctx) {
 // the trend documents of several channels as uPlot's columns: one x (seconds) shared by all,
 // each channel's values (or mean, and min/max when alone and aggregated), then its limits
 export function columns(docs, t) {
-  const xs = Array.from(new Set(docs.flatMap((d) => d.points.map((p) => p.t)))).sort((a, b) => a - b);
+  // the window's ends are on the x axis too, so the limit lines span the whole range asked for
+  const ends = docs.length ? [docs[0].from_t, docs[0].to_t] : [];
+  const xs = Array.from(new Set([...ends, ...docs.flatMap((d) => d.points.map((p) => p.t))])).sort((a, b) => a - b);
   const at = new Map(xs.map((x, i) => [x, i]));
   const data = [xs];
   const series = [{}];
@@ -190,7 +192,14 @@ export async function mount(root, ctx) {
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), ctx.tz || "UTC"),
       scales: { x: { time: true } },
       series,
-      axes: [{}, { label: st.docs.map((d) => d.unit).filter((u, i, a) => u && a.indexOf(u) === i).join(" / ") }],
+      // times on the site's 24-hour clock, with the date when the range spans days
+      axes: [{ values: (u, splits) => {
+        const span = u.scales.x.max - u.scales.x.min;
+        return splits.map((x) => {
+          const s = ctx.fmtTime(new Date(x * 1e3));
+          return span > 86400 ? s.slice(5, 16) : span < 1800 ? s.slice(11, 19) : s.slice(11, 16);
+        });
+      } }, { label: st.docs.map((d) => d.unit).filter((u, i, a) => u && a.indexOf(u) === i).join(" / ") }],
       cursor: { drag: { x: true, y: false } },
       hooks: {
         // the alarm periods, shaded under the lines
@@ -212,7 +221,7 @@ export async function mount(root, ctx) {
     st.zoomed = false;
     chartBox.uplot = st.plot;       // the chart's own data, for tests and tools
     chartBox.alarmPeriods = spans;
-    chartBox.dataset.points = String(data[0].length);
+    chartBox.dataset.points = String(st.docs.reduce((n, d) => n + d.points.length, 0));
     // a double-click zooms out to the whole range asked for, not only the data's extent
     st.plot.over.addEventListener("dblclick", () => { st.plot.setScale("x", { min: from, max: to }); st.zoomed = false; });
   }
