@@ -165,6 +165,13 @@ def test_alarm_view_rows_are_the_apis(site: Any, tmp_path: Path) -> None:
         # page's rows are the API's list at the time, newest first, without gaps
         page_seqs = [int(r[0]) for r in rows]
         assert page_seqs == [e["seq"] for e in api if e["seq"] <= page_seqs[0]]
+
+        # in Chinese: every word of the view (options included) has its string, none shows a key
+        mount_view(chrome, site.daemon.url, site.tokens["viewer"], "alarms", "#/alarms?range=1h",
+                   lang="zh-CN")
+        chrome.wait("document.querySelector('#alarm-history')?.dataset.loaded", what="the history in Chinese")
+        text = chrome.js("document.getElementById('view').textContent")
+        assert "报警历史" in text and "高高" in text and not re.search(r"alarms\.[a-z_]", text), text
         assert not chrome.errors(), chrome.errors()
     finally:
         chrome.close()
@@ -240,6 +247,8 @@ def test_shift_report_json_pdf_xlsx_and_view(site: Any, tmp_path: Path) -> None:
                           ".map(r => Array.from(r.cells).map(c => c.textContent))")
         want_cells = [[cell(row[c], "zh-CN") for c in ALARM_COLS] for row in rep["alarms"]]
         assert cells == want_cells
+        text = chrome.js("document.getElementById('view').textContent")
+        assert "交接班报告" in text and not re.search(r"report\.[a-z_]", text), text
         total = chrome.js("document.querySelector('#report-summary tr[data-key=alarms] td').textContent")
         assert total == "2"
         chrome.click("#report-pdf")

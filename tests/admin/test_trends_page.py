@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,12 @@ def test_trend_chart_data_limits_alarm_period_and_csv(tmp_path: Path, sim_factor
             p = api_rows[r["time"]]
             assert float(r["value"]) == p["mean"] and float(r["min"]) == p["min"]
             assert float(r["max"]) == p["max"] and int(r["n"]) == p["n"]
+
+        # in Chinese: the controls, legend and period table have their strings, no key shows
+        mount_view(chrome, d.url, tokens["viewer"], "trends", "#/trends?ch=GT-1&range=8h", lang="zh-CN")
+        chrome.wait(f"{CHART}?.dataset.loaded", what="the chart in Chinese")
+        text = chrome.js("document.getElementById('view').textContent")
+        assert "趋势" in text and "GT-1 HH 限值" in text and not re.search(r"trends\.[a-z_]", text), text
         assert not chrome.errors(), chrome.errors()
     finally:
         chrome.close()
