@@ -113,11 +113,12 @@ def test_trend_chart_data_limits_alarm_period_and_csv(tmp_path: Path, sim_factor
         shown = [(p["start"], p["end"]) for p in chart["periods"] if p["rule"] == "limit"]
         ended = [s for s in shown if s[1] is not None]
         assert ended and all(s in journal for s in ended), (shown, journal)
-        assert all(p["level"] == "hh" for p in chart["periods"] if p["end"] is not None)
+        # (under load a health alarm, stale, may come too: the leak's are the limit rule's)
+        leaks = [p for p in chart["periods"] if p["rule"] == "limit" and p["end"] is not None]
+        assert leaks and all(p["level"] == "hh" for p in leaks), chart["periods"]
         # and the shading is painted there: a pixel near the plot's top inside a period is
         # tinted red, one outside every period is not
-        start_t = next(p["start_t"] for p in chart["periods"] if p["end"] is not None)
-        end_t = next(p["end_t"] for p in chart["periods"] if p["end"] is not None)
+        start_t, end_t = leaks[0]["start_t"], leaks[0]["end_t"]
         pixel = (
             f"((t) => {{ const u = {CHART}.uplot; const x = Math.round(u.valToPos(t, 'x', true));"
             "const y = Math.round(u.bbox.top + 3); return Array.from(u.ctx.getImageData(x, y, 1, 1).data); })"
