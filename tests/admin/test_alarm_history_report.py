@@ -105,7 +105,8 @@ def test_alarm_history_api_filters_and_errors(site: Any) -> None:
     hh = api_rows(site, **{"from": "1h", "level": "hh", "transition": "raise"})["events"]
     assert hh and all(e["level"] == "hh" and e["transition"] == "raise" for e in hh)
     acks = api_rows(site, **{"from": "1h", "transition": "ack"})["events"]
-    assert [(e["channel"], e["who"]) for e in acks] == [("GT-1", "operator-user")]
+    # (one event per alarm the acknowledge met: under load GT-1 may also be stale a moment)
+    assert acks and {(e["channel"], e["who"]) for e in acks} == {("GT-1", "operator-user")}
     # paging: pages of 2 join up to the whole list, without gaps or repeats
     seqs, before = [], None
     while True:
@@ -201,14 +202,20 @@ def test_shift_report_json_pdf_xlsx_and_view(site: Any, tmp_path: Path) -> None:
     assert len(gt1) == 1 and gt1[0]["level"] == "hh" and gt1[0]["ack_by"] == "operator-user"
     assert gt1[0]["area"] == "tank-farm" and gt1[0]["cleared"]
     # the times are the journal's, on the site's clock (UTC+8)
-    ev = {e["transition"]: e for e in site.daemon.events("alarm") if e["channel"] == "GT-1"}
+    ev = {e["transition"]: e for e in site.daemon.events("alarm")
+          if e["channel"] == "GT-1" and e["rule"] == "limit"}
     shanghai = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ev["raise"]["ts"] / 1e9 + 8 * 3600))
     assert gt1[0]["raised"] == shanghai
     assert gt1[0]["ack_after_s"] == round((ev["ack"]["ts"] - ev["raise"]["ts"]) / 1e9, 1)
     gt2 = [a for a in rep["alarms"] if a["channel"] == "GT-2"]
     assert gt2 and gt2[0]["acknowledged"] is None and gt2[0]["level"] == "h"
     assert rep["summary"]["alarms"] == 2 and rep["summary"]["unacknowledged"] == 1
-    assert [f["channel"] for f in rep["faulty"]] == ["PT-9"] and rep["faulty"][0]["faulty_s"] > 0
+    # faulty: the channels with a health alarm in the journal (PT-9, its device dead; under
+    # load a polled channel may go stale for a moment too)
+    health = {e["channel"] for e in site.daemon.events("alarm")
+              if e["rule"] in ("stale", "bad", "range", "frozen") and e["code"]}
+    assert "PT-9" in health and {f["channel"] for f in rep["faulty"]} == health
+    assert all(f["faulty_s"] > 0 for f in rep["faulty"])
     assert {t["channel"]: t["count"] for t in rep["top"]} == {"GT-1": 1, "GT-2": 1}
 
     for lang in ("en", "zh-CN"):
