@@ -189,3 +189,22 @@ def test_standing_alarm() -> None:
     ps = periods([ev(0, "raise", 1)])
     rep = build(ps, 2 * day, 2 * day + 8 * 3600 * S, tz=tz, areas={}, complete=True, now_ns=3 * day)
     assert rep["summary"]["standing"] == 1 and rep["alarms"][0]["cleared"] is None
+
+
+def test_pdf_lists_at_most_its_row_bound_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    import pypdf
+
+    from gateway.admin import reportdoc
+
+    monkeypatch.setattr(reportdoc, "PDF_MAX_ROWS", 5)
+    evs = []
+    for k in range(8):
+        evs += [ev(100 + 10 * k, "raise", 1, ch=f"GT-{k}"), ev(105 + 10 * k, "clear", 0, ch=f"GT-{k}")]
+    rep = build(periods(evs), 0, 3600 * S, tz=ZoneInfo("UTC"), areas={}, complete=True, now_ns=3600 * S)
+    text = "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(reportdoc.pdf(rep, "en"))).pages)
+    text = text.replace("\x00", "")  # pypdf reads fpdf2's two-byte codes with a NUL each
+    assert "The first 5 of 8 rows" in text
+    alarms_part = text.split("Faulty channels")[0]
+    assert "GT-4" in alarms_part and "GT-5" not in alarms_part

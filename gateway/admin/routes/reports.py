@@ -40,6 +40,8 @@ def site_zone(ctx: AdminContext, tz: str | None) -> ZoneInfo:
 def router(ctx: AdminContext) -> APIRouter:
     r = APIRouter()
     daemon = ctx.daemon
+    # one file written at a time: a PDF costs CPU-seconds, and the API shares the daemon's host
+    writing = asyncio.Semaphore(1)
 
     @r.get("/reports/shift", tags=["reports"],
            summary="shift report: alarms and acknowledgements, faulty channels, top alarm sources")
@@ -74,7 +76,8 @@ def router(ctx: AdminContext) -> APIRouter:
         write = reportdoc.pdf if fmt == "pdf" else reportdoc.xlsx
         # the PDF embeds a CJK font subset (a second of CPU): off the event loop
         try:
-            body = await asyncio.to_thread(write, rep, lang)
+            async with writing:
+                body = await asyncio.to_thread(write, rep, lang)
         except reportdoc.FontMissing as e:
             raise HTTPException(503, str(e)) from None
         name = f"shift-report-{rep['from'][:10]}.{fmt}"
