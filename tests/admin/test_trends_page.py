@@ -146,6 +146,17 @@ def test_trend_chart_data_limits_alarm_period_and_csv(tmp_path: Path, sim_factor
             assert float(r["value"]) == p["mean"] and float(r["min"]) == p["min"]
             assert float(r["max"]) == p["max"] and int(r["n"]) == p["n"]
 
+        # two channels overlaid: each one's mean and its own limit lines, its values the API's
+        mount_view(chrome, d.url, tokens["viewer"], "trends", "#/trends?ch=GT-1,GT-2&range=1h")
+        chrome.wait(f"{CHART}?.dataset.loaded", what="the overlaid chart")
+        two = chrome.js(f"(() => {{ const u = {CHART}.uplot; return {{ data: u.data,"
+                        "labels: u.series.map(s => s.label) }; })()")
+        assert two["labels"][1:] == ["GT-1 mean", "GT-1 HH limit", "GT-1 H limit",
+                                     "GT-2 mean", "GT-2 HH limit", "GT-2 H limit"]
+        gt2 = {p["t"]: p["mean"] for p in api.get("/trend/GT-2", params={"range": "1h"}).json()["points"]}
+        pairs = [(x, y) for x, y in zip(two["data"][0], two["data"][4], strict=True) if x in gt2]
+        assert len(pairs) >= 2 and all(y == gt2[x] for x, y in pairs[:-1]), pairs
+
         # in Chinese: the controls, legend and period table have their strings, no key shows
         mount_view(chrome, d.url, tokens["viewer"], "trends", "#/trends?ch=GT-1&range=8h", lang="zh-CN")
         chrome.wait(f"{CHART}?.dataset.loaded", what="the chart in Chinese")
