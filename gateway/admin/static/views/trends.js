@@ -1,6 +1,7 @@
 // Trend charts (#/trends?ch=A,B&range=1h): one or more channels of an area overlaid over the
 // last 1 h / 8 h / 24 h / 7 d, with the alarm limits drawn as lines and the alarm periods
-// shaded, zoom (drag; double-click or the button to go back), and the shown data as CSV.
+// shaded, zoom (a drag asks the server for that window again, at the finer interval it
+// allows; double-click or the button goes back), and the shown data as CSV.
 // Data: GET /trend/<channel> (InfluxDB when configured, else the journal; min/mean/max per
 // interval for long ranges). Chart: uPlot, vendored (views/chart.js).
 
@@ -64,7 +65,8 @@ export function toCsv(docs, x0, x1, fmtTime) {
   for (const d of docs) {
     const agg = d.every_s !== null && d.every_s !== undefined;
     for (const p of d.points) {
-      if (p.t < x0 || p.t > x1) continue;
+      // an interval counts when it overlaps the window (its time is its start)
+      if (p.t > x1 || p.t + (agg ? d.every_s : 0) <= x0) continue;
       const row = agg ? [d.channel, p.ts, fmtTime(p.ts), p.mean, p.min, p.max, p.n]
                       : [d.channel, p.ts, fmtTime(p.ts), p.value, "", "", ""];
       lines.push(row.map(csvCell).join(","));
@@ -79,7 +81,7 @@ export async function mount(root, ctx) {
   const st = {
     channels: (q.get("ch") || "").split(",").map((s) => s.trim()).filter(Boolean).slice(0, MAX_CHANNELS),
     range: RANGES.includes(q.get("range")) ? q.get("range") : "1h",
-    docs: [], plot: null, zoomed: false, timer: null, csvUrl: null, gone: false,
+    docs: [], plot: null, zoom: null, timer: null, csvUrl: null, gone: false,
   };
   root.append(el("h2", t("trends.title")));
 
@@ -103,7 +105,7 @@ export async function mount(root, ctx) {
     const b = el("button", r);
     b.type = "button";
     b.dataset.range = r;
-    b.addEventListener("click", () => { st.range = r; load(); });
+    b.addEventListener("click", () => { st.range = r; st.zoom = null; load(); });
     ranges.append(b);
   }
   const addSel = el("select");
@@ -213,17 +215,23 @@ export async function mount(root, ctx) {
             c.fillRect(x0, u.bbox.top, Math.max(1, x1 - x0), u.bbox.height);
           }
         }],
-        setSelect: [(u) => { if (u.select.width > 0) st.zoomed = true; }],
+        // a drag zooms: the window is asked of the server again, at the finer interval it allows
+        setSelect: [(u) => {
+          if (u.select.width < 2) return;
+          const a = u.posToVal(u.select.left, "x"), b = u.posToVal(u.select.left + u.select.width, "x");
+          if (b - a < 1) return;
+          st.zoom = { from: a, to: b };
+          load();
+        }],
       },
     };
     st.plot = new uPlot(opts, data, chartBox);
     st.plot.setScale("x", { min: from, max: to });
-    st.zoomed = false;
     chartBox.uplot = st.plot;       // the chart's own data, for tests and tools
     chartBox.alarmPeriods = spans;
     chartBox.dataset.points = String(st.docs.reduce((n, d) => n + d.points.length, 0));
     // a double-click zooms out to the whole range asked for, not only the data's extent
-    st.plot.over.addEventListener("dblclick", () => { st.plot.setScale("x", { min: from, max: to }); st.zoomed = false; });
+    st.plot.over.addEventListener("dblclick", unzoom);
   }
 
   async function load() {
@@ -238,8 +246,10 @@ export async function mount(root, ctx) {
       return;
     }
     try {
+      const iso = (x) => new Date(x * 1e3).toISOString();
+      const q = st.zoom ? "from=" + iso(st.zoom.from) + "&to=" + iso(st.zoom.to) : "range=" + st.range;
       const docs = await Promise.all(st.channels.map((c) =>
-        ctx.api("/trend/" + encodeURIComponent(c) + "?range=" + st.range)));
+        ctx.api("/trend/" + encodeURIComponent(c) + "?" + q)));
       if (st.gone) return;
       st.docs = docs;
       const notes = [t("trends.source", { source: docs[0].source }),
@@ -249,7 +259,8 @@ export async function mount(root, ctx) {
       }
       if (docs.some((d) => d.every_s)) notes.push(t("trends.aggregated", { every: docs.find((d) => d.every_s).every_s }));
       info.textContent = notes.join(" · ");
-      if (!st.zoomed) draw();
+      draw();
+      reset.disabled = !st.zoom;
       renderPeriods();
       await fillAreaChoices();
       chartBox.dataset.loaded = String(Date.now());
@@ -257,10 +268,12 @@ export async function mount(root, ctx) {
       if (st.gone) return;
       error.textContent = e.message;
     }
-    if (!st.gone) st.timer = setTimeout(load, REFRESH_MS[st.range]);
+    // a zoomed window is history: it is not reloaded
+    if (!st.gone && !st.zoom) st.timer = setTimeout(load, REFRESH_MS[st.range]);
   }
 
   show.addEventListener("click", () => {
+    st.zoom = null;
     st.channels = input.value.split(",").map((s) => s.trim()).filter(Boolean).slice(0, MAX_CHANNELS);
     load();
   });
@@ -268,14 +281,16 @@ export async function mount(root, ctx) {
   addBtn.addEventListener("click", () => {
     if (!addSel.value || st.channels.length >= MAX_CHANNELS) return;
     st.channels.push(addSel.value);
+    st.zoom = null;
     input.value = st.channels.join(",");
     load();
   });
-  reset.addEventListener("click", () => {
-    if (!st.plot) return;
-    st.plot.setScale("x", { min: st.docs[0].from_t, max: st.docs[0].to_t });
-    st.zoomed = false;
-  });
+  function unzoom() {
+    if (!st.zoom) return;
+    st.zoom = null;
+    load();
+  }
+  reset.addEventListener("click", unzoom);
   exportBtn.addEventListener("click", () => {
     if (!st.docs.length || !st.plot) return;
     const csv = toCsv(st.docs, st.plot.scales.x.min, st.plot.scales.x.max, ctx.fmtTime);
