@@ -215,7 +215,9 @@ def test_shift_report_json_pdf_xlsx_and_view(site: Any, tmp_path: Path) -> None:
     health = {e["channel"] for e in site.daemon.events("alarm")
               if e["rule"] in ("stale", "bad", "range", "frozen") and e["code"]}
     assert "PT-9" in health and {f["channel"] for f in rep["faulty"]} == health
-    assert all(f["faulty_s"] > 0 for f in rep["faulty"])
+    # PT-9 is faulty from its first poll on; a moment's stale under load may round to 0.0 s
+    assert all(f["faulty_s"] >= 0 for f in rep["faulty"])
+    assert next(f for f in rep["faulty"] if f["channel"] == "PT-9")["faulty_s"] > 1.0
     assert {t["channel"]: t["count"] for t in rep["top"]} == {"GT-1": 1, "GT-2": 1}
 
     for lang in ("en", "zh-CN"):
