@@ -213,7 +213,7 @@ def test_shift_report_json_pdf_xlsx_and_view(site: Any, tmp_path: Path) -> None:
     # faulty: the channels with a health alarm in the journal (PT-9, its device dead; under
     # load a polled channel may go stale for a moment too)
     health = {e["channel"] for e in site.daemon.events("alarm")
-              if e["rule"] in ("stale", "bad", "range", "frozen") and e["code"]}
+              if e["rule"] in ("stale", "bad", "range", "frozen") and e["code"] and e["ts"] <= rep["to_ns"]}
     assert "PT-9" in health and {f["channel"] for f in rep["faulty"]} == health
     # PT-9 is faulty from its first poll on; a moment's stale under load may round to 0.0 s
     assert all(f["faulty_s"] >= 0 for f in rep["faulty"])
