@@ -8,7 +8,9 @@ The journal holds ``--seconds`` of ``--channels`` mapped channels polled every s
 until the cursor passed the last record (every message PUBACKed) and a subscriber on
 the same broker holds every message. References measured in the same run: building
 and sealing alone (``build_only_points_per_s``), and publishing the same number of
-prebuilt payloads of the same size with paho at QoS 1 (``send_only_messages_per_s``).
+prebuilt payloads of the same size with paho at QoS 1 (``send_only_messages_per_s``), and
+interval mode's work alone: folding every reading into the latest values and sealing a
+snapshot of every point each 30 s of data time (``interval_fold_points_per_s``).
 Median of ``--runs``. Target: ≥ 50,000 points/s.
 
 Last line: one JSON object. ``.venv/bin/python bench/regulator_template.py`` (under a minute).
@@ -37,6 +39,7 @@ from gateway.core.config_regulators import TemplateAdapter  # noqa: E402
 from gateway.store.journal import Journal  # noqa: E402
 from northbound.base import PointMap  # noqa: E402
 from northbound.template.adapter import TemplatePublisher  # noqa: E402
+from northbound.template.messages import Window  # noqa: E402
 from northbound.template.render import Sealer  # noqa: E402
 from tests.fixtures.mosquitto import Broker  # noqa: E402
 
@@ -116,6 +119,13 @@ async def one_run(broker: Broker, journal: Journal, table: ChannelTable, args: a
     b0 = time.perf_counter()
     built, _n = pub.build(recs)
     build_dt = time.perf_counter() - b0
+    # interval mode's work: folding every reading into the latest values, one sealed
+    # snapshot of every point each 30 s of data time
+    pub.msgs.window = Window()
+    i0 = time.perf_counter()
+    snaps = [pub.body(o) for o in pub.msgs.interval(recs)[0]]
+    interval_dt = time.perf_counter() - i0
+    assert len(snaps) == (args.seconds - 1) // 30, len(snaps)  # the last window stays open
     c = broker.client(f"ref-{run}")
     acked = threading.Event()
     left = [len(built)]
@@ -138,7 +148,8 @@ async def one_run(broker: Broker, journal: Journal, table: ChannelTable, args: a
     c.loop_stop()
     return {"points_per_s": points / dt, "messages_per_s": sent / dt,
             "build_only_points_per_s": points / build_dt, "send_only_messages_per_s": len(built) / send_dt,
-            "messages": sent, "payload_bytes": len(built[0])}
+            "interval_fold_points_per_s": points / interval_dt, "messages": sent,
+            "payload_bytes": len(built[0])}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:

@@ -3,7 +3,8 @@
 Start order: journal, then sinks (historian, MQTT, uplink, API: the *services*),
 then sources (one poller task per device). Stop order is the reverse, with a bounded
 drain so consumers can deliver what is already journaled. Each task is named after
-what it serves (``poll[tank-farm-plc]``).
+what it serves (``poll[tank-farm-plc]``). A live reload (SIGHUP, the API, central)
+starts and stops pollers and services in the same task group (gateway/reload.py).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceUnavailable, Driver, make_driver
-from gateway import chanmap
+from gateway import chanmap, reload
 from gateway.core.aio import within
 from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelTable, LiveTable
+from gateway.core.chantable import is_table_record
 from gateway.core.config import Config
+from gateway.core.record import EVENT, SAMPLES
 from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
-from gateway.services import DeviceState, Service, ServiceFactory
+from gateway.services import DeviceState, ReloadResult, Service, ServiceFactory
 from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -71,9 +74,20 @@ def _jitter(seconds: float) -> float:
 class Gateway:
     """Owns the channel table, live values, journal, rules, services and pollers."""
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], int] = time.time_ns):
+    def __init__(self, cfg: Config, *, clock: Callable[[], int] = time.time_ns,
+                 config_path: str | Path | None = None, config_text: str | None = None,
+                 state_dir_override: Path | None = None):
         self.cfg = cfg
         self.clock = clock
+        path = Path(config_path).resolve() if config_path is not None else None
+        if config_text is None and path is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                config_text = path.read_text(encoding="utf-8")
+        #: the config in force: its text and SHA-256 (of the text), and when it was applied
+        self.config_text = config_text or ""
+        self.config_sha256 = reload.sha256_text(config_text) if config_text is not None else ""
+        self.config_loaded_ns = clock()
+        self.reloader = reload.Reloader(self, path, state_dir_override, SERVICES)
         self.table = ChannelTable.from_config(cfg)
         self.live = LiveTable(len(self.table))
         self.state_dir = Path(cfg.gateway.state_dir)
@@ -97,6 +111,11 @@ class Gateway:
         }
         self.drivers: dict[str, Driver] = {}
         self.services: list[Service] = []
+        self._by_section: dict[str, Service] = {}
+        self._svc_tasks: dict[int, asyncio.Task[None]] = {}  # id(service) -> its run task
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._remap: dict[str, Any] = {}  # device -> driver index to table index (after a reload)
+        self._tg: asyncio.TaskGroup | None = None
         self.notifier = Notifier()
         self.ingested_batches = 0
         self.ingest_errors = 0
@@ -125,11 +144,17 @@ class Gateway:
             log.info("rules: %s", rebuilt)
 
     def _journal_samples(self, after: int, since_ns: int) -> Iterator[Batch]:
-        """Journaled sample batches after sequence ``after`` ending at or after ``since_ns``."""
-        while recs := self.journal.read_sync(after, 500, kinds=(1,)):
+        """Journaled sample batches after sequence ``after`` ending at or after ``since_ns``,
+        numbered as this table (a reload or another config may have numbered them otherwise:
+        each is read by the channel table journaled before it, channels matched by name)."""
+        numbering = reload.Numbering.before(self.state_dir / "journal.db", after, self.table)
+        while recs := self.journal.read_sync(after, 500, kinds=(SAMPLES, EVENT)):
             for r in recs:
-                if r.ts_max >= since_ns:
-                    yield r.batch()
+                if r.kind == EVENT:
+                    if is_table_record(r):
+                        numbering = reload.Numbering(r.event(), self.table)
+                elif r.ts_max >= since_ns:
+                    yield numbering.apply(r.batch())
             after = recs[-1].seq
 
     # ------------------------------------------------------------------ data path
@@ -179,7 +204,7 @@ class Gateway:
         if st.state != "failing":
             log.error("device %s failed: %s", st.name, msg, extra={"device": st.name})
         st.state, st.last_error = "failing", msg
-        self.ingest(drv.bad(self.clock(), cause))
+        self.ingest(reload.renumber(drv.bad(self.clock(), cause), self._remap.get(st.name)))
 
     def _recovered(self, st: DeviceState) -> None:
         if st.state == "failing":
@@ -213,7 +238,7 @@ class Gateway:
                 st.info = drv.info  # the driver keeps it current while it streams
                 try:
                     self._recovered(st)
-                    await drv.stream(self.ingest)
+                    await drv.stream(lambda b: self.ingest(reload.renumber(b, self._remap.get(dev.name))))
                 except DeviceUnavailable as e:
                     self._fail(st, drv, e, e.cause)
                 except (OSError, TimeoutError) as e:
@@ -264,7 +289,7 @@ class Gateway:
                               extra={"device": st.name})
                 st.state = "failing"
                 st.last_error = f"all channels bad (0x{int(batch.quality[0]):02x})"
-            self.ingest(batch)
+            self.ingest(reload.renumber(batch, self._remap.get(dev.name)))
         await drv.close()
 
     async def _sleep(self, seconds: float) -> None:
@@ -310,10 +335,74 @@ class Gateway:
                 raise
             if svc is not None:
                 self.services.append(svc)
+                self._by_section[section] = svc
         chanmap.install(self)  # journals the channel table for central (docs/central.md)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ live reload
+    async def reload_config(self, text: str | None = None, *, source: str) -> ReloadResult:
+        """Validate a new config and apply its difference live (gateway/reload.py)."""
+        if self._tg is None or self._stop.is_set():
+            log.warning("config reload (%s) refused: the daemon is starting or stopping", source)
+            return ReloadResult(False, self.config_sha256, {},
+                                "<config>:1:1: the daemon is starting or stopping: try again")
+        return await self.reloader.reload(text, source)
+
+    def start_poller(self, drv: Driver) -> None:
+        assert self._tg is not None
+        name = drv.device.name
+        self.drivers[name] = drv
+        self._remap.pop(name, None)
+        self._pollers[name] = self._tg.create_task(self._poll_device(drv), name=f"poll[{name}]")
+
+    async def stop_poller(self, name: str) -> None:
+        task, drv = self._pollers.pop(name, None), self.drivers.pop(name, None)
+        self._remap.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if drv is not None:
+            try:
+                await within(drv.close(), reload.POLLER_STOP_S)
+            except (TimeoutError, OSError) as e:
+                log.warning("device %s: its driver did not close cleanly: %s", name, e or type(e).__name__)
+
+    def remap_pollers(self) -> None:
+        """After the table changed: batches of the running drivers renumbered into it."""
+        for name, drv in self.drivers.items():
+            m = reload.remap(drv, self.table)
+            if m is None:
+                self._remap.pop(name, None)
+            else:
+                self._remap[name] = m
+
+    def service_of(self, section: str) -> Service | None:
+        if section == "channel_table":
+            return next((s for s in self.services if s.name == "channel_table"), None)
+        return self._by_section.get(section)
+
+    def start_service(self, section: str, svc: Service) -> None:
+        assert self._tg is not None
+        self.services.append(svc)
+        self._by_section[section] = svc
+        self._svc_tasks[id(svc)] = self._tg.create_task(svc.run(), name=f"service[{svc.name}]")
+
+    async def stop_service(self, section: str) -> Service | None:
+        svc = self._by_section.pop(section, None)
+        if svc is None:
+            return None
+        task = self._svc_tasks.pop(id(svc), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._stop_services([svc])
+        self.services.remove(svc)
+        return svc
 
     async def run(self, *, drain_s: float = 5.0, on_ready: Callable[[], None] | None = None) -> None:
         """Run until stop() (or SIGTERM/SIGINT when installed by the CLI)."""
@@ -323,19 +412,21 @@ class Gateway:
             for svc in self.services:
                 await svc.start()
                 started.append(svc)
+            self.services = started  # a reload adds and removes services here
             async with asyncio.TaskGroup() as tg:
-                svc_tasks = [tg.create_task(svc.run(), name=f"service[{svc.name}]") for svc in started]
+                self._tg = tg
+                for svc in started:
+                    self._svc_tasks[id(svc)] = tg.create_task(svc.run(), name=f"service[{svc.name}]")
                 timers = tg.create_task(self._timers(), name="timers")
-                pollers = []
                 for dev in self.cfg.devices:
-                    if not dev.enabled:
-                        continue
-                    drv = make_driver(dev, self.table.by_device.get(dev.name, []), base_dir=self.cfg.base_dir)
-                    self.drivers[dev.name] = drv
-                    pollers.append(tg.create_task(self._poll_device(drv), name=f"poll[{dev.name}]"))
-                self.notifier.ready(f"{len(pollers)} devices, {len(self.table)} channels")
+                    if dev.enabled:
+                        self.start_poller(make_driver(dev, self.table.by_device.get(dev.name, []),
+                                                      base_dir=self.cfg.base_dir))
+                self.emit_events([reload.config_event(self.config_sha256, "start", {}, self.clock(),
+                                                      self.cfg.gateway.id)])
+                self.notifier.ready(f"{len(self._pollers)} devices, {len(self.table)} channels")
                 log.info("safegw %s running: %d devices, %d channels, state in %s",
-                         self.cfg.gateway.id, len(pollers), len(self.table), self.state_dir)
+                         self.cfg.gateway.id, len(self._pollers), len(self.table), self.state_dir)
                 if on_ready is not None:
                     on_ready()
                 await self._stop.wait()
@@ -348,6 +439,8 @@ class Gateway:
 
                 self.notifier.stopping()
                 log.info("stopping: sources first")
+                async with self.reloader.lock:  # a reload under way finishes first
+                    pollers = list(self._pollers.values())
                 # sources stop by themselves on _stop; give them the poll timeout, then cancel
                 _done, pending = (await asyncio.wait(pollers, timeout=min(2.0, left())) if pollers
                                   else (set(), set()))
@@ -363,7 +456,7 @@ class Gateway:
                 timers.cancel()
                 # sinks: bounded drain of what is already journaled
                 await self._drain(started, left())
-                for t in svc_tasks:
+                for t in self._svc_tasks.values():
                     t.cancel()
         finally:
             await self._stop_services(started)
@@ -404,3 +497,12 @@ def install_signal_handlers(gw: Gateway) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def on_hup() -> None:  # systemctl reload: re-read the file (serialized with other reloads)
+        t = loop.create_task(gw.reload_config(source="sighup"), name="reload[sighup]")
+        reloads.add(t)
+        t.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)

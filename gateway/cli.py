@@ -77,7 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, install_signal_handlers
 
     async def main() -> None:
-        gw = Gateway(cfg)
+        gw = Gateway(cfg, config_path=args.config,
+                     state_dir_override=Path(args.state_dir) if args.state_dir else None)
         install_signal_handlers(gw)
         await gw.run(drain_s=args.drain)
         # The journal is closed: everything taken is on disk and every consumer resumes

@@ -5,11 +5,14 @@ and the regulator adapters and notifiers to come) is a ``Service``: it is built 
 its config section by a factory listed in ``gateway.app.SERVICES``, started before
 the sources (``start``), run in the daemon's task group (``run``), given a bounded
 time to deliver what is already journaled at shutdown (``drain``), then stopped
-(``stop``). ``stats`` is what ``/status`` and ``/metrics`` show of it.
+(``stop``). ``stats`` is what ``/status`` and ``/metrics`` show of it. A service that
+keeps views of the channel table or the rules may have ``on_reload()``, called after a
+live reload swapped them (one whose section changed is restarted instead).
 
 A service sees the daemon through ``DaemonContext``: the config, the journal, the
 channel table, the live values, the rules engine, the clock and ``emit_events``; not
-the daemon object's other insides.
+the daemon object's other insides. ``reload_config`` applies a new config live
+(gateway/reload.py); ``ReloadResult`` is its answer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,19 @@ from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
 from gateway.store.journal import Journal
 from rules.engine import RulesEngine
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a live reload did (``DaemonContext.reload_config``)."""
+
+    ok: bool
+    #: SHA-256 of the config text now in force (the old one when refused)
+    sha256: str
+    #: what changed (empty when refused or when nothing changed)
+    diff: dict[str, Any]
+    #: ``FILE:LINE:COL: message`` lines when refused
+    error: str | None
 
 
 @dataclass
@@ -77,9 +93,22 @@ class DaemonContext(Protocol):
     ingest_errors: int
     #: ns since the epoch (injectable in tests)
     clock: Callable[[], int]
+    #: the text of the config in force and its SHA-256 ("" when started from a model alone)
+    config_text: str
+    config_sha256: str
+    #: when the config in force was applied (ns since the epoch)
+    config_loaded_ns: int
 
     def emit_events(self, events: list[dict[str, Any]]) -> None:
         """Journal events made outside the rules tick (operator commands, registers)."""
+        ...
+
+
+    async def reload_config(self, text: str | None = None, *, source: str) -> ReloadResult:
+        """Validate a new config fully and apply only its difference, live. ``text`` None:
+        re-read the config file; with ``text``: that text, as if it were the file (relative
+        paths against the file's folder), the file itself left as it is. ``source`` says
+        who asked (``sighup``, ``api:<user>``, ``central``). Reloads are serialized."""
         ...
 
 

@@ -45,7 +45,8 @@ class RegulatorsService:
         """Wait (bounded by the caller) until every connected adapter has sent what it can:
         the newest real-time window and period stay open until newer samples close them,
         and go out after the restart."""
-        await asyncio.gather(*(a.idle.wait() for a in self.adapters if a.stats_.connected))
+        await asyncio.gather(*(a.drain() if isinstance(a, TemplatePublisher) else a.idle.wait()
+                               for a in self.adapters if a.stats_.connected))
 
     async def stop(self) -> None:
         for a in reversed(self.adapters):
@@ -115,4 +116,5 @@ def _template(ctx: DaemonContext, cfg: TemplateAdapter) -> TemplatePublisher:
         cfg = cfg.model_copy(update={"http": h.model_copy(update={"ca_file": resolve_path(h.ca_file, base)})})
     names = [c.name for c in ctx.table.channels]
     return TemplatePublisher(cfg, ctx.journal, PointMap(cfg.points, ctx.table), names, sealer=sealer,
-                             password=pw)
+                             password=pw, table=ctx.table, state_dir=ctx.state_dir,
+                             gateway_id=ctx.cfg.gateway.id)

@@ -17,8 +17,9 @@ simulator reads the speed the gateway set on its end of the pty (tcgetattr: ptys
 it) and passes every byte through simulators.uart, both ways, so a frame sent at the
 wrong rate reaches a unit as garbage (a bad CRC) and its reply reaches the gateway as
 garbage. ``stats`` (a control message ``{"to": NAME, "stats": true}``) counts requests,
-write requests (function codes 5, 6, 15, 16, 22, 23: a scan must send none) and, on
-RTU, requests that came sooner than 3.5 character times after the unit's last reply.
+write requests (function codes 5, 6, 15, 16, 22, 23: a scan must send none), TCP
+connections accepted and, on RTU, requests that came sooner than 3.5 character times
+after the unit's last reply.
 
 RTU: ``socat pty,raw,echo=0,link=<link>.sim pty,raw,echo=0,link=<link>``; the
 simulator opens ``<link>.sim``, the gateway ``<link>``. If socat dies (the test's way
@@ -123,12 +124,14 @@ class _Device:
         self.banks = {u.unit: UnitBank(u) for u in model.units}
         self.t = 0.0
         self.requests = 0
+        self.connections = 0  # TCP connections accepted (a client that reconnects counts again)
         self.writes = 0
         self.gap_violations = 0
 
     def control(self, msg: dict[str, Any]) -> dict[str, Any]:
         if msg.get("stats"):
-            return {"requests": self.requests, "writes": self.writes, "gap_violations": self.gap_violations}
+            return {"requests": self.requests, "writes": self.writes, "gap_violations": self.gap_violations,
+                    "connections": self.connections}
         return {"error": f"unknown control message for {self.name}: {sorted(msg)}"}
 
     def fault(self, unit: int | None) -> Any:
@@ -167,6 +170,7 @@ class _TcpProtocol(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self.server.conns.add(self)
+        self.server.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)

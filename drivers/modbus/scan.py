@@ -14,9 +14,10 @@ requires. The scan is bounded: ``budget_s`` stops it (what was found so far is k
 and the report says where it stopped); ``estimate_s`` is the worst case (nobody
 answers) printed up front.
 
-Template suggestions: no device-template mechanism exists in this tree yet, so a
-suggestion is a small matcher over ``SIGNATURES`` (register ranges a device class
-fills with plausible values). It says "looks like", never more.
+Template suggestions: each device template (``config/templates/``) gives a signature,
+the raw bounds of its 16-bit points that carry a ``range``; a read whose registers all
+fit one says "looks like template NAME", never more (the engineer confirms it in the
+manual).
 """
 
 from __future__ import annotations
@@ -193,37 +194,93 @@ class Signature:
     note: str = ""
 
 
-#: Deliberately few and loose: a hint for the engineer, who confirms it in the manual.
-SIGNATURES: tuple[Signature, ...] = (
-    Signature("temperature/humidity transmitter (RH ×10 in holding 0, °C ×10 int16 in holding 1)",
-              ((3, 0, 0, 1000), (3, 1, -400, 1250))),
-    Signature("single gas transmitter (concentration in holding 0, status word in holding 1)",
-              ((3, 0, 0, 10000), (3, 1, 0, 0x00FF))),
-    Signature("noise meter (dB(A) ×10 in input 0, 30-130 dB)", ((4, 0, 300, 1300),)),
-)
+_RAW_BOUNDS = {"uint16": (0, 0xFFFF), "int16": (-0x8000, 0x7FFF)}
+
+
+def signature_of(name: str, description: str, points: Iterable[dict[str, Any]]) -> Signature | None:
+    """A template's signature: every 16-bit holding or input point with a ``range``,
+    its engineering range turned back into raw register bounds (value = raw × scale +
+    offset). None when no point qualifies (bits, floats and unranged points say nothing)."""
+    from gateway.core.config import parse_modbus_address
+
+    checks = []
+    for pt in points:
+        typ, rng = pt.get("type", "uint16"), pt.get("range")
+        if typ not in _RAW_BOUNDS or not rng or pt.get("bits"):
+            continue
+        try:
+            table, reg, bit = parse_modbus_address(str(pt.get("address", "")))
+        except ValueError:
+            continue
+        if table not in ("holding", "input") or bit is not None:
+            continue
+        scale, offset = float(pt.get("scale", 1.0)), float(pt.get("offset", 0.0))
+        if scale == 0:
+            continue
+        a, b = sorted(((float(rng[0]) - offset) / scale, (float(rng[1]) - offset) / scale))
+        lo_t, hi_t = _RAW_BOUNDS[typ]
+        # an int16 with a negative low bound is read signed (the convention of ``checks``);
+        # with a low bound ≥ 0 a negative reading fails as a large unsigned one, as it should
+        lo, hi = max(lo_t, int(np.ceil(a - 1e-9))), min(hi_t, int(np.floor(b + 1e-9)))
+        checks.append((TABLES[table], reg, lo, hi))
+    if not checks:
+        return None
+    return Signature(f"template {name} ({description})", tuple(checks))
+
+
+_TEMPLATE_SIGNATURES: tuple[Signature, ...] | None = None
+
+
+def template_signatures() -> tuple[Signature, ...]:
+    """The signatures of the templates shipped in ``config/templates/`` (read once), the
+    most specific (most checks) first. A template that fails to load is skipped: the
+    scan must not fail on a broken template file (``safegw templates show`` reports it)."""
+    global _TEMPLATE_SIGNATURES
+    if _TEMPLATE_SIGNATURES is None:
+        from gateway.core.templates import TemplateError, available, load_template
+
+        sigs = []
+        for path in available():
+            try:
+                t = load_template(path)
+            except TemplateError as e:
+                log.warning("template %s skipped for suggestions: %s", path.name, e)
+                continue
+            sig = signature_of(t.model.template, t.model.description,
+                               [pt.model_dump(exclude_none=True) | dict(pt.model_extra or {})
+                                for pt in t.model.points])
+            if sig is not None:
+                sigs.append(sig)
+        _TEMPLATE_SIGNATURES = tuple(sorted(sigs, key=lambda s: -len(s.checks)))
+    return _TEMPLATE_SIGNATURES
+
+
+def _fits(sig: Signature, fc: int, start: int, values: list[int]) -> bool:
+    for sfc, reg, lo, hi in sig.checks:
+        i = reg - start
+        if sfc != fc or not 0 <= i < len(values):
+            return False
+        v = values[i]
+        if lo < 0 and v >= 0x8000:
+            v -= 0x10000
+        if not lo <= v <= hi:
+            return False
+    return True
 
 
 def suggest(fc: int, start: int, values: list[int] | None,
-            signatures: Iterable[Signature] = SIGNATURES) -> str | None:
-    """The first signature every check of which is covered by the read and within range."""
+            signatures: Iterable[Signature] | None = None) -> str | None:
+    """The signatures (the templates', most specific first) every check of which is
+    covered by the read and within range: the first in full, the others by name, since
+    a few plausible values can fit more than one device class."""
     if values is None or fc not in (3, 4):
         return None
-    for sig in signatures:
-        ok = True
-        for sfc, reg, lo, hi in sig.checks:
-            i = reg - start
-            if sfc != fc or not 0 <= i < len(values):
-                ok = False
-                break
-            v = values[i]
-            if lo < 0 and v >= 0x8000:
-                v -= 0x10000
-            if not lo <= v <= hi:
-                ok = False
-                break
-        if ok:
-            return sig.name
-    return None
+    fits = [sig.name for sig in (template_signatures() if signatures is None else signatures)
+            if _fits(sig, fc, start, values)]
+    if not fits:
+        return None
+    others = [n.split(" (", 1)[0].removeprefix("template ") for n in fits[1:]]
+    return fits[0] + (f", or {', '.join(others)}" if others else "")
 
 
 # ----------------------------------------------------------------- progress

@@ -33,7 +33,18 @@ from gateway.admin.auditing import AuditMiddleware
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Conflict, Invalid, NotFound, Refused
 from gateway.admin.reminders import RegisterService
-from gateway.admin.routes import alarms, gateway, history, live, page, permits, registers, reports, users
+from gateway.admin.routes import (
+    alarms,
+    config,
+    gateway,
+    history,
+    live,
+    page,
+    permits,
+    registers,
+    reports,
+    users,
+)
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
 from gateway.core.httplimits import BodyLimit, uvicorn_limits
@@ -129,7 +140,7 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
         )
 
     for make in (gateway.router, live.router, alarms.router, history.router, registers.router, permits.router,
-                 users.router, reports.router):
+                 users.router, config.router, reports.router):
         app.include_router(make(ctx))
     app.include_router(page.router())
     return app
@@ -167,6 +178,11 @@ class ApiService:
         self.port: int | None = None
         self.url: str | None = None
         self._sock: socket.socket | None = None
+
+    def on_reload(self) -> None:
+        """A live reload swapped the daemon's table and rules: the views follow them."""
+        self.ctx.channels = ChannelView(self.daemon.table)
+        self.ctx.alarms = AlarmsView(self.daemon.rules, max_shelve_s=self.daemon.cfg.alarms.max_shelve)
 
     async def start(self) -> None:
         import uvicorn

@@ -33,6 +33,9 @@ class PointMap(Strict):
     scale: Number = Field(default=1.0, description="unit conversion: multiply by this")
     offset: Number = Field(default=0.0, description="unit conversion: then add this")
     decimals: int = Field(default=3, ge=0, le=9, description="digits after the point in the frame")
+    unit: str | None = Field(default=None, max_length=32,
+                             description="the unit the platform receives (template point list; "
+                                         "default: the channel's unit)")
     cou: Literal["s", "min", "h"] | None = Field(
         default=None, description="send -Cou (the amount over the interval) for a rate per this time "
                                   "unit: Cou = Avg × the interval's length in it (flow in m3/h → h)")
@@ -234,6 +237,92 @@ class TemplateCrypto(Strict):
         return self
 
 
+#: fields of the other messages (docs/regulators.md, "Template publisher")
+COMMON_FIELDS = frozenset({"enterprise", "hazard", "now", "now_ms", "msg_id", "gateway"})
+ALARM_FIELDS = COMMON_FIELDS | {"event", "code", "channel", "level", "value", "limit", "time", "ts_ms",
+                                "rule", "state", "priority", "unit", "who"}
+HEARTBEAT_FIELDS = COMMON_FIELDS | {"points", "uptime_s"}
+ENTERPRISE_FIELDS = COMMON_FIELDS | {"name", "address", "contact", "phone", "industry", "longitude",
+                                     "latitude"}
+HAZARD_FIELDS = frozenset({"code", "name", "grade", "location", "points", "enterprise"})
+POINT_FIELDS = frozenset({"code", "channel", "description", "kind", "unit", "hazard", "hh", "h", "l", "ll",
+                          "range_lo", "range_hi", "decimals", "enterprise"})
+LIST_FIELDS = COMMON_FIELDS | {"items", "count"}
+#: the names an alarm's ``${event}`` takes, from the journal's transition (rules/events.py)
+ALARM_EVENTS = {"raise": "raised", "escalate": "escalated", "deescalate": "deescalated",
+                "clear": "cleared", "ack": "acknowledged"}
+
+Topic = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^#+\s]+$")]
+Url = Annotated[str, Field(pattern=r"^https?://[^\s]{1,500}$")]
+
+
+class TemplateRoute(Strict):
+    """Where one kind of message goes: its MQTT topic or its HTTP URL (default: the data's)."""
+
+    topic: Topic | None = Field(default=None, description="MQTT topic (default: mqtt.topic)")
+    url: Url | None = Field(default=None, description="HTTP URL (default: http.url)")
+
+
+class TemplateAlarms(TemplateRoute):
+    """Alarm messages: one per alarm event of a mapped channel, in journal order."""
+
+    message: dict[str, Any] = Field(description="one alarm's JSON, with ${fields}")
+    events: list[Literal["raised", "escalated", "deescalated", "cleared", "acknowledged"]] = Field(
+        default=["raised", "escalated", "deescalated", "cleared", "acknowledged"], min_length=1, max_length=5,
+        description="which alarm transitions are sent")
+
+
+class TemplateHeartbeat(TemplateRoute):
+    """A liveness message every ``interval`` while the platform is reachable (not queued)."""
+
+    interval: Duration = Field(default=60.0, ge=1, le=86400)
+    message: dict[str, Any] = Field(description="the heartbeat's JSON, with ${fields}")
+
+
+class TemplateList(TemplateRoute):
+    """A base-data list (hazard sources, points): ``item`` per entry, placed by ${items}."""
+
+    item: dict[str, Any]
+    message: dict[str, Any]
+
+
+class TemplateRecord(TemplateRoute):
+    """The enterprise record."""
+
+    message: dict[str, Any]
+
+
+class TemplateBase(Strict):
+    """Base data, sent on start when it differs from what was last acknowledged."""
+
+    enterprise: TemplateRecord | None = None
+    hazard_sources: TemplateList | None = None
+    points: TemplateList | None = None
+
+
+class EnterpriseInfo(Strict):
+    """What the enterprise record says besides its code (all optional text)."""
+
+    name: str | None = Field(default=None, max_length=200)
+    address: str | None = Field(default=None, max_length=300)
+    contact: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, max_length=40)
+    industry: str | None = Field(default=None, max_length=100)
+    longitude: Number | None = Field(default=None, ge=-180, le=180)
+    latitude: Number | None = Field(default=None, ge=-90, le=90)
+
+
+class HazardSource(Strict):
+    """A major hazard source (重大危险源) as the platform knows it; channels name it by
+    ``hazard_source:`` (its code or its name)."""
+
+    code: str = Field(pattern=r"^[!-~]{1,64}$")
+    name: str = Field(min_length=1, max_length=200)
+    grade: Literal["一级", "二级", "三级", "四级"] | None = Field(
+        default=None, description="GB 18218-2018 clause 4.2 grading, 一级 the most severe")
+    location: str | None = Field(default=None, max_length=300)
+
+
 class TemplateAdapter(Strict):
     """A provincial platform whose message shape is a template in the config."""
 
@@ -255,12 +344,27 @@ class TemplateAdapter(Strict):
     start: Literal["end", "oldest"] = "end"
     batch_points: int = Field(default=500, ge=1, le=10000, description="readings per message at most")
     ack_timeout: Duration = Field(default=10.0, gt=0, le=600, description="wait this long for PUBACKs")
+    mode: Literal["batch", "interval"] = Field(
+        default="batch", description="batch: every reading, batch_points to a message; interval: every "
+                                     "`interval`, one snapshot of each point's latest value")
+    interval: Duration = Field(default=30.0, ge=1, le=86400,
+                               description="interval mode: the snapshot period (of the data's time)")
+    enterprise: EnterpriseInfo = Field(default_factory=EnterpriseInfo)
+    hazard_sources: list[HazardSource] = Field(default_factory=list, max_length=1000)
+    alarms: TemplateAlarms | None = None
+    heartbeat: TemplateHeartbeat | None = None
+    base: TemplateBase = Field(default_factory=TemplateBase)
     points: list[PointMap] = Field(min_length=1, max_length=10000)
 
     @model_validator(mode="after")
     def _shape(self) -> TemplateAdapter:
         if getattr(self, self.transport) is None:
             raise ValueError(f"transport {self.transport} needs its section {self.transport}:")
+        if self.mode == "interval" and 86400 % self.interval:
+            raise ValueError(f"interval {self.interval:g}s does not divide a day")
+        codes = [h.code for h in self.hazard_sources]
+        if len(set(codes)) != len(codes):
+            raise ValueError("hazard_sources: a code is listed twice")
         if (self.crypto.cipher != "none" or self.crypto.signature != "none") and self.envelope is None:
             raise ValueError("an encrypted or signed message needs an envelope template (with ${data})")
         return self
@@ -312,6 +416,41 @@ def check_config(cfg: Any) -> list[tuple[Path_, str]]:
                 errs += template_errors(reg.envelope, ENVELOPE_FIELDS, ("regulators", i, "envelope"))
                 if "${data}" not in json.dumps(reg.envelope):
                     errs.append((("regulators", i, "envelope"), "the envelope template must place ${data}"))
+            errs += _template_extras(reg, ("regulators", i))
+    return errs
+
+
+def _template_extras(reg: TemplateAdapter, at: Path_) -> list[tuple[Path_, str]]:
+    """The alarm, heartbeat and base-data templates: known fields only, ${items} placed in
+    the lists, and each route fitting the transport."""
+    errs: list[tuple[Path_, str]] = []
+    routes: list[tuple[Path_, TemplateRoute]] = []
+    if reg.alarms is not None:
+        errs += template_errors(reg.alarms.message, ALARM_FIELDS, (*at, "alarms", "message"))
+        routes.append(((*at, "alarms"), reg.alarms))
+    if reg.heartbeat is not None:
+        errs += template_errors(reg.heartbeat.message, HEARTBEAT_FIELDS, (*at, "heartbeat", "message"))
+        routes.append(((*at, "heartbeat"), reg.heartbeat))
+    b = reg.base
+    if b.enterprise is not None:
+        errs += template_errors(b.enterprise.message, ENTERPRISE_FIELDS,
+                                (*at, "base", "enterprise", "message"))
+        routes.append(((*at, "base", "enterprise"), b.enterprise))
+    for key, fields in (("hazard_sources", HAZARD_FIELDS), ("points", POINT_FIELDS)):
+        lst: TemplateList | None = getattr(b, key)
+        if lst is None:
+            continue
+        here = (*at, "base", key)
+        errs += template_errors(lst.item, fields, (*here, "item"))
+        errs += template_errors(lst.message, LIST_FIELDS, (*here, "message"))
+        if "${items}" not in json.dumps(lst.message):
+            errs.append(((*here, "message"), "the message template must place ${items}"))
+        routes.append((here, lst))
+    for where, r in routes:
+        if reg.transport == "mqtt" and r.url is not None:
+            errs.append(((*where, "url"), "the transport is mqtt: give a topic, not a url"))
+        if reg.transport == "http" and r.topic is not None:
+            errs.append(((*where, "topic"), "the transport is http: give a url, not a topic"))
     return errs
 
 

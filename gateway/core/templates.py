@@ -72,6 +72,11 @@ class Loaded:
 _CACHE: dict[Path, Loaded] = {}
 
 
+def clear_cache() -> None:
+    """Forget the templates read so far (a live reload reads them again from disk)."""
+    _CACHE.clear()
+
+
 def template_path(name: str, base_dir: Path) -> Path:
     if "/" in name or name.endswith((".yaml", ".yml")):
         p = Path(name).expanduser()

@@ -271,10 +271,11 @@ def _from_influx_v2_sync(sec: InfluxSection, flux: str, base_dir: Path,
 
 # --------------------------------------------------------------------------- journal
 
-def _journal_samples(db: sqlite3.Connection, index: int, start_ns: int, end_ns: int
+def _journal_samples(db: sqlite3.Connection, index: int, start_ns: int, end_ns: int, name: str | None = None
                      ) -> tuple[Batch, int | None]:
-    """Samples of one channel in [start, end) from the journal; and the oldest time it holds."""
-    b, _ = queries.channel_samples(db, index, start_ns, end_ns)
+    """Samples of one channel in [start, end) from the journal (by ``name`` across
+    renumberings when given); and the oldest time it holds."""
+    b, _ = queries.channel_samples(db, index, start_ns, end_ns, name=name)
     return b, queries.oldest_sample_ts(db)
 
 
@@ -357,7 +358,7 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
                        _cut(rows, limit, newest), None, truncated, {"unit": ch.unit, "kind": ch.kind})
 
     def work(db: sqlite3.Connection) -> tuple[Batch, int | None]:
-        return _journal_samples(db, ch.index, start_ns, end_ns)
+        return _journal_samples(db, ch.index, start_ns, end_ns, ch.name)
 
     if run_read is not None:
         b, oldest = await run_read(work)

@@ -84,7 +84,8 @@ def snapshot(daemon: DaemonContext, cfg_hash: str) -> dict[str, Any]:
             "pid": os.getpid(), "started": iso_ns(daemon.started_ns), "now": iso_ns(now),
             "uptime_s": round((now - daemon.started_ns) / 1e9, 3),
         },
-        "config": {"sha256": cfg_hash, "loaded": iso_ns(daemon.started_ns)},
+        "config": {"sha256": cfg_hash, "loaded": iso_ns(daemon.config_loaded_ns),
+                   "text_sha256": daemon.config_sha256},
         "devices": devices,
         "journal": {k: js.get(k) for k in ("first_seq", "last_seq", "alive", "last_error",
                                            "dropped_records")},
@@ -108,10 +109,17 @@ class StatusService:
     def __init__(self, daemon: DaemonContext) -> None:
         self.daemon = daemon
         self.path = Path(daemon.state_dir) / SOCKET_NAME
-        self.cfg_hash = config_hash(daemon.cfg)
+        self._hashed: tuple[object, str] = (None, "")  # (the config, its hash): a reload replaces it
         self.server: asyncio.AbstractServer | None = None
         self.answered = 0
         self.refused = 0
+
+    def cfg_hash(self) -> str:
+        """The hash of the config in force (it changes with a live reload)."""
+        cfg = self.daemon.cfg
+        if self._hashed[0] is not cfg:
+            self._hashed = (cfg, config_hash(cfg))
+        return self._hashed[1]
 
     async def start(self) -> None:
         # bind under a temporary name, set the mode, then rename into place: the socket is
@@ -166,7 +174,7 @@ class StatusService:
                 writer.write(json.dumps({"error": f"unknown request {line.strip()[:32]!r}; "
                                                   "the only request is 'status'"}).encode() + b"\n")
                 return
-            writer.write(json.dumps(snapshot(self.daemon, self.cfg_hash), default=str).encode() + b"\n")
+            writer.write(json.dumps(snapshot(self.daemon, self.cfg_hash()), default=str).encode() + b"\n")
             self.answered += 1
         except Exception:
             log.exception("status socket: request failed")
@@ -257,7 +265,7 @@ def render(st: dict[str, Any], on_disk_hash: str | None) -> str:
     cfg = f"config sha256 {c['sha256'][:16]}… loaded {c['loaded']}"
     if on_disk_hash is not None:
         cfg += ("  (same as the file)" if on_disk_hash == c["sha256"]
-                else "  (THE FILE ON DISK DIFFERS: restart to apply it)")
+                else "  (THE FILE ON DISK DIFFERS: systemctl reload safegw to apply it)")
     lines.append(cfg)
     lines.append("")
     lines.append(f"{fit('DEVICE', 20)} {fit('PROTOCOL', 11)} {fit('STATE', 9)} {fit('LAST OK', 8)} "

@@ -7,6 +7,7 @@ assumes a codec.
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import sys
@@ -31,21 +32,51 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
 
 
+def index_periods(db: sqlite3.Connection, name: str, since_ns: int) -> list[tuple[int, int]]:
+    """Where channel ``name`` was in the numbering over time: (sequence of a channel_table
+    event, the channel's index in it, -1 if it had none), oldest first, back to the table
+    in force at ``since_ns``. A live reload or a restart with another config renumbers the
+    channels; the name is what stays (gateway/reload.py)."""
+    out: list[tuple[int, int]] = []
+    before: int | None = None
+    while (found := last_channel_table(db, before)) is not None:
+        seq, ev = found
+        idx = next((int(c["index"]) for c in ev["channels"]
+                    if isinstance(c, dict) and c.get("name") == name and isinstance(c.get("index"), int)), -1)
+        out.append((seq, idx))
+        if int(ev.get("ts") or 0) < since_ns:
+            break
+        before = seq - 1
+    out.reverse()
+    return out
+
+
 def channel_samples(db: sqlite3.Connection, index: int, start_ns: int, end_ns: int, *,
-                    max_samples: int | None = None) -> tuple[Batch, bool]:
+                    max_samples: int | None = None, name: str | None = None) -> tuple[Batch, bool]:
     """One channel's samples with ``start_ns <= ts < end_ns``, oldest first; and whether
-    ``max_samples`` cut them (the oldest are kept)."""
+    ``max_samples`` cut them (the oldest are kept). With ``name``, each record is read with
+    the channel's index in the table journaled before it (``index_periods``), so the
+    history follows the channel across renumberings; ``index`` is its index now (and
+    before any table was journaled)."""
     ts_l, v_l, q_l = [], [], []
     n = 0
     truncated = False
-    rows = db.execute("SELECT codec, data FROM records WHERE kind = ? AND ts_max >= ? AND ts_min < ? "
+    periods = index_periods(db, name, start_ns) if name is not None else []
+    p_seq = [s for s, _ in periods]
+    rows = db.execute("SELECT seq, codec, data FROM records WHERE kind = ? AND ts_max >= ? AND ts_min < ? "
                       "ORDER BY seq", (SAMPLES, start_ns, end_ns))
-    for codec, data in rows:
+    for seq, codec, data in rows:
+        at = index
+        if p_seq:
+            k = bisect.bisect_left(p_seq, seq) - 1
+            at = periods[k][1] if k >= 0 else index
+            if at < 0:
+                continue
         raw = decode_data(codec, data)
         if len(raw) % SAMPLE_BYTES:
             continue
         b = Batch.from_bytes(raw)
-        m = (b.channel == index) & (b.ts >= start_ns) & (b.ts < end_ns)
+        m = (b.channel == at) & (b.ts >= start_ns) & (b.ts < end_ns)
         if m.any():
             ts_l.append(b.ts[m])
             v_l.append(b.value[m])

@@ -64,6 +64,9 @@ ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
     ("GET", "/users", None, "admin"),
     ("POST", "/users", {"name": "rbac-probe", "role": "viewer", "rotate": True}, "admin"),
     ("DELETE", "/users/rbac-probe", None, "admin"),
+    # the plant's daemon runs from a config text, not a file: a reload answers 422 (roles are what count)
+    ("POST", "/config/reload", None, "admin"),
+    ("GET", "/config", None, "admin"),
     ("GET", "/docs", None, None),
     ("GET", "/openapi.json", None, None),
 ]

@@ -44,8 +44,8 @@ devices:
     units:
       - unit: 3
         points:
-          - {signal: RH, address: holding:0, type: uint16, scale: 0.1}
-          - {signal: T, address: holding:1, type: int16, scale: 0.1}
+          - {signal: T, address: holding:0, type: int16, scale: 0.1}   # the SRTH100 layout (its template)
+          - {signal: RH, address: holding:1, type: uint16, scale: 0.1}
       - unit: 5
         size: 1
       - unit: 7
@@ -154,12 +154,35 @@ def test_units_and_registers_parse() -> None:
         scan.parse_registers("register:0-9")
 
 
-def test_suggestion_matches_only_a_fitting_signature() -> None:
-    assert "temperature/humidity" in (scan.suggest(3, 0, [555, 0xFFDD]) or "")  # 55.5 %RH, -3.5 °C
-    assert scan.suggest(3, 0, [555, 2000]) is None  # 200 °C: not a T/RH transmitter nor a gas status word
-    assert "noise" in (scan.suggest(4, 0, [620]) or "")
-    assert scan.suggest(3, 5, [555, 0xFFDD]) is None  # the signature's registers were not read
+def test_suggestions_come_from_the_shipped_templates() -> None:
+    names = {s.name.split()[1] for s in scan.template_signatures()}
+    # every shipped template with a ranged 16-bit point gives one (gas-transmitter-status has floats)
+    assert {"temp-humidity", "noise-meter", "dust-monitor", "gas-controller-8ch"} <= names
+    th = next(s for s in scan.template_signatures() if s.name.split()[1] == "temp-humidity")
+    # temperature int16 x0.1 over -40..80 °C, humidity uint16 x0.1 over 0..100 %RH (the template file)
+    assert sorted(th.checks) == [(3, 0, -400, 800), (3, 1, 0, 1000)]
+
+
+def test_suggestion_matches_only_a_fitting_template() -> None:
+    assert "temp-humidity" in (scan.suggest(3, 0, [0xFFDD, 555]) or "")  # -3.5 °C, 55.5 %RH
+    assert scan.suggest(3, 0, [0xFFDD, 2000]) is None  # 200 %RH: nothing fits (noise wants holding 0 ≥ 300)
+    assert "noise-meter" in (scan.suggest(3, 0, [620]) or "")  # 62.0 dB(A); T/RH needs holding 1 too
+    # both fit [620, 555]: the more specific template (two checks) first, the other named after it
+    both = scan.suggest(3, 0, [620, 555]) or ""
+    assert both.startswith("template temp-humidity (") and both.endswith("), or noise-meter"), both
+    assert scan.suggest(3, 5, [0xFFDD, 555]) is None  # the templates' registers were not read
     assert scan.suggest(1, 0, [1, 0]) is None  # bits never match a register signature
+
+
+def test_signature_turns_the_engineering_range_into_raw_bounds() -> None:
+    sig = scan.signature_of("x", "d", [
+        {"address": "input:7", "type": "uint16", "scale": 0.5, "offset": -10, "range": [0, 40]},
+        {"address": "holding:2.3", "type": "bool", "range": [0, 1]},  # a bit: says nothing
+        {"address": "holding:4", "type": "float32", "range": [0, 1]},  # two registers: skipped
+        {"address": "holding:9", "type": "int16"},  # no range: skipped
+    ])
+    assert sig is not None and sig.checks == ((4, 7, 20, 100),)  # (0+10)/0.5 .. (40+10)/0.5
+    assert scan.signature_of("y", "d", [{"address": "holding:0", "type": "float32", "range": [0, 1]}]) is None
 
 
 # ------------------------------------------------------------------ against the simulators
@@ -174,8 +197,10 @@ def test_rtu_scan_finds_units_at_two_baud_rates_and_writes_nothing(sim: SimProce
     found = {ln.split(":")[0]: ln for ln in lines if ln.startswith("unit ")}
     assert set(found) == {"unit 3 at 9600 baud, parity N", "unit 5 at 9600 baud, parity N",
                           "unit 7 at 19200 baud, parity N"}, r.stdout
-    assert "holding:0-1 = 555 65501" in found["unit 3 at 9600 baud, parity N"]
-    assert "temperature/humidity" in found["unit 3 at 9600 baud, parity N"]
+    assert "holding:0-1 = 65501 555" in found["unit 3 at 9600 baud, parity N"]
+    assert "looks like: template temp-humidity" in found["unit 3 at 9600 baud, parity N"]
+    # 620 0 fits a noise meter (62.0 dB) and a T/RH transmitter (62.0 °C, 0 %RH): both are named
+    assert "or noise-meter" in found["unit 7 at 19200 baud, parity N"]
     assert "exception 2" in found["unit 5 at 9600 baud, parity N"]  # present, but has no holding:1
     assert "3 unit(s) found" in r.stdout
     # stderr is not a TTY here: plain progress lines, and the estimate first
@@ -310,7 +335,7 @@ async def test_rtu_port_lost_mid_scan_keeps_what_was_found(sim_factory: Callable
     await asyncio.to_thread(sim.control, fault="bus", kind="disconnect")
     res = await within(task, 30)
     assert [f.unit for f in res.found] == [3]
-    assert res.found[0].values == [555, 65501]
+    assert res.found[0].values == [65501, 555]
     assert res.stopped is not None and f"serial port {port} lost at 9600 baud" in res.stopped
     assert "stopped early: serial port" in "\n".join(scan.report_lines(res, 3, 0))
 

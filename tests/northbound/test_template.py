@@ -10,43 +10,33 @@ Primitives against published vectors: HMAC-SHA256, RFC 4231 test case 2; SM3, GB
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import hashlib
-import hmac
-import json
-import ssl
-import threading
-from collections.abc import AsyncIterator, Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import gmssl_pyx
 import pytest
-import yaml
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway.core.batch import Batch, Quality
-from gateway.core.channels import ChannelInfo, ChannelTable
 from gateway.core.config_regulators import TemplateAdapter, TemplateCrypto
 from gateway.store.journal import Journal
 from northbound.base import PointMap
 from northbound.template.adapter import TemplatePublisher
 from northbound.template.render import Sealer, compile_template
-from simulators.tlscert import make_certs
+from simulators.province_platform import HttpsReceiver, Province
 from tests.fixtures.helpers import async_wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
-
-KEY = bytes.fromhex("31323334353637383930616263646566")
-IV = bytes.fromhex("66656463626130393837363534333231")
-SIGN = b"sign-secret"
-T0 = 1_767_225_600 * 10**9  # 2026-01-01 00:00:00 UTC
-NS = 10**9
-QUALITIES = [Quality.GOOD, Quality.MAINTENANCE, Quality.SENSOR_FAULT, Quality.OUT_OF_RANGE, Quality.COMMS]
-FLAG = {Quality.GOOD: "N", Quality.MAINTENANCE: "M", Quality.SENSOR_FAULT: "D", Quality.OUT_OF_RANGE: "T",
-        Quality.COMMS: "B"}  # HJ 212-2017 table 6
+from tests.fixtures.province import (
+    ENTERPRISE,
+    HAZARD,
+    IV,
+    KEY,
+    PROFILES,
+    SIGN,
+    expected,
+    profile_doc,
+    rows,
+    running,
+    table,
+)
 
 
 def test_primitives_against_published_vectors() -> None:
@@ -68,122 +58,49 @@ def test_templates_keep_types_and_fill_strings() -> None:
     assert r({"value": 1.5, "time": "T", "items": [1]}) == {"a": 1.5, "b": "v=1.5;t=T", "c": [[1]], "d": 7}
 
 
-PROFILES = sorted((Path(__file__).resolve().parents[2] / "config" / "regulators").glob("*.yaml"))
-ENTERPRISE, HAZARD = "91320500MA1XXXXX0Y", "320500001"
+def mqtt_profiles() -> list[Path]:
+    return [p for p in PROFILES if profile_doc(p).get("transport", "mqtt") == "mqtt"]
 
 
 def load_profile(path: Path, broker: Broker) -> dict[str, Any]:
     """A shipped profile with this test's broker, channels and codes in its <...> places."""
     assert broker.certs is not None
-    doc: dict[str, Any] = yaml.safe_load(path.read_text())
+    doc = profile_doc(path)
     doc.update(enterprise_code=ENTERPRISE, hazard_code=HAZARD, start="oldest", batch_points=40)
     doc["mqtt"] = {"host": broker.host, "port": broker.port, "tls": True, "ca_file": str(broker.certs.ca),
                    "client_id": "gw-prov", "topic": "prov/data", "qos": 1}
     doc["points"] = [{"channel": "GT-1", "code": "A0001", "decimals": 2},
                      {"channel": "PT-1", "code": "P0001", "scale": 1000, "decimals": 1}]
+    for name, sec in [("alarm", doc.get("alarms")), ("heartbeat", doc.get("heartbeat")),
+                      *((f"base-{k}", v) for k, v in (doc.get("base") or {}).items())]:
+        if sec is not None:
+            sec["topic"] = f"prov/{name}"
     return doc
 
 
-def table() -> ChannelTable:
-    return ChannelTable([ChannelInfo(i, n, "gas", "x", "plc", None)  # type: ignore[arg-type]
-                         for i, n in enumerate(["GT-1", "PT-1", "SW-1"])])
-
-
-def rows(start: int, n: int) -> Batch:
-    ch, ts, val, q = [], [], [], []
-    for i in range(start, start + n):
-        qq = QUALITIES[i % len(QUALITIES)]
-        for c in (0, 1, 2):
-            ch.append(c)
-            ts.append(T0 + i * NS)
-            val.append(float("nan") if qq == Quality.COMMS and c == 0 else i / 10 + c)
-            q.append(qq if c == 0 else Quality.GOOD)
-    return Batch.build(ch, ts, val, q)
-
-
-def expected(start: int, n: int) -> list[tuple[str, Any, str, str]]:
-    out = []
-    for i in range(start, start + n):
-        qq = QUALITIES[i % len(QUALITIES)]
-        h, s = divmod(i, 3600)
-        t = f"2026-01-01 {8 + h:02d}:{s // 60:02d}:{s % 60:02d}"
-        out.append(("A0001", None if qq == Quality.COMMS else round(i / 10, 2), t, FLAG[qq]))
-        out.append(("P0001", round((i / 10 + 1) * 1000, 1), t, "N"))
-    return out
-
-
 class Platform:
-    """The provincial platform's side, written from the profile's text: it finds the
-    fields by their placeholders in the templates, checks the signature (stdlib hmac for
-    HMAC-SHA256, GmSSL for HMAC-SM3), decrypts (GmSSL for SM4; AES through cryptography,
-    checked above against FIPS 197) and reads every reading."""
+    """The provincial platform's side (tests/northbound/province.py), reading the readings."""
 
     def __init__(self, broker: Broker | None, profile: dict[str, Any], source: Any = None):
         self.p = profile
-        self.sub = source or Subscriber(broker, [profile["mqtt"]["topic"]], client_id="province",  # type: ignore[arg-type]
+        self.sub = source or Subscriber(broker, ["prov/#"], client_id="province",  # type: ignore[arg-type]
                                         clean_session=False)
+        self.province = Province(profile, KEY, IV, SIGN)
         self.refused: list[str] = []
-
-        def key_of(tpl: dict[str, Any], field: str) -> str:
-            return next(k for k, v in tpl.items() if v == "${" + field + "}")
-        self.env = {f: key_of(profile["envelope"], f) for f in ("data", "sign")}
-        self.msg_items = key_of(profile["message"], "items")
-        self.item = {f: key_of(profile["item"], f) for f in ("code", "value", "time", "flag", "hazard")}
-
-    def _plain(self, data: str) -> bytes:
-        c = self.p["crypto"]
-        raw = base64.b64decode(data) if c["encoding"] == "base64" else bytes.fromhex(data)
-        if c["cipher"] == "sm4-cbc":
-            return bytes(gmssl_pyx.sm4_cbc_padding_decrypt(KEY, IV, raw))
-        assert c["cipher"] == "aes-cbc"
-        dec = Cipher(algorithms.AES(KEY), modes.CBC(IV)).decryptor()
-        padded = dec.update(raw) + dec.finalize()
-        assert 1 <= padded[-1] <= 16 and padded.endswith(bytes([padded[-1]]) * padded[-1])
-        return padded[:-padded[-1]]
-
-    def _sign(self, data: str) -> str:
-        if self.p["crypto"]["signature"] == "hmac-sm3":
-            return bytes(gmssl_pyx.sm3_hmac(SIGN, data.encode())).hex()
-        assert self.p["crypto"]["signature"] == "hmac-sha256"
-        return hmac.new(SIGN, data.encode(), hashlib.sha256).hexdigest()
 
     def readings(self) -> list[tuple[str, Any, str, str]]:
         out = []
-        self.refused = []
-        seen: set[bytes] = set()
-        for _, payload, _, _ in list(self.sub.messages):
-            # MQTT QoS 1 is at least once on each leg: a message the broker hands the
-            # subscriber again after its restart arrives byte for byte the same (the same
-            # envelope timestamp and ciphertext); the platform drops it as a repeat
-            if payload in seen:
+        got = self.province.sort(self.sub.messages)
+        self.refused = self.province.refused
+        for kind, msg in got:
+            if kind != "data":
                 continue
-            seen.add(payload)
-            env = json.loads(payload)
-            data = env[self.env["data"]]
-            if not hmac.compare_digest(env[self.env["sign"]], self._sign(data)):
-                self.refused.append("bad sign")
-                continue
-            msg = json.loads(self._plain(data))
-            items = msg[self.msg_items]
+            items = self.province.items(kind, msg)
             assert 0 < len(items) <= 40
             for d in items:
-                assert d[self.item["hazard"]] == HAZARD
-                f = self.item
-                out.append((d[f["code"]], d[f["value"]], d[f["time"]], d[f["flag"]]))
+                assert d["hazard"] == HAZARD
+                out.append((d["code"], d["value"], d["time"], d["flag"]))
         return out
-
-
-@contextlib.asynccontextmanager
-async def running(pub: TemplatePublisher) -> AsyncIterator[TemplatePublisher]:
-    await pub.start()
-    task = asyncio.create_task(pub.run())
-    try:
-        yield pub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await pub.stop()
 
 
 def publisher(profile: dict[str, Any], journal: Journal) -> TemplatePublisher:
@@ -192,11 +109,13 @@ def publisher(profile: dict[str, Any], journal: Journal) -> TemplatePublisher:
                              sealer=Sealer(cfg.crypto, KEY, IV, SIGN))
 
 
-def test_two_profiles_ship() -> None:
-    assert [p.name for p in PROFILES] == ["anhui-db34t4020.yaml", "jiangsu-db32-1321.yaml"]
+def test_three_profiles_ship() -> None:
+    assert [p.name for p in PROFILES] == ["anhui-db34t4020.yaml", "beijing-db11.yaml",
+                                          "jiangsu-db32-1321.yaml"]
+    assert [p.name for p in mqtt_profiles()] == ["anhui-db34t4020.yaml", "jiangsu-db32-1321.yaml"]
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+@pytest.mark.parametrize("path", mqtt_profiles(), ids=[p.stem for p in mqtt_profiles()])
 async def test_profile_over_mqtt_tls_with_broker_outage(path: Path, mosquitto_factory: Callable[..., Broker],
                                                         tmp_path: Path) -> None:
     broker = mosquitto_factory(tls=True, persistence=True)
@@ -212,7 +131,8 @@ async def test_profile_over_mqtt_tls_with_broker_outage(path: Path, mosquitto_fa
             await async_wait_until(lambda: len(platform.sub.messages) >= 5, 20)
             assert platform.readings() == expected(0, 100) and platform.refused == []
             s = pub.stats()
-            assert s["points_sent"] == 200 and s["messages_sent"] == 5 and s["connected"]
+            assert s["points_sent"] == 200 and s["connected"]
+            assert s["messages_sent"] == 5 + s["base_sent"]  # the base data went first
             broker.stop()  # the platform's broker goes away; the plant goes on
             await async_wait_until(lambda: not pub.stats()["connected"], 20)
             for k in range(100, 200, 25):
@@ -260,55 +180,11 @@ regulators:
     assert f"{f}:17:" in out and "${valu}" in out, out
 
 
-class HttpsReceiver:
-    """The platform's HTTPS side: POSTs to /data (1 MiB at most, JSON), answered
-    ``{"code": 0}``; ``fail`` answers the next ones with an HTTP status."""
-
-    def __init__(self, certs: Path):
-        self.messages: list[tuple[str, bytes, bool, float]] = []
-        self.faults: list[int] = []
-        self.ca, cert, key = make_certs(certs)
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                n = int(self.headers.get("Content-Length", "0"))
-                body = self.rfile.read(n) if 0 < n <= 1 << 20 else b""
-                status, doc = 200, {"code": 0, "msg": "ok"}
-                if outer.faults:
-                    status, doc = outer.faults.pop(0), {"code": -1, "msg": "injected"}
-                elif self.path != "/data" or not body \
-                        or self.headers.get("Content-Type") != "application/json":
-                    status, doc = 400, {"code": 400, "msg": "bad request"}
-                else:
-                    outer.messages.append((self.path, body, False, 0.0))
-                out = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/data"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
     recv = HttpsReceiver(tmp_path / "certs")
-    doc: dict[str, Any] = yaml.safe_load(PROFILES[0].read_text())
+    doc = profile_doc(PROFILES[0])
+    for k in ("alarms", "heartbeat", "base"):  # readings only here: the rest is test_template_more.py
+        doc.pop(k)
     doc.update(enterprise_code=ENTERPRISE, hazard_code=HAZARD, start="oldest", batch_points=40,
                transport="http",
                http={"url": recv.url, "ca_file": str(recv.ca), "timeout": "2s", "backoff_max": "300ms"})
@@ -330,3 +206,44 @@ async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
     finally:
         recv.stop()
         j.close()
+
+
+def test_alarm_heartbeat_and_base_templates_checked_at_their_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    f = tmp_path / "gw.yaml"
+    f.write_text("""\
+gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
+devices:
+  - name: plc
+    protocol: modbus-tcp
+    host: 127.0.0.1
+    port: 5020
+    poll: 1s
+    channels:
+      - {name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16}
+regulators:
+  - type: template
+    name: prov
+    enterprise_code: "91320500MA1XXXXX0Y"
+    mqtt: {host: 127.0.0.1, client_id: gw, topic: prov/data}
+    item: {quotaId: "${code}"}
+    message: {datas: "${items}"}
+    alarms:
+      message: {quotaId: "${code}", kind: "${alarm_kind}"}
+    heartbeat:
+      url: "https://platform.example/hb"
+      message: {t: "${now}"}
+    base:
+      points:
+        item: {quotaId: "${code}", up: "${h}", name: "${enterprise_name}"}
+        message: {quotas: "${points}"}
+    points:
+      - {channel: GT-1, code: A0001}
+""")
+    assert main(["check", "-c", str(f)]) != 0
+    out = capsys.readouterr().out
+    assert f"{f}:18:" in out and "${alarm_kind}" in out, out  # not an alarm's field
+    assert f"{f}:20:" in out and "give a topic, not a url" in out, out  # mqtt: a topic
+    assert f"{f}:24:" in out and "${enterprise_name}" in out, out
+    assert f"{f}:25:" in out and "must place ${items}" in out, out

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.core.record import EVENT
 from gateway.store.journal import Journal
 from simulators.robots import RobotReceiver
-from tests.fixtures.daemon import SIM_PLANT, auth, gateway_yaml, make_tokens
+from tests.fixtures.daemon import SIM_PLANT, DaemonProcess, auth, gateway_yaml, make_tokens
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.notify import secret
 from tests.fixtures.sims import SimProcess
@@ -75,41 +73,6 @@ notify:
         - {{after: 0s, to: [张三], via: [sms]}}
         - {{after: 1s, to: [李四], via: [call]}}
 """
-
-
-class DaemonProcess:
-    """``python -m gateway.cli run -c FILE``; its admin API's address from its log."""
-
-    def __init__(self, config: Path):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--log-level", "INFO"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
-        self.log: list[str] = []
-        self.url = ""
-        threading.Thread(target=self._pump, daemon=True).start()
-        wait_until(lambda: self.url or self.proc.poll() is not None, timeout=30)
-        if not self.url:
-            self.stop()
-            raise RuntimeError("the daemon did not start:\n" + "".join(self.log[-40:]))
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-            m = re.search(r"admin API on (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                self.url = m.group(1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 def sms_to(sim: SimProcess, number: str) -> list[str]:
