@@ -116,6 +116,9 @@ def test_trend_chart_data_limits_alarm_period_and_csv(tmp_path: Path, sim_factor
         # (under load a health alarm, stale, may come too: the leak's are the limit rule's)
         leaks = [p for p in chart["periods"] if p["rule"] == "limit" and p["end"] is not None]
         assert leaks and all(p["level"] == "hh" for p in leaks), chart["periods"]
+        # the period rows link to the channel's alarm history
+        href = chrome.js("document.querySelector('.trend-periods tbody a').getAttribute('href')")
+        assert href == "#/alarms?channel=GT-1&range=24h"
         # and the shading is painted there: a pixel near the plot's top inside a period is
         # tinted red, one outside every period is not
         start_t, end_t = leaks[0]["start_t"], leaks[0]["end_t"]

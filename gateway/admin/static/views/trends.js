@@ -173,7 +173,12 @@ export async function mount(root, ctx) {
       const tr = el("tr", null, "prio-" + a.priority);
       tr.dataset.channel = a.channel;
       tr.dataset.start = a.start;
-      tr.append(el("td", a.channel), el("td", a.rule), el("td", a.level), el("td", ctx.fmtTime(a.start)),
+      // the channel's alarm history, for the events behind the period
+      const chan = el("td");
+      const link = el("a", a.channel);
+      link.href = "#/alarms?channel=" + encodeURIComponent(a.channel) + "&range=" + (st.range === "7d" ? "7d" : "24h");
+      chan.append(link);
+      tr.append(chan, el("td", a.rule), el("td", a.level), el("td", ctx.fmtTime(a.start)),
                 el("td", a.end ? ctx.fmtTime(a.end) : t("trends.active")),
                 el("td", a.acknowledged ? ctx.fmtTime(a.acknowledged) : ""));
       body.append(tr);
