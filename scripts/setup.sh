@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-apt_pkgs=(socat)
+# fonts-noto-cjk: the shift report's PDF embeds its Chinese font (gateway/admin/reportdoc.py)
+apt_pkgs=(socat fonts-noto-cjk)
 "${PYTHON:-python3}" -m venv --help >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 if [ "$want_test" = 1 ]; then
   # real servers the tests start on ephemeral ports, and the browser for the status page

@@ -33,7 +33,18 @@ from gateway.admin.auditing import AuditMiddleware
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Conflict, Invalid, NotFound, Refused
 from gateway.admin.reminders import RegisterService
-from gateway.admin.routes import alarms, config, gateway, history, live, page, permits, registers, users
+from gateway.admin.routes import (
+    alarms,
+    config,
+    gateway,
+    history,
+    live,
+    page,
+    permits,
+    registers,
+    reports,
+    users,
+)
 from gateway.admin.views import AlarmsView, ChannelView
 from gateway.core.config import ApiSection, RegistersSection
 from gateway.core.httplimits import BodyLimit, uvicorn_limits
@@ -129,7 +140,7 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
         )
 
     for make in (gateway.router, live.router, alarms.router, history.router, registers.router, permits.router,
-                 users.router, config.router):
+                 users.router, config.router, reports.router):
         app.include_router(make(ctx))
     app.include_router(page.router())
     return app

@@ -1,5 +1,6 @@
 """Alarms: the active ones with their recent transitions (from the journal, the one
-durable record of them), and the operator's acknowledge, shelve and unshelve."""
+durable record of them), the alarm history filtered by time, area, channel, level, state
+and transition, a page at a time, and the operator's acknowledge, shelve and unshelve."""
 
 # no "from __future__ import annotations": FastAPI resolves the handlers' annotations
 
@@ -9,8 +10,11 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import Field
 
+from gateway.admin.alarmlog import LEVELS, STATES, TRANSITIONS, Filter, history_page
 from gateway.admin.auth import Operator, Viewer
 from gateway.admin.context import AdminContext, StrictBody
+from gateway.admin.registers import Invalid
+from gateway.admin.routes.history import parse_when
 from gateway.core.tokens import Principal
 from gateway.core.units import iso_ns
 from gateway.services import DaemonContext
@@ -53,6 +57,79 @@ def router(ctx: AdminContext) -> APIRouter:
         hist = [ctx.alarms.display.event(ev) for ev in hist]  # exact in the journal, read by people here
         return {"active": active, "history": hist}
 
+    @r.get("/alarms/history", tags=["alarms"],
+           summary="the alarm journal, newest first, filtered; page on with next_before")
+    async def alarm_history(
+        _p: Viewer,
+        start: Annotated[str | None, Query(alias="from", max_length=40,
+                                           description="ISO time or a duration back from now (8h)")] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        channel: Annotated[list[str] | None, Query(max_length=200, description="repeat for several")] = None,
+        area: Annotated[str | None, Query(max_length=128)] = None,
+        level: Annotated[list[str] | None, Query(max_length=16)] = None,
+        state: Annotated[list[str] | None, Query(max_length=32)] = None,
+        transition: Annotated[list[str] | None, Query(max_length=16)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        before: Annotated[int | None, Query(ge=0, le=2**62, description="next_before of a page")] = None,
+    ) -> dict[str, Any]:
+        now = daemon.clock()
+        t1 = parse_when(end, now, "to") if end else now
+        t0 = parse_when(start, now, "from") if start else t1 - 24 * 3600 * 10**9
+        if t0 > t1:
+            raise Invalid([(("query", "from"), "'from' is after 'to'")])
+        errs: list[tuple[tuple[str | int, ...], str]] = []
+        for name, vals in (("channel", channel), ("level", level), ("state", state),
+                           ("transition", transition)):
+            if vals is not None and len(vals) > MAX_FILTER_VALUES:
+                errs.append((("query", name), f"at most {MAX_FILTER_VALUES} values"))
+        # FastAPI bounds a list parameter's count, not its items: each item is checked here
+        for name, vals, longest in (("channel", channel, 200), ("level", level, 16), ("state", state, 32),
+                                    ("transition", transition, 16)):
+            for v in vals or ():
+                if len(v) > longest:
+                    errs.append((("query", name), f"at most {longest} characters, got {len(v)}"))
+        if errs:
+            raise Invalid(errs)
+        for v in level or ():
+            if v not in LEVELS:
+                errs.append((("query", "level"), f"expected one of {', '.join(LEVELS)}, got {v!r}"))
+        for v in state or ():
+            if v not in STATES:
+                errs.append((("query", "state"), f"expected one of {', '.join(STATES)}, got {v!r}"))
+        for v in transition or ():
+            if v not in TRANSITIONS:
+                errs.append((("query", "transition"), f"expected one of {', '.join(TRANSITIONS)}, got {v!r}"))
+        for v in channel or ():
+            if v not in daemon.table.by_name:
+                errs.append((("query", "channel"), f"no channel named {v!r}"))
+        if errs:
+            raise Invalid(errs)
+        names: set[str] | None = set(channel) if channel else None
+        if area:
+            in_area = {ch.name for ch in daemon.table.channels if (ch.spec.area or "") == area}
+            names = in_area if names is None else names & in_area
+        flt = Filter(channels=None if names is None else frozenset(names),
+                     levels=frozenset(level) if level else None, states=frozenset(state) if state else None,
+                     transitions=frozenset(transition) if transition else None)
+
+        def scan(db: Any) -> dict[str, Any]:
+            return history_page(db, t0, t1, flt, limit=limit, before=before)
+
+        page: dict[str, Any] = await daemon.journal.run_read(scan)
+        shown = []
+        for ev in page["events"]:
+            ev = ctx.alarms.display.event(ev)
+            ev["time"] = iso_ns(ev["ts"])
+            ev["area"] = _area(ev.get("channel"))
+            shown.append(ev)
+        page["events"] = shown
+        page["from"], page["to"] = iso_ns(t0), iso_ns(t1)
+        return page
+
+    def _area(name: Any) -> str | None:
+        c = daemon.table.by_name.get(name) if isinstance(name, str) else None
+        return c.spec.area if c is not None else None
+
     def _check_channel(name: str) -> None:
         if name not in daemon.table.by_name:
             raise HTTPException(404, f"no channel named {name!r}")
@@ -93,6 +170,10 @@ def router(ctx: AdminContext) -> APIRouter:
         return _alarm_command("unshelve", channel, request, p, body)
 
     return r
+
+
+#: values one filter of /alarms/history may list
+MAX_FILTER_VALUES = 50
 
 
 async def _alarm_history(daemon: DaemonContext, limit: int, channel: str | None) -> list[dict[str, Any]]:

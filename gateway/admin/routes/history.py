@@ -1,5 +1,8 @@
 """A channel's stored values: from InfluxDB when the historian has it, else from the
-journal, through the same query as ``safegw history`` (gateway/historian/history.py)."""
+journal, through the same query as ``safegw history`` (gateway/historian/history.py); and
+a channel's trend for the page's charts (``/trend``): a bounded number of points (raw, or
+min/mean/max per interval for long ranges), the channel's alarm limits and its alarm
+periods from the journal's alarm events (gateway/admin/trend.py)."""
 
 # no "from __future__ import annotations": FastAPI resolves the handlers' annotations
 
@@ -12,6 +15,7 @@ from fastapi import Path as PathParam
 from gateway.admin.auth import Viewer
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Invalid
+from gateway.admin.trend import RANGES, trend
 from gateway.core.units import parse_duration
 from gateway.historian.history import HistoryError, query_api
 
@@ -38,8 +42,8 @@ def router(ctx: AdminContext) -> APIRouter:
         if c is None:
             raise HTTPException(404, f"no channel named {channel!r}")
         now = daemon.clock()
-        t1 = _when(end, now, "to") if end else now
-        t0 = _when(start, now, "from") if start else t1 - 3600 * 10**9
+        t1 = parse_when(end, now, "to") if end else now
+        t0 = parse_when(start, now, "from") if start else t1 - 3600 * 10**9
         if t0 > t1:
             raise Invalid([(("query", "from"), "'from' is after 'to'")])
         step = None
@@ -59,7 +63,49 @@ def router(ctx: AdminContext) -> APIRouter:
             raise Invalid([(("query",), msg)]) from None
         return result
 
+    @r.get("/trend/{channel}", tags=["history"],
+           summary="a channel's trend: points (aggregated for long ranges), limits, alarm periods")
+    async def trend_of(
+        channel: Annotated[str, PathParam(max_length=200)],
+        _p: Viewer,
+        range_: Annotated[
+            str | None,
+            Query(alias="range", max_length=8, description="the last 1h, 8h, 24h or 7d (instead of from/to)"),
+        ] = None,
+        start: Annotated[str | None, Query(alias="from", max_length=40, description="ISO time")] = None,
+        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        points: Annotated[int, Query(ge=10, le=5000, description="at most this many points")] = 1000,
+    ) -> dict[str, Any]:
+        c = daemon.table.by_name.get(channel)
+        if c is None:
+            raise HTTPException(404, f"no channel named {channel!r}")
+        now = daemon.clock()
+        if range_ is not None:
+            if range_ not in RANGES:
+                raise Invalid([(("query", "range"), f"expected one of {', '.join(RANGES)}, got {range_!r}")])
+            if start or end:
+                raise Invalid([(("query", "range"), "give either range or from/to, not both")])
+            t1, t0 = now, now - RANGES[range_] * 10**9
+        else:
+            t1 = parse_when(end, now, "to") if end else now
+            t0 = parse_when(start, now, "from") if start else t1 - 3600 * 10**9
+        if t0 >= t1:
+            raise Invalid([(("query", "from"), "'from' must be before 'to'")])
+        if t1 - t0 > MAX_TREND_NS:
+            raise Invalid([(("query", "from"), "a trend spans at most 31 days")])
+        try:
+            return await trend(ctx, c, t0, t1, max_points=points)
+        except HistoryError as e:
+            msg = str(e)
+            if "InfluxDB" in msg:
+                raise HTTPException(503, msg) from None
+            raise Invalid([(("query",), msg)]) from None
+
     return r
+
+
+#: the longest trend asked for (the journal keeps 30 days by default)
+MAX_TREND_NS = 31 * 86400 * 10**9
 
 
 #: the latest time a query asks for (2116-02-20): the journal and InfluxDB keep signed
@@ -67,7 +113,7 @@ def router(ctx: AdminContext) -> APIRouter:
 MAX_NS = 2**62
 
 
-def _when(s: str, now_ns: int, name: str) -> int:
+def parse_when(s: str, now_ns: int, name: str) -> int:
     """An ISO 8601 time, or a duration back from now (``1h`` = one hour ago)."""
     try:
         return now_ns - int(parse_duration(s.lstrip("-")) * 1e9)
