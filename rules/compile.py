@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,12 +58,14 @@ TB1 = TWA_BUCKETS + 1  # TWA snapshots kept per channel (a ring by 15 minutes)
 class EngineState:
     """The settings and state arrays of every channel (see the module docstring)."""
 
-    def __init__(self, rules: list[ChannelRules], *, table: ChannelTable | None, gateway_id: str,
+    def __init__(self, rules: Sequence[ChannelRules], *, table: ChannelTable | None, gateway_id: str,
                  history: int):
         self.table = table  # for its devices (maintenance by device)
+        #: a channel's settings, for the events that name it (TableRules: resolved when asked)
         self.rules = rules
         self.gateway_id = gateway_id
-        self.names = [r.name for r in rules]
+        every = list(rules)  # read once into the arrays below, then let go
+        self.names = [r.name for r in every]
         self.by_name = {n: i for i, n in enumerate(self.names)}
         self.n = n = len(rules)
         self._next_id = 1
@@ -71,7 +73,8 @@ class EngineState:
         self.shelved: dict[tuple[int, int], dict[str, Any]] = {}
         self.maint_by: dict[int, dict[str, Any]] = {}  # operator-set maintenance: who, reason
         self.stats = {"samples": 0, "ignored_old": 0, "events": 0}
-        self._build_config(rules)
+        self._build_config(every)
+        del every
         # ---- alarm machine, rules × channels
         self.act = np.zeros((NR, n), np.int8)
         self.cand = np.zeros((NR, n), np.int8)
