@@ -44,6 +44,10 @@ def test_engine_events_name_the_channel_settings_it_checks() -> None:
     cfg, table = _plant()
     eng = RulesEngine.for_gateway(cfg, table)
     assert isinstance(eng.rules, TableRules)
+    # names → indexes over the table's own dict (no second dict of every name)
+    assert eng.by_name["AT-201"] == table.index("AT-201") and len(eng.by_name) == len(table)
+    assert "nope" not in eng.by_name and eng.by_name.get("nope") is None
+    assert list(eng.by_name) == table.names()
     # GT-101 (demo): h 20, hh 40 %LEL with a 2 s delay; raise it to hh and hold it there
     c = table.by_name["GT-101"].index
     ch = np.array([c], np.int32)
