@@ -55,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,17 @@ def journal_state(path: Path) -> tuple[int, int]:
         db.close()
 
 
+def _drain(sock: socket.socket) -> None:
+    """Read and drop notify messages until the socket is closed."""
+    while True:
+        try:
+            sock.recv(4096)
+        except TimeoutError:
+            continue
+        except OSError:  # closed at the end of the run
+            return
+
+
 def probe(pid: int, path: Path, timeout: float = 10.0) -> dict[str, int]:
     n = len(path.read_text().splitlines()) if path.exists() else 0
     os.kill(pid, signal.SIGUSR1)
@@ -310,6 +322,9 @@ def run_once(plant: str, services: str, args: argparse.Namespace, growth_s: floa
             if "READY=1" in msg.split("\n"):
                 break
         start_s = time.monotonic() - t0
+        # go on reading the socket as systemd does: a daemon that blocked on a full notify
+        # queue (10 datagrams) would stop polling, and every figure after it would be idle's
+        threading.Thread(target=_drain, args=(notify,), daemon=True).start()
         deadline = t0 + args.start_timeout
         while journal_state(journal)[1] == 0:
             if time.monotonic() > deadline or daemon.poll() is not None:

@@ -70,6 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.core.malloc import cap_arenas
+
+    cap_arenas()  # before any thread starts: a few threads need not hold a heap each
     cfg = load_or_exit(args.config, apart=True)  # the parse's peak memory stays in a child
     if args.state_dir:
         cfg.gateway.state_dir = Path(args.state_dir)

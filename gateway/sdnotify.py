@@ -22,7 +22,11 @@ class Notifier:
         self._sock: socket.socket | None = None
         if addr:
             self._addr = "\0" + addr[1:] if addr.startswith("@") else addr
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # non-blocking: with the manager's queue full (10 datagrams by default) a blocking
+            # send would stop the event loop, and every poll with it; a message is dropped
+            # (and said once) instead
+            kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            self._sock = socket.socket(socket.AF_UNIX, kind)
         usec = os.environ.get("WATCHDOG_USEC")
         pid = os.environ.get("WATCHDOG_PID")
         self.watchdog_s: float | None = None
@@ -58,7 +62,9 @@ class Notifier:
         self.notify("STOPPING=1")
 
     def watchdog(self) -> None:
-        self.notify("WATCHDOG=1")
+        """A keep-alive, only when the manager asked for them (WATCHDOG_USEC)."""
+        if self.watchdog_s is not None:
+            self.notify("WATCHDOG=1")
 
     def status(self, text: str) -> None:
         self.notify(f"STATUS={text}")

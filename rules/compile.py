@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.core.channels import ChannelTable
+from gateway.core.channels import ChannelIndex, ChannelTable
 from rules.indexing import I64, NEVER, NONE, NR, UNSET, Event, FloatArr, Idx, IntArr
 from rules.settings import (
     IMPULSE_BUCKETS,
@@ -48,6 +48,7 @@ from rules.settings import (
     TREND_BUCKETS,
     TWA_BUCKETS,
     ChannelRules,
+    TableRules,
     phase_ns,
 )
 
@@ -58,20 +59,27 @@ TB1 = TWA_BUCKETS + 1  # TWA snapshots kept per channel (a ring by 15 minutes)
 class EngineState:
     """The settings and state arrays of every channel (see the module docstring)."""
 
-    def __init__(self, rules: list[ChannelRules], *, table: ChannelTable | None, gateway_id: str,
+    def __init__(self, rules: Sequence[ChannelRules], *, table: ChannelTable | None, gateway_id: str,
                  history: int):
         self.table = table  # for its devices (maintenance by device)
+        #: a channel's settings, for the events that name it (TableRules: resolved when asked)
         self.rules = rules
         self.gateway_id = gateway_id
-        self.names = [r.name for r in rules]
-        self.by_name = {n: i for i, n in enumerate(self.names)}
+        every = list(rules)  # read once into the arrays below, then let go
+        self.names = [r.name for r in every]
+        self.by_name: Mapping[str, int]
+        if isinstance(rules, TableRules):  # the gateway's: the table's names, in its order
+            self.by_name = ChannelIndex(rules.table)
+        else:
+            self.by_name = {n: i for i, n in enumerate(self.names)}
         self.n = n = len(rules)
         self._next_id = 1
         self.recent: deque[Event] = deque(maxlen=history)
         self.shelved: dict[tuple[int, int], dict[str, Any]] = {}
         self.maint_by: dict[int, dict[str, Any]] = {}  # operator-set maintenance: who, reason
         self.stats = {"samples": 0, "ignored_old": 0, "events": 0}
-        self._build_config(rules)
+        self._build_config(every)
+        del every
         # ---- alarm machine, rules × channels
         self.act = np.zeros((NR, n), np.int8)
         self.cand = np.zeros((NR, n), np.int8)
@@ -243,11 +251,16 @@ class EngineState:
         self.p_k = np.full(n, NONE, I64)  # the open bucket's number
         self.p_bws = self.p_bw / NS  # bucket width in seconds
         self.p_part = np.zeros(n, bool)  # the open bucket is the channel's first (partial) one
-        self.on_ns = np.zeros((NR, n), I64)
-        self.off_ns = np.zeros((NR, n), I64)
-        for r in (R_LIMIT, R_ROC, R_TREND, R_PREDICT):
-            self.on_ns[r] = [c.on_ns for c in rules]
-            self.off_ns[r] = [c.off_ns for c in rules]
+        # on/off delays by rule, then channel: the delayed rules share one row of the
+        # channels' delays, the others one row of zeros (not 13 rows: 10 MB at 50,000
+        # channels). Read-only: nothing changes a delay after start.
+        zero = np.zeros(n, I64)
+        on, off = np.array([c.on_ns for c in rules], I64), np.array([c.off_ns for c in rules], I64)
+        for a in (zero, on, off):
+            a.setflags(write=False)
+        delayed = (R_LIMIT, R_ROC, R_TREND, R_PREDICT)
+        self.on_ns: list[IntArr] = [on if r in delayed else zero for r in range(NR)]
+        self.off_ns: list[IntArr] = [off if r in delayed else zero for r in range(NR)]
         self.fz0 = np.flatnonzero(self.frozen_ns <= 0)  # frozen at once (a zero duration)
         self.stale_lbns = np.where(self.stale_ns == NEVER, 1 << 62, self.stale_ns)  # no overflow in slack
 

@@ -39,6 +39,7 @@ and require identical transitions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ from rules.settings import (
     RULES,
     TWA_WINDOW_NS,
     ChannelRules,
-    resolve_table,
+    TableRules,
 )
 from rules.summary import ChannelSummary, channel_summary
 
@@ -67,13 +68,13 @@ class RulesEngine(Recovery):
     #: how far back ``warm`` replays samples (the longest window a rule looks at)
     warm_window_ns = TWA_WINDOW_NS
 
-    def __init__(self, table: ChannelTable | None, *, rules: list[ChannelRules] | None = None,
+    def __init__(self, table: ChannelTable | None, *, rules: Sequence[ChannelRules] | None = None,
                  gateway_id: str = "safegw", poll_s: dict[str, float | None] | None = None,
                  device_maintenance: dict[str, bool] | None = None, history: int = 1000):
         if rules is None:
             if table is None:
                 raise ValueError("give a channel table or resolved rules")
-            rules = resolve_table(table, poll_s=poll_s, device_maintenance=device_maintenance)
+            rules = TableRules(table, poll_s=poll_s, device_maintenance=device_maintenance)
         super().__init__(rules, table=table, gateway_id=gateway_id, history=history)
 
     # ------------------------------------------------------------------ construction
@@ -85,8 +86,8 @@ class RulesEngine(Recovery):
         poll: dict[str, float | None] = {
             d.name: (None if d.name in streaming else d.poll) for d in cfg.devices}
         maint = {d.name: bool(d.maintenance) for d in cfg.devices}
-        rules = resolve_table(table, poll_s=poll, device_maintenance=maint,
-                              molar_volume=cfg.hygiene.molar_volume_l())
+        rules = TableRules(table, poll_s=poll, device_maintenance=maint,
+                           molar_volume=cfg.hygiene.molar_volume_l())
         return cls(table, rules=rules, gateway_id=cfg.gateway.id)
 
     # ------------------------------------------------------------------ process

@@ -197,13 +197,18 @@ class Limits(AlarmMachine):
             x = xz
         self._machine(R_FROZEN, chs, None, t, v, rnd, hold=hold, px=px, pxv=x)
         # the runs: members whose sample was held stay, the others are replaced by this round's
+        gone = np.ones(len(mpos), bool)
+        if len(mpos) and hold is not None:
+            j = np.searchsorted(hold, mpos)
+            j[j >= len(hold)] = 0
+            gone = hold[j] != mpos
+        if len(mpos) == len(eqpos) if hold is None else int(gone.sum()) == len(eqpos):
+            # the usual round of a steady plant: the same runs go on (each replaced by
+            # itself, its start unchanged), so skip rebuilding the plant-wide list
+            if np.array_equal(mpos if hold is None else mpos[gone], eqpos):
+                return
         keep = np.ones(len(self.fz_c), bool)
         if len(mpos):
-            gone = np.ones(len(mpos), bool)
-            if hold is not None:
-                j = np.searchsorted(hold, mpos)
-                j[j >= len(hold)] = 0
-                gone = hold[j] != mpos
             keep[mk[gone]] = False
         fc, ft = self.fz_c[keep], self.fz_t[keep]
         if len(eqc):

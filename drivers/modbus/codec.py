@@ -28,7 +28,7 @@ and the value, now infinite, is a ``SENSOR_FAULT`` like any non-finite reading.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -122,25 +122,26 @@ class _Group:
 class Layout:
     """Decodes a whole poll's response buffer into channel values in one pass per group."""
 
-    slots: list[ChannelSlot]
+    #: the slots are read once, into arrays, and not kept (a poll reads only the arrays)
+    slots: InitVar[list[ChannelSlot]]
     groups: list[_Group] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        n = len(self.slots)
-        self.scale = np.array([s.scale for s in self.slots], dtype=np.float64)
-        self.offset = np.array([s.offset for s in self.slots], dtype=np.float64)
+    def __post_init__(self, slots: list[ChannelSlot]) -> None:
+        n = len(slots)
+        self.scale = np.array([s.scale for s in slots], dtype=np.float64)
+        self.offset = np.array([s.offset for s in slots], dtype=np.float64)
         self.identity = bool(np.all(self.scale == 1.0) and np.all(self.offset == 0.0))
-        self.lo = np.array([s.range[0] if s.range else -np.inf for s in self.slots], dtype=np.float64)
-        self.hi = np.array([s.range[1] if s.range else np.inf for s in self.slots], dtype=np.float64)
-        self.has_range = any(s.range is not None for s in self.slots)
+        self.lo = np.array([s.range[0] if s.range else -np.inf for s in slots], dtype=np.float64)
+        self.hi = np.array([s.range[1] if s.range else np.inf for s in slots], dtype=np.float64)
+        self.has_range = any(s.range is not None for s in slots)
         keys: dict[tuple[str, str], list[int]] = {}
-        for i, s in enumerate(self.slots):
+        for i, s in enumerate(slots):
             keys.setdefault((s.type, s.byte_order if s.type != "bool" else ""), []).append(i)
         for (type_, order), members in keys.items():
             pos = np.array(members, dtype=np.intp)
-            starts = np.array([self.slots[i].byte_offset for i in members], dtype=np.intp)
+            starts = np.array([slots[i].byte_offset for i in members], dtype=np.intp)
             if type_ == "bool":
-                shift = np.array([self.slots[i].bit or 0 for i in members], dtype=np.uint8)
+                shift = np.array([slots[i].bit or 0 for i in members], dtype=np.uint8)
                 self.groups.append(_Group(pos, starts, None, shift))
             else:
                 perm = permutation(order, WIDTH[type_])

@@ -78,7 +78,6 @@ class Request:
 
 @dataclass
 class Plan:
-    points: list[Point]
     requests: list[Request]
     nbytes: int
     layout: Layout
@@ -145,7 +144,7 @@ def plan(points: Sequence[Point], *, max_registers: int = 125, max_bits: int = 2
                                        range=p.range)
         offset += r.nbytes
     layout = Layout([s for s in slots if s is not None])
-    return Plan(list(points), requests, offset, layout, point_request)
+    return Plan(requests, offset, layout, point_request)
 
 
 def rtu_cycle_s(dev: ModbusRtuDevice) -> float | None:

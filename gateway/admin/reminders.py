@@ -36,7 +36,7 @@ def open_store(daemon: DaemonContext, registers: RegistersSection) -> RegisterSt
     return RegisterStore(
         daemon.state_dir / "registers.db",
         schemas=schemas,
-        channels=daemon.table.names(),
+        channels=daemon.table.by_name.keys(),
         clock=daemon.clock,
         remind_days=registers.remind_days,
         max_attachment=registers.max_attachment,

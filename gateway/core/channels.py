@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,26 @@ class ChannelTable:
         """Identifies the numbering (names in order), so stored indexes can be mapped back."""
         h = hashlib.sha256(json.dumps(self.names()).encode()).hexdigest()
         return h[:16]
+
+
+class ChannelIndex(Mapping[str, int]):
+    """Name → index over a table's own name dict: for the parts that look channels up by
+    name (the rules engine), without a second dict of every name (~60 bytes a channel)."""
+
+    def __init__(self, table: ChannelTable):
+        self._by_name = table.by_name
+
+    def __getitem__(self, name: str) -> int:
+        return self._by_name[name].index
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
 
 
 class LiveTable:

@@ -94,3 +94,39 @@ def test_vanished_socket_warns_and_carries_on(tmp_path: Path, monkeypatch: pytes
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "READY" in warnings[0].getMessage()
     assert len(warnings) <= 2  # not one per watchdog ping
+
+
+def test_a_manager_that_stops_reading_never_blocks_the_daemon(
+        listener: Listener, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # the queue of a unix datagram socket holds net.unix.max_dgram_qlen messages (10 by
+    # default); a blocking send past it waited for the reader, and the event loop with it
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    n = Notifier()
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    with caplog.at_level(logging.WARNING, logger="gateway.sdnotify"):
+        for _ in range(qlen + 20):  # returns at once; without SOCK_NONBLOCK this hangs here
+            n.watchdog()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "WATCHDOG" in warnings[0].getMessage()
+    got = 0
+    while True:  # what fitted was delivered; the rest was dropped
+        try:
+            assert listener.recv(timeout=0.2) == "WATCHDOG=1"
+            got += 1
+        except TimeoutError:
+            break
+    assert 0 < got < qlen + 20
+    n.watchdog()  # room again: it works and says so
+    assert listener.recv() == "WATCHDOG=1"
+
+
+def test_no_keep_alive_unless_the_manager_asked_for_one(listener: Listener,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    n = Notifier()
+    n.watchdog()  # the daemon's timer calls it every second: nothing to send, no work
+    n.ready()
+    assert listener.recv() == "READY=1"  # the first (and only) message

@@ -77,3 +77,27 @@ devices:
     assert len(lines) == 1, e.value.lines
     assert lines[0].startswith("plant.yaml:7:"), lines
     assert "a bool is one bit: word orders CDAB/DCBA" in lines[0]
+
+
+def test_driver_names_the_overflowing_channel_and_its_scale_without_keeping_points() -> None:
+    # the driver plans from its channels' specs and keeps only the plan's arrays
+    from drivers.modbus.driver import ModbusTcpDriver
+    from gateway.core.channels import ChannelTable
+
+    cfg = loads("gateway: {id: gw, site: S}\ndevices:\n"
+                "  - {name: d, protocol: modbus-tcp, host: 127.0.0.1, port: 1, channels: [\n"
+                "      {name: big, kind: other, address: 'holding:0', type: float32, scale: 1.0e300},\n"
+                "      {name: small, kind: other, address: 'holding:2', type: float32, scale: 2}]}\n",
+                "plant.yaml")
+    table = ChannelTable.from_config(cfg)
+    drv = ModbusTcpDriver(cfg.devices[0], table.channels)
+    assert not hasattr(drv, "points") and not hasattr(drv.plan, "points")
+    assert not hasattr(drv.plan.layout, "slots")
+    buf = _buf(*encode_raw(3.0e38, "float32"), *encode_raw(1.5, "float32"))
+    values = drv.plan.layout.decode(buf)
+    assert values[1] == 3.0
+    drv._note_overflows(drv.plan.layout.overflowed)
+    assert drv.info["channel_errors"] == {"big": "raw × scale 1e+300 overflows float64"}
+    assert drv.info["scale_overflows"] == 1
+    drv._split.add(1)  # as after an "illegal data address": planned again from the specs
+    assert len(drv._make_plan().requests) == 2

@@ -102,7 +102,7 @@ def test_split_run_with_delays_equals_unbroken() -> None:
     checked = 0
     for cut in range(1, steps - 10):
         run(first, batches[cut - 1:cut], cut - 1)
-        if not ((first.cand != first.act) & (first.on_ns > 0)).any():
+        if not ((first.cand != first.act) & (np.array(first.on_ns) > 0)).any():
             continue  # restart where some delay is running
         now = T0 + cut * STEP
         second = RulesEngine(None, rules=rules)

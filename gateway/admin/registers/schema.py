@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal
 
@@ -360,7 +361,9 @@ class Validator:
     """Checks record data against its TypeSpec; knows channel names and looks up refs."""
 
     def __init__(self, channels: Iterable[str] | None = None):
-        self.channels = set(channels) if channels is not None else None
+        # a set view (a table's names) is used as it is: no copy of every name
+        self.channels: AbstractSet[str] | None = (
+            None if channels is None else channels if isinstance(channels, AbstractSet) else set(channels))
 
     def value(
         self,
