@@ -19,7 +19,10 @@ SERVED_SUFFIXES = {".js", ".css", ".json", ".svg", ".png", ".woff2"}
 MAX_STATIC_PATH = 200
 
 _PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; "
+                                # attachments are previewed from blob: URLs (images, PDFs)
+                                "frame-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                                "frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",

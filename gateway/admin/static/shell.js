@@ -134,6 +134,27 @@ export async function api(path, opts = {}) {
   return j;
 }
 
+// a body sent with XMLHttpRequest, whose upload reports progress (fetch cannot):
+// resolves with the parsed JSON answer, rejects with the server's own wording
+export function upload(path, body, onProgress, contentType = "application/octet-stream") {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open("POST", path);
+    x.setRequestHeader("Authorization", "Bearer " + sessionStorage.getItem(TOKEN_KEY));
+    x.setRequestHeader("Content-Type", contentType);
+    if (onProgress) x.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); });
+    x.addEventListener("load", () => {
+      let j = null;
+      try { j = JSON.parse(x.responseText); } catch (e) { /* not JSON */ }
+      if (x.status === 401) { logout(t("login.refused")); reject(Object.assign(new Error("unauthorized"), { status: 401 })); return; }
+      if (x.status >= 200 && x.status < 300) resolve(j);
+      else reject(Object.assign(new Error(errorText(x.status, x.statusText, j)), { status: x.status, body: j }));
+    });
+    x.addEventListener("error", () => reject(new Error(t("common.network"))));
+    x.send(body);
+  });
+}
+
 export function setConn(ok, text) {
   const c = $("conn");
   c.textContent = text;
@@ -152,7 +173,7 @@ export function parseHash(hash) {
 
 function makeCtx(view, route) {
   return {
-    api, fetchRaw, el, setConn,
+    api, fetchRaw, el, setConn, upload,
     t: (key, vars) => translate([view, "core"], key, vars),
     lang: state.lang,
     role: state.me.role,
