@@ -35,10 +35,10 @@ export function fieldTitle(ctx, name, f) {
   return (f && f.title) || name.replace(/_/g, " ");
 }
 
+// a workflow step's short name for its button (its long title goes in the tooltip)
 export function transitionTitle(ctx, name, tr) {
   if (ctx.lang === "zh-CN" && tr && tr.title_zh) return tr.title_zh;
-  const w = word(ctx, "tr.", name);
-  return w !== name ? w : ((tr && tr.title) || name);
+  return word(ctx, "tr.", name).replace(/_/g, " ");
 }
 
 // a field's value as text for tables and read-only views
@@ -250,7 +250,7 @@ export async function buildForm(ctx, spec, data, opts = {}) {
     const lab = el("label", fieldTitle(ctx, n, f) + (f.required && !opts.readOnly ? " *" : ""));
     lab.htmlFor = w.id;
     lab.dataset.field = n;
-    w.node.dataset && (w.node.dataset.field = n);
+    w.input.dataset.field = n;
     const row = el("div", null, "form-row" + (f.due ? " due-field" : ""));
     row.append(lab, w.node);
     grid.append(row);

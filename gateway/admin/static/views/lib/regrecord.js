@@ -78,6 +78,7 @@ export async function mountRecord(root, ctx, rtype, spec, rid) {
       if (RANK[ctx.role] < RANK[tr.role || "operator"]) continue;  // the API would refuse it
       const b = el("button", transitionTitle(ctx, name, tr) + " → " + word(ctx, "state.", tr.to), "transition");
       b.dataset.transition = name;
+      if (tr.title) b.title = tr.title;
       b.addEventListener("click", () => transitionDialog(ctx, rtype, spec, doc, name, tr));
       wf.append(b);
     }
@@ -171,43 +172,49 @@ function attachments(ctx, path, doc, editable, urls) {
   sec.id = "attachments";
   sec.append(el("h3", t("reg.attachments")));
   const list = el("ul", null, "attachments");
+  list.id = "att-list";
   const preview = el("div", null, "preview");
   preview.id = "att-preview";
-  for (const a of doc.attachments || []) {
-    const li = el("li");
-    li.dataset.attachment = String(a.id);
-    const dl = el("button", a.filename, "link");
-    dl.dataset.action = "download";
-    dl.addEventListener("click", async () => {
-      const r = await ctx.fetchRaw(path + "/attachments/" + a.id);
-      if (r.ok) download(ctx, await r.blob(), a.filename);
-    });
-    li.append(dl, el("span", " " + a.mime + ", " + Math.ceil(a.size / 1024) + " KiB, " + a.by + ", " + ctx.fmtTime(a.uploaded) + " ", "muted"));
-    if (PREVIEWABLE.includes(a.mime)) {
-      const pv = el("button", t("reg.preview"), "small");
-      pv.dataset.action = "preview";
-      pv.addEventListener("click", async () => {
+
+  function fill(items) {
+    list.replaceChildren();
+    for (const a of items) {
+      const li = el("li");
+      li.dataset.attachment = String(a.id);
+      const dl = el("button", a.filename, "link");
+      dl.dataset.action = "download";
+      dl.addEventListener("click", async () => {
         const r = await ctx.fetchRaw(path + "/attachments/" + a.id);
-        if (!r.ok) return;
-        // the file is the server's, typed by its content; shown from a blob URL (the CSP allows blob: images and frames)
-        const u = URL.createObjectURL(new Blob([await r.arrayBuffer()], { type: a.mime }));
-        urls.push(u);
-        let node;
-        if (a.mime === "application/pdf") {
-          node = el("iframe");
-          node.title = a.filename;
-        } else {
-          node = el("img");
-          node.alt = a.filename;
-        }
-        node.src = u;
-        preview.replaceChildren(node);
+        if (r.ok) download(ctx, await r.blob(), a.filename);
       });
-      li.append(pv);
+      li.append(dl, el("span", " " + a.mime + ", " + Math.ceil(a.size / 1024) + " KiB, " + a.by + ", " + ctx.fmtTime(a.uploaded) + " ", "muted"));
+      if (PREVIEWABLE.includes(a.mime)) {
+        const pv = el("button", t("reg.preview"), "small");
+        pv.dataset.action = "preview";
+        pv.addEventListener("click", async () => {
+          const r = await ctx.fetchRaw(path + "/attachments/" + a.id);
+          if (!r.ok) return;
+          // the file as the server typed it by its content, shown from a blob: URL (the CSP allows blob: images and frames)
+          const u = URL.createObjectURL(new Blob([await r.arrayBuffer()], { type: a.mime }));
+          urls.push(u);
+          let node;
+          if (a.mime === "application/pdf") {
+            node = el("iframe");
+            node.title = a.filename;
+          } else {
+            node = el("img");
+            node.alt = a.filename;
+          }
+          node.src = u;
+          preview.replaceChildren(node);
+        });
+        li.append(pv);
+      }
+      list.append(li);
     }
-    list.append(li);
+    if (!items.length) list.append(el("li", t("reg.no_attachments"), "muted"));
   }
-  if (!(doc.attachments || []).length) list.append(el("li", t("reg.no_attachments"), "muted"));
+  fill(doc.attachments || []);
   sec.append(list);
   if (editable) {
     const lab = el("label", t("reg.upload") + " ");
@@ -230,7 +237,8 @@ function attachments(ctx, path, doc, editable, urls) {
       err.textContent = "";
       try {
         await uploadFile(ctx, path, f, bar);
-        ctx.navigate(location.hash);
+        fill(await ctx.api(path + "/attachments"));
+        file.value = "";
       } catch (e) { err.textContent = e.message; }
     });
     sec.append(lab, bar, err);
