@@ -180,7 +180,7 @@ class ImportExport(StoreCore):
             for i, (_rid, data) in enumerate(cleaned) if fmt == "csv"
             for k, v in data.items() if isinstance(v, str) and v.startswith(FORMULA_START)
         ]
-        events = []
+        events: list[dict[str, Any]] = []
         plan: list[dict[str, Any]] = []
         try:
             with self._tx():

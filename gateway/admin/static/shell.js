@@ -97,7 +97,10 @@ function errorText(status, statusText, j) {
   if (j && typeof j.detail === "string") return j.detail;
   if (j && Array.isArray(j.detail)) {
     // validation errors: "where: why" for each, as the server words them
-    return j.detail.map((d) => (d.loc ? d.loc.filter((x) => x !== "body").join(".") + ": " : "") + d.msg).join("; ");
+    return j.detail.map((d) => {
+      const where = (d.loc || []).filter((x) => x !== "body").join(".");
+      return (where ? where + ": " : "") + d.msg;
+    }).join("; ");
   }
   return status + " " + statusText;
 }
@@ -269,7 +272,7 @@ function logout(msg) {
   setConn(false, t("conn.signed_out"));
 }
 
-async function init() {
+async function loadSettings() {
   try {
     const r = await fetch("/page/settings");
     if (r.ok) state.settings = await r.json();
@@ -279,10 +282,17 @@ async function init() {
   await loadStrings("core");
   applyStaticStrings();
   $("gw-id").textContent = state.settings.gateway || "";
-  $("login-form").addEventListener("submit", (ev) => {
+}
+
+function init() {
+  // the handlers first, so a sign-in as soon as the form shows is never lost; the settings
+  // and strings load meanwhile, and signing in waits for them
+  const settled = loadSettings();
+  $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
     $("token").value = "";
+    await settled;
     start();
   });
   $("logout").addEventListener("click", () => logout(""));
@@ -293,9 +303,13 @@ async function init() {
     route_();  // the view is mounted again in the new language
   });
   window.addEventListener("hashchange", route_);
-  if (sessionStorage.getItem(TOKEN_KEY)) await start();
-  if (!state.me) $("login").hidden = false;
-  document.body.dataset.ready = "1";
+  const stored = !!sessionStorage.getItem(TOKEN_KEY);
+  if (!stored) $("login").hidden = false;
+  settled.then(async () => {
+    if (stored) await start();
+    if (!state.me) $("login").hidden = false;
+    document.body.dataset.ready = "1";
+  });
 }
 
 init();
