@@ -238,6 +238,32 @@ def test_the_server_refusal_is_shown_as_worded(plant: Plant, browser: Any) -> No
     again = plant.http["operator"].patch(f"/registers/hot_work_permit/{rid}?version=1",
                                          json={"location": "x"})
     assert again.status_code == 409 and shown == again.json()["detail"]
+    # in Chinese: the message in Chinese, the server's own words after it
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#rec-save')?.textContent === '保存'", what="the record in Chinese")
+    fill(c, field("location"), "pump P-103")
+    plant.http["admin"].patch(f"/registers/hot_work_permit/{rid}", json={"guardian": "qian"})
+    c.click("#rec-save")
+    c.wait("document.querySelector('#record-form [role=alert]').textContent.length > 0", what="the refusal")
+    shown = c.js("document.querySelector('#record-form [role=alert]').textContent")
+    current = plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()["version"]
+    assert shown.startswith(f"记录 {rid} 已被他人修改（当前为第 {current} 版，而非第 {current - 1} 版）")
+    assert shown.endswith("（" + f"hot_work_permit record {rid} is at version {current}, not {current - 1}: "
+                          "someone changed it meanwhile; reload and retry）")
+    # reloaded, the edit goes through and changes only what was edited: the gateway's gas
+    # analyses and the datetimes shown in the site's zone are sent back as they were, not at all
+    go(c, "#/registers", "document.querySelector('#register-types')")
+    go(c, f"#/registers/hot_work_permit/{rid}", f"document.querySelector({json.dumps(field('location'))})")
+    fill(c, field("location"), "pump P-104")
+    c.click("#rec-save")
+    c.wait("document.querySelector('#history tbody tr')?.textContent.includes('pump P-104')",
+           what="the record reloaded with the edit in its history")
+    hist = plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}/history").json()
+    last = hist[-1]
+    assert last["actor"] == "operator-user" and last["action"] == "update"
+    assert {k for k in last["after"]["data"] if last["after"]["data"][k] != last["before"]["data"].get(k)} == {
+        "location"}
     assert plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()["state"] == "applied"
 
 

@@ -14,6 +14,7 @@ const state = {
   settings: { language: "en", timezone: "UTC", gateway: "" },
   lang: "en",
   strings: {},        // file name -> {en: {...}, "zh-CN": {...}}
+  messages: {},       // language -> [[pattern, words], ...]: the API's messages translated
   me: null,           // {name, role}
   cleanup: null,      // the mounted view's cleanup function
   mounting: 0,        // the latest mount; an older one that finishes late is dropped
@@ -93,13 +94,25 @@ export function fmtTime(x, tz) {
 }
 
 // ------------------------------------------------------------------ API
+// a server message in the page's language: in Chinese, the known ones (static/messages.json)
+// translated with the server's own words after them; otherwise as the server words it
+function serverWords(msg) {
+  const list = state.lang !== "en" && state.messages[state.lang];
+  if (!list || typeof msg !== "string") return msg;
+  for (const [pattern, words] of list) {
+    const re = new RegExp(pattern);
+    if (re.test(msg)) return msg.replace(re, words) + "（" + msg + "）";
+  }
+  return msg;
+}
+
 function errorText(status, statusText, j) {
-  if (j && typeof j.detail === "string") return j.detail;
+  if (j && typeof j.detail === "string") return serverWords(j.detail);
   if (j && Array.isArray(j.detail)) {
     // validation errors: "where: why" for each, as the server words them
     return j.detail.map((d) => {
       const where = (d.loc || []).filter((x) => x !== "body").join(".");
-      return (where ? where + ": " : "") + d.msg;
+      return (where ? where + ": " : "") + serverWords(d.msg);
     }).join("; ");
   }
   return status + " " + statusText;
@@ -280,6 +293,10 @@ async function loadSettings() {
   const chosen = localStorage.getItem(LANG_KEY);
   state.lang = LANGS.includes(chosen) ? chosen : (LANGS.includes(state.settings.language) ? state.settings.language : "en");
   await loadStrings("core");
+  try {
+    const r = await fetch("/static/messages.json");
+    if (r.ok) state.messages = await r.json();
+  } catch (e) { /* messages shown as the server words them */ }
   applyStaticStrings();
   $("gw-id").textContent = state.settings.gateway || "";
 }

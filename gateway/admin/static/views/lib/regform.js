@@ -165,7 +165,7 @@ export async function widget(ctx, name, f, value, opts) {
       g.append(input, dl);
       input.disabled = ro;
       input.required = !!f.required && !ro;
-      return { node: g, input, get, id };
+      return unchangedAsGiven({ node: g, input, get, id }, value);
     }
     case "table": {
       return tableWidget(ctx, name, f, value, opts, id);
@@ -184,7 +184,17 @@ export async function widget(ctx, name, f, value, opts) {
   input.name = name;
   input.disabled = ro;
   input.required = !!f.required && !ro;
-  return { node: input, input, get, id };
+  return unchangedAsGiven({ node: input, input, get, id }, value);
+}
+
+// a field nobody touched gives back the value it was given, exactly: the form's own
+// rendering (a datetime in the site's zone, a table's empty cells) must not count as an edit
+function unchangedAsGiven(w, value) {
+  const initial = w.input.value;
+  const read = w.get;
+  w.dirty = () => w.input.value !== initial;
+  w.get = () => (w.dirty() ? read() : (value === undefined ? null : value));
+  return w;
 }
 
 async function tableWidget(ctx, name, f, value, opts, id) {
@@ -216,6 +226,7 @@ async function tableWidget(ctx, name, f, value, opts, id) {
     rowsBox.append(fs);
   }
   for (const v of Array.isArray(value) ? value : []) await addRow(v);
+  const initialRows = rows.slice();
   box.append(rowsBox);
   if (!opts.readOnly) {
     const add = el("button", ctx.t("reg.add_row"), "small");
@@ -223,7 +234,11 @@ async function tableWidget(ctx, name, f, value, opts, id) {
     add.addEventListener("click", () => addRow(null));
     box.append(add);
   }
+  // untouched (same rows, no cell edited): the table as it was given
+  const dirty = () => rows.length !== initialRows.length || rows.some((r, i) => r !== initialRows[i]) ||
+    rows.some((r) => Object.values(r.cells).some((w) => w.dirty && w.dirty()));
   const get = () => {
+    if (!dirty()) return value === undefined ? null : value;
     const out = [];
     for (const r of rows) {
       const o = {};
@@ -232,7 +247,7 @@ async function tableWidget(ctx, name, f, value, opts, id) {
     }
     return out.length ? out : null;
   };
-  return { node: box, input: box, get, id };
+  return { node: box, input: box, get, id, dirty };
 }
 
 // a form of `names` (all fields by default) filled with `data`:

@@ -268,9 +268,11 @@ async function transitionDialog(ctx, rtype, spec, doc, name, tr) {
   const form = el("form");
   form.method = "dialog";
   form.append(el("h3", transitionTitle(ctx, name, tr) + " → " + word(ctx, "state.", tr.to)));
+  // the fields the step needs, and the signatures table when it needs signatures (a permit's approval)
   const needs = (tr.requires || []).filter((n) => spec.fields[n]);
+  if ((tr.signatures || []).length && spec.fields.signatures && !needs.includes("signatures")) needs.push("signatures");
   const built = await buildForm(ctx, spec, doc.data, { only: needs });
-  for (const n of needs) { const w = built.widgets[n]; if (w && w.input && "required" in w.input) w.input.required = true; }
+  for (const n of tr.requires || []) { const w = built.widgets[n]; if (w && w.input && "required" in w.input) w.input.required = true; }
   form.append(built.node);
   const noteId = "tr-note";
   const noteLab = el("label", t("reg.note"));
@@ -323,8 +325,19 @@ async function transitionDialog(ctx, rtype, spec, doc, name, tr) {
       // the server's refusal as it words it (a gas reading above its criterion, a missing signature)
       err.append(el("p", e.message));
       const analysis = e.body && e.body.analysis;
-      if (analysis && Array.isArray(analysis.readings)) {
-        for (const r of analysis.readings) err.append(el("p", [r.channel, r.value, r.unit, r.verdict || r.ok].filter((x) => x !== undefined && x !== null).join(" ")));
+      if (analysis && Array.isArray(analysis.readings) && analysis.readings.length) {
+        // the live readings the step was judged on, each with its verdict and the clause behind it
+        const tb = el("table", null, "readings");
+        const hr = el("tr");
+        for (const h of ["reg.channel", "reg.value", "reg.verdict", "reg.criterion"]) hr.append(el("th", t(h)));
+        tb.append(hr);
+        for (const r of analysis.readings) {
+          const tr = el("tr", null, r.verdict === "pass" ? "" : "refused");
+          tr.append(el("td", r.channel), el("td", [r.value, r.unit].filter((x) => x !== null && x !== undefined).join(" ")),
+            el("td", r.reason || r.verdict), el("td", [r.criterion, r.clause].filter(Boolean).join(" · ")));
+          tb.append(tr);
+        }
+        err.append(tb);
       }
       ok.disabled = false;
       return;
