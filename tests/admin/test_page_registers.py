@@ -262,8 +262,8 @@ def test_the_server_refusal_is_shown_as_worded(plant: Plant, browser: Any) -> No
     hist = plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}/history").json()
     last = hist[-1]
     assert last["actor"] == "operator-user" and last["action"] == "update"
-    assert {k for k in last["after"]["data"] if last["after"]["data"][k] != last["before"]["data"].get(k)} == {
-        "location"}
+    before, after = last["before"]["data"], last["after"]["data"]
+    assert {k for k in {*before, *after} if before.get(k) != after.get(k)} == {"location"}
     assert plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()["state"] == "applied"
 
 
