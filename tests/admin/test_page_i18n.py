@@ -75,3 +75,29 @@ def test_built_in_register_types_are_labelled_in_chinese() -> None:
             missing += [f"state.{s}" for s in spec.workflow.states if f"state.{s}" not in words]
             missing += [f"tr.{t}" for t in spec.workflow.transitions if f"tr.{t}" not in words]
     assert not missing, missing
+
+
+def test_the_api_messages_in_chinese_match_what_the_server_says() -> None:
+    """static/messages.json: each pattern compiles, uses only groups it has, and turns a
+    message the server really sends into Chinese."""
+    doc = json.loads((STATIC / "messages.json").read_text(encoding="utf-8"))
+    pairs = doc["zh-CN"]
+    for pattern, words in pairs:
+        rx = re.compile(pattern)
+        assert pattern.startswith("^") and pattern.endswith("$"), pattern
+        assert all(int(n) <= rx.groups for n in re.findall(r"\$(\d)", words)), (pattern, words)
+        assert re.search(r"[\u4e00-\u9fff]", words), words
+
+    def zh(msg: str) -> str | None:
+        for pattern, words in pairs:
+            m = re.match(pattern, msg)
+            if m:
+                return m.expand(re.sub(r"\$(\d)", r"\\\1", words))
+        return None
+
+    assert zh("invalid or revoked token") == "令牌无效或已被吊销"
+    stale = "hidden_danger record 7 is at version 3, not 2: someone changed it meanwhile; reload and retry"
+    assert zh(stale) == "记录 7 已被他人修改（当前为第 3 版，而非第 2 版）：请刷新后重试"
+    assert zh("cannot verify a hidden_danger in state 'reported'; verify applies in ['rectified']") \
+        == "记录当前状态为 reported，不能办理“verify”"
+    assert zh("not a PDF, PNG or JPEG file (checked by content, not by name)") is not None

@@ -338,6 +338,8 @@ def test_a_viewer_is_offered_nothing_to_change(plant: Plant, browser: Any) -> No
     assert c.js("document.querySelector('#att-file')") is None
     assert c.js("[...document.querySelectorAll('#record-form input, #record-form select')]"
                 ".every(e => e.disabled)")
+    # a route with no view says so
+    go(c, "#/no-such-view", "document.querySelector('#view p.not-available')")
     # the users view says what it needs, without asking the API
     go(c, "#/users", "document.querySelector('#view p.error')")
     assert "admin" in c.js("document.querySelector('#view p.error').textContent")
