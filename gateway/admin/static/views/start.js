@@ -102,7 +102,9 @@ export async function mount(root, ctx) {
 
   root.append(alarmSec, chanSec, dueSec);
 
+  let chanSeq = 0;  // the newest request: an older answer arriving late (timer vs typing) is dropped
   async function refreshChannels() {
+    const my = ++chanSeq;
     const params = new URLSearchParams();
     const f = filter.value.trim();
     if (f) params.set("q", f);
@@ -111,7 +113,7 @@ export async function mount(root, ctx) {
     params.set("offset", String(offset));
     try {
       const data = await ctx.api("/channels?" + params.toString());
-      if (!alive) return;
+      if (!alive || my !== chanSeq) return;
       if (data.total > 0 && offset >= data.total) { offset = Math.max(0, data.total - PAGE); return refreshChannels(); }
       const body = el("tbody");
       for (const c of data.channels) {
