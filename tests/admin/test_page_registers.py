@@ -18,6 +18,7 @@ import pytest
 
 from tests.fixtures.cdp import CDP, CHROMIUM
 from tests.fixtures.daemon import SIM_PLANT, Daemon, auth, gateway_yaml, make_tokens
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.pagehelp import choose, field, fill, go, png, press_enter, set_files, sign_in
 
 pytestmark = [
@@ -389,3 +390,47 @@ def test_an_import_is_previewed_before_it_is_applied(plant: Plant, browser: Any,
 def _ppe(item: str) -> dict[str, Any]:
     return {"item": item, "kind": "general", "person": "li", "quantity": 20, "issued_on": "2026-11-01",
             "replace_by": "2027-11-01"}
+
+
+def test_a_permit_approved_with_its_signatures_in_the_dialog(plant: Plant, browser: Any) -> None:
+    """Approval needs the admin role, a passing gas analysis on live readings and five
+    signatures: the dialog asks for the signatures table; without them the server's refusal
+    is shown; with them the permit is approved."""
+    plant.sim.control(set="GT-1", value=0.0)
+    viewer = plant.http["viewer"]
+    # the daemon polls the simulator: wait until the reading is the new one
+    wait_until(lambda: viewer.get("/channels/GT-1").json()["value"] in (0, 0.0), 15, 0.1, "GT-1 at 0")
+    permit = {"permit_no": "DH-2026-002", "applicant_unit": "maintenance", "location": "pump P-201",
+              "content": "cutting a bracket", "work_leader": "wang", "level": "second", "channels": ["GT-1"],
+              "medium": "methane",
+              "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T16:00:00"}
+    rid = plant.http["operator"].post("/registers/hot_work_permit", json=permit).json()["id"]
+    r = plant.http["operator"].post(f"/registers/hot_work_permit/{rid}/transitions/analyse", json={})
+    assert r.status_code == 200 and r.json()["state"] == "analysed", r.text
+
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["admin"])
+    go(c, f"#/registers/hot_work_permit/{rid}", state_is("analysed"))
+    c.click("#workflow button[data-transition=approve]")
+    c.wait("!!document.querySelector('#transition-dialog')?.open", what="the approve dialog")
+    table = "#transition-dialog div[data-field=signatures]"
+    assert c.js(f"!!document.querySelector({json.dumps(table)})") is True
+    c.click("#tr-ok")
+    c.wait("document.querySelector('#tr-error').textContent.includes('signature')", what="the refusal")
+    said = c.js("document.querySelector('#tr-error').textContent")
+    assert "a applicant signature is required to approve" in said
+
+    roles = ["applicant", "work_leader", "guardian", "analyst", "approver"]
+    for i, role in enumerate(roles):
+        c.click(f"{table} > button")  # add a row
+        row = f"{table} fieldset.table-row:nth-of-type({i + 1})"
+        c.wait(f"!!document.querySelector({json.dumps(row)})", what=f"signature row {i + 1}")
+        choose(c, f"{row} select", role)
+        fill(c, f"{row} input[type=text]", f"signer {i + 1}")
+        choose(c, f"{row} input[type=datetime-local]", "2026-12-07T08:30:00")
+    c.click("#tr-ok")
+    c.wait(state_is("approved"), what="approved")
+    doc = plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()
+    assert sorted(s["role"] for s in doc["data"]["signatures"]) == sorted(roles)
+    assert [a["step"] for a in doc["data"]["gas_analyses"] if a["ok"]][-1] == "approve"
+    assert not c.errors(), c.errors()
