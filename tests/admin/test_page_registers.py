@@ -208,9 +208,12 @@ def test_the_server_refusal_is_shown_as_worded(plant: Plant, browser: Any) -> No
     """A hot-work permit's gas analysis while the gas reads high: the step is refused, and the
     dialog shows the server's own words; then an edit against a stale version (409) likewise."""
     plant.sim.control(set="GT-1", value=55.0)
+    # judged on a steady state: the reading there and its alarm raised (both go into the reason)
+    wait_until(lambda: (lambda ch: ch["value"] == 55 and bool(ch["alarms"]))(
+        plant.http["viewer"].get("/channels/GT-1").json()), 15, 0.1, "GT-1 at 55 and in alarm")
     permit = {"permit_no": "DH-2026-001", "applicant_unit": "maintenance", "location": "pump P-101",
               "content": "welding a flange", "work_leader": "wang", "level": "second", "channels": ["GT-1"],
-              "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T16:00:00"}
+              "medium": "methane", "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T16:00:00"}
     r = plant.http["operator"].post("/registers/hot_work_permit", json=permit)
     assert r.status_code == 201, r.text
     rid = r.json()["id"]
