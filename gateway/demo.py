@@ -6,6 +6,10 @@ would: the gateway reaches them over real sockets and ptys. Once the simulator s
 a state directory, no broker, no InfluxDB) and the terminal shows every channel,
 refreshed each second, until Ctrl-C or ``--seconds``. The table fits the terminal
 (80×24 included): alarming channels first, columns dropped or cut by display width.
+
+The admin API and the plant's web page run beside it on a free local port (loopback
+only), with a demo admin token made for this run; the address and the token are printed
+under the table, so a newcomer's first minute includes the page.
 """
 
 from __future__ import annotations
@@ -90,9 +94,10 @@ def _fmt_value(v: float, rendering: Rendering) -> str:
 
 #: columns dropped, in this order, when the table is wider than the terminal
 DROP_ORDER = (1, 5)  # kind, age
-#: lines around the rows: heading, rule, blank, devices, journal, "(Ctrl-C to stop)" and
-#: the line its newline moves the cursor to (filling that one scrolls the heading away)
-CHROME_LINES = 7
+#: lines around the rows: heading, rule, blank, devices, journal, the page's address and
+#: token, "(Ctrl-C to stop)" and the line its newline moves the cursor to (filling that one
+#: scrolls the heading away)
+CHROME_LINES = 9
 
 
 def _alarm_text(a: dict[str, Any]) -> str:
@@ -177,6 +182,7 @@ def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None
         tmp = tempfile.mkdtemp(prefix="safegw-demo-")
         state_dir = tmp
     cfg.gateway.state_dir = Path(state_dir)
+    token = _demo_api(cfg)
     try:
         proc, info = start_simulators(sim_path)
     except (RuntimeError, OSError) as e:
@@ -184,7 +190,7 @@ def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None
         return 1
     print(f"simulators ready: {json.dumps(info)}", flush=True)
     try:
-        return asyncio.run(_run(cfg, seconds))
+        return asyncio.run(_run(cfg, seconds, token))
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -196,7 +202,32 @@ def run_demo(*, seconds: float | None, state_dir: str | None, config: str | None
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _run(cfg: Any, seconds: float | None) -> int:
+def _demo_api(cfg: Any) -> str:
+    """The API on a free loopback port, and a demo admin token for it (returned, shown once
+    per screen under the table: it is this run's, in this run's state directory)."""
+    from gateway.core.config import ApiSection
+    from gateway.core.tokens import UserStore
+
+    if cfg.api is None:
+        cfg.api = ApiSection(listen="127.0.0.1:0")
+    else:
+        cfg.api.listen = "127.0.0.1:0"
+    users_file = Path(cfg.api.users_file or cfg.gateway.state_dir / "users.json")
+    if not users_file.is_absolute():
+        users_file = cfg.base_dir / users_file
+    users_file.parent.mkdir(parents=True, exist_ok=True)
+    return UserStore(users_file).add("demo-admin", "admin", by="demo", rotate=True)
+
+
+def page_lines(gw: Any, token: str) -> list[str]:
+    """The lines under the table that say where the page is and how to sign in."""
+    api = next((s for s in gw.services if s.name == "api"), None)
+    if api is None or not api.url:
+        return []
+    return [f"web page: {api.url}/   (sign in with the demo admin token below)", f"token: {token}"]
+
+
+async def _run(cfg: Any, seconds: float | None, token: str = "") -> int:
     from gateway.app import Gateway, install_signal_handlers
 
     gw = Gateway(cfg)
@@ -209,6 +240,7 @@ async def _run(cfg: Any, seconds: float | None) -> int:
         while True:
             await asyncio.sleep(1.0)
             text = render(gw, time.time_ns(), color=tty, size=shutil.get_terminal_size() if tty else None)
+            text = "\n".join([text, *page_lines(gw, token)])
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J" + text + "\n(Ctrl-C to stop)\n")
             else:

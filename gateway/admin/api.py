@@ -84,7 +84,7 @@ def _offline_docs(app: FastAPI) -> None:
 
 
 def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, max_import: int = 10 * 2**20,
-               max_attachment: int = 20 * 10**6) -> FastAPI:
+               max_attachment: int = 20 * 10**6, language: str = "en") -> FastAPI:
     app = FastAPI(
         title="safegw admin API",
         version=__version__,
@@ -142,7 +142,8 @@ def create_app(ctx: AdminContext, *, docs: bool = True, max_body: int = 2**20, m
     for make in (gateway.router, live.router, alarms.router, history.router, registers.router, permits.router,
                  users.router, config.router, reports.router):
         app.include_router(make(ctx))
-    app.include_router(page.router())
+    gw = ctx.daemon.cfg.gateway
+    app.include_router(page.router({"language": language, "timezone": gw.timezone, "gateway": gw.id}))
     return app
 
 
@@ -173,7 +174,8 @@ class ApiService:
             limiter=FailureLimiter(section.max_failures, section.failure_window, section.lockout),
         )
         self.app = create_app(self.ctx, docs=section.docs, max_body=section.max_body,
-                              max_import=section.max_import, max_attachment=registers.max_attachment)
+                              max_import=section.max_import, max_attachment=registers.max_attachment,
+                              language=section.language)
         self.server: Any = None
         self.port: int | None = None
         self.url: str | None = None

@@ -91,6 +91,22 @@ class GatewaySection(Strict):
                             description="journal, keys, registers live here; "
                             "`safegw run --state-dir` (the systemd unit) overrides it")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    timezone: str | None = Field(default=None, max_length=64,
+                                 description="the site's IANA time zone (Asia/Shanghai): the page shows "
+                                             "times in it; default: the machine's own")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        import zoneinfo
+
+        if v is None:
+            return v
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone (e.g. Asia/Shanghai)") from None
+        return v
 
     @field_validator("site", mode="before")
     @classmethod
@@ -497,6 +513,8 @@ class ApiSection(ListenerGuard):
     max_body: Size = Field(default=2**20, ge=1024, description="largest request body (attachments: "
                            "registers.max_attachment; imports: max_import), refused with 413 as it arrives")
     max_import: Size = Field(default=10 * 2**20, ge=1024, description="largest register import body")
+    language: Literal["zh-CN", "en"] = Field(default="en", description="the page's language until a user "
+                                             "picks one (kept in that browser): zh-CN or en")
 
 
 class RegistersSection(Strict):

@@ -15,6 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 # (method, path, json body or raw bytes, least role). Paths use record 1, created first.
 ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
     ("GET", "/health", None, None),
+    ("GET", "/page/settings", None, None),
     ("GET", "/", None, None),
     ("GET", "/whoami", None, "viewer"),
     ("GET", "/status", None, "viewer"),
@@ -40,6 +41,8 @@ ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
         "operator",
     ),
     ("GET", "/registers/hidden_danger/export?format=csv", None, "viewer"),
+    ("GET", "/registers/hidden_danger/export?format=xlsx&q=rbac", None, "viewer"),
+    ("POST", "/registers/hidden_danger/import?format=json&dry_run=true", b'{"records": []}', "operator"),
     ("POST", "/registers/hidden_danger/import?format=json", b'{"records": []}', "operator"),
     ("GET", "/registers/hidden_danger/1", None, "viewer"),
     ("PATCH", "/registers/hidden_danger/1", {"location": "tank farm"}, "operator"),

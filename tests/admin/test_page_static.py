@@ -9,7 +9,8 @@ from gateway.admin.routes.page import STATIC, static_file
 
 
 def test_files_of_the_page_are_found() -> None:
-    assert static_file("app.js") == (STATIC / "app.js").resolve()
+    assert static_file("shell.js") == (STATIC / "shell.js").resolve()
+    assert static_file("views/start.js") == (STATIC / "views" / "start.js").resolve()
     assert static_file("style.css").name == "style.css"
 
 

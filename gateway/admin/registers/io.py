@@ -1,9 +1,11 @@
-"""Import and export of a register's records as CSV or JSON (import: all or nothing).
+"""Import and export of a register's records as CSV, XLSX (export, openpyxl) or JSON
+(import: all or nothing; ``dry_run`` answers what an import would change and writes nothing).
 
-A CSV cell a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``,
+A CSV or XLSX cell a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return: the OWASP CSV-injection rule) is exported with a
 leading ``'``, which spreadsheets show as text; an import takes such cells as the text
 they are and lists them in its result's ``warnings``.
+An XLSX text cell is also stored as text (never as a formula), so a spreadsheet cannot run it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import csv
 import io
 import json
 from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 
 from gateway.admin.registers import permits
 from gateway.admin.registers.schema import (
@@ -33,10 +38,34 @@ def neutral(cell: Any) -> Any:
     return cell
 
 
+class _DryRun(Exception):
+    """Raised inside an import's transaction to roll a preview back."""
+
+
+def _xlsx(title: str, rows: list[list[Any]]) -> bytes:
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet(title[:31] or "records")
+    for row in rows:
+        cells = []
+        for v in row:
+            c = WriteOnlyCell(ws, value=neutral(v))
+            if isinstance(v, str):
+                c.data_type = "s"  # text, even when it looks like a formula
+            cells.append(c)
+        ws.append(cells)
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
 class ImportExport(StoreCore):
-    def export(self, rtype: str, fmt: str = "json", archived: str = "false") -> str:
+    def export(self, rtype: str, fmt: str = "json", archived: str = "false", **query: Any) -> str | bytes:
+        """The records the list would show with the same ``query`` (filters, search, sort), all
+        of them, as JSON, CSV or XLSX (bytes)."""
         spec = self.spec(rtype)
-        docs = self.query(rtype, archived=archived, limit=10**9)["items"]
+        query.pop("limit", None)
+        query.pop("offset", None)
+        docs = self.query(rtype, archived=archived, limit=10**9, **query)["items"]
         if fmt == "json":
             return json.dumps(
                 {
@@ -56,12 +85,10 @@ class ImportExport(StoreCore):
                 ensure_ascii=False,
                 indent=1,
             )
-        if fmt != "csv":
-            raise Invalid([(("query", "format"), "expected csv or json")])
-        buf = io.StringIO()
+        if fmt not in ("csv", "xlsx"):
+            raise Invalid([(("query", "format"), "expected csv, xlsx or json")])
         cols = ["id", "state", "archived", "version", *spec.fields]
-        w = csv.writer(buf)
-        w.writerow(cols)
+        rows: list[list[Any]] = [list(cols)]
         for d in docs:
             row: list[Any] = [
                 d["id"],
@@ -79,13 +106,21 @@ class ImportExport(StoreCore):
                     row.append("true" if v else "false")
                 else:
                     row.append(v)
+            rows.append(row)
+        if fmt == "xlsx":
+            return _xlsx(rtype, rows)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for row in rows:
             w.writerow([neutral(c) for c in row])
         return buf.getvalue()
 
     def import_(
-        self, rtype: str, text: str, fmt: str, actor: str
+        self, rtype: str, text: str, fmt: str, actor: str, *, dry_run: bool = False
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """All or nothing: rows with an ``id`` update that record, the others are created."""
+        """All or nothing: rows with an ``id`` update that record, the others are created.
+        With ``dry_run`` every check runs in a transaction that is rolled back, and the result
+        lists each row's change (``changes``: create with its data, update with before/after)."""
         spec = self.spec(rtype)
         rows: list[tuple[int | None, dict[str, Any], bool]] = []
         errs: list[tuple[tuple[str | int, ...], str]] = []
@@ -145,41 +180,59 @@ class ImportExport(StoreCore):
             for i, (_rid, data) in enumerate(cleaned) if fmt == "csv"
             for k, v in data.items() if isinstance(v, str) and v.startswith(FORMULA_START)
         ]
-        events = []
-        created = updated = 0
-        with self._tx():
-            for i, (rid, data) in enumerate(cleaned):
-                row_loc: tuple[str | int, ...] = ("row", i + 2) if fmt == "csv" else ("records", i)
-                if rid is None:
-                    _refuse_client_fields(spec, None, data, row_loc)
-                    self._permit_no_taken(rtype, spec, data, None)
-                    _doc, ev = self._create(rtype, data, actor, action="import")
-                    created += 1
-                else:
-                    try:
-                        cur = self._doc(self._row(rtype, rid))
-                    except NotFound:
-                        raise Invalid(
-                            [(("records", i, "id"), f"no {rtype} record {rid} to update")]
-                        ) from None
-                    if {k: v for k, v in data.items() if v is not None} == cur["data"] and not any(
-                        v is None and k in cur["data"] for k, v in data.items()
-                    ):
-                        continue
-                    changed = {k: v for k, v in data.items() if cur["data"].get(k) != v}
-                    _refuse_client_fields(spec, cur.get("state"), changed, row_loc)
-                    errs = permits.check_data(rtype, spec, {**cur["data"], **changed})
-                    if errs:
-                        raise Invalid([((*row_loc, *loc[1:]), msg) for loc, msg in errs])
-                    self._permit_no_taken(rtype, spec, changed, rid)
-                    _doc, ev = self._update(rtype, rid, data, actor, action="import")
-                    updated += 1
-                events.append(ev)
+        events: list[dict[str, Any]] = []
+        plan: list[dict[str, Any]] = []
+        try:
+            with self._tx():
+                self._import_rows(rtype, spec, cleaned, fmt, actor, events, plan)
+                if dry_run:
+                    raise _DryRun
+        except _DryRun:
+            events = []
+        created = sum(1 for x in plan if x["action"] == "create")
+        updated = sum(1 for x in plan if x["action"] == "update")
         result: dict[str, Any] = {"created": created, "updated": updated,
                                   "unchanged": len(cleaned) - created - updated}
         if warnings:
             result["warnings"] = warnings[:100]
+        if dry_run:
+            result["dry_run"] = True
+            result["changes"] = plan[:1000]
         return result, events
+
+    def _import_rows(self, rtype: str, spec: TypeSpec, cleaned: list[tuple[int | None, dict[str, Any]]],
+                     fmt: str, actor: str, events: list[dict[str, Any]], plan: list[dict[str, Any]]) -> None:
+        """Writes the validated rows in the caller's transaction, noting each change in ``plan``."""
+        for i, (rid, data) in enumerate(cleaned):
+            row_loc: tuple[str | int, ...] = ("row", i + 2) if fmt == "csv" else ("records", i)
+            if rid is None:
+                _refuse_client_fields(spec, None, data, row_loc)
+                self._permit_no_taken(rtype, spec, data, None)
+                doc, ev = self._create(rtype, data, actor, action="import")
+                plan.append({"row": i + 2 if fmt == "csv" else i, "action": "create", "id": doc["id"],
+                             "data": data})
+            else:
+                try:
+                    cur = self._doc(self._row(rtype, rid))
+                except NotFound:
+                    raise Invalid(
+                        [(("records", i, "id"), f"no {rtype} record {rid} to update")]
+                    ) from None
+                if {k: v for k, v in data.items() if v is not None} == cur["data"] and not any(
+                    v is None and k in cur["data"] for k, v in data.items()
+                ):
+                    plan.append({"row": i + 2 if fmt == "csv" else i, "action": "unchanged", "id": rid})
+                    continue
+                changed = {k: v for k, v in data.items() if cur["data"].get(k) != v}
+                _refuse_client_fields(spec, cur.get("state"), changed, row_loc)
+                errs = permits.check_data(rtype, spec, {**cur["data"], **changed})
+                if errs:
+                    raise Invalid([((*row_loc, *loc[1:]), msg) for loc, msg in errs])
+                self._permit_no_taken(rtype, spec, changed, rid)
+                _doc, ev = self._update(rtype, rid, data, actor, action="import")
+                plan.append({"row": i + 2 if fmt == "csv" else i, "action": "update", "id": rid,
+                             "changes": {k: [cur["data"].get(k), v] for k, v in changed.items()}})
+            events.append(ev)
 
 
 def _refuse_client_fields(spec: TypeSpec, state: str | None, data: dict[str, Any],

@@ -34,6 +34,8 @@ class _Strict(BaseModel):
 class FieldSpec(_Strict):
     type: FieldType
     title: str | None = None
+    #: the label in Chinese (the page shows it when its language is zh-CN)
+    title_zh: str | None = None
     required: bool = False
     values: list[str] | None = None
     min: float | None = None
@@ -66,6 +68,7 @@ class TransitionSpec(_Strict):
     to: str
     requires: list[str] = Field(default_factory=list)
     title: str | None = None
+    title_zh: str | None = None
     #: the least API role that may take this step (a permit's approval: admin)
     role: Literal["operator", "admin"] = "operator"
     #: signatures (rows of the record's ``signatures`` table, by their ``role``) the step needs

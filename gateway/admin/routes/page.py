@@ -1,8 +1,12 @@
 """The local page: its HTML and the static files under ``gateway/admin/static/`` (no token;
-the page asks for one). Only files of the listed kinds below that folder are served: the
-path is resolved and must stay inside it."""
+the page asks for one), and the site's settings the page needs before sign-in (language,
+time zone). Only files of the listed kinds below that folder are served: the path is
+resolved and must stay inside it."""
 
+import os
+import zoneinfo
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
@@ -15,7 +19,10 @@ SERVED_SUFFIXES = {".js", ".css", ".json", ".svg", ".png", ".woff2"}
 MAX_STATIC_PATH = 200
 
 _PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; "
+                                # attachments are previewed from blob: URLs (images, PDFs)
+                                "frame-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+                                "frame-ancestors 'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -33,8 +40,39 @@ def static_file(name: str) -> Path:
     return path
 
 
-def router() -> APIRouter:
+def machine_zone() -> str:
+    """The machine's own IANA time zone name (TZ, /etc/timezone, /etc/localtime's link), else UTC."""
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    try:
+        candidates.append(Path("/etc/timezone").read_text(encoding="utf-8").strip())
+    except OSError:
+        pass
+    try:
+        link = os.readlink("/etc/localtime")
+        candidates.append(link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "")
+    except OSError:
+        pass
+    for name in candidates:
+        if not name or len(name) > 64:
+            continue
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            continue
+        return name
+    return "UTC"
+
+
+def router(settings: dict[str, Any] | None = None) -> APIRouter:
+    """The page's routes; ``settings`` is what the page reads before sign-in (language,
+    timezone, gateway), nothing secret."""
     r = APIRouter()
+    shown = {"language": "en", "timezone": machine_zone(), "gateway": ""}
+    shown.update({k: v for k, v in (settings or {}).items() if v is not None})
+
+    @r.get("/page/settings", tags=["gateway"], summary="the page's language and time zone (no token)")
+    async def page_settings() -> dict[str, Any]:
+        return shown
 
     @r.get("/", include_in_schema=False)
     async def index() -> FileResponse:

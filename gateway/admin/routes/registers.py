@@ -100,18 +100,35 @@ def router(ctx: AdminContext) -> APIRouter:
         ctx.audit(request, register=rtype, id=doc["id"], action="create", fields=sorted(data))
         return doc
 
-    @r.get("/registers/{rtype}/export", tags=["registers"], summary="all records as CSV or JSON")
+    @r.get(
+        "/registers/{rtype}/export",
+        tags=["registers"],
+        summary="the records the list shows with the same filters, search and sort, as CSV, XLSX or JSON",
+    )
     async def register_export(
         rtype: RType,
+        request: Request,
         _p: Viewer,
-        format: Annotated[Literal["csv", "json"], Query()] = "json",
+        format: Annotated[Literal["csv", "xlsx", "json"], Query()] = "json",
+        q: Annotated[str | None, Query(max_length=200, description="text search")] = None,
+        state: Annotated[str | None, Query(max_length=64)] = None,
         archived: Annotated[Literal["false", "true", "all"], Query()] = "false",
+        overdue: Annotated[bool | None, Query()] = None,
+        due_within: Annotated[int | None, Query(ge=0, le=3650)] = None,
+        sort: Annotated[str, Query(max_length=64)] = "id",
+        desc: bool = False,
     ) -> Response:
         store.spec(rtype)
-        text = await ctx.call(store.export, rtype, format, archived)
-        media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+        # the list's paging is ignored: the export has every record the view matches
+        known = {"format", "q", "state", "archived", "overdue", "due_within", "sort", "desc",
+                 "limit", "offset"}
+        filters = {k: v for k, v in request.query_params.items() if k not in known}
+        body = await ctx.call(store.export, rtype, format, archived, filters=filters, q=q, state=state,
+                              overdue=overdue, due_within=due_within, sort=sort, desc=desc)
+        media = {"csv": "text/csv; charset=utf-8", "json": "application/json",
+                 "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}[format]
         return Response(
-            text,
+            body,
             media_type=media,
             headers={"Content-Disposition": f'attachment; filename="{rtype}.{format}"'},
         )
@@ -119,7 +136,7 @@ def router(ctx: AdminContext) -> APIRouter:
     @r.post(
         "/registers/{rtype}/import",
         tags=["registers"],
-        summary="import CSV or JSON (all or nothing)",
+        summary="import CSV or JSON (all or nothing; dry_run=true previews the changes)",
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -135,6 +152,7 @@ def router(ctx: AdminContext) -> APIRouter:
         request: Request,
         p: Operator,
         format: Annotated[Literal["csv", "json"] | None, Query()] = None,
+        dry_run: Annotated[bool, Query(description="list what would change; write nothing")] = False,
     ) -> dict[str, Any]:
         store.spec(rtype)
         fmt = format or ("csv" if "csv" in request.headers.get("content-type", "") else "json")
@@ -143,9 +161,11 @@ def router(ctx: AdminContext) -> APIRouter:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise Invalid([(("body",), "not UTF-8 text")]) from None
-        result, events = await ctx.call(store.import_, rtype, text, fmt, p.name)
+        result, events = await ctx.call(store.import_, rtype, text, fmt, p.name, dry_run=dry_run)
         ctx.emit(events)
-        ctx.audit(request, register=rtype, action="import", format=fmt, **result)
+        counts = {k: result[k] for k in ("created", "updated", "unchanged")}
+        action = "import-preview" if dry_run else "import"
+        ctx.audit(request, register=rtype, action=action, format=fmt, **counts)
         return dict(result)
 
     @r.get("/registers/{rtype}/{rid}", tags=["registers"], summary="one record with its attachments")
