@@ -74,7 +74,8 @@ def build_service(ctx: DaemonContext,
             log.info("regulator %s: %d channel(s) not sent (no point mapping): %s", cfg.name,
                      len(points.unmapped), ", ".join(points.unmapped[:20])
                      + (" ..." if len(points.unmapped) > 20 else ""))
-        adapters.append(Hj212Platform(cfg, ctx.journal, points, pw, ctx.state_dir, ctx.clock))
+        adapters.append(Hj212Platform(cfg, ctx.journal, points, pw, ctx.state_dir, ctx.clock,
+                                      influx=ctx.influx_samples))
     return RegulatorsService(adapters)
 
 

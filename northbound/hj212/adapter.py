@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.consumer import Backoff, Health, JournalConsumer
+from gateway.core.batch import Batch
 from gateway.core.config_regulators import Hj212Adapter as Hj212Config
 from gateway.core.record import EVENT, SAMPLES
+from gateway.services import HistoryUnavailable, InfluxSamples
 from gateway.store.journal import Journal
-from gateway.store.queries import samples_between
+from gateway.store.queries import oldest_sample_ts, samples_between
 from northbound.base import AdapterStats, PointMap
 from northbound.hj212 import codec
 from northbound.hj212.builder import CN_DAY, CN_HOUR, CN_MINUTE, CN_RTD, Builder, Closing, Hold, Upload
@@ -70,8 +72,13 @@ class Hj212Platform:
     """The adapter for one platform (a ``regulators:`` entry of type hj212)."""
 
     def __init__(self, cfg: Hj212Config, journal: Journal, points: PointMap, password: str, state_dir: Path,
-                 clock: Callable[[], int]):
+                 clock: Callable[[], int], influx: InfluxSamples | None = None):
         self.cfg = cfg
+        #: InfluxDB's samples for history requests the journal no longer holds (None: journal only)
+        self.influx = influx
+        #: the mapped channels as (index, name), for InfluxDB (tagged by name)
+        self._named = [(int(i), p.channel)
+                       for i, p in zip(points.channels.tolist(), points.points, strict=True) if i >= 0]
         self.name = cfg.name
         self.journal = journal
         self.points = points
@@ -278,6 +285,31 @@ class Hj212Platform:
                 read_after = rec.seq
                 await self._advance()
 
+    async def _history_samples(self, start_ns: int, end_ns: int) -> tuple[Batch, str]:
+        """A history request's samples and which source gave them. The journal answers when
+        it still holds the range's start (it is complete and carries every quality, while
+        InfluxDB may lag the historian's cursor); else InfluxDB, when configured; the
+        journal again (with what it has) when InfluxDB is down or holds nothing there."""
+        def journal(db: Any) -> tuple[int | None, tuple[Batch, bool]]:
+            return oldest_sample_ts(db), samples_between(db, start_ns, end_ns, self.points.channels,
+                                                         max_samples=MAX_PERIOD_SAMPLES)
+
+        oldest, (b, _) = await self.journal.run_read(journal)
+        if self.influx is None or (oldest is not None and oldest <= start_ns):
+            return b, "the journal"
+        try:
+            got = await self.influx(self._named, start_ns, end_ns, MAX_PERIOD_SAMPLES)
+        except HistoryUnavailable as e:
+            log.warning("%s: history from %s: the journal holds samples from %s only and InfluxDB did not "
+                        "answer (%s); answered from the journal", self.name, self.local.datetime(start_ns),
+                        self.local.datetime(oldest) if oldest else "-", e)
+            return b, "the journal (InfluxDB unavailable)"
+        if not len(got):
+            log.info("%s: history from %s: InfluxDB holds no samples of the range; answered from the journal",
+                     self.name, self.local.datetime(start_ns))
+            return b, "the journal (InfluxDB holds none)"
+        return got, "InfluxDB"
+
     def _next_due(self) -> float | None:
         if not self._later:
             return None
@@ -472,14 +504,14 @@ class Hj212Platform:
         starts = list(range(first, int(self.local.period_start(end, period)) + 1, pn))
         starts = [s for s in starts if begin <= s <= end]
         ups: list[Upload] = []
+        source = "-"
         if starts:
-            b, _ = await self.journal.run_read(lambda db: samples_between(
-                db, starts[0], starts[-1] + pn, self.points.channels, max_samples=MAX_PERIOD_SAMPLES))
+            b, source = await self._history_samples(starts[0], starts[-1] + pn)
             ups = self.builder.period_uploads(Closing(cn, period, starts, Hold(0)), b)
         for up in ups:
             prefix = f"DataTime={self.local.datetime(up.start_ns)}"
             for pkt in self._packets(cn, qn, prefix, up.items, ack=False):
                 await self._send(pkt)
-        log.info("%s: history %s %s-%s answered with %d period(s)", self.name, cn, cp["BeginTime"],
-                 cp["EndTime"], len(ups))
+        log.info("%s: history %s %s-%s answered from %s with %d period(s)", self.name, cn, cp["BeginTime"],
+                 cp["EndTime"], source, len(ups))
         await self._reply("9012", qn, "ExeRtn=1" if ups else "ExeRtn=100")
