@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.consumer import Backoff, Health, JournalConsumer
-from gateway.core.batch import Batch
 from gateway.core.config_regulators import Hj212Adapter as Hj212Config
 from gateway.core.record import EVENT, SAMPLES
-from gateway.services import HistoryUnavailable, InfluxSamples
+from gateway.services import InfluxSamples
 from gateway.store.journal import Journal
-from gateway.store.queries import oldest_sample_ts, samples_between
+from gateway.store.queries import samples_between
 from northbound.base import AdapterStats, PointMap
 from northbound.hj212 import codec
 from northbound.hj212.builder import CN_DAY, CN_HOUR, CN_MINUTE, CN_RTD, Builder, Closing, Hold, Upload
 from northbound.hj212.codec import FLAG_ACK, FLAG_VERSION_2017, FrameError, Message
+from northbound.hj212.history import HistorySource
 from northbound.hj212.uploads import NS, LocalTime
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,17 @@ class Hj212Platform:
     def __init__(self, cfg: Hj212Config, journal: Journal, points: PointMap, password: str, state_dir: Path,
                  clock: Callable[[], int], influx: InfluxSamples | None = None):
         self.cfg = cfg
-        #: InfluxDB's samples for history requests the journal no longer holds (None: journal only)
-        self.influx = influx
-        #: the mapped channels as (index, name), for InfluxDB (tagged by name)
-        self._named = [(int(i), p.channel)
-                       for i, p in zip(points.channels.tolist(), points.points, strict=True) if i >= 0]
         self.name = cfg.name
         self.journal = journal
         self.points = points
         self.pw = password
         self.clock = clock
         self.local = LocalTime(cfg.utc_offset)
+        # history answers: the journal, or InfluxDB (tagged by channel name) for older ranges
+        named = [(int(i), p.channel) for i, p in zip(points.channels.tolist(), points.points, strict=True)
+                 if i >= 0]
+        self.history = HistorySource(cfg.name, journal, points.channels, named, influx, self.local,
+                                     MAX_PERIOD_SAMPLES)
         self.consumer = JournalConsumer(journal, f"regulator.{cfg.name}", kinds=(SAMPLES, EVENT),
                                         max_records=200, logger=log, start=cfg.start,
                                         what=f"HJ 212 platform {cfg.name} ({cfg.host}:{cfg.port})")
@@ -285,31 +285,6 @@ class Hj212Platform:
                 read_after = rec.seq
                 await self._advance()
 
-    async def _history_samples(self, start_ns: int, end_ns: int) -> tuple[Batch, str]:
-        """A history request's samples and which source gave them. The journal answers when
-        it still holds the range's start (it is complete and carries every quality, while
-        InfluxDB may lag the historian's cursor); else InfluxDB, when configured; the
-        journal again (with what it has) when InfluxDB is down or holds nothing there."""
-        def journal(db: Any) -> tuple[int | None, tuple[Batch, bool]]:
-            return oldest_sample_ts(db), samples_between(db, start_ns, end_ns, self.points.channels,
-                                                         max_samples=MAX_PERIOD_SAMPLES)
-
-        oldest, (b, _) = await self.journal.run_read(journal)
-        if self.influx is None or (oldest is not None and oldest <= start_ns):
-            return b, "the journal"
-        try:
-            got = await self.influx(self._named, start_ns, end_ns, MAX_PERIOD_SAMPLES)
-        except HistoryUnavailable as e:
-            log.warning("%s: history from %s: the journal holds samples from %s only and InfluxDB did not "
-                        "answer (%s); answered from the journal", self.name, self.local.datetime(start_ns),
-                        self.local.datetime(oldest) if oldest else "-", e)
-            return b, "the journal (InfluxDB unavailable)"
-        if not len(got):
-            log.info("%s: history from %s: InfluxDB holds no samples of the range; answered from the journal",
-                     self.name, self.local.datetime(start_ns))
-            return b, "the journal (InfluxDB holds none)"
-        return got, "InfluxDB"
-
     def _next_due(self) -> float | None:
         if not self._later:
             return None
@@ -506,7 +481,7 @@ class Hj212Platform:
         ups: list[Upload] = []
         source = "-"
         if starts:
-            b, source = await self._history_samples(starts[0], starts[-1] + pn)
+            b, source = await self.history.samples(starts[0], starts[-1] + pn)
             ups = self.builder.period_uploads(Closing(cn, period, starts, Hold(0)), b)
         for up in ups:
             prefix = f"DataTime={self.local.datetime(up.start_ns)}"

@@ -189,7 +189,7 @@ def test_history_the_journal_dropped_comes_from_influxdb(sim_factory: Any, influ
         wait_until(lambda: journal_oldest() > hour0 + 3600 * NS, 30, what="retention dropping the old hour")
         wait_until(lambda: any(m["cn"] == "2011" for m in records(record)), 30, what="the adapter connected")
 
-        caplog.set_level(logging.INFO, logger="northbound.hj212.adapter")
+        caplog.set_level(logging.INFO, logger="northbound.hj212")
         answer = ask(platform, record, "2061", hour0, hour0 + 3599 * NS)
         assert [m["cn"] for m in answer] == ["9011", "2061", "9012"]
         assert answer[2]["cp"] == "ExeRtn=1"
