@@ -31,7 +31,7 @@ from gateway.core.config import Config
 from gateway.core.record import EVENT, SAMPLES
 from gateway.core.secrets import SecretFileError
 from gateway.sdnotify import Notifier
-from gateway.services import DeviceState, ReloadResult, Service, ServiceFactory
+from gateway.services import DeviceState, HistoryUnavailable, ReloadResult, Service, ServiceFactory
 from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,17 @@ class Gateway:
             fut = self.journal.submit_many(list(events))
             self._pending.add(fut)
             fut.add_done_callback(self._committed)
+
+    async def influx_samples(self, channels: list[tuple[int, str]], start_ns: int, end_ns: int,
+                             max_samples: int) -> Batch:
+        """DaemonContext.influx_samples: the historian's query code, against the config in force."""
+        from gateway.historian.history import HistoryError, influx_samples
+        if self.cfg.influxdb is None:
+            raise HistoryUnavailable("no influxdb: section")
+        try:
+            return await influx_samples(self.cfg, channels, start_ns, end_ns, max_samples)
+        except HistoryError as e:
+            raise HistoryUnavailable(str(e)) from None
 
     async def flush(self) -> None:
         """Wait until everything ingested so far is committed."""

@@ -20,6 +20,7 @@ from gateway.core.config import Config
 from gateway.core.config_notify import check_config as notify_checks
 from gateway.core.config_regulators import check_config as regulator_checks
 from gateway.core.configcheck import ConfigError, Source
+from gateway.core.hj212_codes import config_warnings as hj212_code_warnings
 from gateway.core.yamlsrc import Path_
 from rules.settings import check_config as rules_checks
 from rules.settings import config_warnings as rules_warnings
@@ -61,7 +62,7 @@ def _gm_bundle_checks(path: Path, where: Path_) -> list[tuple[Path_, str]]:
 
 CHECKS = (modbus_checks, rules_checks, uplink_checks, notify_checks, regulator_checks)
 #: what ``safegw check`` prints as warnings: allowed, but against a standard (exit stays 0)
-WARNINGS = (rules_warnings,)
+WARNINGS = (rules_warnings, hj212_code_warnings)
 
 __all__ = ["CHECKS", "WARNINGS", "ConfigError", "check_warnings", "load", "load_apart", "load_or_exit",
            "loads", "validate"]

@@ -17,11 +17,12 @@ the daemon object's other insides. ``reload_config`` applies a new config live
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.core.batch import Batch
 from gateway.core.channels import ChannelTable, LiveTable
 from gateway.core.config import Config
 from gateway.store.journal import Journal
@@ -39,6 +40,16 @@ class ReloadResult:
     diff: dict[str, Any]
     #: ``FILE:LINE:COL: message`` lines when refused
     error: str | None
+
+
+class HistoryUnavailable(Exception):
+    """``DaemonContext.influx_samples`` could not answer: no ``influxdb:`` section, or the
+    server did not answer or refused; the text says which."""
+
+
+#: (channels as (index, name), start ns, end ns, at most this many samples) → their samples
+#: in [start, end) from InfluxDB, or ``HistoryUnavailable``
+InfluxSamples = Callable[[list[tuple[int, str]], int, int, int], Awaitable[Batch]]
 
 
 @dataclass
@@ -103,6 +114,14 @@ class DaemonContext(Protocol):
 
     def emit_events(self, events: list[dict[str, Any]]) -> None:
         """Journal events made outside the rules tick (operator commands, registers)."""
+        ...
+
+    async def influx_samples(self, channels: list[tuple[int, str]], start_ns: int, end_ns: int,
+                             max_samples: int) -> Batch:
+        """Raw samples of ``channels`` ((index, name) pairs) in [start, end) from the
+        ``influxdb:`` section's server (the historian's own query code), for services that
+        must answer for ranges the journal no longer holds (the HJ 212 history requests).
+        Raises ``HistoryUnavailable`` (no section, server down, refused)."""
         ...
 
 

@@ -74,7 +74,8 @@ def build_service(ctx: DaemonContext,
             log.info("regulator %s: %d channel(s) not sent (no point mapping): %s", cfg.name,
                      len(points.unmapped), ", ".join(points.unmapped[:20])
                      + (" ..." if len(points.unmapped) > 20 else ""))
-        adapters.append(Hj212Platform(cfg, ctx.journal, points, pw, ctx.state_dir, ctx.clock))
+        adapters.append(Hj212Platform(cfg, ctx.journal, points, pw, ctx.state_dir, ctx.clock,
+                                      influx=ctx.influx_samples))
     return RegulatorsService(adapters)
 
 
@@ -115,6 +116,11 @@ def _template(ctx: DaemonContext, cfg: TemplateAdapter) -> TemplatePublisher:
     if h is not None and h.ca_file is not None:
         cfg = cfg.model_copy(update={"http": h.model_copy(update={"ca_file": resolve_path(h.ca_file, base)})})
     names = [c.name for c in ctx.table.channels]
+    # the point list's limits as the rules engine resolved them (a channel's preset: included);
+    # northbound may not import rules/, the engine in the context already holds them
+    mapped = {p.channel for p in cfg.points}
+    limits = {r.name: {k: float(getattr(r, k)) for k in ("hh", "h", "l", "ll")}
+              for r in ctx.rules.rules if r.name in mapped}
     return TemplatePublisher(cfg, ctx.journal, PointMap(cfg.points, ctx.table), names, sealer=sealer,
                              password=pw, table=ctx.table, state_dir=ctx.state_dir,
-                             gateway_id=ctx.cfg.gateway.id)
+                             gateway_id=ctx.cfg.gateway.id, limits=limits)

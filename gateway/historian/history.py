@@ -379,6 +379,33 @@ async def query_history(cfg: Config, channel: str, start_ns: int, end_ns: int,
                    {"unit": ch.unit, "kind": ch.kind})
 
 
+async def influx_samples(cfg: Config, channels: list[tuple[int, str]], start_ns: int, end_ns: int,
+                         max_samples: int) -> Batch:
+    """The raw samples of several channels in [start, end) from InfluxDB, as one Batch
+    (channel = the given index, value NaN where InfluxDB holds the quality alone), at most
+    ``max_samples`` in all (the earliest of each channel first). For the daemon's
+    ``influx_samples`` (gateway/services.py): the regulator adapters' history answers.
+    Raises ``HistoryError`` when there is no ``influxdb:`` section or it does not answer."""
+    ch: list[int] = []
+    ts: list[int] = []
+    val: list[float] = []
+    qual: list[int] = []
+    for index, name in channels:
+        left = max_samples - len(ts)
+        if left <= 0:
+            break
+        h = await query_history(cfg, name, start_ns, end_ns, source="influxdb", limit=left)
+        for t, v, q in h.rows:
+            ch.append(index)
+            ts.append(int(t))
+            val.append(math.nan if v is None else float(v))
+            # a point written without its quality field (not by safegw): a value is taken as good
+            qual.append(int(q) if q is not None else (Quality.GOOD if v is not None else Quality.NO_DATA))
+    if not ts:
+        return Batch.empty()
+    return Batch.build(ch, ts, val, qual)
+
+
 def _cut(rows: list[list[Any]], limit: int, newest: bool) -> list[list[Any]]:
     if len(rows) <= limit:
         return rows

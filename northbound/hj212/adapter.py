@@ -34,12 +34,14 @@ from typing import Any
 from gateway.consumer import Backoff, Health, JournalConsumer
 from gateway.core.config_regulators import Hj212Adapter as Hj212Config
 from gateway.core.record import EVENT, SAMPLES
+from gateway.services import InfluxSamples
 from gateway.store.journal import Journal
 from gateway.store.queries import samples_between
 from northbound.base import AdapterStats, PointMap
 from northbound.hj212 import codec
 from northbound.hj212.builder import CN_DAY, CN_HOUR, CN_MINUTE, CN_RTD, Builder, Closing, Hold, Upload
 from northbound.hj212.codec import FLAG_ACK, FLAG_VERSION_2017, FrameError, Message
+from northbound.hj212.history import HistorySource
 from northbound.hj212.uploads import NS, LocalTime
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class Hj212Platform:
     """The adapter for one platform (a ``regulators:`` entry of type hj212)."""
 
     def __init__(self, cfg: Hj212Config, journal: Journal, points: PointMap, password: str, state_dir: Path,
-                 clock: Callable[[], int]):
+                 clock: Callable[[], int], influx: InfluxSamples | None = None):
         self.cfg = cfg
         self.name = cfg.name
         self.journal = journal
@@ -78,6 +80,11 @@ class Hj212Platform:
         self.pw = password
         self.clock = clock
         self.local = LocalTime(cfg.utc_offset)
+        # history answers: the journal, or InfluxDB (tagged by channel name) for older ranges
+        named = [(int(i), p.channel) for i, p in zip(points.channels.tolist(), points.points, strict=True)
+                 if i >= 0]
+        self.history = HistorySource(cfg.name, journal, points.channels, named, influx, self.local,
+                                     MAX_PERIOD_SAMPLES)
         self.consumer = JournalConsumer(journal, f"regulator.{cfg.name}", kinds=(SAMPLES, EVENT),
                                         max_records=200, logger=log, start=cfg.start,
                                         what=f"HJ 212 platform {cfg.name} ({cfg.host}:{cfg.port})")
@@ -472,14 +479,14 @@ class Hj212Platform:
         starts = list(range(first, int(self.local.period_start(end, period)) + 1, pn))
         starts = [s for s in starts if begin <= s <= end]
         ups: list[Upload] = []
+        source = "-"
         if starts:
-            b, _ = await self.journal.run_read(lambda db: samples_between(
-                db, starts[0], starts[-1] + pn, self.points.channels, max_samples=MAX_PERIOD_SAMPLES))
+            b, source = await self.history.samples(starts[0], starts[-1] + pn)
             ups = self.builder.period_uploads(Closing(cn, period, starts, Hold(0)), b)
         for up in ups:
             prefix = f"DataTime={self.local.datetime(up.start_ns)}"
             for pkt in self._packets(cn, qn, prefix, up.items, ack=False):
                 await self._send(pkt)
-        log.info("%s: history %s %s-%s answered with %d period(s)", self.name, cn, cp["BeginTime"],
-                 cp["EndTime"], len(ups))
+        log.info("%s: history %s %s-%s answered from %s with %d period(s)", self.name, cn, cp["BeginTime"],
+                 cp["EndTime"], source, len(ups))
         await self._reply("9012", qn, "ExeRtn=1" if ups else "ExeRtn=100")

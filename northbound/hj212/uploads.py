@@ -6,7 +6,8 @@ hourly (2061) and daily (2031) data. Pure: arrays in, text out, no clock.
   Min/Avg/Max are over the period's samples with flag N; when there is none, over all
   its samples that have a value, and the flag is the last sample's. ``Cou`` (the amount
   over the period, for a rate) is ``Avg × the period's length in the rate's time unit``.
-- Data flags (HJ 212-2017 table 6 "数据标记"): N normal, F stopped, M maintenance,
+- Data flags (HJ 212-2017 6.6.4 table 8 "数据标记"): N normal, F instrument out of operation
+  (never sent: no safegw quality says so, docs/regulators.md), M maintenance,
   S set by hand, D fault, C calibrating, T over the upper limit, B communication lost.
   From safegw's quality (gateway/core/batch.py ``Quality``): see ``FLAG_OF_QUALITY``.
 """

@@ -70,7 +70,8 @@ class TemplatePublisher:
 
     def __init__(self, cfg: TemplateConfig, journal: Journal, points: PointMap, channel_names: list[str],
                  *, sealer: Sealer, password: str | None = None, table: ChannelTable | None = None,
-                 state_dir: Path | None = None, gateway_id: str = ""):
+                 state_dir: Path | None = None, gateway_id: str = "",
+                 limits: dict[str, dict[str, float]] | None = None):
         self.cfg = cfg
         self.name = cfg.name
         self.journal = journal
@@ -102,7 +103,7 @@ class TemplatePublisher:
         self._templates = {k: compile_template(t) for k, t in tpls.items() if t is not None}
         channels = table.channels if table is not None else [
             ChannelInfo(i, n, "", "", "", None) for i, n in enumerate(channel_names)]  # type: ignore[arg-type]
-        self.msgs = Messages(cfg, points, channels, self.tz, self.route)
+        self.msgs = Messages(cfg, points, channels, self.tz, self.route, limits)
         self.state_path = state_dir / "regulators" / f"{cfg.name}.template.json" if state_dir else None
         state = self._load_state()
         self._base_sent: dict[str, str] = {}

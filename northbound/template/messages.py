@@ -76,8 +76,12 @@ class Messages:
     """The messages of one adapter. ``route`` maps a kind to its topic or URL."""
 
     def __init__(self, cfg: TemplateConfig, points: PointMap, channels: list[ChannelInfo],
-                 tz: timezone, route: Callable[[str], str]):
+                 tz: timezone, route: Callable[[str], str],
+                 limits: dict[str, dict[str, float]] | None = None):
         self.cfg, self.points, self.channels, self.tz, self.route = cfg, points, channels, tz, route
+        #: channel → its resolved alarm limits (hh, h, l, ll; NaN: none), presets included,
+        #: as the rules engine holds them; None: the channel's own ``alarms:`` only
+        self.limits = limits
         self.item = item_renderer(cfg.item)
         self.window = Window()
         by_name = {c.name: c for c in channels}
@@ -318,12 +322,14 @@ class Messages:
                 continue
             spec = info.spec
             al = getattr(spec, "alarms", None)
+            lim = (self.limits.get(p.channel, {}) if self.limits is not None
+                   else {k: getattr(al, k, None) for k in ("hh", "h", "l", "ll")})
             rng = getattr(spec, "range", None)
             out.append({"code": p.code, "channel": p.channel,
                         "description": getattr(spec, "description", None),
                         "kind": info.kind, "unit": p.unit if p.unit is not None else info.unit,
                         "hazard": self.hazard_of[i],
-                        **{k: _conv(p, getattr(al, k, None)) for k in ("hh", "h", "l", "ll")},
+                        **{k: _conv(p, lim.get(k)) for k in ("hh", "h", "l", "ll")},
                         "range_lo": _conv(p, rng[0]) if rng else None,
                         "range_hi": _conv(p, rng[1]) if rng else None,
                         "decimals": p.decimals, "enterprise": self.cfg.enterprise_code})

@@ -3,6 +3,7 @@ listed with ``--verbose``, the password file's mode."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -84,3 +85,33 @@ def test_errors_point_at_their_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 2, out
     for want in expected:
         assert any(line.startswith(want) or want in line for line in out), (want, out)
+
+
+def test_a_code_not_in_the_hj212_table_is_a_warning_at_its_line(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """a21026 (SO2) and a01012 (flue gas temperature) are in both public sources of the
+    table; x99999 is in neither; e10101 matches a pattern (e101xx). A warning, exit 0."""
+    regs = GOOD.replace("{channel: GT-1, code: a21026, scale: 10}",
+                        "{channel: GT-1, code: a21026, scale: 10}\n    - {channel: TT-1, code: x99999}\n"
+                        "    - {channel: SW-1, code: e10101}")
+    code, out = check(tmp_path, regs, capsys)
+    assert code == 0, out
+    bad = [line for line in out if "x99999" in line]
+    assert len(bad) == 1 and bad[0].startswith("F:21:31: regulators[0].points[1].code: code 'x99999' "
+                                               "is not in HJ 212-2017's code table"), out
+    assert not any("a21026" in line or "e10101" in line for line in out), out
+    assert out[-1] == "ok: 1 devices, 3 channels, 1 warnings"
+    code, out = check(tmp_path, GOOD, capsys)
+    assert out == ["ok: 1 devices, 3 channels"]
+
+
+def test_the_code_table_carries_its_sources() -> None:
+    from gateway.core import hj212_codes
+    so2 = hj212_codes.lookup("a21026")
+    assert so2 is not None and so2["name"] == "二氧化硫" and so2["confirmed"] and len(so2["sources"]) == 2
+    one = {"name": "二氧化硫折", "sources": ["lingkejia/bocon-operation-app"], "confirmed": False}
+    assert hj212_codes.lookup("a21026z") == one  # one source only: unconfirmed
+    assert hj212_codes.lookup("w00000") is not None and hj212_codes.lookup("ws0001") is None  # vendor-local
+    doc = json.loads(hj212_codes.TABLE.read_text(encoding="utf-8"))
+    assert set(doc["_sources"]) == {"srdgame/lua-HJ212", "lingkejia/bocon-operation-app"}
+    assert all(s in doc["_sources"] for v in doc["codes"].values() for s in v["sources"])
