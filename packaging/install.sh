@@ -39,5 +39,7 @@ set -- -o "Dir::Etc::SourceList=$tmp/bundle.list" -o "Dir::Etc::SourceParts=$tmp
     -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" \
     -o APT::Sandbox::User=root ${SAFEGW_APT_OPTS:-}
 apt-get -q "$@" update >/dev/null
+# (no --no-download: apt "fetches" from the file: source, a local copy; with it, apt 2.6
+# fails on a flat file: repository with "Pathname to install is not absolute")
 # shellcheck disable=SC2086
-DEBIAN_FRONTEND=noninteractive apt-get -q -y --no-download $simulate $recommends "$@" install safegw $extra
+DEBIAN_FRONTEND=noninteractive apt-get -q -y $simulate $recommends "$@" install safegw $extra

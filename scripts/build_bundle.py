@@ -5,11 +5,12 @@
 
     /usr/bin/python3 scripts/build_bundle.py [--deb dist/safegw_X_amd64.deb] [--out dist]
 
-What goes in: apt resolves safegw's .deb plus OPTIONAL against an EMPTY dpkg status
-(as if nothing were installed), downloading every package of the closure from this
-machine's mirror; then the packages of a bare Debian 12 are left out: those of
-Priority `required` and what they depend on (apt resolves that set the same way), which
-debootstrap puts on any Debian 12, even with --variant=minbase. On the
+What goes in: first the packages of a bare Debian 12 (debootstrap --variant=minbase):
+the archive's Priority `required` packages and what they depend on, as apt resolves
+them with nothing installed. Then apt resolves safegw's .deb plus OPTIONAL against a
+dpkg status holding just that bare set, and downloads from this machine's mirror what
+it lacks (`--with-base`: against an empty status, so the base packages of the closure
+come too). On the
 target, install.sh lets apt resolve against the bundle's own flat repository (a
 `Packages` index by dpkg-scanpackages) and what is installed: apt never downgrades
 an installed package, and upgrades one from the bundle only when a dependency needs
@@ -43,13 +44,14 @@ def run(*cmd: str | Path, cwd: Path | None = None) -> str:
                           text=True, env=build_deb.CLEAN_ENV).stdout
 
 
-def download_closure(deb: Path, work: Path) -> list[Path]:
-    """Every .deb apt would install for safegw + OPTIONAL on a machine with nothing installed."""
+def download_closure(deb: Path, work: Path, status: str) -> list[Path]:
+    """Every .deb apt would install for safegw + OPTIONAL on a machine whose dpkg status is
+    ``status`` (a bare Debian 12's, or empty)."""
     state, archives = work / "state", work / "archives"
     (archives / "partial").mkdir(parents=True)
     state.mkdir()
-    (state / "status").touch()
-    # an empty status in a private admin dir: the lock apt takes is ours, not the system's
+    (state / "status").write_text(status)
+    # the status in a private admin dir: the lock apt takes is ours, not the system's
     run("apt-get", "-q", "-y", "--download-only", "--no-install-recommends",
         "-o", f"Dir::State::status={state / 'status'}", "-o", f"Dir::Cache::archives={archives}",
         "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
@@ -68,6 +70,9 @@ def bare_debian(work: Path) -> dict[str, str]:
     dep = apt_pkg.DepCache(cache)
     required = sorted(p.name for p in cache.packages
                       if (v := dep.get_candidate_ver(p)) is not None and v.priority_str == BARE)
+    # debootstrap satisfies init-system-helpers' "usrmerge | usr-is-merged" with the second
+    # (apt would take the first, and perl with it): name it, as debootstrap ends up with it
+    required.append("usr-is-merged")
     state = work / "bare-state"
     state.mkdir(parents=True, exist_ok=True)
     (state / "status").touch()
@@ -84,10 +89,10 @@ def bare_debian(work: Path) -> dict[str, str]:
     return out
 
 
-def bare_status(work: Path) -> str:
+def bare_status(work: Path, bare: dict[str, str] | None = None) -> str:
     """A dpkg status file of a bare Debian 12, for a dry run of install.sh on this machine:
     SAFEGW_APT_OPTS="-o Dir::State::status=FILE" ./install.sh --simulate"""
-    bare = bare_debian(work)
+    bare = bare if bare is not None else bare_debian(work)
     shown = run("apt-cache", "show", *(f"{n}={v}" for n, v in sorted(bare.items())))
     stanzas = [st for st in shown.strip().split("\n\n") if st]
     # installed packages carry Status; the index's Filename/Size/checksums mean nothing there
@@ -116,10 +121,8 @@ def build(deb: Path, out: Path, work: Path, with_base: bool = False) -> Path:
     debs.mkdir(parents=True)
     bare = bare_debian(work)
     manifest = []
-    for d in [deb, *download_closure(deb, work)]:
+    for d in [deb, *download_closure(deb, work, "" if with_base else bare_status(work, bare))]:
         pkg = field(d, "Package")
-        if d != deb and pkg in bare and not with_base:
-            continue
         shutil.copyfile(d, debs / d.name)
         role = "safegw" if d == deb else "optional" if pkg in OPTIONAL else "dependency"
         manifest.append((pkg, field(d, "Version"), role, d.name))

@@ -19,8 +19,8 @@ if [ "$want_test" = 1 ]; then
   apt_pkgs+=(prometheus adjtimex zstd)
   # make deb and its test: Debian's python3 venv, dpkg-deb, systemd-analyze; lintian checks the .deb
   apt_pkgs+=(python3-venv systemd lintian)
-  # make offline-bundle and its test: apt's Python binding and dpkg-scanpackages
-  apt_pkgs+=(python3-apt dpkg-dev)
+  # make offline-bundle and its test: apt's Python binding, dpkg-scanpackages, a bare Debian 12 to install into
+  apt_pkgs+=(python3-apt dpkg-dev debootstrap)
   # the VPN test: wireguard-go (userspace: the kernel module may be missing), wg, openvpn, ip netns
   apt_pkgs+=(wireguard-go wireguard-tools openvpn iproute2)
 fi

@@ -4,8 +4,10 @@ would get: the manifest and checksums, the bundle's own apt index, and install.s
 resolution with the real apt against (a) a bare Debian 12's dpkg status and (b) that
 status with one library newer and one older than the bundle's.
 
-Not done here: a real (non-simulated) install onto a bare Debian 12 (no debootstrap or
-VM on the test machine); the simulation is apt's own resolver on the same inputs.
+The real install: debootstrap --variant=minbase makes a bare Debian 12 from the mirror,
+and install.sh runs inside it (chroot): safegw, python3 and the servers installed from
+the bundle alone, the base packages kept, the installed `safegw check` passing. That
+test is marked slow (debootstrap: 1-4 minutes) and skipped without debootstrap.
 """
 from __future__ import annotations
 
@@ -135,6 +137,48 @@ def test_never_downgrades_and_upgrades_only_what_a_dependency_needs(
     assert code == 0, out[-3000:]
     assert "libssl3" not in inst, "the target's newer libssl3 is kept"
     assert inst.get("python3.11-minimal") == (old_minimal, m["python3.11-minimal"][0]), out[-3000:]
+
+
+def mirror() -> str:
+    """The Debian mirror this machine's apt uses for bookworm (debootstrap needs one)."""
+    pol = sh("apt-cache", "policy").stdout
+    m = re.search(r"^\s*\d+ (\S+) bookworm/main amd64 Packages", pol, re.M)
+    if not m:
+        pytest.skip("no bookworm/main source in apt's configuration")
+    return m.group(1)
+
+
+def chroot_packages(root: Path) -> dict[str, str]:
+    out = sh("dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+             "-f=${Package} ${Version} ${Status}\n").stdout
+    return {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.endswith("install ok installed")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("debootstrap") or not shutil.which("chroot"),
+                    reason="debootstrap not installed (scripts/setup.sh --test installs it)")
+def test_real_install_into_a_bare_debian_12(bundle: tuple[Path, Path], bare_status: Path,
+                                            tmp_path: Path) -> None:
+    _, top = bundle
+    root = tmp_path / "bookworm"
+    r = sh("debootstrap", "--variant=minbase", "bookworm", root, mirror(), check=False, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    base = chroot_packages(root)
+    # the bare set the bundle leaves out is exactly what debootstrap made
+    assert set(base) == set(re.findall(r"^Package: (\S+)$", bare_status.read_text(), re.M))
+    shutil.copytree(top, root / "root/bundle", symlinks=True)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+    r = sh("chroot", root, "/root/bundle/install.sh", env=env, check=False, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    now = chroot_packages(root)
+    m = manifest(top)
+    for pkg in ("safegw", "python3.11", *SERVERS):
+        assert now.get(pkg) == m[pkg][0], pkg
+    assert {p: now.get(p) for p in base} == base, "a base package was changed or removed"
+    assert set(now) - set(base) <= set(m), "installed from somewhere else than the bundle"
+    r = sh("chroot", root, "safegw", "check", "-c", "/etc/safegw/gateway.yaml", env=env, check=False)
+    assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr
+    assert re.search(r"^safegw:", (root / "etc/passwd").read_text(), re.M)  # postinst ran (adduser)
 
 
 def test_damaged_bundle_and_bad_options_are_refused(bundle: tuple[Path, Path], tmp_path: Path,

@@ -1,6 +1,6 @@
 """Upgrade from the previous tagged version (issue 18, "Upgrade test"): build the .deb of
-tag v0.1.0 with that tree's own scripts/build_deb.py (from `git archive`) and the
-current tree's, install the old one into a throwaway root with the real dpkg, run the
+tag v0.1.0 with that tree's own scripts/build_deb.py (from `git archive`; conftest.py)
+and the current tree's, install the old one into a throwaway root with the real dpkg, run the
 INSTALLED old daemon on the Modbus simulators so it writes a journal, registers and a
 cursor, upgrade with `dpkg -i` of the current .deb, and check that nothing is lost and
 that the installed new daemon carries on from the same files. Then `dpkg -i` of the old
@@ -26,35 +26,14 @@ import pytest
 import gateway
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.sims import SimProcess, gateway_yaml
-from tests.packaging.debtools import REPO, build_deb, dpkg, make_root, sh
+from tests.packaging.debtools import dpkg, make_root, sh
 from uplink import keys as keymod
 
-TAG = "v0.1.0"
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.skipif(not shutil.which("dpkg-deb") or not Path("/usr/bin/python3").exists(),
                        reason="needs dpkg-deb and Debian's /usr/bin/python3"),
 ]
-
-
-@pytest.fixture(scope="session")
-def old_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb of the previous tagged version, built by its own build_deb.py."""
-    git = ["git", "-C", str(REPO)]
-    if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode:
-        pytest.skip("not a git checkout: the previous version's source is not here")
-    tag = subprocess.run([*git, "rev-parse", "-q", "--verify", f"{TAG}^{{commit}}"], capture_output=True)
-    if tag.returncode:
-        shallow = subprocess.run([*git, "rev-parse", "--is-shallow-repository"], capture_output=True,
-                                 text=True)
-        why = "a shallow clone has no history" if shallow.stdout.strip() == "true" else "the tag is missing"
-        pytest.skip(f"no tag {TAG} here ({why}): git fetch --unshallow --tags to run the upgrade test")
-    d = tmp_path_factory.mktemp("old")
-    src = d / "src"
-    src.mkdir()
-    archive = subprocess.run([*git, "archive", "--format=tar", TAG], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-    return build_deb(src, d)
 
 
 def version_of(deb: Path) -> str:
