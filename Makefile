@@ -1,4 +1,4 @@
-.PHONY: demo test setup lint bench deb
+.PHONY: demo test setup lint bench deb offline-bundle
 demo:
 	scripts/setup.sh
 	.venv/bin/safegw demo $(ARGS)
@@ -16,3 +16,7 @@ bench:
 deb:
 	# dist/safegw_<version>_amd64.deb: /opt/safegw venv on Debian's python3 (docs/packaging.md)
 	/usr/bin/python3 scripts/build_deb.py
+offline-bundle:
+	# dist/safegw-offline_<version>_amd64.tar: the .deb, the optional servers and their
+	# dependencies a bare Debian 12 lacks, with install.sh (docs/packaging.md, "Offline bundle")
+	/usr/bin/python3 scripts/build_bundle.py

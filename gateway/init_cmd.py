@@ -3,7 +3,10 @@
 Writes a first config (gateway id, site code, state directory), makes the uplink key
 pairs (uplink/keys.py: X25519 + Ed25519, and SM2 when gmssl-pyx is installed), makes the
 first admin token (gateway/core/tokens.py: stored hashed, printed once), sets the modes
-(state directory 0700, secrets 0600, config 0640) and prints the next steps.
+(state directory 0700, secrets 0600, config 0640) and prints the next steps. Run as
+root where the package made the ``safegw`` service user, it hands what it made to that
+user (state directory and its files safegw:safegw, the config root:safegw), so the
+service can read its keys without a manual chown.
 
 It refuses to overwrite a config, keys or tokens that exist, and says why: keys identify
 this gateway to central (new ones cut it off until central has the new public bundle),
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import pwd
 import re
 import sys
 import time
@@ -26,6 +30,7 @@ from gateway.core.cliutil import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
 SITE_MAX = 64
 ADMIN_DEFAULT = "admin"
+SERVICE_USER = "safegw"  # made by the package (systemd/safegw.sysusers); the units run as it
 
 
 class InitRefused(Exception):
@@ -57,8 +62,28 @@ def _aside(p: Path) -> Path:
     return dest
 
 
+def hand_to_service_user(state_dir: Path, config: Path, user: str = SERVICE_USER) -> str | None:
+    """Run as root with the service user present: give it the state directory and
+    everything in it, and its group the config. Returns what was done, or None when
+    there is nothing to do (not root, or no such user: a developer's own run)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    uid, gid = pw.pw_uid, pw.pw_gid
+    # lchown: a symlink planted in the state directory must not hand over its target
+    for d, dirs, files in os.walk(state_dir):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(d, name), uid, gid)
+    os.lchown(state_dir, uid, gid)
+    os.lchown(config, 0, gid)  # root writes it, the service reads it (0640)
+    return f"handed {state_dir} and its files to {user}:{user}, {config} to root:{user}"
+
+
 def run_init(*, config: Path, gw_id: str, site: str, state_dir: Path, suite: str, admin: str,
-             force: bool) -> tuple[str, list[str]]:
+             force: bool, service_user: str = SERVICE_USER) -> tuple[str, list[str]]:
     """Everything ``safegw init`` does; returns the admin token and what was done."""
     from gateway.core.config import ID_PATTERN
     from gateway.core.tokens import UserError, UserStore
@@ -116,6 +141,9 @@ def run_init(*, config: Path, gw_id: str, site: str, state_dir: Path, suite: str
     except UserError as e:
         raise InitRefused(f"admin user {admin!r}: {e}") from None
     done.append(f"made admin user {admin!r}; its token is stored hashed in {users_file} (0600)")
+    handed = hand_to_service_user(state_dir, config, service_user)
+    if handed:
+        done.append(handed)
     return token, done
 
 

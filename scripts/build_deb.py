@@ -130,10 +130,17 @@ def build(out: Path, work: Path, fast: bool = False) -> Path:
     size_kib = sum(p.lstat().st_size for p in stage.rglob("*")) // 1024
     text = (PKG / "control").read_text().replace("@VERSION@", ver).replace("@SIZE@", str(size_kib))
     text = text.replace("@LIBC@", glibc_needed(venv))
+    if "@localhost>" in text:
+        # TODO(maintainer): the project has no contact address yet; set a real one in
+        # packaging/debian/control and changelog (lintian: bogus-mail-host) when it has
+        print("build_deb: TODO: Maintainer is the placeholder safegw@localhost (no project address yet)",
+              file=sys.stderr)
     (control / "control").write_text(text)
     install(PKG / "conffiles", control / "conffiles", 0o644)
     for script in ("postinst", "prerm", "postrm"):
         install(PKG / script, control / script, 0o755)
+    for script in ("prerm", "postrm"):  # they refuse / warn of a downgrade below their own version
+        (control / script).write_text((control / script).read_text().replace("@VERSION@", ver))
     out.mkdir(parents=True, exist_ok=True)
     deb = out / f"safegw_{ver}_amd64.deb"
     # --fast (the tests): gzip -1 instead of xz, several times quicker, a bigger file

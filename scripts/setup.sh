@@ -22,6 +22,10 @@ if [ "$want_test" = 1 ]; then
   apt_pkgs+=(python3-venv systemd lintian)
   # central's province store (tests/fixtures/victoria.py, bench/central_scale.py)
   apt_pkgs+=(victoria-metrics)
+  # make offline-bundle and its test: apt's Python binding, dpkg-scanpackages, a bare Debian 12 to install into
+  apt_pkgs+=(python3-apt dpkg-dev debootstrap)
+  # the VPN test: wireguard-go (userspace: the kernel module may be missing), wg, openvpn, ip netns
+  apt_pkgs+=(wireguard-go wireguard-tools openvpn iproute2)
 fi
 
 missing=()

@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from gateway.cli import main
 from gateway.core.tokens import UserStore
@@ -139,3 +142,32 @@ def test_interactive_on_a_terminal(tmp_path: Path) -> None:
     assert cli("check", "-c", str(cfg)).returncode == 0
     assert 'site: "站点-01"' in cfg.read_text() and "id: gw-tty" in cfg.read_text()
     assert keymod.key_path(state).exists() and mode(state / "users.json") == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
+def test_init_as_root_hands_state_and_keys_to_the_service_user(tmp_path: Path) -> None:
+    from gateway.init_cmd import run_init
+
+    nobody = pwd.getpwnam("nobody")  # stands in for the package's safegw user: same code path
+    cfg, state = tmp_path / "etc" / "gateway.yaml", tmp_path / "var" / "safegw"
+    state.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.write_text("root's")
+    (state / "planted").symlink_to(outside)  # must not hand over what a link points at
+    _, done = run_init(config=cfg, gw_id="gw-7", site="S1", state_dir=state, suite="x25519-ed25519",
+                       admin="admin", force=False, service_user="nobody")
+    assert any("handed" in d for d in done), done
+    made = [state, *state.rglob("*")]
+    assert keymod.key_path(state) in made and state / "users.json" in made
+    for p in made:
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid), p
+    assert (cfg.stat().st_uid, cfg.stat().st_gid) == (0, nobody.pw_gid)
+    assert outside.stat().st_uid == 0
+    assert mode(keymod.key_path(state)) == 0o600 and mode(state) == 0o700
+    # no such user (a developer's machine): nothing is handed over, files stay root's
+    state2 = tmp_path / "var2"
+    _, done = run_init(config=tmp_path / "etc2" / "g.yaml", gw_id="gw-8", site="S1", state_dir=state2,
+                       suite="x25519-ed25519", admin="admin", force=False, service_user="no-such-user-x")
+    assert not any("handed" in d for d in done)
+    assert all(p.lstat().st_uid == 0 for p in [state2, *state2.rglob("*")])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import gateway
+from tests.packaging.debtools import dpkg, make_root, sh
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -26,23 +27,6 @@ pytestmark = [
                        reason="needs dpkg-deb and Debian's /usr/bin/python3"),
 ]
 NETWORK = re.compile(r"\b(curl|wget|apt-get|apt|aptitude|pip|git|nc|ssh|scp|rsync)\b|https?://|ftp://")
-
-
-def sh(*cmd: str | Path, env: dict[str, str] | None = None, check: bool = True,
-       cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
-    if check and r.returncode:
-        raise AssertionError(f"{cmd} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("deb")
-    sh("/usr/bin/python3", REPO / "scripts/build_deb.py", "--fast", "--out", d / "out", "--work", d / "work")
-    (built,) = (d / "out").glob("*.deb")
-    shutil.rmtree(d / "work")
-    return built
 
 
 def contents(deb: Path) -> dict[str, tuple[str, str, str]]:
@@ -112,20 +96,6 @@ def test_no_build_path_inside(deb: Path, tmp_path: Path) -> None:
     for built_at in (str(REPO), str(deb.parent.parent)):  # the checkout and the build dir
         hits = sh("grep", "-rl", "--", built_at, tree, check=False).stdout.split()
         assert hits == [], (built_at, hits[:5])
-
-
-def make_root(root: Path) -> None:
-    (root / "var/lib/dpkg/info").mkdir(parents=True)
-    (root / "var/lib/dpkg/updates").mkdir()
-    (root / "var/lib/dpkg/status").touch()
-    (root / "etc").mkdir()
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (root / "etc/group").write_text("root:x:0:\ndialout:x:20:\n")
-
-
-def dpkg(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return sh("dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends",
-              "--log=/dev/null", *args)
 
 
 @pytest.fixture(scope="module")
