@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         continue
                     try:
-                        chrome.wait(ready, timeout=30, what=f"the {name} view")
+                        # !! : a DOM node comes back by value as {}, which reads as false
+                        chrome.wait(f"!!({ready})", timeout=30, what=f"the {name} view")
                     except AssertionError as e:
                         print(f"skipped {name}: {e}", file=sys.stderr)
                         continue

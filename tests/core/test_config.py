@@ -35,7 +35,7 @@ gateway:
   site: "x"
   stat_dir: /var/lib/safegw
 """, ["F:4:3: gateway.stat_dir: unknown key 'stat_dir'; did you mean 'state_dir'? valid here: id, site, name, "
-      "state_dir, log_level"]),
+      "state_dir, log_level, timezone"]),
     ("unknown-channel-key", HEAD + """\
     channels:
       - {name: T1, kind: level, address: holding:1, sclae: 0.1}
@@ -336,7 +336,7 @@ def test_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         devices: [{name: d, protocol: nope}]
     """))
     expected = [
-        f"{bad}:1:32: gateway.colour: unknown key 'colour'; valid here: id, site, name, state_dir, log_level",
+        f"{bad}:1:32: gateway.colour: unknown key 'colour'; valid here: id, site, name, state_dir, log_level, timezone",
         f"{bad}:2:31: devices[0].protocol: unknown protocol 'nope'; known protocols: modbus-tcp, modbus-rtu, opcua, serial",
     ]
     code, out = check_in_process(bad, capsys)

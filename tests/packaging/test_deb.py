@@ -160,6 +160,11 @@ def test_systemd_analyze_verify_installed_units(installed: tuple[Path, str]) -> 
     for f in [*Path("/lib/systemd/system").glob("*.target"), *Path("/lib/systemd/system").glob("*.slice")]:
         if not (root / "lib/systemd/system" / f.name).exists():
             shutil.copy(f, root / "lib/systemd/system" / f.name)
+    # and the base system's kill(1), which ExecReload names (procps: every Debian has it)
+    kill = root / "bin" / "kill"
+    if not kill.exists():
+        kill.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shutil.which("kill", path="/usr/bin:/bin") or "/bin/kill", kill)
     r = sh("systemd-analyze", "verify", f"--root={root}", *units, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     # the verifier does look: a unit with a missing ExecStart binary fails

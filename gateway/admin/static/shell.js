@@ -259,6 +259,8 @@ async function start() {
     return;
   }
   $("who").textContent = state.me.name + " (" + state.me.role + ")";
+  // the start page turns this into "live HH:MM:SS" as it polls; the other views leave it
+  setConn(true, t("conn.signed_in"));
   document.body.dataset.role = state.me.role;
   // what the role may not use is hidden, as the API would refuse it
   for (const a of document.querySelectorAll("#nav [data-role]")) a.hidden = a.dataset.role !== state.me.role;

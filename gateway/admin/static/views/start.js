@@ -176,7 +176,7 @@ export async function mount(root, ctx) {
         const link = el("a", a.channel);
         link.href = "#/trends?ch=" + encodeURIComponent(a.channel);
         name.append(link);
-        tr.append(name, el("td", [a.rule, a.level].filter(Boolean).join(" ")), el("td", a.state, "alarm-state"),
+        tr.append(name, el("td", [a.rule, a.level === a.rule ? null : a.level].filter(Boolean).join(" ")), el("td", a.state, "alarm-state"),
           el("td", fig, "num"), el("td", lim, "num"), el("td", ctx.fmtTime(a.since || a.raised || a.time || "")), btnCell);
         body.append(tr);
       }
