@@ -20,26 +20,14 @@ import pytest
 
 from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import free_port, wait_until
-from tests.fixtures.sims import SimProcess
+from tests.fixtures.sims import SimProcess, tcp_plant
 
-SIM = """
-seed: 7
-tick: 100ms
-signals:
-  GT-1: {base: 3.0}
-  GT-2: {base: 2.0}
-  OX-1: {base: 20.9}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: GT-2, address: input:1, type: int16, scale: 0.1}
-          - {signal: OX-1, address: input:2, type: int16, scale: 0.1}
-"""
+SIM = tcp_plant(
+    ("GT-1", 3.0, "input:0", "int16", 0.1),
+    ("GT-2", 2.0, "input:1", "int16", 0.1),
+    ("OX-1", 20.9, "input:2", "int16", 0.1),
+    seed=7,
+)
 
 
 def gateway_yaml(host: str, port: int, state: Path) -> str:

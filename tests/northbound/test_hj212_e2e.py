@@ -30,29 +30,17 @@ from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
 from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import wait_until
-from tests.fixtures.sims import SimProcess
+from tests.fixtures.sims import SimProcess, tcp_plant
 
 NS = 10**9
 BJ = 8 * 3600  # HJ 212 times are Beijing time
 
-PLANT = """
-seed: 3
-tick: 100ms
-signals:
-  GT-1: {base: 2.5}
-  TT-1: {base: 21.75}
-  SW-1: {base: 1}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: TT-1, address: holding:10, type: float32}
-          - {signal: SW-1, address: coil:5, type: bool}
-"""
+PLANT = tcp_plant(
+    ("GT-1", 2.5, "input:0", "int16", 0.1),
+    ("TT-1", 21.75, "holding:10", "float32", None),
+    ("SW-1", 1, "coil:5", "bool", None),
+    seed=3,
+)
 
 PLATFORM = """
 devices:

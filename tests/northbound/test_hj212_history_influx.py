@@ -31,28 +31,18 @@ from gateway.store.queries import oldest_sample_ts, open_readonly
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.influxd import unique_db
+from tests.fixtures.sims import tcp_plant
 
 NS = 10**9
 BJ = 8 * 3600  # HJ 212 times are Beijing time
 MN = "88888880000002"
 PW = "654321"
 
-PLANT = """
-seed: 5
-tick: 100ms
-signals:
-  GT-1: {base: 2.5}
-  TT-1: {base: 21.75}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: TT-1, address: holding:10, type: float32}
-"""
+PLANT = tcp_plant(
+    ("GT-1", 2.5, "input:0", "int16", 0.1),
+    ("TT-1", 21.75, "holding:10", "float32", None),
+    seed=5,
+)
 
 PLATFORM = """
 devices:

@@ -24,29 +24,18 @@ from northbound.memiot.adapter import quality_flag
 from simulators.memiot_platform import MemIotReceiver
 from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import wait_until
+from tests.fixtures.sims import tcp_plant
 
 KEY = "8d6c1f3b2a5e4d7c9b0a1f2e3d4c5b6a"
 IV = "00000000000000000000000000000000"
 ENTERPRISE = "91340100MA2XXXXX0X"
 
-PLANT = """
-seed: 5
-tick: 100ms
-signals:
-  DUST-1: {base: 2.5}
-  DUST-2: {base: 21.75}
-  SW-1: {base: 1}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: DUST-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: DUST-2, address: holding:10, type: float32}
-          - {signal: SW-1, address: coil:5, type: bool}
-"""
+PLANT = tcp_plant(
+    ("DUST-1", 2.5, "input:0", "int16", 0.1),
+    ("DUST-2", 21.75, "holding:10", "float32", None),
+    ("SW-1", 1, "coil:5", "bool", None),
+    seed=5,
+)
 
 
 def secret(d: Path, name: str, text: str) -> Path:

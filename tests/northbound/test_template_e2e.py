@@ -33,7 +33,7 @@ from tests.fixtures.helpers import wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
 from tests.fixtures.notify import secret
 from tests.fixtures.province import ENTERPRISE, HAZARD, IV, KEY, PROFILES, SIGN, profile_doc
-from tests.fixtures.sims import SimProcess
+from tests.fixtures.sims import SimProcess, tcp_plant
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -42,24 +42,12 @@ CODES = {"GT-1": ("A0001", 1), "TT-1": ("T0001", 2)}  # channel → (platform co
 #: the alarm transitions the profile sends (its alarms.events), by their journal names
 EVENTS = {"raise": "raised", "escalate": "escalated", "ack": "acknowledged", "clear": "cleared"}
 
-PLANT = """
-seed: 3
-tick: 100ms
-signals:
-  GT-1: {base: 12.5}
-  TT-1: {base: 21.75}
-  SW-1: {base: 1}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: TT-1, address: holding:10, type: float32}
-          - {signal: SW-1, address: coil:5, type: bool}
-"""
+PLANT = tcp_plant(
+    ("GT-1", 12.5, "input:0", "int16", 0.1),
+    ("TT-1", 21.75, "holding:10", "float32", None),
+    ("SW-1", 1, "coil:5", "bool", None),
+    seed=3,
+)
 
 
 def profile(broker: Broker, tmp: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.notify import secret
 from tests.fixtures.province import ENTERPRISE, HAZARD, IV, KEY, PROFILES, SIGN, profile_doc
+from tests.fixtures.sims import tcp_plant
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -38,24 +39,12 @@ PATHS = ["/api/v1/sensing/realtime", "/api/v1/sensing/alarm", "/api/v1/heartbeat
          "/api/v1/base/hazard", "/api/v1/base/target"]
 BASE = ("base.enterprise", "base.hazard_sources", "base.points")
 
-PLANT = """
-seed: 4
-tick: 100ms
-signals:
-  GT-1: {base: 2.5}
-  TT-1: {base: 21.75}
-  SW-1: {base: 1}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    port: 0
-    units:
-      - unit: 1
-        points:
-          - {signal: GT-1, address: input:0, type: int16, scale: 0.1}
-          - {signal: TT-1, address: holding:10, type: float32}
-          - {signal: SW-1, address: coil:5, type: bool}
-"""
+PLANT = tcp_plant(
+    ("GT-1", 2.5, "input:0", "int16", 0.1),
+    ("TT-1", 21.75, "holding:10", "float32", None),
+    ("SW-1", 1, "coil:5", "bool", None),
+    seed=4,
+)
 
 
 def _urls(x: Any, base: str) -> Any:
