@@ -106,17 +106,20 @@ class PlatformServer:
         self._conns: dict[str, asyncio.StreamWriter] = {}  # MN → the station's connection
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
-        self._record = None
+        #: the record file, opened for appending: one os.write per message, so that a reader
+        #: never meets half a line another message's write has not finished
+        self._record: int | None = None
         if model.record:  # plant data: created private
-            fd = os.open(model.record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._record = os.fdopen(fd, "a")
+            self._record = os.open(model.record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._qn_ms = 0
         #: (MN, QN, CN, DataTime) of every message taken, also by an earlier run recording
         #: to the same file: a resend of one is marked a duplicate (platforms de-duplicate
         #: by QN; a history answer's messages share the request's QN, so DataTime counts)
         self._seen: set[tuple[str, str, str, str]] = set()
         if model.record and model.record.exists():
-            for line in model.record.read_text().splitlines():
+            for line in model.record.read_text().splitlines(keepends=True):
+                if not line.endswith("\n"):  # the last line of a run that was killed mid-write
+                    break
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     doc = json.loads(line)
                     self._seen.add(_key(doc))
@@ -138,7 +141,8 @@ class PlatformServer:
             with contextlib.suppress(OSError):
                 await self._server.wait_closed()
         if self._record is not None:
-            self._record.close()
+            os.close(self._record)
+            self._record = None
 
     # ------------------------------------------------------------------ receiving
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -215,8 +219,7 @@ class PlatformServer:
         self._seen.add(_key(msg))
         self.received.append(msg)
         if self._record is not None:
-            self._record.write(json.dumps(msg) + "\n")
-            self._record.flush()
+            os.write(self._record, (json.dumps(msg) + "\n").encode())
         wants = f.get("Flag", "").isdigit() and int(f["Flag"]) & 1
         if self.ack and wants and f.get("CN") not in ("9011", "9012", "9013", "9014"):
             writer.write(packet(f"QN={qn};ST=91;CN=9014;PW={f.get('PW', '')};MN={mn};Flag=4;CP=&&&&"))

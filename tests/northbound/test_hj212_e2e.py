@@ -16,7 +16,6 @@ process with its own frame code), all over real sockets.
 from __future__ import annotations
 
 import calendar
-import json
 import math
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from gateway.core.batch import Batch, Quality
 from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
 from tests.fixtures.daemon import Daemon, auth, make_tokens
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import jsonl_records, wait_until
 from tests.fixtures.sims import SimProcess, tcp_plant
 
 NS = 10**9
@@ -149,9 +148,7 @@ def adapter_stats(d: Daemon, name: str = "epb") -> dict[str, Any]:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return jsonl_records(path)
 
 
 def journal_windows(d: Daemon) -> set[int]:

@@ -17,7 +17,6 @@ real sockets:
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from gateway.core.batch import Batch, Quality
 from gateway.store.journal import Journal
 from gateway.store.queries import oldest_sample_ts, open_readonly
 from tests.fixtures.daemon import Daemon
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import jsonl_records, wait_until
 from tests.fixtures.influxd import unique_db
 from tests.fixtures.sims import tcp_plant
 
@@ -104,9 +103,7 @@ def cp_values(cp: str) -> tuple[str, dict[str, str]]:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return jsonl_records(path)
 
 
 def old_hour(start_ns: int) -> list[tuple[int, float, float]]:
