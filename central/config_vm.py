@@ -45,6 +45,9 @@ class VictoriaMetricsSection(Strict):
     journal: bool = Field(default=False, description=(
         "also keep the per-origin SQLite journal (state_dir/journals): measured to cost more than "
         "the store itself at province load (docs/central.md, Sizing)"))
+    events_keep: Duration = Field(default=400 * 86400.0, ge=366 * 86400.0, le=36600 * 86400.0, description=(
+        "events (alarms, gaps, registers, channel tables) older than this are deleted from "
+        "PostgreSQL, checked hourly by every worker; at least a year (issue 21's retention)"))
     late_after: Duration = Field(default=300.0, ge=1.0, le=30 * 86400.0, description=(
         "a gateway whose newest stored sample is older than this is late"))
 

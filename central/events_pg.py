@@ -12,7 +12,8 @@ scan. Personal fields of register records (``personal`` paths) are left out, as 
 gateway's historian leaves them out of InfluxDB.
 
 Retention (docs/central.md, *Retention*): rows are kept ≥ 1 year; ``prune(before_ns)``
-deletes older ones (run it from cron / a timer with a cut-off of 400 days).
+deletes older ones, called hourly by every worker with ``victoriametrics.events_keep``
+(central/node.py, ``prune_events``).
 """
 
 from __future__ import annotations

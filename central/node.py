@@ -42,6 +42,7 @@ from gateway.core import gmcrypto
 from gateway.core.httplimits import BodyLimit
 from gateway.core.record import Record
 from gateway.core.tokens import FailureLimiter, UserStore
+from gateway.core.units import iso_ns
 from uplink import keys
 from uplink.auth import Verifier, ensure_tls_cert
 from uplink.link import Link
@@ -221,7 +222,11 @@ class CentralNode:
 
     async def _housekeeping(self) -> None:
         up = self.cfg.upstream
+        next_prune = time.monotonic()  # events' retention: at start, then hourly
         while True:
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 3600
+                await self.prune_events()
             await asyncio.sleep(60)
             self.up_link.save()
             if up is not None:
@@ -232,6 +237,21 @@ class CentralNode:
                 else:
                     if n:
                         log.info("outbox: pruned %d forwarded envelopes", n)
+
+    async def prune_events(self) -> int:
+        """Delete PostgreSQL's events older than ``victoriametrics.events_keep``. Every worker
+        runs it; the DELETE is idempotent, so sharing needs no lease."""
+        if self.store is None or self.cfg.victoriametrics is None:
+            return 0
+        cut = time.time_ns() - int(self.cfg.victoriametrics.events_keep * 1e9)
+        try:
+            n = await self.store.events.prune(cut)
+        except Exception as e:  # database errors: report, keep running
+            log.error("events: pruning older than %s failed: %s", iso_ns(cut, 0), e)
+            return 0
+        if n:
+            log.info("events: pruned %d older than %s", n, iso_ns(cut, 0))
+        return n
 
     async def run(self) -> None:
         try:

@@ -388,3 +388,40 @@ async def test_writer_fails_over_between_urls(tmp_path: Path, pg_dsn: str, victo
     finally:
         await store.close()
     assert _vm_count(victoria, "gw-f", "safegw_quality") == len(readings(0, t0))
+
+
+async def test_events_older_than_events_keep_are_pruned_at_start(tmp_path: Path, pg_dsn: str,
+                                                                 victoria: VictoriaMetrics) -> None:
+    """Central's housekeeping deletes events older than ``victoriametrics.events_keep`` (at
+    start, then hourly); younger ones, and the other tables, stay."""
+    from central.events_pg import EventStore, event_row
+
+    day = 86400 * 10**9
+    now = time.time_ns()
+    ev = EventStore(pg_dsn)
+    await ev.open()  # the schema, as a worker that ran earlier left it
+    try:
+        rows = [event_row("gw-old", seq, {"type": "alarm", "ts": now - age, "channel": "T00", "level": "h",
+                                          "value": 1.0, "transition": "raise"}, None)
+                for seq, age in ((1, 800 * day), (2, 367 * day), (3, 365 * day), (4, day))]
+        await ev.put(rows, {"gw-old": (now - day, 4)})
+    finally:
+        await ev.close()
+    (tmp_path / "pub").mkdir()
+    central_pub(tmp_path, "prov", tmp_path / "pub")
+    cfg = central_config(tmp_path, "prov", [], victoriametrics=_vm_cfg(victoria, pg_dsn, events_keep="366d"))
+    c = await CentralSide(cfg).start()
+
+    def seqs() -> list[int]:
+        with psycopg.connect(pg_dsn) as db:
+            return [r[0] for r in db.execute("SELECT seq FROM events WHERE origin='gw-old' ORDER BY seq")]
+
+    try:
+        await async_wait_until(lambda: seqs() == [3, 4], 30, what="the events older than 366 days pruned")
+        assert await c.node.prune_events() == 0  # again: nothing more to prune
+        with psycopg.connect(pg_dsn) as db:
+            assert db.execute("SELECT last_seq FROM origin_data WHERE origin='gw-old'").fetchone() == (4,)
+    finally:
+        await c.stop()
+    with pytest.raises(ValueError, match="events_keep"):
+        central_config(tmp_path, "prov2", [], victoriametrics=_vm_cfg(victoria, pg_dsn, events_keep="30d"))
