@@ -11,12 +11,14 @@ import pytest
 from tests.packaging.debtools import REPO, build_deb, finish_build, start_build, tagged_source
 
 PREVIOUS = "v0.1.0"  # the last released version: the upgrade test starts from it
+#: the commit PREVIOUS tags: a clone without tags (CI's) still finds the release by it
+PREVIOUS_COMMIT = "73925865c3f239e7cb82b09d8a48e4b6ce1005d3"
 _previous: list[tuple[subprocess.Popen[bytes], Path] | str] = []
 
 
 def _start_previous(tmp_path_factory: pytest.TempPathFactory) -> None:
     d = tmp_path_factory.mktemp("previous")
-    src = tagged_source(PREVIOUS, d / "src")
+    src = tagged_source(PREVIOUS, PREVIOUS_COMMIT, d / "src")
     _previous.append(src if isinstance(src, str) else (start_build(src, d), d))
 
 

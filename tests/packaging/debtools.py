@@ -41,19 +41,27 @@ def build_deb(src: Path, dest: Path) -> Path:
     return finish_build(start_build(src, dest), dest)
 
 
-def tagged_source(tag: str, dest: Path) -> Path | str:
-    """The tree of ``tag`` (git archive) in ``dest``, or why it is not available."""
+def tagged_source(tag: str, commit: str, dest: Path) -> Path | str:
+    """The tree of ``tag`` (git archive) in ``dest``, or why it is not available. A clone
+    made without tags (a CI checkout, a recovered working copy) finds the release by
+    ``commit``, the one the tag names; only a shallow clone has neither."""
     git = ["git", "-C", str(REPO)]
     if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode:
         return f"not a git checkout: no source of {tag} here"
-    found = subprocess.run([*git, "rev-parse", "-q", "--verify", f"{tag}^{{commit}}"], capture_output=True)
-    if found.returncode:
+    for rev in (tag, commit):
+        found = subprocess.run([*git, "rev-parse", "-q", "--verify", f"{rev}^{{commit}}"],
+                               capture_output=True, text=True)
+        if found.returncode == 0:
+            if found.stdout.strip() != commit:
+                return f"tag {tag} names {found.stdout.strip()}, not the release {commit}"
+            break
+    else:
         shallow = subprocess.run([*git, "rev-parse", "--is-shallow-repository"], capture_output=True,
                                  text=True).stdout.strip() == "true"
-        why = "a shallow clone has no history" if shallow else "the tag is missing"
-        return f"no tag {tag} here ({why}): git fetch --unshallow --tags to run the upgrade test"
+        why = "a shallow clone has no history" if shallow else "neither the tag nor its commit is here"
+        return f"no {tag} ({commit}) here ({why}): git fetch --unshallow --tags to run the upgrade test"
     dest.mkdir(parents=True)
-    archive = subprocess.run([*git, "archive", "--format=tar", tag], capture_output=True, check=True)
+    archive = subprocess.run([*git, "archive", "--format=tar", commit], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
 
