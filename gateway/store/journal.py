@@ -39,7 +39,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,7 @@ class Journal:
     def submit_event(self, event: dict[str, Any]) -> concurrent.futures.Future[int]:
         return self._submit("append", [event])
 
-    def submit_many(self, items: list[Batch | dict[str, Any]]) -> concurrent.futures.Future[list[int]]:
+    def submit_many(self, items: Sequence[Batch | dict[str, Any]]) -> concurrent.futures.Future[list[int]]:
         """Queue several records committed together; resolves to their sequences."""
         return self._submit("append_many", list(items))
 
@@ -190,11 +190,11 @@ class Journal:
         seq: int = await asyncio.wrap_future(self.submit_event(event))
         return seq
 
-    async def append_many(self, items: list[Batch | dict[str, Any]]) -> list[int]:
+    async def append_many(self, items: Sequence[Batch | dict[str, Any]]) -> list[int]:
         seqs: list[int] = await asyncio.wrap_future(self.submit_many(items))
         return seqs
 
-    def append_sync(self, items: list[Batch | dict[str, Any]]) -> list[int]:
+    def append_sync(self, items: Sequence[Batch | dict[str, Any]]) -> list[int]:
         seqs: list[int] = self.submit_many(items).result()
         return seqs
 

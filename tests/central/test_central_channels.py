@@ -135,7 +135,7 @@ async def test_names_reach_influxdb_like_the_gateways_own_historian(
                                interval=0.1, what="central's InfluxDB writer caught up")
         measurements = ",".join(f'"{k}"' for k in ("gas", "temperature", "status", "pressure", "level"))
 
-        def series(db: str) -> dict[str, Any]:
+        def series(db: str) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
             rows = influxd.rows(f"SELECT count(\"quality\") FROM {measurements} GROUP BY *", db)
             skip = ("time", "count", "_measurement")
             return {(r["_measurement"], tuple(sorted((k, v) for k, v in r.items() if k not in skip))):

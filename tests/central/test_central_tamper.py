@@ -221,7 +221,7 @@ async def test_crash_between_store_and_cursor_stores_once(tmp_path: Path) -> Non
         raise RuntimeError("power cut")
 
     # the records reach the journal, the cursor commit does not happen
-    node.state.commit = power_cut  # type: ignore[method-assign]
+    node.state.commit = power_cut  # type: ignore[method-assign,assignment]
     with pytest.raises(RuntimeError, match="power cut"):
         await node.ingest(src, [Item("main", 5, envelope.seal(recs(4, 2), sender=gk, recipients=ck))])
     await c.stop()

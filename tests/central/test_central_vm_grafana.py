@@ -110,8 +110,8 @@ async def test_dashboard_queries_answer_on_stored_data(tmp_path: Path, pg_dsn: s
         return {s["metric"].get("gateway", ""): float(s["values"][-1][1]) for s in answers[expr]}
 
     assert last("count(count by (gateway)") == {"": 2.0}  # gw-late is not reporting
-    bad = last("sum by (gateway) (count_gt_over_time")
-    assert bad["gw-b"] == pytest.approx(0.25) and bad["gw-a"] == 0
+    share_bad = last("sum by (gateway) (count_gt_over_time")
+    assert share_bad["gw-b"] == pytest.approx(0.25) and share_bad["gw-a"] == 0
     (hs,) = [e for e in answers if 'hazard_source="' in _fill(e, now) or "$hazard_source" in e]
     assert {s["metric"]["channel"] for s in answers[hs]} == {"T00"}
     with psycopg.connect(pg_dsn) as db:

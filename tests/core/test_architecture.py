@@ -101,9 +101,12 @@ def imports_of(module: str, path: Path, mods: dict[str, Path], root: Path) -> It
     rel = str(path.relative_to(root))
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names: list[str] = []
+        line = 0
         if isinstance(node, ast.Import):
+            line = node.lineno
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
+            line = node.lineno
             base = node.module or ""
             if node.level:
                 up = package.split(".")
@@ -114,7 +117,7 @@ def imports_of(module: str, path: Path, mods: dict[str, Path], root: Path) -> It
         for name in names:
             target = _resolve(name, mods)
             if target is not None and target != module:
-                yield Import(module, node.lineno, target, rel)
+                yield Import(module, line, target, rel)
 
 
 def import_graph(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[Import]:

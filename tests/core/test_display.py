@@ -97,7 +97,7 @@ def test_scaled_integers_at_their_resolution_like_pythons_round() -> None:
                              offset=offset)
         r = rendering_of(spec)
         raw = rng.integers(-32768, 32768, 2000)
-        vals = raw * scale + offset
+        vals = (raw * scale + offset).astype(np.float64)
         got = r.array(vals)
         d = max(decimals_of(scale), decimals_of(offset))
         assert r.decimals == d

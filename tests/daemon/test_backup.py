@@ -20,6 +20,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def inproc(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
-def rows(db_path: Path, sql: str) -> list[tuple[object, ...]]:
+def rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         return db.execute(sql).fetchall()

@@ -14,6 +14,7 @@ import pytest
 
 from gateway import config as gwconfig
 from gateway.config import ConfigError, load, load_apart
+from gateway.core.config import device_channels
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def test_a_large_plant_comes_back_identical(tmp_path: Path) -> None:
     apart, here = load_apart(path), load(path)
     assert apart.model_dump() == here.model_dump()
     assert apart.base_dir == here.base_dir
-    assert sum(len(d.channels) for d in apart.devices) == 2000
+    assert sum(len(device_channels(d)) for d in apart.devices) == 2000
 
 
 def test_config_errors_are_the_same(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def _journal_samples(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     chans, vals, quals = [], [], []
     with Journal(path) as j:
         after = 0
-        while recs := j.read_sync(after, 1000, kinds=[SAMPLES]):
+        while recs := j.read_sync(after, 1000, kinds=(SAMPLES,)):
             for r in recs:
                 b = r.batch()
                 chans.append(b.channel)

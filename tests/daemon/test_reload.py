@@ -411,7 +411,7 @@ def test_changed_mqtt_section_restarts_from_its_cursor(sim: SimProcess, tmp_path
         assert all(t.startswith("p2/") for t in topics_b), topics_b
         # every journaled alarm event went out exactly once, over A before and B after
         ids = [e["id"] for _, e in journal_events(jpath) if e.get("type") == "alarm"]
-        got = [e.get("id") for e in delivered(sa) + delivered(sb)]
+        got = [e["id"] for e in delivered(sa) + delivered(sb)]
         assert sorted(got) == sorted(ids), (got, ids)
     finally:
         http.close()

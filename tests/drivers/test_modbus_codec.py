@@ -124,7 +124,7 @@ def test_integer_encode_rounds_and_saturates() -> None:
 
 def test_pack_bits_is_lsb_first() -> None:
     # coils 0..9 = 1,0,1,1,0,0,0,0, 0,1 → CD 01 would be wrong; Modbus: 0x0D, 0x02
-    assert pack_bits([1, 0, 1, 1, 0, 0, 0, 0, 0, 1]) == bytes([0x0D, 0x02])
+    assert pack_bits([bool(b) for b in (1, 0, 1, 1, 0, 0, 0, 0, 0, 1)]) == bytes([0x0D, 0x02])
 
 
 def test_layout_groups_decode_a_mixed_buffer() -> None:

@@ -13,8 +13,10 @@ def P(address: str, type_: str = "uint16", unit: int = 1, **kw: object) -> Point
     return Point.from_address(unit, address, type_, **kw)  # type: ignore[arg-type]
 
 
-def spans(points: list[Point], **kw: int) -> list[tuple[int, int, int, int]]:
-    return [(r.unit, r.fc, r.start, r.count) for r in plan(points, **kw).requests]
+def spans(points: list[Point], *, max_gap: int = 8, max_registers: int = 125,
+          max_bits: int = 2000) -> list[tuple[int, int, int, int]]:
+    got = plan(points, max_gap=max_gap, max_registers=max_registers, max_bits=max_bits)
+    return [(r.unit, r.fc, r.start, r.count) for r in got.requests]
 
 
 def test_adjacent_and_small_gaps_merge() -> None:
@@ -82,7 +84,7 @@ def test_decode_through_the_plan_buffer() -> None:
             words = [w for a in range(r.start, r.start + r.count) for w in regs.get(a, [0])]
             data = words_to_bytes(words[:r.count])
         elif r.fc == 1:
-            data = pack_bits([1 if a == 3 else 0 for a in range(r.start, r.start + r.count)])
+            data = pack_bits([a == 3 for a in range(r.start, r.start + r.count)])
         else:
             data = words_to_bytes(encode_raw(2309737967, "uint32"))
         buf[r.buf_offset:r.buf_offset + r.nbytes] = np.frombuffer(data, np.uint8)

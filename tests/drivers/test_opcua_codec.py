@@ -51,7 +51,7 @@ def test_mixed_layouts_status_strings_and_missing_values():
     dvs = [
         dv(1.25, ua.VariantType.Double),
         dv(3, ua.VariantType.Int32, code=ua.StatusCodes.UncertainLastUsableValue),
-        ua.DataValue(ua.Variant(None), ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown)),
+        ua.DataValue(ua.Variant(None), ua.StatusCode(ua.UInt32(ua.StatusCodes.BadNodeIdUnknown))),
         dv("OVER", ua.VariantType.String),
         dv(2.0, ua.VariantType.Double, src=None, server=T0),
     ]

@@ -166,7 +166,7 @@ async def test_missing_node_is_named_and_others_keep_working(tmp_path, dcs):
                 got.append(await drv.poll())
             else:
                 task = asyncio.create_task(drv.stream(got.append))
-                await async_wait_until(lambda got=got: len({c for b in got for c in b.channel.tolist()}) == 5,
+                await async_wait_until(lambda: len({c for b in got for c in b.channel.tolist()}) == 5,  # noqa: B023
                                        10, what="all five channels")
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -487,7 +487,7 @@ async def test_fast_read_simulator_answers_like_asyncua(tmp_path):
     import sys
 
     cfg = sim_loads(SIM.replace("{extra}", "fast_read: true\n    bulk: 50"))  # validates the file
-    assert cfg.device_models[0].fast_read
+    assert cfg.device_models[0].fast_read  # type: ignore[attr-defined]  # an OPC-UA device model
     path = tmp_path / "sim.yaml"
     path.write_text(SIM.replace("{extra}", "fast_read: true\n    bulk: 50") + """
 scenarios:

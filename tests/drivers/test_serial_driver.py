@@ -45,7 +45,7 @@ devices:
 """
 
 
-def gw_yaml(tmp: Path, link: Path, body: str, poll: str = "300ms", timeout: str = "300ms") -> str:
+def gw_yaml(tmp: Path, link: Path | str, body: str, poll: str = "300ms", timeout: str = "300ms") -> str:
     return f"""
 gateway: {{id: gw-test, site: "test", state_dir: {tmp / 'state'}}}
 devices:

@@ -46,7 +46,7 @@ MSG = Message(
     short="【一号罐区】GT-1高限报警30%LEL",
     code="A2B3",
 )
-SETTINGS = {
+SETTINGS: dict[str, type[WecomSettings | DingtalkSettings | FeishuSettings | WebhookSettings]] = {
     "wecom": WecomSettings,
     "dingtalk": DingtalkSettings,
     "feishu": FeishuSettings,

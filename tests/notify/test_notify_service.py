@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.admin.api import ApiService
 from gateway.app import Gateway
 from gateway.config import loads
 from rules.commands import apply_command, parse_command
@@ -283,7 +284,8 @@ async def test_status_and_metrics_show_the_service_and_an_api_ack_stops_escalati
         "    - {name: gas, match: {kinds: [gas]}, escalation: e}")) + '\napi: {listen: "127.0.0.1:0"}\n')),
         clock=lambda: time.time_ns() + skew[0])
     async with running(gw):
-        api = next(s for s in gw.services if s.name == "api")
+        api = next(s for s in gw.services if isinstance(s, ApiService))
+        assert api.url is not None
         gw.ingest(batch(gw, {"GT-1": 30.0}))
         await async_wait_until(lambda: len(hook.messages) >= 1, 10)
         async with httpx.AsyncClient(base_url=api.url, timeout=10) as c:

@@ -79,7 +79,8 @@ def test_manifest_checksums_and_index(bundle: tuple[Path, Path]) -> None:
         members = t.getmembers()
     assert all(m.name.startswith(top.name) and m.uid == 0 and m.gid == 0 for m in members)
     files = {str(p.relative_to(top)) for p in top.rglob("*") if p.is_file()}
-    sums = dict(reversed(ln.split("  ", 1)) for ln in (top / "SHA256SUMS").read_text().splitlines())
+    lines = (top / "SHA256SUMS").read_text().splitlines()
+    sums = {name: digest for digest, name in (ln.split("  ", 1) for ln in lines)}
     assert set(sums) == files - {"SHA256SUMS"}
     for name, digest in sums.items():
         assert hashlib.sha256((top / name).read_bytes()).hexdigest() == digest, name

@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,19 +46,25 @@ def installed_version(root: Path) -> str:
     return r.stdout.strip()
 
 
-def safegw(root: Path, *args: str | Path,
-           popen: bool = False) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+def _installed(root: Path, args: tuple[str | Path, ...]) -> tuple[list[str], dict[str, str]]:
     """The INSTALLED safegw (its own venv, no PYTHONPATH), as the unit runs it."""
     venv = root / "opt/safegw/bin"
-    cmd = [str(venv / "python"), str(venv / "safegw"), *map(str, args)]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(root)}
-    if popen:
-        return subprocess.Popen(cmd, env=env, cwd=root, text=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+    return [str(venv / "python"), str(venv / "safegw"), *map(str, args)], {"PATH": "/usr/bin:/bin",
+                                                                          "HOME": str(root)}
+
+
+def safegw(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    cmd, env = _installed(root, args)
     return subprocess.run(cmd, env=env, cwd=root, text=True, capture_output=True, timeout=120)
 
 
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+def safegw_daemon(root: Path, *args: str | Path) -> subprocess.Popen[str]:
+    cmd, env = _installed(root, args)
+    return subprocess.Popen(cmd, env=env, cwd=root, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return con.execute(sql).fetchall()
@@ -74,7 +81,7 @@ def last_seq(journal: Path) -> int:
 
 def run_until(root: Path, cfg: Path, journal: Path, seq: int) -> str:
     """Run the installed daemon until the journal passes ``seq``; stop it with SIGTERM."""
-    p = safegw(root, "run", "-c", cfg, popen=True)
+    p = safegw_daemon(root, "run", "-c", cfg)
     assert isinstance(p, subprocess.Popen)
     try:
         wait_until(lambda: last_seq(journal) > seq or p.poll() is not None, timeout=60,
@@ -101,7 +108,7 @@ db.commit()
 """
 
 
-def snapshot(state: Path) -> dict[str, object]:
+def snapshot(state: Path) -> dict[str, Any]:
     j, r = state / "journal.db", state / "registers.db"
     return {
         "records": rows(j, "SELECT seq, kind, ts_min, ts_max, n, nbytes, codec, data FROM records"
@@ -155,22 +162,22 @@ def test_upgrade_from_the_tagged_version_keeps_everything_and_the_service_comes_
     # carries on from the same journal (sequence numbers continue), registers and keys
     r = safegw(root, "check", "-c", cfg)
     assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr
-    top = int(before["records"][-1][0])  # type: ignore[index]
+    top = int(before["records"][-1][0])
     run_until(root, cfg, journal, top + 3)
     after = snapshot(state)
-    assert after["records"][:len(before["records"])] == before["records"]  # type: ignore[index]
-    assert len(after["records"]) > len(before["records"])  # type: ignore[arg-type]
+    assert after["records"][:len(before["records"])] == before["records"]
+    assert len(after["records"]) > len(before["records"])
     assert after["registers"] == before["registers"]
     # cursors: kept; the daemon's own consumers move theirs on, never back
-    was = {name: seq for name, seq, _ in before["cursors"]}  # type: ignore[attr-defined]
-    now = {name: seq for name, seq, _ in after["cursors"]}  # type: ignore[attr-defined]
+    was = {name: seq for name, seq, _ in before["cursors"]}
+    now = {name: seq for name, seq, _ in after["cursors"]}
     assert set(was) <= set(now) and all(now[n] >= was[n] for n in was), (was, now)
     assert now["uplink"] == 3  # no consumer of it here: exactly as it was
-    files: dict[str, str] = before["files"]  # type: ignore[assignment]
+    files: dict[str, str] = before["files"]
     secrets = [k for k in files if not k.startswith(("journal.db", "registers.db"))]
     assert str(keymod.key_path(state).relative_to(state)) in secrets and "users.json" in secrets, secrets
     for k in secrets:  # keys, tokens: byte-identical
-        assert after["files"][k] == before["files"][k], k  # type: ignore[index]
+        assert after["files"][k] == before["files"][k], k
 
 
 def repack(deb: Path, version: str, dest: Path) -> Path:

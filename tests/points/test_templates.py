@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def _by_hand() -> str:
         },
     ]
 
-    def flow(chs: list[dict[str, object]], indent: str) -> str:
+    def flow(chs: Sequence[Mapping[str, object]], indent: str) -> str:
         return "".join(f"{indent}- {json.dumps(c, ensure_ascii=False)}\n" for c in chs)
 
     return (

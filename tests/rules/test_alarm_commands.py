@@ -69,7 +69,7 @@ async def test_the_same_command_rules_by_mqtt_and_by_api(mosquitto: Broker, tmp_
         op = mosquitto.client("console")
         op.connect(mosquitto.host, mosquitto.port)
         op.loop_start()
-        refused = [
+        refused: list[tuple[str, dict[str, Any], str]] = [
             ("shelve", {"channel": "GT-0", "operator": "Li", "reason": "r"}, "duration"),  # forever: no
             ("shelve", {"channel": "GT-0", "operator": "Li", "reason": "r", "duration": "9h"}, "duration"),
             ("shelve", {"channel": "GT-0", "operator": "Li", "reason": "r", "duration": 3600}, "duration"),

@@ -194,9 +194,10 @@ def test_no_dust_stel() -> None:
     """GBZ 2.1-2007 deleted the dust STELs: the dust monitor's example config has none, and
     its total-dust channel gets the PC-TWA of GBZ 2.1-2019 Table 2 with peak exposure."""
     from gateway.config import load
+    from gateway.core.config import device_channels
 
     cfg = load(REPO / "config/instruments/dust-monitor.yaml")
-    tsp = next(c for c in cfg.devices[0].channels if c.name == "D-01.TSP")
+    tsp = next(c for _, c in device_channels(cfg.devices[0]) if c.name == "D-01.TSP")
     r = resolve(tsp)
     assert (r.twa, math.isnan(r.stel), r.peak) == (8.0, True, True)
     assert exposure_preset("dust-coal-respirable", gas=None, unit="mg/m3")["twa"] == 2.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def both(cr: ChannelRules, steps: list[Step]) -> list[tuple[float, str, str, str
     return got
 
 
-def samples(pairs: list[tuple[float, float]]) -> list[Step]:
+def samples(pairs: Sequence[tuple[float, float]]) -> list[Step]:
     return [("s", t, v) for t, v in pairs]
 
 

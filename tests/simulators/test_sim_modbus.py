@@ -29,7 +29,7 @@ def _tcp_exchange(sock: socket.socket, frames: list[bytes], n_replies: int,
     sock.sendall(b"".join(frames))
     sock.settimeout(timeout)
     buf = b""
-    replies = []
+    replies: list[bytes] = []
     while len(replies) < n_replies:
         while len(buf) < 6 or len(buf) < 6 + struct.unpack(">H", buf[4:6])[0]:
             chunk = sock.recv(4096)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Literal
 
 import pytest
 from pymodbus.client.mixin import ModbusClientMixin
@@ -153,7 +154,7 @@ def pymodbus_decode(words: list[int], type_: str, order: str) -> float:
     CDAB); BADC and DCBA are those two with the bytes of every register swapped."""
     if order in ("BADC", "DCBA"):
         words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
-    word_order = "big" if order in ("ABCD", "BADC") else "little"
+    word_order: Literal["big", "little"] = "big" if order in ("ABCD", "BADC") else "little"
     return float(ModbusClientMixin.convert_from_registers(words, _PM_TYPE[type_],  # type: ignore[arg-type]
                                                           word_order=word_order))
 
@@ -168,7 +169,7 @@ def struct_decode(words: list[int], type_: str, order: str) -> float:
     return float(struct.unpack(fmt[type_], be)[0])
 
 
-SAMPLES = {
+SAMPLES: dict[str, list[int] | list[float]] = {
     "int16": [0, 1, -1, 255, 256, -27123, 32767, -32768],
     "uint16": [0, 1, 255, 256, 0x1234, 65535],
     "int32": [0, -1, 0x12345678, -32145678, 2**31 - 1, -(2**31)],

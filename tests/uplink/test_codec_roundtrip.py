@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,7 +61,8 @@ def test_empty_batch_and_events_keep_their_fields() -> None:
         Record(15, EVENT, 0, 0, 1, b"[1,2,3]"),  # JSON, but not an object
     ]
     roundtrip(recs)
-    weird = [{"type": "register", "ts": T0, "data": {"a": [1, 2.5, None, {"b": "\u00e9\n"}]}, "big": 2**70,
+    weird: list[dict[str, Any]] = [
+             {"type": "register", "ts": T0, "data": {"a": [1, 2.5, None, {"b": "\u00e9\n"}]}, "big": 2**70,
               "neg": -(2**63), "f": float("nan"), "g": -0.0, "inf": float("inf"), "t": True, "n": None},
              {"type": "register", "ts": T0 - 10**18, "big": -(2**64), "f": 1e-310, "extra": "x"},
              {"ts": "not an int", "type": "odd"},  # travels opaque: ts_min cannot match

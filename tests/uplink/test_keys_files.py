@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_bundle_round_trip_and_trust_store(tmp_path: Path) -> None:
 
 def test_bundle_errors_say_what_and_where(tmp_path: Path) -> None:
     k = NodeKeys.generate("gw-1")
-    doc = {"id": "gw-1", "keys": [k.public.to_dict()]}
+    doc: dict[str, Any] = {"id": "gw-1", "keys": [k.public.to_dict()]}
     doc["keys"][0]["kid"] = "0" * 16
     with pytest.raises(KeyFileError, match=r"bundle: keys\[0\].*does not match"):
         keys.parse_public(json.dumps(doc), where="bundle")

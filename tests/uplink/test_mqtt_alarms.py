@@ -20,9 +20,16 @@ from gateway.core.batch import Batch
 from tests.fixtures.helpers import async_wait_until, wait_until
 from tests.fixtures.mosquitto import Broker, Subscriber
 from tests.fixtures.mqttgw import alarm_msgs, crossing, gateway_yaml, run_gateway
+from uplink.mqtt import MqttService
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = 1_000_000_000
+
+
+def mqtt_service(gw: Gateway) -> MqttService:
+    svc = gw.services[0]
+    assert isinstance(svc, MqttService), svc
+    return svc
 
 
 
@@ -81,9 +88,9 @@ async def test_broker_outage_delivers_everything_in_order(mosquitto_factory: Any
                                 "the broker to save the subscription")
         await async_wait_until(lambda: gw.journal.lag("mqtt") == 0 or gw.journal.cursor("mqtt") > 0, 10)
         broker.kill()
-        await async_wait_until(lambda: not gw.services[0].connected, 15, what="gateway to see the outage")
+        await async_wait_until(lambda: not mqtt_service(gw).connected, 15, what="gateway to see the outage")
         cursor_before = gw.journal.cursor("mqtt")
-        published_before = gw.services[0].published
+        published_before = mqtt_service(gw).published
         # alarms raised during the outage: 4 channels go up and down, 24 transitions
         k = 0
         for _ in range(3):
@@ -98,7 +105,7 @@ async def test_broker_outage_delivers_everything_in_order(mosquitto_factory: Any
         raised = [r.event() for r in recs]
         assert len(raised) >= 24
         # the publisher hands them to paho while the broker is away (queued, never acked)
-        await async_wait_until(lambda: gw.services[0].published >= published_before + len(raised), 10,
+        await async_wait_until(lambda: mqtt_service(gw).published >= published_before + len(raised), 10,
                                what="the publisher to take the outage's alarms")
         # nothing raised in the outage is acknowledged: the cursor stays before the first
         # of them (it may still pass the PUBACK of the alarm before, or non-alarm events)

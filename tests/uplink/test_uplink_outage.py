@@ -76,7 +76,7 @@ async def _scenario(root: Path, mode: str, outage: asyncio.Event, back: asyncio.
         await async_wait_until(lambda: node.origins.get("gw-1") and node.origins["gw-1"].main
                                >= gw.journal.last_seq, 30, what=f"{mode}: the first records")
         if mode == "push":  # and the gateway heard so (central stores before it answers)
-            await async_wait_until(lambda: gw.svc.push.pos["main"] >= gw.journal.last_seq, 30,
+            await async_wait_until(lambda: gw.push.pos["main"] >= gw.journal.last_seq, 30,
                                    what="push: central's cursor before the outage")
         await outage.wait()
         link.blackhole()
@@ -96,14 +96,14 @@ async def _scenario(root: Path, mode: str, outage: asyncio.Event, back: asyncio.
         await back.wait()
         stalled = len(order) - stored_at_cut
         sealed_in_outage = gw.svc.source.sealed_envelopes - sealed_at_cut
-        failures_in_outage = gw.svc.push.stats.failures if mode == "push" else 0
+        failures_in_outage = gw.push.stats.failures if mode == "push" else 0
         link.restore()
         # after: everything arrives once, in order
         await async_wait_until(lambda: node.origins["gw-1"].main >= gw.journal.last_seq, 90,
                                what=f"{mode}: catching up after the outage")
         t_caught_up = time.monotonic() - t_cut - OUTAGE_S
         got = stored(node, "gw-1")
-        want = []
+        want: list[tuple[int, int]] = []
         for i in range(n):
             b = batch(i, PER)
             want.extend(zip(b.ts.tolist(), b.channel.tolist(), strict=True))
@@ -119,9 +119,9 @@ async def _scenario(root: Path, mode: str, outage: asyncio.Event, back: asyncio.
             assert failures_in_outage >= 10, failures_in_outage
             assert sealed_in_outage <= 2, (sealed_in_outage, failures_in_outage)
             # central stores before its answer is back at the gateway: wait for the answer
-            await async_wait_until(lambda: gw.svc.push.pos["main"] >= gw.journal.last_seq, 30,
+            await async_wait_until(lambda: gw.push.pos["main"] >= gw.journal.last_seq, 30,
                                    what="push: the gateway hears central's cursor")
-            sealed, sent = gw.svc.source.sealed_envelopes, gw.svc.push.stats.sent_envelopes
+            sealed, sent = gw.svc.source.sealed_envelopes, gw.push.stats.sent_envelopes
             # what was sealed and not sent: the main envelope the alarm overtook
             assert sealed - sent <= 1, (sealed, sent)
         return {"mode": mode, "stored_during_outage": stalled, "catch_up_s": round(t_caught_up, 1),
