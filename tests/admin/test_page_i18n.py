@@ -68,9 +68,10 @@ def test_built_in_register_types_are_labelled_in_chinese() -> None:
             for cname, c in (f.columns or {}).items():
                 if not c.title_zh:
                     missing.append(f"{name}.{fname}.{cname}")
-            for v in (f.values or []) + [v for c in (f.columns or {}).values() for v in (c.values or [])]:
-                if f"enum.{v}" not in words:
-                    missing.append(f"enum.{v} ({name}.{fname})")
+            for e in [f, *(f.columns or {}).values()]:
+                for v in e.values or []:
+                    if f"enum.{e.words}.{v}" not in words and f"enum.{v}" not in words:
+                        missing.append(f"enum.{v} ({e.words})")
         if spec.workflow:
             missing += [f"state.{s}" for s in spec.workflow.states if f"state.{s}" not in words]
             missing += [f"tr.{t}" for t in spec.workflow.transitions if f"tr.{t}" not in words]
@@ -101,3 +102,40 @@ def test_the_api_messages_in_chinese_match_what_the_server_says() -> None:
     assert zh("cannot verify a hidden_danger in state 'reported'; verify applies in ['rectified']") \
         == "记录当前状态为 reported，不能办理“verify”"
     assert zh("not a PDF, PNG or JPEG file (checked by content, not by name)") is not None
+
+
+def enum_fields() -> dict[str, list[str]]:
+    """Every built-in enum field and table column, by its ``words``: its values."""
+    out: dict[str, list[str]] = {}
+    for spec in load_schemas().values():
+        for f in spec.fields.values():
+            for e in [f, *(f.columns or {}).values()]:
+                if e.type == "enum":
+                    assert e.words and e.values
+                    out[e.words] = e.values
+    return out
+
+
+def test_a_value_with_words_of_its_own_in_one_field_has_them_in_every_field() -> None:
+    """``special`` is 特级 as a hot-work level and 特种 as a kind of PPE: a value given a field's
+    own words (``enum.<type>.<field>.<value>``) is ambiguous, so it has no shared word
+    (``enum.<value>``) to fall back on, and every field that uses it names its own; and
+    every field's own word belongs to a field that has that value."""
+    fields = enum_fields()
+    for lang in LANGS:
+        words = strings("registers")[lang]
+        own = {k for k in words if k.startswith("enum.") and k.count(".") >= 3}
+        ambiguous = set()
+        for k in own:
+            vocab, _, v = k[len("enum."):].rpartition(".")
+            assert v in fields.get(vocab, []), f"{lang}: {k}: no built-in field {vocab} with the value {v!r}"
+            ambiguous.add(v)
+        assert ambiguous >= {"special", "periodic", "emergency", "cancelled"}
+        for v in sorted(ambiguous):
+            assert f"enum.{v}" not in words, f"{lang}: enum.{v} is ambiguous; give each field its own word"
+            for vocab, values in fields.items():
+                if v in values:
+                    assert f"enum.{vocab}.{v}" in words, f"{lang}: {vocab} has {v!r} but no enum.{vocab}.{v}"
+    zh = strings("registers")["zh-CN"]
+    assert zh["enum.hot_work_permit.level.special"] == "特级"
+    assert zh["enum.ppe.kind.special"] == "特种"

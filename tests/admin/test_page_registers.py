@@ -323,6 +323,43 @@ def test_a_record_of_a_plant_defined_type_from_its_form(plant: Plant, browser: A
     assert not c.errors(), c.errors()
 
 
+def test_one_enum_value_in_two_fields_has_each_fields_own_words(plant: Plant, browser: Any) -> None:
+    """``special`` is 特级 as a hot-work permit's level and 特种 as a kind of protective
+    equipment: in Chinese, each field's list cell, filter and form show its own word."""
+    r = plant.http["operator"].post("/registers/ppe", json={**_ppe("respirator"), "kind": "special"})
+    assert r.status_code == 201, r.text
+    ppe_id = r.json()["id"]
+    permit = {"permit_no": "DH-2026-009", "applicant_unit": "maintenance", "location": "tank T-2",
+              "content": "cutting a nozzle", "work_leader": "wang", "level": "special",
+              "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T12:00:00"}
+    r = plant.http["operator"].post("/registers/hot_work_permit", json=permit)
+    assert r.status_code == 201, r.text
+    permit_id = r.json()["id"]
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["operator"])
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#nav a[data-view=registers]')?.textContent === '台账'",
+           what="the page in Chinese")
+
+    cell = f"#records tbody tr[data-id='{ppe_id}'] td[data-field=kind]"
+    go(c, "#/registers/ppe", f"document.querySelector({json.dumps(cell)})")
+    assert texts(c, cell) == ["特种"]
+    assert "特种" in texts(c, "#reg-filter-kind option") and "特级" not in texts(c, "#reg-filter-kind option")
+    go(c, f"#/registers/ppe/{ppe_id}", f"document.querySelector({json.dumps(field('kind'))})")
+    assert texts(c, f"{field('kind')} option:checked") == ["特种"]
+
+    go(c, "#/registers/hot_work_permit", "document.querySelector('#reg-filter-level')")
+    assert texts(c, "#reg-filter-level option") == ["全部", "特级", "一级", "二级"]
+    go(c, f"#/registers/hot_work_permit/{permit_id}", f"document.querySelector({json.dumps(field('level'))})")
+    assert texts(c, f"{field('level')} option:checked") == ["特级"]
+    # the same value in a third field (an equipment inspection's kind) has a word of its own too
+    go(c, "#/registers/equipment_inspection", "document.querySelector('#reg-filter-inspection')")
+    shown = texts(c, "#reg-filter-inspection option")
+    assert "专项" in shown and "特级" not in shown and "特种" not in shown
+    assert not c.errors(), c.errors()
+
+
 def test_a_viewer_is_offered_nothing_to_change(plant: Plant, browser: Any) -> None:
     r = plant.http["operator"].post("/registers/hidden_danger", json={
         "title": "loose railing", "grade": "general", "found_on": "2026-12-01", "found_by": "li"})

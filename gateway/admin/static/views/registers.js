@@ -3,7 +3,7 @@
 // paging asked of the server; export of the view as CSV/XLSX; import with a preview), and
 // #/registers/<type>/<id> or /new one record (lib/regrecord.js).
 
-import { RANK, download, fieldTitle, typeTitle, valueText, word } from "./lib/regform.js";
+import { RANK, download, enumWord, fieldTitle, typeTitle, valueText, word } from "./lib/regform.js";
 import { mountRecord } from "./lib/regrecord.js";
 
 const PAGE = 50;
@@ -101,7 +101,7 @@ async function mountList(root, ctx, rtype, spec) {
   }
   for (const [n, f] of Object.entries(spec.fields)) {
     if (f.type !== "enum") continue;
-    select("reg-filter-" + n, fieldTitle(ctx, n, f), [["", t("common.all")], ...f.values.map((v) => [v, word(ctx, "enum.", v)])],
+    select("reg-filter-" + n, fieldTitle(ctx, n, f), [["", t("common.all")], ...f.values.map((v) => [v, enumWord(ctx, f, v)])],
       view.filters[n] || "", (v) => { if (v) view.filters[n] = v; else delete view.filters[n]; reload(); });
   }
   select("reg-archived", t("reg.archived"), [["false", t("reg.current")], ["true", t("reg.archived_only")], ["all", t("common.all")]],
