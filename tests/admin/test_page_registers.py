@@ -6,6 +6,7 @@ change; and an import previewed before it is applied."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openpyxl
 import pytest
 
 from tests.fixtures.cdp import CDP, CHROMIUM
@@ -424,6 +426,47 @@ def test_an_import_is_previewed_before_it_is_applied(plant: Plant, browser: Any,
     assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before + 1
     c.wait("[...document.querySelectorAll('#records tbody tr')].some(r => r.textContent.includes('gloves'))",
            what="the list reloaded")
+    assert not c.errors(), c.errors()
+
+
+def test_an_xlsx_workbook_is_imported_from_the_page(plant: Plant, browser: Any, tmp_path: Path) -> None:
+    """A workbook as Excel saves it (dates typed as dates, numbers as numbers): a wrong cell is
+    named by its sheet and cell; once fixed, the preview, then the records."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.title = "ppe"
+    ws.append(["item", "kind", "person", "quantity", "issued_on", "replace_by"])
+    ws.append(["ear plugs", "general", "li", 200, dt.datetime(2026, 11, 1), dt.date(2027, 5, 1)])
+    ws.append(["harness", "special", "wang", 0, dt.datetime(2026, 11, 2), None])
+    bad = tmp_path / "ppe-bad.xlsx"
+    wb.save(bad)
+    ws["D3"] = 2
+    good = tmp_path / "ppe.xlsx"
+    wb.save(good)
+    before = plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"]
+
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["operator"])
+    go(c, "#/registers/ppe", "document.querySelector('#reg-import-file')")
+    set_files(c, "#reg-import-file", bad)
+    c.wait("!!document.querySelector('#reg-import-preview p.error')", what="the refusal")
+    shown = c.js("document.querySelector('#reg-import-preview p.error').textContent")
+    assert shown.startswith("ppe!D3 quantity: must be >= 1"), shown
+    assert c.js("document.querySelector('#reg-import-apply')") is None
+
+    set_files(c, "#reg-import-file", good)
+    c.wait("!!document.querySelector('#reg-import-apply')", what="the preview")
+    assert "create 2, update 0" in c.js("document.querySelector('#reg-import-preview').textContent")
+    assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before
+    c.click("#reg-import-apply")
+    c.wait("!!document.querySelector('#reg-import-preview p.ok')", what="the import applied")
+    items = plant.http["viewer"].get("/registers/ppe?q=harness").json()["items"]
+    assert [d["data"] for d in items] == [
+        {"item": "harness", "kind": "special", "person": "wang", "quantity": 2, "issued_on": "2026-11-02"}]
+    plugs = plant.http["viewer"].get("/registers/ppe?q=ear").json()["items"][0]["data"]
+    assert (plugs["issued_on"], plugs["replace_by"], plugs["quantity"]) == ("2026-11-01", "2027-05-01", 200)
+    assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before + 2
     assert not c.errors(), c.errors()
 
 
