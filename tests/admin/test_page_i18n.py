@@ -4,11 +4,17 @@ and every built-in register type, field, state, step and enumerated value has it
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
+from pathlib import Path
+from typing import Any
 
+import openpyxl
 import pytest
 
+from gateway.admin.registers import Invalid, RegisterStore
 from gateway.admin.registers.schema import load_schemas
 from gateway.admin.routes.page import STATIC
 
@@ -78,6 +84,16 @@ def test_built_in_register_types_are_labelled_in_chinese() -> None:
     assert not missing, missing
 
 
+def chinese(msg: str) -> str | None:
+    """A server message as the page shows it in Chinese (static/messages.json), else None."""
+    pairs = json.loads((STATIC / "messages.json").read_text(encoding="utf-8"))["zh-CN"]
+    for pattern, words in pairs:
+        m = re.match(pattern, msg)
+        if m:
+            return m.expand(re.sub(r"\$(\d)", r"\\\1", words))
+    return None
+
+
 def test_the_api_messages_in_chinese_match_what_the_server_says() -> None:
     """static/messages.json: each pattern compiles, uses only groups it has, and turns a
     message the server really sends into Chinese."""
@@ -89,12 +105,7 @@ def test_the_api_messages_in_chinese_match_what_the_server_says() -> None:
         assert all(int(n) <= rx.groups for n in re.findall(r"\$(\d)", words)), (pattern, words)
         assert re.search(r"[\u4e00-\u9fff]", words), words
 
-    def zh(msg: str) -> str | None:
-        for pattern, words in pairs:
-            m = re.match(pattern, msg)
-            if m:
-                return m.expand(re.sub(r"\$(\d)", r"\\\1", words))
-        return None
+    zh = chinese
 
     assert zh("invalid or revoked token") == "令牌无效或已被吊销"
     stale = "hidden_danger record 7 is at version 3, not 2: someone changed it meanwhile; reload and retry"
@@ -139,3 +150,69 @@ def test_a_value_with_words_of_its_own_in_one_field_has_them_in_every_field() ->
     zh = strings("registers")["zh-CN"]
     assert zh["enum.hot_work_permit.level.special"] == "特级"
     assert zh["enum.ppe.kind.special"] == "特种"
+
+
+def test_what_register_forms_and_imports_refuse_is_said_in_chinese(tmp_path: Path) -> None:
+    """The refusals a person meets most in a register's form and in an import, made by the
+    store itself from bad data: each has its Chinese."""
+    store = RegisterStore(tmp_path / "r.db", channels=["GT-1"])
+    said: list[str] = []
+
+    def refused(fn: Any, *a: Any, **kw: Any) -> None:
+        with pytest.raises(Invalid) as e:
+            fn(*a, **kw)
+        said.extend(msg for _loc, msg in e.value.errors)
+
+    try:
+        ok = {"title": "t", "grade": "general", "found_on": "2026-02-01", "found_by": "li"}
+        create = store.create
+        for bad in [{"found_on": "01/02/2026"}, {"found_on": 20260201}, {"title": 5}, {"grade": "worst"},
+                    {"funds": "lots"}, {"funds": -1}, {"hazard_source": "x"}, {"hazard_source": 99},
+                    {"reported_to_regulator": "maybe"}, {"colour": "red"}, {"title": "x" * 5000},
+                    {"title": "\ud800"}, {"found_by": None}]:
+            refused(create, "hidden_danger", {**ok, **bad}, "op")
+        refused(create, "training_exam", {"exam": "e", "held_on": "2026-01-01", "person": "p", "score": 101},
+                "op")
+        refused(create, "incident_log", {"received_at": "yesterday", "reporter": "r", "summary": "s"}, "op")
+        refused(create, "duty_roster", {"date": "2026-01-01", "shift": "day", "leader": "l", "members": "a"},
+                "op")
+        refused(create, "major_hazard_source", {"code": "c", "name": "n", "grade": "一级",
+                                                "filing_status": "filed", "chemicals": "benzene"}, "op")
+        refused(create, "major_hazard_source", {"code": "c", "name": "n", "grade": "一级",
+                                                "filing_status": "filed", "chemicals": ["benzene"]}, "op")
+        refused(create, "special_equipment", {"name": "n", "category": "boiler", "registration_no": "r",
+                                              "next_inspection": "2027-01-01", "channels": ["GT-9"]}, "op")
+        refused(create, "accident_investigation", {"title": "t", "occurred_at": "2026-01-01T00:00:00",
+                                                   "location": "l", "deaths": 2**60, "serious_injuries": 0},
+                "op")
+        refused(create, "accident_investigation", {"title": "t", "occurred_at": "2026-01-01T00:00:00",
+                                                   "location": "l", "deaths": 1.5, "serious_injuries": 0},
+                "op")
+        chemicals = [{"name": "x" * 2000, "quantity_t": 1, "critical_t": 1}] * 200  # 400 kB: too large
+        refused(create, "major_hazard_source", {"code": "c", "name": "n", "grade": "一级",
+                                                "filing_status": "filed", "chemicals": chemicals}, "op")
+        imp = store.import_
+        refused(imp, "hidden_danger", "title,grade\nx,general,extra\n", "csv", "op")
+        refused(imp, "hidden_danger", "id,title\nseven,x\n", "csv", "op")
+        refused(imp, "hidden_danger", "id,title\n7,x\n", "csv", "op")
+        refused(imp, "hidden_danger", "{", "json", "op")
+        refused(imp, "hidden_danger", '{"rows": 1}', "json", "op")
+        refused(imp, "hidden_danger", b"not a zip", "xlsx", "op")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("a.txt", "a")
+        refused(imp, "hidden_danger", buf.getvalue(), "xlsx", "op")
+        for rows in ([["title", None, "grade"]], [["title"], ["x", "y"]], [[None], ["x"]]):
+            wb = openpyxl.Workbook()
+            ws = wb.active
+            assert ws is not None
+            for r in rows:
+                ws.append(r)
+            buf = io.BytesIO()
+            wb.save(buf)
+            refused(imp, "hidden_danger", buf.getvalue(), "xlsx", "op")
+    finally:
+        store.close()
+    assert len(said) >= 30
+    untranslated = sorted({m for m in said if chinese(m) is None})
+    assert not untranslated, untranslated
