@@ -467,6 +467,17 @@ def test_an_xlsx_workbook_is_imported_from_the_page(plant: Plant, browser: Any, 
     plugs = plant.http["viewer"].get("/registers/ppe?q=ear").json()["items"][0]["data"]
     assert (plugs["issued_on"], plugs["replace_by"], plugs["quantity"]) == ("2026-11-01", "2027-05-01", 200)
     assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before + 2
+    # in Chinese, the refusal in Chinese with the server's words after it
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#nav a[data-view=registers]')?.textContent === '台账'",
+           what="the page in Chinese")
+    c.wait("!!document.querySelector('#reg-import-file')?.parentElement.textContent.startsWith('导入')",
+           what="the import in Chinese")
+    set_files(c, "#reg-import-file", bad)
+    c.wait("!!document.querySelector('#reg-import-preview p.error')", what="the refusal in Chinese")
+    shown = c.js("document.querySelector('#reg-import-preview p.error').textContent")
+    assert shown.startswith("ppe!D3 quantity: 不能小于 1（must be >= 1）"), shown
     assert not c.errors(), c.errors()
 
 
