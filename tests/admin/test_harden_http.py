@@ -60,6 +60,37 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(gw: Any) -> None
     assert b"connection: close" in data.lower()
 
 
+def test_an_xlsx_import_is_taken_by_its_content_type_and_bounded_by_max_import(gw: Any) -> None:
+    """A workbook sent as Excel's media type is read as one (no ?format=); one larger than
+    api.max_import (default 10 MiB: imports keep their own limit) is a 413."""
+    import io
+    import os
+    import zipfile
+
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["title", "grade", "found_on", "found_by"])
+    ws.append(["xlsx over http", "general", "2026-02-01", "li"])
+    buf = io.BytesIO()
+    wb.save(buf)
+    media = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    headers = {**auth(gw.tokens["operator"]), "Content-Type": media}
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        r = c.post("/registers/hidden_danger/import?dry_run=true", content=buf.getvalue(), headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["created"] == 1 and r.json()["changes"][0]["row"] == 2
+        # the same workbook with an 11 MiB part that does not compress
+        with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as z:
+            z.writestr("xl/media/image1.bin", os.urandom(11 * MiB))
+        r = c.post("/registers/hidden_danger/import", content=buf.getvalue(), headers=headers)
+        assert r.status_code == 413, r.text
+        r = c.post("/registers/hidden_danger/import", content=b"title\nx\n", headers=headers)
+        assert r.status_code == 422 and "not a zip archive" in r.text
+
+
 def test_attachments_keep_their_own_larger_limit(gw: Any) -> None:
     # 2 MB is over the API's 1 MiB but within registers.max_attachment (20 MB): it reaches the
     # handler, which answers for the record (404: no record 999), not the size

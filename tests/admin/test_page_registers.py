@@ -6,6 +6,7 @@ change; and an import previewed before it is applied."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openpyxl
 import pytest
 
 from tests.fixtures.cdp import CDP, CHROMIUM
@@ -323,6 +325,43 @@ def test_a_record_of_a_plant_defined_type_from_its_form(plant: Plant, browser: A
     assert not c.errors(), c.errors()
 
 
+def test_one_enum_value_in_two_fields_has_each_fields_own_words(plant: Plant, browser: Any) -> None:
+    """``special`` is 特级 as a hot-work permit's level and 特种 as a kind of protective
+    equipment: in Chinese, each field's list cell, filter and form show its own word."""
+    r = plant.http["operator"].post("/registers/ppe", json={**_ppe("respirator"), "kind": "special"})
+    assert r.status_code == 201, r.text
+    ppe_id = r.json()["id"]
+    permit = {"permit_no": "DH-2026-009", "applicant_unit": "maintenance", "location": "tank T-2",
+              "content": "cutting a nozzle", "work_leader": "wang", "level": "special",
+              "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T12:00:00"}
+    r = plant.http["operator"].post("/registers/hot_work_permit", json=permit)
+    assert r.status_code == 201, r.text
+    permit_id = r.json()["id"]
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["operator"])
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#nav a[data-view=registers]')?.textContent === '台账'",
+           what="the page in Chinese")
+
+    cell = f"#records tbody tr[data-id='{ppe_id}'] td[data-field=kind]"
+    go(c, "#/registers/ppe", f"document.querySelector({json.dumps(cell)})")
+    assert texts(c, cell) == ["特种"]
+    assert "特种" in texts(c, "#reg-filter-kind option") and "特级" not in texts(c, "#reg-filter-kind option")
+    go(c, f"#/registers/ppe/{ppe_id}", f"document.querySelector({json.dumps(field('kind'))})")
+    assert texts(c, f"{field('kind')} option:checked") == ["特种"]
+
+    go(c, "#/registers/hot_work_permit", "document.querySelector('#reg-filter-level')")
+    assert texts(c, "#reg-filter-level option") == ["全部", "特级", "一级", "二级"]
+    go(c, f"#/registers/hot_work_permit/{permit_id}", f"document.querySelector({json.dumps(field('level'))})")
+    assert texts(c, f"{field('level')} option:checked") == ["特级"]
+    # the same value in a third field (an equipment inspection's kind) has a word of its own too
+    go(c, "#/registers/equipment_inspection", "document.querySelector('#reg-filter-inspection')")
+    shown = texts(c, "#reg-filter-inspection option")
+    assert "专项" in shown and "特级" not in shown and "特种" not in shown
+    assert not c.errors(), c.errors()
+
+
 def test_a_viewer_is_offered_nothing_to_change(plant: Plant, browser: Any) -> None:
     r = plant.http["operator"].post("/registers/hidden_danger", json={
         "title": "loose railing", "grade": "general", "found_on": "2026-12-01", "found_by": "li"})
@@ -387,6 +426,58 @@ def test_an_import_is_previewed_before_it_is_applied(plant: Plant, browser: Any,
     assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before + 1
     c.wait("[...document.querySelectorAll('#records tbody tr')].some(r => r.textContent.includes('gloves'))",
            what="the list reloaded")
+    assert not c.errors(), c.errors()
+
+
+def test_an_xlsx_workbook_is_imported_from_the_page(plant: Plant, browser: Any, tmp_path: Path) -> None:
+    """A workbook as Excel saves it (dates typed as dates, numbers as numbers): a wrong cell is
+    named by its sheet and cell; once fixed, the preview, then the records."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.title = "ppe"
+    ws.append(["item", "kind", "person", "quantity", "issued_on", "replace_by"])
+    ws.append(["ear plugs", "general", "li", 200, dt.datetime(2026, 11, 1), dt.date(2027, 5, 1)])
+    ws.append(["harness", "special", "wang", 0, dt.datetime(2026, 11, 2), None])
+    bad = tmp_path / "ppe-bad.xlsx"
+    wb.save(bad)
+    ws["D3"] = 2
+    good = tmp_path / "ppe.xlsx"
+    wb.save(good)
+    before = plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"]
+
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["operator"])
+    go(c, "#/registers/ppe", "document.querySelector('#reg-import-file')")
+    set_files(c, "#reg-import-file", bad)
+    c.wait("!!document.querySelector('#reg-import-preview p.error')", what="the refusal")
+    shown = c.js("document.querySelector('#reg-import-preview p.error').textContent")
+    assert shown.startswith("ppe!D3 quantity: must be >= 1"), shown
+    assert c.js("document.querySelector('#reg-import-apply')") is None
+
+    set_files(c, "#reg-import-file", good)
+    c.wait("!!document.querySelector('#reg-import-apply')", what="the preview")
+    assert "create 2, update 0" in c.js("document.querySelector('#reg-import-preview').textContent")
+    assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before
+    c.click("#reg-import-apply")
+    c.wait("!!document.querySelector('#reg-import-preview p.ok')", what="the import applied")
+    items = plant.http["viewer"].get("/registers/ppe?q=harness").json()["items"]
+    assert [d["data"] for d in items] == [
+        {"item": "harness", "kind": "special", "person": "wang", "quantity": 2, "issued_on": "2026-11-02"}]
+    plugs = plant.http["viewer"].get("/registers/ppe?q=ear").json()["items"][0]["data"]
+    assert (plugs["issued_on"], plugs["replace_by"], plugs["quantity"]) == ("2026-11-01", "2027-05-01", 200)
+    assert plant.http["viewer"].get("/registers/ppe?archived=all").json()["total"] == before + 2
+    # in Chinese, the refusal in Chinese with the server's words after it
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#nav a[data-view=registers]')?.textContent === '台账'",
+           what="the page in Chinese")
+    c.wait("!!document.querySelector('#reg-import-file')?.parentElement.textContent.startsWith('导入')",
+           what="the import in Chinese")
+    set_files(c, "#reg-import-file", bad)
+    c.wait("!!document.querySelector('#reg-import-preview p.error')", what="the refusal in Chinese")
+    shown = c.js("document.querySelector('#reg-import-preview p.error').textContent")
+    assert shown.startswith("ppe!D3 quantity: 不能小于 1（must be >= 1）"), shown
     assert not c.errors(), c.errors()
 
 

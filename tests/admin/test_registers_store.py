@@ -487,6 +487,9 @@ special_worker:
         ),
         ("special_worker:\n  fields: {expiry: {type: date}}\n", "already defined"),
         ("Bad-Name:\n  title: X\n  fields: {a: {type: text}}\n", "lower-case"),
+        ("x:\n  title: X\n  fields: {a: {type: text, words: ppe.kind}}\n", "enum fields only"),
+        ("x:\n  title: X\n  fields: {a: {type: enum, values: [v], words: \"PPE kind\"}}\n",
+         "x.fields.a.words"),
     ],
 )
 def test_bad_type_files_are_explained(tmp_path: Path, text: str, needle: str) -> None:
@@ -495,6 +498,24 @@ def test_bad_type_files_are_explained(tmp_path: Path, text: str, needle: str) ->
     with pytest.raises(SchemaError) as e:
         load_schemas(f)
     assert needle in str(e.value) and str(f) in str(e.value)
+
+
+def test_each_enum_field_says_where_its_words_are(tmp_path: Path) -> None:
+    """``words``: the field's own (type.field, type.field.column), or a built-in field's
+    that a plant's field names to borrow its words."""
+    f = tmp_path / "t.yaml"
+    f.write_text("welding_log:\n  title: Welding log\n  fields:\n"
+                 "    level: {type: enum, values: [special, first], words: hot_work_permit.level}\n"
+                 "    result: {type: enum, values: [passed, failed]}\n"
+                 "    checks: {type: table, columns: {kind: {type: enum, values: [a, b]}}}\n")
+    types = load_schemas(f)
+    w = types["welding_log"].fields
+    assert w["level"].words == "hot_work_permit.level" and w["result"].words == "welding_log.result"
+    assert (w["checks"].columns or {})["kind"].words == "welding_log.checks.kind"
+    assert types["ppe"].fields["kind"].words == "ppe.kind"
+    assert types["ppe"].fields["item"].words is None  # not an enum
+    role = (types["lifting_permit"].fields["signatures"].columns or {})["role"]
+    assert role.words == "lifting_permit.signatures.role"
 
 
 def test_builtin_file_is_the_one_place() -> None:

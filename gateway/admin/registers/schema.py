@@ -38,6 +38,11 @@ class FieldSpec(_Strict):
     title_zh: str | None = None
     required: bool = False
     values: list[str] | None = None
+    #: where the page finds an enum's words: ``enum.<words>.<value>`` in its strings
+    #: (static/i18n/registers.json), before the words shared by all fields (``enum.<value>``).
+    #: Filled in by ``load_schemas`` as ``<type>.<field>`` (``<type>.<field>.<column>`` for
+    #: a table's column); a plant's type may name a built-in field's to borrow its words.
+    words: str | None = Field(default=None, max_length=128, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
     min: float | None = None
     max: float | None = None
     max_length: int = Field(default=4000, ge=1)
@@ -54,6 +59,8 @@ class FieldSpec(_Strict):
             raise ValueError("an enum needs 'values'")
         if self.type != "enum" and self.values is not None:
             raise ValueError("'values' applies to enum fields only")
+        if self.type != "enum" and self.words is not None:
+            raise ValueError("'words' applies to enum fields only")
         if self.type == "ref" and not self.to:
             raise ValueError("a ref needs 'to': the register it points to")
         if self.type == "table" and not self.columns:
@@ -216,7 +223,21 @@ def load_schemas(extra: Path | None = None) -> dict[str, TypeSpec]:
         errors.extend(f"{origin[name]}: {e}" for e in _check_type(name, spec, types))
     if errors:
         raise SchemaError(errors)
+    for name, spec in types.items():
+        _name_words(name, spec)
     return types
+
+
+def _name_words(name: str, spec: TypeSpec) -> None:
+    """Each enum field's ``words`` (its own unless it names some), so that one value can
+    have different words in two fields: ``special`` is 特级 as a hot-work level, 特种 as a
+    kind of protective equipment."""
+    for fname, f in spec.fields.items():
+        if f.type == "enum" and f.words is None:
+            f.words = f"{name}.{fname}"
+        for cname, c in (f.columns or {}).items():
+            if c.type == "enum" and c.words is None:
+                c.words = f"{name}.{fname}.{cname}"
 
 
 def _check_type(name: str, spec: TypeSpec, types: dict[str, TypeSpec]) -> list[str]:

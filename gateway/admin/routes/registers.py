@@ -21,6 +21,7 @@ RType = Annotated[
     PathParam(description="register type, see GET /registers", max_length=64, pattern=r"^[a-z0-9_]+$"),
 ]
 RId = Annotated[int, PathParam(ge=1, le=2**62, description="record id")]
+XLSX_MEDIA = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 class TransitionBody(StrictBody):
@@ -125,8 +126,7 @@ def router(ctx: AdminContext) -> APIRouter:
         filters = {k: v for k, v in request.query_params.items() if k not in known}
         body = await ctx.call(store.export, rtype, format, archived, filters=filters, q=q, state=state,
                               overdue=overdue, due_within=due_within, sort=sort, desc=desc)
-        media = {"csv": "text/csv; charset=utf-8", "json": "application/json",
-                 "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}[format]
+        media = {"csv": "text/csv; charset=utf-8", "json": "application/json", "xlsx": XLSX_MEDIA}[format]
         return Response(
             body,
             media_type=media,
@@ -136,12 +136,13 @@ def router(ctx: AdminContext) -> APIRouter:
     @r.post(
         "/registers/{rtype}/import",
         tags=["registers"],
-        summary="import CSV or JSON (all or nothing; dry_run=true previews the changes)",
+        summary="import CSV, XLSX or JSON (all or nothing; dry_run=true previews the changes)",
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {
                     "text/csv": {"schema": {"type": "string"}},
+                    XLSX_MEDIA: {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"type": "object"}},
                 },
             }
@@ -151,17 +152,20 @@ def router(ctx: AdminContext) -> APIRouter:
         rtype: RType,
         request: Request,
         p: Operator,
-        format: Annotated[Literal["csv", "json"] | None, Query()] = None,
+        format: Annotated[Literal["csv", "xlsx", "json"] | None, Query()] = None,
         dry_run: Annotated[bool, Query(description="list what would change; write nothing")] = False,
     ) -> dict[str, Any]:
         store.spec(rtype)
-        fmt = format or ("csv" if "csv" in request.headers.get("content-type", "") else "json")
+        ctype = request.headers.get("content-type", "")
+        fmt = format or ("csv" if "csv" in ctype else "xlsx" if XLSX_MEDIA in ctype else "json")
         raw = await request.body()  # bounded by the API's BodyLimit (api.max_import)
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise Invalid([(("body",), "not UTF-8 text")]) from None
-        result, events = await ctx.call(store.import_, rtype, text, fmt, p.name, dry_run=dry_run)
+        body: str | bytes = raw
+        if fmt != "xlsx":
+            try:
+                body = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise Invalid([(("body",), "not UTF-8 text")]) from None
+        result, events = await ctx.call(store.import_, rtype, body, fmt, p.name, dry_run=dry_run)
         ctx.emit(events)
         counts = {k: result[k] for k in ("created", "updated", "unchanged")}
         action = "import-preview" if dry_run else "import"

@@ -106,12 +106,22 @@ function serverWords(msg) {
   return msg;
 }
 
+// where a validation error is: "grade", "row.3.grade" (CSV), or a workbook's cell as a
+// spreadsheet names it: ["sheet", "ppe", "row", 3, "column", "C", "kind"] is "ppe!C3 kind"
+function placeOf(loc) {
+  if (loc[0] === "sheet" && loc[2] === "row") {
+    const cell = loc[4] === "column" ? loc[5] + loc[3] : "row " + loc[3];
+    return [loc[1] + "!" + cell, ...loc.slice(loc[4] === "column" ? 6 : 4)].join(" ");
+  }
+  return loc.join(".");
+}
+
 function errorText(status, statusText, j) {
   if (j && typeof j.detail === "string") return serverWords(j.detail);
   if (j && Array.isArray(j.detail)) {
     // validation errors: "where: why" for each, as the server words them
     return j.detail.map((d) => {
-      const where = (d.loc || []).filter((x) => x !== "body").join(".");
+      const where = placeOf((d.loc || []).filter((x) => x !== "body"));
       return (where ? where + ": " : "") + serverWords(d.msg);
     }).join("; ");
   }

@@ -3,10 +3,11 @@
 // paging asked of the server; export of the view as CSV/XLSX; import with a preview), and
 // #/registers/<type>/<id> or /new one record (lib/regrecord.js).
 
-import { RANK, download, fieldTitle, typeTitle, valueText, word } from "./lib/regform.js";
+import { RANK, download, enumWord, fieldTitle, typeTitle, valueText, word } from "./lib/regform.js";
 import { mountRecord } from "./lib/regrecord.js";
 
 const PAGE = 50;
+const XLSX_MEDIA = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 export async function mount(root, ctx) {
   const [rtype, rid] = ctx.route.parts;
@@ -101,7 +102,7 @@ async function mountList(root, ctx, rtype, spec) {
   }
   for (const [n, f] of Object.entries(spec.fields)) {
     if (f.type !== "enum") continue;
-    select("reg-filter-" + n, fieldTitle(ctx, n, f), [["", t("common.all")], ...f.values.map((v) => [v, word(ctx, "enum.", v)])],
+    select("reg-filter-" + n, fieldTitle(ctx, n, f), [["", t("common.all")], ...f.values.map((v) => [v, enumWord(ctx, f, v)])],
       view.filters[n] || "", (v) => { if (v) view.filters[n] = v; else delete view.filters[n]; reload(); });
   }
   select("reg-archived", t("reg.archived"), [["false", t("reg.current")], ["true", t("reg.archived_only")], ["all", t("common.all")]],
@@ -235,7 +236,7 @@ async function mountList(root, ctx, rtype, spec) {
   return () => clearTimeout(typing);
 }
 
-// import: choose a CSV or JSON file, see what would change (dry run), then apply it
+// import: choose a CSV, XLSX or JSON file, see what would change (dry run), then apply it
 function importBox(ctx, rtype, spec, done) {
   const { el, t } = ctx;
   const box = el("span", null, "import");
@@ -243,7 +244,7 @@ function importBox(ctx, rtype, spec, done) {
   const file = el("input");
   file.type = "file";
   file.id = "reg-import-file";
-  file.accept = ".csv,.json,text/csv,application/json";
+  file.accept = ".csv,.xlsx,.json,text/csv,application/json," + XLSX_MEDIA;
   lab.append(file);
   const out = el("div", null, "import-preview");
   out.id = "reg-import-preview";
@@ -253,12 +254,13 @@ function importBox(ctx, rtype, spec, done) {
     out.replaceChildren();
     const f = file.files[0];
     if (!f) return;
-    const fmt = /\.json$/i.test(f.name) ? "json" : "csv";
-    const text = await f.text();
+    const fmt = /\.json$/i.test(f.name) ? "json" : /\.xlsx$/i.test(f.name) ? "xlsx" : "csv";
+    const body = fmt === "xlsx" ? await f.arrayBuffer() : await f.text();
+    const headers = { "Content-Type": { csv: "text/csv", json: "application/json", xlsx: XLSX_MEDIA }[fmt] };
     const path = "/registers/" + encodeURIComponent(rtype) + "/import?format=" + fmt;
     let plan;
     try {
-      plan = await ctx.api(path + "&dry_run=true", { method: "POST", body: text, headers: { "Content-Type": fmt === "csv" ? "text/csv" : "application/json" } });
+      plan = await ctx.api(path + "&dry_run=true", { method: "POST", body, headers });
     } catch (e) {
       out.append(el("p", e.message, "error"));
       return;
@@ -283,7 +285,7 @@ function importBox(ctx, rtype, spec, done) {
     apply.addEventListener("click", async () => {
       apply.disabled = true;
       try {
-        const r = await ctx.api(path, { method: "POST", body: text, headers: { "Content-Type": fmt === "csv" ? "text/csv" : "application/json" } });
+        const r = await ctx.api(path, { method: "POST", body, headers });
         out.replaceChildren(el("p", t("reg.import_done", r), "ok"));
         file.value = "";
         done();

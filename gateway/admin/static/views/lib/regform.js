@@ -26,6 +26,18 @@ export function word(ctx, prefix, v) {
   return s === k ? String(v) : s;
 }
 
+// an enum value's words: the field's own (enum.<words>.<value>: "special" is 特级 as a hot-work
+// level, 特种 as a kind of protective equipment), else the words all fields share
+export function enumWord(ctx, f, v) {
+  if (v === null || v === undefined) return "";
+  if (f && f.words) {
+    const k = "enum." + f.words + "." + v;
+    const s = ctx.t(k);
+    if (s !== k) return s;
+  }
+  return word(ctx, "enum.", v);
+}
+
 export function typeTitle(ctx, spec) {
   return (ctx.lang === "zh-CN" && spec.title_zh) ? spec.title_zh : (spec.title || spec.type || "");
 }
@@ -46,7 +58,7 @@ export function valueText(ctx, f, v) {
   if (v === null || v === undefined || v === "") return "";
   if (!f) return typeof v === "object" ? JSON.stringify(v) : String(v);
   switch (f.type) {
-    case "enum": return word(ctx, "enum.", v);
+    case "enum": return enumWord(ctx, f, v);
     case "bool": return v ? ctx.t("common.yes") : ctx.t("common.no");
     case "list": case "channels": return Array.isArray(v) ? v.join(", ") : String(v);
     case "table": return Array.isArray(v) ? ctx.t("reg.rows", { n: v.length }) : String(v);
@@ -90,7 +102,7 @@ export async function widget(ctx, name, f, value, opts) {
     case "enum": {
       input = el("select");
       input.append(Object.assign(el("option", "—"), { value: "" }));
-      for (const v of f.values) input.append(Object.assign(el("option", word(ctx, "enum.", v)), { value: v }));
+      for (const v of f.values) input.append(Object.assign(el("option", enumWord(ctx, f, v)), { value: v }));
       input.value = value ?? "";
       get = () => input.value || null;
       break;
