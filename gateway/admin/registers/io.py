@@ -18,9 +18,6 @@ import io
 import json
 from typing import Any
 
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-
 from gateway.admin.registers import permits, xlsxin
 from gateway.admin.registers.schema import (
     Invalid,
@@ -46,6 +43,11 @@ class _DryRun(Exception):
 
 
 def _xlsx(title: str, rows: list[list[Any]]) -> bytes:
+    # deferred: openpyxl (and the PIL and XML modules it brings) cost the daemon ~8 MB at
+    # start when only an export needs them (issue 19: bench/footprint.py, 10k channels)
+    from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
+
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(title[:31] or "records")
     for row in rows:
