@@ -174,8 +174,8 @@ def test_a_zip_that_is_not_a_workbook_or_a_damaged_one_is_refused(store: Any) ->
 
 
 def test_an_xml_entity_bomb_is_refused(store: Any) -> None:
-    """openpyxl parses through defusedxml (installed with fpdf2): a sheet declaring entities
-    (the billion-laughs kind) is refused, not expanded."""
+    """openpyxl parses through defusedxml (a declared dependency, pyproject.toml): a sheet
+    declaring entities (the billion-laughs kind) is refused, not expanded."""
     from openpyxl.xml import DEFUSEDXML
 
     assert DEFUSEDXML
