@@ -166,10 +166,12 @@ def test_what_register_forms_and_imports_refuse_is_said_in_chinese(tmp_path: Pat
     try:
         ok = {"title": "t", "grade": "general", "found_on": "2026-02-01", "found_by": "li"}
         create = store.create
-        for bad in [{"found_on": "01/02/2026"}, {"found_on": 20260201}, {"title": 5}, {"grade": "worst"},
-                    {"funds": "lots"}, {"funds": -1}, {"hazard_source": "x"}, {"hazard_source": 99},
-                    {"reported_to_regulator": "maybe"}, {"colour": "red"}, {"title": "x" * 5000},
-                    {"title": "\ud800"}, {"found_by": None}]:
+        bads: list[dict[str, Any]] = [
+            {"found_on": "01/02/2026"}, {"found_on": 20260201}, {"title": 5}, {"grade": "worst"},
+            {"funds": "lots"}, {"funds": -1}, {"hazard_source": "x"}, {"hazard_source": 99},
+            {"reported_to_regulator": "maybe"}, {"colour": "red"}, {"title": "x" * 5000},
+            {"title": "\ud800"}, {"found_by": None}]
+        for bad in bads:
             refused(create, "hidden_danger", {**ok, **bad}, "op")
         refused(create, "training_exam", {"exam": "e", "held_on": "2026-01-01", "person": "p", "score": 101},
                 "op")

@@ -88,12 +88,12 @@ def test_register_text_is_shown_literally_and_exported_neutralized(plant: Any, c
     chrome.click("#reg-export-csv")
     rows = list(csv.DictReader(io.StringIO(wait_file(tmp_path / "dl" / "hidden_danger.csv").decode())))
     assert [int(r["id"]) for r in rows] == [rid]
-    row = rows[0]
+    first = rows[0]
     for k, v in want[0]["data"].items():
         # what a spreadsheet would run as a formula starts with ' and is text; the rest as stored
         expected = "'" + v if v[0] in "=+-@" else v
-        assert row[k] == expected, (k, row[k])
-    assert row["found_by"] == "'" + FORMULA and row["title"] == SCRIPT
+        assert first[k] == expected, (k, first[k])
+    assert first["found_by"] == "'" + FORMULA and first["title"] == SCRIPT
 
     chrome.click("#reg-export-xlsx")
     wb = openpyxl.load_workbook(io.BytesIO(wait_file(tmp_path / "dl" / "hidden_danger.xlsx")))

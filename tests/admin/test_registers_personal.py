@@ -45,7 +45,8 @@ def test_builtin_types_mark_id_and_phone_numbers() -> None:
 
 
 def test_redact_top_level_and_table_columns() -> None:
-    data = {"name": "Li", "phone": PHONE, "rows": [{"who": "a", "tel": "13900139000"}, {"who": "b"}]}
+    data: dict[str, Any] = {"name": "Li", "phone": PHONE,
+                            "rows": [{"who": "a", "tel": "13900139000"}, {"who": "b"}]}
     paths = ["phone", "rows.tel", "absent"]
     assert redact(data, paths, "full") is data
     assert redact(data, paths, "omitted") == {"name": "Li", "rows": [{"who": "a"}, {"who": "b"}]}

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from pathlib import Path
 
+from gateway.admin.reminders import RegisterService
 from gateway.app import Gateway
 from gateway.config import loads
 from tests.fixtures.helpers import async_wait_until
@@ -23,7 +24,7 @@ registers: {{check_every: 50ms}}
     now = [_ns(dt.date(2026, 3, 1))]
     gw = Gateway(cfg, clock=lambda: now[0])
     gw.build_services()
-    svc = next(s for s in gw.services if s.name == "registers")
+    svc = next(s for s in gw.services if isinstance(s, RegisterService))
     store = svc.store
     store.create("special_equipment", {"name": "boiler", "category": "boiler", "location": "B1",
                                        "registration_no": "R-1", "next_inspection": "2026-03-05"}, "op")

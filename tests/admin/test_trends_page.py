@@ -110,9 +110,9 @@ def test_trend_chart_data_limits_alarm_period_and_csv(tmp_path: Path, sim_factor
 
         # shaded periods: exactly the journal's raise → clear times (those in the chart's window)
         journal = journal_periods(d.events("alarm"), "GT-1")
-        shown = [(p["start"], p["end"]) for p in chart["periods"] if p["rule"] == "limit"]
-        ended = [s for s in shown if s[1] is not None]
-        assert ended and all(s in journal for s in ended), (shown, journal)
+        periods = [(p["start"], p["end"]) for p in chart["periods"] if p["rule"] == "limit"]
+        ended = [s for s in periods if s[1] is not None]
+        assert ended and all(s in journal for s in ended), (periods, journal)
         # (under load a health alarm, stale, may come too: the leak's are the limit rule's)
         leaks = [p for p in chart["periods"] if p["rule"] == "limit" and p["end"] is not None]
         assert leaks and all(p["level"] == "hh" for p in leaks), chart["periods"]
