@@ -95,7 +95,6 @@ for _q in range(256):
 _Q_TXT[:, 0] = ord(",")
 
 
-
 def _squeeze(m: npt.NDArray[np.uint8]) -> bytes:
     flat = m.reshape(-1)
     return flat[flat != 0].tobytes()

@@ -61,11 +61,14 @@ TAGS = [
 
 def _data(t0: int) -> Batch:
     """Polls of 3 channels at sub-millisecond times: values at instrument resolution,
-    float32 registers widened, awkward numbers, and samples without a usable value."""
+    float32 registers widened, awkward numbers, and samples without a usable value;
+    two polls out of time order (a gateway's clock stepped back)."""
     rng = np.random.default_rng(7)
     ticks = 40
     ch = np.tile(np.arange(3, dtype=np.int32), ticks)
-    tick = np.repeat(np.arange(ticks, dtype=np.int64), 3)
+    order = np.arange(ticks, dtype=np.int64)
+    order[[20, 21]] = order[[21, 20]]
+    tick = np.repeat(order, 3)
     ts = t0 + tick * 10**9 + ch.astype(np.int64) * 1_000_000 + 999_999
     val = np.round(rng.normal(20, 30, len(ch)), 3)
     f32 = ch == 1
@@ -109,8 +112,9 @@ def test_json_import_stores_what_line_protocol_stores(victoria: VictoriaMetrics)
             name = vmimport.labels(tags)["channel"]
             # the same labels as line protocol gives, and as the channel table says
             assert _labels(js[name]) == _labels(lp[name]) == vmimport.labels(tags)
-            sel = (b.channel == i) & (good if kind == "value" else True)
-            # times: nanoseconds cut to the millisecond, in order
+            sel = np.flatnonzero((b.channel == i) & (good if kind == "value" else True))
+            sel = sel[np.argsort(b.ts[sel], kind="stable")]  # the server answers in time order
+            # times: nanoseconds cut to the millisecond
             assert js[name]["timestamps"] == lp[name]["timestamps"] == (b.ts[sel] // 10**6).tolist()
             # values: what line protocol stores, to the bit
             v_js = np.array(js[name]["values"], np.float64)
