@@ -204,3 +204,32 @@ def test_json_lines_parse(spread: str) -> None:
         if (sel & good).any():
             # JSON parses back to the same doubles (the server's own parser: test above)
             assert np.array_equal(np.array(seen[f"m_valuec{i}"]), val[sel & good])
+
+
+def test_poll_order_and_channel_order_give_the_same_lines() -> None:
+    """Polls of rising channels (transposed, no sort) and the same samples channel by
+    channel (sorted) give the same bytes; a poll missing a channel still parses right."""
+    polls, chans = 7, 40
+    rng = np.random.default_rng(5)
+    ch = np.tile(np.arange(chans, dtype=np.int32), polls)
+    ts = np.repeat(10**18 + np.arange(polls, dtype=np.int64) * 10**9, chans) + ch.astype(np.int64) * 1000
+    val = np.round(rng.normal(0, 50, len(ch)), 2)
+    q = np.zeros(len(ch), np.uint8)
+    q[5] = int(Quality.BAD)
+    series = vmimport.ImportSeries("m", [{"channel": f"c{i}"} for i in range(chans)])
+    by_poll = Batch.build(ch, ts, val, q)
+    o = np.argsort(ch, kind="stable")
+    by_channel = Batch.build(ch[o], ts[o], val[o], q[o])
+    body = vmimport.format_import(by_poll, series)
+    assert body == vmimport.format_import(by_channel, series)
+    lines = [json.loads(x) for x in body.decode().splitlines()]
+    assert len(lines) == 2 * chans
+    assert lines[chans]["metric"]["__name__"] == "m_quality" and lines[chans]["values"] == q[ch == 0].tolist()
+    # the last poll lacks channel 3: uneven lines
+    keep = ~((ch == 3) & (np.arange(len(ch)) >= (polls - 1) * chans))
+    cut = Batch.build(ch[keep], ts[keep], val[keep], q[keep])
+    got = {(d["metric"]["__name__"], d["metric"]["channel"]): d
+           for d in map(json.loads, vmimport.format_import(cut, series).decode().splitlines())}
+    assert got[("m_quality", "c3")]["timestamps"] == (ts[keep & (ch == 3)] // 10**6).tolist()
+    assert got[("m_value", "c3")]["values"] == val[keep & (ch == 3)].tolist()
+    assert got[("m_value", "c5")]["values"] == val[ch == 5][1:].tolist()  # its first sample is bad
