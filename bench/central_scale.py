@@ -296,6 +296,9 @@ def main() -> None:
     ap.add_argument("--py-spy", metavar="DIR", help=(
         "sample the workers with py-spy (non-blocking) during the timed part: collapsed stacks in DIR"))
     a = ap.parse_args()
+    spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if a.py_spy and not spy_bin:
+        raise SystemExit("--py-spy needs py-spy (.venv/bin/pip install py-spy)")
     root = Path(tempfile.mkdtemp(prefix="central-scale-"))
     t0 = (time.time_ns() // 10**9 - 3600) * 10**9
     total = a.gateways * a.channels * a.seconds
@@ -338,7 +341,7 @@ def main() -> None:
         pusher = ctx.Process(target=_pusher, args=(spec, ports, certs, a.inflight, q, ready))
         pusher.start()
         q.get()  # every gateway met (its first envelope stored)
-        spies = [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(p),
+        spies = [subprocess.Popen([str(spy_bin), "record", "--pid", str(p),
                                    "--nonblocking", "--rate", "200", "--format", "raw",
                                    "-o", f"{a.py_spy}/w{w}.txt"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
