@@ -17,10 +17,11 @@ that store into a real VictoriaMetrics and PostgreSQL, both started here.
   likewise VictoriaMetrics, PostgreSQL and the pusher (what a province must provision).
 - ``disk_bytes_per_sample``: VictoriaMetrics' data directory after a flush ÷ samples.
 - ``stage_us_per_sample``: one core, in this process, per stage of a worker: open
-  (signature, decryption, decoding), line protocol, and the per-origin SQLite journal
-  append central keeps without a store (the decision in docs/central.md, Sizing).
+  (signature, decryption, decoding), formatting (line protocol, JSON import), and the
+  per-origin SQLite journal append central keeps without a store (the decision in docs/central.md, Sizing).
 
     .venv/bin/python bench/central_scale.py [--gateways 1000 --channels 200 --seconds 20 --workers 2]
+        [--format json|influx] [--py-spy DIR]
 
 Last line: one JSON object.
 """
@@ -34,6 +35,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -253,15 +255,17 @@ def stage_costs(root: Path, channels: int, per_env: int, t0: int) -> dict[str, f
     t = time.process_time()
     opened = [envelope.open_envelope(e, recipient=[ck], trusted=trust) for e in envs]
     open_s = time.process_time() - t
-    store = VmStore.__new__(VmStore)
-    store.sec = VictoriaMetricsSection(url=["http://127.0.0.1:1"])
-    store._series = {}
-    store.samples = 0
     doc = recs[0].event()
-    t = time.process_time()
-    for o in opened:
-        store.format("gw-stage", o.records, doc, tables_in_order=True)
-    fmt_s = time.process_time() - t
+    fmt_s = {}
+    for fmt in ("influx", "json"):
+        store = VmStore.__new__(VmStore)
+        store.sec = VictoriaMetricsSection(url=["http://127.0.0.1:1"], format=fmt)
+        store._series = {}
+        store.samples = 0
+        t = time.process_time()
+        for o in opened:
+            store.format("gw-stage", o.records, doc, tables_in_order=True)
+        fmt_s[fmt] = time.process_time() - t
     j = Journal(root / "stage-journal.db", sync="normal")
     items = [[r.batch() if r.kind == SAMPLES else r.event() for r in o.records] for o in opened]
     t = time.process_time()
@@ -271,7 +275,8 @@ def stage_costs(root: Path, channels: int, per_env: int, t0: int) -> dict[str, f
     jr_s = time.process_time() - t
     jr_wall = time.perf_counter() - t_wall
     j.close()
-    return {"open": open_s / n * 1e6, "line_protocol": fmt_s / n * 1e6, "journal_append": jr_s / n * 1e6,
+    return {"open": open_s / n * 1e6, "line_protocol": fmt_s["influx"] / n * 1e6,
+            "json_import": fmt_s["json"] / n * 1e6, "journal_append": jr_s / n * 1e6,
             "journal_append_wall": jr_wall / n * 1e6}
 
 
@@ -284,9 +289,16 @@ def main() -> None:
     ap.add_argument("--per-envelope", type=int, default=10, help="records per envelope")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--inflight", type=int, default=16, help="pushes in flight per worker")
+    ap.add_argument("--format", choices=["json", "influx"], default="json",
+                    help="what the workers write to VictoriaMetrics (victoriametrics.format)")
     ap.add_argument("--journal", action="store_true", help="workers also keep the per-origin journal")
     ap.add_argument("--profile", metavar="DIR", help="run the workers under cProfile, profiles in DIR")
+    ap.add_argument("--py-spy", metavar="DIR", help=(
+        "sample the workers with py-spy (non-blocking) during the timed part: collapsed stacks in DIR"))
     a = ap.parse_args()
+    spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if a.py_spy and not spy_bin:
+        raise SystemExit("--py-spy needs py-spy (.venv/bin/pip install py-spy)")
     root = Path(tempfile.mkdtemp(prefix="central-scale-"))
     t0 = (time.time_ns() // 10**9 - 3600) * 10**9
     total = a.gateways * a.channels * a.seconds
@@ -311,7 +323,7 @@ def main() -> None:
                    "listen": {"address": f"127.0.0.1:{ports[w]}"},
                    "state": {"backend": "postgres", "dsn": dsn, "worker": f"w{w}"},
                    "sources": sources,
-                   "victoriametrics": {"url": [vm.url], "journal": a.journal}}
+                   "victoriametrics": {"url": [vm.url], "journal": a.journal, "format": a.format}}
             (root / f"w{w}.yaml").write_text(json.dumps(cfg))
             cmd = [str(Path(sys.executable).parent / "safegw"), "central", "-c", str(root / f"w{w}.yaml")]
             if a.profile:  # cProfile of each worker, written when it stops
@@ -329,6 +341,11 @@ def main() -> None:
         pusher = ctx.Process(target=_pusher, args=(spec, ports, certs, a.inflight, q, ready))
         pusher.start()
         q.get()  # every gateway met (its first envelope stored)
+        spies = [subprocess.Popen([str(spy_bin), "record", "--pid", str(p),
+                                   "--nonblocking", "--rate", "200", "--format", "raw",
+                                   "-o", f"{a.py_spy}/w{w}.txt"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for w, p in enumerate(wpids)] if a.py_spy else []
         before = {"w": cpu_s(wpids), "vm": cpu_s([vm_pid]), "pg": cpu_s(pg.pids())}
         t_wall = time.time()
         ready.set()
@@ -336,6 +353,9 @@ def main() -> None:
         pusher.join()
         elapsed = res["lag_s"]
         after = {"w": cpu_s(wpids), "vm": cpu_s([vm_pid]), "pg": cpu_s(pg.pids())}
+        for spy in spies:  # py-spy writes its file on SIGINT
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         vm.flush()
         counted = int(float(vm.query(f"sum(count_over_time(safegw_value[{a.seconds + 60}s]))",
                                      at_s=t0 / 1e9 + a.seconds + 30)[0]["value"][1]))
@@ -344,7 +364,7 @@ def main() -> None:
         stages = stage_costs(root, a.channels, a.per_envelope, t0)
         out = {
             "gateways": a.gateways, "channels": a.channels, "seconds": a.seconds, "workers": a.workers,
-            "journal": a.journal, "samples": total, "samples_counted_in_vm": counted,
+            "format": a.format, "journal": a.journal, "samples": total, "samples_counted_in_vm": counted,
             "samples_timed": timed, "samples_per_s": round(timed / elapsed), "lag_s": round(res["lag_s"], 2),
             "lag_p50_s": round(res["lag_p50_s"], 2), "push_retries": res["failures"],
             "worker_cpu_us_per_sample": round((after["w"] - before["w"]) / timed * 1e6, 3),

@@ -15,7 +15,10 @@ the envelope is fetched again) and doubles nothing:
 Schema (docs/central.md): ``<metric>_value`` and ``<metric>_quality`` (the numeric
 quality code, docs/historian.md) with the historian's tags: gateway, site, device,
 channel, kind, unit, area, hazard_source. A sample without a usable value (bad, NaN)
-has a quality point only.
+has a quality point only. Written as VictoriaMetrics' JSON lines (``format: json``,
+central/vmimport.py: a series' labels once per envelope) or InfluxDB line protocol
+(``format: influx``, gateway/historian/lineproto.py): the same series, times and values
+either way, so a replay deduplicates across a change of format.
 
 Large batches and back-pressure: lines from all gateways are gathered into one write
 (up to ``batch_bytes``, waiting at most ``linger``), ``concurrency`` writes in flight;
@@ -36,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from central import vmimport
 from central.config_vm import VictoriaMetricsSection
 from central.events_pg import EventRow, EventStore, event_row
 from gateway.core import chantable
@@ -65,7 +69,7 @@ class _Group:
 
 
 class VmWriter:
-    """Group commit of line protocol into VictoriaMetrics, bounded, retried until acknowledged."""
+    """Group commit of sample bodies into VictoriaMetrics, bounded, retried until acknowledged."""
 
     def __init__(self, sec: VictoriaMetricsSection):
         self.sec = sec
@@ -185,7 +189,7 @@ class VmStore:
         self.sec = sec
         self.writer = VmWriter(sec)
         self.events = EventStore(events_dsn)
-        self._series: dict[tuple[str, str | None], lineproto.SeriesTable] = {}
+        self._series: dict[tuple[str, str | None], lineproto.SeriesTable | vmimport.ImportSeries] = {}
         self.samples = 0
 
     async def open(self) -> None:
@@ -196,17 +200,21 @@ class VmStore:
         await self.writer.close()
         await self.events.close()
 
-    def series(self, origin: str, doc: Mapping[str, Any] | None, n: int) -> lineproto.SeriesTable:
-        """Per-channel series prefixes of an origin under a channel table (cached per version)."""
+    def series(self, origin: str, doc: Mapping[str, Any] | None,
+               n: int) -> lineproto.SeriesTable | vmimport.ImportSeries:
+        """Per-channel series prefixes (line protocol) or line heads (JSON import) of an
+        origin under a channel table (cached per version)."""
         key = (origin, str(doc.get("table_version")) if doc else None)
         t = self._series.get(key)
         if t is None or len(t) < n:
             have = len(doc.get("channels") or []) if doc else 0
             size = max(n, have, 2 * len(t) if t is not None else 0)
             metric = self.sec.metric
-            keys = (lineproto.series_key(metric, {"gateway": origin, **chantable.tags(doc, i)})
-                    for i in range(size))
-            t = lineproto.SeriesTable(keys)
+            tags = ({"gateway": origin, **chantable.tags(doc, i)} for i in range(size))
+            if self.sec.format == "json":
+                t = vmimport.ImportSeries(metric, tags)
+            else:
+                t = lineproto.SeriesTable(lineproto.series_key(metric, tg) for tg in tags)
             if len(self._series) > 4096:  # bounded: an origin's old tables drop out
                 self._series.clear()
             self._series[key] = t
@@ -214,7 +222,8 @@ class VmStore:
 
     def format(self, origin: str, records: list[Record], doc: Mapping[str, Any] | None,
                *, tables_in_order: bool) -> tuple[bytes, list[EventRow], int]:
-        """Line protocol of the samples, rows of the events, and the newest sample time.
+        """The samples' body (JSON lines or line protocol, ``format``), rows of the events,
+        and the newest sample time.
 
         ``doc`` is the channel table in force before the first record; with
         ``tables_in_order`` a table among the records takes effect from there on."""
@@ -228,7 +237,9 @@ class VmStore:
             if run:
                 b = Batch.concat(run)
                 run.clear()
-                parts.append(lineproto.format_samples(b, self.series(origin, doc, int(b.channel.max()) + 1)))
+                t = self.series(origin, doc, int(b.channel.max()) + 1)
+                parts.append(vmimport.format_import(b, t) if isinstance(t, vmimport.ImportSeries)
+                             else lineproto.format_samples(b, t))
 
         for r in records:
             if r.kind == SAMPLES:

@@ -1,7 +1,8 @@
 """Central into VictoriaMetrics (samples) and PostgreSQL (events): real servers.
 
 - every value, time (VictoriaMetrics keeps milliseconds), tag and quality back as sent,
-  and the queries (HTTP API) answer with what was stored;
+  written as JSON lines (the default) or line protocol, and the queries (HTTP API)
+  answer with what was stored;
 - a worker (a ``safegw central`` process) SIGKILLed while it stores a backlog: another
   worker takes the gateway over; nothing is lost or doubled in either store;
 - the store stopped while the gateway keeps journaling, then restarted: ingest waits
@@ -83,12 +84,14 @@ def _vm_count(vm: VictoriaMetrics, gid: str, name: str = "safegw_value") -> int:
     return sum(len(e["values"]) for e in vm.export(f'{name}{{gateway="{gid}"}}'))
 
 
-async def test_round_trip_tags_quality_and_queries(tmp_path: Path, pg_dsn: str,
-                                                   victoria: VictoriaMetrics) -> None:
+@pytest.mark.parametrize("fmt", ["json", "influx"])
+async def test_round_trip_tags_quality_and_queries(tmp_path: Path, pg_dsn: str, victoria: VictoriaMetrics,
+                                                   fmt: str) -> None:
     (tmp_path / "pub").mkdir()
     cpub = central_pub(tmp_path, "prov", tmp_path / "pub")
     g = await _gateway(tmp_path, "gw-rt", cpub)
-    cfg = central_config(tmp_path, "prov", [_source(g)], victoriametrics=_vm_cfg(victoria, pg_dsn))
+    cfg = central_config(tmp_path, "prov", [_source(g)],
+                         victoriametrics=_vm_cfg(victoria, pg_dsn, format=fmt))
     c = await CentralSide(cfg).start()
     try:
         t0 = (time.time_ns() // 10**9 - 1800) * 10**9
@@ -361,8 +364,9 @@ async def test_writer_fails_over_between_urls(tmp_path: Path, pg_dsn: str, victo
     """Several write URLs (a cluster's vminserts): a dead one is skipped, the data arrives.
 
     Debian ships the single node only, which answers 400 to the cluster's
-    ``/insert/<tenant>/influx/write``: that shape is checked in the config (above) and
-    kept as given, the writing itself is tested on the single node's ``/write``."""
+    ``/insert/<tenant>/influx/write`` and ``/insert/<tenant>/prometheus/api/v1/import``:
+    those shapes are checked in the config (here and tests/central/test_central_vm_import.py),
+    the writing itself is tested on the single node's ``/api/v1/import``."""
     from central.config_vm import VictoriaMetricsSection
     from central.store_vm import VmStore
     from gateway.store.journal import Journal
@@ -370,11 +374,14 @@ async def test_writer_fails_over_between_urls(tmp_path: Path, pg_dsn: str, victo
 
     sec = VictoriaMetricsSection(url=[f"http://127.0.0.1:{free_port()}", victoria.url], events_dsn=pg_dsn,
                                  linger=0.0, retry_max="500ms")
-    assert sec.write_urls()[1] == victoria.url + "/write"
+    assert sec.write_urls()[1] == victoria.url + "/api/v1/import"
     cluster = VictoriaMetricsSection(url=["http://vminsert:8480/insert/7/influx/write"],
-                                     query_url="http://vmselect:8481/select/7/prometheus")
+                                     query_url="http://vmselect:8481/select/7/prometheus", format="influx")
     assert cluster.write_urls() == ["http://vminsert:8480/insert/7/influx/write"]
     assert cluster.prometheus_url() == "http://vmselect:8481/select/7/prometheus"
+    cluster = VictoriaMetricsSection(url=["http://vminsert:8480/insert/7/influx/write"],
+                                     query_url="http://vmselect:8481/select/7/prometheus")
+    assert cluster.write_urls() == ["http://vminsert:8480/insert/7/prometheus/api/v1/import"]
     t0 = (time.time_ns() // 10**9 - 600) * 10**9
     j = Journal(tmp_path / "j.db", sync="normal")
     await j.append_many([table("gw-f", t0), readings(0, t0)])
