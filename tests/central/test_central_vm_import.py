@@ -49,7 +49,7 @@ def test_hand_computed_lines() -> None:
 
 
 # tag values line protocol must escape, and what it cleans (control characters)
-TAGS = [
+TAGS: list[dict[str, Any]] = [
     {"gateway": "gw-x", "site": "91370100MA3C000000", "device": "plc 1", "channel": "T,1=a",
      "kind": "gas", "unit": "%LEL", "area": "罐区 A", "hazard_source": "HS-01"},
     {"gateway": "gw-x", "site": "91370100MA3C000000", "device": 'quo"te', "channel": "back\\slash",
