@@ -39,14 +39,13 @@ import logging
 import sys
 import tempfile
 import threading
-import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from simulators.tlscert import make_certs
-from simulators.wire import Faults, PostServer, answer_json
+from simulators.wire import Faults, PostServer, PostStandIn, answer_json, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,11 @@ def sm4_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
         raise ValueError(f"SM4-CBC: {e or 'bad padding'}") from None
 
 
-class MemIotReceiver:
-    """One platform endpoint on 127.0.0.1 (``port`` 0: an ephemeral one)."""
+class MemIotReceiver(PostStandIn):
+    """One platform endpoint on 127.0.0.1 (``port`` 0: an ephemeral one). ``stop`` drops
+    every open connection (kept-alive ones too): the platform is gone."""
+
+    _drop_on_stop = True
 
     def __init__(self, *, appid: str, secret: str, key: bytes, iv: bytes, enterprise: str,
                  fields: dict[str, str] | None = None, secret_header: str = "secret",
@@ -91,7 +93,7 @@ class MemIotReceiver:
         self.posts = 0
         self._faults = Faults()
         self._lock = threading.Lock()
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp = None
         self.ca: Path | None = None
         certs: tuple[Path, Path] | None = None
         if tls:
@@ -114,26 +116,12 @@ class MemIotReceiver:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{self.path}"
 
-    def start(self) -> MemIotReceiver:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop every open connection (kept-alive ones too): the platform is gone."""
-        self._faults.lift()
-        self._server.stop(drop_connections=True)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def fail(self, status: int, times: int = 1) -> None:
-        self._faults.add("http", status, times)
-
     def refuse(self, code: int, times: int = 1) -> None:
         self._faults.add("code", code, times)
 
     def hang(self, seconds: float) -> None:
         """Hold every request this long, then drop it unprocessed (0: answer at once)."""
-        self._faults.hang(seconds)
+        super().hang(seconds)
 
     # ------------------------------------------------------------------ serving
     def _answer(self, h: BaseHTTPRequestHandler, status: int, doc: dict[str, Any]) -> None:
@@ -251,15 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     r = MemIotReceiver(appid=args.appid, secret=args.secret, key=bytes.fromhex(args.key),
                        iv=bytes.fromhex(args.iv), enterprise=args.enterprise, tls=not args.http,
                        port=args.port, cert_dir=args.cert_dir).start()
-    print("READY " + json.dumps({"url": r.url, "ca": str(r.ca) if r.ca else None}), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        r.stop()
-    return 0
+    return by_hand({"url": r.url, "ca": str(r.ca) if r.ca else None}, r.stop)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import hmac
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -40,7 +39,7 @@ import yaml
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from simulators.tlscert import make_certs
-from simulators.wire import PostServer
+from simulators.wire import PostServer, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -238,34 +237,24 @@ def _by_hand(args: argparse.Namespace) -> int:
     if profile.get("transport", "mqtt") == "http":
         paths = list(prov.kinds)
         r = HttpsReceiver(Path(args.cert_dir), paths, port=args.port, check=show)
-        print("READY " + json.dumps({"base": r.base, "paths": paths, "ca": str(r.ca)}), flush=True)
-        stop: Callable[[], None] = r.stop
-    else:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-        m = profile["mqtt"]
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False)
-        if m.get("tls", True):
-            c.tls_set(ca_certs=m.get("ca_file"))
-        c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in prov.kinds])
-        def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-            show(msg.topic, bytes(msg.payload))
-        c.on_message = on_message
-        c.connect(m["host"], int(m.get("port", 8883)))
-        c.loop_start()
-        print("READY " + json.dumps({"topics": list(prov.kinds)}), flush=True)
+        return by_hand({"base": r.base, "paths": paths, "ca": str(r.ca)}, r.stop)
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    m = profile["mqtt"]
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False)
+    if m.get("tls", True):
+        c.tls_set(ca_certs=m.get("ca_file"))
+    c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in prov.kinds])
+    def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        show(msg.topic, bytes(msg.payload))
+    c.on_message = on_message
+    c.connect(m["host"], int(m.get("port", 8883)))
+    c.loop_start()
 
-        def stop() -> None:
-            c.disconnect()
-            c.loop_stop()
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
-    return 0
+    def stop() -> None:
+        c.disconnect()
+        c.loop_stop()
+    return by_hand({"topics": list(prov.kinds)}, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

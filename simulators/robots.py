@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from simulators.tlscert import make_certs
-from simulators.wire import Faults, PostServer, answer_json
+from simulators.wire import Faults, PostServer, PostStandIn, answer_json, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ PATHS = {
 HOUR_S = 3600
 
 
-class RobotReceiver:
+class RobotReceiver(PostStandIn):
     """One robot endpoint on 127.0.0.1 (an ephemeral port) over HTTPS."""
 
     def __init__(
@@ -89,25 +89,12 @@ class RobotReceiver:
         base = f"https://127.0.0.1:{self.port}{PATHS[self.kind]}"
         return base.rstrip("/") if self.kind == "feishu" else base
 
-    def start(self) -> RobotReceiver:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._faults.lift()
-        self._server.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def fail(self, status: int, times: int = 1) -> None:
-        self._faults.add("http", status, times)
-
     def vendor_error(self, code: int, times: int = 1) -> None:
         self._faults.add("vendor", code, times)
 
     def hang(self, seconds: float) -> None:
         """Hold every answer back this long (0: answer at once)."""
-        self._faults.hang(seconds)
+        super().hang(seconds)
 
     # ------------------------------------------------------------------ serving
     def _answer(self, h: BaseHTTPRequestHandler, status: int, doc: dict[str, Any]) -> None:
@@ -239,14 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     r = RobotReceiver(args.kind, token=args.token, secret=args.secret, cert_dir=args.cert_dir).start()
-    print("READY " + json.dumps({"url": r.url, "ca": str(r.ca), "token": args.token}), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        r.stop()
-    return 0
+    return by_hand({"url": r.url, "ca": str(r.ca), "token": args.token}, r.stop)
 
 
 if __name__ == "__main__":

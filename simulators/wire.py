@@ -5,8 +5,9 @@ tests would pass. Plain ``struct`` and bit loops here, numpy gathers in the driv
 
 The HTTP stand-ins (robots, the mem-iot and provincial platforms) share their serving
 here too: ``PostServer`` (a threaded HTTP(S) server on 127.0.0.1 handing each POST to
-its simulator), ``Faults`` (the faults on demand) and ``answer_json``. What each checks
-stays in its own module.
+its simulator), ``Faults`` (the faults on demand), ``PostStandIn`` (their common control:
+start, stop, fail, hang), ``answer_json`` and ``by_hand`` (a simulator run from the shell).
+What each checks stays in its own module.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import logging
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 #: registers a type fills, and its big-endian struct format
 _FORMATS = {"int16": (1, ">h"), "uint16": (1, ">H"), "int32": (2, ">i"), "uint32": (2, ">I"),
@@ -215,3 +217,46 @@ def answer_json(h: BaseHTTPRequestHandler, status: int, doc: dict[str, Any], *,
     h.send_header("Content-Length", str(len(body)))
     h.end_headers()
     h.wfile.write(body)
+
+
+class PostStandIn:
+    """The control side the HTTP stand-ins share. A subclass sets ``_server`` and
+    ``_faults`` (and ``_tmp``, a folder removed at the stop); ``_drop_on_stop`` drops the
+    open connections at the stop too. The second kind of fault (a vendor's or platform's
+    error code in a 200) is the subclass's own."""
+
+    _server: PostServer
+    _faults: Faults
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _drop_on_stop = False
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._faults.lift()
+        self._server.stop(drop_connections=self._drop_on_stop)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def fail(self, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` requests with this HTTP status."""
+        self._faults.add("http", status, times)
+
+    def hang(self, seconds: float) -> None:
+        """Hold every request this long (0: answer at once); what follows is the stand-in's."""
+        self._faults.hang(seconds)
+
+
+def by_hand(ready: dict[str, Any], stop: Callable[[], None]) -> int:
+    """A simulator run from the shell: print ``READY`` and ``ready`` as JSON (what a client
+    needs to reach it), serve until Ctrl-C, then ``stop``."""
+    print("READY " + json.dumps(ready), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+    return 0
