@@ -33,22 +33,19 @@ prints ``READY {"url": ..., "ca": ...}`` and logs each accepted body.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hmac
 import json
 import logging
-import socket
-import ssl
 import sys
 import tempfile
 import threading
-import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from simulators.tlscert import make_certs
+from simulators.wire import Faults, PostServer, PostStandIn, answer_json, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +72,11 @@ def sm4_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
         raise ValueError(f"SM4-CBC: {e or 'bad padding'}") from None
 
 
-class MemIotReceiver:
-    """One platform endpoint on 127.0.0.1 (``port`` 0: an ephemeral one)."""
+class MemIotReceiver(PostStandIn):
+    """One platform endpoint on 127.0.0.1 (``port`` 0: an ephemeral one). ``stop`` drops
+    every open connection (kept-alive ones too): the platform is gone."""
+
+    _drop_on_stop = True
 
     def __init__(self, *, appid: str, secret: str, key: bytes, iv: bytes, enterprise: str,
                  fields: dict[str, str] | None = None, secret_header: str = "secret",
@@ -91,37 +91,11 @@ class MemIotReceiver:
         self.readings: list[dict[str, Any]] = []
         self.refused: list[str] = []
         self.posts = 0
-        self._faults: list[tuple[str, int]] = []
-        self._hang = 0.0
+        self._faults = Faults()
         self._lock = threading.Lock()
-        self._release = threading.Event()
-        self._release.set()
-        self._conns: set[socket.socket] = set()
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp = None
         self.ca: Path | None = None
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("mem-iot platform: " + format, *args)
-
-            def setup(self) -> None:
-                super().setup()
-                with outer._lock:
-                    outer._conns.add(self.connection)
-
-            def finish(self) -> None:
-                with outer._lock:
-                    outer._conns.discard(self.connection)
-                super().finish()
-
-            def do_POST(self) -> None:
-                outer._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        certs: tuple[Path, Path] | None = None
         if tls:
             if cert_dir is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="memiot-sim-")
@@ -131,62 +105,28 @@ class MemIotReceiver:
                 self.ca, cert, keyf = have
             else:
                 self.ca, cert, keyf = make_certs(cert_dir)
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(cert, keyf)
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            certs = (cert, keyf)
+        self._server = PostServer(self._handle, name="memiot-sim", port=port, certs=certs, log=log,
+                                  label="mem-iot platform")
         self.tls = tls
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="memiot-sim", daemon=True)
+        self.port = self._server.port
 
     # ------------------------------------------------------------------ control
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{self.path}"
 
-    def start(self) -> MemIotReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and drop every open connection (kept-alive ones too): the platform is gone."""
-        self._release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                c.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def fail(self, status: int, times: int = 1) -> None:
-        with self._lock:
-            self._faults += [("http", status)] * times
-
     def refuse(self, code: int, times: int = 1) -> None:
-        with self._lock:
-            self._faults += [("code", code)] * times
+        self._faults.add("code", code, times)
 
     def hang(self, seconds: float) -> None:
         """Hold every request this long, then drop it unprocessed (0: answer at once)."""
-        self._hang = seconds
-        if seconds:
-            self._release.clear()
-        else:
-            self._release.set()
+        super().hang(seconds)
 
     # ------------------------------------------------------------------ serving
     def _answer(self, h: BaseHTTPRequestHandler, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc, ensure_ascii=False).encode()
         try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
+            answer_json(h, status, doc)
         except OSError:
             pass  # the client gave up (a timeout): nothing to tell it
 
@@ -197,15 +137,13 @@ class MemIotReceiver:
         self._answer(h, status, {"code": code, "msg": why})
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        if self._hang:
+        if self._faults.held():
             # an unresponsive platform: the request is held unread, then dropped unprocessed
-            self._release.wait(self._hang)
             with self._lock:
                 self.refused.append("held without an answer (hang)")
             h.close_connection = True
             return
-        with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+        fault = self._faults.take()
         path = h.path.split("?", 1)[0]
         if path != self.path:
             return self._refuse(h, 404, 404, f"no such path {path}")
@@ -301,15 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     r = MemIotReceiver(appid=args.appid, secret=args.secret, key=bytes.fromhex(args.key),
                        iv=bytes.fromhex(args.iv), enterprise=args.enterprise, tls=not args.http,
                        port=args.port, cert_dir=args.cert_dir).start()
-    print("READY " + json.dumps({"url": r.url, "ca": str(r.ca) if r.ca else None}), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        r.stop()
-    return 0
+    return by_hand({"url": r.url, "ca": str(r.ca) if r.ca else None}, r.stop)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,9 @@ import hashlib
 import hmac
 import json
 import logging
-import ssl
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -42,6 +39,7 @@ import yaml
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from simulators.tlscert import make_certs
+from simulators.wire import PostServer, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -182,52 +180,40 @@ class HttpsReceiver:
         self.faults: list[int] = []
         self.down = False
         self.paths = set(paths)
+        self.check = check
         self.ca, cert, key = make_certs(certs)
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                try:
-                    n = int(self.headers.get("Content-Length", "0"))
-                except ValueError:
-                    n = 0
-                body = self.rfile.read(n) if 0 < n <= MAX_BODY else b""
-                status, doc = 200, {"code": 0, "msg": "ok"}
-                why = check(self.path, body) if check is not None and body else None
-                if outer.down:
-                    status, doc = 503, {"code": -1, "msg": "down"}
-                elif outer.faults:
-                    status, doc = outer.faults.pop(0), {"code": -1, "msg": "injected"}
-                elif self.path not in outer.paths or not body \
-                        or self.headers.get("Content-Type") != "application/json":
-                    status, doc = 400, {"code": 400, "msg": "bad request"}
-                elif why is not None:
-                    doc = {"code": 4001, "msg": why}
-                else:
-                    outer.messages.append((self.path, body, False, 0.0))
-                out = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
-        self.server.daemon_threads = True
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.base = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self._server = PostServer(self._handle, name="province-sim", port=port, certs=(cert, key))
+        self.base = f"https://127.0.0.1:{self._server.port}"
         self.url = self.base + "/data"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._server.start()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        try:
+            n = int(h.headers.get("Content-Length", "0"))
+        except ValueError:
+            n = 0
+        body = h.rfile.read(n) if 0 < n <= MAX_BODY else b""
+        status, doc = 200, {"code": 0, "msg": "ok"}
+        why = self.check(h.path, body) if self.check is not None and body else None
+        if self.down:
+            status, doc = 503, {"code": -1, "msg": "down"}
+        elif self.faults:
+            status, doc = self.faults.pop(0), {"code": -1, "msg": "injected"}
+        elif h.path not in self.paths or not body \
+                or h.headers.get("Content-Type") != "application/json":
+            status, doc = 400, {"code": 400, "msg": "bad request"}
+        elif why is not None:
+            doc = {"code": 4001, "msg": why}
+        else:
+            self.messages.append((h.path, body, False, 0.0))
+        out = json.dumps(doc).encode()
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(out)))
+        h.end_headers()
+        h.wfile.write(out)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.stop()
 
 
 def _by_hand(args: argparse.Namespace) -> int:
@@ -251,34 +237,24 @@ def _by_hand(args: argparse.Namespace) -> int:
     if profile.get("transport", "mqtt") == "http":
         paths = list(prov.kinds)
         r = HttpsReceiver(Path(args.cert_dir), paths, port=args.port, check=show)
-        print("READY " + json.dumps({"base": r.base, "paths": paths, "ca": str(r.ca)}), flush=True)
-        stop: Callable[[], None] = r.stop
-    else:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-        m = profile["mqtt"]
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False)
-        if m.get("tls", True):
-            c.tls_set(ca_certs=m.get("ca_file"))
-        c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in prov.kinds])
-        def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-            show(msg.topic, bytes(msg.payload))
-        c.on_message = on_message
-        c.connect(m["host"], int(m.get("port", 8883)))
-        c.loop_start()
-        print("READY " + json.dumps({"topics": list(prov.kinds)}), flush=True)
+        return by_hand({"base": r.base, "paths": paths, "ca": str(r.ca)}, r.stop)
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    m = profile["mqtt"]
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False)
+    if m.get("tls", True):
+        c.tls_set(ca_certs=m.get("ca_file"))
+    c.on_connect = lambda cl, *_: cl.subscribe([(t, 1) for t in prov.kinds])
+    def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        show(msg.topic, bytes(msg.payload))
+    c.on_message = on_message
+    c.connect(m["host"], int(m.get("port", 8883)))
+    c.loop_start()
 
-        def stop() -> None:
-            c.disconnect()
-            c.loop_stop()
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop()
-    return 0
+    def stop() -> None:
+        c.disconnect()
+        c.loop_stop()
+    return by_hand({"topics": list(prov.kinds)}, stop)
 
 
 def main(argv: list[str] | None = None) -> int:

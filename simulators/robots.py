@@ -32,17 +32,17 @@ import hashlib
 import hmac
 import json
 import logging
-import ssl
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from simulators.tlscert import make_certs
+from simulators.wire import Faults, PostServer, PostStandIn, answer_json, by_hand
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ PATHS = {
 HOUR_S = 3600
 
 
-class RobotReceiver:
+class RobotReceiver(PostStandIn):
     """One robot endpoint on 127.0.0.1 (an ephemeral port) over HTTPS."""
 
     def __init__(
@@ -76,30 +76,11 @@ class RobotReceiver:
         self.messages: list[dict[str, Any]] = []
         self.refused: list[str] = []
         self.requests = 0
-        self._faults: list[tuple[str, int]] = []
-        self._hang = 0.0
+        self._faults = Faults()
         self._lock = threading.Lock()
-        self._release = threading.Event()
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("robot %s: " + format, outer.kind, *args)
-
-            def do_POST(self) -> None:
-                outer._handle(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name=f"robot-sim[{kind}]", daemon=True
-        )
+        self._server = PostServer(self._handle, name=f"robot-sim[{kind}]", certs=(cert, key),
+                                  log=log, label=f"robot {kind}")
+        self.port = self._server.port
 
     # ------------------------------------------------------------------ control
     @property
@@ -108,41 +89,16 @@ class RobotReceiver:
         base = f"https://127.0.0.1:{self.port}{PATHS[self.kind]}"
         return base.rstrip("/") if self.kind == "feishu" else base
 
-    def start(self) -> RobotReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def fail(self, status: int, times: int = 1) -> None:
-        with self._lock:
-            self._faults += [("http", status)] * times
-
     def vendor_error(self, code: int, times: int = 1) -> None:
-        with self._lock:
-            self._faults += [("vendor", code)] * times
+        self._faults.add("vendor", code, times)
 
     def hang(self, seconds: float) -> None:
         """Hold every answer back this long (0: answer at once)."""
-        self._hang = seconds
-        if seconds:
-            self._release.clear()
-        else:
-            self._release.set()
+        super().hang(seconds)
 
     # ------------------------------------------------------------------ serving
     def _answer(self, h: BaseHTTPRequestHandler, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc, ensure_ascii=False).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json; charset=utf-8")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        answer_json(h, status, doc, content_type="application/json; charset=utf-8")
 
     def _refuse(self, h: BaseHTTPRequestHandler, why: str, status: int, doc: dict[str, Any]) -> None:
         with self._lock:
@@ -160,9 +116,8 @@ class RobotReceiver:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         with self._lock:
             self.requests += 1
-            fault = self._faults.pop(0) if self._faults else None
-        if self._hang:
-            self._release.wait(self._hang)
+        fault = self._faults.take()
+        self._faults.held()
         size = int(h.headers.get("Content-Length") or -1)
         if size < 0 or size > MAX_BODY[self.kind]:
             self._refuse(h, f"body size {size}", 413, self._vendor(43004, "body too large or no length"))
@@ -271,14 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     r = RobotReceiver(args.kind, token=args.token, secret=args.secret, cert_dir=args.cert_dir).start()
-    print("READY " + json.dumps({"url": r.url, "ca": str(r.ca), "token": args.token}), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        r.stop()
-    return 0
+    return by_hand({"url": r.url, "ca": str(r.ca), "token": args.token}, r.stop)
 
 
 if __name__ == "__main__":

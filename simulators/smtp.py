@@ -9,7 +9,6 @@ and logs each message.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import socket
 import ssl
@@ -26,6 +25,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from simulators.tlscert import make_certs
+from simulators.wire import by_hand
 
 log = logging.getLogger(__name__)
 # with implicit TLS (--tls) the whole session is TLS, but aiosmtpd only counts STARTTLS as
@@ -127,14 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     s = SmtpServer(user=args.user, password=args.password, implicit_tls=args.tls).start()
-    print("READY " + json.dumps({"host": "127.0.0.1", "port": s.port, "ca": str(s.ca)}), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        s.stop()
-    return 0
+    return by_hand({"host": "127.0.0.1", "port": s.port, "ca": str(s.ca)}, s.stop)
 
 
 if __name__ == "__main__":

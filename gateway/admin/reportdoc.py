@@ -7,37 +7,58 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 #: Debian's fonts-noto-cjk; face 2 of the collection is Simplified Chinese (SC)
 CJK_FONT = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 CJK_FACE = 2
 
+#: the languages a report is written in, in the order of the texts in ``_TEXTS``
+LANGS = ("en", "zh-CN")
+#: every label and sentence of a report, each language's side by side (none can be missing)
+_TEXTS: dict[str, tuple[str, str]] = {
+    "title": ("Shift report", "交接班报告"),
+    "period": ("Period", "时段"),
+    "generated": ("Generated", "生成时间"),
+    "tz": ("Time zone", "时区"),
+    "summary": ("Summary", "概要"),
+    "alarms": ("Alarms", "报警"),
+    "faulty": ("Faulty channels", "故障通道"),
+    "top": ("Top alarm sources", "报警源排行"),
+    "channel": ("Channel", "通道"),
+    "area": ("Area", "区域"),
+    "rule": ("Rule", "规则"),
+    "level": ("Level", "级别"),
+    "raised": ("Raised", "报警时间"),
+    "acknowledged": ("Acknowledged", "确认时间"),
+    "ack_by": ("By", "确认人"),
+    "ack_after_s": ("Ack after (s)", "确认用时(秒)"),
+    "cleared": ("Cleared", "恢复时间"),
+    "duration_s": ("Duration (s)", "持续(秒)"),
+    "rules": ("Rules", "规则"),
+    "count": ("Count", "次数"),
+    "faulty_s": ("Faulty (s)", "故障时长(秒)"),
+    "since": ("Since", "开始"),
+    "still_faulty": ("Still faulty", "仍故障"),
+    "share": ("Share (%)", "占比(%)"),
+    "chattering": ("Chattering", "振荡报警"),
+    "standing": ("Standing", "长期报警"),
+    "per_hour": ("Alarms per hour", "每小时报警数"),
+    "unacknowledged": ("Unacknowledged", "未确认"),
+    "median_ack_s": ("Median time to acknowledge (s)", "确认用时中位数(秒)"),
+    "faulty_channels": ("Faulty channels", "故障通道数"),
+    "yes": ("yes", "是"),
+    "no": ("", ""),
+    "incomplete": ("The journal scan was cut: older events are missing.", "日志扫描被截断：更早的事件缺失。"),
+    "none": ("none", "无"),
+    "cut": ("The first {n} of {total} rows; the XLSX export lists them all.",
+            "仅列出前 {n} 行（共 {total} 行）；XLSX 导出包含全部。"),
+}
 LABELS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Shift report", "period": "Period", "generated": "Generated", "tz": "Time zone",
-        "summary": "Summary", "alarms": "Alarms", "faulty": "Faulty channels", "top": "Top alarm sources",
-        "channel": "Channel", "area": "Area", "rule": "Rule", "level": "Level", "raised": "Raised",
-        "acknowledged": "Acknowledged", "ack_by": "By", "ack_after_s": "Ack after (s)", "cleared": "Cleared",
-        "duration_s": "Duration (s)", "rules": "Rules", "count": "Count", "faulty_s": "Faulty (s)",
-        "since": "Since", "still_faulty": "Still faulty", "share": "Share (%)", "chattering": "Chattering",
-        "standing": "Standing", "per_hour": "Alarms per hour", "unacknowledged": "Unacknowledged",
-        "median_ack_s": "Median time to acknowledge (s)", "faulty_channels": "Faulty channels",
-        "yes": "yes", "no": "", "incomplete": "The journal scan was cut: older events are missing.",
-        "none": "none", "cut": "The first {n} of {total} rows; the XLSX export lists them all.",
-    },
-    "zh-CN": {
-        "title": "交接班报告", "period": "时段", "generated": "生成时间", "tz": "时区",
-        "summary": "概要", "alarms": "报警", "faulty": "故障通道", "top": "报警源排行",
-        "channel": "通道", "area": "区域", "rule": "规则", "level": "级别", "raised": "报警时间",
-        "acknowledged": "确认时间", "ack_by": "确认人", "ack_after_s": "确认用时(秒)", "cleared": "恢复时间",
-        "duration_s": "持续(秒)", "rules": "规则", "count": "次数", "faulty_s": "故障时长(秒)",
-        "since": "开始", "still_faulty": "仍故障", "share": "占比(%)", "chattering": "振荡报警",
-        "standing": "长期报警", "per_hour": "每小时报警数", "unacknowledged": "未确认",
-        "median_ack_s": "确认用时中位数(秒)", "faulty_channels": "故障通道数",
-        "yes": "是", "no": "", "incomplete": "日志扫描被截断：更早的事件缺失。",
-        "none": "无", "cut": "仅列出前 {n} 行（共 {total} 行）；XLSX 导出包含全部。",
-    },
+    lang: {k: texts[i] for k, texts in _TEXTS.items()} for i, lang in enumerate(LANGS)
 }
 
 #: alarm rows the PDF lists at most: a table of 5,000 rows costs fpdf2 ~15 CPU-seconds here,
@@ -105,6 +126,11 @@ class FontMissing(Exception):
     """The CJK font the PDF needs is not installed."""
 
 
+def _line(doc: FPDF, text: str) -> None:
+    """A line of text across the page; the next starts below it at the left margin."""
+    doc.cell(text=text, new_x="LMARGIN", new_y="NEXT")
+
+
 def pdf(rep: dict[str, Any], lang: str) -> bytes:
     from fpdf import FPDF
     from fpdf.fonts import FontFace
@@ -118,13 +144,13 @@ def pdf(rep: dict[str, Any], lang: str) -> bytes:
     doc.set_font("cjk", size=9)
     doc.add_page()
     doc.set_font_size(16)
-    doc.cell(text=lab["title"], new_x="LMARGIN", new_y="NEXT")
+    _line(doc, lab["title"])
     doc.set_font_size(9)
     period = f"{lab['period']}: {rep['from']} - {rep['to']} ({rep['tz']})"
-    doc.cell(text=period, new_x="LMARGIN", new_y="NEXT")
-    doc.cell(text=f"{lab['generated']}: {rep['generated']}", new_x="LMARGIN", new_y="NEXT")
+    _line(doc, period)
+    _line(doc, f"{lab['generated']}: {rep['generated']}")
     if not rep["complete"]:
-        doc.cell(text=lab["incomplete"], new_x="LMARGIN", new_y="NEXT")
+        _line(doc, lab["incomplete"])
     doc.ln(2)
     head = FontFace(emphasis=None, fill_color=(230, 230, 230))
     with doc.table(col_widths=(60, 30), width=120, align="LEFT", headings_style=head,
@@ -136,13 +162,13 @@ def pdf(rep: dict[str, Any], lang: str) -> bytes:
     for key, cols, rows in tables(rep):
         doc.ln(4)
         doc.set_font_size(12)
-        doc.cell(text=lab[key], new_x="LMARGIN", new_y="NEXT")
+        _line(doc, lab[key])
         doc.set_font_size(8)
         if not rows:
-            doc.cell(text=lab["none"], new_x="LMARGIN", new_y="NEXT")
+            _line(doc, lab["none"])
             continue
         if len(rows) > PDF_MAX_ROWS:
-            doc.cell(text=lab["cut"].format(n=PDF_MAX_ROWS, total=len(rows)), new_x="LMARGIN", new_y="NEXT")
+            _line(doc, lab["cut"].format(n=PDF_MAX_ROWS, total=len(rows)))
             rows = rows[:PDF_MAX_ROWS]
         with doc.table(headings_style=head, text_align="LEFT") as t:
             hr = t.row()

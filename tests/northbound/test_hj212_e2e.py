@@ -15,7 +15,6 @@ process with its own frame code), all over real sockets.
 
 from __future__ import annotations
 
-import calendar
 import math
 import time
 from pathlib import Path
@@ -29,10 +28,8 @@ from gateway.core.record import SAMPLES
 from gateway.store.journal import Journal
 from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import jsonl_records, wait_until
-from tests.fixtures.sims import SimProcess, tcp_plant
-
-NS = 10**9
-BJ = 8 * 3600  # HJ 212 times are Beijing time
+from tests.fixtures.hj212 import NS, beijing_hour, cp_values, dt, dt_ns, hj212_platform
+from tests.fixtures.sims import SimProcess, plc_device, tcp_plant
 
 PLANT = tcp_plant(
     ("GT-1", 2.5, "input:0", "int16", 0.1),
@@ -41,13 +38,10 @@ PLANT = tcp_plant(
     seed=3,
 )
 
-PLATFORM = """
-devices:
-  - name: platform
-    protocol: hj212-platform
-    port: {port}
-    record: "{record}"
-"""
+#: the gateway's channels of the plant
+CHANNELS = ('{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1}',
+            '{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}',
+            "{name: SW-1, kind: status, address: coil:5, type: bool}")
 
 MN = "88888880000001"
 PW = "123456"
@@ -56,18 +50,7 @@ PW = "123456"
 def gateway_yaml(plc: tuple[str, int], platform_port: int, state: Path, more: str = "") -> str:
     return f"""
 gateway: {{id: gw-hj, site: "91370100MA3C000000", state_dir: "{state}"}}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: {plc[0]}
-    port: {plc[1]}
-    poll: 200ms
-    timeout: 200ms
-    retries: 0
-    channels:
-      - {{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1}}
-      - {{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}}
-      - {{name: SW-1, kind: status, address: coil:5, type: bool}}
+{plc_device(plc, *CHANNELS)}
 regulators:
   - type: hj212
     name: epb
@@ -92,21 +75,6 @@ regulators:
 {more}
 api: {{listen: "127.0.0.1:0"}}
 """
-
-
-def dt(ns: int) -> str:
-    return time.strftime("%Y%m%d%H%M%S", time.gmtime(ns // NS + BJ))
-
-
-def dt_ns(text: str) -> int:
-    return (calendar.timegm(time.strptime(text, "%Y%m%d%H%M%S")) - BJ) * NS
-
-
-def cp_values(cp: str) -> tuple[str, dict[str, str]]:
-    """CP → (DataTime, {"a21026-Rtd": "25.00", ...}): read here from the standard's grammar
-    (items split on ';' and ',', each 'name=value')."""
-    out = dict(p.split("=", 1) for p in cp.replace(";", ",").split(",") if p)
-    return out.pop("DataTime", ""), out
 
 
 #: the past hour written into the journal before the daemon starts: 10 s apart, one
@@ -171,11 +139,11 @@ def journal_windows(d: Daemon) -> set[int]:
 def setup(sim_factory: Any, tmp_path: Path) -> Any:
     plant = sim_factory(PLANT)
     record = tmp_path / "platform.jsonl"
-    platform: SimProcess = sim_factory(PLATFORM.format(port=0, record=record))
+    platform: SimProcess = hj212_platform(sim_factory, record)
     port = platform.tcp("platform")[1]
     state = tmp_path / "state"
     now = time.time_ns()
-    hour0 = ((now // NS + BJ) // 3600 * 3600 - 2 * 3600 - BJ) * NS  # a whole Beijing hour, 1-2 h ago
+    hour0 = beijing_hour(now, 2)  # a whole Beijing hour, 1-2 h ago
     rows = past_hour(hour0)
     prefill(state, rows)
     tokens = make_tokens(state)
@@ -233,7 +201,7 @@ def test_past_hour_outage_and_history(setup: Any, sim_factory: Any, tmp_path: Pa
     wait_until(lambda: d.gw is not None and d.gw.journal.last_seq >= seq0 + 15, 20,
                what="polls during the outage")
     down_until = time.time_ns()
-    restarted: SimProcess = sim_factory(PLATFORM.format(port=port, record=record))
+    restarted: SimProcess = hj212_platform(sim_factory, record, port)
     wait_until(lambda: any(dt_ns(cp_values(m["cp"])[0]) > down_until for m in sent("2011")), 30,
                what="the backlog and live data after the outage")
 
@@ -380,8 +348,8 @@ def test_two_platforms_each_with_its_own_station_and_cursor(sim_factory: Any, tm
     under its own identity, and one platform withholding its answers does not slow the other."""
     plant = sim_factory(PLANT)
     rec_a, rec_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    pa = sim_factory(PLATFORM.format(port=0, record=rec_a))
-    pb = sim_factory(PLATFORM.format(port=0, record=rec_b))
+    pa = hj212_platform(sim_factory, rec_a)
+    pb = hj212_platform(sim_factory, rec_b)
     second = f"""  - type: hj212
     name: province
     host: 127.0.0.1
@@ -425,7 +393,7 @@ def test_a_gateway_restart_sends_nothing_twice_and_misses_nothing(sim_factory: A
     the same state directory, every real-time window the journal holds went out once."""
     plant = sim_factory(PLANT)
     record = tmp_path / "platform.jsonl"
-    platform = sim_factory(PLATFORM.format(port=0, record=record))
+    platform = hj212_platform(sim_factory, record)
     text = gateway_yaml(plant.tcp("plc"), platform.tcp("platform")[1], tmp_path / "state")
 
     def sent() -> list[int]:

@@ -16,7 +16,6 @@ real sockets:
 
 from __future__ import annotations
 
-import calendar
 import logging
 import time
 from pathlib import Path
@@ -29,11 +28,13 @@ from gateway.store.journal import Journal
 from gateway.store.queries import oldest_sample_ts, open_readonly
 from tests.fixtures.daemon import Daemon
 from tests.fixtures.helpers import jsonl_records, wait_until
+from tests.fixtures.hj212 import NS, beijing_hour, cp_values, dt, dt_ns, hj212_platform
 from tests.fixtures.influxd import unique_db
-from tests.fixtures.sims import tcp_plant
+from tests.fixtures.sims import plc_device, tcp_plant
 
-NS = 10**9
-BJ = 8 * 3600  # HJ 212 times are Beijing time
+#: the gateway's channels of the plant
+CHANNELS = ('{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1}',
+            '{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}')
 MN = "88888880000002"
 PW = "654321"
 
@@ -43,31 +44,13 @@ PLANT = tcp_plant(
     seed=5,
 )
 
-PLATFORM = """
-devices:
-  - name: platform
-    protocol: hj212-platform
-    port: {port}
-    record: "{record}"
-"""
-
 
 def gateway_yaml(plc: tuple[str, int], platform_port: int, state: Path, influx_url: str, db: str,
                  max_age: str) -> str:
     return f"""
 gateway: {{id: gw-hist, site: "91370100MA3C000001", state_dir: "{state}"}}
 journal: {{max_age: {max_age}}}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: {plc[0]}
-    port: {plc[1]}
-    poll: 500ms
-    timeout: 300ms
-    retries: 0
-    channels:
-      - {{name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16, scale: 0.1}}
-      - {{name: TT-1, kind: temperature, unit: "°C", address: holding:10, type: float32}}
+{plc_device(plc, *CHANNELS, poll="500ms", timeout="300ms")}
 influxdb: {{url: "{influx_url}", database: {db}, flush_every: 200ms, stats: false}}
 regulators:
   - type: hj212
@@ -87,19 +70,6 @@ regulators:
       - {{channel: GT-1, code: a21026, scale: 10, decimals: 2}}
       - {{channel: TT-1, code: a01012, decimals: 2}}
 """
-
-
-def dt(ns: int) -> str:
-    return time.strftime("%Y%m%d%H%M%S", time.gmtime(ns // NS + BJ))
-
-
-def dt_ns(text: str) -> int:
-    return (calendar.timegm(time.strptime(text, "%Y%m%d%H%M%S")) - BJ) * NS
-
-
-def cp_values(cp: str) -> tuple[str, dict[str, str]]:
-    out = dict(p.split("=", 1) for p in cp.replace(";", ",").split(",") if p)
-    return out.pop("DataTime", ""), out
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -140,11 +110,11 @@ def test_history_the_journal_dropped_comes_from_influxdb(sim_factory: Any, influ
     influx.create_database(db)
     plant = sim_factory(PLANT)
     record = tmp_path / "platform.jsonl"
-    platform = sim_factory(PLATFORM.format(port=0, record=record))
+    platform = hj212_platform(sim_factory, record)
     port = platform.tcp("platform")[1]
     state = tmp_path / "state"
     now = time.time_ns()
-    hour0 = ((now // NS + BJ) // 3600 * 3600 - 72 * 3600 - BJ) * NS  # a whole Beijing hour, 3 days ago
+    hour0 = beijing_hour(now, 72)  # a whole Beijing hour, 3 days ago
     rows = old_hour(hour0)
     recent0 = hour0 + 70 * 3600 * NS  # and an hour 2 h ago, which the journal keeps
     prefill(state, rows + old_hour(recent0))

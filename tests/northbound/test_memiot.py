@@ -35,6 +35,7 @@ from northbound.base import PointMap
 from northbound.memiot.adapter import MemIotPlatform, hex_bytes
 from simulators.memiot_platform import MemIotReceiver, sm4_cbc_decrypt
 from tests.fixtures.helpers import async_wait_until
+from tests.fixtures.regcheck import check_regulators
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 IV = bytes.fromhex("0f0e0d0c0b0a09080706050403020100")
@@ -228,19 +229,7 @@ def test_key_files_must_be_sm4_keys() -> None:
 
 
 def test_safegw_check_points_at_the_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
-    f = tmp_path / "gw.yaml"
-    f.write_text("""\
-gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: 5020
-    poll: 1s
-    channels:
-      - {name: DUST-1, kind: dust, unit: "mg/m3", address: input:0, type: int16}
-regulators:
+    f, code, out = check_regulators(tmp_path, capsys, """\
   - type: mem-iot
     name: dust
     url: https://iot.example.gov.cn/api/upload
@@ -252,7 +241,6 @@ regulators:
     fields: {code: "point code"}
     points:
       - {channel: DUST-1, code: FC001}
-""")
-    assert main(["check", "-c", str(f)]) != 0
-    out = capsys.readouterr().out
+""", channels=['{name: DUST-1, kind: dust, unit: "mg/m3", address: input:0, type: int16}'])
+    assert code != 0, out
     assert f"{f}:19:" in out and "code" in out, out

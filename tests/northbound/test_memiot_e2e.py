@@ -24,7 +24,7 @@ from northbound.memiot.adapter import quality_flag
 from simulators.memiot_platform import MemIotReceiver
 from tests.fixtures.daemon import Daemon, auth, make_tokens
 from tests.fixtures.helpers import wait_until
-from tests.fixtures.sims import tcp_plant
+from tests.fixtures.sims import plc_device, tcp_plant
 
 KEY = "8d6c1f3b2a5e4d7c9b0a1f2e3d4c5b6a"
 IV = "00000000000000000000000000000000"
@@ -36,6 +36,11 @@ PLANT = tcp_plant(
     ("SW-1", 1, "coil:5", "bool", None),
     seed=5,
 )
+
+#: the gateway's channels of the plant
+CHANNELS = ('{name: DUST-1, kind: dust, unit: "mg/m3", address: input:0, type: int16, scale: 0.1}',
+            '{name: DUST-2, kind: temperature, unit: "°C", address: holding:10, type: float32}',
+            "{name: SW-1, kind: status, address: coil:5, type: bool}")
 
 
 def secret(d: Path, name: str, text: str) -> Path:
@@ -49,18 +54,7 @@ def secret(d: Path, name: str, text: str) -> Path:
 def gateway_yaml(plc: tuple[str, int], url: str, ca: Path, state: Path, secrets: Path) -> str:
     return f"""
 gateway: {{id: gw-dust, site: "{ENTERPRISE}", state_dir: "{state}"}}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: {plc[0]}
-    port: {plc[1]}
-    poll: 200ms
-    timeout: 200ms
-    retries: 0
-    channels:
-      - {{name: DUST-1, kind: dust, unit: "mg/m3", address: input:0, type: int16, scale: 0.1}}
-      - {{name: DUST-2, kind: temperature, unit: "°C", address: holding:10, type: float32}}
-      - {{name: SW-1, kind: status, address: coil:5, type: bool}}
+{plc_device(plc, *CHANNELS)}
 regulators:
   - type: mem-iot
     name: dust

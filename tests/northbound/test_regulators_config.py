@@ -4,34 +4,19 @@ listed with ``--verbose``, the password file's mode."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from tests.fixtures.regcheck import GT1, check_regulators
 
-BASE = """\
-gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: 5020
-    poll: 1s
-    channels:
-      - {name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16}
-      - {name: TT-1, kind: temperature, unit: "°C", address: input:1, type: int16}
-      - {name: SW-1, kind: status, address: coil:1, type: bool}
-regulators:
-"""
+CHANNELS = (GT1, '{name: TT-1, kind: temperature, unit: "°C", address: input:1, type: int16}',
+            "{name: SW-1, kind: status, address: coil:1, type: bool}")
 
 
 def check(tmp_path: Path, regs: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
-    f = tmp_path / "gw.yaml"
-    f.write_text(BASE + textwrap.indent(textwrap.dedent(regs), "  "))
-    code = main(["check", "-c", str(f), *args])
-    return code, [line.replace(str(f), "F") for line in capsys.readouterr().out.splitlines()]
+    f, code, out = check_regulators(tmp_path, capsys, regs, *args, channels=CHANNELS)
+    return code, [line.replace(str(f), "F") for line in out.splitlines()]
 
 
 GOOD = """\

@@ -37,6 +37,7 @@ from tests.fixtures.province import (
     running,
     table,
 )
+from tests.fixtures.regcheck import check_regulators
 
 
 def test_primitives_against_published_vectors() -> None:
@@ -151,19 +152,7 @@ async def test_profile_over_mqtt_tls_with_broker_outage(path: Path, mosquitto_fa
 
 def test_unknown_template_field_is_an_error_at_its_line(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
-    f = tmp_path / "gw.yaml"
-    f.write_text("""\
-gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: 5020
-    poll: 1s
-    channels:
-      - {name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16}
-regulators:
+    f, code, out = check_regulators(tmp_path, capsys, """\
   - type: template
     name: prov
     enterprise_code: "91320500MA1XXXXX0Y"
@@ -175,8 +164,7 @@ regulators:
     points:
       - {channel: GT-1, code: A0001}
 """)
-    assert main(["check", "-c", str(f)]) != 0
-    out = capsys.readouterr().out
+    assert code != 0, out
     assert f"{f}:17:" in out and "${valu}" in out, out
 
 
@@ -210,19 +198,7 @@ async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
 
 def test_alarm_heartbeat_and_base_templates_checked_at_their_lines(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
-    f = tmp_path / "gw.yaml"
-    f.write_text("""\
-gateway: {id: gw-1, site: "S1", state_dir: /tmp/x}
-devices:
-  - name: plc
-    protocol: modbus-tcp
-    host: 127.0.0.1
-    port: 5020
-    poll: 1s
-    channels:
-      - {name: GT-1, kind: gas, unit: "%LEL", address: input:0, type: int16}
-regulators:
+    f, code, out = check_regulators(tmp_path, capsys, """\
   - type: template
     name: prov
     enterprise_code: "91320500MA1XXXXX0Y"
@@ -241,8 +217,7 @@ regulators:
     points:
       - {channel: GT-1, code: A0001}
 """)
-    assert main(["check", "-c", str(f)]) != 0
-    out = capsys.readouterr().out
+    assert code != 0, out
     assert f"{f}:18:" in out and "${alarm_kind}" in out, out  # not an alarm's field
     assert f"{f}:20:" in out and "give a topic, not a url" in out, out  # mqtt: a topic
     assert f"{f}:24:" in out and "${enterprise_name}" in out, out

@@ -14,7 +14,7 @@ from gateway.admin.alarmlog import LEVELS, STATES, TRANSITIONS, Filter, history_
 from gateway.admin.auth import Operator, Viewer
 from gateway.admin.context import AdminContext, StrictBody
 from gateway.admin.registers import Invalid
-from gateway.admin.routes.history import parse_when
+from gateway.admin.routes.timerange import FromQuery, ToQuery, time_range
 from gateway.core.tokens import Principal
 from gateway.core.units import iso_ns
 from gateway.services import DaemonContext
@@ -61,9 +61,8 @@ def router(ctx: AdminContext) -> APIRouter:
            summary="the alarm journal, newest first, filtered; page on with next_before")
     async def alarm_history(
         _p: Viewer,
-        start: Annotated[str | None, Query(alias="from", max_length=40,
-                                           description="ISO time or a duration back from now (8h)")] = None,
-        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        start: FromQuery = None,
+        end: ToQuery = None,
         channel: Annotated[list[str] | None, Query(max_length=200, description="repeat for several")] = None,
         area: Annotated[str | None, Query(max_length=128)] = None,
         level: Annotated[list[str] | None, Query(max_length=16)] = None,
@@ -72,11 +71,7 @@ def router(ctx: AdminContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
         before: Annotated[int | None, Query(ge=0, le=2**62, description="next_before of a page")] = None,
     ) -> dict[str, Any]:
-        now = daemon.clock()
-        t1 = parse_when(end, now, "to") if end else now
-        t0 = parse_when(start, now, "from") if start else t1 - 24 * 3600 * 10**9
-        if t0 > t1:
-            raise Invalid([(("query", "from"), "'from' is after 'to'")])
+        t0, t1 = time_range(start, end, daemon.clock(), default_ns=24 * 3600 * 10**9, empty_ok=True)
         errs: list[tuple[tuple[str | int, ...], str]] = []
         for name, vals in (("channel", channel), ("level", level), ("state", state),
                            ("transition", transition)):

@@ -17,7 +17,7 @@ from gateway.admin.auth import Viewer
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Invalid
 from gateway.admin.report import build
-from gateway.admin.routes.history import parse_when
+from gateway.admin.routes.timerange import FromQuery, ToQuery, time_range
 
 #: the longest period one report covers
 MAX_REPORT_NS = 31 * 86400 * 10**9
@@ -47,19 +47,15 @@ def router(ctx: AdminContext) -> APIRouter:
            summary="shift report: alarms and acknowledgements, faulty channels, top alarm sources")
     async def shift(
         _p: Viewer,
-        start: Annotated[str | None, Query(alias="from", max_length=40,
-                                           description="ISO time or a duration back from now (8h)")] = None,
-        end: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        start: FromQuery = None,
+        end: ToQuery = None,
         fmt: Annotated[Literal["json", "pdf", "xlsx"], Query(alias="format")] = "json",
         lang: Annotated[Literal["en", "zh-CN"], Query()] = "en",
         tz: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")] = None,
     ) -> Any:
         zone = site_zone(ctx, tz)
         now = daemon.clock()
-        t1 = parse_when(end, now, "to") if end else now
-        t0 = parse_when(start, now, "from") if start else t1 - 8 * 3600 * 10**9
-        if t0 >= t1:
-            raise Invalid([(("query", "from"), "'from' must be before 'to'")])
+        t0, t1 = time_range(start, end, now, default_ns=8 * 3600 * 10**9, empty_ok=False)
         if t1 - t0 > MAX_REPORT_NS:
             raise Invalid([(("query", "from"), "a report covers at most 31 days")])
 
