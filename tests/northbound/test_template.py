@@ -183,8 +183,8 @@ async def test_profile_over_https_with_errors(tmp_path: Path) -> None:
     recv.faults = [503, 500, 400]
     j = Journal(tmp_path / "journal.db", sync="normal")
     try:
-        for k in range(0, 100, 25):
-            await j.append_batch(rows(k, 25))
+        for first in range(0, 100, 25):
+            await j.append_batch(rows(first, 25))
         last = j.last_seq
         async with running(publisher(doc, j)) as pub:
             await async_wait_until(lambda: pub.c.cursor >= last, 20)
