@@ -143,6 +143,9 @@ class Journal:
         self.first_seq = 1
         self.bytes = 0
         self._load_counters(self._db)
+        # the newest record that is not samples is at or before this (at the start: taken
+        # to be the end, so that a waiter for events reads once before it waits)
+        self.last_event_seq = self.last_seq
         self._active: set[str] = set()
         self._zc = zstandard.ZstdCompressor(level=1)
         # the inbox: submitted work, in order, until the encoder takes it (under _cv)
@@ -156,7 +159,8 @@ class Journal:
         self._encoded: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
-        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        # waiters: (loop, event, whether only records that are not samples wake it)
+        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = set()
         self.commits = 0
         self.failed_commits = 0
         self.dropped_records = 0
@@ -384,6 +388,7 @@ class Journal:
         # 2. one transaction for everything
         next_seq = self.last_seq + 1
         added = 0
+        top_event = 0
         results: list[tuple[concurrent.futures.Future[Any], Any]] = []
         acks: dict[str, int] = {}
         want_retention = False
@@ -397,6 +402,9 @@ class Journal:
                         "VALUES (?,?,?,?,?,?,?,?)",
                         [(s, *r) for s, r in zip(seqs, arg, strict=True)],
                     )
+                    for s, r in zip(seqs, arg, strict=True):
+                        if r[0] != SAMPLES:
+                            top_event = s
                     next_seq += len(arg)
                     added += sum(r[4] for r in arg)
                     results.append((fut, seqs[0] if op == "append" else seqs))
@@ -437,6 +445,8 @@ class Journal:
         self.bytes = total
         if last > self.last_seq:
             self.last_seq = last
+        if top_event > self.last_event_seq:
+            self.last_event_seq = top_event
         if dropped:
             self.first_seq = first
             self.dropped_records += dropped
@@ -452,7 +462,7 @@ class Journal:
             self.last_error = None
         for fut, res in results:
             fut.set_result((dropped or 0) if res == "retention" else res)
-        self._notify()
+        self._notify(events=top_event > 0)
 
     def _failed(self, db: sqlite3.Connection, e: Exception,
                 futs: list[concurrent.futures.Future[Any]]) -> None:
@@ -484,33 +494,41 @@ class Journal:
                            active=active, name=self.path.name, reason_override=reason_override)
 
     # ------------------------------------------------------------------ waiting
-    def _notify(self) -> None:
+    def _notify(self, *, events: bool = True) -> None:
+        """Wake the waiters (a commit of samples only wakes none that wait for events)."""
         with self._lock:
-            listeners = list(self._listeners)
-        for loop, ev in listeners:
+            listeners = [w for w in self._listeners if events or not w[2]]
+        for entry in listeners:
+            loop, ev, _ = entry
             try:
                 loop.call_soon_threadsafe(ev.set)
             except RuntimeError:  # that loop is closed; its wait() is gone too
                 with self._lock:
-                    self._listeners.discard((loop, ev))
+                    self._listeners.discard(entry)
 
-    async def wait(self, after: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait(self, after: int, timeout: float | None = None,  # noqa: ASYNC109
+                   *, events_only: bool = False) -> bool:
         """Wait until a record with sequence > ``after`` is committed (or timeout, or close).
+        ``events_only``: a record that is not samples (an event); commits of samples alone
+        do not wake this waiter at all (a consumer of events sleeps through the polls).
 
         Returns whether there is such a record.
         """
-        if self.last_seq > after or self._closed:
-            return self.last_seq > after
+        def top() -> int:
+            return self.last_event_seq if events_only else self.last_seq
+
+        if top() > after or self._closed:
+            return top() > after
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
-        entry = (loop, ev)
+        entry = (loop, ev, events_only)
         with self._lock:
             self._listeners.add(entry)
         try:
             deadline = None if timeout is None else loop.time() + timeout
-            while self.last_seq <= after and not self._closed:
+            while top() <= after and not self._closed:
                 ev.clear()
-                if self.last_seq > after or self._closed:
+                if top() > after or self._closed:
                     break
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -519,7 +537,7 @@ class Journal:
                     await within(ev.wait(), remaining)
                 except TimeoutError:
                     break
-            return self.last_seq > after
+            return top() > after
         finally:
             with self._lock:
                 self._listeners.discard(entry)
