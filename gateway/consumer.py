@@ -194,16 +194,17 @@ class JournalConsumer:
                                       max_samples=max_samples or self.max_samples, kinds=self.kinds)
 
     async def wait(self, after: int | None = None, timeout: float | None = None,  # noqa: ASYNC109
-                   *, wake: asyncio.Event | None = None) -> bool:
+                   *, wake: asyncio.Event | None = None, events_only: bool = False) -> bool:
         """Until a record after ``after`` (default: the cursor) is committed, ``timeout``
         passes, or ``wake`` is set (the owner has other work: a PUBACK, a drain).
-        Returns whether there is such a record. The journal wakes it on commit."""
+        Returns whether there is such a record. The journal wakes it on commit
+        (``events_only``: on a commit with an event; commits of samples alone do not)."""
         after = self.cursor if after is None else after
         if wake is None:
-            return await self.journal.wait(after, timeout)
+            return await self.journal.wait(after, timeout, events_only=events_only)
         if wake.is_set():
             return self.journal.last_seq > after
-        waiter = asyncio.ensure_future(self.journal.wait(after, timeout))
+        waiter = asyncio.ensure_future(self.journal.wait(after, timeout, events_only=events_only))
         woke = asyncio.ensure_future(wake.wait())
         try:
             await asyncio.wait({waiter, woke}, return_when=asyncio.FIRST_COMPLETED)

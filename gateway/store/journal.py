@@ -20,7 +20,11 @@ gap itself must later be dropped, its counts fold into the next.
 All writes go through two dedicated threads: an encoder (columnar bytes, zstd) and a
 writer that commits everything encoded so far in one transaction (group commit), so
 compression of the next group overlaps the fsync of this one; the event loop never
-blocks on either, and a burst of small batches costs one fsync. A record that cannot be encoded fails alone; a
+blocks on either, and a burst of small batches costs one fsync. With a commit cadence,
+sample batches wait in the journal's inbox without waking either thread: the encoder
+takes the cadence's batches in one go when it is up (or at once, with what waits, when
+anything that may not wait arrives), so a small plant pays one handoff a cadence, not
+two thread wake-ups a batch. A record that cannot be encoded fails alone; a
 transaction that cannot commit (disk full, I/O error) fails every future in it,
 rolls back, and leaves what was committed before untouched; the writer keeps going
 and commits again once there is room. (It does not delete old data to make room on a
@@ -77,6 +81,15 @@ class JournalClosed(RuntimeError):
     pass
 
 
+def _samples_only(op: str, arg: Any) -> bool:
+    """Sample batches only may wait for the commit cadence (events, acks, calls may not)."""
+    return op in ("append", "append_many") and all(isinstance(x, Batch) for x in arg)
+
+
+def _has_batch(op: str, arg: Any) -> bool:
+    return op in ("append", "append_many") and any(isinstance(x, Batch) for x in arg)
+
+
 # a row as inserted: (kind, ts_min, ts_max, n, nbytes, codec, data)
 _Row = tuple[int, int, int, int, int, int, bytes]
 _Work = tuple[str, Any, "concurrent.futures.Future[Any]"]
@@ -107,8 +120,6 @@ class Journal:
             raise ValueError(f"commit_every_s must be within 0-{COMMIT_EVERY_MAX_S:g} s, "
                              f"not {commit_every_s!r}")
         self.commit_every_s = commit_every_s
-        # writer thread only: when the last group with samples started committing
-        self._last_commit = -COMMIT_EVERY_MAX_S
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.max_age_ns = int(max_age_s * 1e9)
@@ -132,13 +143,24 @@ class Journal:
         self.first_seq = 1
         self.bytes = 0
         self._load_counters(self._db)
+        # the newest record that is not samples is at or before this (at the start: taken
+        # to be the end, so that a waiter for events reads once before it waits)
+        self.last_event_seq = self.last_seq
         self._active: set[str] = set()
         self._zc = zstandard.ZstdCompressor(level=1)
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
-        self._encoded: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        # the inbox: submitted work, in order, until the encoder takes it (under _cv)
+        self._cv = threading.Condition(threading.Lock())
+        self._inbox: list[_Work] = []
+        self._urgent = False  # the inbox holds work that may not wait for the cadence
+        self._inbox_closed = False
+        # encoder thread only: when a release with samples last went to the writer
+        self._released = -COMMIT_EVERY_MAX_S
+        # encoded work, a release (or a part of one, at the group bounds) a list
+        self._encoded: queue.SimpleQueue[list[_Work] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
-        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        # waiters: (loop, event, whether only records that are not samples wake it)
+        self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event, bool]] = set()
         self.commits = 0
         self.failed_commits = 0
         self.dropped_records = 0
@@ -165,10 +187,17 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
     def _submit(self, op: str, arg: Any) -> concurrent.futures.Future[Any]:
-        if self._closed:
-            raise JournalClosed("journal is closed")
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((op, arg, fut))
+        may_wait = self.commit_every_s > 0 and _samples_only(op, arg)
+        with self._cv:
+            if self._inbox_closed:
+                raise JournalClosed("journal is closed")
+            self._inbox.append((op, arg, fut))
+            if not may_wait:
+                self._urgent = True
+                self._cv.notify()
+            elif len(self._inbox) == 1:
+                self._cv.notify()  # the encoder sets its alarm for the cadence
         return fut
 
     def submit_batch(self, batch: Batch) -> concurrent.futures.Future[int]:
@@ -226,64 +255,84 @@ class Journal:
         """Run ``fn(db)`` on the writer thread between transactions (maintenance, tests)."""
         return self._submit("call", fn)
 
+    def _take(self) -> tuple[list[_Work], bool]:
+        """Encoder: wait for the next release of the inbox; returns it and whether the
+        journal is closing (then it is the last).
+
+        Without a cadence anything submitted is released at once. With one, a release of
+        sample batches only waits until the cadence since the last release with samples
+        is up (not at all after a quiet spell); anything else (an event, such as an alarm
+        transition; an ack; retention; a ``commit_now``; the close) releases at once,
+        with the batches that wait before it."""
+        with self._cv:
+            while not (self._urgent or self._inbox_closed):
+                if not self._inbox:
+                    self._cv.wait()
+                    continue
+                left = self._released + self.commit_every_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            work, self._inbox, self._urgent = self._inbox, [], False
+            return work, self._inbox_closed
+
     def _encode_loop(self) -> None:
-        """Stage 1: serialize and compress records, in order, while the writer commits
-        the previous group (zstd and fsync both run without the GIL)."""
+        """Stage 1: serialize and compress each release, in order, while the writer
+        commits the previous one (zstd and fsync both run without the GIL); hand it over
+        in one piece (in parts at the group bounds)."""
         while True:
-            item = self._queue.get()
-            if item is None:
+            work, closing = self._take()
+            if any(_has_batch(op, arg) for op, arg, _ in work):
+                self._released = time.monotonic()  # the cadence paces sample releases only
+            part: list[_Work] = []
+            size = 0
+            for op, arg, fut in work:
+                if op in ("append", "append_many"):
+                    if not fut.set_running_or_notify_cancel():
+                        continue  # cancelled before it was taken: it never counted as taken
+                    try:
+                        rows = [self._encode(x) for x in arg]
+                    except (TypeError, ValueError, OverflowError) as e:  # this record fails alone
+                        fut.set_exception(e)
+                        continue
+                    except Exception as e:  # a bug must not strand the caller on its future
+                        log.exception("journal encoder: unexpected failure")
+                        fut.set_exception(e)
+                        continue
+                    part.append((op, rows, fut))
+                else:
+                    part.append((op, arg, fut))
+                size += self._weight(part[-1])
+                if len(part) >= GROUP_MAX_OPS or size >= GROUP_MAX_BYTES:
+                    self._encoded.put(part)
+                    part, size = [], 0
+            if part:
+                self._encoded.put(part)
+            if closing:
                 self._encoded.put(None)
                 return
-            op, arg, fut = item
-            if op not in ("append", "append_many"):
-                self._encoded.put(item)
-                continue
-            if not fut.set_running_or_notify_cancel():
-                continue  # cancelled before it was taken: it never counted as taken
-            try:
-                rows = [self._encode(x) for x in arg]
-            except (TypeError, ValueError, OverflowError) as e:  # this record fails alone
-                fut.set_exception(e)
-                continue
-            except Exception as e:  # a bug must not strand the caller on its future
-                log.exception("journal encoder: unexpected failure")
-                fut.set_exception(e)
-                continue
-            self._encoded.put((op, rows, fut))
 
     def _write_loop(self) -> None:
-        """Stage 2: commit everything encoded so far in one transaction (group commit).
-
-        With a commit cadence (``commit_every_s`` > 0) sample batches commit at most once
-        per cadence: a group that holds only sample batches waits until the cadence since
-        the last commit of samples is up (not at all after a quiet spell), so a small plant pays one
-        commit (WAL frames, fsync) per cadence instead of one per poll. Anything else (an
-        event, such as an alarm transition; an ack; retention; a ``commit_now``; the
-        close) ends the wait: it commits at once with what waits."""
+        """Stage 2: commit everything encoded so far in one transaction (group commit),
+        up to the group bounds. The commit cadence is the encoder's: what reaches the
+        writer commits at once."""
         while True:
-            item = self._encoded.get()
-            if item is None:
+            part = self._encoded.get()
+            if part is None:
                 return
-            work = [item]
-            size = self._weight(item)
+            work = list(part)
+            size = sum(self._weight(w) for w in work)
             stop = False
-            deadline = (self._last_commit + self.commit_every_s
-                        if self.commit_every_s > 0 and self._deferrable(item) else None)
             while len(work) < GROUP_MAX_OPS and size < GROUP_MAX_BYTES:
                 try:
-                    left = 0.0 if deadline is None else deadline - time.monotonic()
-                    nxt = self._encoded.get(timeout=left) if left > 0 else self._encoded.get_nowait()
+                    nxt = self._encoded.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stop = True
                     break
-                work.append(nxt)
-                size += self._weight(nxt)
-                if deadline is not None and not self._deferrable(nxt):
-                    deadline = None  # commit now, with whatever else is already queued
-            if any(self._has_samples(w) for w in work):  # the cadence paces sample commits only
-                self._last_commit = time.monotonic()
+                work.extend(nxt)
+                size += sum(self._weight(w) for w in nxt)
             try:
                 self._run_work(work)
             except Exception as e:  # a bug here must not strand callers on futures forever
@@ -293,17 +342,6 @@ class Journal:
                         fut.set_exception(e)
             if stop:
                 return
-
-    @staticmethod
-    def _has_samples(item: _Work) -> bool:
-        op, arg, _ = item
-        return op in ("append", "append_many") and any(r[0] == SAMPLES for r in arg)
-
-    @staticmethod
-    def _deferrable(item: _Work) -> bool:
-        """Sample batches only may wait for the commit cadence (events, acks, calls may not)."""
-        op, arg, _ = item
-        return op in ("append", "append_many") and all(r[0] == SAMPLES for r in arg)
 
     @staticmethod
     def _weight(item: _Work) -> int:
@@ -350,6 +388,7 @@ class Journal:
         # 2. one transaction for everything
         next_seq = self.last_seq + 1
         added = 0
+        top_event = 0
         results: list[tuple[concurrent.futures.Future[Any], Any]] = []
         acks: dict[str, int] = {}
         want_retention = False
@@ -363,6 +402,9 @@ class Journal:
                         "VALUES (?,?,?,?,?,?,?,?)",
                         [(s, *r) for s, r in zip(seqs, arg, strict=True)],
                     )
+                    for s, r in zip(seqs, arg, strict=True):
+                        if r[0] != SAMPLES:
+                            top_event = s
                     next_seq += len(arg)
                     added += sum(r[4] for r in arg)
                     results.append((fut, seqs[0] if op == "append" else seqs))
@@ -403,6 +445,8 @@ class Journal:
         self.bytes = total
         if last > self.last_seq:
             self.last_seq = last
+        if top_event > self.last_event_seq:
+            self.last_event_seq = top_event
         if dropped:
             self.first_seq = first
             self.dropped_records += dropped
@@ -418,7 +462,7 @@ class Journal:
             self.last_error = None
         for fut, res in results:
             fut.set_result((dropped or 0) if res == "retention" else res)
-        self._notify()
+        self._notify(events=top_event > 0)
 
     def _failed(self, db: sqlite3.Connection, e: Exception,
                 futs: list[concurrent.futures.Future[Any]]) -> None:
@@ -450,33 +494,41 @@ class Journal:
                            active=active, name=self.path.name, reason_override=reason_override)
 
     # ------------------------------------------------------------------ waiting
-    def _notify(self) -> None:
+    def _notify(self, *, events: bool = True) -> None:
+        """Wake the waiters (a commit of samples only wakes none that wait for events)."""
         with self._lock:
-            listeners = list(self._listeners)
-        for loop, ev in listeners:
+            listeners = [w for w in self._listeners if events or not w[2]]
+        for entry in listeners:
+            loop, ev, _ = entry
             try:
                 loop.call_soon_threadsafe(ev.set)
             except RuntimeError:  # that loop is closed; its wait() is gone too
                 with self._lock:
-                    self._listeners.discard((loop, ev))
+                    self._listeners.discard(entry)
 
-    async def wait(self, after: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait(self, after: int, timeout: float | None = None,  # noqa: ASYNC109
+                   *, events_only: bool = False) -> bool:
         """Wait until a record with sequence > ``after`` is committed (or timeout, or close).
+        ``events_only``: a record that is not samples (an event); commits of samples alone
+        do not wake this waiter at all (a consumer of events sleeps through the polls).
 
         Returns whether there is such a record.
         """
-        if self.last_seq > after or self._closed:
-            return self.last_seq > after
+        def top() -> int:
+            return self.last_event_seq if events_only else self.last_seq
+
+        if top() > after or self._closed:
+            return top() > after
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
-        entry = (loop, ev)
+        entry = (loop, ev, events_only)
         with self._lock:
             self._listeners.add(entry)
         try:
             deadline = None if timeout is None else loop.time() + timeout
-            while self.last_seq <= after and not self._closed:
+            while top() <= after and not self._closed:
                 ev.clear()
-                if self.last_seq > after or self._closed:
+                if top() > after or self._closed:
                     break
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -485,7 +537,7 @@ class Journal:
                     await within(ev.wait(), remaining)
                 except TimeoutError:
                     break
-            return self.last_seq > after
+            return top() > after
         finally:
             with self._lock:
                 self._listeners.discard(entry)
@@ -634,7 +686,9 @@ class Journal:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        with self._cv:
+            self._inbox_closed = True  # the encoder takes what waits, then stops
+            self._cv.notify()
         self._encoder.join()
         self._writer.join()
         self._reader.shutdown(wait=True)

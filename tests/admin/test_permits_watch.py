@@ -22,6 +22,7 @@ from gateway.core.batch import Batch, Quality
 from gateway.core.channels import ChannelInfo, ChannelTable
 from gateway.core.config import ChannelBase
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import async_wait_until
 
 T0 = int(dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.UTC).timestamp()) * 10**9
 
@@ -180,3 +181,43 @@ async def test_a_store_failure_is_retried_and_the_alarm_not_lost(
     await run_until_drained(w)
     assert calls["n"] == 3 and w.health.failures == 2
     assert store.get("hot_work_permit", rid)["state"] == "suspended"
+
+
+async def test_sample_commits_do_not_wake_the_watch(journal: Journal, store: RegisterStore) -> None:
+    """The polls' commits of samples neither wake the watch nor make it read or ack (a
+    commit of its cursor each); the next event does, and the cursor passes everything."""
+    rid = in_progress(store, "A", area="R-101")
+    w = PermitWatch(journal, store, table(), lambda _e: None)
+    reads = 0
+    real_read = w.read
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(*a, **kw)
+
+    w.read = counted  # type: ignore[method-assign]
+    w.register()
+    task = asyncio.create_task(w.run())
+    try:
+        await async_wait_until(lambda: any(eo for *_, eo in list(journal._listeners)), 10,
+                               what="the watch to wait for events")
+        assert reads == 1  # its first pass
+        for _ in range(3):
+            # a plain waiter on each commit: once it is woken, every wake of the commit
+            # before it has run too (the writer wakes waiters in commit order)
+            plain = asyncio.create_task(journal.wait(journal.last_seq, timeout=30))
+            await async_wait_until(lambda: sum(1 for *_, eo in list(journal._listeners) if not eo) == 1,
+                                   10, what="the plain waiter to register")
+            await journal.append_many([samples(5)])
+            assert await plain
+        commits = journal.commits
+        assert reads == 1 and w.cursor == 0, "sample commits woke the watch"
+        await journal.append_many([alarm("GT-1")])
+        await async_wait_until(lambda: w.cursor == journal.last_seq, 10, what="the watch to pass the event")
+        assert reads == 2
+        assert journal.commits == commits + 2  # the event's, and the watch's one ack
+        assert store.get("hot_work_permit", rid)["state"] == "suspended"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

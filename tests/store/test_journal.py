@@ -468,14 +468,14 @@ async def test_wait_wakes_on_commit_and_times_out(jpath: Path) -> None:
         th.start()
         # the thread's wait is registered before the commit (else it would not need waking)
         here = asyncio.get_running_loop()
-        await async_wait_until(lambda: any(lp is not here for lp, _ in list(j._listeners)), 5,
+        await async_wait_until(lambda: any(lp is not here for lp, *_ in list(j._listeners)), 5,
                                what="the thread's wait to register")
         j.submit_event({"type": "x", "ts": 1})
         await asyncio.to_thread(th.join, 5)
         assert got == [True]
         # close wakes waiters, which then report there is nothing new
         waiter = asyncio.create_task(j.wait(j.last_seq, timeout=30))
-        await async_wait_until(lambda: any(lp is here for lp, _ in list(j._listeners)), 5,
+        await async_wait_until(lambda: any(lp is here for lp, *_ in list(j._listeners)), 5,
                                what="the waiter to register")
         await asyncio.to_thread(j.close)
         async with asyncio.timeout(2):

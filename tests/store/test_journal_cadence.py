@@ -60,6 +60,24 @@ def test_batches_wait_for_the_cadence_and_an_event_commits_them_at_once(tmp_path
         assert j.stats()["commit_every_s"] == CADENCE
 
 
+def test_waiting_batches_are_not_taken_before_the_cadence(tmp_path: Path) -> None:
+    """Batches waiting for the cadence stay in the journal's inbox, untouched by its
+    threads (no wake-up a batch): one cancelled there was never taken and is not
+    journaled; the others go in one transaction, in order, when the cadence ends."""
+    path = tmp_path / "j.db"
+    with Journal(path, commit_every_s=CADENCE) as j:
+        assert j.submit_batch(batch(0)).result(timeout=AT_ONCE_S) == 1
+        futs = [j.submit_batch(batch(i)) for i in range(1, 5)]
+        assert not any(f.running() or f.done() for f in futs)
+        assert futs[1].cancel(), "a waiting batch is not taken yet"
+        j.commit_now()
+        assert [futs[i].result(timeout=AT_ONCE_S) for i in (0, 2, 3)] == [2, 3, 4]
+        assert j.commits == 2
+        recs = j.read_sync(0, 10)
+    assert [r.seq for r in recs] == [1, 2, 3, 4]
+    assert [r.batch().value[0] for r in recs] == [0.0, 0.5, 1.5, 2.0]
+
+
 def test_acks_and_commit_now_end_the_wait(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal(path, commit_every_s=CADENCE) as j:

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 CONSUMER = "permits"
 #: alarm transitions that flag a permit (a clear, an ack or a shelve does not)
 FLAGGING = ("raise", "escalate")
+#: with no event, the watch still moves its cursor past the samples this often (its ack
+#: commits; retention writes a gap for an active consumer only past its cursor)
+IDLE_ACK_S = 60.0
 
 
 def alarm_hits(records: list[Record]) -> list[dict[str, Any]]:
@@ -61,7 +64,8 @@ class PermitWatch(JournalConsumer):
         emit: Callable[[list[dict[str, Any]]], None],
     ):
         super().__init__(
-            journal, CONSUMER, start="end", kinds=(EVENT,), what="permit alarm watch", logger=log
+            journal, CONSUMER, start="end", kinds=(EVENT,), what="permit alarm watch", logger=log,
+            idle_wait_s=IDLE_ACK_S,
         )
         self.store = store
         self.table = table
@@ -94,7 +98,9 @@ class PermitWatch(JournalConsumer):
     async def run(self) -> None:
         """Read the events after the cursor, flag, ack. The cursor also passes the sample
         records in between (up to the journal's end seen before the read), so the watch
-        never holds retention back."""
+        does not hold retention back. Only a commit with an event wakes the watch: the
+        polls' sample commits do not (no read, no ack, no commit of its cursor each
+        time); it passes them when the next event comes, or after ``IDLE_ACK_S``."""
         while True:
             horizon = self.journal.last_seq
             records = await self.read()
@@ -111,7 +117,7 @@ class PermitWatch(JournalConsumer):
             upto = records[-1].seq if full else max(horizon, records[-1].seq if records else 0)
             await self.ack(upto, records=len(records))
             if not full:
-                await self.wait(timeout=self.idle_wait_s)
+                await self.wait(timeout=self.idle_wait_s, events_only=True)
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "flags": self.flags}
