@@ -18,6 +18,7 @@ import pytest
 
 from gateway.admin.registers import Invalid, RegisterStore, xlsxin
 from tests.admin.test_registers_store import Clock
+from tests.fixtures import xlsx
 
 
 @pytest.fixture
@@ -35,12 +36,7 @@ def other(tmp_path: Path) -> Any:
 
 
 def workbook(rows: list[list[Any]], title: str = "Sheet1", extra_sheet: bool = False) -> bytes:
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    assert ws is not None
-    ws.title = title
-    for r in rows:
-        ws.append(r)
+    wb = xlsx.workbook(rows, title)
     if extra_sheet:
         wb.create_sheet("notes").append(["not a register"])
     buf = io.BytesIO()

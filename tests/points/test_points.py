@@ -27,6 +27,7 @@ from gateway.core.config import ModbusChannel, parse_modbus_address
 from gateway.points.cli import import_table
 from gateway.points.convert import RowError, parse_address
 from gateway.points.tables import Limits, TableError, read_table
+from tests.fixtures import xlsx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,13 +162,7 @@ def test_round_trip_through_the_installed_command(tmp_path: Path) -> None:
 
 
 def _xlsx(path: Path, rows: Sequence[Sequence[object]], title: str = "点位表") -> Path:
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    assert ws is not None
-    ws.title = title
-    for r in rows:
-        ws.append(r)
-    wb.save(path)
+    xlsx.workbook(rows, title).save(path)
     return path
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admin.registers.schema import Invalid
+from gateway.points.tables import column_letter
 
 #: the largest total of the zip's members unpacked, and the most members (Excel writes ~10)
 MAX_UNPACKED = 64 * 2**20
@@ -55,16 +56,6 @@ class Table:
         """An error's location: sheet, row and (when known) column, as Excel names them."""
         base: tuple[str | int, ...] = ("sheet", self.sheet, "row", row)
         return base if col is None else (*base, "column", column_letter(col))
-
-
-def column_letter(col: int) -> str:
-    """0 → A, 25 → Z, 26 → AA."""
-    s = ""
-    col += 1
-    while col:
-        col, r = divmod(col - 1, 26)
-        s = chr(65 + r) + s
-    return s
 
 
 def unquote(s: str) -> str:
