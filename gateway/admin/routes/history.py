@@ -6,7 +6,6 @@ periods from the journal's alarm events (gateway/admin/trend.py)."""
 
 # no "from __future__ import annotations": FastAPI resolves the handlers' annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -15,6 +14,7 @@ from fastapi import Path as PathParam
 from gateway.admin.auth import Viewer
 from gateway.admin.context import AdminContext
 from gateway.admin.registers import Invalid
+from gateway.admin.routes.timerange import time_range
 from gateway.admin.trend import RANGES, trend
 from gateway.core.units import parse_duration
 from gateway.historian.history import HistoryError, query_api
@@ -41,11 +41,7 @@ def router(ctx: AdminContext) -> APIRouter:
         c = daemon.table.by_name.get(channel)
         if c is None:
             raise HTTPException(404, f"no channel named {channel!r}")
-        now = daemon.clock()
-        t1 = parse_when(end, now, "to") if end else now
-        t0 = parse_when(start, now, "from") if start else t1 - 3600 * 10**9
-        if t0 > t1:
-            raise Invalid([(("query", "from"), "'from' is after 'to'")])
+        t0, t1 = time_range(start, end, daemon.clock(), default_ns=3600 * 10**9, empty_ok=True)
         step = None
         if every:
             try:
@@ -87,10 +83,7 @@ def router(ctx: AdminContext) -> APIRouter:
                 raise Invalid([(("query", "range"), "give either range or from/to, not both")])
             t1, t0 = now, now - RANGES[range_] * 10**9
         else:
-            t1 = parse_when(end, now, "to") if end else now
-            t0 = parse_when(start, now, "from") if start else t1 - 3600 * 10**9
-        if t0 >= t1:
-            raise Invalid([(("query", "from"), "'from' must be before 'to'")])
+            t0, t1 = time_range(start, end, now, default_ns=3600 * 10**9, empty_ok=False)
         if t1 - t0 > MAX_TREND_NS:
             raise Invalid([(("query", "from"), "a trend spans at most 31 days")])
         try:
@@ -106,32 +99,3 @@ def router(ctx: AdminContext) -> APIRouter:
 
 #: the longest trend asked for (the journal keeps 30 days by default)
 MAX_TREND_NS = 31 * 86400 * 10**9
-
-
-#: the latest time a query asks for (2116-02-20): the journal and InfluxDB keep signed
-#: 64-bit ns since 1970 (up to 2262), and the query adds to its ends
-MAX_NS = 2**62
-
-
-def parse_when(s: str, now_ns: int, name: str) -> int:
-    """An ISO 8601 time, or a duration back from now (``1h`` = one hour ago)."""
-    try:
-        return now_ns - int(parse_duration(s.lstrip("-")) * 1e9)
-    except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid(
-            [
-                (
-                    ("query", name),
-                    f"expected an ISO time (2026-05-01T08:00:00Z) or a duration back "
-                    f"from now (1h), got {s!r}",
-                )
-            ]
-        ) from None
-    if t.tzinfo is None:
-        t = t.astimezone()
-    # a time beyond what the journal holds (year 1, year 9999) asks for everything up to that end
-    return min(max(int(t.timestamp() * 1e9), 0), MAX_NS)

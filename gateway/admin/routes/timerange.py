@@ -1,15 +1,17 @@
-"""The period a query covers, ``from`` and ``to``, read one way by the alarm history
-(``/alarms/history``) and the shift report (``/reports/shift``): the two query parameters
-(bounded) and the parsing of them into nanoseconds, with the callers' error messages."""
+"""The period a query covers, ``from`` and ``to``, read one way by a channel's history and
+trend (``/history``, ``/trend``), the alarm history (``/alarms/history``) and the shift
+report (``/reports/shift``): the two query parameters (bounded) and the parsing of them
+into nanoseconds, with the callers' error messages."""
 
 # no "from __future__ import annotations": FastAPI resolves the handlers' annotations
 
+import datetime as dt
 from typing import Annotated
 
 from fastapi import Query
 
 from gateway.admin.registers import Invalid
-from gateway.admin.routes.history import parse_when
+from gateway.core.units import parse_duration
 
 #: ``from``: an ISO time or a duration back from now
 FromQuery = Annotated[str | None, Query(alias="from", max_length=40,
@@ -30,3 +32,32 @@ def time_range(start: str | None, end: str | None, now_ns: int, *, default_ns: i
     if not empty_ok and t0 >= t1:
         raise Invalid([(("query", "from"), "'from' must be before 'to'")])
     return t0, t1
+
+
+#: the latest time a query asks for (2116-02-20): the journal and InfluxDB keep signed
+#: 64-bit ns since 1970 (up to 2262), and the query adds to its ends
+MAX_NS = 2**62
+
+
+def parse_when(s: str, now_ns: int, name: str) -> int:
+    """An ISO 8601 time, or a duration back from now (``1h`` = one hour ago)."""
+    try:
+        return now_ns - int(parse_duration(s.lstrip("-")) * 1e9)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(
+            [
+                (
+                    ("query", name),
+                    f"expected an ISO time (2026-05-01T08:00:00Z) or a duration back "
+                    f"from now (1h), got {s!r}",
+                )
+            ]
+        ) from None
+    if t.tzinfo is None:
+        t = t.astimezone()
+    # a time beyond what the journal holds (year 1, year 9999) asks for everything up to that end
+    return min(max(int(t.timestamp() * 1e9), 0), MAX_NS)
