@@ -7,7 +7,7 @@ test:
 setup:
 	scripts/setup.sh --test
 lint:
-	.venv/bin/ruff check . && .venv/bin/mypy gateway drivers rules uplink central simulators northbound tests
+	.venv/bin/ruff check . && .venv/bin/mypy gateway drivers rules uplink central simulators northbound tests bench scripts
 bench:
 	# footprint's default is the issue's full matrix (about an hour): make bench runs a short form
 	for b in bench/*.py; do echo "== $$b"; args=""; \

@@ -21,6 +21,7 @@ Target: p99 ≤ one poll period + 100 ms.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -136,7 +137,7 @@ def _plant_main(conn: Any, devices: int, per: int) -> None:
         loop = asyncio.get_running_loop()
         ports = []
         for d in range(devices):
-            srv = await loop.create_server(lambda d=d: Proto(d), "127.0.0.1", 0)
+            srv = await loop.create_server(functools.partial(Proto, d), "127.0.0.1", 0)
             ports.append(srv.sockets[0].getsockname()[1])
         conn.send(ports)
 

@@ -170,7 +170,7 @@ def main() -> None:
         before = http.get("/status").json()
         cpu0 = cpu_s(gw.pid)
         t_start = time.time()
-        lat = []
+        lat: list[float] = []
         size = 0
         while len(lat) < args.requests and time.time() - t_start < args.seconds:
             t = time.perf_counter()

@@ -34,7 +34,7 @@ from gateway.core.display import DisplayTable
 
 
 def make(n: int, rng: np.random.Generator) -> tuple[DisplayTable, np.ndarray]:
-    specs = []
+    specs: list[ModbusChannel | OpcUaChannel] = []
     vals = np.empty(n)
     for i in range(n):
         k = i % 6

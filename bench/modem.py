@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# not bench/ itself: bench/serial.py would hide pyserial
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 
 from gateway.core.config_modem import ModemChannelSettings  # noqa: E402
 from gateway.notify.base import Message, Recipient  # noqa: E402

@@ -123,7 +123,7 @@ def check_journal(state: Path, table: Any, t0: int, t1: int) -> dict[str, Any]:
     with Journal(state / "journal.db") as j:
         after = 0
         while True:
-            recs = j.read_sync(after, 2000, kinds=[SAMPLES])
+            recs = j.read_sync(after, 2000, kinds=(SAMPLES,))
             if not recs:
                 break
             for r in recs:

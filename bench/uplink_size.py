@@ -384,8 +384,8 @@ def main() -> None:
         figures["event_bytes_per_event"] = round((payload - no_ev) / max(n_events, 1), 2)
         figures["envelope_overhead_bytes_per_sample"] = round((wire - payload) / n_samples, 4)
         sizes: dict[str, int] = {}
-        for e in envs:
-            codec.encode(e, sizes=sizes)
+        for env in envs:
+            codec.encode(env, sizes=sizes)
         time_bits = sizes.pop("grouped_rice_time_bits", 0)
         raw = {k: round(v / n_samples, 4) for k, v in sizes.items()}
         raw["grouped_rice_of_which_times"] = round(time_bits / 8 / n_samples, 4)

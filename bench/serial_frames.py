@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +38,7 @@ def workload(kind: str) -> tuple[FrameSpec, bytes]:
         body = b"  0.152300   0.000410  12.250000000"
         line = body + b"," + checksum_text("sum8", "hex", body) + b"\r\n"
     else:
-        ck = "crc16-modbus" if kind == "crc16" else "xor"
+        ck: Literal["crc16-modbus", "xor"] = "crc16-modbus" if kind == "crc16" else "xor"
         spec = FrameSpec(terminator=b"\r\n", checksum=ck, checksum_separator=b"*",
                          pattern=r"LAeq=(?P<laeq>[0-9.]+),LCpk=(?P<lcpk>[0-9.]+),LAFmax=(?P<laf>[0-9.]+)",
                          channels=[ChannelSpec(group="laeq"), ChannelSpec(group="lcpk"),
