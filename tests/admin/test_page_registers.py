@@ -528,3 +528,66 @@ def test_a_permit_approved_with_its_signatures_in_the_dialog(plant: Plant, brows
     assert sorted(s["role"] for s in doc["data"]["signatures"]) == sorted(roles)
     assert [a["step"] for a in doc["data"]["gas_analyses"] if a["ok"]][-1] == "approve"
     assert not c.errors(), c.errors()
+
+
+def test_a_gas_step_dialog_shows_the_live_analysis_before_confirming(plant: Plant, browser: Any) -> None:
+    """The analyse step of a hot-work permit: its dialog shows the analysis the gateway would take
+    now (GET …/analysis), refreshed while it is open: passing on the live reading, then failing
+    with its channel once the simulator's gas rises; confirmed anyway, the server refuses it."""
+    viewer = plant.http["viewer"]
+    plant.sim.control(set="GT-1", value=0.0)
+    wait_until(lambda: viewer.get("/channels/GT-1").json()["value"] in (0, 0.0), 15, 0.1, "GT-1 at 0")
+    permit = {"permit_no": "DH-2026-003", "applicant_unit": "maintenance", "location": "pump P-301",
+              "content": "welding a support", "work_leader": "wang", "level": "second", "channels": ["GT-1"],
+              "medium": "methane", "valid_from": "2026-12-07T08:00:00", "valid_to": "2026-12-07T16:00:00"}
+    r = plant.http["operator"].post("/registers/hot_work_permit", json=permit)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    c = browser()
+    sign_in(c, plant.url, plant.tokens["operator"])
+    go(c, f"#/registers/hot_work_permit/{rid}", state_is("applied"))
+    c.click("#workflow button[data-transition=analyse]")
+    c.wait("!!document.querySelector('#transition-dialog')?.open", what="the analyse dialog")
+    verdict = "document.querySelector('#tr-analysis-verdict')?.dataset.ok"
+    c.wait(f"{verdict} === 'true'", what="a passing analysis shown")
+    row = "#tr-analysis-readings tr[data-channel='GT-1']"
+    cells = c.js(f"[...document.querySelector({json.dumps(row)}).cells].map(x => x.textContent)")
+    assert cells[0] == "GT-1" and cells[1].startswith("0 ") and cells[3] == "pass", cells
+    assert cells[2], cells  # the limit and its clause
+    # what the page shows is what the API says now (same channels, same verdicts)
+    api = viewer.get(f"/registers/hot_work_permit/{rid}/analysis").json()
+    assert api["ok"] is True and [x["channel"] for x in api["readings"]] == ["GT-1"]
+    assert c.js("document.querySelector('#transition-dialog').open") is True
+
+    # the gas rises while the dialog is open: the preview follows without a click
+    plant.sim.control(set="GT-1", value=55.0)
+    c.wait(f"{verdict} === 'false'", what="the failing analysis shown", timeout=20)
+    c.wait(f"document.querySelector({json.dumps(row)})?.dataset.verdict !== 'pass'",
+           what="GT-1's row failing")
+    failing = c.js(f"[...document.querySelector({json.dumps(row)}).cells].map(x => x.textContent)")
+    assert failing[1].startswith("55"), failing
+    assert "GT-1" in failing[3], failing
+    assert "GT-1" in c.js("document.querySelector('#tr-analysis-verdict').textContent")
+    assert plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()["state"] == "applied"
+
+    # confirmed anyway: the server takes its own analysis and refuses the step, as before
+    c.click("#tr-ok")
+    c.wait("document.querySelector('#tr-error').textContent.length > 0", what="the refusal")
+    assert "GT-1" in c.js("document.querySelector('#tr-error p').textContent")
+    doc = viewer.get(f"/registers/hot_work_permit/{rid}").json()
+    assert doc["state"] == "applied"
+    c.click("#tr-cancel")
+    c.wait("!document.querySelector('#transition-dialog')", what="the dialog closed")
+
+    # in Chinese, the preview's own words in Chinese
+    c.js("(() => { const s = document.getElementById('lang'); s.value = 'zh-CN';"
+         " s.dispatchEvent(new Event('change')); })()")
+    c.wait("document.querySelector('#rec-save')?.textContent === '保存'", what="the record in Chinese")
+    c.click("#workflow button[data-transition=analyse]")
+    c.wait("!!document.querySelector('#transition-dialog')?.open", what="the analyse dialog in Chinese")
+    c.wait(f"{verdict} === 'false'", what="the failing analysis in Chinese")
+    assert c.js("document.querySelector('#tr-analysis-verdict').textContent").startswith("当前不合格：")
+    assert c.js("document.querySelector('#tr-analysis h4').textContent").startswith("当前实时读数的气体分析")
+    c.click("#tr-cancel")
+    c.wait("!document.querySelector('#transition-dialog')", what="the dialog closed")
+    assert not c.errors(), c.errors()

@@ -207,6 +207,7 @@ function makeCtx(view, route) {
     tz: state.settings.timezone,
     settings: state.settings,
     fmtTime: (x) => fmtTime(x),
+    words: (msg) => serverWords(msg),  // a server's message in the page's language
     navigate: (hash) => { if (location.hash === hash) route_(); else location.hash = hash; },
     route,
     message: (text) => { $("message").textContent = text || ""; },

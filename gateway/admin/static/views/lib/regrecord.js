@@ -259,6 +259,71 @@ async function uploadFile(ctx, path, f, bar) {
   }
 }
 
+// whether a step runs a gas analysis (as the server's needs_gas): `check: gas` on a permit kind
+// that requires one, or one where it is optional and the permit names an area or channels
+function needsGas(spec, tr, data) {
+  const gas = spec.permit && spec.permit.gas;
+  if (tr.check !== "gas" || !gas || gas === "none") return false;
+  return gas === "required" || !!data.area || (Array.isArray(data.channels) && data.channels.length > 0);
+}
+
+const PREVIEW_EVERY_MS = 3000;
+
+// the permit's gas analysis on live readings now (GET …/analysis: shown, not recorded): the
+// verdict, then each channel's reading, limit and verdict; asked again every few seconds until
+// stop() (the dialog closed)
+function gasPreview(ctx, rtype, id) {
+  const { el, t } = ctx;
+  const node = el("section", null, "gas-preview");
+  node.id = "tr-analysis";
+  node.setAttribute("aria-live", "polite");
+  const verdict = el("p", t("reg.preview_loading"), "muted");
+  verdict.id = "tr-analysis-verdict";
+  const table = el("table", null, "readings");
+  table.id = "tr-analysis-readings";
+  const when = el("p", "", "muted");
+  when.id = "tr-analysis-at";
+  node.append(el("h4", t("reg.preview_title")), verdict, table, when, el("p", t("reg.preview_note"), "muted"));
+  let timer = null;
+  let stopped = false;
+  async function refresh() {
+    timer = null;
+    let a;
+    try {
+      a = await ctx.api(base(rtype) + "/" + encodeURIComponent(id) + "/analysis");
+    } catch (e) {
+      if (stopped) return;
+      verdict.className = "error";
+      verdict.textContent = t("reg.preview_failed", { error: e.message });
+      delete verdict.dataset.ok;
+      if (e.status !== 401) timer = setTimeout(refresh, PREVIEW_EVERY_MS);
+      return;
+    }
+    if (stopped || !node.isConnected) return;
+    verdict.className = a.ok ? "ok" : "error";
+    verdict.dataset.ok = String(!!a.ok);
+    verdict.textContent = (a.ok ? t("reg.preview_pass") : t("reg.preview_fail")) + " " + ctx.words(a.message || "");
+    const hr = el("tr");
+    for (const h of ["reg.channel", "reg.value", "reg.criterion", "reg.verdict"]) hr.append(el("th", t(h)));
+    const rows = [hr];
+    for (const r of a.readings || []) {
+      const row = el("tr", null, r.verdict === "pass" ? "" : "refused");
+      row.dataset.channel = r.channel;
+      row.dataset.verdict = r.verdict;
+      const value = r.value === null || r.value === undefined ? "—" : [r.value, r.unit].filter((x) => x !== null && x !== undefined && x !== "").join(" ");
+      row.append(el("td", r.channel), el("td", value), el("td", [r.criterion, r.clause].filter(Boolean).join(" · ")),
+        el("td", r.verdict === "pass" ? t("reg.preview_verdict_pass") : ctx.words(r.reason || r.verdict)));
+      rows.push(row);
+    }
+    table.replaceChildren(...rows);
+    table.hidden = rows.length === 1;
+    when.textContent = t("reg.preview_at", { when: ctx.fmtTime(a.at) });
+    timer = setTimeout(refresh, PREVIEW_EVERY_MS);
+  }
+  refresh();
+  return { node, stop: () => { stopped = true; if (timer !== null) clearTimeout(timer); timer = null; } };
+}
+
 // a workflow step: the fields it needs (filled with what the record has), a note and a photo
 async function transitionDialog(ctx, rtype, spec, doc, name, tr) {
   const { el, t } = ctx;
@@ -307,10 +372,13 @@ async function transitionDialog(ctx, rtype, spec, doc, name, tr) {
     row.append(lab, input);
     grid.append(row);
   }
-  form.append(grid, bar, err, ok, cancel);
+  // a step that takes a gas analysis: the analysis the server would take now, refreshed while the
+  // dialog is open (shown only: the server takes its own at the step and decides)
+  const preview = needsGas(spec, tr, doc.data) ? gasPreview(ctx, rtype, doc.id) : null;
+  form.append(...(preview ? [preview.node] : []), grid, bar, err, ok, cancel);
   dlg.append(form);
   document.body.append(dlg);
-  dlg.addEventListener("close", () => dlg.remove());
+  dlg.addEventListener("close", () => { if (preview) preview.stop(); dlg.remove(); });
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     err.replaceChildren();
