@@ -559,7 +559,10 @@ def test_a_gas_step_dialog_shows_the_live_analysis_before_confirming(plant: Plan
     assert api["ok"] is True and [x["channel"] for x in api["readings"]] == ["GT-1"]
     assert c.js("document.querySelector('#transition-dialog').open") is True
 
-    # the gas rises while the dialog is open: the preview follows without a click
+    # the gas rises while the dialog is open: the preview follows without a click, and its
+    # longer rows never move the confirm button (it sits below the buttons)
+    ok_at = "JSON.stringify(document.querySelector('#tr-ok').getBoundingClientRect())"
+    before = c.js(ok_at)
     plant.sim.control(set="GT-1", value=55.0)
     c.wait(f"{verdict} === 'false'", what="the failing analysis shown", timeout=20)
     c.wait(f"document.querySelector({json.dumps(row)})?.dataset.verdict !== 'pass'",
@@ -568,6 +571,7 @@ def test_a_gas_step_dialog_shows_the_live_analysis_before_confirming(plant: Plan
     assert failing[1].startswith("55"), failing
     assert "GT-1" in failing[3], failing
     assert "GT-1" in c.js("document.querySelector('#tr-analysis-verdict').textContent")
+    assert c.js(ok_at) == before
     assert plant.http["viewer"].get(f"/registers/hot_work_permit/{rid}").json()["state"] == "applied"
 
     # confirmed anyway: the server takes its own analysis and refuses the step, as before

@@ -373,9 +373,11 @@ async function transitionDialog(ctx, rtype, spec, doc, name, tr) {
     grid.append(row);
   }
   // a step that takes a gas analysis: the analysis the server would take now, refreshed while the
-  // dialog is open (shown only: the server takes its own at the step and decides)
+  // dialog is open (shown only: the server takes its own at the step and decides). Below the
+  // buttons: its rows come and change while the dialog is open, and must never move the button
+  // the operator is about to press
   const preview = needsGas(spec, tr, doc.data) ? gasPreview(ctx, rtype, doc.id) : null;
-  form.append(...(preview ? [preview.node] : []), grid, bar, err, ok, cancel);
+  form.append(grid, bar, err, ok, cancel, ...(preview ? [preview.node] : []));
   dlg.append(form);
   document.body.append(dlg);
   dlg.addEventListener("close", () => { if (preview) preview.stop(); dlg.remove(); });
