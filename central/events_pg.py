@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from gateway.core.personal import redact
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +78,6 @@ class EventRow:
     doc: dict[str, Any]
 
 
-def _omit_personal(data: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
-    """A copy of a register record's data without its personal fields (``col`` or ``rows.col``)."""
-    out = dict(data)
-    for path in paths:
-        top, _, col = path.partition(".")
-        if top not in out:
-            continue
-        if not col:
-            del out[top]
-        elif isinstance(out[top], list):
-            out[top] = [{k: v for k, v in r.items() if k != col} if isinstance(r, dict) else r
-                        for r in out[top]]
-    return out
-
-
 def _s(v: Any, n: int = 200) -> str | None:
     return v[:n] if isinstance(v, str) and v else None
 
@@ -100,7 +87,7 @@ def event_row(origin: str, seq: int, ev: Mapping[str, Any], ctags: Mapping[str, 
     doc = dict(ev)
     personal = doc.get("personal")
     if doc.get("type") == "register" and isinstance(personal, list) and isinstance(doc.get("data"), dict):
-        doc["data"] = _omit_personal(doc["data"], [p for p in personal if isinstance(p, str)])
+        doc["data"] = redact(doc["data"], [p for p in personal if isinstance(p, str)], "omitted")
     ts = doc.get("ts")
     ts = int(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0
     ct = dict(ctags or {})

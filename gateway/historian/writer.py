@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.admin import registers
 from gateway.consumer import Backoff
 from gateway.core.aio import within
 from gateway.core.batch import Batch
 from gateway.core.config import InfluxSection
+from gateway.core.personal import redact
 from gateway.core.secrets import SecretFileError, read_secret
 from gateway.historian import lineproto
 from gateway.historian.stats import ClosedInterval
@@ -162,7 +162,7 @@ class InfluxWriter:
         if etype == "register" and isinstance(personal, list) and isinstance(event.get("data"), dict):
             # ID card and phone numbers stay out of the time-series store
             paths = [p for p in personal if isinstance(p, str)]
-            event = {**event, "data": registers.redact(event["data"], paths, "omitted")}
+            event = {**event, "data": redact(event["data"], paths, "omitted")}
         for k, v in event.items():
             if k in ("type", "ts", "index", "personal"):
                 continue

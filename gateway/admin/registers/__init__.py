@@ -35,9 +35,8 @@ from gateway.admin.registers.schema import (
     SchemaError,
     TypeSpec,
     load_schemas,
-    mask,
-    redact,
 )
+from gateway.core.personal import mask, redact
 
 __all__ = [
     "BUILTIN_TYPES", "Conflict", "Invalid", "NotFound", "Refused", "RegisterStore", "SchemaError", "TypeSpec",

@@ -1,7 +1,7 @@
 """Register types and their validation: the field, workflow and type models, the
 built-in types (``register_types.yaml``) plus a plant's own file (``load_schemas``), the
-checks a record's fields go through (``Validator``), and personal-data redaction for what
-travels upstream.
+checks a record's fields go through (``Validator``). Personal-data redaction is in the
+core (``gateway/core/personal.py``), shared with the historian and central.
 """
 
 from __future__ import annotations
@@ -128,39 +128,6 @@ class TypeSpec(_Strict):
             elif f.columns:
                 out.extend(f"{n}.{c}" for c, cf in f.columns.items() if cf.personal)
         return out
-
-
-PersonalMode = Literal["full", "masked", "omitted"]
-
-
-def mask(value: Any) -> str:
-    """A personal value masked but for its last four characters (fewer for short ones):
-    ``110101199003071234`` → ``**************1234``, enough to tell two records apart."""
-    text = str(value)
-    keep = min(4, len(text) // 3)
-    return "*" * (len(text) - keep) + text[len(text) - keep:]
-
-
-def redact(data: dict[str, Any], paths: Iterable[str], mode: PersonalMode) -> dict[str, Any]:
-    """A copy of a record's data with its personal fields (``personal_fields`` paths) masked
-    or left out; ``full`` returns the data as it is."""
-    if mode == "full":
-        return data
-    out = dict(data)
-    for path in paths:
-        top, _, col = path.partition(".")
-        if top not in out:
-            continue
-        if not col:
-            if mode == "omitted":
-                del out[top]
-            else:
-                out[top] = mask(out[top])
-            continue
-        rows = out[top]
-        if isinstance(rows, list):
-            out[top] = [redact(r, [col], mode) if isinstance(r, dict) else r for r in rows]
-    return out
 
 
 class SchemaError(Exception):

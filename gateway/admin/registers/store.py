@@ -26,14 +26,13 @@ from gateway.admin.registers.schema import (
     Conflict,
     Invalid,
     NotFound,
-    PersonalMode,
     Refused,
     TypeSpec,
     Validator,
     check_size,
     load_schemas,
-    redact,
 )
+from gateway.core.personal import PersonalMode, redact
 from gateway.core.units import iso_ns
 
 log = logging.getLogger(__name__)
