@@ -20,7 +20,6 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +29,8 @@ from gateway.admin.registers.db import open_db
 from gateway.cli import main
 from gateway.core.batch import Batch
 from gateway.store.journal import Journal
+from tests.fixtures.helpers import db_rows as rows
+from tests.fixtures.helpers import journal_last_seq as last_seq
 from tests.fixtures.helpers import mount_tmpfs, wait_until
 from tests.fixtures.sims import SimProcess, gateway_yaml
 
@@ -48,14 +49,6 @@ def inproc(*args: str) -> subprocess.CompletedProcess[str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 def sha(p: Path) -> str:
@@ -93,13 +86,6 @@ def stop(p: subprocess.Popen[str]) -> str:
     _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err[-3000:]
     return err
-
-
-def last_seq(journal: Path) -> int:
-    try:
-        return int(rows(journal, "SELECT COALESCE(MAX(seq), 0) FROM records")[0][0])
-    except sqlite3.OperationalError:  # not made yet, or its tables not yet created
-        return 0
 
 
 Plant = tuple[Path, Path, Path]

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import journal_last_seq, wait_until
 from tests.fixtures.sims import ROOT, SimProcess, gateway_yaml
 
 #: runs the daemon's own main; on SIGUSR2 (which the daemon leaves alone) it writes the
@@ -32,18 +31,6 @@ sys.exit(main(sys.argv[2:]))
 """
 
 OPTIONAL = ("openpyxl", "PIL", "fpdf", "asyncua")
-
-
-def last_seq(journal: Path) -> int:
-    if not journal.exists():
-        return 0
-    con = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0])
-    except sqlite3.OperationalError:  # its tables not made yet
-        return 0
-    finally:
-        con.close()
 
 
 def test_a_polling_daemon_with_its_api_imports_no_optional_library(modbus_plant: SimProcess,
@@ -64,7 +51,7 @@ def test_a_polling_daemon_with_its_api_imports_no_optional_library(modbus_plant:
     try:
         wait_until(lambda: any("admin API on" in ln for ln in log) or p.poll() is not None, 30,
                    what="the admin API")
-        wait_until(lambda: last_seq(state / "journal.db") > 0 or p.poll() is not None, 30,
+        wait_until(lambda: journal_last_seq(state / "journal.db") > 0 or p.poll() is not None, 30,
                    what="the first journaled batch")
         assert p.poll() is None, "".join(log[-40:])
         p.send_signal(signal.SIGUSR2)

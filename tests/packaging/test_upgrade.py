@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 
 import gateway
+from tests.fixtures.helpers import db_rows as rows
+from tests.fixtures.helpers import journal_last_seq as last_seq
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.sims import SimProcess, gateway_yaml
 from tests.packaging.debtools import dpkg, make_root, sh
@@ -62,21 +64,6 @@ def safegw_daemon(root: Path, *args: str | Path) -> subprocess.Popen[str]:
     cmd, env = _installed(root, args)
     return subprocess.Popen(cmd, env=env, cwd=root, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-
-
-def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def last_seq(journal: Path) -> int:
-    try:
-        return int(rows(journal, "SELECT COALESCE(MAX(seq), 0) FROM records")[0][0])
-    except sqlite3.OperationalError:  # not made yet
-        return 0
 
 
 def run_until(root: Path, cfg: Path, journal: Path, seq: int) -> str:
